@@ -1,0 +1,40 @@
+"""Layer 1: binary command descriptors, their layouts, and the one validator.
+
+A driver never sees an unvalidated command: every transport hands raw bytes to
+:func:`check_submission` (or a front-end hands a descriptor to :func:`check_command`)
+and passes on only the validated operation objects it returns.
+"""
+
+from .commands import Copy, Gemm, Matrix, PostOpDesc, decode_command, encode_submission
+from .layout import (
+    ABI_VERSION,
+    COMMAND_BYTES,
+    COPY,
+    GEMM,
+    MAX_COMMANDS_PER_SUBMIT,
+    OPERAND_BYTES,
+    SUBMIT,
+    WAIT,
+    GemmFlags,
+    Layout,
+)
+from .validate import (
+    CopyOp,
+    DeviceCaps,
+    GemmOp,
+    Op,
+    PostOp,
+    Submission,
+    View,
+    bind,
+    check_command,
+    check_submission,
+)
+from .views import copy_arrays, gemm_arrays, view_array
+
+__all__ = [
+    "ABI_VERSION", "COMMAND_BYTES", "COPY", "Copy", "CopyOp", "DeviceCaps", "GEMM", "Gemm", "GemmFlags",
+    "GemmOp", "Layout", "MAX_COMMANDS_PER_SUBMIT", "Matrix", "OPERAND_BYTES", "Op", "PostOp", "PostOpDesc",
+    "SUBMIT", "Submission", "View", "WAIT", "bind", "check_command", "check_submission", "copy_arrays",
+    "decode_command", "encode_submission", "gemm_arrays", "view_array",
+]

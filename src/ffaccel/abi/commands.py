@@ -1,0 +1,246 @@
+"""Build, encode and decode the ABI's binary descriptors.
+
+The dataclasses here are a convenience for callers; what crosses every
+transport is the bytes they encode to (see :mod:`ffaccel.abi.layout`).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..spec import DTYPES, DType, Engine, Opcode, PostOpKind, violation
+from .layout import (
+    ABI_VERSION,
+    COMMAND_BYTES,
+    COPY,
+    GEMM,
+    SUBMIT,
+    WAIT,
+    GemmFlags,
+)
+
+_GEMM_STRUCT = GEMM.struct
+_COPY_STRUCT = COPY.struct
+_SUBMIT_STRUCT = SUBMIT.struct
+_WAIT_STRUCT = WAIT.struct
+_F64 = struct.Struct("<d")
+_I64 = struct.Struct("<q")
+_U64 = struct.Struct("<Q")
+
+
+def f64_bits(x: float) -> int:
+    return _U64.unpack(_F64.pack(float(x)))[0]
+
+
+def bits_f64(bits: int) -> float:
+    return _F64.unpack(_U64.pack(bits))[0]
+
+
+def i64_bits(x: int) -> int:
+    return x & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def bits_i64(bits: int) -> int:
+    return _I64.unpack(_U64.pack(bits))[0]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A matrix operand: a row-major strided view into a buffer.
+
+    Parameters
+    ----------
+    handle : int
+        Buffer handle (``Buffer.handle``).
+    dtype : DType
+    rows, cols : int
+        Shape of the stored matrix (for a transposed A, the stored k x m).
+    ld_elems : int, optional
+        Elements between row starts; defaults to ``cols``.
+    offset_bytes : int
+        Byte offset of element [0, 0] of batch entry 0.
+    batch_stride_elems : int
+        Elements between batch entries (0 broadcasts one matrix to every entry).
+
+    Examples
+    --------
+    >>> from ffaccel.abi import Matrix
+    >>> from ffaccel.spec import DType
+    >>> Matrix(handle=1, dtype=DType.F32, rows=4, cols=3).ld_elems
+    3
+    """
+
+    handle: int
+    dtype: DType
+    rows: int
+    cols: int
+    ld_elems: int | None = None
+    offset_bytes: int = 0
+    batch_stride_elems: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ld_elems is None:
+            object.__setattr__(self, "ld_elems", self.cols)
+
+    def fields(self, prefix: str) -> dict[str, int]:
+        p = prefix + "."
+        return {
+            p + "handle": self.handle,
+            p + "dtype": int(self.dtype),
+            p + "offset_bytes": self.offset_bytes,
+            p + "rows": self.rows,
+            p + "cols": self.cols,
+            p + "ld_elems": self.ld_elems,  # type: ignore[dict-item]
+            p + "batch_stride_elems": self.batch_stride_elems,
+        }
+
+
+@dataclass(frozen=True)
+class PostOpDesc:
+    """One epilogue slot: a post-op kind, up to two parameters and an optional operand."""
+
+    kind: PostOpKind
+    param0: float | int = 0
+    param1: float | int = 0
+    operand: Matrix | None = None
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A GEMM command. See the reference page (docs/spec.md) for every rule.
+
+    Examples
+    --------
+    >>> from ffaccel.abi import Gemm, Matrix
+    >>> from ffaccel.spec import DType
+    >>> g = Gemm(m=2, n=2, k=2, a=Matrix(1, DType.F32, 2, 2), b=Matrix(2, DType.F32, 2, 2),
+    ...          d=Matrix(3, DType.F32, 2, 2))
+    >>> len(g.encode())
+    544
+    """
+
+    m: int
+    n: int
+    k: int
+    a: Matrix | None
+    b: Matrix | None
+    d: Matrix | None
+    c: Matrix | None = None
+    alpha: float | int = 1.0
+    beta: float | int = 0.0
+    trans_a: bool = False
+    trans_b: bool = False
+    batch: int = 1
+    acc_dtype: DType | None = None
+    epilogue: Sequence[PostOpDesc] = field(default_factory=tuple)
+    user_data: int = 0
+
+    def encode(self) -> bytes:
+        return encode_fields(GEMM, self.fields())
+
+    def fields(self) -> dict[str, int]:
+        acc = self.acc_dtype
+        if acc is None:
+            acc = _default_acc(self.a.dtype if self.a is not None else None)
+        is_int = acc in DTYPES and not DTYPES[acc].is_float
+        flags = (GemmFlags.TRANS_A if self.trans_a else 0) | (GemmFlags.TRANS_B if self.trans_b else 0)
+        f: dict[str, int] = {
+            "opcode": Opcode.GEMM,
+            "flags": int(flags),
+            "size_bytes": COMMAND_BYTES,
+            "user_data": self.user_data,
+            "m": self.m,
+            "n": self.n,
+            "k": self.k,
+            "batch": self.batch,
+            "acc_dtype": int(acc),
+            "epilogue_count": len(self.epilogue),
+            "alpha_bits": scalar_bits(self.alpha, is_int, "alpha"),
+            "beta_bits": scalar_bits(self.beta, is_int, "beta"),
+        }
+        for name in ("a", "b", "c", "d"):
+            mat = getattr(self, name)
+            if mat is not None:
+                f.update(mat.fields(name))
+        for i, p in enumerate(self.epilogue):
+            s = f"epilogue[{i}]."
+            f[s + "kind"] = int(p.kind)
+            f[s + "param0_bits"] = scalar_bits(p.param0, is_int, s + "param0")
+            f[s + "param1_bits"] = scalar_bits(p.param1, is_int, s + "param1")
+            if p.operand is not None:
+                f.update(p.operand.fields(s + "operand"))
+        return f
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A COPY command: ``dst = convert(src)`` over a rows x cols window."""
+
+    src: Matrix
+    dst: Matrix
+    user_data: int = 0
+
+    def encode(self) -> bytes:
+        f = {"opcode": Opcode.COPY, "flags": 0, "size_bytes": COMMAND_BYTES, "user_data": self.user_data}
+        f.update(self.src.fields("src"))
+        f.update(self.dst.fields("dst"))
+        return encode_fields(COPY, f)
+
+
+def _default_acc(a_dtype: DType | None) -> DType:
+    if a_dtype in (DType.F16, DType.BF16):
+        return DType.F32
+    if a_dtype in (DType.I8, DType.U8):
+        return DType.I32
+    return a_dtype if a_dtype is not None else DType.F32
+
+
+def scalar_bits(x: float | int, is_int: bool, name: str) -> int:
+    """Encode a scalar: i64 for integer GEMM (must be integral), else f64 bits."""
+    if is_int:
+        if isinstance(x, float) and not (math.isfinite(x) and x == int(x)):
+            raise violation("gemm.int_scalar", x, "an integer in [-2**31, 2**31 - 1]", scalar=name)
+        v = int(x)
+        if not -(2**63) <= v < 2**63:
+            raise violation("gemm.int_scalar", v, "an integer in [-2**31, 2**31 - 1]", scalar=name)
+        return i64_bits(v)
+    return f64_bits(x)
+
+
+def encode_fields(layout_: object, values: dict[str, int]) -> bytes:
+    """Pack named field values (missing fields are zero) into one COMMAND_BYTES slot."""
+    lay = layout_  # a Layout
+    st = lay.struct  # type: ignore[attr-defined]
+    vals = [int(values.get(n, 0)) for n in lay.names]  # type: ignore[attr-defined]
+    raw = st.pack(*vals)
+    return raw + bytes(COMMAND_BYTES - len(raw))
+
+
+def decode_command(raw: bytes | memoryview) -> dict[str, int]:
+    """Unpack one command slot into its named fields (layout chosen by the opcode)."""
+    opcode = int.from_bytes(raw[0:4], "little")
+    lay = COPY if opcode == Opcode.COPY else GEMM
+    return dict(zip(lay.names, lay.struct.unpack_from(raw, 0)))
+
+
+def encode_submission(
+    commands: Iterable[Gemm | Copy | bytes],
+    engine: Engine = Engine.COMPUTE,
+    waits: Iterable[tuple[int, int]] = (),
+    abi_version: int = ABI_VERSION,
+) -> bytes:
+    """Encode a whole submission: header, waits ``(engine, value)``, then commands."""
+    cmds = [c if isinstance(c, (bytes, bytearray, memoryview)) else c.encode() for c in commands]
+    waits = list(waits)
+    head = _SUBMIT_STRUCT.pack(abi_version, int(engine), 0, len(cmds), len(waits), 0, 0)
+    w = b"".join(_WAIT_STRUCT.pack(int(e), 0, int(v)) for e, v in waits)
+    return head + w + b"".join(bytes(c) for c in cmds)
+
+
+__all__ = [
+    "Copy", "Gemm", "Matrix", "PostOpDesc", "bits_f64", "bits_i64", "decode_command", "encode_fields",
+    "encode_submission", "f64_bits", "i64_bits", "scalar_bits",
+]

@@ -1,0 +1,500 @@
+"""The one validator that stands in front of every driver and every transport.
+
+It turns untrusted bytes into validated, immutable operation objects. Every
+check raises through :func:`ffaccel.spec.violation` with the rule it enforces,
+so each error carries the spec's code, the parameter's name, the value seen and
+what is allowed. A submission is validated whole before any command runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..spec import (
+    COMBO_BY_DTYPES,
+    COPY_CONVERSIONS,
+    DTYPES,
+    ENGINE_OPCODES,
+    GEMM_COMBOS,
+    POST_OPS,
+    SPEC_LIMITS,
+    DType,
+    Engine,
+    GemmCombo,
+    Limits,
+    Opcode,
+    PostOpKind,
+    FFAccelError,
+    violation,
+)
+from .commands import bits_f64, bits_i64, decode_command
+from .layout import (
+    ABI_VERSION,
+    COMMAND_BYTES,
+    COPY,
+    COPY_FLAGS_KNOWN,
+    GEMM,
+    GEMM_FLAGS_KNOWN,
+    MAX_COMMANDS_PER_SUBMIT,
+    MAX_EPILOGUE_SLOTS,
+    MAX_WAITS_PER_SUBMIT,
+    SUBMIT,
+    SUBMIT_FLAGS_KNOWN,
+    WAIT,
+    GemmFlags,
+)
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """What a device declares; the validator refuses the rest as UNSUPPORTED."""
+
+    combos: frozenset[GemmCombo] = frozenset(GEMM_COMBOS)
+    copies: frozenset[tuple[DType, DType]] = frozenset(COPY_CONVERSIONS)
+    post_ops: frozenset[PostOpKind] = frozenset(PostOpKind)
+    engines: frozenset[Engine] = frozenset(Engine)
+    limits: Limits = SPEC_LIMITS
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A validated operand: typed, in bounds, within the caller's own buffer."""
+
+    handle: int
+    dtype: DType
+    offset_bytes: int
+    rows: int
+    cols: int
+    ld: int
+    batch_stride: int
+
+    def extent_bytes(self, batch: int) -> tuple[int, int]:
+        """[start, end) byte range the view spans over ``batch`` entries (empty when no elements)."""
+        if self.rows == 0 or self.cols == 0 or batch == 0:
+            return (self.offset_bytes, self.offset_bytes)
+        last = (batch - 1) * self.batch_stride + (self.rows - 1) * self.ld + self.cols
+        return (self.offset_bytes, self.offset_bytes + last * DTYPES[self.dtype].itemsize_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class PostOp:
+    kind: PostOpKind
+    param0: float | int
+    param1: float | int
+    operand: View | None
+
+
+@dataclass(frozen=True, slots=True)
+class GemmOp:
+    """A validated GEMM. ``a``/``b`` are stored operands (transposed per the flags)."""
+
+    m: int
+    n: int
+    k: int
+    batch: int
+    trans_a: bool
+    trans_b: bool
+    combo: GemmCombo
+    alpha: float | int
+    beta: float | int
+    a: View
+    b: View
+    c: View | None
+    d: View
+    epilogue: tuple[PostOp, ...]
+    user_data: int = 0
+
+    @property
+    def reads_ab(self) -> bool:
+        """A and B are read only when alpha != 0 and k > 0 (reference BLAS rule)."""
+        return self.alpha != 0 and self.k > 0
+
+    @property
+    def reads_c(self) -> bool:
+        """C is read only when beta != 0."""
+        return self.beta != 0
+
+    @property
+    def in_place(self) -> bool:
+        return self.c is not None and self.c == self.d
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOp:
+    src: View
+    dst: View
+    user_data: int = 0
+
+
+Op = GemmOp | CopyOp
+#: handle -> size in bytes, or None when the handle is not in the caller's table.
+HandleLookup = Callable[[int], "int | None"]
+
+
+@dataclass(frozen=True)
+class Submission:
+    engine: Engine
+    waits: tuple[tuple[Engine, int], ...]
+    ops: tuple[Op, ...]
+
+
+# --------------------------------------------------------------------------------------
+# geometry: everything that does not depend on the caller's memory
+
+
+def _check_reserved(f: dict[str, int], names: Sequence[str]) -> None:
+    for name in names:
+        if "reserved" in name and f[name] != 0:
+            raise violation("cmd.reserved", f[name], 0, field=name)
+
+
+def _check_header(f: dict[str, int], raw: bytes | memoryview, flags_known: int, body_bytes: int) -> None:
+    if f["size_bytes"] != COMMAND_BYTES:
+        raise violation("cmd.size", f["size_bytes"], COMMAND_BYTES)
+    if f["flags"] & ~flags_known:
+        raise violation("cmd.flags", hex(f["flags"]), f"only bits in {hex(flags_known)}")
+    if any(raw[body_bytes:COMMAND_BYTES]):
+        raise violation("cmd.reserved", "nonzero bytes", "zero padding", field=f"bytes[{body_bytes}:]")
+
+
+def _dtype(value: int, operand: str) -> DType:
+    try:
+        return DType(value)
+    except ValueError:
+        raise violation("operand.dtype", value, [int(d) for d in DType], operand=operand) from None
+
+
+def _operand(f: dict[str, int], name: str, rows: int, cols: int, required: bool, limits: Limits,
+             allow_batch: bool = True) -> View | None:
+    p = name + "."
+    handle = f[p + "handle"]
+    if handle == 0:
+        if required:
+            raise violation("operand.present", 0, "a nonzero handle", operand=name)
+        for key in ("dtype", "offset_bytes", "rows", "cols", "ld_elems", "batch_stride_elems"):
+            if f[p + key]:
+                raise violation("operand.absent_zero", f"{p}{key} = {f[p + key]}", "0", operand=name)
+        return None
+    dt = _dtype(f[p + "dtype"], name)
+    if f[p + "rows"] != rows:
+        raise violation("operand.shape", f[p + "rows"], rows, operand=name, dim="rows")
+    if f[p + "cols"] != cols:
+        raise violation("operand.shape", f[p + "cols"], cols, operand=name, dim="cols")
+    ld = f[p + "ld_elems"]
+    if ld < max(1, cols):
+        raise violation("operand.ld", ld, f">= {max(1, cols)}", operand=name)
+    size = DTYPES[dt].itemsize_bytes
+    align = size * limits.alignment_elems
+    if f[p + "offset_bytes"] % align:
+        raise violation("operand.alignment", f[p + "offset_bytes"], f"a multiple of {align}", operand=name)
+    bs = f[p + "batch_stride_elems"]
+    if bs and not allow_batch:
+        raise violation("operand.batch_stride", bs, 0, operand=name)
+    return View(handle, dt, f[p + "offset_bytes"], rows, cols, ld, bs)
+
+
+def _float_or_int(bits: int, is_int: bool) -> float | int:
+    return bits_i64(bits) if is_int else bits_f64(bits)
+
+
+def check_gemm(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> GemmOp:
+    """Validate a decoded GEMM descriptor's geometry (no memory needed)."""
+    _check_header(f, raw, GEMM_FLAGS_KNOWN, GEMM.size_bytes)
+    _check_reserved(f, GEMM.names)
+    lim = caps.limits
+    m, n, k, batch = f["m"], f["n"], f["k"], f["batch"]
+    for dim, v in (("m", m), ("n", n), ("k", k)):
+        if v > lim.max_dim:
+            raise violation("gemm.dim", v, f"<= {lim.max_dim}", dim=dim)
+    if batch > lim.max_batch:
+        raise violation("gemm.dim", batch, f"<= {lim.max_batch}", dim="batch")
+    count = f["epilogue_count"]
+    if count > min(lim.max_epilogue_ops, MAX_EPILOGUE_SLOTS):
+        raise violation("epilogue.count", count, f"<= {min(lim.max_epilogue_ops, MAX_EPILOGUE_SLOTS)}")
+    for i in range(count, MAX_EPILOGUE_SLOTS):
+        s = f"epilogue[{i}]."
+        for name in GEMM.names:
+            if name.startswith(s) and f[name]:
+                raise violation("epilogue.count", f"{name} = {f[name]}", f"0 (slot {i} >= epilogue_count)")
+
+    # dtype combination, in descriptor order so the first wrong field is named
+    a_dt = _dtype(f["a.dtype"], "a") if f["a.handle"] else None
+    b_dt = _dtype(f["b.dtype"], "b") if f["b.handle"] else None
+    if a_dt is None:
+        raise violation("operand.present", 0, "a nonzero handle", operand="a")
+    if b_dt is None:
+        raise violation("operand.present", 0, "a nonzero handle", operand="b")
+    pairs = {(c.a, c.b) for c in GEMM_COMBOS}
+    if a_dt not in {c.a for c in GEMM_COMBOS}:
+        raise violation("gemm.combo", DTYPES[a_dt].name, sorted({DTYPES[c.a].name for c in GEMM_COMBOS}),
+                        field="a.dtype")
+    if (a_dt, b_dt) not in pairs:
+        allowed = sorted({DTYPES[c.b].name for c in GEMM_COMBOS if c.a == a_dt})
+        raise violation("gemm.combo", DTYPES[b_dt].name, f"{allowed} with a = {DTYPES[a_dt].name}", field="b.dtype")
+    accs = {c.acc for c in GEMM_COMBOS if (c.a, c.b) == (a_dt, b_dt)}
+    acc = DType(f["acc_dtype"]) if f["acc_dtype"] in DType._value2member_map_ else None
+    if acc not in accs:
+        raise violation("gemm.combo", f["acc_dtype"], [int(x) for x in accs], field="acc_dtype")
+    d_dt = _dtype(f["d.dtype"], "d") if f["d.handle"] else None
+    if d_dt is None:
+        raise violation("operand.present", 0, "a nonzero handle", operand="d")
+    combo = COMBO_BY_DTYPES.get((a_dt, b_dt, acc, d_dt))
+    if combo is None:
+        allowed = sorted(DTYPES[c.d].name for c in GEMM_COMBOS if (c.a, c.b, c.acc) == (a_dt, b_dt, acc))
+        raise violation("gemm.combo", DTYPES[d_dt].name, allowed, field="d.dtype")
+    if f["c.handle"] and f["c.dtype"] != d_dt:
+        raise violation("gemm.combo", f["c.dtype"], f"{int(d_dt)} (d's dtype)", field="c.dtype")
+    if combo not in caps.combos:
+        raise violation("gemm.combo_supported", combo.name, sorted(c.name for c in caps.combos))
+
+    is_int = combo.is_int
+    alpha = _float_or_int(f["alpha_bits"], is_int)
+    beta = _float_or_int(f["beta_bits"], is_int)
+    if is_int:
+        for name, v in (("alpha", alpha), ("beta", beta)):
+            if not INT32_MIN <= v <= INT32_MAX:
+                raise violation("gemm.int_scalar", v, "an integer in [-2**31, 2**31 - 1]", scalar=name)
+
+    flags = f["flags"]
+    trans_a, trans_b = bool(flags & GemmFlags.TRANS_A), bool(flags & GemmFlags.TRANS_B)
+    a = _operand(f, "a", *((k, m) if trans_a else (m, k)), True, lim)
+    b = _operand(f, "b", *((n, k) if trans_b else (k, n)), True, lim)
+    c = _operand(f, "c", m, n, beta != 0, lim)
+    d = _operand(f, "d", m, n, True, lim)
+    assert a is not None and b is not None and d is not None
+
+    epilogue = tuple(_post_op(f, i, combo, m, n, caps) for i in range(count))
+
+    if batch > 1 and m and n and not _batches_disjoint(d, batch):
+        raise violation("gemm.d_batch_overlap", d.batch_stride,
+                        f">= {(d.rows - 1) * d.ld + d.cols} (or interleaved rows with ld >= batch * stride)")
+    return GemmOp(m, n, k, batch, trans_a, trans_b, combo, alpha, beta, a, b, c, d, epilogue, f["user_data"])
+
+
+def _batches_disjoint(d: View, batch: int) -> bool:
+    s = d.batch_stride
+    if s >= (d.rows - 1) * d.ld + d.cols:  # batch-major: each entry after the previous one
+        return True
+    # row-interleaved (e.g. [m, batch, n] layouts): the batch entries sit side by side in each row
+    return s >= d.cols and (batch - 1) * s + d.cols <= d.ld
+
+
+def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: DeviceCaps) -> PostOp:
+    s = f"epilogue[{i}]."
+    raw_kind = f[s + "kind"]
+    try:
+        kind = PostOpKind(raw_kind)
+    except ValueError:
+        raise violation("epilogue.kind", raw_kind, [int(x) for x in PostOpKind], i=i) from None
+    spec = POST_OPS[kind]
+    if combo.is_int and not spec.int_ok:
+        raise violation("epilogue.int_unsupported", spec.name, "bias, relu, clamp, scale, add for int32", i=i)
+    if kind not in caps.post_ops:
+        raise violation("epilogue.int_unsupported", spec.name, sorted(POST_OPS[x].name for x in caps.post_ops), i=i)
+    is_int = combo.is_int
+    p = [_float_or_int(f[s + "param0_bits"], is_int), _float_or_int(f[s + "param1_bits"], is_int)]
+    for j in range(len(spec.params), 2):
+        if f[s + f"param{j}_bits"]:
+            raise violation("epilogue.param", p[j], 0, i=i, p=f"param{j}")
+    if kind == PostOpKind.CLAMP:
+        lo, hi = p
+        if is_int:
+            for j, v in enumerate(p):
+                if not INT32_MIN <= v <= INT32_MAX:
+                    raise violation("epilogue.param", v, "an int32", i=i, p=f"param{j}")
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise violation("epilogue.param", f"lo={lo}, hi={hi}", "lo <= hi, neither NaN", i=i, p="param0")
+    if kind == PostOpKind.SCALE:
+        v = p[0]
+        if is_int and not INT32_MIN <= v <= INT32_MAX:
+            raise violation("epilogue.param", v, "an int32", i=i, p="param0")
+        if not is_int and not math.isfinite(v):
+            raise violation("epilogue.param", v, "a finite number", i=i, p="param0")
+    shape = {PostOpKind.BIAS_N: (1, n), PostOpKind.BIAS_M: (m, 1), PostOpKind.ADD: (m, n)}.get(kind)
+    name = s + "operand"
+    if shape is None:
+        operand = _operand(f, name, 0, 0, False, caps.limits)
+        if operand is not None:
+            raise violation("epilogue.operand", f"handle {operand.handle}", "no operand", i=i)
+        return PostOp(kind, p[0], p[1], None)
+    operand = _operand(f, name, shape[0], shape[1], True, caps.limits)
+    assert operand is not None
+    if operand.dtype not in (combo.acc, combo.d):
+        raise violation("epilogue.operand", DTYPES[operand.dtype].name,
+                        sorted({DTYPES[combo.acc].name, DTYPES[combo.d].name}), i=i)
+    return PostOp(kind, p[0], p[1], operand)
+
+
+def check_copy(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> CopyOp:
+    """Validate a decoded COPY descriptor's geometry."""
+    _check_header(f, raw, COPY_FLAGS_KNOWN, COPY.size_bytes)
+    _check_reserved(f, COPY.names)
+    lim = caps.limits
+    src = _operand(f, "src", f["src.rows"], f["src.cols"], True, lim, allow_batch=False)
+    assert src is not None
+    for dim in ("rows", "cols"):
+        if f["dst." + dim] != f["src." + dim] and f["dst.handle"]:
+            raise violation("operand.shape", f["dst." + dim], f"{f['src.' + dim]} (src.{dim})", operand="dst", dim=dim)
+    dst = _operand(f, "dst", src.rows, src.cols, True, lim, allow_batch=False)
+    assert dst is not None
+    for name, v in (("rows", src.rows), ("cols", src.cols)):
+        if v > lim.max_dim:
+            raise violation("gemm.dim", v, f"<= {lim.max_dim}", dim=f"src.{name}")
+    conv = (src.dtype, dst.dtype)
+    if conv not in COPY_CONVERSIONS:
+        allowed = sorted(DTYPES[d].name for s, d in COPY_CONVERSIONS if s == src.dtype)
+        raise violation("copy.conversion", DTYPES[dst.dtype].name, f"{allowed} from {DTYPES[src.dtype].name}")
+    if conv not in caps.copies:
+        raise violation("copy.conversion_supported", f"{DTYPES[src.dtype].name}->{DTYPES[dst.dtype].name}",
+                        sorted(f"{DTYPES[s].name}->{DTYPES[d].name}" for s, d in caps.copies))
+    return CopyOp(src, dst, f["user_data"])
+
+
+def check_command(raw: bytes | memoryview, caps: DeviceCaps) -> Op:
+    """Decode and validate the geometry of one COMMAND_BYTES slot."""
+    if len(raw) < COMMAND_BYTES:
+        raise violation("cmd.size", len(raw), COMMAND_BYTES)
+    opcode = int.from_bytes(raw[0:4], "little")
+    if opcode not in (Opcode.GEMM, Opcode.COPY):
+        raise violation("cmd.opcode", opcode, [int(o) for o in Opcode])
+    f = decode_command(raw)
+    if f["reserved0"]:
+        raise violation("cmd.reserved", f["reserved0"], 0, field="reserved0")
+    return check_gemm(f, raw, caps) if opcode == Opcode.GEMM else check_copy(f, raw, caps)
+
+
+# --------------------------------------------------------------------------------------
+# binding: handles, bounds and overlap against the caller's memory
+
+
+def _bind(view: View | None, name: str, batch: int, lookup: HandleLookup) -> tuple[int, int] | None:
+    if view is None:
+        return None
+    size = lookup(view.handle)
+    if size is None:
+        raise violation("operand.handle", view.handle, "a handle from this client's table", operand=name)
+    lo, hi = view.extent_bytes(batch)
+    if hi > size:
+        raise violation("operand.bounds", f"bytes [{lo}, {hi})", f"within the buffer's {size} bytes", operand=name)
+    return (lo, hi)
+
+
+def _overlaps(x: View, xr: tuple[int, int], y: View, yr: tuple[int, int]) -> bool:
+    return x.handle == y.handle and xr[0] < yr[1] and yr[0] < xr[1]
+
+
+def bind_gemm(op: GemmOp, lookup: HandleLookup) -> None:
+    """Check a validated GEMM's handles, bounds and overlap against the caller's buffers."""
+    a_bs = op.batch
+    ranges = {
+        "a": _bind(op.a, "a", a_bs, lookup),
+        "b": _bind(op.b, "b", a_bs, lookup),
+        "c": _bind(op.c, "c", a_bs, lookup),
+    }
+    for i, p in enumerate(op.epilogue):
+        ranges[f"epilogue[{i}].operand"] = _bind(p.operand, f"epilogue[{i}].operand", a_bs, lookup)
+    d_range = _bind(op.d, "d", a_bs, lookup)
+    assert d_range is not None
+    if d_range[0] == d_range[1]:
+        return
+    views = {"a": op.a, "b": op.b, "c": op.c}
+    views.update({f"epilogue[{i}].operand": p.operand for i, p in enumerate(op.epilogue)})
+    for name, r in ranges.items():
+        v = views[name]
+        if v is None or r is None or r[0] == r[1]:
+            continue
+        if name == "c" and op.in_place:
+            continue
+        if _overlaps(op.d, d_range, v, r):
+            raise violation("gemm.overlap", f"d bytes {list(d_range)} vs {name} bytes {list(r)} in buffer "
+                            f"{v.handle}", "disjoint (or d exactly equal to c)")
+
+
+def bind_copy(op: CopyOp, lookup: HandleLookup) -> None:
+    s = _bind(op.src, "src", 1, lookup)
+    d = _bind(op.dst, "dst", 1, lookup)
+    assert s is not None and d is not None
+    if s[0] != s[1] and _overlaps(op.dst, d, op.src, s):
+        raise violation("copy.overlap", f"dst bytes {list(d)} vs src bytes {list(s)}", "disjoint")
+
+
+def bind(op: Op, lookup: HandleLookup) -> None:
+    if isinstance(op, GemmOp):
+        bind_gemm(op, lookup)
+    else:
+        bind_copy(op, lookup)
+
+
+# --------------------------------------------------------------------------------------
+# whole submissions
+
+
+def check_submission(
+    raw: bytes | memoryview,
+    caps: DeviceCaps,
+    lookup: HandleLookup,
+    submitted: Callable[[Engine], int],
+) -> Submission:
+    """Validate a whole submission; raises on the first broken rule, before anything runs.
+
+    ``submitted(engine)`` gives the last timeline value already submitted on an engine
+    (waits on later values could never signal, so they are refused).
+    """
+    hs = SUBMIT.size_bytes
+    if len(raw) < hs:
+        raise violation("submit.command_count", f"{len(raw)} bytes", f">= {hs} bytes (the header)")
+    h = dict(zip(SUBMIT.names, SUBMIT.struct.unpack_from(raw, 0)))
+    if h["abi_version"] != ABI_VERSION:
+        raise violation("submit.abi_version", h["abi_version"], ABI_VERSION)
+    if h["flags"] & ~SUBMIT_FLAGS_KNOWN:
+        raise violation("submit.flags", hex(h["flags"]), 0)
+    for name in ("reserved0", "reserved1"):
+        if h[name]:
+            raise violation("submit.reserved", f"{name} = {h[name]}", 0)
+    try:
+        engine = Engine(h["engine"])
+    except ValueError:
+        engine = None
+    if engine is None or engine not in caps.engines:
+        raise violation("submit.engine", h["engine"], sorted(int(e) for e in caps.engines))
+    n_cmd, n_wait = h["command_count"], h["wait_count"]
+    if n_wait > MAX_WAITS_PER_SUBMIT:
+        raise violation("submit.wait", f"wait_count = {n_wait}", f"<= {MAX_WAITS_PER_SUBMIT}")
+    expect = hs + n_wait * WAIT.size_bytes + n_cmd * COMMAND_BYTES
+    if n_cmd > MAX_COMMANDS_PER_SUBMIT or len(raw) != expect:
+        raise violation("submit.command_count", f"{n_cmd} commands in {len(raw)} bytes",
+                        f"<= {MAX_COMMANDS_PER_SUBMIT} commands, exactly {expect} bytes for them")
+    waits = []
+    for i in range(n_wait):
+        we, wres, wval = WAIT.struct.unpack_from(raw, hs + i * WAIT.size_bytes)
+        if wres:
+            raise violation("submit.reserved", f"wait[{i}].reserved = {wres}", 0)
+        if we not in Engine._value2member_map_ or Engine(we) not in caps.engines:
+            raise violation("submit.wait", f"wait[{i}].engine = {we}", sorted(int(e) for e in caps.engines))
+        if wval > submitted(Engine(we)):
+            raise violation("submit.wait", f"wait[{i}].value = {wval}",
+                            f"<= {submitted(Engine(we))} (already submitted on that engine)")
+        waits.append((Engine(we), wval))
+    base = hs + n_wait * WAIT.size_bytes
+    mv = memoryview(raw)
+    ops = []
+    allowed = ENGINE_OPCODES[engine]
+    for i in range(n_cmd):
+        cmd = mv[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES]
+        try:
+            op = check_command(cmd, caps)
+            opcode = Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY
+            if opcode not in allowed:
+                raise violation("submit.engine_opcode", f"{opcode.name} on {engine.name}",
+                                f"{sorted(o.name for o in allowed)} on {engine.name}")
+            bind(op, lookup)
+        except FFAccelError as e:
+            e.command_index = i
+            e.args = (f"command {i} of {n_cmd}: {e.args[0]}",)
+            raise
+        ops.append(op)
+    return Submission(engine, tuple(waits), tuple(ops))

@@ -1,0 +1,36 @@
+"""Layer 2: drivers, discovered as plug-ins through the ``ffaccel.drivers`` entry-point group.
+
+The built-in ``ref`` and ``cpu`` drivers are also registered here directly, so a
+source checkout works before the package is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from .base import Driver, DriverInfo, GemmKernel
+
+ENTRY_POINT_GROUP = "ffaccel.drivers"
+_BUILTIN = {
+    "ref": "ffaccel.drivers.ref:RefDriver",
+    "cpu": "ffaccel.drivers.cpu:CpuDriver",
+}
+
+
+def driver_targets() -> dict[str, str]:
+    """Driver name -> "module:Class" for every installed driver."""
+    found = dict(_BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def load_driver_class(name: str) -> type[Driver]:
+    """Import the class of the driver called ``name`` (KeyError when there is none)."""
+    target = driver_targets()[name]
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = ["Driver", "DriverInfo", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets", "load_driver_class"]

@@ -1,0 +1,94 @@
+"""What a driver is: one small class (tinygrad-style).
+
+A driver executes *validated* operations (see :mod:`ffaccel.abi.validate`) on
+arrays that the runtime has already bound to memory:
+
+* ``a``: op(A) of shape (batch, m, k) — transposition is already applied as a
+  strided view; ``b``: op(B) of shape (batch, k, n);
+* ``c``: C of shape (batch, m, n), or None when absent; it must not be read when
+  ``op.beta == 0``; D may be the very same memory as C (``op.in_place``);
+* ``d``: D of shape (batch, m, n), written only inside its m x n windows;
+* ``epi``: one array per post-op, None for post-ops without an operand; bias
+  comes as (batch, 1, n) or (batch, m, 1).
+
+A batch stride of 0 shows up as a 0 stride (broadcast). Inputs must never be
+written. A driver that supports less than the full op set says so in
+:meth:`Driver.caps`; the validator then refuses the rest as UNSUPPORTED before
+the driver is called.
+
+Third parties ship drivers as entry points in the ``ffaccel.drivers`` group::
+
+    [project.entry-points."ffaccel.drivers"]
+    mydev = "mypackage.driver:MyDriver"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ..abi import CopyOp, DeviceCaps, GemmOp
+
+GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """What ``info`` reports about a driver."""
+
+    name: str
+    version: str
+    description: str
+    caps: DeviceCaps = field(default_factory=DeviceCaps)
+    memory_bytes: int = 0
+
+
+class Driver:
+    """Base class of every driver. Subclasses implement :meth:`gemm` (and may override the rest)."""
+
+    name: ClassVar[str] = "base"
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+
+    def caps(self) -> DeviceCaps:
+        """The combinations, conversions, post-ops, engines and limits this driver supports."""
+        return DeviceCaps()
+
+    def info(self) -> DriverInfo:
+        return DriverInfo(self.name, self.version, self.description, self.caps(), self.memory_bytes())
+
+    def memory_bytes(self) -> int:
+        """Device memory available for buffers (host drivers: physical memory)."""
+        try:
+            import os
+
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 0
+
+    def alloc(self, size_bytes: int) -> np.ndarray:
+        """Zero-filled, host-visible device memory as a 1-D uint8 array."""
+        return np.zeros(size_bytes, np.uint8)
+
+    def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+             epi: tuple[np.ndarray | None, ...]) -> None:
+        raise NotImplementedError
+
+    def prepare_gemm(self, op: GemmOp) -> GemmKernel:
+        """A kernel for one validated geometry, called many times with fresh arrays.
+
+        The runtime caches it per geometry; drivers override this to hoist per-geometry
+        work (BLAS routine choice, temporaries) out of the per-call path.
+        """
+        gemm = self.gemm
+        return lambda a, b, c, d, epi: gemm(op, a, b, c, d, epi)
+
+    def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
+        """dst = convert(src), rounding to nearest even (NumPy / ml_dtypes casts are RNE)."""
+        np.copyto(dst, src.astype(dst.dtype), casting="unsafe")
+
+    def close(self) -> None:
+        """Release whatever the driver holds."""

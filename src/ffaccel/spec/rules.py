@@ -1,0 +1,145 @@
+"""Every validation rule of spec v1, as data.
+
+A rule has a stable identifier, the error code it raises, the parameter it
+names (a template: ``{operand}`` is filled in with ``a``, ``b``, ``c``, ``d``,
+``epilogue[i]`` ...) and a plain statement. The validator in ``abi`` and the
+front-ends raise errors through :func:`violation`, the reference page lists the
+table, and the tests check that every rule has a test that trips it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ErrorCode, FFAccelError
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    code: ErrorCode
+    param: str
+    statement: str
+    scope: str  # where it is enforced: "abi" (every transport) or a front-end name
+
+
+_E = ErrorCode
+_RULES = (
+    # --- submissions ------------------------------------------------------------------
+    Rule("submit.abi_version", _E.ABI_VERSION_MISMATCH, "abi_version",
+         "the submission's ABI version must be one the device speaks", "abi"),
+    Rule("submit.engine", _E.INVALID_PARAMETER, "engine", "the engine must be one the device declares", "abi"),
+    Rule("submit.flags", _E.INVALID_PARAMETER, "flags", "unknown flag bits must be zero", "abi"),
+    Rule("submit.reserved", _E.INVALID_PARAMETER, "reserved", "reserved fields must be zero", "abi"),
+    Rule("submit.command_count", _E.INVALID_PARAMETER, "command_count",
+         "command_count must match the commands given and not exceed the per-submission limit", "abi"),
+    Rule("submit.wait", _E.INVALID_PARAMETER, "wait",
+         "a wait must name a declared engine and a fence value already submitted on it", "abi"),
+    Rule("submit.engine_opcode", _E.INVALID_PARAMETER, "engine",
+         "the engine must execute the command's opcode (GEMM runs on compute only)", "abi"),
+    # --- every command ----------------------------------------------------------------
+    Rule("cmd.opcode", _E.INVALID_PARAMETER, "opcode", "the opcode must be one of the spec's", "abi"),
+    Rule("cmd.size", _E.INVALID_PARAMETER, "size_bytes",
+         "size_bytes must be at least the v1 descriptor size, and bytes beyond what this ABI knows must be zero",
+         "abi"),
+    Rule("cmd.flags", _E.INVALID_PARAMETER, "flags", "flag bits the opcode does not define must be zero", "abi"),
+    Rule("cmd.reserved", _E.INVALID_PARAMETER, "{field}", "reserved fields and padding must be zero", "abi"),
+    # --- operands (GEMM, COPY and epilogue operands alike) ------------------------------
+    Rule("operand.present", _E.INVALID_PARAMETER, "{operand}.handle",
+         "an operand that is read or written must name a buffer (handle 0 means absent)", "abi"),
+    Rule("operand.absent_zero", _E.INVALID_PARAMETER, "{operand}",
+         "an absent operand (handle 0) must have every field zero", "abi"),
+    Rule("operand.handle", _E.BAD_HANDLE, "{operand}.handle",
+         "the handle must name a live buffer in the caller's own handle table", "abi"),
+    Rule("operand.dtype", _E.INVALID_PARAMETER, "{operand}.dtype", "the dtype must be a spec dtype", "abi"),
+    Rule("operand.shape", _E.INVALID_PARAMETER, "{operand}.{dim}",
+         "rows and cols must equal the shape the operation implies", "abi"),
+    Rule("operand.ld", _E.INVALID_PARAMETER, "{operand}.ld_elems", "ld_elems must be >= max(1, cols)", "abi"),
+    Rule("operand.alignment", _E.INVALID_PARAMETER, "{operand}.offset_bytes",
+         "offset_bytes must be a multiple of the element size (times the device's alignment_elems)", "abi"),
+    Rule("operand.bounds", _E.OUT_OF_BOUNDS, "{operand}",
+         "every element the operand spans must lie inside its buffer", "abi"),
+    Rule("operand.batch_stride", _E.INVALID_PARAMETER, "{operand}.batch_stride_elems",
+         "batch_stride_elems must be 0 where the operation has no batch", "abi"),
+    # --- GEMM ---------------------------------------------------------------------------
+    Rule("gemm.dim", _E.INVALID_PARAMETER, "{dim}",
+         "m, n, k must not exceed max_dim and batch must not exceed max_batch", "abi"),
+    Rule("gemm.combo", _E.INVALID_PARAMETER, "{field}",
+         "(a, b, acc, d) dtypes must form one of the spec's GEMM combinations; c has d's dtype", "abi"),
+    Rule("gemm.combo_supported", _E.UNSUPPORTED, "dtypes",
+         "the dtype combination must be one the device declares", "abi"),
+    Rule("gemm.int_scalar", _E.INVALID_PARAMETER, "{scalar}",
+         "alpha and beta of an integer GEMM must be integers in the int32 range", "abi"),
+    Rule("gemm.overlap", _E.OVERLAP, "d",
+         "D must not overlap any input, except that D may be exactly C (in place)", "abi"),
+    Rule("gemm.d_batch_overlap", _E.OVERLAP, "d.batch_stride_elems",
+         "D's batch entries must not overlap each other", "abi"),
+    Rule("epilogue.count", _E.INVALID_PARAMETER, "epilogue_count",
+         "at most max_epilogue_ops post-ops; slots past epilogue_count must be all zero", "abi"),
+    Rule("epilogue.kind", _E.INVALID_PARAMETER, "epilogue[{i}].kind", "each used slot must hold a known post-op", "abi"),
+    Rule("epilogue.int_unsupported", _E.UNSUPPORTED, "epilogue[{i}].kind",
+         "gelu is not defined for int32 outputs", "abi"),
+    Rule("epilogue.param", _E.INVALID_PARAMETER, "epilogue[{i}].{p}",
+         "clamp needs lo <= hi (neither NaN); scale needs a finite s (an int32 for int32 outputs); "
+         "unused parameters must be zero", "abi"),
+    Rule("epilogue.operand", _E.INVALID_PARAMETER, "epilogue[{i}].operand",
+         "bias and add need an operand in the accumulate dtype or D's dtype, with no operand for the other post-ops",
+         "abi"),
+    # --- COPY ---------------------------------------------------------------------------
+    Rule("copy.conversion", _E.INVALID_PARAMETER, "dst.dtype",
+         "COPY converts any float type to any float type; integer types copy only to themselves", "abi"),
+    Rule("copy.conversion_supported", _E.UNSUPPORTED, "dst.dtype",
+         "the conversion must be one the device declares", "abi"),
+    Rule("copy.overlap", _E.OVERLAP, "dst", "dst must not overlap src", "abi"),
+    # --- memory and fences --------------------------------------------------------------
+    Rule("memory.size", _E.INVALID_PARAMETER, "size_bytes",
+         "a buffer's size must be between 1 and max_buffer_bytes", "runtime"),
+    Rule("memory.quota", _E.OUT_OF_MEMORY, "size_bytes",
+         "a client's buffers must fit in its memory quota", "runtime"),
+    Rule("memory.handle", _E.BAD_HANDLE, "handle", "the handle must name a live buffer of this client", "runtime"),
+    Rule("fence.timeout", _E.TIMEOUT, "timeout_ns", "the fence must signal before the deadline", "runtime"),
+    Rule("device.name", _E.INVALID_PARAMETER, "name", "the device name must be one ffaccel.devices() lists",
+         "runtime"),
+    # --- front-ends ---------------------------------------------------------------------
+    Rule("api.dtype", _E.INVALID_PARAMETER, "{arg}",
+         "operands must be float64, float32, float16, bfloat16, int8 or uint8 arrays, with no silent promotion",
+         "frontends"),
+    Rule("api.shape", _E.INVALID_PARAMETER, "{arg}", "shapes must agree as numpy.matmul requires", "frontends"),
+    Rule("api.out", _E.INVALID_PARAMETER, "out", "out must have exactly the result's shape and dtype", "frontends"),
+    Rule("api.out_overlap", _E.OVERLAP, "out", "out must not overlap an input (except c, for in place)",
+         "frontends"),
+    Rule("api.post_op", _E.INVALID_PARAMETER, "post_ops", "post_ops must be made by ffaccel.post", "frontends"),
+    Rule("blas.enum", _E.INVALID_PARAMETER, "{arg}", "order is 'row' or 'col'; trans is 'N' or 'T'", "frontends"),
+    Rule("blas.dim", _E.INVALID_PARAMETER, "{arg}", "m, n, k must be integers >= 0", "frontends"),
+    Rule("blas.ld", _E.INVALID_PARAMETER, "{arg}",
+         "the leading dimension must be >= max(1, the stored matrix's row length)", "frontends"),
+    Rule("blas.storage", _E.OUT_OF_BOUNDS, "{arg}",
+         "the flat storage must hold every element the dimensions and leading dimension address", "frontends"),
+)
+
+RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+
+
+class _Keep(dict):
+    """Leaves unknown template fields as they are instead of failing."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def violation(rule_id: str, seen: object, allowed: object, **names: object) -> FFAccelError:
+    """Build the error for a broken rule.
+
+    ``names`` fills the rule's parameter template, e.g. ``operand="a"``.
+    The message states the rule, the value seen and what is allowed.
+    """
+    rule = RULES[rule_id]
+    param = rule.param.format_map(_Keep(names))
+    msg = f"{rule.statement}; got {_fmt(seen)}, allowed {_fmt(allowed)}"
+    return FFAccelError(rule.code, param, msg, rule=rule.id)
