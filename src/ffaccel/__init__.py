@@ -1,0 +1,33 @@
+"""ffaccel: a fixed-function accelerator interface.
+
+A closed, fully documented set of GEMM-family operations (spec v1) that any
+driver can implement, behind one validated binary ABI, with front-ends that
+existing NumPy and BLAS code already speaks.
+
+Examples
+--------
+>>> import numpy as np, ffaccel
+>>> a = np.ones((2, 3), np.float32)
+>>> ffaccel.matmul(a, a.T)
+array([[3., 3.],
+       [3., 3.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .frontends import blas, matmul, post
+from .runtime import Buffer, Device, Fence, devices
+from .runtime import open_device as open  # noqa: A001 - the public name the contract asks for
+from .spec import SPEC_VERSION, ErrorCode, FFAccelError
+
+try:
+    __version__ = version("ffaccel")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Buffer", "Device", "ErrorCode", "FFAccelError", "Fence", "SPEC_VERSION", "__version__", "blas", "devices",
+    "matmul", "open", "post",
+]

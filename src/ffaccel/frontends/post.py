@@ -1,0 +1,67 @@
+"""Epilogue post-ops for :func:`ffaccel.matmul`, applied in order in the accumulate precision.
+
+Examples
+--------
+>>> import numpy as np, ffaccel
+>>> a = np.array([[1.0, -2.0]], np.float32); b = np.eye(2, dtype=np.float32)
+>>> ffaccel.matmul(a, b, post_ops=[ffaccel.post.bias(np.array([1, 1], np.float32)), ffaccel.post.relu()])
+array([[2., 0.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..spec import PostOpKind, violation
+
+
+@dataclass(frozen=True, eq=False)
+class PostOp:
+    """One post-op as the front-ends take it: a kind, parameters, maybe an operand array."""
+
+    kind: PostOpKind
+    param0: float = 0.0
+    param1: float = 0.0
+    operand: np.ndarray | None = None
+
+
+def bias(v: Any, axis: str = "n") -> PostOp:
+    """Add a vector: over the n columns (``axis="n"``, length n) or the m rows (``axis="m"``, length m)."""
+    kinds = {"n": PostOpKind.BIAS_N, "m": PostOpKind.BIAS_M}
+    if axis not in kinds:
+        raise violation("api.post_op", repr(axis), "'n' or 'm'", arg="axis")
+    return PostOp(kinds[axis], operand=np.asarray(v))
+
+
+def relu() -> PostOp:
+    """max(x, 0); NaN propagates."""
+    return PostOp(PostOpKind.RELU)
+
+
+def gelu(approximate: str = "none") -> PostOp:
+    """GELU as PyTorch names it: ``"none"`` (exact erf form) or ``"tanh"``."""
+    kinds = {"none": PostOpKind.GELU_ERF, "tanh": PostOpKind.GELU_TANH}
+    if approximate not in kinds:
+        raise violation("api.post_op", repr(approximate), "'none' or 'tanh'", arg="approximate")
+    return PostOp(kinds[approximate])
+
+
+def clamp(lo: float, hi: float) -> PostOp:
+    """min(max(x, lo), hi); needs lo <= hi."""
+    return PostOp(PostOpKind.CLAMP, lo, hi)
+
+
+def scale(s: float) -> PostOp:
+    """s * x."""
+    return PostOp(PostOpKind.SCALE, s)
+
+
+def add(e: Any) -> PostOp:
+    """Add a residual E of the result's shape (broadcasting like NumPy)."""
+    return PostOp(PostOpKind.ADD, operand=np.asarray(e))
+
+
+__all__ = ["PostOp", "add", "bias", "clamp", "gelu", "relu", "scale"]

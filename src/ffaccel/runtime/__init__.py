@@ -1,0 +1,18 @@
+"""Layer 4: Device, Buffer, Fence and the device registry."""
+
+from .device import (
+    DEFAULT_DEVICE,
+    DEFAULT_DEVICE_ENV,
+    Buffer,
+    Device,
+    Fence,
+    default_device,
+    devices,
+    open_device,
+    resolve_device,
+)
+
+__all__ = [
+    "Buffer", "DEFAULT_DEVICE", "DEFAULT_DEVICE_ENV", "Device", "Fence", "default_device", "devices",
+    "open_device", "resolve_device",
+]

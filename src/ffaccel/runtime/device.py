@@ -1,0 +1,285 @@
+"""Device, Buffer and Fence: what user space holds.
+
+A :class:`Device` talks to a transport (in-process here; the socket and ring
+transports speak the same ABI bytes). Buffers are owned by the client that
+allocated them and named by handles in its own table.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..abi import Copy, Gemm, Matrix, encode_submission
+from ..drivers import DriverInfo, GemmKernel, driver_targets, load_driver_class
+from ..spec import SPEC_VERSION, DType, Engine, ErrorCode, FFAccelError, dtype_of_numpy, violation
+from ..transports.inproc import InprocTransport
+
+ENGINES = {"compute": Engine.COMPUTE, "copy": Engine.COPY}
+
+
+def _engine(engine: str | Engine) -> Engine:
+    if isinstance(engine, Engine):
+        return engine
+    try:
+        return ENGINES[engine]
+    except (KeyError, TypeError):
+        raise violation("submit.engine", engine, sorted(ENGINES)) from None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A point on an engine's timeline (u64, monotonic).
+
+    Examples
+    --------
+    >>> import ffaccel
+    >>> dev = ffaccel.open("cpu")
+    >>> fence = dev.submit([])
+    >>> fence.wait(timeout_ns=1_000_000)
+    """
+
+    device: "Device"
+    engine: Engine
+    value: int
+
+    def wait(self, timeout_ns: int | None = None, *, deadline_ns: int | None = None) -> None:
+        """Block until the fence signals; raise TIMEOUT at the deadline.
+
+        ``timeout_ns`` is relative; ``deadline_ns`` is absolute on CLOCK_MONOTONIC
+        (``time.monotonic_ns()``). With neither, waits at most ``Device.DEFAULT_TIMEOUT_NS``:
+        a wait never hangs forever.
+        """
+        self.device.wait(self, timeout_ns=timeout_ns, deadline_ns=deadline_ns)
+
+    @property
+    def signalled(self) -> bool:
+        return self.device._transport.completed(self.engine) >= self.value
+
+
+class Buffer:
+    """Device memory owned by one client, named by a handle in that client's table.
+
+    Examples
+    --------
+    >>> import numpy as np, ffaccel
+    >>> dev = ffaccel.open("cpu")
+    >>> buf = dev.alloc(64)
+    >>> buf.write(np.arange(4, dtype=np.float32))
+    >>> buf.read(np.float32, 4)
+    array([0., 1., 2., 3.], dtype=float32)
+    """
+
+    def __init__(self, device: "Device", handle: int, memory: np.ndarray) -> None:
+        self.device = device
+        self.handle = handle
+        self._memory = memory
+        self.size_bytes = int(memory.nbytes)
+
+    def array(self, dtype: Any, shape: int | Sequence[int] | None = None, offset_bytes: int = 0) -> np.ndarray:
+        """A zero-copy NumPy view of the buffer's memory (host-visible devices)."""
+        dt = np.dtype(dtype)
+        count = (self.size_bytes - offset_bytes) // dt.itemsize if shape is None else int(np.prod(shape))
+        flat = np.ndarray((count,), dt, buffer=self._memory, offset=offset_bytes)
+        return flat if shape is None else flat.reshape(shape)
+
+    def write(self, data: np.ndarray, offset_bytes: int = 0) -> None:
+        """Copy ``data``'s bytes into the buffer at ``offset_bytes``."""
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        if offset_bytes < 0 or offset_bytes + raw.size > self.size_bytes:
+            raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + raw.size})",
+                            f"within the buffer's {self.size_bytes} bytes", operand="data")
+        self._memory[offset_bytes: offset_bytes + raw.size] = raw
+
+    def read(self, dtype: Any, count: int, offset_bytes: int = 0) -> np.ndarray:
+        """Copy ``count`` elements of ``dtype`` out of the buffer."""
+        return self.array(dtype, (count,), offset_bytes).copy()
+
+    def matrix(self, dtype: Any, rows: int, cols: int, *, ld_elems: int | None = None, offset_bytes: int = 0,
+               batch_stride_elems: int = 0) -> Matrix:
+        """Describe a row-major matrix inside this buffer, for a GEMM or COPY descriptor."""
+        code = dtype if isinstance(dtype, DType) else dtype_of_numpy(dtype)
+        if code is None:
+            raise violation("operand.dtype", str(dtype), "a spec dtype", operand="matrix")
+        return Matrix(self.handle, code, rows, cols, ld_elems, offset_bytes, batch_stride_elems)
+
+    def free(self) -> None:
+        self.device._transport.free(self.handle)
+
+    def __repr__(self) -> str:
+        return f"Buffer(handle={self.handle}, size_bytes={self.size_bytes}, device={self.device.name!r})"
+
+
+class Device:
+    """An open ffaccel device.
+
+    Use :func:`ffaccel.open` to get one.
+
+    Examples
+    --------
+    >>> import numpy as np, ffaccel
+    >>> from ffaccel.abi import Gemm
+    >>> dev = ffaccel.open("cpu")
+    >>> a, b, d = (dev.alloc(16) for _ in range(3))
+    >>> a.write(np.eye(2, dtype=np.float32)); b.write(np.full((2, 2), 3, np.float32))
+    >>> g = Gemm(m=2, n=2, k=2, a=a.matrix(np.float32, 2, 2), b=b.matrix(np.float32, 2, 2),
+    ...          d=d.matrix(np.float32, 2, 2))
+    >>> dev.submit([g]).wait()
+    >>> d.read(np.float32, 4)
+    array([3., 3., 3., 3.], dtype=float32)
+    """
+
+    #: Waits without a timeout give up after this long (nothing hangs forever).
+    DEFAULT_TIMEOUT_NS = 60 * 10**9
+
+    def __init__(self, name: str, transport: InprocTransport) -> None:
+        self.name = name
+        self._transport = transport
+        self._kernels: dict[Any, GemmKernel] = {}
+        self._lock = threading.Lock()
+        #: Front-ends' per-call fast paths, keyed by argument geometry (see frontends.numpy_api).
+        self.frontend_plans: dict[Any, Any] = {}
+
+    # -- queries ------------------------------------------------------------------------
+    def info(self) -> DriverInfo:
+        """What the device supports: driver, combinations, limits, engines, memory."""
+        return self._transport.info()
+
+    @property
+    def spec_version(self) -> tuple[int, int]:
+        return SPEC_VERSION
+
+    # -- memory -------------------------------------------------------------------------
+    def alloc(self, size_bytes: int) -> Buffer:
+        """Allocate a zero-filled buffer of ``size_bytes`` bytes."""
+        handle, memory = self._transport.alloc(size_bytes)
+        return Buffer(self, handle, memory)
+
+    # -- work ---------------------------------------------------------------------------
+    def submit(self, commands: Iterable[Gemm | Copy | bytes], *, engine: str | Engine = "compute",
+               wait: Iterable[Fence] = ()) -> Fence:
+        """Validate and queue commands on one engine; returns the fence they signal.
+
+        The whole submission is validated first: if any command is invalid, nothing runs.
+        """
+        waits = []
+        for f in wait:
+            if f.device is not self:
+                raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
+            waits.append((f.engine, f.value))
+        raw = encode_submission(commands, _engine(engine), waits)
+        eng, value = self._transport.submit(raw)
+        return Fence(self, eng, value)
+
+    def submit_raw(self, raw: bytes) -> Fence:
+        """Submit already-encoded ABI bytes (header, waits, commands)."""
+        eng, value = self._transport.submit(raw)
+        return Fence(self, eng, value)
+
+    def wait(self, fence: Fence, *, timeout_ns: int | None = None, deadline_ns: int | None = None) -> None:
+        if deadline_ns is None:
+            timeout_ns = self.DEFAULT_TIMEOUT_NS if timeout_ns is None else timeout_ns
+            deadline_ns = time.monotonic_ns() + max(0, int(timeout_ns))
+        left = max(0, deadline_ns - time.monotonic_ns())
+        self._transport.wait(fence.engine, fence.value, left)
+
+    def gemm_kernel(self, key: Any, descriptor: bytes) -> GemmKernel:
+        """The validated, driver-prepared kernel for one GEMM geometry (cached by ``key``).
+
+        Front-ends use this host-array path: the descriptor is validated once per geometry
+        by the same abi validator that checks every submission.
+        """
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = self._transport.prepare_gemm(descriptor)
+            with self._lock:
+                if len(self._kernels) > 4096:  # bound the cache for programs with endless shapes
+                    self._kernels.clear()
+                self._kernels[key] = kernel
+        return kernel
+
+    def close(self) -> None:
+        self._transport.close()
+        self._kernels.clear()
+        self.frontend_plans.clear()
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        info = self.info()
+        return f"Device({self.name!r}, driver={info.name} {info.version})"
+
+
+# ------------------------------------------------------------------------------------------
+# registry
+
+DEFAULT_DEVICE_ENV = "FFACCEL_DEVICE"
+DEFAULT_DEVICE = "cpu"
+_defaults: dict[str, Device] = {}
+_defaults_lock = threading.Lock()
+
+
+def devices() -> list[str]:
+    """Names of the devices that :func:`open` accepts (one per installed driver).
+
+    Examples
+    --------
+    >>> import ffaccel
+    >>> {"ref", "cpu"} <= set(ffaccel.devices())
+    True
+    """
+    return sorted(driver_targets())
+
+
+def open_device(name: str | None = None) -> Device:
+    """Open a device by name: ``None`` means ``$FFACCEL_DEVICE``, else ``"cpu"``.
+
+    Examples
+    --------
+    >>> import ffaccel
+    >>> ffaccel.open("ref").info().name
+    'ref'
+    """
+    if name is None:
+        name = os.environ.get(DEFAULT_DEVICE_ENV) or DEFAULT_DEVICE
+    if not isinstance(name, str):
+        raise violation("device.name", repr(name), devices())
+    driver_name, _, options = name.partition(":")
+    try:
+        cls = load_driver_class(driver_name)
+    except KeyError:
+        raise violation("device.name", name, devices()) from None
+    driver = cls(options) if options else cls()
+    return Device(name, InprocTransport(driver))
+
+
+def default_device(name: str | None = None) -> Device:
+    """A shared, lazily opened device per name (what front-ends use when given a name or None)."""
+    if name is None:
+        name = os.environ.get(DEFAULT_DEVICE_ENV) or DEFAULT_DEVICE
+    dev = _defaults.get(name)
+    if dev is None:
+        with _defaults_lock:
+            dev = _defaults.get(name)
+            if dev is None:
+                dev = _defaults[name] = open_device(name)
+    return dev
+
+
+def resolve_device(device: "str | Device | None") -> Device:
+    if isinstance(device, Device):
+        return device
+    if device is None or isinstance(device, str):
+        return default_device(device)
+    raise FFAccelError(ErrorCode.INVALID_PARAMETER, "device",
+                       f"device must be a name, a Device or None; got {type(device).__name__}")
