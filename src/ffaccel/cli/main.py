@@ -1,0 +1,83 @@
+"""``ffaccel`` command line: ``ffaccel info [DEVICE]`` (more subcommands arrive with later layers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..abi import ABI_VERSION
+from ..runtime import devices, open_device
+from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION, FFAccelError
+
+
+def _info(args: argparse.Namespace, console: Console) -> int:
+    dev = open_device(args.device)
+    info = dev.info()
+    caps = info.caps
+    if args.json:
+        doc = {
+            "spec_version": list(SPEC_VERSION), "abi_version": ABI_VERSION, "device": dev.name,
+            "driver": {"name": info.name, "version": info.version, "description": info.description},
+            "gemm_combos": [c.name for c in GEMM_COMBOS if c in caps.combos],
+            "copy_conversions": [f"{DTYPES[s].name}->{DTYPES[d].name}" for s, d in COPY_CONVERSIONS
+                                 if (s, d) in caps.copies],
+            "post_ops": [POST_OPS[k].name for k in sorted(caps.post_ops)],
+            "engines": [e.name.lower() for e in sorted(caps.engines)],
+            "limits": vars(caps.limits),
+            "memory_bytes": info.memory_bytes,
+        }
+        console.print_json(json.dumps(doc))
+        return 0
+    console.print(f"[bold]ffaccel[/] {__version__} — spec v{SPEC_VERSION[0]}.{SPEC_VERSION[1]}, ABI {ABI_VERSION}")
+    console.print(f"device [bold]{dev.name}[/]: driver {info.name} {info.version} — {info.description}")
+    console.print(f"memory: {info.memory_bytes / 2**30:.1f} GiB; engines: "
+                  + ", ".join(e.name.lower() for e in sorted(caps.engines)))
+    t = Table(title="GEMM dtype combinations")
+    for col in ("bit", "A x B", "accumulate", "C, D", "supported"):
+        t.add_column(col)
+    for bit, c in enumerate(GEMM_COMBOS):
+        t.add_row(str(bit), f"{DTYPES[c.a].name} x {DTYPES[c.b].name}", DTYPES[c.acc].name, DTYPES[c.d].name,
+                  "[green]yes[/]" if c in caps.combos else "[red]no[/]")
+    console.print(t)
+    console.print("COPY conversions: " + ", ".join(f"{DTYPES[s].name}->{DTYPES[d].name}"
+                                                    for s, d in COPY_CONVERSIONS if (s, d) in caps.copies))
+    console.print("epilogue post-ops: " + ", ".join(POST_OPS[k].name for k in sorted(caps.post_ops)))
+    lim = Table(title="limits")
+    lim.add_column("limit")
+    lim.add_column("value", justify="right")
+    for name, value in vars(caps.limits).items():
+        lim.add_row(name, f"{value:,}")
+    console.print(lim)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ffaccel", description="ffaccel: a fixed-function accelerator interface")
+    p.add_argument("--version", action="version", version=f"ffaccel {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="spec version, driver, supported combinations and limits")
+    info.add_argument("device", nargs="?", default=None,
+                      help=f"device name (default: $FFACCEL_DEVICE, else cpu); one of {', '.join(devices())}")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return int(args.func(args, console))
+    except FFAccelError as e:
+        Console(stderr=True).print(f"[red]error[/] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
