@@ -65,6 +65,8 @@ class _Layout:
 def _layout(x: np.ndarray, allow_transposed: bool) -> _Layout | None:
     """The operand layout of a 3-D view, or None when it needs a copy."""
     batch, rows, cols = x.shape
+    if x.size == 0:  # nothing is read or written: any valid description will do
+        return _Layout(False, max(1, cols), 0)
     sb, sr, sc = x.strides
     isz = x.itemsize
     if (sb % isz) or (sr % isz) or (sc % isz) or sb < 0:
@@ -90,18 +92,17 @@ def _restride(x: np.ndarray, lay: _Layout) -> np.ndarray:
 def _operand3(x: np.ndarray, batch_shape: tuple[int, ...], allow_transposed: bool) -> tuple[np.ndarray, _Layout]:
     """Broadcast ``x`` (..., r, c) to batch_shape and flatten the batch into one strided axis."""
     full = batch_shape + x.shape[-2:]
-    own = x.shape[:-2]
-    if x.ndim == 2 or all(s == 1 for s in own):
+    batch = int(np.prod(batch_shape)) if batch_shape else 1
+    if x.ndim == 2 or all(s == 1 for s in x.shape[:-2]):
         x3 = x.reshape((1,) + x.shape[-2:]) if x.ndim != 3 or x.shape[0] != 1 else x
-        batch = int(np.prod(batch_shape)) if batch_shape else 1
         if batch != 1:
             x3 = np.broadcast_to(x3, (batch,) + x.shape[-2:])
     else:
         xb = np.broadcast_to(x, full)
         try:
-            x3 = xb.reshape((-1,) + x.shape[-2:], copy=False)
+            x3 = xb.reshape((batch,) + x.shape[-2:], copy=False)
         except ValueError:  # batch dims that no single stride can express: one copy
-            x3 = np.ascontiguousarray(xb).reshape((-1,) + x.shape[-2:])
+            x3 = np.ascontiguousarray(xb).reshape((batch,) + x.shape[-2:])
     lay = _layout(x3, allow_transposed)
     if lay is None:
         x3 = np.ascontiguousarray(x3)
@@ -305,7 +306,7 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
             cb = np.broadcast_to(c, res_full)
         except ValueError:
             raise violation("api.shape", f"c of shape {c.shape}", f"broadcastable to {res_full}", arg="c") from None
-        c3, clay = _operand3(cb, batch_shape, False) if batch_shape else _operand3(cb, (), False)
+        c3, clay = _operand3(cb, batch_shape, False)
         if clay.transposed or (batch > 1 and m * n and c3.strides[-2] == 0):
             c3 = np.ascontiguousarray(c3)
             clay = _layout(c3, False)

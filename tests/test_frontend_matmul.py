@@ -1,0 +1,167 @@
+"""ffaccel.matmul follows numpy.matmul's shape rules and the spec's arithmetic, on every device."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ffaccel
+from ffaccel import post
+
+DEVICES = [d for d in ("ref", "cpu") if d in ffaccel.devices()]
+RNG = np.random.default_rng(1234)
+
+
+def _want(a: np.ndarray, b: np.ndarray, c=None, alpha=1.0, beta=0.0) -> np.ndarray:
+    r = alpha * np.matmul(a.astype(np.float64), b.astype(np.float64))
+    if c is not None and beta != 0:
+        r = r + beta * c.astype(np.float64)
+    return r
+
+
+def _close(got: np.ndarray, want: np.ndarray, dtype, k: int) -> None:
+    u = {np.dtype(np.float64): 2.0**-53}.get(np.dtype(dtype), 2.0**-24)
+    out_u = {np.dtype(np.float16): 2.0**-11, np.dtype(ml_dtypes.bfloat16): 2.0**-8}.get(np.dtype(dtype), u)
+    tol = 4 * (k + 2) * u + out_u
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max(initial=0.0))))
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("sa", "sb"),
+    [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)),
+     ((2, 1, 3, 4), (5, 4, 2)), ((1, 3, 4), (6, 4, 2)), ((0, 4), (4, 3)), ((3, 0), (0, 2)), ((2, 0, 3), (3, 4))],
+    ids=str,
+)
+def test_shapes_follow_numpy(device: str, sa, sb) -> None:
+    a = RNG.standard_normal(sa).astype(np.float32)
+    b = RNG.standard_normal(sb).astype(np.float32)
+    got = ffaccel.matmul(a, b, device=device)
+    want = np.matmul(a, b)
+    assert np.shape(got) == np.shape(want)
+    assert got.dtype == np.float32
+    _close(np.asarray(got), _want(a, b), np.float32, sa[-1])
+
+
+@pytest.mark.parametrize("layout", ["transposed", "strided", "negative", "fortran", "broadcast_batch"])
+def test_views_of_any_layout(device: str, layout: str) -> None:
+    base = RNG.standard_normal((4, 12, 14))
+    if layout == "transposed":
+        a = base[0, :6, :5].T  # 5 x 6, column-major view
+    elif layout == "strided":
+        a = base[0, :10:2, :12:2]
+    elif layout == "negative":
+        a = base[0, ::-1, :][:5, :6]
+    elif layout == "fortran":
+        a = np.asfortranarray(base[0, :5, :6])
+    else:
+        a = np.broadcast_to(base[0, :5, :6], (3, 5, 6))
+    b = RNG.standard_normal((6, 7))
+    _close(ffaccel.matmul(a, b, device=device), _want(a, b), np.float64, 6)
+
+
+def test_trans_flags_swap_last_axes(device: str) -> None:
+    a = RNG.standard_normal((2, 6, 5)).astype(np.float32)
+    b = RNG.standard_normal((7, 6)).astype(np.float32)
+    got = ffaccel.matmul(a, b, trans_a=True, trans_b=True, device=device)
+    _close(got, _want(a.swapaxes(-1, -2), b.T), np.float32, 6)
+
+
+def test_alpha_beta_and_broadcast_c(device: str) -> None:
+    a = RNG.standard_normal((3, 4))
+    b = RNG.standard_normal((4, 5))
+    c = RNG.standard_normal(5)
+    got = ffaccel.matmul(a, b, c, alpha=0.5, beta=-2.0, device=device)
+    _close(got, _want(a, b, np.broadcast_to(c, (3, 5)), 0.5, -2.0), np.float64, 4)
+
+
+def test_beta_zero_ignores_nan_c(device: str) -> None:
+    a, b = np.ones((2, 3)), np.ones((3, 2))
+    c = np.full((2, 2), np.nan)
+    np.testing.assert_array_equal(ffaccel.matmul(a, b, c, beta=0.0, device=device), np.full((2, 2), 3.0))
+
+
+def test_out_in_place_with_c(device: str) -> None:
+    a = RNG.standard_normal((3, 4))
+    b = RNG.standard_normal((4, 5))
+    c = RNG.standard_normal((3, 5))
+    c0 = c.copy()
+    r = ffaccel.matmul(a, b, c, beta=1.0, out=c, device=device)
+    assert r is c
+    _close(c, _want(a, b, c0, 1.0, 1.0), np.float64, 4)
+
+
+def test_out_non_contiguous_writes_only_its_window(device: str) -> None:
+    a = RNG.standard_normal((3, 4)).astype(np.float32)
+    b = RNG.standard_normal((4, 5)).astype(np.float32)
+    big = np.full((6, 10), -7.0, np.float32)
+    out = big[::2, ::2]
+    ffaccel.matmul(a, b, out=out, device=device)
+    _close(out, _want(a, b), np.float32, 4)
+    mask = np.ones_like(big, bool)
+    mask[::2, ::2] = False
+    assert (big[mask] == -7.0).all()
+
+
+@pytest.mark.parametrize(
+    ("dt", "out_dtype", "res"),
+    [(np.float16, None, np.float16), (np.float16, np.float32, np.float32),
+     (ml_dtypes.bfloat16, None, ml_dtypes.bfloat16), (ml_dtypes.bfloat16, np.float32, np.float32),
+     (np.float64, None, np.float64), (np.int8, None, np.int32), (np.uint8, None, np.int32)],
+    ids=str,
+)
+def test_result_dtypes(device: str, dt, out_dtype, res) -> None:
+    a = (RNG.standard_normal((3, 8)) * 4).astype(dt)
+    b = (RNG.standard_normal((8, 2)) * 4).astype(dt)
+    got = ffaccel.matmul(a, b, out_dtype=out_dtype, device=device)
+    assert got.dtype == np.dtype(res)
+    if np.dtype(res) == np.int32:
+        np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    else:
+        _close(got, _want(a, b), res, 8)
+
+
+def test_int8_uint8_mix_and_wrap(device: str) -> None:
+    a = np.full((1, 4), -128, np.int8)
+    b = np.full((4, 1), 255, np.uint8)
+    np.testing.assert_array_equal(ffaccel.matmul(a, b, device=device), [[-128 * 255 * 4]])
+    big = ffaccel.matmul(np.full((1, 1), 127, np.int8), np.full((1, 1), 127, np.int8), alpha=2**31 - 1,
+                         device=device)
+    assert big[0, 0] == np.int64(127 * 127 * (2**31 - 1)).astype(np.int32)
+
+
+def test_post_ops_chain(device: str) -> None:
+    a = RNG.standard_normal((4, 6)).astype(np.float32)
+    b = RNG.standard_normal((6, 5)).astype(np.float32)
+    v = RNG.standard_normal(5).astype(np.float32)
+    e = RNG.standard_normal((4, 5)).astype(np.float32)
+    got = ffaccel.matmul(a, b, post_ops=[post.bias(v), post.scale(2.0), post.clamp(-1.0, 1.5), post.add(e)],
+                         device=device)
+    want = np.clip((_want(a, b) + v) * 2.0, -1.0, 1.5) + e
+    _close(got, want, np.float32, 6)
+
+
+def test_bias_over_rows_and_gelu(device: str) -> None:
+    from scipy.special import erf
+
+    a = RNG.standard_normal((4, 6))
+    b = RNG.standard_normal((6, 5))
+    v = RNG.standard_normal(4)
+    got = ffaccel.matmul(a, b, post_ops=[post.bias(v, axis="m"), post.gelu()], device=device)
+    x = _want(a, b) + v[:, None]
+    _close(got, x * (1 + erf(x / np.sqrt(2))) / 2, np.float64, 6)
+
+
+def test_cached_fast_path_uses_fresh_data(device: str) -> None:
+    dev = ffaccel.open(device)
+    for _ in range(3):
+        a = RNG.standard_normal((8, 8)).astype(np.float32)
+        b = RNG.standard_normal((8, 8)).astype(np.float32)
+        _close(ffaccel.matmul(a, b, device=dev), _want(a, b), np.float32, 8)
+        _close(ffaccel.matmul(a.T, b, device=dev), _want(a.T, b), np.float32, 8)
+    assert dev.frontend_plans, "the second call of a geometry should hit a cached plan"
