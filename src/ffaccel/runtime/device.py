@@ -276,10 +276,24 @@ def default_device(name: str | None = None) -> Device:
     return dev
 
 
+_implicit: Device | None = None
+
+
 def resolve_device(device: "str | Device | None") -> Device:
+    """The Device a front-end call should use.
+
+    ``None`` means the process's implicit default, resolved from ``$FFACCEL_DEVICE``
+    (else ``"cpu"``) on first use and then kept: reading the environment costs about
+    a microsecond, as much as a whole tiny GEMM.
+    """
+    global _implicit
+    if device is None:
+        if _implicit is None:
+            _implicit = default_device(None)
+        return _implicit
     if isinstance(device, Device):
         return device
-    if device is None or isinstance(device, str):
+    if isinstance(device, str):
         return default_device(device)
     raise FFAccelError(ErrorCode.INVALID_PARAMETER, "device",
                        f"device must be a name, a Device or None; got {type(device).__name__}")
