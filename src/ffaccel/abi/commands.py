@@ -59,7 +59,7 @@ class Matrix:
     rows, cols : int
         Shape of the stored matrix (for a transposed A, the stored k x m).
     ld_elems : int, optional
-        Elements between row starts; defaults to ``cols``.
+        Elements between row starts; defaults to ``max(1, cols)``.
     offset_bytes : int
         Byte offset of element [0, 0] of batch entry 0.
     batch_stride_elems : int
@@ -83,7 +83,7 @@ class Matrix:
 
     def __post_init__(self) -> None:
         if self.ld_elems is None:
-            object.__setattr__(self, "ld_elems", self.cols)
+            object.__setattr__(self, "ld_elems", max(1, self.cols))
 
     def fields(self, prefix: str) -> dict[str, int]:
         p = prefix + "."

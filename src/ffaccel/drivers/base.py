@@ -31,6 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..abi import CopyOp, DeviceCaps, GemmOp
+from .rounding import round_to
 
 GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
 
@@ -87,8 +88,15 @@ class Driver:
         return lambda a, b, c, d, epi: gemm(op, a, b, c, d, epi)
 
     def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
-        """dst = convert(src), rounding to nearest even (NumPy / ml_dtypes casts are RNE)."""
-        np.copyto(dst, src.astype(dst.dtype), casting="unsafe")
+        """dst = convert(src), rounding once to nearest even.
+
+        Casts from f32/f16/bf16 are single RNE roundings in NumPy / ml_dtypes; f64 sources go
+        through :func:`round_to`, because ml_dtypes' f64 -> bf16 cast double-rounds via f32.
+        """
+        if src.dtype == np.float64 and dst.dtype != np.float64:
+            np.copyto(dst, round_to(src, op.dst.dtype), casting="unsafe")
+        else:
+            np.copyto(dst, src.astype(dst.dtype), casting="unsafe")
 
     def close(self) -> None:
         """Release whatever the driver holds."""
