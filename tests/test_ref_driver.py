@@ -302,6 +302,37 @@ def test_brute_force_matches_fractions(cmb, seed):
         assert d.astype(np.float64).tolist() == got
 
 
+@pytest.mark.parametrize("cmb", [combo(F64, F64, F64), combo(F32, F32, F32), combo(F16, F16, F16),
+                                 combo(BF16, BF16, BF16), combo(BF16, BF16, F32)], ids=lambda c: c.name)
+@pytest.mark.parametrize("k", [1, 7, 129])
+def test_fast_path_matches_fractions_under_cancellation(cmb, k):
+    """The vectorised (sliced) path against Fractions, on sums that cancel to far below their terms."""
+    from ffaccel.drivers import ref as ref_mod
+    rng = np.random.default_rng(k * 31 + GEMM_COMBOS.index(cmb))
+    m, n = 3, 4
+    a = _random_values(rng, cmb.a, (1, m, k))
+    b = _random_values(rng, cmb.b, (1, k, n))
+    # column pairs of A that cancel (x, -x) against equal rows of B, plus small survivors
+    half = k // 2
+    a[0, :, half:2 * half] = -a[0, :, :half]
+    b[0, half:2 * half, :] = b[0, :half, :]
+    a[0, 0, :] = a[0, 0, :] * np.asarray(2.0**-20, a.dtype)  # a row far smaller than the rest
+    c = _random_values(rng, cmb.d, (1, m, n))
+    c[0, 1, :] = 0
+    for alpha, beta in [(1.0, 0.0), (-0.75, 1.0), (3.0, -0.5)]:
+        op = gemm_op(cmb, m, n, k, alpha=alpha, beta=beta)
+        cc = c if beta != 0 else None
+        res = REF.evaluate(op, a, b, cc, ())
+        exact = _frac_gemm(op, a, b, cc)
+        want = [[[frac_round(v, cmb.d) for v in r] for r in bt] for bt in exact]
+        assert res.rounded.astype(np.float64).tolist() == want
+        assert res.exact.tolist() == [[[float(v) for v in r] for r in bt] for bt in exact]
+        # and the fast path really answered (no fallback to the per-element exact path)
+        need_sign = cmb.d != F64
+        _, _, ok = ref_mod._fast_accumulate(op, a, b, cc, need_sign)
+        assert ok.all()
+
+
 def test_f64_dot_product_is_correctly_rounded_under_cancellation():
     a = arr([[1e16, 1.0, -1e16, 2**-30]], F64)
     b = arr([[1.0], [1.0], [1.0], [1.0]], F64)

@@ -201,13 +201,19 @@ def _default_acc(a_dtype: DType | None) -> DType:
 def scalar_bits(x: float | int, is_int: bool, name: str) -> int:
     """Encode a scalar: i64 for integer GEMM (must be integral), else f64 bits."""
     if is_int:
-        if isinstance(x, float) and not (math.isfinite(x) and x == int(x)):
-            raise violation("gemm.int_scalar", x, "an integer in [-2**31, 2**31 - 1]", scalar=name)
-        v = int(x)
-        if not -(2**63) <= v < 2**63:
-            raise violation("gemm.int_scalar", v, "an integer in [-2**31, 2**31 - 1]", scalar=name)
+        v = int(x) if not isinstance(x, float) or (math.isfinite(x) and x == int(x)) else None
+        if v is None or not -(2**63) <= v < 2**63:
+            raise _int_scalar_error(name, x)
         return i64_bits(v)
     return f64_bits(x)
+
+
+def _int_scalar_error(name: str, x: object) -> Exception:
+    allowed = "an integer in [-2**31, 2**31 - 1]"
+    if name.startswith("epilogue["):  # "epilogue[i].paramN"
+        slot, _, param = name.partition("].")
+        return violation("epilogue.param", x, allowed, i=slot[len("epilogue["):], p=param.removesuffix("_bits"))
+    return violation("gemm.int_scalar", x, allowed, scalar=name)
 
 
 def encode_fields(layout_: object, values: dict[str, int]) -> bytes:

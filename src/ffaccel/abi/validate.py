@@ -294,7 +294,7 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
     if combo.is_int and not spec.int_ok:
         raise violation("epilogue.int_unsupported", spec.name, "bias, relu, clamp, scale, add for int32", i=i)
     if kind not in caps.post_ops:
-        raise violation("epilogue.int_unsupported", spec.name, sorted(POST_OPS[x].name for x in caps.post_ops), i=i)
+        raise violation("epilogue.supported", spec.name, sorted(POST_OPS[x].name for x in caps.post_ops), i=i)
     is_int = combo.is_int
     p = [_float_or_int(f[s + "param0_bits"], is_int), _float_or_int(f[s + "param1_bits"], is_int)]
     for j in range(len(spec.params), 2):
@@ -306,8 +306,11 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
             for j, v in enumerate(p):
                 if not INT32_MIN <= v <= INT32_MAX:
                     raise violation("epilogue.param", v, "an int32", i=i, p=f"param{j}")
-        if math.isnan(lo) or math.isnan(hi) or lo > hi:
-            raise violation("epilogue.param", f"lo={lo}, hi={hi}", "lo <= hi, neither NaN", i=i, p="param0")
+        for j, v in enumerate(p):
+            if math.isnan(v):
+                raise violation("epilogue.param", v, "a number (not NaN)", i=i, p=f"param{j}")
+        if lo > hi:
+            raise violation("epilogue.param", f"lo={lo}, hi={hi}", "lo <= hi", i=i, p="param0")
     if kind == PostOpKind.SCALE:
         v = p[0]
         if is_int and not INT32_MIN <= v <= INT32_MAX:
@@ -317,9 +320,9 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
     shape = {PostOpKind.BIAS_N: (1, n), PostOpKind.BIAS_M: (m, 1), PostOpKind.ADD: (m, n)}.get(kind)
     name = s + "operand"
     if shape is None:
-        operand = _operand(f, name, 0, 0, False, caps.limits)
-        if operand is not None:
-            raise violation("epilogue.operand", f"handle {operand.handle}", "no operand", i=i)
+        if f[name + ".handle"]:
+            raise violation("epilogue.operand", f"handle {f[name + '.handle']}", f"no operand for {spec.name}", i=i)
+        _operand(f, name, 0, 0, False, caps.limits)  # absent: every field must be zero
         return PostOp(kind, p[0], p[1], None)
     operand = _operand(f, name, shape[0], shape[1], True, caps.limits)
     assert operand is not None

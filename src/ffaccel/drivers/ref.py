@@ -1,17 +1,33 @@
 """The ``ref`` driver: ffaccel's golden model.
 
-It is written to be obviously correct, not fast. Every other driver is judged
-against :meth:`RefDriver.evaluate`, which returns what ``gemm`` writes together
-with the value before the final rounding and the spec's elementwise error bound.
+It is written to be correct first. Every other driver is judged against
+:meth:`RefDriver.evaluate`, which returns what ``gemm`` writes together with the
+value before the final rounding and the spec's elementwise error bound.
 
-How the value is computed (floats):
+What the golden value guarantees (floats): ``exact`` is ``alpha * op(A) @ op(B) +
+beta * C`` *correctly rounded* to float64, and (no epilogue) ``rounded`` is that exact
+value rounded *once* to D's dtype. Its own error is 0 against the exact value, beyond
+the final roundings, whichever path below computed it. (Exception, unchanged: a
+product ``alpha * term`` below 2**-968 or a product of inputs below float64's normal
+range may lose bits below 2**-1074, far below any bound.)
 
-* ``alpha * op(A) @ op(B) + beta * C`` is computed *correctly rounded* to float64:
-  every product ``a * b`` is split exactly into two doubles (Dekker's TwoProduct on
-  the frexp mantissas, so the splitting cannot overflow), scaled by alpha the same
-  way, and all terms of one output element are summed with :func:`math.fsum`.
-  (Exact unless a product falls below float64's normal range, 2**-1022, where
-  bits below 2**-1074 are lost: far below any bound.)
+How the value is computed (floats), two paths with the same answer:
+
+* fast path (vectorised, Ozaki's error-free slicing): rows of op(A) and columns of
+  op(B) are split exactly into integer slices of ``(53 - ceil(log2 k)) // 2`` bits under
+  a power-of-two scale per row/column, so every slice product is a float64 (BLAS)
+  matmul of integers with all partial sums below 2**53: exact in any summation order.
+  The scaled products, alpha (TwoProduct) and beta * C (TwoProduct) give each element
+  as an exact sum of a few doubles, summed by two TwoSum cascades; where the
+  second-order errors vanish the result is exact (correct rounding plus exact rest),
+  elsewhere it is accepted only if a rigorous bound certifies the rounding. Elements
+  the fast path cannot certify (non-finite inputs or scalars, rows/columns whose
+  dynamic range needs more than 8 slices, over/underflow of a scaled term, a doubtful
+  rounding) go to the exact path. Assumes only IEEE float64 arithmetic in matmul.
+* exact path (per element, obviously correct): every product ``a * b`` is split
+  exactly into two doubles (Dekker's TwoProduct on the frexp mantissas, so the
+  splitting cannot overflow), scaled by alpha the same way, and all terms of one
+  output element are summed with :func:`math.fsum`.
 * without an epilogue, that exact value is rounded once to D's dtype, to nearest
   even: the remainder of the float64 sum is kept so that the float64 can be rounded
   to odd, which makes the second rounding (to f32/f16/bf16) exact-then-round-once;
@@ -26,7 +42,8 @@ overflow float64 (or inf meets -inf) the sum is the IEEE left-to-right sum, so
 ``max*max - max*max`` is NaN, as on a float64 device.
 
 Integers: exact, int32 two's complement. The accumulator ``alpha * sum + beta * C``
-wraps modulo 2**32, and so does the value after every post-op.
+wraps modulo 2**32 (computed modulo 2**64 in uint64, after an exact float64 matmul of
+the int8/uint8 values while k < 2**36), and so does the value after every post-op.
 """
 
 from __future__ import annotations
@@ -132,48 +149,196 @@ def _round_to_odd(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return np.where(inexact & even, np.nextafter(hi, toward), hi)
 
 
-def _float_accumulate(op: GemmOp, a: np.ndarray, b: np.ndarray,
-                      c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """alpha * op(A) @ op(B) + beta * C as (hi, lo) float64 arrays of shape (batch, m, n).
+def _exact_row(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, bi: int, i: int,
+               cols: np.ndarray | slice) -> tuple[list[float], list[float]]:
+    """(hi, lo) of elements (bi, i, cols) of alpha * op(A) @ op(B) + beta * C, by math.fsum.
 
-    hi is the value correctly rounded to float64 and lo the rest, so hi + lo is the
-    exact value to about 106 bits. A and B are read only when ``op.reads_ab``; C only
-    when ``op.reads_c``.
+    hi is each value correctly rounded to float64 and lo the correctly rounded rest
+    (see :func:`_sum_exact`). This is the slow, obviously exact path.
     """
-    batch, m, n = op.batch, op.m, op.n
     alpha, beta = float(op.alpha), float(op.beta)
-    hi = np.zeros((batch, m, n))
-    lo = np.zeros((batch, m, n))
     # With alpha and beta finite, the scalings go into the exact sum too; otherwise
     # (inf or NaN scalars) IEEE arithmetic on the exact dot product is the meaning.
     scalars_exact = math.isfinite(alpha) and math.isfinite(beta)
-    for bi in range(batch):
-        for i in range(m):
-            rows: list[np.ndarray] = []  # each (1 or k, n) float64: terms summed per column
-            if op.reads_ab:
-                ai = a[bi, i, :].astype(np.float64)[:, None]  # (k, 1)
-                bk = b[bi].astype(np.float64)  # (k, n)
-                ph, pl = _two_prod(ai, bk)
-                if scalars_exact:
-                    for part in (ph, pl):
-                        rows += list(_two_prod(alpha, part))
-                else:
-                    dots = np.array([_sum_exact(col)[0] for col in np.concatenate([ph, pl]).T.tolist()])
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        rows.append((alpha * dots)[None, :])
-            if op.reads_c:
-                assert c is not None
-                ci = c[bi, i, :].astype(np.float64)[None, :]
-                if scalars_exact:
-                    rows += list(_two_prod(beta, ci))
-                else:
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        rows.append(beta * ci)
-            if rows:
-                cols = np.concatenate(rows, axis=0).T.tolist()  # n lists of terms
-                pairs = [_sum_exact(col) for col in cols]
-                hi[bi, i, :] = [p[0] for p in pairs]
-                lo[bi, i, :] = [p[1] for p in pairs]
+    rows: list[np.ndarray] = []  # each (1 or k, ncols) float64: terms summed per column
+    if op.reads_ab:
+        ai = a[bi, i, :].astype(np.float64)[:, None]  # (k, 1)
+        bk = b[bi][:, cols].astype(np.float64)  # (k, ncols)
+        ph, pl = _two_prod(ai, bk)
+        if scalars_exact:
+            for part in (ph, pl):
+                rows += list(_two_prod(alpha, part))
+        else:
+            dots = np.array([_sum_exact(col)[0] for col in np.concatenate([ph, pl]).T.tolist()])
+            with np.errstate(invalid="ignore", over="ignore"):
+                rows.append((alpha * dots)[None, :])
+    if op.reads_c:
+        assert c is not None
+        ci = c[bi, i, cols].astype(np.float64)[None, :]
+        if scalars_exact:
+            rows += list(_two_prod(beta, ci))
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                rows.append(beta * ci)
+    if not rows:
+        return [], []
+    pairs = [_sum_exact(col) for col in np.concatenate(rows, axis=0).T.tolist()]  # one list of terms per column
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+# ------------------------------------------------------------------------------------
+# the fast path: exact products by slicing (Ozaki's scheme), a certified double-double
+# sum, and the exact path above for every element it cannot certify
+
+_MAX_SLICES = 8  # per operand: 8 slices of >= 14 bits cover any row of f32/f16/bf16 values
+
+
+def _slice_exact(x: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Split x (float64) exactly into integer-valued slices along the k axis.
+
+    Returns (e, q, good): where good (shape of x reduced over ``axis``, kept), every value
+    of that row (axis=-1) or column (axis=-2) is ``sum_s ldexp(q[s], e - (s + 1) * bits)``
+    exactly, with each q[s] an integer of magnitude < 2**bits. good is False for a row or
+    column with a non-finite value, with a value too small to scale exactly next to its
+    largest one, or with bits left over after _MAX_SLICES slices.
+    """
+    finite = np.isfinite(x)
+    x0 = np.where(finite, x, 0.0)
+    _, e = np.frexp(np.abs(x0).max(axis=axis, keepdims=True))  # every |x| < 2**e (e = 0 for a zero row)
+    with np.errstate(under="ignore"):
+        y = np.ldexp(x0, bits - e)  # |y| < 2**bits
+        good = finite.all(axis=axis, keepdims=True) & (np.ldexp(y, e - bits) == x0).all(axis=axis, keepdims=True)
+    q = []
+    for _ in range(_MAX_SLICES):
+        t = np.trunc(y)
+        q.append(t)
+        y = np.ldexp(y - t, bits)  # y - t is y's fraction: exact, and so is the power-of-two scaling
+        if not y.any():
+            break
+    good &= ~(y != 0).any(axis=axis, keepdims=True)
+    return e, q, good
+
+
+def _fast_accumulate(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None,
+                     need_sign: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hi, lo, ok) for alpha * op(A) @ op(B) + beta * C, alpha and beta finite.
+
+    Where ok: hi is the exact value correctly rounded to float64, and (if need_sign) lo
+    has the sign of the exact rest (value - hi) and is 0 exactly when the rest is 0
+    (all that rounding to odd uses). Where not ok, hi and lo mean nothing.
+
+    How: with ``bits = (53 - ceil(log2 k)) // 2``, op(A)'s rows and op(B)'s columns are
+    split exactly into integer slices below 2**bits (scaled by a power of two per row or
+    column); every product of two slices is a float64 matmul of integers whose partial
+    sums stay below k * 2**(2 bits) <= 2**53, so it is exact whatever the summation order
+    or FMA use. Each element is then an exact sum of a few float64 terms (those products
+    scaled back, times alpha split exactly by TwoProduct, and beta * C likewise). Those
+    terms are summed by two cascades of TwoSum into (s, cs) and a few second-order errors
+    q2 with ``exact == s + cs + sum(q2)`` exactly. Where every q2 is 0 (the common case),
+    ``fl(s + cs)`` is the correctly rounded value and TwoSum gives the exact rest; otherwise
+    an element is ok only where ``sum|q2|`` leaves no doubt about the float64 rounding (and
+    the rest's sign). Every check that fails only costs speed: that element goes to the
+    exact path.
+    """
+    shape = (op.batch, op.m, op.n)
+    alpha, beta = float(op.alpha), float(op.beta)
+    good = np.ones(shape, dtype=bool)
+    terms: list[np.ndarray] = []
+
+    def add_scaled(x: np.ndarray, scalar: float) -> None:
+        # scalar * x as two float64 terms: exact unless the product is non-finite or below 2**-968
+        # (then the low half could have lost bits below 2**-1074): such elements are not ok.
+        nonlocal good
+        if scalar == 1.0:
+            terms.append(x)
+            return
+        h, lo = _two_prod(scalar, x)
+        good &= np.isfinite(h) & ((h == 0) | (np.abs(h) >= 2.0**-968))
+        terms.extend((h, lo))
+
+    if op.reads_ab:
+        k = op.k
+        bits = (53 - (k - 1).bit_length()) // 2
+        a64 = a.astype(np.float64)
+        b64 = b.astype(np.float64)
+        ea, qa, good_a = _slice_exact(a64, -1, bits)  # (batch, m, 1)
+        eb, qb, good_b = _slice_exact(b64, -2, bits)  # (batch, 1, n)
+        good &= good_a & good_b
+        e_ab = ea + eb
+        for s, qs in enumerate(qa):
+            for t, qt in enumerate(qb):
+                p = np.matmul(qs, qt)  # exact: integers, every partial sum below 2**53
+                shift = e_ab - (s + t + 2) * bits
+                with np.errstate(over="ignore", under="ignore"):
+                    x = np.ldexp(p, shift)
+                    good &= np.ldexp(x, -shift) == p  # the scaling neither overflowed nor lost bits
+                add_scaled(x, alpha)
+    if op.reads_c:
+        assert c is not None
+        add_scaled(np.broadcast_to(c.astype(np.float64), shape), beta)
+    if not terms:
+        z = np.zeros(shape)
+        return z, z, np.ones(shape, dtype=bool)
+
+    # A TwoSum cascade, twice: exact == s + sum(q) exactly, and sum(q) == cs + sum(q2) exactly.
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        s = np.array(np.broadcast_to(terms[0], shape), dtype=np.float64)
+        cs = np.zeros(shape)
+        q2sum = np.zeros(shape)
+        for x in terms[1:]:
+            t = s + x
+            z = t - s
+            q = (s - (t - z)) + (x - z)
+            s = t
+            t = cs + q
+            z = t - cs
+            q2sum += np.abs((cs - (t - z)) + (q - z))
+            cs = t
+        # TwoSum(s, cs): exact == hi + r + delta, |delta| <= sum|q2| <= err (q2sum is that sum of
+        # a few values computed with relative error < gamma_N; the factor covers it). err == 0 means
+        # exact == s + cs, so hi == fl(s + cs) is the correctly rounded value and r the exact rest.
+        hi = s + cs
+        z = hi - s
+        r = (s - (hi - z)) + (cs - z)
+        err = q2sum * (1.0 + len(terms) * 2.0**-51)
+        tol = (np.abs(r) + err) * (1.0 + 2.0**-20)
+        gap = np.minimum(np.nextafter(hi, np.inf) - hi, hi - np.nextafter(hi, -np.inf))
+        # either exact, or strictly inside hi's rounding interval
+        ok = good & np.isfinite(hi) & np.isfinite(r) & ((err == 0) | (tol < gap / 2))
+        if need_sign:
+            # the rest (exact - hi = r + delta) has r's sign, and is 0 only if r == 0 == err
+            ok &= (err == 0) | (np.abs(r) > err * (1.0 + 2.0**-20))
+    return hi, r, ok
+
+
+def _float_accumulate(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None,
+                      need_sign: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """alpha * op(A) @ op(B) + beta * C as (hi, lo) float64 arrays of shape (batch, m, n).
+
+    hi is the value correctly rounded to float64; lo is the rest (value - hi), correctly
+    rounded where the exact path computed it, and otherwise (fast path) a float64 with
+    the rest's sign that is 0 exactly when the rest is 0 (if need_sign; without it, lo
+    is meaningless on the fast path). A and B are read only when ``op.reads_ab``; C only
+    when ``op.reads_c``.
+    """
+    shape = (op.batch, op.m, op.n)
+    if math.isfinite(float(op.alpha)) and math.isfinite(float(op.beta)):
+        hi, lo, ok = _fast_accumulate(op, a, b, c, need_sign)
+        hi, lo = np.array(hi, dtype=np.float64), np.array(lo, dtype=np.float64)
+    else:  # inf or NaN scalars: IEEE semantics, only the exact path knows them
+        hi, lo, ok = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=bool)
+    if ok.all():
+        return hi, lo
+    bad = ~ok
+    for bi, i in zip(*np.nonzero(bad.any(axis=2))):
+        cols = np.nonzero(bad[bi, i])[0]
+        h, lo_ = _exact_row(op, a, b, c, int(bi), int(i), cols)
+        if h:
+            hi[bi, i, cols] = h
+            lo[bi, i, cols] = lo_
+        else:
+            hi[bi, i, cols] = 0.0
+            lo[bi, i, cols] = 0.0
     return hi, lo
 
 
@@ -265,7 +430,7 @@ class RefDriver(Driver):
 
     name = "ref"
     version = "1.0"
-    description = "golden model: exact arithmetic, one correct rounding (slow; for judging other drivers)"
+    description = "golden model: exact arithmetic, one correct rounding (for judging other drivers)"
 
     def evaluate(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None,
                  epi: tuple[np.ndarray | None, ...] | None) -> RefResult:
@@ -296,7 +461,7 @@ class RefDriver(Driver):
                         epi: tuple[np.ndarray | None, ...]) -> RefResult:
         combo = op.combo
         shape = (op.batch, op.m, op.n)
-        x, rest = _float_accumulate(op, a, b, c)
+        x, rest = _float_accumulate(op, a, b, c, need_sign=not op.epilogue and combo.d != DType.F64)
         stages = []
         if op.epilogue:
             x = _within_acc_range(x, combo.acc)
@@ -329,17 +494,25 @@ class RefDriver(Driver):
                       epi: tuple[np.ndarray | None, ...]) -> RefResult:
         shape = (op.batch, op.m, op.n)
         alpha, beta = int(op.alpha), int(op.beta)
-        acc = np.zeros(shape, dtype=object)  # Python ints: no overflow before we choose to wrap
+        # Everything is computed modulo 2**64 in uint64 (numpy wraps unsigned arithmetic), which is
+        # exact modulo 2**32, all the result keeps. (|a * b| <= 2**16, so the matmul itself is exact;
+        # the wrapping is there for alpha and beta.)
+        acc = np.zeros(shape, dtype=np.uint64)
         if op.reads_ab:
-            # |a * b| <= 2**16 and k < 2**31, so int64 sums are exact; then exact Python ints.
-            acc = acc + alpha * (a.astype(np.int64) @ b.astype(np.int64)).astype(object)
+            if op.k < 2**36:  # every partial sum is an integer below 2**52: float64 (BLAS) is exact
+                ab = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64).astype(np.uint64)
+            else:
+                ab = np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.uint64)
+            acc = acc + np.uint64(alpha % 2**64) * ab
         if op.reads_c:
             assert c is not None
-            acc = acc + beta * c.astype(np.int64).astype(object)
-        x = wrap_int32(acc).astype(object)
-        for p, v in zip(op.epilogue, epi):
-            x = np.broadcast_to(_int_post_op(p.kind, p.param0, p.param1, x, v), shape)
-        rounded = wrap_int32(x)  # already in range: this is the int32 cast
+            acc = acc + np.uint64(beta % 2**64) * c.astype(np.int64).astype(np.uint64)
+        rounded = wrap_int32(acc)
+        if op.epilogue:
+            x = rounded.astype(np.int64).astype(object)  # post-ops on Python ints, wrapped after each
+            for p, v in zip(op.epilogue, epi):
+                x = np.broadcast_to(_int_post_op(p.kind, p.param0, p.param1, x, v), shape)
+            rounded = wrap_int32(x)  # already in range: this is the int32 cast
         return RefResult(rounded, rounded.astype(np.float64), np.zeros(shape))
 
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,

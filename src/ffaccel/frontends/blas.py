@@ -98,7 +98,7 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
     if c_dt is None:
         raise violation("api.dtype", str(cf.dtype), "the output dtype of the a/b combination", arg="c")
     if not cf.flags.writeable:
-        raise violation("api.out", "a read-only array", "a writeable array")
+        raise violation("api.writeable", "a read-only array", "a writeable array", arg="c")
     ta, tb = trans_a == "T", trans_b == "T"
     # stored shapes in row-major terms; a column-major matrix is its row-major transpose
     a_rows, a_cols = (k, m) if ta else (m, k)

@@ -273,7 +273,7 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
             seen = (getattr(out, "shape", None), str(getattr(out, "dtype", type(out).__name__)))
             raise violation("api.out", f"shape {seen[0]}, dtype {seen[1]}", f"shape {final_shape}, dtype {d_np}")
         if not out.flags.writeable:
-            raise violation("api.out", "a read-only array", "a writeable array")
+            raise violation("api.writeable", "a read-only array", "a writeable array", arg="out")
         out_full = out.reshape(res_full) if out.size else np.empty(res_full, d_np)
         if out_full.size and not np.shares_memory(out_full, out):
             out_full = None  # reshape had to copy: compute into a temporary, copy back
@@ -316,7 +316,7 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
 
     # --- epilogue -----------------------------------------------------------------------
     if len(post_ops) > 4:
-        raise violation("epilogue.count", len(post_ops), "<= 4")
+        raise _in_post_ops_terms(violation("epilogue.count", len(post_ops), "<= 4"))
     epi_descs: list[PostOpDesc] = []
     epi_arrays: list[np.ndarray | None] = []
     for i, p in enumerate(post_ops):
@@ -349,8 +349,11 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
         alpha=alpha, beta=beta if c3 is not None else 0, trans_a=alay.transposed, trans_b=blay.transposed,
         acc_dtype=acc, epilogue=tuple(epi_descs),
     )
-    raw = gemm.encode()
-    kernel = dev.gemm_kernel(raw, raw)
+    try:
+        raw = gemm.encode()
+        kernel = dev.gemm_kernel(raw, raw)
+    except FFAccelError as e:
+        raise _in_post_ops_terms(e) from None
     if batch and m and n:
         kernel(a3, b3, c3 if c_mat is not None else None, d3, tuple(epi_arrays))
     result = d3.reshape(final_shape) if out is None else out
@@ -360,6 +363,15 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
             and _plain_2d(a, a3) and _plain_2d(b, b3)):
         dev.frontend_plans[key] = _fast_plan(kernel, m, n, d_np)
     return result
+
+
+def _in_post_ops_terms(e: FFAccelError) -> FFAccelError:
+    """Name epilogue errors by matmul's own argument: ``epilogue[1].param0`` -> ``post_ops[1].param0``."""
+    if e.param.startswith("epilogue["):
+        return FFAccelError(e.code, "post_ops[" + e.param[len("epilogue["):], e.message, e.rule)
+    if e.param == "epilogue_count":
+        return FFAccelError(e.code, "post_ops", e.message, e.rule)
+    return e
 
 
 def _post_operand(p: PostOp, i: int, acc: DType, d_dt: DType, m: int, n: int, batch_shape: tuple[int, ...],

@@ -183,6 +183,8 @@ class Device:
         return Fence(self, eng, value)
 
     def wait(self, fence: Fence, *, timeout_ns: int | None = None, deadline_ns: int | None = None) -> None:
+        if fence.device is not self:
+            raise violation("fence.device", f"a fence of device {fence.device.name!r}", f"a fence of {self.name!r}")
         if deadline_ns is None:
             timeout_ns = self.DEFAULT_TIMEOUT_NS if timeout_ns is None else timeout_ns
             deadline_ns = time.monotonic_ns() + max(0, int(timeout_ns))
@@ -259,7 +261,10 @@ def open_device(name: str | None = None) -> Device:
         cls = load_driver_class(driver_name)
     except KeyError:
         raise violation("device.name", name, devices()) from None
-    driver = cls(options) if options else cls()
+    try:
+        driver = cls(options) if options else cls()
+    except TypeError as e:  # the driver takes no (or other) options
+        raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
     return Device(name, InprocTransport(driver))
 
 

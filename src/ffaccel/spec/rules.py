@@ -40,7 +40,8 @@ _RULES = (
     # --- every command ----------------------------------------------------------------
     Rule("cmd.opcode", _E.INVALID_PARAMETER, "opcode", "the opcode must be one of the spec's", "abi"),
     Rule("cmd.size", _E.INVALID_PARAMETER, "size_bytes",
-         "size_bytes must be at least the v1 descriptor size, and bytes beyond what this ABI knows must be zero",
+         "size_bytes must equal COMMAND_BYTES of this ABI version, and bytes past an opcode's own fields "
+         "must be zero",
          "abi"),
     Rule("cmd.flags", _E.INVALID_PARAMETER, "flags", "flag bits the opcode does not define must be zero", "abi"),
     Rule("cmd.reserved", _E.INVALID_PARAMETER, "{field}", "reserved fields and padding must be zero", "abi"),
@@ -79,6 +80,8 @@ _RULES = (
     Rule("epilogue.kind", _E.INVALID_PARAMETER, "epilogue[{i}].kind", "each used slot must hold a known post-op", "abi"),
     Rule("epilogue.int_unsupported", _E.UNSUPPORTED, "epilogue[{i}].kind",
          "gelu is not defined for int32 outputs", "abi"),
+    Rule("epilogue.supported", _E.UNSUPPORTED, "epilogue[{i}].kind",
+         "the post-op must be one the device declares", "abi"),
     Rule("epilogue.param", _E.INVALID_PARAMETER, "epilogue[{i}].{p}",
          "clamp needs lo <= hi (neither NaN); scale needs a finite s (an int32 for int32 outputs); "
          "unused parameters must be zero", "abi"),
@@ -98,6 +101,8 @@ _RULES = (
          "a client's buffers must fit in its memory quota", "runtime"),
     Rule("memory.handle", _E.BAD_HANDLE, "handle", "the handle must name a live buffer of this client", "runtime"),
     Rule("fence.timeout", _E.TIMEOUT, "timeout_ns", "the fence must signal before the deadline", "runtime"),
+    Rule("fence.device", _E.INVALID_PARAMETER, "fence", "a fence can only be waited on through its own device",
+         "runtime"),
     Rule("device.name", _E.INVALID_PARAMETER, "name", "the device name must be one ffaccel.devices() lists",
          "runtime"),
     # --- front-ends ---------------------------------------------------------------------
@@ -106,6 +111,7 @@ _RULES = (
          "frontends"),
     Rule("api.shape", _E.INVALID_PARAMETER, "{arg}", "shapes must agree as numpy.matmul requires", "frontends"),
     Rule("api.out", _E.INVALID_PARAMETER, "out", "out must have exactly the result's shape and dtype", "frontends"),
+    Rule("api.writeable", _E.INVALID_PARAMETER, "{arg}", "an array the call writes must be writeable", "frontends"),
     Rule("api.out_overlap", _E.OVERLAP, "out", "out must not overlap an input (except c, for in place)",
          "frontends"),
     Rule("api.post_op", _E.INVALID_PARAMETER, "{arg}",

@@ -10,6 +10,7 @@ signalled by the time ``submit`` returns.
 from __future__ import annotations
 
 import itertools
+import numbers
 import threading
 
 import numpy as np
@@ -44,8 +45,9 @@ class InprocTransport:
     def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
         self._check_open()
         limit = min(SPEC_LIMITS.max_buffer_bytes, self._caps.limits.max_buffer_bytes)
-        if not isinstance(size_bytes, int) or not 1 <= size_bytes <= limit:
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, numbers.Integral) or not 1 <= size_bytes <= limit:
             raise violation("memory.size", size_bytes, f"an integer in [1, {limit}]")
+        size_bytes = int(size_bytes)
         with self._lock:
             if self._quota is not None and self._used + size_bytes > self._quota:
                 raise violation("memory.quota", size_bytes, f"<= {self._quota - self._used} bytes left of "
@@ -95,9 +97,9 @@ class InprocTransport:
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
         # Execution is synchronous: a submitted value has always completed.
         if value > self._timeline[engine]:
-            raise FFAccelError(ErrorCode.TIMEOUT, "value",
-                               f"fence {engine.name}:{value} was never submitted (timeline at "
-                               f"{self._timeline[engine]}); waiting would never end")
+            raise violation("fence.timeout", f"fence {engine.name}:{value}, never submitted (timeline at "
+                            f"{self._timeline[engine]}), so it cannot signal within {timeout_ns} ns",
+                            f"a fence value <= {self._timeline[engine]}")
 
     def prepare_gemm(self, descriptor: bytes) -> GemmKernel:
         """Validate one GEMM geometry and return the driver's kernel for it (host-array path)."""

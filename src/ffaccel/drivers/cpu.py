@@ -1,0 +1,658 @@
+"""The ``cpu`` driver: GEMM on the host's BLAS (OpenBLAS, through SciPy and NumPy).
+
+How each combination runs:
+
+* f32 / f64: one BLAS ``?gemm`` call per GEMM (or per batch entry), with alpha,
+  beta and the in-place C handled by BLAS itself, so they cost no extra pass.
+  A row-major D is a column-major D^T, so the call computes
+  ``D^T = alpha * op(B)^T op(A)^T + beta * C^T`` straight into D's memory; the
+  transposition flags and leading dimensions come from the views' strides, so
+  transposed and padded operands are never copied. Small compact GEMMs (which
+  OpenBLAS runs on the calling thread) go through SciPy's f2py wrapper, about
+  1 us a call; padded or multi-threaded ones call the Fortran symbol of the
+  OpenBLAS NumPy itself uses, through ctypes (one thread pool for NumPy and the
+  driver: two pools spinning against each other slow both down on small
+  machines); SciPy's symbol is the fallback. Batches fold into one
+  call when B (or A) is broadcast and the other operand's entries are adjacent;
+  otherwise large entries loop over BLAS and small ones go to ``numpy.matmul``,
+  which loops over the batch in C.
+* f16 / bf16: the inputs are widened to f32 (exact), multiplied with ``sgemm``
+  (accumulating in f32), the epilogue runs in f32 and the result is rounded once
+  to D's dtype (NumPy / ml_dtypes casts are round-to-nearest-even). f32 outputs
+  are written directly.
+* int8 / uint8 -> int32: exact. The inputs are widened to f32 and multiplied in
+  chunks of k small enough that every partial sum is an integer below 2**24 (so
+  f32 arithmetic is exact in any summation order); chunks are summed in f64
+  (exact below 2**53). Everything after that is int32 two's-complement
+  arithmetic done on uint32 views, which wrap modulo 2**32 by definition.
+
+The epilogue runs in the accumulate precision, in place on D (or on the f32
+temporary for f16/bf16 outputs). Overflow to inf and NaN propagation are the
+intended IEEE results, so NumPy's floating-point warnings are silenced inside
+the driver.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import special
+from scipy.linalg import blas as _blas
+from scipy.linalg import cython_blas as _cython_blas
+
+from ..abi import CopyOp, GemmOp
+from ..spec import DType, PostOpKind, numpy_dtype
+from .base import Driver, GemmKernel
+
+try:  # correct f64 -> bf16 rounding (ml_dtypes rounds twice, through f32)
+    from .rounding import round_to as _round_to
+except ImportError:  # pragma: no cover - the module ships with ffaccel
+    _round_to = None
+
+Kernel = GemmKernel
+_U32 = np.uint32
+_MASK32 = 0xFFFF_FFFF
+_INT_MAX = 2**31 - 1
+#: OpenBLAS runs a gemm single-threaded when m*n*k is at or below this
+#: (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), so a thread limit needs no call there.
+_SINGLE_THREAD_MNK = 65536 * 4
+#: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
+_LOOP_MIN_MNK = 32 * 32 * 32
+#: Largest k chunk whose integer dot products stay below 2**24 in magnitude (exact in f32):
+#: int8*int8: 1024 * 128**2 = 2**24; uint8*int8: 512 * 255 * 128 < 2**24; uint8*uint8: 256 * 255**2 < 2**24.
+_INT_CHUNK = {
+    (DType.I8, DType.I8): 1024,
+    (DType.I8, DType.U8): 512,
+    (DType.U8, DType.I8): 512,
+    (DType.U8, DType.U8): 256,
+}
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+# --------------------------------------------------------------------------------------
+# BLAS entry points
+
+
+_GEMM_PROTO = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
+
+
+def _numpy_blas_gemm(prefix: str) -> tuple[Callable[..., None], type] | None:
+    """The Fortran ``?gemm`` of the BLAS NumPy itself uses, and its integer type.
+
+    Large GEMMs go there rather than to SciPy's copy of OpenBLAS: two OpenBLAS
+    thread pools in one process fight for the cores (each spins for a while after
+    a call), which on a small machine slows both several-fold whenever calls to
+    NumPy and to the driver alternate.
+    """
+    try:
+        import numpy  # noqa: F401  (its BLAS must be loaded for threadpoolctl to see it)
+        from threadpoolctl import ThreadpoolController
+
+        libs = [lc.filepath for lc in ThreadpoolController().lib_controllers
+                if lc.internal_api == "openblas" and "numpy" in lc.filepath]
+    except Exception:  # pragma: no cover - threadpoolctl cannot inspect this platform
+        return None
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: this only looks it up
+        except OSError:  # pragma: no cover
+            continue
+        for sym, int_t in ((f"scipy_{prefix}gemm_64_", ctypes.c_int64), (f"{prefix}gemm_64_", ctypes.c_int64),
+                           (f"scipy_{prefix}gemm_", ctypes.c_int), (f"{prefix}gemm_", ctypes.c_int)):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                return _GEMM_PROTO(ctypes.cast(fn, ctypes.c_void_p).value), int_t
+    return None
+
+
+def _scipy_blas_gemm(prefix: str) -> tuple[Callable[..., None], type]:
+    """The Fortran ``?gemm`` SciPy links against (from ``scipy.linalg.cython_blas``)."""
+    cap = _cython_blas.__pyx_capi__[f"{prefix}gemm"]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return _GEMM_PROTO(get_ptr(cap, get_name(cap))), ctypes.c_int
+
+
+class _Blas:
+    """One precision's BLAS gemm: SciPy's f2py wrapper (fast dispatch, compact operands,
+    small sizes) and a raw Fortran symbol (any leading dimension; NumPy's BLAS when found)."""
+
+    def __init__(self, dtype: type, f2py: Callable[..., Any], prefix: str, scalar: type) -> None:
+        self.dtype = np.dtype(dtype)
+        self.f2py = f2py
+        self._prefix = prefix
+        self._scalar = scalar
+        self._raw: tuple[Callable[..., None], type] | None = None
+
+    def raw(self) -> tuple[Callable[..., None], type]:
+        """(function taking 13 pointers, its Fortran integer type)."""
+        if self._raw is None:
+            self._raw = _numpy_blas_gemm(self._prefix) or _scipy_blas_gemm(self._prefix)
+        return self._raw
+
+    def scalar(self, x: float) -> Any:
+        return self._scalar(x)
+
+
+_SGEMM = _Blas(np.float32, _blas.sgemm, "s", ctypes.c_float)
+_DGEMM = _Blas(np.float64, _blas.dgemm, "d", ctypes.c_double)
+_CHAR_N = ctypes.c_char(b"N")
+_CHAR_T = ctypes.c_char(b"T")
+
+
+def _fortran_operand(rows: int, cols: int, sr: int, sc: int, limit: int) -> tuple[bool, int] | None:
+    """How BLAS sees a rows x cols matrix with element (i, j) at ``i*sr + j*sc`` (element strides).
+
+    Returns (transposed, ld): column-major with leading dimension ld (``transposed`` False),
+    or the transpose of a column-major cols x rows matrix; None when neither fits.
+    A stride along a dimension of extent 1 is never used, so it is normalised.
+    """
+    if cols == 1:
+        sc = max(1, rows)
+    if rows == 1:
+        sr = max(1, cols)
+    if sr == 1 and max(1, rows) <= sc <= limit:
+        return False, sc
+    if sc == 1 and max(1, cols) <= sr <= limit:
+        return True, sr
+    return None
+
+
+def _elem_strides(x: np.ndarray) -> tuple[int, int] | None:
+    s = x.itemsize
+    r, c = x.strides
+    if r % s or c % s or r < 0 or c < 0:
+        return None
+    return r // s, c // s
+
+
+def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np.ndarray) -> bool:
+    """x = alpha * a @ b + beta * x in x's own memory (x read only when beta != 0).
+
+    ``a`` (m, k), ``b`` (k, n) and ``x`` (m, n) are 2-D views in the BLAS dtype.
+    Returns False (having done nothing) when a view cannot be handed to BLAS as it is.
+    """
+    if x.shape[0] * x.shape[1] * a.shape[1] > _SINGLE_THREAD_MNK:  # multi-threaded: NumPy's BLAS
+        return _gemm2d_strided(blas, alpha, a, b, beta, x)
+    xt = x.T
+    if xt.flags.f_contiguous:  # fast path: compact operands through f2py
+        bt, at = b.T, a.T
+        if bt.flags.f_contiguous:
+            y1, t1 = bt, 0
+        elif b.flags.f_contiguous:
+            y1, t1 = b, 1
+        else:
+            y1 = None
+        if at.flags.f_contiguous:
+            y2, t2 = at, 0
+        elif a.flags.f_contiguous:
+            y2, t2 = a, 1
+        else:
+            y2 = None
+        if y1 is not None and y2 is not None:
+            r = blas.f2py(alpha, y1, y2, beta, xt, t1, t2, 1)
+            if r is not xt:  # f2py had to copy (e.g. misaligned memory): put the result in place
+                np.copyto(x, r.T)
+            return True
+    return _gemm2d_strided(blas, alpha, a, b, beta, x)
+
+
+def _gemm2d_strided(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float,
+                    x: np.ndarray) -> bool:
+    """As :func:`_gemm2d`, for padded (leading dimension > cols) or transposed strided views."""
+    m, k = a.shape
+    n = b.shape[1]
+    fn, ci = blas.raw()
+    limit = _INT_MAX if ci is ctypes.c_int else 2**63 - 1
+    if max(m, n, k) > limit:
+        return False
+    sa, sb, sx = _elem_strides(a), _elem_strides(b), _elem_strides(x)
+    if sa is None or sb is None or sx is None:
+        return False
+    # Column-major view of the call: X^T (n x m) = alpha * B^T (n x k) A^T (k x m) + beta * X^T.
+    o1 = _fortran_operand(n, k, sb[1], sb[0], limit)
+    o2 = _fortran_operand(k, m, sa[1], sa[0], limit)
+    ox = _fortran_operand(n, m, sx[1], sx[0], limit)
+    if o1 is None or o2 is None or ox is None or ox[0]:
+        return False
+    args = (
+        _CHAR_T if o1[0] else _CHAR_N, _CHAR_T if o2[0] else _CHAR_N, ci(n), ci(m), ci(k),
+        blas.scalar(alpha), None, ci(o1[1]), None, ci(o2[1]), blas.scalar(beta), None, ci(ox[1]),
+    )
+    ref = [ctypes.addressof(v) if v is not None else None for v in args]
+    ref[6], ref[8], ref[11] = b.ctypes.data, a.ctypes.data, x.ctypes.data
+    fn(*ref)
+    return True
+
+
+def _gemm3d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np.ndarray) -> bool:
+    """x = alpha * a @ b + beta * x over a batch with BLAS alone; False when that needs copies."""
+    batch = x.shape[0]
+    if batch == 1:
+        return _gemm2d(blas, alpha, a[0], b[0], beta, x[0])
+    m, k = a.shape[1:]
+    n = b.shape[2]
+    if b.strides[0] == 0:  # B broadcast: fold the batch into m (one call for all entries)
+        try:
+            a2 = a.reshape(batch * m, k, copy=False)
+            x2 = x.reshape(batch * m, n, copy=False)
+        except ValueError:
+            pass
+        else:
+            if _gemm2d(blas, alpha, a2, b[0], beta, x2):
+                return True
+    if a.strides[0] == 0:  # A broadcast: fold the batch into n (needs row-interleaved D)
+        try:
+            b2 = b.transpose(1, 0, 2).reshape(k, batch * n, copy=False)
+            x2 = x.transpose(1, 0, 2).reshape(m, batch * n, copy=False)
+        except ValueError:
+            pass
+        else:
+            if _gemm2d(blas, alpha, a[0], b2, beta, x2):
+                return True
+    if m * n * k < _LOOP_MIN_MNK:
+        return False  # numpy.matmul's C loop beats one Python-level call per entry
+    done = 0
+    for i in range(batch):
+        if not _gemm2d(blas, alpha, a[i], b[i], beta, x[i]):
+            break
+        done += 1
+    if done == batch:
+        return True
+    _matmul_axpby(alpha, a[done:], b[done:], beta, x[done:])
+    return True
+
+
+def _matmul_axpby(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np.ndarray) -> None:
+    """x = alpha * a @ b + beta * x with numpy.matmul (batches looped in C) and in-place passes."""
+    with np.errstate(all="ignore"):
+        if alpha == 1.0 and beta == 0.0:
+            np.matmul(a, b, out=x)
+            return
+        t = np.matmul(a, b)
+        if alpha != 1.0:
+            np.multiply(t, alpha, out=t)
+        if beta == 0.0:
+            np.copyto(x, t)
+        else:
+            if beta != 1.0:
+                np.multiply(x, beta, out=x)
+            np.add(x, t, out=x)
+
+
+#: f16 casts in NumPy are scalar code (several ns an element): above this many elements they
+#: are split across two threads (the casts release the GIL).
+_PAR_CAST_MIN = 1 << 20
+_POOL: Any = None
+
+
+def _pool() -> Any:
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ffaccel-cpu-cast")
+    return _POOL
+
+
+def _cast_into(dst: np.ndarray, src: np.ndarray, parallel: bool) -> None:
+    """np.copyto(dst, src, casting='unsafe'), on two threads for large arrays when allowed."""
+    with np.errstate(all="ignore"):
+        if not parallel or dst.size < _PAR_CAST_MIN or dst.shape[1] < 2:
+            np.copyto(dst, src, casting="unsafe")
+            return
+        h = dst.shape[1] // 2
+        src = np.broadcast_to(src, dst.shape)
+        fut = _pool().submit(_cast_into, dst[:, h:], src[:, h:], False)
+        np.copyto(dst[:, :h], src[:, :h], casting="unsafe")
+        fut.result()
+
+
+def _widen_pair(a: np.ndarray, b: np.ndarray, dtype: np.dtype, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Both operands widened to ``dtype``; the two casts run side by side when large and allowed."""
+    if parallel and a.dtype == np.float16 and a.size + b.size >= _PAR_CAST_MIN:
+        with np.errstate(all="ignore"):
+            fut = _pool().submit(_widen, b, dtype)
+            wa = _widen(a, dtype)
+            return wa, fut.result()
+    with np.errstate(all="ignore"):
+        return _widen(a, dtype), _widen(b, dtype)
+
+
+def _widen(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """x converted (exactly) to ``dtype``, keeping a broadcast batch broadcast (no copies of it)."""
+    if x.dtype == dtype:
+        return x
+    if x.shape[0] > 1 and x.strides[0] == 0:
+        return np.broadcast_to(x[:1].astype(dtype), x.shape)
+    return x.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# thread limit
+
+
+class _ThreadLimit:
+    """Sets every loaded OpenBLAS to ``threads`` threads for the duration of a call.
+
+    Nested and concurrent users share one setting: the first to enter sets it, the
+    last to leave restores what was there.
+    """
+
+    def __init__(self, threads: int) -> None:
+        from threadpoolctl import ThreadpoolController  # after NumPy and SciPy loaded their BLAS
+
+        self.threads = threads
+        self._libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list[int] = []
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = [lc.get_num_threads() for lc in self._libs]
+                for lc in self._libs:
+                    lc.set_num_threads(self.threads)
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lc, n in zip(self._libs, self._saved):
+                    lc.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------
+# epilogues
+
+Step = Callable[[np.ndarray, tuple], None]
+
+
+def _float_steps(op: GemmOp, acc: np.dtype) -> list[Step]:
+    """One in-place function per post-op, acting on the accumulate-precision array x."""
+    t_acc = acc.type
+    steps: list[Step] = []
+    for i, p in enumerate(op.epilogue):
+        kind = p.kind
+        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+            # dtype=acc widens an operand in D's dtype (f16/bf16) exactly before the add
+            steps.append(lambda x, epi, i=i: np.add(x, epi[i], out=x, dtype=acc))
+        elif kind == PostOpKind.RELU:
+            zero = t_acc(0)
+            steps.append(lambda x, epi, z=zero: np.maximum(x, z, out=x))  # NaN propagates
+        elif kind == PostOpKind.GELU_ERF:
+            steps.append(lambda x, epi, c=t_acc(-_SQRT1_2): _gelu_erf(x, c))
+        elif kind == PostOpKind.GELU_TANH:
+            steps.append(lambda x, epi, c1=t_acc(0.044715), c2=t_acc(-2.0 * _SQRT_2_OVER_PI): _gelu_tanh(x, c1, c2))
+        elif kind == PostOpKind.CLAMP:
+            lo, hi = float(p.param0), float(p.param1)
+            steps.append(lambda x, epi, lo=lo, hi=hi: (np.maximum(x, lo, out=x), np.minimum(x, hi, out=x)))
+        elif kind == PostOpKind.SCALE:
+            s = float(p.param0)
+            steps.append(lambda x, epi, s=s: np.multiply(x, s, out=x))
+        else:  # pragma: no cover - the validator admits only known kinds
+            raise ValueError(f"unknown post-op {kind!r}")
+    return steps
+
+
+def _gelu_erf(x: np.ndarray, minus_sqrt1_2: Any) -> None:
+    # x * (1 + erf(x / sqrt 2)) / 2 == x * erfc(-x / sqrt 2) / 2: no cancellation for x << 0,
+    # and no intermediate 2x that could overflow.
+    t = np.multiply(x, minus_sqrt1_2)
+    special.erfc(t, out=t)
+    t *= 0.5
+    np.multiply(x, t, out=x)
+
+
+def _gelu_tanh(x: np.ndarray, c1: Any, minus_2k: Any) -> None:
+    # PyTorch's x * (1 + tanh(z)) / 2, z = sqrt(2/pi) * (x + 0.044715 x^3), written as
+    # x / (1 + exp(-2 z)): the same function without the cancellation of 1 + tanh(z) at x << 0.
+    t = np.multiply(x, x)
+    t *= c1
+    t += 1
+    t *= x
+    t *= minus_2k  # -2 z
+    np.exp(t, out=t)
+    t += 1
+    np.divide(x, t, out=x)
+
+
+def _int_steps(op: GemmOp) -> list[Step]:
+    """In-place int32 post-ops on D; sums and products wrap through uint32 views (mod 2**32)."""
+    steps: list[Step] = []
+    for i, p in enumerate(op.epilogue):
+        kind = p.kind
+        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+            steps.append(lambda d, epi, i=i: np.add(d.view(_U32), epi[i].view(_U32), out=d.view(_U32)))
+        elif kind == PostOpKind.RELU:
+            steps.append(lambda d, epi: np.maximum(d, np.int32(0), out=d))
+        elif kind == PostOpKind.CLAMP:
+            lo, hi = np.int32(int(p.param0)), np.int32(int(p.param1))
+            steps.append(lambda d, epi, lo=lo, hi=hi: (np.maximum(d, lo, out=d), np.minimum(d, hi, out=d)))
+        elif kind == PostOpKind.SCALE:
+            s = _U32(int(p.param0) & _MASK32)
+            steps.append(lambda d, epi, s=s: np.multiply(d.view(_U32), s, out=d.view(_U32)))
+        else:  # pragma: no cover - the validator refuses gelu for int32
+            raise ValueError(f"post-op {kind!r} is not defined for int32 outputs")
+    return steps
+
+
+def _run_steps(steps: list[Step], x: np.ndarray, epi: tuple) -> None:
+    with np.errstate(all="ignore"):  # overflow to inf, NaN propagation: intended IEEE results
+        for s in steps:
+            s(x, epi)
+
+
+# --------------------------------------------------------------------------------------
+# plans: one kernel per validated geometry
+
+
+def _noop(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+    return None
+
+
+def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
+    combo = op.combo
+    acc = numpy_dtype(combo.acc)
+    blas = _DGEMM if combo.acc == DType.F64 else _SGEMM
+    direct = combo.d == combo.acc  # D itself holds the accumulator
+    widen = combo.a != combo.acc
+    alpha, beta = float(op.alpha), float(op.beta)
+    reads_ab, reads_c, in_place = op.reads_ab, op.reads_c, op.in_place
+    beta_eff = beta if reads_c else 0.0
+    steps = _float_steps(op, acc)
+    parallel = parallel and DType.F16 in (combo.a, combo.d)
+
+    if direct and not widen and not steps and reads_ab and not (reads_c and not in_place):
+        # f32/f64 with C absent or in place: BLAS writes D and nothing else runs (the 8x8 case).
+        if op.batch == 1:
+            def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+                x = d[0]
+                if not _gemm2d(blas, alpha, a[0], b[0], beta_eff, x):
+                    _matmul_axpby(alpha, a[0], b[0], beta_eff, x)
+        else:
+            def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+                if not _gemm3d(blas, alpha, a, b, beta_eff, d):
+                    _matmul_axpby(alpha, a, b, beta_eff, d)
+        return kernel
+
+    shape = (op.batch, op.m, op.n)
+
+    def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        x = d if direct else np.empty(shape, acc)
+        if reads_ab:
+            if reads_c and not (direct and in_place):
+                with np.errstate(all="ignore"):
+                    np.copyto(x, c, casting="unsafe")  # same dtype, or an exact f16/bf16 -> f32 widening
+            if widen:
+                a, b = _widen_pair(a, b, acc, parallel)
+            if not _gemm3d(blas, alpha, a, b, beta_eff, x):
+                _matmul_axpby(alpha, a, b, beta_eff, x)
+        elif reads_c:  # alpha == 0 or k == 0: A and B are not read
+            with np.errstate(all="ignore"):
+                np.multiply(c, beta, out=x, dtype=acc)
+        else:
+            x[...] = 0
+        if steps:
+            _run_steps(steps, x, epi)
+        if not direct:
+            _cast_into(d, x, parallel)  # one round to nearest even (overflow -> inf)
+
+    return kernel
+
+
+def _int_sum(a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+    """The exact integer a @ b, modulo 2**32, as a fresh uint32 (batch, m, n) array."""
+    k = a.shape[2]
+    f32 = np.dtype(np.float32)
+    af, bf = _widen(a, f32), _widen(b, f32)
+    with np.errstate(all="ignore"):
+        if k <= chunk:
+            return np.matmul(af, bf).astype(np.int32).view(_U32)  # |sums| <= 2**24: exact in f32
+        total: np.ndarray | None = None
+        t: np.ndarray | None = None
+        for lo in range(0, k, chunk):
+            hi = min(k, lo + chunk)
+            t = np.matmul(af[:, :, lo:hi], bf[:, lo:hi, :], out=t)
+            if total is None:
+                total = t.astype(np.float64)
+            else:
+                np.add(total, t, out=total)  # exact: |total| <= k * 2**16 < 2**53
+        assert total is not None
+        return total.astype(np.int64).astype(_U32)  # int64 -> uint32 is reduction modulo 2**32
+
+
+def _plan_int(op: GemmOp) -> Kernel:
+    chunk = _INT_CHUNK[(op.combo.a, op.combo.b)]
+    ua, ub = _U32(int(op.alpha) & _MASK32), _U32(int(op.beta) & _MASK32)
+    reads_ab, reads_c, in_place = op.reads_ab, op.reads_c, op.in_place
+    steps = _int_steps(op)
+
+    def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        du = d.view(_U32)  # two's-complement wrap == uint32 arithmetic
+        if reads_ab:
+            w = _int_sum(a, b, chunk)
+            if ua != 1:
+                np.multiply(w, ua, out=w)
+            if reads_c:
+                assert c is not None
+                if not (in_place and ub == 1):
+                    np.multiply(c.view(_U32), ub, out=du)
+                np.add(du, w, out=du)
+            else:
+                np.copyto(du, w)
+        elif reads_c:
+            assert c is not None
+            np.multiply(c.view(_U32), ub, out=du)
+        else:
+            du[...] = 0
+        if steps:
+            _run_steps(steps, d, epi)
+
+    return kernel
+
+
+def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
+    def limited(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        with limit:
+            kernel(a, b, c, d, epi)
+
+    return limited
+
+
+# --------------------------------------------------------------------------------------
+# the driver
+
+
+def _threads_from_env() -> int | None:
+    v = os.environ.get("FFACCEL_CPU_THREADS", "").strip()
+    return int(v) if v else None
+
+
+class CpuDriver(Driver):
+    """GEMM and COPY on the host CPU, through the BLAS SciPy and NumPy ship (OpenBLAS).
+
+    Parameters
+    ----------
+    threads : int, optional
+        Most BLAS threads a GEMM may use. Defaults to the environment variable
+        ``FFACCEL_CPU_THREADS``, and without it to the BLAS library's own setting.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ffaccel.abi import Gemm, Matrix, DeviceCaps, check_command
+    >>> from ffaccel.spec import DType
+    >>> op = check_command(Gemm(m=1, n=1, k=2, a=Matrix(1, DType.F32, 1, 2), b=Matrix(2, DType.F32, 2, 1),
+    ...                         d=Matrix(3, DType.F32, 1, 1), alpha=2.0).encode(), DeviceCaps())
+    >>> d = np.zeros((1, 1, 1), np.float32)
+    >>> CpuDriver().gemm(op, np.array([[[1.0, 2.0]]], np.float32), np.array([[[3.0], [4.0]]], np.float32),
+    ...                  None, d, ())
+    >>> float(d[0, 0, 0])
+    22.0
+    """
+
+    name = "cpu"
+    version = "1.0"
+    description = "host CPU through the system BLAS (OpenBLAS via SciPy/NumPy); exact int8"
+
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is None:
+            threads = _threads_from_env()
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+        self._limit = _ThreadLimit(threads) if threads is not None else None
+        self._plans: dict[GemmOp, Kernel] = {}
+
+    def prepare_gemm(self, op: GemmOp) -> Kernel:
+        """A kernel ``(a, b, c, d, epi) -> None`` for one validated geometry.
+
+        Routine choice, conversions and the epilogue are decided here, once; the
+        kernel only reads the arrays' strides to pick the BLAS call.
+        """
+        if op.batch == 0 or op.m == 0 or op.n == 0:
+            return _noop
+        parallel = self.threads is None or self.threads > 1
+        kernel = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
+        work = op.batch * op.m * op.n * max(op.k, 1)
+        if self._limit is not None and work > _SINGLE_THREAD_MNK:
+            kernel = _with_threads(kernel, self._limit)
+        return kernel
+
+    def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+             epi: tuple[np.ndarray | None, ...]) -> None:
+        """D = epilogue(alpha * op(A) @ op(B) + beta * C), see :mod:`ffaccel.drivers.base`."""
+        kernel = self._plans.get(op)
+        if kernel is None:
+            if len(self._plans) >= 256:
+                self._plans.clear()
+            kernel = self._plans[op] = self.prepare_gemm(op)
+        kernel(a, b, c, d, epi)
+
+    def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
+        """dst = src converted to dst's dtype, rounded once to nearest even.
+
+        NumPy's and ml_dtypes' casts are single RNE roundings, except float64 ->
+        bfloat16, which ml_dtypes rounds through float32; that one goes through
+        :func:`ffaccel.drivers.rounding.round_to`.
+        """
+        if op.src.dtype == DType.F64 and op.dst.dtype == DType.BF16 and _round_to is not None:
+            np.copyto(dst, _round_to(src, DType.BF16))
+            return
+        with np.errstate(all="ignore"):  # overflow to inf is the intended result
+            np.copyto(dst, src, casting="unsafe")
+
+
+__all__ = ["CpuDriver"]
