@@ -1,0 +1,174 @@
+"""Run the whole suite against one device and summarise it."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..runtime import Device, devices, open_device
+from ..spec import SPEC_VERSION
+from .cases import LEVELS, copy_cases, gemm_cases
+from .engines import engine_checks
+from .runner import CaseResult, judge_copy, judge_gemm
+
+DeviceFactory = Callable[[], Device]
+#: progress(done, total, description) — called after every case.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ConformanceReport:
+    """Everything one run found. ``passed`` is True only when every case passed."""
+
+    device: str
+    driver: str
+    level: str
+    spec_version: tuple[int, int]
+    seconds: float
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        return [r for r in self.results if not r.passed]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per (op, combination): cases, failures and the worst error/bound ratio."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in self.results:
+            key = (r.op, r.combo)
+            row = rows.setdefault(key, {"op": r.op, "combo": r.combo, "cases": 0, "failed": 0, "worst_ratio": None})
+            row["cases"] += 1
+            row["failed"] += 0 if r.passed else 1
+            if not math.isnan(r.worst_ratio):
+                w = row["worst_ratio"]
+                row["worst_ratio"] = r.worst_ratio if w is None else max(w, r.worst_ratio)
+        return list(rows.values())
+
+    def to_json(self) -> str:
+        def clean(x: float) -> float | str | None:
+            if isinstance(x, float) and math.isnan(x):
+                return None
+            if isinstance(x, float) and math.isinf(x):
+                return "inf"
+            return x
+
+        doc = {
+            "device": self.device, "driver": self.driver, "level": self.level,
+            "spec_version": list(self.spec_version), "seconds": round(self.seconds, 3), "passed": self.passed,
+            "cases": len(self.results), "failed": len(self.failures),
+            "summary": [{k: clean(v) for k, v in row.items()} for row in self.summary()],
+            "results": [{k: clean(v) for k, v in asdict(r).items()} for r in self.results],
+        }
+        return json.dumps(doc, indent=1)
+
+    def to_markdown(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [
+            f"# ffaccel conformance: {self.device} — {verdict}", "",
+            f"Driver {self.driver}, spec v{self.spec_version[0]}.{self.spec_version[1]}, level `{self.level}`, "
+            f"{len(self.results)} cases in {self.seconds:.1f} s, {len(self.failures)} failed.", "",
+            "Accuracy is judged by the spec's bound (docs/spec.md, Accuracy); the ratio column is the worst "
+            "|error| / bound seen (<= 1 passes).", "",
+            "| op | combination | cases | failed | worst error/bound |", "|---|---|---|---|---|",
+        ]
+        for row in self.summary():
+            w = row["worst_ratio"]
+            lines.append(f"| {row['op']} | {row['combo']} | {row['cases']} | {row['failed']} | "
+                         f"{'-' if w is None else f'{w:.3g}'} |")
+        if self.failures:
+            lines += ["", "## Failures", "", "| case | what went wrong |", "|---|---|"]
+            for r in self.failures:
+                lines.append(f"| {r.name} | {r.message.replace('|', '/')} |")
+        return "\n".join(lines) + "\n"
+
+
+def _as_factory(device: "Device | DeviceFactory | str") -> tuple[DeviceFactory, str]:
+    if isinstance(device, str):
+        return (lambda: open_device(device)), device
+    if isinstance(device, Device):
+        if device.name in devices():
+            return (lambda: open_device(device.name)), device.name
+        return (lambda: device), device.name
+    if callable(device):
+        return device, ""
+    raise TypeError(f"device must be a name, a Device or a factory returning one; got {type(device).__name__}")
+
+
+def iter_checks(dev: Device, factory: DeviceFactory, level: str
+                ) -> Iterator[tuple[str, Callable[[], list[CaseResult]]]]:
+    """(description, thunk) pairs: every unit of work of a run, in order."""
+    caps = dev.info().caps
+    for case in gemm_cases(caps, level):
+        yield case.name, (lambda c=case: [judge_gemm(dev, c)])
+    for ccase in copy_cases(caps, level):
+        yield ccase.name, (lambda c=ccase: [judge_copy(dev, c)])
+    yield "engines, fences and info", (lambda: engine_checks(dev))
+    from .errors import error_checks  # the rule catalogue is large: import it when it is needed
+
+    yield "validation rules (error cases)", (lambda: error_checks(factory))
+
+
+def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *,
+                 progress: Progress | None = None) -> ConformanceReport:
+    """Run the conformance suite against a device.
+
+    Parameters
+    ----------
+    device : str, Device or callable
+        A device name (``"cpu"``), an open Device, or a factory returning a fresh Device
+        (preferred for third-party drivers: the error cases open a second client to check
+        that handles do not leak between clients).
+    level : {"quick", "full"}
+        ``quick`` runs every declared combination through every group of cases on small
+        shapes; ``full`` adds every shape triple and a large GEMM.
+    progress : callable, optional
+        ``progress(done, total, description)`` after each unit of work.
+
+    Returns
+    -------
+    ConformanceReport
+        ``report.passed`` is True only when every case passed.
+
+    Examples
+    --------
+    A driver author's own pytest::
+
+        from ffaccel.conformance import check_device
+
+        def test_my_driver_conforms():
+            report = check_device(lambda: ffaccel.runtime.Device("mine", InprocTransport(MyDriver())))
+            assert report.passed, report.to_markdown()
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}; got {level!r}")
+    factory, name = _as_factory(device)
+    start = time.perf_counter()
+    first = factory()
+    info = first.info()
+    checks = list(iter_checks(first, factory, level))
+    results: list[CaseResult] = []
+    for i, (desc, thunk) in enumerate(checks):
+        try:
+            results.extend(thunk())
+        except Exception as e:  # noqa: BLE001 - a crash is a failure of that unit, not of the suite
+            results.append(CaseResult("CRASH", "crash", "-", desc, False, float("nan"), f"raised {e!r}"))
+        if progress is not None:
+            progress(i + 1, len(checks), desc)
+    return ConformanceReport(name or first.name, f"{info.name} {info.version}", level, SPEC_VERSION,
+                             time.perf_counter() - start, results)
+
+
+def group_failures(report: ConformanceReport) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for r in report.failures:
+        out[r.group] += 1
+    return dict(out)
