@@ -1,4 +1,4 @@
-"""``ffaccel`` command line: ``ffaccel info [DEVICE]`` (more subcommands arrive with later layers)."""
+"""``ffaccel`` command line: ``info`` and ``conformance``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -57,6 +58,46 @@ def _info(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _conformance(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..conformance import check_device
+
+    level = "full" if args.full else "quick"
+    with Progress(TextColumn("[bold]conformance[/] {task.fields[device]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("", total=None, device=args.device)
+
+        def progress(done: int, total: int, desc: str) -> None:
+            bar.update(task, completed=done, total=total, description=desc[:60])
+
+        report = check_device(args.device, level, progress=progress)
+    table = Table(title=f"{report.device}: {len(report.results)} cases ({level}) in {report.seconds:.1f} s")
+    for col in ("op", "combination", "cases", "failed", "worst error/bound"):
+        table.add_column(col, justify="right" if col in ("cases", "failed", "worst error/bound") else "left")
+    for row in report.summary():
+        w = row["worst_ratio"]
+        failed = f"[red]{row['failed']}[/]" if row["failed"] else "0"
+        table.add_row(row["op"], row["combo"], str(row["cases"]), failed, "-" if w is None else f"{w:.3g}")
+    console.print(table)
+    for r in report.failures[:20]:
+        console.print(f"[red]FAIL[/] {r.name}: {r.message}")
+    if len(report.failures) > 20:
+        console.print(f"... and {len(report.failures) - 20} more failures (see the report)")
+    if args.report:
+        out = Path(args.report)
+        json_path, md_path = (out, out.with_suffix(".md")) if out.suffix == ".json" else (
+            out / "conformance.json", out / "conformance.md")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(report.to_json(), encoding="utf-8")
+        md_path.write_text(report.to_markdown(), encoding="utf-8")
+        console.print(f"report: {json_path} and {md_path}")
+    verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({len(report.failures)} failed)"
+    console.print(f"{report.device}: {verdict}")
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffaccel", description="ffaccel: a fixed-function accelerator interface")
     p.add_argument("--version", action="version", version=f"ffaccel {__version__}")
@@ -66,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"device name (default: $FFACCEL_DEVICE, else cpu); one of {', '.join(devices())}")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
+    conf = sub.add_parser("conformance", help="run the conformance suite against a device")
+    conf.add_argument("device", help="device name, e.g. cpu or ref")
+    lvl = conf.add_mutually_exclusive_group()
+    lvl.add_argument("--quick", action="store_true", help="small shapes, every group of cases (default)")
+    lvl.add_argument("--full", action="store_true", help="every shape triple and a large GEMM")
+    conf.add_argument("--report", metavar="PATH",
+                      help="write the report: PATH.json and PATH.md, or DIR/conformance.{json,md}")
+    conf.set_defaults(func=_conformance)
     return p
 
 

@@ -191,7 +191,7 @@ def _corner_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
         out.append(GemmCase("corner:accumulate-width", combo, 2, 3, 129, 1, alpha=1.0, beta=0.0,
                             fill="acc_width", seed=seq.seed()))
     if combo.is_int:
-        out.append(GemmCase("corner:int-wrap", combo, 3, 2, 1000, 1, alpha=2**20 + 1, beta=-(2**30),
+        out.append(GemmCase("corner:int-wrap", combo, 3, 2, 3000, 1, alpha=2**20 + 1, beta=-(2**30),
                             fill="int_extreme", seed=seq.seed()))
         out.append(GemmCase("corner:int-epilogue-wrap", combo, 3, 2, 64, 1, alpha=2**24, beta=0,
                             fill="int_extreme", epilogue=(PostOpCase(PostOpKind.SCALE, 2**20 + 3),

@@ -309,9 +309,12 @@ class _EarlyFenceTransport(InprocTransport):
 
 @dataclass(frozen=True)
 class SeededBug:
+    """One seeded bug; ``caught_by`` names the case group (or a word of the case name) meant to catch it."""
+
     name: str
     description: str
     factory: Callable[[], Device]
+    caught_by: str
 
 
 def _driver_bug(cls: type[_BuggyCpu]) -> Callable[[], Device]:
@@ -323,33 +326,33 @@ def _transport_bug(cls: type[InprocTransport]) -> Callable[[], Device]:
 
 
 SEEDED_BUGS: tuple[SeededBug, ...] = (
-    SeededBug("ignores-beta", "treats every GEMM as beta == 0", _driver_bug(IgnoresBeta)),
+    SeededBug("ignores-beta", "treats every GEMM as beta == 0", _driver_bug(IgnoresBeta), "scalars"),
     SeededBug("reads-c-when-beta-0", "computes beta * C even when beta == 0 (NaN in C leaks)",
-              _driver_bug(ReadsCWhenBetaZero)),
-    SeededBug("f16-accumulates-in-f16", "rounds every partial sum to the half type", _driver_bug(AccumulatesHalfInHalf)),
-    SeededBug("ignores-lda", "addresses A as if it were packed (ld == cols)", _driver_bug(IgnoresLda)),
-    SeededBug("writes-past-window", "stores whole rows of D, padding included", _driver_bug(WritesPastWindow)),
-    SeededBug("transposes-wrong-operand", "applies B's transpose flag to A", _driver_bug(TransposesWrongOperand)),
-    SeededBug("epilogue-order-swapped", "applies post-ops last to first", _driver_bug(EpilogueOrderSwapped)),
-    SeededBug("bias-on-wrong-axis", "adds a column bias over rows and vice versa", _driver_bug(BiasOnWrongAxis)),
-    SeededBug("int8-saturates", "clamps int32 results instead of wrapping modulo 2**32", _driver_bug(Int8Saturates)),
+              _driver_bug(ReadsCWhenBetaZero), "corner:beta0-nan-c"),
+    SeededBug("f16-accumulates-in-f16", "rounds every partial sum to the half type", _driver_bug(AccumulatesHalfInHalf), "corner:accumulate-width"),
+    SeededBug("ignores-lda", "addresses A as if it were packed (ld == cols)", _driver_bug(IgnoresLda), "gemm"),
+    SeededBug("writes-past-window", "stores whole rows of D, padding included", _driver_bug(WritesPastWindow), "gemm"),
+    SeededBug("transposes-wrong-operand", "applies B's transpose flag to A", _driver_bug(TransposesWrongOperand), "gemm"),
+    SeededBug("epilogue-order-swapped", "applies post-ops last to first", _driver_bug(EpilogueOrderSwapped), "epilogue-chain"),
+    SeededBug("bias-on-wrong-axis", "adds a column bias over rows and vice versa", _driver_bug(BiasOnWrongAxis), "epilogue"),
+    SeededBug("int8-saturates", "clamps int32 results instead of wrapping modulo 2**32", _driver_bug(Int8Saturates), "corner:int-wrap"),
     SeededBug("batch-stride-0-not-broadcast", "steps through A's batch as if packed when its stride is 0",
-              _driver_bug(BatchStrideZeroNotBroadcast)),
+              _driver_bug(BatchStrideZeroNotBroadcast), "batch"),
     SeededBug("accepts-reserved-fields", "ignores nonzero reserved fields instead of refusing them",
-              _transport_bug(_ReservedBlindTransport)),
+              _transport_bug(_ReservedBlindTransport), "cmd.reserved"),
     SeededBug("half-executes-rejected-submission", "validates and runs commands one at a time",
-              _transport_bug(_HalfExecutingTransport)),
+              _transport_bug(_HalfExecutingTransport), "third-of-three"),
     SeededBug("fence-before-work", "signals the fence at submit and runs the work later",
-              _transport_bug(_EarlyFenceTransport)),
+              _transport_bug(_EarlyFenceTransport), "fences"),
     SeededBug("bf16-truncates", "rounds bf16 outputs toward zero instead of to nearest even",
-              _driver_bug(RoundsBf16ByTruncation)),
+              _driver_bug(RoundsBf16ByTruncation), "corner:output-rounding"),
     SeededBug("alpha-0-reads-a-b", "multiplies A @ B even when alpha == 0 (NaN in A leaks)",
-              _driver_bug(AlphaZeroStillReadsAB)),
-    SeededBug("k-0-gives-zeros", "writes zeros when k == 0 instead of beta * C", _driver_bug(KZeroGivesZeros)),
-    SeededBug("in-place-clobbers-c", "clears D before reading C when D is C", _driver_bug(InPlaceClobbersC)),
-    SeededBug("gelu-erf-is-tanh", "uses the tanh approximation for the exact GELU", _driver_bug(GeluErfIsTanh)),
-    SeededBug("drops-last-batch-entry", "an off-by-one in the batch loop", _driver_bug(DropsLastBatchEntry)),
+              _driver_bug(AlphaZeroStillReadsAB), "corner:alpha0-nan-ab"),
+    SeededBug("k-0-gives-zeros", "writes zeros when k == 0 instead of beta * C", _driver_bug(KZeroGivesZeros), "corner:k0"),
+    SeededBug("in-place-clobbers-c", "clears D before reading C when D is C", _driver_bug(InPlaceClobbersC), "gemm"),
+    SeededBug("gelu-erf-is-tanh", "uses the tanh approximation for the exact GELU", _driver_bug(GeluErfIsTanh), "epilogue"),
+    SeededBug("drops-last-batch-entry", "an off-by-one in the batch loop", _driver_bug(DropsLastBatchEntry), "batch"),
     SeededBug("int-sums-in-f32-unchunked", "sums integer products in f32 past 2**24", _driver_bug(
-        IntSumsInF32WithoutChunks)),
-    SeededBug("copy-truncates", "COPY narrows floats by chopping mantissa bits", _driver_bug(CopyTruncates)),
+        IntSumsInF32WithoutChunks), "corner:int-wrap"),
+    SeededBug("copy-truncates", "COPY narrows floats by chopping mantissa bits", _driver_bug(CopyTruncates), "copy:rounding"),
 )

@@ -6,6 +6,7 @@ source checkout works before the package is installed.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from importlib.metadata import entry_points
 
@@ -18,11 +19,17 @@ _BUILTIN = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def _installed() -> tuple[tuple[str, str], ...]:
+    # Scanning entry points costs milliseconds: once per process is enough.
+    return tuple((ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
 def driver_targets() -> dict[str, str]:
     """Driver name -> "module:Class" for every installed driver."""
     found = dict(_BUILTIN)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.value)
+    for name, value in _installed():
+        found.setdefault(name, value)
     return found
 
 

@@ -1,0 +1,86 @@
+"""The conformance suite passes the honest drivers and catches every seeded bug."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ffaccel
+from ffaccel.abi import DeviceCaps
+from ffaccel.cli.main import main
+from ffaccel.conformance import check_device, copy_cases, gemm_cases
+from ffaccel.conformance.cases import QUICK_SIZES
+from ffaccel.conformance.seeded import SEEDED_BUGS
+from ffaccel.spec import COPY_CONVERSIONS, GEMM_COMBOS, POST_OPS
+
+
+@pytest.fixture(scope="module")
+def cpu_report() -> ffaccel.conformance.ConformanceReport:
+    return check_device("cpu", "quick")
+
+
+def test_quick_passes_cpu(cpu_report) -> None:
+    assert cpu_report.passed, cpu_report.to_markdown()
+    ops = {r.op for r in cpu_report.results}
+    assert {"GEMM", "COPY", "ENGINE", "ERROR"} <= ops
+
+
+def test_quick_passes_ref() -> None:
+    report = check_device("ref", "quick")
+    assert report.passed, report.to_markdown()
+
+
+def test_cases_cover_the_spec() -> None:
+    cases = gemm_cases(DeviceCaps(), "quick")
+    assert {c.combo for c in cases} == set(GEMM_COMBOS)
+    for dim in ("m", "n", "k"):
+        assert {getattr(c, dim) for c in cases} >= set(QUICK_SIZES)
+    assert {(c.trans_a, c.trans_b) for c in cases} == {(False, False), (False, True), (True, False), (True, True)}
+    assert {p.kind for c in cases for p in c.epilogue} == set(POST_OPS)
+    assert any(len(c.epilogue) == 4 for c in cases)
+    assert {c.c_mode for c in cases} >= {"separate", "in_place"}
+    assert any(any(c.broadcast) for c in cases) and any(any(c.pads) for c in cases)
+    groups = {c.group for c in cases}
+    for corner in ("corner:beta0-nan-c", "corner:alpha0-nan-ab", "corner:k0", "corner:accumulate-width",
+                   "corner:int-wrap", "corner:output-rounding"):
+        assert corner in groups
+    assert {(c.src, c.dst) for c in copy_cases(DeviceCaps(), "quick")} == set(COPY_CONVERSIONS)
+
+
+def test_undeclared_combinations_are_not_generated_and_are_checked_as_refused() -> None:
+    caps = DeviceCaps(combos=frozenset(GEMM_COMBOS[:2]))
+    assert {c.combo for c in gemm_cases(caps, "quick")} == set(GEMM_COMBOS[:2])
+
+
+@pytest.mark.parametrize("bug", SEEDED_BUGS, ids=lambda b: b.name)
+def test_quick_catches_seeded_bug(bug) -> None:
+    report = check_device(bug.factory, "quick")
+    assert not report.passed, f"the suite missed the seeded bug {bug.name}: {bug.description}"
+    caught = [r for r in report.failures if r.group == bug.caught_by or bug.caught_by in r.name]
+    assert caught, (f"{bug.name} was not caught by its own check {bug.caught_by!r}; failures: "
+                    f"{sorted({r.group for r in report.failures})}")
+
+
+def test_catalogue_has_at_least_15_distinct_bugs() -> None:
+    assert len({b.name for b in SEEDED_BUGS}) >= 15
+
+
+def test_report_files_and_summary(cpu_report, tmp_path: Path) -> None:
+    doc = json.loads(cpu_report.to_json())
+    assert doc["passed"] is True and doc["cases"] == len(cpu_report.results) and doc["failed"] == 0
+    combos = {row["combo"] for row in doc["summary"] if row["op"] == "GEMM"}
+    assert combos == {c.name for c in GEMM_COMBOS}
+    worst = [row["worst_ratio"] for row in doc["summary"] if row["op"] == "GEMM"]
+    assert all(w is not None and 0 <= w <= 1 for w in worst)
+    md = cpu_report.to_markdown()
+    assert "PASS" in md and "| GEMM |" in md
+
+
+def test_cli_writes_report_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rep.json"
+    assert main(["conformance", "ref", "--quick", "--report", str(out)]) == 0
+    assert json.loads(out.read_text())["passed"] is True
+    assert out.with_suffix(".md").read_text().startswith("# ffaccel conformance: ref")
+    assert "PASS" in capsys.readouterr().out
