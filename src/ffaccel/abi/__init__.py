@@ -25,16 +25,18 @@ from .validate import (
     Op,
     PostOp,
     Submission,
+    ValidationCache,
     View,
     bind,
     check_command,
     check_submission,
+    op_handles,
 )
-from .views import copy_arrays, gemm_arrays, view_array
+from .views import DeviceMemory, copy_arrays, gemm_arrays, view_array
 
 __all__ = [
-    "ABI_VERSION", "COMMAND_BYTES", "COPY", "Copy", "CopyOp", "DeviceCaps", "GEMM", "Gemm", "GemmFlags",
+    "ABI_VERSION", "COMMAND_BYTES", "COPY", "Copy", "CopyOp", "DeviceCaps", "DeviceMemory", "GEMM", "Gemm", "GemmFlags",
     "GemmOp", "Layout", "MAX_COMMANDS_PER_SUBMIT", "Matrix", "OPERAND_BYTES", "Op", "PostOp", "PostOpDesc",
-    "SUBMIT", "Submission", "View", "WAIT", "bind", "check_command", "check_submission", "copy_arrays",
-    "decode_command", "encode_submission", "gemm_arrays", "view_array",
+    "SUBMIT", "Submission", "ValidationCache", "View", "WAIT", "bind", "check_command", "check_submission", "copy_arrays",
+    "decode_command", "encode_submission", "gemm_arrays", "op_handles", "view_array",
 ]

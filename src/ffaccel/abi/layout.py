@@ -10,7 +10,7 @@ ring transports.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntFlag
 
 #: ABI version spoken by this package. Bumped only for incompatible layout changes.
@@ -42,23 +42,27 @@ class Field:
 
 @dataclass(frozen=True)
 class Layout:
-    """A fixed-size little-endian struct described field by field."""
+    """A fixed-size little-endian struct described field by field.
+
+    ``struct``, ``names`` and ``reserved_names`` are computed once: the validator
+    uses them for every command of every submission.
+    """
 
     name: str
     doc: str
     fields: tuple[Field, ...]
+    struct: struct.Struct = field(init=False, repr=False, compare=False)
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    reserved_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def struct(self) -> struct.Struct:
-        return struct.Struct("<" + "".join(f.fmt for f in self.fields))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "struct", struct.Struct("<" + "".join(f.fmt for f in self.fields)))
+        object.__setattr__(self, "names", tuple(f.name for f in self.fields))
+        object.__setattr__(self, "reserved_names", tuple(f.name for f in self.fields if f.reserved))
 
     @property
     def size_bytes(self) -> int:
         return self.struct.size
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields)
 
     def offsets(self) -> list[tuple[Field, int]]:
         out, pos = [], 0

@@ -98,6 +98,47 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
     return 0 if report.passed else 1
 
 
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from ..report import ReportConfig, run_report, write_outputs
+    from ..report.render import dispatch_rows
+
+    cfg = ReportConfig(devices=args.devices or ["cpu"], quick=args.quick, out=Path(args.out),
+                       with_server=not args.no_server)
+    with console.status("starting") as status:
+        results = run_report(cfg, log=lambda msg: status.update(f"[bold]report[/] {msg}"))
+        status.update("[bold]report[/] plotting")
+        paths = write_outputs(results, cfg.out)
+    conf = Table(title="1. conformance (quick)")
+    for col in ("device", "verdict", "cases", "failed"):
+        conf.add_column(col)
+    for c in results["conformance"]:
+        conf.add_row(c["device"], "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]", str(c["cases"]),
+                     str(c["failed"]))
+    console.print(conf)
+    disp = Table(title="2. dispatch: per-operation cost of an n x n x n f32 GEMM (medians, this run)")
+    for col in ("n", "path", "method", "batch", "µs / op", "vs NumPy @"):
+        disp.add_column(col, justify="right" if col not in ("path", "method") else "left")
+    for row in dispatch_rows(results):
+        if row[0] == 8 or row[1] in ("numpy", "torch"):
+            disp.add_row(*[str(x) for x in row])
+    console.print(disp)
+    peak = results["peak"]["gflops"]
+    thr = Table(title=f"3. throughput at the largest size (measured f32 peak {peak:.1f} GFLOP/s)")
+    for col in ("combination", "who", "n", "GFLOP/s", "of peak"):
+        thr.add_column(col, justify="right" if col in ("n", "GFLOP/s", "of peak") else "left")
+    top = max(p["size"] for p in results["throughput"])
+    for p in results["throughput"]:
+        if p["size"] == top:
+            thr.add_row(p["combo"], p["who"], str(p["size"]), f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}")
+    console.print(thr)
+    for w in results["workload"]:
+        console.print(f"4. {w['name']} on {w['device']}: {w['ffaccel_s'] * 1e3:.1f} ms vs NumPy "
+                      f"{w['numpy_s'] * 1e3:.1f} ms ({w['speedup_vs_numpy']:.2f}x); max |error| vs float64 "
+                      f"{w['max_abs_err_ffaccel']:.2e} (NumPy f32: {w['max_abs_err_numpy']:.2e})")
+    console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)")
+    return 0 if all(c["passed"] for c in results["conformance"]) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffaccel", description="ffaccel: a fixed-function accelerator interface")
     p.add_argument("--version", action="version", version=f"ffaccel {__version__}")
@@ -115,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--report", metavar="PATH",
                       help="write the report: PATH.json and PATH.md, or DIR/conformance.{json,md}")
     conf.set_defaults(func=_conformance)
+    rep = sub.add_parser("report", help="conformance, dispatch overhead, throughput and a workload, with plots")
+    rep.add_argument("devices", nargs="*", help="devices to qualify (default: cpu, the embedded default)")
+    rep.add_argument("--quick", action="store_true", help="fewer sizes and samples (about two minutes)")
+    rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
+    rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
+    rep.set_defaults(func=_report)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Layer 7: the measurement harness (dispatch overhead, throughput, a workload)."""

@@ -1,0 +1,120 @@
+"""Throughput: GFLOP/s against size for every dtype combination, next to NumPy and PyTorch.
+
+The machine's limit is *measured*, not looked up: the peak is the best f32 GEMM rate
+NumPy's BLAS reaches in this run on the largest size (best sample of several), the
+rate a single-precision GEMM can actually sustain on these cores with this BLAS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from ..frontends import matmul
+from ..runtime import Device
+from ..spec import DTYPES, GEMM_COMBOS, GemmCombo
+from .timing import Timing, measure
+
+QUICK_SIZES = (64, 256, 1024)
+FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
+#: NumPy's own f16 matmul runs without BLAS (~1 GFLOP/s): only time it on small sizes.
+NUMPY_F16_MAX = 256
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    who: str  # "ffaccel <device>", "numpy", "torch"
+    combo: str
+    size: int
+    timing: Timing
+
+    @property
+    def gflops(self) -> float:
+        return 2.0 * self.size**3 / self.timing.median_s / 1e9
+
+    def as_dict(self) -> dict[str, object]:
+        return {"who": self.who, "combo": self.combo, "size": self.size, "gflops": self.gflops,
+                **{k: v for k, v in self.timing.as_dict().items() if k != "name"}}
+
+
+def _operands(combo: GemmCombo, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(n)
+    if combo.is_int:
+        lo_a, hi_a = (-128, 128) if combo.a.name == "I8" else (0, 256)
+        lo_b, hi_b = (-128, 128) if combo.b.name == "I8" else (0, 256)
+        return (rng.integers(lo_a, hi_a, (n, n)).astype(DTYPES[combo.a].numpy),
+                rng.integers(lo_b, hi_b, (n, n)).astype(DTYPES[combo.b].numpy))
+    a = rng.standard_normal((n, n)).astype(DTYPES[combo.a].numpy)
+    return a, rng.standard_normal((n, n)).astype(DTYPES[combo.b].numpy)
+
+
+def _numpy_candidate(combo: GemmCombo, a: np.ndarray, b: np.ndarray, n: int) -> Callable | None:
+    """NumPy's own way to do this GEMM (same dtypes), or None where it has none worth timing."""
+    if combo.is_int:
+        a32, b32 = a.astype(np.int32), b.astype(np.int32)
+        return lambda: a32 @ b32
+    if a.dtype == ml_dtypes.bfloat16:
+        return None  # no native bf16 matmul in NumPy
+    if a.dtype == np.float16 and n > NUMPY_F16_MAX:
+        return None
+    return lambda: a @ b
+
+
+def _torch_candidate(combo: GemmCombo, a: np.ndarray, b: np.ndarray) -> Callable | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if combo.is_int:
+        if combo.a.name != "I8" or combo.b.name != "I8" or not hasattr(torch, "_int_mm") or a.shape[0] <= 16:
+            return None
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        return lambda: torch._int_mm(ta, tb)
+    if a.dtype == ml_dtypes.bfloat16:
+        ta = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        tb = torch.from_numpy(b.view(np.int16)).view(torch.bfloat16)
+    else:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    return lambda: torch.mm(ta, tb)
+
+
+def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] = QUICK_SIZES,
+                   combos: Sequence[GemmCombo] = GEMM_COMBOS, *, rounds: int = 5, min_sample_s: float = 0.02,
+                   progress: Callable[[str], None] | None = None) -> list[RatePoint]:
+    """GFLOP/s of each device, NumPy and torch, per combination and size (one interleaved run each)."""
+    points: list[RatePoint] = []
+    for combo in combos:
+        for n in sizes:
+            a, b = _operands(combo, n)
+            out_dtype = DTYPES[combo.d].numpy
+            cands: dict[str, Callable] = {}
+            for name, dev in devices:
+                if combo not in dev.info().caps.combos:
+                    continue
+                cands[f"ffaccel {name}"] = (lambda dev=dev: matmul(a, b, out_dtype=out_dtype, device=dev))
+            # the same multiplication done NumPy's and PyTorch's own way (their output dtypes)
+            np_c = _numpy_candidate(combo, a, b, n)
+            if np_c is not None:
+                cands["numpy"] = np_c
+            t_c = _torch_candidate(combo, a, b)
+            if t_c is not None:
+                cands["torch"] = t_c
+            if progress is not None:
+                progress(f"throughput {combo.name} {n}")
+            r = 3 if n >= 1024 else rounds
+            for who, t in measure(cands, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
+                points.append(RatePoint(who, combo.name, n, t))
+    return points
+
+
+def calibrate_peak(size: int = 2048, rounds: int = 5) -> dict[str, float | str]:
+    """The best f32 GEMM rate NumPy's BLAS reaches here (GFLOP/s) and how it was measured."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    t = measure({"peak": lambda: a @ a}, rounds=rounds, warmup=1, min_sample_s=0.0)["peak"]
+    best = min(t.samples_s)
+    return {"gflops": 2.0 * size**3 / best / 1e9, "size": size,
+            "method": f"best of {rounds} NumPy float32 {size}x{size} GEMMs (BLAS), after one warm-up"}

@@ -1,0 +1,113 @@
+"""A real workload: one transformer encoder block, forward, through the device.
+
+Every GEMM goes through :func:`ffaccel.matmul` with its epilogue fused (QKV bias; the
+attention scale; output projection bias plus residual; the MLP's bias plus GELU; bias
+plus residual), softmax and layer norm stay in NumPy. The same block runs in NumPy
+float32 (the speed baseline) and in float64 (the accuracy reference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from ..frontends import matmul, post
+from ..runtime import Device
+from .timing import measure
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    batch: int = 8
+    seq: int = 128
+    d_model: int = 256
+    heads: int = 4
+    d_ff: int = 1024
+
+    @property
+    def gemm_flops(self) -> float:
+        t, d, f, s = self.batch * self.seq, self.d_model, self.d_ff, self.seq
+        return 2.0 * t * (3 * d * d + d * d + 2 * d * f) + 2.0 * 2 * self.batch * s * s * d
+
+
+def make_weights(shape: BlockShape, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    d, f = shape.d_model, shape.d_ff
+    w = {
+        "wqkv": rng.standard_normal((d, 3 * d)) / math.sqrt(d), "bqkv": rng.standard_normal(3 * d) * 0.1,
+        "wo": rng.standard_normal((d, d)) / math.sqrt(d), "bo": rng.standard_normal(d) * 0.1,
+        "w1": rng.standard_normal((d, f)) / math.sqrt(d), "b1": rng.standard_normal(f) * 0.1,
+        "w2": rng.standard_normal((f, d)) / math.sqrt(f), "b2": rng.standard_normal(d) * 0.1,
+        "x": rng.standard_normal((shape.batch * shape.seq, d)),
+    }
+    return w
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _layernorm(x: np.ndarray) -> np.ndarray:
+    mu = x.mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
+
+
+def _heads(x: np.ndarray, shape: BlockShape) -> np.ndarray:
+    b, s, h = shape.batch, shape.seq, shape.heads
+    return x.reshape(b, s, h, -1).transpose(0, 2, 1, 3)  # (b, h, s, dh): a strided view
+
+
+def block_numpy(w: dict[str, np.ndarray], shape: BlockShape) -> np.ndarray:
+    """The block in NumPy, in whatever float dtype the weights have."""
+    x = w["x"]
+    d, dh = shape.d_model, shape.d_model // shape.heads
+    qkv = x @ w["wqkv"] + w["bqkv"]
+    q, k, v = (_heads(qkv[:, i * d:(i + 1) * d], shape) for i in range(3))
+    p = _softmax((q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(dh)))
+    ctx = (p @ v).transpose(0, 2, 1, 3).reshape(-1, d)
+    h1 = _layernorm(ctx @ w["wo"] + w["bo"] + x)
+    z = h1 @ w["w1"] + w["b1"]
+    g = z * (1 + erf(z / math.sqrt(2))) / 2
+    return _layernorm(g @ w["w2"] + w["b2"] + h1)
+
+
+def block_device(w: dict[str, np.ndarray], shape: BlockShape, device: Device) -> np.ndarray:
+    """The same block with every GEMM (and its bias, scale, GELU, residual) on the device."""
+    x = w["x"]
+    d, dh = shape.d_model, shape.d_model // shape.heads
+    qkv = matmul(x, w["wqkv"], post_ops=[post.bias(w["bqkv"])], device=device)
+    q, k, v = (_heads(qkv[:, i * d:(i + 1) * d], shape) for i in range(3))
+    scores = matmul(q, k, trans_b=True, post_ops=[post.scale(1.0 / math.sqrt(dh))], device=device)
+    ctx = matmul(_softmax(scores), v, device=device).transpose(0, 2, 1, 3).reshape(-1, d)
+    h1 = _layernorm(matmul(ctx, w["wo"], post_ops=[post.bias(w["bo"]), post.add(x)], device=device))
+    g = matmul(h1, w["w1"], post_ops=[post.bias(w["b1"]), post.gelu()], device=device)
+    return _layernorm(matmul(g, w["w2"], post_ops=[post.bias(w["b2"]), post.add(h1)], device=device))
+
+
+def run_workload(device: Device, shape: BlockShape = BlockShape(), *, rounds: int = 5) -> dict[str, object]:
+    """Time the block on the device and in NumPy (f32), and compare both to a float64 reference."""
+    w64 = make_weights(shape)
+    w32 = {k: v.astype(np.float32) for k, v in w64.items()}
+    ref = block_numpy(w64, shape)
+    got = block_device(w32, shape, device)
+    base = block_numpy(w32, shape)
+    t = measure({"ffaccel": lambda: block_device(w32, shape, device), "numpy": lambda: block_numpy(w32, shape)},
+                rounds=rounds, warmup=1, min_sample_s=0.0)
+    scale = float(np.abs(ref).max())
+    return {
+        "name": "transformer encoder block (forward, f32)",
+        "shape": shape.__dict__,
+        "gemm_flops": shape.gemm_flops,
+        "device": device.name,
+        "ffaccel_s": t["ffaccel"].median_s,
+        "numpy_s": t["numpy"].median_s,
+        "speedup_vs_numpy": t["numpy"].median_s / t["ffaccel"].median_s,
+        "max_abs_err_ffaccel": float(np.abs(got - ref).max()),
+        "max_abs_err_numpy": float(np.abs(base - ref).max()),
+        "max_abs_diff_ffaccel_vs_numpy": float(np.abs(got - base).max()),
+        "output_scale": scale,
+    }

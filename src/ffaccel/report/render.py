@@ -1,0 +1,182 @@
+"""Turn report results into plots (PNG), ``report.html`` and ``results.json``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+PLOTS = ("latency", "batching", "throughput")
+
+
+def _figure():  # noqa: ANN202 - matplotlib types
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _figure().close(fig)
+    return buf.getvalue()
+
+
+def plot_latency(results: dict[str, Any]) -> bytes:
+    """Per-operation cost against size, one line per path (batch 1) and per baseline."""
+    plt = _figure()
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for p in results["dispatch"]["points"]:
+        if p["batch"] == 1:
+            series[f"{p['path']} {p['method']}"].append((p["size"], p["per_op_s"] * 1e6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        style = "--" if label.split()[0] in ("numpy", "torch") else "-"
+        ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("n (n x n x n f32 GEMM)")
+    ax.set_ylabel("per-operation cost (µs, median)")
+    ax.set_title("Dispatch overhead: tiny GEMMs through each path")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def plot_batching(results: dict[str, Any], size: int = 8) -> bytes:
+    """Per-operation cost against batch size (submit and replay) for one GEMM size."""
+    plt = _figure()
+    pts = [p for p in results["dispatch"]["points"] if p["size"] == size]
+    if not pts:
+        size = min(p["size"] for p in results["dispatch"]["points"])
+        pts = [p for p in results["dispatch"]["points"] if p["size"] == size]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for p in pts:
+        if p["method"] in ("submit", "replay"):
+            series[f"{p['path']} {p['method']}"].append((p["batch"], p["per_op_s"] * 1e6))
+    for label, s in sorted(series.items()):
+        s.sort()
+        ax.plot([x for x, _ in s], [y for _, y in s], marker="o", label=label)
+    for p in pts:
+        if p["path"] in ("numpy", "torch"):
+            ax.axhline(p["per_op_s"] * 1e6, linestyle="--", color="gray" if p["path"] == "numpy" else "black",
+                       label=f"{p['path']} {p['method']}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("commands per submission")
+    ax.set_ylabel("per-operation cost (µs, median)")
+    ax.set_title(f"What batching buys ({size}x{size}x{size} f32 GEMM)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_throughput(results: dict[str, Any]) -> bytes:
+    """GFLOP/s against size, one panel per dtype combination, with the measured peak."""
+    plt = _figure()
+    by_combo: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for p in results["throughput"]:
+        by_combo[p["combo"]][p["who"]].append((p["size"], p["gflops"]))
+    combos = list(by_combo)
+    cols = 5 if len(combos) > 4 else max(1, len(combos))
+    rows = math.ceil(len(combos) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    peak = results["peak"]["gflops"]
+    for ax, combo in zip(axes.flat, combos):
+        for who, pts in sorted(by_combo[combo].items()):
+            pts.sort()
+            style = "--" if who in ("numpy", "torch") else "-"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who)
+        ax.axhline(peak, color="red", linewidth=0.8, linestyle=":", label="measured f32 peak")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(combo, fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(combos):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.supxlabel("n (n x n x n GEMM)", fontsize=9)
+    fig.supylabel("GFLOP/s (median)", fontsize=9)
+    fig.suptitle("Throughput per dtype combination", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _png(fig)
+
+
+def render_plots(results: dict[str, Any]) -> dict[str, bytes]:
+    return {"latency": plot_latency(results), "batching": plot_batching(results),
+            "throughput": plot_throughput(results)}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def dispatch_rows(results: dict[str, Any]) -> list[list[Any]]:
+    """(size, path, method, batch, per-op µs, ratio to NumPy's @ at that size) rows."""
+    pts = results["dispatch"]["points"]
+    numpy_at = {p["size"]: p["per_op_s"] for p in pts if p["path"] == "numpy"}
+    rows = []
+    for p in sorted(pts, key=lambda p: (p["size"], p["path"], p["method"], p["batch"])):
+        ratio = p["per_op_s"] / numpy_at[p["size"]] if p["size"] in numpy_at else float("nan")
+        rows.append([p["size"], p["path"], p["method"], p["batch"], f"{p['per_op_s'] * 1e6:.2f}", f"{ratio:.2f}x"])
+    return rows
+
+
+def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
+    peak = results["peak"]["gflops"]
+    return [[p["combo"], p["size"], p["who"], f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}"]
+            for p in results["throughput"]]
+
+
+def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | None = None) -> dict[str, Path]:
+    """Write results.json, one PNG per plot, and report.html embedding the plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = render_plots(results) if pngs is None else pngs
+    paths = {"json": out / "results.json", "html": out / "report.html"}
+    results = dict(results, plots=[f"{name}.png" for name in pngs])
+    paths["json"].write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    for name, data in pngs.items():
+        (out / f"{name}.png").write_bytes(data)
+        paths[name] = out / f"{name}.png"
+    m = results["machine"]
+    conf_rows = [[c["device"], "PASS" if c["passed"] else "FAIL", c["cases"], c["failed"], f"{c['seconds']:.1f} s"]
+                 for c in results["conformance"]]
+    w_rows = [[w["device"], f"{w['ffaccel_s'] * 1e3:.1f} ms", f"{w['numpy_s'] * 1e3:.1f} ms",
+               f"{w['speedup_vs_numpy']:.2f}x", f"{w['max_abs_err_ffaccel']:.2e}", f"{w['max_abs_err_numpy']:.2e}"]
+              for w in results["workload"]]
+    imgs = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+                   f"<figcaption>{name}.png</figcaption></figure>" for name, data in pngs.items())
+    peak = results["peak"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ffaccel report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%}}</style></head><body>
+<h1>ffaccel report</h1>
+<p>{html.escape(results['date'])} — ffaccel {html.escape(m['versions']['ffaccel'])}, spec
+v{results['spec_version'][0]}.{results['spec_version'][1]}; {html.escape(m['cpu'])}, {m['cores']} cores;
+{'quick run' if results['quick'] else 'full run'} in {results.get('seconds', 0):.0f} s.
+All ratios are between medians measured side by side in this run.</p>
+<h2>1. Conformance</h2>{_table(["device", "verdict", "cases", "failed", "time"], conf_rows)}
+<h2>2. Dispatch overhead</h2>{_table(["n", "path", "method", "batch", "per op (µs)", "vs NumPy @"],
+                                     dispatch_rows(results))}
+<h2>3. Throughput</h2><p>Measured peak: {peak['gflops']:.1f} GFLOP/s ({html.escape(str(peak['method']))}).</p>
+{_table(["combination", "n", "who", "GFLOP/s", "of peak"], throughput_rows(results))}
+<h2>4. Workload: {html.escape(results['workload'][0]['name']) if results['workload'] else ''}</h2>
+{_table(["device", "ffaccel", "NumPy f32", "speed-up", "max |err| ffaccel", "max |err| NumPy"], w_rows)}
+<h2>Plots</h2>{imgs}
+<h2>Machine</h2><pre>{html.escape(json.dumps(m, indent=1))}</pre></body></html>"""
+    paths["html"].write_text(doc, encoding="utf-8")
+    return paths

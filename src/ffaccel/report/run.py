@@ -1,0 +1,176 @@
+"""``ffaccel report``: qualify a device and show it — conformance, dispatch, throughput, a workload.
+
+The run is one process: every ratio it prints is formed from timings measured side by
+side in that run (see :mod:`ffaccel.bench.timing`). Nothing here is a pass/fail timing test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..bench.dispatch import BATCHES, SIZES, run_dispatch
+from ..bench.throughput import FULL_SIZES, QUICK_SIZES, calibrate_peak, run_throughput
+from ..bench.workload import BlockShape, run_workload
+from ..conformance import check_device
+from ..runtime import Device, open_device
+from ..spec import SPEC_VERSION
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ReportConfig:
+    """What one run measures; ``quick`` trades samples and sizes for time."""
+
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    quick: bool = False
+    out: Path = Path("ffaccel-report")
+    dispatch_sizes: Sequence[int] = SIZES
+    dispatch_batches: Sequence[int] = BATCHES
+    throughput_sizes: Sequence[int] | None = None
+    workload_shape: BlockShape | None = None
+    conformance_level: str = "quick"
+    with_server: bool = True
+    rounds: int | None = None
+
+    def sizes(self) -> Sequence[int]:
+        if self.throughput_sizes is not None:
+            return self.throughput_sizes
+        return QUICK_SIZES if self.quick else FULL_SIZES
+
+    def shape(self) -> BlockShape:
+        if self.workload_shape is not None:
+            return self.workload_shape
+        return BlockShape(batch=2) if self.quick else BlockShape()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, BLAS libraries and versions: what the figures were measured on."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
+                for p in threadpool_info() if p.get("user_api") == "blas"]
+    except Exception:  # noqa: BLE001 - informational only
+        blas = []
+    versions = {"ffaccel": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("scipy", "torch", "ml_dtypes"):
+        with contextlib.suppress(ImportError):
+            versions[mod] = __import__(mod).__version__
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "blas": blas,
+            "versions": versions}
+
+
+def _server_available() -> bool:
+    try:
+        import ffaccel.transports.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def server_paths(driver: str, log: Callable[[str], None]) -> Iterator[list[tuple[str, Device]]]:
+    """Start ``ffaccel serve`` for the run and open its socket and ring paths (none if unavailable)."""
+    if not _server_available():
+        log("server: not available in this build; measuring in-process paths only")
+        yield []
+        return
+    tmp = tempfile.mkdtemp(prefix="ffaccel-report-")
+    sock = os.path.join(tmp, "ffaccel.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "ffaccel.cli", "serve", "--driver", driver, "--socket", sock],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    opened: list[tuple[str, Device]] = []
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        if not os.path.exists(sock):
+            log("server: did not start; measuring in-process paths only")
+            yield []
+            return
+        for label, name in (("socket", f"unix:{sock}"), ("ring", f"unix:{sock}?transport=ring")):
+            try:
+                opened.append((label, open_device(name)))
+            except Exception as e:  # noqa: BLE001 - a path that cannot open is reported, not fatal
+                log(f"server: {label} path unavailable ({e})")
+        yield opened
+    finally:
+        for _, dev in opened:
+            with contextlib.suppress(Exception):
+                dev.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run every part of the report and return its results (also written to ``cfg.out``)."""
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "spec_version": list(SPEC_VERSION),
+        "quick": cfg.quick,
+        "machine": machine_info(),
+        "devices": list(cfg.devices),
+    }
+    devices = [(name, open_device(name)) for name in cfg.devices]
+
+    # 1. conformance
+    conf = []
+    for name, _ in devices:
+        log(f"conformance {name} ({cfg.conformance_level})")
+        rep = check_device(name, cfg.conformance_level)
+        conf.append({"device": name, "passed": rep.passed, "cases": len(rep.results), "failed": len(rep.failures),
+                     "seconds": rep.seconds, "summary": json.loads(rep.to_json())["summary"]})
+    results["conformance"] = conf
+
+    # 2. dispatch overhead, in-process and (when a server can be started) socket and ring
+    rounds = cfg.rounds or (5 if cfg.quick else 9)
+    with server_paths(cfg.devices[0], log) if cfg.with_server else contextlib.nullcontext([]) as remote:
+        paths = [(f"{name} in-process", dev) for name, dev in devices] + list(remote)
+        results["dispatch"] = {
+            "paths": [p for p, _ in paths],
+            "points": [p.as_dict() for p in run_dispatch(paths, cfg.dispatch_sizes, cfg.dispatch_batches,
+                                                         rounds=rounds,
+                                                         min_sample_s=1e-3 if cfg.quick else 3e-3, progress=log)],
+        }
+
+    # 3. throughput against size, with the measured peak
+    log("calibrating the peak")
+    results["peak"] = calibrate_peak(size=1024 if cfg.quick else 2048, rounds=3 if cfg.quick else 5)
+    pts = run_throughput(devices, cfg.sizes(), rounds=3 if cfg.quick else 5,
+                         min_sample_s=0.005 if cfg.quick else 0.02, progress=log)
+    results["throughput"] = [p.as_dict() for p in pts]
+
+    # 4. a real workload
+    log("workload: transformer encoder block")
+    results["workload"] = [run_workload(dev, cfg.shape(), rounds=3 if cfg.quick else 5) for _, dev in devices]
+    results["seconds"] = time.perf_counter() - started
+    for _, dev in devices:
+        dev.close()
+    return results
