@@ -597,3 +597,74 @@ def test_thread_limit_is_applied_and_restored(monkeypatch: pytest.MonkeyPatch) -
 def test_large_half_precision_casts(combo: GemmCombo) -> None:
     """Past the size where the f16 casts are split across two threads (halves must meet exactly)."""
     check(build(combo, 1031, 1029, 3, pad=1, beta=0.5, post=((PostOpKind.RELU, 0, 0, None),)))
+
+
+# ------------------------------------------------------------------------------------
+# tests: the scratch-array pool
+
+
+@pytest.mark.parametrize("combo,mnk", [(COMBO[F16, F16, F16], (300, 310, 290)),
+                                       (COMBO[BF16, BF16, F32], (300, 310, 290)),
+                                       (COMBO[I8, I8, I32], (260, 270, 1100))],
+                         ids=lambda v: v.name if isinstance(v, GemmCombo) else str(v))
+def test_concurrent_calls_of_one_kernel_do_not_share_scratch(combo: GemmCombo, mnk: tuple) -> None:
+    """Two threads run one prepared kernel (same geometry, pooled scratch) on different data."""
+    import threading
+
+    m, n, k = mnk
+    alpha, beta = (3, -2) if combo.is_int else (1.5, 0.5)
+    cases = [build(combo, m, n, k, alpha=alpha, beta=beta) for _ in range(2)]
+    kernel = DRIVER.prepare_gemm(cases[0].op)
+    wants = [expected_int(c) if combo.is_int else expected_float(c) for c in cases]
+    barrier = threading.Barrier(2)
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        a, b, c, d, epi = cases[i].arrays
+        barrier.wait()
+        for it in range(25):
+            d[...] = 0
+            kernel(a, b, c, d, epi)
+            if combo.is_int:
+                ok = np.array_equal(d, wants[i])
+            else:
+                ok = error_ratio(d, *wants[i]).max() <= 1.0
+            if not ok:
+                errors.append(f"thread {i}, call {it}: wrong result")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_workspace_pool_is_bounded_and_never_shares() -> None:
+    from ffaccel.drivers import cpu
+
+    ws = cpu._Workspace(max_bytes=4 << 20, max_entries=3, min_bytes=64 << 10)
+    f32 = np.dtype(np.float32)
+    x = ws.take((256, 256), f32)  # 256 KiB
+    y = ws.take((256, 256), f32)
+    assert x is not y and not np.shares_memory(x, y)
+    ws.give([x])
+    assert ws.take((256, 256), f32) is x  # reused once given back ...
+    assert ws.take((256, 256), f32) is not x  # ... and handed to one taker only
+    ws.give([np.empty((16, 16), f32)])  # too small to pool
+    assert ws.stats() == (0, 0)
+    ws.give([np.empty((1024, 1024, 2), f32)])  # 8 MiB: over the byte bound, not kept
+    assert ws.stats() == (0, 0)
+    arrays = [np.empty((512, 512 + i), f32) for i in range(6)]  # ~1 MiB each
+    ws.give(arrays)
+    count, held = ws.stats()
+    assert count <= 3 and held <= 4 << 20
+    assert ws.take((512, 512), f32) is not arrays[0]  # the oldest was evicted
+    assert ws.take((512, 517), f32) is arrays[5]  # the newest kept
+
+    # the driver's own pool stays within its bounds over many geometries
+    for size in range(300, 1500, 97):
+        check(build(COMBO[F16, F16, F16], size, size // 2 + 1, 64))
+    count, held = cpu._WORKSPACE.stats()
+    assert count <= cpu._WORKSPACE.max_entries and held <= cpu._WORKSPACE.max_bytes

@@ -16,7 +16,7 @@ How each combination runs:
   call when B (or A) is broadcast and the other operand's entries are adjacent;
   otherwise large entries loop over BLAS and small ones go to ``numpy.matmul``,
   which loops over the batch in C.
-* f16 / bf16: the inputs are widened to f32 (exact), multiplied with ``sgemm``
+* f16 / bf16: the inputs are widened to f32 (exact, into pooled scratch arrays), multiplied with ``sgemm``
   (accumulating in f32), the epilogue runs in f32 and the result is rounded once
   to D's dtype (NumPy / ml_dtypes casts are round-to-nearest-even). f32 outputs
   are written directly.
@@ -25,6 +25,12 @@ How each combination runs:
   f32 arithmetic is exact in any summation order); chunks are summed in f64
   (exact below 2**53). Everything after that is int32 two's-complement
   arithmetic done on uint32 views, which wrap modulo 2**32 by definition.
+
+The widened operands and the f32 accumulator of f16/bf16 outputs (and the int
+path's temporaries) are scratch arrays from a small, bounded, thread-safe pool
+(:class:`_Workspace`) rather than fresh allocations: a large fresh array costs its
+page faults on first touch. A kernel takes its scratch arrays and gives them back
+when done, so two calls running at once never share one.
 
 The epilogue runs in the accumulate precision, in place on D (or on the f32
 temporary for f16/bf16 outputs). Overflow to inf and NaN propagation are the
@@ -317,24 +323,123 @@ def _cast_into(dst: np.ndarray, src: np.ndarray, parallel: bool) -> None:
         fut.result()
 
 
-def _widen_pair(a: np.ndarray, b: np.ndarray, dtype: np.dtype, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Both operands widened to ``dtype``; the two casts run side by side when large and allowed."""
-    if parallel and a.dtype == np.float16 and a.size + b.size >= _PAR_CAST_MIN:
-        with np.errstate(all="ignore"):
-            fut = _pool().submit(_widen, b, dtype)
-            wa = _widen(a, dtype)
-            return wa, fut.result()
+class _Workspace:
+    """A small, bounded, thread-safe pool of scratch arrays (widened operands, f32 accumulators).
+
+    :meth:`take` hands out an array that no one else holds (from the pool, or fresh);
+    :meth:`give` puts it back. Two kernels running at once on the same geometry each
+    take their own arrays, so they never share one. The pool keeps at most
+    ``max_entries`` arrays and ``max_bytes`` bytes, evicting the least recently given
+    back; arrays under ``min_bytes`` are never pooled (allocating them is cheap).
+    Reuse saves the page faults of fresh large allocations, and their zeroing by the kernel.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int, min_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.min_bytes = min_bytes
+        self._free: OrderedDict[int, np.ndarray] = OrderedDict()  # id -> array, oldest first
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype`` that only the caller holds (contents undefined)."""
+        dtype = np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize >= self.min_bytes:
+            with self._lock:
+                for key in reversed(self._free):  # most recently given back first
+                    arr = self._free[key]
+                    if arr.shape == shape and arr.dtype == dtype:
+                        del self._free[key]
+                        self._bytes -= arr.nbytes
+                        return arr
+        return np.empty(shape, dtype)
+
+    def give(self, arrays: list[np.ndarray]) -> None:
+        """Return arrays from :meth:`take` (the caller must not use them afterwards)."""
+        keep = [x for x in arrays if self.min_bytes <= x.nbytes <= self.max_bytes]
+        if not keep:
+            return
+        with self._lock:
+            for x in keep:
+                if id(x) in self._free:  # pragma: no cover - given back twice
+                    continue
+                self._free[id(x)] = x
+                self._bytes += x.nbytes
+            while self._bytes > self.max_bytes or len(self._free) > self.max_entries:
+                _, old = self._free.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+    def stats(self) -> tuple[int, int]:
+        """(arrays held, bytes held)."""
+        with self._lock:
+            return len(self._free), self._bytes
+
+
+#: Scratch arrays shared by every cpu driver in the process: enough for the widened A and
+#: B and the f32 accumulator of a 2048 x 2048 f16 GEMM (3 x 16 MiB), twice over.
+_WORKSPACE = _Workspace(max_bytes=96 << 20, max_entries=8, min_bytes=256 << 10)
+
+
+def _scratch_like(x: np.ndarray, dtype: np.dtype, held: list[np.ndarray]) -> np.ndarray:
+    """A pooled array of x's shape in ``dtype`` (recorded in ``held``), laid out like x:
+    an operand whose entries are column-major gets a column-major scratch, so BLAS reads it
+    transposed instead of the widening copy transposing it."""
+    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 1 and abs(x.strides[1]) < abs(x.strides[2]):
+        buf = _WORKSPACE.take((x.shape[0], x.shape[2], x.shape[1]), dtype)
+        held.append(buf)
+        return buf.transpose(0, 2, 1)
+    buf = _WORKSPACE.take(x.shape, dtype)
+    held.append(buf)
+    return buf
+
+
+def _widen_pair(a: np.ndarray, b: np.ndarray, dtype: np.dtype, parallel: bool,
+                held: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Both operands widened to ``dtype`` into pooled scratch arrays (recorded in ``held``);
+    the two casts run side by side when large and allowed."""
+    wa, sa = _widen_target(a, dtype, held)
+    wb, sb = _widen_target(b, dtype, held)
     with np.errstate(all="ignore"):
-        return _widen(a, dtype), _widen(b, dtype)
+        if parallel and a.dtype == np.float16 and a.size + b.size >= _PAR_CAST_MIN and sb is not None:
+            fut = _pool().submit(np.copyto, sb[0], sb[1], casting="unsafe")
+            if sa is not None:
+                np.copyto(sa[0], sa[1], casting="unsafe")
+            fut.result()
+        else:
+            for st in (sa, sb):
+                if st is not None:
+                    np.copyto(st[0], st[1], casting="unsafe")
+    return wa, wb
 
 
-def _widen(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """x converted (exactly) to ``dtype``, keeping a broadcast batch broadcast (no copies of it)."""
+def _widen(x: np.ndarray, dtype: np.dtype, held: list[np.ndarray]) -> np.ndarray:
+    """x converted (exactly) to ``dtype`` in a pooled scratch array (recorded in ``held``),
+    keeping a broadcast batch broadcast (no copies of it)."""
+    w, st = _widen_target(x, dtype, held)
+    if st is not None:
+        with np.errstate(all="ignore"):
+            np.copyto(st[0], st[1], casting="unsafe")
+    return w
+
+
+def _widen_target(x: np.ndarray, dtype: np.dtype, held: list[np.ndarray]
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """(the widened operand, (destination, source) of the copy that fills it, or None)."""
     if x.dtype == dtype:
-        return x
+        return x, None
     if x.shape[0] > 1 and x.strides[0] == 0:
-        return np.broadcast_to(x[:1].astype(dtype), x.shape)
-    return x.astype(dtype)
+        dst = _scratch_like(x[:1], dtype, held)
+        return np.broadcast_to(dst, x.shape), (dst, x[:1])
+    dst = _scratch_like(x, dtype, held)
+    return dst, (dst, x)
 
 
 # --------------------------------------------------------------------------------------
@@ -490,47 +595,64 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
     shape = (op.batch, op.m, op.n)
 
     def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
-        x = d if direct else np.empty(shape, acc)
-        if reads_ab:
-            if reads_c and not (direct and in_place):
+        held: list[np.ndarray] = []  # pooled scratch arrays, given back at the end
+        try:
+            if direct:
+                x = d
+            else:
+                x = _WORKSPACE.take(shape, acc)
+                held.append(x)
+            if reads_ab:
+                if reads_c and not (direct and in_place):
+                    with np.errstate(all="ignore"):
+                        np.copyto(x, c, casting="unsafe")  # same dtype, or an exact f16/bf16 -> f32 widening
+                if widen:
+                    a, b = _widen_pair(a, b, acc, parallel, held)
+                if not _gemm3d(blas, alpha, a, b, beta_eff, x):
+                    _matmul_axpby(alpha, a, b, beta_eff, x)
+            elif reads_c:  # alpha == 0 or k == 0: A and B are not read
                 with np.errstate(all="ignore"):
-                    np.copyto(x, c, casting="unsafe")  # same dtype, or an exact f16/bf16 -> f32 widening
-            if widen:
-                a, b = _widen_pair(a, b, acc, parallel)
-            if not _gemm3d(blas, alpha, a, b, beta_eff, x):
-                _matmul_axpby(alpha, a, b, beta_eff, x)
-        elif reads_c:  # alpha == 0 or k == 0: A and B are not read
-            with np.errstate(all="ignore"):
-                np.multiply(c, beta, out=x, dtype=acc)
-        else:
-            x[...] = 0
-        if steps:
-            _run_steps(steps, x, epi)
-        if not direct:
-            _cast_into(d, x, parallel)  # one round to nearest even (overflow -> inf)
+                    np.multiply(c, beta, out=x, dtype=acc)
+            else:
+                x[...] = 0
+            if steps:
+                _run_steps(steps, x, epi)
+            if not direct:
+                _cast_into(d, x, parallel)  # one round to nearest even (overflow -> inf)
+        finally:
+            _WORKSPACE.give(held)
 
     return kernel
 
 
-def _int_sum(a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
-    """The exact integer a @ b, modulo 2**32, as a fresh uint32 (batch, m, n) array."""
-    k = a.shape[2]
+def _int_sum(a: np.ndarray, b: np.ndarray, chunk: int, held: list[np.ndarray]) -> np.ndarray:
+    """The exact integer a @ b, modulo 2**32, as a pooled uint32 (batch, m, n) array (in ``held``)."""
+    batch, m, k = a.shape
+    shape = (batch, m, b.shape[2])
     f32 = np.dtype(np.float32)
-    af, bf = _widen(a, f32), _widen(b, f32)
+    af, bf = _widen(a, f32, held), _widen(b, f32, held)
+    t = _WORKSPACE.take(shape, f32)
+    w = _WORKSPACE.take(shape, np.dtype(_U32))
+    held += (t, w)
     with np.errstate(all="ignore"):
         if k <= chunk:
-            return np.matmul(af, bf).astype(np.int32).view(_U32)  # |sums| <= 2**24: exact in f32
-        total: np.ndarray | None = None
-        t: np.ndarray | None = None
+            np.matmul(af, bf, out=t)
+            np.copyto(w.view(np.int32), t, casting="unsafe")  # |sums| <= 2**24: exact in f32 and int32
+            return w
+        total = _WORKSPACE.take(shape, np.dtype(np.float64))
+        held.append(total)
         for lo in range(0, k, chunk):
             hi = min(k, lo + chunk)
-            t = np.matmul(af[:, :, lo:hi], bf[:, lo:hi, :], out=t)
-            if total is None:
-                total = t.astype(np.float64)
+            np.matmul(af[:, :, lo:hi], bf[:, lo:hi, :], out=t)
+            if lo == 0:
+                np.copyto(total, t)
             else:
                 np.add(total, t, out=total)  # exact: |total| <= k * 2**16 < 2**53
-        assert total is not None
-        return total.astype(np.int64).astype(_U32)  # int64 -> uint32 is reduction modulo 2**32
+        wide = _WORKSPACE.take(shape, np.dtype(np.int64))
+        held.append(wide)
+        np.copyto(wide, total, casting="unsafe")  # exact: an integer below 2**53
+        np.copyto(w, wide, casting="unsafe")  # int64 -> uint32 is reduction modulo 2**32
+        return w
 
 
 def _plan_int(op: GemmOp) -> Kernel:
@@ -541,22 +663,26 @@ def _plan_int(op: GemmOp) -> Kernel:
 
     def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         du = d.view(_U32)  # two's-complement wrap == uint32 arithmetic
-        if reads_ab:
-            w = _int_sum(a, b, chunk)
-            if ua != 1:
-                np.multiply(w, ua, out=w)
-            if reads_c:
+        held: list[np.ndarray] = []  # pooled scratch arrays, given back at the end
+        try:
+            if reads_ab:
+                w = _int_sum(a, b, chunk, held)
+                if ua != 1:
+                    np.multiply(w, ua, out=w)
+                if reads_c:
+                    assert c is not None
+                    if not (in_place and ub == 1):
+                        np.multiply(c.view(_U32), ub, out=du)
+                    np.add(du, w, out=du)
+                else:
+                    np.copyto(du, w)
+            elif reads_c:
                 assert c is not None
-                if not (in_place and ub == 1):
-                    np.multiply(c.view(_U32), ub, out=du)
-                np.add(du, w, out=du)
+                np.multiply(c.view(_U32), ub, out=du)
             else:
-                np.copyto(du, w)
-        elif reads_c:
-            assert c is not None
-            np.multiply(c.view(_U32), ub, out=du)
-        else:
-            du[...] = 0
+                du[...] = 0
+        finally:
+            _WORKSPACE.give(held)
         if steps:
             _run_steps(steps, d, epi)
 
