@@ -1,0 +1,704 @@
+"""The ``dask`` driver: large GEMMs spread over a Dask cluster (``dask.distributed``).
+
+``ffaccel.open("dask://HOST:PORT")`` connects a :class:`distributed.Client` to a running
+scheduler; ``DaskDriver(client=...)`` uses a client the caller already has. Options ride in
+the device name as a query string, ``dask://HOST:PORT?min_flops=1e9&parts=8&worker=cpu``
+(see :class:`DaskDriver` for each one).
+
+How a GEMM runs
+---------------
+* **Small GEMMs run locally.** Below ``min_flops`` (2 * batch * m * n * k), and whenever A and
+  B are not read (alpha == 0 or k == 0), the GEMM runs in the client's process on the
+  ``local`` driver (``cpu`` by default); nothing goes to the cluster.
+* **Large GEMMs are cut into tiles.** A batch is spread over its batch dimension first; what
+  remains of the ``parts`` target is cut into a 2-D grid of output blocks over m and n, and,
+  where k dominates (k > 2 * max(m, n)), k is split as well. Every tile is one task, run on a
+  worker by that worker's own ffaccel driver (``worker``: ``cpu``, ``torch:cuda``, any
+  installed driver, or, with ``worker_opener``, a worker-local device such as a server). A
+  tile without a k-split is a complete GEMM of the same combination, scalars and epilogue, with
+  its slices of C, the bias vectors and E, so the worker's driver applies alpha, beta and the
+  epilogue itself. A k-split tile's chunks compute partial products ``op(A)[:, ks] @
+  op(B)[ks, :]`` in the accumulate type (f32 for f16/bf16, int32 wrapping mod 2**32); one
+  reduction task per output tile sums them in that type, then applies alpha, beta * C and the
+  epilogue once and rounds once to D's dtype. Summing s f32 partials adds s - 1 roundings to
+  the k of each chunk, well inside the spec's ``c * (k + 2) * u`` bound; int32 sums are exact
+  modulo 2**32, as the spec requires.
+
+What moves, and when
+--------------------
+Per call, each input block is scattered to the cluster **once** (one ``Client.scatter`` round
+trip for all of them): A's row blocks (m x k, per k-chunk), B's column blocks (k x n), C's
+and E's output-shaped blocks and the bias slices. The scheduler then copies a block to the
+worker that runs a tile needing it, at most once per worker. Each D tile (or, for a k-split,
+the reduced tile) comes back once and is written into D's window; nothing else is written.
+A broadcast operand (batch stride 0) travels as one entry. Blocks are released when the
+call returns. Operands the caller keeps on the cluster (:meth:`DaskDriver.keep`) are
+scattered on their first use and reused by later calls until :meth:`DaskDriver.release`.
+
+For an m x n output cut into t x t tiles, a tile reads ``2 * t * k * itemsize`` bytes and does
+``2 * t * t * k`` FLOPs: ``itemsize / t`` bytes per FLOP, so bigger tiles amortise the
+network better (t = 2048 in f32 is 1 byte per 512 FLOPs).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from ..abi import CopyOp, DeviceCaps, Gemm, GemmOp, Matrix, PostOpDesc, check_command
+from ..spec import (
+    DType,
+    ErrorCode,
+    FFAccelError,
+    GemmCombo,
+    Limits,
+    PostOpKind,
+    dtype_of_numpy,
+    numpy_dtype,
+    violation,
+)
+from .base import Driver, DriverInfo, GemmKernel
+
+#: GEMMs with fewer FLOPs than this run locally (about a second of one core's BLAS at 1e9 FLOP/s).
+DEFAULT_MIN_FLOPS = 2**30
+#: k is split when it is larger than this many times max(m, n).
+K_DOMINATES = 2
+_U32 = np.uint32
+_MASK32 = 0xFFFF_FFFF
+_OPERANDED = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+
+
+def _import_distributed() -> Any:
+    """dask.distributed, imported on first use so ``import ffaccel`` never needs it."""
+    try:
+        import distributed
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise FFAccelError(ErrorCode.UNSUPPORTED, "device",
+                           "the dask driver needs dask.distributed; got ImportError "
+                           f"({e}); allowed: install the extra, pip install 'ffaccel[dask]'") from None
+    return distributed
+
+
+# --------------------------------------------------------------------------------------
+# tiles: what a worker receives
+
+
+@dataclass(frozen=True)
+class _TileSpec:
+    """A tile's GEMM: everything but the arrays (picklable, small)."""
+
+    combo: GemmCombo
+    m: int
+    n: int
+    k: int
+    batch: int
+    alpha: float | int
+    beta: float | int
+    has_c: bool
+    #: (kind, param0, param1, operand dtype or None) per post-op
+    epilogue: tuple[tuple[PostOpKind, float | int, float | int, DType | None], ...]
+    #: batch stride 0 for A, B, C, then each epilogue operand (in epilogue order)
+    broadcast: tuple[bool, ...]
+
+    def descriptor(self, handles: Sequence[int]) -> Gemm:
+        """The ABI descriptor of this tile on compact operands: A, B, [C], D, epilogue operands."""
+        it = iter(handles)
+        bc = iter(self.broadcast)
+        c = self.combo
+        bs = self.batch > 1
+
+        def mat(dtype: DType, rows: int, cols: int, bcast: bool) -> Matrix:
+            return Matrix(next(it), dtype, rows, cols, batch_stride_elems=0 if bcast or not bs else rows * cols)
+
+        a = mat(c.a, self.m, self.k, next(bc))
+        b = mat(c.b, self.k, self.n, next(bc))
+        cb = next(bc)
+        cm = mat(c.d, self.m, self.n, cb) if self.has_c else None
+        d = mat(c.d, self.m, self.n, False)
+        epi = []
+        for kind, p0, p1, dt in self.epilogue:
+            operand = None
+            if dt is not None:
+                rows, cols = {PostOpKind.BIAS_N: (1, self.n), PostOpKind.BIAS_M: (self.m, 1)}.get(
+                    kind, (self.m, self.n))
+                operand = mat(dt, rows, cols, next(bc))
+            epi.append(PostOpDesc(kind, p0, p1, operand))
+        return Gemm(m=self.m, n=self.n, k=self.k, a=a, b=b, c=cm, d=d, alpha=self.alpha, beta=self.beta,
+                    batch=self.batch, acc_dtype=c.acc, epilogue=tuple(epi))
+
+
+def _partial_spec(spec: _TileSpec) -> _TileSpec:
+    """A k-chunk's GEMM: alpha 1, no C, no epilogue, output in the accumulate type."""
+    c = spec.combo
+    combo = GemmCombo(c.a, c.b, c.acc, c.acc)
+    return replace(spec, combo=combo, alpha=1 if c.is_int else 1.0, beta=0 if c.is_int else 0.0, has_c=False,
+                   epilogue=(), broadcast=spec.broadcast[:2] + (False,))
+
+
+# --------------------------------------------------------------------------------------
+# worker side (module-level functions: tasks pickle them by reference)
+
+_worker_lock = threading.Lock()
+_worker_drivers: dict[str, Driver] = {}
+_worker_devices: dict[tuple[str, Any], Any] = {}
+_worker_kernels: dict[tuple[str, bytes], GemmKernel] = {}
+
+
+def open_driver(name: str) -> Driver:
+    """A driver by device name (``"cpu"``, ``"torch:cuda"``): the ``open`` convention, one level down.
+
+    The part after the first ':' goes to the driver class's constructor.
+    """
+    from . import load_driver_class
+
+    driver_name, _, options = name.partition(":")
+    try:
+        cls = load_driver_class(driver_name)
+    except KeyError:
+        from . import driver_targets
+
+        raise violation("device.name", name, sorted(driver_targets())) from None
+    try:
+        return cls(options) if options else cls()
+    except TypeError as e:
+        raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
+
+
+def _worker_driver(name: str) -> Driver:
+    drv = _worker_drivers.get(name)
+    if drv is None:
+        with _worker_lock:
+            drv = _worker_drivers.get(name)
+            if drv is None:
+                drv = _worker_drivers[name] = open_driver(name)
+    return drv
+
+
+def _worker_caps(name: str, opener: Callable[[str], Any] | None) -> DeviceCaps:
+    if opener is not None:
+        return _worker_device(name, opener).info().caps
+    return _worker_driver(name).caps()
+
+
+def _worker_device(name: str, opener: Callable[[str], Any]) -> Any:
+    key = (name, opener)
+    dev = _worker_devices.get(key)
+    if dev is None:
+        with _worker_lock:
+            dev = _worker_devices.get(key)
+            if dev is None:
+                dev = _worker_devices[key] = opener(name)
+    return dev
+
+
+def _run_tile(name: str, opener: Callable[[str], Any] | None, spec: _TileSpec,
+              a: np.ndarray, b: np.ndarray, c: np.ndarray | None, *epi: np.ndarray) -> np.ndarray:
+    """Run one tile GEMM on this worker's device; returns the (batch, m, n) D tile."""
+    d = np.empty((spec.batch, spec.m, spec.n), numpy_dtype(spec.combo.d))
+    operands = [a, b] + ([c] if spec.has_c else []) + list(epi)
+    if opener is not None:
+        _run_tile_on_device(_worker_device(name, opener), spec, operands, d)
+        return d
+    raw = spec.descriptor(range(1, 2 + len(operands))).encode()
+    drv = _worker_driver(name)
+    kernel = _worker_kernels.get((name, raw))
+    if kernel is None:
+        # the tile passes the same validator as every submission before its driver sees it
+        op = check_command(raw, drv.caps())
+        assert isinstance(op, GemmOp)
+        kernel = drv.prepare_gemm(op)
+        with _worker_lock:
+            if len(_worker_kernels) > 1024:
+                _worker_kernels.clear()
+            _worker_kernels[(name, raw)] = kernel
+    full = [np.broadcast_to(x, (spec.batch,) + x.shape[1:]) for x in operands]
+    ea = iter(full[3 if spec.has_c else 2:])
+    epi_arrays = tuple(next(ea) if dt is not None else None for _, _, _, dt in spec.epilogue)
+    kernel(full[0], full[1], full[2] if spec.has_c else None, d, epi_arrays)
+    return d
+
+
+def _run_tile_on_device(dev: Any, spec: _TileSpec, operands: list[np.ndarray], d: np.ndarray) -> None:
+    """The same tile through a Device's buffers and ABI (for worker-local servers)."""
+    bufs = []
+    try:
+        for x in operands:
+            buf = dev.alloc(max(1, x.nbytes))
+            if x.nbytes:
+                buf.write(x)
+            bufs.append(buf)
+        out = dev.alloc(max(1, d.nbytes))
+        bufs.append(out)
+        handles = [buf.handle for buf in bufs[:-1]]
+        order = handles[:3 if spec.has_c else 2] + [out.handle] + handles[3 if spec.has_c else 2:]
+        g = spec.descriptor(order)
+        # descriptor() takes handles in A, B, [C], D, epilogue order
+        dev.submit([g]).wait()
+        if d.size:
+            d[...] = out.read(d.dtype, d.size).reshape(d.shape)
+    finally:
+        for buf in bufs:
+            buf.free()
+
+
+def _combine(spec: _TileSpec, partials: Sequence[np.ndarray], c: np.ndarray | None,
+             *epi: np.ndarray) -> np.ndarray:
+    """Reduce a k-split tile: sum the partials, then alpha, beta * C, the epilogue, one rounding."""
+    combo = spec.combo
+    if combo.is_int:
+        acc = partials[0].view(_U32).copy()
+        for p in partials[1:]:
+            np.add(acc, p.view(_U32), out=acc)  # int32 two's complement == uint32 mod 2**32
+        ua, ub = _U32(int(spec.alpha) & _MASK32), _U32(int(spec.beta) & _MASK32)
+        if ua != 1:
+            np.multiply(acc, ua, out=acc)
+        if spec.beta != 0:
+            assert c is not None
+            acc = acc + c.view(_U32) * ub
+        x = _full(acc, spec).view(np.int32)
+        _int_epilogue(spec, x, epi)
+        return x
+    acc_t = numpy_dtype(combo.acc)
+    with np.errstate(all="ignore"):  # overflow to inf and NaN propagation are the IEEE results wanted
+        x = partials[0].astype(acc_t, copy=True)
+        for p in partials[1:]:
+            np.add(x, p, out=x)
+        if spec.alpha != 1:
+            np.multiply(x, acc_t.type(spec.alpha), out=x)
+        if spec.beta != 0:  # beta == 0: C is not read
+            assert c is not None
+            x = x + np.multiply(c, spec.beta, dtype=acc_t)
+        x = _full(x, spec)
+        _float_epilogue(spec, x, epi)
+        if combo.d == combo.acc:
+            return x
+        # one round to nearest even; ml_dtypes' f32 -> bf16 and NumPy's f32 -> f16 are single roundings
+        return x.astype(numpy_dtype(combo.d))
+
+
+def _full(x: np.ndarray, spec: _TileSpec) -> np.ndarray:
+    """x as a fresh, writeable (batch, m, n) array (x may be a broadcast partial of one entry)."""
+    shape = (spec.batch, spec.m, spec.n)
+    return x if x.shape == shape and x.flags.writeable and x.flags.c_contiguous else np.broadcast_to(x, shape).copy()
+
+
+def _float_epilogue(spec: _TileSpec, x: np.ndarray, epi: Sequence[np.ndarray]) -> None:
+    from scipy import special
+
+    t = x.dtype.type
+    ops = iter(epi)
+    for kind, p0, p1, dt in spec.epilogue:
+        if dt is not None:
+            np.add(x, next(ops), out=x, dtype=x.dtype)  # widens f16/bf16 operands exactly
+        elif kind == PostOpKind.RELU:
+            np.maximum(x, t(0), out=x)
+        elif kind == PostOpKind.CLAMP:
+            np.maximum(x, t(p0), out=x)
+            np.minimum(x, t(p1), out=x)
+        elif kind == PostOpKind.SCALE:
+            np.multiply(x, t(p0), out=x)
+        elif kind == PostOpKind.GELU_ERF:
+            # x * erfc(-x / sqrt 2) / 2: the erf form without cancellation for x << 0
+            w = special.erfc(np.multiply(x, t(-1.0 / math.sqrt(2.0))))
+            np.multiply(x, w * t(0.5), out=x)
+        elif kind == PostOpKind.GELU_TANH:
+            # x * (1 + tanh(z)) / 2 == x / (1 + exp(-2 z)), z = sqrt(2/pi) (x + 0.044715 x^3)
+            z = x * (t(1.0) + t(0.044715) * x * x) * t(-2.0 * math.sqrt(2.0 / math.pi))
+            np.divide(x, t(1.0) + np.exp(z), out=x)
+
+
+def _int_epilogue(spec: _TileSpec, x: np.ndarray, epi: Sequence[np.ndarray]) -> None:
+    u = x.view(_U32)
+    ops = iter(epi)
+    for kind, p0, p1, dt in spec.epilogue:
+        if dt is not None:
+            np.add(u, next(ops).view(_U32), out=u)
+        elif kind == PostOpKind.RELU:
+            np.maximum(x, np.int32(0), out=x)
+        elif kind == PostOpKind.CLAMP:
+            np.maximum(x, np.int32(int(p0)), out=x)
+            np.minimum(x, np.int32(int(p1)), out=x)
+        elif kind == PostOpKind.SCALE:
+            np.multiply(u, _U32(int(p0) & _MASK32), out=u)
+
+
+# --------------------------------------------------------------------------------------
+# planning: which blocks, which tiles
+
+
+def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges cutting n into min(parts, n) near-equal pieces."""
+    parts = max(1, min(parts, n))
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def _grid(batch: int, m: int, n: int, k: int, parts: int) -> tuple[int, int, int, int]:
+    """(batch chunks, m blocks, n blocks, k chunks) for about ``parts`` tiles."""
+    nb = min(batch, parts)
+    left = math.ceil(parts / nb)
+    s = 1
+    if k > K_DOMINATES * max(m, n):
+        s = max(1, min(left, k // max(1, m, n)))
+        left = math.ceil(left / s)
+    # near-square output tiles: p * q ~ left with m / p ~ n / q
+    p = max(1, min(m, left, round(math.sqrt(left * m / max(1, n)))))
+    q = max(1, min(n, math.ceil(left / p)))
+    return nb, p, q, s
+
+
+def _compact(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of a block, keeping a broadcast batch (stride 0) as one entry."""
+    if x.shape[0] > 1 and x.strides[0] == 0:
+        x = x[:1]
+    return np.ascontiguousarray(x)
+
+
+def _is_broadcast(x: np.ndarray) -> bool:
+    return x.shape[0] > 1 and x.strides[0] == 0
+
+
+# --------------------------------------------------------------------------------------
+# the driver
+
+
+def _intersect(a: DeviceCaps, b: DeviceCaps) -> DeviceCaps:
+    la, lb = a.limits, b.limits
+    limits = Limits(min(la.max_dim, lb.max_dim), min(la.max_batch, lb.max_batch),
+                    min(la.max_epilogue_ops, lb.max_epilogue_ops), la.alignment_elems,
+                    la.max_buffer_bytes)
+    return DeviceCaps(a.combos & b.combos, a.copies, a.post_ops & b.post_ops, a.engines, limits)
+
+
+def _parse_options(options: str) -> tuple[str, dict[str, str]]:
+    """``//HOST:PORT?key=value&...`` -> ("tcp://HOST:PORT", {key: value})."""
+    where, _, query = options.partition("?")
+    if where.startswith("//"):
+        address = "tcp:" + where
+    elif "://" in where:
+        address = where
+    else:
+        raise violation("device.name", f"dask:{options}", "dask://HOST:PORT[?key=value&...]")
+    if where in ("//", "") or where.endswith("://"):
+        raise violation("device.name", f"dask:{options}", "dask://HOST:PORT with a host and a port")
+    try:
+        pairs = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise violation("device.name", f"dask:{options}", "a query string key=value&key=value") from None
+    return address, pairs
+
+
+_URL_KEYS = {"min_flops": float, "parts": int, "worker": str, "local": str, "timeout_s": float}
+
+
+class DaskDriver(Driver):
+    """GEMMs spread over a Dask cluster: tiles run on the workers' own ffaccel drivers.
+
+    Parameters
+    ----------
+    address : str, optional
+        What follows ``dask:`` in a device name: ``"//HOST:PORT"`` (TCP) or
+        ``"//HOST:PORT?min_flops=1e9&parts=8&worker=cpu&local=cpu&timeout_s=600"``; any other
+        ``SCHEME://HOST:PORT`` Dask accepts is passed through. Mutually exclusive with ``client``.
+    client : distributed.Client, optional
+        An existing client; the driver never closes it.
+    min_flops : float, optional
+        GEMMs below this many FLOPs (2 * batch * m * n * k) run locally, and no tile gets less
+        (default :data:`DEFAULT_MIN_FLOPS`; 0 tiles everything, as the tests do).
+    parts : int, optional
+        Tiles to aim for per GEMM (default: twice the cluster's worker threads at connection time).
+    worker : str
+        The device name each worker opens for its tiles (``"cpu"``, ``"torch:cuda"``, any
+        installed driver; default ``"cpu"``).
+    worker_opener : callable, optional
+        ``worker_opener(worker) -> Device`` run on each worker, once, instead of opening a driver:
+        for worker-local devices the driver registry does not name, such as a server
+        (pass ``ffaccel.open``). Tiles then travel through that device's buffers and ABI.
+    local : str
+        The driver that runs small GEMMs and COPY in the client's process (default ``"cpu"``).
+    timeout_s : float
+        Longest wait for a GEMM's tiles; past it the call raises DEVICE_LOST (default 600).
+
+    Examples
+    --------
+    >>> import ffaccel                                             # doctest: +SKIP
+    >>> from distributed import Client, LocalCluster               # doctest: +SKIP
+    >>> from ffaccel.drivers.dask import DaskDriver                # doctest: +SKIP
+    >>> cluster = LocalCluster(n_workers=2, threads_per_worker=1)  # doctest: +SKIP
+    >>> dev = ffaccel.runtime.Device("dask", ffaccel.transports.InprocTransport(
+    ...     DaskDriver(client=Client(cluster), min_flops=1e9)))    # doctest: +SKIP
+    >>> ffaccel.matmul(a, b, device=dev)                           # doctest: +SKIP
+    """
+
+    name = "dask"
+    version = "1.0"
+    description = "GEMMs tiled over a Dask cluster (dask.distributed); each tile on a worker's ffaccel driver"
+
+    def __init__(self, address: str | None = None, *, client: Any = None, min_flops: float | None = None,
+                 parts: int | None = None, worker: str = "cpu", worker_opener: Callable[[str], Any] | None = None,
+                 local: str = "cpu", timeout_s: float = 600.0) -> None:
+        self._kept: dict[int, tuple[np.ndarray, dict[tuple, Any]]] = {}
+        self._own_client = False
+        if address is None and client is None:  # ffaccel.open("dask") passes no options
+            raise violation("device.name", "dask with no scheduler address", "dask://HOST:PORT[?key=value&...]")
+        if address is not None and client is not None:
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "client",
+                               f"give an address or a client, not both; got address={address!r} and a client")
+        if address is not None:
+            address, opts = _parse_options(address)
+            for key, text in opts.items():
+                conv = _URL_KEYS.get(key)
+                if conv is None:
+                    raise violation("device.name", f"dask:{key}={text}", f"options {sorted(_URL_KEYS)}")
+                try:
+                    value = conv(float(text)) if conv is int else conv(text)
+                except ValueError:
+                    raise violation("device.name", f"dask:{key}={text}", f"{key} as a {conv.__name__}") from None
+                if key == "min_flops":
+                    min_flops = value
+                elif key == "parts":
+                    parts = value
+                elif key == "worker":
+                    worker = value
+                elif key == "local":
+                    local = value
+                else:
+                    timeout_s = value
+        min_flops = DEFAULT_MIN_FLOPS if min_flops is None else min_flops
+        if not (isinstance(min_flops, (int, float)) and min_flops >= 0 and math.isfinite(min_flops)):
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "min_flops",
+                               f"min_flops must be a finite number >= 0; got {min_flops!r}")
+        if parts is not None and not (isinstance(parts, int) and parts >= 1):
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "parts", f"parts must be an integer >= 1; got {parts!r}")
+        if not (timeout_s > 0):
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "timeout_s", f"timeout_s must be > 0; got {timeout_s!r}")
+        self.min_flops = float(min_flops)
+        self.worker = worker
+        self.worker_opener = worker_opener
+        self.timeout_s = float(timeout_s)
+        self._local = open_driver(local)
+        dist = _import_distributed()
+        self._dist = dist
+        self._own_client = client is None
+        if client is None:
+            try:
+                client = dist.Client(address, timeout=min(self.timeout_s, 30.0), set_as_default=False)
+            except (OSError, TimeoutError) as e:
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
+                                   f"no Dask scheduler answered at {address}; got {e!r}; "
+                                   "allowed: the address of a running scheduler") from None
+        self.client = client
+        try:
+            threads, worker_caps = self._probe(client, worker, worker_opener)
+        except FFAccelError:
+            self.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - the workers could not open their device
+            self.close()
+            raise FFAccelError(ErrorCode.DEVICE_LOST, "worker",
+                               f"the workers could not open device {worker!r}; got {e!r}") from None
+        self.parts = parts if parts is not None else max(1, 2 * threads)
+        self._caps = _intersect(self._local.caps(), worker_caps)
+        #: What ran where: GEMMs run locally / on the cluster, tile tasks, k-split reductions, bytes
+        #: scattered, and seconds spent scattering, waiting for the tiles, and gathering + writing D.
+        self.stats: dict[str, float] = {"local": 0, "distributed": 0, "tiles": 0, "reductions": 0,
+                                        "bytes_scattered": 0, "scatter_s": 0.0, "compute_s": 0.0, "gather_s": 0.0}
+        self._stats_lock = threading.Lock()
+
+    _probed: dict[tuple[str, str, Any], tuple[int, DeviceCaps]] = {}
+
+    def _probe(self, client: Any, worker: str, opener: Callable[[str], Any] | None) -> tuple[int, DeviceCaps]:
+        """(worker threads, the workers' caps): two round trips, once per client and worker device."""
+        key = (client.id, worker, opener)
+        got = DaskDriver._probed.get(key)
+        if got is None:
+            threads = sum(client.nthreads().values())
+            caps = client.submit(_worker_caps, worker, opener, pure=False).result(timeout=self.timeout_s)
+            got = DaskDriver._probed[key] = (threads, caps)
+        return got
+
+    # -- queries -------------------------------------------------------------------------
+    def caps(self) -> DeviceCaps:
+        """What both the local driver and the workers' driver support."""
+        return self._caps
+
+    def info(self) -> DriverInfo:
+        return DriverInfo(self.name, self.version,
+                          f"{self.description}; workers run {self.worker!r}, small GEMMs {self._local.name!r}",
+                          self._caps, self.memory_bytes())
+
+    # -- data kept on the cluster --------------------------------------------------------
+    def keep(self, memory: np.ndarray) -> None:
+        """Keep blocks of ``memory`` on the cluster across calls (a distributed buffer).
+
+        Blocks of operands that lie inside ``memory`` are scattered on first use and reused by
+        later GEMMs with the same geometry. The caller promises not to change ``memory`` until
+        :meth:`release`; ``Buffer.array(np.uint8)`` gives a runtime buffer's memory.
+        """
+        base = memory.__array_interface__["data"][0]
+        self._kept.setdefault(base, (memory, {}))
+
+    def release(self, memory: np.ndarray) -> None:
+        """Forget ``memory``'s blocks on the cluster (they are freed there)."""
+        self._kept.pop(memory.__array_interface__["data"][0], None)
+
+    def _kept_cache(self, x: np.ndarray) -> dict[tuple, Any] | None:
+        if not self._kept:
+            return None
+        lo = x.__array_interface__["data"][0]
+        for base, (mem, cache) in self._kept.items():
+            if base <= lo < base + mem.nbytes:
+                return cache
+        return None
+
+    # -- work -----------------------------------------------------------------------------
+    def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+             epi: tuple[np.ndarray | None, ...]) -> None:
+        """D = epilogue(alpha * op(A) @ op(B) + beta * C): tiled on the cluster when large enough."""
+        flops = 2.0 * op.batch * op.m * op.n * op.k
+        if not op.reads_ab or flops < self.min_flops or flops == 0:
+            with self._stats_lock:
+                self.stats["local"] += 1
+            self._local.gemm(op, a, b, c, d, epi)
+            return
+        parts = self.parts if self.min_flops <= 0 else max(1, min(self.parts, int(flops // self.min_flops)))
+        self._gemm_tiled(op, a, b, c, d, epi, parts)
+
+    def prepare_gemm(self, op: GemmOp) -> GemmKernel:
+        return lambda a, b, c, d, epi: self.gemm(op, a, b, c, d, epi)
+
+    def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
+        """COPY runs locally: the buffers live in the client's memory."""
+        self._local.copy(op, src, dst)
+
+    def _gemm_tiled(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+                    epi: tuple[np.ndarray | None, ...], parts: int) -> None:
+        nb, p, q, s = _grid(op.batch, op.m, op.n, op.k, parts)
+        b_cuts, m_cuts, n_cuts, k_cuts = _cuts(op.batch, nb), _cuts(op.m, p), _cuts(op.n, q), _cuts(op.k, s)
+        c_read = c if op.reads_c else None
+        # Every block to scatter, named by (operand, batch range, row range, col range); one scatter call.
+        blocks: dict[tuple, np.ndarray] = {}
+        kept: dict[tuple, Any] = {}
+
+        def block(name: str, x: np.ndarray, br: tuple[int, int], rr: slice, cr: slice) -> tuple:
+            key = (name, br, rr.start, rr.stop, cr.start, cr.stop)
+            if key not in blocks and key not in kept:
+                view = x[br[0]:br[1], rr, cr]
+                cache = self._kept_cache(view)
+                ck = (view.__array_interface__["data"][0], view.shape, view.strides, view.dtype.str)
+                if cache is not None and ck in cache:
+                    kept[key] = cache[ck]
+                else:
+                    blocks[key] = _compact(view)
+                    if cache is not None:
+                        kept[key] = (cache, ck)  # filled in after the scatter
+            return key
+
+        full = slice(None)
+        tiles = []
+        for br in b_cuts:
+            for mr in m_cuts:
+                rs = slice(*mr)
+                for nr in n_cuts:
+                    cs = slice(*nr)
+                    ka = [block("a", a, br, rs, slice(*kr)) for kr in k_cuts]
+                    kb = [block("b", b, br, slice(*kr), cs) for kr in k_cuts]
+                    kc = block("c", c_read, br, rs, cs) if c_read is not None else None
+                    ke = []
+                    for post, x in zip(op.epilogue, epi):
+                        if x is None:
+                            continue
+                        if post.kind == PostOpKind.BIAS_N:
+                            ke.append(block(f"e{len(ke)}", x, br, full, cs))
+                        elif post.kind == PostOpKind.BIAS_M:
+                            ke.append(block(f"e{len(ke)}", x, br, rs, full))
+                        else:
+                            ke.append(block(f"e{len(ke)}", x, br, rs, cs))
+                    tiles.append((br, mr, nr, ka, kb, kc, ke))
+
+        client = self.client
+        futures: dict[tuple, Any] = {}
+        t0 = time.perf_counter()
+        if blocks:
+            names = list(blocks)
+            scattered = client.scatter([blocks[k] for k in names], hash=False)
+            futures.update(zip(names, scattered))
+            with self._stats_lock:
+                self.stats["bytes_scattered"] += sum(x.nbytes for x in blocks.values())
+        for key, v in kept.items():
+            if isinstance(v, tuple):  # first use of a kept block: remember its future
+                cache, ck = v
+                cache[ck] = futures[key]
+            else:
+                futures[key] = v
+
+        epi_dtypes = [(p.kind, p.param0, p.param1, x.dtype if x is not None else None)
+                      for p, x in zip(op.epilogue, epi)]
+        pending: list[tuple[Any, tuple]] = []
+        n_tasks = n_red = 0
+        for br, mr, nr, ka, kb, kc, ke in tiles:
+            bcast = [_is_broadcast(a), _is_broadcast(b), c_read is not None and _is_broadcast(c_read)]
+            bcast += [_is_broadcast(x) for x in epi if x is not None]
+            spec = _TileSpec(
+                op.combo, mr[1] - mr[0], nr[1] - nr[0], op.k, br[1] - br[0], op.alpha, op.beta, c_read is not None,
+                tuple((kind, p0, p1, dtype_of_numpy(dt) if dt is not None else None)
+                      for kind, p0, p1, dt in epi_dtypes),
+                tuple(bcast))
+            cf = futures[kc] if kc is not None else None
+            ef = [futures[e] for e in ke]
+            if len(k_cuts) == 1:
+                fut = client.submit(_run_tile, self.worker, self.worker_opener, spec, futures[ka[0]],
+                                    futures[kb[0]], cf, *ef, pure=False)
+                n_tasks += 1
+            else:
+                parts_f = []
+                for (klo, khi), fa, fb in zip(k_cuts, ka, kb):
+                    ps = replace(_partial_spec(spec), k=khi - klo)
+                    parts_f.append(client.submit(_run_tile, self.worker, self.worker_opener, ps, futures[fa],
+                                                 futures[fb], None, pure=False))
+                fut = client.submit(_combine, spec, parts_f, cf, *ef, pure=False)
+                n_tasks += len(parts_f)
+                n_red += 1
+            pending.append((fut, (br, mr, nr)))
+
+        dist = self._dist
+        t1 = time.perf_counter()
+        try:
+            dist.wait([f for f, _ in pending], timeout=self.timeout_s)
+            t2 = time.perf_counter()
+            results = client.gather([f for f, _ in pending])
+        except FFAccelError:
+            raise
+        except TimeoutError as e:
+            raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
+                               f"the cluster did not finish a GEMM's {len(pending)} tiles within "
+                               f"timeout_s={self.timeout_s}; got {e!r}") from None
+        except Exception as e:  # noqa: BLE001 - a worker or the scheduler went away mid-call
+            raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
+                               f"the cluster failed while running a GEMM's tiles; got {e!r}") from None
+        for (_, (br, mr, nr)), tile in zip(pending, results):
+            d[br[0]:br[1], mr[0]:mr[1], nr[0]:nr[1]] = tile
+        t3 = time.perf_counter()
+        with self._stats_lock:
+            self.stats["scatter_s"] += t1 - t0
+            self.stats["compute_s"] += t2 - t1
+            self.stats["gather_s"] += t3 - t2
+            self.stats["distributed"] += 1
+            self.stats["tiles"] += n_tasks
+            self.stats["reductions"] += n_red
+
+    def close(self) -> None:
+        """Forget kept blocks; close the client when the driver opened it."""
+        self._kept.clear()
+        if getattr(self, "_own_client", False) and getattr(self, "client", None) is not None:
+            self.client.close()
+            self.client = None
+
+
+__all__ = ["DEFAULT_MIN_FLOPS", "DaskDriver", "open_driver"]

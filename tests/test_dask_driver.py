@@ -1,0 +1,207 @@
+"""The dask driver against a LocalCluster that starts and stops inside these tests (loopback only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ffaccel
+from ffaccel.conformance import check_device
+from ffaccel.runtime import Device
+from ffaccel.spec import ErrorCode, FFAccelError
+from ffaccel.transports.inproc import InprocTransport
+
+distributed = pytest.importorskip("distributed")
+from ffaccel.drivers.dask import DaskDriver  # noqa: E402  (after the skip: needs dask)
+
+#: Low enough that most conformance GEMMs are tiled (k-splits included), high enough to keep
+#: the run short: each tiled call costs a few scheduler round trips (tens of ms).
+CONFORMANCE_MIN_FLOPS = 1000
+
+
+#: No dashboard, and the HTTP servers Dask starts anyway (health routes) bound to loopback:
+#: by default in-process workers' servers listen on every interface.
+LOOPBACK_ONLY = {"dashboard_address": None, "worker_dashboard_address": "127.0.0.1:0",
+                 "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+
+
+def _listening() -> set[str]:
+    psutil = pytest.importorskip("psutil")  # a dependency of distributed
+    return {c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # In-process workers over TCP on 127.0.0.1: tiles, specs and results really are serialised.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", **LOOPBACK_ONLY) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def fast_client():
+    # Dask's in-process transport: the lowest latency per tiled call, for the conformance run's
+    # hundreds of GEMMs.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, **LOOPBACK_ONLY) as c, \
+            distributed.Client(c) as cl:
+        yield cl
+
+
+def test_nothing_listens_beyond_loopback(cluster, fast_client) -> None:
+    assert _listening() <= {"127.0.0.1", "::1"}, _listening()
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    with distributed.Client(cluster) as c:
+        yield c
+
+
+def _device(client, **kw) -> tuple[Device, DaskDriver]:
+    drv = DaskDriver(client=client, **kw)
+    return Device("dask", InprocTransport(drv)), drv
+
+
+def test_listing_dask_does_not_import_dask() -> None:
+    code = ("import sys, ffaccel; assert 'dask' in ffaccel.devices(); "
+            "assert not {'dask', 'distributed'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_conformance_quick_passes_with_tiles(fast_client) -> None:
+    drivers: list[DaskDriver] = []
+
+    def factory() -> Device:
+        dev, drv = _device(fast_client, min_flops=CONFORMANCE_MIN_FLOPS, parts=4)
+        drivers.append(drv)
+        return dev
+
+    report = check_device(factory, "quick")
+    assert report.passed, report.to_markdown()
+    stats = drivers[0].stats
+    # the threshold really split GEMMs: 2-D tiles, k-split reductions, and small ones locally
+    assert stats["distributed"] > 100 and stats["tiles"] > 2 * stats["distributed"], stats
+    assert stats["reductions"] > 0 and stats["local"] > 0, stats
+
+
+def test_open_by_url(cluster) -> None:
+    dev = ffaccel.open(f"dask:{cluster.scheduler_address.removeprefix('tcp:')}?min_flops=0&parts=3")
+    try:
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((70, 40), np.float32)
+        b = rng.standard_normal((40, 50), np.float32)
+        np.testing.assert_allclose(ffaccel.matmul(a, b, device=dev), a @ b, rtol=1e-5, atol=1e-5)
+        drv = dev._transport.driver
+        assert dev.info().name == "dask" and drv.stats["tiles"] >= 3 and drv.parts == 3
+    finally:
+        dev.close()
+    assert cluster.scheduler_address  # the cluster outlives the client the URL opened
+
+
+def test_k_split_int8_wraps_exactly(client) -> None:
+    dev, drv = _device(client, min_flops=0, parts=4)
+    a = np.full((3, 5000), -128, np.int8)
+    b = np.full((5000, 2), -128, np.int8)
+    c = np.full((3, 2), 2**31 - 1, np.int32)
+    d = c.copy()
+    ffaccel.blas.gemm("row", "N", "N", 3, 2, 5000, 7, a.ravel(), 5000, b.ravel(), 2, -3, d.ravel(), 2,
+                      device=dev)
+    exact = (7 * (a.astype(np.int64) @ b.astype(np.int64)) - 3 * c.astype(np.int64)) % 2**32
+    np.testing.assert_array_equal(d.view(np.uint32), exact.astype(np.uint32))
+    assert drv.stats["reductions"] == 1 and drv.stats["tiles"] == 4
+
+
+def test_k_split_f16_applies_beta_and_epilogue_once(client) -> None:
+    dev, drv = _device(client, min_flops=0, parts=4)
+    cpu = ffaccel.open("cpu")
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((6, 4000)).astype(np.float16)
+    b = rng.standard_normal((4000, 5)).astype(np.float16)
+    bias = rng.standard_normal(5).astype(np.float16)
+    e = rng.standard_normal((6, 5)).astype(np.float32)
+    post = [ffaccel.post.bias(bias), ffaccel.post.add(e), ffaccel.post.scale(0.5), ffaccel.post.relu()]
+    got = ffaccel.matmul(a, b, post_ops=post, device=dev)
+    want = ffaccel.matmul(a, b, post_ops=post, device=cpu)
+    assert drv.stats["reductions"] == 1
+    # f32 partials, one rounding to f16: within an ulp of the single-GEMM result
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_batch_spreads_over_batch_dimension(client) -> None:
+    dev, drv = _device(client, min_flops=0, parts=4)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 20, 30))
+    b = rng.standard_normal((30, 10))  # broadcast over the batch
+    np.testing.assert_allclose(ffaccel.matmul(a, b, device=dev), a @ b, rtol=1e-12)
+    assert drv.stats["tiles"] == 4 and drv.stats["reductions"] == 0
+
+
+def test_small_gemms_run_locally(client) -> None:
+    dev, drv = _device(client, min_flops=1e9)
+    a = np.ones((8, 8), np.float32)
+    np.testing.assert_array_equal(ffaccel.matmul(a, a, device=dev), np.full((8, 8), 8, np.float32))
+    assert (drv.stats["local"], drv.stats["distributed"], drv.stats["tiles"]) == (1, 0, 0)
+
+
+def test_kept_operands_are_scattered_once(client) -> None:
+    dev, drv = _device(client, min_flops=0, parts=2)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((64, 32), np.float32)
+    w = dev.alloc(a.nbytes)
+    w.write(a)
+    drv.keep(w.array(np.uint8))
+    x = [rng.standard_normal((32, 16), np.float32) for _ in range(2)]
+    y = [ffaccel.matmul(w.array(np.float32, (64, 32)), xi, device=dev) for xi in x]
+    for xi, yi in zip(x, y):
+        np.testing.assert_allclose(yi, a @ xi, rtol=1e-5, atol=1e-5)
+    # second call: only the new B (and nothing of A) crossed to the cluster
+    assert drv.stats["bytes_scattered"] == a.nbytes + 2 * x[0].nbytes
+    drv.release(w.array(np.uint8))
+    ffaccel.matmul(w.array(np.float32, (64, 32)), x[0], device=dev)
+    assert drv.stats["bytes_scattered"] == 2 * a.nbytes + 3 * x[0].nbytes
+
+
+def test_worker_opener_runs_tiles_through_a_device(client) -> None:
+    dev, drv = _device(client, min_flops=0, parts=4, worker="cpu", worker_opener=ffaccel.open)
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, 9, 300), np.float32)
+    b = rng.standard_normal((2, 300, 7), np.float32)
+    np.testing.assert_allclose(ffaccel.matmul(a, b, post_ops=[ffaccel.post.gelu()], device=dev),
+                               ffaccel.matmul(a, b, post_ops=[ffaccel.post.gelu()], device="cpu"),
+                               rtol=1e-4, atol=1e-5)
+    assert drv.stats["tiles"] >= 4
+
+
+@pytest.mark.parametrize("kw, param", [
+    ({"min_flops": -1}, "min_flops"),
+    ({"parts": 0}, "parts"),
+    ({"timeout_s": 0}, "timeout_s"),
+])
+def test_bad_arguments_name_the_parameter(client, kw, param) -> None:
+    with pytest.raises(FFAccelError) as e:
+        DaskDriver(client=client, **kw)
+    assert e.value.code == ErrorCode.INVALID_PARAMETER and e.value.param == param
+    assert repr(next(iter(kw.values()))) in e.value.message
+
+
+@pytest.mark.parametrize("name", ["dask:", "dask:127.0.0.1:1", "dask://127.0.0.1:1?tiles=3",
+                                  "dask://127.0.0.1:1?min_flops=lots"])
+def test_bad_device_names_are_refused(name) -> None:
+    with pytest.raises(FFAccelError) as e:
+        ffaccel.open(name)
+    assert e.value.code == ErrorCode.INVALID_PARAMETER and e.value.param == "name"
+
+
+def test_unknown_worker_device_is_refused(client) -> None:
+    with pytest.raises(FFAccelError) as e:
+        DaskDriver(client=client, worker="nosuchdriver")
+    assert e.value.param == "name" and "nosuchdriver" in e.value.message
+
+
+def test_no_scheduler_is_device_lost() -> None:
+    with pytest.raises(FFAccelError) as e:
+        DaskDriver("//127.0.0.1:9?timeout_s=1")
+    assert e.value.code == ErrorCode.DEVICE_LOST and e.value.param == "address"
