@@ -31,3 +31,12 @@ __all__ = [
     "Buffer", "Device", "ErrorCode", "FFAccelError", "Fence", "SPEC_VERSION", "__version__", "blas", "devices",
     "matmul", "open", "post",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``ffaccel.torch`` imports PyTorch: load it on first use only, never on ``import ffaccel``.
+    if name == "torch":
+        import importlib
+
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module 'ffaccel' has no attribute {name!r}")

@@ -3,21 +3,48 @@
 Drivers whose memory is host-visible receive their operands this way: each
 matrix as an array of shape (batch, rows, cols) whose strides come straight
 from the descriptor (a batch stride of 0 broadcasts).
+
+A driver whose memory is *not* host-visible (a GPU) returns, from ``alloc``,
+an object that follows :class:`DeviceMemory` instead of a NumPy array: the
+same binding then yields the driver's own strided arrays (e.g. torch tensors
+on the GPU), and the runtime moves bytes in and out through ``read_bytes`` /
+``write_bytes``. Transports need not know which kind they hold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..spec import DTYPES
+
+@runtime_checkable
+class DeviceMemory(Protocol):
+    """Device memory that the host cannot address directly (what a non-host driver's ``alloc`` returns)."""
+
+    #: Size of the allocation in bytes.
+    nbytes: int
+
+    def strided(self, dtype: DType, shape: tuple[int, int, int], strides_elems: tuple[int, int, int],
+                offset_bytes: int) -> Any:
+        """The driver-native (batch, rows, cols) array at ``offset_bytes`` with these element strides."""
+
+    def read_bytes(self, offset_bytes: int, count: int) -> np.ndarray:
+        """Copy ``count`` bytes out to a fresh host uint8 array."""
+
+    def write_bytes(self, offset_bytes: int, data: np.ndarray) -> None:
+        """Copy the host uint8 array ``data`` in at ``offset_bytes``."""
+
+from ..spec import DTYPES, DType
 from .validate import CopyOp, GemmOp, View
 
 
 def view_array(memory: np.ndarray, v: View, batch: int) -> np.ndarray:
     """The (batch, rows, cols) array a validated, bound view names inside ``memory``."""
     info = DTYPES[v.dtype]
+    if not isinstance(memory, np.ndarray):  # device memory: the driver's own strided array
+        return memory.strided(v.dtype, (batch, v.rows, v.cols), (v.batch_stride, v.ld, 1), v.offset_bytes)
     if batch == 0 or v.rows == 0 or v.cols == 0:
         return np.empty((batch, v.rows, v.cols), info.numpy)
     s = info.itemsize_bytes
@@ -54,4 +81,4 @@ def copy_arrays(op: CopyOp, memory: Callable[[int], np.ndarray]) -> tuple[np.nda
     return src, dst
 
 
-__all__ = ["GemmArrays", "copy_arrays", "gemm_arrays", "view_array"]
+__all__ = ["DeviceMemory", "GemmArrays", "copy_arrays", "gemm_arrays", "view_array"]

@@ -139,6 +139,28 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(c["passed"] for c in results["conformance"]) else 1
 
 
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    import logging
+
+    from ..transports.server import serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
+    return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    srv = sub.add_parser("serve", help="own the device and serve client processes on a Unix socket")
+    srv.add_argument("--driver", default="cpu", help="driver to serve (default: cpu)")
+    srv.add_argument("--socket", default=None,
+                     help="socket path (default: $FFACCEL_SOCKET, $XDG_RUNTIME_DIR/ffaccel.sock or "
+                          "/tmp/ffaccel-UID.sock)")
+    srv.add_argument("--max-client-memory", type=int, default=None, metavar="BYTES",
+                     help="per-client memory quota (default: unlimited)")
+    srv.add_argument("--ring-poll-us", type=int, default=200, metavar="US",
+                     help="how long the ring poller busy-polls before sleeping (default: 200)")
+    srv.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffaccel", description="ffaccel: a fixed-function accelerator interface")
     p.add_argument("--version", action="version", version=f"ffaccel {__version__}")
@@ -162,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
     rep.set_defaults(func=_report)
+    _add_serve(sub)
     return p
 
 

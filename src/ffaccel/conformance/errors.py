@@ -155,7 +155,7 @@ class Env:
         return buf
 
     def snapshot(self) -> list[bytes]:
-        return [bytes(b.array(np.uint8)) for b in self.bufs]
+        return [bytes(b.read(np.uint8, b.size_bytes)) for b in self.bufs]  # works for device memory too
 
     def probe_timelines(self) -> dict[tuple[int, Engine], int]:
         """Submit an empty submission on every engine of every device; the fence values seen."""
@@ -572,7 +572,8 @@ def _foreign(role: str) -> Builder:
         old: Matrix = getattr(s, role)
         dev = other if bad else env.dev
         buf = env.alloc(old.rows * old.cols * 4, dev)
-        buf.write(getattr(s, role.upper()).array(np.float32))
+        src = getattr(s, role.upper())
+        buf.write(src.read(np.float32, src.size_bytes // 4))  # read(): device memory has no NumPy view
         if bad and buf.handle != 8:
             raise RuntimeError(f"case setup: the 8th buffer of a new client got handle {buf.handle}")
         return s.submit(s.gemm(**{role: buf.matrix(np.float32, old.rows, old.cols)}))

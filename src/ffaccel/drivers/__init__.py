@@ -1,6 +1,6 @@
 """Layer 2: drivers, discovered as plug-ins through the ``ffaccel.drivers`` entry-point group.
 
-The built-in ``ref`` and ``cpu`` drivers are also registered here directly, so a
+The built-in ``ref``, ``cpu`` and ``dask`` drivers are also registered here directly, so a
 source checkout works before the package is installed.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 from importlib.metadata import entry_points
 
 from .base import Driver, DriverInfo, GemmKernel
@@ -16,7 +17,18 @@ ENTRY_POINT_GROUP = "ffaccel.drivers"
 _BUILTIN = {
     "ref": "ffaccel.drivers.ref:RefDriver",
     "cpu": "ffaccel.drivers.cpu:CpuDriver",
+    "dask": "ffaccel.drivers.dask:DaskDriver",  # listed where dask.distributed is installed
+    "torch": "ffaccel.drivers.torch:TorchDriver",  # listed only where torch is installed
 }
+#: Built-in drivers that need an optional package: listed only where it is installed
+#: (looked up without importing it, so ``ffaccel.devices()`` never imports torch).
+_REQUIRES = {"ffaccel.drivers.torch:TorchDriver": "torch", "ffaccel.drivers.dask:DaskDriver": "distributed"}
+
+
+@functools.lru_cache(maxsize=None)
+def _available(target: str) -> bool:
+    need = _REQUIRES.get(target)
+    return need is None or importlib.util.find_spec(need) is not None
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,9 +39,10 @@ def _installed() -> tuple[tuple[str, str], ...]:
 
 def driver_targets() -> dict[str, str]:
     """Driver name -> "module:Class" for every installed driver."""
-    found = dict(_BUILTIN)
+    found = {name: value for name, value in _BUILTIN.items() if _available(value)}
     for name, value in _installed():
-        found.setdefault(name, value)
+        if _available(value):
+            found.setdefault(name, value)
     return found
 
 

@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..abi import CopyOp, DeviceCaps, GemmOp
+from ..abi import CopyOp, DeviceCaps, DeviceMemory, GemmOp
 from .rounding import round_to
 
 GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
@@ -51,6 +51,11 @@ class Driver:
     """Base class of every driver. Subclasses implement :meth:`gemm` (and may override the rest)."""
 
     name: ClassVar[str] = "base"
+    #: Whether :meth:`alloc` returns host memory (a NumPy array). A driver whose memory lives
+    #: elsewhere (a GPU) returns :class:`ffaccel.abi.DeviceMemory` objects instead and sets
+    #: this False; its kernels then receive its own strided arrays from submissions, and
+    #: NumPy arrays from the front-ends' host-array path.
+    host_visible: bool = True
     version: ClassVar[str] = "0"
     description: ClassVar[str] = ""
 
@@ -70,8 +75,8 @@ class Driver:
         except (ValueError, OSError, AttributeError):
             return 0
 
-    def alloc(self, size_bytes: int) -> np.ndarray:
-        """Zero-filled, host-visible device memory as a 1-D uint8 array."""
+    def alloc(self, size_bytes: int) -> "np.ndarray | DeviceMemory":
+        """Zero-filled device memory: a 1-D uint8 array when host-visible, else a DeviceMemory."""
         return np.zeros(size_bytes, np.uint8)
 
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,

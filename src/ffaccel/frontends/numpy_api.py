@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+import sys
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from ..abi import Gemm, Matrix, PostOpDesc
@@ -169,9 +171,11 @@ def matmul(
 
     Parameters
     ----------
-    a, b : numpy.ndarray
+    a, b : numpy.ndarray or any DLPack-capable array
         float64, float32, float16, ml_dtypes.bfloat16, int8 or uint8. Shapes follow
         ``numpy.matmul``; ``a`` and ``b`` must share a dtype (int8 and uint8 mix freely).
+        Arrays of another library in host memory (a CPU ``torch.Tensor`` ...) are viewed
+        through DLPack without copies, and the result comes back as that library's array.
     c : numpy.ndarray, optional
         Added as ``beta * c``; broadcast to the result's shape; the result's dtype.
         Not read when ``beta == 0``.
@@ -193,7 +197,7 @@ def matmul(
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray (or the array type of ``a``)
         The result: the input dtype (int32 for int8/uint8) unless ``out_dtype`` says otherwise.
 
     Raises
@@ -223,6 +227,8 @@ def matmul(
             plan = key = None
         if plan is not None:
             return plan(a, b)
+    if type(a) is not np.ndarray and hasattr(a, "__dlpack__"):  # torch, CuPy, JAX ... (host memory)
+        return _matmul_dlpack(dev, a, b, c, alpha, beta, trans_a, trans_b, tuple(post_ops), out, out_dtype)
     return _matmul(dev, a, b, c, alpha, beta, trans_a, trans_b, tuple(post_ops), out, out_dtype,
                    key if fast else None)
 
@@ -363,6 +369,47 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
             and _plain_2d(a, a3) and _plain_2d(b, b3)):
         dev.frontend_plans[key] = _fast_plan(kernel, m, n, d_np)
     return result
+
+
+def _library(x: Any) -> Any:
+    """The module of the array library ``x`` comes from (``torch`` for a torch.Tensor)."""
+    return sys.modules[type(x).__module__.partition(".")[0]]
+
+
+def _from_dlpack(x: Any, arg: str) -> Any:
+    """A zero-copy NumPy view of a DLPack-capable array (NumPy arrays and None pass through)."""
+    if x is None or isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
+        return x
+    try:
+        if "bfloat16" in str(getattr(x, "dtype", "")):  # DLPack has bfloat16, NumPy does not: view as int16
+            return np.from_dlpack(x.view(_library(x).int16)).view(ml_dtypes.bfloat16)
+        return np.from_dlpack(x)
+    except (BufferError, TypeError, RuntimeError, ValueError, AttributeError) as e:
+        raise violation("api.dtype", f"a {type(x).__name__} NumPy cannot view through DLPack ({e})",
+                        "an array in host memory that exports DLPack (detach() tensors that require grad)",
+                        arg=arg) from None
+
+
+def _to_library(r: np.ndarray, lib: Any) -> Any:
+    """The result as an array of ``lib`` (zero copy through DLPack)."""
+    if r.dtype == ml_dtypes.bfloat16:
+        return lib.from_dlpack(r.view(np.int16)).view(lib.bfloat16)
+    return lib.from_dlpack(r)
+
+
+def _matmul_dlpack(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a: bool, trans_b: bool,
+                   post_ops: tuple, out: Any, out_dtype: Any) -> Any:
+    """matmul for arrays of another library: view them as NumPy, run, view the result back."""
+    lib = _library(a)
+    if isinstance(out_dtype, str) or out_dtype is None:
+        np_out_dtype = out_dtype
+    else:  # a dtype of the caller's library (torch.float32): by name
+        np_out_dtype = {"bfloat16": ml_dtypes.bfloat16}.get(str(out_dtype).rpartition(".")[2],
+                                                            str(out_dtype).rpartition(".")[2])
+    out_np = _from_dlpack(out, "out")
+    r = _matmul(dev, _from_dlpack(a, "a"), _from_dlpack(b, "b"), _from_dlpack(c, "c"), alpha, beta, trans_a,
+                trans_b, post_ops, out_np, np_out_dtype, None)
+    return out if out is not None else _to_library(np.asarray(r), lib)
 
 
 def _in_post_ops_terms(e: FFAccelError) -> FFAccelError:

@@ -4,6 +4,7 @@ from .device import (
     DEFAULT_DEVICE,
     DEFAULT_DEVICE_ENV,
     Buffer,
+    CommandList,
     Device,
     Fence,
     default_device,
@@ -13,6 +14,6 @@ from .device import (
 )
 
 __all__ = [
-    "Buffer", "DEFAULT_DEVICE", "DEFAULT_DEVICE_ENV", "Device", "Fence", "default_device", "devices",
+    "Buffer", "CommandList", "DEFAULT_DEVICE", "DEFAULT_DEVICE_ENV", "Device", "Fence", "default_device", "devices",
     "open_device", "resolve_device",
 ]

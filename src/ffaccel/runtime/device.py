@@ -1,8 +1,9 @@
 """Device, Buffer and Fence: what user space holds.
 
-A :class:`Device` talks to a transport (in-process here; the socket and ring
-transports speak the same ABI bytes). Buffers are owned by the client that
-allocated them and named by handles in its own table.
+A :class:`Device` talks to a transport: in-process (``"cpu"``, ``"ref"``...), or a
+device server through its socket (``"unix:/path"``) or its shared-memory rings
+(``"unix:/path?transport=ring"``). All speak the same ABI bytes. Buffers are owned by
+the client that allocated them and named by handles in its own table.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import numpy as np
 
@@ -22,6 +24,28 @@ from ..spec import SPEC_VERSION, DType, Engine, ErrorCode, FFAccelError, dtype_o
 from ..transports.inproc import InprocTransport
 
 ENGINES = {"compute": Engine.COMPUTE, "copy": Engine.COPY}
+
+
+class Transport(Protocol):
+    """What a Device needs from a transport (InprocTransport, SocketTransport, RingTransport)."""
+
+    kind: str
+
+    def info(self) -> DriverInfo: ...
+    def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]: ...
+    def free(self, handle: int) -> None: ...
+    def submit(self, raw: bytes) -> tuple[Engine, int]: ...
+    def completed(self, engine: Engine) -> int: ...
+    def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None: ...
+    def prepare_gemm(self, descriptor: bytes) -> GemmKernel: ...
+    def record(self, raw: bytes) -> int: ...
+    def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]: ...
+    def free_list(self, list_id: int) -> None: ...
+    def export_fd(self, handle: int) -> int: ...
+    def import_fd(self, fd: int) -> tuple[int, np.ndarray]: ...
+    @property
+    def host_visible(self) -> bool: ...
+    def close(self) -> None: ...
 
 
 def _engine(engine: str | Engine) -> Engine:
@@ -76,14 +100,22 @@ class Buffer:
     array([0., 1., 2., 3.], dtype=float32)
     """
 
-    def __init__(self, device: "Device", handle: int, memory: np.ndarray) -> None:
+    def __init__(self, device: "Device", handle: int, memory: Any) -> None:
         self.device = device
         self.handle = handle
         self._memory = memory
         self.size_bytes = int(memory.nbytes)
 
     def array(self, dtype: Any, shape: int | Sequence[int] | None = None, offset_bytes: int = 0) -> np.ndarray:
-        """A zero-copy NumPy view of the buffer's memory (host-visible devices)."""
+        """A zero-copy NumPy view of the buffer's memory (host-visible devices only).
+
+        On a device whose memory the host cannot address (see ``host_visible``) this raises
+        UNSUPPORTED: use :meth:`read` and :meth:`write`, which copy.
+        """
+        if not isinstance(self._memory, np.ndarray):
+            raise FFAccelError(ErrorCode.UNSUPPORTED, "buffer", f"a NumPy view of device memory "
+                               f"({type(self._memory).__name__}); only host-visible buffers have one, "
+                               "use read()/write() here")
         dt = np.dtype(dtype)
         count = (self.size_bytes - offset_bytes) // dt.itemsize if shape is None else int(np.prod(shape))
         flat = np.ndarray((count,), dt, buffer=self._memory, offset=offset_bytes)
@@ -95,11 +127,25 @@ class Buffer:
         if offset_bytes < 0 or offset_bytes + raw.size > self.size_bytes:
             raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + raw.size})",
                             f"within the buffer's {self.size_bytes} bytes", operand="data")
-        self._memory[offset_bytes: offset_bytes + raw.size] = raw
+        if isinstance(self._memory, np.ndarray):
+            self._memory[offset_bytes: offset_bytes + raw.size] = raw
+        else:  # device memory (abi.DeviceMemory): the driver copies the bytes in
+            self._memory.write_bytes(offset_bytes, raw)
 
     def read(self, dtype: Any, count: int, offset_bytes: int = 0) -> np.ndarray:
         """Copy ``count`` elements of ``dtype`` out of the buffer."""
+        if not isinstance(self._memory, np.ndarray):  # device memory: the driver copies the bytes out
+            dt = np.dtype(dtype)
+            if offset_bytes < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
+                raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + count * dt.itemsize})",
+                                f"within the buffer's {self.size_bytes} bytes", operand="count")
+            return self._memory.read_bytes(offset_bytes, count * dt.itemsize).view(dt)
         return self.array(dtype, (count,), offset_bytes).copy()
+
+    @property
+    def host_visible(self) -> bool:
+        """Whether :meth:`array` gives a zero-copy NumPy view (False for memory on a GPU)."""
+        return isinstance(self._memory, np.ndarray)
 
     def matrix(self, dtype: Any, rows: int, cols: int, *, ld_elems: int | None = None, offset_bytes: int = 0,
                batch_stride_elems: int = 0) -> Matrix:
@@ -111,6 +157,16 @@ class Buffer:
 
     def free(self) -> None:
         self.device._transport.free(self.handle)
+
+    def export_fd(self) -> int:
+        """A new file descriptor naming this buffer (a sealed memfd), to share it with another process.
+
+        Pass it over a Unix socket (SCM_RIGHTS) or to a child process; the receiver calls
+        :meth:`Device.import_buffer` on a device of the same server. Both then map the same
+        memory: zero copies (the dma-buf model). The caller owns (and closes) the fd.
+        Only server devices (``unix:...``) can export (UNSUPPORTED otherwise).
+        """
+        return self.device._transport.export_fd(self.handle)
 
     def __repr__(self) -> str:
         return f"Buffer(handle={self.handle}, size_bytes={self.size_bytes}, device={self.device.name!r})"
@@ -138,7 +194,7 @@ class Device:
     #: Waits without a timeout give up after this long (nothing hangs forever).
     DEFAULT_TIMEOUT_NS = 60 * 10**9
 
-    def __init__(self, name: str, transport: InprocTransport) -> None:
+    def __init__(self, name: str, transport: Transport) -> None:
         self.name = name
         self._transport = transport
         self._kernels: dict[Any, GemmKernel] = {}
@@ -176,6 +232,22 @@ class Device:
         raw = encode_submission(commands, _engine(engine), waits)
         eng, value = self._transport.submit(raw)
         return Fence(self, eng, value)
+
+    def import_buffer(self, fd: int) -> Buffer:
+        """Add a buffer another client exported (:meth:`Buffer.export_fd`) to this client's table."""
+        handle, memory = self._transport.import_fd(fd)
+        return Buffer(self, handle, memory)
+
+    def record(self, commands: Iterable[Gemm | Copy | bytes], *, engine: str | Engine = "compute") -> "CommandList":
+        """Validate commands once and keep them for cheap replays (the CUDA-graph idea).
+
+        Validation (every rule, handles, bounds, overlap) happens here, on ``engine``'s
+        terms; :meth:`CommandList.replay` only checks the engine, its waits and that every
+        buffer the list names is still alive.
+        """
+        raw = encode_submission(commands, _engine(engine))
+        list_id = self._transport.record(raw)
+        return CommandList(self, list_id, _engine(engine))
 
     def submit_raw(self, raw: bytes) -> Fence:
         """Submit already-encoded ABI bytes (header, waits, commands)."""
@@ -222,6 +294,48 @@ class Device:
         return f"Device({self.name!r}, driver={info.name} {info.version})"
 
 
+class CommandList:
+    """Commands validated once by :meth:`Device.record`, replayed many times.
+
+    Examples
+    --------
+    >>> import numpy as np, ffaccel
+    >>> from ffaccel.abi import Gemm
+    >>> dev = ffaccel.open("cpu")
+    >>> a, d = dev.alloc(16), dev.alloc(16)
+    >>> a.write(np.eye(2, dtype=np.float32))
+    >>> g = Gemm(m=2, n=2, k=2, a=a.matrix(np.float32, 2, 2), b=a.matrix(np.float32, 2, 2),
+    ...          d=d.matrix(np.float32, 2, 2))
+    >>> cl = dev.record([g])
+    >>> cl.replay().wait()
+    >>> d.read(np.float32, 4)
+    array([1., 0., 0., 1.], dtype=float32)
+    """
+
+    def __init__(self, device: Device, list_id: int, engine: Engine) -> None:
+        self.device = device
+        self.id = list_id
+        self.engine = engine
+
+    def replay(self, *, engine: str | Engine | None = None, wait: Iterable[Fence] = ()) -> Fence:
+        """Run the list once more on ``engine`` (default: the one it was recorded for); returns its fence."""
+        dev = self.device
+        waits = []
+        for f in wait:
+            if f.device is not dev:
+                raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
+            waits.append((f.engine, f.value))
+        eng, value = dev._transport.replay(self.id, self.engine if engine is None else _engine(engine), waits)
+        return Fence(dev, eng, value)
+
+    def free(self) -> None:
+        """Release the list (its buffers stay as they are)."""
+        self.device._transport.free_list(self.id)
+
+    def __repr__(self) -> str:
+        return f"CommandList(id={self.id}, engine={self.engine.name}, device={self.device.name!r})"
+
+
 # ------------------------------------------------------------------------------------------
 # registry
 
@@ -240,11 +354,50 @@ def devices() -> list[str]:
     >>> {"ref", "cpu"} <= set(ffaccel.devices())
     True
     """
-    return sorted(driver_targets())
+    names = sorted(driver_targets())
+    from ..transports.server import default_socket_path
+
+    path = default_socket_path()
+    if os.path.exists(path):  # a server is (or was) running at the default place
+        names += [f"unix:{path}", f"unix:{path}?transport=ring"]
+    return names
+
+
+def _open_remote(name: str) -> Device:
+    """``unix:PATH[?transport=socket|ring][&timeout_s=S][&poll_us=N][&entries=N]``."""
+    from ..transports.ring import RingTransport
+    from ..transports.socket import SocketTransport
+
+    rest = name[len("unix:"):]
+    path, _, query = rest.partition("?")
+    try:
+        q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True, strict_parsing=bool(query)).items()}
+    except ValueError:
+        raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N]") from None
+    allowed = {"transport", "timeout_s", "poll_us", "entries"}
+    kind = q.get("transport", "socket")
+    if not path or set(q) - allowed or kind not in ("socket", "ring"):
+        raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N&entries=N]")
+    try:
+        timeout_s = float(q.get("timeout_s", 30.0))
+        poll_us = int(q.get("poll_us", 200))
+        entries = int(q.get("entries", 256))
+    except ValueError:
+        raise violation("device.name", name, "numbers for timeout_s, poll_us and entries") from None
+    if kind == "ring":
+        if not 2 <= entries <= 4096 or entries & (entries - 1):
+            raise violation("device.name", name, "entries a power of two in [2, 4096]")
+        return Device(name, RingTransport(path, entries=entries, poll_us=poll_us, timeout_s=timeout_s))
+    return Device(name, SocketTransport(path, timeout_s=timeout_s))
 
 
 def open_device(name: str | None = None) -> Device:
     """Open a device by name: ``None`` means ``$FFACCEL_DEVICE``, else ``"cpu"``.
+
+    ``"cpu"``, ``"ref"`` (any installed driver) run in this process. ``"unix:PATH"`` connects
+    to an ``ffaccel serve`` process (one request per call); ``"unix:PATH?transport=ring"``
+    submits through shared-memory rings instead (options: ``poll_us``, ``entries``,
+    ``timeout_s``). A server that is unreachable raises DEVICE_LOST.
 
     Examples
     --------
@@ -256,6 +409,8 @@ def open_device(name: str | None = None) -> Device:
         name = os.environ.get(DEFAULT_DEVICE_ENV) or DEFAULT_DEVICE
     if not isinstance(name, str):
         raise violation("device.name", repr(name), devices())
+    if name.startswith("unix:"):
+        return _open_remote(name)
     driver_name, _, options = name.partition(":")
     try:
         cls = load_driver_class(driver_name)

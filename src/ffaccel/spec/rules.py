@@ -105,6 +105,24 @@ _RULES = (
          "runtime"),
     Rule("device.name", _E.INVALID_PARAMETER, "name", "the device name must be one ffaccel.devices() lists",
          "runtime"),
+    # --- transports: the server's wire protocol, rings, sharing, command lists --------------
+    Rule("wire.message", _E.INVALID_PARAMETER, "{field}",
+         "a request to the server must be a well-formed wire message: a known msg_type, the exact payload "
+         "size of that type, reserved fields zero, the file descriptors it carries and no others", "transport"),
+    Rule("wire.import", _E.BAD_HANDLE, "fd",
+         "an imported file descriptor must be a live buffer exported by the same server", "transport"),
+    Rule("wire.export", _E.UNSUPPORTED, "device",
+         "export and import need a device whose buffers are shareable memfds (a server device)", "transport"),
+    Rule("ring.index", _E.INVALID_PARAMETER, "{field}",
+         "the ring indices a client writes (sq_tail, cq_head) must stay within entries of the server's own "
+         "(sq_head, cq_tail); a client that breaks this loses its ring, nothing else", "transport"),
+    Rule("ring.entry", _E.INVALID_PARAMETER, "{field}",
+         "a ring entry's header has known flags and zero reserved fields; linked entries share engine and "
+         "waits; a chain fits in the ring", "transport"),
+    Rule("cmdlist.id", _E.BAD_HANDLE, "command_list",
+         "a command list must be a live list recorded by this client", "transport"),
+    Rule("cmdlist.stale", _E.BAD_HANDLE, "handle",
+         "every buffer a command list names must still be alive when it is replayed", "transport"),
     # --- front-ends ---------------------------------------------------------------------
     Rule("api.dtype", _E.INVALID_PARAMETER, "{arg}",
          "operands must be float64, float32, float16, bfloat16, int8 or uint8 arrays, with no silent promotion",

@@ -15,9 +15,33 @@ import threading
 
 import numpy as np
 
-from ..abi import DeviceCaps, GemmOp, check_command, check_submission, copy_arrays, gemm_arrays
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..abi import (
+    ABI_VERSION,
+    SUBMIT,
+    WAIT,
+    DeviceCaps,
+    GemmOp,
+    Op,
+    ValidationCache,
+    check_command,
+    check_submission,
+    copy_arrays,
+    gemm_arrays,
+    op_handles,
+)
 from ..drivers import Driver, DriverInfo, GemmKernel
-from ..spec import SPEC_LIMITS, Engine, ErrorCode, FFAccelError, violation
+from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    engine: Engine
+    opcodes: frozenset[Opcode]
+    handles: tuple[int, ...]
+    ops: tuple[Op, ...]
 
 
 class InprocTransport:
@@ -36,6 +60,9 @@ class InprocTransport:
         self._used = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._lists: dict[int, _Recorded] = {}
+        self._cache = ValidationCache()  # memo of the validator for repeated commands (exact)
+        self._list_ids = itertools.count(1)
 
     # -- queries ------------------------------------------------------------------------
     def info(self) -> DriverInfo:
@@ -77,19 +104,70 @@ class InprocTransport:
         """Validate a whole submission, run it, and return the fence (engine, value) it signals."""
         self._check_open()
         with self._lock:
-            sub = check_submission(raw, self._caps, self._size, self._timeline.__getitem__)
-            memory = self._memory.__getitem__
-            for op in sub.ops:  # nothing runs until every command has passed validation
-                if isinstance(op, GemmOp):
-                    a, b, c, d, epi = gemm_arrays(op, memory)
-                    if op.batch and op.m and op.n:
-                        self.driver.gemm(op, a, b, c, d, epi)
-                else:
-                    src, dst = copy_arrays(op, memory)
-                    if src.size:
-                        self.driver.copy(op, src, dst)
+            sub = check_submission(raw, self._caps, self._size, self._timeline.__getitem__, self._cache)
+            self._run(sub.ops)  # nothing runs until every command has passed validation
             self._timeline[sub.engine] += 1
             return sub.engine, self._timeline[sub.engine]
+
+    def _run(self, ops: Sequence[Op]) -> None:
+        memory = self._memory.__getitem__
+        for op in ops:
+            if isinstance(op, GemmOp):
+                a, b, c, d, epi = gemm_arrays(op, memory)
+                if op.batch and op.m and op.n:
+                    self.driver.gemm(op, a, b, c, d, epi)
+            else:
+                src, dst = copy_arrays(op, memory)
+                if src.size:
+                    self.driver.copy(op, src, dst)
+
+    # -- command lists ------------------------------------------------------------------------
+    def record(self, raw: bytes) -> int:
+        """Validate a submission once (its engine is the list's) and keep it for replay."""
+        self._check_open()
+        with self._lock:
+            sub = check_submission(raw, self._caps, self._size, self._timeline.__getitem__)
+            if sub.waits:
+                raise violation("submit.wait", f"wait_count = {len(sub.waits)}",
+                                "0 (a command list's waits are given at replay)")
+            opcodes = frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops)
+            handles = tuple(sorted({h for op in sub.ops for h in op_handles(op)}))
+            lid = next(self._list_ids)
+            self._lists[lid] = _Recorded(sub.engine, opcodes, handles, sub.ops)
+            return lid
+
+    def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
+        """Run a recorded list again: only the engine, the waits and its buffers' liveness are checked."""
+        self._check_open()
+        with self._lock:
+            cl = self._lists.get(list_id)
+            if cl is None:
+                raise violation("cmdlist.id", list_id, f"one of {sorted(self._lists)}")
+            head = SUBMIT.struct.pack(ABI_VERSION, int(engine), 0, 0, len(waits), 0, 0)
+            body = b"".join(WAIT.struct.pack(int(e), 0, int(v)) for e, v in waits)
+            sub = check_submission(head + body, self._caps, self._size, self._timeline.__getitem__)
+            bad = cl.opcodes - ENGINE_OPCODES[sub.engine]
+            if bad:
+                raise violation("submit.engine_opcode", f"{sorted(o.name for o in bad)} on {sub.engine.name}",
+                                f"{sorted(o.name for o in ENGINE_OPCODES[sub.engine])} on {sub.engine.name}")
+            for h in cl.handles:
+                if h not in self._memory:
+                    raise violation("cmdlist.stale", h, f"live handles of this client ({sorted(self._memory)})")
+            self._run(cl.ops)
+            self._timeline[sub.engine] += 1
+            return sub.engine, self._timeline[sub.engine]
+
+    def free_list(self, list_id: int) -> None:
+        with self._lock:
+            if self._lists.pop(list_id, None) is None:
+                raise violation("cmdlist.id", list_id, f"one of {sorted(self._lists)}")
+
+    # -- sharing ---------------------------------------------------------------------------------
+    def export_fd(self, handle: int) -> int:
+        raise violation("wire.export", "an in-process device", "a server device (unix:PATH)")
+
+    def import_fd(self, fd: int) -> tuple[int, np.ndarray]:
+        raise violation("wire.export", "an in-process device", "a server device (unix:PATH)")
 
     def completed(self, engine: Engine) -> int:
         return self._timeline[engine]
@@ -116,6 +194,7 @@ class InprocTransport:
     def close(self) -> None:
         with self._lock:
             self._memory.clear()
+            self._lists.clear()
             self._closed = True
         self.driver.close()
 

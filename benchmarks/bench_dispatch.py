@@ -1,0 +1,198 @@
+"""Dispatch overhead: per-operation cost of an 8x8 f32 GEMM on every path, as ratios to NumPy.
+
+Starts an ``ffaccel serve`` subprocess on a temporary socket and measures, interleaved in one
+run (this machine is shared and noisy: only ratios measured side by side mean anything):
+
+* NumPy ``a @ b`` (the yardstick) and ``ffaccel.matmul`` on the in-process cpu device;
+* ``Device.submit`` + ``Fence.wait`` on Buffers: in-process, socket (one request per op), ring
+  with batches of 1, 8, 64 and 256 commands per submission;
+* command-list replay (a 64-GEMM list): in-process and through the ring;
+* a bare Unix-socket round trip of the same message sizes (the floor of the socket path);
+* a 2048x2048 f32 GEMM through the server (zero copy, Buffers) against in-process.
+
+Usage: ``python benchmarks/bench_dispatch.py [--repeats 15] [--poll-us 200]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import ffaccel
+from ffaccel.abi import Gemm, encode_submission
+
+N = 8
+
+
+def per_op(fn: Callable[[], None], ops_per_call: int, min_s: float = 0.02) -> float:
+    """Seconds per operation of ``fn`` (which does ``ops_per_call`` ops), timed over >= min_s."""
+    fn()
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_s:
+            return dt / (calls * ops_per_call)
+        calls *= 2
+
+
+class Gemms:
+    """B independent 8x8 GEMMs on one device, as pre-encoded submission bytes."""
+
+    def __init__(self, dev: ffaccel.Device, batch: int) -> None:
+        rng = np.random.default_rng(0)
+        self.dev = dev
+        self.a, self.b = dev.alloc(N * N * 4), dev.alloc(N * N * 4)
+        self.a.write(rng.standard_normal((N, N), np.float32))
+        self.b.write(rng.standard_normal((N, N), np.float32))
+        self.d = dev.alloc(batch * N * N * 4)
+        self.cmds = [Gemm(m=N, n=N, k=N, a=self.a.matrix(np.float32, N, N), b=self.b.matrix(np.float32, N, N),
+                          d=self.d.matrix(np.float32, N, N, offset_bytes=i * N * N * 4)).encode()
+                     for i in range(batch)]
+        self.raw = encode_submission(self.cmds)
+
+    def run(self) -> None:
+        self.dev.submit_raw(self.raw).wait(timeout_ns=10**10)
+
+    def check(self) -> None:
+        a = self.a.read(np.float32, N * N).reshape(N, N)
+        b = self.b.read(np.float32, N * N).reshape(N, N)
+        self.run()
+        got = self.d.read(np.float32, len(self.cmds) * N * N).reshape(-1, N, N)
+        assert np.allclose(got, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def bare_round_trip(req_bytes: int, rep_bytes: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A client/echo-server pair of processes on a Unix socket exchanging these message sizes."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the echo server: read a request, send a reply
+        parent.close()
+        reply = bytes(rep_bytes)
+        try:
+            while True:
+                got = 0
+                while got < req_bytes:
+                    chunk = child.recv(req_bytes - got)
+                    if not chunk:
+                        os._exit(0)
+                    got += len(chunk)
+                child.sendall(reply)
+        finally:
+            os._exit(0)
+    child.close()
+    request = bytes(req_bytes)
+
+    def rt() -> None:
+        parent.sendall(request)
+        got = 0
+        while got < rep_bytes:
+            got += len(parent.recv(rep_bytes - got))
+
+    def stop() -> None:
+        parent.close()
+        os.waitpid(pid, 0)
+    return rt, stop
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=15, help="interleaved repeats (medians are reported)")
+    p.add_argument("--poll-us", type=int, default=200, help="ring busy-poll budget, server and client")
+    p.add_argument("--big", type=int, default=2048, help="size of the large GEMM (0: skip)")
+    args = p.parse_args()
+
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, "bench.sock")
+    srv = subprocess.Popen([sys.executable, "-m", "ffaccel.cli", "serve", "--socket", path, "--ring-poll-us",
+                            str(args.poll_us)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if time.monotonic() > deadline or srv.poll() is not None:
+                raise SystemExit("the server did not start")
+            time.sleep(0.05)
+        time.sleep(0.2)
+        inproc = ffaccel.open("cpu")
+        sock_dev = ffaccel.open(f"unix:{path}")
+        ring_dev = ffaccel.open(f"unix:{path}?transport=ring&poll_us={args.poll_us}&entries=512")
+        a = np.random.default_rng(1).standard_normal((N, N), np.float32)
+        b = np.random.default_rng(2).standard_normal((N, N), np.float32)
+
+        g_in, g_sock = Gemms(inproc, 1), Gemms(sock_dev, 1)
+        g_ring = {B: Gemms(ring_dev, B) for B in (1, 8, 64, 256)}
+        g_in64 = Gemms(inproc, 64)
+        for g in (g_in, g_sock, g_in64, *g_ring.values()):
+            g.check()
+        cl_in = inproc.record(g_in64.cmds)
+        cl_ring = ring_dev.record(g_ring[64].cmds)
+        sub_bytes = len(g_sock.raw)
+        rt, stop_rt = bare_round_trip(16 + sub_bytes, 16 + 32)  # SUBMIT request, fence reply
+
+        cases: dict[str, Callable[[], float]] = {
+            "numpy a @ b": lambda: per_op(lambda: a @ b, 1),
+            "ffaccel.matmul (in-process cpu)": lambda: per_op(lambda: ffaccel.matmul(a, b, device=inproc), 1),
+            "submit+wait, in-process": lambda: per_op(g_in.run, 1),
+            "submit+wait, socket (1 request/op)": lambda: per_op(g_sock.run, 1),
+            "bare Unix-socket round trip (same sizes)": lambda: per_op(rt, 1),
+            **{f"submit+wait, ring, batch {B}": (lambda B=B: per_op(g_ring[B].run, B)) for B in g_ring},
+            "replay 64-GEMM list, in-process": lambda: per_op(lambda: cl_in.replay().wait(timeout_ns=10**10), 64),
+            "replay 64-GEMM list, ring": lambda: per_op(lambda: cl_ring.replay().wait(timeout_ns=10**10), 64),
+        }
+        samples: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(args.repeats):  # interleaved: drift hits every case alike
+            for k, fn in cases.items():
+                samples[k].append(fn())
+        stop_rt()
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        base = med["numpy a @ b"]
+        print(f"8x8 f32 GEMM, medians of {args.repeats} interleaved repeats (poll {args.poll_us} us)")
+        print(f"{'path':46s} {'us/op':>9s} {'x numpy':>9s}")
+        for k, v in med.items():
+            print(f"{k:46s} {v * 1e6:9.2f} {v / base:9.2f}")
+        sock, bare = med["submit+wait, socket (1 request/op)"], med["bare Unix-socket round trip (same sizes)"]
+        print(f"socket path / bare round trip: {sock / bare:.2f} (target <= 1.5)")
+        print(f"ring batch 64 / numpy: {med['submit+wait, ring, batch 64'] / base:.2f} (target <= 2)")
+
+        if args.big:
+            n = args.big
+            rng = np.random.default_rng(3)
+            x = rng.standard_normal((n, n), np.float32)
+            big = {}
+            for name, dev in (("in-process", inproc), ("server (ring)", ring_dev), ("server (socket)", sock_dev)):
+                A, D = dev.alloc(x.nbytes), dev.alloc(x.nbytes)
+                A.write(x)
+                big[name] = encode_submission([Gemm(m=n, n=n, k=n, a=A.matrix(np.float32, n, n),
+                                                    b=A.matrix(np.float32, n, n), d=D.matrix(np.float32, n, n))]), dev
+            times: dict[str, list[float]] = {k: [] for k in big}
+            for _ in range(3):
+                for k, (raw, dev) in big.items():
+                    t0 = time.perf_counter()
+                    dev.submit_raw(raw).wait(timeout_ns=600 * 10**9)
+                    times[k].append(time.perf_counter() - t0)
+            t_in = statistics.median(times["in-process"])
+            for k, v in times.items():
+                t = statistics.median(v)
+                print(f"{n}x{n} f32 GEMM {k:16s} {t * 1e3:8.1f} ms  {2 * n**3 / t / 1e9:6.1f} GFLOP/s  "
+                      f"speed vs in-process {t_in / t:.3f} (target >= 0.95)")
+        for dev in (inproc, sock_dev, ring_dev):
+            dev.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The torch driver and PyTorch offload mode, measured against PyTorch itself, side by side.
+
+Every case times the ffaccel path and its PyTorch counterpart in interleaved repeats
+(ffaccel, torch, torch, ffaccel, ...) and compares medians (this machine is shared and
+noisy: ratios measured this way hold, absolute times drift). ``speed`` is PyTorch's
+median time over ffaccel's (above 1: ffaccel is faster).
+
+1. GEMM on ``torch:cpu`` vs calling PyTorch directly (``torch.mm`` / ``torch._int_mm``):
+   f32, bf16 and int8, with the driver's automatic kernel choice and with PyTorch's native
+   low-precision kernels forced (``native="bf16,int8"``), which isolates dispatch cost.
+2. A BERT-style encoder (transformers, random weights, batch 8 x sequence 128) under
+   ``ffaccel.torch.offload`` on ``cpu`` and ``torch:cpu`` vs stock PyTorch; also with the
+   thread-pool setting disabled (``threads=None``) to show what it prevents.
+
+Usage::
+
+    python benchmarks/bench_torch.py            # GEMM 512^3, encoder hidden 512 x 4 layers
+    python benchmarks/bench_torch.py --quick    # smaller sizes, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import ffaccel
+except ImportError:  # a source checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import ffaccel
+import ffaccel.torch  # noqa: E402
+from ffaccel.drivers.torch import TorchDriver  # noqa: E402
+from ffaccel.runtime import Device  # noqa: E402
+from ffaccel.transports.inproc import InprocTransport  # noqa: E402
+
+
+def side_by_side(ff: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds per call of ``ff`` and ``ref`` from interleaved repeats (order alternates)."""
+    ff()
+    ref()
+    t_ff: list[float] = []
+    t_ref: list[float] = []
+    for r in range(repeats):
+        pair = ((ff, t_ff), (ref, t_ref)) if r % 2 == 0 else ((ref, t_ref), (ff, t_ff))
+        for fn, out in pair:
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(t_ff), statistics.median(t_ref)
+
+
+def _row(case: str, ff: float, ref: float, note: str = "") -> None:
+    print(f"| {case} | {ff * 1e3:.2f} ms | {ref * 1e3:.2f} ms | {ref / ff:.2f}x | {note} |")
+
+
+def bench_gemm(n: int, repeats: int) -> None:
+    print(f"\n### GEMM {n}x{n}x{n}: torch:cpu driver vs PyTorch direct\n")
+    print("| case | ffaccel | torch | speed | note |\n|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    a32, b32 = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    ai = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    bi = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    auto = Device("torch:cpu", InprocTransport(TorchDriver("cpu")))
+    native = Device("torch:cpu", InprocTransport(TorchDriver("cpu", native="bf16,int8")))
+    print(f"<!-- auto native kernels on this CPU: {sorted(TorchDriver('cpu').native) or 'none'} -->")
+    cases = [
+        ("f32", a32, b32, torch.mm, auto, "f32 GEMM both sides"),
+        ("bf16 auto", a16, b16, torch.mm, auto, "driver's choice on this CPU"),
+        ("bf16 native", a16, b16, torch.mm, native, "same kernel as torch.mm: dispatch cost"),
+        ("int8 auto", ai, bi, torch._int_mm, auto, "driver's choice on this CPU"),
+        ("int8 native", ai, bi, torch._int_mm, native, "same kernel as torch._int_mm: dispatch cost"),
+    ]
+    for name, a, b, direct, dev, note in cases:
+        want = direct(a, b)
+        got = ffaccel.matmul(a, b, device=dev)  # tensors in, tensor out (DLPack, zero copy)
+        exact = torch.equal(got, want) if a.dtype == torch.int8 else torch.allclose(
+            got.float(), want.float(), rtol=2e-2, atol=1e-2 * n ** 0.5)
+        assert exact, name
+        ff, ref = side_by_side(lambda: ffaccel.matmul(a, b, device=dev), lambda: direct(a, b), repeats)
+        _row(name, ff, ref, note)
+
+
+def bench_encoder(hidden: int, layers: int, batch: int, seq: int, repeats: int) -> None:
+    from transformers import BertConfig, BertModel
+
+    print(f"\n### BERT-style encoder (hidden {hidden}, {layers} layers, batch {batch} x seq {seq}): "
+          "offload vs stock PyTorch\n")
+    print("| case | ffaccel | torch | speed | note |\n|---|---|---|---|---|")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                     max_position_embeddings=max(512, seq), attn_implementation="sdpa")
+    model = BertModel(cfg).eval()
+    ids = torch.randint(0, 1000, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+
+    def stock() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(ids, mask).last_hidden_state
+
+    want = stock()
+    for device, threads in (("cpu", "auto"), ("torch:cpu", "auto"), ("cpu", None)):
+        def off(device: str = device, threads: object = threads) -> torch.Tensor:
+            with torch.inference_mode(), ffaccel.torch.offload(device, threads=threads) as s:
+                out = model(ids, mask).last_hidden_state
+            off.stats = s.stats  # type: ignore[attr-defined]
+            return out
+
+        got = off()
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+        ff, ref = side_by_side(off, stock, repeats)
+        frac = off.stats["offloaded_fraction"]  # type: ignore[attr-defined]
+        note = f"overhead {ff / ref:.2f}x; {frac:.1%} of GEMM FLOPs offloaded"
+        _row(f"offload {device!r}, threads={threads}", ff, ref, note)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-encoder", action="store_true")
+    args = ap.parse_args()
+    n, reps = (256, 5) if args.quick else (512, 9)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    bench_gemm(n, reps)
+    if not args.skip_encoder:
+        if args.quick:
+            bench_encoder(256, 2, 8, 128, 3)
+        else:
+            bench_encoder(512, 4, 8, 128, 5)
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

@@ -1,0 +1,17 @@
+"""``ffaccel.torch``: PyTorch models run unchanged with their GEMMs on an ffaccel device.
+
+Importing this module imports PyTorch; ``import ffaccel`` alone never does (the attribute
+``ffaccel.torch`` loads this module on first use).
+
+Examples
+--------
+>>> import torch, ffaccel
+>>> with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+...     y = torch.nn.Linear(4, 2)(torch.ones(3, 4))
+>>> session.stats["offloaded_calls"]
+1
+"""
+
+from .frontends.torch_offload import OffloadSession, offload, to_numpy, to_torch
+
+__all__ = ["OffloadSession", "offload", "to_numpy", "to_torch"]

@@ -1,0 +1,293 @@
+"""The server's wire protocol and ring layouts, documented field by field.
+
+Same rules as :mod:`ffaccel.abi.layout`: little-endian, fixed size, multiples of 8
+bytes, reserved fields zero and checked, units in names. A request is one
+``ffa_msg`` header and ``payload_bytes`` of payload on a Unix stream socket; file
+descriptors (memfds, eventfds) travel beside it as SCM_RIGHTS. Every request gets
+exactly one reply (an ``ffa_reply`` header and its payload, plus fds for ALLOC and
+RING_SETUP). Operands and results never travel here: they live in memfds both
+sides map.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import os
+import sys
+import socket
+import struct
+from enum import IntEnum
+
+from ..abi.layout import COMMAND_BYTES, Field, Layout
+from ..spec import ErrorCode, FFAccelError, violation
+
+#: Wire protocol version (HELLO). Bumped only for incompatible changes.
+WIRE_VERSION = 1
+#: Largest payload the server reads (a full submission of MAX_COMMANDS_PER_SUBMIT commands fits).
+MAX_PAYLOAD_BYTES = 8 << 20
+#: Most file descriptors one message may carry.
+MAX_FDS = 2
+
+
+def _u32(name: str, doc: str) -> Field:
+    return Field(name, "I", doc)
+
+
+def _u64(name: str, doc: str) -> Field:
+    return Field(name, "Q", doc)
+
+
+class Msg(IntEnum):
+    """``msg_type`` of a request. Numbers are never reused."""
+
+    HELLO = 1        # payload ffa_hello; reply: pickled DriverInfo (server -> client only)
+    ALLOC = 2        # payload u64 size_bytes; reply ffa_handle_reply + the buffer's memfd
+    FREE = 3         # payload u32 handle, u32 reserved
+    SUBMIT = 4       # payload: an ABI submission (ffa_submit, waits, commands); reply ffa_fence_reply
+    WAIT = 5         # payload ffa_wait_req; reply ffa_fence_reply (the engine's completed value)
+    COMPLETED = 6    # payload u32 engine, u32 reserved; reply ffa_fence_reply
+    IMPORT = 7       # payload empty + one fd (an exported memfd); reply ffa_handle_reply
+    STATS = 8        # payload empty; reply ffa_stats
+    RING_SETUP = 9   # payload ffa_ring_setup + the client's wake eventfd; reply ring memfd + doorbell eventfd
+    ERROR_TEXT = 10  # payload u64 error_id (from a CQE); reply: the error record
+    RECORD = 11      # payload: an ABI submission whose engine is the list's; reply u32 list id, u32 reserved
+    REPLAY = 12      # payload ffa_replay; reply ffa_fence_reply
+    FREE_LIST = 13   # payload u32 list id, u32 reserved
+
+
+MSG = Layout("ffa_msg", "Request header; payload_bytes of payload follow.", (
+    _u32("msg_type", "Msg"),
+    _u32("reserved", "must be zero"),
+    _u64("payload_bytes", f"bytes of payload that follow, <= {MAX_PAYLOAD_BYTES}"),
+))
+
+REPLY = Layout("ffa_reply", "Reply header; payload_bytes of payload follow.", (
+    _u32("status", "ErrorCode: 0 = OK, else the payload is an error record"),
+    _u32("reserved", "zero"),
+    _u64("payload_bytes", "bytes of payload that follow"),
+))
+
+ERROR_RECORD = Layout("ffa_error", "An error reply's payload; the three UTF-8 strings follow in this order.", (
+    _u32("command_index", "index of the offending command in its submission; 0xFFFFFFFF = none"),
+    _u32("param_bytes", "length of the parameter name"),
+    _u32("rule_bytes", "length of the spec rule id (0 = none)"),
+    _u32("message_bytes", "length of the message (value seen, what is allowed)"),
+))
+
+HELLO = Layout("ffa_hello", "First request of every connection.", (
+    _u32("wire_version", "WIRE_VERSION"),
+    _u32("abi_version", "ABI_VERSION the client speaks"),
+))
+
+HANDLE_REPLY = Layout("ffa_handle_reply", "A new buffer in the caller's table (ALLOC, IMPORT).", (
+    _u32("handle", "buffer handle in this client's table (never reused)"),
+    _u32("reserved", "zero"),
+    _u64("size_bytes", "size of the buffer (the memfd is sealed at this size)"),
+))
+
+FENCE_REPLY = Layout("ffa_fence_reply", "A fence and the engines' progress.", (
+    _u32("engine", "Engine the fence is on"),
+    _u32("reserved", "zero"),
+    _u64("value", "timeline value the submission signals (SUBMIT, REPLAY) or waited for"),
+    _u64("completed_compute", "this client's completed value on the compute engine"),
+    _u64("completed_copy", "this client's completed value on the copy engine"),
+))
+
+WAIT_REQ = Layout("ffa_wait_req", "Block until the engine's timeline reaches value, or the timeout.", (
+    _u32("engine", "Engine"),
+    _u32("reserved", "must be zero"),
+    _u64("value", "timeline value"),
+    _u64("timeout_ns", "relative timeout; the server's deadline is on CLOCK_MONOTONIC"),
+))
+
+REPLAY_REQ = Layout("ffa_replay", "Replay a recorded command list.", (
+    _u32("list_id", "id from RECORD"),
+    _u32("engine", "Engine to run on"),
+    _u64("wait_compute_value", "wait for this compute value first (0 = no wait)"),
+    _u64("wait_copy_value", "wait for this copy value first (0 = no wait)"),
+))
+
+STATS = Layout("ffa_stats", "Server-wide counters (for tests and operators).", (
+    _u32("clients", "connected clients"),
+    _u32("buffers", "live buffers over all clients"),
+    _u64("bytes_charged", "bytes charged to clients' quotas"),
+    _u64("submissions", "submissions accepted since start"),
+))
+
+RING_SETUP = Layout("ffa_ring_setup", "Ask for a submission/completion ring pair.", (
+    _u32("entries", "slots in each queue: a power of two in [2, 4096]"),
+    _u32("reserved", "must be zero"),
+))
+
+# ------------------------------------------------------------------------------------------
+# rings (io_uring model): one sealed memfd = header, then SQ slots, then CQ slots
+
+RING_HEADER = Layout("ffa_ring_header", "At offset 0 of the ring memfd.", (
+    _u32("sq_head", "SQ entries the server has consumed (server writes; wraps mod 2**32)"),
+    _u32("sq_tail", "SQ entries the client has published (client writes)"),
+    _u32("cq_head", "CQ entries the client has consumed (client writes)"),
+    _u32("cq_tail", "CQ entries the server has published (server writes)"),
+    _u32("entries", "slots per queue (power of two; fixed at setup)"),
+    _u32("server_flags", "RingServerFlags (server writes)"),
+    _u32("client_flags", "RingClientFlags (client writes)"),
+    _u32("error", "ErrorCode that broke the ring (server writes; 0 = fine)"),
+    _u64("completed_compute", "this client's completed compute value (server writes)"),
+    _u64("completed_copy", "this client's completed copy value (server writes)"),
+    _u64("sq_offset_bytes", "where the SQ slots start"),
+    _u64("cq_offset_bytes", "where the CQ slots start"),
+    _u64("error_id", "error record (ERROR_TEXT) explaining a broken ring"),
+    _u64("reserved", "zero"),
+))
+
+
+class RingServerFlags(IntEnum):
+    SLEEPING = 1   # the server stopped polling: ring the doorbell after publishing sq_tail
+    CQ_FULL = 2    # the CQ had no free slot: the server stopped consuming the SQ until the client reaps
+    BROKEN = 4     # the client broke a ring rule (see error, error_id); the ring is no longer served
+
+
+class RingClientFlags(IntEnum):
+    WAITING = 1    # the client sleeps on its wake eventfd: signal it after publishing completions
+
+
+SQE_HEADER = Layout("ffa_sqe", "A submission queue entry's header; COMMAND_BYTES of ABI command follow.", (
+    _u64("user_data", "opaque; returned in the completion of the chain this entry ends"),
+    _u32("engine", "Engine the submission runs on"),
+    _u32("flags", "SqeFlags; undefined bits must be zero"),
+    _u64("wait_compute_value", "wait for this compute timeline value (0 = no wait)"),
+    _u64("wait_copy_value", "wait for this copy timeline value (0 = no wait)"),
+    _u32("list_id", "REPLAY entries: the command list; otherwise must be zero"),
+    _u32("reserved", "must be zero"),
+))
+
+
+class SqeFlags(IntEnum):
+    LINK = 1     # the next entry belongs to the same submission (validated and run as one)
+    EMPTY = 2    # a submission without commands (the command bytes must be zero)
+    REPLAY = 4   # replay command list list_id (the command bytes must be zero)
+
+
+SQE_FLAGS_KNOWN = int(SqeFlags.LINK | SqeFlags.EMPTY | SqeFlags.REPLAY)
+SQE_BYTES = SQE_HEADER.size_bytes + COMMAND_BYTES
+
+CQE = Layout("ffa_cqe", "A completion queue entry: one per submission (chain of linked SQEs).", (
+    _u64("user_data", "the user_data of the chain's last SQE"),
+    _u32("status", "ErrorCode: 0 = accepted (the fence is value), else nothing ran"),
+    _u32("engine", "Engine of the fence"),
+    _u64("value", "fence value the submission signals when it finishes (0 when refused)"),
+    _u32("command_index", "offending command in the chain; 0xFFFFFFFF = none"),
+    _u32("reserved", "zero"),
+    _u64("error_id", "ERROR_TEXT id of the full error (param, value seen, what is allowed)"),
+))
+
+for _l in (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP,
+           RING_HEADER, SQE_HEADER, CQE):
+    assert _l.size_bytes % 8 == 0, _l.name
+
+LAYOUTS = (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP,
+           RING_HEADER, SQE_HEADER, CQE)
+NO_INDEX = 0xFFFF_FFFF
+assert sys.byteorder == "little", "the wire and ring layouts are little-endian"
+RING_HEADER_BYTES = 128  # header padded to two cache lines; SQ slots start here
+
+
+def ring_words(mm: object) -> dict[str, "ctypes.c_uint32 | ctypes.c_uint64"]:
+    """Every ring header field as a ctypes word over the shared mapping.
+
+    Both processes update these while the other runs. ``struct.pack_into`` / ``unpack_from``
+    may copy an integer piecewise, so the other side can read half of an update (measured
+    here: thousands of torn reads per second); a ctypes word is one aligned load or store.
+    """
+    out: dict[str, ctypes.c_uint32 | ctypes.c_uint64] = {}
+    for f, off in RING_HEADER.offsets():
+        word = ctypes.c_uint32 if f.fmt == "I" else ctypes.c_uint64
+        out[f.name] = word.from_buffer(mm, off)  # type: ignore[arg-type]
+    return out
+
+
+def ring_bytes(entries: int) -> tuple[int, int, int]:
+    """(sq_offset_bytes, cq_offset_bytes, total bytes) of a ring with ``entries`` slots."""
+    sq = RING_HEADER_BYTES
+    cq = sq + entries * SQE_BYTES
+    return sq, cq, cq + entries * CQE.size_bytes
+
+
+# ------------------------------------------------------------------------------------------
+# framing
+
+_MSG = MSG.struct
+_REPLY = REPLY.struct
+_ERR = ERROR_RECORD.struct
+
+
+def encode_error(e: FFAccelError) -> bytes:
+    param, rule, msg = e.param.encode(), (e.rule or "").encode(), e.message.encode()
+    idx = NO_INDEX if e.command_index is None else e.command_index
+    return _ERR.pack(idx, len(param), len(rule), len(msg)) + param + rule + msg
+
+
+def decode_error(code: int, payload: bytes) -> FFAccelError:
+    try:
+        idx, lp, lr, lm = _ERR.unpack_from(payload, 0)
+        pos = _ERR.size
+        param = payload[pos: pos + lp].decode()
+        rule = payload[pos + lp: pos + lp + lr].decode() or None
+        msg = payload[pos + lp + lr: pos + lp + lr + lm].decode()
+        err = FFAccelError(ErrorCode(code), param, msg, rule)
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return FFAccelError(ErrorCode.DEVICE_LOST, "device", f"the server sent a malformed error reply ({code})")
+    err.command_index = None if idx == NO_INDEX else idx
+    return err
+
+
+def send_msg(sock: socket.socket, header: bytes, payload: bytes = b"", fds: list[int] | tuple[int, ...] = ()) -> None:
+    """Send one message (header + payload) with optional SCM_RIGHTS fds."""
+    data = header + payload
+    if fds:
+        sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def recv_exact(sock: socket.socket, n: int, fds: list[int] | None = None) -> bytes:
+    """Read exactly ``n`` bytes; collects fds passed along into ``fds``. EOF raises EOFError."""
+    buf = bytearray()
+    while len(buf) < n:
+        if fds is not None:
+            data, anc, _flags, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(MAX_FDS * 4))
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fa = array.array("i")
+                    fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
+                    fds.extend(fa)
+        else:
+            data = sock.recv(n - len(buf))
+        if not data:
+            raise EOFError("peer closed the connection")
+        buf += data
+    return bytes(buf)
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+def message_error(field: str, seen: object, allowed: object) -> FFAccelError:
+    return violation("wire.message", seen, allowed, field=field)
+
+
+__all__ = [
+    "CQE", "ERROR_RECORD", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MSG", "Msg",
+    "NO_INDEX", "REPLAY_REQ", "REPLY", "RING_HEADER", "RING_HEADER_BYTES", "RING_SETUP", "RingClientFlags",
+    "RingServerFlags", "SQE_BYTES", "SQE_FLAGS_KNOWN", "SQE_HEADER", "STATS", "SqeFlags", "WAIT_REQ",
+    "WIRE_VERSION", "close_fds", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
+    "send_msg",
+]

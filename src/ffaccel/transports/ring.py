@@ -1,0 +1,261 @@
+"""Client side of the ring path: submission/completion queues in a shared memfd (the io_uring model).
+
+A submission becomes one ring entry per command (``ffa_sqe`` header + the ABI's
+COMMAND_BYTES descriptor), linked into one chain; the server answers each chain with one
+completion carrying the chain's ``user_data``, its status and its fence value. Publishing
+is a store of ``sq_tail``; the doorbell (an eventfd write) is rung only when the server
+has said it sleeps. Waiting polls shared memory for ``poll_us`` first and only then sleeps
+on this client's own eventfd. Fence progress is read from the ring header without any
+system call.
+
+Everything else (buffers, errors' full text, malformed submissions, command-list
+recording) goes through the socket path this class extends. Submissions the fast path
+does not express (more than one wait per engine, a malformed header) go there too: the
+server's validator then gives them their exact error.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import struct
+import time
+from collections.abc import Sequence
+
+from ..abi import ABI_VERSION, COMMAND_BYTES, SUBMIT, WAIT
+from ..abi.layout import MAX_WAITS_PER_SUBMIT
+from ..spec import Engine, ErrorCode, FFAccelError
+from .protocol import (
+    CQE,
+    RING_HEADER,
+    RING_SETUP,
+    SQE_BYTES,
+    SQE_HEADER,
+    Msg,
+    RingClientFlags,
+    RingServerFlags,
+    SqeFlags,
+    close_fds,
+    decode_error,
+    ring_words,
+)
+from .socket import SocketTransport, device_lost
+
+_U64 = struct.Struct("<Q")
+_SUBMIT = SUBMIT.struct
+_WAIT = WAIT.struct
+_SQE = SQE_HEADER.struct
+_CQE = CQE.struct
+_SQE_HDR = SQE_HEADER.size_bytes
+_ZERO_CMD = bytes(COMMAND_BYTES)
+
+
+class RingTransport(SocketTransport):
+    """A socket connection plus an SQ/CQ ring pair for submissions and fence progress.
+
+    Parameters
+    ----------
+    path : str
+        The server's Unix socket.
+    entries : int
+        Slots per queue (a power of two); a submission of more commands uses the socket.
+    poll_us : int
+        How long a wait busy-polls shared memory before sleeping on the eventfd.
+    timeout_s : float
+        Longest any call waits for the server.
+    """
+
+    kind = "ring"
+
+    def __init__(self, path: str, entries: int = 256, poll_us: int = 200, timeout_s: float = 30.0) -> None:
+        super().__init__(path, timeout_s)
+        self.poll_ns = int(poll_us * 1000)
+        self.entries = entries
+        self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            _, fds = self._call(Msg.RING_SETUP, RING_SETUP.struct.pack(entries, 0), fds=[self._evfd],
+                                want_fds=True)
+        except BaseException:
+            os.close(self._evfd)
+            raise
+        if len(fds) != 2:
+            close_fds(fds)
+            raise device_lost(f"the server sent {len(fds)} fds for a ring")
+        ring_fd, self._doorbell = fds
+        size = os.fstat(ring_fd).st_size
+        self._mm = mmap.mmap(ring_fd, size)
+        os.close(ring_fd)
+        hdr = dict(zip(RING_HEADER.names, RING_HEADER.struct.unpack_from(self._mm, 0)))
+        self._sq_off, self._cq_off = hdr["sq_offset_bytes"], hdr["cq_offset_bytes"]
+        self._mask = entries - 1
+        self._w = ring_words(self._mm)  # header words: single loads and stores (see ring_words)
+        self._sq_tail = 0  # our own copies of the indices we write
+        self._cq_head = 0
+        self._seq = 0
+
+    # -- shared-memory helpers ---------------------------------------------------------------
+    def _get32(self, name: str) -> int:
+        return self._w[name].value
+
+    def _check_ring(self) -> None:
+        """Raise the ring's error if the server broke it (called with ``_lock`` held)."""
+        if self._get32("server_flags") & RingServerFlags.BROKEN:
+            eid = self._w["error_id"].value
+            self._raise_completion(eid, self._get32("error"))
+
+    def _sleep(self, deadline_ns: int) -> None:
+        """Sleep on our eventfd (or the socket, which turns readable when the server dies)."""
+        word = self._w["client_flags"]
+        flags = word.value
+        word.value = flags | RingClientFlags.WAITING
+        try:
+            left = (deadline_ns - time.monotonic_ns()) / 1e9
+            r, _, _ = select.select([self._evfd, self._sock], [], [], max(0.0, min(left, 0.05)))
+            if self._sock in r:
+                raise self._lose("the server closed the connection")
+            if r:
+                try:
+                    os.eventfd_read(self._evfd)
+                except BlockingIOError:
+                    pass
+        finally:
+            word.value = flags & ~RingClientFlags.WAITING
+
+    def _lose(self, why: str) -> FFAccelError:
+        self._lost = device_lost(why)
+        return self._lost
+
+    # -- work ---------------------------------------------------------------------------------
+    def submit(self, raw: bytes) -> tuple[Engine, int]:
+        entries = self._entries_for(raw)
+        if entries is None:
+            return super().submit(raw)  # the socket path; the server's validator decides
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            if self._closed:
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
+            self._check_ring()
+            self._seq += 1
+            seq = self._seq
+            self._publish(entries, seq)
+            return self._reap(seq)
+
+    def _entries_for(self, raw: bytes) -> list[bytes] | None:
+        """The ring entries for a well-formed submission, or None to use the socket."""
+        hs = _SUBMIT.size
+        if len(raw) < hs:
+            return None
+        abi, engine, flags, n_cmd, n_wait, r0, r1 = _SUBMIT.unpack_from(raw, 0)
+        if (abi != ABI_VERSION or flags or r0 or r1 or n_wait > MAX_WAITS_PER_SUBMIT or n_cmd >= self.entries
+                or len(raw) != hs + n_wait * WAIT.size_bytes + n_cmd * COMMAND_BYTES):
+            return None
+        w = {int(Engine.COMPUTE): 0, int(Engine.COPY): 0}
+        for i in range(n_wait):
+            e, res, v = _WAIT.unpack_from(raw, hs + i * WAIT.size_bytes)
+            if res or e not in w or w[e] or v == 0:  # one wait per engine; 0 means "none" on the ring
+                return None
+            w[e] = v
+        wc, wp = w[int(Engine.COMPUTE)], w[int(Engine.COPY)]
+        base = hs + n_wait * WAIT.size_bytes
+        if n_cmd == 0:
+            return [_SQE.pack(0, engine, SqeFlags.EMPTY, wc, wp, 0, 0) + _ZERO_CMD]
+        link = _SQE.pack(0, engine, SqeFlags.LINK, wc, wp, 0, 0)
+        last = _SQE.pack(0, engine, 0, wc, wp, 0, 0)
+        return [(link if i < n_cmd - 1 else last) + raw[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES]
+                for i in range(n_cmd)]
+
+    def _publish(self, entries: list[bytes], seq: int) -> None:
+        mm, mask = self._mm, self._mask
+        deadline = time.monotonic_ns() + int(self.timeout_s * 1e9)
+        # room in the SQ (the server consumes while the CQ has room; we reap everything we submit)
+        while ((self._sq_tail - self._get32("sq_head")) & 0xFFFF_FFFF) + len(entries) > self.entries:
+            self._check_ring()
+            if time.monotonic_ns() > deadline:
+                raise self._lose("the ring's submission queue stayed full")
+            self._sleep(deadline)
+        last = len(entries) - 1
+        for i, e in enumerate(entries):
+            off = self._sq_off + ((self._sq_tail + i) & mask) * SQE_BYTES
+            mm[off: off + SQE_BYTES] = e
+            if i == last:
+                _U64.pack_into(mm, off, seq)  # user_data of the chain's last entry
+        self._sq_tail = (self._sq_tail + len(entries)) & 0xFFFF_FFFF
+        self._w["sq_tail"].value = self._sq_tail
+        if self._get32("server_flags") & RingServerFlags.SLEEPING:
+            os.eventfd_write(self._doorbell, 1)
+
+    def _reap(self, seq: int) -> tuple[Engine, int]:
+        mm = self._mm
+        start = time.monotonic_ns()
+        deadline = start + int(self.timeout_s * 1e9)
+        while True:
+            if self._get32("cq_tail") != self._cq_head:
+                off = self._cq_off + (self._cq_head & self._mask) * CQE.size_bytes
+                user_data, status, engine, value, idx, _res, eid = _CQE.unpack_from(mm, off)
+                self._cq_head = (self._cq_head + 1) & 0xFFFF_FFFF
+                self._w["cq_head"].value = self._cq_head
+                if user_data != seq:
+                    raise self._lose(f"completion for {user_data}, expected {seq}")
+                if status:
+                    return self._raise_completion(eid, status)
+                return Engine(engine), value
+            now = time.monotonic_ns()
+            if now - start < self.poll_ns:
+                continue
+            self._check_ring()
+            if now > deadline:
+                raise self._lose(f"no completion within {self.timeout_s} s")
+            self._sleep(deadline)
+
+    def _raise_completion(self, eid: int, status: int) -> tuple[Engine, int]:
+        # the CQE carries the code; the full text (param, value seen, allowed) comes once, by socket
+        self._lock.release()
+        try:
+            body, _ = self._call(Msg.ERROR_TEXT, _U64.pack(eid))
+        finally:
+            self._lock.acquire()
+        raise decode_error(status, body)
+
+    def completed(self, engine: Engine) -> int:
+        if self._lost is not None:
+            raise self._lost
+        return self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"].value
+
+    def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
+        word = self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"]
+        if self._lost is None and word.value >= value:
+            return
+        end = time.monotonic_ns() + min(self.poll_ns, max(0, timeout_ns or 0))
+        while time.monotonic_ns() < end:
+            if word.value >= value:
+                return
+        super().wait(engine, value, timeout_ns)  # the server blocks for us, with the deadline
+
+    def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
+        w = {Engine.COMPUTE: 0, Engine.COPY: 0}
+        for e, v in waits:
+            w[e] = max(w[e], v)
+        entry = _SQE.pack(0, int(engine), SqeFlags.REPLAY, w[Engine.COMPUTE], w[Engine.COPY], list_id, 0) + _ZERO_CMD
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            self._check_ring()
+            self._seq += 1
+            seq = self._seq
+            self._publish([entry], seq)
+            return self._reap(seq)
+
+    def close(self) -> None:
+        if self._closed:
+            return  # never close fd numbers twice: they may name someone else's files by now
+        super().close()
+        for fd in (self._evfd, self._doorbell):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+__all__ = ["RingTransport"]

@@ -1,0 +1,351 @@
+"""Client side of the socket path: one request and one reply per call (the ``ioctl`` model).
+
+Buffers are memfds the server creates and passes with SCM_RIGHTS; this side maps them, so
+``Buffer.array()`` is the very memory the driver computes in (zero copy). What crosses the
+socket is ABI bytes (submissions) and small fixed-size replies.
+
+The host-array path of the front-ends (``matmul`` on NumPy arrays, ``blas.gemm``) cannot
+hand the server a pointer into this process: :meth:`SocketTransport.prepare_gemm` keeps one
+shared staging buffer per GEMM geometry and **copies** inputs in and D out around each
+call. Zero copy means working with Buffers.
+
+A server that dies (or stops answering within ``timeout_s``) turns every call into
+FFAccelError DEVICE_LOST; nothing blocks longer than its timeout.
+"""
+
+from __future__ import annotations
+
+import mmap
+import numbers
+import os
+import pickle
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..abi import (
+    ABI_VERSION,
+    Gemm,
+    GemmOp,
+    Matrix,
+    PostOpDesc,
+    check_command,
+    encode_submission,
+)
+from ..drivers import DriverInfo, GemmKernel
+from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
+from .protocol import (
+    FENCE_REPLY,
+    HANDLE_REPLY,
+    HELLO,
+    MSG,
+    REPLAY_REQ,
+    REPLY,
+    STATS,
+    WAIT_REQ,
+    WIRE_VERSION,
+    Msg,
+    close_fds,
+    decode_error,
+    recv_exact,
+    send_msg,
+)
+
+_U32x2 = struct.Struct("<II")
+_U64 = struct.Struct("<Q")
+_MSG = MSG.struct
+_REPLY = REPLY.struct
+_FENCE = FENCE_REPLY.struct
+
+
+def device_lost(why: str) -> FFAccelError:
+    return FFAccelError(ErrorCode.DEVICE_LOST, "device", f"the device server is gone or not answering: {why}")
+
+
+class SocketTransport:
+    """One client connection to an ``ffaccel serve`` process.
+
+    Parameters
+    ----------
+    path : str
+        The server's Unix socket.
+    timeout_s : float
+        Longest any call waits for the server (fence waits: their own timeout plus this).
+    """
+
+    kind = "socket"
+
+    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
+        self.path = path
+        self.timeout_s = float(timeout_s)
+        self._lock = threading.Lock()
+        self._lost: FFAccelError | None = None
+        self._closed = False
+        self._fds: dict[int, int] = {}  # handle -> our memfd (kept for export)
+        self._completed = {e: 0 for e in Engine}
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(self.timeout_s)
+        try:
+            self._sock.connect(path)
+        except OSError as e:
+            self._sock.close()
+            raise device_lost(f"cannot connect to {path!r} ({e.strerror or e})") from None
+        body, _ = self._call(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION))
+        self._info: DriverInfo = pickle.loads(body)  # the server is trusted; clients' bytes never are
+
+    # -- framing ----------------------------------------------------------------------------
+    def _call(self, msg: Msg, payload: bytes = b"", fds: Sequence[int] = (), want_fds: bool = False,
+              timeout_s: float | None = None) -> tuple[bytes, list[int]]:
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            if self._closed:
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
+            got: list[int] = []
+            try:
+                if timeout_s is not None:
+                    self._sock.settimeout(timeout_s)
+                send_msg(self._sock, _MSG.pack(int(msg), 0, len(payload)), payload, fds)
+                status, _res, length = _REPLY.unpack(recv_exact(self._sock, _REPLY.size, got))
+                body = recv_exact(self._sock, length, got) if length else b""
+            except (OSError, EOFError) as e:  # includes socket.timeout
+                close_fds(got)
+                self._lost = device_lost(f"{type(e).__name__}: {e}")
+                raise self._lost from None
+            finally:
+                if timeout_s is not None and self._lost is None:
+                    self._sock.settimeout(self.timeout_s)
+        if status:
+            close_fds(got)
+            raise decode_error(status, body)
+        if not want_fds:
+            close_fds(got)
+        return body, got
+
+    # -- queries ------------------------------------------------------------------------------
+    def info(self) -> DriverInfo:
+        return self._info
+
+    def stats(self) -> dict[str, int]:
+        """Server-wide counters: clients, buffers, bytes charged to quotas, submissions."""
+        body, _ = self._call(Msg.STATS)
+        return dict(zip(STATS.names, STATS.struct.unpack(body)))
+
+    # -- memory ---------------------------------------------------------------------------------
+    def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, numbers.Integral) or not 0 < size_bytes < 2**64:
+            # not representable in the u64 the wire carries; the server checks the range
+            raise violation("memory.size", size_bytes, "an integer in [1, max_buffer_bytes]")
+        body, fds = self._call(Msg.ALLOC, _U64.pack(int(size_bytes)), want_fds=True)
+        handle, _res, size = HANDLE_REPLY.struct.unpack(body)
+        return handle, self._map(handle, fds, size)
+
+    def _map(self, handle: int, fds: list[int], size: int) -> np.ndarray:
+        if len(fds) != 1:
+            close_fds(fds)
+            raise device_lost(f"the server sent {len(fds)} fds for a buffer")
+        fd = fds[0]
+        mm = mmap.mmap(fd, size)
+        self._fds[handle] = fd
+        return np.frombuffer(mm, np.uint8)
+
+    def free(self, handle: int) -> None:
+        if isinstance(handle, bool) or not isinstance(handle, numbers.Integral) or not 0 <= handle < 2**32:
+            raise violation("memory.handle", handle, "a handle of this client")
+        self._call(Msg.FREE, _U32x2.pack(int(handle), 0))
+        fd = self._fds.pop(int(handle), None)
+        if fd is not None:
+            os.close(fd)
+
+    def export_fd(self, handle: int) -> int:
+        """A new file descriptor for a buffer (dma-buf style): pass it to another process to import."""
+        fd = self._fds.get(handle)
+        if fd is None:
+            raise violation("memory.handle", handle, f"one of {sorted(self._fds)}")
+        return os.dup(fd)
+
+    def import_fd(self, fd: int) -> tuple[int, np.ndarray]:
+        """Add a buffer exported by another client of the same server to this client's table."""
+        if isinstance(fd, bool) or not isinstance(fd, numbers.Integral) or fd < 0:
+            raise violation("wire.import", fd, "an open file descriptor")
+        body, _ = self._call(Msg.IMPORT, b"", fds=[int(fd)])
+        handle, _res, size = HANDLE_REPLY.struct.unpack(body)
+        return handle, self._map(handle, [os.dup(fd)], size)
+
+    # -- work -------------------------------------------------------------------------------------
+    def _note(self, body: bytes) -> tuple[Engine, int]:
+        engine, _res, value, c0, c1 = _FENCE.unpack(body)
+        done = self._completed
+        if c0 > done[Engine.COMPUTE]:
+            done[Engine.COMPUTE] = c0
+        if c1 > done[Engine.COPY]:
+            done[Engine.COPY] = c1
+        return Engine(engine), value
+
+    def submit(self, raw: bytes) -> tuple[Engine, int]:
+        body, _ = self._call(Msg.SUBMIT, bytes(raw))
+        return self._note(body)
+
+    def completed(self, engine: Engine) -> int:
+        body, _ = self._call(Msg.COMPLETED, _U32x2.pack(int(engine), 0))
+        self._note(body)
+        return self._completed[engine]
+
+    def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
+        if self._completed[engine] >= value:  # known signalled from an earlier reply
+            return
+        t = 0 if timeout_ns is None else max(0, int(timeout_ns))
+        body, _ = self._call(Msg.WAIT, WAIT_REQ.struct.pack(int(engine), 0, int(value), t),
+                             timeout_s=t / 1e9 + self.timeout_s)
+        self._note(body)
+
+    # -- command lists ----------------------------------------------------------------------------
+    def record(self, raw: bytes) -> int:
+        body, _ = self._call(Msg.RECORD, bytes(raw))
+        return _U32x2.unpack(body)[0]
+
+    def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
+        w = {Engine.COMPUTE: 0, Engine.COPY: 0}
+        for e, v in waits:
+            w[e] = max(w[e], v)
+        body, _ = self._call(Msg.REPLAY, REPLAY_REQ.struct.pack(list_id, int(engine), w[Engine.COMPUTE],
+                                                                  w[Engine.COPY]))
+        return self._note(body)
+
+    def free_list(self, list_id: int) -> None:
+        self._call(Msg.FREE_LIST, _U32x2.pack(list_id, 0))
+
+    # -- the host-array path ---------------------------------------------------------------------
+    def prepare_gemm(self, descriptor: bytes) -> GemmKernel:
+        """A kernel for one GEMM geometry that stages host arrays through a shared buffer.
+
+        The descriptor's geometry is decoded by the abi's own check; the server validates
+        the staged command again on every submission (it trusts nothing from here).
+        Inputs are copied in, the GEMM runs in the server, D is copied out.
+        """
+        op = check_command(descriptor, self._info.caps)
+        if not isinstance(op, GemmOp):
+            raise violation("cmd.opcode", "COPY", "GEMM")
+        return _StagedGemm(self, op).kernel
+
+    @property
+    def host_visible(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()
+
+
+    def __del__(self) -> None:
+        # a Device dropped without close(): hang up quietly (the server frees what it held)
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class _StagedGemm:
+    """One geometry's staging buffer and the pre-encoded submission that computes in it."""
+
+    def __init__(self, transport: SocketTransport, op: GemmOp) -> None:
+        self.t = transport
+        self.lock = threading.Lock()
+        batch = op.batch
+        pos = 0
+        regions: list[tuple[int, tuple[int, int, int], np.dtype]] = []
+
+        def region(dtype: object, rows: int, cols: int, broadcast: bool) -> int:
+            nonlocal pos
+            nb = 1 if broadcast else batch
+            start = pos
+            regions.append((start, (nb, rows, cols), np.dtype(DTYPES[dtype].numpy)))  # type: ignore[index]
+            pos = -(-(start + nb * rows * cols * DTYPES[dtype].itemsize_bytes) // 64) * 64  # type: ignore[index]
+            return start
+
+        m, n, k = op.m, op.n, op.k
+        a_off = region(op.a.dtype, m, k, op.a.batch_stride == 0)
+        b_off = region(op.b.dtype, k, n, op.b.batch_stride == 0)
+        c_off = region(op.c.dtype, m, n, op.c.batch_stride == 0) if op.c is not None else None
+        d_off = region(op.d.dtype, m, n, False)
+        epi_offs = []
+        for p in op.epilogue:
+            if p.operand is None:
+                epi_offs.append(None)
+            else:
+                epi_offs.append(region(p.operand.dtype, p.operand.rows, p.operand.cols, p.operand.batch_stride == 0))
+        handle, memory = transport.alloc(max(64, pos))
+        self.handle = handle
+        weakref.finalize(self, _free_quietly, weakref.ref(transport), handle)
+
+        def mat(dtype: object, off: int, rows: int, cols: int, broadcast: bool) -> Matrix:
+            return Matrix(handle, dtype, rows, cols, max(1, cols), off,  # type: ignore[arg-type]
+                          0 if broadcast or batch <= 1 else rows * cols)
+
+        views = [np.ndarray(shape, dt, buffer=memory, offset=off) for off, shape, dt in regions]
+        self.views = views
+        it = iter(views)
+        self.av, self.bv = next(it), next(it)
+        self.cv = next(it) if c_off is not None else None
+        self.dv = next(it)
+        self.ev = [next(it) if o is not None else None for o in epi_offs]
+        gemm = Gemm(
+            m=m, n=n, k=k, batch=batch,
+            a=mat(op.a.dtype, a_off, m, k, op.a.batch_stride == 0),
+            b=mat(op.b.dtype, b_off, k, n, op.b.batch_stride == 0),
+            c=mat(op.c.dtype, c_off, m, n, op.c.batch_stride == 0) if op.c is not None and c_off is not None else None,
+            d=mat(op.d.dtype, d_off, m, n, False),
+            alpha=op.alpha, beta=op.beta, acc_dtype=op.combo.acc,
+            epilogue=tuple(
+                PostOpDesc(p.kind, p.param0, p.param1,
+                           None if p.operand is None or o is None else
+                           mat(p.operand.dtype, o, p.operand.rows, p.operand.cols, p.operand.batch_stride == 0))
+                for p, o in zip(op.epilogue, epi_offs)),
+        )
+        self.raw = encode_submission([gemm.encode()])
+
+    def kernel(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+               epi: tuple[np.ndarray | None, ...]) -> None:
+        with self.lock:
+            _stage(self.av, a)
+            _stage(self.bv, b)
+            if self.cv is not None and c is not None:
+                _stage(self.cv, c)
+            for v, x in zip(self.ev, epi):
+                if v is not None and x is not None:
+                    _stage(v, x)
+            engine, value = self.t.submit(self.raw)
+            self.t.wait(engine, value, int(self.t.timeout_s * 1e9))
+            np.copyto(d, self.dv)
+
+
+def _stage(view: np.ndarray, x: np.ndarray) -> None:
+    np.copyto(view, x[: view.shape[0]] if view.shape[0] != x.shape[0] else x)
+
+
+def _free_quietly(ref: "weakref.ref[SocketTransport]", handle: int) -> None:
+    t = ref()
+    if t is not None and not t._closed and t._lost is None:
+        try:
+            t.free(handle)
+        except Exception:  # noqa: BLE001 - best effort at garbage collection
+            pass
+
+
+__all__ = ["SocketTransport", "device_lost"]

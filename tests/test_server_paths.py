@@ -1,0 +1,229 @@
+"""The device server: both client paths pass the conformance suite and run everything unchanged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ffaccel
+from ffaccel.abi import Copy, Gemm
+from ffaccel.conformance import check_device
+from ffaccel.spec import RULES, ErrorCode, FFAccelError
+
+sys.path.insert(0, os.path.dirname(__file__))  # --import-mode=importlib: reach the helper beside us
+from server_util import ServerProcess  # noqa: E402
+
+PATHS = ("socket", "ring")
+CHILD_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("srv"), "--max-client-memory", str(64 << 20))
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_conformance_quick_passes_through_the_server(server, path) -> None:
+    report = check_device(lambda: server.open(path), "quick")
+    assert report.passed, report.to_markdown()
+    assert {"GEMM", "COPY", "ENGINE", "ERROR"} <= {r.op for r in report.results}
+
+
+def _gemm(dev: ffaccel.Device, a: np.ndarray, b: np.ndarray):
+    m, k = a.shape
+    n = b.shape[1]
+    A, B, D = dev.alloc(a.nbytes), dev.alloc(b.nbytes), dev.alloc(m * n * 4)
+    A.write(a)
+    B.write(b)
+    g = Gemm(m=m, n=n, k=k, a=A.matrix(np.float32, m, k), b=B.matrix(np.float32, k, n), d=D.matrix(np.float32, m, n))
+    return A, B, D, g
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_buffers_are_zero_copy_and_frontends_work_unchanged(server, path) -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((33, 17), np.float32), rng.standard_normal((17, 9), np.float32)
+    with server.open(path) as dev:
+        A, B, D, g = _gemm(dev, a, b)
+        view = D.array(np.float32, (33, 9))  # a view of the shared mapping, taken before the GEMM runs
+        dev.submit([g]).wait(timeout_ns=10**10)
+        np.testing.assert_allclose(view, a @ b, rtol=1e-5, atol=1e-5)
+        A.array(np.float32, (33, 17))[:] = 2 * a  # writes through the mapping are what the server reads
+        dev.submit([g]).wait(timeout_ns=10**10)
+        np.testing.assert_allclose(view, 2 * a @ b, rtol=1e-5, atol=1e-5)
+        # the host-array path stages through a shared buffer, with the same results
+        np.testing.assert_allclose(ffaccel.matmul(a, b, device=dev), a @ b, rtol=1e-5, atol=1e-5)
+        x = rng.standard_normal((3, 8, 5)).astype(np.float32)
+        bias = rng.standard_normal(4).astype(np.float32)
+        got = ffaccel.matmul(x, x[0, :4].T, post_ops=[ffaccel.post.bias(bias), ffaccel.post.relu()], device=dev)
+        np.testing.assert_allclose(got, np.maximum(x @ x[0, :4].T + bias, 0), rtol=1e-5, atol=1e-5)
+        c = np.ones(64)
+        ffaccel.blas.gemm("row", "N", "T", 8, 8, 8, 1.0, np.ones(64), 8, np.ones(64), 8, 0.5, c, 8, device=dev)
+        np.testing.assert_array_equal(c, np.full(64, 8.5))
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.matmul(a, b.astype(np.float64), device=dev)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "b")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_copy_and_compute_engines_ordered_by_fences(server, path) -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((64, 64))
+    with server.open(path) as dev:
+        src, a32, d = dev.alloc(a.nbytes), dev.alloc(64 * 64 * 4), dev.alloc(64 * 64 * 4)
+        src.write(a)
+        f1 = dev.submit([Copy(src=src.matrix(np.float64, 64, 64), dst=a32.matrix(np.float32, 64, 64))], engine="copy")
+        f2 = dev.submit([Gemm(m=64, n=64, k=64, a=a32.matrix(np.float32, 64, 64), b=a32.matrix(np.float32, 64, 64),
+                              d=d.matrix(np.float32, 64, 64))], wait=[f1])
+        f2.wait(timeout_ns=10**10)
+        assert f1.signalled and f2.signalled
+        a32h = a.astype(np.float32)
+        np.testing.assert_allclose(d.read(np.float32, 64 * 64).reshape(64, 64), a32h @ a32h, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_handles_are_per_client_and_quota_is_per_client(server, path) -> None:
+    with server.open(path) as one, server.open(path) as two:
+        mine = one.alloc(64)
+        two.alloc(64)
+        assert mine.handle == 1  # every client numbers from 1: handles name table slots, not buffers
+        # two's handle 1 is its own buffer; one's handle 2 does not exist
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.Buffer(one, 2, np.zeros(16, np.uint8)).free()
+        assert (e.value.code, e.value.param) == (ErrorCode.BAD_HANDLE, "handle")
+        big = one.alloc(48 << 20)
+        with pytest.raises(FFAccelError) as e:
+            one.alloc(32 << 20)  # 64 MiB quota per client
+        assert e.value.code == ErrorCode.OUT_OF_MEMORY and "over quota" in str(e.value)
+        two.alloc(32 << 20).free()  # the other client has its own quota
+        big.free()
+        one.alloc(32 << 20)  # freed bytes are returned to the quota
+
+
+def test_memfds_are_sealed_so_a_client_cannot_truncate_them(server) -> None:
+    with server.open("socket") as dev:
+        buf = dev.alloc(4096)
+        fd = buf.export_fd()
+        try:
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+        buf.write(np.ones(1024, np.float32))  # the mapping is intact
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_export_import_shares_one_buffer_between_processes(server, path) -> None:
+    child = textwrap.dedent(f"""
+        import os, sys, numpy as np, ffaccel
+        from ffaccel.abi import Gemm
+        dev = ffaccel.open({server.name(path)!r} + "&timeout_s=20")
+        shared = dev.import_buffer(int(sys.argv[1]))
+        a = dev.alloc(64); a.write(np.eye(4, dtype=np.float32) * 3)
+        # D lands in the shared buffer (after the 4x4 input the parent wrote there)
+        dev.submit([Gemm(m=4, n=4, k=4, a=a.matrix(np.float32, 4, 4), b=shared.matrix(np.float32, 4, 4),
+                         d=shared.matrix(np.float32, 4, 4, offset_bytes=64))]).wait(timeout_ns=10**10)
+        print("ok", shared.handle)
+    """)
+    with server.open(path) as dev:
+        buf = dev.alloc(128)
+        buf.write(np.arange(16, dtype=np.float32))
+        fd = buf.export_fd()
+        try:
+            out = subprocess.run([sys.executable, "-c", child, str(fd)], pass_fds=[fd], capture_output=True,
+                                 text=True, timeout=CHILD_TIMEOUT_S)
+        finally:
+            os.close(fd)
+        assert out.returncode == 0, out.stderr
+        np.testing.assert_array_equal(buf.read(np.float32, 16, offset_bytes=64), 3 * np.arange(16, dtype=np.float32))
+        with pytest.raises(FFAccelError) as e:  # an fd that is not one of the server's buffers
+            r, w = os.pipe()
+            try:
+                dev.import_buffer(r)
+            finally:
+                os.close(r)
+                os.close(w)
+        assert (e.value.code, e.value.rule) == (ErrorCode.BAD_HANDLE, "wire.import")
+
+
+@pytest.mark.parametrize("name", ["inproc", *PATHS])
+def test_command_lists_validate_once_and_replay(server, name) -> None:
+    dev = ffaccel.open("cpu") if name == "inproc" else server.open(name)
+    with dev:
+        rng = np.random.default_rng(3)
+        a, b = rng.standard_normal((8, 8), np.float32), rng.standard_normal((8, 8), np.float32)
+        A, B, D, g = _gemm(dev, a, b)
+        D2 = dev.alloc(256)
+        cp = Copy(src=D.matrix(np.float32, 8, 8), dst=D2.matrix(np.float32, 8, 8))
+        cl = dev.record([g])
+        copy_list = dev.record([cp], engine="copy")
+        f = cl.replay()
+        f2 = copy_list.replay(wait=[f])
+        f2.wait(timeout_ns=10**10)
+        np.testing.assert_allclose(D2.read(np.float32, 64).reshape(8, 8), a @ b, rtol=1e-5, atol=1e-5)
+        A.write(np.eye(8, dtype=np.float32))  # a replay reads the buffers as they are now
+        cl.replay().wait(timeout_ns=10**10)
+        np.testing.assert_allclose(D.read(np.float32, 64).reshape(8, 8), b, rtol=1e-6)
+        with pytest.raises(FFAccelError) as e:  # refused at record time: nothing is recorded
+            dev.record([Gemm(m=8, n=8, k=8, a=A.matrix(np.float32, 8, 8), b=B.matrix(np.float32, 8, 8),
+                             d=A.matrix(np.float32, 8, 8))])
+        assert e.value.code == ErrorCode.OVERLAP
+        with pytest.raises(FFAccelError) as e:
+            cl.replay(engine="copy")
+        assert e.value.rule == "submit.engine_opcode"
+        before = f.value
+        B.free()
+        with pytest.raises(FFAccelError) as e:
+            cl.replay()
+        assert (e.value.code, e.value.rule) == (ErrorCode.BAD_HANDLE, "cmdlist.stale")
+        cl.free()
+        with pytest.raises(FFAccelError) as e:
+            cl.replay()
+        assert (e.value.code, e.value.rule) == (ErrorCode.BAD_HANDLE, "cmdlist.id")
+        assert dev.submit([]).value == before + 2  # refused replays consumed no fence value
+
+
+def test_inproc_devices_cannot_export() -> None:
+    with ffaccel.open("cpu") as dev:
+        with pytest.raises(FFAccelError) as e:
+            dev.alloc(16).export_fd()
+        assert (e.value.code, e.value.rule) == (ErrorCode.UNSUPPORTED, "wire.export")
+
+
+def test_bad_device_names_are_refused() -> None:
+    for name in ("unix:", "unix:/x?transport=carrier-pigeon", "unix:/x?bogus=1", "unix:/x?transport=ring&entries=3"):
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.open(name)
+        assert e.value.rule == "device.name", name
+    with pytest.raises(FFAccelError) as e:
+        ffaccel.open("unix:/nonexistent/ffaccel.sock")
+    assert e.value.code == ErrorCode.DEVICE_LOST
+
+
+def test_every_transport_rule_is_tripped_by_a_server_test() -> None:
+    import pathlib
+
+    here = pathlib.Path(__file__).parent
+    text = "".join(p.read_text() for p in here.glob("test_server_*.py"))
+    for rid, rule in RULES.items():
+        if rule.scope == "transport":
+            assert f'"{rid}"' in text, rid
+
+
+def test_serve_shuts_down_cleanly_on_sigint(tmp_path) -> None:
+    srv = ServerProcess(tmp_path)
+    dev = srv.open("ring")
+    assert srv.stop(signal.SIGINT) == 0
+    assert not os.path.exists(srv.path)
+    assert "shutting down" in srv.log_text()
+    with pytest.raises(FFAccelError) as e:
+        dev.alloc(16)
+    assert e.value.code == ErrorCode.DEVICE_LOST

@@ -1,0 +1,220 @@
+"""The torch driver and the PyTorch offload mode (skipped where torch is not installed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import ffaccel  # noqa: E402
+import ffaccel.torch  # noqa: E402
+from ffaccel.conformance import check_device  # noqa: E402
+from ffaccel.drivers.torch import TorchDriver  # noqa: E402
+from ffaccel.runtime import Device  # noqa: E402
+from ffaccel.transports.inproc import InprocTransport  # noqa: E402
+
+
+@pytest.fixture
+def one_torch_thread():
+    # The suite alternates NumPy/OpenBLAS (the golden model) with PyTorch calls: with both
+    # pools spinning on 2 cores that is several times slower (see README, thread pools).
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# --------------------------------------------------------------------------------------
+# the driver
+
+
+def test_import_ffaccel_does_not_import_torch() -> None:
+    code = "import sys, ffaccel; names = ffaccel.devices(); assert 'torch' in names; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_conformance_torch_cpu(one_torch_thread) -> None:
+    report = check_device("torch:cpu", "quick")
+    assert report.passed, report.to_markdown()
+
+
+@pytest.mark.parametrize("host_memory", [True, False], ids=["native-kernels", "device-memory"])
+def test_conformance_native_kernels_and_device_memory(one_torch_thread, host_memory: bool) -> None:
+    # native bf16/f16/int8 kernels (what a CPU with AVX512_BF16/VNNI or a GPU uses), and the
+    # non-host-visible memory path a GPU takes (TorchMemory), both exercised on the CPU
+    def factory() -> Device:
+        return Device("torch:cpu", InprocTransport(TorchDriver("cpu", native="bf16,f16,int8",
+                                                               host_memory=host_memory)))
+
+    report = check_device(factory, "quick")
+    assert report.passed, report.to_markdown()
+
+
+def test_device_memory_buffers_copy_in_and_out() -> None:
+    dev = Device("torch:cpu", InprocTransport(TorchDriver("cpu", host_memory=False)))
+    buf = dev.alloc(16)
+    assert not buf.host_visible
+    buf.write(np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(buf.read(np.float32, 4), np.arange(4, dtype=np.float32))
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        buf.array(np.float32)
+    assert e.value.code == ffaccel.ErrorCode.UNSUPPORTED
+
+
+def test_bad_torch_device_names_the_parameter() -> None:
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        ffaccel.open("torch:nosuchdevice")
+    assert e.value.param == "name" and "torch:nosuchdevice" in e.value.message
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        TorchDriver("cpu", native="fp4")
+    assert "fp4" in e.value.message
+
+
+# --------------------------------------------------------------------------------------
+# matmul on DLPack arrays
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_matmul_takes_and_returns_tensors(dtype) -> None:
+    a, b = torch.randn(5, 7).to(dtype), torch.randn(7, 3).to(dtype)
+    r = ffaccel.matmul(a, b)
+    assert isinstance(r, torch.Tensor) and r.dtype == dtype and r.shape == (5, 3)
+    torch.testing.assert_close(r.double(), (a.double() @ b.double()).to(dtype).double(), rtol=1e-2, atol=1e-5)
+    out = torch.empty(5, 3, dtype=dtype)
+    assert ffaccel.matmul(a, b, out=out) is out
+    torch.testing.assert_close(out, r)
+
+
+def test_matmul_refuses_tensors_that_need_grad() -> None:
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        ffaccel.matmul(torch.ones(2, 2, requires_grad=True), torch.ones(2, 2))
+    assert e.value.param == "a" and "grad" in e.value.message
+
+
+# --------------------------------------------------------------------------------------
+# offload mode
+
+
+def _gemm_calls(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 8, generator=g)
+    b3 = torch.randn(4, 8, 5, generator=g)
+    q = torch.randn(2, 3, 10, 8, generator=g)
+    mask = torch.rand(10, 10, generator=g) > 0.3
+    mask.fill_diagonal_(True)
+    return {
+        "linear": F.linear(x, w, torch.ones(6)),
+        "matmul": x @ w.T,
+        "rmatmul": w.T.__rmatmul__(x),
+        "mm": torch.mm(x, w.T),
+        "addmm": torch.addmm(torch.ones(6), x, w.T, beta=0.5, alpha=2.0),
+        "addmm_bias": torch.addmm(torch.ones(6), x, w.T),
+        "addmm_act": torch._addmm_activation(torch.ones(6), x, w.T, use_gelu=True),
+        "bmm": torch.bmm(torch.stack([x[:4]] * 4), b3),
+        "baddbmm": torch.baddbmm(torch.ones(4, 4, 5), torch.stack([x[:4]] * 4), b3, beta=2.0),
+        "sdpa": F.scaled_dot_product_attention(q, q, q),
+        "sdpa_causal": F.scaled_dot_product_attention(q, q, q, is_causal=True),
+        "sdpa_boolmask": F.scaled_dot_product_attention(q, q, q, attn_mask=mask),
+        "sdpa_scale": F.scaled_dot_product_attention(q, q, q, scale=0.3),
+    }
+
+
+def test_every_gemm_family_call_is_offloaded_and_matches() -> None:
+    x = torch.randn(7, 8)
+    with torch.no_grad():
+        want = _gemm_calls(x)
+        with ffaccel.torch.offload("cpu") as session:
+            got = _gemm_calls(x)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert session.stats["host_calls"] == 0, session.stats
+    assert session.stats["offloaded_calls"] == len(want)
+    assert session.stats["offloaded_fraction"] == 1.0
+
+
+def test_host_calls_are_counted_with_their_reason() -> None:
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with ffaccel.torch.offload("cpu") as session:
+        y = lin(x)  # grad enabled and weights need grad: PyTorch runs it (autograd)
+        i = torch.ones(3, 3, dtype=torch.int64) @ torch.ones(3, 3, dtype=torch.int64)
+        h = torch.ones(2, 2, dtype=torch.float32) @ torch.ones(2, 2, dtype=torch.float64).float()
+    assert y.requires_grad and y.grad_fn is not None
+    assert int(i[0, 0]) == 3 and float(h[0, 0]) == 2.0
+    s = session.stats
+    assert s["host_reasons"]["grad required"] == 1
+    assert s["host_reasons"]["dtype unsupported"] == 1
+    assert s["offloaded_calls"] == 1 and s["host_calls"] == 2
+    assert s["host_flops"] == 2 * 3 * 4 * 8 + 2 * 27
+
+
+def test_offload_restores_torch_threads() -> None:
+    before = torch.get_num_threads()
+    with ffaccel.torch.offload("cpu"):
+        assert torch.get_num_threads() == 1  # OpenBLAS does the GEMMs: one spinning pool at a time
+    assert torch.get_num_threads() == before
+    with ffaccel.torch.offload("torch:cpu"):
+        assert torch.get_num_threads() == before  # GEMMs run in PyTorch's own pool
+
+
+# --------------------------------------------------------------------------------------
+# real models, unchanged
+
+
+def _compare(model: torch.nn.Module, *inputs: torch.Tensor, device: str = "cpu", rtol: float = 1e-4,
+             atol: float = 1e-4) -> dict:
+    model.eval()
+    with torch.inference_mode():
+        want = model(*inputs)
+        with ffaccel.torch.offload(device) as session:
+            got = model(*inputs)
+    if hasattr(want, "last_hidden_state"):
+        want, got = want.last_hidden_state, got.last_hidden_state
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    assert session.stats["offloaded_fraction"] >= 0.95, session.stats
+    return session.stats
+
+
+def test_mlp() -> None:
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 10))
+    stats = _compare(mlp, torch.randn(16, 32))
+    assert stats["offloaded_calls"] == 3 and stats["host_calls"] == 0
+
+
+def test_mlp_bf16_on_torch_driver() -> None:
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    # bf16 results: the epilogue rounds once where PyTorch may round twice; a few bf16 ulps apart
+    _compare(mlp, torch.randn(16, 32).to(torch.bfloat16), device="torch:cpu", rtol=3e-2, atol=3e-2)
+
+
+def test_cnn_convolutions_stay_in_pytorch() -> None:
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+        torch.nn.Linear(16 * 16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    stats = _compare(cnn, torch.randn(4, 3, 16, 16))
+    assert stats["offloaded_calls"] == 2  # the two Linear layers; convolutions are not GEMM calls
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_bert_encoder(impl: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64, attn_implementation=impl)
+    model = transformers.BertModel(cfg)
+    ids = torch.randint(0, 128, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 11:] = 0  # padding: the attention mask reaches the fused epilogue as add(E)
+    stats = _compare(model, ids, mask)
+    # per layer: q, k, v, attention output, intermediate, output (+ 2 attention GEMMs) and the pooler
+    assert stats["offloaded_calls"] >= 2 * 6 + 1 and stats["host_calls"] == 0
