@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from importlib.metadata import entry_points
 
-from .base import Driver, DriverInfo, GemmKernel
+from .base import Driver, DriverInfo, FreshKernel, GemmKernel
 
 ENTRY_POINT_GROUP = "ffaccel.drivers"
 _BUILTIN = {
@@ -53,4 +53,4 @@ def load_driver_class(name: str) -> type[Driver]:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["Driver", "DriverInfo", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets", "load_driver_class"]
+__all__ = ["Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets", "load_driver_class"]

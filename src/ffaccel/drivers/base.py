@@ -34,6 +34,7 @@ from ..abi import CopyOp, DeviceCaps, DeviceMemory, GemmOp
 from .rounding import round_to
 
 GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
+FreshKernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,17 @@ class Driver:
         """
         gemm = self.gemm
         return lambda a, b, c, d, epi: gemm(op, a, b, c, d, epi)
+
+    def prepare_gemm_fresh(self, op: GemmOp) -> FreshKernel | None:
+        """Optional fast path: a kernel ``(a, b) -> D`` that returns D as a new array.
+
+        Offered only for GEMMs that read no C and have no epilogue, batch 1; ``a`` and ``b``
+        are the 2-D op(A) and op(B) views and the result is a new C-contiguous (m, n) array of
+        D's dtype. For the tiniest GEMMs, letting the driver allocate D (BLAS returns a fresh
+        array anyway) saves a whole allocation and an in-place pass. None (the default) means
+        the front-end allocates D and calls the ordinary kernel.
+        """
+        return None
 
     def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
         """dst = convert(src), rounding once to nearest even.

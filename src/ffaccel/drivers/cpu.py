@@ -757,6 +757,26 @@ class CpuDriver(Driver):
             kernel = _with_threads(kernel, self._limit)
         return kernel
 
+    def prepare_gemm_fresh(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """Tiny f32/f64 GEMMs with no C and no epilogue: SciPy's ``?gemm`` returns D itself.
+
+        f2py allocates the column-major D^T = alpha * B^T A^T, whose transpose is the C-ordered
+        D: one BLAS call and no extra allocation or pass. Only below OpenBLAS's threading
+        threshold, where SciPy's BLAS runs on the calling thread (see the module docstring).
+        """
+        combo = op.combo
+        if (op.batch != 1 or op.epilogue or op.c is not None or not op.reads_ab or not op.m or not op.n
+                or combo.is_int or combo.a != combo.acc or combo.d != combo.acc
+                or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+            return None
+        f2py = (_DGEMM if combo.acc == DType.F64 else _SGEMM).f2py
+        alpha = float(op.alpha)
+        # op(B)^T and op(A)^T are column-major exactly when the operands are stored untransposed
+        tb, ta = int(op.trans_b), int(op.trans_a)
+        if not ta and not tb:
+            return lambda a, b: f2py(alpha, b.T, a.T).T
+        return lambda a, b: f2py(alpha, b if tb else b.T, a if ta else a.T, 0.0, None, tb, ta).T
+
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
              epi: tuple[np.ndarray | None, ...]) -> None:
         """D = epilogue(alpha * op(A) @ op(B) + beta * C), see :mod:`ffaccel.drivers.base`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -277,6 +277,14 @@ class Device:
                     self._kernels.clear()
                 self._kernels[key] = kernel
         return kernel
+
+    def gemm_fresh_kernel(self, descriptor: bytes) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """The driver's kernel that returns a new D for this geometry, when it offers one.
+
+        Only in-process drivers can (the result lives in this process's memory); others: None.
+        """
+        prepare = getattr(self._transport, "prepare_gemm_fresh", None)
+        return prepare(descriptor) if prepare is not None else None
 
     def close(self) -> None:
         self._transport.close()

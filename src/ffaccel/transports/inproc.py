@@ -32,7 +32,7 @@ from ..abi import (
     gemm_arrays,
     op_handles,
 )
-from ..drivers import Driver, DriverInfo, GemmKernel
+from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
 
 
@@ -186,6 +186,12 @@ class InprocTransport:
         if not isinstance(op, GemmOp):
             raise violation("cmd.opcode", "COPY", "GEMM")
         return self.driver.prepare_gemm(op)
+
+    def prepare_gemm_fresh(self, descriptor: bytes) -> FreshKernel | None:
+        """The driver's optional new-D kernel for one validated geometry (see Driver.prepare_gemm_fresh)."""
+        self._check_open()
+        op = check_command(descriptor, self._caps)
+        return self.driver.prepare_gemm_fresh(op) if isinstance(op, GemmOp) else None
 
     @property
     def host_visible(self) -> bool:
