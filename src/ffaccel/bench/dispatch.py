@@ -2,7 +2,8 @@
 
 A *path* is an open device: in-process (``cpu``), the server's socket path
 (``unix:PATH``) or its ring path (``unix:PATH?transport=ring``). For each size the
-harness times, side by side with NumPy's ``@`` (and ``torch.mm`` when installed):
+harness times, side by side with NumPy's ``@`` (``torch.mm``, when installed, in a pass
+of its own right after: see :mod:`ffaccel.bench.throughput` on spinning thread pools):
 
 * ``matmul``: the NumPy-style front-end on host arrays (what existing code calls);
 * ``submit xN``: one submission of N pre-encoded GEMM descriptors on pre-filled
@@ -80,14 +81,19 @@ def baseline_candidates(n: int) -> dict[str, Callable]:
     rng = np.random.default_rng(n + 2)
     a = rng.standard_normal((n, n)).astype(np.float32)
     b = rng.standard_normal((n, n)).astype(np.float32)
-    out: dict[str, Callable] = {"numpy|@|1": lambda: a @ b}
+    return {"numpy|@|1": lambda: a @ b}
+
+
+def torch_candidates(n: int) -> dict[str, Callable]:
+    """torch.mm, timed in a pass of its own (see :mod:`ffaccel.bench.throughput` on thread pools)."""
     try:
         import torch
     except ImportError:
-        return out
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    out["torch|mm|1"] = lambda: torch.mm(ta, tb)
-    return out
+        return {}
+    rng = np.random.default_rng(n + 2)
+    ta = torch.from_numpy(rng.standard_normal((n, n)).astype(np.float32))
+    tb = torch.from_numpy(rng.standard_normal((n, n)).astype(np.float32))
+    return {"torch|mm|1": lambda: torch.mm(ta, tb)}
 
 
 def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZES,
@@ -105,6 +111,7 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
         if progress is not None:
             progress(f"dispatch {n}x{n}: {len(cands)} candidates")
         timings = measure(cands, rounds=rounds, min_sample_s=min_sample_s)
+        timings.update(measure(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s))
         for key, t in timings.items():
             path, method, batch = key.split("|")
             points.append(DispatchPoint(path, method, n, int(batch), t))

@@ -1,8 +1,16 @@
 """Throughput: GFLOP/s against size for every dtype combination, next to NumPy and PyTorch.
 
 The machine's limit is *measured*, not looked up: the peak is the best f32 GEMM rate
-NumPy's BLAS reaches in this run on the largest size (best sample of several), the
-rate a single-precision GEMM can actually sustain on these cores with this BLAS.
+reached in this run — NumPy's BLAS on a large f32 GEMM (calibration, best sample of
+several) or any f32-accumulating GEMM measured later, whichever is higher — the rate a
+single-precision GEMM can actually sustain on these cores with this BLAS.
+
+PyTorch is timed in its own pass after NumPy and ffaccel for each point: PyTorch's and
+OpenBLAS's thread pools both spin-wait after a call, so interleaving them call by call
+measures the two pools fighting over the cores, not either library. A baseline whose
+previous size already ran below ``SLOW_GFLOPS`` (NumPy's integer and f16 matmuls,
+PyTorch's half types on CPUs without native support) is not timed at sizes where one
+call would take longer than ``MAX_CALL_S``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ QUICK_SIZES = (64, 256, 1024)
 FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
 #: NumPy's own f16 matmul runs without BLAS (~1 GFLOP/s): only time it on small sizes.
 NUMPY_F16_MAX = 256
+#: A baseline is skipped at a size where its rate at the previous size predicts a call above this.
+MAX_CALL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] =
     """GFLOP/s of each device, NumPy and torch, per combination and size (one interleaved run each)."""
     points: list[RatePoint] = []
     for combo in combos:
+        last_rate: dict[str, float] = {}
         for n in sizes:
             a, b = _operands(combo, n)
             out_dtype = DTYPES[combo.d].numpy
@@ -96,18 +107,30 @@ def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] =
                     continue
                 cands[f"ffaccel {name}"] = (lambda dev=dev: matmul(a, b, out_dtype=out_dtype, device=dev))
             # the same multiplication done NumPy's and PyTorch's own way (their output dtypes)
+            affordable = lambda who: 2.0 * n**3 / (last_rate.get(who, float("inf")) * 1e9) <= MAX_CALL_S  # noqa
             np_c = _numpy_candidate(combo, a, b, n)
-            if np_c is not None:
+            if np_c is not None and affordable("numpy"):
                 cands["numpy"] = np_c
             t_c = _torch_candidate(combo, a, b)
-            if t_c is not None:
-                cands["torch"] = t_c
             if progress is not None:
                 progress(f"throughput {combo.name} {n}")
             r = 3 if n >= 1024 else rounds
-            for who, t in measure(cands, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
-                points.append(RatePoint(who, combo.name, n, t))
+            passes = [cands] + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
+            for group in passes:
+                for who, t in measure(group, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
+                    p = RatePoint(who, combo.name, n, t)
+                    last_rate[who] = p.gflops
+                    points.append(p)
     return points
+
+
+def best_f32_rate(points: Sequence[RatePoint]) -> float:
+    """The best single sample of any f32-accumulating float GEMM among ``points`` (GFLOP/s)."""
+    best = 0.0
+    for p in points:
+        if p.combo.split("->")[1] == "f32" and not p.combo.startswith(("int", "uint")):
+            best = max(best, 2.0 * p.size**3 / min(p.timing.samples_s) / 1e9)
+    return best
 
 
 def calibrate_peak(size: int = 2048, rounds: int = 5) -> dict[str, float | str]:
