@@ -188,6 +188,31 @@ def test_mlp() -> None:
     assert stats["offloaded_calls"] == 3 and stats["host_calls"] == 0
 
 
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_layer_gemms_are_offloaded(need_weights: bool) -> None:
+    # nn.MultiheadAttention hides its GEMMs in a fused fast path and a Python composite;
+    # the session opens both, so all four projections/attention GEMMs are seen and offloaded.
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    x = torch.randn(2, 16, 64)
+
+    class Wrap(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return mha(x, x, x, need_weights=need_weights)[0]
+
+    stats = _compare(Wrap(), x)
+    qkv, attn, out = 2 * 32 * 64 * 192, 2 * 2 * (2 * 4 * 16 * 16 * 16), 2 * 32 * 64 * 64
+    assert stats["offloaded_flops"] == qkv + attn + out and stats["host_calls"] == 0
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after the session
+
+
+def test_transformer_encoder_layer() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+    stats = _compare(layer, torch.randn(2, 16, 64))
+    assert stats["offloaded_calls"] >= 5 and stats["host_calls"] == 0
+
+
 def test_mlp_bf16_on_torch_driver() -> None:
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)

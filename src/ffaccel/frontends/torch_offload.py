@@ -29,11 +29,19 @@ spinning threads (measured here: 20x slower). With a device whose GEMMs run outs
 PyTorch, the session therefore runs PyTorch's own (non-GEMM) work on one thread
 (``torch.set_num_threads(1)``) and restores the setting on exit: the GEMMs, which are the
 bulk of the work, keep every core. ``threads=`` overrides this.
+
+Attention layers: ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` have a fused
+inference fast path (``torch._native_multi_head_attention`` and friends) whose matmuls no
+Python-level hook can see. The session turns that fast path off
+(``torch.backends.mha.set_fastpath_enabled(False)``) and restores it on exit, so those layers
+take their ordinary path — linear projections, ``scaled_dot_product_attention`` — whose GEMMs
+the session offloads and counts.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -105,6 +113,7 @@ class OffloadSession:
         self.device = resolve_device(device)
         self._threads = threads
         self._saved_threads: int | None = None
+        self._saved_fastpath: bool | None = None
         self._mode: _Mode | None = None
         self.stats: dict[str, Any] = {}
         self.reset()
@@ -135,6 +144,10 @@ class OffloadSession:
         if want is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(int(want))
+        mha = getattr(torch.backends, "mha", None)
+        self._saved_fastpath = mha.get_fastpath_enabled() if mha is not None else None
+        if mha is not None:  # the fused attention fast path hides its GEMMs (see the module docstring)
+            mha.set_fastpath_enabled(False)
         self._mode = _Mode(self)
         self._mode.__enter__()
         return self
@@ -146,6 +159,9 @@ class OffloadSession:
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
+        if self._saved_fastpath is not None:
+            torch.backends.mha.set_fastpath_enabled(self._saved_fastpath)
+            self._saved_fastpath = None
 
 
 def offload(device: "str | Device | None" = None, *, threads: "int | str | None" = "auto") -> OffloadSession:
@@ -226,6 +242,13 @@ def _scalar(x: Any) -> float:
     return float(x)
 
 
+_COMPOSITE_LOCK = threading.RLock()
+
+
+def _never(*_args: object) -> bool:
+    return False
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, session: OffloadSession) -> None:
         super().__init__()
@@ -250,6 +273,8 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         handler = self.handlers.get(func)
         if handler is None:
+            if func is F.multi_head_attention_forward:
+                return self._open_composite(func, args, kwargs)
             return func(*args, **kwargs)
         try:
             return handler(func, args, kwargs)
@@ -263,6 +288,23 @@ class _Mode(TorchFunctionMode):
             flops = 0
         self.session._count(False, flops, reason)
         return func(*args, **kwargs)
+
+    def _open_composite(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run a Python-level composite (multi-head attention) with this mode still active inside.
+
+        A mode is popped while it handles a call, so the composite's own linear / sdpa calls
+        would be invisible. Re-entering the mode would hand the composite straight back to us
+        (it begins with ``if has_torch_function(...)``), so for this one call that module-level
+        check answers False; the calls inside then reach this mode as usual.
+        """
+        with _COMPOSITE_LOCK:
+            saved = F.has_torch_function
+            F.has_torch_function = _never
+            try:
+                with self:
+                    return func(*args, **kwargs)
+            finally:
+                F.has_torch_function = saved
 
     # -- helpers --------------------------------------------------------------------------
     def _flops_of(self, func: Callable, args: tuple, kwargs: dict) -> int:
