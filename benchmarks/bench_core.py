@@ -15,9 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,8 @@ except ImportError:  # a source checkout that is not installed
 
 from rich.console import Console
 from rich.table import Table
+
+from ffaccel.bench.timing import side_by_side
 
 
 @dataclass(frozen=True)
@@ -50,27 +50,6 @@ class Result:
     @property
     def met(self) -> bool:
         return self.speedup >= self.target
-
-
-def _sample(fn: Callable[[], object], inner: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - t0) / inner
-
-
-def side_by_side(ff: Callable[[], object], ref: Callable[[], object], repeats: int,
-                 inner: int = 1) -> tuple[float, float]:
-    """Median seconds per call of ``ff`` and ``ref``, from interleaved repeats (order alternates)."""
-    ff()  # warm up: plans, caches, BLAS thread start
-    ref()
-    t_ff: list[float] = []
-    t_ref: list[float] = []
-    for r in range(repeats):
-        pair = ((ff, t_ff), (ref, t_ref)) if r % 2 == 0 else ((ref, t_ref), (ff, t_ff))
-        for fn, out in pair:
-            out.append(_sample(fn, inner))
-    return statistics.median(t_ff), statistics.median(t_ref)
 
 
 def _rand(shape: tuple[int, ...], dtype: object, rng: np.random.Generator) -> np.ndarray:
@@ -141,8 +120,8 @@ def run(quick: bool) -> list[Result]:
     # 8: dispatch cost of a tiny call
     a8, b8 = _rand((8, 8), np.float32, rng), _rand((8, 8), np.float32, rng)
     _check(ffaccel.matmul(a8, b8), a8 @ b8, 1e-5)
-    inner = 500 if quick else 5000
-    t_ff, t_np = side_by_side(lambda: ffaccel.matmul(a8, b8), lambda: a8 @ b8, 9 if quick else 21, inner)
+    t_ff, t_np = side_by_side(lambda: ffaccel.matmul(a8, b8), lambda: a8 @ b8, 9 if quick else 21,
+                              min_sample_s=2e-3)
     results.append(Result("f32 matmul 8x8 call", t_ff, t_np, 1 / 3, "time <= 3x NumPy's a @ b"))
     return results
 

@@ -21,9 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,21 +37,7 @@ import ffaccel.torch  # noqa: E402
 from ffaccel.drivers.torch import TorchDriver  # noqa: E402
 from ffaccel.runtime import Device  # noqa: E402
 from ffaccel.transports.inproc import InprocTransport  # noqa: E402
-
-
-def side_by_side(ff: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds per call of ``ff`` and ``ref`` from interleaved repeats (order alternates)."""
-    ff()
-    ref()
-    t_ff: list[float] = []
-    t_ref: list[float] = []
-    for r in range(repeats):
-        pair = ((ff, t_ff), (ref, t_ref)) if r % 2 == 0 else ((ref, t_ref), (ff, t_ff))
-        for fn, out in pair:
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(t_ff), statistics.median(t_ref)
+from ffaccel.bench.timing import side_by_side  # noqa: E402
 
 
 def _row(case: str, ff: float, ref: float, note: str = "") -> None:

@@ -99,3 +99,10 @@ def measure(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 7, 
                 fn()
             samples[name].append((time.perf_counter() - t0) / n)
     return {name: Timing(name, tuple(s)) for name, s in samples.items()}
+
+
+def side_by_side(ff: Callable[[], object], ref: Callable[[], object], rounds: int, *,
+                 min_sample_s: float = 0.0) -> tuple[float, float]:
+    """Median seconds per call of ``ff`` and ``ref``, measured interleaved (see :func:`measure`)."""
+    t = measure({"ff": ff, "ref": ref}, rounds=rounds, warmup=1, min_sample_s=min_sample_s)
+    return t["ff"].median_s, t["ref"].median_s
