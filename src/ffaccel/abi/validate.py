@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..spec import (
     COMBO_BY_DTYPES,
@@ -47,6 +48,10 @@ from .layout import (
 )
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: Engine by its wire value (a dict lookup: the enum's own constructor costs a microsecond per call).
+_ENGINES = {int(e): e for e in Engine}
+_SUBMIT_UNPACK = SUBMIT.struct.unpack_from
+_GEMM_OPCODE, _COPY_OPCODE = Opcode.GEMM, Opcode.COPY  # enum attribute access is slow on 3.11
 #: The field names of each epilogue slot (an unused slot must be all zero).
 _SLOT_FIELDS = tuple(tuple(n for n in GEMM.names if n.startswith(f"epilogue[{i}].")) for i in range(MAX_EPILOGUE_SLOTS))
 
@@ -137,8 +142,9 @@ Op = GemmOp | CopyOp
 HandleLookup = Callable[[int], "int | None"]
 
 
-@dataclass(frozen=True)
-class Submission:
+class Submission(NamedTuple):
+    """A validated submission (a named tuple: built once per submission, on the hot path)."""
+
     engine: Engine
     waits: tuple[tuple[Engine, int], ...]
     ops: tuple[Op, ...]
@@ -495,21 +501,17 @@ def check_submission(
     hs = SUBMIT.size_bytes
     if len(raw) < hs:
         raise violation("submit.command_count", f"{len(raw)} bytes", f">= {hs} bytes (the header)")
-    h = dict(zip(SUBMIT.names, SUBMIT.struct.unpack_from(raw, 0)))
-    if h["abi_version"] != ABI_VERSION:
-        raise violation("submit.abi_version", h["abi_version"], ABI_VERSION)
-    if h["flags"] & ~SUBMIT_FLAGS_KNOWN:
-        raise violation("submit.flags", hex(h["flags"]), 0)
-    for name in ("reserved0", "reserved1"):
-        if h[name]:
-            raise violation("submit.reserved", f"{name} = {h[name]}", 0)
-    try:
-        engine = Engine(h["engine"])
-    except ValueError:
-        engine = None
+    abi, eng_raw, flags, n_cmd, n_wait, reserved0, reserved1 = _SUBMIT_UNPACK(raw, 0)
+    if abi != ABI_VERSION:
+        raise violation("submit.abi_version", abi, ABI_VERSION)
+    if flags & ~SUBMIT_FLAGS_KNOWN:
+        raise violation("submit.flags", hex(flags), 0)
+    if reserved0 or reserved1:
+        name, value = ("reserved0", reserved0) if reserved0 else ("reserved1", reserved1)
+        raise violation("submit.reserved", f"{name} = {value}", 0)
+    engine = _ENGINES.get(eng_raw)
     if engine is None or engine not in caps.engines:
-        raise violation("submit.engine", h["engine"], sorted(int(e) for e in caps.engines))
-    n_cmd, n_wait = h["command_count"], h["wait_count"]
+        raise violation("submit.engine", eng_raw, sorted(int(e) for e in caps.engines))
     if n_wait > MAX_WAITS_PER_SUBMIT:
         raise violation("submit.wait", f"wait_count = {n_wait}", f"<= {MAX_WAITS_PER_SUBMIT}")
     expect = hs + n_wait * WAIT.size_bytes + n_cmd * COMMAND_BYTES
@@ -521,23 +523,28 @@ def check_submission(
         we, wres, wval = WAIT.struct.unpack_from(raw, hs + i * WAIT.size_bytes)
         if wres:
             raise violation("submit.reserved", f"wait[{i}].reserved = {wres}", 0)
-        if we not in Engine._value2member_map_ or Engine(we) not in caps.engines:
+        w_engine = _ENGINES.get(we)
+        if w_engine is None or w_engine not in caps.engines:
             raise violation("submit.wait", f"wait[{i}].engine = {we}", sorted(int(e) for e in caps.engines))
-        if wval > submitted(Engine(we)):
+        if wval > submitted(w_engine):
             raise violation("submit.wait", f"wait[{i}].value = {wval}",
-                            f"<= {submitted(Engine(we))} (already submitted on that engine)")
-        waits.append((Engine(we), wval))
+                            f"<= {submitted(w_engine)} (already submitted on that engine)")
+        waits.append((w_engine, wval))
     base = hs + n_wait * WAIT.size_bytes
-    mv = memoryview(raw)
+    # Slicing bytes copies once (the cache key is that copy); other buffers go through a view.
+    src = raw if isinstance(raw, bytes) else memoryview(raw)
     ops = []
     allowed = ENGINE_OPCODES[engine]
     for i in range(n_cmd):
-        cmd = mv[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES]
+        cmd = src[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES]
         try:
-            key = bytes(cmd) if cache is not None else b""
-            hit = cache.get(key, lookup) if cache is not None else None
+            if cache is not None:
+                key = cmd if isinstance(cmd, bytes) else bytes(cmd)
+                hit = cache.get(key, lookup)
+            else:
+                hit = None
             op = hit if hit is not None else check_command(cmd, caps)
-            opcode = Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY
+            opcode = _GEMM_OPCODE if type(op) is GemmOp else _COPY_OPCODE
             if opcode not in allowed:
                 raise violation("submit.engine_opcode", f"{opcode.name} on {engine.name}",
                                 f"{sorted(o.name for o in allowed)} on {engine.name}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import numbers
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,6 +35,50 @@ from ..abi import (
 )
 from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
+
+
+def _nothing() -> None:
+    return None
+
+
+class BoundRuns:
+    """The driver-prepared call for each validated op, bound to its arrays once.
+
+    Keyed by the op object itself: a :class:`ValidationCache` hit returns the very object it
+    validated before, so a repeated command skips view building and kernel planning and just
+    calls the kernel. Sound because handles are never reused (a live handle always names the
+    same memory) and every submission is validated, cache or not, before its runs are looked
+    up; holding the op keeps its ``id`` from being reused. Bounded: cleared when full.
+    """
+
+    def __init__(self, driver: Driver, memory: Callable[[int], np.ndarray], max_entries: int = 8192) -> None:
+        self.driver = driver
+        self.memory = memory
+        self.max_entries = max_entries
+        self._runs: dict[int, tuple[Op, Callable[[], None]]] = {}
+
+    def get(self, op: Op) -> Callable[[], None]:
+        hit = self._runs.get(id(op))
+        if hit is not None and hit[0] is op:
+            return hit[1]
+        driver = self.driver
+        if isinstance(op, GemmOp):
+            a, b, c, d, epi = gemm_arrays(op, self.memory)
+            if op.batch and op.m and op.n:
+                kernel = driver.prepare_gemm(op)
+                run = lambda: kernel(a, b, c, d, epi)  # noqa: E731
+            else:
+                run = _nothing
+        else:
+            src, dst = copy_arrays(op, self.memory)
+            run = (lambda: driver.copy(op, src, dst)) if src.size else _nothing  # type: ignore[arg-type]
+        if len(self._runs) >= self.max_entries:
+            self._runs.clear()
+        self._runs[id(op)] = (op, run)
+        return run
+
+    def clear(self) -> None:
+        self._runs.clear()
 
 
 @dataclass(frozen=True)
@@ -62,6 +107,7 @@ class InprocTransport:
         self._closed = False
         self._lists: dict[int, _Recorded] = {}
         self._cache = ValidationCache()  # memo of the validator for repeated commands (exact)
+        self._runs = BoundRuns(driver, self._memory.__getitem__)
         self._list_ids = itertools.count(1)
 
     # -- queries ------------------------------------------------------------------------
@@ -94,6 +140,7 @@ class InprocTransport:
             if mem is None:
                 raise violation("memory.handle", handle, f"one of {sorted(self._memory)}")
             self._used -= mem.nbytes
+            self._runs.clear()  # bound runs hold views of the memory: let it go
 
     def _size(self, handle: int) -> int | None:
         mem = self._memory.get(handle)
@@ -110,16 +157,9 @@ class InprocTransport:
             return sub.engine, self._timeline[sub.engine]
 
     def _run(self, ops: Sequence[Op]) -> None:
-        memory = self._memory.__getitem__
+        runs = self._runs.get
         for op in ops:
-            if isinstance(op, GemmOp):
-                a, b, c, d, epi = gemm_arrays(op, memory)
-                if op.batch and op.m and op.n:
-                    self.driver.gemm(op, a, b, c, d, epi)
-            else:
-                src, dst = copy_arrays(op, memory)
-                if src.size:
-                    self.driver.copy(op, src, dst)
+            runs(op)()
 
     # -- command lists ------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:
@@ -201,6 +241,7 @@ class InprocTransport:
         with self._lock:
             self._memory.clear()
             self._lists.clear()
+            self._runs.clear()
             self._closed = True
         self.driver.close()
 

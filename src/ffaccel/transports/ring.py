@@ -21,7 +21,7 @@ import os
 import select
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..abi import ABI_VERSION, COMMAND_BYTES, SUBMIT, WAIT
 from ..abi.layout import MAX_WAITS_PER_SUBMIT
@@ -93,6 +93,7 @@ class RingTransport(SocketTransport):
         self._sq_tail = 0  # our own copies of the indices we write
         self._cq_head = 0
         self._seq = 0
+        self._list_sizes: dict[int, int] = {}  # command list id -> commands (see replay)
 
     # -- shared-memory helpers ---------------------------------------------------------------
     def _get32(self, name: str) -> int:
@@ -104,12 +105,18 @@ class RingTransport(SocketTransport):
             eid = self._w["error_id"].value
             self._raise_completion(eid, self._get32("error"))
 
-    def _sleep(self, deadline_ns: int) -> None:
-        """Sleep on our eventfd (or the socket, which turns readable when the server dies)."""
+    def _sleep(self, deadline_ns: int, done: Callable[[], bool] | None = None) -> None:
+        """Sleep on our eventfd (or the socket, which turns readable when the server dies).
+
+        ``done`` is looked at once more after WAITING is set: the server signals only clients it
+        sees waiting, so progress it made just before would otherwise be noticed a nap later.
+        """
         word = self._w["client_flags"]
         flags = word.value
         word.value = flags | RingClientFlags.WAITING
         try:
+            if done is not None and done():
+                return
             left = (deadline_ns - time.monotonic_ns()) / 1e9
             r, _, _ = select.select([self._evfd, self._sock], [], [], max(0.0, min(left, 0.05)))
             if self._sock in r:
@@ -140,10 +147,10 @@ class RingTransport(SocketTransport):
             self._seq += 1
             seq = self._seq
             self._publish(entries, seq)
-            return self._reap(seq)
+            return self._reap(seq, sum(len(e) for e in entries) // SQE_BYTES)
 
     def _entries_for(self, raw: bytes) -> list[bytes] | None:
-        """The ring entries for a well-formed submission, or None to use the socket."""
+        """The ring entries (one linked chain, joined) for a well-formed submission, or None to use the socket."""
         hs = _SUBMIT.size
         if len(raw) < hs:
             return None
@@ -162,36 +169,51 @@ class RingTransport(SocketTransport):
         if n_cmd == 0:
             return [_SQE.pack(0, engine, SqeFlags.EMPTY, wc, wp, 0, 0) + _ZERO_CMD]
         link = _SQE.pack(0, engine, SqeFlags.LINK, wc, wp, 0, 0)
-        last = _SQE.pack(0, engine, 0, wc, wp, 0, 0)
-        return [(link if i < n_cmd - 1 else last) + raw[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES]
-                for i in range(n_cmd)]
+        parts = []
+        for i in range(n_cmd - 1):
+            parts += (link, raw[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES])
+        parts += (_SQE.pack(0, engine, 0, wc, wp, 0, 0), raw[base + (n_cmd - 1) * COMMAND_BYTES:])
+        return [b"".join(parts)]
 
     def _publish(self, entries: list[bytes], seq: int) -> None:
+        """Copy entries (SQE_BYTES each, possibly joined) into the SQ and publish them with one store."""
         mm, mask = self._mm, self._mask
+        blob = entries[0] if len(entries) == 1 else b"".join(entries)
+        count = len(blob) // SQE_BYTES
         deadline = time.monotonic_ns() + int(self.timeout_s * 1e9)
         # room in the SQ (the server consumes while the CQ has room; we reap everything we submit)
-        while ((self._sq_tail - self._get32("sq_head")) & 0xFFFF_FFFF) + len(entries) > self.entries:
+        while ((self._sq_tail - self._get32("sq_head")) & 0xFFFF_FFFF) + count > self.entries:
             self._check_ring()
             if time.monotonic_ns() > deadline:
                 raise self._lose("the ring's submission queue stayed full")
             self._sleep(deadline)
-        last = len(entries) - 1
-        for i, e in enumerate(entries):
-            off = self._sq_off + ((self._sq_tail + i) & mask) * SQE_BYTES
-            mm[off: off + SQE_BYTES] = e
-            if i == last:
-                _U64.pack_into(mm, off, seq)  # user_data of the chain's last entry
-        self._sq_tail = (self._sq_tail + len(entries)) & 0xFFFF_FFFF
+        first = self._sq_tail & mask
+        n1 = min(count, self.entries - first)  # slots before the queue wraps
+        off = self._sq_off + first * SQE_BYTES
+        mm[off: off + n1 * SQE_BYTES] = blob[: n1 * SQE_BYTES]
+        if n1 < count:
+            mm[self._sq_off: self._sq_off + (count - n1) * SQE_BYTES] = blob[n1 * SQE_BYTES:]
+        last = self._sq_off + ((self._sq_tail + count - 1) & mask) * SQE_BYTES
+        _U64.pack_into(mm, last, seq)  # user_data of the chain's last entry
+        self._sq_tail = (self._sq_tail + count) & 0xFFFF_FFFF
         self._w["sq_tail"].value = self._sq_tail
         if self._get32("server_flags") & RingServerFlags.SLEEPING:
             os.eventfd_write(self._doorbell, 1)
 
-    def _reap(self, seq: int) -> tuple[Engine, int]:
+    def _reap(self, seq: int, count: int = 1) -> tuple[Engine, int]:
+        """Wait for the completion of chain ``seq`` of ``count`` entries.
+
+        Busy-polls ``poll_us`` per entry before sleeping: the server runs a chain's entries back
+        to back and answers once, so a long chain would otherwise outlast the budget and make
+        the server pay for waking us (an eventfd write that wakes a sleeping core costs about
+        as much as several tiny GEMMs here) and us for being woken.
+        """
         mm = self._mm
         start = time.monotonic_ns()
         deadline = start + int(self.timeout_s * 1e9)
+        cq_tail = self._w["cq_tail"]
         while True:
-            if self._get32("cq_tail") != self._cq_head:
+            if cq_tail.value != self._cq_head:
                 off = self._cq_off + (self._cq_head & self._mask) * CQE.size_bytes
                 user_data, status, engine, value, idx, _res, eid = _CQE.unpack_from(mm, off)
                 self._cq_head = (self._cq_head + 1) & 0xFFFF_FFFF
@@ -204,10 +226,13 @@ class RingTransport(SocketTransport):
             now = time.monotonic_ns()
             if now - start < self.poll_ns:
                 continue
+            if now - start < self.poll_ns * count:
+                os.sched_yield()  # past the plain budget: keep polling, but cede a core the server needs
+                continue
             self._check_ring()
             if now > deadline:
                 raise self._lose(f"no completion within {self.timeout_s} s")
-            self._sleep(deadline)
+            self._sleep(deadline, lambda: cq_tail.value != self._cq_head)
 
     def _raise_completion(self, eid: int, status: int) -> tuple[Engine, int]:
         # the CQE carries the code; the full text (param, value seen, allowed) comes once, by socket
@@ -245,7 +270,17 @@ class RingTransport(SocketTransport):
             self._seq += 1
             seq = self._seq
             self._publish([entry], seq)
-            return self._reap(seq)
+            return self._reap(seq, self._list_sizes.get(list_id, 1))
+
+    def record(self, raw: bytes) -> int:
+        list_id = super().record(raw)
+        # a replay runs the whole list before it completes: its size sets the busy-poll budget
+        self._list_sizes[list_id] = max(1, _SUBMIT.unpack_from(raw, 0)[3])
+        return list_id
+
+    def free_list(self, list_id: int) -> None:
+        super().free_list(list_id)
+        self._list_sizes.pop(list_id, None)
 
     def close(self) -> None:
         if self._closed:

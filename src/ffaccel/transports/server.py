@@ -46,12 +46,11 @@ from ..abi import (
     Op,
     ValidationCache,
     check_submission,
-    copy_arrays,
-    gemm_arrays,
     op_handles,
 )
 from ..drivers import Driver
 from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
+from .inproc import BoundRuns
 from .protocol import (
     CQE,
     FENCE_REPLY,
@@ -92,9 +91,21 @@ _U32x2 = struct.Struct("<II")
 _SUBMIT = SUBMIT.struct
 _WAIT = WAIT.struct
 _SQE = SQE_HEADER.struct
+_SQE_HDR = SQE_HEADER.size_bytes
+_SQE_FLAGS_AT = struct.Struct("<12xI").unpack_from  # an SQE's flags word (offset 12)
 _CQE = CQE.struct
 _HDR_OFF = {f.name: off for f, off in RING_HEADER.offsets()}
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
+#: Request kinds by wire value, how many fds each carries, and fixed payload sizes (SUBMIT and
+#: RECORD carry a whole submission, checked by the validator).
+_MSG_KINDS = {int(m): m for m in Msg}
+_TAKES_FDS = {Msg.IMPORT: 1, Msg.RING_SETUP: 1}
+_PAYLOAD_BYTES = {Msg.HELLO: HELLO.size_bytes, Msg.ALLOC: 8, Msg.FREE: 8, Msg.WAIT: WAIT_REQ.size_bytes,
+                  Msg.COMPLETED: 8, Msg.IMPORT: 0, Msg.STATS: 0, Msg.RING_SETUP: RING_SETUP.size_bytes,
+                  Msg.ERROR_TEXT: 8, Msg.REPLAY: REPLAY_REQ.size_bytes, Msg.FREE_LIST: 8}
+_FENCE = FENCE_REPLY.struct
+_REPLY_PACK = REPLY.struct.pack
+_COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 #: Longest single sleep of a waiter: a missed wake-up (a race we allow, see the ring poller)
 #: costs at most this, never a hang.
@@ -260,7 +271,8 @@ class Client:
         self.lock = threading.RLock()  # serialises validation + value assignment + enqueue
         self.cond = threading.Condition()  # completions
         self.cache = ValidationCache()
-        self._exec: dict[int, tuple[Op, Callable[[], None]]] = {}
+        table = self.table
+        self.runs = BoundRuns(server.driver, lambda h: table[h].array)  # kernels bound per validated op
         self.lists: dict[int, RecordedList] = {}
         self._list_ids = itertools.count(1)
         self.errors: collections.OrderedDict[int, FFAccelError] = collections.OrderedDict()
@@ -317,37 +329,15 @@ class Client:
                 raise violation("memory.handle", handle, f"one of {sorted(self.table)}")
             self.used -= self.charged.pop(handle, 0)
             self.server.unregister(mem)
+            self.runs.clear()  # bound runs hold views of the mapping: let it go
 
     # -- work -------------------------------------------------------------------------------
-    def _run_for(self, op: Op) -> Callable[[], None]:
-        """The bound, driver-prepared call for a validated op (cached per op object)."""
-        hit = self._exec.get(id(op))
-        if hit is not None and hit[0] is op:
-            return hit[1]
-        table = self.table
-        memory = lambda h: table[h].array  # noqa: E731 - bound once here, not per call
-        driver = self.server.driver
-        if isinstance(op, GemmOp):
-            a, b, c, d, epi = gemm_arrays(op, memory)
-            if op.batch and op.m and op.n:
-                kernel = driver.prepare_gemm(op)
-                run = lambda: kernel(a, b, c, d, epi)  # noqa: E731
-            else:
-                run = _nothing
-        else:
-            src, dst = copy_arrays(op, memory)
-            run = (lambda: driver.copy(op, src, dst)) if src.size else _nothing
-        if len(self._exec) > 8192:
-            self._exec.clear()
-        self._exec[id(op)] = (op, run)
-        return run
-
     def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
         """Validate a whole submission, assign its fence value, and run or queue it."""
         with self.lock:
             self._check_open()
             sub = check_submission(raw, self.server.caps, self.size_of, self.submitted.__getitem__, self.cache)
-            runs = tuple(self._run_for(op) for op in sub.ops)
+            runs = tuple(self.runs.get(op) for op in sub.ops)
             return self._enqueue(sub.engine, runs, sub.waits)
 
     def _enqueue(self, engine: Engine, runs: tuple[Callable[[], None], ...],
@@ -395,8 +385,7 @@ class Client:
             if sub.waits:
                 raise violation("submit.wait", f"wait_count = {len(sub.waits)}",
                                 "0 (a command list's waits are given at replay)")
-            runs = tuple(self._run_for(op) for op in sub.ops)
-            self._exec.clear()  # the list owns its runs; do not let the cache alias them
+            runs = tuple(self.runs.get(op) for op in sub.ops)
             opcodes = frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops)
             handles = tuple(sorted({h for op in sub.ops for h in op_handles(op)}))
             lid = next(self._list_ids)
@@ -451,7 +440,7 @@ class Client:
             self.charged.clear()
             self.used = 0
             self.lists.clear()
-            self._exec.clear()
+            self.runs.clear()
             self.cache.clear()
         with self.cond:
             self.cond.notify_all()
@@ -460,10 +449,6 @@ class Client:
         if ring is not None:
             self.server.poller.remove(ring)
             ring.close()
-
-
-def _nothing() -> None:
-    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -541,37 +526,67 @@ class Ring:
             self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
                                   field="sq_tail"))
             return False
-        did = False
+        # The one copy out of shared memory: every published entry in one go (two slices when the
+        # span wraps). Only this private copy is read from here on; entries it holds beyond the
+        # point where we stop (CQ full, broken ring) are dropped unread and copied again later.
         mask = self.entries - 1
-        mm = self.mm
-        while avail:
-            cq_head = self._get("cq_head")
-            used = (self.cq_tail - cq_head) & 0xFFFF_FFFF
-            if used > self.entries:
-                self._break(violation("ring.index", cq_head, f"within {self.entries} entries behind cq_tail "
-                                      f"{self.cq_tail}", field="cq_head"))
-                return did
-            if used == self.entries:  # no room for a completion: stop consuming (only this client waits)
-                self.set_server_flag(RingServerFlags.CQ_FULL, True)
-                return did
-            off = self.sq_off + (self.sq_head & mask) * SQE_BYTES
-            entry = mm[off: off + SQE_BYTES]  # the one copy out of shared memory; only it is read
-            self.sq_head = (self.sq_head + 1) & 0xFFFF_FFFF
-            avail -= 1
-            self._set("sq_head", self.sq_head)
-            did = True
-            self.pending.append(entry)
-            if _SQE.unpack_from(entry, 0)[2] & SqeFlags.LINK:
-                if len(self.pending) >= self.entries:
-                    self.pending.clear()
+        first = self.sq_head & mask
+        n1 = min(avail, self.entries - first)
+        lo = self.sq_off + first * SQE_BYTES
+        span = self.mm[lo: lo + n1 * SQE_BYTES]
+        if n1 < avail:
+            span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
+        room = self._cq_room()
+        if room < 0:
+            return False
+        start = self.sq_head
+        consumed = 0
+        pending = self.pending
+        for pos in range(0, avail * SQE_BYTES, SQE_BYTES):
+            if room == 0:
+                room = self._cq_room()  # the client may have reaped meanwhile
+                if room <= 0:
+                    if room == 0:  # no room for a completion: stop consuming (only this client waits)
+                        self.set_server_flag(RingServerFlags.CQ_FULL, True)
+                    break
+            entry = span[pos: pos + SQE_BYTES]
+            consumed += 1
+            pending.append(entry)
+            if _SQE_FLAGS_AT(entry, 0)[0] & SqeFlags.LINK:
+                if len(pending) >= self.entries:
+                    pending.clear()
+                    self._advance(consumed)
                     self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
                                           f"fewer than entries ({self.entries}) per chain", field="flags"))
-                    return did
+                    return True
                 continue
-            chain, self.pending = self.pending, []
+            chain, pending = pending, []
+            self.pending = pending
+            # publish our progress before running the chain: the client may refill the slots
+            self._advance(consumed)
+            consumed = 0
             self._complete(chain)
-        self.set_server_flag(RingServerFlags.CQ_FULL, False)
-        return did
+            room -= 1
+        else:
+            self.set_server_flag(RingServerFlags.CQ_FULL, False)
+        self._advance(consumed)
+        return self.sq_head != start
+
+    def _advance(self, n: int) -> None:
+        """Hand ``n`` more consumed SQ slots back to the client (one store of sq_head)."""
+        if n:
+            self.sq_head = (self.sq_head + n) & 0xFFFF_FFFF
+            self._set("sq_head", self.sq_head)
+
+    def _cq_room(self) -> int:
+        """Free CQ slots; -1 after breaking the ring when the client's cq_head is impossible."""
+        cq_head = self._get("cq_head")
+        used = (self.cq_tail - cq_head) & 0xFFFF_FFFF
+        if used > self.entries:
+            self._break(violation("ring.index", cq_head, f"within {self.entries} entries behind cq_tail "
+                                  f"{self.cq_tail}", field="cq_head"))
+            return -1
+        return self.entries - used
 
     def _complete(self, chain: list[bytes]) -> None:
         user_data = _SQE.unpack_from(chain[-1], 0)[0]
@@ -593,9 +608,18 @@ class Ring:
         self._wake_client()
 
     def _submit(self, chain: list[bytes]) -> tuple[Engine, int]:
-        heads = [_SQE.unpack_from(e, 0) for e in chain]
+        # Entries whose header (past user_data) repeats the first one's pass or fail exactly as it
+        # does, so a uniform chain checks only its first and last entries; any other chain checks
+        # every entry, and the first offending one is named.
+        same = chain[0][8:_SQE_HDR]
+        last = len(chain) - 1
+        if all(e[8:_SQE_HDR] == same for e in chain[1:last]) and chain[last][16:_SQE_HDR] == same[8:]:
+            checked = (0, last) if last else (0,)
+        else:
+            checked = range(len(chain))
+        heads = {i: _SQE.unpack_from(chain[i], 0) for i in checked}
         _ud, engine, flags, w_compute, w_copy, list_id, reserved = heads[0]
-        for i, (_u, eng_i, fl, wc, wp, lid, res) in enumerate(heads):
+        for i, (_u, eng_i, fl, wc, wp, lid, res) in heads.items():
             where = f"sqe[{i}]."
             if fl & ~SQE_FLAGS_KNOWN:
                 raise violation("ring.entry", hex(fl), f"only bits in {hex(SQE_FLAGS_KNOWN)}", field=where + "flags")
@@ -621,7 +645,7 @@ class Ring:
         n_cmd = 0 if flags & SqeFlags.EMPTY else len(chain)
         raw = b"".join([_SUBMIT.pack(ABI_VERSION, engine, 0, n_cmd, len(waits), 0, 0)]
                        + [_WAIT.pack(e, 0, v) for e, v in waits]
-                       + ([] if flags & SqeFlags.EMPTY else [c[SQE_HEADER.size_bytes:] for c in chain]))
+                       + ([] if flags & SqeFlags.EMPTY else [c[_SQE_HDR:] for c in chain]))
         return self.client.submit_raw(raw)
 
     def close(self) -> None:
@@ -842,7 +866,8 @@ class Server:
                     self._reply_error(conn, message_error("payload_bytes", length, f"<= {MAX_PAYLOAD_BYTES}"))
                     return
                 try:
-                    payload = recv_exact(conn, length, fds) if length else b""
+                    # fds ride on a message's first bytes (the header); the payload is plain data
+                    payload = recv_exact(conn, length) if length else b""
                 except (EOFError, OSError):
                     return
                 try:
@@ -856,7 +881,7 @@ class Server:
                     self._reply_error(conn, FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
                 else:
                     try:
-                        send_msg(conn, REPLY.struct.pack(0, 0, len(out)), out, out_fds)
+                        send_msg(conn, _REPLY_PACK(0, 0, len(out)), out, out_fds)
                     except OSError:
                         return
                 finally:
@@ -881,20 +906,16 @@ class Server:
 
     def _dispatch(self, client: Client, msg_type: int, payload: bytes, fds: list[int]
                   ) -> tuple[bytes, list[int]]:
-        takes_fds = {Msg.IMPORT: 1, Msg.RING_SETUP: 1}
-        try:
-            kind = Msg(msg_type)
-        except ValueError:
-            raise message_error("msg_type", msg_type, sorted(int(m) for m in Msg)) from None
-        want = takes_fds.get(kind, 0)
+        kind = _MSG_KINDS.get(msg_type)
+        if kind is None:
+            raise message_error("msg_type", msg_type, sorted(int(m) for m in Msg))
+        want = _TAKES_FDS.get(kind, 0)
         if len(fds) != want:
             raise message_error("fds", f"{len(fds)} file descriptors", want)
-        sizes = {Msg.HELLO: HELLO.size_bytes, Msg.ALLOC: 8, Msg.FREE: 8, Msg.WAIT: WAIT_REQ.size_bytes,
-                 Msg.COMPLETED: 8, Msg.IMPORT: 0, Msg.STATS: 0, Msg.RING_SETUP: RING_SETUP.size_bytes,
-                 Msg.ERROR_TEXT: 8, Msg.REPLAY: REPLAY_REQ.size_bytes, Msg.FREE_LIST: 8}
-        if kind in sizes and len(payload) != sizes[kind]:
-            raise message_error("payload_bytes", len(payload), f"{sizes[kind]} for {kind.name}")
-        if kind == Msg.SUBMIT:
+        size = _PAYLOAD_BYTES.get(kind)
+        if size is not None and len(payload) != size:
+            raise message_error("payload_bytes", len(payload), f"{size} for {kind.name}")
+        if kind is Msg.SUBMIT:
             engine, value = client.submit_raw(payload)
             return self._fence(client, engine, value), []
         if kind == Msg.WAIT:
@@ -971,7 +992,7 @@ class Server:
 
     def _fence(self, client: Client, engine: Engine, value: int) -> bytes:
         done = client.completed
-        return FENCE_REPLY.struct.pack(int(engine), 0, value, done[Engine.COMPUTE], done[Engine.COPY])
+        return _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
 
 
 def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_memory: int | None = None,

@@ -110,8 +110,9 @@ class SocketTransport:
                 if timeout_s is not None:
                     self._sock.settimeout(timeout_s)
                 send_msg(self._sock, _MSG.pack(int(msg), 0, len(payload)), payload, fds)
-                status, _res, length = _REPLY.unpack(recv_exact(self._sock, _REPLY.size, got))
-                body = recv_exact(self._sock, length, got) if length else b""
+                # fds ride on the reply's first bytes; only the replies that carry some need recvmsg
+                status, _res, length = _REPLY.unpack(recv_exact(self._sock, _REPLY.size, got if want_fds else None))
+                body = recv_exact(self._sock, length) if length else b""
             except (OSError, EOFError) as e:  # includes socket.timeout
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
