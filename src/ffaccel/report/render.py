@@ -38,10 +38,12 @@ def plot_latency(results: dict[str, Any]) -> bytes:
         if p["batch"] == 1:
             series[f"{p['path']} {p['method']}"].append((p["size"], p["per_op_s"] * 1e6))
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, pts in sorted(series.items()):
+    colors = plt.get_cmap("tab20").colors  # more series than tab10 has colours
+    for i, (label, pts) in enumerate(sorted(series.items())):
         pts.sort()
         style = "--" if label.split()[0] in ("numpy", "torch") else "-"
-        ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o", label=label)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o", label=label,
+                color=colors[i % len(colors)])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("n (n x n x n f32 GEMM)")
@@ -106,8 +108,8 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
     for ax in list(axes.flat)[len(combos):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.supxlabel("n (n x n x n GEMM)", fontsize=9)
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    fig.supxlabel("n (n x n x n GEMM)", fontsize=9, y=0.02)
     fig.supylabel("GFLOP/s (median)", fontsize=9)
     fig.suptitle("Throughput per dtype combination", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
