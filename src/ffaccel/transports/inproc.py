@@ -56,6 +56,7 @@ class BoundRuns:
         self.memory = memory
         self.max_entries = max_entries
         self._runs: dict[int, tuple[Op, Callable[[], None]]] = {}
+        self._blocks: dict[int, tuple[tuple[Op, ...], tuple[Callable[[], None], ...]]] = {}
 
     def get(self, op: Op) -> Callable[[], None]:
         hit = self._runs.get(id(op))
@@ -77,8 +78,21 @@ class BoundRuns:
         self._runs[id(op)] = (op, run)
         return run
 
+    def get_all(self, ops: tuple[Op, ...]) -> tuple[Callable[[], None], ...]:
+        """The runs of a whole validated block; a block the cache returned whole is looked up once."""
+        hit = self._blocks.get(id(ops))
+        if hit is not None and hit[0] is ops:
+            return hit[1]
+        runs = tuple(self.get(op) for op in ops)
+        if len(ops) > 1:
+            if len(self._blocks) >= 256:
+                self._blocks.clear()
+            self._blocks[id(ops)] = (ops, runs)
+        return runs
+
     def clear(self) -> None:
         self._runs.clear()
+        self._blocks.clear()
 
 
 @dataclass(frozen=True)
@@ -156,10 +170,9 @@ class InprocTransport:
             self._timeline[sub.engine] += 1
             return sub.engine, self._timeline[sub.engine]
 
-    def _run(self, ops: Sequence[Op]) -> None:
-        runs = self._runs.get
-        for op in ops:
-            runs(op)()
+    def _run(self, ops: tuple[Op, ...]) -> None:
+        for run in self._runs.get_all(ops):
+            run()
 
     # -- command lists ------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:

@@ -337,7 +337,7 @@ class Client:
         with self.lock:
             self._check_open()
             sub = check_submission(raw, self.server.caps, self.size_of, self.submitted.__getitem__, self.cache)
-            runs = tuple(self.runs.get(op) for op in sub.ops)
+            runs = self.runs.get_all(sub.ops)
             return self._enqueue(sub.engine, runs, sub.waits)
 
     def _enqueue(self, engine: Engine, runs: tuple[Callable[[], None], ...],
