@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 from importlib.metadata import entry_points
 
+from ..spec import violation
 from .base import Driver, DriverInfo, FreshKernel, GemmKernel
 
 ENTRY_POINT_GROUP = "ffaccel.drivers"
@@ -53,4 +54,22 @@ def load_driver_class(name: str) -> type[Driver]:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets", "load_driver_class"]
+def open_driver(name: str) -> Driver:
+    """A driver instance by device name (``"cpu"``, ``"torch:cuda"``, ``"cpu:2"``).
+
+    The part after the first ':' goes to the driver class's constructor; an unknown name or
+    options the driver does not take raise INVALID_PARAMETER naming ``name``.
+    """
+    driver_name, _, options = name.partition(":")
+    try:
+        cls = load_driver_class(driver_name)
+    except KeyError:
+        raise violation("device.name", name, sorted(driver_targets())) from None
+    try:
+        return cls(options) if options else cls()
+    except TypeError as e:  # the driver takes no (or other) options
+        raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
+
+
+__all__ = ["Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets",
+           "load_driver_class", "open_driver"]

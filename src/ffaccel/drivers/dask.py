@@ -64,6 +64,7 @@ from ..spec import (
     numpy_dtype,
     violation,
 )
+from . import open_driver
 from .base import Driver, DriverInfo, GemmKernel
 
 #: GEMMs with fewer FLOPs than this run locally (about a second of one core's BLAS at 1e9 FLOP/s).
@@ -149,26 +150,6 @@ _worker_lock = threading.Lock()
 _worker_drivers: dict[str, Driver] = {}
 _worker_devices: dict[tuple[str, Any], Any] = {}
 _worker_kernels: dict[tuple[str, bytes], GemmKernel] = {}
-
-
-def open_driver(name: str) -> Driver:
-    """A driver by device name (``"cpu"``, ``"torch:cuda"``): the ``open`` convention, one level down.
-
-    The part after the first ':' goes to the driver class's constructor.
-    """
-    from . import load_driver_class
-
-    driver_name, _, options = name.partition(":")
-    try:
-        cls = load_driver_class(driver_name)
-    except KeyError:
-        from . import driver_targets
-
-        raise violation("device.name", name, sorted(driver_targets())) from None
-    try:
-        return cls(options) if options else cls()
-    except TypeError as e:
-        raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
 
 
 def _worker_driver(name: str) -> Driver:
@@ -701,4 +682,4 @@ class DaskDriver(Driver):
             self.client = None
 
 
-__all__ = ["DEFAULT_MIN_FLOPS", "DaskDriver", "open_driver"]
+__all__ = ["DEFAULT_MIN_FLOPS", "DaskDriver"]

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from ..abi import Copy, Gemm, Matrix, encode_submission
-from ..drivers import DriverInfo, GemmKernel, driver_targets, load_driver_class
+from ..drivers import DriverInfo, GemmKernel, driver_targets, open_driver
 from ..spec import SPEC_VERSION, DType, Engine, ErrorCode, FFAccelError, dtype_of_numpy, violation
 from ..transports.inproc import InprocTransport
 
@@ -419,16 +419,7 @@ def open_device(name: str | None = None) -> Device:
         raise violation("device.name", repr(name), devices())
     if name.startswith("unix:"):
         return _open_remote(name)
-    driver_name, _, options = name.partition(":")
-    try:
-        cls = load_driver_class(driver_name)
-    except KeyError:
-        raise violation("device.name", name, devices()) from None
-    try:
-        driver = cls(options) if options else cls()
-    except TypeError as e:  # the driver takes no (or other) options
-        raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
-    return Device(name, InprocTransport(driver))
+    return Device(name, InprocTransport(open_driver(name)))
 
 
 def default_device(name: str | None = None) -> Device:
