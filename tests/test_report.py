@@ -87,6 +87,22 @@ def test_measure_interleaves_and_reports_every_candidate() -> None:
     assert calls[:2] == ["a", "a"] or "b" in calls[:4]  # both ran early: warm-ups, then rotating rounds
 
 
+def test_measure_of_nothing_is_nothing() -> None:
+    # the PyTorch baselines are an empty set where PyTorch is not installed
+    assert measure({}) == {}
+
+
+def test_report_runs_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffaccel.bench.dispatch as dispatch
+    import ffaccel.bench.throughput as throughput
+
+    monkeypatch.setattr(dispatch, "torch_candidates", lambda n: {})
+    monkeypatch.setattr(throughput, "_torch_candidate", lambda combo, a, b: None)
+    res = run_report(_tiny(tmp_path))
+    assert not any(p["path"] == "torch" for p in res["dispatch"]["points"])
+    assert not any(p["who"] == "torch" for p in res["throughput"])
+
+
 def test_cli_report_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ffaccel.report.run as run
 

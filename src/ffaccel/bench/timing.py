@@ -85,6 +85,8 @@ def measure(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 7, 
     True
     """
     names = list(candidates)
+    if not names:  # e.g. the PyTorch baselines where PyTorch is not installed
+        return {}
     for name in names:
         for _ in range(warmup):
             candidates[name]()
