@@ -227,3 +227,18 @@ def test_serve_shuts_down_cleanly_on_sigint(tmp_path) -> None:
     with pytest.raises(FFAccelError) as e:
         dev.alloc(16)
     assert e.value.code == ErrorCode.DEVICE_LOST
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_pytorch_offload_through_the_server(server, path) -> None:
+    torch = pytest.importorskip("torch")  # CI installs torch: this runs there
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
+    x = torch.randn(16, 32)
+    dev = server.open(path)
+    with torch.no_grad():
+        want = mlp(x)
+        with ffaccel.torch.offload(dev) as session:
+            got = mlp(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert session.stats["offloaded_calls"] == 2 and session.stats["host_calls"] == 0
