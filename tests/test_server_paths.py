@@ -208,6 +208,21 @@ def test_bad_device_names_are_refused() -> None:
     assert e.value.code == ErrorCode.DEVICE_LOST
 
 
+def test_socket_poll_us_is_checked(server) -> None:
+    from ffaccel.transports.socket import SocketTransport
+
+    for bad in (-1, 1.5, "10", True, 10**7):
+        with pytest.raises(FFAccelError) as e:
+            SocketTransport(server.path, poll_us=bad)
+        assert e.value.rule == "device.name" and "poll_us" in str(e.value), bad
+    for ok in (0, 50):  # 0: sleep at once; both must still answer
+        t = SocketTransport(server.path, poll_us=ok)
+        try:
+            assert t.stats()["clients"] >= 1
+        finally:
+            t.close()
+
+
 def test_every_transport_rule_is_tripped_by_a_server_test() -> None:
     import pathlib
 

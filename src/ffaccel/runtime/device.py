@@ -396,7 +396,7 @@ def _open_remote(name: str) -> Device:
         if not 2 <= entries <= 4096 or entries & (entries - 1):
             raise violation("device.name", name, "entries a power of two in [2, 4096]")
         return Device(name, RingTransport(path, entries=entries, poll_us=poll_us, timeout_s=timeout_s))
-    return Device(name, SocketTransport(path, timeout_s=timeout_s))
+    return Device(name, SocketTransport(path, timeout_s=timeout_s, poll_us=poll_us))
 
 
 def open_device(name: str | None = None) -> Device:

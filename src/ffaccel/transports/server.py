@@ -17,6 +17,7 @@ worker in submission order.
 
 from __future__ import annotations
 
+import array
 import collections
 import fcntl
 import itertools
@@ -110,6 +111,10 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 #: Longest single sleep of a waiter: a missed wake-up (a race we allow, see the ring poller)
 #: costs at most this, never a hang.
 _NAP_S = 0.02
+#: Default busy-poll of a connection thread for the next request after each reply (microseconds).
+DEFAULT_SOCKET_POLL_US = 200
+_CMSG_FDS = socket.CMSG_SPACE(MAX_FDS * 4)
+_HEAD_BYTES = MSG.size_bytes
 
 
 def default_socket_path() -> str:
@@ -745,11 +750,16 @@ class Server:
         OUT_OF_MEMORY ("over quota").
     poll_us : int
         How long the ring poller busy-polls after the last work before sleeping.
+    socket_poll_us : int
+        How long a connection thread busy-polls its socket for the next request after a reply
+        before blocking (a client in a loop sends its next request within microseconds; a
+        blocked thread costs a wake-up of tens of them). Idle connections cost nothing after it.
     """
 
     def __init__(self, driver: Driver, socket_path: str, *, max_client_memory: int | None = None,
-                 poll_us: int = 200) -> None:
+                 poll_us: int = 200, socket_poll_us: int = DEFAULT_SOCKET_POLL_US) -> None:
         self.driver = driver
+        self.socket_poll_s = max(0, socket_poll_us) / 1e6
         self.info = driver.info()
         self.caps = self.info.caps
         self.socket_path = socket_path
@@ -853,10 +863,16 @@ class Server:
         client.sock = conn  # type: ignore[attr-defined]
         log.info("client %d connected", client.id)
         fds: list[int] = []
+        spin_s = self.socket_poll_s
+        first = True
         try:
             while True:
                 try:
-                    head = recv_exact(conn, MSG.size_bytes, fds)
+                    if first or not spin_s:
+                        head = recv_exact(conn, _HEAD_BYTES, fds)
+                    else:
+                        head = _spin_recv_head(conn, fds, spin_s)
+                    first = False
                 except (EOFError, OSError):
                     return
                 msg_type, reserved, length = MSG.struct.unpack(head)
@@ -995,8 +1011,32 @@ class Server:
         return _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
 
 
+def _spin_recv_head(conn: socket.socket, fds: list[int], spin_s: float) -> bytes:
+    """A request header: busy-poll (non-blocking reads) for up to ``spin_s``, then block."""
+    end = time.monotonic() + spin_s
+    recvmsg = conn.recvmsg
+    while True:
+        try:
+            data, anc, _flags, _ = recvmsg(_HEAD_BYTES, _CMSG_FDS, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if time.monotonic() < end:
+                continue
+            return recv_exact(conn, _HEAD_BYTES, fds)
+        for level, kind, raw in anc:  # fds ride on a message's first bytes
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fa = array.array("i")
+                fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
+                fds.extend(fa)
+        if not data:
+            raise EOFError("peer closed the connection")
+        if len(data) < _HEAD_BYTES:
+            data += recv_exact(conn, _HEAD_BYTES - len(data), fds)
+        return data
+
+
 def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_memory: int | None = None,
-          poll_us: int = 200, ready: Callable[[Server], None] | None = None) -> int:
+          poll_us: int = 200, socket_poll_us: int = DEFAULT_SOCKET_POLL_US,
+          ready: Callable[[Server], None] | None = None) -> int:
     """Run a server until SIGINT/SIGTERM (main thread) or until ``ready``'s server is shut down.
 
     Returns the process exit status (0 on a clean shutdown).
@@ -1008,7 +1048,8 @@ def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_mem
         raise violation("memory.quota", max_client_memory, "a byte count >= 0")
     cls = load_driver_class(driver)
     path = socket_path or default_socket_path()
-    srv = Server(cls(), path, max_client_memory=max_client_memory, poll_us=poll_us)
+    srv = Server(cls(), path, max_client_memory=max_client_memory, poll_us=poll_us,
+                 socket_poll_us=socket_poll_us)
     if threading.current_thread() is threading.main_thread():
         def _stop(signum: int, _frame: object) -> None:
             log.info("signal %d: shutting down", signum)

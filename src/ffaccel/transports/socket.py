@@ -11,6 +11,10 @@ call. Zero copy means working with Buffers.
 
 A server that dies (or stops answering within ``timeout_s``) turns every call into
 FFAccelError DEVICE_LOST; nothing blocks longer than its timeout.
+
+After sending a request the client busy-polls the (non-blocking) socket for up to
+``poll_us`` before sleeping in poll(2): a small request is answered within tens of
+microseconds, about what waking a blocked process costs on its own.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from __future__ import annotations
 import mmap
 import numbers
 import os
+import array
 import pickle
+import select
 import socket
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 
@@ -39,6 +46,7 @@ from ..abi import (
 from ..drivers import DriverInfo, GemmKernel
 from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
 from .protocol import (
+    MAX_FDS,
     FENCE_REPLY,
     HANDLE_REPLY,
     HELLO,
@@ -60,6 +68,15 @@ _U64 = struct.Struct("<Q")
 _MSG = MSG.struct
 _REPLY = REPLY.struct
 _FENCE = FENCE_REPLY.struct
+_REPLY_BYTES = _REPLY.size
+_CMSG_FDS = socket.CMSG_SPACE(MAX_FDS * 4)
+_POLLIN = select.POLLIN | select.POLLERR | select.POLLHUP
+_POLLOUT = select.POLLOUT | select.POLLERR | select.POLLHUP
+_now_ns = time.monotonic_ns
+#: Default busy-poll budget of a call (microseconds) before it sleeps waiting for the reply.
+DEFAULT_POLL_US = 200
+#: Largest poll_us accepted (one second).
+MAX_POLL_US = 1_000_000
 
 
 def device_lost(why: str) -> FFAccelError:
@@ -75,13 +92,18 @@ class SocketTransport:
         The server's Unix socket.
     timeout_s : float
         Longest any call waits for the server (fence waits: their own timeout plus this).
+    poll_us : int
+        How long a call busy-polls for the reply before sleeping (0: sleep at once).
     """
 
     kind = "socket"
 
-    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str, timeout_s: float = 30.0, poll_us: int = DEFAULT_POLL_US) -> None:
+        if isinstance(poll_us, bool) or not isinstance(poll_us, numbers.Integral) or not 0 <= poll_us <= MAX_POLL_US:
+            raise violation("device.name", f"poll_us={poll_us!r}", f"poll_us an integer in [0, {MAX_POLL_US}]")
         self.path = path
         self.timeout_s = float(timeout_s)
+        self.poll_ns = int(poll_us) * 1000
         self._lock = threading.Lock()
         self._lost: FFAccelError | None = None
         self._closed = False
@@ -94,6 +116,9 @@ class SocketTransport:
         except OSError as e:
             self._sock.close()
             raise device_lost(f"cannot connect to {path!r} ({e.strerror or e})") from None
+        self._sock.setblocking(False)  # every call polls (bounded) and then sleeps in poll(2) itself
+        self._poll = select.poll()
+        self._poll.register(self._sock, _POLLIN)
         body, _ = self._call(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION))
         self._info: DriverInfo = pickle.loads(body)  # the server is trusted; clients' bytes never are
 
@@ -107,25 +132,84 @@ class SocketTransport:
                 raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
             got: list[int] = []
             try:
-                if timeout_s is not None:
-                    self._sock.settimeout(timeout_s)
-                send_msg(self._sock, _MSG.pack(int(msg), 0, len(payload)), payload, fds)
-                # fds ride on the reply's first bytes; only the replies that carry some need recvmsg
-                status, _res, length = _REPLY.unpack(recv_exact(self._sock, _REPLY.size, got if want_fds else None))
-                body = recv_exact(self._sock, length) if length else b""
+                deadline = _now_ns() + int((self.timeout_s if timeout_s is None else timeout_s) * 1e9)
+                self._send(_MSG.pack(int(msg), 0, len(payload)) + payload, fds, deadline)
+                status, body = self._recv_reply(got if want_fds else None, deadline)
             except (OSError, EOFError) as e:  # includes socket.timeout
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
                 raise self._lost from None
-            finally:
-                if timeout_s is not None and self._lost is None:
-                    self._sock.settimeout(self.timeout_s)
         if status:
             close_fds(got)
             raise decode_error(status, body)
         if not want_fds:
             close_fds(got)
         return body, got
+
+    def _wait_ready(self, events: int, deadline: int) -> None:
+        """Sleep until the socket is ready for ``events`` (TimeoutError past ``deadline``)."""
+        p = self._poll
+        p.modify(self._sock, events)
+        try:
+            while True:
+                left = deadline - _now_ns()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                if p.poll(-(-left // 1_000_000)):
+                    return
+        finally:
+            if events != _POLLIN:
+                p.modify(self._sock, _POLLIN)
+
+    def _send(self, data: bytes, fds: Sequence[int], deadline: int) -> None:
+        sock = self._sock
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            try:
+                if fds and not sent:  # fds ride on the message's first bytes
+                    sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    sent += sock.send(view[sent:])
+            except BlockingIOError:
+                self._wait_ready(_POLLOUT, deadline)
+
+    def _recv_reply(self, fds: list[int] | None, deadline: int) -> tuple[int, bytes]:
+        """Read one reply (header + body): busy-poll up to ``poll_ns``, then sleep in poll(2)."""
+        sock = self._sock
+        spin_end = _now_ns() + self.poll_ns
+        buf = b""
+        need = _REPLY_BYTES
+        status = length = 0
+        header = True
+        while True:
+            try:
+                if fds is not None and header:  # fds ride on the reply's first bytes
+                    data, anc, _flags, _ = sock.recvmsg(need - len(buf), _CMSG_FDS)
+                    for level, kind, raw in anc:
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                            fa = array.array("i")
+                            fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
+                            fds.extend(fa)
+                else:
+                    data = sock.recv(need - len(buf))
+            except BlockingIOError:
+                if _now_ns() >= spin_end:
+                    self._wait_ready(_POLLIN, deadline)
+                continue
+            if not data:
+                raise EOFError("peer closed the connection")
+            buf = buf + data if buf else data
+            if len(buf) < need:
+                continue
+            if not header:
+                return status, buf
+            status, _res, length = _REPLY.unpack(buf)
+            if not length:
+                return status, b""
+            header = False
+            need = length
+            buf = b""
 
     # -- queries ------------------------------------------------------------------------------
     def info(self) -> DriverInfo:
