@@ -252,17 +252,22 @@ def send_msg(sock: socket.socket, header: bytes, payload: bytes = b"", fds: list
         sock.sendall(memoryview(data)[sent:])
 
 
+def collect_fds(ancillary: list[tuple[int, int, bytes]], fds: list[int]) -> None:
+    """Append the file descriptors an SCM_RIGHTS control message carried to ``fds``."""
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fa = array.array("i")
+            fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
+            fds.extend(fa)
+
+
 def recv_exact(sock: socket.socket, n: int, fds: list[int] | None = None) -> bytes:
     """Read exactly ``n`` bytes; collects fds passed along into ``fds``. EOF raises EOFError."""
     buf = bytearray()
     while len(buf) < n:
         if fds is not None:
             data, anc, _flags, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(MAX_FDS * 4))
-            for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fa = array.array("i")
-                    fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
-                    fds.extend(fa)
+            collect_fds(anc, fds)
         else:
             data = sock.recv(n - len(buf))
         if not data:

@@ -58,6 +58,7 @@ from .protocol import (
     WIRE_VERSION,
     Msg,
     close_fds,
+    collect_fds,
     decode_error,
     recv_exact,
     send_msg,
@@ -186,11 +187,7 @@ class SocketTransport:
             try:
                 if fds is not None and header:  # fds ride on the reply's first bytes
                     data, anc, _flags, _ = sock.recvmsg(need - len(buf), _CMSG_FDS)
-                    for level, kind, raw in anc:
-                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                            fa = array.array("i")
-                            fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
-                            fds.extend(fa)
+                    collect_fds(anc, fds)
                 else:
                     data = sock.recv(need - len(buf))
             except BlockingIOError:
