@@ -461,11 +461,41 @@ class ValidationCache:
     a second validator. Bounded: cleared when full.
     """
 
+    #: Bytes of whole submissions kept as keys (a 64-GEMM submission is about 35 KiB).
+    MAX_SUBMISSION_BYTES = 16 << 20
+
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple[Op, tuple[int, ...], tuple[int | None, ...]]] = {}
         # whole command blocks (a batch of commands on one engine), for submissions repeated as a unit
         self._blocks: dict[tuple[Engine, bytes], tuple[tuple[Op, ...], tuple[int, ...], tuple[int | None, ...]]] = {}
+        # whole submissions (header, waits, commands), for a loop that resubmits the very same bytes
+        self._subs: dict[bytes, tuple[Submission, tuple[int, ...], tuple[int | None, ...]]] = {}
+        self._subs_bytes = 0
+
+    def get_submission(self, raw: bytes, lookup: HandleLookup) -> "Submission | None":
+        """A whole submission validated before, if every buffer it names is unchanged.
+
+        Exact: the checks are pure functions of the bytes, the caps, the named buffers' sizes
+        and, for waits, of the engines' submitted values, which only grow (a wait that was
+        within them stays within them).
+        """
+        ent = self._subs.get(raw)
+        if ent is None:
+            return None
+        sub, handles, sizes = ent
+        for h, size in zip(handles, sizes):
+            if lookup(h) != size:
+                return None
+        return sub
+
+    def put_submission(self, raw: bytes, sub: "Submission", lookup: HandleLookup) -> None:
+        if self._subs_bytes + len(raw) > self.MAX_SUBMISSION_BYTES or len(self._subs) >= self.max_entries:
+            self._subs.clear()
+            self._subs_bytes = 0
+        handles = tuple(sorted({h for op in sub.ops for h in op_handles(op)}))
+        self._subs[raw] = (sub, handles, tuple(lookup(h) for h in handles))
+        self._subs_bytes += len(raw)
 
     def get_block(self, engine: Engine, block: bytes, lookup: HandleLookup) -> tuple[Op, ...] | None:
         """The ops of a whole command block validated before, if every buffer it names is unchanged."""
@@ -503,6 +533,8 @@ class ValidationCache:
     def clear(self) -> None:
         self._entries.clear()
         self._blocks.clear()
+        self._subs.clear()
+        self._subs_bytes = 0
 
 
 def check_submission(
@@ -518,6 +550,18 @@ def check_submission(
     (waits on later values could never signal, so they are refused). ``cache`` (optional)
     memoizes the per-command checks for a client that repeats commands (see ValidationCache).
     """
+    if cache is not None and type(raw) is bytes:
+        hit = cache.get_submission(raw, lookup)
+        if hit is not None:
+            return hit
+    sub = _check_submission(raw, caps, lookup, submitted, cache)
+    if cache is not None and type(raw) is bytes:
+        cache.put_submission(raw, sub, lookup)
+    return sub
+
+
+def _check_submission(raw: bytes | memoryview, caps: DeviceCaps, lookup: HandleLookup,
+                      submitted: Callable[[Engine], int], cache: ValidationCache | None) -> Submission:
     hs = SUBMIT.size_bytes
     if len(raw) < hs:
         raise violation("submit.command_count", f"{len(raw)} bytes", f">= {hs} bytes (the header)")

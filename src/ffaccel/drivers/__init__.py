@@ -12,7 +12,7 @@ import importlib.util
 from importlib.metadata import entry_points
 
 from ..spec import violation
-from .base import Driver, DriverInfo, FreshKernel, GemmKernel
+from .base import BoundGemm, Driver, DriverInfo, FreshKernel, GemmKernel
 
 ENTRY_POINT_GROUP = "ffaccel.drivers"
 _BUILTIN = {
@@ -71,5 +71,5 @@ def open_driver(name: str) -> Driver:
         raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
 
 
-__all__ = ["Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets",
+__all__ = ["BoundGemm", "Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets",
            "load_driver_class", "open_driver"]

@@ -35,6 +35,7 @@ from .rounding import round_to
 
 GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
 FreshKernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+BoundGemm = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,20 @@ class Driver:
         D's dtype. For the tiniest GEMMs, letting the driver allocate D (BLAS returns a fresh
         array anyway) saves a whole allocation and an in-place pass. None (the default) means
         the front-end allocates D and calls the ordinary kernel.
+        """
+        return None
+
+    def bind_gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+                  epi: tuple[np.ndarray | None, ...]) -> BoundGemm | None:
+        """Optional fast path: the whole GEMM bound to these very arrays, as a no-argument call.
+
+        Transports call it once per validated command (the arrays are views of buffers that
+        stay alive and are never remapped while the binding is cached) and then call the
+        result for every repetition of that command, so a driver can hoist everything but
+        the arithmetic out of the per-run path (for a tiny GEMM the Python around one BLAS
+        call costs more than the call). Calling the binding must do exactly what
+        ``prepare_gemm(op)(a, b, c, d, epi)`` does; it must not run anything when bound.
+        None (the default) means the transport calls the prepared kernel.
         """
         return None
 

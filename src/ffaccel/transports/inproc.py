@@ -55,10 +55,10 @@ class BoundRuns:
         self.driver = driver
         self.memory = memory
         self.max_entries = max_entries
-        self._runs: dict[int, tuple[Op, Callable[[], None]]] = {}
-        self._blocks: dict[int, tuple[tuple[Op, ...], tuple[Callable[[], None], ...]]] = {}
+        self._runs: dict[int, tuple[Op, Callable[[], object]]] = {}
+        self._blocks: dict[int, tuple[tuple[Op, ...], tuple[Callable[[], object], ...]]] = {}
 
-    def get(self, op: Op) -> Callable[[], None]:
+    def get(self, op: Op) -> Callable[[], object]:
         hit = self._runs.get(id(op))
         if hit is not None and hit[0] is op:
             return hit[1]
@@ -66,8 +66,10 @@ class BoundRuns:
         if isinstance(op, GemmOp):
             a, b, c, d, epi = gemm_arrays(op, self.memory)
             if op.batch and op.m and op.n:
-                kernel = driver.prepare_gemm(op)
-                run = lambda: kernel(a, b, c, d, epi)  # noqa: E731
+                run = driver.bind_gemm(op, a, b, c, d, epi)  # one C-level call, when the driver can
+                if run is None:
+                    kernel = driver.prepare_gemm(op)
+                    run = lambda: kernel(a, b, c, d, epi)  # noqa: E731
             else:
                 run = _nothing
         else:
@@ -78,16 +80,15 @@ class BoundRuns:
         self._runs[id(op)] = (op, run)
         return run
 
-    def get_all(self, ops: tuple[Op, ...]) -> tuple[Callable[[], None], ...]:
+    def get_all(self, ops: tuple[Op, ...]) -> tuple[Callable[[], object], ...]:
         """The runs of a whole validated block; a block the cache returned whole is looked up once."""
         hit = self._blocks.get(id(ops))
         if hit is not None and hit[0] is ops:
             return hit[1]
         runs = tuple(self.get(op) for op in ops)
-        if len(ops) > 1:
-            if len(self._blocks) >= 256:
-                self._blocks.clear()
-            self._blocks[id(ops)] = (ops, runs)
+        if len(self._blocks) >= 256:
+            self._blocks.clear()
+        self._blocks[id(ops)] = (ops, runs)
         return runs
 
     def clear(self) -> None:
@@ -166,9 +167,12 @@ class InprocTransport:
         self._check_open()
         with self._lock:
             sub = check_submission(raw, self._caps, self._size, self._timeline.__getitem__, self._cache)
-            self._run(sub.ops)  # nothing runs until every command has passed validation
-            self._timeline[sub.engine] += 1
-            return sub.engine, self._timeline[sub.engine]
+            for run in self._runs.get_all(sub.ops):  # nothing runs until every command has passed validation
+                run()
+            engine = sub.engine
+            value = self._timeline[engine] + 1
+            self._timeline[engine] = value
+            return engine, value
 
     def _run(self, ops: tuple[Op, ...]) -> None:
         for run in self._runs.get_all(ops):
@@ -224,6 +228,9 @@ class InprocTransport:
 
     def completed(self, engine: Engine) -> int:
         return self._timeline[engine]
+
+    def signalled(self, engine: Engine, value: int) -> bool:
+        return self._timeline[engine] >= value
 
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
         # Execution is synchronous: a submitted value has always completed.

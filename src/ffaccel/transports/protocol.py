@@ -263,7 +263,15 @@ def collect_fds(ancillary: list[tuple[int, int, bytes]], fds: list[int]) -> None
 
 def recv_exact(sock: socket.socket, n: int, fds: list[int] | None = None) -> bytes:
     """Read exactly ``n`` bytes; collects fds passed along into ``fds``. EOF raises EOFError."""
-    buf = bytearray()
+    if fds is None:
+        first = sock.recv(n)  # usually all of it: one system call, no extra copy
+        if len(first) == n:
+            return first
+        if not first:
+            raise EOFError("peer closed the connection")
+        buf = bytearray(first)
+    else:
+        buf = bytearray()
     while len(buf) < n:
         if fds is not None:
             data, anc, _flags, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(MAX_FDS * 4))

@@ -248,6 +248,10 @@ class RingTransport(SocketTransport):
             raise self._lost
         return self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"].value
 
+    def signalled(self, engine: Engine, value: int) -> bool:
+        return self._lost is None and (self._w["completed_compute" if engine == Engine.COMPUTE
+                                               else "completed_copy"].value >= value)
+
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
         word = self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"]
         if self._lost is None and word.value >= value:

@@ -175,48 +175,58 @@ class Work:
     client: "Client"
     engine: Engine
     value: int
-    runs: tuple[Callable[[], None], ...]
+    runs: tuple[Callable[[], object], ...]
     waits: tuple[tuple[Engine, int], ...]
 
     def ready(self) -> bool:
-        done = self.client.completed
-        return all(done[e] >= v for e, v in self.waits)
+        return self.client.waits_met(self.waits)
 
     def execute(self) -> None:
-        try:
-            for run in self.runs:
-                run()
-        except Exception:  # noqa: BLE001 - a driver failure must not take the server down
-            log.exception("client %d: execution failed on %s", self.client.id, self.engine.name)
-        finally:
-            self.client.signal(self.engine, self.value)
+        _execute(self.client, self.engine, self.value, self.runs)
+
+
+def _execute(client: "Client", engine: Engine, value: int, runs: tuple[Callable[[], object], ...]) -> None:
+    try:
+        for run in runs:
+            run()
+    except Exception:  # noqa: BLE001 - a driver failure must not take the server down
+        log.exception("client %d: execution failed on %s", client.id, engine.name)
+    finally:
+        client.signal(engine, value)
 
 
 class EngineWorker:
-    """One engine: a FIFO over all clients, run by its own thread (or inline when idle)."""
+    """One engine: a FIFO over all clients, run by its own thread (or inline when idle).
+
+    The hot path (engine idle, waits met) takes one plain lock twice and runs the work in
+    the calling thread; only queued work builds a :class:`Work` and wakes the worker.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.queue: collections.deque[Work] = collections.deque()
-        self.cond = threading.Condition()
+        self.mutex = threading.Lock()
+        self.cond = threading.Condition(self.mutex)
         self.busy = False
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name=f"engine-{engine.name.lower()}", daemon=True)
         self.thread.start()
 
-    def submit(self, work: Work) -> None:
-        with self.cond:
-            inline = not self.busy and not self.queue and work.ready()
+    def submit(self, client: "Client", value: int, runs: tuple[Callable[[], object], ...],
+               waits: tuple[tuple[Engine, int], ...]) -> None:
+        mutex = self.mutex
+        with mutex:
+            inline = not self.busy and not self.queue and (not waits or client.waits_met(waits))
             if inline:
                 self.busy = True
             else:
-                self.queue.append(work)
+                self.queue.append(Work(client, self.engine, value, runs, waits))
                 self.cond.notify_all()
         if inline:
             try:
-                work.execute()
+                _execute(client, self.engine, value, runs)
             finally:
-                with self.cond:
+                with mutex:
                     self.busy = False
                     if self.queue:  # wake the worker only when it has work: a wake-up costs ~25 us
                         self.cond.notify_all()
@@ -256,7 +266,7 @@ class RecordedList:
     engine: Engine
     opcodes: frozenset[Opcode]
     handles: tuple[int, ...]
-    runs: tuple[Callable[[], None], ...]
+    runs: tuple[Callable[[], object], ...]
 
 
 class Client:
@@ -274,7 +284,9 @@ class Client:
         self.submitted = {e: 0 for e in Engine}
         self.completed = {e: 0 for e in Engine}
         self.lock = threading.RLock()  # serialises validation + value assignment + enqueue
-        self.cond = threading.Condition()  # completions
+        self.done_mutex = threading.Lock()  # completions: ``completed`` and ``waiters``
+        self.cond = threading.Condition(self.done_mutex)
+        self.waiters = 0  # threads in cond.wait: signal() notifies only when there are some
         self.cache = ValidationCache()
         table = self.table
         self.runs = BoundRuns(server.driver, lambda h: table[h].array)  # kernels bound per validated op
@@ -340,31 +352,45 @@ class Client:
     def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
         """Validate a whole submission, assign its fence value, and run or queue it."""
         with self.lock:
-            self._check_open()
+            if self.closed:
+                self._check_open()
             sub = check_submission(raw, self.server.caps, self.size_of, self.submitted.__getitem__, self.cache)
-            runs = self.runs.get_all(sub.ops)
-            return self._enqueue(sub.engine, runs, sub.waits)
+            return self._enqueue(sub.engine, self.runs.get_all(sub.ops), sub.waits)
 
-    def _enqueue(self, engine: Engine, runs: tuple[Callable[[], None], ...],
+    def _enqueue(self, engine: Engine, runs: tuple[Callable[[], object], ...],
                  waits: tuple[tuple[Engine, int], ...]) -> tuple[Engine, int]:
-        self.submitted[engine] += 1
-        value = self.submitted[engine]
-        self.server.stats_submissions += 1
-        self.server.engines[engine].submit(Work(self, engine, value, runs, waits))
+        value = self.submitted[engine] + 1
+        self.submitted[engine] = value
+        srv = self.server
+        srv.stats_submissions += 1
+        srv.engines[engine].submit(self, value, runs, waits)
         return engine, value
 
+    def waits_met(self, waits: tuple[tuple[Engine, int], ...]) -> bool:
+        done = self.completed
+        for e, v in waits:
+            if done[e] < v:
+                return False
+        return True
+
     def signal(self, engine: Engine, value: int) -> None:
-        with self.cond:
-            if value > self.completed[engine]:
-                self.completed[engine] = value
-            self.cond.notify_all()
+        done = self.completed
+        with self.done_mutex:
+            if value > done[engine]:
+                done[engine] = value
+            if self.waiters:
+                self.cond.notify_all()
         ring = self.ring
         if ring is not None:
-            ring.publish_completed(engine, self.completed[engine])
+            ring.publish_completed(engine, done[engine])
 
     def wait_any(self, timeout_s: float) -> None:
         with self.cond:
-            self.cond.wait(timeout_s)
+            self.waiters += 1
+            try:
+                self.cond.wait(timeout_s)
+            finally:
+                self.waiters -= 1
 
     def wait(self, engine: Engine, value: int, timeout_ns: int) -> None:
         if value > self.submitted[engine]:
@@ -373,13 +399,17 @@ class Client:
                             f"a fence value <= {self.submitted[engine]}")
         deadline = time.monotonic_ns() + timeout_ns
         with self.cond:
-            while self.completed[engine] < value:
-                left = deadline - time.monotonic_ns()
-                if left <= 0 or self.closed:
-                    raise violation("fence.timeout", f"fence {engine.name}:{value} not signalled after "
-                                    f"{timeout_ns} ns (completed {self.completed[engine]})",
-                                    "a fence that signals before its deadline")
-                self.cond.wait(min(left / 1e9, 1.0))
+            self.waiters += 1
+            try:
+                while self.completed[engine] < value:
+                    left = deadline - time.monotonic_ns()
+                    if left <= 0 or self.closed:
+                        raise violation("fence.timeout", f"fence {engine.name}:{value} not signalled after "
+                                        f"{timeout_ns} ns (completed {self.completed[engine]})",
+                                        "a fence that signals before its deadline")
+                    self.cond.wait(min(left / 1e9, 1.0))
+            finally:
+                self.waiters -= 1
 
     # -- command lists ---------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:

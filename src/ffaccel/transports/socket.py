@@ -70,6 +70,10 @@ _MSG = MSG.struct
 _REPLY = REPLY.struct
 _FENCE = FENCE_REPLY.struct
 _REPLY_BYTES = _REPLY.size
+#: Most bytes one read takes (replies are small; a longer one takes several reads).
+_RECV_BYTES = 1 << 16
+_ENGINE_OF = {int(e): e for e in Engine}
+_COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 _CMSG_FDS = socket.CMSG_SPACE(MAX_FDS * 4)
 _POLLIN = select.POLLIN | select.POLLERR | select.POLLHUP
 _POLLOUT = select.POLLOUT | select.POLLERR | select.POLLHUP
@@ -135,7 +139,10 @@ class SocketTransport:
             try:
                 deadline = _now_ns() + int((self.timeout_s if timeout_s is None else timeout_s) * 1e9)
                 self._send(_MSG.pack(int(msg), 0, len(payload)) + payload, fds, deadline)
-                status, body = self._recv_reply(got if want_fds else None, deadline)
+                if want_fds:
+                    status, body = self._recv_reply_fds(got, deadline)
+                else:
+                    status, body = self._recv_reply(deadline)
             except (OSError, EOFError) as e:  # includes socket.timeout
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
@@ -143,8 +150,6 @@ class SocketTransport:
         if status:
             close_fds(got)
             raise decode_error(status, body)
-        if not want_fds:
-            close_fds(got)
         return body, got
 
     def _wait_ready(self, events: int, deadline: int) -> None:
@@ -164,8 +169,16 @@ class SocketTransport:
 
     def _send(self, data: bytes, fds: Sequence[int], deadline: int) -> None:
         sock = self._sock
+        if not fds:
+            try:
+                sent = sock.send(data)  # a request fits the socket buffer: one system call
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+        else:
+            sent = 0
         view = memoryview(data)
-        sent = 0
         while sent < len(data):
             try:
                 if fds and not sent:  # fds ride on the message's first bytes
@@ -175,21 +188,18 @@ class SocketTransport:
             except BlockingIOError:
                 self._wait_ready(_POLLOUT, deadline)
 
-    def _recv_reply(self, fds: list[int] | None, deadline: int) -> tuple[int, bytes]:
-        """Read one reply (header + body): busy-poll up to ``poll_ns``, then sleep in poll(2)."""
-        sock = self._sock
+    def _recv_reply(self, deadline: int) -> tuple[int, bytes]:
+        """Read one reply (header + body): busy-poll up to ``poll_ns``, then sleep in poll(2).
+
+        Only one request is ever outstanding on the connection (calls hold the lock), so a
+        read can take whatever is there: it is all this reply, usually in one system call.
+        """
+        recv = self._sock.recv
         spin_end = _now_ns() + self.poll_ns
         buf = b""
-        need = _REPLY_BYTES
-        status = length = 0
-        header = True
         while True:
             try:
-                if fds is not None and header:  # fds ride on the reply's first bytes
-                    data, anc, _flags, _ = sock.recvmsg(need - len(buf), _CMSG_FDS)
-                    collect_fds(anc, fds)
-                else:
-                    data = sock.recv(need - len(buf))
+                data = recv(_RECV_BYTES)
             except BlockingIOError:
                 if _now_ns() >= spin_end:
                     self._wait_ready(_POLLIN, deadline)
@@ -197,16 +207,31 @@ class SocketTransport:
             if not data:
                 raise EOFError("peer closed the connection")
             buf = buf + data if buf else data
-            if len(buf) < need:
+            if len(buf) >= _REPLY_BYTES:
+                status, _res, length = _REPLY.unpack_from(buf)
+                if len(buf) >= _REPLY_BYTES + length:
+                    return status, buf[_REPLY_BYTES: _REPLY_BYTES + length]
+
+    def _recv_reply_fds(self, fds: list[int], deadline: int) -> tuple[int, bytes]:
+        """As :meth:`_recv_reply`, for replies that carry file descriptors (on their first bytes)."""
+        sock = self._sock
+        spin_end = _now_ns() + self.poll_ns
+        buf = b""
+        while True:
+            try:
+                data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS)
+            except BlockingIOError:
+                if _now_ns() >= spin_end:
+                    self._wait_ready(_POLLIN, deadline)
                 continue
-            if not header:
-                return status, buf
-            status, _res, length = _REPLY.unpack(buf)
-            if not length:
-                return status, b""
-            header = False
-            need = length
-            buf = b""
+            collect_fds(anc, fds)
+            if not data:
+                raise EOFError("peer closed the connection")
+            buf = buf + data if buf else data
+            if len(buf) >= _REPLY_BYTES:
+                status, _res, length = _REPLY.unpack_from(buf)
+                if len(buf) >= _REPLY_BYTES + length:
+                    return status, buf[_REPLY_BYTES: _REPLY_BYTES + length]
 
     # -- queries ------------------------------------------------------------------------------
     def info(self) -> DriverInfo:
@@ -262,15 +287,19 @@ class SocketTransport:
     def _note(self, body: bytes) -> tuple[Engine, int]:
         engine, _res, value, c0, c1 = _FENCE.unpack(body)
         done = self._completed
-        if c0 > done[Engine.COMPUTE]:
-            done[Engine.COMPUTE] = c0
-        if c1 > done[Engine.COPY]:
-            done[Engine.COPY] = c1
-        return Engine(engine), value
+        if c0 > done[_COMPUTE]:
+            done[_COMPUTE] = c0
+        if c1 > done[_COPY]:
+            done[_COPY] = c1
+        return _ENGINE_OF[engine], value
 
     def submit(self, raw: bytes) -> tuple[Engine, int]:
-        body, _ = self._call(Msg.SUBMIT, bytes(raw))
+        body, _ = self._call(Msg.SUBMIT, raw if type(raw) is bytes else bytes(raw))
         return self._note(body)
+
+    def signalled(self, engine: Engine, value: int) -> bool:
+        """Whether an earlier reply already showed ``value`` complete (no system call)."""
+        return self._completed[engine] >= value
 
     def completed(self, engine: Engine) -> int:
         body, _ = self._call(Msg.COMPLETED, _U32x2.pack(int(engine), 0))
