@@ -96,6 +96,48 @@ class BoundRuns:
         self._blocks.clear()
 
 
+class SubmissionPlans:
+    """Submissions validated and bound to their runs: what both the in-process transport and
+    the server do with every submission's bytes before anything runs.
+
+    Three memos, all exact: the validator's (:class:`ValidationCache`), the bound runs
+    (:class:`BoundRuns`), and the last submission itself, so that a loop resubmitting the
+    same bytes costs one comparison. That last one is dropped whenever a buffer is freed
+    (the only change that can turn a valid submission invalid: handles are never reused,
+    and waits name values that only stay reachable).
+    """
+
+    def __init__(self, driver: Driver, memory: Callable[[int], np.ndarray], caps: DeviceCaps,
+                 size_of: Callable[[int], int | None], submitted: Callable[[Engine], int]) -> None:
+        self.caps = caps
+        self.size_of = size_of
+        self.submitted = submitted
+        self.cache = ValidationCache()
+        self.runs = BoundRuns(driver, memory)
+        self._last: tuple[bytes, Engine, tuple[Callable[[], object], ...], tuple[tuple[Engine, int], ...]] | None = None
+
+    def plan(self, raw: bytes | memoryview
+             ) -> tuple[Engine, tuple[Callable[[], object], ...], tuple[tuple[Engine, int], ...]]:
+        """(engine, runs, waits) of a whole submission; raises on the first broken rule."""
+        last = self._last
+        if last is not None and last[0] == raw:
+            return last[1], last[2], last[3]
+        sub = check_submission(raw, self.caps, self.size_of, self.submitted, self.cache)
+        runs = self.runs.get_all(sub.ops)
+        if type(raw) is bytes:
+            self._last = (raw, sub.engine, runs, sub.waits)
+        return sub.engine, runs, sub.waits
+
+    def buffer_freed(self) -> None:
+        """Forget everything bound to buffers (bound runs hold views of their memory)."""
+        self._last = None
+        self.runs.clear()
+
+    def clear(self) -> None:
+        self.buffer_freed()
+        self.cache.clear()
+
+
 @dataclass(frozen=True)
 class _Recorded:
     engine: Engine
@@ -121,8 +163,9 @@ class InprocTransport:
         self._lock = threading.Lock()
         self._closed = False
         self._lists: dict[int, _Recorded] = {}
-        self._cache = ValidationCache()  # memo of the validator for repeated commands (exact)
-        self._runs = BoundRuns(driver, self._memory.__getitem__)
+        self._plans = SubmissionPlans(driver, self._memory.__getitem__, self._caps, self._size,
+                                      self._timeline.__getitem__)
+        self._runs = self._plans.runs
         self._list_ids = itertools.count(1)
 
     # -- queries ------------------------------------------------------------------------
@@ -155,7 +198,7 @@ class InprocTransport:
             if mem is None:
                 raise violation("memory.handle", handle, f"one of {sorted(self._memory)}")
             self._used -= mem.nbytes
-            self._runs.clear()  # bound runs hold views of the memory: let it go
+            self._plans.buffer_freed()  # bound runs hold views of the memory: let it go
 
     def _size(self, handle: int) -> int | None:
         mem = self._memory.get(handle)
@@ -166,10 +209,9 @@ class InprocTransport:
         """Validate a whole submission, run it, and return the fence (engine, value) it signals."""
         self._check_open()
         with self._lock:
-            sub = check_submission(raw, self._caps, self._size, self._timeline.__getitem__, self._cache)
-            for run in self._runs.get_all(sub.ops):  # nothing runs until every command has passed validation
+            engine, runs, _waits = self._plans.plan(raw)  # synchronous: every wait has signalled already
+            for run in runs:  # nothing runs until every command has passed validation
                 run()
-            engine = sub.engine
             value = self._timeline[engine] + 1
             self._timeline[engine] = value
             return engine, value
@@ -261,7 +303,7 @@ class InprocTransport:
         with self._lock:
             self._memory.clear()
             self._lists.clear()
-            self._runs.clear()
+            self._plans.clear()
             self._closed = True
         self.driver.close()
 

@@ -23,6 +23,8 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from ..abi import ABI_VERSION, COMMAND_BYTES, SUBMIT, WAIT
 from ..abi.layout import MAX_WAITS_PER_SUBMIT
 from ..spec import Engine, ErrorCode, FFAccelError
@@ -40,7 +42,7 @@ from .protocol import (
     decode_error,
     ring_words,
 )
-from .socket import SocketTransport, device_lost
+from .socket import _ENGINE_OF, SocketTransport, device_lost
 
 _U64 = struct.Struct("<Q")
 _SUBMIT = SUBMIT.struct
@@ -49,6 +51,7 @@ _SQE = SQE_HEADER.struct
 _CQE = CQE.struct
 _SQE_HDR = SQE_HEADER.size_bytes
 _ZERO_CMD = bytes(COMMAND_BYTES)
+_SLEEPING, _BROKEN = int(RingServerFlags.SLEEPING), int(RingServerFlags.BROKEN)
 
 
 class RingTransport(SocketTransport):
@@ -90,6 +93,10 @@ class RingTransport(SocketTransport):
         self._sq_off, self._cq_off = hdr["sq_offset_bytes"], hdr["cq_offset_bytes"]
         self._mask = entries - 1
         self._w = ring_words(self._mm)  # header words: single loads and stores (see ring_words)
+        # the last submission sent by ring: (its bytes, _ring_shape, its chain's entries when > 1 command)
+        self._prev_chain: tuple[bytes, tuple[int, int, int, int], bytes | None] | None = None
+        self._sq_tail_word, self._sq_head_word = self._w["sq_tail"], self._w["sq_head"]
+        self._server_flags = self._w["server_flags"]
         self._sq_tail = 0  # our own copies of the indices we write
         self._cq_head = 0
         self._seq = 0
@@ -101,7 +108,7 @@ class RingTransport(SocketTransport):
 
     def _check_ring(self) -> None:
         """Raise the ring's error if the server broke it (called with ``_lock`` held)."""
-        if self._get32("server_flags") & RingServerFlags.BROKEN:
+        if self._server_flags.value & _BROKEN:
             eid = self._w["error_id"].value
             self._raise_completion(eid, self._get32("error"))
 
@@ -135,9 +142,16 @@ class RingTransport(SocketTransport):
 
     # -- work ---------------------------------------------------------------------------------
     def submit(self, raw: bytes) -> tuple[Engine, int]:
-        entries = self._entries_for(raw)
-        if entries is None:
-            return super().submit(raw)  # the socket path; the server's validator decides
+        prev = self._prev_chain
+        if prev is not None and (prev[0] is raw or prev[0] == raw):
+            shape, blob = prev[1], prev[2]  # a loop resubmitting the same batch: its entries are built already
+        else:
+            shape = self._ring_shape(raw)
+            if shape is None:
+                return super().submit(raw)  # the socket path; the server's validator decides
+            blob = self._chain(raw, *shape) if shape[1] > 1 else None
+            self._prev_chain = (raw, shape, blob)
+        engine, n_cmd, wc, wp = shape
         with self._lock:
             if self._lost is not None:
                 raise self._lost
@@ -146,11 +160,25 @@ class RingTransport(SocketTransport):
             self._check_ring()
             self._seq += 1
             seq = self._seq
-            self._publish(entries, seq)
-            return self._reap(seq, sum(len(e) for e in entries) // SQE_BYTES)
+            count = max(1, n_cmd)
+            first = self._reserve(count)
+            if n_cmd == 0:
+                self._write(first, _SQE.pack(seq, engine, SqeFlags.EMPTY, wc, wp, 0, 0) + _ZERO_CMD)
+            elif n_cmd == 1:
+                self._write(first, _SQE.pack(seq, engine, 0, wc, wp, 0, 0) + raw[len(raw) - COMMAND_BYTES:])
+            else:
+                self._write(first, blob)  # type: ignore[arg-type]
+                last = self._sq_off + ((first + n_cmd - 1) & self._mask) * SQE_BYTES
+                _U64.pack_into(self._mm, last, seq)  # the chain's user_data, on its last entry
+            self._publish(count)
+            return self._reap(seq, count)
 
-    def _entries_for(self, raw: bytes) -> list[bytes] | None:
-        """The ring entries (one linked chain, joined) for a well-formed submission, or None to use the socket."""
+    def _ring_shape(self, raw: bytes) -> tuple[int, int, int, int] | None:
+        """(engine, commands, compute wait, copy wait) of a submission the ring can carry as one chain.
+
+        None sends it over the socket instead: more commands than slots, more than one wait
+        per engine, or anything malformed (the server's validator then gives the exact error).
+        """
         hs = _SUBMIT.size
         if len(raw) < hs:
             return None
@@ -164,40 +192,45 @@ class RingTransport(SocketTransport):
             if res or e not in w or w[e] or v == 0:  # one wait per engine; 0 means "none" on the ring
                 return None
             w[e] = v
-        wc, wp = w[int(Engine.COMPUTE)], w[int(Engine.COPY)]
-        base = hs + n_wait * WAIT.size_bytes
-        if n_cmd == 0:
-            return [_SQE.pack(0, engine, SqeFlags.EMPTY, wc, wp, 0, 0) + _ZERO_CMD]
-        link = _SQE.pack(0, engine, SqeFlags.LINK, wc, wp, 0, 0)
-        parts = []
-        for i in range(n_cmd - 1):
-            parts += (link, raw[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES])
-        parts += (_SQE.pack(0, engine, 0, wc, wp, 0, 0), raw[base + (n_cmd - 1) * COMMAND_BYTES:])
-        return [b"".join(parts)]
+        return engine, n_cmd, w[int(Engine.COMPUTE)], w[int(Engine.COPY)]
 
-    def _publish(self, entries: list[bytes], seq: int) -> None:
-        """Copy entries (SQE_BYTES each, possibly joined) into the SQ and publish them with one store."""
-        mm, mask = self._mm, self._mask
-        blob = entries[0] if len(entries) == 1 else b"".join(entries)
-        count = len(blob) // SQE_BYTES
+    def _reserve(self, count: int) -> int:
+        """Wait for ``count`` free SQ slots; the first one's index."""
+        if ((self._sq_tail - self._sq_head_word.value) & 0xFFFF_FFFF) + count <= self.entries:
+            return self._sq_tail & self._mask
         deadline = time.monotonic_ns() + int(self.timeout_s * 1e9)
         # room in the SQ (the server consumes while the CQ has room; we reap everything we submit)
-        while ((self._sq_tail - self._get32("sq_head")) & 0xFFFF_FFFF) + count > self.entries:
+        while ((self._sq_tail - self._sq_head_word.value) & 0xFFFF_FFFF) + count > self.entries:
             self._check_ring()
             if time.monotonic_ns() > deadline:
                 raise self._lose("the ring's submission queue stayed full")
             self._sleep(deadline)
-        first = self._sq_tail & mask
-        n1 = min(count, self.entries - first)  # slots before the queue wraps
-        off = self._sq_off + first * SQE_BYTES
-        mm[off: off + n1 * SQE_BYTES] = blob[: n1 * SQE_BYTES]
-        if n1 < count:
-            mm[self._sq_off: self._sq_off + (count - n1) * SQE_BYTES] = blob[n1 * SQE_BYTES:]
-        last = self._sq_off + ((self._sq_tail + count - 1) & mask) * SQE_BYTES
-        _U64.pack_into(mm, last, seq)  # user_data of the chain's last entry
+        return self._sq_tail & self._mask
+
+    def _write(self, slot: int, entries: bytes) -> None:
+        """Copy whole entries into the SQ from ``slot`` on (in two pieces when they wrap)."""
+        mm = self._mm
+        off = self._sq_off + slot * SQE_BYTES
+        n1 = min(len(entries), (self.entries - slot) * SQE_BYTES)  # bytes before the queue wraps
+        mm[off: off + n1] = entries[:n1] if n1 < len(entries) else entries
+        if n1 < len(entries):
+            mm[self._sq_off: self._sq_off + len(entries) - n1] = entries[n1:]
+
+    @staticmethod
+    def _chain(raw: bytes, engine: int, n_cmd: int, wc: int, wp: int) -> bytes:
+        """The entries of a linked chain carrying ``raw``'s commands (user_data 0 throughout)."""
+        out = np.empty((n_cmd, SQE_BYTES), np.uint8)
+        out[:, _SQE_HDR:] = np.frombuffer(raw, np.uint8, count=n_cmd * COMMAND_BYTES,
+                                          offset=len(raw) - n_cmd * COMMAND_BYTES).reshape(n_cmd, COMMAND_BYTES)
+        out[:-1, :_SQE_HDR] = np.frombuffer(_SQE.pack(0, engine, SqeFlags.LINK, wc, wp, 0, 0), np.uint8)
+        out[-1, :_SQE_HDR] = np.frombuffer(_SQE.pack(0, engine, 0, wc, wp, 0, 0), np.uint8)
+        return out.tobytes()
+
+    def _publish(self, count: int) -> None:
+        """Hand ``count`` written slots to the server with one store of sq_tail (and the doorbell if it sleeps)."""
         self._sq_tail = (self._sq_tail + count) & 0xFFFF_FFFF
-        self._w["sq_tail"].value = self._sq_tail
-        if self._get32("server_flags") & RingServerFlags.SLEEPING:
+        self._sq_tail_word.value = self._sq_tail
+        if self._server_flags.value & _SLEEPING:
             os.eventfd_write(self._doorbell, 1)
 
     def _reap(self, seq: int, count: int = 1) -> tuple[Engine, int]:
@@ -222,7 +255,7 @@ class RingTransport(SocketTransport):
                     raise self._lose(f"completion for {user_data}, expected {seq}")
                 if status:
                     return self._raise_completion(eid, status)
-                return Engine(engine), value
+                return _ENGINE_OF[engine], value
             now = time.monotonic_ns()
             if now - start < self.poll_ns:
                 continue
@@ -266,14 +299,15 @@ class RingTransport(SocketTransport):
         w = {Engine.COMPUTE: 0, Engine.COPY: 0}
         for e, v in waits:
             w[e] = max(w[e], v)
-        entry = _SQE.pack(0, int(engine), SqeFlags.REPLAY, w[Engine.COMPUTE], w[Engine.COPY], list_id, 0) + _ZERO_CMD
         with self._lock:
             if self._lost is not None:
                 raise self._lost
             self._check_ring()
             self._seq += 1
             seq = self._seq
-            self._publish([entry], seq)
+            self._write(self._reserve(1), _SQE.pack(seq, int(engine), SqeFlags.REPLAY, w[Engine.COMPUTE],
+                                                    w[Engine.COPY], list_id, 0) + _ZERO_CMD)
+            self._publish(1)
             return self._reap(seq, self._list_sizes.get(list_id, 1))
 
     def record(self, raw: bytes) -> int:

@@ -17,7 +17,6 @@ worker in submission order.
 
 from __future__ import annotations
 
-import array
 import collections
 import fcntl
 import itertools
@@ -42,16 +41,13 @@ from ..abi import (
     COMMAND_BYTES,
     SUBMIT,
     WAIT,
-    CopyOp,
     GemmOp,
-    Op,
-    ValidationCache,
     check_submission,
     op_handles,
 )
 from ..drivers import Driver
 from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
-from .inproc import BoundRuns
+from .inproc import SubmissionPlans
 from .protocol import (
     CQE,
     FENCE_REPLY,
@@ -76,9 +72,9 @@ from .protocol import (
     RingServerFlags,
     SqeFlags,
     close_fds,
+    collect_fds,
     encode_error,
     message_error,
-    recv_exact,
     ring_bytes,
     ring_words,
     send_msg,
@@ -94,6 +90,11 @@ _WAIT = WAIT.struct
 _SQE = SQE_HEADER.struct
 _SQE_HDR = SQE_HEADER.size_bytes
 _SQE_FLAGS_AT = struct.Struct("<12xI").unpack_from  # an SQE's flags word (offset 12)
+_SQE_FLAGS_WORD = 3  # ... as a u32 index
+_LINK, _EMPTY, _REPLAY = int(SqeFlags.LINK), int(SqeFlags.EMPTY), int(SqeFlags.REPLAY)
+_CQ_FULL = int(RingServerFlags.CQ_FULL)
+_WAITING = int(RingClientFlags.WAITING)
+_ZERO_CMD = bytes(COMMAND_BYTES)
 _CQE = CQE.struct
 _HDR_OFF = {f.name: off for f, off in RING_HEADER.offsets()}
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
@@ -105,6 +106,8 @@ _PAYLOAD_BYTES = {Msg.HELLO: HELLO.size_bytes, Msg.ALLOC: 8, Msg.FREE: 8, Msg.WA
                   Msg.COMPLETED: 8, Msg.IMPORT: 0, Msg.STATS: 0, Msg.RING_SETUP: RING_SETUP.size_bytes,
                   Msg.ERROR_TEXT: 8, Msg.REPLAY: REPLAY_REQ.size_bytes, Msg.FREE_LIST: 8}
 _FENCE = FENCE_REPLY.struct
+_SUBMIT_MSG = int(Msg.SUBMIT)
+_SUBMIT_REPLY_HEAD = REPLY.struct.pack(0, 0, FENCE_REPLY.size_bytes)
 _REPLY_PACK = REPLY.struct.pack
 _COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -115,6 +118,9 @@ _NAP_S = 0.02
 DEFAULT_SOCKET_POLL_US = 200
 _CMSG_FDS = socket.CMSG_SPACE(MAX_FDS * 4)
 _HEAD_BYTES = MSG.size_bytes
+_MSG_UNPACK = MSG.struct.unpack_from
+#: Most bytes one read of a request stream asks for (more when a message needs more).
+_READ_BYTES = 1 << 16
 
 
 def default_socket_path() -> str:
@@ -287,9 +293,10 @@ class Client:
         self.done_mutex = threading.Lock()  # completions: ``completed`` and ``waiters``
         self.cond = threading.Condition(self.done_mutex)
         self.waiters = 0  # threads in cond.wait: signal() notifies only when there are some
-        self.cache = ValidationCache()
         table = self.table
-        self.runs = BoundRuns(server.driver, lambda h: table[h].array)  # kernels bound per validated op
+        self.plans = SubmissionPlans(server.driver, lambda h: table[h].array, server.caps, self.size_of,
+                                     self.submitted.__getitem__)
+        self.runs = self.plans.runs  # kernels bound per validated op
         self.lists: dict[int, RecordedList] = {}
         self._list_ids = itertools.count(1)
         self.errors: collections.OrderedDict[int, FFAccelError] = collections.OrderedDict()
@@ -346,7 +353,7 @@ class Client:
                 raise violation("memory.handle", handle, f"one of {sorted(self.table)}")
             self.used -= self.charged.pop(handle, 0)
             self.server.unregister(mem)
-            self.runs.clear()  # bound runs hold views of the mapping: let it go
+            self.plans.buffer_freed()  # bound runs hold views of the mapping: let it go
 
     # -- work -------------------------------------------------------------------------------
     def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
@@ -354,8 +361,8 @@ class Client:
         with self.lock:
             if self.closed:
                 self._check_open()
-            sub = check_submission(raw, self.server.caps, self.size_of, self.submitted.__getitem__, self.cache)
-            return self._enqueue(sub.engine, self.runs.get_all(sub.ops), sub.waits)
+            engine, runs, waits = self.plans.plan(raw)
+            return self._enqueue(engine, runs, waits)
 
     def _enqueue(self, engine: Engine, runs: tuple[Callable[[], object], ...],
                  waits: tuple[tuple[Engine, int], ...]) -> tuple[Engine, int]:
@@ -475,8 +482,7 @@ class Client:
             self.charged.clear()
             self.used = 0
             self.lists.clear()
-            self.runs.clear()
-            self.cache.clear()
+            self.plans.clear()
         with self.cond:
             self.cond.notify_all()
         ring = self.ring
@@ -504,12 +510,18 @@ class Ring:
         self.client_evfd = client_evfd
         self.sq_head = 0  # the server's own copies: what the client writes is only ever compared to them
         self.cq_tail = 0
-        self.pending: list[bytes] = []
+        self.pending = b""  # entries of a chain whose end has not been published yet
+        self._prev_chain: tuple[int, bytes, bytes, bytes] | None = None  # (count, prefix, tail, submission)
+        self.pending_count = 0
         self.broken = False
         hdr = dict.fromkeys(RING_HEADER.names, 0)
         hdr.update(entries=entries, sq_offset_bytes=sq_off, cq_offset_bytes=cq_off)
         RING_HEADER.struct.pack_into(self.mm, 0, *hdr.values())
         self.words = ring_words(self.mm)
+        self._sq_tail_word = self.words["sq_tail"]  # the words the hot path touches, looked up once
+        self._client_flags = self.words["client_flags"]
+        self._completed_words = {e: self.words[name] for e, name in _COMPLETED.items()}
+        self.cq_full = False
 
     def _get(self, name: str) -> int:
         return self.words[name].value
@@ -525,20 +537,20 @@ class Ring:
 
     def publish_completed(self, engine: Engine, value: int) -> None:
         try:
-            self.words[_COMPLETED[engine]].value = value
+            self._completed_words[engine].value = value
             self._wake_client()
         except ValueError:  # closed concurrently
             pass
 
     def _wake_client(self) -> None:
-        if self._get("client_flags") & RingClientFlags.WAITING:
+        if self._client_flags.value & _WAITING:
             try:
                 os.eventfd_write(self.client_evfd, 1)
             except OSError:
                 pass
 
     def has_work(self) -> bool:
-        return not self.broken and self._get("sq_tail") != self.sq_head
+        return not self.broken and self._sq_tail_word.value != self.sq_head
 
     def _break(self, e: FFAccelError) -> None:
         self.broken = True
@@ -553,7 +565,7 @@ class Ring:
         """Consume what the client published; True when anything was done."""
         if self.broken:
             return False
-        tail = self._get("sq_tail")
+        tail = self._sq_tail_word.value
         avail = (tail - self.sq_head) & 0xFFFF_FFFF
         if avail == 0:
             return False
@@ -563,7 +575,7 @@ class Ring:
             return False
         # The one copy out of shared memory: every published entry in one go (two slices when the
         # span wraps). Only this private copy is read from here on; entries it holds beyond the
-        # point where we stop (CQ full, broken ring) are dropped unread and copied again later.
+        # point where we stop (CQ full) are dropped unread and copied again later.
         mask = self.entries - 1
         first = self.sq_head & mask
         n1 = min(avail, self.entries - first)
@@ -574,38 +586,50 @@ class Ring:
         room = self._cq_room()
         if room < 0:
             return False
-        start = self.sq_head
-        consumed = 0
-        pending = self.pending
-        for pos in range(0, avail * SQE_BYTES, SQE_BYTES):
+        # chain ends: entries without LINK (one array pass for a batch, one unpack for a single entry)
+        if avail == 1:
+            ends = [0] if not _SQE_FLAGS_AT(span, 0)[0] & _LINK else []
+        else:
+            ends = np.flatnonzero((np.frombuffer(span, "<u4")[_SQE_FLAGS_WORD::SQE_BYTES // 4]
+                                   & _LINK) == 0).tolist()
+        start_head = self.sq_head
+        pos = 0  # entries of span consumed
+        for end in ends:
             if room == 0:
                 room = self._cq_room()  # the client may have reaped meanwhile
                 if room <= 0:
                     if room == 0:  # no room for a completion: stop consuming (only this client waits)
-                        self.set_server_flag(RingServerFlags.CQ_FULL, True)
-                    break
-            entry = span[pos: pos + SQE_BYTES]
-            consumed += 1
-            pending.append(entry)
-            if _SQE_FLAGS_AT(entry, 0)[0] & SqeFlags.LINK:
-                if len(pending) >= self.entries:
-                    pending.clear()
-                    self._advance(consumed)
-                    self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
-                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
-                    return True
-                continue
-            chain, pending = pending, []
-            self.pending = pending
+                        self.cq_full = True
+                        self.set_server_flag(_CQ_FULL, True)
+                    return self.sq_head != start_head
+            count = end + 1 - pos
+            chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
+            if self.pending_count:
+                chain = self.pending + chain
+                count += self.pending_count
+                self.pending, self.pending_count = b"", 0
             # publish our progress before running the chain: the client may refill the slots
-            self._advance(consumed)
-            consumed = 0
-            self._complete(chain)
+            self._advance(end + 1 - pos)
+            pos = end + 1
+            if count > self.entries:
+                self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
+                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
+                return True
+            self._complete(chain, count)
             room -= 1
-        else:
-            self.set_server_flag(RingServerFlags.CQ_FULL, False)
-        self._advance(consumed)
-        return self.sq_head != start
+        if pos < avail:  # an unterminated chain: keep its entries until its end arrives
+            self.pending += span[pos * SQE_BYTES:]
+            self.pending_count += avail - pos
+            self._advance(avail - pos)
+            if self.pending_count >= self.entries:
+                self.pending, self.pending_count = b"", 0
+                self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
+                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
+                return True
+        if self.cq_full:
+            self.cq_full = False
+            self.set_server_flag(_CQ_FULL, False)
+        return self.sq_head != start_head
 
     def _advance(self, n: int) -> None:
         """Hand ``n`` more consumed SQ slots back to the client (one store of sq_head)."""
@@ -623,10 +647,10 @@ class Ring:
             return -1
         return self.entries - used
 
-    def _complete(self, chain: list[bytes]) -> None:
-        user_data = _SQE.unpack_from(chain[-1], 0)[0]
+    def _complete(self, chain: bytes, count: int) -> None:
+        user_data = _U64.unpack_from(chain, (count - 1) * SQE_BYTES)[0]
         try:
-            engine, value = self._submit(chain)
+            engine, value = self._submit(chain, count)
             cqe = _CQE.pack(user_data, 0, int(engine), value, NO_INDEX, 0, 0)
         except FFAccelError as e:
             eid = self.client.keep_error(e)
@@ -642,19 +666,28 @@ class Ring:
         self._set("cq_tail", self.cq_tail)
         self._wake_client()
 
-    def _submit(self, chain: list[bytes]) -> tuple[Engine, int]:
+    def _submit(self, chain: bytes, count: int) -> tuple[Engine, int]:
         # Entries whose header (past user_data) repeats the first one's pass or fail exactly as it
-        # does, so a uniform chain checks only its first and last entries; any other chain checks
-        # every entry, and the first offending one is named.
-        same = chain[0][8:_SQE_HDR]
-        last = len(chain) - 1
-        if all(e[8:_SQE_HDR] == same for e in chain[1:last]) and chain[last][16:_SQE_HDR] == same[8:]:
-            checked = (0, last) if last else (0,)
+        # does, so when every middle entry repeats it only the first and last are checked; any
+        # other chain checks every entry, and the first offending one is named.
+        last = count - 1
+        cut = last * SQE_BYTES + 8  # everything but the last entry's user_data decides the outcome
+        prev = self._prev_chain
+        if (prev is not None and prev[0] == count and len(chain) == count * SQE_BYTES
+                and chain.startswith(prev[1]) and chain.startswith(prev[2], cut)):
+            return self.client.submit_raw(prev[3])  # the same chain as last time: the same submission
+        if count == 1:
+            checked: "range | tuple[int, ...]" = (0,)
+            entries = None
         else:
-            checked = range(len(chain))
-        heads = {i: _SQE.unpack_from(chain[i], 0) for i in checked}
-        _ud, engine, flags, w_compute, w_copy, list_id, reserved = heads[0]
-        for i, (_u, eng_i, fl, wc, wp, lid, res) in heads.items():
+            entries = np.frombuffer(chain, np.uint8).reshape(count, SQE_BYTES)
+            if count == 2 or (entries[1:last, 8:_SQE_HDR] == entries[0, 8:_SQE_HDR]).all():
+                checked = (0, last)
+            else:
+                checked = range(count)
+        _ud, engine, flags, w_compute, w_copy, list_id, reserved = _SQE.unpack_from(chain, 0)
+        for i in checked:
+            _u, eng_i, fl, wc, wp, lid, res = _SQE.unpack_from(chain, i * SQE_BYTES)
             where = f"sqe[{i}]."
             if fl & ~SQE_FLAGS_KNOWN:
                 raise violation("ring.entry", hex(fl), f"only bits in {hex(SQE_FLAGS_KNOWN)}", field=where + "flags")
@@ -663,24 +696,32 @@ class Ring:
             if (eng_i, wc, wp) != (engine, w_compute, w_copy):
                 raise violation("ring.entry", f"engine/waits {(eng_i, wc, wp)}",
                                 f"those of the chain's first entry {(engine, w_compute, w_copy)}", field=where + "engine")
-            special = fl & (SqeFlags.EMPTY | SqeFlags.REPLAY)
-            if special and len(chain) != 1:
+            special = fl & (_EMPTY | _REPLAY)
+            if special and count != 1:
                 raise violation("ring.entry", "EMPTY/REPLAY in a linked chain", "a chain of one entry",
                                 field=where + "flags")
-            if special == (SqeFlags.EMPTY | SqeFlags.REPLAY):
+            if special == (_EMPTY | _REPLAY):
                 raise violation("ring.entry", hex(fl), "EMPTY or REPLAY, not both", field=where + "flags")
-            if lid and not fl & SqeFlags.REPLAY:
+            if lid and not fl & _REPLAY:
                 raise violation("ring.entry", lid, "0 (only REPLAY entries name a list)", field=where + "list_id")
-            if special and any(memoryview(chain[i])[SQE_HEADER.size_bytes:]):
+            if special and chain[i * SQE_BYTES + _SQE_HDR: (i + 1) * SQE_BYTES] != _ZERO_CMD:
                 raise violation("ring.entry", "nonzero command bytes", "zero in an EMPTY or REPLAY entry",
                                 field=where + "command")
         waits = tuple((e, v) for e, v in ((int(Engine.COMPUTE), w_compute), (int(Engine.COPY), w_copy)) if v)
-        if flags & SqeFlags.REPLAY:
+        if flags & _REPLAY:
             return self.client.replay(list_id, engine, waits)
-        n_cmd = 0 if flags & SqeFlags.EMPTY else len(chain)
-        raw = b"".join([_SUBMIT.pack(ABI_VERSION, engine, 0, n_cmd, len(waits), 0, 0)]
-                       + [_WAIT.pack(e, 0, v) for e, v in waits]
-                       + ([] if flags & SqeFlags.EMPTY else [c[_SQE_HDR:] for c in chain]))
+        n_cmd = 0 if flags & _EMPTY else count
+        if not n_cmd:
+            commands = b""
+        elif entries is None:
+            commands = chain[_SQE_HDR:]
+        else:
+            commands = entries[:, _SQE_HDR:].tobytes()  # the commands, without their entry headers
+        raw = b"".join([_SUBMIT.pack(ABI_VERSION, engine, 0, n_cmd, len(waits), 0, 0),
+                        *[_WAIT.pack(e, 0, v) for e, v in waits], commands])
+        # a ring loop resubmits the same chain: next time two memcmps replace the checks above, and
+        # the validator's memo finds this very bytes object (its hash already computed)
+        self._prev_chain = (count, chain[: last * SQE_BYTES], chain[cut:], raw)
         return self.client.submit_raw(raw)
 
     def close(self) -> None:
@@ -892,30 +933,36 @@ class Server:
     def _serve_client(self, conn: socket.socket, client: Client) -> None:
         client.sock = conn  # type: ignore[attr-defined]
         log.info("client %d connected", client.id)
+        inbox = _Inbox(conn, self.socket_poll_s)
         fds: list[int] = []
-        spin_s = self.socket_poll_s
-        first = True
         try:
             while True:
                 try:
-                    if first or not spin_s:
-                        head = recv_exact(conn, _HEAD_BYTES, fds)
-                    else:
-                        head = _spin_recv_head(conn, fds, spin_s)
-                    first = False
-                except (EOFError, OSError):
-                    return
-                msg_type, reserved, length = MSG.struct.unpack(head)
-                if length > MAX_PAYLOAD_BYTES:
+                    msg_type, reserved, length, payload, fds = inbox.next_message()
+                except _TooLong as e:
                     # the stream cannot be resynchronised past a length we will not read: answer, hang up
-                    close_fds(fds)
-                    self._reply_error(conn, message_error("payload_bytes", length, f"<= {MAX_PAYLOAD_BYTES}"))
+                    self._reply_error(conn, message_error("payload_bytes", e.length, f"<= {MAX_PAYLOAD_BYTES}"))
                     return
-                try:
-                    # fds ride on a message's first bytes (the header); the payload is plain data
-                    payload = recv_exact(conn, length) if length else b""
                 except (EOFError, OSError):
                     return
+                if msg_type == _SUBMIT_MSG and not reserved and not fds:
+                    # the hot path (the ioctl model's one request per submission), without the dispatch table
+                    try:
+                        engine, value = client.submit_raw(payload)
+                        done = client.completed
+                        reply = _SUBMIT_REPLY_HEAD + _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
+                    except FFAccelError as e:
+                        self._reply_error(conn, e)
+                        continue
+                    except Exception as e:  # noqa: BLE001 - one bad request must not take the server down
+                        log.exception("client %d: SUBMIT failed", client.id)
+                        self._reply_error(conn, FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
+                        continue
+                    try:
+                        conn.sendall(reply)
+                    except OSError:
+                        return
+                    continue
                 try:
                     if reserved:
                         raise message_error("reserved", reserved, 0)
@@ -934,6 +981,7 @@ class Server:
                     close_fds(fds)
         finally:
             close_fds(fds)
+            inbox.close()
             client.close()
             with self.lock:
                 self.clients.discard(client)
@@ -1041,27 +1089,108 @@ class Server:
         return _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
 
 
-def _spin_recv_head(conn: socket.socket, fds: list[int], spin_s: float) -> bytes:
-    """A request header: busy-poll (non-blocking reads) for up to ``spin_s``, then block."""
-    end = time.monotonic() + spin_s
-    recvmsg = conn.recvmsg
-    while True:
-        try:
-            data, anc, _flags, _ = recvmsg(_HEAD_BYTES, _CMSG_FDS, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            if time.monotonic() < end:
-                continue
-            return recv_exact(conn, _HEAD_BYTES, fds)
-        for level, kind, raw in anc:  # fds ride on a message's first bytes
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fa = array.array("i")
-                fa.frombytes(raw[: len(raw) - len(raw) % fa.itemsize])
-                fds.extend(fa)
+class _TooLong(Exception):
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+
+class _Inbox:
+    """One connection's request stream, cut into whole messages with as few reads as possible.
+
+    A small request (header and payload, sent together) arrives in one read. A read may take
+    more than one message when a client sends several before reading replies; the rest waits
+    here. File descriptors come with the read that reaches the end of the sender's
+    ``sendmsg`` that carried them (Linux never merges past such a message), so they belong to
+    the message holding that read's last byte. Waiting for a message busy-polls (non-blocking
+    reads) for ``spin_s`` and then blocks.
+    """
+
+    def __init__(self, conn: socket.socket, spin_s: float) -> None:
+        self.conn = conn
+        self.spin_s = spin_s
+        self.buf = b""  # received, not yet consumed
+        self.base = 0  # stream offset of buf[0]
+        self.marks: list[tuple[int, list[int]]] = []  # (stream offset of a read's last byte, its fds)
+        self.first = True  # the first request is not spun for (the client may take its time)
+
+    def _take(self, data: bytes, anc: list[tuple[int, int, bytes]]) -> None:
+        fds: list[int] = []
+        collect_fds(anc, fds)
         if not data:
+            close_fds(fds)
             raise EOFError("peer closed the connection")
-        if len(data) < _HEAD_BYTES:
-            data += recv_exact(conn, _HEAD_BYTES - len(data), fds)
-        return data
+        self.buf = self.buf + data if self.buf else data
+        if fds:
+            self.marks.append((self.base + len(self.buf) - 1, fds))
+
+    def _read(self) -> None:
+        """At least one more byte: busy-poll for ``spin_s``, then block."""
+        recvmsg = self.conn.recvmsg
+        size = _READ_BYTES
+        if self.spin_s and not self.first:
+            end = time.monotonic() + self.spin_s
+            while True:
+                try:
+                    data, anc, _flags, _ = recvmsg(size, _CMSG_FDS, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if time.monotonic() < end:
+                        continue
+                    break
+                self._take(data, anc)
+                return
+        data, anc, _flags, _ = recvmsg(size, _CMSG_FDS)
+        self._take(data, anc)
+
+    def next_message(self) -> tuple[int, int, int, bytes, list[int]]:
+        """(msg_type, reserved, payload_bytes, payload, fds) of the next request."""
+        while len(self.buf) < _HEAD_BYTES:
+            self._read()
+        self.first = False
+        msg_type, reserved, length = _MSG_UNPACK(self.buf)
+        if length > MAX_PAYLOAD_BYTES:
+            raise _TooLong(length)
+        need = _HEAD_BYTES + length
+        if len(self.buf) < need:
+            self._read_rest(need)
+        buf = self.buf
+        payload = buf[_HEAD_BYTES: need] if length else b""
+        self.buf = buf[need:]
+        self.base += need
+        fds: list[int] = []
+        if self.marks:  # fds that came with reads ending inside this message are its own
+            keep = []
+            for pos, got in self.marks:
+                if pos < self.base:
+                    fds.extend(got)
+                else:
+                    keep.append((pos, got))
+            self.marks = keep
+        return msg_type, reserved, length, payload, fds
+
+    def _read_rest(self, need: int) -> None:
+        """Read exactly the rest of a message of ``need`` bytes (a large one: no read goes past it)."""
+        acc = bytearray(need)
+        got = len(self.buf)
+        acc[:got] = self.buf
+        view = memoryview(acc)
+        while got < need:
+            n, anc, _flags, _ = self.conn.recvmsg_into([view[got:]], _CMSG_FDS)
+            fds: list[int] = []
+            collect_fds(anc, fds)
+            if not n:
+                close_fds(fds)
+                raise EOFError("peer closed the connection")
+            got += n
+            if fds:
+                self.marks.append((self.base + got - 1, fds))
+        view.release()
+        self.buf = bytes(acc)
+
+    def close(self) -> None:
+        for _pos, got in self.marks:
+            close_fds(got)
+        self.marks.clear()
 
 
 def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_memory: int | None = None,

@@ -60,8 +60,6 @@ from .protocol import (
     close_fds,
     collect_fds,
     decode_error,
-    recv_exact,
-    send_msg,
 )
 
 _U32x2 = struct.Struct("<II")
