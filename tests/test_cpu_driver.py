@@ -343,6 +343,54 @@ def test_prepared_kernel_takes_fresh_arrays() -> None:
         assert error_ratio(d, exact, bound).max() <= 1.0
 
 
+def _twin_cases(combo: GemmCombo, m: int, n: int, k: int, **kw) -> tuple[Case, Case]:
+    """Two independent copies of one GEMM and its operands (same values, separate buffers)."""
+    ar, ac = (k, m) if kw.get("trans_a") else (m, k)
+    br, bc = (n, k) if kw.get("trans_b") else (k, n)
+    values = {"a": random_values(combo.a, (1, ar, ac)), "b": random_values(combo.b, (1, br, bc)),
+              "c": random_values(combo.d, (1, m, n))}
+    return build(combo, m, n, k, values=values, **kw), build(combo, m, n, k, values=values, **kw)
+
+
+@pytest.mark.parametrize("combo", [COMBO[F32, F32, F32], COMBO[F64, F64, F64]], ids=lambda c: c.name)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("alpha,beta,in_place", [(1.0, 0.0, False), (-1.5, 0.0, False), (0.5, 2.0, True),
+                                                 (1.0, -1.0, True)])
+def test_bound_gemm_is_the_prepared_kernel_bit_for_bit(combo: GemmCombo, trans_a: bool, trans_b: bool,
+                                                        alpha: float, beta: float, in_place: bool) -> None:
+    # what the transports call for every repetition of a validated command: the same BLAS call
+    bound_case, kernel_case = _twin_cases(combo, 9, 6, 11, trans_a=trans_a, trans_b=trans_b, alpha=alpha,
+                                          beta=beta, in_place=in_place)
+    exact, error_bound = expected_float(bound_case)
+    before = bound_case.mem.snapshot()
+    bound = DRIVER.bind_gemm(bound_case.op, *bound_case.arrays)
+    assert bound is not None
+    assert bound_case.mem.snapshot() == before, "binding ran something"
+    for _ in range(2):  # repeated like a command in a loop (in place: C accumulates each time)
+        bound()
+        DRIVER.prepare_gemm(kernel_case.op)(*kernel_case.arrays)
+        assert bound_case.mem.snapshot() == kernel_case.mem.snapshot()
+        if not in_place:  # each run computes the same D, within the spec's bound
+            assert error_ratio(np.array(bound_case.arrays[3]), exact, error_bound).max() <= 1.0
+
+
+@pytest.mark.parametrize("why,combo,kw", [
+    ("an epilogue", COMBO[F32, F32, F32], dict(post=((PostOpKind.RELU, 0, 0, None),))),
+    ("a widened dtype", COMBO[F16, F16, F32], {}),
+    ("integers", COMBO[I8, I8, I32], {}),
+    ("padded operands", COMBO[F32, F32, F32], dict(pad=2)),
+    ("a batch", COMBO[F32, F32, F32], dict(batch=3)),
+    ("C apart from D", COMBO[F32, F32, F32], dict(beta=0.5)),
+    ("alpha 0", COMBO[F32, F32, F32], dict(alpha=0.0, beta=1.0, in_place=True)),
+])
+def test_bound_gemm_declines_what_one_f2py_call_cannot_do(why: str, combo: GemmCombo, kw: dict) -> None:
+    case = build(combo, 9, 6, 11, **kw)
+    assert DRIVER.bind_gemm(case.op, *case.arrays) is None, why
+    big = build(COMBO[F32, F32, F32], 70, 65, 80)  # above OpenBLAS's threading threshold
+    assert DRIVER.bind_gemm(big.op, *big.arrays) is None
+
+
 # ------------------------------------------------------------------------------------
 # tests: what must not be read
 

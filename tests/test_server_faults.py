@@ -190,6 +190,50 @@ def test_bad_ring_entries_get_their_error_in_the_completion(server) -> None:
         assert dev.submit([good]).value == 1  # the ring still serves; no refused entry consumed a value
 
 
+def test_a_chain_that_differs_from_the_last_one_is_checked_again(server) -> None:
+    # the server skips re-checking a chain identical to the previous one (but for user_data): a
+    # chain that differs anywhere else, even in a middle entry, is checked whole again
+    with _ring_device(server) as dev:
+        t = dev._transport
+        a = dev.alloc(64)
+        good = Gemm(m=4, n=4, k=4, a=a.matrix(np.float32, 4, 4), b=a.matrix(np.float32, 4, 4),
+                    d=dev.alloc(64).matrix(np.float32, 4, 4)).encode()
+        chain = [_sqe(flags=SqeFlags.LINK, command=good)] * 2 + [_sqe(flags=0, command=good)]
+        for ud in (31, 32):
+            _write_sqes(t, chain[:2] + [_sqe(flags=0, command=good, user_data=ud)])
+            cqe = _reap_one(t)
+            assert (cqe["user_data"], cqe["status"]) == (ud, 0)
+        _write_sqes(t, [chain[0], _sqe(flags=SqeFlags.LINK, command=good, reserved=1), chain[2]])
+        cqe = _reap_one(t)
+        assert cqe["status"] == ErrorCode.INVALID_PARAMETER
+        err = decode_error(cqe["status"], t._call(Msg.ERROR_TEXT, struct.pack("<Q", cqe["error_id"]))[0])
+        assert (err.param, err.rule) == ("sqe[1].reserved", "ring.entry")
+        _write_sqes(t, chain[:2] + [_sqe(flags=0, command=good, user_data=33)])
+        assert _reap_one(t)["user_data"] == 33
+
+
+def test_requests_sent_back_to_back_are_answered_in_order_with_their_fds(server) -> None:
+    # a client may send several requests before reading replies; one read can then hold more
+    # than one of them, and an fd belongs to the message it was sent with
+    with server.open("socket") as owner:
+        fd = owner.alloc(64).export_fd()  # the buffer lives while its owner is connected
+        raw = Raw(server)
+        try:
+            stats = MSG.struct.pack(Msg.STATS, 0, 0)
+            raw.sock.sendall(stats * 2)
+            send_msg(raw.sock, MSG.struct.pack(Msg.IMPORT, 0, 0), b"", [fd])
+            raw.sock.sendall(stats + MSG.struct.pack(Msg.IMPORT, 0, 0))  # the last one without its fd
+            for expect in (24, 24, 16, 24):
+                err, body = raw.reply()
+                assert err is None and len(body) == expect
+            err, _ = raw.reply()
+            assert (err.param, err.rule) == ("fds", "wire.message")
+        finally:
+            os.close(fd)
+            raw.close()
+    _still_serves(server)
+
+
 @pytest.mark.parametrize("field", ["sq_tail", "cq_head"])
 def test_a_client_scribbling_on_its_ring_indices_loses_only_its_ring(server, field) -> None:
     with _ring_device(server) as dev, server.open("ring") as other:

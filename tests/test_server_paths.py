@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ffaccel
-from ffaccel.abi import Copy, Gemm
+from ffaccel.abi import Copy, Gemm, encode_submission
 from ffaccel.conformance import check_device
 from ffaccel.spec import RULES, ErrorCode, FFAccelError
 
@@ -189,6 +189,46 @@ def test_command_lists_validate_once_and_replay(server, name) -> None:
             cl.replay()
         assert (e.value.code, e.value.rule) == (ErrorCode.BAD_HANDLE, "cmdlist.id")
         assert dev.submit([]).value == before + 2  # refused replays consumed no fence value
+
+
+@pytest.mark.parametrize("name", ["inproc", *PATHS])
+def test_resubmitted_bytes_are_validated_again_after_a_free(server, name) -> None:
+    # a loop resubmitting one submission is served from memos; freeing a buffer it names must
+    # still get the submission refused, with nothing written
+    dev = ffaccel.open("cpu") if name == "inproc" else server.open(name)
+    with dev:
+        a = np.random.default_rng(4).standard_normal((8, 8), np.float32)
+        A, B, D, g = _gemm(dev, a, a)
+        raw = encode_submission([g.encode(), g.encode()])
+        for _ in range(3):
+            dev.submit_raw(raw).wait(timeout_ns=10**10)
+        dev.alloc(64).free()  # an unrelated free changes nothing
+        dev.submit_raw(bytes(bytearray(raw))).wait(timeout_ns=10**10)  # equal bytes, another object
+        np.testing.assert_allclose(D.read(np.float32, 64).reshape(8, 8), a @ a, rtol=1e-5, atol=1e-5)
+        D.write(np.zeros((8, 8), np.float32))
+        B.free()
+        before = dev.submit([]).value
+        with pytest.raises(FFAccelError) as e:
+            dev.submit_raw(raw)
+        assert (e.value.code, e.value.param, e.value.command_index) == (ErrorCode.BAD_HANDLE, "b.handle", 0)
+        assert not D.read(np.float32, 64).any()
+        assert dev.submit([]).value == before + 1  # the refused submission consumed no fence value
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_submission_larger_than_one_read_arrives_whole(server, path) -> None:
+    # 300 commands (163 KB) over the socket: the server reads the message in several pieces
+    with server.open(path) as dev:
+        rng = np.random.default_rng(5)
+        a, b = rng.standard_normal((4, 4), np.float32), rng.standard_normal((4, 4), np.float32)
+        A, B, _, _ = _gemm(dev, a, b)
+        D = dev.alloc(300 * 64)
+        gemms = [Gemm(m=4, n=4, k=4, a=A.matrix(np.float32, 4, 4), b=B.matrix(np.float32, 4, 4),
+                      d=D.matrix(np.float32, 4, 4, offset_bytes=64 * i), alpha=float(i)) for i in range(300)]
+        dev.submit(gemms).wait(timeout_ns=10**10)
+        got = D.read(np.float32, 300 * 16).reshape(300, 4, 4)
+        np.testing.assert_allclose(got, np.arange(300, dtype=np.float32)[:, None, None] * (a @ b), rtol=1e-5,
+                                   atol=1e-4)
 
 
 def test_inproc_devices_cannot_export() -> None:
