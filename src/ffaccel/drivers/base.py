@@ -12,7 +12,10 @@ arrays that the runtime has already bound to memory:
   comes as (batch, 1, n) or (batch, m, 1).
 
 A batch stride of 0 shows up as a 0 stride (broadcast). Inputs must never be
-written. A driver that supports less than the full op set says so in
+written. Only :meth:`Driver.gemm` is required; optional hooks hoist work out of the
+per-call path: :meth:`Driver.prepare_gemm` (once per geometry),
+:meth:`Driver.prepare_gemm_fresh` (the driver allocates D) and :meth:`Driver.bind_gemm`
+(once per validated command, bound to its arrays: what a loop of tiny GEMMs runs). A driver that supports less than the full op set says so in
 :meth:`Driver.caps`; the validator then refuses the rest as UNSUPPORTED before
 the driver is called.
 

@@ -7,6 +7,11 @@ descriptors (memfds, eventfds) travel beside it as SCM_RIGHTS. Every request get
 exactly one reply (an ``ffa_reply`` header and its payload, plus fds for ALLOC and
 RING_SETUP). Operands and results never travel here: they live in memfds both
 sides map.
+
+A client may send several requests before reading any reply; they are answered in
+order. File descriptors must go in the same ``sendmsg`` as their message's bytes: Linux
+ends a read at the end of a message that carried fds, so the server gives a read's fds to
+the message holding its last byte (one read usually brings a whole small request).
 """
 
 from __future__ import annotations
