@@ -12,12 +12,10 @@ from __future__ import annotations
 import itertools
 import numbers
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..abi import (
     ABI_VERSION,
@@ -35,6 +33,10 @@ from ..abi import (
 )
 from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
+
+
+_SUBMIT_PACK = SUBMIT.struct.pack
+_WAIT_PACK = WAIT.struct.pack
 
 
 def _nothing() -> None:
@@ -108,9 +110,11 @@ class SubmissionPlans:
     """
 
     def __init__(self, driver: Driver, memory: Callable[[int], np.ndarray], caps: DeviceCaps,
-                 size_of: Callable[[int], int | None], submitted: Callable[[Engine], int]) -> None:
+                 size_of: Callable[[int], int | None], submitted: Callable[[Engine], int],
+                 live_handles: Callable[[], Iterable[int]]) -> None:
         self.caps = caps
         self.size_of = size_of
+        self.live_handles = live_handles
         self.submitted = submitted
         self.cache = ValidationCache()
         self.runs = BoundRuns(driver, memory)
@@ -128,6 +132,38 @@ class SubmissionPlans:
             self._last = (raw, sub.engine, runs, sub.waits)
         return sub.engine, runs, sub.waits
 
+    def record(self, raw: bytes) -> "RecordedList":
+        """Validate a submission once, on its engine's terms, and bind its runs for replays."""
+        sub = check_submission(raw, self.caps, self.size_of, self.submitted)
+        if sub.waits:
+            raise violation("submit.wait", f"wait_count = {len(sub.waits)}",
+                            "0 (a command list's waits are given at replay)")
+        return RecordedList(sub.engine,
+                            frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops),
+                            tuple(sorted({h for op in sub.ops for h in op_handles(op)})),
+                            tuple(self.runs.get(op) for op in sub.ops))
+
+    def replay(self, recorded: "RecordedList", engine: int, waits: Sequence[tuple[int, int]]
+               ) -> tuple[Engine, tuple[tuple[Engine, int], ...]]:
+        """(engine, waits) of a replay: only these and the list's buffers' liveness are checked.
+
+        The engine and the waits pass the one validator as an empty submission (memoized like
+        any other: a replay in a loop sends the same bytes).
+        """
+        raw = _SUBMIT_PACK(ABI_VERSION, int(engine), 0, 0, len(waits), 0, 0)
+        if waits:
+            raw += b"".join(_WAIT_PACK(int(e), 0, int(v)) for e, v in waits)
+        sub = check_submission(raw, self.caps, self.size_of, self.submitted, self.cache)
+        bad = recorded.opcodes - ENGINE_OPCODES[sub.engine]
+        if bad:
+            raise violation("submit.engine_opcode", f"{sorted(o.name for o in bad)} on {sub.engine.name}",
+                            f"{sorted(o.name for o in ENGINE_OPCODES[sub.engine])} on {sub.engine.name}")
+        size_of = self.size_of
+        for h in recorded.handles:
+            if size_of(h) is None:
+                raise violation("cmdlist.stale", h, f"live handles of this client ({sorted(self.live_handles())})")
+        return sub.engine, sub.waits
+
     def buffer_freed(self) -> None:
         """Forget everything bound to buffers (bound runs hold views of their memory)."""
         self._last = None
@@ -139,11 +175,13 @@ class SubmissionPlans:
 
 
 @dataclass(frozen=True)
-class _Recorded:
+class RecordedList:
+    """A command list: validated once, its runs bound, replayed by checking only what can change."""
+
     engine: Engine
     opcodes: frozenset[Opcode]
     handles: tuple[int, ...]
-    ops: tuple[Op, ...]
+    runs: tuple[Callable[[], object], ...]
 
 
 class InprocTransport:
@@ -162,9 +200,9 @@ class InprocTransport:
         self._used = 0
         self._lock = threading.Lock()
         self._closed = False
-        self._lists: dict[int, _Recorded] = {}
+        self._lists: dict[int, RecordedList] = {}
         self._plans = SubmissionPlans(driver, self._memory.__getitem__, self._caps, self._size,
-                                      self._timeline.__getitem__)
+                                      self._timeline.__getitem__, self._memory.keys)
         self._runs = self._plans.runs
         self._list_ids = itertools.count(1)
 
@@ -225,14 +263,9 @@ class InprocTransport:
         """Validate a submission once (its engine is the list's) and keep it for replay."""
         self._check_open()
         with self._lock:
-            sub = check_submission(raw, self._caps, self._size, self._timeline.__getitem__)
-            if sub.waits:
-                raise violation("submit.wait", f"wait_count = {len(sub.waits)}",
-                                "0 (a command list's waits are given at replay)")
-            opcodes = frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops)
-            handles = tuple(sorted({h for op in sub.ops for h in op_handles(op)}))
+            recorded = self._plans.record(raw)
             lid = next(self._list_ids)
-            self._lists[lid] = _Recorded(sub.engine, opcodes, handles, sub.ops)
+            self._lists[lid] = recorded
             return lid
 
     def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
@@ -242,19 +275,12 @@ class InprocTransport:
             cl = self._lists.get(list_id)
             if cl is None:
                 raise violation("cmdlist.id", list_id, f"one of {sorted(self._lists)}")
-            head = SUBMIT.struct.pack(ABI_VERSION, int(engine), 0, 0, len(waits), 0, 0)
-            body = b"".join(WAIT.struct.pack(int(e), 0, int(v)) for e, v in waits)
-            sub = check_submission(head + body, self._caps, self._size, self._timeline.__getitem__)
-            bad = cl.opcodes - ENGINE_OPCODES[sub.engine]
-            if bad:
-                raise violation("submit.engine_opcode", f"{sorted(o.name for o in bad)} on {sub.engine.name}",
-                                f"{sorted(o.name for o in ENGINE_OPCODES[sub.engine])} on {sub.engine.name}")
-            for h in cl.handles:
-                if h not in self._memory:
-                    raise violation("cmdlist.stale", h, f"live handles of this client ({sorted(self._memory)})")
-            self._run(cl.ops)
-            self._timeline[sub.engine] += 1
-            return sub.engine, self._timeline[sub.engine]
+            engine, _waits = self._plans.replay(cl, engine, waits)  # synchronous: waits have signalled
+            for run in cl.runs:
+                run()
+            value = self._timeline[engine] + 1
+            self._timeline[engine] = value
+            return engine, value
 
     def free_list(self, list_id: int) -> None:
         with self._lock:

@@ -36,18 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..abi import (
-    ABI_VERSION,
-    COMMAND_BYTES,
-    SUBMIT,
-    WAIT,
-    GemmOp,
-    check_submission,
-    op_handles,
-)
+from ..abi import ABI_VERSION, COMMAND_BYTES, SUBMIT, WAIT
 from ..drivers import Driver
-from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
-from .inproc import SubmissionPlans
+from ..spec import SPEC_LIMITS, Engine, ErrorCode, FFAccelError, violation
+from .inproc import RecordedList, SubmissionPlans
 from .protocol import (
     CQE,
     FENCE_REPLY,
@@ -267,14 +259,6 @@ class EngineWorker:
 # clients
 
 
-@dataclass
-class RecordedList:
-    engine: Engine
-    opcodes: frozenset[Opcode]
-    handles: tuple[int, ...]
-    runs: tuple[Callable[[], object], ...]
-
-
 class Client:
     """One connection's state: handle table, quota, timelines, lists, ring."""
 
@@ -295,7 +279,7 @@ class Client:
         self.waiters = 0  # threads in cond.wait: signal() notifies only when there are some
         table = self.table
         self.plans = SubmissionPlans(server.driver, lambda h: table[h].array, server.caps, self.size_of,
-                                     self.submitted.__getitem__)
+                                     self.submitted.__getitem__, table.keys)
         self.runs = self.plans.runs  # kernels bound per validated op
         self.lists: dict[int, RecordedList] = {}
         self._list_ids = itertools.count(1)
@@ -422,16 +406,9 @@ class Client:
     def record(self, raw: bytes) -> int:
         with self.lock:
             self._check_open()
-            # validated once, here, by the one validator (as a submission on the list's engine)
-            sub = check_submission(raw, self.server.caps, self.size_of, self.submitted.__getitem__)
-            if sub.waits:
-                raise violation("submit.wait", f"wait_count = {len(sub.waits)}",
-                                "0 (a command list's waits are given at replay)")
-            runs = tuple(self.runs.get(op) for op in sub.ops)
-            opcodes = frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops)
-            handles = tuple(sorted({h for op in sub.ops for h in op_handles(op)}))
+            recorded = self.plans.record(raw)  # validated once, here, by the one validator
             lid = next(self._list_ids)
-            self.lists[lid] = RecordedList(sub.engine, opcodes, handles, runs)
+            self.lists[lid] = recorded
             return lid
 
     def replay(self, lid: int, engine_raw: int, waits: tuple[tuple[int, int], ...]) -> tuple[Engine, int]:
@@ -440,18 +417,8 @@ class Client:
             cl = self.lists.get(lid)
             if cl is None:
                 raise violation("cmdlist.id", lid, f"one of {sorted(self.lists)}")
-            # the engine and the waits pass the one validator as an empty submission
-            head = _SUBMIT.pack(ABI_VERSION, engine_raw, 0, 0, len(waits), 0, 0)
-            body = b"".join(_WAIT.pack(e, 0, v) for e, v in waits)
-            sub = check_submission(head + body, self.server.caps, self.size_of, self.submitted.__getitem__)
-            bad = cl.opcodes - ENGINE_OPCODES[sub.engine]
-            if bad:
-                raise violation("submit.engine_opcode", f"{sorted(o.name for o in bad)} on {sub.engine.name}",
-                                f"{sorted(o.name for o in ENGINE_OPCODES[sub.engine])} on {sub.engine.name}")
-            for h in cl.handles:
-                if h not in self.table:
-                    raise violation("cmdlist.stale", h, f"live handles of this client ({sorted(self.table)})")
-            return self._enqueue(sub.engine, cl.runs, sub.waits)
+            engine, checked_waits = self.plans.replay(cl, engine_raw, waits)
+            return self._enqueue(engine, cl.runs, checked_waits)
 
     def free_list(self, lid: int) -> None:
         with self.lock:
