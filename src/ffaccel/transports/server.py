@@ -98,7 +98,8 @@ _PAYLOAD_BYTES = {Msg.HELLO: HELLO.size_bytes, Msg.ALLOC: 8, Msg.FREE: 8, Msg.WA
                   Msg.COMPLETED: 8, Msg.IMPORT: 0, Msg.STATS: 0, Msg.RING_SETUP: RING_SETUP.size_bytes,
                   Msg.ERROR_TEXT: 8, Msg.REPLAY: REPLAY_REQ.size_bytes, Msg.FREE_LIST: 8}
 _FENCE = FENCE_REPLY.struct
-_SUBMIT_MSG = int(Msg.SUBMIT)
+_SUBMIT_MSG, _REPLAY_MSG = int(Msg.SUBMIT), int(Msg.REPLAY)
+_REPLAY_UNPACK = REPLAY_REQ.struct.unpack
 _SUBMIT_REPLY_HEAD = REPLY.struct.pack(0, 0, FENCE_REPLY.size_bytes)
 _REPLY_PACK = REPLY.struct.pack
 _COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
@@ -113,6 +114,13 @@ _HEAD_BYTES = MSG.size_bytes
 _MSG_UNPACK = MSG.struct.unpack_from
 #: Most bytes one read of a request stream asks for (more when a message needs more).
 _READ_BYTES = 1 << 16
+
+
+def _wait_pairs(wait_compute: int, wait_copy: int) -> tuple[tuple[int, int], ...]:
+    """Waits as (engine, value) pairs, from per-engine values where 0 means none (REPLAY, ring entries)."""
+    if not wait_compute and not wait_copy:
+        return ()
+    return tuple((e, v) for e, v in ((int(Engine.COMPUTE), wait_compute), (int(Engine.COPY), wait_copy)) if v)
 
 
 def default_socket_path() -> str:
@@ -674,7 +682,7 @@ class Ring:
             if special and chain[i * SQE_BYTES + _SQE_HDR: (i + 1) * SQE_BYTES] != _ZERO_CMD:
                 raise violation("ring.entry", "nonzero command bytes", "zero in an EMPTY or REPLAY entry",
                                 field=where + "command")
-        waits = tuple((e, v) for e, v in ((int(Engine.COMPUTE), w_compute), (int(Engine.COPY), w_copy)) if v)
+        waits = _wait_pairs(w_compute, w_copy)
         if flags & _REPLAY:
             return self.client.replay(list_id, engine, waits)
         n_cmd = 0 if flags & _EMPTY else count
@@ -912,17 +920,23 @@ class Server:
                     return
                 except (EOFError, OSError):
                     return
-                if msg_type == _SUBMIT_MSG and not reserved and not fds:
-                    # the hot path (the ioctl model's one request per submission), without the dispatch table
+                if (msg_type == _SUBMIT_MSG or (msg_type == _REPLAY_MSG and length == REPLAY_REQ.size_bytes)
+                        ) and not reserved and not fds:
+                    # the hot paths (the ioctl model's one request per submission or replay), without
+                    # the dispatch table
                     try:
-                        engine, value = client.submit_raw(payload)
+                        if msg_type == _SUBMIT_MSG:
+                            engine, value = client.submit_raw(payload)
+                        else:
+                            lid, eng, wc, wp = _REPLAY_UNPACK(payload)
+                            engine, value = client.replay(lid, eng, _wait_pairs(wc, wp))
                         done = client.completed
                         reply = _SUBMIT_REPLY_HEAD + _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
                     except FFAccelError as e:
                         self._reply_error(conn, e)
                         continue
                     except Exception as e:  # noqa: BLE001 - one bad request must not take the server down
-                        log.exception("client %d: SUBMIT failed", client.id)
+                        log.exception("client %d: request %s failed", client.id, msg_type)
                         self._reply_error(conn, FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
                         continue
                     try:
@@ -1032,9 +1046,8 @@ class Server:
             lid = client.record(payload)
             return _U32x2.pack(lid, 0), []
         if kind == Msg.REPLAY:
-            lid, eng, wc, wp = REPLAY_REQ.struct.unpack(payload)
-            waits = tuple((e, v) for e, v in ((int(Engine.COMPUTE), wc), (int(Engine.COPY), wp)) if v)
-            engine, value = client.replay(lid, eng, waits)
+            lid, eng, wc, wp = _REPLAY_UNPACK(payload)
+            engine, value = client.replay(lid, eng, _wait_pairs(wc, wp))
             return self._fence(client, engine, value), []
         if kind == Msg.FREE_LIST:
             lid, res = _U32x2.unpack(payload)
