@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ffaccel
-from ffaccel.abi import COMMAND_BYTES, Gemm, encode_submission
+from ffaccel.abi import COMMAND_BYTES, Gemm
 from ffaccel.spec import ErrorCode, FFAccelError
 from ffaccel.transports.protocol import (
     CQE,
@@ -159,12 +159,17 @@ def _reap_one(t, timeout_s: float = 10.0):
     return out
 
 
+def _good_gemm(dev: ffaccel.Device) -> bytes:
+    """A valid 4x4 GEMM descriptor on fresh buffers of ``dev``."""
+    a = dev.alloc(64)
+    return Gemm(m=4, n=4, k=4, a=a.matrix(np.float32, 4, 4), b=a.matrix(np.float32, 4, 4),
+                d=dev.alloc(64).matrix(np.float32, 4, 4)).encode()
+
+
 def test_bad_ring_entries_get_their_error_in_the_completion(server) -> None:
     with _ring_device(server) as dev:
         t = dev._transport
-        a = dev.alloc(64)
-        good = Gemm(m=4, n=4, k=4, a=a.matrix(np.float32, 4, 4), b=a.matrix(np.float32, 4, 4),
-                    d=dev.alloc(64).matrix(np.float32, 4, 4)).encode()
+        good = _good_gemm(dev)
         rng = np.random.default_rng(6)
         bad_entries = [
             (_sqe(flags=0x80, user_data=11), "ring.entry"),
@@ -195,9 +200,7 @@ def test_a_chain_that_differs_from_the_last_one_is_checked_again(server) -> None
     # chain that differs anywhere else, even in a middle entry, is checked whole again
     with _ring_device(server) as dev:
         t = dev._transport
-        a = dev.alloc(64)
-        good = Gemm(m=4, n=4, k=4, a=a.matrix(np.float32, 4, 4), b=a.matrix(np.float32, 4, 4),
-                    d=dev.alloc(64).matrix(np.float32, 4, 4)).encode()
+        good = _good_gemm(dev)
         chain = [_sqe(flags=SqeFlags.LINK, command=good)] * 2 + [_sqe(flags=0, command=good)]
         for ud in (31, 32):
             _write_sqes(t, chain[:2] + [_sqe(flags=0, command=good, user_data=ud)])
@@ -280,9 +283,7 @@ def test_ring_entries_are_copied_once_so_scribbling_after_publishing_is_harmless
     # the server validates the copy it took, so each entry either runs as the valid GEMM or is refused
     with _ring_device(server, entries=64) as dev:
         t = dev._transport
-        a = dev.alloc(64)
-        good = Gemm(m=4, n=4, k=4, a=a.matrix(np.float32, 4, 4), b=a.matrix(np.float32, 4, 4),
-                    d=dev.alloc(64).matrix(np.float32, 4, 4)).encode()
+        good = _good_gemm(dev)
         rng = np.random.default_rng(7)
         for i in range(1, 41):
             _write_sqes(t, [_sqe(flags=0, command=good, user_data=i)])

@@ -451,6 +451,14 @@ def op_handles(op: Op) -> tuple[int, ...]:
     return tuple(v.handle for v in views if v is not None)
 
 
+def _unchanged(handles: tuple[int, ...], sizes: tuple[int | None, ...], lookup: HandleLookup) -> bool:
+    """Whether every buffer still has the size it had when a memo entry was made."""
+    for h, size in zip(handles, sizes):
+        if lookup(h) != size:
+            return False
+    return True
+
+
 class ValidationCache:
     """Memo of :func:`check_command` + :func:`bind` for one client's repeated commands.
 
@@ -481,13 +489,9 @@ class ValidationCache:
         within them stays within them).
         """
         ent = self._subs.get(raw)
-        if ent is None:
+        if ent is None or not _unchanged(ent[1], ent[2], lookup):
             return None
-        sub, handles, sizes = ent
-        for h, size in zip(handles, sizes):
-            if lookup(h) != size:
-                return None
-        return sub
+        return ent[0]
 
     def put_submission(self, raw: bytes, sub: "Submission", lookup: HandleLookup) -> None:
         if self._subs_bytes + len(raw) > self.MAX_SUBMISSION_BYTES or len(self._subs) >= self.max_entries:
@@ -500,13 +504,9 @@ class ValidationCache:
     def get_block(self, engine: Engine, block: bytes, lookup: HandleLookup) -> tuple[Op, ...] | None:
         """The ops of a whole command block validated before, if every buffer it names is unchanged."""
         ent = self._blocks.get((engine, block))
-        if ent is None:
+        if ent is None or not _unchanged(ent[1], ent[2], lookup):
             return None
-        ops, handles, sizes = ent
-        for h, size in zip(handles, sizes):
-            if lookup(h) != size:
-                return None
-        return ops
+        return ent[0]
 
     def put_block(self, engine: Engine, block: bytes, ops: tuple[Op, ...], lookup: HandleLookup) -> None:
         if len(self._blocks) >= self.max_entries // 16 + 1:
@@ -516,13 +516,9 @@ class ValidationCache:
 
     def get(self, key: bytes, lookup: HandleLookup) -> Op | None:
         ent = self._entries.get(key)
-        if ent is None:
+        if ent is None or not _unchanged(ent[1], ent[2], lookup):
             return None
-        op, handles, sizes = ent
-        for h, size in zip(handles, sizes):
-            if lookup(h) != size:
-                return None
-        return op
+        return ent[0]
 
     def put(self, key: bytes, op: Op, lookup: HandleLookup) -> None:
         if len(self._entries) >= self.max_entries:

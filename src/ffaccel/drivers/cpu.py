@@ -211,20 +211,20 @@ def _f2py_operands(a: np.ndarray, b: np.ndarray, x: np.ndarray
     xt = x.T
     if not xt.flags.f_contiguous:
         return None
-    bt, at = b.T, a.T
-    if bt.flags.f_contiguous:
-        y1, t1 = bt, 0
-    elif b.flags.f_contiguous:
-        y1, t1 = b, 1
-    else:
+    y1, y2 = _as_column_major(b), _as_column_major(a)
+    if y1 is None or y2 is None:
         return None
-    if at.flags.f_contiguous:
-        y2, t2 = at, 0
-    elif a.flags.f_contiguous:
-        y2, t2 = a, 1
-    else:
-        return None
-    return y1, y2, xt, t1, t2
+    return y1[0], y2[0], xt, y1[1], y2[1]
+
+
+def _as_column_major(m: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(array, trans): m's transpose when m is row-major (trans 0), m itself when column-major (1)."""
+    mt = m.T
+    if mt.flags.f_contiguous:
+        return mt, 0
+    if m.flags.f_contiguous:
+        return m, 1
+    return None
 
 
 def _gemm2d_strided(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float,

@@ -137,10 +137,7 @@ class SocketTransport:
             try:
                 deadline = _now_ns() + int((self.timeout_s if timeout_s is None else timeout_s) * 1e9)
                 self._send(_MSG.pack(int(msg), 0, len(payload)) + payload, fds, deadline)
-                if want_fds:
-                    status, body = self._recv_reply_fds(got, deadline)
-                else:
-                    status, body = self._recv_reply(deadline)
+                status, body = self._recv_reply(deadline, got if want_fds else None)
             except (OSError, EOFError) as e:  # includes socket.timeout
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
@@ -186,43 +183,28 @@ class SocketTransport:
             except BlockingIOError:
                 self._wait_ready(_POLLOUT, deadline)
 
-    def _recv_reply(self, deadline: int) -> tuple[int, bytes]:
+    def _recv_reply(self, deadline: int, fds: list[int] | None = None) -> tuple[int, bytes]:
         """Read one reply (header + body): busy-poll up to ``poll_ns``, then sleep in poll(2).
 
         Only one request is ever outstanding on the connection (calls hold the lock), so a
         read can take whatever is there: it is all this reply, usually in one system call.
+        ``fds`` collects file descriptors a reply carries (ALLOC, RING_SETUP); None: none expected.
         """
-        recv = self._sock.recv
-        spin_end = _now_ns() + self.poll_ns
-        buf = b""
-        while True:
-            try:
-                data = recv(_RECV_BYTES)
-            except BlockingIOError:
-                if _now_ns() >= spin_end:
-                    self._wait_ready(_POLLIN, deadline)
-                continue
-            if not data:
-                raise EOFError("peer closed the connection")
-            buf = buf + data if buf else data
-            if len(buf) >= _REPLY_BYTES:
-                status, _res, length = _REPLY.unpack_from(buf)
-                if len(buf) >= _REPLY_BYTES + length:
-                    return status, buf[_REPLY_BYTES: _REPLY_BYTES + length]
-
-    def _recv_reply_fds(self, fds: list[int], deadline: int) -> tuple[int, bytes]:
-        """As :meth:`_recv_reply`, for replies that carry file descriptors (on their first bytes)."""
         sock = self._sock
+        recv = sock.recv
         spin_end = _now_ns() + self.poll_ns
         buf = b""
         while True:
             try:
-                data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS)
+                if fds is None:
+                    data = recv(_RECV_BYTES)
+                else:
+                    data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS)
+                    collect_fds(anc, fds)
             except BlockingIOError:
                 if _now_ns() >= spin_end:
                     self._wait_ready(_POLLIN, deadline)
                 continue
-            collect_fds(anc, fds)
             if not data:
                 raise EOFError("peer closed the connection")
             buf = buf + data if buf else data
