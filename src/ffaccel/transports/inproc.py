@@ -203,7 +203,6 @@ class InprocTransport:
         self._lists: dict[int, RecordedList] = {}
         self._plans = SubmissionPlans(driver, self._memory.__getitem__, self._caps, self._size,
                                       self._timeline.__getitem__, self._memory.keys)
-        self._runs = self._plans.runs
         self._list_ids = itertools.count(1)
 
     # -- queries ------------------------------------------------------------------------
@@ -253,10 +252,6 @@ class InprocTransport:
             value = self._timeline[engine] + 1
             self._timeline[engine] = value
             return engine, value
-
-    def _run(self, ops: tuple[Op, ...]) -> None:
-        for run in self._runs.get_all(ops):
-            run()
 
     # -- command lists ------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:

@@ -288,7 +288,6 @@ class Client:
         table = self.table
         self.plans = SubmissionPlans(server.driver, lambda h: table[h].array, server.caps, self.size_of,
                                      self.submitted.__getitem__, table.keys)
-        self.runs = self.plans.runs  # kernels bound per validated op
         self.lists: dict[int, RecordedList] = {}
         self._list_ids = itertools.count(1)
         self.errors: collections.OrderedDict[int, FFAccelError] = collections.OrderedDict()
@@ -351,8 +350,7 @@ class Client:
     def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
         """Validate a whole submission, assign its fence value, and run or queue it."""
         with self.lock:
-            if self.closed:
-                self._check_open()
+            self._check_open()
             engine, runs, waits = self.plans.plan(raw)
             return self._enqueue(engine, runs, waits)
 
