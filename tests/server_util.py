@@ -1,4 +1,7 @@
-"""Start and stop an ``ffaccel serve`` subprocess for the server tests (never hangs)."""
+"""Helpers for the server tests: an ``ffaccel serve`` subprocess, and waiting for an event (never hangs).
+
+Importable from test modules because pyproject.toml puts ``tests/`` on pytest's ``pythonpath``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import ffaccel
+
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T], done: Callable[[T], bool], timeout_s: float, what: str,
+               poll_s: float = 0.005) -> T:
+    """Call ``probe`` until ``done(value)`` holds; return that value.
+
+    The deadline bounds a wait for an event (a server noticing a hang-up, say); it is not a
+    duration being tested: past it the test fails, naming ``what`` and the last value seen.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s; last seen {value!r}")
+        time.sleep(poll_s)
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

@@ -12,19 +12,12 @@ shows up.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
 from scipy import special
-
-try:
-    import ffaccel  # noqa: F401
-except ImportError:  # a source checkout that is not installed yet
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ffaccel.abi import Copy, DeviceCaps, Gemm, Matrix, PostOpDesc, check_command, copy_arrays, gemm_arrays
 from ffaccel.abi.validate import View

@@ -7,18 +7,11 @@ exact value, and a from-first-principles round-to-nearest-even of a Fraction.
 from __future__ import annotations
 
 import math
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
-
-try:
-    import ffaccel  # noqa: F401
-except ImportError:  # a source checkout that is not installed yet
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ffaccel.abi import Copy, DeviceCaps, Gemm, Matrix, PostOpDesc, check_command
 from ffaccel.drivers.ref import RefDriver

@@ -16,18 +16,15 @@ from ffaccel.abi import Copy, Gemm, encode_submission
 from ffaccel.conformance import check_device
 from ffaccel.spec import RULES, ErrorCode, FFAccelError
 
-sys.path.insert(0, os.path.dirname(__file__))  # --import-mode=importlib: reach the helper beside us
-from server_util import ServerProcess  # noqa: E402
+from server_util import ServerProcess  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 PATHS = ("socket", "ring")
 CHILD_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("srv"), "--max-client-memory", str(64 << 20))
-    yield srv
-    srv.stop()
+def server_args() -> tuple[str, ...]:
+    return ("--max-client-memory", str(64 << 20))  # the `server` fixture (conftest.py) starts with these
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -1,0 +1,59 @@
+"""Fixtures shared by the test modules, and an opt-in seeded shuffle of the test order.
+
+``--shuffle=SEED`` (an integer, or ``random`` to draw one; it is printed in the header) runs the
+collected tests in a random order: CI runs the dask tests once that way (``.ci/run``), which
+proves they depend on no order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+from server_util import ServerProcess  # tests/ is on pytest's pythonpath (pyproject.toml)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shuffle", metavar="SEED", default=None,
+                     help="run the tests in an order shuffled with SEED (an integer, or 'random')")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    seed = config.getoption("--shuffle")
+    if seed == "random":
+        seed = random.SystemRandom().randrange(2**32)
+    if seed is not None:
+        try:
+            config._ffaccel_shuffle_seed = int(seed)  # type: ignore[attr-defined]
+        except ValueError:
+            raise pytest.UsageError(f"--shuffle takes an integer or 'random'; got {seed!r}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    seed = getattr(config, "_ffaccel_shuffle_seed", None)
+    return None if seed is None else f"test order shuffled: --shuffle={seed} repeats it"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = getattr(config, "_ffaccel_shuffle_seed", None)
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+
+
+# -- the device server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_args() -> tuple[str, ...]:
+    """``ffaccel serve`` options of the module's ``server``; a module overrides this fixture to change them."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, server_args: tuple[str, ...]) -> Iterator[ServerProcess]:
+    """One ``ffaccel serve`` per test module, stopped when the module is done."""
+    srv = ServerProcess(tmp_path_factory.mktemp("server"), *server_args)
+    yield srv
+    srv.stop()
+
