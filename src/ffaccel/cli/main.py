@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -14,7 +17,8 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
-from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION, FFAccelError
+from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
+from .errors import EXIT_MEANINGS, CommandError, Exit, debug_enabled, one_line, report, status_of, stdout_gone
 
 
 def _info(args: argparse.Namespace, console: Console) -> int:
@@ -59,11 +63,26 @@ def _info(args: argparse.Namespace, console: Console) -> int:
 
 
 def _conformance(args: argparse.Namespace, console: Console) -> int:
+    from ..report.output import output_folder
+
+    level = "full" if args.full else "quick"
+    with contextlib.ExitStack() as stack:
+        paths = None
+        if args.report:  # checked before the run, not after it (results lost)
+            out = Path(args.report)
+            paths = (out, out.with_suffix(".md")) if out.suffix == ".json" else (
+                out / "conformance.json", out / "conformance.md")
+            stack.enter_context(output_folder(paths[0].parent, [q.name for q in paths], param="--report"))
+        return _run_conformance(args, console, level, paths)
+
+
+def _run_conformance(args: argparse.Namespace, console: Console, level: str,
+                     paths: tuple[Path, Path] | None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..conformance import check_device
+    from ..report.output import write_atomic
 
-    level = "full" if args.full else "quick"
     with Progress(TextColumn("[bold]conformance[/] {task.fields[device]}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
                   transient=True) as bar:
@@ -85,13 +104,10 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]FAIL[/] {r.name}: {r.message}")
     if len(report.failures) > 20:
         console.print(f"... and {len(report.failures) - 20} more failures (see the report)")
-    if args.report:
-        out = Path(args.report)
-        json_path, md_path = (out, out.with_suffix(".md")) if out.suffix == ".json" else (
-            out / "conformance.json", out / "conformance.md")
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(report.to_json(), encoding="utf-8")
-        md_path.write_text(report.to_markdown(), encoding="utf-8")
+    if paths is not None:
+        json_path, md_path = paths
+        write_atomic(json_path, report.to_json())
+        write_atomic(md_path, report.to_markdown())
         console.print(f"report: {json_path} and {md_path}")
     verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({len(report.failures)} failed)"
     console.print(f"{report.device}: {verdict}")
@@ -142,10 +158,24 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 def _serve(args: argparse.Namespace, console: Console) -> int:
     import logging
 
+    from ..drivers import driver_targets
     from ..transports.server import serve
 
+    targets = sorted(driver_targets())
+    if args.driver not in targets:
+        raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: no such driver; installed drivers: "
+                                       f"{', '.join(targets)}")
+    where = args.socket or "the default socket"
+    if args.socket is not None:
+        folder = os.path.dirname(os.path.abspath(args.socket))
+        if not os.path.isdir(folder):
+            raise CommandError(Exit.USAGE, f"--socket {args.socket}: the folder {folder} does not exist; "
+                                           "create it or choose a socket path in an existing folder")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
-    return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us)
+    try:
+        return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us)
+    except OSError as e:  # socket in use, path refused...: the server says why, we say where
+        raise CommandError(status_of(e), f"cannot serve on {where}: {one_line(e)}") from e
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -162,9 +192,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ffaccel", description="ffaccel: a fixed-function accelerator interface")
+    p = _Parser(prog="ffaccel", description="ffaccel: a fixed-function accelerator interface",
+                epilog="exit status: " + "; ".join(f"{int(k)} {v}" for k, v in EXIT_MEANINGS.items()))
     p.add_argument("--version", action="version", version=f"ffaccel {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also FFACCEL_DEBUG=1)")
+    # --debug is also accepted after the command name; SUPPRESS keeps one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (also FFACCEL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
+    sub_add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: sub_add(*a, parents=[common], **kw)  # type: ignore[method-assign]
     info = sub.add_parser("info", help="spec version, driver, supported combinations and limits")
     info.add_argument("device", nargs="?", default=None,
                       help=f"device name (default: $FFACCEL_DEVICE, else cpu); one of {', '.join(devices())}")
@@ -188,14 +226,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Console(Console):
+    """rich's Console, but a reader that goes away (``ffaccel info | head -1``) is not an error.
+
+    rich answers a broken pipe with ``SystemExit(1)``; raise BrokenPipeError instead so
+    that :func:`main` exits 0, as ``cat`` and ``ls`` do when their reader is gone.
+    """
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (status 2) and a pointer to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        raise SystemExit(Exit.USAGE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = Console()
+    """Run one ``ffaccel`` command; the exit status (see :class:`ffaccel.cli.errors.Exit`)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help and --version (0), usage errors (2, already printed)
+        return int(e.code or 0) if not isinstance(e.code, str) else Exit.USAGE
+    except BrokenPipeError:  # --help piped into a reader that went away
+        return stdout_gone()
+    debug = debug_enabled(getattr(args, "debug", False))
+    console = _Console()
     try:
         return int(args.func(args, console))
-    except FFAccelError as e:
-        Console(stderr=True).print(f"[red]error[/] {e}")
-        return 2
+    except BrokenPipeError:
+        return stdout_gone()
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure becomes one line and a status
+        return report(e, debug=debug)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""Exit statuses and one-line errors for the ``ffaccel`` command.
+
+Every failure ends the command with one line on stderr that says what is wrong (and, where
+there is one, what to do) and a status from :class:`Exit`; ``--debug`` (or
+``FFACCEL_DEBUG=1``) adds the traceback. The table is documented in the README
+("Exit status") and is part of the command's interface: scripts test these numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from enum import IntEnum
+
+from ..spec import ErrorCode, FFAccelError
+
+
+class Exit(IntEnum):
+    """The exit statuses of every ``ffaccel`` command."""
+
+    OK = 0
+    #: a device failed conformance cases (``conformance``, ``report``)
+    FAILED = 1
+    #: bad usage or input: an unknown option, device or driver name, an invalid argument, an
+    #: output or socket path that cannot be written (argparse's own status for usage errors)
+    USAGE = 2
+    #: device error: the device or its server is lost, timed out or out of memory, or another
+    #: server already owns the socket
+    DEVICE = 3
+    #: a bug in ffaccel: an exception nobody expected (``--debug`` shows where)
+    INTERNAL = 4
+    #: interrupted (Ctrl-C, SIGINT: 128 + 2); what the run made is removed
+    INTERRUPTED = 130
+
+
+#: One line per status, for ``ffaccel --help`` and the README.
+EXIT_MEANINGS: dict[Exit, str] = {
+    Exit.OK: "success (also when the reader of the output goes away: `ffaccel info | head -1`)",
+    Exit.FAILED: "conformance failed: a device failed at least one case",
+    Exit.USAGE: "bad usage or input: option, device or driver name, argument value, unwritable path",
+    Exit.DEVICE: "device error: device or server lost, timeout, out of memory, socket already served",
+    Exit.INTERNAL: "internal error (a bug in ffaccel; rerun with --debug and report the traceback)",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C); what the run made is removed",
+}
+
+#: FFAccelError codes that say the device (not the request) is in trouble.
+_DEVICE_CODES = frozenset({ErrorCode.DEVICE_LOST, ErrorCode.TIMEOUT, ErrorCode.OUT_OF_MEMORY,
+                           ErrorCode.ABI_VERSION_MISMATCH})
+#: OSErrors about a path the user gave (bad input), as opposed to a resource in use.
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+class CommandError(Exception):
+    """An error the command line reports as one line with a given exit status.
+
+    Parameters
+    ----------
+    status : Exit
+        The exit status (see :class:`Exit`).
+    message : str
+        What is wrong and what to do, on one line.
+    """
+
+    def __init__(self, status: Exit, message: str) -> None:
+        super().__init__(message)
+        self.status = Exit(status)
+        self.message = message
+
+
+def status_of(exc: BaseException) -> Exit:
+    """The exit status for an exception that ended a command."""
+    if isinstance(exc, CommandError):
+        return exc.status
+    if isinstance(exc, FFAccelError):
+        return Exit.DEVICE if exc.code in _DEVICE_CODES else Exit.USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return Exit.INTERRUPTED
+    if isinstance(exc, _PATH_ERRORS):
+        return Exit.USAGE
+    if isinstance(exc, OSError):
+        return Exit.DEVICE
+    return Exit.INTERNAL
+
+
+def one_line(exc: BaseException) -> str:
+    """The message for ``exc`` on a single line (newlines and runs of spaces folded)."""
+    if isinstance(exc, CommandError):
+        text = exc.message
+    elif isinstance(exc, FFAccelError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    elif isinstance(exc, OSError):
+        text = str(exc) or type(exc).__name__
+    else:
+        text = (f"internal error, a bug in ffaccel: {type(exc).__name__}: {exc} "
+                "(rerun with --debug and report the traceback)")
+    return " ".join(text.split())
+
+
+def debug_enabled(flag: bool) -> bool:
+    """``--debug`` given, or ``FFACCEL_DEBUG`` set to something other than empty or 0."""
+    return flag or os.environ.get("FFACCEL_DEBUG", "") not in ("", "0")
+
+
+def report(exc: BaseException, *, debug: bool, prog: str = "ffaccel") -> Exit:
+    """Print ``exc`` as one line on stderr (after its traceback with ``debug``); its exit status."""
+    if debug and not isinstance(exc, KeyboardInterrupt):
+        traceback.print_exception(exc, file=sys.stderr)
+    try:
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n" if not isinstance(exc, KeyboardInterrupt)
+                         else f"{prog}: interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr itself is gone: the status still says it
+        pass
+    return status_of(exc)
+
+
+def stdout_gone() -> Exit:
+    """The reader of stdout went away (``ffaccel info | head -1``): not an error.
+
+    Python's own advice: point stdout at /dev/null so the interpreter's final flush
+    does not raise again, and exit quietly.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+    return Exit.OK

@@ -1,0 +1,106 @@
+"""Output folders that are checked before a run and cleaned up when it does not finish.
+
+A report runs for a while; an output path that cannot be written must be refused before
+that, not after (results lost). A run that is interrupted or fails removes what it made:
+the folders it created and the files it wrote that were not there before. Files are
+written atomically (a temporary name, then a rename), so an interrupted write never
+leaves half a file where a previous run's file was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..spec import ErrorCode, FFAccelError
+
+
+def _unwritable(param: str, path: Path, why: str) -> FFAccelError:
+    return FFAccelError(ErrorCode.INVALID_PARAMETER, param,
+                        f"the output folder must be one this process can create and write; got {path} ({why})")
+
+
+def _make_dirs(folder: Path, param: str) -> Path | None:
+    """Create ``folder`` and its missing parents; the topmost folder created (None if it existed)."""
+    missing: list[Path] = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    if folder.exists() and not folder.is_dir():
+        raise _unwritable(param, folder, "it exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(param, folder, f"cannot create it: {e.strerror or type(e).__name__}") from None
+    return missing[-1] if missing else None
+
+
+def check_writable(folder: Path, param: str = "out") -> Path | None:
+    """Create ``folder`` if needed and prove a file can be written there.
+
+    Returns the topmost folder this call created (None when ``folder`` existed), so that
+    a caller can remove it again. Raises INVALID_PARAMETER naming ``param`` otherwise.
+    """
+    folder = Path(folder)
+    made = _make_dirs(folder, param)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ffaccel-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise _unwritable(param, folder, f"cannot write a file in it: {e.strerror or type(e).__name__}") from None
+    return made
+
+
+@contextlib.contextmanager
+def output_folder(folder: Path, names: Iterable[str], param: str = "out") -> Iterator[Path]:
+    """Check ``folder`` before a run; if the run does not finish, remove what it made there.
+
+    ``names`` are the file names the run writes in ``folder``: only those that did not
+    exist before are removed (never anything else in a folder that existed), and the
+    folders this run created.
+    """
+    folder = Path(folder)
+    made = check_writable(folder, param)
+    names = list(names)
+    existed = {n for n in names if (folder / n).exists()}
+    finished = False
+    try:
+        yield folder
+        finished = True
+    finally:
+        if not finished:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            else:
+                for n in names:
+                    if n not in existed:
+                        with contextlib.suppress(FileNotFoundError):
+                            (folder / n).unlink()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    # not mkstemp: its 0600 would stick to the file; this one gets the umask's mode like any other
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
