@@ -225,6 +225,20 @@ def _int_mm_ok(device: torch.device, m: int, k: int, n: int) -> bool:
     return m > 16 and k % 8 == 0 and n % 8 == 0 and k > 0
 
 
+def _canonical(x: torch.Tensor) -> torch.Tensor:
+    """x as a row-major 2-D tensor whose strides are exactly (cols, 1).
+
+    ``contiguous()`` is not enough: PyTorch calls a (1, k) view with strides (1, 1) contiguous
+    (a stride along an extent-1 dimension is ignored), but a kernel may still use it as the
+    leading dimension; ``torch._int_mm`` on AVX-512 VNNI CPUs returns garbage for it.
+    """
+    if x.stride() == (x.shape[1], 1):
+        return x
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out.copy_(x)
+    return out
+
+
 def _int_native(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact a @ b (int8/uint8 mixes) as int64 holding the true value modulo 2**32, via torch._int_mm.
 
@@ -235,7 +249,7 @@ def _int_native(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ua, ub = a.dtype == torch.uint8, b.dtype == torch.uint8
     sa = (a.to(torch.int16) - 128).to(torch.int8) if ua else a
     sb = (b.to(torch.int16) - 128).to(torch.int8) if ub else b
-    out = torch.stack([torch._int_mm(sa[i].contiguous(), sb[i].contiguous()) for i in range(sa.shape[0])])
+    out = torch.stack([torch._int_mm(_canonical(sa[i]), _canonical(sb[i])) for i in range(sa.shape[0])])
     out = out.to(torch.int64)
     if ub:
         out += 128 * sa.to(torch.int64).sum(-1, keepdim=True)
