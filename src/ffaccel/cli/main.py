@@ -17,6 +17,7 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
+from . import build_c
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
 from .errors import EXIT_MEANINGS, CommandError, Exit, debug_enabled, one_line, report, status_of, stdout_gone
 
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
     rep.set_defaults(func=_report)
     _add_serve(sub)
+    build_c.add_parser(sub)
     return p
 
 

@@ -1,0 +1,866 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ffaccel C client: the socket path (one request, one reply: the ioctl model) and the ring
+ * path (SQ/CQ in a shared memfd: the io_uring model). The wire messages are those of
+ * ffaccel_uapi.h, documented in docs/spec.md ("Wire protocol").
+ *
+ * Every blocking call has a deadline: socket calls carry SO_RCVTIMEO/SO_SNDTIMEO, ring waits
+ * sleep in poll(2) with a timeout and notice the socket closing. Nothing the server sends is
+ * trusted for sizes: a reply longer than FFA_MAX_PAYLOAD_BYTES or with the wrong number of fds
+ * is a lost device.
+ */
+#define _GNU_SOURCE
+#include "ffaccel.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_TIMEOUT_S 30.0
+#define DEFAULT_POLL_US 200
+#define DEFAULT_ENTRIES 64
+
+struct mapping {
+	uint32_t handle;
+	void *data;
+	uint64_t size;
+	struct mapping *next;
+};
+
+struct ffa_client {
+	int sock;
+	double timeout_s;
+	uint64_t poll_ns;
+	int lost;
+	struct ffa_error_info err;
+	struct mapping *maps;
+	uint64_t completed[2];  /* per engine, as the last reply showed */
+	/* ring path (ring == NULL: socket path) */
+	unsigned char *ring;
+	size_t ring_bytes;
+	uint32_t entries;
+	int wake_fd, doorbell_fd;
+	uint32_t sq_tail, cq_head;
+	uint64_t seq;
+	unsigned char *rx;      /* reply buffer */
+	size_t rx_cap;
+};
+
+static const char *const ERROR_NAMES[] = {
+	"OK", "INVALID_PARAMETER", "BAD_HANDLE", "OUT_OF_BOUNDS", "OVERLAP", "UNSUPPORTED",
+	"OUT_OF_MEMORY", "TIMEOUT", "DEVICE_LOST", "ABI_VERSION_MISMATCH",
+};
+
+const char *ffa_error_name(uint32_t code)
+{
+	return code < sizeof(ERROR_NAMES) / sizeof(ERROR_NAMES[0]) ? ERROR_NAMES[code] : "UNKNOWN";
+}
+
+static int set_error(struct ffa_error_info *e, uint32_t code, const char *param, const char *fmt, ...)
+{
+	va_list ap;
+	if (!e)
+		return (int)code;
+	e->code = code;
+	e->command_index = FFA_NO_INDEX;
+	snprintf(e->param, sizeof(e->param), "%s", param);
+	e->rule[0] = '\0';
+	va_start(ap, fmt);
+	vsnprintf(e->message, sizeof(e->message), fmt, ap);
+	va_end(ap);
+	return (int)code;
+}
+
+/* The connection is unusable from here on: every later call answers DEVICE_LOST at once. */
+static int lose(ffa_client *c, const char *why)
+{
+	c->lost = 1;
+	return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device",
+			 "the device server is gone or not answering: %s", why);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t ffa_f64_bits(double x)
+{
+	uint64_t u;
+	memcpy(&u, &x, sizeof(u));
+	return u;
+}
+
+uint64_t ffa_i64_bits(int64_t x)
+{
+	return (uint64_t)x;
+}
+
+struct ffa_operand ffa_matrix(uint32_t handle, uint32_t dtype, uint64_t offset_bytes, uint32_t rows, uint32_t cols,
+			      uint64_t ld_elems, uint64_t batch_stride_elems)
+{
+	struct ffa_operand m;
+	memset(&m, 0, sizeof(m));
+	m.handle = handle;
+	m.dtype = dtype;
+	m.offset_bytes = offset_bytes;
+	m.rows = rows;
+	m.cols = cols;
+	m.ld_elems = ld_elems;
+	m.batch_stride_elems = batch_stride_elems;
+	return m;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* device names and the default socket                                                        */
+
+/* Value of "key=" in a "?a=1&b=2" query, copied into out; 0 when absent. */
+static int query_value(const char *query, const char *key, char *out, size_t cap)
+{
+	size_t klen = strlen(key);
+	const char *p = query;
+	while (p && *p) {
+		if (strncmp(p, key, klen) == 0 && p[klen] == '=') {
+			const char *v = p + klen + 1;
+			size_t n = strcspn(v, "&");
+			if (n >= cap)
+				n = cap - 1;
+			memcpy(out, v, n);
+			out[n] = '\0';
+			return 1;
+		}
+		p = strchr(p, '&');
+		if (p)
+			p++;
+	}
+	return 0;
+}
+
+/* The default socket's folder must be ours, a real directory, and closed to group and others. */
+static int check_folder(const char *path, struct ffa_error_info *err)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct stat st;
+	char *slash;
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (!slash)
+		return FFA_ERR_OK;
+	*slash = '\0';
+	if (lstat(dir[0] ? dir : "/", &st) != 0)
+		return set_error(err, FFA_ERR_DEVICE_LOST, "device", "no server: cannot stat the socket folder %s (%s)",
+				 dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077))
+		return set_error(err, FFA_ERR_DEVICE_LOST, "device",
+				 "refusing the socket folder %s: owner uid %u, mode %03o; allowed: a directory "
+				 "owned by uid %u with no group or other permissions",
+				 dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 0777), (unsigned)getuid());
+	return FFA_ERR_OK;
+}
+
+static int default_socket(char *out, size_t cap, struct ffa_error_info *err)
+{
+	const char *env = getenv("FFACCEL_SOCKET");
+	const char *run = getenv("XDG_RUNTIME_DIR");
+	int n;
+	if (env && *env) { /* a path chosen explicitly: only the server's credentials are checked */
+		n = snprintf(out, cap, "%s", env);
+		return n < 0 || (size_t)n >= cap ? set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
+							     "FFACCEL_SOCKET of %d bytes; allowed: at most %zu", n,
+							     cap - 1)
+						 : FFA_ERR_OK;
+	}
+	if (run && *run)
+		n = snprintf(out, cap, "%s/ffaccel/server.sock", run);
+	else
+		n = snprintf(out, cap, "/tmp/ffaccel-%u/server.sock", (unsigned)getuid());
+	if (n < 0 || (size_t)n >= cap)
+		return set_error(err, FFA_ERR_INVALID_PARAMETER, "device", "socket path too long (%d bytes; at most %zu)",
+				 n, cap - 1);
+	return check_folder(out, err);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* framing                                                                                    */
+
+static void set_timeouts(int sock, double seconds)
+{
+	struct timeval tv;
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+static int send_all(ffa_client *c, const void *head, size_t head_len, const void *body, size_t body_len,
+		    const int *fds, int nfds)
+{
+	struct iovec iov[2];
+	struct msghdr mh;
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int) * FFA_MAX_FDS)];
+	} ctl;
+	size_t total = head_len + body_len, sent = 0;
+	memset(&mh, 0, sizeof(mh));
+	while (sent < total) {
+		ssize_t r;
+		int niov = 0;
+		if (sent < head_len) {
+			iov[niov].iov_base = (char *)head + sent;
+			iov[niov++].iov_len = head_len - sent;
+		}
+		if (body_len) {
+			size_t skip = sent > head_len ? sent - head_len : 0;
+			iov[niov].iov_base = (char *)body + skip;
+			iov[niov++].iov_len = body_len - skip;
+		}
+		mh.msg_iov = iov;
+		mh.msg_iovlen = niov;
+		mh.msg_control = NULL;
+		mh.msg_controllen = 0;
+		if (nfds && sent == 0) { /* fds ride on the message's first bytes */
+			struct cmsghdr *cm;
+			memset(&ctl, 0, sizeof(ctl));
+			mh.msg_control = ctl.buf;
+			mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+			cm = CMSG_FIRSTHDR(&mh);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+			memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+		}
+		r = sendmsg(c->sock, &mh, MSG_NOSIGNAL);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return lose(c, errno == EAGAIN ? "timed out sending a request" : strerror(errno));
+		}
+		sent += (size_t)r;
+	}
+	return FFA_ERR_OK;
+}
+
+/* Read exactly len bytes; fds passed along are appended to fds (closed when over max_fds). */
+static int recv_all(ffa_client *c, void *buf, size_t len, int *fds, int *nfds, int max_fds, int spin)
+{
+	size_t got = 0;
+	uint64_t spin_end = spin ? now_ns() + c->poll_ns : 0;
+	while (got < len) {
+		struct iovec iov;
+		struct msghdr mh;
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int) * FFA_MAX_FDS)];
+		} ctl;
+		ssize_t r;
+		int flags = MSG_CMSG_CLOEXEC;
+		iov.iov_base = (char *)buf + got;
+		iov.iov_len = len - got;
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = ctl.buf;
+		mh.msg_controllen = sizeof(ctl.buf);
+		/* busy-poll briefly first: a small reply comes within tens of microseconds,
+		 * about what waking a sleeping process costs on its own */
+		if (spin_end && now_ns() < spin_end)
+			flags |= MSG_DONTWAIT;
+		r = recvmsg(c->sock, &mh, flags);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if ((errno == EAGAIN || errno == EWOULDBLOCK) && (flags & MSG_DONTWAIT))
+				continue;
+			return lose(c, errno == EAGAIN || errno == EWOULDBLOCK ? "timed out waiting for a reply"
+									      : strerror(errno));
+		}
+		if (r == 0)
+			return lose(c, "the server closed the connection");
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+				int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+				int tmp[FFA_MAX_FDS * 4];
+				if (n > (int)(sizeof(tmp) / sizeof(tmp[0])))
+					n = (int)(sizeof(tmp) / sizeof(tmp[0]));
+				memcpy(tmp, CMSG_DATA(cm), sizeof(int) * n);
+				for (int i = 0; i < n; i++) {
+					if (fds && *nfds < max_fds)
+						fds[(*nfds)++] = tmp[i];
+					else
+						close(tmp[i]);
+				}
+			}
+		}
+		got += (size_t)r;
+	}
+	return FFA_ERR_OK;
+}
+
+static void decode_error(ffa_client *c, uint32_t status, const unsigned char *p, uint64_t len)
+{
+	struct ffa_error rec;
+	struct ffa_error_info *e = &c->err;
+	memset(e, 0, sizeof(*e));
+	e->code = status;
+	e->command_index = FFA_NO_INDEX;
+	if (len < sizeof(rec)) {
+		snprintf(e->param, sizeof(e->param), "device");
+		snprintf(e->message, sizeof(e->message), "the server sent a malformed error reply (%u)", status);
+		return;
+	}
+	memcpy(&rec, p, sizeof(rec));
+	if ((uint64_t)rec.param_bytes + rec.rule_bytes + rec.message_bytes > len - sizeof(rec)) {
+		snprintf(e->param, sizeof(e->param), "device");
+		snprintf(e->message, sizeof(e->message), "the server sent a malformed error reply (%u)", status);
+		return;
+	}
+	e->command_index = rec.command_index;
+	p += sizeof(rec);
+	snprintf(e->param, sizeof(e->param), "%.*s", (int)rec.param_bytes, (const char *)p);
+	p += rec.param_bytes;
+	snprintf(e->rule, sizeof(e->rule), "%.*s", (int)rec.rule_bytes, (const char *)p);
+	p += rec.rule_bytes;
+	snprintf(e->message, sizeof(e->message), "%.*s", (int)rec.message_bytes, (const char *)p);
+}
+
+/*
+ * One request and its reply. The reply's payload is left in c->rx (*body_len bytes);
+ * want_fds file descriptors are expected with it (any other number: the device is lost).
+ */
+static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, const int *fds, int nfds,
+		uint64_t *body_len, int *got_fds, int want_fds)
+{
+	struct ffa_msg msg;
+	struct ffa_reply rep;
+	int nfd = 0, rc;
+	if (c->lost)
+		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_type = type;
+	msg.payload_bytes = len;
+	rc = send_all(c, &msg, sizeof(msg), payload, len, fds, nfds);
+	if (rc)
+		return rc;
+	rc = recv_all(c, &rep, sizeof(rep), got_fds, &nfd, want_fds, 1);
+	if (rc)
+		goto fail;
+	if (rep.payload_bytes > FFA_MAX_PAYLOAD_BYTES) {
+		rc = lose(c, "a reply longer than FFA_MAX_PAYLOAD_BYTES");
+		goto fail;
+	}
+	if (rep.payload_bytes > c->rx_cap) {
+		unsigned char *nb = realloc(c->rx, rep.payload_bytes);
+		if (!nb) {
+			rc = lose(c, "no memory for a reply");
+			goto fail;
+		}
+		c->rx = nb;
+		c->rx_cap = rep.payload_bytes;
+	}
+	rc = recv_all(c, c->rx, rep.payload_bytes, got_fds, &nfd, want_fds, 0);
+	if (rc)
+		goto fail;
+	if (rep.status) {
+		decode_error(c, rep.status, c->rx, rep.payload_bytes);
+		rc = (int)rep.status;
+		goto fail;
+	}
+	if (nfd != want_fds) {
+		rc = lose(c, "the server sent the wrong number of file descriptors");
+		goto fail;
+	}
+	if (body_len)
+		*body_len = rep.payload_bytes;
+	return FFA_ERR_OK;
+fail:
+	for (int i = 0; i < nfd; i++)
+		close(got_fds[i]);
+	return rc;
+}
+
+static int fence_reply(ffa_client *c, uint64_t len, uint64_t *value)
+{
+	struct ffa_fence_reply f;
+	if (len != sizeof(f))
+		return lose(c, "a fence reply of the wrong size");
+	memcpy(&f, c->rx, sizeof(f));
+	if (f.completed_compute > c->completed[0])
+		c->completed[0] = f.completed_compute;
+	if (f.completed_copy > c->completed[1])
+		c->completed[1] = f.completed_copy;
+	if (value)
+		*value = f.value;
+	return FFA_ERR_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* connection                                                                                 */
+
+static int ring_setup(ffa_client *c, uint32_t entries);
+
+int ffa_open(const char *name, ffa_client **out, struct ffa_error_info *err)
+{
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char val[64];
+	const char *query = NULL;
+	struct sockaddr_un sa;
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct ffa_hello hello;
+	ffa_client *c;
+	int ring = 0, rc;
+	uint32_t entries = DEFAULT_ENTRIES;
+	double timeout_s = DEFAULT_TIMEOUT_S;
+	long poll_us = DEFAULT_POLL_US;
+
+	*out = NULL;
+	if (!name || !*name)
+		name = getenv("FFACCEL_DEVICE");
+	if (!name || !*name) {
+		rc = default_socket(path, sizeof(path), err);
+		if (rc)
+			return rc;
+	} else {
+		size_t plen;
+		if (strncmp(name, "unix:", 5) != 0)
+			return set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
+					 "device name %s: the C client reaches a device through its server: "
+					 "unix:PATH[?transport=socket|ring&timeout_s=S&entries=N&poll_us=N]",
+					 name);
+		name += 5;
+		query = strchr(name, '?');
+		plen = query ? (size_t)(query - name) : strlen(name);
+		if (plen == 0 || plen >= sizeof(path))
+			return set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
+					 "socket path of %zu bytes; allowed: 1 to %zu", plen, sizeof(path) - 1);
+		memcpy(path, name, plen);
+		path[plen] = '\0';
+		if (query)
+			query++;
+	}
+	if (query) {
+		if (query_value(query, "transport", val, sizeof(val))) {
+			if (strcmp(val, "ring") == 0)
+				ring = 1;
+			else if (strcmp(val, "socket") != 0)
+				return set_error(err, FFA_ERR_INVALID_PARAMETER, "device", "transport=%s; allowed: socket, ring",
+						 val);
+		}
+		if (query_value(query, "timeout_s", val, sizeof(val))) {
+			char *end;
+			timeout_s = strtod(val, &end);
+			if (*end || !(timeout_s > 0 && timeout_s <= 86400))
+				return set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
+						 "timeout_s=%s; allowed: a number of seconds in (0, 86400]", val);
+		}
+		if (query_value(query, "entries", val, sizeof(val))) {
+			char *end;
+			unsigned long e = strtoul(val, &end, 10);
+			if (*end || e < 2 || e > 4096 || (e & (e - 1)))
+				return set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
+						 "entries=%s; allowed: a power of two in [2, 4096]", val);
+			entries = (uint32_t)e;
+		}
+		if (query_value(query, "poll_us", val, sizeof(val))) {
+			char *end;
+			poll_us = strtol(val, &end, 10);
+			if (*end || poll_us < 0 || poll_us > 1000000)
+				return set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
+						 "poll_us=%s; allowed: an integer in [0, 1000000]", val);
+		}
+	}
+
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return set_error(err, FFA_ERR_OUT_OF_MEMORY, "device", "no memory for a client");
+	c->wake_fd = c->doorbell_fd = -1;
+	c->timeout_s = timeout_s;
+	c->poll_ns = (uint64_t)poll_us * 1000u;
+	c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->sock < 0) {
+		rc = set_error(err, FFA_ERR_DEVICE_LOST, "device", "socket(): %s", strerror(errno));
+		free(c);
+		return rc;
+	}
+	set_timeouts(c->sock, timeout_s);
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	if (connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		rc = set_error(err, FFA_ERR_DEVICE_LOST, "device", "no server answers at %s (%s)", path,
+			       strerror(errno));
+		goto fail;
+	}
+	/* the server must be us or root: anyone else could be impersonating the device */
+	if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 ||
+	    (cred.uid != getuid() && cred.uid != 0)) {
+		rc = set_error(err, FFA_ERR_DEVICE_LOST, "device",
+			       "refusing the server at %s: it runs as uid %u; allowed: uid %u or 0", path,
+			       (unsigned)cred.uid, (unsigned)getuid());
+		goto fail;
+	}
+	hello.wire_version = FFA_WIRE_VERSION;
+	hello.abi_version = FFA_ABI_VERSION;
+	/* the reply's payload (the driver's description) is not needed here: only its status */
+	rc = call(c, FFA_MSG_HELLO, &hello, sizeof(hello), NULL, 0, NULL, NULL, 0);
+	if (!rc && ring)
+		rc = ring_setup(c, entries);
+	if (rc) {
+		if (err)
+			*err = c->err;
+		goto fail;
+	}
+	*out = c;
+	return FFA_ERR_OK;
+fail:
+	ffa_close(c);
+	return rc;
+}
+
+void ffa_close(ffa_client *c)
+{
+	struct mapping *m, *next;
+	if (!c)
+		return;
+	if (c->sock >= 0)
+		close(c->sock);
+	for (m = c->maps; m; m = next) {
+		next = m->next;
+		munmap(m->data, m->size);
+		free(m);
+	}
+	if (c->ring)
+		munmap(c->ring, c->ring_bytes);
+	if (c->wake_fd >= 0)
+		close(c->wake_fd);
+	if (c->doorbell_fd >= 0)
+		close(c->doorbell_fd);
+	free(c->rx);
+	free(c);
+}
+
+const char *ffa_transport(const ffa_client *c)
+{
+	return c->ring ? "ring" : "socket";
+}
+
+const struct ffa_error_info *ffa_last_error(const ffa_client *c)
+{
+	return &c->err;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* memory                                                                                     */
+
+int ffa_alloc(ffa_client *c, uint64_t size_bytes, uint32_t *handle, void **data)
+{
+	struct ffa_handle_reply hr;
+	struct mapping *m;
+	uint64_t len;
+	int fd, rc;
+	void *p;
+	rc = call(c, FFA_MSG_ALLOC, &size_bytes, sizeof(size_bytes), NULL, 0, &len, &fd, 1);
+	if (rc)
+		return rc;
+	if (len != sizeof(hr)) {
+		close(fd);
+		return lose(c, "a handle reply of the wrong size");
+	}
+	memcpy(&hr, c->rx, sizeof(hr));
+	m = malloc(sizeof(*m));
+	p = m && hr.size_bytes ? mmap(NULL, hr.size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	close(fd); /* the mapping keeps the memfd alive */
+	if (p == MAP_FAILED) {
+		uint32_t fr[2] = {hr.handle, 0};
+		free(m);
+		call(c, FFA_MSG_FREE, fr, sizeof(fr), NULL, 0, NULL, NULL, 0);
+		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "size_bytes", "cannot map %llu bytes (%s)",
+				 (unsigned long long)hr.size_bytes, strerror(errno));
+	}
+	m->handle = hr.handle;
+	m->data = p;
+	m->size = hr.size_bytes;
+	m->next = c->maps;
+	c->maps = m;
+	*handle = hr.handle;
+	*data = p;
+	return FFA_ERR_OK;
+}
+
+int ffa_free(ffa_client *c, uint32_t handle)
+{
+	uint32_t fr[2] = {handle, 0};
+	struct mapping **pm;
+	int rc = call(c, FFA_MSG_FREE, fr, sizeof(fr), NULL, 0, NULL, NULL, 0);
+	if (rc)
+		return rc;
+	for (pm = &c->maps; *pm; pm = &(*pm)->next) {
+		if ((*pm)->handle == handle) {
+			struct mapping *m = *pm;
+			*pm = m->next;
+			munmap(m->data, m->size);
+			free(m);
+			break;
+		}
+	}
+	return FFA_ERR_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the ring path                                                                              */
+
+static struct ffa_ring_header *ring_header(ffa_client *c)
+{
+	return (struct ffa_ring_header *)c->ring;
+}
+
+static int ring_setup(ffa_client *c, uint32_t entries)
+{
+	struct ffa_ring_setup rs = {entries, 0};
+	struct ffa_ring_header *h;
+	struct stat st;
+	int fds[2], rc;
+	c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->wake_fd < 0)
+		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "device", "eventfd(): %s", strerror(errno));
+	rc = call(c, FFA_MSG_RING_SETUP, &rs, sizeof(rs), &c->wake_fd, 1, NULL, fds, 2);
+	if (rc)
+		return rc;
+	c->doorbell_fd = fds[1];
+	if (fstat(fds[0], &st) != 0 || (uint64_t)st.st_size < FFA_RING_HEADER_BYTES) {
+		close(fds[0]);
+		return lose(c, "the ring memfd is too small");
+	}
+	c->ring_bytes = (size_t)st.st_size;
+	c->ring = mmap(NULL, c->ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+	close(fds[0]);
+	if (c->ring == MAP_FAILED) {
+		c->ring = NULL;
+		return lose(c, "cannot map the ring");
+	}
+	h = ring_header(c);
+	/* the geometry comes from the server: check it before every later index computation relies on it */
+	if (h->entries != entries || h->sq_offset_bytes < FFA_RING_HEADER_BYTES ||
+	    h->sq_offset_bytes + (uint64_t)entries * FFA_SQE_BYTES > h->cq_offset_bytes ||
+	    h->cq_offset_bytes + (uint64_t)entries * sizeof(struct ffa_cqe) > c->ring_bytes)
+		return lose(c, "the ring header does not match the ring's size");
+	c->entries = entries;
+	c->sq_tail = __atomic_load_n(&h->sq_tail, __ATOMIC_ACQUIRE);
+	c->cq_head = __atomic_load_n(&h->cq_head, __ATOMIC_ACQUIRE);
+	return FFA_ERR_OK;
+}
+
+/* The full text of a refused ring submission or a broken ring comes once, over the socket. */
+static int ring_error(ffa_client *c, uint32_t status, uint64_t error_id)
+{
+	uint64_t len;
+	int rc = call(c, FFA_MSG_ERROR_TEXT, &error_id, sizeof(error_id), NULL, 0, &len, NULL, 0);
+	if (rc)
+		return rc;
+	decode_error(c, status, c->rx, len);
+	return (int)status;
+}
+
+static int ring_check(ffa_client *c)
+{
+	struct ffa_ring_header *h = ring_header(c);
+	if (__atomic_load_n(&h->server_flags, __ATOMIC_ACQUIRE) & FFA_RING_SERVER_BROKEN) {
+		uint32_t code = __atomic_load_n(&h->error, __ATOMIC_ACQUIRE);
+		ring_error(c, code ? code : FFA_ERR_DEVICE_LOST, __atomic_load_n(&h->error_id, __ATOMIC_ACQUIRE));
+		c->lost = 1;
+		return code ? (int)code : FFA_ERR_DEVICE_LOST;
+	}
+	return FFA_ERR_OK;
+}
+
+/* Sleep on our eventfd (or the socket: it turns readable when the server dies) until woken or 50 ms pass. */
+static int ring_sleep(ffa_client *c, const uint32_t *word, uint32_t unless, uint64_t deadline)
+{
+	struct ffa_ring_header *h = ring_header(c);
+	struct pollfd pf[2] = {{c->wake_fd, POLLIN, 0}, {c->sock, POLLIN, 0}};
+	uint64_t left, n;
+	int ms;
+	__atomic_or_fetch(&h->client_flags, FFA_RING_CLIENT_WAITING, __ATOMIC_SEQ_CST);
+	/* look once more after WAITING is set: the server signals only clients it sees waiting */
+	if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != unless)
+		goto out;
+	left = deadline > now_ns() ? deadline - now_ns() : 0;
+	ms = left > 50000000u ? 50 : (int)(left / 1000000u) + 1;
+	if (poll(pf, 2, ms) > 0) {
+		if (pf[1].revents) {
+			__atomic_and_fetch(&h->client_flags, ~(uint32_t)FFA_RING_CLIENT_WAITING, __ATOMIC_SEQ_CST);
+			return lose(c, "the server closed the connection");
+		}
+		if (read(c->wake_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+			return lose(c, "reading the wake eventfd failed");
+	}
+out:
+	__atomic_and_fetch(&h->client_flags, ~(uint32_t)FFA_RING_CLIENT_WAITING, __ATOMIC_SEQ_CST);
+	return FFA_ERR_OK;
+}
+
+static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp, const union ffa_command *cmds,
+		       uint32_t count, uint64_t *fence)
+{
+	struct ffa_ring_header *h = ring_header(c);
+	uint32_t slots = count ? count : 1, mask = c->entries - 1;
+	uint64_t start = now_ns(), deadline = start + (uint64_t)(c->timeout_s * 1e9), seq = ++c->seq;
+	unsigned char *sq = c->ring + h->sq_offset_bytes;
+	int rc = ring_check(c);
+	if (rc)
+		return rc;
+	/* room for the whole chain: the server consumes while its CQ has room, and we reap everything */
+	while (c->sq_tail - __atomic_load_n(&h->sq_head, __ATOMIC_ACQUIRE) + slots > c->entries) {
+		if (now_ns() > deadline)
+			return lose(c, "the ring's submission queue stayed full");
+		rc = ring_check(c);
+		if (!rc)
+			rc = ring_sleep(c, &h->sq_head, __atomic_load_n(&h->sq_head, __ATOMIC_ACQUIRE), deadline);
+		if (rc)
+			return rc;
+	}
+	for (uint32_t i = 0; i < slots; i++) {
+		unsigned char *slot = sq + (size_t)((c->sq_tail + i) & mask) * FFA_SQE_BYTES;
+		struct ffa_sqe e;
+		memset(&e, 0, sizeof(e));
+		e.user_data = i == slots - 1 ? seq : 0; /* the chain's completion carries its last entry's */
+		e.engine = engine;
+		e.flags = count == 0 ? FFA_SQE_EMPTY : (i + 1 < slots ? FFA_SQE_LINK : 0);
+		e.wait_compute_value = wc;
+		e.wait_copy_value = wp;
+		memcpy(slot, &e, sizeof(e));
+		if (count)
+			memcpy(slot + sizeof(e), &cmds[i], FFA_COMMAND_BYTES);
+		else
+			memset(slot + sizeof(e), 0, FFA_COMMAND_BYTES);
+	}
+	c->sq_tail += slots;
+	__atomic_store_n(&h->sq_tail, c->sq_tail, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&h->server_flags, __ATOMIC_SEQ_CST) & FFA_RING_SERVER_SLEEPING) {
+		uint64_t one = 1;
+		if (write(c->doorbell_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+			return lose(c, "ringing the doorbell failed");
+	}
+	/* reap: busy-poll poll_us per entry (the server answers a chain once), then sleep */
+	for (;;) {
+		if (__atomic_load_n(&h->cq_tail, __ATOMIC_ACQUIRE) != c->cq_head) {
+			struct ffa_cqe q;
+			memcpy(&q, c->ring + h->cq_offset_bytes + (size_t)(c->cq_head & mask) * sizeof(q), sizeof(q));
+			c->cq_head++;
+			__atomic_store_n(&h->cq_head, c->cq_head, __ATOMIC_RELEASE);
+			if (q.user_data != seq)
+				return lose(c, "a completion for another submission");
+			if (q.status) {
+				rc = ring_error(c, q.status, q.error_id);
+				return rc;
+			}
+			*fence = q.value;
+			return FFA_ERR_OK;
+		}
+		uint64_t t = now_ns();
+		if (t - start < c->poll_ns)
+			continue;
+		if (t - start < c->poll_ns * slots) {
+			sched_yield(); /* past the plain budget: keep polling, but cede a core the server needs */
+			continue;
+		}
+		rc = ring_check(c);
+		if (rc)
+			return rc;
+		if (t > deadline)
+			return lose(c, "no completion in time");
+		rc = ring_sleep(c, &h->cq_tail, c->cq_head, deadline);
+		if (rc)
+			return rc;
+	}
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* work                                                                                       */
+
+int ffa_submit(ffa_client *c, uint32_t engine, const struct ffa_wait *waits, uint32_t wait_count,
+	       const union ffa_command *commands, uint32_t command_count, uint64_t *fence)
+{
+	struct ffa_submit head;
+	unsigned char stack[sizeof(head) + 4 * sizeof(struct ffa_wait) + 2 * FFA_COMMAND_BYTES];
+	unsigned char *buf = stack;
+	size_t len;
+	uint64_t blen;
+	int rc;
+	if (c->lost)
+		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
+	if (c->ring && command_count < c->entries) {
+		/* the ring carries one wait per engine; anything else goes by socket, where the
+		 * server's validator gives it its exact verdict */
+		uint64_t w[2] = {0, 0};
+		int ok = wait_count <= 2;
+		for (uint32_t i = 0; ok && i < wait_count; i++)
+			ok = waits[i].engine < 2 && !waits[i].reserved && waits[i].value && !w[waits[i].engine] &&
+			     (w[waits[i].engine] = waits[i].value) != 0;
+		if (ok)
+			return ring_submit(c, engine, w[0], w[1], commands, command_count, fence);
+	}
+	memset(&head, 0, sizeof(head));
+	head.abi_version = FFA_ABI_VERSION;
+	head.engine = engine;
+	head.command_count = command_count;
+	head.wait_count = wait_count;
+	len = sizeof(head) + (size_t)wait_count * sizeof(struct ffa_wait) + (size_t)command_count * FFA_COMMAND_BYTES;
+	if (len > FFA_MAX_PAYLOAD_BYTES)
+		return set_error(&c->err, FFA_ERR_INVALID_PARAMETER, "command_count",
+				 "%u commands and %u waits (%zu bytes); allowed: at most %u bytes per submission",
+				 command_count, wait_count, len, FFA_MAX_PAYLOAD_BYTES);
+	if (len > sizeof(stack) && !(buf = malloc(len)))
+		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "command_count", "no memory for %zu bytes", len);
+	memcpy(buf, &head, sizeof(head));
+	if (wait_count)
+		memcpy(buf + sizeof(head), waits, (size_t)wait_count * sizeof(struct ffa_wait));
+	if (command_count)
+		memcpy(buf + sizeof(head) + (size_t)wait_count * sizeof(struct ffa_wait), commands,
+		       (size_t)command_count * FFA_COMMAND_BYTES);
+	rc = call(c, FFA_MSG_SUBMIT, buf, len, NULL, 0, &blen, NULL, 0);
+	if (buf != stack)
+		free(buf);
+	return rc ? rc : fence_reply(c, blen, fence);
+}
+
+int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns)
+{
+	struct ffa_wait_req w;
+	uint64_t blen;
+	int rc;
+	if (engine < 2 && c->completed[engine] >= value && !c->lost)
+		return FFA_ERR_OK; /* an earlier reply already showed it */
+	if (c->ring && engine < 2 && !c->lost) {
+		struct ffa_ring_header *h = ring_header(c);
+		const uint64_t *word = engine ? &h->completed_copy : &h->completed_compute;
+		uint64_t end = now_ns() + (timeout_ns < c->poll_ns ? timeout_ns : c->poll_ns);
+		do {
+			if (__atomic_load_n(word, __ATOMIC_ACQUIRE) >= value)
+				return FFA_ERR_OK;
+		} while (now_ns() < end);
+	}
+	memset(&w, 0, sizeof(w));
+	w.engine = engine;
+	w.value = value;
+	w.timeout_ns = timeout_ns;
+	/* the server keeps the deadline; the socket's own timeout only catches a dead server */
+	set_timeouts(c->sock, (double)timeout_ns / 1e9 + c->timeout_s);
+	rc = call(c, FFA_MSG_WAIT, &w, sizeof(w), NULL, 0, &blen, NULL, 0);
+	set_timeouts(c->sock, c->timeout_s);
+	return rc ? rc : fence_reply(c, blen, NULL);
+}

@@ -1,0 +1,140 @@
+"""``ffaccel build-c``: compile the C client and the CBLAS library with the system C compiler.
+
+The C sources ship inside the package (``ffaccel/c``), so this works after ``pip install``;
+nothing is compiled at install time, so the package itself installs without a compiler.
+The uAPI header is written fresh from the tables (:mod:`ffaccel.transports.cheader`), so what
+is built always matches the Python side it will talk to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+
+from ..spec import ErrorCode, FFAccelError
+from ..transports.cheader import render
+
+#: Headers installed into ``DIR/include`` (the uAPI header is generated, not copied).
+HEADERS = ("ffaccel.h", "cblas.h")
+UAPI_HEADER = "ffaccel_uapi.h"
+#: Compiler candidates, after ``$CC``.
+COMPILERS = ("cc", "gcc", "clang")
+_FLAGS = ("-std=c11", "-O2", "-fPIC", "-Wall", "-Wextra", "-Werror")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What :func:`build_c` produced: folders and the compiler used."""
+
+    include: Path
+    lib: Path
+    compiler: str
+
+    @property
+    def libffaccel(self) -> Path:
+        return self.lib / "libffaccel.so"
+
+    @property
+    def libcblas(self) -> Path:
+        return self.lib / "libffaccel_cblas.so"
+
+
+def find_compiler(cc: str | None = None) -> list[str]:
+    """The C compiler's command: ``cc`` if given, else ``$CC``, else the first of cc, gcc, clang on PATH.
+
+    Raises
+    ------
+    FFAccelError
+        UNSUPPORTED, naming ``CC``, when none is found.
+    """
+    choice = cc or os.environ.get("CC")
+    if choice:
+        argv = shlex.split(choice)
+        if argv and shutil.which(argv[0]):
+            return argv
+        raise FFAccelError(ErrorCode.UNSUPPORTED, "CC", f"C compiler {choice!r} not found on PATH; "
+                           "allowed: a C11 compiler such as gcc or clang (install one, e.g. apt-get install gcc)")
+    for name in COMPILERS:
+        if shutil.which(name):
+            return [name]
+    raise FFAccelError(ErrorCode.UNSUPPORTED, "CC", "no C compiler found (looked for $CC, "
+                       + ", ".join(COMPILERS) + "); allowed: a C11 compiler such as gcc or clang "
+                       "(install one, e.g. apt-get install gcc, or set CC)")
+
+
+def source_dir() -> Path:
+    """Where the C sources are (inside the installed package)."""
+    return Path(str(resources.files("ffaccel") / "c"))
+
+
+def build_c(out: str | os.PathLike[str], cc: str | None = None) -> BuildResult:
+    """Write ``out/include`` (uAPI, client and CBLAS headers) and ``out/lib`` (the two libraries).
+
+    Parameters
+    ----------
+    out : path
+        Output folder (created).
+    cc : str, optional
+        The compiler command (default: ``$CC``, else cc, gcc or clang).
+
+    Returns
+    -------
+    BuildResult
+
+    Raises
+    ------
+    FFAccelError
+        UNSUPPORTED when no compiler is found; INVALID_PARAMETER (``CC``) when it fails.
+    """
+    compiler = find_compiler(cc)
+    src = source_dir()
+    root = Path(out)
+    inc, lib = root / "include", root / "lib"
+    inc.mkdir(parents=True, exist_ok=True)
+    lib.mkdir(parents=True, exist_ok=True)
+    (inc / UAPI_HEADER).write_text(render())
+    for h in HEADERS:
+        shutil.copyfile(src / h, inc / h)
+    result = BuildResult(inc, lib, " ".join(compiler))
+    _compile(compiler, [*_FLAGS, "-shared", f"-I{inc}", str(src / "ffaccel_client.c"), "-o", str(result.libffaccel)])
+    _compile(compiler, [*_FLAGS, "-shared", f"-I{inc}", str(src / "ffaccel_cblas.c"), f"-L{lib}", "-lffaccel",
+                        "-lpthread", "-Wl,-rpath,$ORIGIN", "-o", str(result.libcblas)])
+    return result
+
+
+def _compile(compiler: list[str], args: list[str]) -> None:
+    proc = subprocess.run([*compiler, *args], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, "CC", f"{' '.join(compiler)} failed (exit "
+                           f"{proc.returncode}); allowed: a C11 compiler that builds the sources:\n{proc.stderr}")
+
+
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    res = build_c(args.out, args.cc)
+    console.print(f"built with [bold]{res.compiler}[/]:")
+    for p in sorted(res.include.iterdir()) + [res.libffaccel, res.libcblas]:
+        console.print(f"  {p}")
+    console.print(f"link a CBLAS program: cc prog.c -I{res.include} -L{res.lib} -lffaccel_cblas "
+                  f"-Wl,-rpath,{res.lib}; run it with FFACCEL_DEVICE=unix:PATH (an `ffaccel serve` socket)")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``ffaccel build-c`` on the CLI's subcommands."""
+    p = sub.add_parser("build-c", help="compile the C client (libffaccel.so) and CBLAS (libffaccel_cblas.so)")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/include and DIR/lib")
+    p.add_argument("--cc", default=None, help="C compiler command (default: $CC, else cc, gcc or clang)")
+    p.set_defaults(func=_run)
+
+
+__all__ = ["BuildResult", "add_parser", "build_c", "find_compiler", "source_dir"]
