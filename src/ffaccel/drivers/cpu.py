@@ -54,7 +54,7 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import cython_blas as _cython_blas
 
 from ..abi import CopyOp, GemmOp
-from ..spec import DType, PostOpKind, numpy_dtype
+from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, GemmKernel
 
 try:  # correct f64 -> bf16 rounding (ml_dtypes rounds twice, through f32)
@@ -748,9 +748,15 @@ class CpuDriver(Driver):
     version = "1.0"
     description = "host CPU through the system BLAS (OpenBLAS via SciPy/NumPy); exact int8"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | str | None = None) -> None:
         if threads is None:
             threads = _threads_from_env()
+        elif isinstance(threads, str):  # the device name "cpu:N" (ffaccel.open passes what follows ':')
+            if not threads.isdecimal() or int(threads) < 1:
+                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "name",
+                                   f"the cpu device takes an optional thread count; got 'cpu:{threads}', "
+                                   "allowed cpu, or cpu:N for at most N >= 1 BLAS threads", rule="device.name")
+            threads = int(threads)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads

@@ -427,7 +427,10 @@ class DaskDriver(Driver):
         self._kept: dict[int, tuple[np.ndarray, dict[tuple, Any]]] = {}
         self._own_client = False
         if address is None and client is None:  # ffaccel.open("dask") passes no options
-            raise violation("device.name", "dask with no scheduler address", "dask://HOST:PORT[?key=value&...]")
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "name",
+                               "the dask device needs the address of a running scheduler; got 'dask' with none, "
+                               "allowed dask://HOST:PORT[?key=value&...], e.g. dask://127.0.0.1:8786",
+                               rule="device.name")
         if address is not None and client is not None:
             raise FFAccelError(ErrorCode.INVALID_PARAMETER, "client",
                                f"give an address or a client, not both; got address={address!r} and a client")

@@ -418,7 +418,18 @@ def open_device(name: str | None = None) -> Device:
     'ref'
     """
     if name is None:
-        name = os.environ.get(DEFAULT_DEVICE_ENV) or DEFAULT_DEVICE
+        env = os.environ.get(DEFAULT_DEVICE_ENV)
+        if env:
+            try:
+                return open_device(env)
+            except FFAccelError as e:  # say where the name came from: the user never typed it here
+                if e.rule != "device.name":
+                    raise
+                raise FFAccelError(e.code, DEFAULT_DEVICE_ENV,
+                                   f"the environment variable {DEFAULT_DEVICE_ENV} names the default device; got "
+                                   f"{DEFAULT_DEVICE_ENV}={env!r}, allowed a name ffaccel.open() accepts "
+                                   f"({e.message})", rule=e.rule) from None
+        name = DEFAULT_DEVICE
     if not isinstance(name, str):
         raise violation("device.name", repr(name), devices())
     if name.startswith("unix:"):
@@ -428,14 +439,13 @@ def open_device(name: str | None = None) -> Device:
 
 def default_device(name: str | None = None) -> Device:
     """A shared, lazily opened device per name (what front-ends use when given a name or None)."""
-    if name is None:
-        name = os.environ.get(DEFAULT_DEVICE_ENV) or DEFAULT_DEVICE
-    dev = _defaults.get(name)
+    key = name if name is not None else os.environ.get(DEFAULT_DEVICE_ENV) or DEFAULT_DEVICE
+    dev = _defaults.get(key)
     if dev is None:
         with _defaults_lock:
-            dev = _defaults.get(name)
+            dev = _defaults.get(key)
             if dev is None:
-                dev = _defaults[name] = open_device(name)
+                dev = _defaults[key] = open_device(name)  # None: errors name $FFACCEL_DEVICE
     return dev
 
 
