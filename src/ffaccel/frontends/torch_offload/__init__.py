@@ -1,0 +1,51 @@
+"""PyTorch offload mode: unchanged PyTorch code runs its GEMMs on an ffaccel device.
+
+Modules: :mod:`.session` (the ``with`` block and the function mode), :mod:`.linear`
+(matmul, addmm, linear, attention), :mod:`.conv` (convolutions as im2col + GEMM),
+:mod:`.rnn` (LSTM/GRU/RNN gate GEMMs), :mod:`.accounting` (where every FLOP went),
+:mod:`.tensors` (zero-copy views and the checks that decide whether a tensor can go).
+
+Interception: a :class:`torch.overrides.TorchFunctionMode`. It sees PyTorch's Python-level
+calls *before* autograd and before they are lowered to ATen, which is what this needs:
+
+* whether a call needs grad is still known (``torch.is_grad_enabled()`` and the inputs'
+  ``requires_grad``); below autograd (a ``TorchDispatchMode``) that is gone;
+* ``F.linear(x, W, b)``, ``addmm`` and ``F.conv2d(x, W, b)`` arrive whole, so the bias (and
+  the activation of ``torch._addmm_activation``) become the GEMM's fused epilogue;
+* ``F.scaled_dot_product_attention`` and ``torch.lstm`` arrive whole (ATen would run them
+  as fused CPU kernels with no GEMM to intercept) and are decomposed here into GEMMs on the
+  device and elementwise work in PyTorch.
+
+Everything that is not a GEMM runs in PyTorch as usual. Every call with FLOPs is counted in
+:attr:`OffloadSession.stats`, as offloaded or as host work with its reason, by a second mode
+below autograd (:class:`.accounting.HostFlops`) that prices every ATen operator PyTorch runs
+with PyTorch's own FLOP formulas: nothing falls back silently, and an op nobody lowered
+(``einsum``, a transposed convolution) shows up as "not offloaded (einsum)".
+
+Tensors are handed over without copies: a CPU tensor's memory is viewed as a NumPy array
+(``Tensor.numpy()``, bfloat16 through an int16 view) and the device's result is viewed back
+as a tensor (``torch.from_numpy``). Operands that the GEMM operand model cannot describe
+(e.g. batch dimensions that no single stride spans) are copied once by the front-end.
+
+Thread pools: PyTorch (OpenMP) and OpenBLAS (the ``cpu`` driver) both spin-wait after a
+parallel call; alternating them on a small machine makes each wait for the other's
+spinning threads (measured here: 20x slower). With a device whose GEMMs run outside
+PyTorch, the session therefore runs PyTorch's own (non-GEMM) work on one thread
+(``torch.set_num_threads(1)``) and restores the setting on exit: the GEMMs, which are the
+bulk of the work, keep every core. ``threads=`` overrides this.
+
+Attention layers: ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` have a fused
+inference fast path (``torch._native_multi_head_attention`` and friends) whose matmuls no
+Python-level hook can see. The session turns that fast path off
+(``torch.backends.mha.set_fastpath_enabled(False)``) and restores it on exit, so those layers
+take their ordinary path — linear projections, ``scaled_dot_product_attention`` — whose GEMMs
+the session offloads and counts; it opens the Python-level composite
+``F.multi_head_attention_forward`` so that the calls inside reach the mode.
+"""
+
+from .accounting import ARGS, DTYPE, GRAD, MEMORY, NOT_LOWERED, REFUSED, SHAPE
+from .session import OffloadSession, offload
+from .tensors import to_numpy, to_torch
+
+__all__ = ["OffloadSession", "offload", "to_numpy", "to_torch", "GRAD", "DTYPE", "SHAPE", "MEMORY", "ARGS",
+           "REFUSED", "NOT_LOWERED"]

@@ -1,0 +1,111 @@
+"""Where every FLOP of a session went: the device, or the host with a reason.
+
+Offloaded FLOPs are counted by the handlers (2 m n k per GEMM they submit). Host FLOPs are
+not estimated by hand: every ATen operator that runs in PyTorch inside a session passes a
+:class:`~torch.utils._python_dispatch.TorchDispatchMode` (:class:`HostFlops`), which prices
+it with PyTorch's own FLOP formulas (``torch.utils.flop_counter.flop_registry``, the table
+``FlopCounterMode`` uses) and decomposes composite operators it has no formula for (an LSTM,
+``einsum``) until it finds priced ones, as ``FlopCounterMode`` does. So a convolution under
+autograd, an ``einsum``, a transposed convolution or an op nobody thought of is counted on
+the host, with a reason, and the share agrees with an independent ``FlopCounterMode`` count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
+
+#: Reasons a call stays in PyTorch (keys of ``stats["host_reasons"]``).
+GRAD = "grad required"
+DTYPE = "dtype unsupported"
+SHAPE = "shape unsupported"
+MEMORY = "not in host memory"
+ARGS = "arguments unsupported"
+REFUSED = "device refused"
+#: prefix of the reason for an op that has no device lowering: "not offloaded (einsum)"
+NOT_LOWERED = "not offloaded"
+
+
+class Host(Exception):
+    """Raised by a handler: run this call in PyTorch, for ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _sdpa_cpu_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
+                   **kwargs: Any) -> int:
+    """PyTorch's CPU attention kernel has no entry in flop_registry: price it as sdpa."""
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: PyTorch's formulas, plus the CPU attention kernel they lack (see ``_sdpa_cpu_flop``)
+REGISTRY: dict[Any, Callable[..., int]] = dict(flop_counter.flop_registry)
+_cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+if _cpu_sdpa is not None:
+    REGISTRY[_cpu_sdpa] = flop_counter.shape_wrapper(_sdpa_cpu_flop)
+
+#: shape queries that must not be decomposed or counted (as in FlopCounterMode)
+_QUERIES = {getattr(torch.ops.aten, n).default for n in ("is_contiguous", "size", "stride", "storage_offset",
+                                                           "numel", "dim", "sym_size", "sym_stride")}
+
+
+def new_stats() -> dict[str, Any]:
+    """The zeroed ``session.stats`` dict."""
+    return dict(offloaded_calls=0, host_calls=0, offloaded_flops=0, host_flops=0, host_reasons=Counter(),
+                host_flops_by_reason=Counter(), offloaded_fraction=1.0)
+
+
+def count(stats: dict[str, Any], offloaded: bool, flops: int, reason: str = "", calls: int = 1) -> None:
+    """Add ``calls`` calls with ``flops`` FLOPs, offloaded or on the host for ``reason``."""
+    if offloaded:
+        stats["offloaded_calls"] += calls
+        stats["offloaded_flops"] += flops
+    else:
+        stats["host_calls"] += calls
+        stats["host_flops"] += flops
+        if calls:
+            stats["host_reasons"][reason] += calls
+        stats["host_flops_by_reason"][reason] += flops
+    total = stats["offloaded_flops"] + stats["host_flops"]
+    stats["offloaded_fraction"] = stats["offloaded_flops"] / total if total else 1.0
+
+
+class HostFlops(TorchDispatchMode):
+    """Counts the FLOPs of every ATen operator PyTorch runs while ``active``.
+
+    The function-level mode switches it off while a handler submits device work (the
+    ``torch`` driver runs its GEMMs through ATen too) and names the ``reason`` of a call it
+    hands back to PyTorch; FLOPs of any other op go to "not offloaded (<outer function>)".
+    """
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        super().__init__()
+        self.stats = stats
+        self.active = True
+        self.reason: str | None = None  # set by the function mode around a refused call
+        self.outer: str | None = None  # the outermost Python-level call not handled
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if not self.active or func in _QUERIES:
+            return func(*args, **kwargs)
+        formula = REGISTRY.get(func._overloadpacket)
+        if formula is None:
+            with self:  # composite (lstm, einsum, ...): count what it is made of
+                r = func.decompose(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        flops = int(formula(*args, **kwargs, out_val=out))
+        if flops:
+            reason = self.reason or f"{NOT_LOWERED} ({self.outer or func._overloadpacket.__name__})"
+            # the function mode counts the call of a refused op itself; here only its FLOPs
+            count(self.stats, False, flops, reason, calls=0 if self.reason else 1)
+        return out

@@ -1,0 +1,157 @@
+"""Convolutions (``F.conv1d/2d/3d``) as im2col + one device GEMM.
+
+im2col is one strided view of the (padded) input — ``as_strided`` to (batch, channels,
+kernel offsets..., output positions...) — and one copy into the GEMM's operand; PyTorch
+makes the copy. A 1x1 convolution with stride 1 needs no copy: the view already is the
+operand. Two layouts, chosen by the input's memory format, each without a transpose of the
+output:
+
+* contiguous (NCHW): ``D[n] = W (O x C k) @ cols[n] (C k x L)`` for every image ``n`` — one
+  batched GEMM with the weight broadcast (batch stride 0) and the bias fused over rows;
+  the result is NCHW as PyTorch returns it;
+* channels-last (NHWC): ``D = cols (N L x k C) @ W'^T`` — one GEMM whose rows are every
+  output position of every image, bias fused over columns; the result is channels-last, as
+  PyTorch returns it for a channels-last input.
+
+Groups are a batch of GEMMs (one per group; per image and group in NCHW), bias added after
+(a per-group bias is not one vector of the GEMM). Padding: ``"valid"``, ``"same"`` (also
+asymmetric, as PyTorch pads it: the extra element on the right) and explicit sizes; the
+other padding modes (reflect, replicate, circular) reach ``F.conv*d`` already padded by
+``nn.Conv*d``. An activation that follows is a separate call in PyTorch's graph and stays
+there: a function mode sees one call at a time, not the model's graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import post
+from .accounting import ARGS, SHAPE, Host
+from .tensors import check_tensors, same_dtype, to_numpy, to_torch
+
+_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+
+
+def _ints(v: Any, nd: int, name: str) -> tuple[int, ...]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,) * nd
+    if isinstance(v, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        if len(v) == nd:
+            return tuple(v)
+        if len(v) == 1:
+            return (v[0],) * nd
+    raise Host(ARGS)  # PyTorch reports what is wrong with it
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether x (N, C, spatial...) is stored channels-last (and is not also plain contiguous)."""
+    if x.ndim == 4:
+        fmt = torch.channels_last
+    elif x.ndim == 5:
+        fmt = torch.channels_last_3d
+    else:
+        return False
+    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    nd = _DIMS[func]
+    p = dict(zip(_NAMES, args))
+    p.update(kwargs)
+    if set(p) - set(_NAMES):
+        raise Host(ARGS)
+    x, w, bias = p["input"], p["weight"], p.get("bias")
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
+        raise Host(ARGS)
+    check_tensors(x, w, bias)
+    same_dtype(x, w, bias)
+    stride = _ints(p.get("stride", 1), nd, "stride")
+    dilation = _ints(p.get("dilation", 1), nd, "dilation")
+    groups = p.get("groups", 1)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise Host(ARGS)
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    if x.ndim != nd + 2 or w.ndim != nd + 2 or min(stride) < 1 or min(dilation) < 1:
+        raise Host(SHAPE)
+    N, C = x.shape[:2]
+    O, Cg = w.shape[:2]
+    ks = tuple(w.shape[2:])
+    g = groups
+    if C != Cg * g or O % g or (bias is not None and tuple(bias.shape) != (O,)) or min(ks) < 1:
+        raise Host(SHAPE)  # PyTorch raises its own error
+    padding = p.get("padding", 0)
+    if padding == "valid":
+        pads = [(0, 0)] * nd
+    elif padding == "same":
+        if max(stride) > 1:
+            raise Host(ARGS)  # PyTorch refuses it
+        pads = []
+        for k, d in zip(ks, dilation):
+            total = d * (k - 1)
+            pads.append((total // 2, total - total // 2))  # PyTorch puts the odd element on the right
+    else:
+        pads = [(q, q) for q in _ints(padding, nd, "padding")]
+    if min(min(a) for a in pads) < 0:
+        raise Host(SHAPE)
+    outs = tuple((s + lo + hi - d * (k - 1) - 1) // st + 1
+                 for s, (lo, hi), k, d, st in zip(x.shape[2:], pads, ks, dilation, stride))
+    if min(outs) < 1:
+        raise Host(SHAPE)  # PyTorch reports an input smaller than the kernel
+    last = _channels_last(x)
+    if any(lo or hi for lo, hi in pads):  # zero padding, kept in the input's memory format
+        flat = [v for lo_hi in reversed(pads) for v in lo_hi]
+        x = F.pad(x, flat)
+        if last and not _channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last if nd == 2 else torch.channels_last_3d)
+    L = math.prod(outs)
+    K = Cg * math.prod(ks)
+    flops = 2 * N * O * L * K
+    sN, sC, *sS = x.stride()
+    kstr = [d * s for d, s in zip(dilation, sS)]
+    ostr = [st * s for st, s in zip(stride, sS)]
+    # TODO(perf) the copy below is PyTorch's; F.unfold does the same for 2-D in one kernel
+    if last:
+        # rows: (n, output position), columns: (group, kernel offset, channel in group)
+        cols = x.as_strided((N, *outs, g, *ks, Cg), (sN, *ostr, Cg * sC, *kstr, sC), x.storage_offset())
+        cols = cols.reshape(N * L, g * K)
+        wt = w.permute(0, *range(2, nd + 2), 1)  # (O, kernel..., Cg): the column order of cols
+        if g == 1:
+            bias_ops = [post.bias(to_numpy(bias))] if bias is not None else []
+            r = m.run(flops, to_numpy(cols), to_numpy(wt.reshape(O, K)), trans_b=True, post_ops=bias_ops)
+            d = to_torch(r)
+        else:
+            d = torch.empty((N * L, O), dtype=x.dtype)
+            a = cols.view(N * L, g, K).transpose(0, 1)
+            b = wt.reshape(g, O // g, K)
+            out = d.view(N * L, g, O // g).transpose(0, 1)
+            m.run(flops, to_numpy(a), to_numpy(b), trans_b=True, out=to_numpy(out))
+            if bias is not None:
+                d += bias
+        y = d.view(N, *outs, O).permute(0, nd + 1, *range(1, nd + 1))
+    else:
+        # rows: (group, channel in group, kernel offset), columns: output position
+        cols = x.as_strided((N, C, *ks, *outs), (sN, sC, *kstr, *ostr), x.storage_offset())
+        if g == 1:
+            bias_ops = [post.bias(to_numpy(bias), axis="m")] if bias is not None else []
+            r = m.run(flops, to_numpy(w.reshape(O, K)), to_numpy(cols.reshape(N, K, L)), post_ops=bias_ops)
+            d = to_torch(r)
+        else:
+            r = m.run(flops, to_numpy(w.reshape(g, O // g, K)), to_numpy(cols.reshape(N, g, K, L)))
+            d = to_torch(r).view(N, O, L)
+            if bias is not None:
+                d += bias.view(O, 1)
+        y = d.view(N, O, *outs)
+    return y[0] if unbatched else y
+
+
+def handlers() -> dict[Callable, Callable]:
+    """func -> handler for convolutions."""
+    return {f: conv for f in _DIMS}

@@ -1,0 +1,196 @@
+"""Handlers for the GEMM family: matmul/mm/bmm, addmm/baddbmm, linear, _int_mm, attention.
+
+Each handler takes the mode (``m.run(flops, a, b, ...)`` submits one ``matmul`` and counts
+it) and the call's ``func, args, kwargs``; it returns the result or raises :class:`Host`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import post
+from .accounting import ARGS, DTYPE, SHAPE, Host
+from .tensors import FLOAT, check_tensors, same_dtype, to_numpy, to_torch
+
+
+def mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
+    """2 * (elements of the matmul result) * k, from the operand shapes (0 when they do not agree)."""
+    try:
+        if len(a_shape) == 0 or len(b_shape) == 0:
+            return 0
+        k = a_shape[-1]
+        m = a_shape[-2] if len(a_shape) > 1 else 1
+        n = b_shape[-1] if len(b_shape) > 1 else 1
+        batch = torch.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])).numel()
+        return 2 * batch * m * n * k
+    except RuntimeError:
+        return 0
+
+
+def _scalar(x: Any) -> float:
+    if isinstance(x, torch.Tensor):
+        raise Host(ARGS)
+    return float(x)
+
+
+def matmul(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    if kwargs.get("out") is not None or len(args) != 2:
+        raise Host(ARGS)
+    a, b = args
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise Host(ARGS)
+    check_tensors(a, b)
+    same_dtype(a, b)
+    return to_torch(np.asarray(m.run(mm_flops(tuple(a.shape), tuple(b.shape)), to_numpy(a), to_numpy(b))))
+
+
+def rmatmul(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    return matmul(m, func, (args[1], args[0]), kwargs)
+
+
+def matmul_strict(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    a, b = args[0], args[1] if len(args) > 1 else kwargs.get("mat2")
+    want = 2 if func in (torch.mm, torch.Tensor.mm) else 3
+    if not isinstance(b, torch.Tensor) or a.ndim != want or b.ndim != want:
+        raise Host(SHAPE)  # PyTorch raises its own error for bad shapes
+    if want == 3 and a.shape[0] != b.shape[0]:
+        raise Host(SHAPE)  # bmm does not broadcast; PyTorch reports it
+    return matmul(m, func, (a, b), {k: v for k, v in kwargs.items() if k != "mat2"})
+
+
+def addmm(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    if kwargs.get("out") is not None:
+        raise Host(ARGS)
+    names = ("input", "mat1", "mat2") if func in (torch.addmm, torch.Tensor.addmm) else ("input", "batch1", "batch2")
+    vals = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
+    c, a, b = vals
+    beta, alpha = _scalar(kwargs.get("beta", 1)), _scalar(kwargs.get("alpha", 1))
+    want = 2 if names[1] == "mat1" else 3
+    if a.ndim != want or b.ndim != want or (want == 3 and a.shape[0] != b.shape[0]):
+        raise Host(SHAPE)
+    return _gemm_epilogue(m, a, b, c, beta, alpha, None)
+
+
+def addmm_activation(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    c, a, b = args[:3]
+    beta, alpha = _scalar(kwargs.get("beta", 1)), _scalar(kwargs.get("alpha", 1))
+    # PyTorch's CPU kernel applies the exact (erf) gelu (its cuBLASLt epilogue, the tanh form)
+    act = post.gelu("none") if kwargs.get("use_gelu", False) else post.relu()
+    if a.ndim != 2 or b.ndim != 2:
+        raise Host(SHAPE)
+    return _gemm_epilogue(m, a, b, c, beta, alpha, act)
+
+
+def _gemm_epilogue(m: Any, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, beta: float, alpha: float,
+                   act: Any) -> torch.Tensor:
+    check_tensors(a, b, c)
+    same_dtype(a, b, c)
+    flops = mm_flops(tuple(a.shape), tuple(b.shape))
+    an, bn, cn = to_numpy(a), to_numpy(b), to_numpy(c)
+    post_ops = [] if act is None else [act]
+    if beta == 1.0 and cn.ndim == 1 and cn.shape[0] == b.shape[-1]:  # a bias row: fused epilogue
+        r = m.run(flops, an, bn, alpha=alpha, post_ops=[post.bias(cn)] + post_ops)
+    else:
+        r = m.run(flops, an, bn, cn, alpha=alpha, beta=beta, post_ops=post_ops)
+    return to_torch(r)
+
+
+def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    x = args[0] if args else kwargs["input"]
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    check_tensors(x, w, bias)
+    same_dtype(x, w, bias)
+    if w.ndim != 2 or x.shape[-1] != w.shape[1] or (bias is not None and tuple(bias.shape) != (w.shape[0],)):
+        raise Host(SHAPE)
+    # All leading dimensions are rows of one GEMM: a view where the strides allow, else one copy
+    # (what PyTorch's own linear does). Never a batch of per-row GEMMs: a (L, N, E) view of an
+    # (N, L, E) tensor, as nn.MultiheadAttention makes, would be L GEMMs of N rows each.
+    x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+    flops = 2 * x2.shape[0] * w.shape[0] * w.shape[1]
+    post_ops = [post.bias(to_numpy(bias))] if bias is not None else []
+    r = to_torch(m.run(flops, to_numpy(x2), to_numpy(w), trans_b=True, post_ops=post_ops))
+    return r if x.ndim == 2 else r.view(x.shape[:-1] + (w.shape[0],))
+
+
+def int_mm(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    a, b = args[:2]
+    check_tensors(a, b, allowed=(torch.int8,))
+    if a.ndim != 2 or b.ndim != 2:
+        raise Host(SHAPE)
+    return to_torch(m.run(mm_flops(tuple(a.shape), tuple(b.shape)), to_numpy(a), to_numpy(b)))
+
+
+_SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+
+
+def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``S = scale * Q K^T (+ mask)`` on the device (scale and mask fused), softmax in PyTorch, ``S V``."""
+    p = dict(zip(_SDPA_NAMES, args))
+    p.update(kwargs)
+    q, k, v = p["query"], p["key"], p["value"]
+    mask = p.get("attn_mask")
+    if p.get("dropout_p", 0.0) or set(p) - set(_SDPA_NAMES) - {"enable_gqa"}:
+        raise Host(ARGS)  # dropout is random work, not a GEMM; unknown options stay in PyTorch
+    check_tensors(q, k, v)
+    same_dtype(q, k, v)
+    if mask is not None:
+        check_tensors(mask, allowed=tuple(FLOAT) + (torch.bool,))
+        if mask.dtype != torch.bool and mask.dtype != q.dtype:
+            raise Host(DTYPE)
+    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim or q.shape[-1] != k.shape[-1] \
+            or k.shape[-2] != v.shape[-2]:
+        raise Host(SHAPE)
+    if p.get("enable_gqa") and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+        if q.shape[-3] % k.shape[-3]:
+            raise Host(SHAPE)
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = p.get("scale")
+    scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
+    add = None
+    if p.get("is_causal"):
+        if mask is not None:
+            raise Host(ARGS)  # PyTorch refuses this combination itself
+        mask = torch.ones(L, S, dtype=torch.bool).tril()
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    if mask is not None:  # additive form, in the scores' dtype (f32 for f16/bf16 inputs)
+        s_dtype = torch.float32 if low else q.dtype
+        add = mask.to(s_dtype) if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=s_dtype).masked_fill_(
+            ~mask, float("-inf"))
+    post_ops = [post.scale(scale)]
+    if add is not None:
+        post_ops.append(post.add(to_numpy(add)))
+    flops = 2 * (q.numel() // max(1, E)) * S * (E + v.shape[-1])
+    # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
+    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, post_ops=post_ops, out_dtype=np.float32 if low else None,
+              calls=0)
+    probs = torch.softmax(to_torch(s), dim=-1)
+    if low:
+        probs = probs.to(q.dtype)
+    return to_torch(m.run(flops, to_numpy(probs), to_numpy(v)))
+
+
+def handlers() -> dict[Callable, Callable]:
+    """func -> handler for the GEMM family."""
+    T = torch.Tensor
+    h: dict[Callable, Callable] = {}
+    for f in (torch.matmul, T.matmul, T.__matmul__):
+        h[f] = matmul
+    h[T.__rmatmul__] = rmatmul
+    for f in (torch.mm, T.mm, torch.bmm, T.bmm):
+        h[f] = matmul_strict
+    for f in (torch.addmm, T.addmm, torch.baddbmm, T.baddbmm):
+        h[f] = addmm
+    h[torch._addmm_activation] = addmm_activation
+    h[F.linear] = linear
+    h[F.scaled_dot_product_attention] = sdpa
+    h[torch._int_mm] = int_mm
+    return h

@@ -1,0 +1,3 @@
+"""Recurrent layers (placeholder)."""
+def handlers():
+    return {}

@@ -1,0 +1,172 @@
+"""The offload session: the two modes it installs, and what it restores on exit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ...runtime import Device, resolve_device
+from ...spec import FFAccelError, violation
+from ..numpy_api import matmul
+from . import conv, linear, rnn
+from .accounting import REFUSED, Host, HostFlops, count, new_stats
+
+
+class OffloadSession:
+    """What :func:`offload` returns: the device, and the statistics of the calls it saw.
+
+    ``stats`` keys: ``offloaded_calls``, ``host_calls``, ``offloaded_flops``, ``host_flops``
+    (FLOPs of GEMMs, convolutions, recurrent layers and attention, priced as
+    ``torch.utils.flop_counter`` prices them), ``host_reasons`` (reason -> calls) and
+    ``host_flops_by_reason``; ``offloaded_fraction`` is offloaded_flops / all FLOPs.
+    """
+
+    def __init__(self, device: "str | Device | None", threads: "int | str | None") -> None:
+        if not (threads in ("auto", None) or (isinstance(threads, int) and not isinstance(threads, bool)
+                                              and threads >= 1)):
+            raise violation("api.post_op", repr(threads), "'auto', None or an integer >= 1", arg="threads")
+        self.device = resolve_device(device)
+        self._threads = threads
+        self._saved_threads: int | None = None
+        self._saved_fastpath: bool | None = None
+        self._mode: _Mode | None = None
+        self._host: HostFlops | None = None
+        self.stats: dict[str, Any] = new_stats()
+
+    def reset(self) -> None:
+        """Zero the statistics."""
+        self.stats.clear()
+        self.stats.update(new_stats())
+
+    def __enter__(self) -> "OffloadSession":
+        want = self._threads
+        if want == "auto":  # one spinning pool at a time (see the package docstring)
+            want = None if self.device.info().name == "torch" else 1
+        if want is not None:
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(int(want))
+        mha = getattr(torch.backends, "mha", None)
+        self._saved_fastpath = mha.get_fastpath_enabled() if mha is not None else None
+        if mha is not None:  # the fused attention fast path hides its GEMMs (see the package docstring)
+            mha.set_fastpath_enabled(False)
+        self._host = HostFlops(self.stats)
+        self._host.__enter__()
+        self._mode = _Mode(self, self._host)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._mode is not None and self._host is not None
+        self._mode.__exit__(*exc)
+        self._host.__exit__(*exc)
+        self._mode = self._host = None
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+        if self._saved_fastpath is not None:
+            torch.backends.mha.set_fastpath_enabled(self._saved_fastpath)
+            self._saved_fastpath = None
+
+
+def offload(device: "str | Device | None" = None, *, threads: "int | str | None" = "auto") -> OffloadSession:
+    """Run PyTorch's GEMMs, convolutions, recurrent layers and attention on an ffaccel device.
+
+    Parameters
+    ----------
+    device : str or Device, optional
+        Device name (see :func:`ffaccel.devices`) or an open Device; default
+        ``$FFACCEL_DEVICE``, else ``"cpu"``.
+    threads : "auto", int or None
+        PyTorch's intra-op threads inside the block. ``"auto"`` (default): 1 when the
+        device's GEMMs run outside PyTorch (so that two spinning thread pools never
+        alternate), unchanged for the ``torch`` driver; None: unchanged.
+
+    Returns
+    -------
+    OffloadSession
+        Its ``stats`` dict counts offloaded and host calls and FLOPs, with the reasons.
+
+    Examples
+    --------
+    >>> import torch, ffaccel.torch
+    >>> lin = torch.nn.Linear(8, 4)
+    >>> with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+    ...     y = torch.relu(lin(torch.ones(2, 8)))
+    >>> session.stats["offloaded_calls"], session.stats["host_calls"]
+    (1, 0)
+    """
+    return OffloadSession(device, threads)
+
+
+_COMPOSITE_LOCK = threading.RLock()
+
+
+def _never(*_args: object) -> bool:
+    return False
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, session: OffloadSession, host: HostFlops) -> None:
+        super().__init__()
+        self.session = session
+        self.stats = session.stats
+        self.dev = session.device
+        self.host = host
+        self.handlers: dict[Callable, Callable] = {**linear.handlers(), **conv.handlers(), **rnn.handlers()}
+
+    def run(self, flops: int, *a: Any, calls: int = 1, **kw: Any) -> np.ndarray:
+        """One ``matmul`` on the device, counted as ``calls`` offloaded calls with ``flops``."""
+        r = matmul(*a, device=self.dev, **kw)
+        count(self.stats, True, flops, calls=calls)
+        return r
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        handler = self.handlers.get(func)
+        host = self.host
+        if handler is None:
+            if func is F.multi_head_attention_forward:
+                return self._open_composite(func, args, kwargs)
+            host.outer = getattr(func, "__name__", None)  # names the op whose FLOPs stay on the host
+            try:
+                return func(*args, **kwargs)
+            finally:
+                host.outer = None
+        host.active = False  # device work (the torch driver runs ATen GEMMs too) is not host work
+        try:
+            return handler(self, func, args, kwargs)
+        except Host as h:
+            reason = h.reason
+        except FFAccelError as e:  # the device refused a call PyTorch may accept (or reports itself)
+            reason = f"{REFUSED} ({e.code.name})"
+        finally:
+            host.active = True
+        count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
+        host.reason = reason
+        try:
+            return func(*args, **kwargs)
+        finally:
+            host.reason = None
+
+    def _open_composite(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run a Python-level composite (multi-head attention) with this mode still active inside.
+
+        A mode is popped while it handles a call, so the composite's own linear / sdpa calls
+        would be invisible. Re-entering the mode would hand the composite straight back to us
+        (it begins with ``if has_torch_function(...)``), so for this one call that module-level
+        check answers False; the calls inside then reach this mode as usual.
+        """
+        with _COMPOSITE_LOCK:
+            saved = F.has_torch_function
+            F.has_torch_function = _never
+            try:
+                with self:
+                    return func(*args, **kwargs)
+            finally:
+                F.has_torch_function = saved
