@@ -45,6 +45,9 @@ _RULES = (
          "abi"),
     Rule("cmd.flags", _E.INVALID_PARAMETER, "flags", "flag bits the opcode does not define must be zero", "abi"),
     Rule("cmd.reserved", _E.INVALID_PARAMETER, "{field}", "reserved fields and padding must be zero", "abi"),
+    Rule("cmd.field_range", _E.INVALID_PARAMETER, "{field}",
+         "a value given to the encoder must be an integer that fits its field (u32 or u64: no negative values, "
+         "nothing from 2**32 or 2**64 up)", "abi"),
     # --- operands (GEMM, COPY and epilogue operands alike) ------------------------------
     Rule("operand.present", _E.INVALID_PARAMETER, "{operand}.handle",
          "an operand that is read or written must name a buffer (handle 0 means absent)", "abi"),
@@ -55,13 +58,16 @@ _RULES = (
     Rule("operand.dtype", _E.INVALID_PARAMETER, "{operand}.dtype", "the dtype must be a spec dtype", "abi"),
     Rule("operand.shape", _E.INVALID_PARAMETER, "{operand}.{dim}",
          "rows and cols must equal the shape the operation implies", "abi"),
-    Rule("operand.ld", _E.INVALID_PARAMETER, "{operand}.ld_elems", "ld_elems must be >= max(1, cols)", "abi"),
+    Rule("operand.ld", _E.INVALID_PARAMETER, "{operand}.ld_elems",
+         "ld_elems must be >= max(1, cols), and ld_elems times the element size at most max_buffer_bytes "
+         "(and 2**63 - 1)", "abi"),
     Rule("operand.alignment", _E.INVALID_PARAMETER, "{operand}.offset_bytes",
          "offset_bytes must be a multiple of the element size (times the device's alignment_elems)", "abi"),
     Rule("operand.bounds", _E.OUT_OF_BOUNDS, "{operand}",
          "every element the operand spans must lie inside its buffer", "abi"),
     Rule("operand.batch_stride", _E.INVALID_PARAMETER, "{operand}.batch_stride_elems",
-         "batch_stride_elems must be 0 where the operation has no batch", "abi"),
+         "batch_stride_elems must be 0 where the operation has no batch, and batch_stride_elems times the "
+         "element size at most max_buffer_bytes (and 2**63 - 1)", "abi"),
     # --- GEMM ---------------------------------------------------------------------------
     Rule("gemm.dim", _E.INVALID_PARAMETER, "{dim}",
          "m, n, k must not exceed max_dim and batch must not exceed max_batch", "abi"),
@@ -123,6 +129,16 @@ _RULES = (
          "a command list must be a live list recorded by this client", "transport"),
     Rule("cmdlist.stale", _E.BAD_HANDLE, "handle",
          "every buffer a command list names must still be alive when it is replayed", "transport"),
+    Rule("cmdlist.limit", _E.OUT_OF_MEMORY, "command_list",
+         "a client holds at most max_command_lists recorded lists (their bytes count against its quota)",
+         "transport"),
+    Rule("memory.mappings", _E.OUT_OF_MEMORY, "size_bytes",
+         "a client's handle table holds at most max_mappings buffers, and the server at most max_buffers",
+         "transport"),
+    Rule("wire.clients", _E.OUT_OF_MEMORY, "connection",
+         "the server serves at most max_clients connections at once", "transport"),
+    Rule("ring.wake", _E.INVALID_PARAMETER, "fds",
+         "the wake file descriptor given with RING_SETUP must be an eventfd", "transport"),
     # --- front-ends ---------------------------------------------------------------------
     Rule("api.dtype", _E.INVALID_PARAMETER, "{arg}",
          "operands must be float64, float32, float16, bfloat16, int8 or uint8 arrays, with no silent promotion",

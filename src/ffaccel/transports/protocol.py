@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import array
 import ctypes
+import dataclasses
+import json
 import os
 import sys
 import socket
 import struct
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from ..abi.layout import COMMAND_BYTES, Field, Layout
 from ..spec import ErrorCode, FFAccelError, violation
+
+if TYPE_CHECKING:
+    from ..drivers import DriverInfo
 
 #: Wire protocol version (HELLO). Bumped only for incompatible changes.
 WIRE_VERSION = 1
@@ -46,7 +52,7 @@ def _u64(name: str, doc: str) -> Field:
 class Msg(IntEnum):
     """``msg_type`` of a request. Numbers are never reused."""
 
-    HELLO = 1        # payload ffa_hello; reply: pickled DriverInfo (server -> client only)
+    HELLO = 1        # payload ffa_hello; reply: the device's info as UTF-8 JSON (see encode_info)
     ALLOC = 2        # payload u64 size_bytes; reply ffa_handle_reply + the buffer's memfd
     FREE = 3         # payload u32 handle, u32 reserved
     SUBMIT = 4       # payload: an ABI submission (ffa_submit, waits, commands); reply ffa_fence_reply
@@ -298,6 +304,66 @@ def close_fds(fds: list[int]) -> None:
     fds.clear()
 
 
+#: Largest HELLO reply a client reads (its JSON is a few KiB).
+MAX_INFO_BYTES = 1 << 16
+
+
+def encode_info(info: "DriverInfo") -> bytes:
+    """The HELLO reply: the device's info as UTF-8 JSON (nothing on the wire is pickled).
+
+    ``{"name", "version", "description", "memory_bytes", "caps": {"combos": [[a, b, acc, d]
+    dtype codes...], "copies": [[src, dst]...], "post_ops": [kinds], "engines": [engines],
+    "limits": {Limits fields}}}``; every number is an integer of the spec's enums.
+    """
+    caps = info.caps
+    doc = {
+        "name": info.name, "version": info.version, "description": info.description,
+        "memory_bytes": int(info.memory_bytes),
+        "caps": {
+            "combos": sorted([int(c.a), int(c.b), int(c.acc), int(c.d)] for c in caps.combos),
+            "copies": sorted([int(s), int(d)] for s, d in caps.copies),
+            "post_ops": sorted(int(k) for k in caps.post_ops),
+            "engines": sorted(int(e) for e in caps.engines),
+            "limits": {f.name: int(getattr(caps.limits, f.name)) for f in dataclasses.fields(caps.limits)},
+        },
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_info(payload: bytes) -> "DriverInfo":
+    """Parse a HELLO reply strictly; anything malformed is DEVICE_LOST saying so."""
+    from ..abi import DeviceCaps
+    from ..drivers import DriverInfo
+    from ..spec import DType, Engine, GemmCombo, Limits, PostOpKind
+
+    try:
+        if len(payload) > MAX_INFO_BYTES:
+            raise ValueError(f"{len(payload)} bytes")
+        doc = json.loads(payload.decode())
+        caps = doc["caps"]
+        lim_fields = {f.name for f in dataclasses.fields(Limits)}
+        lim = caps["limits"]
+        if set(lim) != lim_fields or not all(type(v) is int for v in lim.values()):
+            raise ValueError("limits")
+        strings = [doc["name"], doc["version"], doc["description"]]
+        if not all(type(x) is str for x in strings) or type(doc["memory_bytes"]) is not int:
+            raise ValueError("fields")
+        return DriverInfo(
+            doc["name"], doc["version"], doc["description"],
+            DeviceCaps(
+                combos=frozenset(GemmCombo(*(DType(x) for x in c)) for c in caps["combos"]),
+                copies=frozenset((DType(a), DType(b)) for a, b in caps["copies"]),
+                post_ops=frozenset(PostOpKind(k) for k in caps["post_ops"]),
+                engines=frozenset(Engine(e) for e in caps["engines"]),
+                limits=Limits(**lim),
+            ),
+            doc["memory_bytes"],
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
+                           f"the server sent a malformed HELLO reply ({type(e).__name__}: {e})") from None
+
+
 def message_error(field: str, seen: object, allowed: object) -> FFAccelError:
     return violation("wire.message", seen, allowed, field=field)
 
@@ -306,6 +372,6 @@ __all__ = [
     "CQE", "ERROR_RECORD", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MSG", "Msg",
     "NO_INDEX", "REPLAY_REQ", "REPLY", "RING_HEADER", "RING_HEADER_BYTES", "RING_SETUP", "RingClientFlags",
     "RingServerFlags", "SQE_BYTES", "SQE_FLAGS_KNOWN", "SQE_HEADER", "STATS", "SqeFlags", "WAIT_REQ",
-    "WIRE_VERSION", "close_fds", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
+    "WIRE_VERSION", "close_fds", "decode_info", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
     "send_msg",
 ]

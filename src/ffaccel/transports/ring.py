@@ -52,6 +52,7 @@ _CQE = CQE.struct
 _SQE_HDR = SQE_HEADER.size_bytes
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _SLEEPING, _BROKEN = int(RingServerFlags.SLEEPING), int(RingServerFlags.BROKEN)
+_CQ_FULL = int(RingServerFlags.CQ_FULL)
 
 
 class RingTransport(SocketTransport):
@@ -251,6 +252,8 @@ class RingTransport(SocketTransport):
                 user_data, status, engine, value, idx, _res, eid = _CQE.unpack_from(mm, off)
                 self._cq_head = (self._cq_head + 1) & 0xFFFF_FFFF
                 self._w["cq_head"].value = self._cq_head
+                if self._server_flags.value & _CQ_FULL:  # the server parked our ring: room again
+                    os.eventfd_write(self._doorbell, 1)
                 if user_data != seq:
                     raise self._lose(f"completion for {user_data}, expected {seq}")
                 if status:

@@ -23,7 +23,6 @@ import mmap
 import numbers
 import os
 import array
-import pickle
 import select
 import socket
 import struct
@@ -60,7 +59,9 @@ from .protocol import (
     close_fds,
     collect_fds,
     decode_error,
+    decode_info,
 )
+from .paths import check_peer, check_private_dir, is_default_path
 
 _U32x2 = struct.Struct("<II")
 _U64 = struct.Struct("<Q")
@@ -115,15 +116,21 @@ class SocketTransport:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(self.timeout_s)
         try:
+            if is_default_path(path):
+                check_private_dir(os.path.dirname(os.path.abspath(path)))
             self._sock.connect(path)
+            check_peer(self._sock, path)
         except OSError as e:
             self._sock.close()
             raise device_lost(f"cannot connect to {path!r} ({e.strerror or e})") from None
+        except FFAccelError:
+            self._sock.close()
+            raise
         self._sock.setblocking(False)  # every call polls (bounded) and then sleeps in poll(2) itself
         self._poll = select.poll()
         self._poll.register(self._sock, _POLLIN)
         body, _ = self._call(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION))
-        self._info: DriverInfo = pickle.loads(body)  # the server is trusted; clients' bytes never are
+        self._info: DriverInfo = decode_info(body)  # JSON, checked: nothing on the wire is unpickled
 
     # -- framing ----------------------------------------------------------------------------
     def _call(self, msg: Msg, payload: bytes = b"", fds: Sequence[int] = (), want_fds: bool = False,

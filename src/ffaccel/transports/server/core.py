@@ -1,0 +1,474 @@
+"""The server and its clients: accepting, per-client state, the request loop, shutdown.
+
+Per client: a :class:`~ffaccel.transports.session.Session` (the same device-side state the
+in-process transport keeps), plus what only a server has: completions that other threads
+signal, a ring, and the socket. Requests are answered by the handler table in
+:mod:`.handlers`; SUBMIT and REPLAY, the hot paths, skip the table.
+
+Threads: an accept loop, one thread per connection, one ring poller for all rings (and
+its waker), and one scheduler per engine (:mod:`.scheduler`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from ...drivers import Driver
+from ...spec import Engine, ErrorCode, FFAccelError, violation
+from ..limits import ServerLimits, SessionLimits, raise_nofile_limit
+from ..paths import default_socket_path, prepare_listen_path
+from ..protocol import FENCE_REPLY, MAX_PAYLOAD_BYTES, REPLAY_REQ, REPLY, Msg, close_fds, encode_error, \
+    message_error, send_msg
+from ..session import Run, Session
+from .framing import Inbox, Stalled, TooLong, set_send_timeout
+from .memory import BufferRegistry, SharedMem
+from .rings import Ring, RingPoller, wait_pairs
+from .scheduler import EngineScheduler
+
+log = logging.getLogger("ffaccel.server")
+
+_FENCE = FENCE_REPLY.struct
+_SUBMIT_MSG, _REPLAY_MSG = int(Msg.SUBMIT), int(Msg.REPLAY)
+_REPLAY_UNPACK = REPLAY_REQ.struct.unpack
+_SUBMIT_REPLY_HEAD = REPLY.struct.pack(0, 0, FENCE_REPLY.size_bytes)
+_REPLY_PACK = REPLY.struct.pack
+_COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
+#: Default busy-poll of a connection thread for the next request after each reply (microseconds).
+DEFAULT_SOCKET_POLL_US = 200
+
+
+class Client:
+    """One connection: its session, completions, ring and socket."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.id = next(Client._ids)
+        self.session = Session(server.driver, server.caps, server.session_limits)
+        self.completed = self.session.completed
+        self.submitted = self.session.submitted
+        self.lock = threading.RLock()  # serialises validation + value assignment + enqueue
+        self.done_mutex = threading.Lock()  # completions: ``completed`` and ``waiters``
+        self.cond = threading.Condition(self.done_mutex)
+        self.waiters = 0  # threads in cond.wait: signal() notifies only when there are some
+        self.queued = 0  # submissions queued on the engines, not yet run
+        self.ring: Ring | None = None
+        self.sock: socket.socket | None = None
+        self.closed = False
+
+    # -- memory ---------------------------------------------------------------------------------
+    def alloc(self, size_bytes: int) -> tuple[int, SharedMem]:
+        srv = self.server
+        s = self.session
+        with self.lock:
+            size = s.check_size(size_bytes)
+            s.check_room(size)
+            if not srv.buffers.has_room():
+                raise violation("memory.mappings", f"{len(srv.buffers) + 1} buffers on the server",
+                                f"at most {srv.buffers.max_buffers} (ServerLimits.max_buffers)")
+            try:
+                mem = SharedMem(size)
+            except (OSError, MemoryError, OverflowError, ValueError):
+                raise violation("memory.quota", size, "what the device can allocate") from None
+            srv.buffers.add(mem)
+            return s.add_mapping(mem, mem.array, size), mem
+
+    def import_fd(self, fd: int) -> tuple[int, SharedMem]:
+        try:
+            st = os.fstat(fd)
+            key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        srv = self.server
+        with self.lock:
+            mem = srv.buffers.ref(key)
+            if mem is None:
+                raise violation("wire.import", f"fd {fd} (not a buffer of this server)",
+                                "an fd from Buffer.export_fd() of a live buffer of this server")
+            try:
+                return self.session.add_mapping(mem, mem.array, mem.size), mem  # imports are charged too
+            except BaseException:
+                srv.buffers.unref(mem)
+                raise
+
+    def free(self, handle: int) -> None:
+        with self.lock:
+            entry = self.session.remove_mapping(handle)
+        self.server.buffers.unref(entry.memory)
+
+    # -- work -------------------------------------------------------------------------------------
+    def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
+        """Validate a whole submission, assign its fence value, and run or queue it."""
+        with self.lock:
+            engine, runs, waits = self.session.plan(raw)
+            return self._enqueue(engine, runs, waits)
+
+    def replay(self, lid: int, engine_raw: int, waits: tuple[tuple[int, int], ...]) -> tuple[Engine, int]:
+        with self.lock:
+            engine, runs, checked = self.session.replay(lid, engine_raw, waits)
+            return self._enqueue(engine, runs, checked)
+
+    def _enqueue(self, engine: Engine, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
+                 ) -> tuple[Engine, int]:
+        value = self.session.assign(engine)
+        srv = self.server
+        srv.stats_submissions += 1
+        srv.engines[engine].submit(self, value, runs, waits)
+        return engine, value
+
+    def queue_full(self) -> bool:
+        return self.queued >= self.server.session_limits.max_queued_submissions
+
+    def wait_for_queue_room(self) -> None:
+        """Back-pressure for the socket path: this client's own thread waits for its work to drain."""
+        while self.queue_full() and not self.closed:
+            self.wait_any(0.05)
+
+    def waits_met(self, waits: tuple[tuple[Engine, int], ...]) -> bool:
+        done = self.completed
+        for e, v in waits:
+            if done[e] < v:
+                return False
+        return True
+
+    def signal(self, engine: Engine, value: int) -> None:
+        done = self.completed
+        with self.done_mutex:
+            if value > done[engine]:
+                done[engine] = value
+            if self.waiters:
+                self.cond.notify_all()
+        ring = self.ring
+        if ring is not None:
+            ring.publish_completed(engine, done[engine])
+        for sched in self.server.engines.values():
+            sched.poke()
+
+    def wait_any(self, timeout_s: float) -> None:
+        with self.cond:
+            self.waiters += 1
+            try:
+                self.cond.wait(timeout_s)
+            finally:
+                self.waiters -= 1
+
+    def wait(self, engine: Engine, value: int, timeout_ns: int) -> None:
+        if value > self.submitted[engine]:
+            raise violation("fence.timeout", f"fence {engine.name}:{value}, never submitted (timeline at "
+                            f"{self.submitted[engine]}), so it cannot signal within {timeout_ns} ns",
+                            f"a fence value <= {self.submitted[engine]}")
+        deadline = time.monotonic_ns() + timeout_ns
+        with self.cond:
+            self.waiters += 1
+            try:
+                while self.completed[engine] < value:
+                    left = deadline - time.monotonic_ns()
+                    if left <= 0 or self.closed:
+                        raise violation("fence.timeout", f"fence {engine.name}:{value} not signalled after "
+                                        f"{timeout_ns} ns (completed {self.completed[engine]})",
+                                        "a fence that signals before its deadline")
+                    self.cond.wait(min(left / 1e9, 1.0))
+            finally:
+                self.waiters -= 1
+
+    # -- command lists, errors ---------------------------------------------------------------------
+    def record(self, raw: bytes) -> int:
+        with self.lock:
+            return self.session.record(raw)
+
+    def free_list(self, lid: int) -> None:
+        with self.lock:
+            self.session.free_list(lid)
+
+    def keep_error(self, e: FFAccelError) -> int:
+        with self.lock:
+            return self.session.keep_error(e)
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release everything: queued work is dropped, running work stops at its next slice."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            entries = self.session.close()
+        srv = self.server
+        for sched in srv.engines.values():
+            sched.cancel(self)
+        for entry in entries:
+            srv.buffers.unref(entry.memory)
+        with self.cond:
+            self.cond.notify_all()
+        ring = self.ring
+        self.ring = None
+        if ring is not None:
+            srv.poller.remove(ring)
+            ring.close()  # its fds close when the last thread using it is done
+
+
+class Server:
+    """Serve one driver on a Unix socket.
+
+    Parameters
+    ----------
+    driver : Driver
+        The driver that owns the device.
+    socket_path : str
+        Where to listen (created with mode 0600; removed on close). Only a stale socket at the
+        path is replaced; anything else there is refused.
+    max_client_memory : int, optional
+        Per-client memory quota in bytes (None: half the device's memory). Buffers, imported
+        mappings and recorded command lists count against it (OUT_OF_MEMORY past it).
+    poll_us : int
+        The ring poller's busy-poll budget after the last work (adaptive, see transports.spin).
+    socket_poll_us : int
+        A connection thread's busy-poll budget for the next request after a reply (adaptive).
+    session_limits, limits : SessionLimits, ServerLimits, optional
+        Every other bound (see docs/spec.md, "Limits").
+    """
+
+    def __init__(self, driver: Driver, socket_path: str, *, max_client_memory: int | None = None,
+                 poll_us: int = 200, socket_poll_us: int = DEFAULT_SOCKET_POLL_US,
+                 session_limits: SessionLimits | None = None, limits: ServerLimits | None = None) -> None:
+        self.driver = driver
+        self.info = driver.info()
+        self.caps = self.info.caps
+        self.socket_path = socket_path
+        self.limits = limits or ServerLimits()
+        sl = session_limits or SessionLimits()
+        if max_client_memory is None and sl.max_memory_bytes is None and self.info.memory_bytes:
+            max_client_memory = self.info.memory_bytes // 2
+        if max_client_memory is not None:
+            sl = SessionLimits(**{**sl.__dict__, "max_memory_bytes": max_client_memory})
+        self.session_limits = sl
+        self.max_client_memory = sl.max_memory_bytes
+        self.socket_poll_us = max(0, socket_poll_us)
+        prepare_listen_path(socket_path)  # before any thread starts: a refused path leaves nothing behind
+        raise_nofile_limit()
+        self.buffers = BufferRegistry(self.limits.buffer_budget())
+        self.engines = {e: EngineScheduler(e, self.limits.slice_target_ms / 1e3) for e in Engine
+                        if e in self.caps.engines}
+        self.poller = RingPoller(poll_us)
+        self.clients: set[Client] = set()
+        self.lock = threading.Lock()
+        self.stats_submissions = 0
+        self._stop = threading.Event()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(socket_path)
+        except OSError as e:
+            self.listener.close()
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "socket",
+                               f"cannot listen on {socket_path!r}: {e.strerror or e}") from None
+        finally:
+            os.umask(old)
+        self._bound = True
+        self.listener.listen(64)
+
+    def stats(self) -> tuple[int, int, int, int]:
+        with self.lock:
+            clients = list(self.clients)
+        charged = sum(c.session.used_bytes for c in clients)
+        return len(clients), len(self.buffers), charged, self.stats_submissions
+
+    # -- serving -------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        log.info("serving %s %s on %s, quota %s, buffers %d", self.info.name, self.info.version,
+                 self.socket_path, self.max_client_memory, self.buffers.max_buffers)
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if self._stop.is_set():
+                    break
+                # EMFILE, ENFILE, ENOBUFS, ECONNABORTED...: this connection is lost, the server is not
+                log.warning("accept failed (%s); going on", e)
+                self._stop.wait(0.05)
+                continue
+            try:
+                self._admit(conn)
+            except Exception:  # noqa: BLE001 - one connection must never end the server
+                log.exception("could not start serving a connection")
+                conn.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        conn.settimeout(None)
+        set_send_timeout(conn, self.limits.message_stall_s)
+        with self.lock:
+            full = len(self.clients) >= self.limits.max_clients
+        if full:
+            err = violation("wire.clients", f"{self.limits.max_clients + 1} connections",
+                            f"at most {self.limits.max_clients} (ServerLimits.max_clients)")
+            self._reply_error(conn, err)
+            conn.close()
+            return
+        client = Client(self)
+        client.sock = conn
+        with self.lock:
+            self.clients.add(client)
+        try:
+            threading.Thread(target=self._serve_client, args=(conn, client), name=f"client-{client.id}",
+                             daemon=True).start()
+        except BaseException:
+            with self.lock:
+                self.clients.discard(client)
+            client.close()
+            raise
+
+    def shutdown(self) -> None:
+        """Stop accepting, disconnect every client, remove the socket file (only ours)."""
+        self._stop.set()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        if self._bound:
+            self._bound = False
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+        with self.lock:
+            clients = list(self.clients)
+        for c in clients:
+            if c.sock is not None:
+                try:
+                    c.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.poller.stop()
+        for eng in self.engines.values():
+            eng.stop()
+
+    def _serve_client(self, conn: socket.socket, client: Client) -> None:
+        from .handlers import HANDLERS, dispatch
+
+        log.info("client %d connected", client.id)
+        inbox = Inbox(conn, self.socket_poll_us, self.limits.message_stall_s)
+        fds: list[int] = []
+        try:
+            while True:
+                try:
+                    msg_type, reserved, length, payload, fds = inbox.next_message()
+                except TooLong as e:
+                    # the stream cannot be resynchronised past a length we will not read: answer, hang up
+                    self._reply_error(conn, message_error("payload_bytes", e.length, f"<= {MAX_PAYLOAD_BYTES}"))
+                    return
+                except Stalled as e:
+                    log.warning("client %d: %s; dropped", client.id, e)
+                    return
+                except (EOFError, OSError):
+                    return
+                if client.queued and client.queue_full():
+                    client.wait_for_queue_room()
+                if (msg_type == _SUBMIT_MSG or (msg_type == _REPLAY_MSG and length == REPLAY_REQ.size_bytes)
+                        ) and not reserved and not fds:
+                    # the hot paths (the ioctl model's one request per submission or replay), without
+                    # the handler table
+                    try:
+                        if msg_type == _SUBMIT_MSG:
+                            engine, value = client.submit_raw(payload)
+                        else:
+                            lid, eng, wc, wp = _REPLAY_UNPACK(payload)
+                            engine, value = client.replay(lid, eng, wait_pairs(wc, wp))
+                        done = client.completed
+                        reply = _SUBMIT_REPLY_HEAD + _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
+                    except FFAccelError as e:
+                        self._reply_error(conn, e)
+                        continue
+                    except Exception as e:  # noqa: BLE001 - one bad request must not take the server down
+                        log.exception("client %d: request %s failed", client.id, msg_type)
+                        self._reply_error(conn, FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
+                        continue
+                    try:
+                        conn.sendall(reply)
+                    except OSError:
+                        return
+                    continue
+                after: Callable[[], None] | None = None
+                try:
+                    if reserved:
+                        raise message_error("reserved", reserved, 0)
+                    out, out_fds, after = dispatch(HANDLERS, self, client, msg_type, payload, fds)
+                except FFAccelError as e:
+                    self._reply_error(conn, e)
+                except Exception as e:  # noqa: BLE001 - one bad request must not take the server down
+                    log.exception("client %d: request %s failed", client.id, msg_type)
+                    self._reply_error(conn, FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
+                else:
+                    try:
+                        send_msg(conn, _REPLY_PACK(0, 0, len(out)), out, out_fds)
+                    except OSError:
+                        return
+                    finally:
+                        if after is not None:
+                            after()  # e.g. close the memfd the reply carried: one fd per buffer
+                finally:
+                    close_fds(fds)
+        finally:
+            close_fds(fds)
+            inbox.close()
+            client.close()
+            with self.lock:
+                self.clients.discard(client)
+            try:
+                conn.close()
+            except OSError:
+                pass
+            log.info("client %d disconnected; its buffers, lists and queued work released", client.id)
+
+    def _reply_error(self, conn: socket.socket, e: FFAccelError) -> None:
+        body = encode_error(e)
+        try:
+            send_msg(conn, REPLY.struct.pack(int(e.code), 0, len(body)), body)
+        except OSError:
+            pass
+
+
+def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_memory: int | None = None,
+          poll_us: int = 200, socket_poll_us: int = DEFAULT_SOCKET_POLL_US,
+          ready: Callable[[Server], None] | None = None, session_limits: SessionLimits | None = None,
+          limits: ServerLimits | None = None) -> int:
+    """Run a server until SIGINT/SIGTERM (main thread) or until ``ready``'s server is shut down.
+
+    Returns the process exit status (0 on a clean shutdown).
+    """
+    from ...drivers import load_driver_class
+
+    if max_client_memory is not None and (isinstance(max_client_memory, bool)
+                                          or not isinstance(max_client_memory, int) or max_client_memory < 0):
+        raise violation("memory.quota", max_client_memory, "a byte count >= 0")
+    cls = load_driver_class(driver)
+    path = socket_path or default_socket_path()
+    srv = Server(cls(), path, max_client_memory=max_client_memory, poll_us=poll_us,
+                 socket_poll_us=socket_poll_us, session_limits=session_limits, limits=limits)
+    if threading.current_thread() is threading.main_thread():
+        def _stop(signum: int, _frame: object) -> None:
+            log.info("signal %d: shutting down", signum)
+            srv._stop.set()
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+    if ready is not None:
+        ready(srv)
+    try:
+        srv.serve_forever()
+    finally:
+        srv.shutdown()
+        srv.driver.close()
+        log.info("stopped; %s removed", path)
+    return 0
+
+
+__all__ = ["DEFAULT_SOCKET_POLL_US", "Client", "Server", "serve"]

@@ -1,0 +1,459 @@
+"""One client's device-side state, the same behind every transport.
+
+A :class:`Session` is what a DRM file is to a GPU driver: the client's handle table,
+its memory charge and limits, one timeline per engine, its recorded command lists,
+the errors its completions refer to, and the memos that make repeated submissions
+cheap. The in-process transport owns one; the device server owns one per connection.
+Neither adds device-side logic of its own: validation, charging and planning happen
+here, so both answer every request identically.
+
+A session is not thread-safe by itself: its owner serialises calls (the in-process
+transport and the server's per-client state each hold one lock around them).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..abi import (
+    ABI_VERSION,
+    SUBMIT,
+    WAIT,
+    CopyOp,
+    DeviceCaps,
+    GemmOp,
+    Op,
+    ValidationCache,
+    check_submission,
+    copy_arrays,
+    gemm_arrays,
+    op_handles,
+)
+from ..drivers import Driver
+from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
+from .limits import SessionLimits
+
+_SUBMIT_PACK = SUBMIT.struct.pack
+_WAIT_PACK = WAIT.struct.pack
+Run = Callable[[], object]
+
+
+def _nothing() -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# runs: what executing one validated command means
+
+
+class SlicedRun:
+    """A large command that a scheduler may run in slices (rows of D, or batch entries).
+
+    Calling it runs the whole command at once (the in-process transport does). A scheduler
+    that shares an engine between clients calls :meth:`slices` instead and runs one slice
+    at a time, so another client's small work waits at most one slice. Slices of a GEMM are
+    GEMMs over disjoint rows of D (or disjoint batch entries): each computes exactly what the
+    whole command computes for those rows.
+    """
+
+    __slots__ = ("whole", "_make", "work_units")
+
+    def __init__(self, whole: Run, make: Callable[[int, int, int, int], Run], batch: int, rows: int,
+                 units_per_row: int) -> None:
+        self.whole = whole
+        self._make = make  # (batch0, batch1, row0, row1) -> run
+        self.work_units = (batch, rows, units_per_row)
+
+    def __call__(self) -> object:
+        return self.whole()
+
+    def slices(self, rows_per_slice: Callable[[], int]) -> Iterator[Run]:
+        """Runs over consecutive pieces; ``rows_per_slice()`` is asked before each piece.
+
+        The size is asked each time so a scheduler can adapt it to the rate it measures. A size
+        of at least a whole batch entry takes whole entries at a time.
+        """
+        batch, rows, _units = self.work_units
+        b = 0
+        while b < batch:
+            step = max(1, rows_per_slice())
+            if step >= rows:
+                nb = min(batch - b, step // rows)
+                yield self._make(b, b + nb, 0, rows)
+                b += nb
+                continue
+            r = 0
+            while r < rows:
+                yield self._make(b, b + 1, r, min(rows, r + step))
+                r += step
+                step = max(1, rows_per_slice())
+            b += 1
+
+
+def _slice_rows(x: np.ndarray | None, b0: int, b1: int, r0: int, r1: int, rows: int) -> np.ndarray | None:
+    """x[b0:b1, r0:r1] for operands shaped (batch, m, ...); (batch, 1, n) row vectors keep their row."""
+    if x is None:
+        return None
+    x = x[b0:b1]
+    if x.shape[1] == rows and rows > 1:
+        x = x[:, r0:r1]
+    return x
+
+
+class BoundRuns:
+    """The driver-prepared call for each validated op, bound to its arrays once.
+
+    Keyed by the op object itself: a :class:`ValidationCache` hit returns the very object it
+    validated before, so a repeated command skips view building and kernel planning and just
+    calls the kernel. Sound because handles are never reused (a live handle always names the
+    same memory) and every submission is validated, cache or not, before its runs are looked
+    up; holding the op keeps its ``id`` from being reused. Bounded by count, least recently
+    used first (see :class:`ffaccel.transports.limits.SessionLimits`).
+
+    Commands of more than ``slice_units`` multiply-adds (or elements, for COPY) come back as
+    :class:`SlicedRun` so that a shared device can interleave them with other clients' work.
+    """
+
+    def __init__(self, driver: Driver, memory: Callable[[int], Any], max_entries: int = 8192,
+                 slice_units: int = 1 << 26) -> None:
+        self.driver = driver
+        self.memory = memory
+        self.max_entries = max_entries
+        self.slice_units = slice_units
+        self._runs: collections.OrderedDict[int, tuple[Op, Run]] = collections.OrderedDict()
+        self._blocks: collections.OrderedDict[int, tuple[tuple[Op, ...], tuple[Run, ...]]] = collections.OrderedDict()
+
+    def get(self, op: Op) -> Run:
+        runs = self._runs
+        hit = runs.get(id(op))
+        if hit is not None and hit[0] is op:
+            return hit[1]
+        run = self._bind(op)
+        if len(runs) >= self.max_entries:
+            runs.popitem(last=False)
+        runs[id(op)] = (op, run)
+        return run
+
+    def _bind(self, op: Op) -> Run:
+        driver = self.driver
+        if isinstance(op, GemmOp):
+            if not (op.batch and op.m and op.n):
+                return _nothing
+            a, b, c, d, epi = gemm_arrays(op, self.memory)
+            units = op.batch * op.m * op.n * max(1, op.k)
+            if units > self.slice_units and (op.m > 1 or op.batch > 1) and isinstance(d, np.ndarray):
+                kernel = driver.prepare_gemm(op)
+                whole = lambda: kernel(a, b, c, d, epi)  # noqa: E731
+                return SlicedRun(whole, lambda b0, b1, r0, r1: self._gemm_slice(op, a, b, c, d, epi, b0, b1, r0, r1),
+                                 op.batch, op.m, op.n * max(1, op.k))
+            run = driver.bind_gemm(op, a, b, c, d, epi)  # one C-level call, when the driver can
+            if run is None:
+                kernel = driver.prepare_gemm(op)
+                run = lambda: kernel(a, b, c, d, epi)  # noqa: E731
+            return run
+        src, dst = copy_arrays(op, self.memory)
+        if not src.size:
+            return _nothing
+        whole = lambda: driver.copy(op, src, dst)  # type: ignore[arg-type]  # noqa: E731
+        if src.size > self.slice_units and src.shape[0] > 1 and isinstance(dst, np.ndarray):
+            def piece(_b0: int, _b1: int, r0: int, r1: int) -> Run:
+                s, t = src[r0:r1], dst[r0:r1]
+                return lambda: driver.copy(op, s, t)  # type: ignore[arg-type]
+            return SlicedRun(whole, piece, 1, src.shape[0], src.shape[1])
+        return whole
+
+    def _gemm_slice(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+                    epi: tuple, b0: int, b1: int, r0: int, r1: int) -> Run:
+        m = op.m
+        sub = dataclasses.replace(op, m=r1 - r0, batch=b1 - b0)
+        kernel = self.driver.prepare_gemm(sub)
+        sa = _slice_rows(a, b0, b1, r0, r1, m)
+        sb = b[b0:b1]
+        sc = _slice_rows(c, b0, b1, r0, r1, m)
+        sd = _slice_rows(d, b0, b1, r0, r1, m)
+        se = tuple(_slice_rows(x, b0, b1, r0, r1, m) for x in epi)
+        return lambda: kernel(sa, sb, sc, sd, se)
+
+    def get_all(self, ops: tuple[Op, ...]) -> tuple[Run, ...]:
+        """The runs of a whole validated block; a block the cache returned whole is looked up once."""
+        blocks = self._blocks
+        hit = blocks.get(id(ops))
+        if hit is not None and hit[0] is ops:
+            return hit[1]
+        runs = tuple(self.get(op) for op in ops)
+        if len(blocks) >= 256:
+            blocks.popitem(last=False)
+        blocks[id(ops)] = (ops, runs)
+        return runs
+
+    def clear(self) -> None:
+        self._runs.clear()
+        self._blocks.clear()
+
+
+@dataclass(frozen=True)
+class RecordedList:
+    """A command list: validated once, its runs bound, replayed by checking only what can change."""
+
+    engine: Engine
+    opcodes: frozenset[Opcode]
+    handles: tuple[int, ...]
+    runs: tuple[Run, ...]
+    charged_bytes: int = 0
+
+
+class SubmissionPlans:
+    """Submissions validated and bound to their runs.
+
+    Three memos, all exact: the validator's (:class:`ValidationCache`), the bound runs
+    (:class:`BoundRuns`), and the last submission itself, so that a loop resubmitting the
+    same bytes costs one comparison. That last one is dropped whenever a buffer is freed
+    (the only change that can turn a valid submission invalid: handles are never reused,
+    and waits name values that only stay reachable).
+    """
+
+    def __init__(self, driver: Driver, memory: Callable[[int], Any], caps: DeviceCaps,
+                 size_of: Callable[[int], int | None], submitted: Callable[[Engine], int],
+                 live_handles: Callable[[], Iterable[int]], limits: SessionLimits | None = None) -> None:
+        limits = limits or SessionLimits()
+        self.caps = caps
+        self.size_of = size_of
+        self.live_handles = live_handles
+        self.submitted = submitted
+        self.cache = ValidationCache(limits.max_memo_entries)
+        self.runs = BoundRuns(driver, memory, limits.max_memo_entries, limits.slice_units)
+        self._last: tuple[bytes, Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]] | None = None
+
+    def plan(self, raw: bytes | memoryview) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]]:
+        """(engine, runs, waits) of a whole submission; raises on the first broken rule."""
+        last = self._last
+        if last is not None and last[0] == raw:
+            return last[1], last[2], last[3]
+        sub = check_submission(raw, self.caps, self.size_of, self.submitted, self.cache)
+        runs = self.runs.get_all(sub.ops)
+        if type(raw) is bytes:
+            self._last = (raw, sub.engine, runs, sub.waits)
+        return sub.engine, runs, sub.waits
+
+    def record(self, raw: bytes) -> RecordedList:
+        """Validate a submission once, on its engine's terms, and bind its runs for replays."""
+        sub = check_submission(raw, self.caps, self.size_of, self.submitted)
+        if sub.waits:
+            raise violation("submit.wait", f"wait_count = {len(sub.waits)}",
+                            "0 (a command list's waits are given at replay)")
+        return RecordedList(sub.engine,
+                            frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops),
+                            tuple(sorted({h for op in sub.ops for h in op_handles(op)})),
+                            tuple(self.runs.get(op) for op in sub.ops), len(raw))
+
+    def replay(self, recorded: RecordedList, engine: int, waits: Sequence[tuple[int, int]]
+               ) -> tuple[Engine, tuple[tuple[Engine, int], ...]]:
+        """(engine, waits) of a replay: only these and the list's buffers' liveness are checked.
+
+        The engine and the waits pass the one validator as an empty submission (memoized like
+        any other: a replay in a loop sends the same bytes).
+        """
+        raw = _SUBMIT_PACK(ABI_VERSION, int(engine), 0, 0, len(waits), 0, 0)
+        if waits:
+            raw += b"".join(_WAIT_PACK(int(e), 0, int(v)) for e, v in waits)
+        sub = check_submission(raw, self.caps, self.size_of, self.submitted, self.cache)
+        bad = recorded.opcodes - ENGINE_OPCODES[sub.engine]
+        if bad:
+            raise violation("submit.engine_opcode", f"{sorted(o.name for o in bad)} on {sub.engine.name}",
+                            f"{sorted(o.name for o in ENGINE_OPCODES[sub.engine])} on {sub.engine.name}")
+        size_of = self.size_of
+        for h in recorded.handles:
+            if size_of(h) is None:
+                raise violation("cmdlist.stale", h, f"live handles of this client ({sorted(self.live_handles())})")
+        return sub.engine, sub.waits
+
+    def buffer_freed(self) -> None:
+        """Forget everything bound to buffers (bound runs hold views of their memory)."""
+        self._last = None
+        self.runs.clear()
+
+    def clear(self) -> None:
+        self.buffer_freed()
+        self.cache.clear()
+
+
+# ------------------------------------------------------------------------------------------
+# the session
+
+
+@dataclass
+class Mapping:
+    """One entry of a handle table: the memory object, its byte view and what it costs the client."""
+
+    memory: Any  # what the owner releases (a server's SharedMem, a driver's array)
+    array: Any  # what kernels address (a uint8 NumPy array, or a driver's DeviceMemory)
+    size_bytes: int
+    charged_bytes: int
+
+
+class Session:
+    """One client's handle table, charges, timelines, command lists, errors and memos.
+
+    Parameters
+    ----------
+    driver : Driver
+        The driver that runs the client's work.
+    caps : DeviceCaps
+        What the driver declares (the validator's terms).
+    limits : SessionLimits
+        The per-client bounds (memory, mappings, command lists, memos).
+
+    Examples
+    --------
+    >>> from ffaccel.drivers.ref import RefDriver
+    >>> s = Session(RefDriver(), RefDriver().caps(), SessionLimits(max_memory_bytes=1024))
+    >>> import numpy as np
+    >>> h = s.add_mapping(None, np.zeros(256, np.uint8), 256)
+    >>> s.used_bytes, s.mapping_count
+    (256, 1)
+    """
+
+    def __init__(self, driver: Driver, caps: DeviceCaps, limits: SessionLimits) -> None:
+        self.caps = caps
+        self.limits = limits
+        self.table: dict[int, Mapping] = {}
+        self._handles = itertools.count(1)
+        self.used_bytes = 0
+        self.submitted = {e: 0 for e in Engine}
+        self.completed = {e: 0 for e in Engine}
+        self.lists: dict[int, RecordedList] = {}
+        self._list_ids = itertools.count(1)
+        self.errors: collections.OrderedDict[int, FFAccelError] = collections.OrderedDict()
+        self._error_ids = itertools.count(1)
+        table = self.table
+        self.plans = SubmissionPlans(driver, lambda h: table[h].array, caps, self.size_of,
+                                     self.submitted.__getitem__, table.keys, limits)
+        self.closed = False
+
+    # -- memory --------------------------------------------------------------------------------
+    @property
+    def mapping_count(self) -> int:
+        return len(self.table)
+
+    def size_of(self, handle: int) -> int | None:
+        entry = self.table.get(handle)
+        return None if entry is None else entry.size_bytes
+
+    def check_size(self, size_bytes: object) -> int:
+        """A valid ALLOC size, as an int (``memory.size``)."""
+        limit = min(SPEC_LIMITS.max_buffer_bytes, self.caps.limits.max_buffer_bytes)
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, (int, np.integer)) \
+                or not 1 <= size_bytes <= limit:
+            raise violation("memory.size", size_bytes, f"an integer in [1, {limit}]")
+        return int(size_bytes)
+
+    def check_room(self, charge_bytes: int, mappings: int = 1) -> None:
+        """Refuse, before anything is allocated, what would exceed this client's limits."""
+        self.check_open()
+        lim = self.limits
+        if mappings and len(self.table) + mappings > lim.max_mappings:
+            raise violation("memory.mappings", f"{len(self.table) + mappings} buffers",
+                            f"at most {lim.max_mappings} per client (SessionLimits.max_mappings)")
+        quota = lim.max_memory_bytes
+        if quota is not None and self.used_bytes + charge_bytes > quota:
+            raise violation("memory.quota", charge_bytes,
+                            f"<= {quota - self.used_bytes} bytes left of {quota} (over quota)")
+
+    def add_mapping(self, memory: Any, array: Any, size_bytes: int, charge_bytes: int | None = None) -> int:
+        """Enter memory in the table (after :meth:`check_room`); returns its new handle.
+
+        Every mapping is charged, imported ones included: a client cannot hold more than its
+        quota by importing its own exported buffers.
+        """
+        charge = size_bytes if charge_bytes is None else charge_bytes
+        self.check_room(charge)
+        handle = next(self._handles)
+        self.table[handle] = Mapping(memory, array, size_bytes, charge)
+        self.used_bytes += charge
+        return handle
+
+    def remove_mapping(self, handle: int) -> Mapping:
+        """Take a handle out of the table (``memory.handle`` if it names nothing); returns its entry."""
+        entry = self.table.pop(handle, None) if isinstance(handle, int) else None
+        if entry is None:
+            raise violation("memory.handle", handle, f"one of {sorted(self.table)}")
+        self.used_bytes -= entry.charged_bytes
+        self.plans.buffer_freed()  # bound runs hold views of the mapping: let it go
+        return entry
+
+    # -- work ------------------------------------------------------------------------------------
+    def plan(self, raw: bytes | memoryview) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]]:
+        """Validate a whole submission: (engine, runs, waits). Nothing is assigned yet."""
+        self.check_open()
+        return self.plans.plan(raw)
+
+    def assign(self, engine: Engine) -> int:
+        """The next fence value on ``engine`` (call only once the submission is accepted)."""
+        value = self.submitted[engine] + 1
+        self.submitted[engine] = value
+        return value
+
+    # -- command lists -----------------------------------------------------------------------------
+    def record(self, raw: bytes) -> int:
+        """Validate a submission once and keep it as a command list (counted and charged)."""
+        self.check_open()
+        lim = self.limits
+        if len(self.lists) >= lim.max_command_lists:
+            raise violation("cmdlist.limit", f"{len(self.lists) + 1} command lists",
+                            f"at most {lim.max_command_lists} per client (SessionLimits.max_command_lists)")
+        charge = len(raw) + lim.command_list_overhead_bytes
+        self.check_room(charge, mappings=0)
+        recorded = self.plans.record(raw)
+        recorded = dataclasses.replace(recorded, charged_bytes=charge)
+        lid = next(self._list_ids)
+        self.lists[lid] = recorded
+        self.used_bytes += charge
+        return lid
+
+    def replay(self, lid: int, engine: int, waits: Sequence[tuple[int, int]]
+               ) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]]:
+        self.check_open()
+        recorded = self.lists.get(lid)
+        if recorded is None:
+            raise violation("cmdlist.id", lid, f"one of {sorted(self.lists)}")
+        eng, checked_waits = self.plans.replay(recorded, engine, waits)
+        return eng, recorded.runs, checked_waits
+
+    def free_list(self, lid: int) -> None:
+        recorded = self.lists.pop(lid, None)
+        if recorded is None:
+            raise violation("cmdlist.id", lid, f"one of {sorted(self.lists)}")
+        self.used_bytes -= recorded.charged_bytes
+
+    # -- errors, lifetime --------------------------------------------------------------------------
+    def keep_error(self, e: FFAccelError) -> int:
+        """Keep an error that a completion refers to by id (the newest ``max_kept_errors``)."""
+        eid = next(self._error_ids)
+        self.errors[eid] = e
+        while len(self.errors) > self.limits.max_kept_errors:
+            self.errors.popitem(last=False)
+        return eid
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the connection is closed")
+
+    def close(self) -> list[Mapping]:
+        """Forget everything; returns the mappings the owner must release."""
+        self.closed = True
+        entries = list(self.table.values())
+        self.table.clear()
+        self.lists.clear()
+        self.plans.clear()
+        self.used_bytes = 0
+        return entries
+
+
+__all__ = ["BoundRuns", "Mapping", "RecordedList", "Session", "SlicedRun", "SubmissionPlans"]
