@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ def compiler() -> str:
 @lru_cache(maxsize=1)
 def _built() -> BuildResult:
     out = Path(tempfile.mkdtemp(prefix="ffaccel-c-"))
+    atexit.register(shutil.rmtree, out, True)
     return build_c(out)
 
 

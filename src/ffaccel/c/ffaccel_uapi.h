@@ -92,7 +92,7 @@ enum ffa_error_code {
 
 /* ffa_msg.msg_type: one request, exactly one reply each */
 enum ffa_msg_type {
-	FFA_MSG_HELLO = 1,	/* payload ffa_hello; reply: pickled DriverInfo (server -> client only) */
+	FFA_MSG_HELLO = 1,	/* payload ffa_hello; reply: the device's info as UTF-8 JSON (see encode_info) */
 	FFA_MSG_ALLOC = 2,	/* payload u64 size_bytes; reply ffa_handle_reply + the buffer's memfd */
 	FFA_MSG_FREE = 3,	/* payload u32 handle, u32 reserved */
 	FFA_MSG_SUBMIT = 4,	/* payload: an ABI submission (ffa_submit, waits, commands); reply ffa_fence_reply */

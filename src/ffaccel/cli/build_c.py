@@ -121,11 +121,12 @@ def _compile(compiler: list[str], args: list[str]) -> None:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     res = build_c(args.out, args.cc)
-    console.print(f"built with [bold]{res.compiler}[/]:")
+    say = lambda text: console.print(text, soft_wrap=True, markup=False, highlight=False)  # noqa: E731 - paths whole
+    say(f"built with {res.compiler}:")
     for p in sorted(res.include.iterdir()) + [res.libffaccel, res.libcblas]:
-        console.print(f"  {p}")
-    console.print(f"link a CBLAS program: cc prog.c -I{res.include} -L{res.lib} -lffaccel_cblas "
-                  f"-Wl,-rpath,{res.lib}; run it with FFACCEL_DEVICE=unix:PATH (an `ffaccel serve` socket)")
+        say(f"  {p}")
+    say(f"link a CBLAS program: cc prog.c -I{res.include} -L{res.lib} -lffaccel_cblas -Wl,-rpath,{res.lib}")
+    say("run it against a server: FFACCEL_DEVICE=unix:PATH ./prog (PATH: the socket of `ffaccel serve`)")
     return 0
 
 

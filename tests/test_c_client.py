@@ -1,0 +1,58 @@
+"""The C client alone (libffaccel): a batched GEMM with an epilogue, and error replies as the spec's codes.
+
+tests/c/client_batched.c builds its commands with ffaccel_uapi.h's structs, submits them to a
+real server over the socket and the ring, and prints inputs, outputs and errors for NumPy and
+the spec's error table to judge.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from c_util import program  # tests/ is on pytest's pythonpath (pyproject.toml)
+
+from ffaccel.spec import ErrorCode
+
+BATCH, M, N, K, LDD = 3, 4, 5, 6, 7
+
+
+def run_client(device: str) -> dict[str, list[str]]:
+    exe = program("client_batched", "ffaccel")
+    env = {**os.environ, "FFACCEL_DEVICE": device}
+    proc = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        key, *rest = line.split()
+        out[key if key != "err" else "err " + rest[0]] = rest if key != "err" else rest[1:]
+    return out
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+def test_batched_gemm_with_epilogue_and_error_codes(server, transport: str) -> None:
+    out = run_client(f"unix:{server.path}?transport={transport}")
+    assert out["transport"] == [transport]
+    arr = {k: np.array([float(x) for x in out[k]], np.float32) for k in ("A", "B", "bias", "D", "D2")}
+    a = arr["A"].reshape(BATCH, M, K).astype(np.float64)
+    b = arr["B"].reshape(K, N).astype(np.float64)
+    want = np.maximum(1.5 * (a @ b) + arr["bias"].astype(np.float64), 0)
+    d = arr["D"].reshape(BATCH, M, LDD)
+    bound = 2 * (K + 2) * 2.0**-24 * (1.5 * abs(a) @ abs(b) + abs(arr["bias"])) + 2.0**-24 * abs(want)
+    assert np.all(abs(d[:, :, :N] - want) <= bound)
+    assert np.all(d[:, :, N:] == 777.0)  # padding between D's rows untouched
+    assert np.all(arr["D2"] == 0)  # a refused submission ran none of its commands
+
+    def err(name: str) -> tuple[ErrorCode, str, int]:
+        code_name, code, param, index = out["err " + name]
+        assert ErrorCode[code_name] == int(code)
+        return ErrorCode(int(code)), param, int(index)
+
+    assert err("lda") == (ErrorCode.INVALID_PARAMETER, "a.ld_elems", 1)
+    assert err("handle") == (ErrorCode.BAD_HANDLE, "a.handle", 0)
+    assert err("reserved")[:2] == (ErrorCode.INVALID_PARAMETER, "reserved0")
+    assert err("wait")[0] == ErrorCode.TIMEOUT
+    assert err("freed")[:2] == (ErrorCode.BAD_HANDLE, "a.handle")
+    assert err("double_free")[0] == ErrorCode.BAD_HANDLE
