@@ -7,6 +7,7 @@ transport is the bytes they encode to (see :mod:`ffaccel.abi.layout`).
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -220,9 +221,23 @@ def encode_fields(layout_: object, values: dict[str, int]) -> bytes:
     """Pack named field values (missing fields are zero) into one COMMAND_BYTES slot."""
     lay = layout_  # a Layout
     st = lay.struct  # type: ignore[attr-defined]
-    vals = [int(values.get(n, 0)) for n in lay.names]  # type: ignore[attr-defined]
-    raw = st.pack(*vals)
+    try:
+        raw = st.pack(*[int(values.get(n, 0)) for n in lay.names])  # type: ignore[attr-defined]
+    except (struct.error, TypeError, ValueError, OverflowError):
+        raise _field_error(lay, values) from None
     return raw + bytes(COMMAND_BYTES - len(raw))
+
+
+def _field_error(lay: object, values: dict[str, int]) -> Exception:
+    """The error for the first value that is not an integer fitting its field (u32 or u64)."""
+    for f in lay.fields:  # type: ignore[attr-defined]
+        v = values.get(f.name, 0)
+        bits = 32 if f.fmt == "I" else 64
+        ok = isinstance(v, numbers.Integral)
+        if not ok or not 0 <= int(v) < 2**bits:
+            return violation("cmd.field_range", v if ok else repr(v), f"an integer in [0, 2**{bits} - 1]",
+                             field=f.name)
+    return violation("cmd.field_range", "a value", "integers that fit their fields", field="fields")
 
 
 def decode_command(raw: bytes | memoryview) -> dict[str, int]:
@@ -241,9 +256,24 @@ def encode_submission(
     """Encode a whole submission: header, waits ``(engine, value)``, then commands."""
     cmds = [c if isinstance(c, (bytes, bytearray, memoryview)) else c.encode() for c in commands]
     waits = list(waits)
-    head = _SUBMIT_STRUCT.pack(abi_version, int(engine), 0, len(cmds), len(waits), 0, 0)
-    w = b"".join(_WAIT_STRUCT.pack(int(e), 0, int(v)) for e, v in waits)
+    try:
+        head = _SUBMIT_STRUCT.pack(abi_version, int(engine), 0, len(cmds), len(waits), 0, 0)
+        w = b"".join(_WAIT_STRUCT.pack(int(e), 0, int(v)) for e, v in waits)
+    except (struct.error, TypeError, ValueError, OverflowError):
+        raise _submission_error(abi_version, engine, waits) from None
     return head + w + b"".join(bytes(c) for c in cmds)
+
+
+def _submission_error(abi_version: object, engine: object, waits: list) -> Exception:
+    fields = [("abi_version", abi_version, 32), ("engine", engine, 32)]
+    for i, w in enumerate(waits):
+        e, v = w if isinstance(w, tuple) and len(w) == 2 else (None, w)
+        fields += [(f"wait[{i}].engine", e, 32), (f"wait[{i}].value", v, 64)]
+    for name, v, bits in fields:
+        if not isinstance(v, numbers.Integral) or not 0 <= int(v) < 2**bits:
+            return violation("cmd.field_range", v if isinstance(v, numbers.Integral) else repr(v),
+                             f"an integer in [0, 2**{bits} - 1]", field=name)
+    return violation("cmd.field_range", "a value", "integers that fit their fields", field="waits")
 
 
 __all__ = [

@@ -48,6 +48,7 @@ from .layout import (
 )
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MAX = 2**63 - 1
 #: Engine by its wire value (a dict lookup: the enum's own constructor costs a microsecond per call).
 _ENGINES = {int(e): e for e in Engine}
 _SUBMIT_UNPACK = SUBMIT.struct.unpack_from
@@ -196,12 +197,22 @@ def _operand(f: dict[str, int], name: str, rows: int, cols: int, required: bool,
     if ld < max(1, cols):
         raise violation("operand.ld", ld, f">= {max(1, cols)}", operand=name)
     size = DTYPES[dt].itemsize_bytes
+    # Strides reach drivers as C int64 byte strides (NumPy, torch, BLAS), even where they are
+    # multiplied by zero (one row, one batch entry): bounded here, before anything multiplies
+    # them, every byte offset a driver computes fits. Bounds and extents then stay below
+    # 2**31 * 2**63 (Python integers: exact) and are compared with the buffer's size.
+    max_stride = min(limits.max_buffer_bytes, INT64_MAX) // size
+    if ld > max_stride:
+        raise violation("operand.ld", ld, f"<= {max_stride} (max_buffer_bytes / element size)", operand=name)
     align = size * limits.alignment_elems
     if f[p + "offset_bytes"] % align:
         raise violation("operand.alignment", f[p + "offset_bytes"], f"a multiple of {align}", operand=name)
     bs = f[p + "batch_stride_elems"]
     if bs and not allow_batch:
         raise violation("operand.batch_stride", bs, 0, operand=name)
+    if bs > max_stride:
+        raise violation("operand.batch_stride", bs, f"<= {max_stride} (max_buffer_bytes / element size)",
+                        operand=name)
     return View(handle, dt, f[p + "offset_bytes"], rows, cols, ld, bs)
 
 

@@ -810,6 +810,76 @@ for _role in ("src", "dst"):
     case("operand.batch_stride", f"{_role}.batch_stride_elems", f"got {M * N}", f"copy-{_role}",
          _copy_batch_stride(_role))
 
+
+# --- overflow: strides and offsets no buffer can hold, values no field can hold ----------------
+# A stride times the element size must stay within max_buffer_bytes even where it is multiplied
+# by zero (one row, one batch entry): drivers compute C int64 byte offsets from it.
+
+def _huge(role: str, field_: str, value: int, **std: Any) -> Builder:
+    """The standard GEMM (sized by ``std``) with operand ``role``'s ``field_`` set to ``value``."""
+    def build(env: Env, bad: bool) -> Callable[[], Any]:
+        s = Std(env, **std)
+        mat: Matrix = getattr(s, role)
+        return s.submit(s.gemm(**{role: replace(mat, **{field_: value}) if bad else mat}))
+    return build
+
+
+case("operand.ld", "a.ld_elems", f"got {2**62}", "a-ld-2**62-one-row", _huge("a", "ld_elems", 2**62, m=1))
+case("operand.ld", "d.ld_elems", f"got {2**64 - 1}", "d-ld-u64-max-one-row", _huge("d", "ld_elems", 2**64 - 1, m=1))
+case("operand.ld", "b.ld_elems", f"got {2**48 // 4 + 1}", "b-ld-past-max-buffer-bytes-one-row",
+     _huge("b", "ld_elems", 2**48 // 4 + 1, k=1))
+case("operand.batch_stride", "a.batch_stride_elems", f"got {2**63 - 1}", "a-2**63-1-batch-1",
+     _huge("a", "batch_stride_elems", 2**63 - 1))
+case("operand.batch_stride", "c.batch_stride_elems", f"got {2**64 - 1}", "c-u64-max-batch-1",
+     _huge("c", "batch_stride_elems", 2**64 - 1))
+case("operand.bounds", "a", f"bytes [{2**64 - 4}, {2**64 + 4 * (M * K - 1)})", "a-offset-u64-max",
+     _huge("a", "offset_bytes", 2**64 - 4))
+case("operand.bounds", "b", f"bytes [0, {4 * (2**46 + K * N)})", "b-largest-batch-stride-batch-2",
+     _huge("b", "batch_stride_elems", 2**46, batch=2))
+
+
+def _epi_huge_ld(env: Env, bad: bool) -> Callable[[], Any]:
+    s = Std(env)
+    v = s.vector(np.float32, 1, N)
+    return s.submit(s.gemm(epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=replace(v, ld_elems=2**62) if bad else v),)))
+
+
+case("operand.ld", "epilogue[0].operand.ld_elems", f"got {2**62}", "bias-ld-2**62", _epi_huge_ld)
+
+
+def _copy_huge_ld(env: Env, bad: bool) -> Callable[[], Any]:
+    s = Std(env, m=1)
+    src = replace(s.c, ld_elems=2**63 - 1) if bad else s.c
+    return s.submit(Copy(src=src, dst=s.d), engine="copy")
+
+
+case("operand.ld", "src.ld_elems", f"got {2**63 - 1}", "copy-src-ld-2**63-1-one-row", _copy_huge_ld)
+
+# values the encoder cannot put in their field (negative, or 2**32 / 2**64 and up)
+case("cmd.field_range", "a.ld_elems", "got -1", "a-ld-negative", _huge("a", "ld_elems", -1))
+case("cmd.field_range", "d.offset_bytes", f"got {2**64}", "d-offset-2**64", _huge("d", "offset_bytes", 2**64))
+case("cmd.field_range", "b.batch_stride_elems", f"got {-(2**63)}", "b-batch-stride-i64-min",
+     _huge("b", "batch_stride_elems", -(2**63)))
+case("cmd.field_range", "c.rows", f"got {2**32}", "c-rows-2**32", _huge("c", "rows", 2**32))
+
+
+def _m_field(env: Env, bad: bool) -> Callable[[], Any]:
+    s = Std(env)
+    return s.submit(s.gemm(m=-1) if bad else s.gemm())
+
+
+case("cmd.field_range", "m", "got -1", "m-negative", _m_field)
+
+
+def _wait_value_field(env: Env, bad: bool) -> Callable[[], Any]:
+    def call() -> Any:
+        raw = encode_submission([], waits=[(int(Engine.COMPUTE), 2**64 if bad else 0)])
+        return env.dev.submit_raw(raw)
+    return call
+
+
+case("cmd.field_range", "wait[0].value", f"got {2**64}", "wait-value-2**64", _wait_value_field)
+
 # --- GEMM ------------------------------------------------------------------------------------
 
 
