@@ -283,8 +283,10 @@ static int recv_all(ffa_client *c, void *buf, size_t len, int *fds, int *nfds, i
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			if ((errno == EAGAIN || errno == EWOULDBLOCK) && (flags & MSG_DONTWAIT))
+			if ((errno == EAGAIN || errno == EWOULDBLOCK) && (flags & MSG_DONTWAIT)) {
+				sched_yield(); /* as in ring_submit: never spin against the server */
 				continue;
+			}
 			return lose(c, errno == EAGAIN || errno == EWOULDBLOCK ? "timed out waiting for a reply"
 									      : strerror(errno));
 		}
@@ -772,10 +774,10 @@ static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp,
 			return FFA_ERR_OK;
 		}
 		uint64_t t = now_ns();
-		if (t - start < c->poll_ns)
-			continue;
 		if (t - start < c->poll_ns * slots) {
-			sched_yield(); /* past the plain budget: keep polling, but cede a core the server needs */
+			/* poll, but cede the core whenever someone else (the server, on a busy machine)
+			 * wants it: spinning against the server only delays the completion we wait for */
+			sched_yield();
 			continue;
 		}
 		rc = ring_check(c);
@@ -852,6 +854,7 @@ int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns
 		do {
 			if (__atomic_load_n(word, __ATOMIC_ACQUIRE) >= value)
 				return FFA_ERR_OK;
+			sched_yield();
 		} while (now_ns() < end);
 	}
 	memset(&w, 0, sizeof(w));
