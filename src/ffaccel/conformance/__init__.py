@@ -13,9 +13,9 @@ model within the spec's error bound (:mod:`.runner`), together with engine, fenc
 
 from .cases import LEVELS, CopyCase, GemmCase, copy_cases, gemm_cases
 from .runner import CaseResult, judge_copy, judge_gemm
-from .suite import ConformanceReport, check_device
+from .suite import ConformanceReport, check_device, format_failures
 
 __all__ = [
     "CaseResult", "ConformanceReport", "CopyCase", "GemmCase", "LEVELS", "check_device", "copy_cases",
-    "gemm_cases", "judge_copy", "judge_gemm",
+    "format_failures", "gemm_cases", "judge_copy", "judge_gemm",
 ]

@@ -48,8 +48,14 @@ class GemmCase:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # extra ld elements for A, B, C, D
     broadcast: tuple[bool, bool, bool] = (False, False, False)  # batch stride 0 for A, B, C
     epilogue: tuple[PostOpCase, ...] = ()
-    fill: str = "random"  # or a named corner-case fill, see runner.FILLS
+    fill: str = "random"  # or a named corner-case fill, see runner._special
     seed: int = 0
+    #: row-interleaved batches ([rows, batch, cols]: batch stride = cols, ld = batch * cols) for A, B, C, D
+    interleave: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    #: batch stride 0 for the epilogue operands (None: bias broadcast, add per batch entry)
+    epi_broadcast: bool | None = None
+    #: judge D bit for bit against the golden model (inputs chosen so the exact answer is known)
+    exact: bool = False
 
     @property
     def name(self) -> str:
@@ -61,10 +67,19 @@ class GemmCase:
         bits.append(f"alpha={self.alpha} beta={self.beta} c={self.c_mode}")
         if any(self.pads):
             bits.append(f"pads={self.pads}")
+        if any(self.interleave):
+            bits.append(f"interleaved={''.join('01'[b] for b in self.interleave)}")
         if epi:
-            bits.append(f"epilogue={epi}")
+            params = ",".join(f"{p.param0}:{p.param1}" for p in self.epilogue
+                              if p.kind in (PostOpKind.CLAMP, PostOpKind.SCALE))
+            where = "".join("a" if p.operand_in_acc else "d" for p in self.epilogue
+                            if POST_OPS[p.kind].has_operand)
+            bits.append(f"epilogue={epi}" + (f"({params})" if params else "") + (f" operands={where}" if where else "")
+                        + ("" if self.epi_broadcast is None else f" epi_bcast={int(self.epi_broadcast)}"))
         if self.fill != "random":
             bits.append(f"fill={self.fill}")
+        if self.exact:
+            bits.append("exact")
         return " ".join(bits)
 
 
@@ -167,11 +182,186 @@ def gemm_cases(caps: DeviceCaps, level: str = "quick") -> list[GemmCase]:
                                   (0, 1, 0, 2), epilogue=(p,), seed=seq.seed()))
         chains = [tuple(variants[(i + j) % len(variants)] for j in range(4)) for i in range(0, len(variants), 2)]
         chains.append(tuple(reversed(variants[:4])))
-        for chain in chains if level == "full" else chains[:3]:
+        # quick: the first chains (bias first) and the reversed one (bias last)
+        for chain in chains if level == "full" else chains[:3] + chains[-1:]:
             cases.append(GemmCase("epilogue-chain", combo, 17, 9, 64, 2, True, False, sc[4], sc[1], "in_place",
                                   (1, 1, 0, 0), (False, True, False), epilogue=chain, seed=seq.seed()))
         cases.extend(_corner_cases(combo, seq))
+        cases.extend(_square_cases(combo, seq))
+        cases.extend(_exact_cases(combo, seq, level))
+        cases.extend(_nonfinite_cases(combo, seq))
+        cases.extend(_layout_cases(combo, seq, level))
+        cases.extend(_size_cases(combo, seq, level))
+        cases.extend(_param_cases(combo, seq, level))
     return cases
+
+
+def _square_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
+    """m == k, n == k and m == n: a driver that infers a transpose from shapes guesses wrong only here."""
+    sc = _scalars(combo)
+    out = []
+    for (m, n, k), (ta, tb) in itertools.product(((9, 5, 9), (5, 9, 9), (9, 9, 5), (17, 17, 17)),
+                                                 ((False, False), (True, False), (False, True), (True, True))):
+        out.append(GemmCase("shapes:square", combo, m, n, k, 1, ta, tb, sc[1], sc[2] if ta else sc[0],
+                            seq.pick("sq", ("separate", "in_place", "absent")) if not ta else "separate",
+                            seq.pick("sqpads", ((0, 0, 0, 0), (2, 1, 0, 3))), seed=seq.seed()))
+    return out
+
+
+def _exact_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
+    """Small-integer inputs whose exact result is known, with ties planted for D's rounding,
+    judged bit for bit: through alpha, beta, C absent / separate / in place and every exact post-op."""
+    if combo.is_int:
+        return []
+    t = 1.5 * 2.0 ** DTYPES[combo.d].precision_bits if combo.d in (DType.F16, DType.BF16) else 0.0
+    bias_n = PostOpCase(PostOpKind.BIAS_N, operand_in_acc=False)
+    bias_m = PostOpCase(PostOpKind.BIAS_M)
+    add_d = PostOpCase(PostOpKind.ADD, operand_in_acc=False)
+    add_acc = PostOpCase(PostOpKind.ADD)
+    relu = PostOpCase(PostOpKind.RELU)
+    clamp = PostOpCase(PostOpKind.CLAMP, -(t + 9.0) if t else -20.0, t + 6.0 if t else 30.0)
+    half = PostOpCase(PostOpKind.SCALE, 0.5)
+    neg2 = PostOpCase(PostOpKind.SCALE, -2.0)
+    rows = [
+        # (m, n, k, batch, trans_a, trans_b, alpha, beta, c_mode, epilogue)
+        (7, 9, 5, 1, False, False, 1.0, 0.0, "absent", ()),
+        (6, 5, 17, 1, True, False, 1.0, 0.0, "absent", (bias_n,)),
+        (5, 7, 9, 1, False, True, 2.0, -1.0, "separate", ()),
+        (9, 6, 7, 1, True, True, -1.5, 1.0, "in_place", (half,)),
+        (8, 5, 6, 2, False, False, 1.0, 0.5, "separate", (add_d, relu)),
+        (5, 6, 9, 1, False, False, 0.5, 0.0, "absent", (add_acc, clamp, bias_m, neg2)),
+        (6, 7, 5, 1, False, True, 1.0, 2.0, "in_place", (clamp, bias_n, relu, add_d)),
+        (7, 5, 3, 3, True, False, -1.0, 0.0, "absent", (bias_m, half, add_acc, relu)),
+    ]
+    if combo.d == combo.acc:  # no operand in D's dtype distinct from acc
+        rows = [r[:9] + (tuple(PostOpCase(p.kind, p.param0, p.param1) for p in r[9]),) for r in rows]
+    out = []
+    for m, n, k, batch, ta, tb, alpha, beta, c_mode, epi in rows:
+        out.append(GemmCase("exact", combo, m, n, k, batch, ta, tb, alpha, beta, c_mode,
+                            seq.pick("expads", ((0, 0, 0, 0), (1, 2, 3, 1))), epilogue=epi, fill="exact",
+                            seed=seq.seed(), exact=True))
+    return out
+
+
+def _nonfinite_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
+    """NaN and +-inf through the GEMM into every post-op that must propagate them (IEEE), and C
+    full of NaN/Inf that beta == 0 must never read, also when D is C."""
+    sc = _scalars(combo)
+    out = [
+        GemmCase("corner:beta0-nan-c", combo, 9, 5, 3, 1, alpha=sc[1], beta=sc[0], c_mode="in_place",
+                 fill="nan_c", seed=seq.seed()),
+        GemmCase("corner:beta0-nan-c", combo, 6, 7, 0, 1, alpha=sc[1], beta=sc[0], c_mode="in_place",
+                 fill="nan_c", seed=seq.seed()),
+        GemmCase("corner:alpha0-nan-ab", combo, 5, 9, 17, 2, alpha=sc[0], beta=sc[2], c_mode="in_place",
+                 fill="nan_ab", seed=seq.seed()),
+        GemmCase("corner:k0", combo, 5, 9, 0, 1, alpha=sc[1], beta=sc[0], c_mode="separate", fill="nan_c",
+                 seed=seq.seed()),
+        GemmCase("corner:k0", combo, 4, 6, 0, 1, alpha=sc[1], beta=sc[0], c_mode="absent",
+                 epilogue=(PostOpCase(PostOpKind.BIAS_N),), seed=seq.seed()),
+    ]
+    if combo.is_int:
+        return out
+    for epi in ((PostOpCase(PostOpKind.RELU),), (PostOpCase(PostOpKind.CLAMP, -0.5, 0.75),),
+                (PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.SCALE, -1.5), PostOpCase(PostOpKind.RELU)),
+                (PostOpCase(PostOpKind.CLAMP, -2.0, 3.0), PostOpCase(PostOpKind.ADD))):
+        for c_mode, beta in (("absent", 0.0), ("separate", 1.0)):
+            out.append(GemmCase("nonfinite", combo, 5, 6, 4, 1, alpha=1.0, beta=beta, c_mode=c_mode,
+                                epilogue=epi, fill="nonfinite", seed=seq.seed()))
+    return out
+
+
+def _layout_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
+    """Every layout the spec allows for batches: row-interleaved entries ([rows, batch, cols]) of
+    every operand, batch stride 0 on every input (alone and together), epilogue operands
+    broadcast or per entry."""
+    sc = _scalars(combo)
+    out = []
+    bias_add = (PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.ADD), PostOpCase(PostOpKind.BIAS_M))
+    epi_int = (PostOpCase(PostOpKind.ADD), PostOpCase(PostOpKind.BIAS_N))
+    epi = epi_int if combo.is_int else bias_add
+    rows = [
+        # (interleave, broadcast, c_mode, epilogue, epi_broadcast)
+        ((False, False, False, True), (False, False, False), "separate", (), None),
+        ((False, False, True, True), (True, False, False), "in_place", (), None),
+        ((True, False, True, False), (False, True, False), "separate", (), None),
+        ((False, True, False, True), (False, False, True), "separate", (), None),
+        ((False, False, False, True), (True, False, False), "absent", (), None),
+        ((False, False, False, False), (True, True, False), "separate", epi, True),
+        ((False, False, False, False), (False, True, True), "separate", epi, False),
+        ((False, False, False, True), (True, False, True), "separate", epi, False),
+    ]
+    for inter, bcast, c_mode, post, eb in rows:
+        out.append(GemmCase("layout", combo, 7, 6, 9, 3, False, seq.pick("lt", (False, True)), sc[1],
+                            sc[0] if c_mode == "absent" else sc[4], c_mode, seq.pick("lpads", ((0, 0, 0, 0),
+                                                                                              (1, 2, 1, 2))),
+                            bcast, epilogue=post, seed=seq.seed(), interleave=inter, epi_broadcast=eb))
+    return out
+
+
+#: Thresholds drivers switch kernels at: OpenBLAS threading (m*n*k above 2**18), tiles of
+#: 8..128, an output of 2**20 elements (the cpu driver's two-thread conversions), k chunks
+#: of exact int8 (2**8, 2**9, 2**10).
+_BIG_MNK = (130, 67, 257)  # 2.2M multiply-adds, no dimension a multiple of 8
+_HUGE_OUT = (1026, 1023, 2)  # 1,049,598 outputs > 2**20, odd n
+_WIDE_IN = (1025, 3, 1024)  # 1,049,600 elements of A > 2**20
+_INT_CHUNK_OF = {(DType.I8, DType.I8): 1024, (DType.I8, DType.U8): 512, (DType.U8, DType.I8): 512,
+                 (DType.U8, DType.U8): 256}
+
+
+def _size_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
+    """Sizes across drivers' thresholds, few and well aimed."""
+    sc = _scalars(combo)
+    out = [
+        # above OpenBLAS's threading threshold, partial tiles, with C (the quick level's large GEMM)
+        GemmCase("size", combo, *_BIG_MNK, 1, False, True, sc[4], sc[3], "separate", (1, 0, 2, 1), seed=seq.seed()),
+        # batch entries big enough for one BLAS call each
+        GemmCase("size", combo, 33, 35, 37, 3, True, False, sc[1], sc[4], "in_place", seed=seq.seed()),
+    ]
+    # exact values (ties planted): the golden model is fast on them, and rounding is judged bit for bit
+    if combo.d in (DType.F16, DType.BF16):
+        out.append(GemmCase("size", combo, *_HUGE_OUT, 1, False, False, 1.0, 1.0, "separate", fill="exact",
+                            seed=seq.seed(), exact=True))
+    elif combo.a in (DType.F16, DType.BF16):
+        out.append(GemmCase("size", combo, *_WIDE_IN, 1, False, True, 1.0, 0.0, "absent", fill="exact",
+                            seed=seq.seed(), exact=True))
+    if combo.is_int:
+        chunk = _INT_CHUNK_OF[(combo.a, combo.b)]
+        ks = (chunk - 1, chunk, chunk + 1, 2 * chunk + 1) if level == "full" else (chunk + 1, 2 * chunk)
+        for k in ks:
+            out.append(GemmCase("size:int-chunk", combo, 3, 2, k, 1, seq.pick("ict", (False, True)), False, 1, 0,
+                                "absent", fill="int_chunk", seed=seq.seed()))
+    if level == "full":
+        for m, n, k in ((65, 63, 127), (127, 129, 33), (255, 257, 17), (31, 33, 513), (257, 383, 131)):
+            ta, tb = seq.pick("szt", (False, True)), seq.pick("szb", (True, False))
+            out.append(GemmCase("size", combo, m, n, k, 1, ta, tb, sc[4], sc[3],
+                                seq.pick("szc", ("separate", "in_place", "absent")), seed=seq.seed()))
+    return out
+
+
+def _param_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
+    """Scalars and post-op parameters that vary from case to case (a driver caching them per
+    geometry gets one wrong), and integers float32 cannot hold (2**24 + 1, near the int32 limits)."""
+    out = []
+    if combo.is_int:
+        big = [(2**24 + 1, -(2**24 + 3), ()),
+               (-(2**31), 2**31 - 1, ()),
+               (1, 0, (PostOpCase(PostOpKind.SCALE, 2**24 + 1),)),
+               (3, 1, (PostOpCase(PostOpKind.CLAMP, -(2**24) - 1, 2**24 + 1),)),
+               (2**20 + 7, -1, (PostOpCase(PostOpKind.CLAMP, -(2**31) + 5, 2**31 - 9),
+                                PostOpCase(PostOpKind.SCALE, 3))),
+               (1, 1, (PostOpCase(PostOpKind.SCALE, -(2**31) + 1), PostOpCase(PostOpKind.CLAMP, -7, 2**31 - 1))),
+               (2, 0, (PostOpCase(PostOpKind.CLAMP, 7, 7),)),
+               (1, 0, (PostOpCase(PostOpKind.CLAMP, -(2**31), -5), PostOpCase(PostOpKind.RELU)))]
+        for alpha, beta, epi in big:
+            out.append(GemmCase("int-scalars", combo, 4, 5, 70, 1, False, True, alpha, beta,
+                                seq.pick("isc", ("separate", "in_place")) if beta else "absent",
+                                fill="int_extreme", epilogue=epi, seed=seq.seed()))
+        return out
+    for lo, hi, s in ((-0.25, 0.25, 3.0), (0.5, 0.5, -0.75), (-3.0, -1.0, 1e-3), (0.125, 1e30, 1.25)):
+        out.append(GemmCase("post-params", combo, 6, 5, 9, 1, False, False, 1.0, 0.0, "absent",
+                            epilogue=(PostOpCase(PostOpKind.SCALE, s), PostOpCase(PostOpKind.CLAMP, lo, hi)),
+                            seed=seq.seed()))
+    return out
 
 
 def _corner_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:

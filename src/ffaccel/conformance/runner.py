@@ -10,13 +10,15 @@ byte of D's buffer is unchanged, and every input buffer is unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
-from ..abi import Copy, DeviceCaps, Gemm, Matrix, PostOpDesc, check_command, copy_arrays, gemm_arrays
+from ..abi import Copy, DeviceCaps, Gemm, GemmOp, Matrix, PostOpDesc, check_command, copy_arrays, gemm_arrays
 from ..drivers.ref import RefDriver
+from ..drivers.rounding import round_to
 from ..runtime import Buffer, Device
 from ..spec import DTYPES, DType, FFAccelError, PostOpKind
 from ..spec.accuracy import error_ratio
@@ -41,6 +43,17 @@ class CaseResult:
     passed: bool
     worst_ratio: float = float("nan")
     message: str = ""
+    #: for a failure: what the spec required and what came back (where one value says it)
+    expected: str = ""
+    got: str = ""
+
+
+def tie_base(dt: DType) -> float:
+    """A value of ``dt`` around which every odd integer is a tie of the rounding to ``dt``
+    (1.5 * 2**precision); 0 where integers near the accumulate range do not round (f32, f64, ints)."""
+    if dt in (DType.F16, DType.BF16):
+        return 1.5 * 2.0 ** DTYPES[dt].precision_bits
+    return 0.0
 
 
 def _finfo(dt: DType) -> ml_dtypes.finfo:
@@ -58,9 +71,12 @@ def _random(rng: np.random.Generator, dt: DType, n: int) -> np.ndarray:
     return rng.standard_normal(n).astype(np_dt)
 
 
-def _special(fill: str, role: str, dt: DType, out_dt: DType, rng: np.random.Generator, rows: int, cols: int
-             ) -> np.ndarray | None:
-    """Values for a named corner-case fill, or None for random values."""
+def _special(fill: str, role: str, dt: DType, out_dt: DType, rng: np.random.Generator, rows: int, cols: int,
+             tie: float = 0.0) -> np.ndarray | None:
+    """Values for a named corner-case fill, or None for random values.
+
+    ``role`` is a, b, c or e (an epilogue operand); ``tie`` is the tie base of the exact fill.
+    """
     np_dt = DTYPES[dt].numpy
     shape = (rows, cols)
     if fill == "nan_c" and role == "c" and DTYPES[dt].is_float:
@@ -92,6 +108,39 @@ def _special(fill: str, role: str, dt: DType, out_dt: DType, rng: np.random.Gene
             x[0, :] = 1.0
             x[1, :] = (np.arange(cols) % 4) * ulp / 4
         return x.astype(np_dt)
+    if fill == "exact" and DTYPES[dt].is_float:
+        # small integers: every product and partial sum is exact in any order, so D is known
+        # exactly; A's first column holds the tie base of D's dtype and B's first row ones, so
+        # most results are odd integers just above a power of two: ties for D's rounding
+        x = rng.integers(-3, 4, shape).astype(np.float64)
+        if role == "a" and cols:
+            x[:, 0] = tie
+        elif role == "b" and rows:
+            x[0, :] = 1.0
+        return x.astype(np_dt)
+    if fill == "nonfinite" and DTYPES[dt].is_float and role in ("a", "b"):
+        # B has no zeros (inf * 0 would be NaN): A's row 0 holds a NaN, row 1 a +inf, row 2 a -inf
+        x = rng.integers(1, 4, shape) * np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+        if role == "a":
+            for r, v in ((0, np.nan), (1, np.inf), (2, -np.inf)):
+                if r < rows and cols:
+                    x[r, (r * 2) % cols] = v
+        return x.astype(np_dt)
+    if fill == "int_chunk" and role in ("a", "b") and not DTYPES[dt].is_float:
+        # the largest products, with one odd product among them: past 2**24 in k-chunks bigger
+        # than the exact-int8 limit, a float32 sum cannot hold the odd total
+        info = np.iinfo(np_dt)
+        big = info.min if info.min else info.max
+        x = rng.integers(int(info.min), int(info.max) + 1, shape)
+        if role == "a" and rows:
+            x[0, :] = big
+            if cols:
+                x[0, cols // 2] = info.max
+        elif role == "b" and cols:
+            x[:, 0] = big
+            if rows:
+                x[rows // 2, 0] = info.max
+        return x.astype(np_dt)
     if fill == "huge" and role in ("a", "b"):
         big = math.sqrt(float(_finfo(out_dt).max)) * 2.0
         big = min(big, float(_finfo(dt).max))
@@ -109,14 +158,22 @@ class _Placed:
 
 
 def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: int, cols: int, pad: int,
-           broadcast: bool, values: np.ndarray | None = None) -> _Placed:
+           broadcast: bool, values: np.ndarray | None = None, interleave: bool = False,
+           fill: Callable[[], np.ndarray | None] | None = None) -> _Placed:
+    """Put a (batch of) rows x cols matrices in a new buffer, rogue values everywhere else.
+
+    Batch entries follow each other (with a gap), or are row-interleaved (entry b of row r at
+    ``r * ld + b * cols``), or are one matrix (broadcast: batch stride 0). ``values`` fills every
+    entry alike; ``fill`` is called per entry (random values when both are None or it returns None).
+    """
     info = DTYPES[dt]
     isz = info.itemsize_bytes
     lead = 3
-    ld = max(1, cols) + pad
-    stride = 0 if broadcast or batch <= 1 else rows * ld + 2
+    interleave = interleave and batch > 1 and not broadcast
+    ld = (batch * max(1, cols) if interleave else max(1, cols)) + pad
+    stride = 0 if broadcast or batch <= 1 else (max(1, cols) if interleave else rows * ld + 2)
     n_batch = 1 if stride == 0 else batch
-    span = ((n_batch - 1) * stride + rows * ld) if rows and cols else 0
+    span = ((n_batch - 1) * stride + (rows - 1) * ld + cols) if rows and cols else 0
     total = lead + span + 3
     buf = dev.alloc(total * isz)
     flat = np.empty(total, info.numpy)
@@ -125,7 +182,9 @@ def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: i
     else:
         flat.view(np.uint8)[:] = ROGUE_BYTE
     for b in range(n_batch):
-        block = values if values is not None else _random(rng, dt, rows * cols).reshape(rows, cols)
+        block = values if values is not None else (fill() if fill is not None else None)
+        if block is None:
+            block = _random(rng, dt, rows * cols).reshape(rows, cols)
         for r in range(rows):
             start = lead + b * stride + r * ld
             flat[start:start + cols] = block[r]
@@ -143,21 +202,28 @@ def build_gemm(dev: Device, case: GemmCase) -> tuple[Gemm, list[Buffer], Buffer]
     combo, m, n, k, batch = case.combo, case.m, case.n, case.k, case.batch
     ar, ac = (k, m) if case.trans_a else (m, k)
     br, bc = (n, k) if case.trans_b else (k, n)
-    sp_a = _special(case.fill, "a", combo.a, combo.d, rng, m, k)
-    sp_b = _special(case.fill, "b", combo.b, combo.d, rng, k, n)
-    A = _place(dev, rng, combo.a, batch, ar, ac, case.pads[0], case.broadcast[0],
-               None if sp_a is None else (sp_a.T if case.trans_a else sp_a))
-    B = _place(dev, rng, combo.b, batch, br, bc, case.pads[1], case.broadcast[1],
-               None if sp_b is None else (sp_b.T if case.trans_b else sp_b))
-    D = _place(dev, rng, combo.d, batch, m, n, case.pads[3], False,
-               _special(case.fill, "c", combo.d, combo.d, rng, m, n) if case.c_mode == "in_place" else None)
+    tie = tie_base(combo.d) if case.fill == "exact" else 0.0
+
+    def special(role: str, dt: DType, rows: int, cols: int, trans: bool = False) -> Callable[[], np.ndarray | None]:
+        def make() -> np.ndarray | None:
+            x = _special(case.fill, role, dt, combo.d, rng, rows, cols, tie)
+            return x.T if x is not None and trans else x
+        return make
+
+    inter = case.interleave
+    A = _place(dev, rng, combo.a, batch, ar, ac, case.pads[0], case.broadcast[0], interleave=inter[0],
+               fill=special("a", combo.a, m, k, case.trans_a))
+    B = _place(dev, rng, combo.b, batch, br, bc, case.pads[1], case.broadcast[1], interleave=inter[1],
+               fill=special("b", combo.b, k, n, case.trans_b))
+    D = _place(dev, rng, combo.d, batch, m, n, case.pads[3], False, interleave=inter[3],
+               fill=special("c", combo.d, m, n) if case.c_mode == "in_place" else None)
     inputs = [A.buf, B.buf]
     c_mat = None
     if case.c_mode == "in_place":
         c_mat = D.matrix
     elif case.c_mode == "separate":
-        C = _place(dev, rng, combo.d, batch, m, n, case.pads[2], case.broadcast[2],
-                   _special(case.fill, "c", combo.d, combo.d, rng, m, n))
+        C = _place(dev, rng, combo.d, batch, m, n, case.pads[2], case.broadcast[2], interleave=inter[2],
+                   fill=special("c", combo.d, m, n))
         c_mat = C.matrix
         inputs.append(C.buf)
     epi = []
@@ -166,8 +232,9 @@ def build_gemm(dev: Device, case: GemmCase) -> tuple[Gemm, list[Buffer], Buffer]
         operand = None
         if shape is not None:
             dt = combo.acc if p.operand_in_acc else combo.d
-            E = _place(dev, rng, dt, batch, shape[0], shape[1], 1 if p.kind == PostOpKind.ADD else 0,
-                       p.kind != PostOpKind.ADD)
+            bcast = p.kind != PostOpKind.ADD if case.epi_broadcast is None else case.epi_broadcast
+            E = _place(dev, rng, dt, batch, shape[0], shape[1], 1 if p.kind == PostOpKind.ADD else 0, bcast,
+                       fill=special("e", dt, *shape))
             operand = E.matrix
             inputs.append(E.buf)
         epi.append(PostOpDesc(p.kind, p.param0, p.param1, operand))
@@ -176,11 +243,30 @@ def build_gemm(dev: Device, case: GemmCase) -> tuple[Gemm, list[Buffer], Buffer]
     return g, inputs, D.buf
 
 
-def judge_gemm(dev: Device, case: GemmCase) -> CaseResult:
-    """Run one GEMM case on ``dev`` and judge it against the golden model."""
+#: How a case's command is executed: (device, command, input buffers, D's buffer) -> None.
+Execute = Callable[[Device, Gemm, "list[Buffer]", Buffer], None]
+
+
+def _submit(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+    dev.submit([g]).wait(timeout_ns=60 * 10**9)
+
+
+def judge_gemm(dev: Device, case: GemmCase, execute: Execute | None = None,
+               setup: Execute | None = None) -> CaseResult:
+    """Run one GEMM case on ``dev`` and judge it against the golden model.
+
+    ``execute`` runs the command (default: submit it and wait); ``setup`` runs first, before
+    the golden model reads the inputs (e.g. a first submission, then new input values).
+    """
     g, inputs, d_buf = build_gemm(dev, case)
     try:
-        return _judge_gemm(dev, case, g, inputs, d_buf)
+        if setup is not None:
+            try:
+                setup(dev, g, inputs, d_buf)
+            except Exception as e:  # noqa: BLE001 - a crash of the first run fails the case
+                return CaseResult("GEMM", case.group, case.combo.name, case.name, False,
+                                  message=f"the first run failed: {e!r}")
+        return _judge_gemm(dev, case, g, inputs, d_buf, execute or _submit)
     finally:
         for b in inputs + [d_buf]:
             try:
@@ -189,16 +275,19 @@ def judge_gemm(dev: Device, case: GemmCase) -> CaseResult:
                 pass
 
 
-def _judge_gemm(dev: Device, case: GemmCase, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> CaseResult:
-    res = lambda ok, ratio=float("nan"), msg="": CaseResult(  # noqa: E731
-        "GEMM", case.group, case.combo.name, case.name, ok, ratio, msg)
+def _judge_gemm(dev: Device, case: GemmCase, g: Gemm, inputs: list[Buffer], d_buf: Buffer,
+                execute: Execute) -> CaseResult:
+    res = lambda ok, ratio=float("nan"), msg="", want="", got="": CaseResult(  # noqa: E731
+        "GEMM", case.group, case.combo.name, case.name, ok, ratio, msg, want, got)
     before = _snapshot(inputs + [d_buf])
     memory = {h: v.copy() for h, v in before.items()}
     op = check_command(g.encode(), DeviceCaps())
     a, b, c, _, epi = gemm_arrays(op, memory.__getitem__)
-    want = _REF.evaluate(op, a, b, c if op.reads_c else None, epi)
+    small = case.fill == "exact" and all(p.kind not in _INEXACT for p in case.epilogue)
+    want = _small_integer_golden(op, a, b, c, epi) if small else _REF.evaluate(op, a, b, c if op.reads_c else None,
+                                                                               epi)
     try:
-        dev.submit([g]).wait(timeout_ns=60 * 10**9)
+        execute(dev, g, inputs, d_buf)
     except FFAccelError as e:
         return res(False, msg=f"device refused a valid GEMM: {e}")
     except Exception as e:  # noqa: BLE001 - a driver that crashes on a valid GEMM fails the case
@@ -210,9 +299,17 @@ def _judge_gemm(dev: Device, case: GemmCase, g: Gemm, inputs: list[Buffer], d_bu
     d_now = {d_buf.handle: after[d_buf.handle]}
     got = gemm_arrays(op, lambda h: d_now[h] if h == d_buf.handle else memory[h])[3]
     worst = 0.0
-    if got.size:
+    if got.size and want.bound is not None:
         ratio = error_ratio(got.astype(np.float64), want.exact, want.bound)
         worst = float(ratio.max())
+    if case.exact and got.size:
+        want_d = want.rounded.astype(got.dtype)
+        same = (got == want_d) | (np.isnan(got.astype(np.float64)) & np.isnan(want_d.astype(np.float64)))
+        if not same.all():
+            idx = tuple(int(i) for i in np.argwhere(~same)[0])
+            return res(False, worst, f"not bit for bit the correctly rounded result at {idx}: got {got[idx]!r}, "
+                       f"want {want_d[idx]!r} (exact {want.exact[idx]!r})",
+                       f"D{list(idx)} = {want_d[idx]!r} (bit for bit)", f"{got[idx]!r}")
     mark = np.zeros(d_buf.size_bytes, np.uint8)
     view = gemm_arrays(op, lambda h: mark if h == d_buf.handle else memory[h])[3]
     if view.size:
@@ -222,9 +319,51 @@ def _judge_gemm(dev: Device, case: GemmCase, g: Gemm, inputs: list[Buffer], d_bu
         return res(False, worst, "bytes outside D's m x n windows changed")
     if not worst <= 1.0:
         idx = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-        return res(False, worst, f"error {worst:.3g} x the bound at {tuple(int(i) for i in idx)}: got "
-                   f"{got[idx]!r}, want {want.rounded[idx]!r}")
+        where = tuple(int(i) for i in idx)
+        return res(False, worst, f"error {worst:.3g} x the bound at {where}: got "
+                   f"{got[idx]!r}, want {want.rounded[idx]!r}",
+                   f"D{list(where)} = {want.rounded[idx]!r} (within {float(want.bound[idx]):.3g})", f"{got[idx]!r}")
     return res(True, worst)
+
+
+_INEXACT = (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """The golden answer of an exact-fill case (``bound`` None: only bit-for-bit equality counts)."""
+
+    exact: np.ndarray
+    rounded: np.ndarray
+    bound: None = None
+
+
+def _small_integer_golden(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, epi: tuple) -> _Known:
+    """The exact result of an ``exact`` fill case, in float64 arithmetic that is exact here.
+
+    Inputs, scalars and post-op parameters are small integers, halves and powers of two, so
+    every product, sum and post-op result is a float64 with few bits: computed exactly in any
+    order, then rounded once to D's dtype. (The general golden model gets the same answer; this
+    is fast on the suite's large outputs.)
+    """
+    f64 = np.float64
+    shape = (op.batch, op.m, op.n)
+    x = np.zeros(shape, f64)
+    if op.reads_ab:
+        x = float(op.alpha) * np.matmul(a.astype(f64), b.astype(f64))
+    if op.reads_c and c is not None:
+        x = x + float(op.beta) * c.astype(f64)
+    x = np.broadcast_to(x, shape).copy()
+    for p, v in zip(op.epilogue, epi):
+        if p.kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+            x += v.astype(f64)
+        elif p.kind == PostOpKind.RELU:
+            np.maximum(x, 0.0, out=x)
+        elif p.kind == PostOpKind.CLAMP:
+            np.minimum(np.maximum(x, float(p.param0)), float(p.param1), out=x)
+        elif p.kind == PostOpKind.SCALE:
+            x *= float(p.param0)
+    return _Known(x, round_to(x, op.combo.d))
 
 
 def judge_copy(dev: Device, case: CopyCase) -> CaseResult:
@@ -262,7 +401,16 @@ def judge_copy(dev: Device, case: CopyCase) -> CaseResult:
         if not np.array_equal(after[S.buf.handle], before[S.buf.handle]):
             return res(False, "the source buffer was written")
         if not np.array_equal(after[D.buf.handle], memory[D.buf.handle]):
-            return res(False, "dst differs from the correctly rounded conversion (or bytes outside it changed)")
+            bad = np.flatnonzero(after[D.buf.handle] != memory[D.buf.handle])
+            at = int(bad[0]) // DTYPES[case.dst].itemsize_bytes * DTYPES[case.dst].itemsize_bytes
+            isz = DTYPES[case.dst].itemsize_bytes
+            dt = DTYPES[case.dst].numpy
+            want_v = memory[D.buf.handle][at:at + isz].view(dt)[0]
+            got_v = after[D.buf.handle][at:at + isz].view(dt)[0]
+            return CaseResult("COPY", case.group, f"{DTYPES[case.src].name}->{DTYPES[case.dst].name}", case.name,
+                              False, float("nan"),
+                              "dst differs from the correctly rounded conversion (or bytes outside it changed)",
+                              f"byte {at} of dst = {want_v!r}", f"{got_v!r}")
         return res(True)
     finally:
         S.buf.free()

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from ..runtime import Device, open_device
 from ..spec import SPEC_VERSION
 from .cases import LEVELS, copy_cases, gemm_cases
 from .engines import engine_checks
+from .entry import entry_checks
 from .runner import CaseResult, judge_copy, judge_gemm
 
 DeviceFactory = Callable[[], Device]
@@ -39,6 +40,10 @@ class ConformanceReport:
     @property
     def failures(self) -> list[CaseResult]:
         return [r for r in self.results if not r.passed]
+
+    def failures_text(self, limit: int | None = 20) -> str:
+        """The failing cases, one per line: id, what was expected, what came back (see :func:`format_failures`)."""
+        return format_failures(self.failures, limit)
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per (op, combination): cases, failures and the worst error/bound ratio."""
@@ -66,6 +71,8 @@ class ConformanceReport:
             "spec_version": list(self.spec_version), "seconds": round(self.seconds, 3), "passed": self.passed,
             "cases": len(self.results), "failed": len(self.failures),
             "summary": [{k: clean(v) for k, v in row.items()} for row in self.summary()],
+            "failures": [{"case": r.name, "op": r.op, "group": r.group, "expected": r.expected, "got": r.got,
+                          "message": r.message} for r in self.failures],
             "results": [{k: clean(v) for k, v in asdict(r).items()} for r in self.results],
         }
         return json.dumps(doc, indent=1)
@@ -85,9 +92,10 @@ class ConformanceReport:
             lines.append(f"| {row['op']} | {row['combo']} | {row['cases']} | {row['failed']} | "
                          f"{'-' if w is None else f'{w:.3g}'} |")
         if self.failures:
-            lines += ["", "## Failures", "", "| case | what went wrong |", "|---|---|"]
+            lines += ["", "## Failures", "", "| case | expected | got | what went wrong |", "|---|---|---|---|"]
             for r in self.failures:
-                lines.append(f"| {r.name} | {r.message.replace('|', '/')} |")
+                cells = (r.name, r.expected or "-", r.got or "-", r.message)
+                lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -107,22 +115,37 @@ def _as_factory(device: "Device | DeviceFactory | str") -> tuple[DeviceFactory, 
     raise TypeError(f"device must be a name, a Device or a factory returning one; got {type(device).__name__}")
 
 
-def iter_checks(dev: Device, factory: DeviceFactory, level: str
+def iter_checks(dev: Device, factory: DeviceFactory, level: str, only: Sequence[str] = ()
                 ) -> Iterator[tuple[str, Callable[[], list[CaseResult]]]]:
-    """(description, thunk) pairs: every unit of work of a run, in order."""
-    caps = dev.info().caps
-    for case in gemm_cases(caps, level):
-        yield case.name, (lambda c=case: [judge_gemm(dev, c)])
-    for ccase in copy_cases(caps, level):
-        yield ccase.name, (lambda c=ccase: [judge_copy(dev, c)])
-    yield "engines, fences and info", (lambda: engine_checks(dev))
-    from .errors import error_checks  # the rule catalogue is large: import it when it is needed
+    """(description, thunk) pairs: every unit of work of a run, in order.
 
-    yield "validation rules (error cases)", (lambda: error_checks(factory))
+    ``only``: run just the units whose kind (GEMM, COPY, ENTRY, ENGINE, ERROR) is one of these
+    words or whose description contains one of them (all units when empty).
+    """
+    caps = dev.info().caps
+
+    def wanted(kind: str, desc: str) -> bool:
+        return not only or any(w == kind or w in desc for w in only)
+
+    for case in gemm_cases(caps, level):
+        if wanted("GEMM", case.name):
+            yield case.name, (lambda c=case: [judge_gemm(dev, c)])
+    for ccase in copy_cases(caps, level):
+        if wanted("COPY", ccase.name):
+            yield ccase.name, (lambda c=ccase: [judge_copy(dev, c)])
+    for name, check in entry_checks(level):
+        if wanted("ENTRY", name):
+            yield name, (lambda check=check: check(dev))
+    if wanted("ENGINE", "engines, fences and info"):
+        yield "engines, fences and info", (lambda: engine_checks(dev))
+    if wanted("ERROR", "validation rules (error cases)"):
+        from .errors import error_checks  # the rule catalogue is large: import it when it is needed
+
+        yield "validation rules (error cases)", (lambda: error_checks(factory))
 
 
 def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *,
-                 progress: Progress | None = None) -> ConformanceReport:
+                 progress: Progress | None = None, only: Sequence[str] = ()) -> ConformanceReport:
     """Run the conformance suite against a device.
 
     Parameters
@@ -136,6 +159,11 @@ def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *
         shapes; ``full`` adds every shape triple and a large GEMM.
     progress : callable, optional
         ``progress(done, total, description)`` after each unit of work.
+    only : sequence of str, optional
+        Run only part of the suite: the units whose kind (``GEMM``, ``COPY``, ``ENTRY``,
+        ``ENGINE``, ``ERROR``) is one of these words, or whose description (a case name such
+        as ``"exact bf16xbf16->..."``) contains one of them. A partial run never passes for
+        the whole suite; it is for finding or re-running failures.
 
     Returns
     -------
@@ -158,7 +186,7 @@ def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *
     start = time.perf_counter()
     first = factory()
     info = first.info()
-    checks = list(iter_checks(first, factory, level))
+    checks = list(iter_checks(first, factory, level, tuple(only)))
     results: list[CaseResult] = []
     for i, (desc, thunk) in enumerate(checks):
         try:
@@ -169,6 +197,21 @@ def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *
             progress(i + 1, len(checks), desc)
     return ConformanceReport(name or first.name, f"{info.name} {info.version}", level, SPEC_VERSION,
                              time.perf_counter() - start, results)
+
+
+def format_failures(failures: Sequence[CaseResult], limit: int | None = 20) -> str:
+    """Failing cases as plain lines for a terminal or a log: ``FAIL <case id>: expected X, got Y``
+    (or what went wrong, where no single value says it), at most ``limit`` of them (None: all)."""
+    lines = []
+    shown = failures if limit is None else failures[:limit]
+    for r in shown:
+        if r.expected or r.got:
+            lines.append(f"FAIL {r.name}: expected {r.expected}, got {r.got} ({r.message})")
+        else:
+            lines.append(f"FAIL {r.name}: {r.message}")
+    if len(shown) < len(failures):
+        lines.append(f"... and {len(failures) - len(shown)} more failures")
+    return "\n".join(lines)
 
 
 def group_failures(report: ConformanceReport) -> dict[str, int]:

@@ -1,0 +1,345 @@
+"""Every way into a driver, judged: not only the path a first submission takes.
+
+A device is reached through submissions (first and repeated: a repeated command runs the
+binding the transport made the first time), through the front-ends (``matmul`` takes the
+driver's "fresh" kernel for plain GEMMs and its prepared kernel, reused across calls, for
+the rest; ``blas.gemm`` updates C in place), and, in process, through every hook of
+:class:`ffaccel.drivers.base.Driver`: ``gemm``, ``prepare_gemm`` (one kernel called with
+several sets of arrays), ``bind_gemm`` (one binding called again after its inputs changed)
+and ``prepare_gemm_fresh``. Each is judged like a GEMM case; front-end calls are compared
+bit for bit with the same call on the golden model, on inputs whose exact result is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..abi import DeviceCaps, Gemm, check_command, gemm_arrays
+from ..drivers.base import Driver
+from ..drivers.ref import RefDriver
+from ..frontends import blas as _blas
+from ..frontends import post
+from ..frontends.numpy_api import matmul
+from ..runtime import Buffer, Device
+from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, GemmCombo, PostOpKind
+from ..transports import InprocTransport
+from .cases import INT_SCALARS, FLOAT_SCALARS, GemmCase, PostOpCase
+from .runner import CaseResult, build_gemm, judge_gemm, tie_base
+
+EntryCheck = Callable[[Device], list[CaseResult]]
+_GOLDEN: list[Device] = []
+
+
+def _golden() -> Device:
+    """The ref driver behind the same front-ends (opened once)."""
+    if not _GOLDEN:
+        _GOLDEN.append(Device("ref", InprocTransport(RefDriver())))
+    return _GOLDEN[0]
+
+
+def _combos(dev: Device) -> list[GemmCombo]:
+    caps = dev.info().caps
+    return [c for c in GEMM_COMBOS if c in caps.combos]
+
+
+def _hook_cases(combo: GemmCombo) -> list[GemmCase]:
+    """A few geometries per combination: what bindings, fresh kernels and epilogues each take."""
+    sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
+    exact = "random" if combo.is_int else "exact"
+    relu_bias = (PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.RELU))
+    return [
+        GemmCase("entry", combo, 6, 5, 7, 1, False, False, sc[1], sc[0], "absent", fill=exact, seed=101,
+                 exact=not combo.is_int),
+        GemmCase("entry", combo, 9, 8, 5, 1, True, True, sc[1], sc[2], "in_place", fill=exact, seed=102,
+                 exact=not combo.is_int),
+        GemmCase("entry", combo, 8, 8, 8, 1, True, False, sc[4], sc[0], "absent", seed=103),
+        GemmCase("entry", combo, 5, 9, 17, 1, False, True, sc[3], sc[4], "separate", (1, 2, 0, 1),
+                 epilogue=relu_bias, seed=104),
+        GemmCase("entry", combo, 7, 6, 5, 3, False, False, sc[1], sc[2], "separate", broadcast=(False, True, False),
+                 seed=105),
+    ]
+
+
+def _refill(dev: Device, case: GemmCase, inputs: list[Buffer]) -> None:
+    """New values in every input buffer (same layout, another seed): a stale binding shows."""
+    _, fresh, d2 = build_gemm(dev, dataclasses.replace(case, seed=case.seed + 7919))
+    try:
+        for old, new in zip(inputs, fresh):
+            old.write(new.read(np.uint8, new.size_bytes))
+    finally:
+        for b in fresh + [d2]:
+            b.free()
+
+
+def _resubmitted(case: GemmCase) -> Callable[[Device], CaseResult]:
+    def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        dev.submit([g]).wait(timeout_ns=60 * 10**9)
+        _refill(dev, case, inputs)  # in place, C is D itself: it now holds the first result
+
+    return lambda dev: judge_gemm(dev, dataclasses.replace(case, group="entry:resubmitted"), setup=setup)
+
+
+def check_resubmitted(dev: Device) -> list[CaseResult]:
+    """The same command bytes submitted again after the inputs changed: the transport's
+    cached binding (or the driver's ``bind_gemm``) must read the new values."""
+    return [_resubmitted(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo)]
+
+
+# -- driver hooks (in-process devices with host memory) ----------------------------------------
+
+
+def _driver(dev: Device) -> Driver | None:
+    transport = getattr(dev, "_transport", None)
+    driver = getattr(transport, "driver", None)
+    return driver if isinstance(transport, InprocTransport) and isinstance(driver, Driver) else None
+
+
+def _arrays(g: Gemm, bufs: list[Buffer]) -> tuple[Any, tuple]:
+    op = check_command(g.encode(), DeviceCaps())
+    mem = {b.handle: b.array(np.uint8) for b in bufs}
+    return op, gemm_arrays(op, mem.__getitem__)
+
+
+def _hook_result(case: GemmCase, hook: str, ok: bool, msg: str) -> CaseResult:
+    return CaseResult("GEMM", f"entry:{hook}", case.combo.name, f"entry:{hook} {case.name}", ok, message=msg)
+
+
+def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResult | None:
+    """Judge one hook on one case; None where the driver does not offer the hook for it."""
+    named = dataclasses.replace(case, group=f"entry:{hook}")
+    state: dict[str, Any] = {}
+
+    def other_arrays(dev: Device) -> tuple[Any, tuple, list[Buffer]]:
+        g2, in2, d2 = build_gemm(dev, dataclasses.replace(case, seed=case.seed + 31))
+        op2, arrs2 = _arrays(g2, in2 + [d2])
+        return op2, arrs2, in2 + [d2]
+
+    if hook == "gemm":
+        def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            op, arrs = _arrays(g, inputs + [d_buf])
+            drv.gemm(op, *arrs)
+        return judge_gemm(dev, named, execute)
+
+    if hook == "prepare_gemm":
+        def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            op, _ = _arrays(g, inputs + [d_buf])
+            kernel = state["kernel"] = drv.prepare_gemm(op)
+            _, arrs2, bufs2 = other_arrays(dev)  # the kernel runs on other arrays first
+            try:
+                kernel(*arrs2)
+            finally:
+                for b in bufs2:
+                    b.free()
+
+        def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            _, arrs = _arrays(g, inputs + [d_buf])
+            state["kernel"](*arrs)
+        return judge_gemm(dev, named, execute, setup)
+
+    if hook == "bind_gemm":
+        g0, in0, d0 = build_gemm(dev, case)
+        try:
+            op0, arrs0 = _arrays(g0, in0 + [d0])
+            if op0.batch == 0 or op0.m == 0 or op0.n == 0 or drv.bind_gemm(op0, *arrs0) is None:
+                return None
+        finally:
+            for b in in0 + [d0]:
+                b.free()
+
+        def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            op, arrs = _arrays(g, inputs + [d_buf])
+            run = state["run"] = drv.bind_gemm(op, *arrs)
+            if run is None:
+                raise RuntimeError("bind_gemm offered a binding for one geometry and not for its twin")
+            run()
+            _refill(dev, case, inputs)  # the binding must read these, not what it saw when bound
+
+        def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            state["run"]()
+        return judge_gemm(dev, named, execute, setup)
+
+    # prepare_gemm_fresh: offered for batch 1, no C, no epilogue
+    if case.batch != 1 or case.c_mode != "absent" or case.epilogue:
+        return None
+    g0, in0, d0 = build_gemm(dev, case)
+    try:
+        op0, _ = _arrays(g0, in0 + [d0])
+        fresh = drv.prepare_gemm_fresh(op0)
+    finally:
+        for b in in0 + [d0]:
+            b.free()
+    if fresh is None:
+        return None
+
+    def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        _, arrs2, bufs2 = other_arrays(dev)
+        try:
+            fresh(arrs2[0][0], arrs2[1][0])  # a first call with other operands
+        finally:
+            for b in bufs2:
+                b.free()
+
+    def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        op, (a, b, _, d, _) = _arrays(g, inputs + [d_buf])
+        out = np.asarray(fresh(a[0], b[0]))
+        if out.shape != d.shape[1:] or out.dtype != d.dtype:
+            raise AssertionError(f"the fresh kernel returned {out.shape} {out.dtype}, want {d.shape[1:]} {d.dtype}")
+        d[0][...] = out
+    return judge_gemm(dev, named, execute, setup)
+
+
+def check_driver_hooks(dev: Device) -> list[CaseResult]:
+    """Each hook of an in-process driver with host memory, judged (nothing for other devices:
+    their hooks are reached through submissions and the front-ends only)."""
+    drv = _driver(dev)
+    if drv is None or not drv.host_visible:
+        return []
+    out = []
+    for combo in _combos(dev):
+        for case in _hook_cases(combo):
+            for hook in ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh"):
+                try:
+                    r = _judge_hook(dev, drv, case, hook)
+                except Exception as e:  # noqa: BLE001 - a crashing hook fails its case
+                    r = _hook_result(case, hook, False, f"raised {e!r}")
+                if r is not None:
+                    out.append(r)
+    return out
+
+
+# -- front-ends ----------------------------------------------------------------------------------
+
+
+def _exact_values(rng: np.random.Generator, dt: DType, shape: tuple[int, ...], tie: float = 0.0,
+                  tie_axis: int | None = None) -> np.ndarray:
+    lo = 0 if dt == DType.U8 else -3
+    x = rng.integers(lo, 4, shape).astype(np.float64)
+    if tie and tie_axis is not None:
+        idx = [slice(None)] * len(shape)
+        idx[tie_axis] = 0
+        x[tuple(idx)] = tie if tie_axis == len(shape) - 1 else 1.0
+    return x.astype(DTYPES[dt].numpy)
+
+
+def _compare(name: str, combo: GemmCombo, call: Callable[[Device], np.ndarray]) -> CaseResult | None:
+    def res(ok: bool, msg: str = "") -> CaseResult:
+        return CaseResult("GEMM", "entry:frontend", combo.name, f"entry:frontend {combo.name} {name}", ok, message=msg)
+
+    try:
+        want = np.asarray(call(_golden()))
+    except FFAccelError:
+        return None  # the front-end cannot express this combination this way
+    try:
+        got = np.asarray(call(_DEV[0]))
+    except FFAccelError as e:
+        return res(False, f"device refused a valid call: {e}")
+    except Exception as e:  # noqa: BLE001
+        return res(False, f"device crashed: {e!r}")
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return res(False, f"got {got.shape} {got.dtype}, want {want.shape} {want.dtype}")
+    g64, w64 = got.astype(np.float64), want.astype(np.float64)
+    same = (g64 == w64) | (np.isnan(g64) & np.isnan(w64))
+    if not same.all():
+        idx = tuple(int(i) for i in np.argwhere(~same)[0])
+        return res(False, f"not bit for bit the golden result at {idx}: got {got[idx]!r}, want {want[idx]!r}")
+    return res(True)
+
+
+_DEV: list[Device] = []
+_TRANS = ((False, False), (True, False), (False, True), (True, True))
+
+
+def check_frontends(dev: Device) -> list[CaseResult]:
+    """``matmul`` (fresh kernels, prepared kernels reused across calls, transposed views,
+    batches, C, post-ops, ``out``) and ``blas.gemm``, bit for bit against the golden model."""
+    _DEV[:] = [dev]
+    out: list[CaseResult | None] = []
+    for combo in _combos(dev):
+        rng = np.random.default_rng(int(combo.a) * 16 + int(combo.d))
+        tie = tie_base(combo.d)
+        out_dtype = np.float32 if combo.d == DType.F32 and combo.a != DType.F32 else None
+        kw: dict[str, Any] = {} if out_dtype is None else {"out_dtype": out_dtype}
+        d_np, acc_np = DTYPES[combo.d].numpy, DTYPES[combo.acc].numpy
+
+        def vals(dt: DType, shape: tuple[int, ...], axis: int | None = None) -> np.ndarray:
+            return _exact_values(rng, dt, shape, tie, axis)
+
+        # around the cpu driver's fresh-kernel limit (m*n*k <= 2**18); the second call of a geometry
+        # reuses the first one's plan, with new values
+        for m, n, k, trans, reps in ((5, 7, 9, _TRANS, 2), (60, 64, 67, _TRANS[::3], 1), (70, 71, 72, _TRANS[1:3], 1)):
+            for ta, tb in trans:
+                for rep in range(reps):
+                    a = vals(combo.a, (m, k), 1)
+                    b = vals(combo.b, (k, n), 0)
+                    av = np.ascontiguousarray(a.T).T if ta else a  # a transposed view: trans_a
+                    bt = np.ascontiguousarray(b.T)  # stored transposed, passed with trans_b
+                    out.append(_compare(f"matmul {m}x{n}x{k} view-T={ta} flag-T={tb} call {rep + 1}", combo,
+                                        lambda d, av=av, b=b, bt=bt, tb=tb: matmul(
+                                            av, bt if tb else b, trans_b=tb, device=d, **kw)))
+        a3 = vals(combo.a, (3, 6, 9), 2)
+        b2 = vals(combo.b, (9, 5), 0)
+        out.append(_compare("matmul batch 3 @ 2-D", combo, lambda d: matmul(a3, b2, device=d, **kw)))
+        a2 = vals(combo.a, (6, 9), 1)
+        b3 = vals(combo.b, (2, 9, 5), 1)
+        out.append(_compare("matmul 2-D @ batch 2", combo, lambda d: matmul(a2, b3, device=d, **kw)))
+        a, b = vals(combo.a, (7, 9), 1), vals(combo.b, (9, 6), 0)
+        e_dt = combo.d if combo.d in (DType.F16, DType.BF16) else combo.acc
+        bias_n = _exact_values(rng, e_dt, (6,))
+        bias_m = _exact_values(rng, combo.acc, (7,))
+        resid = _exact_values(rng, e_dt, (7, 6))
+        c = _exact_values(rng, combo.d, (7, 6))
+        if combo.is_int:
+            chains = [[post.bias(bias_n), post.relu()], [post.scale(3), post.add(resid), post.clamp(-50, 60)],
+                      [post.clamp(-(2**24) - 1, 2**24 + 1), post.bias(bias_m, axis="m")]]
+            alpha, beta = 2**24 + 1, -3
+        else:
+            chains = [[post.bias(bias_n), post.relu()],
+                      [post.scale(0.5), post.add(resid), post.clamp(-tie - 9, tie + 6)],
+                      [post.add(resid), post.bias(bias_m, axis="m"), post.scale(-2.0)]]
+            alpha, beta = -1.5, 2.0
+        for i, chain in enumerate(chains):
+            out.append(_compare(f"matmul post_ops chain {i}", combo,
+                                lambda d, chain=chain: matmul(a, b, post_ops=chain, device=d, **kw)))
+            out.append(_compare(f"matmul c, alpha, beta, post_ops chain {i}", combo,
+                                lambda d, chain=chain: matmul(a, b, c, alpha=alpha, beta=beta, post_ops=chain,
+                                                              device=d, **kw)))
+
+        def into_out(d: Device) -> np.ndarray:
+            o = np.full((7, 6), 7, d_np)
+            matmul(a, b, out=o, device=d)
+            return o
+
+        if out_dtype is None:
+            out.append(_compare("matmul out=", combo, into_out))
+        for order, ta, tb in (("row", "N", "N"), ("row", "T", "N"), ("col", "N", "T"), ("col", "T", "T")):
+            m, n, k = 6, 5, 7
+            lda, ldb, ldc = 9, 8, 7
+            af = _exact_values(rng, combo.a, (lda * 9,))
+            bf = _exact_values(rng, combo.b, (ldb * 9,))
+            cf = _exact_values(rng, combo.d, (ldc * 7,))
+            for bet in (beta, 0):
+                def call(d: Device, order: str = order, ta: str = ta, tb: str = tb, bet: Any = bet) -> np.ndarray:
+                    cc = cf.copy()
+                    if bet == 0 and not combo.is_int:
+                        cc[:] = np.nan  # beta == 0: C is not read
+                    _blas.gemm(order, ta, tb, m, n, k, alpha, af, lda, bf, ldb, bet, cc, ldc, device=d)
+                    return cc
+                out.append(_compare(f"blas.gemm {order} {ta}{tb} beta={bet}", combo, call))
+    _DEV.clear()
+    return [r for r in out if r is not None]
+
+
+def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
+    """(name, check) for every entry-point check of a level (the same at both levels)."""
+    return [
+        ("entry:resubmitted (same bytes, new input values)", check_resubmitted),
+        ("entry:frontend (matmul, blas.gemm)", check_frontends),
+        ("entry:driver hooks (gemm, prepare_gemm, bind_gemm, prepare_gemm_fresh)", check_driver_hooks),
+    ]
+
+
+__all__ = ["check_driver_hooks", "check_frontends", "check_resubmitted", "entry_checks"]
