@@ -12,6 +12,7 @@ the host, with a reason, and the share agrees with an independent ``FlopCounterM
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -44,11 +45,22 @@ def _sdpa_cpu_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: An
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-#: PyTorch's formulas, plus the CPU attention kernel they lack (see ``_sdpa_cpu_flop``)
-REGISTRY: dict[Any, Callable[..., int]] = dict(flop_counter.flop_registry)
-_cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-if _cpu_sdpa is not None:
-    REGISTRY[_cpu_sdpa] = flop_counter.shape_wrapper(_sdpa_cpu_flop)
+def _mkldnn_rnn_layer_flop(input_shape: Any, w_ih_shape: Any, w_hh_shape: Any, *args: Any, out_shape: Any = None,
+                           **kwargs: Any) -> int:
+    """One layer and direction of PyTorch's oneDNN LSTM (its CPU kernel): both gate GEMMs of every step."""
+    rows = math.prod(input_shape[:-1])  # time steps x batch, in either order
+    return 2 * rows * w_ih_shape[0] * (w_ih_shape[1] + w_hh_shape[1])
+
+
+#: PyTorch's formulas, plus CPU kernels they lack: attention and the oneDNN LSTM layer.
+#: Tests give the same two to ``FlopCounterMode(custom_mapping=...)`` for the independent count.
+EXTRA_FORMULAS: dict[Any, Callable[..., int]] = {}
+for _name, _f in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flop),
+                  ("mkldnn_rnn_layer", _mkldnn_rnn_layer_flop)):
+    if hasattr(torch.ops.aten, _name):
+        EXTRA_FORMULAS[getattr(torch.ops.aten, _name)] = _f
+REGISTRY: dict[Any, Callable[..., int]] = {**flop_counter.flop_registry,
+                                           **{k: flop_counter.shape_wrapper(f) for k, f in EXTRA_FORMULAS.items()}}
 
 #: shape queries that must not be decomposed or counted (as in FlopCounterMode)
 _QUERIES = {getattr(torch.ops.aten, n).default for n in ("is_contiguous", "size", "stride", "storage_offset",

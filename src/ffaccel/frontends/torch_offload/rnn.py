@@ -1,3 +1,132 @@
-"""Recurrent layers (placeholder)."""
-def handlers():
-    return {}
+"""Recurrent layers (``torch.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what ``nn.LSTM`` & co call).
+
+Per layer and direction: the input projection of all time steps is one GEMM
+(``X W_ih^T + b``, T N rows), then one GEMM per step for the recurrence
+(``h W_hh^T``, with that step's input gates as ``C`` and ``beta = 1``, so the sum is the
+GEMM's). The gate nonlinearities and the cell update are elementwise and run in PyTorch.
+LSTM and RNN fold both biases into the input projection; GRU keeps ``b_hh`` on the
+recurrent GEMM (its candidate gate multiplies ``r`` into ``W_hn h + b_hn``). LSTM
+projections (``proj_size``) are one more GEMM per step; ``rnn_relu``'s ReLU is the
+recurrent GEMM's epilogue. Left in PyTorch, and counted there with the reason: packed
+sequences and dropout between layers in training (``arguments unsupported``), float16 and
+bfloat16 (``dtype unsupported``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import post
+from .accounting import ARGS, SHAPE, Host
+from .tensors import check_tensors, same_dtype, to_numpy, to_torch
+
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+_KIND = {torch.lstm: "lstm", torch.gru: "gru", torch.rnn_tanh: "rnn_tanh", torch.rnn_relu: "rnn_relu"}
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _project(m: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` for x (T, N, I) as one GEMM over all T N rows, in x's own memory order."""
+    T, N, I_ = x.shape
+    flops = 2 * T * N * w.shape[0] * I_
+    ops = [post.bias(to_numpy(b))] if b is not None else []
+    if not x.is_contiguous() and x.transpose(0, 1).is_contiguous():  # batch-first memory
+        r = to_torch(m.run(flops, to_numpy(x.transpose(0, 1).reshape(N * T, I_)), to_numpy(w), trans_b=True,
+                           post_ops=ops))
+        return r.view(N, T, -1).transpose(0, 1)
+    r = to_torch(m.run(flops, to_numpy(x.reshape(T * N, I_)), to_numpy(w), trans_b=True, post_ops=ops))
+    return r.view(T, N, -1)
+
+
+def _step(m: Any, kind: str, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_hh: torch.Tensor,
+          b_hh: torch.Tensor | None, w_hr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One time step: the recurrent GEMM on the device, the cell update in PyTorch."""
+    n, hsz = h.shape
+    flops = 2 * n * w_hh.shape[0] * hsz
+    if kind == "gru":
+        H = w_hh.shape[0] // 3
+        ops = [post.bias(to_numpy(b_hh))] if b_hh is not None else []
+        gh = to_torch(m.run(flops, to_numpy(h), to_numpy(w_hh), trans_b=True, post_ops=ops))
+        rz = torch.sigmoid(gx[:, :2 * H] + gh[:, :2 * H])
+        r, z = rz[:, :H], rz[:, H:]
+        cand = torch.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+        return cand + z * (h - cand), None  # (1 - z) * cand + z * h
+    ops = [post.relu()] if kind == "rnn_relu" else []
+    g = to_torch(m.run(flops, to_numpy(h), to_numpy(w_hh), to_numpy(gx), beta=1.0, trans_b=True, post_ops=ops))
+    if kind == "rnn_relu":
+        return g, None
+    if kind == "rnn_tanh":
+        return torch.tanh(g), None
+    assert c is not None
+    H = w_hh.shape[0] // 4
+    sig = torch.sigmoid(g)  # i, f, o read from it; the cell candidate takes tanh of its own slice
+    c = sig[:, H:2 * H] * c + sig[:, :H] * torch.tanh(g[:, 2 * H:3 * H])
+    h = sig[:, 3 * H:] * torch.tanh(c)
+    if w_hr is not None:
+        h = to_torch(m.run(2 * n * w_hr.shape[0] * H, to_numpy(h), to_numpy(w_hr), trans_b=True))
+    return h, c
+
+
+def rnn(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
+    kind = _KIND[func]
+    if kwargs or len(args) != 9:
+        raise Host(ARGS)
+    packed = not isinstance(args[1] if kind == "lstm" else args[2], (list, tuple))
+    if packed:
+        raise Host(ARGS)  # PackedSequence: variable lengths per step
+    x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
+    if train and dropout and num_layers > 1:
+        raise Host(ARGS)  # random work between layers
+    h0, c0 = (hx[0], hx[1]) if kind == "lstm" else (hx, None)
+    params = list(params)
+    check_tensors(x, h0, c0, *params, allowed=_FLOATS)
+    same_dtype(x, h0, c0, *params)
+    dirs = 2 if bidirectional else 1
+    per = len(params) // max(1, num_layers * dirs)
+    if x.ndim != 3 or num_layers < 1 or per * num_layers * dirs != len(params) or per not in (2, 3, 4, 5):
+        raise Host(SHAPE)
+    proj = kind == "lstm" and per == (5 if has_biases else 3)
+    xt = x.transpose(0, 1) if batch_first else x  # (T, N, I)
+    T, N = xt.shape[:2]
+    h_out = h0.shape[-1]
+    layer_in = xt
+    hn: list[torch.Tensor] = []
+    cn: list[torch.Tensor] = []
+    for layer in range(num_layers):
+        # time-major, as PyTorch's own kernel (its batch-first output is a transposed view too)
+        out = torch.empty(T, N, dirs * h_out, dtype=x.dtype)
+        for d in range(dirs):
+            p = params[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
+            w_ih, w_hh = p[0], p[1]
+            b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
+            w_hr = p[-1] if proj else None
+            G = _GATES[kind]
+            if w_ih.ndim != 2 or w_hh.ndim != 2 or w_ih.shape[1] != layer_in.shape[2] or w_hh.shape[0] % G \
+                    or w_ih.shape[0] != w_hh.shape[0] or w_hh.shape[1] != h_out:
+                raise Host(SHAPE)
+            b_in = b_ih
+            if kind != "gru" and b_ih is not None and b_hh is not None:
+                b_in = b_ih + b_hh  # both biases once, in the input projection's epilogue
+            gates = _project(m, layer_in, w_ih, b_in)
+            i = layer * dirs + d
+            h, c = h0[i], (c0[i] if c0 is not None else None)
+            for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+                h, c = _step(m, kind, gates[t], h, c, w_hh, b_hh if kind == "gru" else None, w_hr)
+                out[t, :, d * h_out:(d + 1) * h_out] = h
+            hn.append(h)
+            if c is not None:
+                cn.append(c)
+        layer_in = out
+    output = layer_in.transpose(0, 1) if batch_first else layer_in
+    h_n = torch.stack(hn) if hn else h0.clone()
+    if kind == "lstm":
+        return output, h_n, (torch.stack(cn) if cn else c0.clone())
+    return output, h_n
+
+
+def handlers() -> dict[Callable, Callable]:
+    """func -> handler for recurrent layers."""
+    return {f: rnn for f in _KIND}

@@ -1,0 +1,100 @@
+"""Recurrent layers under offload: gate GEMMs on the device, against stock PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ffaccel.torch  # noqa: E402
+
+
+def _run(model, *inputs):
+    model.eval()
+    with torch.inference_mode():
+        want = model(*inputs)
+        with ffaccel.torch.offload("cpu") as session:
+            got = model(*inputs)
+    return want, got, session.stats
+
+
+def _close(got, want) -> None:
+    if isinstance(want, tuple):
+        for g, w in zip(got, want):
+            _close(g, w)
+        return
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.shape == want.shape and got.is_contiguous() == want.is_contiguous()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
+def test_lstm_gru_match_stock(kind: str, layers: int, bidirectional: bool, batch_first: bool) -> None:
+    torch.manual_seed(layers + 2 * bidirectional)
+    rnn = getattr(torch.nn, kind)(6, 5, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+    x = torch.randn(3, 7, 6) if batch_first else torch.randn(7, 3, 6)
+    dirs = 2 if bidirectional else 1
+    h0 = torch.randn(layers * dirs, 3, 5)
+    hx = (h0, torch.randn(layers * dirs, 3, 5)) if kind == "LSTM" else h0
+    want, got, stats = _run(rnn, x, hx)
+    _close(got, want)
+    gates = 4 if kind == "LSTM" else 3
+    inputs = [6] + [5 * dirs] * (layers - 1)
+    flops = sum(2 * 7 * 3 * gates * 5 * (i + 5) * dirs for i in inputs)  # input projection + recurrence
+    assert stats["offloaded_flops"] == flops and stats["host_calls"] == 0, stats
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_matches_stock(nonlinearity: str) -> None:
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(4, 6, num_layers=2, nonlinearity=nonlinearity, bidirectional=True)
+    want, got, stats = _run(rnn, torch.randn(5, 2, 4))
+    _close(got, want)
+    assert stats["host_calls"] == 0 and stats["offloaded_fraction"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # the reference side
+def test_lstm_projection_unbatched_and_no_bias() -> None:
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 6, proj_size=3, bias=False, num_layers=2)
+    want, got, stats = _run(lstm, torch.randn(5, 4))  # unbatched: nn.LSTM adds the batch dimension
+    _close(got, want)
+    assert stats["host_calls"] == 0 and stats["offloaded_fraction"] == 1.0
+
+
+def test_packed_sequences_stay_on_host_and_are_counted() -> None:
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 6)
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 4), [5, 3])
+    want, got, stats = _run(lstm, x)
+    torch.testing.assert_close(got[0].data, want[0].data)
+    assert stats["offloaded_calls"] == 0 and stats["host_reasons"] == {"arguments unsupported": 1}
+    assert stats["host_flops"] > 0 and stats["offloaded_fraction"] == 0.0
+
+
+def test_conv1d_lstm_model_reports_an_honest_share() -> None:
+    # the model of issue 13: its heavy work is a Conv1d and an LSTM; both now reach the device
+    torch.manual_seed(0)
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(8, 16, 5, padding=2)
+            self.lstm = torch.nn.LSTM(16, 32, batch_first=True)
+            self.head = torch.nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x)).transpose(1, 2)
+            return self.head(self.lstm(y)[0][:, -1])
+
+    model = Model()
+    x = torch.randn(2, 8, 20)
+    want, got, stats = _run(model, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert stats["offloaded_fraction"] == 1.0 and stats["host_calls"] == 0
+    with ffaccel.torch.offload("cpu") as s:  # grad on: nothing reaches the device, and the share says so
+        model(x)
+    assert s.stats["offloaded_fraction"] == 0.0 and set(s.stats["host_reasons"]) == {"grad required"}
+    assert s.stats["host_flops"] == stats["offloaded_flops"]  # the same work, priced by PyTorch's formulas
