@@ -35,6 +35,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return None if seed is None else f"test order shuffled: --shuffle={seed} repeats it"
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    seed = getattr(config, "_ffaccel_shuffle_seed", None)
+    if seed is not None:  # also under -q, where the header is not shown
+        terminalreporter.write_line(f"test order shuffled with --shuffle={seed}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     seed = getattr(config, "_ffaccel_shuffle_seed", None)
     if seed is not None:

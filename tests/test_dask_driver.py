@@ -46,7 +46,7 @@ def fast_client():
     # Dask's in-process transport: the lowest latency per tiled call, for the conformance run's
     # hundreds of GEMMs.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, **LOOPBACK_ONLY) as c, \
-            distributed.Client(c) as cl:
+            distributed.Client(c, set_as_default=False) as cl:
         yield cl
 
 
@@ -56,7 +56,8 @@ def test_nothing_listens_beyond_loopback(cluster, fast_client) -> None:
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    with distributed.Client(cluster) as c:
+    # never the process-wide default client: the driver must work through the client it is given
+    with distributed.Client(cluster, set_as_default=False) as c:
         yield c
 
 
@@ -87,7 +88,16 @@ def test_conformance_quick_passes_with_tiles(fast_client) -> None:
     assert stats["reductions"] > 0 and stats["local"] > 0, stats
 
 
+def _no_default_client() -> bool:
+    try:
+        distributed.default_client()
+    except ValueError:
+        return True
+    return False
+
+
 def test_open_by_url(cluster) -> None:
+    assert _no_default_client()  # what a program that only opens "dask://HOST:PORT" has
     dev = ffaccel.open(f"dask:{cluster.scheduler_address.removeprefix('tcp:')}?min_flops=0&parts=3")
     try:
         rng = np.random.default_rng(1)

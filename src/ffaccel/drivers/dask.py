@@ -654,7 +654,10 @@ class DaskDriver(Driver):
         dist = self._dist
         t1 = time.perf_counter()
         try:
-            dist.wait([f for f, _ in pending], timeout=self.timeout_s)
+            # Wait through this driver's own client: distributed.wait() needs a process-wide default
+            # client, which a program that only opened "dask://HOST:PORT" does not have.
+            for _ in dist.as_completed([f for f, _ in pending], loop=client.loop, timeout=self.timeout_s):
+                pass
             t2 = time.perf_counter()
             results = client.gather([f for f, _ in pending])
         except FFAccelError:
