@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ffaccel.abi.reference import render
+from ffaccel.transports.reference import render
 from ffaccel.spec import GEMM_COMBOS, RULES
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
@@ -10,7 +10,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
 
 def test_committed_page_matches_generated() -> None:
     assert PAGE.read_text(encoding="utf-8") == render(), (
-        "docs/spec.md is stale: run `python -m ffaccel.abi.reference > docs/spec.md`")
+        "docs/spec.md is stale: run `python -m ffaccel.transports.reference > docs/spec.md`")
 
 
 def test_page_documents_every_rule_and_combination() -> None:

@@ -1,7 +1,8 @@
 """Generate the reference page (docs/spec.md) from the spec and ABI tables.
 
-Run ``python -m ffaccel.abi.reference > docs/spec.md``; a test checks that the
-committed page equals what this prints, so the page never drifts from the code.
+This renders the op set and the ABI; the page itself (this plus the device server's wire
+protocol, which this layer cannot see) is printed by ``python -m ffaccel.transports.reference >
+docs/spec.md``. A test checks that the committed page equals it, so it never drifts from the code.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def render() -> str:
     """The whole reference page as Markdown."""
     parts = [
         f"# ffaccel op set, spec v{SPEC_VERSION[0]}.{SPEC_VERSION[1]} (ABI version {ABI_VERSION})",
-        "This page is generated from the code's own tables by `python -m ffaccel.abi.reference`; "
+        "This page is generated from the code's own tables by `python -m ffaccel.transports.reference`; "
         "a test fails when it drifts. Everything a driver must implement and everything the "
         "validator refuses is here.",
     ]

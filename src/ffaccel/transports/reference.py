@@ -1,0 +1,134 @@
+"""Generate the whole reference page (docs/spec.md): the op set and ABI, then the wire protocol.
+
+Run ``python -m ffaccel.transports.reference > docs/spec.md``; a test checks that the committed
+page equals what this prints. The op set, the ABI and its rules come from
+:func:`ffaccel.abi.reference.render` (that layer cannot see the server's messages); this layer
+adds the device server's wire protocol and rings from :mod:`ffaccel.transports.protocol`, the
+same tables the C uAPI header (:mod:`ffaccel.transports.cheader`) is generated from.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..abi import reference
+from .cheader import _member_comments
+from .protocol import (
+    CQE,
+    ERROR_RECORD,
+    FENCE_REPLY,
+    HANDLE_REPLY,
+    HELLO,
+    MAX_FDS,
+    MAX_PAYLOAD_BYTES,
+    MSG,
+    REPLAY_REQ,
+    REPLY,
+    RING_HEADER,
+    RING_HEADER_BYTES,
+    RING_SETUP,
+    SQE_BYTES,
+    SQE_HEADER,
+    STATS,
+    WAIT_REQ,
+    WIRE_VERSION,
+    Msg,
+    RingClientFlags,
+    RingServerFlags,
+    SqeFlags,
+)
+
+#: The messages the C client (libffaccel, src/ffaccel/c) sends.
+C_CLIENT_MESSAGES = (Msg.HELLO, Msg.ALLOC, Msg.FREE, Msg.SUBMIT, Msg.WAIT, Msg.RING_SETUP, Msg.ERROR_TEXT)
+
+_INTRO = f"""\
+## Wire protocol (the device server)
+
+`ffaccel serve` owns the device and serves client processes on a Unix stream socket (wire
+version {WIRE_VERSION}). These are the bytes any client speaks, in any language: the Python
+`SocketTransport`/`RingTransport` and the C client `libffaccel` (header `ffaccel_uapi.h`, generated
+from these same tables by `python -m ffaccel.transports.cheader`; build it with
+`ffaccel build-c --out DIR`). Same layout rules as the ABI: little-endian, fixed size, reserved
+fields zero and checked.
+
+* **Where.** The socket is `$FFACCEL_SOCKET`, else `$XDG_RUNTIME_DIR/ffaccel/server.sock`, else
+  `/tmp/ffaccel-<uid>/server.sock`. The default folder is created mode 0700 by the server; both
+  sides refuse it unless it is a real directory owned by the user with no group or other
+  permission bits. Over any path, a client checks the server's credentials (`SO_PEERCRED`): it
+  must run as the client's uid or as root, else the client refuses it (`DEVICE_LOST`).
+* **Framing.** A request is one `ffa_msg` header and `payload_bytes` (at most
+  {MAX_PAYLOAD_BYTES:,}) of payload. Every request gets exactly one reply, an `ffa_reply` header and
+  its payload, in request order (a client may send several before reading). File descriptors (at
+  most {MAX_FDS} per message) travel as `SCM_RIGHTS` in the same `sendmsg` as the message's first
+  bytes. The first request of a connection is HELLO.
+* **Errors.** A reply whose `status` is not 0 carries the error code from the table above and an
+  `ffa_error` record: the offending command's index, then the parameter name, the spec rule id
+  and the message (value seen, what is allowed) as UTF-8 strings of the given lengths. A rejected
+  request changes nothing.
+* **Memory.** Operands never travel on the socket: ALLOC answers with a sealed memfd of the
+  buffer, which the client maps; SUBMIT carries only the ABI submission (`ffa_submit`, waits,
+  commands) naming buffers by handle.
+
+### Messages
+
+The C client speaks {", ".join(m.name for m in C_CLIENT_MESSAGES)} (plus the ring below).
+
+"""
+
+_RING = f"""\
+### Rings (the io_uring model)
+
+RING_SETUP sends `ffa_ring_setup` and the client's wake eventfd; the reply carries the ring's
+memfd and the server's doorbell eventfd. The memfd holds `ffa_ring_header` at offset 0, the
+submission queue at `sq_offset_bytes` (`entries` slots of {SQE_BYTES} bytes: `ffa_sqe`, then one
+command; the SQ starts at byte {RING_HEADER_BYTES}) and the completion queue at `cq_offset_bytes`
+(`entries` x `ffa_cqe`). Indices are free-running u32 counters; a slot is `index & (entries - 1)`.
+
+* **Submit.** Write the entries, then store `sq_tail` (a release store); if `server_flags` has
+  SLEEPING, write 1 to the doorbell. A submission of several commands is a chain: every entry but
+  the last has LINK; the chain is validated and run as one, and answered with one completion
+  carrying the last entry's `user_data`. A submission without commands is one EMPTY entry.
+  Waits: at most one per engine (`wait_compute_value`, `wait_copy_value`; 0 = none).
+* **Complete.** Read completions from `cq_head` to `cq_tail`, then store `cq_head`. A nonzero
+  `status` means nothing ran; its full text comes from ERROR_TEXT with `error_id`, over the socket.
+  `completed_compute`/`completed_copy` in the header are the client's fence progress.
+* **Sleep.** Set WAITING in `client_flags`, look at the queue once more, then sleep on the wake
+  eventfd (and the socket, which turns readable when the server dies), with a deadline.
+* **Broken.** The server copies each entry out of shared memory once and validates the copy. A
+  client that breaks a ring rule finds BROKEN in `server_flags`, the code in `error` and its text
+  behind `error_id`; the ring is no longer served, and only that client is affected.
+"""
+
+
+def _flag_table(title: str, cls: type) -> str:
+    notes = _member_comments(cls)
+    return f"{title}\n\n" + reference._table(["flag", "value", "meaning"],
+                                            [[f"`{m.name}`", int(m), notes.get(m.name, "")] for m in cls])
+
+
+def wire_section() -> str:
+    """The wire protocol's part of the reference page, as Markdown."""
+    notes = _member_comments(Msg)
+    parts = [_INTRO + reference._table(
+        ["msg_type", "value", "request payload; reply", "C client"],
+        [[f"`{m.name}`", int(m), notes.get(m.name, ""), "yes" if m in C_CLIENT_MESSAGES else "-"] for m in Msg])]
+    for lay in (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP):
+        parts.append(reference._layout_table(lay))
+    parts.append(_RING.rstrip())
+    for lay in (RING_HEADER, SQE_HEADER, CQE):
+        parts.append(reference._layout_table(lay))
+    parts.append(_flag_table("`server_flags` (RingServerFlags)", RingServerFlags))
+    parts.append(_flag_table("`client_flags` (RingClientFlags)", RingClientFlags))
+    parts.append(_flag_table("`ffa_sqe.flags` (SqeFlags)", SqeFlags))
+    return "\n\n".join(p.rstrip() for p in parts) + "\n"
+
+
+def render() -> str:
+    """The whole reference page: :func:`ffaccel.abi.reference.render`, then :func:`wire_section`."""
+    return reference.render().rstrip() + "\n\n" + wire_section()
+
+
+__all__ = ["C_CLIENT_MESSAGES", "render", "wire_section"]
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
