@@ -95,12 +95,18 @@ def test_measure_of_nothing_is_nothing() -> None:
 def test_report_runs_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ffaccel.bench.dispatch as dispatch
     import ffaccel.bench.throughput as throughput
+    import ffaccel.report.run as run_mod
 
     monkeypatch.setattr(dispatch, "torch_candidates", lambda n: {})
     monkeypatch.setattr(throughput, "_torch_candidate", lambda combo, a, b: None)
+    monkeypatch.setattr(run_mod, "torch_skipped", lambda: "PyTorch is not installed (forced by the test)")
     res = run_report(_tiny(tmp_path))
     assert not any(p["path"] == "torch" for p in res["dispatch"]["points"])
     assert not any(p["who"] == "torch" for p in res["throughput"])
+    # said, not silently missing: in results.json and in the HTML
+    assert [x["why"] for x in res["skipped"]] == ["PyTorch is not installed (forced by the test)"]
+    write_outputs(res, tmp_path)
+    assert "skipped — PyTorch is not installed (forced by the test)" in (tmp_path / "report.html").read_text()
 
 
 def test_cli_report_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

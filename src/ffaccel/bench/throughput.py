@@ -24,7 +24,7 @@ import numpy as np
 from ..frontends import matmul
 from ..runtime import Device
 from ..spec import DTYPES, GEMM_COMBOS, GemmCombo
-from .timing import Timing, measure
+from .timing import Timing, measure, measure_checked
 
 QUICK_SIZES = (64, 256, 1024)
 FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
@@ -117,7 +117,7 @@ def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] =
             r = 3 if n >= 1024 else rounds
             passes = [cands] + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
             for group in passes:
-                for who, t in measure(group, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
+                for who, t in measure_checked(group, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
                     p = RatePoint(who, combo.name, n, t)
                     last_rate[who] = p.gflops
                     points.append(p)

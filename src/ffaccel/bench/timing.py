@@ -12,15 +12,48 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+
+#: A figure whose interquartile range exceeds this share of its median was disturbed.
+SPREAD_LIMIT = 0.25
+#: A figure whose median exceeds its best sample by this factor was disturbed.
+SLOW_LIMIT = 1.5
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-call seconds of one candidate: median and interquartile range over samples."""
+    """Per-call seconds of one candidate: median and interquartile range over samples.
+
+    ``notes`` are reasons found outside the samples (e.g. an implausible ratio to a
+    baseline); ``remeasured`` says the figure comes from a second measurement.
+    """
 
     name: str
     samples_s: tuple[float, ...]
+    remeasured: bool = False
+    notes: tuple[str, ...] = ()
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over the median."""
+        return (self.q3_s - self.q1_s) / self.median_s if self.median_s > 0 else 0.0
+
+    @property
+    def disturbed(self) -> list[str]:
+        """Why this figure looks disturbed by other work on the machine (empty when it does not).
+
+        Quiet repeats of the same call agree closely; on a busy machine some samples lose
+        their core for part of their time, which widens the spread and lifts the median
+        above the best sample.
+        """
+        why = []
+        if self.spread > SPREAD_LIMIT:
+            why.append(f"spread {self.spread:.0%} of the median")
+        best = min(self.samples_s)
+        if best > 0 and self.median_s > SLOW_LIMIT * best:
+            why.append(f"median {self.median_s / best:.1f}x the best sample")
+        return why + list(self.notes)
 
     @property
     def median_s(self) -> float:
@@ -34,9 +67,10 @@ class Timing:
     def q3_s(self) -> float:
         return _quantile(self.samples_s, 0.75)
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "median_s": self.median_s, "q1_s": self.q1_s, "q3_s": self.q3_s,
-                "samples": len(self.samples_s)}
+                "best_s": min(self.samples_s), "samples": len(self.samples_s), "spread": self.spread,
+                "disturbed": self.disturbed, "remeasured": self.remeasured}
 
 
 def _quantile(xs: tuple[float, ...], q: float) -> float:
@@ -108,3 +142,26 @@ def side_by_side(ff: Callable[[], object], ref: Callable[[], object], rounds: in
     """Median seconds per call of ``ff`` and ``ref``, measured interleaved (see :func:`measure`)."""
     t = measure({"ff": ff, "ref": ref}, rounds=rounds, warmup=1, min_sample_s=min_sample_s)
     return t["ff"].median_s, t["ref"].median_s
+
+
+def measure_checked(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 7, warmup: int = 2,
+                    min_sample_s: float = 2e-3,
+                    check: Callable[[dict[str, Timing]], dict[str, list[str]]] | None = None) -> dict[str, Timing]:
+    """:func:`measure`, and once more when a figure looks disturbed.
+
+    ``check`` may add reasons from outside the samples (name -> reasons, e.g. a ratio to a
+    baseline nobody would believe). When any figure is disturbed, the whole group is
+    measured again, side by side as before, so that ratios within the group still come from
+    one measurement; the second figures are kept, marked ``remeasured``, and checked again
+    (what is still disturbed stays flagged: a figure is re-measured once, not until it looks
+    good).
+    """
+    def run() -> dict[str, Timing]:
+        t = measure(candidates, rounds=rounds, warmup=warmup, min_sample_s=min_sample_s)
+        notes = check(t) if check is not None else {}
+        return {k: replace(v, notes=tuple(notes.get(k, ()))) if notes.get(k) else v for k, v in t.items()}
+
+    first = run()
+    if not any(t.disturbed for t in first.values()):
+        return first
+    return {k: replace(v, remeasured=True) for k, v in run().items()}

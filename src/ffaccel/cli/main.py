@@ -117,14 +117,28 @@ def _run_conformance(args: argparse.Namespace, console: Console, level: str,
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     from ..report import ReportConfig, run_report, write_outputs
-    from ..report.render import dispatch_rows
+    from ..report.output import output_folder
+    from ..report.render import PLOTS
 
     cfg = ReportConfig(devices=args.devices or ["cpu"], quick=args.quick, out=Path(args.out),
                        with_server=not args.no_server)
-    with console.status("starting") as status:
+    # the folder is checked before the run (not after it, results lost); an interrupted or failed
+    # run removes what it made there, and its server and temporary folder are gone either way
+    names = ["results.json", "report.html", *(f"{name}.png" for name in PLOTS)]
+    with output_folder(cfg.out, names, param="--out"), console.status("starting") as status:
         results = run_report(cfg, log=lambda msg: status.update(f"[bold]report[/] {msg}"))
         status.update("[bold]report[/] plotting")
         paths = write_outputs(results, cfg.out)
+    _print_report(results, console)
+    console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)")
+    return Exit.OK if all(c["passed"] for c in results["conformance"]) else Exit.FAILED
+
+
+def _print_report(results: dict, console: Console) -> None:
+    """The report's tables in the terminal (the HTML has every figure)."""
+    from ..report.render import breakdown_rows, dispatch_pivot, load_rows
+    from ..report.run import disturbed_figures
+
     conf = Table(title="1. conformance (quick)")
     for col in ("device", "verdict", "cases", "failed"):
         conf.add_column(col)
@@ -132,12 +146,19 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         conf.add_row(c["device"], "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]", str(c["cases"]),
                      str(c["failed"]))
     console.print(conf)
-    disp = Table(title="2. dispatch: per-operation cost of an n x n x n f32 GEMM (medians, this run)")
-    for col in ("n", "path", "method", "batch", "µs / op", "vs NumPy @"):
-        disp.add_column(col, justify="right" if col not in ("path", "method") else "left")
-    for row in dispatch_rows(results):
-        if row[0] == 8 or row[1] in ("numpy", "torch"):
-            disp.add_row(*[str(x) for x in row])
+    for c in results["conformance"]:
+        for f in c.get("failures", [])[:10]:
+            console.print(f"[red]FAIL[/] {c['device']} {f['case']}: {f['message']}", markup=True, highlight=False)
+        if c["failed"] > 10:
+            console.print(f"... and {c['failed'] - 10} more failing cases on {c['device']} (results.json lists "
+                          f"{len(c.get('failures', []))}; ffaccel conformance {c['device']} --report DIR all)")
+    sizes, rows = dispatch_pivot(results)
+    disp = Table(title="2. dispatch: µs per operation of an n x n x n f32 GEMM (x NumPy's @ at that n; "
+                       "medians, this run)")
+    for col in ("path", "method", "batch", *(f"n={n}" for n in sizes)):
+        disp.add_column(col, justify="left" if col in ("path", "method") else "right")
+    for row in rows:
+        disp.add_row(*row)
     console.print(disp)
     peak = results["peak"]["gflops"]
     thr = Table(title=f"3. throughput at the largest size (measured f32 peak {peak:.1f} GFLOP/s)")
@@ -146,20 +167,46 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     top = max(p["size"] for p in results["throughput"])
     for p in results["throughput"]:
         if p["size"] == top:
-            thr.add_row(p["combo"], p["who"], str(p["size"]), f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}")
+            mark = " ⚠" if p.get("disturbed") else ""
+            thr.add_row(p["combo"], p["who"], str(p["size"]), f"{p['gflops']:.1f}{mark}",
+                        f"{p['gflops'] / peak:.0%}")
     console.print(thr)
     for w in results["workload"]:
         console.print(f"4. {w['name']} on {w['device']}: {w['ffaccel_s'] * 1e3:.1f} ms vs NumPy "
                       f"{w['numpy_s'] * 1e3:.1f} ms ({w['speedup_vs_numpy']:.2f}x); max |error| vs float64 "
                       f"{w['max_abs_err_ffaccel']:.2e} (NumPy f32: {w['max_abs_err_numpy']:.2e})")
-    console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)")
-    return 0 if all(c["passed"] for c in results["conformance"]) else 1
+        bd = breakdown_rows(w)
+        if bd:
+            t = Table(title="where the block's time goes (medians, side by side)")
+            for col in ("", "GEMM (BLAS)", "dispatch + driver", "epilogue", "rest", "block"):
+                t.add_column(col, justify="left" if not col else "right")
+            for row in bd:
+                t.add_row(*row)
+            console.print(t)
+    for x in results.get("skipped", []):
+        console.print(f"[yellow]skipped[/] {x['what']}: {x['why']}", highlight=False)
+    busy = results.get("busy_sections", [])
+    flagged = disturbed_figures(results)
+    if busy or flagged:
+        lt = Table(title="machine load during the run")
+        for col in ("section", "wall", "load avg", "steal", "others' cores", "CPU/wall", "verdict"):
+            lt.add_column(col)
+        for row in load_rows(results):
+            lt.add_row(*row[:-1], row[-1].split(":")[0])  # the reasons follow below
+        console.print(lt)
+        for section in busy:
+            console.print(f"[yellow]⚠ the machine was busy during {section}[/]: "
+                          + "; ".join(results["load"][section]["reasons"]), highlight=False)
+        if flagged:
+            console.print(f"[yellow]⚠ {len(flagged)} figure(s) look disturbed[/] (marked ⚠, each measured once "
+                          "more; see the report): treat them as upper bounds", highlight=False)
 
 
 def _serve(args: argparse.Namespace, console: Console) -> int:
     import logging
 
     from ..drivers import driver_targets
+    from ..transports.limits import limits_from_overrides
     from ..transports.server import serve
 
     targets = sorted(driver_targets())
@@ -174,7 +221,9 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
                                            "create it or choose a socket path in an existing folder")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
     try:
-        return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us)
+        session_limits, server_limits = limits_from_overrides(args.limit)
+        return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us,
+                     session_limits=session_limits, limits=server_limits)
     except OSError as e:  # socket in use, path refused...: the server says why, we say where
         raise CommandError(status_of(e), f"cannot serve on {where}: {one_line(e)}") from e
 
@@ -183,12 +232,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     srv = sub.add_parser("serve", help="own the device and serve client processes on a Unix socket")
     srv.add_argument("--driver", default="cpu", help="driver to serve (default: cpu)")
     srv.add_argument("--socket", default=None,
-                     help="socket path (default: $FFACCEL_SOCKET, $XDG_RUNTIME_DIR/ffaccel.sock or "
-                          "/tmp/ffaccel-UID.sock)")
+                     help="socket path (default: $FFACCEL_SOCKET, else server.sock in the private folder "
+                          "$XDG_RUNTIME_DIR/ffaccel or /tmp/ffaccel-UID, created mode 0700)")
     srv.add_argument("--max-client-memory", type=int, default=None, metavar="BYTES",
-                     help="per-client memory quota (default: unlimited)")
+                     help="per-client memory quota: buffers, imported mappings and command lists "
+                          "(default: half the device's memory)")
     srv.add_argument("--ring-poll-us", type=int, default=200, metavar="US",
                      help="how long the ring poller busy-polls before sleeping (default: 200)")
+    srv.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                     help="override one per-client or server-wide limit (repeatable; the table of limits, "
+                          "defaults and error codes is in docs/spec.md, e.g. max_mappings=4096, max_clients=256)")
     srv.set_defaults(func=_serve)
 
 
@@ -219,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=_conformance)
     rep = sub.add_parser("report", help="conformance, dispatch overhead, throughput and a workload, with plots")
     rep.add_argument("devices", nargs="*", help="devices to qualify (default: cpu, the embedded default)")
-    rep.add_argument("--quick", action="store_true", help="fewer sizes and samples (about two minutes)")
+    rep.add_argument("--quick", action="store_true",
+                     help="fewer sizes and samples: about 15-30 s on an idle 2-core machine, the full run about "
+                          "a minute; longer on a busy one (figures that look disturbed are measured twice)")
     rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
     rep.set_defaults(func=_report)

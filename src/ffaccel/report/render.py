@@ -11,6 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .output import write_atomic
+from .run import disturbed_figures
+
 PLOTS = ("latency", "batching", "throughput")
 
 
@@ -127,21 +130,88 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+#: Marks a figure flagged as disturbed (see :func:`ffaccel.bench.timing.measure_checked`).
+DISTURBED_MARK = "⚠"
+
+
+def _mark(p: dict[str, Any]) -> str:
+    """The disturbed-figure note for a table cell: empty, or the mark with the reasons."""
+    if not p.get("disturbed"):
+        return "re-measured" if p.get("remeasured") else ""
+    return f"{DISTURBED_MARK} {'; '.join(p['disturbed'])}" + (" (re-measured)" if p.get("remeasured") else "")
+
+
 def dispatch_rows(results: dict[str, Any]) -> list[list[Any]]:
-    """(size, path, method, batch, per-op µs, ratio to NumPy's @ at that size) rows."""
+    """(size, path, method, batch, per-op µs, ratio to NumPy's @ at that size, note) rows."""
     pts = results["dispatch"]["points"]
     numpy_at = {p["size"]: p["per_op_s"] for p in pts if p["path"] == "numpy"}
     rows = []
     for p in sorted(pts, key=lambda p: (p["size"], p["path"], p["method"], p["batch"])):
         ratio = p["per_op_s"] / numpy_at[p["size"]] if p["size"] in numpy_at else float("nan")
-        rows.append([p["size"], p["path"], p["method"], p["batch"], f"{p['per_op_s'] * 1e6:.2f}", f"{ratio:.2f}x"])
+        rows.append([p["size"], p["path"], p["method"], p["batch"], f"{p['per_op_s'] * 1e6:.2f}", f"{ratio:.2f}x",
+                     _mark(p)])
     return rows
+
+
+def dispatch_pivot(results: dict[str, Any]) -> tuple[list[int], list[list[str]]]:
+    """The dispatch figures as one row per (path, method, batch) and one column per size.
+
+    Every row has a cell at every size it was measured at: ``µs (ratio to NumPy's @)``,
+    with the disturbed mark where the figure was flagged. Returns (sizes, rows).
+    """
+    pts = results["dispatch"]["points"]
+    sizes = sorted({p["size"] for p in pts})
+    numpy_at = {p["size"]: p["per_op_s"] for p in pts if p["path"] == "numpy"}
+    cells: dict[tuple[str, str, int], dict[int, str]] = defaultdict(dict)
+    for p in pts:
+        ratio = f" ({p['per_op_s'] / numpy_at[p['size']]:.1f}x)" if p["size"] in numpy_at else ""
+        mark = f" {DISTURBED_MARK}" if p.get("disturbed") else ""
+        cells[(p["path"], p["method"], p["batch"])][p["size"]] = f"{p['per_op_s'] * 1e6:.2f}{ratio}{mark}"
+    baselines = ("numpy", "torch")
+    order = sorted(cells, key=lambda k: (k[0] not in baselines, k[0], k[1], k[2]))
+    return sizes, [[path, method, str(batch), *[cells[(path, method, batch)].get(n, "-") for n in sizes]]
+                   for path, method, batch in order]
 
 
 def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
     peak = results["peak"]["gflops"]
-    return [[p["combo"], p["size"], p["who"], f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}"]
+    return [[p["combo"], p["size"], p["who"], f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}", _mark(p)]
             for p in results["throughput"]]
+
+
+def load_rows(results: dict[str, Any]) -> list[list[Any]]:
+    """One row per section: how busy the machine was while it ran."""
+    def la(x: list[float] | None) -> str:
+        return "-" if x is None else f"{x[0]:.2f}"
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    return [[name, f"{s['wall_s']:.1f} s", f"{la(s['loadavg_before'])} -> {la(s['loadavg_after'])}",
+             pct(s["steal_fraction"]), "-" if s["others_cores"] is None else f"{s['others_cores']:.2f}",
+             f"{s['cpu_per_wall']:.2f}", "busy: " + "; ".join(s["reasons"]) if s["busy"] else "quiet"]
+            for name, s in results.get("load", {}).items()]
+
+
+LOAD_HEADER = ["section", "wall", "load average (1 min)", "CPU steal", "others' cores", "run's CPU / wall", "verdict"]
+
+
+def breakdown_rows(w: dict[str, Any]) -> list[list[str]]:
+    """The workload's time split (GEMM, dispatch, epilogue, the rest) for the device and NumPy."""
+    b = w.get("breakdown")
+    if not b:
+        return []
+    rows = []
+    for who, label in (("device", f"ffaccel {w['device']}"), ("numpy", "NumPy f32")):
+        x = b[who]
+        rows.append([label, *(f"{x[k] * 1e3:.2f} ms ({x[k] / x['total_s']:.0%})"
+                              for k in ("gemm_s", "dispatch_s", "epilogue_s", "rest_s")),
+                     f"{x['total_s'] * 1e3:.2f} ms"])
+    return rows
+
+
+BREAKDOWN_HEADER = ["", "GEMM (BLAS)", "dispatch + driver", "epilogue", "rest (softmax, layer norm, reshapes)",
+                    "block"]
 
 
 def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | None = None) -> dict[str, Path]:
@@ -150,9 +220,9 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
     pngs = render_plots(results) if pngs is None else pngs
     paths = {"json": out / "results.json", "html": out / "report.html"}
     results = dict(results, plots=[f"{name}.png" for name in pngs])
-    paths["json"].write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    write_atomic(paths["json"], json.dumps(results, indent=1, default=str))
     for name, data in pngs.items():
-        (out / f"{name}.png").write_bytes(data)
+        write_atomic(out / f"{name}.png", data)
         paths[name] = out / f"{name}.png"
     m = results["machine"]
     conf_rows = [[c["device"], "PASS" if c["passed"] else "FAIL", c["cases"], c["failed"], f"{c['seconds']:.1f} s"]
@@ -163,22 +233,50 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
     imgs = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
                    f"<figcaption>{name}.png</figcaption></figure>" for name, data in pngs.items())
     peak = results["peak"]
+    esc = html.escape
+    notes = []
+    for section in results.get("busy_sections", []):
+        notes.append(f"The machine was busy during {section}: {'; '.join(results['load'][section]['reasons'])}.")
+    flagged = disturbed_figures(results)
+    if flagged:
+        notes.append(f"{len(flagged)} figure(s) look disturbed (marked {DISTURBED_MARK}; each was measured once "
+                     "more): treat them as upper bounds, not as what the path costs.")
+    warn = "".join(f'<p class="warn">{DISTURBED_MARK} {esc(n)}</p>' for n in notes)
+    skipped = "".join(f"<li>{esc(x['what'])}: skipped — {esc(x['why'])}</li>" for x in results.get("skipped", []))
+    skipped = f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else ""
+    fails = ""
+    for c in results["conformance"]:
+        if c.get("failures"):
+            more = c["failed"] - len(c["failures"])
+            fails += (f"<h3>{esc(c['device'])}: failing cases</h3>"
+                      + _table(["case", "what failed"], [[f["case"], f["message"]] for f in c["failures"]])
+                      + (f"<p>... and {more} more (ffaccel conformance {esc(c['device'])} --report DIR "
+                         "lists them all)</p>" if more > 0 else ""))
+    bd = "".join(_table(BREAKDOWN_HEADER, breakdown_rows(w)) for w in results["workload"])
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ffaccel report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%}}
+.warn{{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px}}</style></head><body>
 <h1>ffaccel report</h1>
 <p>{html.escape(results['date'])} — ffaccel {html.escape(m['versions']['ffaccel'])}, spec
 v{results['spec_version'][0]}.{results['spec_version'][1]}; {html.escape(m['cpu'])}, {m['cores']} cores;
 {'quick run' if results['quick'] else 'full run'} in {results.get('seconds', 0):.0f} s.
-All ratios are between medians measured side by side in this run.</p>
-<h2>1. Conformance</h2>{_table(["device", "verdict", "cases", "failed", "time"], conf_rows)}
-<h2>2. Dispatch overhead</h2>{_table(["n", "path", "method", "batch", "per op (µs)", "vs NumPy @"],
+All ratios are between medians measured side by side in this run.</p>{warn}
+<h2>1. Conformance</h2>{_table(["device", "verdict", "cases", "failed", "time"], conf_rows)}{fails}
+<h2>2. Dispatch overhead</h2>{_table(["n", "path", "method", "batch", "per op (µs)", "vs NumPy @", "note"],
                                      dispatch_rows(results))}
 <h2>3. Throughput</h2><p>Measured peak: {peak['gflops']:.1f} GFLOP/s ({html.escape(str(peak['method']))}).</p>
-{_table(["combination", "n", "who", "GFLOP/s", "of peak"], throughput_rows(results))}
+{_table(["combination", "n", "who", "GFLOP/s", "of peak", "note"], throughput_rows(results))}
 <h2>4. Workload: {html.escape(results['workload'][0]['name']) if results['workload'] else ''}</h2>
 {_table(["device", "ffaccel", "NumPy f32", "speed-up", "max |err| ffaccel", "max |err| NumPy"], w_rows)}
+<p>Where the block's time goes (medians measured side by side; the GEMM column is NumPy's <code>@</code> of the
+block's GEMMs, dispatch + driver is <code>matmul</code> without its epilogue minus that, epilogue is
+<code>matmul</code> with minus without it, or NumPy's own bias/GELU/residual operations):</p>{bd}
+{skipped}
+<h2>Measurement conditions</h2><p>The machine's load around each section (others' cores: busy CPU time of the
+whole machine minus this run's own, including its device server, per second of wall time).</p>
+{_table(LOAD_HEADER, load_rows(results))}
 <h2>Plots</h2>{imgs}
 <h2>Machine</h2><pre>{html.escape(json.dumps(m, indent=1))}</pre></body></html>"""
-    paths["html"].write_text(doc, encoding="utf-8")
+    write_atomic(paths["html"], doc)
     return paths

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..bench.dispatch import BATCHES, SIZES, run_dispatch
+from ..bench.load import LoadLog
 from ..bench.throughput import FULL_SIZES, QUICK_SIZES, best_f32_rate, calibrate_peak, run_throughput
 from ..bench.workload import BlockShape, run_workload
 from ..conformance import check_device
@@ -91,16 +92,29 @@ def _server_available() -> bool:
 
 
 @contextlib.contextmanager
-def server_paths(driver: str, log: Callable[[str], None]) -> Iterator[list[tuple[str, Device]]]:
-    """Start ``ffaccel serve`` for the run and open its socket and ring paths (none if unavailable)."""
+def server_paths(driver: str, log: Callable[[str], None],
+                 pids: set[int] | None = None) -> Iterator[list[tuple[str, Device]]]:
+    """Start ``ffaccel serve`` for the run and open its socket and ring paths (none if unavailable).
+
+    The server's socket lives in a private temporary folder that is removed afterwards,
+    however the run ends. ``pids`` receives the server's pid while it runs (its CPU time is
+    the run's own: see :class:`ffaccel.bench.load.LoadLog`).
+    """
     if not _server_available():
         log("server: not available in this build; measuring in-process paths only")
         yield []
         return
-    tmp = tempfile.mkdtemp(prefix="ffaccel-report-")
-    sock = os.path.join(tmp, "ffaccel.sock")
+    with tempfile.TemporaryDirectory(prefix="ffaccel-report-") as tmp:
+        with _server(driver, os.path.join(tmp, "ffaccel.sock"), log, pids if pids is not None else set()) as opened:
+            yield opened
+
+
+@contextlib.contextmanager
+def _server(driver: str, sock: str, log: Callable[[str], None],
+            pids: set[int]) -> Iterator[list[tuple[str, Device]]]:
     proc = subprocess.Popen([sys.executable, "-m", "ffaccel.cli", "serve", "--driver", driver, "--socket", sock],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids.add(proc.pid)
     opened: list[tuple[str, Device]] = []
     try:
         deadline = time.monotonic() + 20
@@ -125,10 +139,30 @@ def server_paths(driver: str, log: Callable[[str], None]) -> Iterator[list[tuple
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        pids.discard(proc.pid)  # waited for: os.times() counts it from now on
+
+
+def torch_skipped() -> str | None:
+    """Why the PyTorch baselines cannot be measured here (None when they can)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return f"PyTorch is not installed ({e}); pip install 'ffaccel[torch]' adds the torch.mm baselines"
+    return None
+
+
+#: Failing cases listed per device in results.json (the count is always complete).
+MAX_FAILURES_LISTED = 50
 
 
 def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run every part of the report and return its results (also written to ``cfg.out``)."""
+    """Run every part of the report and return its results (:func:`write_outputs` writes them).
+
+    Around each section the machine's load is recorded (``results["load"]``, see
+    :mod:`ffaccel.bench.load`); figures that look disturbed are measured once more and
+    flagged (see :func:`ffaccel.bench.timing.measure_checked`).
+    """
     started = time.perf_counter()
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -137,44 +171,84 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None) -
         "quick": cfg.quick,
         "machine": machine_info(),
         "devices": list(cfg.devices),
+        "skipped": [],
     }
-    devices = [(name, open_device(name)) for name in cfg.devices]
+    why = torch_skipped()
+    if why is not None:
+        results["skipped"].append({"what": "PyTorch baselines (torch.mm in dispatch and throughput)", "why": why})
+        log(f"skipping the PyTorch baselines: {why}")
+    load = LoadLog()
+    devices: list[tuple[str, Device]] = []
+    try:
+        for name in cfg.devices:
+            devices.append((name, open_device(name)))
 
-    # 1. conformance
-    conf = []
-    for name, _ in devices:
-        log(f"conformance {name} ({cfg.conformance_level})")
-        rep = check_device(name, cfg.conformance_level)
-        conf.append({"device": name, "passed": rep.passed, "cases": len(rep.results), "failed": len(rep.failures),
-                     "seconds": rep.seconds, "summary": json.loads(rep.to_json())["summary"]})
-    results["conformance"] = conf
+        # 1. conformance
+        conf = []
+        with load.section("conformance"):
+            for name, _ in devices:
+                log(f"conformance {name} ({cfg.conformance_level})")
+                rep = check_device(name, cfg.conformance_level)
+                conf.append({"device": name, "passed": rep.passed, "cases": len(rep.results),
+                             "failed": len(rep.failures), "seconds": rep.seconds,
+                             "summary": json.loads(rep.to_json())["summary"],
+                             "failures": [{"case": r.name, "message": r.message}
+                                          for r in rep.failures[:MAX_FAILURES_LISTED]]})
+        results["conformance"] = conf
 
-    # 2. dispatch overhead, in-process and (when a server can be started) socket and ring
-    rounds = cfg.rounds or (5 if cfg.quick else 9)
-    with server_paths(cfg.devices[0], log) if cfg.with_server else contextlib.nullcontext([]) as remote:
-        paths = [(f"{name} in-process", dev) for name, dev in devices] + list(remote)
-        results["dispatch"] = {
-            "paths": [p for p, _ in paths],
-            "points": [p.as_dict() for p in run_dispatch(paths, cfg.dispatch_sizes, cfg.dispatch_batches,
-                                                         rounds=rounds,
-                                                         min_sample_s=1e-3 if cfg.quick else 3e-3, progress=log)],
-        }
+        # 2. dispatch overhead, in-process and (when a server can be started) socket and ring
+        rounds = cfg.rounds or (5 if cfg.quick else 9)
+        with load.section("dispatch"), (server_paths(cfg.devices[0], log, load.pids) if cfg.with_server
+                                        else contextlib.nullcontext([])) as remote:
+            paths = [(f"{name} in-process", dev) for name, dev in devices] + list(remote)
+            results["dispatch"] = {
+                "paths": [p for p, _ in paths],
+                "points": [p.as_dict() for p in run_dispatch(paths, cfg.dispatch_sizes, cfg.dispatch_batches,
+                                                             rounds=rounds, min_sample_s=1e-3 if cfg.quick else 3e-3,
+                                                             progress=log)],
+            }
+        if cfg.with_server and len(results["dispatch"]["paths"]) == len(devices):
+            results["skipped"].append({"what": "the server's socket and ring paths",
+                                       "why": "the device server could not be started or opened"})
 
-    # 3. throughput against size, with the measured peak
-    log("calibrating the peak")
-    results["peak"] = calibrate_peak(size=1024 if cfg.quick else 2048, rounds=3 if cfg.quick else 5)
-    pts = run_throughput(devices, cfg.sizes(), rounds=3 if cfg.quick else 5,
-                         min_sample_s=0.005 if cfg.quick else 0.02, progress=log)
-    results["throughput"] = [p.as_dict() for p in pts]
-    seen = best_f32_rate(pts)
-    if seen > results["peak"]["gflops"]:
-        results["peak"].update(gflops=seen, method=results["peak"]["method"] + "; raised to the best f32-"
-                               "accumulating GEMM sample seen later in this run")
+        # 3. throughput against size, with the measured peak
+        log("calibrating the peak")
+        with load.section("peak"):
+            results["peak"] = calibrate_peak(size=1024 if cfg.quick else 2048, rounds=3 if cfg.quick else 5)
+        with load.section("throughput"):
+            pts = run_throughput(devices, cfg.sizes(), rounds=3 if cfg.quick else 5,
+                                 min_sample_s=0.005 if cfg.quick else 0.02, progress=log)
+        results["throughput"] = [p.as_dict() for p in pts]
+        seen = best_f32_rate(pts)
+        if seen > results["peak"]["gflops"]:
+            results["peak"].update(gflops=seen, method=results["peak"]["method"] + "; raised to the best f32-"
+                                   "accumulating GEMM sample seen later in this run")
 
-    # 4. a real workload
-    log("workload: transformer encoder block")
-    results["workload"] = [run_workload(dev, cfg.shape(), rounds=3 if cfg.quick else 5) for _, dev in devices]
+        # 4. a real workload, and where its time goes
+        log("workload: transformer encoder block")
+        with load.section("workload"):
+            results["workload"] = [run_workload(dev, cfg.shape(), rounds=3 if cfg.quick else 5)
+                                   for _, dev in devices]
+    finally:
+        for _, dev in devices:
+            with contextlib.suppress(Exception):
+                dev.close()
+    results["load"] = load.sections
+    results["busy_sections"] = load.busy
     results["seconds"] = time.perf_counter() - started
-    for _, dev in devices:
-        dev.close()
     return results
+
+
+def disturbed_figures(results: dict[str, Any]) -> list[str]:
+    """One line per figure of ``results`` flagged as disturbed (empty on a quiet run)."""
+    out = []
+    for p in results.get("dispatch", {}).get("points", []):
+        if p.get("disturbed"):
+            out.append(f"dispatch {p['path']} {p['method']} x{p['batch']} n={p['size']}: {'; '.join(p['disturbed'])}")
+    for p in results.get("throughput", []):
+        if p.get("disturbed"):
+            out.append(f"throughput {p['who']} {p['combo']} n={p['size']}: {'; '.join(p['disturbed'])}")
+    for w in results.get("workload", []):
+        for who, why in w.get("disturbed", {}).items():
+            out.append(f"workload {who} on {w['device']}: {'; '.join(why)}")
+    return out
