@@ -50,6 +50,8 @@ class DriverInfo:
     description: str
     caps: DeviceCaps = field(default_factory=DeviceCaps)
     memory_bytes: int = 0
+    #: (dtype combination, the kernel library serving it) pairs, where the driver says
+    kernels: tuple[tuple[str, str], ...] = ()
 
 
 class Driver:

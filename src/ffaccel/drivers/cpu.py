@@ -41,6 +41,7 @@ the driver.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import math
 import os
@@ -55,7 +56,7 @@ from scipy.linalg import cython_blas as _cython_blas
 
 from ..abi import CopyOp, GemmOp
 from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
-from .base import BoundGemm, Driver, GemmKernel
+from .base import BoundGemm, Driver, DriverInfo, GemmKernel
 
 try:  # correct f64 -> bf16 rounding (ml_dtypes rounds twice, through f32)
     from .rounding import round_to as _round_to
@@ -670,7 +671,10 @@ def _int_sum(a: np.ndarray, b: np.ndarray, chunk: int, held: list[np.ndarray]) -
         return w
 
 
-def _plan_int(op: GemmOp) -> Kernel:
+def _plan_int(op: GemmOp, product: Callable[..., np.ndarray | None] | None = None) -> Kernel:
+    """The int8 kernel: the exact product from ``product`` (oneDNN's u8 x s8, see
+    :mod:`ffaccel.drivers.cpu_onednn`) when given and it takes the layout, else from f32
+    GEMMs on exact k chunks; alpha, beta and the epilogue in wrapping uint32 either way."""
     chunk = _INT_CHUNK[(op.combo.a, op.combo.b)]
     ua, ub = _U32(int(op.alpha) & _MASK32), _U32(int(op.beta) & _MASK32)
     reads_ab, reads_c, in_place = op.reads_ab, op.reads_c, op.in_place
@@ -681,7 +685,11 @@ def _plan_int(op: GemmOp) -> Kernel:
         held: list[np.ndarray] = []  # pooled scratch arrays, given back at the end
         try:
             if reads_ab:
-                w = _int_sum(a, b, chunk, held)
+                into_d = product is not None and ua == 1 and not reads_c  # the product lands in D itself
+                w = product(a, b, d if into_d else None, held) if product is not None else None
+                if w is None:
+                    into_d = False
+                    w = _int_sum(a, b, chunk, held)
                 if ua != 1:
                     np.multiply(w, ua, out=w)
                 if reads_c:
@@ -689,7 +697,7 @@ def _plan_int(op: GemmOp) -> Kernel:
                     if not (in_place and ub == 1):
                         np.multiply(c.view(_U32), ub, out=du)
                     np.add(du, w, out=du)
-                else:
+                elif not into_d:
                     np.copyto(du, w)
             elif reads_c:
                 assert c is not None
@@ -714,6 +722,121 @@ def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
 
 # --------------------------------------------------------------------------------------
 # the driver
+
+
+# --------------------------------------------------------------------------------------
+# which kernel library serves each combination
+
+#: Environment variable choosing kernel libraries: ``auto`` (default), ``blas``, ``onednn``, or
+#: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``).
+KERNELS_ENV = "FFACCEL_CPU_KERNELS"
+#: The combination classes whose kernel library can be chosen (f64 is always OpenBLAS).
+KERNEL_CLASSES = ("f32", "bf16", "f16", "int8")
+KERNEL_CHOICES = ("auto", "blas", "onednn")
+#: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call costs
+#: a few microseconds more of dispatch. A forced ``onednn`` uses it at every size.
+ONEDNN_MIN_MNK = 32**3
+
+
+def combo_class(combo: Any) -> str | None:
+    """The kernel class of a dtype combination: f32, bf16, f16, int8, or None (f64: BLAS only)."""
+    if combo.is_int:
+        return "int8"
+    return {DType.F32: "f32", DType.BF16: "bf16", DType.F16: "f16"}.get(combo.a)
+
+
+def parse_kernels(spec: str | None) -> dict[str, str]:
+    """Class -> "auto" | "blas" | "onednn" from a ``FFACCEL_CPU_KERNELS``-style string.
+
+    Examples
+    --------
+    >>> parse_kernels("int8=onednn")["int8"], parse_kernels("blas")["f32"]
+    ('onednn', 'blas')
+    """
+    spec = (spec or "auto").strip().lower()
+    out = dict.fromkeys(KERNEL_CLASSES, "auto")
+    allowed = f"one of {KERNEL_CHOICES}, or class=choice pairs separated by commas (classes {KERNEL_CLASSES})"
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        cls, eq, choice = part.rpartition("=")
+        classes = [cls.strip()] if eq else list(KERNEL_CLASSES)
+        if choice.strip() not in KERNEL_CHOICES or not set(classes) <= set(KERNEL_CLASSES):
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
+                               f"cpu kernel libraries ({KERNELS_ENV}); got {spec!r}, allowed {allowed}",
+                               rule="device.name")
+        for c in classes:
+            out[c] = choice.strip()
+    return out
+
+
+def _onednn_library(choice: dict[str, str]) -> Any:
+    """oneDNN when installed and something may use it (imported only then), else None."""
+    if all(v == "blas" for v in choice.values()) or os.environ.get("FFACCEL_ONEDNN", "") == "0":
+        return None
+    from . import onednn
+
+    return onednn.library()
+
+
+def _probe_impl(lib: Any, cls: str) -> str | None:
+    """The oneDNN implementation a 64^3 GEMM of this class gets here (None: not implemented)."""
+    from . import cpu_onednn, onednn
+
+    dt = {"f32": onednn.F32, "bf16": onednn.BF16, "f16": onednn.F16}
+    src, wei, dst = ((onednn.U8, onednn.S8, onednn.S32) if cls == "int8" else (dt[cls], dt[cls], onednn.F32))
+    n = 64
+    ops = [onednn.Operand(t, (1, n, n), (n * n, n, 1)) for t in (src, wei, dst)]
+    try:
+        prim = onednn.Matmul(lib, *ops)
+    except onednn.OneDNNError:
+        return None
+    impl = prim.impl
+    prim.close()
+    return impl if cpu_onednn.usable(impl) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """(library, resolution) per distinct choice: probing costs a few primitive creations."""
+    d = dict(choice)
+    lib = _onednn_library(d)
+    return lib, resolve_kernels(d, lib, threads)
+
+
+def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[str, tuple[str, str]]:
+    """Class -> (library, why): what serves each class here, "blas" or "onednn".
+
+    ``auto`` takes oneDNN where it measured faster (docs/kernels.md) and is exact: int8 only
+    where its u8 x s8 sum is exact (VNNI/AMX); bf16 only with native bf16 instructions (its
+    emulation is ~5x slower than OpenBLAS on widened f32); f16 only where the library
+    implements it; f32 for GEMMs with an epilogue (bare f32 GEMMs stay on OpenBLAS, which
+    matches it, with a cheaper call). Not with a thread limit (``cpu:N`` limits OpenBLAS only).
+    A forced ``onednn`` that cannot run here is refused.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    for cls in KERNEL_CLASSES:
+        want = choice[cls]
+        if want == "blas":
+            out[cls] = ("blas", "forced")
+            continue
+        impl = _probe_impl(lib, cls) if lib is not None else None
+        exact = lib is not None and (cls != "int8" or lib.int8_exact)
+        if want == "onednn":
+            if impl is None or not exact:
+                why = ("oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
+                       "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
+                       f"oneDNN {lib.version} has no {cls} matmul for this CPU")
+                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
+                                   f"{KERNELS_ENV}: {cls}=onednn cannot run here: {why}", rule="device.name")
+            out[cls] = ("onednn", f"forced, {impl}")
+            continue
+        native_bf16 = lib is not None and lib.isa & 0x80 != 0
+        if impl is None or not exact or threads is not None or (cls == "bf16" and not native_bf16):
+            out[cls] = ("blas", "auto")
+        else:
+            out[cls] = ("onednn", f"auto, {impl}")
+    return out
 
 
 def _threads_from_env() -> int | None:
@@ -748,7 +871,7 @@ class CpuDriver(Driver):
     version = "1.0"
     description = "host CPU through the system BLAS (OpenBLAS via SciPy/NumPy); exact int8"
 
-    def __init__(self, threads: int | str | None = None) -> None:
+    def __init__(self, threads: int | str | None = None, *, kernels: str | None = None) -> None:
         if threads is None:
             threads = _threads_from_env()
         elif isinstance(threads, str):  # the device name "cpu:N" (ffaccel.open passes what follows ':')
@@ -762,6 +885,70 @@ class CpuDriver(Driver):
         self.threads = threads
         self._limit = _ThreadLimit(threads) if threads is not None else None
         self._plans: dict[GemmOp, Kernel] = {}
+        self.kernel_choice = parse_kernels(os.environ.get(KERNELS_ENV) if kernels is None else kernels)
+        if any(v == "onednn" for v in self.kernel_choice.values()):
+            self._kernels()  # a forced library that cannot run here is refused now, not at the first GEMM
+
+    def _kernels(self) -> tuple[Any, dict[str, tuple[str, str]]]:
+        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads)
+
+    def kernels(self) -> dict[str, str]:
+        """Which kernel library serves each dtype combination here (what ``ffaccel info`` shows).
+
+        Examples
+        --------
+        >>> CpuDriver(kernels="blas").kernels()["f32 x f32 -> f32 -> f32"]
+        'OpenBLAS sgemm'
+        """
+        from ..spec import DTYPES, GEMM_COMBOS
+
+        lib, res = self._kernels()
+        out: dict[str, str] = {}
+        for c in GEMM_COMBOS:
+            name = f"{DTYPES[c.a].name} x {DTYPES[c.b].name} -> {DTYPES[c.acc].name} -> {DTYPES[c.d].name}"
+            cls = combo_class(c)
+            blas = ("OpenBLAS dgemm" if cls is None else "OpenBLAS sgemm" if cls == "f32" else
+                    "OpenBLAS sgemm on widened f32" if cls in ("bf16", "f16") else
+                    "OpenBLAS sgemm on exact f32 k-chunks")
+            if cls is None or res[cls][0] == "blas":
+                out[name] = blas
+                continue
+            where, impl = res[cls][1].split(", ", 1)
+            lib_name = f"oneDNN {lib.version} {impl}"
+            if where == "forced":
+                out[name] = lib_name
+            elif cls == "f32":
+                out[name] = f"{lib_name} with an epilogue and m*n*k >= {ONEDNN_MIN_MNK}; else {blas}"
+            else:
+                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK}; else {blas}"
+            if cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
+                out[name] += " (shifted onto u8 x s8)"
+        return out
+
+    def info(self) -> DriverInfo:
+        info = super().info()
+        return dataclasses.replace(info, kernels=tuple(self.kernels().items()))
+
+    def _onednn_kernel(self, op: GemmOp, fallback: Kernel) -> Kernel | None:
+        """The oneDNN kernel for this GEMM when the choice and its size give it one, else None."""
+        cls = combo_class(op.combo)
+        if cls is None or not op.reads_ab or self.kernel_choice[cls] == "blas":
+            return None
+        lib, res = self._kernels()
+        if res[cls][0] != "onednn":
+            return None
+        if self.kernel_choice[cls] != "onednn":  # auto: where it measured faster
+            if op.batch * op.m * op.n * op.k < ONEDNN_MIN_MNK or (cls == "f32" and not op.epilogue):
+                return None
+        from . import cpu_onednn
+
+        if cls == "int8":
+            return _plan_int(op, cpu_onednn.IntProduct(lib, op.combo.a, op.combo.b, _WORKSPACE.take))
+        return cpu_onednn.FloatKernel(lib, op, fallback)
+
+    def _blas_only(self, op: GemmOp) -> bool:
+        """Whether the f2py fast paths may take this f32/f64 GEMM (not when oneDNN is forced on f32)."""
+        return op.combo.acc == DType.F64 or self.kernel_choice["f32"] != "onednn"
 
     def prepare_gemm(self, op: GemmOp) -> Kernel:
         """A kernel ``(a, b, c, d, epi) -> None`` for one validated geometry.
@@ -773,6 +960,7 @@ class CpuDriver(Driver):
             return _noop
         parallel = self.threads is None or self.threads > 1
         kernel = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
+        kernel = self._onednn_kernel(op, kernel) or kernel
         work = op.batch * op.m * op.n * max(op.k, 1)
         if self._limit is not None and work > _SINGLE_THREAD_MNK:
             kernel = _with_threads(kernel, self._limit)
@@ -787,6 +975,7 @@ class CpuDriver(Driver):
         """
         combo = op.combo
         if (op.batch != 1 or op.epilogue or op.c is not None or not op.reads_ab or not op.m or not op.n
+                or not self._blas_only(op)
                 or combo.is_int or combo.a != combo.acc or combo.d != combo.acc
                 or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
             return None
@@ -810,6 +999,7 @@ class CpuDriver(Driver):
         """
         combo = op.combo
         if (op.batch != 1 or op.epilogue or not op.reads_ab or not op.m or not op.n or combo.is_int
+                or not self._blas_only(op)
                 or combo.a != combo.acc or combo.d != combo.acc or (op.reads_c and not op.in_place)
                 or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
             return None
