@@ -53,7 +53,8 @@ struct ffa_client {
 	int wake_fd, doorbell_fd;
 	uint32_t sq_tail, cq_head;
 	uint64_t seq;
-	unsigned char *rx;      /* reply buffer */
+	unsigned char *rx;      /* the last reply: header, then payload at body */
+	const unsigned char *body;
 	size_t rx_cap;
 };
 
@@ -254,12 +255,17 @@ static int send_all(ffa_client *c, const void *head, size_t head_len, const void
 	return FFA_ERR_OK;
 }
 
-/* Read exactly len bytes; fds passed along are appended to fds (closed when over max_fds). */
-static int recv_all(ffa_client *c, void *buf, size_t len, int *fds, int *nfds, int max_fds, int spin)
+/*
+ * Read at least min and at most cap bytes (*got: how many); fds passed along are appended to
+ * fds (closed when over max_fds). Only one request is ever outstanding, so whatever arrives
+ * belongs to its reply: one read usually takes all of it.
+ */
+static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *got_out, int *fds, int *nfds,
+		     int max_fds, int spin)
 {
 	size_t got = 0;
 	uint64_t spin_end = spin ? now_ns() + c->poll_ns : 0;
-	while (got < len) {
+	while (got < min) {
 		struct iovec iov;
 		struct msghdr mh;
 		union {
@@ -269,7 +275,7 @@ static int recv_all(ffa_client *c, void *buf, size_t len, int *fds, int *nfds, i
 		ssize_t r;
 		int flags = MSG_CMSG_CLOEXEC;
 		iov.iov_base = (char *)buf + got;
-		iov.iov_len = len - got;
+		iov.iov_len = cap - got;
 		memset(&mh, 0, sizeof(mh));
 		mh.msg_iov = &iov;
 		mh.msg_iovlen = 1;
@@ -309,6 +315,7 @@ static int recv_all(ffa_client *c, void *buf, size_t len, int *fds, int *nfds, i
 		}
 		got += (size_t)r;
 	}
+	*got_out = got;
 	return FFA_ERR_OK;
 }
 
@@ -340,7 +347,7 @@ static void decode_error(ffa_client *c, uint32_t status, const unsigned char *p,
 }
 
 /*
- * One request and its reply. The reply's payload is left in c->rx (*body_len bytes);
+ * One request and its reply. The reply's payload is left at c->body (*body_len bytes);
  * want_fds file descriptors are expected with it (any other number: the device is lost).
  */
 static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, const int *fds, int nfds,
@@ -348,6 +355,7 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 {
 	struct ffa_msg msg;
 	struct ffa_reply rep;
+	size_t got, total;
 	int nfd = 0, rc;
 	if (c->lost)
 		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
@@ -357,27 +365,33 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	rc = send_all(c, &msg, sizeof(msg), payload, len, fds, nfds);
 	if (rc)
 		return rc;
-	rc = recv_all(c, &rep, sizeof(rep), got_fds, &nfd, want_fds, 1);
+	rc = recv_some(c, c->rx, sizeof(rep), c->rx_cap, &got, got_fds, &nfd, want_fds, 1);
 	if (rc)
 		goto fail;
-	if (rep.payload_bytes > FFA_MAX_PAYLOAD_BYTES) {
-		rc = lose(c, "a reply longer than FFA_MAX_PAYLOAD_BYTES");
+	memcpy(&rep, c->rx, sizeof(rep));
+	if (rep.payload_bytes > FFA_MAX_PAYLOAD_BYTES || got > sizeof(rep) + rep.payload_bytes) {
+		rc = lose(c, "a reply longer than announced or than FFA_MAX_PAYLOAD_BYTES");
 		goto fail;
 	}
-	if (rep.payload_bytes > c->rx_cap) {
-		unsigned char *nb = realloc(c->rx, rep.payload_bytes);
+	total = sizeof(rep) + (size_t)rep.payload_bytes;
+	if (total > c->rx_cap) {
+		unsigned char *nb = realloc(c->rx, total);
 		if (!nb) {
 			rc = lose(c, "no memory for a reply");
 			goto fail;
 		}
 		c->rx = nb;
-		c->rx_cap = rep.payload_bytes;
+		c->rx_cap = total;
 	}
-	rc = recv_all(c, c->rx, rep.payload_bytes, got_fds, &nfd, want_fds, 0);
-	if (rc)
-		goto fail;
+	if (got < total) {
+		size_t more;
+		rc = recv_some(c, c->rx + got, total - got, total - got, &more, got_fds, &nfd, want_fds, 0);
+		if (rc)
+			goto fail;
+	}
+	c->body = c->rx + sizeof(rep);
 	if (rep.status) {
-		decode_error(c, rep.status, c->rx, rep.payload_bytes);
+		decode_error(c, rep.status, c->body, rep.payload_bytes);
 		rc = (int)rep.status;
 		goto fail;
 	}
@@ -399,7 +413,7 @@ static int fence_reply(ffa_client *c, uint64_t len, uint64_t *value)
 	struct ffa_fence_reply f;
 	if (len != sizeof(f))
 		return lose(c, "a fence reply of the wrong size");
-	memcpy(&f, c->rx, sizeof(f));
+	memcpy(&f, c->body, sizeof(f));
 	if (f.completed_compute > c->completed[0])
 		c->completed[0] = f.completed_compute;
 	if (f.completed_copy > c->completed[1])
@@ -490,6 +504,12 @@ int ffa_open(const char *name, ffa_client **out, struct ffa_error_info *err)
 	if (!c)
 		return set_error(err, FFA_ERR_OUT_OF_MEMORY, "device", "no memory for a client");
 	c->wake_fd = c->doorbell_fd = -1;
+	c->rx_cap = 4096; /* every fixed-size reply and a typical error record in one read */
+	c->rx = malloc(c->rx_cap);
+	if (!c->rx) {
+		free(c);
+		return set_error(err, FFA_ERR_OUT_OF_MEMORY, "device", "no memory for a client");
+	}
 	c->timeout_s = timeout_s;
 	c->poll_ns = (uint64_t)poll_us * 1000u;
 	c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -582,7 +602,7 @@ int ffa_alloc(ffa_client *c, uint64_t size_bytes, uint32_t *handle, void **data)
 		close(fd);
 		return lose(c, "a handle reply of the wrong size");
 	}
-	memcpy(&hr, c->rx, sizeof(hr));
+	memcpy(&hr, c->body, sizeof(hr));
 	m = malloc(sizeof(*m));
 	p = m && hr.size_bytes ? mmap(NULL, hr.size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
 	close(fd); /* the mapping keeps the memfd alive */
@@ -673,7 +693,7 @@ static int ring_error(ffa_client *c, uint32_t status, uint64_t error_id)
 	int rc = call(c, FFA_MSG_ERROR_TEXT, &error_id, sizeof(error_id), NULL, 0, &len, NULL, 0);
 	if (rc)
 		return rc;
-	decode_error(c, status, c->rx, len);
+	decode_error(c, status, c->body, len);
 	return (int)status;
 }
 
