@@ -31,7 +31,7 @@ def compiler() -> str:
 def _built() -> BuildResult:
     out = Path(tempfile.mkdtemp(prefix="ffaccel-c-"))
     atexit.register(shutil.rmtree, out, True)
-    return build_c(out)
+    return build_c(out, werror=True)  # the sources stay warning-free
 
 
 def libraries() -> BuildResult:

@@ -8,7 +8,9 @@ the spec's error table to judge.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -56,3 +58,42 @@ def test_batched_gemm_with_epilogue_and_error_codes(server, transport: str) -> N
     assert err("wait")[0] == ErrorCode.TIMEOUT
     assert err("freed")[:2] == (ErrorCode.BAD_HANDLE, "a.handle")
     assert err("double_free")[0] == ErrorCode.BAD_HANDLE
+
+
+def test_a_server_running_as_another_user_is_refused() -> None:
+    """SO_PEERCRED: a socket served by another uid (not root) is someone impersonating the device."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to listen as another user (uid 65534) on this machine")
+    exe = program("client_batched", "ffaccel")
+    folder = tempfile.mkdtemp(prefix="ffaccel-impostor-")  # pytest's own folders are closed to other users
+    os.chmod(folder, 0o777)
+    path = os.path.join(folder, "s.sock")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the impostor: listens as uid 65534 and never answers
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            import socket
+
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(path)
+            s.listen(1)
+            os.write(w, b"r")
+            s.settimeout(30)
+            s.accept()
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"r"
+        proc = subprocess.run([str(exe)], env={**os.environ, "FFACCEL_DEVICE": f"unix:{path}"}, capture_output=True,
+                              text=True, timeout=60, check=False)
+    finally:
+        os.close(r)
+        os.kill(pid, 15)
+        os.waitpid(pid, 0)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(f"open DEVICE_LOST device refusing the server at {path}: it runs as uid 65534")

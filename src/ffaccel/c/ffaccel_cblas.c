@@ -150,6 +150,13 @@ static void gemm_row(const char *rout, uint32_t dtype, size_t elem, int ta, int 
 	br = tb ? (uint64_t)n : kd;
 	bc = tb ? kd : (uint64_t)n;
 	a_off = 0;
+	/* each product fits (< 2^62 * 8), their sum may not: say so instead of wrapping */
+	if (ar * ac > (1ull << 58) || br * bc > (1ull << 58) || (uint64_t)m * (uint64_t)n > (1ull << 58)) {
+		cblas_xerbla(0, rout, "%s: OUT_OF_MEMORY size: operands of %llu, %llu and %llu elements; allowed: "
+			     "at most 2^58 each\n", rout, (unsigned long long)(ar * ac), (unsigned long long)(br * bc),
+			     (unsigned long long)m * (unsigned long long)n);
+		return;
+	}
 	b_off = align64(ar * ac * elem);
 	c_off = b_off + align64(br * bc * elem);
 	total = c_off + align64((uint64_t)m * (uint64_t)n * elem);

@@ -172,26 +172,24 @@ static int check_folder(const char *path, struct ffa_error_info *err)
 	return FFA_ERR_OK;
 }
 
+/* The socket in the private default folder: $XDG_RUNTIME_DIR/ffaccel/server.sock, else /tmp/ffaccel-UID/... */
+static int private_socket(char *out, size_t cap)
+{
+	const char *run = getenv("XDG_RUNTIME_DIR");
+	int n = run && *run ? snprintf(out, cap, "%s/ffaccel/server.sock", run)
+			    : snprintf(out, cap, "/tmp/ffaccel-%u/server.sock", (unsigned)getuid());
+	return n >= 0 && (size_t)n < cap;
+}
+
+/* $FFACCEL_SOCKET, else the private folder's socket. */
 static int default_socket(char *out, size_t cap, struct ffa_error_info *err)
 {
 	const char *env = getenv("FFACCEL_SOCKET");
-	const char *run = getenv("XDG_RUNTIME_DIR");
-	int n;
-	if (env && *env) { /* a path chosen explicitly: only the server's credentials are checked */
-		n = snprintf(out, cap, "%s", env);
-		return n < 0 || (size_t)n >= cap ? set_error(err, FFA_ERR_INVALID_PARAMETER, "device",
-							     "FFACCEL_SOCKET of %d bytes; allowed: at most %zu", n,
-							     cap - 1)
-						 : FFA_ERR_OK;
-	}
-	if (run && *run)
-		n = snprintf(out, cap, "%s/ffaccel/server.sock", run);
-	else
-		n = snprintf(out, cap, "/tmp/ffaccel-%u/server.sock", (unsigned)getuid());
+	int n = env && *env ? snprintf(out, cap, "%s", env) : (private_socket(out, cap) ? 0 : -1);
 	if (n < 0 || (size_t)n >= cap)
-		return set_error(err, FFA_ERR_INVALID_PARAMETER, "device", "socket path too long (%d bytes; at most %zu)",
-				 n, cap - 1);
-	return check_folder(out, err);
+		return set_error(err, FFA_ERR_INVALID_PARAMETER, "device", "default socket path too long; allowed: at "
+				 "most %zu bytes", cap - 1);
+	return FFA_ERR_OK;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -500,6 +498,12 @@ int ffa_open(const char *name, ffa_client **out, struct ffa_error_info *err)
 		}
 	}
 
+	{
+		/* the private folder is checked whichever way its socket was named (as the Python client does) */
+		char priv[sizeof(path)];
+		if (private_socket(priv, sizeof(priv)) && strcmp(priv, path) == 0 && (rc = check_folder(path, err)) != 0)
+			return rc;
+	}
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return set_error(err, FFA_ERR_OUT_OF_MEMORY, "device", "no memory for a client");
