@@ -97,3 +97,9 @@ def test_a_server_running_as_another_user_is_refused() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     assert proc.returncode == 1
     assert proc.stdout.startswith(f"open DEVICE_LOST device refusing the server at {path}: it runs as uid 65534")
+
+
+def test_error_names_follow_the_spec_table() -> None:
+    exe = program("error_names", "ffaccel")
+    names = subprocess.run([str(exe)], capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert names == [ErrorCode(i).name if i in ErrorCode._value2member_map_ else "UNKNOWN" for i in range(32)]

@@ -174,8 +174,19 @@ def _layout_c(layout: Layout, named: dict[str, str], done: set[str]) -> list[str
     return out
 
 
-def _member_comments(cls: type) -> dict[str, str]:
-    """Trailing ``# comments`` of an enum's members in its source (their only documentation)."""
+def member_docs(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of an enum's members in its source (their only documentation).
+
+    Parameters
+    ----------
+    cls : type
+        An enum class defined in a source file.
+
+    Returns
+    -------
+    dict
+        Member name -> comment text; empty when the source is not available.
+    """
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
@@ -192,7 +203,7 @@ def _enum(c_name: str, prefix: str, members: list[tuple[str, int, str]], doc: st
 
 
 def _enum_of(cls: type[Enum], c_name: str, prefix: str, doc: str, texts: dict[str, str] | None = None) -> list[str]:
-    notes = texts if texts is not None else _member_comments(cls)
+    notes = texts if texts is not None else member_docs(cls)
     return _enum(c_name, prefix, [(m.name, int(m.value), notes.get(m.name, "")) for m in cls], doc)
 
 
@@ -273,7 +284,7 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["HEADER_LAYOUTS", "render"]
+__all__ = ["HEADER_LAYOUTS", "member_docs", "render"]
 
 if __name__ == "__main__":
     sys.stdout.write(render())

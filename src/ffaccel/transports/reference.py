@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from ..abi import reference
-from .cheader import _member_comments
+from .cheader import member_docs
 from .protocol import (
     CQE,
     ERROR_RECORD,
@@ -101,14 +101,14 @@ command; the SQ starts at byte {RING_HEADER_BYTES}) and the completion queue at 
 
 
 def _flag_table(title: str, cls: type) -> str:
-    notes = _member_comments(cls)
+    notes = member_docs(cls)
     return f"{title}\n\n" + reference._table(["flag", "value", "meaning"],
                                             [[f"`{m.name}`", int(m), notes.get(m.name, "")] for m in cls])
 
 
 def wire_section() -> str:
     """The wire protocol's part of the reference page, as Markdown."""
-    notes = _member_comments(Msg)
+    notes = member_docs(Msg)
     parts = [_INTRO + reference._table(
         ["msg_type", "value", "request payload; reply", "C client"],
         [[f"`{m.name}`", int(m), notes.get(m.name, ""), "yes" if m in C_CLIENT_MESSAGES else "-"] for m in Msg])]
