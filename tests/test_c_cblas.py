@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from c_util import program  # tests/ is on pytest's pythonpath (pyproject.toml)
+from server_util import ServerProcess
 
 ROW, COL = 101, 102
 NOTRANS, TRANS, CONJTRANS = 111, 112, 113
@@ -271,3 +273,38 @@ def test_default_socket_folder_open_to_others_is_refused(tmp_path: Path) -> None
     got, err = run_cases([case], tmp_path, None, env_extra={"XDG_RUNTIME_DIR": str(tmp_path)})
     assert f"DEVICE_LOST device: refusing the socket folder {folder}: owner uid {os.getuid()}, mode 755" in err
     assert got[0].tobytes() == case.c.tobytes()
+
+
+def test_a_lost_server_is_reported_and_a_new_one_is_used(tmp_path: Path) -> None:
+    """The server dies between two calls: the next call reports DEVICE_LOST and leaves C alone; the
+    one after a restart reconnects. Nothing waits on a dead server (a timer ends the program)."""
+    exe = program("cblas_lines", "ffaccel_cblas")
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    srv = ServerProcess(folder)
+    env = {**os.environ, "FFACCEL_DEVICE": f"unix:{srv.path}?timeout_s=20"}
+    proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    guard = threading.Timer(TIMEOUT_S, proc.kill)
+    guard.start()
+
+    def call() -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    try:
+        assert call() == "C 4 5 10 11"
+        srv.stop()
+        assert call() == "C 9 9 9 9"
+        srv = ServerProcess(folder)
+        assert call() == "C 4 5 10 11"
+        _, err = proc.communicate("", timeout=TIMEOUT_S)
+    finally:
+        guard.cancel()
+        proc.kill()
+        srv.stop()
+    assert proc.returncode == 0
+    lines = err.splitlines()
+    assert len(lines) == 1 and "cblas_sgemm: the ffaccel device" in lines[0] and "DEVICE_LOST" in lines[0]
