@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from ..abi import Copy, Gemm, Matrix, encode_submission
+from ..abi import Copy, Gemm, LruCache, Matrix, encode_submission
 from ..drivers import DriverInfo, GemmKernel, driver_targets, open_driver
 from ..spec import SPEC_VERSION, DType, Engine, ErrorCode, FFAccelError, dtype_of_numpy, violation
 from ..transports.inproc import InprocTransport
@@ -195,14 +195,21 @@ class Device:
 
     #: Waits without a timeout give up after this long (nothing hangs forever).
     DEFAULT_TIMEOUT_NS = 60 * 10**9
+    #: Most prepared GEMM kernels kept per device (one per geometry; least recently used dropped).
+    MAX_KERNELS = 4096
+    #: Most front-end fast-path plans kept per device (least recently used dropped).
+    MAX_FRONTEND_PLANS = 4096
 
     def __init__(self, name: str, transport: Transport) -> None:
         self.name = name
         self._transport = transport
-        self._kernels: dict[Any, GemmKernel] = {}
+        # Bounded (least recently used first): a program that meets endless shapes keeps only the
+        # recent ones. Kernels of a server device hold no server memory of their own: their
+        # staging buffers live in the transport's byte-bounded pool (transports.socket).
+        self._kernels: LruCache[Any, GemmKernel] = LruCache(self.MAX_KERNELS)
         self._lock = threading.Lock()
         #: Front-ends' per-call fast paths, keyed by argument geometry (see frontends.numpy_api).
-        self.frontend_plans: dict[Any, Any] = {}
+        self.frontend_plans: LruCache[Any, Any] = LruCache(self.MAX_FRONTEND_PLANS)
 
     # -- queries ------------------------------------------------------------------------
     def info(self) -> DriverInfo:
@@ -273,13 +280,11 @@ class Device:
         Front-ends use this host-array path: the descriptor is validated once per geometry
         by the same abi validator that checks every submission.
         """
-        kernel = self._kernels.get(key)
+        kernels = self._kernels
+        kernel = kernels.peek(key) or kernels.get(key)
         if kernel is None:
             kernel = self._transport.prepare_gemm(descriptor)
-            with self._lock:
-                if len(self._kernels) > 4096:  # bound the cache for programs with endless shapes
-                    self._kernels.clear()
-                self._kernels[key] = kernel
+            kernels.put(key, kernel)
         return kernel
 
     def gemm_fresh_kernel(self, descriptor: bytes) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
@@ -367,7 +372,7 @@ def devices() -> list[str]:
     True
     """
     names = sorted(driver_targets())
-    from ..transports.server import default_socket_path
+    from ..transports.paths import default_socket_path
 
     path = default_socket_path()
     if os.path.exists(path):  # a server is (or was) running at the default place
@@ -388,7 +393,11 @@ def _open_remote(name: str) -> Device:
         raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N]") from None
     allowed = {"transport", "timeout_s", "poll_us", "entries"}
     kind = q.get("transport", "socket")
-    if not path or set(q) - allowed or kind not in ("socket", "ring"):
+    if not path:  # "unix:" alone: the default socket (in its private folder)
+        from ..transports.paths import default_socket_path
+
+        path = default_socket_path()
+    if set(q) - allowed or kind not in ("socket", "ring"):
         raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N&entries=N]")
     try:
         timeout_s = float(q.get("timeout_s", 30.0))
@@ -407,7 +416,9 @@ def open_device(name: str | None = None) -> Device:
     """Open a device by name: ``None`` means ``$FFACCEL_DEVICE``, else ``"cpu"``.
 
     ``"cpu"``, ``"ref"`` (any installed driver) run in this process. ``"unix:PATH"`` connects
-    to an ``ffaccel serve`` process (one request per call); ``"unix:PATH?transport=ring"``
+    to an ``ffaccel serve`` process (one request per call; ``"unix:"`` alone: the default socket,
+    ``$FFACCEL_SOCKET`` or ``server.sock`` in the private folder ``$XDG_RUNTIME_DIR/ffaccel`` or
+    ``/tmp/ffaccel-UID``); ``"unix:PATH?transport=ring"``
     submits through shared-memory rings instead (options: ``poll_us``, ``entries``,
     ``timeout_s``). A server that is unreachable raises DEVICE_LOST.
 

@@ -75,6 +75,40 @@ def raise_nofile_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def limits_from_overrides(items: "list[str] | tuple[str, ...]") -> tuple[SessionLimits, ServerLimits]:
+    """Both limit tables with ``NAME=VALUE`` overrides (``ffaccel serve --limit``); ``none`` for None.
+
+    >>> limits_from_overrides(["max_mappings=8", "max_clients=2"])[1].max_clients
+    2
+    """
+    from ..spec import ErrorCode, FFAccelError
+
+    values: dict[type, dict[str, object]] = {SessionLimits: {}, ServerLimits: {}}
+    fields = {f.name: (cls, f) for cls in values for f in dataclasses.fields(cls)}
+    for item in items:
+        name, sep, raw = str(item).partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "limit",
+                               f"--limit {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        cls, f = fields[name]
+        try:
+            if raw.strip().lower() == "none" and f.default is None:
+                value: object = None
+            elif "float" in str(f.type):
+                value = float(raw)
+            else:
+                value = int(raw, 0)
+            if value is not None and value < 0:  # type: ignore[operator]
+                raise ValueError(raw)
+        except ValueError:
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "limit",
+                               f"--limit {item!r}: {name} takes a number >= 0"
+                               + (" or none" if f.default is None else "")) from None
+        values[cls][name] = value
+    return SessionLimits(**values[SessionLimits]), ServerLimits(**values[ServerLimits])  # type: ignore[arg-type]
+
+
 def limit_rows(cls: type) -> list[tuple[str, str, str, str]]:
     """(name, default, rule, meaning) of each limit of ``cls``, for the reference page."""
     rows = []
@@ -83,4 +117,4 @@ def limit_rows(cls: type) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-__all__ = ["ServerLimits", "SessionLimits", "limit_rows", "raise_nofile_limit"]
+__all__ = ["ServerLimits", "SessionLimits", "limit_rows", "limits_from_overrides", "raise_nofile_limit"]

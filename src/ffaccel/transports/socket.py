@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from ..abi import (
     ABI_VERSION,
     Gemm,
     GemmOp,
+    LruCache,
     Matrix,
     PostOpDesc,
     check_command,
@@ -129,8 +131,13 @@ class SocketTransport:
         self._sock.setblocking(False)  # every call polls (bounded) and then sleeps in poll(2) itself
         self._poll = select.poll()
         self._poll.register(self._sock, _POLLIN)
-        body, _ = self._call(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION))
-        self._info: DriverInfo = decode_info(body)  # JSON, checked: nothing on the wire is unpickled
+        try:
+            body, _ = self._call(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION))
+            self._info: DriverInfo = decode_info(body)  # JSON, checked: nothing on the wire is unpickled
+        except FFAccelError:
+            self._closed = True
+            self._sock.close()
+            raise
 
     # -- framing ----------------------------------------------------------------------------
     def _call(self, msg: Msg, payload: bytes = b"", fds: Sequence[int] = (), want_fds: bool = False,
@@ -328,7 +335,7 @@ class SocketTransport:
         op = check_command(descriptor, self._info.caps)
         if not isinstance(op, GemmOp):
             raise violation("cmd.opcode", "COPY", "GEMM")
-        return _StagedGemm(self, op).kernel
+        return _StagedGemm(self, op).kernel  # its server buffer comes from staging_pool(self), bounded
 
     @property
     def host_visible(self) -> bool:
@@ -359,12 +366,57 @@ class SocketTransport:
             pass
 
 
+#: Staging buffers one client keeps for the host-array path, one per recently used GEMM geometry
+#: (see :class:`_StagedGemm`); past either bound the least recently used one is freed on the
+#: server at once. Buffers of a running call are freed when the call ends.
+STAGING_MAX_ENTRIES = 32
+STAGING_MAX_BYTES = 256 << 20
+_POOL_LOCK = threading.Lock()
+
+
+def staging_pool(t: SocketTransport) -> LruCache["_StagedGemm", "_Staging"]:
+    """The transport's pool of staging buffers (made on first use): an LruCache by count and bytes."""
+    pool = getattr(t, "_staging", None)
+    if pool is None:
+        with _POOL_LOCK:
+            pool = getattr(t, "_staging", None)
+            if pool is None:
+                pool = LruCache(STAGING_MAX_ENTRIES, STAGING_MAX_BYTES, on_evict=_evict_staging)
+                t._staging = pool  # type: ignore[attr-defined]
+    return pool
+
+
+class _Staging(NamedTuple):
+    """A staging buffer on the server, its regions as arrays, and the submission that computes in it."""
+
+    handle: int
+    av: np.ndarray
+    bv: np.ndarray
+    cv: np.ndarray | None
+    dv: np.ndarray
+    ev: list[np.ndarray | None]
+    raw: bytes
+
+
 class _StagedGemm:
-    """One geometry's staging buffer and the pre-encoded submission that computes in it."""
+    """One geometry's staging layout and kernel; its server buffer is taken from the transport's pool.
+
+    The buffer is allocated on a call that finds none, and put in the pool (bounded by count and
+    bytes, least recently used first: :data:`STAGING_MAX_ENTRIES`, :data:`STAGING_MAX_BYTES`).
+    An evicted buffer is freed on the server at once, or, while a call of this geometry is
+    using it, when that call ends; the next call allocates a new one. So a program that meets
+    endless shapes holds a bounded number of server buffers, however many kernels the device
+    and the front-ends keep.
+    """
 
     def __init__(self, transport: SocketTransport, op: GemmOp) -> None:
-        self.t = transport
-        self.lock = threading.Lock()
+        self._t = weakref.ref(transport)  # the pool (in the transport) holds this object: no cycle
+        self.lock = threading.Lock()  # one call at a time uses the staging buffer
+        self._mu = threading.Lock()  # guards busy / evicted / staging against eviction from other threads
+        self.busy = False
+        self.evicted = False
+        self.staging: _Staging | None = None
+        self.op = op
         batch = op.batch
         pos = 0
         regions: list[tuple[int, tuple[int, int, int], np.dtype]] = []
@@ -378,71 +430,113 @@ class _StagedGemm:
             return start
 
         m, n, k = op.m, op.n, op.k
-        a_off = region(op.a.dtype, m, k, op.a.batch_stride == 0)
-        b_off = region(op.b.dtype, k, n, op.b.batch_stride == 0)
-        c_off = region(op.c.dtype, m, n, op.c.batch_stride == 0) if op.c is not None else None
-        d_off = region(op.d.dtype, m, n, False)
-        epi_offs = []
+        self.a_off = region(op.a.dtype, m, k, op.a.batch_stride == 0)
+        self.b_off = region(op.b.dtype, k, n, op.b.batch_stride == 0)
+        self.c_off = region(op.c.dtype, m, n, op.c.batch_stride == 0) if op.c is not None else None
+        self.d_off = region(op.d.dtype, m, n, False)
+        self.epi_offs: list[int | None] = []
         for p in op.epilogue:
             if p.operand is None:
-                epi_offs.append(None)
+                self.epi_offs.append(None)
             else:
-                epi_offs.append(region(p.operand.dtype, p.operand.rows, p.operand.cols, p.operand.batch_stride == 0))
-        handle, memory = transport.alloc(max(64, pos))
-        self.handle = handle
-        weakref.finalize(self, _free_quietly, weakref.ref(transport), handle)
+                self.epi_offs.append(region(p.operand.dtype, p.operand.rows, p.operand.cols,
+                                            p.operand.batch_stride == 0))
+        self.regions = regions
+        self.nbytes = max(64, pos)
+
+    def _open(self, t: SocketTransport) -> _Staging:
+        """Allocate the staging buffer on the server and encode the GEMM that computes in it."""
+        op, batch = self.op, self.op.batch
+        handle, memory = t.alloc(self.nbytes)
 
         def mat(dtype: object, off: int, rows: int, cols: int, broadcast: bool) -> Matrix:
             return Matrix(handle, dtype, rows, cols, max(1, cols), off,  # type: ignore[arg-type]
                           0 if broadcast or batch <= 1 else rows * cols)
 
-        views = [np.ndarray(shape, dt, buffer=memory, offset=off) for off, shape, dt in regions]
-        self.views = views
+        views = [np.ndarray(shape, dt, buffer=memory, offset=off) for off, shape, dt in self.regions]
         it = iter(views)
-        self.av, self.bv = next(it), next(it)
-        self.cv = next(it) if c_off is not None else None
-        self.dv = next(it)
-        self.ev = [next(it) if o is not None else None for o in epi_offs]
+        av, bv = next(it), next(it)
+        cv = next(it) if self.c_off is not None else None
+        dv = next(it)
+        ev = [next(it) if o is not None else None for o in self.epi_offs]
+        m, n, k, c_off = op.m, op.n, op.k, self.c_off
         gemm = Gemm(
             m=m, n=n, k=k, batch=batch,
-            a=mat(op.a.dtype, a_off, m, k, op.a.batch_stride == 0),
-            b=mat(op.b.dtype, b_off, k, n, op.b.batch_stride == 0),
+            a=mat(op.a.dtype, self.a_off, m, k, op.a.batch_stride == 0),
+            b=mat(op.b.dtype, self.b_off, k, n, op.b.batch_stride == 0),
             c=mat(op.c.dtype, c_off, m, n, op.c.batch_stride == 0) if op.c is not None and c_off is not None else None,
-            d=mat(op.d.dtype, d_off, m, n, False),
+            d=mat(op.d.dtype, self.d_off, m, n, False),
             alpha=op.alpha, beta=op.beta, acc_dtype=op.combo.acc,
             epilogue=tuple(
                 PostOpDesc(p.kind, p.param0, p.param1,
                            None if p.operand is None or o is None else
                            mat(p.operand.dtype, o, p.operand.rows, p.operand.cols, p.operand.batch_stride == 0))
-                for p, o in zip(op.epilogue, epi_offs)),
+                for p, o in zip(op.epilogue, self.epi_offs)),
         )
-        self.raw = encode_submission([gemm.encode()])
+        return _Staging(handle, av, bv, cv, dv, ev, encode_submission([gemm.encode()]))
 
     def kernel(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
                epi: tuple[np.ndarray | None, ...]) -> None:
         with self.lock:
-            _stage(self.av, a)
-            _stage(self.bv, b)
-            if self.cv is not None and c is not None:
-                _stage(self.cv, c)
-            for v, x in zip(self.ev, epi):
-                if v is not None and x is not None:
-                    _stage(v, x)
-            engine, value = self.t.submit(self.raw)
-            self.t.wait(engine, value, int(self.t.timeout_s * 1e9))
-            np.copyto(d, self.dv)
+            t = self._t()
+            if t is None:
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
+            pool = staging_pool(t)
+            with self._mu:
+                st = self.staging
+                self.busy = True
+            try:
+                if st is None:
+                    st = self._open(t)
+                    with self._mu:
+                        self.staging = st
+                    pool.put(self, st, self.nbytes)  # may evict (and free) other geometries' buffers
+                elif pool.peek(self) is None:
+                    pool.get(self)  # mark it used (it may have been evicted meanwhile: freed below)
+                _stage(st.av, a)
+                _stage(st.bv, b)
+                if st.cv is not None and c is not None:
+                    _stage(st.cv, c)
+                for v, x in zip(st.ev, epi):
+                    if v is not None and x is not None:
+                        _stage(v, x)
+                engine, value = t.submit(st.raw)
+                t.wait(engine, value, int(t.timeout_s * 1e9))
+                np.copyto(d, st.dv)
+            finally:
+                with self._mu:
+                    self.busy = False
+                    gone = self.staging if self.evicted else None
+                    if gone is not None:
+                        self.staging, self.evicted = None, False
+                if gone is not None:
+                    _free_quietly(t, gone.handle)
+
+
+def _evict_staging(owner: _StagedGemm, st: _Staging) -> None:
+    """The pool dropped ``owner``'s buffer: free it now, or when the call using it ends."""
+    with owner._mu:
+        if owner.staging is not st:
+            return  # already replaced or freed
+        if owner.busy:
+            owner.evicted = True
+            return
+        owner.staging = None
+    t = owner._t()
+    if t is not None:
+        _free_quietly(t, st.handle)
 
 
 def _stage(view: np.ndarray, x: np.ndarray) -> None:
     np.copyto(view, x[: view.shape[0]] if view.shape[0] != x.shape[0] else x)
 
 
-def _free_quietly(ref: "weakref.ref[SocketTransport]", handle: int) -> None:
-    t = ref()
-    if t is not None and not t._closed and t._lost is None:
+def _free_quietly(t: SocketTransport, handle: int) -> None:
+    """Free a staging buffer; a closed or lost connection has freed everything already."""
+    if not t._closed and t._lost is None:
         try:
             t.free(handle)
-        except Exception:  # noqa: BLE001 - best effort at garbage collection
+        except FFAccelError:  # the server went away meanwhile: it released the buffer with the client
             pass
 
 

@@ -42,6 +42,8 @@ _REPLY_PACK = REPLY.struct.pack
 _COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 #: Default busy-poll of a connection thread for the next request after each reply (microseconds).
 DEFAULT_SOCKET_POLL_US = 200
+#: How often a thread waiting on a fence for its client looks whether that client hung up.
+_HANGUP_CHECK_S = 0.05
 
 
 class Client:
@@ -175,9 +177,22 @@ class Client:
                         raise violation("fence.timeout", f"fence {engine.name}:{value} not signalled after "
                                         f"{timeout_ns} ns (completed {self.completed[engine]})",
                                         "a fence that signals before its deadline")
-                    self.cond.wait(min(left / 1e9, 1.0))
+                    if not self.cond.wait(min(left / 1e9, _HANGUP_CHECK_S)) and self.peer_gone():
+                        raise EOFError("the client hung up while waiting")  # ends the connection
             finally:
                 self.waiters -= 1
+
+    def peer_gone(self) -> bool:
+        """Whether the client hung up (checked while its thread waits, so its work is cancelled at once)."""
+        sock = self.sock
+        if sock is None:
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     # -- command lists, errors ---------------------------------------------------------------------
     def record(self, raw: bytes) -> int:
@@ -404,6 +419,8 @@ class Server:
                     out, out_fds, after = dispatch(HANDLERS, self, client, msg_type, payload, fds)
                 except FFAccelError as e:
                     self._reply_error(conn, e)
+                except EOFError:
+                    return  # the client hung up during a wait
                 except Exception as e:  # noqa: BLE001 - one bad request must not take the server down
                     log.exception("client %d: request %s failed", client.id, msg_type)
                     self._reply_error(conn, FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
