@@ -12,7 +12,9 @@ from __future__ import annotations
 import sys
 
 from ..abi import reference
+from ..spec import RULES
 from .cheader import member_docs
+from .limits import ServerLimits, SessionLimits, limit_rows
 from .protocol import (
     CQE,
     ERROR_RECORD,
@@ -100,6 +102,46 @@ command; the SQ starts at byte {RING_HEADER_BYTES}) and the completion queue at 
 """
 
 
+_LIMITS = """\
+### Limits and the server's rules for hostile clients
+
+Every byte and fd a client sends is treated as an attacker's. What that means, rule by rule:
+
+* **HELLO** is answered with the device's info as UTF-8 JSON (`name`, `version`, `description`,
+  `memory_bytes`, `caps` with `combos`, `copies`, `post_ops`, `engines` as the spec's integer codes and
+  `limits`); nothing on the wire is pickled, in either direction.
+* **Wake fd.** RING_SETUP takes only an eventfd (`ring.wake`); the server makes it non-blocking, writes
+  it only from its waker thread with no lock held, and takes "counter full" as "already woken". A client
+  that makes it blocking again loses its ring. No fd is written or read after its close: a ring's fds and
+  mappings are released when its client is gone *and* no thread still uses them; completions for a
+  departed client are dropped.
+* **Accounting.** Every mapping a client holds (ALLOC and IMPORT alike) and every recorded command list
+  is charged to it; each buffer costs the server one fd. A full CQ, or a client's queue at
+  `max_queued_submissions`, parks its ring (not polled) until the client reaps or work drains.
+* **Scheduling.** Each engine serves clients round-robin; a command above `slice_units` runs in bands of
+  D's rows sized to `slice_target_ms`, so another client's small GEMM waits about one slice. A client
+  that hangs up (noticed within 50 ms, even while it waits on a fence) has its queued work dropped and
+  its running work stopped at the next slice.
+* **Connections.** Requests are read as their bytes arrive (nothing is allocated ahead of them); a peer
+  silent mid-message for `message_stall_s` is dropped, and so is one that does not read its replies for
+  as long. An `accept()` failure (EMFILE, say) is logged and the server goes on. `ffaccel serve` replaces
+  only a stale socket at its path; anything else there is refused, never deleted.
+* **Polling** is adaptive (`transports/spin.py`): the budget halves after a spin that found nothing and
+  drops to zero at once when the spinning thread got less than half the CPU time that passed (the cores
+  are oversubscribed), so a busy machine does not make every request pay for spinning.
+
+`ffaccel serve --limit NAME=VALUE` (repeatable) sets any of these; `--max-client-memory` is
+`max_memory_bytes`.
+
+"""
+
+
+def _limit_table(cls: type) -> str:
+    return reference._table(["limit", "default", "refused with", "meaning"],
+                            [[f"`{n}`", d, "-" if r == "-" else f"`{r}` ({RULES[r].code.name})", doc]
+                             for n, d, r, doc in limit_rows(cls)])
+
+
 def _flag_table(title: str, cls: type) -> str:
     notes = member_docs(cls)
     return f"{title}\n\n" + reference._table(["flag", "value", "meaning"],
@@ -109,9 +151,16 @@ def _flag_table(title: str, cls: type) -> str:
 def wire_section() -> str:
     """The wire protocol's part of the reference page, as Markdown."""
     notes = member_docs(Msg)
+    from .server.handlers import HANDLERS  # the server's own table: what it checks is what is printed
+
+    def size(m: Msg) -> str:
+        h = HANDLERS[m]
+        return ("any (<= MAX_PAYLOAD_BYTES)" if h.payload_bytes is None else str(h.payload_bytes)) + f"; {h.fds}"
+
     parts = [_INTRO + reference._table(
-        ["msg_type", "value", "request payload; reply", "C client"],
-        [[f"`{m.name}`", int(m), notes.get(m.name, ""), "yes" if m in C_CLIENT_MESSAGES else "-"] for m in Msg])]
+        ["msg_type", "value", "request payload; reply", "payload bytes; fds", "C client"],
+        [[f"`{m.name}`", int(m), notes.get(m.name, ""), size(m), "yes" if m in C_CLIENT_MESSAGES else "-"]
+         for m in Msg])]
     for lay in (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP):
         parts.append(reference._layout_table(lay))
     parts.append(_RING.rstrip())
@@ -120,6 +169,8 @@ def wire_section() -> str:
     parts.append(_flag_table("`server_flags` (RingServerFlags)", RingServerFlags))
     parts.append(_flag_table("`client_flags` (RingClientFlags)", RingClientFlags))
     parts.append(_flag_table("`ffa_sqe.flags` (SqeFlags)", SqeFlags))
+    parts.append(_LIMITS + "#### Per client (`SessionLimits`)\n\n" + _limit_table(SessionLimits)
+                 + "\n\n#### Server-wide (`ServerLimits`)\n\n" + _limit_table(ServerLimits))
     return "\n\n".join(p.rstrip() for p in parts) + "\n"
 
 
