@@ -5,6 +5,7 @@ A driver never sees an unvalidated command: every transport hands raw bytes to
 and passes on only the validated operation objects it returns.
 """
 
+from .cache import LruCache
 from .commands import Copy, Gemm, Matrix, PostOpDesc, decode_command, encode_submission
 from .layout import (
     ABI_VERSION,
@@ -36,7 +37,7 @@ from .views import DeviceMemory, copy_arrays, gemm_arrays, view_array
 
 __all__ = [
     "ABI_VERSION", "COMMAND_BYTES", "COPY", "Copy", "CopyOp", "DeviceCaps", "DeviceMemory", "GEMM", "Gemm", "GemmFlags",
-    "GemmOp", "Layout", "MAX_COMMANDS_PER_SUBMIT", "Matrix", "OPERAND_BYTES", "Op", "PostOp", "PostOpDesc",
+    "GemmOp", "Layout", "LruCache", "MAX_COMMANDS_PER_SUBMIT", "Matrix", "OPERAND_BYTES", "Op", "PostOp", "PostOpDesc",
     "SUBMIT", "Submission", "ValidationCache", "View", "WAIT", "bind", "check_command", "check_submission", "copy_arrays",
     "decode_command", "encode_submission", "gemm_arrays", "op_handles", "view_array",
 ]

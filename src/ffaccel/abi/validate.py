@@ -30,6 +30,7 @@ from ..spec import (
     FFAccelError,
     violation,
 )
+from .cache import LruCache
 from .commands import bits_f64, bits_i64, decode_command
 from .layout import (
     ABI_VERSION,
@@ -477,7 +478,10 @@ class ValidationCache:
     command names, so an entry is reused only when the bytes are identical and every handle
     it names still has the size it had: a hit returns exactly what validating again would.
     This is how a server validates the same GEMM arriving 10^6 times at ring speed without
-    a second validator. Bounded: cleared when full.
+    a second validator. Each of its three tables is an :class:`~ffaccel.abi.cache.LruCache`
+    (least recently used entries dropped first): ``max_entries`` commands, ``max_entries``
+    whole submissions of at most MAX_SUBMISSION_BYTES together, ``max_entries // 16 + 1``
+    command blocks.
     """
 
     #: Bytes of whole submissions kept as keys (a 64-GEMM submission is about 35 KiB).
@@ -485,12 +489,13 @@ class ValidationCache:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[Op, tuple[int, ...], tuple[int | None, ...]]] = {}
+        self._entries: LruCache[bytes, tuple[Op, tuple[int, ...], tuple[int | None, ...]]] = LruCache(max_entries)
         # whole command blocks (a batch of commands on one engine), for submissions repeated as a unit
-        self._blocks: dict[tuple[Engine, bytes], tuple[tuple[Op, ...], tuple[int, ...], tuple[int | None, ...]]] = {}
+        self._blocks: LruCache[tuple[Engine, bytes], tuple[tuple[Op, ...], tuple[int, ...], tuple[int | None, ...]]] \
+            = LruCache(max_entries // 16 + 1)
         # whole submissions (header, waits, commands), for a loop that resubmits the very same bytes
-        self._subs: dict[bytes, tuple[Submission, tuple[int, ...], tuple[int | None, ...]]] = {}
-        self._subs_bytes = 0
+        self._subs: LruCache[bytes, tuple[Submission, tuple[int, ...], tuple[int | None, ...]]] = LruCache(
+            max_entries, self.MAX_SUBMISSION_BYTES)
 
     def get_submission(self, raw: bytes, lookup: HandleLookup) -> "Submission | None":
         """A whole submission validated before, if every buffer it names is unchanged.
@@ -499,49 +504,40 @@ class ValidationCache:
         and, for waits, of the engines' submitted values, which only grow (a wait that was
         within them stays within them).
         """
-        ent = self._subs.get(raw)
+        ent = self._subs.peek(raw) or self._subs.get(raw)
         if ent is None or not _unchanged(ent[1], ent[2], lookup):
             return None
         return ent[0]
 
     def put_submission(self, raw: bytes, sub: "Submission", lookup: HandleLookup) -> None:
-        if self._subs_bytes + len(raw) > self.MAX_SUBMISSION_BYTES or len(self._subs) >= self.max_entries:
-            self._subs.clear()
-            self._subs_bytes = 0
         handles = tuple(sorted({h for op in sub.ops for h in op_handles(op)}))
-        self._subs[raw] = (sub, handles, tuple(lookup(h) for h in handles))
-        self._subs_bytes += len(raw)
+        self._subs.put(raw, (sub, handles, tuple(lookup(h) for h in handles)), len(raw))
 
     def get_block(self, engine: Engine, block: bytes, lookup: HandleLookup) -> tuple[Op, ...] | None:
         """The ops of a whole command block validated before, if every buffer it names is unchanged."""
-        ent = self._blocks.get((engine, block))
+        ent = self._blocks.peek((engine, block)) or self._blocks.get((engine, block))
         if ent is None or not _unchanged(ent[1], ent[2], lookup):
             return None
         return ent[0]
 
     def put_block(self, engine: Engine, block: bytes, ops: tuple[Op, ...], lookup: HandleLookup) -> None:
-        if len(self._blocks) >= self.max_entries // 16 + 1:
-            self._blocks.clear()
         handles = tuple(sorted({h for op in ops for h in op_handles(op)}))
-        self._blocks[(engine, block)] = (ops, handles, tuple(lookup(h) for h in handles))
+        self._blocks.put((engine, block), (ops, handles, tuple(lookup(h) for h in handles)))
 
     def get(self, key: bytes, lookup: HandleLookup) -> Op | None:
-        ent = self._entries.get(key)
+        ent = self._entries.peek(key) or self._entries.get(key)
         if ent is None or not _unchanged(ent[1], ent[2], lookup):
             return None
         return ent[0]
 
     def put(self, key: bytes, op: Op, lookup: HandleLookup) -> None:
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
         handles = op_handles(op)
-        self._entries[key] = (op, handles, tuple(lookup(h) for h in handles))
+        self._entries.put(key, (op, handles, tuple(lookup(h) for h in handles)))
 
     def clear(self) -> None:
         self._entries.clear()
         self._blocks.clear()
         self._subs.clear()
-        self._subs_bytes = 0
 
 
 def check_submission(

@@ -54,7 +54,7 @@ from scipy import special
 from scipy.linalg import blas as _blas
 from scipy.linalg import cython_blas as _cython_blas
 
-from ..abi import CopyOp, GemmOp
+from ..abi import CopyOp, GemmOp, LruCache
 from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel
 
@@ -884,7 +884,7 @@ class CpuDriver(Driver):
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self._limit = _ThreadLimit(threads) if threads is not None else None
-        self._plans: dict[GemmOp, Kernel] = {}
+        self._plans: LruCache[GemmOp, Kernel] = LruCache(256)
         self.kernel_choice = parse_kernels(os.environ.get(KERNELS_ENV) if kernels is None else kernels)
         if any(v == "onednn" for v in self.kernel_choice.values()):
             self._kernels()  # a forced library that cannot run here is refused now, not at the first GEMM
@@ -1017,11 +1017,10 @@ class CpuDriver(Driver):
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
              epi: tuple[np.ndarray | None, ...]) -> None:
         """D = epilogue(alpha * op(A) @ op(B) + beta * C), see :mod:`ffaccel.drivers.base`."""
-        kernel = self._plans.get(op)
+        kernel = self._plans.peek(op) or self._plans.get(op)
         if kernel is None:
-            if len(self._plans) >= 256:
-                self._plans.clear()
-            kernel = self._plans[op] = self.prepare_gemm(op)
+            kernel = self.prepare_gemm(op)
+            self._plans.put(op, kernel)
         kernel(a, b, c, d, epi)
 
     def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:

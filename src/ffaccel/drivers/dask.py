@@ -52,7 +52,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from ..abi import CopyOp, DeviceCaps, Gemm, GemmOp, Matrix, PostOpDesc, check_command
+from ..abi import CopyOp, DeviceCaps, Gemm, GemmOp, LruCache, Matrix, PostOpDesc, check_command
 from ..spec import (
     DType,
     ErrorCode,
@@ -149,7 +149,7 @@ def _partial_spec(spec: _TileSpec) -> _TileSpec:
 _worker_lock = threading.Lock()
 _worker_drivers: dict[str, Driver] = {}
 _worker_devices: dict[tuple[str, Any], Any] = {}
-_worker_kernels: dict[tuple[str, bytes], GemmKernel] = {}
+_worker_kernels: LruCache[tuple[str, bytes], GemmKernel] = LruCache(1024)
 
 
 def _worker_driver(name: str) -> Driver:
@@ -189,16 +189,13 @@ def _run_tile(name: str, opener: Callable[[str], Any] | None, spec: _TileSpec,
         return d
     raw = spec.descriptor(range(1, 2 + len(operands))).encode()
     drv = _worker_driver(name)
-    kernel = _worker_kernels.get((name, raw))
+    kernel = _worker_kernels.get((name, raw))  # least recently used dropped past 1024 geometries
     if kernel is None:
         # the tile passes the same validator as every submission before its driver sees it
         op = check_command(raw, drv.caps())
         assert isinstance(op, GemmOp)
         kernel = drv.prepare_gemm(op)
-        with _worker_lock:
-            if len(_worker_kernels) > 1024:
-                _worker_kernels.clear()
-            _worker_kernels[(name, raw)] = kernel
+        _worker_kernels.put((name, raw), kernel)
     full = [np.broadcast_to(x, (spec.batch,) + x.shape[1:]) for x in operands]
     ea = iter(full[3 if spec.has_c else 2:])
     epi_arrays = tuple(next(ea) if dt is not None else None for _, _, _, dt in spec.epilogue)

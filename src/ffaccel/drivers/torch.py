@@ -47,7 +47,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from ..abi import CopyOp, DeviceCaps, GemmOp
+from ..abi import CopyOp, DeviceCaps, GemmOp, LruCache
 from ..spec import DTYPES, DType, PostOpKind, violation
 from .base import Driver, GemmKernel
 from .rounding import round_to
@@ -377,7 +377,7 @@ class TorchDriver(Driver):
         if self.host_visible and dev.type != "cpu":
             raise violation("device.name", f"torch:{device} with host memory", "host memory only for torch:cpu")
         self._out_f32 = self._probe_out_dtype()
-        self._plans: dict[GemmOp, GemmKernel] = {}
+        self._plans: LruCache[GemmOp, GemmKernel] = LruCache(256)
 
     def _probe_out_dtype(self) -> bool:
         """Whether this device's PyTorch offers bf16/f16 GEMM with an f32 output (``mm(out_dtype=)``)."""
@@ -425,11 +425,10 @@ class TorchDriver(Driver):
 
     def gemm(self, op: GemmOp, a: Any, b: Any, c: Any, d: Any, epi: tuple) -> None:
         """D = epilogue(alpha * op(A) @ op(B) + beta * C), see :mod:`ffaccel.drivers.base`."""
-        kernel = self._plans.get(op)
+        kernel = self._plans.peek(op) or self._plans.get(op)
         if kernel is None:
-            if len(self._plans) >= 256:
-                self._plans.clear()
-            kernel = self._plans[op] = self.prepare_gemm(op)
+            kernel = self.prepare_gemm(op)
+            self._plans.put(op, kernel)
         kernel(a, b, c, d, epi)
 
     def _plan_float(self, op: GemmOp) -> GemmKernel:
