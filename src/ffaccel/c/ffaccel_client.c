@@ -4,8 +4,9 @@
  * path (SQ/CQ in a shared memfd: the io_uring model). The wire messages are those of
  * ffaccel_uapi.h, documented in docs/spec.md ("Wire protocol").
  *
- * Every blocking call has a deadline: socket calls carry SO_RCVTIMEO/SO_SNDTIMEO, ring waits
- * sleep in poll(2) with a timeout and notice the socket closing. Nothing the server sends is
+ * Every blocking call has a deadline: a reply is awaited in poll(2) against a CLOCK_MONOTONIC
+ * deadline (timeout_s, plus the wait's own timeout for WAIT), sends carry SO_SNDTIMEO, and ring
+ * waits sleep in poll(2) with a timeout and notice the socket closing. Nothing the server sends is
  * trusted for sizes: a reply longer than FFA_MAX_PAYLOAD_BYTES or with the wrong number of fds
  * is a lost device.
  */
@@ -42,6 +43,7 @@ struct ffa_client {
 	int sock;
 	double timeout_s;
 	uint64_t poll_ns;
+	uint64_t extra_ns;      /* added to a reply's deadline: the server-side timeout of a WAIT */
 	int lost;
 	struct ffa_error_info err;
 	struct mapping *maps;
@@ -195,12 +197,12 @@ static int default_socket(char *out, size_t cap, struct ffa_error_info *err)
 /* ---------------------------------------------------------------------------------------- */
 /* framing                                                                                    */
 
-static void set_timeouts(int sock, double seconds)
+/* Sends block at most this long each (requests are small: a full socket buffer means a stuck server). */
+static void set_send_timeout(int sock, double seconds)
 {
 	struct timeval tv;
 	tv.tv_sec = (time_t)seconds;
 	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
-	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
@@ -259,7 +261,7 @@ static int send_all(ffa_client *c, const void *head, size_t head_len, const void
  * belongs to its reply: one read usually takes all of it.
  */
 static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *got_out, int *fds, int *nfds,
-		     int max_fds, int spin)
+		     int max_fds, int spin, uint64_t deadline)
 {
 	size_t got = 0;
 	uint64_t spin_end = spin ? now_ns() + c->poll_ns : 0;
@@ -271,7 +273,7 @@ static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *g
 			char buf[CMSG_SPACE(sizeof(int) * FFA_MAX_FDS)];
 		} ctl;
 		ssize_t r;
-		int flags = MSG_CMSG_CLOEXEC;
+		int flags = MSG_CMSG_CLOEXEC | MSG_DONTWAIT;
 		iov.iov_base = (char *)buf + got;
 		iov.iov_len = cap - got;
 		memset(&mh, 0, sizeof(mh));
@@ -279,20 +281,29 @@ static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *g
 		mh.msg_iovlen = 1;
 		mh.msg_control = ctl.buf;
 		mh.msg_controllen = sizeof(ctl.buf);
-		/* busy-poll briefly first: a small reply comes within tens of microseconds,
-		 * about what waking a sleeping process costs on its own */
-		if (spin_end && now_ns() < spin_end)
-			flags |= MSG_DONTWAIT;
 		r = recvmsg(c->sock, &mh, flags);
 		if (r < 0) {
+			uint64_t t;
 			if (errno == EINTR)
 				continue;
-			if ((errno == EAGAIN || errno == EWOULDBLOCK) && (flags & MSG_DONTWAIT)) {
-				sched_yield(); /* as in ring_submit: never spin against the server */
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return lose(c, strerror(errno));
+			t = now_ns();
+			if (t < spin_end) {
+				/* busy-poll briefly first: a small reply comes within tens of microseconds,
+				 * about what waking a sleeping process costs; yield, as in ring_submit */
+				sched_yield();
 				continue;
 			}
-			return lose(c, errno == EAGAIN || errno == EWOULDBLOCK ? "timed out waiting for a reply"
-									      : strerror(errno));
+			if (t >= deadline)
+				return lose(c, "timed out waiting for a reply");
+			{
+				/* sleep until readable or the deadline (CLOCK_MONOTONIC, whatever the server trickles) */
+				struct pollfd pf = {c->sock, POLLIN, 0};
+				uint64_t left_ms = (deadline - t) / 1000000u + 1;
+				poll(&pf, 1, left_ms > 60000 ? 60000 : (int)left_ms);
+			}
+			continue;
 		}
 		if (r == 0)
 			return lose(c, "the server closed the connection");
@@ -354,6 +365,7 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	struct ffa_msg msg;
 	struct ffa_reply rep;
 	size_t got, total;
+	uint64_t deadline;
 	int nfd = 0, rc;
 	if (c->lost)
 		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
@@ -363,7 +375,8 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	rc = send_all(c, &msg, sizeof(msg), payload, len, fds, nfds);
 	if (rc)
 		return rc;
-	rc = recv_some(c, c->rx, sizeof(rep), c->rx_cap, &got, got_fds, &nfd, want_fds, 1);
+	deadline = now_ns() + (uint64_t)(c->timeout_s * 1e9) + c->extra_ns;
+	rc = recv_some(c, c->rx, sizeof(rep), c->rx_cap, &got, got_fds, &nfd, want_fds, 1, deadline);
 	if (rc)
 		goto fail;
 	memcpy(&rep, c->rx, sizeof(rep));
@@ -383,7 +396,7 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	}
 	if (got < total) {
 		size_t more;
-		rc = recv_some(c, c->rx + got, total - got, total - got, &more, got_fds, &nfd, want_fds, 0);
+		rc = recv_some(c, c->rx + got, total - got, total - got, &more, got_fds, &nfd, want_fds, 0, deadline);
 		if (rc)
 			goto fail;
 	}
@@ -522,7 +535,7 @@ int ffa_open(const char *name, ffa_client **out, struct ffa_error_info *err)
 		free(c);
 		return rc;
 	}
-	set_timeouts(c->sock, timeout_s);
+	set_send_timeout(c->sock, timeout_s);
 	memset(&sa, 0, sizeof(sa));
 	sa.sun_family = AF_UNIX;
 	memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -885,9 +898,9 @@ int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns
 	w.engine = engine;
 	w.value = value;
 	w.timeout_ns = timeout_ns;
-	/* the server keeps the deadline; the socket's own timeout only catches a dead server */
-	set_timeouts(c->sock, (double)timeout_ns / 1e9 + c->timeout_s);
+	/* the server keeps the wait's deadline; ours adds timeout_s to catch a dead server */
+	c->extra_ns = timeout_ns > UINT64_MAX / 2 ? UINT64_MAX / 4 : timeout_ns;
 	rc = call(c, FFA_MSG_WAIT, &w, sizeof(w), NULL, 0, &blen, NULL, 0);
-	set_timeouts(c->sock, c->timeout_s);
+	c->extra_ns = 0;
 	return rc ? rc : fence_reply(c, blen, NULL);
 }
