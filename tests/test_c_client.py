@@ -103,3 +103,18 @@ def test_error_names_follow_the_spec_table() -> None:
     exe = program("error_names", "ffaccel")
     names = subprocess.run([str(exe)], capture_output=True, text=True, check=True, timeout=30).stdout.split()
     assert names == [ErrorCode(i).name if i in ErrorCode._value2member_map_ else "UNKNOWN" for i in range(32)]
+
+
+def test_a_server_that_never_answers_is_lost_not_waited_for(tmp_path) -> None:
+    """A listener that accepts nothing and says nothing: HELLO gives DEVICE_LOST once timeout_s passes."""
+    import socket
+
+    exe = program("client_batched", "ffaccel")
+    path = str(tmp_path / "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(path)
+        mute.listen(1)
+        proc = subprocess.run([str(exe)], env={**os.environ, "FFACCEL_DEVICE": f"unix:{path}?timeout_s=0.3"},
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("open DEVICE_LOST device the device server is gone or not answering: timed out")
