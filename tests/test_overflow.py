@@ -122,6 +122,25 @@ def test_copy_fields_patched_with_huge_values(env: Env, patches: dict[str, int])
     env.bufs.clear()
 
 
+@pytest.fixture(scope="module")
+def server_env(server) -> Iterator[Env]:
+    with Env(lambda: server.open("socket")) as e:
+        yield e
+
+
+@settings(PROPERTY, max_examples=60)
+@given(patches=_patches(GEMM))
+def test_gemm_fields_patched_with_huge_values_through_the_server(server_env: Env, patches: dict[str, int]) -> None:
+    """The server answers each with the validator's error (never DEVICE_LOST), and stays up."""
+    env = server_env
+    s = Std(env, k=1)
+    raw = encode_submission([patch_cmd(s.gemm(), patches)])
+    _clean(lambda: env.dev.submit_raw(raw), env)
+    for buf in env.bufs:
+        buf.free()  # the server's per-client buffer limit is finite
+    env.bufs.clear()
+
+
 I64 = st.one_of(st.sampled_from([-(2**63), -(2**62), -1, *U64_EDGES]), st.integers(-(2**63), 2**64))
 _MATRIX_FIELDS = ("rows", "cols", "ld_elems", "offset_bytes", "batch_stride_elems")
 
