@@ -307,12 +307,16 @@ def _try_open(path: str) -> ffaccel.Device | None:
 def test_connections_past_max_clients_are_answered_and_closed(tmp_path) -> None:
     srv = ServerProcess(tmp_path, "--limit", "max_clients=2")
     try:
-        with srv.open("socket") as one, srv.open("ring") as two:
+        with srv.open("socket") as one:
+            # the start-up probe's connection may not be gone yet: wait until one is alone
+            wait_until(lambda: one._transport.stats()["clients"], lambda n: n == 1, 30, "one client left")
+            two = srv.open("ring")
             with pytest.raises(FFAccelError) as e:
                 srv.open("socket")
             assert (e.value.code, e.value.rule) == (ErrorCode.OUT_OF_MEMORY, "wire.clients")
             _gemm_ok(one)
             _gemm_ok(two)
+            two.close()
         dev = wait_until(lambda: _try_open(srv.path), lambda d: d is not None, 30, "room for a client again")
         with dev:
             _gemm_ok(dev)

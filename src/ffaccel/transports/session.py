@@ -25,6 +25,7 @@ import numpy as np
 from ..abi import (
     ABI_VERSION,
     SUBMIT,
+    LruCache,
     WAIT,
     CopyOp,
     DeviceCaps,
@@ -115,7 +116,7 @@ class BoundRuns:
     calls the kernel. Sound because handles are never reused (a live handle always names the
     same memory) and every submission is validated, cache or not, before its runs are looked
     up; holding the op keeps its ``id`` from being reused. Bounded by count, least recently
-    used first (see :class:`ffaccel.transports.limits.SessionLimits`).
+    used first (:class:`ffaccel.abi.LruCache`, ``SessionLimits.max_memo_entries``).
 
     Commands of more than ``slice_units`` multiply-adds (or elements, for COPY) come back as
     :class:`SlicedRun` so that a shared device can interleave them with other clients' work.
@@ -127,18 +128,16 @@ class BoundRuns:
         self.memory = memory
         self.max_entries = max_entries
         self.slice_units = slice_units
-        self._runs: collections.OrderedDict[int, tuple[Op, Run]] = collections.OrderedDict()
-        self._blocks: collections.OrderedDict[int, tuple[tuple[Op, ...], tuple[Run, ...]]] = collections.OrderedDict()
+        self._runs: LruCache[int, tuple[Op, Run]] = LruCache(max_entries)
+        self._blocks: LruCache[int, tuple[tuple[Op, ...], tuple[Run, ...]]] = LruCache(256)
 
     def get(self, op: Op) -> Run:
         runs = self._runs
-        hit = runs.get(id(op))
+        hit = runs.peek(id(op)) or runs.get(id(op))
         if hit is not None and hit[0] is op:
             return hit[1]
         run = self._bind(op)
-        if len(runs) >= self.max_entries:
-            runs.popitem(last=False)
-        runs[id(op)] = (op, run)
+        runs.put(id(op), (op, run))
         return run
 
     def _bind(self, op: Op) -> Run:
@@ -184,13 +183,11 @@ class BoundRuns:
     def get_all(self, ops: tuple[Op, ...]) -> tuple[Run, ...]:
         """The runs of a whole validated block; a block the cache returned whole is looked up once."""
         blocks = self._blocks
-        hit = blocks.get(id(ops))
+        hit = blocks.peek(id(ops)) or blocks.get(id(ops))
         if hit is not None and hit[0] is ops:
             return hit[1]
         runs = tuple(self.get(op) for op in ops)
-        if len(blocks) >= 256:
-            blocks.popitem(last=False)
-        blocks[id(ops)] = (ops, runs)
+        blocks.put(id(ops), (ops, runs))
         return runs
 
     def clear(self) -> None:

@@ -11,6 +11,7 @@ its waker), and one scheduler per engine (:mod:`.scheduler`).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -276,6 +277,7 @@ class Server:
         self.lock = threading.Lock()
         self.stats_submissions = 0
         self._stop = threading.Event()
+        self._refused: collections.deque[socket.socket] = collections.deque()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -327,7 +329,15 @@ class Server:
             err = violation("wire.clients", f"{self.limits.max_clients + 1} connections",
                             f"at most {self.limits.max_clients} (ServerLimits.max_clients)")
             self._reply_error(conn, err)
-            conn.close()
+            # not closed yet: closing with the client's HELLO unread would reset the connection before
+            # the client reads why; the newest few refused connections linger until pushed out
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._refused.append(conn)
+            while len(self._refused) > 64:
+                self._refused.popleft().close()
             return
         client = Client(self)
         client.sock = conn
@@ -355,6 +365,8 @@ class Server:
                 os.unlink(self.socket_path)
             except OSError:
                 pass
+        while self._refused:
+            self._refused.popleft().close()
         with self.lock:
             clients = list(self.clients)
         for c in clients:
