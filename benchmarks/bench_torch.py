@@ -11,16 +11,23 @@ median time over ffaccel's (above 1: ffaccel is faster).
 2. A BERT-style encoder (transformers, random weights, batch 8 x sequence 128) under
    ``ffaccel.torch.offload`` on ``cpu`` and ``torch:cpu`` vs stock PyTorch; also with the
    thread-pool setting disabled (``threads=None``) to show what it prevents.
+3. Whole models under ``offload("cpu")`` vs stock PyTorch (its fused fast paths on): a
+   2-layer ``nn.TransformerEncoder`` (d 256, 4 heads, batch_first), a seq-first
+   ``nn.MultiheadAttention``, a small CNN (Conv2d + ReLU + pooling + Linear, 64x64 input)
+   and a Conv1d + LSTM model, each with its offloaded share and the share an independent
+   ``torch.utils.flop_counter.FlopCounterMode`` count of the same forward pass gives.
 
 Usage::
 
-    python benchmarks/bench_torch.py            # GEMM 512^3, encoder hidden 512 x 4 layers
+    python benchmarks/bench_torch.py            # GEMM 512^3, encoder hidden 512 x 4 layers, models
     python benchmarks/bench_torch.py --quick    # smaller sizes, fewer repeats
+    python benchmarks/bench_torch.py --models   # only the whole models (3.)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -106,15 +113,119 @@ def bench_encoder(hidden: int, layers: int, batch: int, seq: int, repeats: int) 
         _row(f"offload {device!r}, threads={threads}", ff, ref, note)
 
 
+class _SmallCNN(torch.nn.Module):
+    """A few Conv2d + ReLU + pooling, then Linear: 3 x 64 x 64 images to 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        c = torch.nn
+        self.features = c.Sequential(
+            c.Conv2d(3, 32, 3, padding=1), c.ReLU(), c.MaxPool2d(2),
+            c.Conv2d(32, 64, 3, padding=1), c.ReLU(), c.MaxPool2d(2),
+            c.Conv2d(64, 128, 3, padding=1), c.ReLU(), c.MaxPool2d(2))
+        self.head = c.Sequential(c.Flatten(), c.Linear(128 * 8 * 8, 256), c.ReLU(), c.Linear(256, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _ConvLSTM(torch.nn.Module):
+    """Conv1d feature extractor, then an LSTM over time, then a Linear head (issue 13's model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(40, 128, 5, padding=2)
+        self.lstm = torch.nn.LSTM(128, 128, batch_first=True)
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x)).transpose(1, 2)
+        return self.head(self.lstm(y)[0][:, -1])
+
+
+def _independent_share(model: torch.nn.Module, inputs: tuple, offloaded: int) -> tuple[int, float]:
+    """FLOPs of one stock forward by FlopCounterMode, and the share ``offloaded`` is of them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ffaccel.frontends.torch_offload.accounting import EXTRA_FORMULAS
+
+    # no_grad (not inference_mode), fast path off: the ATen ops the counter sees are the GEMMs
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as fc:
+            model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    total = fc.get_total_flops()
+    return total, offloaded / total if total else 1.0
+
+
+def models(quick: bool) -> dict[str, tuple[torch.nn.Module, tuple]]:
+    """The whole models of the benchmark, in eval mode, with their inputs."""
+    torch.manual_seed(0)
+    b, seq = (4, 64) if quick else (8, 128)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(256, 4, batch_first=True), 2,
+                                      enable_nested_tensor=False)
+    mha = torch.nn.MultiheadAttention(256, 4)
+
+    class SeqFirstMHA(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    return {
+        f"TransformerEncoder 2x(d256, 4 heads), batch_first {b}x{seq}": (enc.eval(), (torch.randn(b, seq, 256),)),
+        f"MultiheadAttention(256, 4), seq-first {seq}x{b}": (SeqFirstMHA().eval(), (torch.randn(seq, b, 256),)),
+        f"small CNN (3 conv + 2 linear), {b}x3x64x64": (_SmallCNN().eval(), (torch.randn(b, 3, 64, 64),)),
+        f"Conv1d + LSTM(128), {b}x40x{seq}": (_ConvLSTM().eval(), (torch.randn(b, 40, seq),)),
+    }
+
+
+def bench_models(quick: bool, repeats: int) -> None:
+    print("\n### Whole models: offload('cpu') vs stock PyTorch (fused fast paths on)\n")
+    print("| model | ffaccel | torch | speed | offloaded share (independent count) |\n|---|---|---|---|---|")
+    for name, (model, inputs) in models(quick).items():
+        def stock(model: torch.nn.Module = model, inputs: tuple = inputs) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(*inputs)
+
+        def off(model: torch.nn.Module = model, inputs: tuple = inputs) -> torch.Tensor:
+            with torch.inference_mode(), ffaccel.torch.offload("cpu") as s:
+                out = model(*inputs)
+            off.stats = s.stats  # type: ignore[attr-defined]
+            return out
+
+        torch.testing.assert_close(off(), stock(), rtol=1e-3, atol=1e-3)
+        ff, ref = side_by_side(off, stock, repeats)
+        st = off.stats  # type: ignore[attr-defined]
+        total, share = _independent_share(model, inputs, st["offloaded_flops"])
+        mine = st["offloaded_fraction"]
+        _row(name, ff, ref, f"{mine:.1%} ({share:.1%} of {total / 1e6:.0f} MFLOP); overhead {ff / ref:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-encoder", action="store_true")
+    ap.add_argument("--models", action="store_true", help="only the whole models")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for both sides (PyTorch's pool and the cpu driver's BLAS); on a busy machine "
+                         "1 keeps spinning thread teams from waiting on descheduled members")
     args = ap.parse_args()
+    if args.threads:
+        os.environ["FFACCEL_CPU_THREADS"] = str(args.threads)  # read when the cpu device opens
+        torch.set_num_threads(args.threads)
     n, reps = (256, 5) if args.quick else (512, 9)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
+    if args.models:
+        bench_models(args.quick, reps)
+        return
     bench_gemm(n, reps)
+    bench_models(args.quick, reps)
     if not args.skip_encoder:
         if args.quick:
             bench_encoder(256, 2, 8, 128, 3)

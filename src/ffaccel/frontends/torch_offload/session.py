@@ -15,7 +15,7 @@ from ...runtime import Device, resolve_device
 from ...spec import FFAccelError, violation
 from ..numpy_api import matmul
 from . import conv, linear, rnn
-from .accounting import REFUSED, Host, HostFlops, count, new_stats
+from .accounting import ARGS, FREE, PLAIN, REFUSED, Host, HostFlops, count, new_stats, unpriced
 
 
 class OffloadSession:
@@ -130,7 +130,11 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         handler = self.handlers.get(func)
         host = self.host
+        plain = all(t in PLAIN for t in types)
         if handler is None:
+            if func in FREE and plain:
+                with unpriced():
+                    return func(*args, **kwargs)
             if func is F.multi_head_attention_forward:
                 return self._open_composite(func, args, kwargs)
             host.outer = getattr(func, "__name__", None)  # names the op whose FLOPs stay on the host
@@ -138,15 +142,15 @@ class _Mode(TorchFunctionMode):
                 return func(*args, **kwargs)
             finally:
                 host.outer = None
-        host.active = False  # device work (the torch driver runs ATen GEMMs too) is not host work
         try:
-            return handler(self, func, args, kwargs)
+            if plain:
+                with unpriced():  # device work (the torch driver runs ATen GEMMs too) is not host work
+                    return handler(self, func, args, kwargs)
+            raise Host(ARGS)  # tensor subclasses keep their own semantics
         except Host as h:
             reason = h.reason
         except FFAccelError as e:  # the device refused a call PyTorch may accept (or reports itself)
             reason = f"{REFUSED} ({e.code.name})"
-        finally:
-            host.active = True
         count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
