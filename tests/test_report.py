@@ -23,7 +23,20 @@ def _tiny(out: Path, with_server: bool = False) -> ReportConfig:
     return ReportConfig(devices=["cpu"], quick=True, out=out, dispatch_sizes=(4, 8), dispatch_batches=(1, 4),
                         throughput_sizes=(8, 16), workload_shape=BlockShape(batch=1, seq=8, d_model=16, heads=2,
                                                                             d_ff=32),
-                        with_server=with_server, rounds=2)
+                        with_server=with_server, rounds=2, workload_min_sample_s=0.0)
+
+
+def _fake_conformance(failures: list | None = None):  # noqa: ANN202
+    """check_device's stand-in where conformance is not what a test is about (the real one runs in
+    the module's fixture): a report with 10 cases and ``failures``."""
+    import types
+
+    failures = failures or []
+
+    def check(name: str, level: str):  # noqa: ANN202
+        return types.SimpleNamespace(passed=not failures, results=[None] * 10, failures=failures, seconds=0.01,
+                                     to_json=lambda: json.dumps({"summary": []}))
+    return check
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +113,20 @@ def test_report_runs_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(dispatch, "torch_candidates", lambda n: {})
     monkeypatch.setattr(throughput, "_torch_candidate", lambda combo, a, b: None)
     monkeypatch.setattr(run_mod, "torch_skipped", lambda: "PyTorch is not installed (forced by the test)")
+    monkeypatch.setattr(run_mod, "check_device", _fake_conformance())
     res = run_report(_tiny(tmp_path))
     assert not any(p["path"] == "torch" for p in res["dispatch"]["points"])
     assert not any(p["who"] == "torch" for p in res["throughput"])
     # said, not silently missing: in results.json and in the HTML
     assert [x["why"] for x in res["skipped"]] == ["PyTorch is not installed (forced by the test)"]
-    write_outputs(res, tmp_path)
+    write_outputs(res, tmp_path, pngs={})  # the plots are not what this test is about
     assert "skipped — PyTorch is not installed (forced by the test)" in (tmp_path / "report.html").read_text()
 
 
 def test_cli_report_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ffaccel.report.run as run
 
+    monkeypatch.setattr(run, "check_device", _fake_conformance())
     tiny = _tiny(tmp_path / "cli")
     monkeypatch.setattr(run, "ReportConfig", lambda **kw: tiny)
     import ffaccel.report as rep
@@ -119,3 +134,189 @@ def test_cli_report_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(rep, "ReportConfig", lambda **kw: tiny)
     assert main(["report", "--quick", "--out", str(tmp_path / "cli"), "--no-server"]) == 0
     assert (tmp_path / "cli" / "report.html").exists()
+
+
+# -- the report on a busy machine -------------------------------------------------------------------
+
+
+def test_load_is_recorded_around_every_section(results: dict) -> None:
+    assert set(results["load"]) == {"conformance", "dispatch", "peak", "throughput", "workload"}
+    for name, s in results["load"].items():
+        assert s["wall_s"] > 0 and s["cpu_s"] >= 0 and s["cores"] >= 1, name
+        assert isinstance(s["busy"], bool) and (s["busy"] == bool(s["reasons"])), name
+        assert len(s["loadavg_before"]) == 3 and len(s["loadavg_after"]) == 3, name
+        assert 0.0 <= s["steal_fraction"] <= 1.0 and s["others_cores"] >= 0.0, name
+    assert results["busy_sections"] == [n for n, s in results["load"].items() if s["busy"]]
+
+
+def _snap(wall: float, own: float, la: float, busy: float, total: float, steal: float):  # noqa: ANN202
+    from ffaccel.bench.load import Snapshot
+
+    return Snapshot(wall, own, (la, la, la), busy, total, steal)
+
+
+@pytest.mark.parametrize("case,after,reason", [
+    ("quiet", (10.0, 10.0, 0.1, 10.5, 20.0, 0.0), None),
+    ("load average", (10.0, 10.0, 9.0, 10.5, 20.0, 0.0), "load average 9.0"),
+    ("steal", (10.0, 10.0, 0.1, 10.5, 20.0, 2.0), "CPU steal 10%"),
+    ("others", (10.0, 10.0, 0.1, 18.0, 20.0, 0.0), "other processes used 0.8 cores"),
+])
+def test_busy_verdict_each_reason(case: str, after: tuple, reason: str | None,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each way a section is found busy, forced with counters (whatever this machine is doing)."""
+    import ffaccel.bench.load as load
+
+    monkeypatch.setattr(load.os, "cpu_count", lambda: 2)
+    got = load.between(_snap(0.0, 0.0, 0.1, 0.0, 0.0, 0.0), _snap(*after))
+    assert got["busy"] is (reason is not None), (case, got)
+    if reason is not None:
+        assert any(reason in r for r in got["reasons"]), got["reasons"]
+    assert got["cpu_per_wall"] == pytest.approx(1.0)
+
+
+def test_no_proc_means_none_not_guesses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffaccel.bench.load as load
+
+    monkeypatch.setattr(load, "_proc_stat", lambda: (None, None, None))
+    got = load.between(load.snapshot(), load.snapshot())
+    assert got["steal_fraction"] is None and got["others_cores"] is None
+
+
+class _FakeClock:
+    """time.perf_counter for measure(): candidates advance it by what they 'cost'."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_disturbed_figures_are_remeasured_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffaccel.bench.timing as timing
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    calls = {"steady": 0, "noisy": 0}
+    noisy_costs = iter([1.0, 1.0] + [1.0, 9.0, 1.0, 9.0, 9.0] * 2)  # warm-up, inner count, then samples
+
+    def steady() -> None:
+        calls["steady"] += 1
+        clock.t += 1.0
+
+    def noisy() -> None:
+        calls["noisy"] += 1
+        clock.t += next(noisy_costs, 1.0)
+
+    t = timing.measure_checked({"steady": steady, "noisy": noisy}, rounds=5, warmup=1, min_sample_s=0.0)
+    assert t["noisy"].remeasured and t["steady"].remeasured  # the whole group, side by side again
+    assert t["noisy"].disturbed and not t["steady"].disturbed  # still disturbed: flagged, not hidden
+    assert calls["steady"] == 2 * (1 + 1 + 5)  # measured twice, not until it looked good
+    quiet = timing.measure_checked({"steady": steady}, rounds=5, warmup=1, min_sample_s=0.0)
+    assert not quiet["steady"].remeasured and not quiet["steady"].disturbed
+
+
+def test_an_implausible_ratio_flags_a_dispatch_figure() -> None:
+    from ffaccel.bench.dispatch import RATIO_LIMIT, _implausible
+    from ffaccel.bench.timing import Timing
+
+    t = {"numpy|@|1": Timing("numpy|@|1", (1e-6,) * 3), "torch|mm|1": Timing("torch|mm|1", (2e-3,) * 3),
+         "cpu|submit|64": Timing("cpu|submit|64", (64 * 2e-6,) * 3)}
+    flags = _implausible(t)
+    assert list(flags) == ["torch|mm|1"] and f"{2000:.0f}x NumPy" in flags["torch|mm|1"][0]
+    assert RATIO_LIMIT < 2000
+
+
+def test_flagged_figures_and_busy_sections_are_said_in_html_and_terminal(
+        results: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ffaccel.cli.main import _Console, _print_report
+
+    res = json.loads(json.dumps({k: v for k, v in results.items() if k != "_out"}, default=str))
+    res["dispatch"]["points"][0]["disturbed"] = ["spread 80% of the median"]
+    res["dispatch"]["points"][0]["remeasured"] = True
+    res["load"]["dispatch"].update(busy=True, reasons=["load average 9.0 on 2 cores"])
+    res["busy_sections"] = ["dispatch"]
+    write_outputs(res, tmp_path, pngs={})  # the plots are not what this test is about
+    doc = (tmp_path / "report.html").read_text()
+    assert "The machine was busy during dispatch: load average 9.0 on 2 cores" in doc
+    assert "⚠ spread 80% of the median (re-measured)" in doc
+    assert "Measurement conditions" in doc
+    _print_report(res, _Console(width=200))
+    out = capsys.readouterr().out
+    assert "busy during dispatch" in out and re.search(r"[1-9]\d* figure\(s\) look disturbed", out)
+
+
+def test_quick_dispatch_table_has_every_row_at_every_size(results: dict) -> None:
+    from ffaccel.report.render import dispatch_pivot
+
+    sizes, rows = dispatch_pivot(results)
+    assert sizes == [4, 8]
+    assert {r[0] for r in rows} == {"numpy", "torch", "cpu in-process"} - ({"torch"} if not any(
+        p["path"] == "torch" for p in results["dispatch"]["points"]) else set())
+    for row in rows:
+        assert all(cell != "-" for cell in row[3:]), row  # ffaccel rows at every size, like NumPy's
+
+
+def test_workload_breakdown_adds_up(results: dict) -> None:
+    b = results["workload"][0]["breakdown"]
+    for who in ("device", "numpy"):
+        x = b[who]
+        assert x["gemm_s"] > 0 and x["total_s"] > 0
+        assert x["gemm_s"] + x["dispatch_s"] + x["epilogue_s"] + x["rest_s"] == pytest.approx(x["total_s"])
+    assert [c["call"] for c in b["calls"]] == ["qkv projection", "attention scores", "attention x V",
+                                               "output projection", "MLP up + GELU", "MLP down"]
+    doc = (results["_out"] / "report.html").read_text()
+    assert "dispatch + driver" in doc and "GEMM (BLAS)" in doc
+
+
+def test_failing_cases_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A device that fails conformance: its failing cases in results.json, the HTML and the terminal."""
+    import types
+
+    import ffaccel.report.run as run_mod
+    from ffaccel.cli.main import _Console, _print_report
+
+    bad = [types.SimpleNamespace(name=f"gemm/f32/case{i}", message=f"D[0,0] off by {i}") for i in range(60)]
+    monkeypatch.setattr(run_mod, "check_device", _fake_conformance(bad))
+    res = run_report(_tiny(tmp_path))
+    c = res["conformance"][0]
+    assert c["passed"] is False and c["failed"] == 60
+    assert [f["case"] for f in c["failures"]] == [f"gemm/f32/case{i}" for i in range(run_mod.MAX_FAILURES_LISTED)]
+    write_outputs(res, tmp_path, pngs={})  # the plots are not what this test is about
+    doc = (tmp_path / "report.html").read_text()
+    assert "gemm/f32/case0" in doc and "D[0,0] off by 0" in doc and "10 more" in doc
+    _print_report(res, _Console(width=200))
+    out = capsys.readouterr().out
+    assert "FAIL cpu gemm/f32/case0: D[0,0] off by 0" in out and "50 more" in out
+
+
+# -- output folders ----------------------------------------------------------------------------------
+
+
+def test_output_folder_checks(tmp_path: Path) -> None:
+    from ffaccel.report.output import check_writable, output_folder, write_atomic
+    from ffaccel.spec import ErrorCode, FFAccelError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FFAccelError) as e:
+        check_writable(tmp_path / "file" / "x", param="--out")
+    assert e.value.code == ErrorCode.INVALID_PARAMETER and e.value.param == "--out"
+    assert str(tmp_path / "file" / "x") in e.value.message
+    with pytest.raises(FFAccelError):
+        check_writable(tmp_path / "file", param="--out")  # exists, not a folder
+    # a failed run removes the folders it made, and nothing else
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "a" / "b", ["r.json"]) as out:
+        write_atomic(out / "r.json", "{}")
+        raise RuntimeError
+    assert not (tmp_path / "a").exists() and (tmp_path / "file").exists()
+    # a finished run keeps what it wrote; no temporary or probe files are left
+    with output_folder(tmp_path / "c", ["r.json"]) as out:
+        write_atomic(out / "r.json", "{}")
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["r.json"]
+    assert (tmp_path / "c" / "r.json").stat().st_mode & 0o044  # the umask's mode, not mkstemp's 0600
+
+
+def test_default_output_folder_is_ignored_by_git() -> None:
+    gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "/ffaccel-report/" in gitignore

@@ -123,7 +123,7 @@ def _gemm_calls(w: dict[str, np.ndarray], shape: BlockShape) -> list[tuple[str, 
 
 
 def time_breakdown(device: Device, shape: BlockShape = BlockShape(), *, rounds: int = 5,
-                   w32: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                   w32: dict[str, np.ndarray] | None = None, min_sample_s: float = 0.01) -> dict[str, Any]:
     """Where the block's time goes, on the device and in NumPy, measured side by side.
 
     For each of the block's GEMM calls, four figures in one interleaved measurement, with
@@ -152,8 +152,9 @@ def time_breakdown(device: Device, shape: BlockShape = BlockShape(), *, rounds: 
         cands[f"{name}|plain"] = lambda plain=plain: matmul(device=device, **plain)
         cands[f"{name}|numpy gemm"] = np_gemm
         cands[f"{name}|numpy epilogue"] = lambda f=np_epi, y=product: f(y)
-    # samples of at least 10 ms: one call of a small GEMM is too short to survive a busy machine
-    t = measure_checked(cands, rounds=rounds, warmup=1, min_sample_s=0.01)
+    # samples of several calls (10 ms by default): one call of a small GEMM is too short to
+    # survive a busy machine
+    t = measure_checked(cands, rounds=rounds, warmup=1, min_sample_s=min_sample_s)
     med = {k: v.median_s for k, v in t.items()}
     per_call = []
     for name, _, _, _ in calls:
@@ -175,8 +176,10 @@ def time_breakdown(device: Device, shape: BlockShape = BlockShape(), *, rounds: 
     }
 
 
-def run_workload(device: Device, shape: BlockShape = BlockShape(), *, rounds: int = 5) -> dict[str, object]:
-    """Time the block on the device and in NumPy (f32), and compare both to a float64 reference."""
+def run_workload(device: Device, shape: BlockShape = BlockShape(), *, rounds: int = 5,
+                 min_sample_s: float = 0.01) -> dict[str, object]:
+    """Time the block on the device and in NumPy (f32), compare both to a float64 reference, and
+    show where the time goes (:func:`time_breakdown`, samples of at least ``min_sample_s``)."""
     w64 = make_weights(shape)
     w32 = {k: v.astype(np.float32) for k, v in w64.items()}
     ref = block_numpy(w64, shape)
@@ -199,5 +202,5 @@ def run_workload(device: Device, shape: BlockShape = BlockShape(), *, rounds: in
         "output_scale": scale,
         "disturbed": {k: v.disturbed for k, v in t.items() if v.disturbed},
         "remeasured": any(v.remeasured for v in t.values()),
-        "breakdown": time_breakdown(device, shape, rounds=rounds, w32=w32),
+        "breakdown": time_breakdown(device, shape, rounds=rounds, w32=w32, min_sample_s=min_sample_s),
     }

@@ -23,10 +23,9 @@ class Exit(IntEnum):
     #: a device failed conformance cases (``conformance``, ``report``)
     FAILED = 1
     #: bad usage or input: an unknown option, device or driver name, an invalid argument, an
-    #: output or socket path that cannot be written (argparse's own status for usage errors)
+    #: output or socket path that cannot be used (argparse's own status for usage errors)
     USAGE = 2
-    #: device error: the device or its server is lost, timed out or out of memory, or another
-    #: server already owns the socket
+    #: device error: the device or its server is lost, timed out or out of memory
     DEVICE = 3
     #: a bug in ffaccel: an exception nobody expected (``--debug`` shows where)
     INTERNAL = 4
@@ -38,8 +37,8 @@ class Exit(IntEnum):
 EXIT_MEANINGS: dict[Exit, str] = {
     Exit.OK: "success (also when the reader of the output goes away: `ffaccel info | head -1`)",
     Exit.FAILED: "conformance failed: a device failed at least one case",
-    Exit.USAGE: "bad usage or input: option, device or driver name, argument value, unwritable path",
-    Exit.DEVICE: "device error: device or server lost, timeout, out of memory, socket already served",
+    Exit.USAGE: "bad usage or input: option, device or driver name, argument value, unusable path",
+    Exit.DEVICE: "device error: device or server lost or not answering, timeout, out of memory",
     Exit.INTERNAL: "internal error (a bug in ffaccel; rerun with --debug and report the traceback)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C); what the run made is removed",
 }

@@ -25,22 +25,28 @@ def _unwritable(param: str, path: Path, why: str) -> FFAccelError:
                         f"the output folder must be one this process can create and write; got {path} ({why})")
 
 
-def _make_dirs(folder: Path, param: str) -> Path | None:
-    """Create ``folder`` and its missing parents; the topmost folder created (None if it existed)."""
-    missing: list[Path] = []
+def _topmost_missing(folder: Path) -> Path | None:
+    """The topmost of ``folder`` and its parents that does not exist (None when ``folder`` exists)."""
+    top = None
     p = folder
     while not p.exists():
-        missing.append(p)
+        top = p
         if p.parent == p:
             break
         p = p.parent
+    return top
+
+
+def _make_dirs(folder: Path, param: str) -> Path | None:
+    """Create ``folder`` and its missing parents; the topmost folder created (None if it existed)."""
+    top = _topmost_missing(folder)
     if folder.exists() and not folder.is_dir():
         raise _unwritable(param, folder, "it exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _unwritable(param, folder, f"cannot create it: {e.strerror or type(e).__name__}") from None
-    return missing[-1] if missing else None
+    return top
 
 
 def check_writable(folder: Path, param: str = "out") -> Path | None:
@@ -53,8 +59,10 @@ def check_writable(folder: Path, param: str = "out") -> Path | None:
     made = _make_dirs(folder, param)
     try:
         fd, probe = tempfile.mkstemp(prefix=".ffaccel-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.close(fd)
+        finally:
+            os.unlink(probe)
     except OSError as e:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
@@ -71,21 +79,22 @@ def output_folder(folder: Path, names: Iterable[str], param: str = "out") -> Ite
     folders this run created.
     """
     folder = Path(folder)
-    made = check_writable(folder, param)
+    made = _topmost_missing(folder)  # known before anything is created: an interrupt may come at any point
     names = list(names)
     existed = {n for n in names if (folder / n).exists()}
     finished = False
     try:
+        check_writable(folder, param)
         yield folder
         finished = True
     finally:
         if not finished:
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
-            else:
+            elif folder.is_dir():
                 for n in names:
                     if n not in existed:
-                        with contextlib.suppress(FileNotFoundError):
+                        with contextlib.suppress(OSError):  # never hide why the run ended
                             (folder / n).unlink()
 
 

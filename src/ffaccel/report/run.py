@@ -48,6 +48,7 @@ class ReportConfig:
     conformance_level: str = "quick"
     with_server: bool = True
     rounds: int | None = None
+    workload_min_sample_s: float = 0.01
 
     def sizes(self) -> Sequence[int]:
         if self.throughput_sizes is not None:
@@ -227,8 +228,8 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None) -
         # 4. a real workload, and where its time goes
         log("workload: transformer encoder block")
         with load.section("workload"):
-            results["workload"] = [run_workload(dev, cfg.shape(), rounds=3 if cfg.quick else 5)
-                                   for _, dev in devices]
+            results["workload"] = [run_workload(dev, cfg.shape(), rounds=cfg.rounds or (3 if cfg.quick else 5),
+                                                min_sample_s=cfg.workload_min_sample_s) for _, dev in devices]
     finally:
         for _, dev in devices:
             with contextlib.suppress(Exception):
