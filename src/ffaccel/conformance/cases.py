@@ -351,7 +351,8 @@ def _param_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
                                 PostOpCase(PostOpKind.SCALE, 3))),
                (1, 1, (PostOpCase(PostOpKind.SCALE, -(2**31) + 1), PostOpCase(PostOpKind.CLAMP, -7, 2**31 - 1))),
                (2, 0, (PostOpCase(PostOpKind.CLAMP, 7, 7),)),
-               (1, 0, (PostOpCase(PostOpKind.CLAMP, -(2**31), -5), PostOpCase(PostOpKind.RELU)))]
+               (1, 0, (PostOpCase(PostOpKind.CLAMP, -(2**31), -5), PostOpCase(PostOpKind.RELU))),
+               (2**24 + 1, 0, (PostOpCase(PostOpKind.RELU),))]
         for alpha, beta, epi in big:
             out.append(GemmCase("int-scalars", combo, 4, 5, 70, 1, False, True, alpha, beta,
                                 seq.pick("isc", ("separate", "in_place")) if beta else "absent",
@@ -407,4 +408,13 @@ def copy_cases(caps: DeviceCaps, level: str = "quick") -> list[CopyCase]:
         if DTYPES[src].is_float and DTYPES[dst].is_float and DTYPES[dst].precision_bits < DTYPES[src].precision_bits:
             cases.append(CopyCase("copy:rounding", src, dst, 4, 8, (1, 1), fill="ties", seed=seq.seed()))
             cases.append(CopyCase("copy:overflow", src, dst, 2, 3, (0, 0), fill="huge", seed=seq.seed()))
+            if DTYPES[src].precision_bits > 2 * DTYPES[dst].precision_bits + 1:  # a type in between exists
+                cases.append(CopyCase("copy:double-rounding", src, dst, 6, 16, (1, 2), fill="ties_eps",
+                                      seed=seq.seed()))
+        if DTYPES[src].is_float and DTYPES[dst].is_float:
+            cases.append(CopyCase("copy:specials", src, dst, 3, 14, (0, 1), fill="specials", seed=seq.seed()))
+        if DTYPES[src].is_float and DTYPES[dst].is_float and src != dst and (level == "full" or (
+                src, dst) in ((DType.F32, DType.F16), (DType.F64, DType.BF16))):
+            # above 2**20 elements: where a driver may split a conversion across threads
+            cases.append(CopyCase("copy:large", src, dst, 1026, 1023, (0, 1), seed=seq.seed()))
     return cases

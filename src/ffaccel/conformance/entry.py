@@ -270,16 +270,19 @@ def check_frontends(dev: Device) -> list[CaseResult]:
 
         # around the cpu driver's fresh-kernel limit (m*n*k <= 2**18); the second call of a geometry
         # reuses the first one's plan, with new values
-        for m, n, k, trans, reps in ((5, 7, 9, _TRANS, 2), (60, 64, 67, _TRANS[::3], 1), (70, 71, 72, _TRANS[1:3], 1)):
+        # (the front-end takes a driver's fresh kernel from the second call of a plain geometry on)
+        for m, n, k, trans, reps in ((5, 7, 9, _TRANS, 2), (16, 16, 16, _TRANS, 2), (60, 64, 67, _TRANS[::3], 2),
+                                     (70, 71, 72, _TRANS[:3], 1)):
             for ta, tb in trans:
                 for rep in range(reps):
                     a = vals(combo.a, (m, k), 1)
                     b = vals(combo.b, (k, n), 0)
                     av = np.ascontiguousarray(a.T).T if ta else a  # a transposed view: trans_a
                     bt = np.ascontiguousarray(b.T)  # stored transposed, passed with trans_b
-                    out.append(_compare(f"matmul {m}x{n}x{k} view-T={ta} flag-T={tb} call {rep + 1}", combo,
-                                        lambda d, av=av, b=b, bt=bt, tb=tb: matmul(
-                                            av, bt if tb else b, trans_b=tb, device=d, **kw)))
+                    alpha = 1 if m * n * k < 1000 else 2  # small ones plain, larger ones scaled
+                    out.append(_compare(f"matmul {m}x{n}x{k} alpha={alpha} view-T={ta} flag-T={tb} call {rep + 1}",
+                                        combo, lambda d, av=av, b=b, bt=bt, tb=tb, alpha=alpha: matmul(
+                                            av, bt if tb else b, alpha=alpha, trans_b=tb, device=d, **kw)))
         a3 = vals(combo.a, (3, 6, 9), 2)
         b2 = vals(combo.b, (9, 5), 0)
         out.append(_compare("matmul batch 3 @ 2-D", combo, lambda d: matmul(a3, b2, device=d, **kw)))
@@ -338,7 +341,8 @@ def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
     return [
         ("entry:resubmitted (same bytes, new input values)", check_resubmitted),
         ("entry:frontend (matmul, blas.gemm)", check_frontends),
-        ("entry:driver hooks (gemm, prepare_gemm, bind_gemm, prepare_gemm_fresh)", check_driver_hooks),
+        ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh (driver hooks)",
+         check_driver_hooks),
     ]
 
 

@@ -562,6 +562,30 @@ for _role in ("src", "dst"):
     case("operand.handle", f"{_role}.handle", "got 5", f"copy-freed-{_role}", _copy_freed(_role))
 
 
+def _resubmitted_after_free(role: str) -> Builder:
+    """Identical bytes, accepted once (and memoised by a fast transport), submitted again after
+    the operand's buffer was freed: the memo must not let them through."""
+    def build(env: Env, bad: bool) -> Callable[[], Any]:
+        s = Std(env)
+        buf = env.filled(np.float32, M * N if role in ("c", "d", "src", "dst") else M * K)
+        mat = buf.matrix(np.float32, *((M, N) if role in ("c", "d", "src", "dst") else (M, K)))
+        if role in ("src", "dst"):
+            raw = encode_submission([Copy(**{"src": s.c, "dst": s.d, role: mat})], Engine.COPY)
+        else:
+            raw = encode_submission([s.gemm(**{role: mat})])
+        for _ in range(2):
+            env.dev.submit_raw(raw).wait(timeout_ns=FENCE_WAIT_NS)
+        if bad:
+            buf.free()
+        return s.submit_raw(raw)
+    return build
+
+
+for _role in ("a", "d", "src"):
+    case("operand.handle", f"{_role}.handle", "got 5", f"resubmitted-after-free-{_role}",
+         _resubmitted_after_free(_role))
+
+
 def _foreign(role: str) -> Builder:
     """The operand ``role`` in a buffer of another client (another Device), same contents."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:

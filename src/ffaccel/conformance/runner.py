@@ -112,7 +112,9 @@ def _special(fill: str, role: str, dt: DType, out_dt: DType, rng: np.random.Gene
         # small integers: every product and partial sum is exact in any order, so D is known
         # exactly; A's first column holds the tie base of D's dtype and B's first row ones, so
         # most results are odd integers just above a power of two: ties for D's rounding
-        x = rng.integers(-3, 4, shape).astype(np.float64)
+        # (epilogue operands get 9-bit values: an f16 operand narrowed through bf16 would show)
+        x = rng.integers(-300, 301, shape) if role == "e" else rng.integers(-3, 4, shape)
+        x = x.astype(np.float64)
         if role == "a" and cols:
             x[:, 0] = tie
         elif role == "b" and rows:
@@ -370,10 +372,28 @@ def judge_copy(dev: Device, case: CopyCase) -> CaseResult:
     """Run one COPY case: dst must be exactly the correctly rounded src; nothing else changes."""
     rng = np.random.default_rng(case.seed)
     src_vals = None
-    if case.fill in ("ties", "huge") and DTYPES[case.src].is_float:
+    if case.fill in ("ties", "huge", "ties_eps", "specials") and DTYPES[case.src].is_float:
+        count = case.rows * case.cols
         if case.fill == "ties":
             ulp = 2.0 ** (1 - DTYPES[case.dst].precision_bits)
-            src_vals = (1.0 + (np.arange(case.rows * case.cols) % 8) * ulp / 4).reshape(case.rows, case.cols)
+            src_vals = (1.0 + (np.arange(count) % 8) * ulp / 4).reshape(case.rows, case.cols)
+        elif case.fill == "ties_eps":
+            # a tie of dst plus or minus a tiny epsilon: rounding through an intermediate type
+            # (f64 -> f32 -> f16) loses the epsilon and then rounds the tie to even: wrong
+            ulp = 2.0 ** (1 - DTYPES[case.dst].precision_bits)
+            j = np.arange(count)
+            eps = np.where(j % 2 == 0, 1.0, -1.0) * 2.0 ** -40
+            sign = np.where(j % 3 == 0, -1.0, 1.0)
+            src_vals = (sign * np.ldexp(1.0 + ((j % 16) + 0.5) * ulp + eps, (j % 5) - 2)).reshape(case.rows,
+                                                                                                  case.cols)
+        elif case.fill == "specials":
+            fi = _finfo(case.dst)
+            tiny = float(fi.smallest_subnormal)
+            vals = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1.5 * tiny, 2.5 * tiny, -3.5 * tiny, 0.5 * tiny,
+                    0.49 * tiny, float(fi.max), -float(fi.max), float(fi.tiny), float(fi.tiny) * (1 - 2.0 ** -12)]
+            src_vals = np.resize(np.array(vals), count).reshape(case.rows, case.cols)
+            with np.errstate(over="ignore"):  # a wider dst's max is inf in a narrower src
+                src_vals = src_vals.astype(DTYPES[case.src].numpy).astype(np.float64)
         else:
             big = min(float(_finfo(case.dst).max) * 4, float(_finfo(case.src).max))
             src_vals = np.where(rng.random((case.rows, case.cols)) < 0.5, -big, big)
