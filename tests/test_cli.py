@@ -219,21 +219,24 @@ def test_interrupted_report_keeps_an_existing_folder_and_its_files(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "results.json"]
 
 
-def test_ctrl_c_in_report_is_one_line_and_cleans_up(tmp_path: Path) -> None:
-    """A real SIGINT while the report runs: status 130, one line, its output folder removed."""
+@pytest.mark.parametrize("sig,status,line", [(signal.SIGINT, Exit.INTERRUPTED, "ffaccel: interrupted\n"),
+                                             (signal.SIGTERM, Exit.TERMINATED, "ffaccel: terminated\n")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_in_report_is_one_line_and_cleans_up(sig: int, status: Exit, line: str, tmp_path: Path) -> None:
+    """A real signal while the report runs: its status, one line, its output folder removed."""
     out = tmp_path / "out"
     proc = subprocess.Popen([*CLI, "report", "--quick", "--no-server", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(out.exists, bool, 60, "the report's output folder is made before the run")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == Exit.INTERRUPTED, err
-    assert err == "ffaccel: interrupted\n"
+    assert proc.returncode == status, err
+    assert err == line
     assert not out.exists()
 
 

@@ -8,9 +8,13 @@ there is one, what to do) and a status from :class:`Exit`; ``--debug`` (or
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from enum import IntEnum
 
 from ..spec import ErrorCode, FFAccelError
@@ -31,6 +35,12 @@ class Exit(IntEnum):
     INTERNAL = 4
     #: interrupted (Ctrl-C, SIGINT: 128 + 2); what the run made is removed
     INTERRUPTED = 130
+    #: terminated (SIGTERM: 128 + 15); what the run made is removed, as for Ctrl-C
+    TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that a run unwinds (and cleans up) as on Ctrl-C."""
 
 
 #: One line per status, for ``ffaccel --help`` and the README.
@@ -41,6 +51,7 @@ EXIT_MEANINGS: dict[Exit, str] = {
     Exit.DEVICE: "device error: device or server lost or not answering, timeout, out of memory",
     Exit.INTERNAL: "internal error (a bug in ffaccel; rerun with --debug and report the traceback)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C); what the run made is removed",
+    Exit.TERMINATED: "terminated (SIGTERM); what the run made is removed",
 }
 
 #: FFAccelError codes that say the device (not the request) is in trouble.
@@ -75,6 +86,8 @@ def status_of(exc: BaseException) -> Exit:
         return Exit.DEVICE if exc.code in _DEVICE_CODES else Exit.USAGE
     if isinstance(exc, KeyboardInterrupt):
         return Exit.INTERRUPTED
+    if isinstance(exc, Terminated):
+        return Exit.TERMINATED
     if isinstance(exc, _PATH_ERRORS):
         return Exit.USAGE
     if isinstance(exc, OSError):
@@ -108,11 +121,11 @@ def debug_enabled(flag: bool) -> bool:
 
 def report(exc: BaseException, *, debug: bool, prog: str = "ffaccel") -> Exit:
     """Print ``exc`` as one line on stderr (after its traceback with ``debug``); its exit status."""
-    if debug and not isinstance(exc, KeyboardInterrupt):
+    signalled = {KeyboardInterrupt: "interrupted", Terminated: "terminated"}.get(type(exc))
+    if debug and signalled is None:
         traceback.print_exception(exc, file=sys.stderr)
     try:
-        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n" if not isinstance(exc, KeyboardInterrupt)
-                         else f"{prog}: interrupted\n")
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n" if signalled is None else f"{prog}: {signalled}\n")
         sys.stderr.flush()
     except (OSError, ValueError):  # stderr itself is gone: the status still says it
         pass
@@ -133,3 +146,24 @@ def stdout_gone() -> Exit:
     finally:
         os.close(devnull)
     return Exit.OK
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (cleanup runs).
+
+    Python's default for SIGTERM ends the process at once: a report's device server and
+    temporary folder would outlive it. Outside the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -19,7 +19,8 @@ from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
 from . import build_c
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
-from .errors import EXIT_MEANINGS, CommandError, Exit, debug_enabled, one_line, report, status_of, stdout_gone
+from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line, report,
+                     sigterm_unwinds, status_of, stdout_gone)
 
 
 def _info(args: argparse.Namespace, console: Console) -> int:
@@ -313,10 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = debug_enabled(getattr(args, "debug", False))
     console = _Console()
     try:
-        return int(args.func(args, console))
+        # serve installs its own SIGINT/SIGTERM handlers (a clean shutdown, status 0)
+        with sigterm_unwinds() if args.func is not _serve else contextlib.nullcontext():
+            return int(args.func(args, console))
     except BrokenPipeError:
         return stdout_gone()
-    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure becomes one line and a status
+    except (Exception, KeyboardInterrupt, Terminated) as e:  # noqa: BLE001 - every failure: one line, a status
         return report(e, debug=debug)
 
 
