@@ -137,6 +137,22 @@ def test_every_gemm_family_call_is_offloaded_and_matches() -> None:
     assert session.stats["offloaded_fraction"] == 1.0
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 8), (5, 3, 8), (4, 4, 8), (1, 6, 8)])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_linear_on_a_transposed_3d_input_is_one_gemm(shape: tuple, bias: bool) -> None:
+    # what nn.MultiheadAttention(batch_first=True) hands its projections: (L, N, E) of an (N, L, E)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape[1], shape[0], shape[2], generator=g).transpose(0, 1)
+    w, b = torch.randn(6, 8, generator=g), (torch.randn(6, generator=g) if bias else None)
+    with torch.no_grad():
+        want = F.linear(x, w, b)
+        with ffaccel.torch.offload("cpu") as session:
+            got = F.linear(x, w, b)
+    torch.testing.assert_close(got, want)
+    assert got.is_contiguous() and session.stats["offloaded_calls"] == 1
+    assert session.stats["offloaded_flops"] == 2 * shape[0] * shape[1] * 6 * 8
+
+
 def test_host_calls_are_counted_with_their_reason() -> None:
     lin = torch.nn.Linear(8, 4)
     x = torch.randn(3, 8)

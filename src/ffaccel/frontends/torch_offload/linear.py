@@ -109,9 +109,12 @@ def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     same_dtype(x, w, bias)
     if w.ndim != 2 or x.shape[-1] != w.shape[1] or (bias is not None and tuple(bias.shape) != (w.shape[0],)):
         raise Host(SHAPE)
-    # All leading dimensions are rows of one GEMM: a view where the strides allow, else one copy
-    # (what PyTorch's own linear does). Never a batch of per-row GEMMs: a (L, N, E) view of an
-    # (N, L, E) tensor, as nn.MultiheadAttention makes, would be L GEMMs of N rows each.
+    # All leading dimensions are the rows of one GEMM: a view where the strides allow, else one
+    # copy of x (as PyTorch's own linear makes). Never a batch of per-row GEMMs: the (L, N, E)
+    # view of an (N, L, E) tensor that nn.MultiheadAttention(batch_first=True) hands its
+    # projections was L GEMMs of N rows. (The ABI could take it copy-free as N GEMMs with the
+    # weight broadcast and D's rows interleaved; the cpu driver runs a batch as a loop, and its
+    # oneDNN kernel crashed on that layout with a bias: see docs/torch.md.)
     x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
     flops = 2 * x2.shape[0] * w.shape[0] * w.shape[1]
     post_ops = [post.bias(to_numpy(bias))] if bias is not None else []

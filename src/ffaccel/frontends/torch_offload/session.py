@@ -111,6 +111,16 @@ def _never(*_args: object) -> bool:
     return False
 
 
+_HANDLERS: dict[Callable, Callable] = {}
+
+
+def _handlers() -> dict[Callable, Callable]:
+    """func -> handler, built once."""
+    if not _HANDLERS:
+        _HANDLERS.update({**linear.handlers(), **conv.handlers(), **rnn.handlers()})
+    return _HANDLERS
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, session: OffloadSession, host: HostFlops) -> None:
         super().__init__()
@@ -118,7 +128,7 @@ class _Mode(TorchFunctionMode):
         self.stats = session.stats
         self.dev = session.device
         self.host = host
-        self.handlers: dict[Callable, Callable] = {**linear.handlers(), **conv.handlers(), **rnn.handlers()}
+        self.handlers = _handlers()
 
     def run(self, flops: int, *a: Any, calls: int = 1, **kw: Any) -> np.ndarray:
         """One ``matmul`` on the device, counted as ``calls`` offloaded calls with ``flops``."""
