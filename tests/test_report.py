@@ -174,12 +174,14 @@ def test_busy_verdict_each_reason(case: str, after: tuple, reason: str | None,
     assert got["cpu_per_wall"] == pytest.approx(1.0)
 
 
-def test_no_proc_means_none_not_guesses(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("counters,others", [((None, None, None), False), ((1.0, 2.0, None), True)],
+                         ids=["no counters", "no steal"])
+def test_missing_counters_are_none_not_guesses(counters: tuple, others: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import ffaccel.bench.load as load
 
-    monkeypatch.setattr(load, "_proc_stat", lambda: (None, None, None))
+    monkeypatch.setattr(load, "_cpu_times", lambda: counters)
     got = load.between(load.snapshot(), load.snapshot())
-    assert got["steal_fraction"] is None and got["others_cores"] is None
+    assert got["steal_fraction"] is None and (got["others_cores"] is not None) is others
 
 
 class _FakeClock:

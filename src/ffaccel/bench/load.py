@@ -12,7 +12,8 @@ the report records, from Linux's own accounting:
 
 A section is *busy* when the load average exceeded the cores, steal exceeded
 ``STEAL_LIMIT``, or other processes used more than ``OTHERS_LIMIT`` cores on average.
-On a system without ``/proc`` the fields it cannot read are ``None``, never guessed.
+The counters come from psutil (``/proc/stat`` and ``/proc/PID/stat`` on Linux); a figure a
+system does not count (steal outside Linux guests) is ``None``, never guessed.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 #: Steal above this share of all CPU time marks a section busy.
 STEAL_LIMIT = 0.05
 #: Other processes using more than this many cores on average mark a section busy.
 OTHERS_LIMIT = 0.5
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -46,28 +48,30 @@ class Snapshot:
         return {"loadavg": None if self.loadavg is None else list(self.loadavg), "own_cpu_s": self.own_cpu_s}
 
 
-def _proc_stat() -> tuple[float, float, float] | tuple[None, None, None]:
-    """(busy, total, steal) seconds of all cores from ``/proc/stat``'s ``cpu`` line."""
+def _cpu_times() -> tuple[float | None, float | None, float | None]:
+    """(busy, total, steal) seconds of all cores since boot (psutil: ``/proc/stat`` on Linux).
+
+    Steal exists only where the kernel counts it (Linux guests); elsewhere it is None.
+    """
     try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
+        ct = psutil.cpu_times()
+    except (OSError, RuntimeError, AttributeError):
         return None, None, None
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
-    fields += [0] * (8 - len(fields))
-    total = sum(fields[:8])
-    idle = fields[3] + fields[4]
-    return (total - idle) / _TICK, total / _TICK, fields[7] / _TICK
+    # on Linux, guest time is already inside user and nice: do not count it twice
+    parts = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    total = sum(getattr(ct, f, 0.0) for f in parts)
+    idle = ct.idle + getattr(ct, "iowait", 0.0)
+    steal = getattr(ct, "steal", None)
+    return total - idle, total, steal
 
 
 def _child_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a running process of ours, 0 when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / _TICK  # utime, stime: fields 14 and 15
-    except (OSError, IndexError, ValueError):
+        t = psutil.Process(pid).cpu_times()
+    except (psutil.Error, OSError):
         return 0.0
+    return t.user + t.system
 
 
 def snapshot(own_pids: Iterable[int] = ()) -> Snapshot:
@@ -81,7 +85,7 @@ def snapshot(own_pids: Iterable[int] = ()) -> Snapshot:
         la: tuple[float, float, float] | None = os.getloadavg()
     except OSError:
         la = None
-    busy, total, steal = _proc_stat()
+    busy, total, steal = _cpu_times()
     t = os.times()
     own = t.user + t.system + t.children_user + t.children_system + sum(_child_cpu_s(p) for p in own_pids)
     return Snapshot(time.monotonic(), own, la, busy, total, steal)
@@ -98,10 +102,11 @@ def between(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         "loadavg_after": None if after.loadavg is None else list(after.loadavg),
         "steal_fraction": None, "others_cores": None,
     }
-    if None not in (before.total_s, after.total_s, before.busy_s, after.busy_s, before.steal_s, after.steal_s):
+    if None not in (before.total_s, after.total_s, before.busy_s, after.busy_s):
         d_total = max(after.total_s - before.total_s, 1e-9)  # type: ignore[operator]
-        out["steal_fraction"] = max(after.steal_s - before.steal_s, 0.0) / d_total  # type: ignore[operator]
-        # busy CPU of the whole machine minus our own; /proc/stat ticks are coarse (10 ms), so clamp at 0
+        if before.steal_s is not None and after.steal_s is not None:
+            out["steal_fraction"] = max(after.steal_s - before.steal_s, 0.0) / d_total
+        # busy CPU of the whole machine minus our own; the kernel's ticks are coarse (10 ms), so clamp at 0
         out["others_cores"] = max((after.busy_s - before.busy_s) - own, 0.0) / wall  # type: ignore[operator]
     reasons = []
     peak_load = max((la[0] for la in (before.loadavg, after.loadavg) if la is not None), default=None)
