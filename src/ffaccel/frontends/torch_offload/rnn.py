@@ -2,12 +2,11 @@
 
 Per layer and direction: the input projection of all time steps is one GEMM
 (``X W_ih^T + b``, T N rows), then one GEMM per step for the recurrence
-(``h W_hh^T``, with that step's input gates as ``C`` and ``beta = 1``, so the sum is the
-GEMM's). The gate nonlinearities and the cell update are elementwise and run in PyTorch.
+(``h W_hh^T``; see :func:`_step` for why the step's input gates are added in PyTorch). The
+gate nonlinearities and the cell update are elementwise and run in PyTorch.
 LSTM and RNN fold both biases into the input projection; GRU keeps ``b_hh`` on the
 recurrent GEMM (its candidate gate multiplies ``r`` into ``W_hn h + b_hn``). LSTM
-projections (``proj_size``) are one more GEMM per step; ``rnn_relu``'s ReLU is the
-recurrent GEMM's epilogue. Left in PyTorch, and counted there with the reason: packed
+projections (``proj_size``) are one more GEMM per step. Left in PyTorch, and counted there with the reason: packed
 sequences and dropout between layers in training (``arguments unsupported``), float16 and
 bfloat16 (``dtype unsupported``).
 """
@@ -43,30 +42,36 @@ def _project(m: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
 
 def _step(m: Any, kind: str, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_hh: torch.Tensor,
           b_hh: torch.Tensor | None, w_hr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One time step: the recurrent GEMM on the device, the cell update in PyTorch."""
+    """One time step: the recurrent GEMM on the device, the cell update in PyTorch.
+
+    The step's GEMM is small (batch x hidden x gates) and repeats T times with one geometry:
+    it goes as a plain ``h @ W_hh^T`` (the transpose a strided view), which ``matmul`` serves
+    from its per-geometry plan cache; an epilogue or a C operand would take the full
+    descriptor path each step, several times the cost of the GEMM here. So the input gates
+    (and GRU's ``b_hh``) are added in PyTorch, in place in the fresh result.
+    """
     n, hsz = h.shape
-    flops = 2 * n * w_hh.shape[0] * hsz
+    g = to_torch(m.run(2 * n * w_hh.shape[0] * hsz, to_numpy(h), to_numpy(w_hh).T))
     if kind == "gru":
         H = w_hh.shape[0] // 3
-        ops = [post.bias(to_numpy(b_hh))] if b_hh is not None else []
-        gh = to_torch(m.run(flops, to_numpy(h), to_numpy(w_hh), trans_b=True, post_ops=ops))
-        rz = torch.sigmoid(gx[:, :2 * H] + gh[:, :2 * H])
+        if b_hh is not None:
+            g += b_hh
+        rz = torch.sigmoid(gx[:, :2 * H] + g[:, :2 * H])
         r, z = rz[:, :H], rz[:, H:]
-        cand = torch.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+        cand = torch.tanh(gx[:, 2 * H:] + r * g[:, 2 * H:])
         return cand + z * (h - cand), None  # (1 - z) * cand + z * h
-    ops = [post.relu()] if kind == "rnn_relu" else []
-    g = to_torch(m.run(flops, to_numpy(h), to_numpy(w_hh), to_numpy(gx), beta=1.0, trans_b=True, post_ops=ops))
+    g += gx
     if kind == "rnn_relu":
-        return g, None
+        return g.relu_(), None
     if kind == "rnn_tanh":
-        return torch.tanh(g), None
+        return g.tanh_(), None
     assert c is not None
     H = w_hh.shape[0] // 4
     sig = torch.sigmoid(g)  # i, f, o read from it; the cell candidate takes tanh of its own slice
     c = sig[:, H:2 * H] * c + sig[:, :H] * torch.tanh(g[:, 2 * H:3 * H])
     h = sig[:, 3 * H:] * torch.tanh(c)
     if w_hr is not None:
-        h = to_torch(m.run(2 * n * w_hr.shape[0] * H, to_numpy(h), to_numpy(w_hr), trans_b=True))
+        h = to_torch(m.run(2 * n * w_hr.shape[0] * H, to_numpy(h), to_numpy(w_hr).T))
     return h, c
 
 
