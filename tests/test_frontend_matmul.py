@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import pickle
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 import ffaccel
 from ffaccel import post
+from ffaccel.spec import ErrorCode, FFAccelError
 
 DEVICES = [d for d in ("ref", "cpu") if d in ffaccel.devices()]
 RNG = np.random.default_rng(1234)
@@ -165,3 +171,82 @@ def test_cached_fast_path_uses_fresh_data(device: str) -> None:
         _close(ffaccel.matmul(a, b, device=dev), _want(a, b), np.float32, 8)
         _close(ffaccel.matmul(a.T, b, device=dev), _want(a.T, b), np.float32, 8)
     assert dev.frontend_plans, "the second call of a geometry should hit a cached plan"
+
+
+def test_post_and_blas_are_real_modules() -> None:
+    code = ("import numpy as np, ffaccel.post\nfrom ffaccel.blas import gemm\nc = np.zeros(4)\n"
+            "gemm('row', 'N', 'N', 2, 2, 2, 1.0, np.arange(4.0), 2, np.eye(2).ravel(), 2, 0.0, c, 2)\n"
+            "assert c.tolist() == [0, 1, 2, 3] and ffaccel.post.relu().kind.name == 'RELU'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)  # a fresh process: nothing imported before
+    assert importlib.import_module("ffaccel.post") is ffaccel.post
+    assert ffaccel.blas.gemm is ffaccel.frontends.blas.gemm and ffaccel.post.bias is ffaccel.frontends.post.bias
+
+
+def test_c_alone_is_added_with_beta_one(device: str) -> None:
+    a, b = RNG.standard_normal((3, 4)), RNG.standard_normal((4, 5))
+    c = RNG.standard_normal((3, 5))
+    np.testing.assert_allclose(ffaccel.matmul(a, b, c, device=device), a @ b + c, rtol=1e-12)
+    np.testing.assert_allclose(ffaccel.matmul(a, b, c, beta=0.5, device=device), a @ b + 0.5 * c, rtol=1e-12)
+    np.testing.assert_allclose(ffaccel.matmul(a, b, np.full((3, 5), np.nan), beta=0, device=device), a @ b,
+                               rtol=1e-12)  # beta=0 said explicitly: c is not read
+    np.testing.assert_allclose(ffaccel.matmul(a, b, beta=2.0, device=device), a @ b, rtol=1e-12)  # no c: no addend
+
+
+def test_one_post_op_is_a_list_of_one(device: str) -> None:
+    a, b = RNG.standard_normal((3, 4)).astype(np.float32), RNG.standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(ffaccel.matmul(a, b, post_ops=post.relu(), device=device),
+                                  ffaccel.matmul(a, b, post_ops=[post.relu()], device=device))
+    np.testing.assert_array_equal(ffaccel.matmul(a, b, post_ops=None, device=device),
+                                  ffaccel.matmul(a, b, device=device))
+
+
+def test_python_lists_take_the_other_operands_dtype(device: str) -> None:
+    ints = [[1, -2, 3], [4, 5, -6]]
+    got = ffaccel.matmul(ints, [[1, 0], [0, 1], [2, 2]], device=device)  # two lists: float64, exact
+    assert got.dtype == np.float64 and got.tolist() == np.matmul(ints, [[1, 0], [0, 1], [2, 2]]).tolist()
+    f32 = RNG.standard_normal((3, 2)).astype(np.float32)
+    assert ffaccel.matmul(ints, f32, device=device).dtype == np.float32
+    i8 = np.array([[1, 2], [3, 4], [5, 6]], np.int8)
+    got = ffaccel.matmul(ints, i8, device=device)
+    assert got.dtype == np.int32 and got.tolist() == np.matmul(ints, i8).tolist()
+    got = ffaccel.matmul(f32.T, [[1.5], [2.5], [0.25]], [[1.0]], device=device)  # c as a list too
+    np.testing.assert_allclose(got, f32.T.astype(np.float64) @ [[1.5], [2.5], [0.25]] + 1.0, rtol=1e-6)
+
+
+def test_errors_carry_a_parameter_path() -> None:
+    e = FFAccelError(ErrorCode.INVALID_PARAMETER, ("post_ops", 1, "operand"), "seen x, allowed y", "api.shape")
+    assert e.param == "post_ops[1].operand" and e.path == ("post_ops", 1, "operand")
+    assert str(e) == "[INVALID_PARAMETER] post_ops[1].operand: seen x, allowed y"
+    old_style = FFAccelError(ErrorCode.OVERLAP, "epilogue[2].operand.ld_elems", "m")  # positional, as before
+    assert old_style.path == ("epilogue", 2, "operand", "ld_elems")
+    old_style.command_index = 3
+    new = old_style.renamed({"epilogue": "post_ops"})
+    assert (new.param, new.code, new.message, new.command_index) == ("post_ops[2].operand.ld_elems",
+                                                                     ErrorCode.OVERLAP, "m", 3)
+    assert old_style.renamed({"out": "c"}) is old_style  # nothing to rename
+    back = pickle.loads(pickle.dumps(new))
+    assert (back.param, back.path, back.rule) == (new.param, new.path, new.rule)
+
+
+def test_validator_errors_name_matmuls_arguments() -> None:
+    a = np.ones((2, 2), np.float32)
+    with pytest.raises(FFAccelError) as e:
+        ffaccel.matmul(a, a, post_ops=[post.relu(), post.clamp(2.0, 1.0)], device="cpu")
+    assert e.value.path == ("post_ops", 1, "param0") and e.value.rule == "epilogue.param"
+    with pytest.raises(FFAccelError) as e:  # blas.gemm calls CBLAS's c what matmul calls out
+        ffaccel.blas.gemm("row", "N", "N", 2, 2, 2, 1.0, a.ravel(), 2, a.ravel(), 2, 0.0, a.ravel(), 2)
+    assert e.value.path == ("c",) and e.value.code == ErrorCode.OVERLAP
+
+
+def test_a_geometry_is_validated_once_and_scalars_by_their_bits() -> None:
+    dev = ffaccel.open("cpu")
+    built = []
+    real = dev.gemm_kernel
+    dev.gemm_kernel = lambda key, raw: built.append(raw) or real(key, raw)  # type: ignore[method-assign]
+    a, c = np.ones((3, 3), np.float32), np.zeros((3, 3), np.float32)
+    for _ in range(3):
+        ffaccel.matmul(a, a, c, post_ops=[post.bias(np.ones(3, np.float32))], device=dev)
+    assert len(built) == 1  # repeated calls with c and an epilogue build no descriptor
+    pos = ffaccel.matmul(a, a, post_ops=[post.scale(0.0)], device=dev)
+    neg = ffaccel.matmul(a, a, post_ops=[post.scale(-0.0)], device=dev)  # equal as floats, not as bits
+    assert not np.signbit(pos).any() and np.signbit(neg).all() and len(built) == 3

@@ -88,7 +88,8 @@ def mm(good: dict[str, Any], bad: dict[str, Any], dt: Any = np.float32, out: boo
             kw["out"] = rand((M, N), np.int32 if is_int else dt, 3)
         kw.update(bad if is_bad else good)
         arrays = [x for x in kw.values() if isinstance(x, np.ndarray)]
-        for p in kw.get("post_ops", ()):
+        ops = kw.get("post_ops", ())
+        for p in ops if isinstance(ops, (list, tuple)) else (ops,):
             if isinstance(getattr(p, "operand", None), np.ndarray):
                 arrays.append(p.operand)
 
@@ -113,14 +114,14 @@ case("api.shape", "trans_a", "trans_a=True with a 1-D operand", "trans_a-1-d",
      mm({"a": rand((K,)), "out": rand((N,))}, {"a": rand((K,)), "trans_a": True, "out": rand((N,))}))
 case("api.shape", "c", "c of shape (2, 4)", "c-not-broadcastable",
      mm({"c": rand((1, N)), "beta": 1.0}, {"c": rand((2, N)), "beta": 1.0}))
-case("api.shape", "post_ops[0]", "bias of shape (5,)", "bias_n-wrong-length",
+case("api.shape", "post_ops[0].operand", "bias of shape (5,)", "bias_n-wrong-length",
      mm({"post_ops": [post.bias(rand((N,)))]}, {"post_ops": [post.bias(rand((N + 1,)))]}))
-case("api.shape", "post_ops[1]", "bias of shape (4,)", "bias_m-wrong-length",
+case("api.shape", "post_ops[1].operand", "bias of shape (4,)", "bias_m-wrong-length",
      mm({"post_ops": [post.relu(), post.bias(rand((M,)), axis="m")]},
         {"post_ops": [post.relu(), post.bias(rand((N,)), axis="m")]}))
-case("api.shape", "post_ops[0]", "bias of shape (1, 4)", "bias-2-d",
+case("api.shape", "post_ops[0].operand", "bias of shape (1, 4)", "bias-2-d",
      mm({"post_ops": [post.bias(rand((N,)))]}, {"post_ops": [post.bias(rand((1, N)))]}))
-case("api.shape", "post_ops[1]", "E of shape (2, 4)", "add-not-broadcastable",
+case("api.shape", "post_ops[1].operand", "E of shape (2, 4)", "add-not-broadcastable",
      mm({"post_ops": [post.relu(), post.add(rand((1, N)))]}, {"post_ops": [post.relu(), post.add(rand((2, N)))]}))
 
 # --- dtypes ----------------------------------------------------------------------------------
@@ -133,10 +134,18 @@ for _dt in (np.int32, np.int64, np.complex64, bool, np.float128 if hasattr(np, "
     case("api.dtype", "a", f"got {_name}", f"a-{_name}",
          mm({"a": rand((M, K), np.int8), "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)},
             {"a": rand((M, K), _dt), "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)}))
-case("api.dtype", "a", "got int64", "a-python-list",
-     mm({"a": rand((M, K), np.int8), "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)},
-        {"a": rand((M, K), np.int64).tolist(), "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)}))
-case("api.dtype", "out_dtype", "got f16", "f32-out_dtype-f16", mm({"out_dtype": np.float32}, {"out_dtype": np.float16},
+case("api.dtype", "a", "got a list holding 300", "a-python-list-beyond-int8",
+     mm({"a": rand((M, K), np.int64).tolist(), "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)},
+        {"a": [[300] * K] * M, "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)}))
+case("api.dtype", "a", "got a list holding 0.5", "a-python-list-of-floats-for-int8",
+     mm({"a": [[1.0] * K] * M, "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)},
+        {"a": [[0.5] * K] * M, "b": rand((K, N), np.int8), "out": rand((M, N), np.int32)}))
+case("api.dtype", "a", f"got a list holding {2**53 + 1}", "python-lists-beyond-float64",
+     mm({"a": [[2**53] * K] * M, "b": [[1] * N] * K, "out": rand((M, N), np.float64)},
+        {"a": [[2**53 + 1] * K] * M, "b": [[1] * N] * K, "out": rand((M, N), np.float64)}))
+case("api.dtype", "b", "got bool", "python-list-of-bools",
+     mm({"b": [[1.0] * N] * K}, {"b": [[True] * N] * K}))
+case("api.dtype", "out_dtype", "got float16", "f32-out_dtype-f16", mm({"out_dtype": np.float32}, {"out_dtype": np.float16},
                                                                out=False))
 case("api.dtype", "out_dtype", "got int64", "int8-out_dtype-int64",
      mm({"out_dtype": np.int32}, {"out_dtype": np.int64}, dt=np.int8, out=False))
@@ -146,9 +155,9 @@ case("api.dtype", "c", "got float64", "c-f64-for-f32-beta-0",
      mm({"c": rand((M, N)), "beta": 0.0}, {"c": rand((M, N), np.float64), "beta": 0.0}))
 case("api.dtype", "c", "got int8", "c-int8-for-int8-inputs",
      mm({"c": rand((M, N), np.int32), "beta": 1}, {"c": rand((M, N), np.int8), "beta": 1}, dt=np.int8))
-case("api.dtype", "post_ops[0]", "got float64", "bias-f64-for-f32",
+case("api.dtype", "post_ops[0].operand", "got float64", "bias-f64-for-f32",
      mm({"post_ops": [post.bias(rand((N,)))]}, {"post_ops": [post.bias(rand((N,), np.float64))]}))
-case("api.dtype", "post_ops[1]", "got int8", "add-int8-for-int8-inputs",
+case("api.dtype", "post_ops[1].operand", "got int8", "add-int8-for-int8-inputs",
      mm({"post_ops": [post.relu(), post.add(rand((M, N), np.int32))]},
         {"post_ops": [post.relu(), post.add(rand((M, N), np.int8))]}, dt=np.int8))
 
@@ -197,7 +206,7 @@ def _out_overlap(what: str) -> Callable[[Device, bool], Built]:
 case("api.out_overlap", "out", "out sharing memory with a", "out-is-a", _out_overlap("a"))
 case("api.out_overlap", "out", "out sharing memory with b", "out-is-b-reversed", _out_overlap("b"))
 case("api.out_overlap", "out", "out partially overlapping c", "out-partially-c", _out_overlap("c-partial"))
-case("api.out_overlap", "out", "out sharing memory with post_ops[0]", "out-over-bias", _out_overlap("bias"))
+case("api.out_overlap", "out", "out sharing memory with post_ops[0].operand", "out-over-bias", _out_overlap("bias"))
 
 # --- scalars ---------------------------------------------------------------------------------
 case("gemm.int_scalar", "alpha", "got 0.5", "int8-alpha-0.5", mm({"alpha": 2}, {"alpha": 0.5}, dt=np.int8))
@@ -206,11 +215,21 @@ case("gemm.int_scalar", "alpha", "got 2147483648", "int8-alpha-2**31",
 case("gemm.int_scalar", "beta", "got 1.5", "int8-beta-1.5",
      mm({"c": rand((M, N), np.int32), "beta": 1}, {"c": rand((M, N), np.int32), "beta": 1.5}, dt=np.int8))
 
+for _arg, _v in (("alpha", 1j), ("beta", 2 + 0j), ("alpha", "2"), ("alpha", None), ("beta", np.ones(1))):
+    case("api.scalar", _arg, f"got {_v!r}", f"{_arg}-{type(_v).__name__}",
+         mm({"c": rand((M, N)), _arg: 0.5}, {"c": rand((M, N)), _arg: _v}))
+case("api.scalar", "lo", "got 1j", "clamp-complex",
+     mm({}, {}, lazy=lambda bad: {"post_ops": [post.clamp(1j if bad else 0.0, 1.0)]}))
+case("api.scalar", "s", "got '2'", "scale-str",
+     mm({}, {}, lazy=lambda bad: {"post_ops": [post.scale("2" if bad else 2.0)]}))
+
 # --- post-ops --------------------------------------------------------------------------------
 case("api.post_op", "post_ops[0]", "got function", "uncalled-post-relu", mm({"post_ops": [post.relu()]},
                                                                           {"post_ops": [post.relu]}))
 case("api.post_op", "post_ops[1]", "got str", "a-string", mm({"post_ops": [post.relu(), post.relu()]},
                                                             {"post_ops": [post.relu(), "relu"]}))
+case("api.post_op", "post_ops", "got int", "post_ops-int", mm({"post_ops": [post.relu()]}, {"post_ops": 3}))
+case("api.post_op", "post_ops", "got str", "post_ops-str", mm({"post_ops": [post.relu()]}, {"post_ops": "relu"}))
 case("api.post_op", "approximate", "got 'bogus'", "gelu-bogus",
      mm({}, {}, lazy=lambda bad: {"post_ops": [post.gelu(approximate="bogus" if bad else "tanh")]}))
 case("api.post_op", "approximate", "got None", "gelu-None",
@@ -296,6 +315,8 @@ case("api.dtype", "c", "got float64", "blas-c-f64", bl({}, {"c": rand((M * N,), 
 case("api.dtype", "c", "got int8", "blas-int8-c-int8", bl({}, {"c": rand((M * N,), np.int8)}, dt=np.int8))
 case("api.dtype", "c", "got complex64", "blas-c-complex64", bl({}, {"c": rand((M * N,), np.complex64)}))
 case("gemm.int_scalar", "alpha", "got 0.5", "blas-int8-alpha-0.5", bl({}, {"alpha": 0.5}, dt=np.int8))
+case("api.scalar", "alpha", "got 1j", "blas-alpha-complex", bl({}, {"alpha": 1j}))
+case("api.scalar", "beta", "got None", "blas-beta-None", bl({}, {"beta": None}))
 
 
 def _blas_c_overlap(which: str, order: str = "row") -> Callable[[Device, bool], Built]:

@@ -19,10 +19,12 @@ import numpy as np
 
 from ..runtime import Device
 from ..spec import FFAccelError, dtype_of_numpy, violation
-from .numpy_api import _combo, _spec_dtype, matmul
+from .numpy_api import _combo, _real, _spec_dtype, matmul
 
 _ORDERS = ("row", "col")
 _TRANS = ("N", "T")
+#: matmul's argument names for what CBLAS calls c (the output, and its dtype).
+_GEMM_NAMES = {"out": "c", "out_dtype": "c"}
 
 
 def _dim(x: Any, arg: str) -> int:
@@ -86,15 +88,14 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
         if t not in _TRANS:
             raise violation("blas.enum", repr(t), "'N' or 'T'", arg=arg)
     m, n, k = _dim(m, "m"), _dim(n, "n"), _dim(k, "k")
+    alpha, beta = _real(alpha, "alpha"), _real(beta, "beta")  # both required, as in CBLAS
     af, bf, cf = _storage(a, "a"), _storage(b, "b"), _storage(c, "c")
     a_dt, b_dt = _spec_dtype(af, "a"), _spec_dtype(bf, "b")
     c_dt = dtype_of_numpy(cf.dtype)
     try:
         _combo(a_dt, b_dt, cf.dtype if c_dt is not None else None)
     except FFAccelError as e:
-        if e.param == "out_dtype":
-            raise violation("api.dtype", str(cf.dtype), e.message.split("allowed ")[-1], arg="c") from None
-        raise
+        raise e.renamed(_GEMM_NAMES) from None
     if c_dt is None:
         raise violation("api.dtype", str(cf.dtype), "the output dtype of the a/b combination", arg="c")
     if not cf.flags.writeable:
@@ -121,9 +122,7 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
     try:
         matmul(x, y, cw, alpha=alpha, beta=beta, trans_a=tx, trans_b=ty, out=cw, device=device)
     except FFAccelError as e:
-        if e.param == "out":  # the front-end's out is CBLAS's c
-            raise FFAccelError(e.code, "c", e.message, e.rule) from None
-        raise
+        raise e.renamed(_GEMM_NAMES) from None
 
 
 __all__ = ["gemm"]

@@ -6,15 +6,19 @@ operand model (row-major with a leading dimension, or its transpose, and one
 batch stride) can express them; otherwise they are copied once, never silently
 promoted. The first call for a geometry validates its descriptor through the abi
 validator and caches the driver's prepared kernel; later calls with the same
-shapes, strides and dtypes go straight to that kernel.
+shapes, strides, dtypes, scalars and post-ops go straight to that kernel.
+
+A call is resolved in named steps (see ``_matmul``): the operands, the scalars, the
+output D, the addend C, the epilogue, the overlap check, then the kernel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import numbers
 import sys
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from enum import IntEnum
+from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -22,12 +26,29 @@ import numpy as np
 from ..abi import Gemm, Matrix, PostOpDesc
 from ..runtime import Device, resolve_device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, PostOpKind, dtype_of_numpy, violation
+from ..spec.errors import format_path
 from .post import PostOp
 
 _INPUT_DTYPES = sorted({c.a for c in GEMM_COMBOS})
 _ALLOWED_NAMES = "float64, float32, float16, bfloat16, int8 or uint8"
-# placeholder handles for the host-array path: the arrays themselves are the memory
-_H_A, _H_B, _H_C, _H_D = 1, 2, 3, 4
+#: How the validator's descriptor fields are named in matmul's own arguments.
+_MATMUL_NAMES = {"epilogue": "post_ops", "epilogue_count": "post_ops"}
+
+
+class _Slot(IntEnum):
+    """What a handle means in a host-array GEMM descriptor: an argument of the kernel call.
+
+    The host-array path has no buffers: the kernel gets the arrays themselves,
+    ``kernel(a, b, c, d, (post-op operands...))``. The abi validator, which checks the
+    descriptor once per geometry, wants a nonzero handle for every operand present,
+    so each handle names its argument; post-op i's operand is ``POST + i``.
+    """
+
+    A = 1
+    B = 2
+    C = 3
+    D = 4
+    POST = 5
 
 
 def _spec_dtype(x: np.ndarray, arg: str) -> DType:
@@ -51,12 +72,19 @@ def _combo(a_dt: DType, b_dt: DType, out_dtype: Any) -> tuple[DType, DType]:
     for c in matches:
         if c.d == d:
             return c.acc, c.d
-    raise violation("api.dtype", str(np.dtype(out_dtype)) if d is None else DTYPES[d].name,
-                    sorted({str(DTYPES[c.d].numpy) for c in matches}), arg="out_dtype")
+    raise violation("api.dtype", _dtype_name(out_dtype), sorted({str(DTYPES[c.d].numpy) for c in matches}),
+                    arg="out_dtype")
 
 
-@dataclass(frozen=True)
-class _Layout:
+def _dtype_name(x: Any) -> str:
+    """A dtype as NumPy names it (what the caller wrote), or the repr of what is not one."""
+    try:
+        return str(np.dtype(x))
+    except TypeError:
+        return repr(x)
+
+
+class _Layout(NamedTuple):
     """How a (batch, rows, cols) view maps onto a descriptor operand."""
 
     transposed: bool  # stored as cols x rows
@@ -113,11 +141,52 @@ def _operand3(x: np.ndarray, batch_shape: tuple[int, ...], allow_transposed: boo
     return _restride(x3, lay), lay
 
 
-def _matrix(handle: int, dt: DType, x3: np.ndarray, lay: _Layout) -> Matrix:
+class _Operand(NamedTuple):
+    """One operand: the (batch, rows, cols) view the kernel gets and what the descriptor states."""
+
+    view: np.ndarray
+    dtype: DType
+    layout: _Layout
+    rows: int  # the stored matrix (for a transposed layout, the view's cols x rows)
+    cols: int
+
+    def matrix(self, slot: int) -> Matrix:
+        return Matrix(slot, self.dtype, self.rows, self.cols, self.layout.ld, 0, self.layout.batch_stride)
+
+    def geometry(self) -> tuple:
+        return (self.dtype, self.rows, self.cols, self.layout)
+
+
+def _stated(x3: np.ndarray, dt: DType, lay: _Layout) -> _Operand:
     rows, cols = x3.shape[1:]
-    if lay.transposed:
-        rows, cols = cols, rows
-    return Matrix(handle, dt, rows, cols, lay.ld, 0, lay.batch_stride)
+    return _Operand(x3, dt, lay, *((cols, rows) if lay.transposed else (rows, cols)))
+
+
+class _Post(NamedTuple):
+    """One post-op as the descriptor states it, with its operand when it has one."""
+
+    kind: PostOpKind
+    param0: float | int
+    param1: float | int
+    operand: _Operand | None
+
+
+class _Problem(NamedTuple):
+    """The operands step's result: dtypes, sizes and the zero-copy views of a and b."""
+
+    a: np.ndarray  # the arrays as given (converted from lists), for the overlap check
+    b: np.ndarray
+    acc: DType
+    d_dt: DType
+    m: int
+    n: int
+    k: int
+    batch_shape: tuple[int, ...]
+    batch: int
+    result_shape: tuple[int, ...]  # what matmul returns (1-D operands drop their axis)
+    full_shape: tuple[int, ...]  # batch_shape + (m, n)
+    a_op: _Operand
+    b_op: _Operand
 
 
 def _as_array(x: Any, arg: str) -> np.ndarray:
@@ -127,6 +196,67 @@ def _as_array(x: Any, arg: str) -> np.ndarray:
         return np.asarray(x)
     except Exception as e:  # noqa: BLE001 - any failure to convert is a bad argument
         raise violation("api.dtype", type(x).__name__, "an array", arg=arg) from e
+
+
+def _is_typed(x: Any) -> bool:
+    """Whether ``x`` brings its own dtype (an array), unlike a Python list, tuple or number."""
+    return isinstance(x, np.ndarray) or hasattr(x, "dtype") or hasattr(x, "__array_interface__")
+
+
+def _from_python(x: Any, arg: str, like: np.dtype | None) -> np.ndarray:
+    """A Python list (or tuple, number) as an array: ``like``'s dtype, else float64.
+
+    Python numbers have no dtype, so they take the other operand's (NumPy's own
+    ``np.asarray`` would make integers int64, which no GEMM takes); values that dtype
+    cannot hold exactly are refused. Two lists compute in float64, exactly for integers
+    up to 2**53 (NumPy's result, as float64).
+    """
+    v = _as_array(x, arg)
+    if v.dtype.kind not in "iuf":  # bool, complex, strings, objects: refused as they are
+        return v
+    target = like if like is not None else np.dtype(np.float64)
+    if v.dtype == target:
+        return v
+    with np.errstate(invalid="ignore", over="ignore"):
+        w = v.astype(target)
+        exact = target.kind == "f" and v.dtype.kind == "f" or np.array_equal(w.astype(v.dtype), v)
+    if not exact:
+        bad = v.ravel()[int(np.argmax(w.astype(v.dtype).ravel() != v.ravel()))].item()
+        raise violation("api.dtype", f"a list holding {bad!r}", f"values {target} holds exactly", arg=arg)
+    return w
+
+
+def _input_array(x: Any, arg: str, other: Any) -> np.ndarray:
+    if _is_typed(x):
+        return _as_array(x, arg)
+    like = getattr(other, "dtype", None) if _is_typed(other) else None
+    like = np.dtype(like) if like is not None and dtype_of_numpy(like) in _INPUT_DTYPES else None
+    return _from_python(x, arg, like)
+
+
+def _real(x: Any, arg: str) -> Any:
+    """A scalar that must be a real number (int, float, or a NumPy real scalar)."""
+    if isinstance(x, numbers.Real):
+        return x
+    raise violation("api.scalar", f"{x!r} ({type(x).__name__})",
+                    "a real number: int or float (an int for int8/uint8 inputs)", arg=arg)
+
+
+def _scalar_key(x: Any) -> Any:
+    """A scalar as a cache key: floats by their exact bits, so -0.0 and 0.0 differ."""
+    return float(x).hex() if isinstance(x, (float, np.floating)) else x
+
+
+def _post_ops_tuple(post_ops: Any) -> tuple:
+    """``post_ops`` as a tuple: a list of post-ops, one post-op alone, or None for none."""
+    if post_ops is None:
+        return ()
+    if isinstance(post_ops, PostOp):
+        return (post_ops,)
+    if isinstance(post_ops, (str, bytes)) or not isinstance(post_ops, Iterable):
+        raise violation("api.post_op", type(post_ops).__name__,
+                        "a list of ffaccel.post.bias/relu/gelu/clamp/scale/add, or one of them", arg="post_ops")
+    return tuple(post_ops)
 
 
 def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -159,10 +289,10 @@ def matmul(
     c: Any = None,
     *,
     alpha: float = 1.0,
-    beta: float = 0.0,
+    beta: float | None = None,
     trans_a: bool = False,
     trans_b: bool = False,
-    post_ops: Sequence[PostOp] = (),
+    post_ops: Sequence[PostOp] | PostOp = (),
     out: np.ndarray | None = None,
     out_dtype: Any = None,
     device: str | Device | None = None,
@@ -171,19 +301,24 @@ def matmul(
 
     Parameters
     ----------
-    a, b : numpy.ndarray or any DLPack-capable array
+    a, b : numpy.ndarray, any DLPack-capable array, or a Python list
         float64, float32, float16, ml_dtypes.bfloat16, int8 or uint8. Shapes follow
         ``numpy.matmul``; ``a`` and ``b`` must share a dtype (int8 and uint8 mix freely).
         Arrays of another library in host memory (a CPU ``torch.Tensor`` ...) are viewed
         through DLPack without copies, and the result comes back as that library's array.
+        A (nested) Python list has no dtype: it takes the other operand's, or float64
+        when both are lists; values that dtype cannot hold exactly are refused.
     c : numpy.ndarray, optional
         Added as ``beta * c``; broadcast to the result's shape; the result's dtype.
         Not read when ``beta == 0``.
-    alpha, beta : float
-        Scalars (integers for int8/uint8 inputs).
+    alpha : float
+        Real scalar (an integer for int8/uint8 inputs).
+    beta : float, optional
+        Real scalar (an integer for int8/uint8 inputs). Default: 1 when ``c`` is given
+        (``alpha * a @ b + c``, as ``torch.addmm`` and BLAS callers expect), else 0.
     trans_a, trans_b : bool
         Swap the last two axes of ``a`` / ``b`` (free: a strided view).
-    post_ops : sequence of PostOp
+    post_ops : sequence of PostOp, or one PostOp
         Epilogue made with :mod:`ffaccel.post`, at most 4, applied in order in the
         accumulate precision before the final rounding.
     out : numpy.ndarray, optional
@@ -203,7 +338,8 @@ def matmul(
     Raises
     ------
     FFAccelError
-        With the spec's code and the offending parameter's name; nothing is written.
+        With the spec's code and the offending parameter's name (``e.param``, as a path in
+        ``e.path``: ``post_ops[1].operand`` is ``("post_ops", 1, "operand")``); nothing is written.
 
     Examples
     --------
@@ -215,6 +351,9 @@ def matmul(
     >>> ffaccel.matmul(np.ones((2, 2), np.int8), np.full((2, 2), 100, np.int8), alpha=3)
     array([[600, 600],
            [600, 600]], dtype=int32)
+    >>> ffaccel.matmul(a, a.T, np.ones((2, 2), np.float32))  # beta is 1 when c is given
+    array([[ 6., 15.],
+           [15., 51.]], dtype=float32)
     """
     dev = device if isinstance(device, Device) else resolve_device(device)
     fast = c is None and out is None and not post_ops
@@ -228,16 +367,42 @@ def matmul(
             plan = key = None
         if plan is not None:
             return plan(a, b)
+    post_ops = _post_ops_tuple(post_ops)
     if type(a) is not np.ndarray and hasattr(a, "__dlpack__"):  # torch, CuPy, JAX ... (host memory)
-        return _matmul_dlpack(dev, a, b, c, alpha, beta, trans_a, trans_b, tuple(post_ops), out, out_dtype)
-    return _matmul(dev, a, b, c, alpha, beta, trans_a, trans_b, tuple(post_ops), out, out_dtype,
-                   key if fast else None)
+        return _matmul_dlpack(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype)
+    return _matmul(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype, key if fast else None)
 
 
 def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a: bool, trans_b: bool,
             post_ops: tuple, out: np.ndarray | None, out_dtype: Any, key: Any) -> np.ndarray:
-    a = _as_array(a, "a")
-    b = _as_array(b, "b")
+    """matmul on host arrays, step by step; every check runs before anything is written."""
+    p = _operands(a, b, trans_a, trans_b, out_dtype)
+    alpha, beta = _scalars(alpha, beta, c)
+    d_op, copy_back = _output(out, p)
+    c_op, in_place = _addend(c, beta, out, d_op, p)
+    epilogue = _epilogue(post_ops, p)
+    if out is not None:
+        _check_out_disjoint(out, p, epilogue)
+    if d_op is None:
+        d3 = np.empty((p.batch, p.m, p.n), DTYPES[p.d_dt].numpy)
+        d_op = _stated(d3, p.d_dt, _layout(d3, False) if d3.size else _Layout(False, max(1, p.n), 0))
+    kernel, descriptor = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op, epilogue)
+    d3 = d_op.view
+    if p.batch and p.m and p.n:
+        kernel(p.a_op.view, p.b_op.view, c_op.view if c_op is not None else None, d3,
+               tuple(e.operand.view if e.operand is not None else None for e in epilogue))
+    if copy_back is not None:
+        np.copyto(copy_back, d3.reshape(p.result_shape))
+    if (key is not None and out is None and p.batch == 1 and not trans_a and not trans_b and _plain_2d(p.a, p.a_op.view) and _plain_2d(p.b, p.b_op.view)):
+        # a plain 2-D call: next time straight from matmul(); the driver may return D itself
+        fresh = dev.gemm_fresh_kernel(descriptor) if not epilogue and c_op is None else None
+        dev.frontend_plans[key] = fresh if fresh is not None else _fast_plan(kernel, p.m, p.n, d3.dtype)
+    return d3.reshape(p.result_shape) if out is None else out
+
+
+def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _Problem:
+    """Step 1: dtypes (no silent promotion), numpy.matmul shapes, zero-copy views of a and b."""
+    a, b = _input_array(a, "a", b), _input_array(b, "b", a)
     a_dt = _spec_dtype(a, "a")
     b_dt = _spec_dtype(b, "b")
     acc, d_dt = _combo(a_dt, b_dt, out_dtype)
@@ -264,114 +429,169 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
     except ValueError:
         raise violation("api.shape", f"batch dims {bv.shape[:-2]}", f"broadcastable with {av.shape[:-2]}",
                         arg="b") from None
-    final_shape = batch_shape + ((() if a1 else (m,)) + (() if b1 else (n,)))
-    batch = int(np.prod(batch_shape)) if batch_shape else 1
-    d_np = DTYPES[d_dt].numpy
-
     a3, alay = _operand3(av, batch_shape, True)
     b3, blay = _operand3(bv, batch_shape, True)
+    return _Problem(a, b, acc, d_dt, m, n, k, batch_shape, int(np.prod(batch_shape)) if batch_shape else 1,
+                    batch_shape + ((() if a1 else (m,)) + (() if b1 else (n,))), batch_shape + (m, n),
+                    _stated(a3, a_dt, alay), _stated(b3, b_dt, blay))
 
-    # --- out (D) and c (C) ----------------------------------------------------------
-    res_full = batch_shape + (m, n)
+
+def _scalars(alpha: Any, beta: Any, c: Any) -> tuple[Any, Any]:
+    """Step 2: alpha and beta are real numbers; beta defaults to 1 with c (BLAS's and torch.addmm's C)."""
+    if beta is None:
+        beta = 0 if c is None else 1
+    return _real(alpha, "alpha"), _real(beta, "beta")
+
+
+def _output(out: np.ndarray | None, p: _Problem) -> tuple[_Operand | None, np.ndarray | None]:
+    """Step 3: D. ``out`` itself when the operand model can describe it; else a temporary to copy back.
+
+    Returns (D, or None for a new array; the array to copy D into afterwards, or None).
+    """
+    if out is None:
+        return None, None
+    d_np = DTYPES[p.d_dt].numpy
+    if not isinstance(out, np.ndarray) or out.shape != p.result_shape or out.dtype != d_np:
+        seen = (getattr(out, "shape", None), str(getattr(out, "dtype", type(out).__name__)))
+        raise violation("api.out", f"shape {seen[0]}, dtype {seen[1]}", f"shape {p.result_shape}, dtype {d_np}")
+    if not out.flags.writeable:
+        raise violation("api.writeable", "a read-only array", "a writeable array", arg="out")
     d3 = None
-    copy_back = None
-    if out is not None:
-        if not isinstance(out, np.ndarray) or out.shape != final_shape or out.dtype != d_np:
-            seen = (getattr(out, "shape", None), str(getattr(out, "dtype", type(out).__name__)))
-            raise violation("api.out", f"shape {seen[0]}, dtype {seen[1]}", f"shape {final_shape}, dtype {d_np}")
-        if not out.flags.writeable:
-            raise violation("api.writeable", "a read-only array", "a writeable array", arg="out")
-        out_full = out.reshape(res_full) if out.size else np.empty(res_full, d_np)
-        if out_full.size and not np.shares_memory(out_full, out):
-            out_full = None  # reshape had to copy: compute into a temporary, copy back
-        if out_full is not None:
-            try:
-                d3 = out_full.reshape((batch, m, n), copy=False)
-            except ValueError:
-                d3 = None
-        if d3 is not None and (_layout(d3, False) is None or (batch > 1 and d3.strides[0] == 0)):
-            d3 = None
-        if d3 is None:
-            copy_back = out
-        elif d3.size:
-            d3 = _restride(d3, _layout(d3, False))  # type: ignore[arg-type]
-    c3 = None
-    clay = None
-    in_place = False
-    if c is not None and beta != 0:
-        c = _as_array(c, "c")
-        c_dt = dtype_of_numpy(c.dtype)
-        if c_dt != d_dt:
-            raise violation("api.dtype", str(c.dtype), f"{d_np} (the result's dtype; no silent promotion)", arg="c")
+    out_full = out.reshape(p.full_shape) if out.size else np.empty(p.full_shape, d_np)
+    if not out_full.size or np.shares_memory(out_full, out):  # else reshape had to copy
         try:
-            cb = np.broadcast_to(c, res_full)
+            d3 = out_full.reshape((p.batch, p.m, p.n), copy=False)
         except ValueError:
-            raise violation("api.shape", f"c of shape {c.shape}", f"broadcastable to {res_full}", arg="c") from None
-        c3, clay = _operand3(cb, batch_shape, False)
-        if clay.transposed or (batch > 1 and m * n and c3.strides[-2] == 0):
-            c3 = np.ascontiguousarray(c3)
-            clay = _layout(c3, False)
-        if d3 is not None and out is not None and c3.size and np.shares_memory(c3, d3):
-            in_place = (c3.__array_interface__["data"][0] == d3.__array_interface__["data"][0]
-                        and c3.strides == d3.strides)
-            if not in_place:
-                raise violation("api.out_overlap", "out partially overlapping c", "out exactly c, or disjoint")
-    elif c is not None:
-        c = _as_array(c, "c")
-        if dtype_of_numpy(c.dtype) != d_dt:
-            raise violation("api.dtype", str(c.dtype), f"{d_np} (the result's dtype; no silent promotion)", arg="c")
+            d3 = None
+    lay = _layout(d3, False) if d3 is not None else None
+    if d3 is None or lay is None or (p.batch > 1 and d3.strides[0] == 0):
+        return None, out  # compute into a temporary, copy back
+    if not d3.size:
+        lay = _Layout(False, max(1, p.n), 0)
+    return _stated(_restride(d3, lay), p.d_dt, lay), None
 
-    # --- epilogue -----------------------------------------------------------------------
+
+def _addend(c: Any, beta: Any, out: np.ndarray | None, d_op: _Operand | None,
+            p: _Problem) -> tuple[_Operand | None, bool]:
+    """Step 4: C, broadcast to the result; None when beta == 0 (then it is not read). (C, in place?)"""
+    if c is None:
+        return None, False
+    d_np = DTYPES[p.d_dt].numpy
+    c = _as_array(c, "c") if _is_typed(c) else _from_python(c, "c", np.dtype(d_np))
+    if dtype_of_numpy(c.dtype) != p.d_dt:
+        raise violation("api.dtype", str(c.dtype), f"{d_np} (the result's dtype; no silent promotion)", arg="c")
+    if beta == 0:
+        return None, False
+    try:
+        cb = np.broadcast_to(c, p.full_shape)
+    except ValueError:
+        raise violation("api.shape", f"c of shape {c.shape}", f"broadcastable to {p.full_shape}", arg="c") from None
+    c3, clay = _operand3(cb, p.batch_shape, False)
+    if clay.transposed or (p.batch > 1 and p.m * p.n and c3.strides[-2] == 0):
+        c3 = np.ascontiguousarray(c3)
+        clay = _layout(c3, False)
+        assert clay is not None
+    in_place = False
+    if d_op is not None and out is not None and c3.size and np.shares_memory(c3, d_op.view):
+        in_place = (c3.__array_interface__["data"][0] == d_op.view.__array_interface__["data"][0]
+                    and c3.strides == d_op.view.strides)
+        if not in_place:
+            raise violation("api.out_overlap", "out partially overlapping c", "out exactly c, or disjoint")
+    return _stated(c3, p.d_dt, clay), in_place
+
+
+def _epilogue(post_ops: tuple, p: _Problem) -> list[_Post]:
+    """Step 5: each post-op with its operand as a view the descriptor can state."""
     if len(post_ops) > 4:
-        raise _in_post_ops_terms(violation("epilogue.count", len(post_ops), "<= 4"))
-    epi_descs: list[PostOpDesc] = []
-    epi_arrays: list[np.ndarray | None] = []
-    for i, p in enumerate(post_ops):
-        if not isinstance(p, PostOp):
-            raise violation("api.post_op", type(p).__name__, "ffaccel.post.bias/relu/gelu/clamp/scale/add",
+        raise violation("epilogue.count", len(post_ops), "<= 4").renamed(_MATMUL_NAMES)
+    out = []
+    for i, op in enumerate(post_ops):
+        if not isinstance(op, PostOp):
+            raise violation("api.post_op", type(op).__name__, "ffaccel.post.bias/relu/gelu/clamp/scale/add",
                             arg=f"post_ops[{i}]")
-        arr, desc = _post_operand(p, i, acc, d_dt, m, n, batch_shape, res_full)
-        epi_descs.append(desc)
-        epi_arrays.append(arr)
+        out.append(_Post(op.kind, op.param0, op.param1,
+                         _post_operand(op, ("post_ops", i, "operand"), p) if op.operand is not None else None))
+    return out
 
-    # --- overlap of out with inputs ----------------------------------------------------------
-    if out is not None:
-        for name, x in (("a", a), ("b", b), *((f"post_ops[{i}]", e) for i, e in enumerate(epi_arrays))):
-            if x is not None and x.size and out.size and np.shares_memory(out, x):
-                raise violation("api.out_overlap", f"out sharing memory with {name}", "disjoint from inputs")
 
-    if d3 is None:
-        d3 = np.empty((batch, m, n), d_np)
-    dlay = _layout(d3, False) if d3.size else _Layout(False, max(1, n), m * n if batch > 1 else 0)
-    assert dlay is not None
-    d3 = _restride(d3, dlay)
+def _post_operand(op: PostOp, path: tuple, p: _Problem) -> _Operand:
+    """A bias vector as a (1, 1, n) or (1, m, 1) view; an addend E broadcast to the result."""
+    v = op.operand
+    assert v is not None
+    vdt = dtype_of_numpy(v.dtype)
+    if vdt not in (p.acc, p.d_dt):
+        raise violation("api.dtype", str(v.dtype), sorted({str(DTYPES[p.acc].numpy), str(DTYPES[p.d_dt].numpy)}),
+                        arg=format_path(path))
+    assert vdt is not None
+    m, n = p.m, p.n
+    if op.kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M):
+        along_n = op.kind == PostOpKind.BIAS_N
+        length = n if along_n else m
+        if v.ndim != 1 or v.shape[0] != length:
+            raise violation("api.shape", f"bias of shape {v.shape}", f"({length},) for axis={'n' if along_n else 'm'!r}",
+                            arg=format_path(path))
+        if v.size and v.strides[0] != v.itemsize:
+            v = np.ascontiguousarray(v)
+        if along_n:
+            x3 = np.lib.stride_tricks.as_strided(v, (1, 1, n), (0, max(1, n) * v.itemsize, v.itemsize))
+            return _Operand(x3, vdt, _Layout(False, max(1, n), 0), 1, n)
+        x3 = np.lib.stride_tricks.as_strided(v, (1, m, 1), (0, v.itemsize, v.itemsize))
+        return _Operand(x3, vdt, _Layout(False, 1, 0), m, 1)
+    try:  # add(E): broadcast to the result, flatten the batch
+        eb = np.broadcast_to(v, p.full_shape)
+    except ValueError:
+        raise violation("api.shape", f"E of shape {v.shape}", f"broadcastable to {p.full_shape}",
+                        arg=format_path(path)) from None
+    e3, lay = _operand3(eb, p.batch_shape, False)
+    if lay.transposed or (m > 1 and n and e3.strides[-2] == 0):
+        e3 = np.ascontiguousarray(e3)
+        lay = _layout(e3, False)
+        assert lay is not None
+    return _stated(e3, vdt, lay)
 
-    d_mat = _matrix(_H_D, d_dt, d3, dlay)
-    c_mat = None
-    if c3 is not None and clay is not None:
-        c_mat = d_mat if in_place else _matrix(_H_C, d_dt, c3, clay)
+
+def _check_out_disjoint(out: np.ndarray, p: _Problem, epilogue: list[_Post]) -> None:
+    """Step 6: ``out`` shares no memory with an input (c is checked with D: in place is allowed)."""
+    if not out.size:
+        return
+    inputs = [("a", p.a), ("b", p.b)] + [(f"post_ops[{i}].operand", e.operand.view)
+                                         for i, e in enumerate(epilogue) if e.operand is not None]
+    for name, x in inputs:
+        if x.size and np.shares_memory(out, x):
+            raise violation("api.out_overlap", f"out sharing memory with {name}", "disjoint from inputs")
+
+
+def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | None, in_place: bool,
+            d_op: _Operand, epilogue: list[_Post]) -> tuple[Callable, bytes]:
+    """Step 7: the driver's kernel for this geometry, validated by the abi validator once.
+
+    Cached in ``dev.frontend_plans`` by the geometry (every descriptor field, scalars by their
+    bits), so a repeated call builds no descriptor. Returns (kernel, descriptor).
+    """
+    key = ("gemm", p.m, p.n, p.k, p.batch, p.acc, _scalar_key(alpha), _scalar_key(beta), in_place,
+           p.a_op.geometry(), p.b_op.geometry(), c_op.geometry() if c_op is not None else None, d_op.geometry(),
+           tuple((e.kind, _scalar_key(e.param0), _scalar_key(e.param1),
+                  e.operand.geometry() if e.operand is not None else None) for e in epilogue))
+    cached = dev.frontend_plans.get(key)
+    if cached is not None:
+        return cached
+    d_mat = d_op.matrix(_Slot.D)
     gemm = Gemm(
-        m=m, n=n, k=k, batch=batch,
-        a=_matrix(_H_A, a_dt, a3, alay), b=_matrix(_H_B, b_dt, b3, blay), c=c_mat, d=d_mat,
-        alpha=alpha, beta=beta if c3 is not None else 0, trans_a=alay.transposed, trans_b=blay.transposed,
-        acc_dtype=acc, epilogue=tuple(epi_descs),
+        m=p.m, n=p.n, k=p.k, batch=p.batch, a=p.a_op.matrix(_Slot.A), b=p.b_op.matrix(_Slot.B),
+        c=None if c_op is None else d_mat if in_place else c_op.matrix(_Slot.C), d=d_mat,
+        alpha=alpha, beta=beta, trans_a=p.a_op.layout.transposed, trans_b=p.b_op.layout.transposed,
+        acc_dtype=p.acc, epilogue=tuple(
+            PostOpDesc(e.kind, _real(e.param0, f"post_ops[{i}].param0"), _real(e.param1, f"post_ops[{i}].param1"),
+                       e.operand.matrix(_Slot.POST + i) if e.operand is not None else None)
+            for i, e in enumerate(epilogue)),
     )
     try:
-        raw = gemm.encode()
-        kernel = dev.gemm_kernel(raw, raw)
+        descriptor = gemm.encode()
+        kernel = dev.gemm_kernel(descriptor, descriptor)
     except FFAccelError as e:
-        raise _in_post_ops_terms(e) from None
-    if batch and m and n:
-        kernel(a3, b3, c3 if c_mat is not None else None, d3, tuple(epi_arrays))
-    result = d3.reshape(final_shape) if out is None else out
-    if copy_back is not None:
-        np.copyto(copy_back, d3.reshape(final_shape))
-    if (key is not None and out is None and batch == 1 and not trans_a and not trans_b
-            and _plain_2d(a, a3) and _plain_2d(b, b3)):
-        # the driver may return D itself (one BLAS call, no allocation of ours)
-        fresh = dev.gemm_fresh_kernel(raw) if not epi_descs and c_mat is None else None
-        dev.frontend_plans[key] = fresh if fresh is not None else _fast_plan(kernel, m, n, d_np)
-    return result
+        raise e.renamed(_MATMUL_NAMES) from None
+    dev.frontend_plans[key] = kernel, descriptor
+    return kernel, descriptor
 
 
 def _library(x: Any) -> Any:
@@ -413,55 +633,6 @@ def _matmul_dlpack(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, t
     r = _matmul(dev, _from_dlpack(a, "a"), _from_dlpack(b, "b"), _from_dlpack(c, "c"), alpha, beta, trans_a,
                 trans_b, post_ops, out_np, np_out_dtype, None)
     return out if out is not None else _to_library(np.asarray(r), lib)
-
-
-def _in_post_ops_terms(e: FFAccelError) -> FFAccelError:
-    """Name epilogue errors by matmul's own argument: ``epilogue[1].param0`` -> ``post_ops[1].param0``."""
-    if e.param.startswith("epilogue["):
-        return FFAccelError(e.code, "post_ops[" + e.param[len("epilogue["):], e.message, e.rule)
-    if e.param == "epilogue_count":
-        return FFAccelError(e.code, "post_ops", e.message, e.rule)
-    return e
-
-
-def _post_operand(p: PostOp, i: int, acc: DType, d_dt: DType, m: int, n: int, batch_shape: tuple[int, ...],
-                  res_full: tuple[int, ...]) -> tuple[np.ndarray | None, PostOpDesc]:
-    arg = f"post_ops[{i}]"
-    handle = 5 + i
-    if p.operand is None:
-        return None, PostOpDesc(p.kind, p.param0, p.param1)
-    v = p.operand
-    vdt = dtype_of_numpy(v.dtype)
-    if vdt not in (acc, d_dt):
-        raise violation("api.dtype", str(v.dtype), sorted({str(DTYPES[acc].numpy), str(DTYPES[d_dt].numpy)}),
-                        arg=arg)
-    assert vdt is not None
-    if p.kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M):
-        length = n if p.kind == PostOpKind.BIAS_N else m
-        if v.ndim != 1 or v.shape[0] != length:
-            axis = "n" if p.kind == PostOpKind.BIAS_N else "m"
-            raise violation("api.shape", f"bias of shape {v.shape}", f"({length},) for axis={axis!r}", arg=arg)
-        x3 = v.reshape(1, 1, n) if p.kind == PostOpKind.BIAS_N else v.reshape(1, m, 1)
-        if x3.size and x3.strides[-1 if p.kind == PostOpKind.BIAS_N else -2] != v.itemsize:
-            x3 = np.ascontiguousarray(x3)
-        if p.kind == PostOpKind.BIAS_N:
-            mat = Matrix(handle, vdt, 1, n, max(1, n), 0, 0)
-            x3 = np.lib.stride_tricks.as_strided(x3, (1, 1, n), (0, max(1, n) * v.itemsize, v.itemsize))
-        else:
-            mat = Matrix(handle, vdt, m, 1, 1, 0, 0)
-            x3 = np.lib.stride_tricks.as_strided(x3, (1, m, 1), (0, v.itemsize, v.itemsize))
-        return x3, PostOpDesc(p.kind, 0, 0, mat)
-    # add(E): broadcast to the result, flatten the batch
-    try:
-        eb = np.broadcast_to(v, res_full)
-    except ValueError:
-        raise violation("api.shape", f"E of shape {v.shape}", f"broadcastable to {res_full}", arg=arg) from None
-    e3, lay = _operand3(eb, batch_shape, False)
-    if lay.transposed or (m > 1 and n and e3.strides[-2] == 0):
-        e3 = np.ascontiguousarray(e3)
-        lay = _layout(e3, False)
-        assert lay is not None
-    return e3, PostOpDesc(p.kind, 0, 0, _matrix(handle, vdt, e3, lay))
 
 
 __all__ = ["matmul", "FFAccelError"]

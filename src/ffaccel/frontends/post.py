@@ -10,6 +10,7 @@ array([[2., 0.]], dtype=float32)
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +50,20 @@ def gelu(approximate: str = "none") -> PostOp:
     return PostOp(kinds[approximate])
 
 
+def _real(x: Any, arg: str) -> Any:
+    if isinstance(x, numbers.Real):
+        return x
+    raise violation("api.scalar", f"{x!r} ({type(x).__name__})", "a real number: int or float", arg=arg)
+
+
 def clamp(lo: float, hi: float) -> PostOp:
     """min(max(x, lo), hi); needs lo <= hi."""
-    return PostOp(PostOpKind.CLAMP, lo, hi)
+    return PostOp(PostOpKind.CLAMP, _real(lo, "lo"), _real(hi, "hi"))
 
 
 def scale(s: float) -> PostOp:
     """s * x."""
-    return PostOp(PostOpKind.SCALE, s)
+    return PostOp(PostOpKind.SCALE, _real(s, "s"))
 
 
 def add(e: Any) -> PostOp:

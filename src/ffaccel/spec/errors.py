@@ -6,8 +6,14 @@ never reused and new codes are only ever appended.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, Union
+
+#: One step of a parameter path: a name, or an index into a sequence (``post_ops[1]``).
+PathPart = Union[str, int]
+_PART = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
 
 
 class ErrorCode(IntEnum):
@@ -47,13 +53,22 @@ class FFAccelError(Exception):
     ----------
     code : ErrorCode
         The code from the spec's error table.
-    param : str
+    param : str or sequence of str and int
         Name of the offending parameter (descriptor field or API argument),
-        as BLAS ``xerbla`` names the offending argument.
+        as BLAS ``xerbla`` names the offending argument: ``"b"``, ``"epilogue[1].param0"``;
+        or the same as a path, ``("epilogue", 1, "param0")``.
     message : str
         What was seen and what is allowed.
     rule : str, optional
         Identifier of the spec rule that was broken, when one applies.
+
+    Attributes
+    ----------
+    param : str
+        The parameter's name as written above (``"post_ops[1].operand"``).
+    path : tuple of str and int
+        The same name as a structured path (``("post_ops", 1, "operand")``): what a
+        front-end maps onto its own argument names, with :meth:`renamed`.
 
     Examples
     --------
@@ -65,7 +80,10 @@ class FFAccelError(Exception):
     INVALID_PARAMETER b
     """
 
-    def __init__(self, code: ErrorCode, param: str, message: str, rule: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, param: str | Sequence[PathPart], message: str,
+                 rule: str | None = None) -> None:
+        if not isinstance(param, str):
+            param = format_path(param)
         self.code = ErrorCode(code)
         self.param = param
         self.message = message
@@ -74,6 +92,56 @@ class FFAccelError(Exception):
         self.command_index: int | None = None
         super().__init__(f"[{self.code.name}] {param}: {message}")
 
+    @property
+    def path(self) -> tuple[PathPart, ...]:
+        """``param`` as a path: ``"post_ops[1].operand"`` -> ``("post_ops", 1, "operand")``."""
+        return parse_path(self.param)
+
+    def renamed(self, names: Mapping[str, str | Sequence[PathPart]]) -> "FFAccelError":
+        """The same error naming the caller's parameter: the path's first name mapped by ``names``.
+
+        A front-end names its own arguments this way, e.g. ``{"epilogue": "post_ops"}`` turns
+        ``epilogue[1].param0`` into ``post_ops[1].param0``; a path whose first name is not in
+        ``names`` is kept. Code, message, rule and command index are unchanged.
+
+        Examples
+        --------
+        >>> from ffaccel.spec import ErrorCode, FFAccelError
+        >>> e = FFAccelError(ErrorCode.INVALID_PARAMETER, "epilogue[1].param0", "lo <= hi")
+        >>> e.renamed({"epilogue": "post_ops"}).param
+        'post_ops[1].param0'
+        """
+        path = self.path
+        if not path or not isinstance(path[0], str) or path[0] not in names:
+            return self
+        head = names[path[0]]
+        new = FFAccelError(self.code, ((head,) if isinstance(head, str) else tuple(head)) + path[1:], self.message,
+                           self.rule)
+        new.command_index = self.command_index
+        return new
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep the structured fields when errors cross process boundaries (pickle).
         return (type(self), (self.code, self.param, self.message, self.rule))
+
+
+def parse_path(param: str) -> tuple[PathPart, ...]:
+    """A parameter name as a path: ``"epilogue[1].operand.ld_elems"`` -> ``("epilogue", 1, "operand", "ld_elems")``.
+
+    Examples
+    --------
+    >>> parse_path("post_ops[1].operand")
+    ('post_ops', 1, 'operand')
+    """
+    return tuple(int(i) if i else name for i, name in _PART.findall(param))
+
+
+def format_path(path: Sequence[PathPart]) -> str:
+    """The inverse of :func:`parse_path`: ``("post_ops", 1, "operand")`` -> ``"post_ops[1].operand"``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out

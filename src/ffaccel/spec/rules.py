@@ -150,6 +150,8 @@ _RULES = (
          "frontends"),
     Rule("api.post_op", _E.INVALID_PARAMETER, "{arg}",
          "post_ops must be made by ffaccel.post with valid arguments", "frontends"),
+    Rule("api.scalar", _E.INVALID_PARAMETER, "{arg}",
+         "scalars (alpha, beta, post-op parameters) must be real numbers: int or float", "frontends"),
     Rule("blas.enum", _E.INVALID_PARAMETER, "{arg}", "order is 'row' or 'col'; trans is 'N' or 'T'", "frontends"),
     Rule("blas.dim", _E.INVALID_PARAMETER, "{arg}", "m, n, k must be integers >= 0", "frontends"),
     Rule("blas.ld", _E.INVALID_PARAMETER, "{arg}",
