@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..abi import GemmOp
+from ..abi import GemmOp, LruCache
 from ..spec import DType, PostOpKind
 from . import onednn
 from .onednn import DnnlPostOp, Library, Matmul, OneDNNError, Operand
@@ -67,7 +67,7 @@ class FloatKernel:
         self.lib, self.op, self.fallback = lib, op, fallback
         self.alpha, self.beta = float(op.alpha), float(op.beta)
         self.copy_c = op.reads_c and not op.in_place
-        self._prims: dict[tuple, Matmul | None] = {}
+        self._prims: LruCache[tuple, Matmul | None] = LruCache(_MAX_PRIMS)
         self.impls: set[str] = set()  # what ran: oneDNN implementation names, or "blas"
 
     def _post_ops(self, epi: tuple) -> tuple[list[DnnlPostOp], list[int]] | None:
@@ -112,11 +112,12 @@ class FloatKernel:
 
     def __call__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         key = (a.strides, b.strides, d.strides, tuple(None if e is None else (e.strides, e.dtype) for e in epi))
-        entry = self._prims.get(key, False)
+        entry = self._prims.peek(key, False)  # None: the library does not take this layout
         if entry is False:
-            if len(self._prims) >= _MAX_PRIMS:
-                self._prims.clear()
-            entry = self._prims[key] = self._create(a, b, d, epi)
+            entry = self._prims.get(key, False)
+        if entry is False:
+            entry = self._create(a, b, d, epi)
+            self._prims.put(key, entry)
         if entry is None:
             self.impls.add("blas")
             self.fallback(a, b, c, d, epi)
@@ -152,7 +153,7 @@ class IntProduct:
                  take: Callable[[tuple, np.dtype], np.ndarray]) -> None:
         self.lib, self.take = lib, take
         self.shift_a, self.shift_b = combo_a == DType.I8, combo_b == DType.U8
-        self._prims: dict[tuple, Matmul | None] = {}
+        self._prims: LruCache[tuple, Matmul | None] = LruCache(_MAX_PRIMS)
         self.impls: set[str] = set()
 
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None,
@@ -169,11 +170,12 @@ class IntProduct:
             out = self.take((batch, m, n), np.dtype(np.int32))
             held.append(out)
         key = (sa.strides, sb.strides, out.strides)
-        prim = self._prims.get(key, False)
+        prim = self._prims.peek(key, False)
         if prim is False:
-            if len(self._prims) >= _MAX_PRIMS:
-                self._prims.clear()
-            prim = self._prims[key] = self._create(sa, sb, out, batch)
+            prim = self._prims.get(key, False)
+        if prim is False:
+            prim = self._create(sa, sb, out, batch)
+            self._prims.put(key, prim)
         if prim is None:
             return None
         prim(sa.ctypes.data, sb.ctypes.data, out.ctypes.data)
