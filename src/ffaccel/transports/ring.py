@@ -42,6 +42,7 @@ from .protocol import (
     decode_error,
     ring_words,
 )
+from .spin import SpinBudget
 from .socket import _ENGINE_OF, SocketTransport, device_lost
 
 _U64 = struct.Struct("<Q")
@@ -75,6 +76,7 @@ class RingTransport(SocketTransport):
     def __init__(self, path: str, entries: int = 256, poll_us: int = 200, timeout_s: float = 30.0) -> None:
         super().__init__(path, timeout_s)
         self.poll_ns = int(poll_us * 1000)
+        self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
         self.entries = entries
         self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
@@ -246,6 +248,9 @@ class RingTransport(SocketTransport):
         start = time.monotonic_ns()
         deadline = start + int(self.timeout_s * 1e9)
         cq_tail = self._w["cq_tail"]
+        spin = self._spin
+        spin.start()
+        spinning = True
         while True:
             if cq_tail.value != self._cq_head:
                 off = self._cq_off + (self._cq_head & self._mask) * CQE.size_bytes
@@ -254,17 +259,20 @@ class RingTransport(SocketTransport):
                 self._w["cq_head"].value = self._cq_head
                 if self._server_flags.value & _CQ_FULL:  # the server parked our ring: room again
                     os.eventfd_write(self._doorbell, 1)
+                if spinning:
+                    spin.paid()
                 if user_data != seq:
                     raise self._lose(f"completion for {user_data}, expected {seq}")
                 if status:
                     return self._raise_completion(eid, status)
                 return _ENGINE_OF[engine], value
+            if spinning:
+                if spin.keep_spinning(count):
+                    if count > 1 and spin.past_budget():
+                        os.sched_yield()  # past the plain budget: keep polling, but cede a core the server needs
+                    continue
+                spinning = False
             now = time.monotonic_ns()
-            if now - start < self.poll_ns:
-                continue
-            if now - start < self.poll_ns * count:
-                os.sched_yield()  # past the plain budget: keep polling, but cede a core the server needs
-                continue
             self._check_ring()
             if now > deadline:
                 raise self._lose(f"no completion within {self.timeout_s} s")

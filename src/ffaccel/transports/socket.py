@@ -64,6 +64,7 @@ from .protocol import (
     decode_info,
 )
 from .paths import check_peer, check_private_dir, is_default_path
+from .spin import SpinBudget
 
 _U32x2 = struct.Struct("<II")
 _U64 = struct.Struct("<Q")
@@ -110,6 +111,7 @@ class SocketTransport:
         self.path = path
         self.timeout_s = float(timeout_s)
         self.poll_ns = int(poll_us) * 1000
+        self._spin = SpinBudget(int(poll_us))  # backs off at once on an oversubscribed machine
         self._lock = threading.Lock()
         self._lost: FFAccelError | None = None
         self._closed = False
@@ -198,7 +200,7 @@ class SocketTransport:
                 self._wait_ready(_POLLOUT, deadline)
 
     def _recv_reply(self, deadline: int, fds: list[int] | None = None) -> tuple[int, bytes]:
-        """Read one reply (header + body): busy-poll up to ``poll_ns``, then sleep in poll(2).
+        """Read one reply (header + body): busy-poll (adaptively, up to ``poll_us``), then sleep in poll(2).
 
         Only one request is ever outstanding on the connection (calls hold the lock), so a
         read can take whatever is there: it is all this reply, usually in one system call.
@@ -206,7 +208,9 @@ class SocketTransport:
         """
         sock = self._sock
         recv = sock.recv
-        spin_end = _now_ns() + self.poll_ns
+        spin = self._spin
+        spin.start()
+        spinning = True
         buf = b""
         while True:
             try:
@@ -216,9 +220,14 @@ class SocketTransport:
                     data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS)
                     collect_fds(anc, fds)
             except BlockingIOError:
-                if _now_ns() >= spin_end:
-                    self._wait_ready(_POLLIN, deadline)
+                if spinning and spin.keep_spinning():
+                    continue
+                spinning = False
+                self._wait_ready(_POLLIN, deadline)
                 continue
+            if spinning:
+                spin.paid()
+                spinning = False
             if not data:
                 raise EOFError("peer closed the connection")
             buf = buf + data if buf else data

@@ -49,13 +49,21 @@ class SpinBudget:
         self._t0 = _monotonic()
         self._c0 = _thread_time()
 
-    def keep_spinning(self) -> bool:
-        """Whether to poll once more; False ends the spin (and adapts the next budget)."""
+    def keep_spinning(self, scale: float = 1.0) -> bool:
+        """Whether to poll once more; False ends the spin (and adapts the next budget).
+
+        ``scale`` stretches this spin's budget (a ring client waiting for a chain of several
+        entries spins ``scale`` budgets).
+        """
         now = _monotonic()
-        if now - self._t0 < self.cur_s:
+        if now - self._t0 < self.cur_s * scale:
             return True
         self._ended_empty(now)
         return False
+
+    def past_budget(self) -> bool:
+        """Whether this spin is past one plain budget (a stretched spin should yield the core)."""
+        return _monotonic() - self._t0 >= self.cur_s
 
     def paid(self) -> None:
         """The spin found work: spin for the full budget next time (unless the CPU is oversubscribed)."""
@@ -69,10 +77,13 @@ class SpinBudget:
             self.cur_s = 0.0
             self._probe_at = now + self.PROBE_S
         elif self.cur_s:
-            self.cur_s = self.cur_s / 2 if self.cur_s > self.max_s / 16 else 0.0
+            if self.cur_s > self.max_s / 16:
+                self.cur_s /= 2
+            else:
+                self.cur_s = 0.0
+                self._probe_at = now + self.PROBE_S
         elif now >= self._probe_at:
-            self.cur_s = self.max_s / 4  # probe again
-            self._probe_at = now + self.PROBE_S
+            self.cur_s = self.max_s / 4  # probe again (a probe that pays restores the full budget)
 
 
 __all__ = ["SpinBudget"]

@@ -556,6 +556,7 @@ class RingPoller:
             for r in rings:
                 did = r.poll() or did
             if did:
+                spin.paid()
                 spin.start()
                 continue
             if spin.keep_spinning():

@@ -1,0 +1,83 @@
+"""Adaptive busy-polling (transports.spin): every branch forced with a fake clock, whatever the machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from ffaccel.transports import spin as spin_mod
+from ffaccel.transports.spin import SpinBudget
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 10.0
+
+    def run(self, seconds: float, cpu_share: float = 1.0) -> None:
+        """``seconds`` of wall time pass, of which this thread ran ``cpu_share``."""
+        self.wall += seconds
+        self.cpu += seconds * cpu_share
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    c = FakeClock()
+    monkeypatch.setattr(spin_mod, "_monotonic", lambda: c.wall)
+    monkeypatch.setattr(spin_mod, "_thread_time", lambda: c.cpu)
+    return c
+
+
+def _spin_empty(s: SpinBudget, clock: FakeClock, cpu_share: float = 1.0) -> int:
+    """Spin until the budget ends with nothing found; returns how many polls it allowed."""
+    s.start()
+    polls = 0
+    while s.keep_spinning():
+        polls += 1
+        clock.run(10e-6, cpu_share)
+    return polls
+
+
+def test_a_spin_that_pays_keeps_the_full_budget(clock: FakeClock) -> None:
+    s = SpinBudget(200)
+    for _ in range(5):
+        s.start()
+        clock.run(50e-6)
+        assert s.keep_spinning()
+        s.paid()
+    assert s.cur_s == pytest.approx(200e-6)
+
+
+def test_empty_spins_halve_the_budget_down_to_zero_then_probe_again(clock: FakeClock) -> None:
+    s = SpinBudget(160)
+    budgets = []
+    for _ in range(6):
+        _spin_empty(s, clock)
+        budgets.append(round(s.cur_s * 1e6))
+    assert budgets[:5] == [80, 40, 20, 10, 0]
+    assert _spin_empty(s, clock) == 0  # no spinning at all now
+    clock.run(SpinBudget.PROBE_S)
+    _spin_empty(s, clock)  # a probe: a quarter budget again
+    assert s.cur_s == pytest.approx(40e-6)
+    s.paid()
+    assert s.cur_s == pytest.approx(160e-6)
+
+
+def test_an_oversubscribed_machine_stops_spinning_at_once(clock: FakeClock) -> None:
+    s = SpinBudget(200)
+    _spin_empty(s, clock, cpu_share=0.2)  # the spinner got a fifth of the time: others need the core
+    assert s.cur_s == 0.0
+    s.paid()  # finding work right after does not bring spinning back before the probe time
+    assert s.cur_s == 0.0
+    clock.run(SpinBudget.PROBE_S)
+    s.paid()
+    assert s.cur_s == pytest.approx(200e-6)
+
+
+def test_a_stretched_spin_and_a_zero_budget(clock: FakeClock) -> None:
+    s = SpinBudget(100)
+    s.start()
+    clock.run(150e-6)
+    assert s.past_budget() and s.keep_spinning(scale=2)  # a chain of two: twice the budget
+    clock.run(60e-6)
+    assert not s.keep_spinning(scale=2)
+    assert _spin_empty(SpinBudget(0), clock) == 0
