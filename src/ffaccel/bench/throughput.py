@@ -140,4 +140,5 @@ def calibrate_peak(size: int = 2048, rounds: int = 5) -> dict[str, float | str]:
     t = measure({"peak": lambda: a @ a}, rounds=rounds, warmup=1, min_sample_s=0.0)["peak"]
     best = min(t.samples_s)
     return {"gflops": 2.0 * size**3 / best / 1e9, "size": size,
-            "method": f"best of {rounds} NumPy float32 {size}x{size} GEMMs (BLAS), after one warm-up"}
+            "method": f"best of {rounds} NumPy float32 {size}x{size} GEMMs (BLAS), after one warm-up",
+            "disturbed": t.disturbed}

@@ -1,4 +1,8 @@
-"""``ffaccel`` command line: ``info`` and ``conformance``."""
+"""``ffaccel`` command line: ``info``, ``conformance``, ``report`` and ``serve``.
+
+Every failure is one line on stderr and an exit status from :class:`ffaccel.cli.errors.Exit`
+(``--debug`` adds the traceback); see the README's "Exit status".
+"""
 
 from __future__ import annotations
 

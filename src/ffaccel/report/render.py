@@ -265,7 +265,8 @@ All ratios are between medians measured side by side in this run.</p>{warn}
 <h2>1. Conformance</h2>{_table(["device", "verdict", "cases", "failed", "time"], conf_rows)}{fails}
 <h2>2. Dispatch overhead</h2>{_table(["n", "path", "method", "batch", "per op (µs)", "vs NumPy @", "note"],
                                      dispatch_rows(results))}
-<h2>3. Throughput</h2><p>Measured peak: {peak['gflops']:.1f} GFLOP/s ({html.escape(str(peak['method']))}).</p>
+<h2>3. Throughput</h2><p>Measured peak: {peak['gflops']:.1f} GFLOP/s ({html.escape(str(peak['method']))}).
+{esc(_mark(peak))}</p>
 {_table(["combination", "n", "who", "GFLOP/s", "of peak", "note"], throughput_rows(results))}
 <h2>4. Workload: {html.escape(results['workload'][0]['name']) if results['workload'] else ''}</h2>
 {_table(["device", "ffaccel", "NumPy f32", "speed-up", "max |err| ffaccel", "max |err| NumPy"], w_rows)}

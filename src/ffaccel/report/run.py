@@ -243,6 +243,8 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None) -
 def disturbed_figures(results: dict[str, Any]) -> list[str]:
     """One line per figure of ``results`` flagged as disturbed (empty on a quiet run)."""
     out = []
+    if results.get("peak", {}).get("disturbed"):
+        out.append(f"peak calibration: {'; '.join(results['peak']['disturbed'])}")
     for p in results.get("dispatch", {}).get("points", []):
         if p.get("disturbed"):
             out.append(f"dispatch {p['path']} {p['method']} x{p['batch']} n={p['size']}: {'; '.join(p['disturbed'])}")
