@@ -218,6 +218,9 @@ case("gemm.int_scalar", "beta", "got 1.5", "int8-beta-1.5",
 for _arg, _v in (("alpha", 1j), ("beta", 2 + 0j), ("alpha", "2"), ("alpha", None), ("beta", np.ones(1))):
     case("api.scalar", _arg, f"got {_v!r}", f"{_arg}-{type(_v).__name__}",
          mm({"c": rand((M, N)), _arg: 0.5}, {"c": rand((M, N)), _arg: _v}))
+case("api.scalar", "alpha", f"got {2**1100!r}", "alpha-beyond-float64", mm({"alpha": 2**1000}, {"alpha": 2**1100}))
+case("api.scalar", "s", f"got {2**1100!r}", "scale-beyond-float64",
+     mm({}, {}, lazy=lambda bad: {"post_ops": [post.scale(2**1100 if bad else 2**10)]}))
 case("api.scalar", "lo", "got 1j", "clamp-complex",
      mm({}, {}, lazy=lambda bad: {"post_ops": [post.clamp(1j if bad else 0.0, 1.0)]}))
 case("api.scalar", "s", "got '2'", "scale-str",
@@ -234,6 +237,10 @@ case("api.post_op", "approximate", "got 'bogus'", "gelu-bogus",
      mm({}, {}, lazy=lambda bad: {"post_ops": [post.gelu(approximate="bogus" if bad else "tanh")]}))
 case("api.post_op", "approximate", "got None", "gelu-None",
      mm({}, {}, lazy=lambda bad: {"post_ops": [post.gelu(approximate=None if bad else "none")]}))  # type: ignore
+case("api.post_op", "approximate", "got []", "gelu-list",
+     mm({}, {}, lazy=lambda bad: {"post_ops": [post.gelu(approximate=[] if bad else "none")]}))  # type: ignore
+case("api.post_op", "axis", "got []", "bias-axis-list",
+     mm({}, {}, lazy=lambda bad: {"post_ops": [post.bias(rand((N,)), axis=[] if bad else "n")]}))  # type: ignore
 case("api.post_op", "axis", "got 'k'", "bias-axis-k",
      mm({}, {}, lazy=lambda bad: {"post_ops": [post.bias(rand((N,)), axis="k" if bad else "n")]}))
 case("epilogue.count", "post_ops", "got 5", "five-post-ops",

@@ -27,7 +27,7 @@ from ..abi import Gemm, Matrix, PostOpDesc
 from ..runtime import Device, resolve_device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, PostOpKind, dtype_of_numpy, violation
 from ..spec.errors import format_path
-from .post import PostOp
+from .post import PostOp, real_scalar
 
 _INPUT_DTYPES = sorted({c.a for c in GEMM_COMBOS})
 _ALLOWED_NAMES = "float64, float32, float16, bfloat16, int8 or uint8"
@@ -235,11 +235,8 @@ def _input_array(x: Any, arg: str, other: Any) -> np.ndarray:
 
 
 def _real(x: Any, arg: str) -> Any:
-    """A scalar that must be a real number (int, float, or a NumPy real scalar)."""
-    if isinstance(x, numbers.Real):
-        return x
-    raise violation("api.scalar", f"{x!r} ({type(x).__name__})",
-                    "a real number: int or float (an int for int8/uint8 inputs)", arg=arg)
+    """A scalar that must be a real number (int, float, or a NumPy real scalar) within float64's range."""
+    return real_scalar(x, arg, "a real number: int or float (an int for int8/uint8 inputs)")
 
 
 def _scalar_key(x: Any) -> Any:

@@ -32,7 +32,7 @@ class PostOp:
 def bias(v: Any, axis: str = "n") -> PostOp:
     """Add a vector: over the n columns (``axis="n"``, length n) or the m rows (``axis="m"``, length m)."""
     kinds = {"n": PostOpKind.BIAS_N, "m": PostOpKind.BIAS_M}
-    if axis not in kinds:
+    if not isinstance(axis, str) or axis not in kinds:
         raise violation("api.post_op", repr(axis), "'n' or 'm'", arg="axis")
     return PostOp(kinds[axis], operand=np.asarray(v))
 
@@ -45,25 +45,30 @@ def relu() -> PostOp:
 def gelu(approximate: str = "none") -> PostOp:
     """GELU as PyTorch names it: ``"none"`` (exact erf form) or ``"tanh"``."""
     kinds = {"none": PostOpKind.GELU_ERF, "tanh": PostOpKind.GELU_TANH}
-    if approximate not in kinds:
+    if not isinstance(approximate, str) or approximate not in kinds:
         raise violation("api.post_op", repr(approximate), "'none' or 'tanh'", arg="approximate")
     return PostOp(kinds[approximate])
 
 
-def _real(x: Any, arg: str) -> Any:
+def real_scalar(x: Any, arg: str, allowed: str = "a real number: int or float") -> Any:
+    """``x`` when it is a real number a float64 can hold (descriptors carry f64 or int64); else the error."""
     if isinstance(x, numbers.Real):
-        return x
-    raise violation("api.scalar", f"{x!r} ({type(x).__name__})", "a real number: int or float", arg=arg)
+        try:
+            float(x)
+            return x
+        except OverflowError:  # an int beyond float64's range
+            allowed += " within float64's range"
+    raise violation("api.scalar", f"{x!r} ({type(x).__name__})", allowed, arg=arg)
 
 
 def clamp(lo: float, hi: float) -> PostOp:
     """min(max(x, lo), hi); needs lo <= hi."""
-    return PostOp(PostOpKind.CLAMP, _real(lo, "lo"), _real(hi, "hi"))
+    return PostOp(PostOpKind.CLAMP, real_scalar(lo, "lo"), real_scalar(hi, "hi"))
 
 
 def scale(s: float) -> PostOp:
     """s * x."""
-    return PostOp(PostOpKind.SCALE, _real(s, "s"))
+    return PostOp(PostOpKind.SCALE, real_scalar(s, "s"))
 
 
 def add(e: Any) -> PostOp:
