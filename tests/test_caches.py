@@ -17,7 +17,7 @@ import pytest
 import ffaccel
 from ffaccel.abi import LruCache, ValidationCache, encode_submission
 from ffaccel.abi.validate import check_submission
-from ffaccel.conformance.errors import Env, Std
+from ffaccel.conformance.errors import Env, ValidGemm
 from ffaccel.transports import socket as socket_transport
 
 # -- the policy -----------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_bad_bounds_are_refused() -> None:
 def test_validation_cache_is_bounded() -> None:
     """Distinct submissions past the bound: the memo stays within it and hits are still exact."""
     with Env(lambda: ffaccel.open("ref")) as env:
-        s = Std(env)
+        s = ValidGemm(env)
         sizes = {buf.handle: buf.size_bytes for buf in env.bufs}
         cache = ValidationCache(max_entries=8)
         first = None

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import ffaccel
 from ffaccel.abi import COPY, GEMM, Copy, Gemm, Matrix, PostOpDesc, encode_submission
-from ffaccel.conformance.errors import Env, Std, patch_cmd
+from ffaccel.conformance.errors import Env, ValidGemm, patch_cmd
 from ffaccel.spec import ErrorCode, FFAccelError, PostOpKind
 
 PROPERTY = settings(max_examples=300, derandomize=True, deadline=None,
@@ -70,7 +70,7 @@ def _clean(call: Any, env: Env) -> None:
 
 # -- the issue's two reports, by name ---------------------------------------------------------
 
-def _issue_cases(s: Std) -> list[tuple[Gemm, str]]:
+def _issue_cases(s: ValidGemm) -> list[tuple[Gemm, str]]:
     return [
         (s.gemm(a=replace(s.a, batch_stride_elems=2**63 - 1)), "a.batch_stride_elems"),
         (s.gemm(b=replace(s.b, ld_elems=2**62)), "b.ld_elems"),
@@ -78,7 +78,7 @@ def _issue_cases(s: Std) -> list[tuple[Gemm, str]]:
 
 
 def test_issue_cases_in_process(env: Env) -> None:
-    s = Std(env, k=1)  # batch 1, and B has one row: neither stride is ever multiplied by more than 0
+    s = ValidGemm(env, k=1)  # batch 1, and B has one row: neither stride is ever multiplied by more than 0
     for gemm, param in _issue_cases(s):
         before = env.snapshot()
         with pytest.raises(FFAccelError) as info:
@@ -91,7 +91,7 @@ def test_issue_cases_in_process(env: Env) -> None:
 def test_issue_cases_through_the_server(server, path: str) -> None:
     """The server answers with the validator's code and parameter (was DEVICE_LOST "server error")."""
     with Env(lambda: server.open(path)) as e:
-        s = Std(e, k=1)
+        s = ValidGemm(e, k=1)
         for gemm, param in _issue_cases(s):
             before = e.snapshot()
             with pytest.raises(FFAccelError) as info:
@@ -106,7 +106,7 @@ def test_issue_cases_through_the_server(server, path: str) -> None:
 @PROPERTY
 @given(patches=_patches(GEMM), batch=st.sampled_from([1, 2]), k=st.sampled_from([1, 3]))
 def test_gemm_fields_patched_with_huge_values(env: Env, patches: dict[str, int], batch: int, k: int) -> None:
-    s = Std(env, batch=batch, k=k)
+    s = ValidGemm(env, batch=batch, k=k)
     gemm = s.gemm(epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=s.vector(np.float32, 1, s.n)),))
     raw = encode_submission([patch_cmd(gemm, patches)])
     _clean(lambda: env.dev.submit_raw(raw), env)
@@ -116,7 +116,7 @@ def test_gemm_fields_patched_with_huge_values(env: Env, patches: dict[str, int],
 @PROPERTY
 @given(patches=_patches(COPY))
 def test_copy_fields_patched_with_huge_values(env: Env, patches: dict[str, int]) -> None:
-    s = Std(env)
+    s = ValidGemm(env)
     raw = encode_submission([patch_cmd(Copy(src=s.c, dst=s.d), patches)], ffaccel.spec.Engine.COPY)
     _clean(lambda: env.dev.submit_raw(raw), env)
     env.bufs.clear()
@@ -133,7 +133,7 @@ def server_env(server) -> Iterator[Env]:
 def test_gemm_fields_patched_with_huge_values_through_the_server(server_env: Env, patches: dict[str, int]) -> None:
     """The server answers each with the validator's error (never DEVICE_LOST), and stays up."""
     env = server_env
-    s = Std(env, k=1)
+    s = ValidGemm(env, k=1)
     raw = encode_submission([patch_cmd(s.gemm(), patches)])
     _clean(lambda: env.dev.submit_raw(raw), env)
     for buf in env.bufs:
@@ -151,7 +151,7 @@ _MATRIX_FIELDS = ("rows", "cols", "ld_elems", "offset_bytes", "batch_stride_elem
 def test_encoder_takes_any_integer(env: Env, role: str, field_: str, value: int, top: str | None,
                                    top_value: int) -> None:
     """Negative or too-wide values given to the dataclasses: cmd.field_range, never struct.error."""
-    s = Std(env)
+    s = ValidGemm(env)
     kw: dict[str, Any] = {role: replace(getattr(s, role), **{field_: value})}
     if top is not None:
         kw[top] = top_value
@@ -171,3 +171,32 @@ def test_encoder_names_the_field() -> None:
     assert (info.value.param, info.value.rule) == ("wait[0].value", "cmd.field_range")
     with pytest.raises(struct.error):  # the layer below really does refuse: the check is not vacuous
         GEMM.struct.pack(*([0] * 7 + [-1] + [0] * (len(GEMM.names) - 8)))
+
+
+@pytest.mark.parametrize("name", ["ref", "cpu"])
+def test_buffer_views_and_reads_refuse_what_the_buffer_cannot_hold(name: str) -> None:
+    """Buffer.array / Buffer.read check offsets and sizes in Python integers before NumPy sees them
+    (a negative offset was a view before the buffer; 2**32 x 2**32 wrapped to 0 in np.prod)."""
+    with ffaccel.open(name) as dev:
+        buf = dev.alloc(64)
+        buf.write(np.arange(16, dtype=np.float32))
+        before = buf.read(np.uint8, 64)
+        bad = [
+            (lambda: buf.read(np.float32, 2**62), "count"),
+            (lambda: buf.read(np.float32, -1), "count"),
+            (lambda: buf.read(np.float32, 1, -4), "count"),
+            (lambda: buf.array(np.float32, offset_bytes=-4), "offset_bytes"),
+            (lambda: buf.array(np.float32, offset_bytes=68), "offset_bytes"),
+            (lambda: buf.array(np.float32, (2**32, 2**32)), "shape"),
+            (lambda: buf.array(np.float32, (-2, -8)), "shape"),
+            (lambda: buf.array(np.float32, 17), "shape"),
+        ]
+        for call, param in bad:
+            if not buf.host_visible and param != "count":
+                continue  # array() is for host-visible memory only (UNSUPPORTED elsewhere)
+            with pytest.raises(FFAccelError) as info:
+                call()
+            assert (info.value.code, info.value.param) == (ErrorCode.OUT_OF_BOUNDS, param), str(info.value)
+        np.testing.assert_array_equal(buf.read(np.uint8, 64), before)
+        np.testing.assert_array_equal(buf.read(np.float32, 16), np.arange(16, dtype=np.float32))
+        assert buf.array(np.float32, (4, 4)).shape == (4, 4) and buf.array(np.float32, offset_bytes=64).shape == (0,)

@@ -8,6 +8,7 @@ the client that allocated them and named by handles in its own table.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -119,9 +120,15 @@ class Buffer:
                                f"({type(self._memory).__name__}); only host-visible buffers have one, "
                                "use read()/write() here")
         dt = np.dtype(dtype)
-        count = (self.size_bytes - offset_bytes) // dt.itemsize if shape is None else int(np.prod(shape))
+        dims = None if shape is None else tuple(int(s) for s in ((shape,) if np.ndim(shape) == 0 else shape))
+        # Python integers (math.prod, not np.prod: that wraps at 2**63), checked before NumPy sees them
+        count = (self.size_bytes - offset_bytes) // dt.itemsize if dims is None else math.prod(dims)
+        if offset_bytes < 0 or count < 0 or min(dims or (0,)) < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
+            raise violation("operand.bounds", f"{dims if dims is not None else count} elements of {dt} from byte "
+                            f"{offset_bytes}", f"within the buffer's {self.size_bytes} bytes",
+                            operand="shape" if dims is not None else "offset_bytes")
         flat = np.ndarray((count,), dt, buffer=self._memory, offset=offset_bytes)
-        return flat if shape is None else flat.reshape(shape)
+        return flat if dims is None else flat.reshape(dims)
 
     def write(self, data: np.ndarray, offset_bytes: int = 0) -> None:
         """Copy ``data``'s bytes into the buffer at ``offset_bytes``."""
@@ -136,11 +143,11 @@ class Buffer:
 
     def read(self, dtype: Any, count: int, offset_bytes: int = 0) -> np.ndarray:
         """Copy ``count`` elements of ``dtype`` out of the buffer."""
+        dt = np.dtype(dtype)
+        if offset_bytes < 0 or count < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
+            raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + count * dt.itemsize})",
+                            f"within the buffer's {self.size_bytes} bytes", operand="count")
         if not isinstance(self._memory, np.ndarray):  # device memory: the driver copies the bytes out
-            dt = np.dtype(dtype)
-            if offset_bytes < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
-                raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + count * dt.itemsize})",
-                                f"within the buffer's {self.size_bytes} bytes", operand="count")
             return self._memory.read_bytes(offset_bytes, count * dt.itemsize).view(dt)
         return self.array(dtype, (count,), offset_bytes).copy()
 
