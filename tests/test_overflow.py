@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ffaccel
-from ffaccel.abi import COPY, GEMM, Copy, Gemm, Matrix, PostOpDesc, encode_submission
-from ffaccel.conformance.errors import Env, ValidGemm, patch_cmd
+from ffaccel.abi import COPY, GEMM, SUBMIT, WAIT, Copy, Gemm, Matrix, PostOpDesc, encode_submission
+from ffaccel.conformance.errors import Env, ValidGemm, patch, patch_cmd
 from ffaccel.spec import ErrorCode, FFAccelError, PostOpKind
 
 PROPERTY = settings(max_examples=300, derandomize=True, deadline=None,
@@ -138,6 +138,18 @@ def test_gemm_fields_patched_with_huge_values_through_the_server(server_env: Env
     _clean(lambda: env.dev.submit_raw(raw), env)
     for buf in env.bufs:
         buf.free()  # the server's per-client buffer limit is finite
+    env.bufs.clear()
+
+
+@PROPERTY
+@given(head=_patches(SUBMIT), wait=_patches(WAIT))
+def test_submission_header_and_waits_patched_with_huge_values(env: Env, head: dict[str, int],
+                                                              wait: dict[str, int]) -> None:
+    s = ValidGemm(env)
+    fence = env.dev.submit([])  # a value the wait may name
+    raw = encode_submission([s.gemm()], waits=[(int(fence.engine), fence.value)])
+    raw = patch(patch(raw, SUBMIT, head), WAIT, wait, base=SUBMIT.size_bytes)
+    _clean(lambda: env.dev.submit_raw(raw), env)
     env.bufs.clear()
 
 
