@@ -279,7 +279,10 @@ def test_failing_cases_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import ffaccel.report.run as run_mod
     from ffaccel.cli.main import _Console, _print_report
 
-    bad = [types.SimpleNamespace(name=f"gemm/f32/case{i}", message=f"D[0,0] off by {i}") for i in range(60)]
+    from ffaccel.conformance.runner import CaseResult
+
+    bad = [CaseResult("GEMM", "gemm", "f32", f"gemm/f32/case{i}", False, message=f"D[0,0] off by {i}",
+                      expected="1.0", got=f"{1 + i}.0") for i in range(60)]
     monkeypatch.setattr(run_mod, "check_device", _fake_conformance(bad))
     res = run_report(_tiny(tmp_path))
     c = res["conformance"][0]
@@ -287,10 +290,10 @@ def test_failing_cases_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert [f["case"] for f in c["failures"]] == [f"gemm/f32/case{i}" for i in range(run_mod.MAX_FAILURES_LISTED)]
     write_outputs(res, tmp_path, pngs={})  # the plots are not what this test is about
     doc = (tmp_path / "report.html").read_text()
-    assert "gemm/f32/case0" in doc and "D[0,0] off by 0" in doc and "10 more" in doc
+    assert "gemm/f32/case0" in doc and "D[0,0] off by 0" in doc and "<td>2.0</td>" in doc and "10 more" in doc
     _print_report(res, _Console(width=200))
     out = capsys.readouterr().out
-    assert "FAIL cpu gemm/f32/case0: D[0,0] off by 0" in out and "50 more" in out
+    assert "cpu: FAIL gemm/f32/case1: expected 1.0, got 2.0 (D[0,0] off by 1)" in out and "50 more" in out
 
 
 # -- output folders ----------------------------------------------------------------------------------

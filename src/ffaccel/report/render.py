@@ -249,7 +249,9 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
         if c.get("failures"):
             more = c["failed"] - len(c["failures"])
             fails += (f"<h3>{esc(c['device'])}: failing cases</h3>"
-                      + _table(["case", "what failed"], [[f["case"], f["message"]] for f in c["failures"]])
+                      + _table(["case", "expected", "got", "what failed"],
+                               [[f["case"], f.get("expected", ""), f.get("got", ""), f["message"]]
+                                for f in c["failures"]])
                       + (f"<p>... and {more} more (ffaccel conformance {esc(c['device'])} --report DIR "
                          "lists them all)</p>" if more > 0 else ""))
     bd = "".join(_table(BREAKDOWN_HEADER, breakdown_rows(w)) for w in results["workload"])

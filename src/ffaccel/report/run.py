@@ -27,7 +27,7 @@ from ..bench.dispatch import BATCHES, SIZES, run_dispatch
 from ..bench.load import LoadLog
 from ..bench.throughput import FULL_SIZES, QUICK_SIZES, best_f32_rate, calibrate_peak, run_throughput
 from ..bench.workload import BlockShape, run_workload
-from ..conformance import check_device
+from ..conformance import check_device, format_failures
 from ..runtime import Device, open_device
 from ..spec import SPEC_VERSION
 
@@ -193,7 +193,8 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None) -
                 conf.append({"device": name, "passed": rep.passed, "cases": len(rep.results),
                              "failed": len(rep.failures), "seconds": rep.seconds,
                              "summary": json.loads(rep.to_json())["summary"],
-                             "failures": [{"case": r.name, "message": r.message}
+                             "failures": [{"case": r.name, "expected": r.expected, "got": r.got,
+                                           "message": r.message, "line": format_failures([r])}
                                           for r in rep.failures[:MAX_FAILURES_LISTED]]})
         results["conformance"] = conf
 
