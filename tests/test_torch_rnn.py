@@ -55,6 +55,21 @@ def test_rnn_matches_stock(nonlinearity: str) -> None:
     assert stats["host_calls"] == 0 and stats["offloaded_fraction"] == 1.0
 
 
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+def test_cells_match_stock(kind: str, unbatched: bool) -> None:
+    torch.manual_seed(0)
+    cell = getattr(torch.nn, kind)(6, 5)
+    x = torch.randn(6) if unbatched else torch.randn(3, 6)
+    h = torch.randn(5) if unbatched else torch.randn(3, 5)
+    hx = (h, torch.randn(h.shape)) if kind == "LSTMCell" else h
+    want, got, stats = _run(cell, x, hx)
+    _close(got, want)
+    gates = {"LSTMCell": 4, "GRUCell": 3, "RNNCell": 1}[kind]
+    assert stats["offloaded_flops"] == 2 * (1 if unbatched else 3) * gates * 5 * (6 + 5)
+    assert stats["host_calls"] == 0 and stats["offloaded_calls"] == 2
+
+
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # the reference side
 def test_lstm_projection_unbatched_and_no_bias() -> None:
     torch.manual_seed(0)

@@ -141,6 +141,7 @@ class HostFlops(TorchDispatchMode):
         self.stats = stats
         self.reason: str | None = None  # set by the function mode around a refused call
         self.outer: str | None = None  # the outermost Python-level call not handled
+        self.outer_counted = False  # whether that call has been counted once
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -156,7 +157,10 @@ class HostFlops(TorchDispatchMode):
         out = func(*args, **kwargs)
         flops = int(formula(*args, **kwargs, out_val=out))
         if flops:
-            reason = self.reason or f"{NOT_LOWERED} ({self.outer or func._overloadpacket.__name__})"
-            # the function mode counts the call of a refused op itself; here only its FLOPs
-            count(self.stats, False, flops, reason, calls=0 if self.reason else 1)
+            if self.reason:  # the function mode counted the refused call itself; here only its FLOPs
+                count(self.stats, False, flops, self.reason, calls=0)
+            else:  # one call per Python-level call, however many priced ops it is made of
+                count(self.stats, False, flops, f"{NOT_LOWERED} ({self.outer or func._overloadpacket.__name__})",
+                      calls=0 if self.outer_counted else 1)
+                self.outer_counted = self.outer is not None
         return out

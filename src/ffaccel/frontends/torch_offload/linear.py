@@ -117,8 +117,10 @@ def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     # oneDNN kernel crashed on that layout with a bias: see docs/torch.md.)
     x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
     flops = 2 * x2.shape[0] * w.shape[0] * w.shape[1]
-    post_ops = [post.bias(to_numpy(bias))] if bias is not None else []
-    r = to_torch(m.run(flops, to_numpy(x2), to_numpy(w), trans_b=True, post_ops=post_ops))
+    if bias is None:  # W^T as a strided view (no flag): matmul serves a plain GEMM from its plan cache
+        r = to_torch(m.run(flops, to_numpy(x2), to_numpy(w).T))
+    else:
+        r = to_torch(m.run(flops, to_numpy(x2), to_numpy(w), trans_b=True, post_ops=[post.bias(to_numpy(bias))]))
     return r if x.ndim == 2 else r.view(x.shape[:-1] + (w.shape[0],))
 
 

@@ -1,4 +1,5 @@
-"""Recurrent layers (``torch.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what ``nn.LSTM`` & co call).
+"""Recurrent layers (``torch.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what ``nn.LSTM`` & co call)
+and cells (``torch.lstm_cell`` & co, what ``nn.LSTMCell`` & co call).
 
 Per layer and direction: the input projection of all time steps is one GEMM
 (``X W_ih^T + b``, T N rows), then one GEMM per step for the recurrence
@@ -132,6 +133,35 @@ def rnn(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
     return output, h_n
 
 
+_CELLS = {torch.lstm_cell: "lstm", torch.gru_cell: "gru", torch.rnn_tanh_cell: "rnn_tanh",
+          torch.rnn_relu_cell: "rnn_relu"}
+
+
+def cell(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """One step of ``nn.LSTMCell`` & co: the input GEMM, then :func:`_step` as in a layer."""
+    kind = _CELLS[func]
+    names = ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")
+    p = dict(zip(names, args))
+    p.update(kwargs)
+    if set(p) - set(names):
+        raise Host(ARGS)
+    x, hx, w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in names)
+    h, c = (hx[0], hx[1]) if kind == "lstm" else (hx, None)
+    check_tensors(x, h, c, w_ih, w_hh, b_ih, b_hh, allowed=_FLOATS)
+    same_dtype(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    G = _GATES[kind]
+    if x.ndim != 2 or h.ndim != 2 or w_ih.ndim != 2 or w_hh.ndim != 2 or w_ih.shape[1] != x.shape[1] \
+            or w_ih.shape[0] != w_hh.shape[0] or w_hh.shape[0] % G or w_hh.shape[1] != h.shape[1] \
+            or h.shape[0] != x.shape[0]:
+        raise Host(SHAPE)
+    b_in = b_ih
+    if kind != "gru" and b_ih is not None and b_hh is not None:
+        b_in = b_ih + b_hh
+    gx = _project(m, x[None], w_ih, b_in)[0]
+    h, c = _step(m, kind, gx, h, c, w_hh, b_hh if kind == "gru" else None, None)
+    return (h, c) if kind == "lstm" else h
+
+
 def handlers() -> dict[Callable, Callable]:
-    """func -> handler for recurrent layers."""
-    return {f: rnn for f in _KIND}
+    """func -> handler for recurrent layers and cells."""
+    return {**{f: rnn for f in _KIND}, **{f: cell for f in _CELLS}}

@@ -148,6 +148,7 @@ class _Mode(TorchFunctionMode):
             if func is F.multi_head_attention_forward:
                 return self._open_composite(func, args, kwargs)
             host.outer = getattr(func, "__name__", None)  # names the op whose FLOPs stay on the host
+            host.outer_counted = False
             try:
                 return func(*args, **kwargs)
             finally:
