@@ -43,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import importlib.util
 import math
 import os
 import threading
@@ -728,11 +729,12 @@ def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
 # which kernel library serves each combination
 
 #: Environment variable choosing kernel libraries: ``auto`` (default), ``blas``, ``onednn``, or
-#: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``).
+#: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``); f16 and bf16 also
+#: take ``widened`` (PyTorch's casts to f32, then oneDNN's f32 matmul).
 KERNELS_ENV = "FFACCEL_CPU_KERNELS"
 #: The combination classes whose kernel library can be chosen (f64 is always OpenBLAS).
 KERNEL_CLASSES = ("f32", "bf16", "f16", "int8")
-KERNEL_CHOICES = ("auto", "blas", "onednn")
+KERNEL_CHOICES = ("auto", "blas", "onednn", "widened")
 #: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call costs
 #: a few microseconds more of dispatch. A forced ``onednn`` uses it at every size.
 ONEDNN_MIN_MNK = 32**3
@@ -793,7 +795,8 @@ def _probe_impl(lib: Any, cls: str) -> str | None:
         return None
     impl = prim.impl
     prim.close()
-    return impl if cpu_onednn.usable(impl) else None
+    ok = cpu_onednn.exact_int8(impl) if cls == "int8" else cpu_onednn.usable(impl)
+    return impl if ok else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -805,37 +808,49 @@ def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None) -> tuple
 
 
 def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[str, tuple[str, str]]:
-    """Class -> (library, why): what serves each class here, "blas" or "onednn".
+    """Class -> (kernel, why): what serves each class here: "blas", "onednn" (oneDNN's matmul on
+    the class's own dtypes) or "widened" (f16/bf16 widened to f32 by PyTorch's casts, then
+    oneDNN's f32 matmul).
 
     ``auto`` takes oneDNN where it measured faster (docs/kernels.md) and is exact: int8 only
-    where its u8 x s8 sum is exact (VNNI/AMX); bf16 only with native bf16 instructions (its
-    emulation is ~5x slower than OpenBLAS on widened f32); f16 only where the library
-    implements it; f32 for GEMMs with an epilogue (bare f32 GEMMs stay on OpenBLAS, which
-    matches it, with a cheaper call). Not with a thread limit (``cpu:N`` limits OpenBLAS only).
-    A forced ``onednn`` that cannot run here is refused.
+    where its u8 x s8 sum is exact (VNNI/AMX); bf16 natively only with bf16 instructions (the
+    library's emulation is ~5x slower than f32), else widened; f16 natively where the library
+    implements it, else widened; f32 for GEMMs with an epilogue (bare f32 GEMMs stay on
+    OpenBLAS, which matches it with a cheaper call). Never with a thread limit (``cpu:N``
+    limits OpenBLAS only). A forced choice that cannot run here is refused.
     """
     out: dict[str, tuple[str, str]] = {}
+    torch_ok = importlib.util.find_spec("torch") is not None
     for cls in KERNEL_CLASSES:
         want = choice[cls]
         if want == "blas":
             out[cls] = ("blas", "forced")
             continue
         impl = _probe_impl(lib, cls) if lib is not None else None
+        f32_impl = _probe_impl(lib, "f32") if lib is not None and cls in ("f16", "bf16") else None
         exact = lib is not None and (cls != "int8" or lib.int8_exact)
-        if want == "onednn":
-            if impl is None or not exact:
-                why = ("oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
-                       "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
-                       f"oneDNN {lib.version} has no {cls} matmul for this CPU")
-                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                                   f"{KERNELS_ENV}: {cls}=onednn cannot run here: {why}", rule="device.name")
-            out[cls] = ("onednn", f"forced, {impl}")
+        native = impl is not None and exact and (cls != "bf16" or lib.isa & 0x80 != 0)
+        can_widen = f32_impl is not None and torch_ok
+        if want == "auto":
+            if threads is not None:
+                out[cls] = ("blas", "auto")
+            elif native:
+                out[cls] = ("onednn", f"auto, {impl}")
+            elif can_widen:
+                out[cls] = ("widened", f"auto, {f32_impl} on f32 widened by torch")
+            else:
+                out[cls] = ("blas", "auto")
             continue
-        native_bf16 = lib is not None and lib.isa & 0x80 != 0
-        if impl is None or not exact or threads is not None or (cls == "bf16" and not native_bf16):
-            out[cls] = ("blas", "auto")
-        else:
-            out[cls] = ("onednn", f"auto, {impl}")
+        ok = (impl is not None and exact) if want == "onednn" else can_widen
+        if not ok:
+            why = ("oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
+                   "only f16 and bf16 are widened" if want == "widened" and cls not in ("f16", "bf16") else
+                   "PyTorch is not installed" if want == "widened" else
+                   "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
+                   f"oneDNN {lib.version} has no {cls} matmul for this CPU")
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
+                               f"{KERNELS_ENV}: {cls}={want} cannot run here: {why}", rule="device.name")
+        out[cls] = (want, f"forced, {impl}" if want == "onednn" else f"forced, {f32_impl} on f32 widened by torch")
     return out
 
 
@@ -886,7 +901,7 @@ class CpuDriver(Driver):
         self._limit = _ThreadLimit(threads) if threads is not None else None
         self._plans: LruCache[GemmOp, Kernel] = LruCache(256)
         self.kernel_choice = parse_kernels(os.environ.get(KERNELS_ENV) if kernels is None else kernels)
-        if any(v == "onednn" for v in self.kernel_choice.values()):
+        if any(v not in ("auto", "blas") for v in self.kernel_choice.values()):
             self._kernels()  # a forced library that cannot run here is refused now, not at the first GEMM
 
     def _kernels(self) -> tuple[Any, dict[str, tuple[str, str]]]:
@@ -915,14 +930,14 @@ class CpuDriver(Driver):
                 continue
             where, impl = res[cls][1].split(", ", 1)
             lib_name = f"oneDNN {lib.version} {impl}"
+            if cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
+                lib_name += " (shifted onto u8 x s8)"
             if where == "forced":
                 out[name] = lib_name
             elif cls == "f32":
                 out[name] = f"{lib_name} with an epilogue and m*n*k >= {ONEDNN_MIN_MNK}; else {blas}"
             else:
                 out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK}; else {blas}"
-            if cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
-                out[name] += " (shifted onto u8 x s8)"
         return out
 
     def info(self) -> DriverInfo:
@@ -935,16 +950,20 @@ class CpuDriver(Driver):
         if cls is None or not op.reads_ab or self.kernel_choice[cls] == "blas":
             return None
         lib, res = self._kernels()
-        if res[cls][0] != "onednn":
+        if res[cls][0] == "blas":
             return None
-        if self.kernel_choice[cls] != "onednn":  # auto: where it measured faster
+        if self.kernel_choice[cls] == "auto":  # where it measured faster
             if op.batch * op.m * op.n * op.k < ONEDNN_MIN_MNK or (cls == "f32" and not op.epilogue):
                 return None
         from . import cpu_onednn
 
         if cls == "int8":
             return _plan_int(op, cpu_onednn.IntProduct(lib, op.combo.a, op.combo.b, _WORKSPACE.take))
-        return cpu_onednn.FloatKernel(lib, op, fallback)
+        rest = _float_steps(op, np.dtype(np.float32))[cpu_onednn.fused_count(op):]
+        tail = (lambda x, epi: _run_steps(rest, x, epi)) if rest else None
+        if res[cls][0] == "widened":
+            return cpu_onednn.WidenedKernel(lib, op, fallback, _WORKSPACE.take, _WORKSPACE.give, tail)
+        return cpu_onednn.FloatKernel(lib, op, fallback, tail, _WORKSPACE.take, _WORKSPACE.give)
 
     def _blas_only(self, op: GemmOp) -> bool:
         """Whether the f2py fast paths may take this f32/f64 GEMM (not when oneDNN is forced on f32)."""

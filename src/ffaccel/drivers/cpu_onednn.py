@@ -4,7 +4,8 @@
   per layout computes ``epilogue(alpha * op(A) @ op(B) + beta * C)`` in a single pass:
   alpha as a leading ``linear`` eltwise, beta * C as the ``sum`` post-op on D (C is first
   copied into D unless D is C), bias and residual as ``binary_add`` with their own strides,
-  relu / gelu / clamp / scale as eltwise post-ops. Operands keep their strides (no copies);
+  gelu and scale as eltwise post-ops, up to the first relu or clamp (oneDNN's drop NaN;
+  the rest of the epilogue runs in the driver's passes). Operands keep their strides (no copies);
   a batch stride of 0 becomes a batch dimension of 1 (oneDNN's broadcast; a 0 stride sends
   it to its reference code).
 * Integers: only the bare u8 x s8 -> s32 product, the one combination oneDNN sums exactly
@@ -19,8 +20,12 @@ on the BLAS kernel instead; :attr:`FloatKernel.impls` records what ran.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable
+from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from ..abi import GemmOp, LruCache
@@ -30,8 +35,8 @@ from .onednn import DnnlPostOp, Library, Matmul, OneDNNError, Operand
 
 Kernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
 _U32 = np.uint32
-_ELTWISE = {PostOpKind.RELU: onednn.RELU, PostOpKind.GELU_ERF: onednn.GELU_ERF,
-            PostOpKind.GELU_TANH: onednn.GELU_TANH, PostOpKind.CLAMP: onednn.CLIP, PostOpKind.SCALE: onednn.LINEAR}
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_ELTWISE = {PostOpKind.GELU_ERF: onednn.GELU_ERF, PostOpKind.GELU_TANH: onednn.GELU_TANH}
 _BINARY = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
 #: Most primitives one kernel keeps (one per distinct set of operand strides).
 _MAX_PRIMS = 8
@@ -40,6 +45,12 @@ _MAX_PRIMS = 8
 def usable(impl: str) -> bool:
     """Whether an implementation is one of oneDNN's optimised ones (not its reference code)."""
     return not impl.startswith("ref")
+
+
+def exact_int8(impl: str) -> bool:
+    """Whether an implementation sums u8 x s8 exactly in s32: the brgemm kernels on VNNI or AMX.
+    Measured: oneDNN 3.2's ``gemm:jit`` (what a transposed src gets) rounds sums through f32."""
+    return impl.startswith("brg") and ("vnni" in impl or "amx" in impl)
 
 
 def operand(x: np.ndarray, batch: int, dtype: int | None = None) -> Operand | None:
@@ -53,6 +64,16 @@ def operand(x: np.ndarray, batch: int, dtype: int | None = None) -> Operand | No
     return Operand.of(x, dtype)
 
 
+def fused_count(op: GemmOp) -> int:
+    """How many leading post-ops oneDNN runs: all up to the first relu or clamp. Its relu and
+    clip return 0 or a bound for NaN (max/min instructions drop a NaN operand), and the spec
+    says NaN propagates; from there on the driver's own in-place passes run the epilogue."""
+    for i, p in enumerate(op.epilogue):
+        if p.kind in (PostOpKind.RELU, PostOpKind.CLAMP):
+            return i
+    return len(op.epilogue)
+
+
 class FloatKernel:
     """``epilogue(alpha * a @ b + beta * c)`` into d by one oneDNN matmul per layout.
 
@@ -63,10 +84,17 @@ class FloatKernel:
     fallback : the BLAS kernel, run for layouts the library does not take
     """
 
-    def __init__(self, lib: Library, op: GemmOp, fallback: Kernel) -> None:
-        self.lib, self.op, self.fallback = lib, op, fallback
+    def __init__(self, lib: Library, op: GemmOp, fallback: Kernel,
+                 tail: Callable[[np.ndarray, tuple], None] | None = None,
+                 take: Callable[[tuple, np.dtype], np.ndarray] | None = None,
+                 give: Callable[[list], None] | None = None) -> None:
+        self.lib, self.op, self.fallback, self.tail = lib, op, fallback, tail
         self.alpha, self.beta = float(op.alpha), float(op.beta)
         self.copy_c = op.reads_c and not op.in_place
+        self.fused = fused_count(op)
+        # the tail runs on the f32 accumulator: a bf16/f16 D then gets it from a pooled f32 array
+        self.scratch = take if tail is not None and op.combo.d != op.combo.acc else None
+        self.give = give
         self._prims: LruCache[tuple, Matmul | None] = LruCache(_MAX_PRIMS)
         self.impls: set[str] = set()  # what ran: oneDNN implementation names, or "blas"
 
@@ -78,15 +106,13 @@ class FloatKernel:
         if op.reads_c:
             posts.append(DnnlPostOp("sum", alpha=self.beta))
         binary: list[int] = []
-        for i, p in enumerate(op.epilogue):
+        for i, p in enumerate(op.epilogue[:self.fused]):
             if p.kind in _BINARY:
                 o = operand(epi[i], op.batch)
                 if o is None:
                     return None
                 posts.append(DnnlPostOp("binary_add", operand=o))
                 binary.append(i)
-            elif p.kind == PostOpKind.CLAMP:
-                posts.append(DnnlPostOp("eltwise", onednn.CLIP, float(p.param0), float(p.param1)))
             elif p.kind == PostOpKind.SCALE:
                 posts.append(DnnlPostOp("eltwise", onednn.LINEAR, float(p.param0), 0.0))
             else:
@@ -110,7 +136,9 @@ class FloatKernel:
             return None
         return prim, posts[1]
 
-    def __call__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+    def entry(self, a: np.ndarray, b: np.ndarray, d: np.ndarray, epi: tuple) -> tuple[Matmul, list[int]] | None:
+        """The primitive for these operands' layout (created once), or None where the library
+        does not take it."""
         key = (a.strides, b.strides, d.strides, tuple(None if e is None else (e.strides, e.dtype) for e in epi))
         entry = self._prims.peek(key, False)  # None: the library does not take this layout
         if entry is False:
@@ -118,15 +146,113 @@ class FloatKernel:
         if entry is False:
             entry = self._create(a, b, d, epi)
             self._prims.put(key, entry)
-        if entry is None:
-            self.impls.add("blas")
-            self.fallback(a, b, c, d, epi)
-            return
+        return entry
+
+    def run(self, entry: tuple[Matmul, list[int]], a: np.ndarray, b: np.ndarray, d: np.ndarray, epi: tuple) -> None:
+        """One call of an :meth:`entry` and the tail; D must already hold C when the GEMM reads C."""
         prim, binary = entry
-        if self.copy_c:
-            np.copyto(d, c)  # then the sum post-op adds beta * C (D's dtype: C's)
         prim(a.ctypes.data, b.ctypes.data, d.ctypes.data, *[epi[i].ctypes.data for i in binary])
         self.impls.add(prim.impl)
+        if self.tail is not None:
+            self.tail(d, epi)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        held: list[np.ndarray] = []
+        try:
+            x = d
+            if self.scratch is not None and self.give is not None:
+                x = self.scratch(d.shape, np.dtype(np.float32))
+                held.append(x)
+            entry = self.entry(a, b, x, epi)
+            if entry is None:
+                self.impls.add("blas")
+                self.fallback(a, b, c, d, epi)
+                return
+            if self.op.reads_c and (x is not d or not self.op.in_place):
+                cast(x, c)  # then the sum post-op adds beta * C
+            self.run(entry, a, b, x, epi)
+            if x is not d:
+                cast(d, x)  # the one rounding to D's dtype
+        finally:
+            if held and self.give is not None:
+                self.give(held)
+
+
+def cast(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst = src, converted and rounded to nearest even: PyTorch's vectorised casts for f16/bf16
+    where PyTorch is imported already, else NumPy's (scalar, ~2 ns an element)."""
+    if src.dtype != dst.dtype and "torch" in sys.modules:
+        torch_cast(dst, src)
+    else:
+        with np.errstate(all="ignore"):
+            np.copyto(dst, src, casting="unsafe")
+
+
+def _torch_view(x: np.ndarray) -> Any:
+    """A zero-copy torch view of a host array (bfloat16 included; read-only broadcasts too)."""
+    import torch
+
+    bf16 = x.dtype == _BF16
+    if bf16:
+        x = x.view(np.uint16)
+    if x.flags.writeable:
+        t = torch.from_numpy(x)
+    else:  # broadcast inputs: torch warns that it could write them; the kernel never does
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(x)
+    return t.view(torch.bfloat16) if bf16 else t
+
+
+def torch_cast(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst = src converted (f16/bf16 <-> f32) by PyTorch's vectorised, multi-threaded casts, which
+    round to nearest even and overflow to inf like NumPy's (scalar, ~2 ns an element) casts."""
+    _torch_view(dst).copy_(_torch_view(src))
+
+
+class WidenedKernel:
+    """f16 / bf16 GEMMs through f32 on oneDNN: the operands widened exactly by PyTorch's casts into
+    pooled f32 arrays, one f32 matmul with the fused epilogue (alpha, beta * C, post-ops) into
+    an f32 accumulator (D itself for f32 outputs), then one rounding to D's dtype.
+
+    Both PyTorch and oneDNN run on the process's one GNU OpenMP pool, so the casts and the
+    GEMM do not fight two spinning thread pools (OpenBLAS's and OpenMP's) for the cores.
+    """
+
+    def __init__(self, lib: Library, op: GemmOp, fallback: Kernel,
+                 take: Callable[[tuple, np.dtype], np.ndarray], give: Callable[[list], None],
+                 tail: Callable[[np.ndarray, tuple], None] | None = None) -> None:
+        self.inner = FloatKernel(lib, op, fallback, tail)  # runs on the f32 accumulator here
+        self.op, self.fallback, self.take, self.give = op, fallback, take, give
+        self.impls = self.inner.impls
+
+    def _widened(self, x: np.ndarray, held: list[np.ndarray]) -> np.ndarray:
+        src = x[:1] if x.shape[0] > 1 and x.strides[0] == 0 else x
+        out = self.take(src.shape, np.dtype(np.float32))
+        held.append(out)
+        torch_cast(out, src)
+        return np.broadcast_to(out, x.shape) if src is not x else out
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        op = self.op
+        held: list[np.ndarray] = []
+        try:
+            x = d if d.dtype == np.float32 else self.take((op.batch, op.m, op.n), np.dtype(np.float32))
+            if x is not d:
+                held.append(x)
+            aw, bw = self._widened(a, held), self._widened(b, held)
+            entry = self.inner.entry(aw, bw, x, epi)
+            if entry is None:
+                self.impls.add("blas")
+                self.fallback(a, b, c, d, epi)
+                return
+            if op.reads_c and (x is not d or not op.in_place):
+                torch_cast(x, c)
+            self.inner.run(entry, aw, bw, x, epi)
+            if x is not d:
+                torch_cast(d, x)  # the one rounding to D's dtype
+        finally:
+            self.give(held)
 
 
 def _shifted(x: np.ndarray, dtype: type, take: Callable[[tuple, np.dtype], np.ndarray],
@@ -164,7 +290,14 @@ class IntProduct:
         n = b.shape[2]
         if batch > 1 and a.strides[0] == 0 and b.strides[0] == 0:
             return None
-        sa = _shifted(a, np.uint8, self.take, held) if self.shift_a else a
+        if self.shift_a:
+            sa = _shifted(a, np.uint8, self.take, held)
+        elif k > 1 and a.strides[2] != 1:  # a transposed A goes to a kernel that is not exact: lay it out
+            sa = self.take(a.shape, np.dtype(np.uint8))
+            held.append(sa)
+            np.copyto(sa, a)
+        else:
+            sa = a
         sb = _shifted(b, np.int8, self.take, held) if self.shift_b else b
         if out is None:
             out = self.take((batch, m, n), np.dtype(np.int32))
@@ -199,10 +332,10 @@ class IntProduct:
             prim = Matmul(self.lib, oa, ob, od)
         except OneDNNError:
             return None
-        if not usable(prim.impl):
+        if not exact_int8(prim.impl):
             prim.close()
             return None
         return prim
 
 
-__all__ = ["FloatKernel", "IntProduct", "operand", "usable"]
+__all__ = ["FloatKernel", "IntProduct", "WidenedKernel", "exact_int8", "fused_count", "operand", "torch_cast", "usable"]

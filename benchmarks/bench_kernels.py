@@ -1,0 +1,190 @@
+"""Every dtype combination against the machine's best kernel for it, side by side (issue 15).
+
+For each case the contenders run round-robin: before each timed sample, the contender runs
+untimed for at least ``--settle`` seconds (OpenBLAS's and GNU OpenMP's worker threads spin
+after a call and slow whichever library runs next; settling measures each library on its
+own, as a program that calls only it would see it). Each sample is the median of
+``--inner`` calls; the table shows medians over ``--rounds`` rounds, GFLOP/s (GOP/s for
+int8) and the ratio the issue's goal is stated in. Nothing here asserts a time.
+
+Contenders:
+
+* int8: ``cpu`` (automatic kernel choice), ``cpu`` forced onto OpenBLAS
+  (``kernels="blas"``), oneDNN's bare u8 x s8 matmul, ``torch._int_mm``, and the
+  ``torch:cpu`` driver; i8 x i8 and u8 x i8;
+* bf16: ``cpu`` auto and forced OpenBLAS, ``torch.mm`` on bf16 (native where the CPU has
+  AVX512_BF16/AMX), and the f32 GEMM the via-f32 route runs (NumPy);
+* f16: ``cpu`` against NumPy's f32 GEMM of the same size (the rate goal: no f16 units);
+* f32 + bias + GELU(erf): ``cpu`` auto and forced OpenBLAS against the bare f32 GEMM.
+
+Usage::
+
+    python benchmarks/bench_kernels.py                 # 2048^3, all cases
+    python benchmarks/bench_kernels.py --size 1024 --only int8,bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+try:
+    import ffaccel
+except ImportError:  # a source checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import ffaccel
+from ffaccel import post  # noqa: E402
+from ffaccel.drivers.cpu import CpuDriver  # noqa: E402
+from ffaccel.runtime import Device  # noqa: E402
+from ffaccel.transports import InprocTransport  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - PyTorch is optional
+    torch = None
+
+
+def cpu_device(kernels: str | None = None) -> Device:
+    return Device("cpu", InprocTransport(CpuDriver(kernels=kernels)))
+
+
+def measure(cands: dict[str, Callable[[], object]], rounds: int, inner: int, settle: float) -> dict[str, float]:
+    """Median seconds per call of each candidate, round-robin, each settled before its sample."""
+    samples: dict[str, list[float]] = {k: [] for k in cands}
+    names = list(cands)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = cands[name]
+            t_end = time.perf_counter() + settle
+            fn()
+            while time.perf_counter() < t_end:
+                fn()
+            ts = []
+            for _ in range(inner):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            samples[name].append(statistics.median(ts))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def table(title: str, n: int, times: dict[str, float], goals: list[tuple[str, str, str, float]]) -> None:
+    ops = 2.0 * n**3
+    print(f"\n### {title}, {n}^3\n\n| contender | ms | G(FL)OP/s |\n|---|---:|---:|")
+    for name, t in times.items():
+        print(f"| {name} | {t * 1e3:.2f} | {ops / t / 1e9:,.0f} |")
+    for label, num, den, goal in goals:  # goal > 1: a time ratio (at most); else a rate ratio (at least)
+        if num in times and den in times:
+            if goal > 1:
+                print(f"\n{label}: **{times[num] / times[den]:.2f}x** the time (goal <= {goal}x)")
+            else:
+                print(f"\n{label}: **{times[den] / times[num]:.2f}x** the rate (goal >= {goal}x)")
+
+
+def bench_int8(n: int, args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(0)
+    auto, blas = cpu_device(), cpu_device("blas")
+    for name, a in (("i8 x i8", rng.integers(-128, 128, (n, n)).astype(np.int8)),
+                    ("u8 x i8", rng.integers(0, 256, (n, n)).astype(np.uint8))):
+        b = rng.integers(-128, 128, (n, n)).astype(np.int8)
+        cands: dict[str, Callable[[], object]] = {
+            "cpu (auto)": lambda: ffaccel.matmul(a, b, device=auto),
+        }
+        if n <= 1024 or args.slow:
+            cands["cpu (OpenBLAS, exact f32 chunks)"] = lambda: ffaccel.matmul(a, b, device=blas)
+        from ffaccel.drivers import onednn
+
+        lib = onednn.library()
+        if lib is not None:
+            ua = a.view(np.uint8)
+            d = np.empty((n, n), np.int32)
+            prim = onednn.Matmul(lib, *(onednn.Operand.of(x[None]) for x in (ua, b, d)))
+            cands["oneDNN u8 x s8 (bare)"] = lambda: prim(ua.ctypes.data, b.ctypes.data, d.ctypes.data)
+        if torch is not None:
+            ta, tb = torch.from_numpy(a.view(np.int8)), torch.from_numpy(b)
+            cands["torch._int_mm"] = lambda: torch._int_mm(ta, tb)
+            tdev = ffaccel.open("torch:cpu")
+            cands["torch:cpu driver"] = lambda: ffaccel.matmul(a, b, device=tdev)
+        t = measure(cands, args.rounds, args.inner, args.settle)
+        best = min((k for k in t if not k.startswith("cpu") and "driver" not in k), key=t.get, default=None)
+        goals = [("cpu / best int8 kernel", "cpu (auto)", best, 0.8)] if best else []
+        if "torch:cpu driver" in t:
+            goals.append(("torch:cpu / torch._int_mm", "torch:cpu driver", "torch._int_mm", 0.9))
+        table(f"int8 {name} -> int32 (exact)", n, t, goals)
+
+
+def bench_bf16(n: int, args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(1)
+    a32, b32 = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    a, b = a32.astype(ml_dtypes.bfloat16), b32.astype(ml_dtypes.bfloat16)
+    auto, blas = cpu_device(), cpu_device("blas")
+    cands: dict[str, Callable[[], object]] = {
+        "cpu (auto)": lambda: ffaccel.matmul(a, b, device=auto),
+        "cpu (OpenBLAS on widened f32)": lambda: ffaccel.matmul(a, b, device=blas),
+        "f32 GEMM (NumPy)": lambda: a32 @ b32,
+    }
+    if torch is not None:
+        ta, tb = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16), torch.from_numpy(b.view(np.int16)).view(
+            torch.bfloat16)
+        cands["torch.mm bf16"] = lambda: torch.mm(ta, tb)
+    t = measure(cands, args.rounds, args.inner, args.settle)
+    best = min(("f32 GEMM (NumPy)", "torch.mm bf16"), key=lambda k: t.get(k, float("inf")))
+    table("bf16 x bf16 -> f32 -> bf16", n, t, [("cpu / max(native bf16, via f32)", "cpu (auto)", best, 0.9)])
+
+
+def bench_f16(n: int, args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(2)
+    a32, b32 = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    a, b = a32.astype(np.float16), b32.astype(np.float16)
+    auto = cpu_device()
+    t = measure({"cpu f16 (auto)": lambda: ffaccel.matmul(a, b, device=auto),
+                 "f32 GEMM (NumPy)": lambda: a32 @ b32}, args.rounds, args.inner, args.settle)
+    table("f16 x f16 -> f32 -> f16", n, t, [("cpu f16 / f32 rate", "cpu f16 (auto)", "f32 GEMM (NumPy)", 0.9)])
+
+
+def bench_epilogue(n: int, args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    bias = rng.standard_normal(n, np.float32)
+    auto, blas = cpu_device(), cpu_device("blas")
+    ops = [post.bias(bias), post.gelu()]
+    t = measure({"cpu GEMM+bias+GELU (auto)": lambda: ffaccel.matmul(a, b, post_ops=ops, device=auto),
+                 "cpu GEMM+bias+GELU (OpenBLAS + NumPy passes)": lambda: ffaccel.matmul(a, b, post_ops=ops,
+                                                                                         device=blas),
+                 "cpu bare GEMM": lambda: ffaccel.matmul(a, b, device=auto),
+                 "NumPy bare GEMM": lambda: a @ b}, args.rounds, args.inner, args.settle)
+    table("f32 GEMM + bias + GELU(erf)", n, t,
+          [("fused / NumPy bare GEMM", "cpu GEMM+bias+GELU (auto)", "NumPy bare GEMM", 1.15),
+           ("fused / cpu bare GEMM", "cpu GEMM+bias+GELU (auto)", "cpu bare GEMM", 1.15)])
+
+
+CASES = {"int8": bench_int8, "bf16": bench_bf16, "f16": bench_f16, "epilogue": bench_epilogue}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--inner", type=int, default=3)
+    p.add_argument("--settle", type=float, default=0.15, help="untimed seconds before each sample")
+    p.add_argument("--only", default=",".join(CASES), help="comma list of " + ", ".join(CASES))
+    p.add_argument("--slow", action="store_true", help="also time the slow OpenBLAS int8 path at large sizes")
+    args = p.parse_args()
+    import platform
+
+    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}, "
+          f"torch {torch.__version__ if torch else 'absent'}")
+    print("cpu driver kernels:", *(f"\n  {k}: {v}" for k, v in CpuDriver().kernels().items()))
+    for name in args.only.split(","):
+        CASES[name.strip()](args.size, args)
+
+
+if __name__ == "__main__":
+    main()
