@@ -444,6 +444,47 @@ FFA_STATIC_ASSERT(sizeof(struct ffa_ring_setup) == 8, "ffa_ring_setup size");
 FFA_STATIC_ASSERT(offsetof(struct ffa_ring_setup, entries) == 0, "ffa_ring_setup.entries");
 FFA_STATIC_ASSERT(offsetof(struct ffa_ring_setup, reserved) == 4, "ffa_ring_setup.reserved");
 
+/* ALLOC's payload. */
+struct ffa_alloc_req {
+	uint64_t size_bytes;	/* bytes of the new buffer, in [1, max_buffer_bytes] */
+};
+FFA_STATIC_ASSERT(sizeof(struct ffa_alloc_req) == 8, "ffa_alloc_req size");
+FFA_STATIC_ASSERT(offsetof(struct ffa_alloc_req, size_bytes) == 0, "ffa_alloc_req.size_bytes");
+
+/* FREE's payload. */
+struct ffa_handle_req {
+	uint32_t handle;	/* a buffer handle of this client */
+	uint32_t reserved;	/* must be zero */
+};
+FFA_STATIC_ASSERT(sizeof(struct ffa_handle_req) == 8, "ffa_handle_req size");
+FFA_STATIC_ASSERT(offsetof(struct ffa_handle_req, handle) == 0, "ffa_handle_req.handle");
+FFA_STATIC_ASSERT(offsetof(struct ffa_handle_req, reserved) == 4, "ffa_handle_req.reserved");
+
+/* COMPLETED's payload. */
+struct ffa_engine_req {
+	uint32_t engine;	/* Engine */
+	uint32_t reserved;	/* must be zero */
+};
+FFA_STATIC_ASSERT(sizeof(struct ffa_engine_req) == 8, "ffa_engine_req size");
+FFA_STATIC_ASSERT(offsetof(struct ffa_engine_req, engine) == 0, "ffa_engine_req.engine");
+FFA_STATIC_ASSERT(offsetof(struct ffa_engine_req, reserved) == 4, "ffa_engine_req.reserved");
+
+/* ERROR_TEXT's payload. */
+struct ffa_error_text_req {
+	uint64_t error_id;	/* error_id from a CQE or a broken ring's header */
+};
+FFA_STATIC_ASSERT(sizeof(struct ffa_error_text_req) == 8, "ffa_error_text_req size");
+FFA_STATIC_ASSERT(offsetof(struct ffa_error_text_req, error_id) == 0, "ffa_error_text_req.error_id");
+
+/* FREE_LIST's payload, and RECORD's reply. */
+struct ffa_list_id {
+	uint32_t list_id;	/* a command list id from RECORD */
+	uint32_t reserved;	/* must be zero */
+};
+FFA_STATIC_ASSERT(sizeof(struct ffa_list_id) == 8, "ffa_list_id size");
+FFA_STATIC_ASSERT(offsetof(struct ffa_list_id, list_id) == 0, "ffa_list_id.list_id");
+FFA_STATIC_ASSERT(offsetof(struct ffa_list_id, reserved) == 4, "ffa_list_id.reserved");
+
 /* At offset 0 of the ring memfd. */
 struct ffa_ring_header {
 	uint32_t sq_head;	/* SQ entries the server has consumed (server writes; wraps mod 2**32) */

@@ -131,6 +131,31 @@ RING_SETUP = Layout("ffa_ring_setup", "Ask for a submission/completion ring pair
     _u32("reserved", "must be zero"),
 ))
 
+ALLOC_REQ = Layout("ffa_alloc_req", "ALLOC's payload.", (
+    _u64("size_bytes", "bytes of the new buffer, in [1, max_buffer_bytes]"),
+))
+
+HANDLE_REQ = Layout("ffa_handle_req", "FREE's payload.", (
+    _u32("handle", "a buffer handle of this client"),
+    _u32("reserved", "must be zero"),
+))
+
+ENGINE_REQ = Layout("ffa_engine_req", "COMPLETED's payload.", (
+    _u32("engine", "Engine"),
+    _u32("reserved", "must be zero"),
+))
+
+ERROR_TEXT_REQ = Layout("ffa_error_text_req", "ERROR_TEXT's payload.", (
+    _u64("error_id", "error_id from a CQE or a broken ring's header"),
+))
+
+LIST_ID = Layout("ffa_list_id", "FREE_LIST's payload, and RECORD's reply.", (
+    _u32("list_id", "a command list id from RECORD"),
+    _u32("reserved", "must be zero"),
+))
+
+EMPTY = Layout("ffa_empty", "No payload (IMPORT, whose fd is the request; STATS).", ())
+
 # ------------------------------------------------------------------------------------------
 # rings (io_uring model): one sealed memfd = header, then SQ slots, then CQ slots
 
@@ -193,10 +218,11 @@ CQE = Layout("ffa_cqe", "A completion queue entry: one per submission (chain of 
 ))
 
 for _l in (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP,
-           RING_HEADER, SQE_HEADER, CQE):
+           ALLOC_REQ, HANDLE_REQ, ENGINE_REQ, ERROR_TEXT_REQ, LIST_ID, RING_HEADER, SQE_HEADER, CQE):
     assert _l.size_bytes % 8 == 0, _l.name
 
 LAYOUTS = (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP,
+           ALLOC_REQ, HANDLE_REQ, ENGINE_REQ, ERROR_TEXT_REQ, LIST_ID,
            RING_HEADER, SQE_HEADER, CQE)
 NO_INDEX = 0xFFFF_FFFF
 assert sys.byteorder == "little", "the wire and ring layouts are little-endian"
@@ -364,12 +390,29 @@ def decode_info(payload: bytes) -> "DriverInfo":
                            f"the server sent a malformed HELLO reply ({type(e).__name__}: {e})") from None
 
 
+def check_message(layout: Layout, payload: bytes) -> tuple[int, ...]:
+    """The wire's one validator for fixed-size payloads: exact size, reserved fields zero.
+
+    Returns the unpacked fields; refuses (``wire.message``, naming the field) a payload of
+    another size than ``layout``'s or with a nonzero reserved field.
+    """
+    if len(payload) != layout.size_bytes:
+        raise message_error("payload_bytes", len(payload), f"{layout.size_bytes} for {layout.name}")
+    values = layout.struct.unpack(payload) if layout.fields else ()
+    if layout.reserved_names:
+        for name, v in zip(layout.names, values):
+            if v and name in layout.reserved_names:
+                raise message_error(name, v, 0)
+    return values
+
+
 def message_error(field: str, seen: object, allowed: object) -> FFAccelError:
     return violation("wire.message", seen, allowed, field=field)
 
 
 __all__ = [
-    "CQE", "ERROR_RECORD", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MSG", "Msg",
+    "ALLOC_REQ", "CQE", "EMPTY", "ENGINE_REQ", "ERROR_RECORD", "ERROR_TEXT_REQ", "HANDLE_REQ", "LIST_ID",
+    "check_message", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MSG", "Msg",
     "NO_INDEX", "REPLAY_REQ", "REPLY", "RING_HEADER", "RING_HEADER_BYTES", "RING_SETUP", "RingClientFlags",
     "RingServerFlags", "SQE_BYTES", "SQE_FLAGS_KNOWN", "SQE_HEADER", "STATS", "SqeFlags", "WAIT_REQ",
     "WIRE_VERSION", "close_fds", "decode_info", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",

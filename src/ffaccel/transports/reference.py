@@ -16,7 +16,12 @@ from ..spec import RULES
 from .cheader import member_docs
 from .limits import ServerLimits, SessionLimits, limit_rows
 from .protocol import (
+    ALLOC_REQ,
     CQE,
+    ENGINE_REQ,
+    ERROR_TEXT_REQ,
+    HANDLE_REQ,
+    LIST_ID,
     ERROR_RECORD,
     FENCE_REPLY,
     HANDLE_REPLY,
@@ -155,13 +160,15 @@ def wire_section() -> str:
 
     def size(m: Msg) -> str:
         h = HANDLERS[m]
-        return ("any (<= MAX_PAYLOAD_BYTES)" if h.payload_bytes is None else str(h.payload_bytes)) + f"; {h.fds}"
+        what = "an ABI submission" if h.layout is None else f"`{h.layout.name}` ({h.layout.size_bytes})"
+        return f"{what}; {h.fds}"
 
     parts = [_INTRO + reference._table(
-        ["msg_type", "value", "request payload; reply", "payload bytes; fds", "C client"],
+        ["msg_type", "value", "request payload; reply", "payload (bytes); fds", "C client"],
         [[f"`{m.name}`", int(m), notes.get(m.name, ""), size(m), "yes" if m in C_CLIENT_MESSAGES else "-"]
          for m in Msg])]
-    for lay in (MSG, REPLY, ERROR_RECORD, HELLO, HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP):
+    for lay in (MSG, REPLY, ERROR_RECORD, HELLO, ALLOC_REQ, HANDLE_REQ, ENGINE_REQ, ERROR_TEXT_REQ, LIST_ID,
+                HANDLE_REPLY, FENCE_REPLY, WAIT_REQ, REPLAY_REQ, STATS, RING_SETUP):
         parts.append(reference._layout_table(lay))
     parts.append(_RING.rstrip())
     for lay in (RING_HEADER, SQE_HEADER, CQE):

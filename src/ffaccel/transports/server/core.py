@@ -12,6 +12,7 @@ its waker), and one scheduler per engine (:mod:`.scheduler`).
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import logging
 import os
@@ -45,6 +46,21 @@ _COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 DEFAULT_SOCKET_POLL_US = 200
 #: How often a thread waiting on a fence for its client looks whether that client hung up.
 _HANGUP_CHECK_S = 0.05
+
+
+def _return_free_memory() -> None:
+    """glibc keeps freed heap pages mapped; hand them back so a server's RSS returns to its baseline."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: "Callable[[int], int] | bool | None" = None
 
 
 class Client:
@@ -452,10 +468,13 @@ class Server:
             client.close()
             with self.lock:
                 self.clients.discard(client)
+                idle = not self.clients
             try:
                 conn.close()
             except OSError:
                 pass
+            if idle:
+                _return_free_memory()  # the last client left: give the heap's free pages back
             log.info("client %d disconnected; its buffers, lists and queued work released", client.id)
 
     def _reply_error(self, conn: socket.socket, e: FFAccelError) -> None:
