@@ -433,10 +433,11 @@ _BIG_CLIENT = textwrap.dedent("""
 """)
 
 
-def test_a_small_gemm_does_not_wait_for_another_clients_long_work(tmp_path) -> None:
+@pytest.mark.parametrize("size,count", [(1024, 40), (320, 1000)], ids=["large-commands", "many-medium-commands"])
+def test_a_small_gemm_does_not_wait_for_another_clients_long_work(tmp_path, size, count) -> None:
     srv = ServerProcess(tmp_path, "--limit", "slice_target_ms=5")
-    big = subprocess.Popen([sys.executable, "-c", _BIG_CLIENT, srv.path, "1024", "40"], stdout=subprocess.PIPE,
-                           text=True)
+    big = subprocess.Popen([sys.executable, "-c", _BIG_CLIENT, srv.path, str(size), str(count)],
+                           stdout=subprocess.PIPE, text=True)
     try:
         assert big.stdout.readline().strip() == "submitted"
         with srv.open("socket") as dev:

@@ -98,6 +98,29 @@ class SlicedRun:
             b += 1
 
 
+class RunBlock(tuple):
+    """The runs of one submission (or command list), with whether it is heavy.
+
+    Heavy: a command runs in slices, or the block's multiply-adds (elements, for COPY) exceed
+    ``slice_units`` in all. A shared engine never runs heavy work inline in a client's thread:
+    its scheduler interleaves it with other clients' work.
+    """
+
+    heavy: bool
+
+    def __new__(cls, runs: "Iterable[Run]", heavy: bool) -> "RunBlock":
+        self = super().__new__(cls, runs)
+        self.heavy = heavy
+        return self
+
+
+def op_units(op: Op) -> int:
+    """Multiply-adds of a GEMM, elements of a COPY (the scheduler's measure of work)."""
+    if isinstance(op, GemmOp):
+        return op.batch * op.m * op.n * max(1, op.k)
+    return op.src.rows * op.src.cols
+
+
 def _slice_rows(x: np.ndarray | None, b0: int, b1: int, r0: int, r1: int, rows: int) -> np.ndarray | None:
     """x[b0:b1, r0:r1] for operands shaped (batch, m, ...); (batch, 1, n) row vectors keep their row."""
     if x is None:
@@ -180,15 +203,21 @@ class BoundRuns:
         se = tuple(_slice_rows(x, b0, b1, r0, r1, m) for x in epi)
         return lambda: kernel(sa, sb, sc, sd, se)
 
-    def get_all(self, ops: tuple[Op, ...]) -> tuple[Run, ...]:
+    def get_all(self, ops: tuple[Op, ...]) -> RunBlock:
         """The runs of a whole validated block; a block the cache returned whole is looked up once."""
         blocks = self._blocks
         hit = blocks.peek(id(ops)) or blocks.get(id(ops))
         if hit is not None and hit[0] is ops:
             return hit[1]
-        runs = tuple(self.get(op) for op in ops)
+        runs = self.block(ops)
         blocks.put(id(ops), (ops, runs))
         return runs
+
+    def block(self, ops: tuple[Op, ...]) -> RunBlock:
+        runs = [self.get(op) for op in ops]
+        heavy = (any(type(r) is SlicedRun for r in runs)
+                 or sum(op_units(op) for op in ops) > self.slice_units)
+        return RunBlock(runs, heavy)
 
     def clear(self) -> None:
         self._runs.clear()
@@ -248,7 +277,7 @@ class SubmissionPlans:
         return RecordedList(sub.engine,
                             frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops),
                             tuple(sorted({h for op in sub.ops for h in op_handles(op)})),
-                            tuple(self.runs.get(op) for op in sub.ops), len(raw))
+                            self.runs.block(sub.ops), len(raw))
 
     def replay(self, recorded: RecordedList, engine: int, waits: Sequence[tuple[int, int]]
                ) -> tuple[Engine, tuple[tuple[Engine, int], ...]]:
@@ -453,4 +482,4 @@ class Session:
         return entries
 
 
-__all__ = ["BoundRuns", "Mapping", "RecordedList", "Session", "SlicedRun", "SubmissionPlans"]
+__all__ = ["BoundRuns", "Mapping", "RecordedList", "RunBlock", "Session", "SlicedRun", "SubmissionPlans", "op_units"]

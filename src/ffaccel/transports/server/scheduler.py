@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ...spec import Engine
-from ..session import SlicedRun
+from ..session import RunBlock, SlicedRun
 
 if TYPE_CHECKING:
     from .core import Client
@@ -69,7 +69,7 @@ class EngineScheduler:
         mutex = self.mutex
         with mutex:
             inline = (not self.busy and not self.queues and (not waits or client.waits_met(waits))
-                      and not any(type(r) is SlicedRun for r in runs))
+                      and type(runs) is RunBlock and not runs.heavy)
             if inline:
                 self.busy = True
             else:
