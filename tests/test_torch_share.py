@@ -109,3 +109,15 @@ def test_share_under_grad_is_zero_and_counts_the_same_flops() -> None:
     s = session.stats
     assert s["offloaded_fraction"] == 0.0 and s["host_flops"] == total
     assert set(s["host_reasons"]) == {"grad required"}
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer", "mixed"])
+def test_the_free_list_changes_speed_only(name: str, monkeypatch) -> None:
+    # calls in accounting.FREE skip the pricing mode; with the list empty, every call is priced
+    from ffaccel.frontends.torch_offload import session as session_module
+
+    model, inputs, _ = _models()[name]
+    model.eval()
+    fast = _offloaded(model, *inputs)
+    monkeypatch.setattr(session_module, "FREE", frozenset())
+    assert _offloaded(model, *inputs) == fast
