@@ -101,11 +101,37 @@ def test_conv_with_grad_stays_on_host_and_is_counted() -> None:
     assert s["host_flops"] == 2 * 2 * 4 * 16 * 27 and s["offloaded_fraction"] == 0.0
 
 
-def test_transposed_convolution_is_counted_on_the_host() -> None:
+# (dims, in channels, out channels, kernel, stride, padding, output padding, groups, dilation, batch)
+T_CASES = [
+    (1, 4, 6, 3, 2, 1, 1, 2, 1, 2),
+    (1, 3, 5, 2, 1, 0, 0, 1, 2, 1),
+    (2, 4, 6, 3, 2, 1, 1, 2, 1, 2),
+    (2, 3, 5, 2, 1, 0, 0, 1, 2, 1),
+    (2, 4, 4, (3, 2), (2, 3), (1, 0), (1, 2), 4, 1, 3),
+]
+
+
+@pytest.mark.parametrize("case", T_CASES, ids=[f"t{i}" for i in range(len(T_CASES))])
+@pytest.mark.parametrize("layout", ["contiguous", "unbatched"])
+def test_transposed_convolution_matches_functional(case, layout: str) -> None:
+    nd, cin, cout, k, stride, padding, out_pad, groups, dilation, batch = case
+    g = torch.Generator().manual_seed(len(str(case)))
+    ks = (k,) * nd if isinstance(k, int) else k
+    x = torch.randn(batch, cin, *(5,) * nd, generator=g)
+    w, b = torch.randn(cin, cout // groups, *ks, generator=g), torch.randn(cout, generator=g)
+    if layout == "unbatched":
+        x = x[0]
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[nd]
+    want, got, stats = _run(lambda x: fn(x, w, b, stride, padding, out_pad, groups, dilation), x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert stats["offloaded_calls"] == 1 and stats["host_calls"] == 0, stats
+
+
+def test_3d_transposed_convolution_is_counted_on_the_host() -> None:
     torch.manual_seed(0)
-    up = torch.nn.ConvTranspose2d(4, 3, 3, stride=2).eval()
-    x = torch.randn(2, 4, 5, 5)
+    up = torch.nn.ConvTranspose3d(4, 3, 3, stride=2).eval()
+    x = torch.randn(2, 4, 3, 3, 3)
     want, got, stats = _run(up, x)
     torch.testing.assert_close(got, want)
-    assert stats["offloaded_calls"] == 0 and stats["host_flops"] > 0
-    assert stats["host_reasons"] == {"not offloaded (conv_transpose2d)": 1}, stats
+    assert stats["offloaded_calls"] == 0 and stats["host_flops"] == 2 * 2 * 4 * 27 * 3 * 27
+    assert stats["host_reasons"] == {"not offloaded (conv_transpose3d)": 1}, stats

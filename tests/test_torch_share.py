@@ -42,26 +42,29 @@ def _offloaded(model: torch.nn.Module, *inputs: torch.Tensor) -> dict:
 
 
 class _Host(torch.nn.Module):
-    """Work with no device lowering: a transposed convolution and an einsum."""
+    """Work with no device lowering: a 3-D transposed convolution and an einsum."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.up = torch.nn.ConvTranspose3d(8, 4, (1, 2, 2), stride=(1, 2, 2))
         self.w = torch.nn.Parameter(torch.randn(4, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nchw,cd->ndhw", self.up(x), self.w)
+        return torch.einsum("nchw,cd->ndhw", self.up(x.unsqueeze(2)).squeeze(2), self.w)
 
 
 class _Mixed(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.down = torch.nn.Conv2d(8, 8, 2, stride=2)
+        self.up = torch.nn.ConvTranspose2d(8, 8, 2, stride=2)
         self.host = _Host()
         self.head = torch.nn.Linear(4 * 16 * 16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.host(torch.relu(self.conv(x))).flatten(1))
+        y = self.up(self.down(torch.relu(self.conv(x))))
+        return self.head(self.host(y).flatten(1))
 
 
 def _models() -> dict:
@@ -96,7 +99,7 @@ def test_share_agrees_with_flop_counter(name: str) -> None:
     assert abs(stats["offloaded_fraction"] - want_share) <= 0.02, (stats, want_share)
     if host_module:
         assert 0 < stats["offloaded_fraction"] < 1
-        assert set(stats["host_reasons"]) == {"not offloaded (conv_transpose2d)", "not offloaded (einsum)"}
+        assert set(stats["host_reasons"]) == {"not offloaded (conv_transpose3d)", "not offloaded (einsum)"}
     else:
         assert stats["host_calls"] == 0 and stats["offloaded_fraction"] == 1.0
 

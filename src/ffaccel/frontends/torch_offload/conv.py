@@ -1,4 +1,4 @@
-"""Convolutions (``F.conv1d/2d/3d``) as im2col + one device GEMM.
+"""Convolutions (``F.conv1d/2d/3d``) as im2col + one device GEMM; transposed ones as GEMM + col2im.
 
 im2col is one strided view of the (padded) input — ``as_strided`` to (batch, channels,
 kernel offsets..., output positions...) — and one copy into the GEMM's operand; PyTorch
@@ -152,6 +152,66 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     return y[0] if unbatched else y
 
 
+_T_NAMES = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
+_T_DIMS = {F.conv_transpose1d: 1, F.conv_transpose2d: 2}
+
+
+def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.conv_transpose1d/2d``: ``cols = W^T @ x`` on the device, col2im (``F.fold``) in PyTorch.
+
+    A transposed convolution scatters every input position through the kernel: the GEMM
+    ``(C_out k x C_in) @ (C_in x H W)`` per image and group makes every product, and
+    ``F.fold`` sums the overlapping blocks into the output (additions only: no FLOPs in
+    PyTorch's count). 3-D has no ``F.fold`` and stays in PyTorch, counted.
+    """
+    nd = _T_DIMS[func]
+    p = dict(zip(_T_NAMES, args))
+    p.update(kwargs)
+    if set(p) - set(_T_NAMES):
+        raise Host(ARGS)
+    x, w, bias = p["input"], p["weight"], p.get("bias")
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
+        raise Host(ARGS)
+    check_tensors(x, w, bias)
+    same_dtype(x, w, bias)
+    stride, dilation = _ints(p.get("stride", 1), nd, "stride"), _ints(p.get("dilation", 1), nd, "dilation")
+    padding, out_pad = _ints(p.get("padding", 0), nd, "padding"), _ints(p.get("output_padding", 0), nd, "padding")
+    g = p.get("groups", 1)
+    if not isinstance(g, int) or isinstance(g, bool) or g < 1:
+        raise Host(ARGS)
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    if x.ndim != nd + 2 or w.ndim != nd + 2 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise Host(SHAPE)
+    N, C = x.shape[:2]
+    ks = tuple(w.shape[2:])
+    O = w.shape[1] * g
+    if w.shape[0] != C or C % g or (bias is not None and tuple(bias.shape) != (O,)) \
+            or any(op >= max(st, d) or op < 0 for op, st, d in zip(out_pad, stride, dilation)):
+        raise Host(SHAPE)  # PyTorch raises its own error
+    outs = tuple((s - 1) * st - 2 * pd + d * (k - 1) + op + 1
+                 for s, st, pd, d, k, op in zip(x.shape[2:], stride, padding, dilation, ks, out_pad))
+    if min(outs) < 1:
+        raise Host(SHAPE)
+    if nd == 1:  # F.fold is 2-D: a 1-D convolution is a 2-D one of height 1
+        x, w = x.unsqueeze(2), w.unsqueeze(2)
+        ks, stride, dilation, padding, outs = (1, *ks), (1, *stride), (1, *dilation), (0, *padding), (1, *outs)
+    L = math.prod(x.shape[2:])
+    Cg, Ok = C // g, (O // g) * math.prod(ks)
+    flops = 2 * N * g * Ok * Cg * L
+    xs = x.reshape(N, g, Cg, L)
+    wt = w.reshape(g, Cg, Ok).transpose(1, 2)  # (g, O/g k, C/g): W^T per group, a strided view
+    a = to_numpy(wt if g > 1 else wt[0])
+    cols = to_torch(m.run(flops, a, to_numpy(xs if g > 1 else xs[:, 0])))  # (N, [g,] O/g k, L)
+    y = F.fold(cols.reshape(N, O * math.prod(ks), L), outs, ks, dilation=dilation, padding=padding, stride=stride)
+    if bias is not None:
+        y += bias.view(O, 1, 1)
+    if nd == 1:
+        y = y.squeeze(2)
+    return y[0] if unbatched else y
+
+
 def handlers() -> dict[Callable, Callable]:
     """func -> handler for convolutions."""
-    return {f: conv for f in _DIMS}
+    return {**{f: conv for f in _DIMS}, **{f: conv_transpose for f in _T_DIMS}}
