@@ -139,7 +139,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
 def _print_report(results: dict, console: Console) -> None:
     """The report's tables in the terminal (the HTML has every figure)."""
-    from ..report.render import breakdown_rows, dispatch_pivot, load_rows
+    from ..report.render import breakdown_note, breakdown_rows, dispatch_pivot, load_rows
     from ..report.run import disturbed_figures
 
     conf = Table(title="1. conformance (quick)")
@@ -175,8 +175,9 @@ def _print_report(results: dict, console: Console) -> None:
                         f"{p['gflops'] / peak:.0%}")
     console.print(thr)
     for w in results["workload"]:
+        mark = " ⚠ disturbed" if w.get("disturbed") else ""
         console.print(f"4. {w['name']} on {w['device']}: {w['ffaccel_s'] * 1e3:.1f} ms vs NumPy "
-                      f"{w['numpy_s'] * 1e3:.1f} ms ({w['speedup_vs_numpy']:.2f}x); max |error| vs float64 "
+                      f"{w['numpy_s'] * 1e3:.1f} ms ({w['speedup_vs_numpy']:.2f}x){mark}; max |error| vs float64 "
                       f"{w['max_abs_err_ffaccel']:.2e} (NumPy f32: {w['max_abs_err_numpy']:.2e})")
         bd = breakdown_rows(w)
         if bd:
@@ -186,6 +187,8 @@ def _print_report(results: dict, console: Console) -> None:
             for row in bd:
                 t.add_row(*row)
             console.print(t)
+            if breakdown_note(w):
+                console.print(breakdown_note(w), style="yellow", highlight=False)
     for x in results.get("skipped", []):
         console.print(f"[yellow]skipped[/] {x['what']}: {x['why']}", highlight=False)
     busy = results.get("busy_sections", [])

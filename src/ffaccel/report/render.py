@@ -210,6 +210,18 @@ def breakdown_rows(w: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def breakdown_note(w: dict[str, Any]) -> str:
+    """How many of the breakdown's timings look disturbed (empty when none)."""
+    b = w.get("breakdown") or {}
+    bad = len(b.get("disturbed", {}))
+    if not bad:
+        return ""
+    total = 2 + 4 * len(b.get("calls", []))
+    return (f"{DISTURBED_MARK} {bad} of the breakdown's {total} timings look disturbed"
+            + (" (after measuring them twice)" if b.get("remeasured") else "")
+            + ": its split is not to be trusted on this run")
+
+
 BREAKDOWN_HEADER = ["", "GEMM (BLAS)", "dispatch + driver", "epilogue", "rest (softmax, layer norm, reshapes)",
                     "block"]
 
@@ -254,7 +266,9 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
                                 for f in c["failures"]])
                       + (f"<p>... and {more} more (ffaccel conformance {esc(c['device'])} --report DIR "
                          "lists them all)</p>" if more > 0 else ""))
-    bd = "".join(_table(BREAKDOWN_HEADER, breakdown_rows(w)) for w in results["workload"])
+    bd = "".join(_table(BREAKDOWN_HEADER, breakdown_rows(w))
+                 + (f'<p class="warn">{esc(breakdown_note(w))}</p>' if breakdown_note(w) else "")
+                 for w in results["workload"])
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ffaccel report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%}}

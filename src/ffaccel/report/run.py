@@ -255,4 +255,6 @@ def disturbed_figures(results: dict[str, Any]) -> list[str]:
     for w in results.get("workload", []):
         for who, why in w.get("disturbed", {}).items():
             out.append(f"workload {who} on {w['device']}: {'; '.join(why)}")
+        for who, why in (w.get("breakdown") or {}).get("disturbed", {}).items():
+            out.append(f"workload breakdown {who} on {w['device']}: {'; '.join(why)}")
     return out
