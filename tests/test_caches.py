@@ -9,6 +9,7 @@ client uses, so a client that kept a staging buffer per shape would be refused
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -85,17 +86,22 @@ def test_peek_sees_recent_entries_and_get_sees_all() -> None:
     assert c.get(99) is None and c.get(99, "default") == "default"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Key:  # hashed and compared in Python, as GemmOp keys are: the GIL can switch inside a lookup
+    k: int
+
+
 def test_threads_keep_the_bounds() -> None:
-    c: LruCache[int, int] = LruCache(16, max_bytes=64)
+    c: LruCache[_Key, int] = LruCache(16, max_bytes=64)
     errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
         try:
             for _ in range(3000):
-                k = int(rng.integers(0, 64))
-                if c.get(k) is None:
-                    c.put(k, k, int(rng.integers(1, 8)))
+                k = _Key(int(rng.integers(0, 64)))
+                if (c.peek(k) or c.get(k)) is None:
+                    c.put(k, k.k + 1, int(rng.integers(1, 8)))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

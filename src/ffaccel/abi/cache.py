@@ -52,7 +52,8 @@ class LruCache(Generic[K, V]):
     ``peek`` is the hot-path lookup: one ``dict.get`` on the recently used entries, no
     bookkeeping. It can miss an entry that :meth:`get` finds in the old generation, so use
     ``cache.peek(key) or cache.get(key)`` where values are truthy (``get`` alone elsewhere).
-    Thread-safe: lookups take no lock; insertions and evictions take the cache's own lock.
+    Thread-safe: ``peek`` takes no lock; ``get`` (to reorder), insertions and evictions take the
+    cache's own lock.
 
     Examples
     --------
@@ -91,10 +92,9 @@ class LruCache(Generic[K, V]):
         young = self._young
         value = young.get(key, _MISSING)
         if value is not _MISSING:
-            try:
-                young.move_to_end(key)
-            except KeyError:  # evicted by another thread meanwhile: the value is still the answer
-                pass
+            with self._lock:  # reordering under the lock: _insert iterates this dict
+                if key in young:  # (evicted by another thread meanwhile: the value is still the answer)
+                    young.move_to_end(key)
             return value  # type: ignore[return-value]
         if key not in self._old:
             return default
