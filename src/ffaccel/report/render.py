@@ -33,6 +33,13 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _mark_disturbed(ax: Any, points: list[tuple[float, float]]) -> None:
+    """Circle the figures flagged as disturbed, so that a plot does not present them as plain data."""
+    if points:
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=90, facecolors="none", edgecolors="red",
+                   linewidths=1.0, zorder=5, label="looks disturbed")
+
+
 def plot_latency(results: dict[str, Any]) -> bytes:
     """Per-operation cost against size, one line per path (batch 1) and per baseline."""
     plt = _figure()
@@ -47,6 +54,8 @@ def plot_latency(results: dict[str, Any]) -> bytes:
         style = "--" if label.split()[0] in ("numpy", "torch") else "-"
         ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o", label=label,
                 color=colors[i % len(colors)])
+    _mark_disturbed(ax, [(p["size"], p["per_op_s"] * 1e6) for p in results["dispatch"]["points"]
+                         if p["batch"] == 1 and p.get("disturbed")])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("n (n x n x n f32 GEMM)")
@@ -103,6 +112,8 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
             style = "--" if who in ("numpy", "torch") else "-"
             ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who)
         ax.axhline(peak, color="red", linewidth=0.8, linestyle=":", label="measured f32 peak")
+        _mark_disturbed(ax, [(p["size"], p["gflops"]) for p in results["throughput"]
+                             if p["combo"] == combo and p.get("disturbed")])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(combo, fontsize=8)
