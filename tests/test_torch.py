@@ -259,3 +259,30 @@ def test_bert_encoder(impl: str) -> None:
     stats = _compare(model, ids, mask)
     # per layer: q, k, v, attention output, intermediate, output (+ 2 attention GEMMs) and the pooler
     assert stats["offloaded_calls"] >= 2 * 6 + 1 and stats["host_calls"] == 0
+
+
+def test_a_call_the_device_refuses_midway_counts_only_on_the_host(monkeypatch) -> None:
+    # a 2-layer LSTM: the device refuses the second layer's input GEMM; PyTorch redoes the call
+    from ffaccel.frontends.torch_offload import session as session_module
+
+    real = session_module.matmul
+    calls = []
+
+    def refusing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 7:  # past layer 1 (input GEMM + 5 steps): layer 2's input projection
+            raise ffaccel.FFAccelError(ffaccel.ErrorCode.UNSUPPORTED, "a", "refused for the test")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(session_module, "matmul", refusing)
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 6, num_layers=2).eval()
+    x = torch.randn(5, 2, 4)
+    with torch.inference_mode():
+        want = lstm(x)[0]
+        with ffaccel.torch.offload("cpu") as session:
+            got = lstm(x)[0]
+    torch.testing.assert_close(got, want)
+    s = session.stats
+    assert len(calls) == 7 and s["offloaded_calls"] == 0 and s["offloaded_flops"] == 0
+    assert s["host_reasons"] == {"device refused (UNSUPPORTED)": 1} and s["offloaded_fraction"] == 0.0

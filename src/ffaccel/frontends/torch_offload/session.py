@@ -153,6 +153,8 @@ class _Mode(TorchFunctionMode):
                 return func(*args, **kwargs)
             finally:
                 host.outer = None
+        stats = self.stats
+        before = stats["offloaded_calls"], stats["offloaded_flops"]
         try:
             if plain:
                 with unpriced():  # device work (the torch driver runs ATen GEMMs too) is not host work
@@ -162,7 +164,9 @@ class _Mode(TorchFunctionMode):
             reason = h.reason
         except FFAccelError as e:  # the device refused a call PyTorch may accept (or reports itself)
             reason = f"{REFUSED} ({e.code.name})"
-        count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
+        # PyTorch redoes the whole call: device work a handler did before giving up does not count
+        stats["offloaded_calls"], stats["offloaded_flops"] = before
+        count(stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
             return func(*args, **kwargs)
