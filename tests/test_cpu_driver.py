@@ -30,7 +30,8 @@ F64, F32, F16, BF16, I8, U8, I32 = DType.F64, DType.F32, DType.F16, DType.BF16, 
 FLOAT_COMBOS = [c for c in GEMM_COMBOS if not c.is_int]
 INT_COMBOS = [c for c in GEMM_COMBOS if c.is_int]
 COMBO = {(c.a, c.b, c.d): c for c in GEMM_COMBOS}
-DRIVER = CpuDriver()
+DRIVER = CpuDriver()  # the kernels $FFACCEL_CPU_KERNELS chooses; tests/test_cpu_kernels.py forces each
+AUTO = CpuDriver(kernels="auto")  # the default choice, whose tiny f32/f64 GEMMs bind to one f2py call
 SENTINEL = {F64: 7.25, F32: 7.25, F16: 7.25, BF16: 7.25, I8: 0x5A, U8: 0xA5, I32: 0x5A5A5A5A}
 RNG = np.random.default_rng(20240601)
 
@@ -357,12 +358,12 @@ def test_bound_gemm_is_the_prepared_kernel_bit_for_bit(combo: GemmCombo, trans_a
                                           beta=beta, in_place=in_place)
     exact, error_bound = expected_float(bound_case)
     before = bound_case.mem.snapshot()
-    bound = DRIVER.bind_gemm(bound_case.op, *bound_case.arrays)
+    bound = AUTO.bind_gemm(bound_case.op, *bound_case.arrays)
     assert bound is not None
     assert bound_case.mem.snapshot() == before, "binding ran something"
     for _ in range(2):  # repeated like a command in a loop (in place: C accumulates each time)
         bound()
-        DRIVER.prepare_gemm(kernel_case.op)(*kernel_case.arrays)
+        AUTO.prepare_gemm(kernel_case.op)(*kernel_case.arrays)
         assert bound_case.mem.snapshot() == kernel_case.mem.snapshot()
         if not in_place:  # each run computes the same D, within the spec's bound
             assert error_ratio(np.array(bound_case.arrays[3]), exact, error_bound).max() <= 1.0
@@ -379,9 +380,9 @@ def test_bound_gemm_is_the_prepared_kernel_bit_for_bit(combo: GemmCombo, trans_a
 ])
 def test_bound_gemm_declines_what_one_f2py_call_cannot_do(why: str, combo: GemmCombo, kw: dict) -> None:
     case = build(combo, 9, 6, 11, **kw)
-    assert DRIVER.bind_gemm(case.op, *case.arrays) is None, why
+    assert AUTO.bind_gemm(case.op, *case.arrays) is None, why
     big = build(COMBO[F32, F32, F32], 70, 65, 80)  # above OpenBLAS's threading threshold
-    assert DRIVER.bind_gemm(big.op, *big.arrays) is None
+    assert AUTO.bind_gemm(big.op, *big.arrays) is None
 
 
 # ------------------------------------------------------------------------------------
@@ -610,7 +611,7 @@ def test_thread_limit_is_applied_and_restored(monkeypatch: pytest.MonkeyPatch) -
 
     before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     monkeypatch.setenv("FFACCEL_CPU_THREADS", "1")
-    drv = CpuDriver()
+    drv = CpuDriver(kernels="auto")  # auto: a thread limit keeps every GEMM on OpenBLAS
     assert drv.threads == 1
     case = build(COMBO[F32, F32, F32], 80, 80, 80, beta=1.0)
     exact, bound = expected_float(case)

@@ -47,6 +47,16 @@ def usable(impl: str) -> bool:
     return not impl.startswith("ref")
 
 
+def dense(o: Operand) -> bool:
+    """Whether a description is a dense row-major tensor (strides of size-1 dims ignored)."""
+    step = 1
+    for n, st in zip(reversed(o.dims), reversed(o.strides)):
+        if n > 1 and st != step:
+            return False
+        step *= n
+    return True
+
+
 def exact_int8(impl: str) -> bool:
     """Whether an implementation sums u8 x s8 exactly in s32: the brgemm kernels on VNNI or AMX.
     Measured: oneDNN 3.2's ``gemm:jit`` (what a transposed src gets) rounds sums through f32."""
@@ -92,6 +102,12 @@ class FloatKernel:
         self.alpha, self.beta = float(op.alpha), float(op.beta)
         self.copy_c = op.reads_c and not op.in_place
         self.fused = fused_count(op)
+        # oneDNN's gelu gives NaN for an infinite input (inf * 0 inside); the spec's gelu(inf) is
+        # inf. A NaN anywhere in D (one reduction pass) re-runs the GEMM on BLAS; with D == C,
+        # C is gone by then, so that case runs on BLAS from the start.
+        gelu = any(p.kind in (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH) for p in op.epilogue[:self.fused])
+        self.nan_check = gelu
+        self.blas_only = gelu and op.in_place
         # the tail runs on the f32 accumulator: a bf16/f16 D then gets it from a pooled f32 array
         self.scratch = take if tail is not None and op.combo.d != op.combo.acc else None
         self.give = give
@@ -126,6 +142,10 @@ class FloatKernel:
         oa, ob, od = operand(a, batch), operand(b, batch), operand(d, batch)
         posts = self._post_ops(epi)
         if oa is None or ob is None or od is None or posts is None:
+            return None
+        if posts[1] and not all(dense(o) for o in [od, *(p.operand for p in posts[0] if p.operand)]):
+            # measured (3.2): binary post-ops address their operand from D's offset as if D were
+            # dense, so a padded batch stride in D reads the wrong bias elements
             return None
         try:
             prim = Matmul(self.lib, oa, ob, od, posts[0])
@@ -163,7 +183,7 @@ class FloatKernel:
             if self.scratch is not None and self.give is not None:
                 x = self.scratch(d.shape, np.dtype(np.float32))
                 held.append(x)
-            entry = self.entry(a, b, x, epi)
+            entry = None if self.blas_only else self.entry(a, b, x, epi)
             if entry is None:
                 self.impls.add("blas")
                 self.fallback(a, b, c, d, epi)
@@ -171,11 +191,22 @@ class FloatKernel:
             if self.op.reads_c and (x is not d or not self.op.in_place):
                 cast(x, c)  # then the sum post-op adds beta * C
             self.run(entry, a, b, x, epi)
+            if self.nan_check and has_nan(x):
+                self.impls.add("blas")
+                self.fallback(a, b, c, d, epi)
+                return
             if x is not d:
                 cast(d, x)  # the one rounding to D's dtype
         finally:
             if held and self.give is not None:
                 self.give(held)
+
+
+def has_nan(x: np.ndarray) -> bool:
+    """Whether x holds a NaN (or +inf and -inf: a false alarm that costs a re-run, never a wrong
+    result): one summing pass, no temporary array."""
+    with np.errstate(all="ignore"):
+        return bool(np.isnan(np.add.reduce(x, axis=None, dtype=np.float32)))
 
 
 def cast(dst: np.ndarray, src: np.ndarray) -> None:
@@ -241,7 +272,7 @@ class WidenedKernel:
             if x is not d:
                 held.append(x)
             aw, bw = self._widened(a, held), self._widened(b, held)
-            entry = self.inner.entry(aw, bw, x, epi)
+            entry = None if self.inner.blas_only else self.inner.entry(aw, bw, x, epi)
             if entry is None:
                 self.impls.add("blas")
                 self.fallback(a, b, c, d, epi)
@@ -249,6 +280,10 @@ class WidenedKernel:
             if op.reads_c and (x is not d or not op.in_place):
                 torch_cast(x, c)
             self.inner.run(entry, aw, bw, x, epi)
+            if self.inner.nan_check and has_nan(x):
+                self.impls.add("blas")
+                self.fallback(a, b, c, d, epi)
+                return
             if x is not d:
                 torch_cast(d, x)  # the one rounding to D's dtype
         finally:

@@ -1,0 +1,252 @@
+"""The cpu driver's kernel libraries, each path forced whatever this CPU would choose.
+
+``FFACCEL_CPU_KERNELS`` / ``CpuDriver(kernels=...)`` choose OpenBLAS, oneDNN or the widened
+f16/bf16 path per class; these tests force every choice this machine can run and run the
+oracle checks of ``tests/test_cpu_driver.py`` through it, and check that a choice it cannot
+run is refused with the reason. Where oneDNN is not installed, the forced-oneDNN tests check
+that refusal instead (the embedded default still runs and conforms on OpenBLAS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_cpu_driver as T  # the oracle helpers (tests/ is on the path)
+
+import ffaccel
+from ffaccel.conformance import check_device
+from ffaccel.drivers import cpu as cpu_mod
+from ffaccel.drivers import cpu_onednn, onednn
+from ffaccel.drivers.cpu import KERNEL_CLASSES, CpuDriver, parse_kernels
+from ffaccel.runtime import Device
+from ffaccel.spec import DType, FFAccelError, PostOpKind
+from ffaccel.transports import InprocTransport
+
+LIB = onednn.library()
+F32, F16, BF16, I8, U8, I32 = DType.F32, DType.F16, DType.BF16, DType.I8, DType.U8, DType.I32
+#: Every forced setting this machine can run (what a CI machine with other features runs differs;
+#: each class's own choices are also checked one by one below).
+FORCED = ["blas", "f32=onednn,bf16=onednn,int8=onednn,f16=widened", "f16=onednn,bf16=widened", "f32=blas,int8=blas"]
+
+
+def runnable(spec: str) -> bool:
+    try:
+        CpuDriver(kernels=spec)
+    except FFAccelError:
+        return False
+    return True
+
+
+@pytest.fixture(params=[s for s in FORCED if runnable(s)] or ["blas"])
+def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CpuDriver:
+    drv = CpuDriver(kernels=request.param)
+    monkeypatch.setattr(T, "DRIVER", drv)
+    return drv
+
+
+# -- choice parsing and refusal ----------------------------------------------------------
+
+
+def test_parse_kernels() -> None:
+    assert parse_kernels(None) == dict.fromkeys(KERNEL_CLASSES, "auto")
+    assert parse_kernels("onednn") == dict.fromkeys(KERNEL_CLASSES, "onednn")
+    assert parse_kernels(" int8=blas , f16=widened") == {"f32": "auto", "bf16": "auto", "f16": "widened",
+                                                         "int8": "blas"}
+    for bad in ("fast", "int4=blas", "int8=mkl"):
+        with pytest.raises(FFAccelError) as e:
+            parse_kernels(bad)
+        assert e.value.param == "kernels" and bad in str(e.value)
+
+
+def test_env_variable_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_mod.KERNELS_ENV, "int8=blas")
+    assert CpuDriver().kernel_choice["int8"] == "blas"
+    assert CpuDriver(kernels="auto").kernel_choice["int8"] == "auto"  # the argument wins
+
+
+def test_forced_onednn_without_the_library_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_mod, "_onednn_library", lambda choice: None)
+    cpu_mod._resolved.cache_clear()
+    try:
+        for cls in KERNEL_CLASSES:
+            with pytest.raises(FFAccelError, match="not installed"):
+                CpuDriver(kernels=f"{cls}=onednn")
+        # the embedded default without oneDNN: everything on OpenBLAS, and it conforms
+        drv = CpuDriver()
+        assert all(v.startswith("OpenBLAS") for v in drv.kernels().values())
+        report = check_device(lambda: Device("cpu", InprocTransport(CpuDriver())), "quick")
+        assert report.passed, report.to_markdown()
+    finally:
+        cpu_mod._resolved.cache_clear()
+
+
+def test_int8_refused_where_the_sum_saturates(monkeypatch: pytest.MonkeyPatch) -> None:
+    if LIB is None:  # nothing to pretend with: forcing it is refused for the missing library
+        with pytest.raises(FFAccelError, match="not installed"):
+            CpuDriver(kernels="int8=onednn")
+        return
+    monkeypatch.setattr(cpu_mod, "_onednn_library", lambda choice: _NoVnni(LIB))
+    cpu_mod._resolved.cache_clear()
+    try:
+        with pytest.raises(FFAccelError, match="saturates"):
+            CpuDriver(kernels="int8=onednn")
+        assert CpuDriver().kernels()["int8 x int8 -> int32 -> int32"].startswith("OpenBLAS")
+    finally:
+        cpu_mod._resolved.cache_clear()
+
+
+class _NoVnni:
+    """The library as a CPU without VNNI/AMX reports it."""
+
+    def __init__(self, lib: onednn.Library) -> None:
+        self._lib = lib
+
+    int8_exact = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._lib, name)
+
+
+def test_info_names_the_library_of_every_combination() -> None:
+    info = CpuDriver(kernels="blas").info()
+    kernels = dict(info.kernels)
+    assert len(kernels) == 10 and kernels["f64 x f64 -> f64 -> f64"] == "OpenBLAS dgemm"
+    assert all(v.startswith("OpenBLAS") for v in kernels.values())
+    auto = dict(CpuDriver(kernels="auto").info().kernels)
+    if LIB is not None and LIB.int8_exact:
+        assert auto["uint8 x int8 -> int32 -> int32"].startswith(f"oneDNN {LIB.version} brg")
+        assert "shifted onto u8 x s8" in auto["int8 x int8 -> int32 -> int32"]
+
+
+# -- which kernel a GEMM gets -------------------------------------------------------------
+
+
+def _kernel_of(drv: CpuDriver, case: T.Case) -> object:
+    return drv.prepare_gemm(case.op)
+
+
+@pytest.mark.parametrize("cls", KERNEL_CLASSES)
+def test_auto_threshold_and_forced_choice(cls: str) -> None:
+    combo = {"f32": T.COMBO[F32, F32, F32], "bf16": T.COMBO[BF16, BF16, BF16], "f16": T.COMBO[F16, F16, F16],
+             "int8": T.COMBO[I8, I8, I32]}[cls]
+    post = ((PostOpKind.GELU_ERF, 0, 0, None),) if cls == "f32" else ()
+    small = T.build(combo, 8, 8, 8, post=post)
+    large = T.build(combo, 40, 40, 40, post=post)  # 64000 >= ONEDNN_MIN_MNK
+    assert 8**3 < cpu_mod.ONEDNN_MIN_MNK <= 40**3
+    auto = CpuDriver(kernels="auto")
+    lib, res = auto._kernels()
+    assert _kernel_of(CpuDriver(kernels="blas"), large).__module__ == "ffaccel.drivers.cpu"
+    uses_onednn = res[cls][0] != "blas"
+    assert not _is_onednn(_kernel_of(auto, small))
+    assert _is_onednn(_kernel_of(auto, large)) == uses_onednn
+    for choice in ("onednn", "widened"):
+        if not runnable(f"{cls}={choice}"):
+            continue
+        drv = CpuDriver(kernels=f"{cls}={choice}")
+        assert _is_onednn(_kernel_of(drv, small)) and _is_onednn(_kernel_of(drv, large))
+        T.check(small)
+        T.check(large)
+
+
+def _is_onednn(kernel: object) -> bool:
+    if isinstance(kernel, (cpu_onednn.FloatKernel, cpu_onednn.WidenedKernel)):
+        return True
+    cells = getattr(kernel, "__closure__", None) or ()
+    return any(isinstance(c.cell_contents, cpu_onednn.IntProduct) for c in cells)
+
+
+def test_small_f32_keeps_its_one_call_fast_paths() -> None:
+    case = T.build(T.COMBO[F32, F32, F32], 8, 8, 8)
+    assert CpuDriver().bind_gemm(case.op, *case.arrays) is not None
+    assert CpuDriver().prepare_gemm_fresh(case.op) is not None
+    if runnable("f32=onednn"):  # forcing oneDNN on f32 means every f32 GEMM, the tiny ones too
+        assert CpuDriver(kernels="f32=onednn").bind_gemm(case.op, *case.arrays) is None
+
+
+# -- the oracle tests through every forced path --------------------------------------------
+
+
+@pytest.mark.parametrize("combo", T.GEMM_COMBOS, ids=lambda c: c.name)
+def test_every_combo_and_layout(driver: CpuDriver, combo: T.GemmCombo) -> None:
+    for pad in (0, 3):
+        T.check(T.build(combo, 33, 35, 37, pad=pad, alpha=T.RNG.choice([1, 2]), beta=1))
+    for ta in (False, True):
+        for tb in (False, True):
+            T.check(T.build(combo, 34, 36, 40, trans_a=ta, trans_b=tb, pad=2))
+
+
+@pytest.mark.parametrize("bcast", ["a", "b", "c", "ab", "e", ""])
+@pytest.mark.parametrize("combo", [T.COMBO[F32, F32, F32], T.COMBO[BF16, BF16, BF16], T.COMBO[F16, F16, F32],
+                                   T.COMBO[I8, U8, I32], T.COMBO[U8, U8, I32]], ids=lambda c: c.name)
+def test_batches_broadcast_and_in_place(driver: CpuDriver, combo: T.GemmCombo, bcast: str) -> None:
+    post = ((PostOpKind.BIAS_N, 0, 0, combo.d),) if "e" in bcast else ()
+    T.check(T.build(combo, 20, 21, 50, batch=3, bcast=bcast, post=post))
+    T.check(T.build(combo, 20, 21, 50, batch=3, in_place=True, beta=1, alpha=2 if combo.is_int else 0.5))
+
+
+def test_row_interleaved_d(driver: CpuDriver) -> None:
+    for combo in (T.COMBO[F32, F32, F32], T.COMBO[I8, I8, I32], T.COMBO[BF16, BF16, F32]):
+        T.check(T.build(combo, 24, 20, 40, batch=3, interleave="d"))
+
+
+@pytest.mark.parametrize("combo", [c for c in T.GEMM_COMBOS if not c.is_int], ids=lambda c: c.name)
+def test_fused_epilogues(driver: CpuDriver, combo: T.GemmCombo) -> None:
+    chains = [((PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.GELU_ERF, 0, 0, None)),
+              ((PostOpKind.BIAS_M, 0, 0, combo.d), (PostOpKind.GELU_TANH, 0, 0, None), (PostOpKind.SCALE, -2.0, 0, None),
+               (PostOpKind.ADD, 0, 0, combo.acc)),
+              ((PostOpKind.SCALE, 0.5, 0, None), (PostOpKind.RELU, 0, 0, None), (PostOpKind.ADD, 0, 0, combo.d),
+               (PostOpKind.CLAMP, -0.25, 0.5, None))]
+    for post in chains:
+        T.check(T.build(combo, 33, 34, 40, alpha=1.5, beta=0.5, post=post))
+        T.check(T.build(combo, 33, 34, 40, batch=2, post=post, in_place=True, beta=-1.0))
+
+
+def test_non_finite_values_through_fused_epilogues(driver: CpuDriver) -> None:
+    """oneDNN's relu/clip drop NaN and its gelu turns inf into NaN: the driver keeps the spec's values."""
+    f32 = T.COMBO[F32, F32, F32]
+    a = np.ones((1, 40, 40), np.float32)
+    a[0, :6, 0] = [1.0, -1e30, np.inf, -np.inf, np.nan, -9.0]
+    b = np.ones((1, 40, 40), np.float32)
+    for kind in (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH, PostOpKind.RELU):
+        T.check(T.build(f32, 40, 40, 40, values={"a": a, "b": b}, post=((kind, 0, 0, None),)))
+    got = T.check(T.build(f32, 40, 40, 40, values={"a": a, "b": b}, post=((PostOpKind.CLAMP, -1.0, 1.0, None),)))
+    assert np.isnan(got[0, 4]).all()
+
+
+@pytest.mark.parametrize("combo", [c for c in T.GEMM_COMBOS if c.is_int], ids=lambda c: c.name)
+def test_int8_exact_with_wrap_through_alpha_beta_and_epilogue(driver: CpuDriver, combo: T.GemmCombo) -> None:
+    ext = {I8: (-128, 127), U8: (255, 255)}
+    lo_a = ext[combo.a][0] if combo.a == I8 else 255
+    lo_b = ext[combo.b][0] if combo.b == I8 else 255
+    for ta in (False, True):  # a transposed A goes to oneDNN's inexact gemm:jit unless laid out
+        k = 70_000  # 255 * 128 * 70000 > 2**31: the sum itself wraps
+        a = np.full((1, 2, k), lo_a, T.DTYPES[combo.a].numpy)
+        b = np.full((1, k, 3), lo_b, T.DTYPES[combo.b].numpy)
+        a[0, 1, ::7] = 3
+        if ta:
+            a = a.transpose(0, 2, 1).copy()  # stored as k x m
+        T.check(T.build(combo, 2, 3, k, values={"a": a, "b": b}, trans_a=ta))
+        T.check(T.build(combo, 2, 3, k, values={"a": a, "b": b}, trans_a=ta, alpha=-3, beta=2**30 + 7,
+                        post=((PostOpKind.BIAS_N, 0, 0, I32), (PostOpKind.SCALE, 65537, 0, None),
+                              (PostOpKind.RELU, 0, 0, None))))
+    T.check(T.build(combo, 48, 40, 2048, pad=3))
+
+
+def test_conformance_quick_on_every_forced_path() -> None:
+    for spec in FORCED:
+        if not runnable(spec):
+            continue
+        report = check_device(lambda: Device("cpu", InprocTransport(CpuDriver(kernels=spec))), "quick")
+        assert report.passed, f"{spec}: {report.to_markdown()}"
+
+
+def test_front_end_matmul_uses_the_fused_path() -> None:
+    a = np.random.default_rng(0).standard_normal((64, 64), np.float32)
+    bias = np.linspace(-1, 1, 64, dtype=np.float32)
+    want = a.astype(np.float64) @ a.astype(np.float64) + bias
+    from scipy.special import erf
+
+    want = want * 0.5 * (1 + erf(want / np.sqrt(2)))
+    dev = Device("cpu", InprocTransport(CpuDriver(kernels="auto")))
+    got = ffaccel.matmul(a, a, post_ops=[ffaccel.post.bias(bias), ffaccel.post.gelu()], device=dev)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
