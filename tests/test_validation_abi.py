@@ -33,7 +33,7 @@ from ffaccel.conformance.errors import (
     K,
     M,
     N,
-    Std,
+    ValidGemm,
     error_checks,
 )
 from ffaccel.spec import COMBO_BY_DTYPES, RULES, DType, Engine, FFAccelError, Limits, PostOpKind
@@ -179,7 +179,7 @@ def test_error_checks_reports_what_went_wrong() -> None:
 def test_error_checks_never_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     good = next(c for c in CASES if c.id == "cmd.reserved-third-of-three")
     hanging = replace(good, id="hang", build=lambda env, bad: lambda: time.sleep(0.5))
-    monkeypatch.setattr(errors, "CASE_WATCHDOG_S", 0.05)
+    monkeypatch.setattr(errors.harness, "CASE_WATCHDOG_S", 0.05)  # where error_checks reads it
     results = error_checks(ref, cases=[hanging, good])
     assert [r.passed for r in results] == [False, False]
     assert "hang" in results[0].message and results[1].message == "not run: hang hung"
@@ -192,7 +192,7 @@ def test_error_checks_never_hang(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_first_two_commands_would_have_written() -> None:
     """The third-command cases are meaningful: without the defect, the first two GEMMs write their D."""
     env = Env(ref)
-    s = Std(env)
+    s = ValidGemm(env)
     d1_buf, d1 = s.operand(s.d_dt, M, N)
     d2_buf, d2 = s.operand(s.d_dt, M, N)
     b1, b2 = bytes(d1_buf.array(np.uint8)), bytes(d2_buf.array(np.uint8))
@@ -210,7 +210,7 @@ def test_first_two_commands_would_have_written() -> None:
 @pytest.mark.parametrize("dt", [np.float32, np.float64, np.int8], ids=lambda d: np.dtype(d).name)
 def test_d_exactly_c_is_accepted_and_computes_in_place(dt: Any) -> None:
     env = Env(ref)
-    s = Std(env, dt)
+    s = ValidGemm(env, dt)
     a = s.A.array(s.dt, (M, K)).astype(np.float64)
     b = s.B.array(s.dt, (K, N)).astype(np.float64)
     c = s.C.array(s.d_dt, (M, N)).astype(np.float64)

@@ -321,7 +321,7 @@ def _size_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
     if combo.d in (DType.F16, DType.BF16):
         out.append(GemmCase("size", combo, *_HUGE_OUT, 1, False, False, 1.0, 1.0, "separate", fill="exact",
                             seed=seq.seed(), exact=True))
-    elif combo.a in (DType.F16, DType.BF16):
+    if combo.a in (DType.F16, DType.BF16):
         out.append(GemmCase("size", combo, *_WIDE_IN, 1, False, True, 1.0, 0.0, "absent", fill="exact",
                             seed=seq.seed(), exact=True))
     if combo.is_int:

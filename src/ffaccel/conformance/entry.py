@@ -83,6 +83,51 @@ def _resubmitted(case: GemmCase) -> Callable[[Device], CaseResult]:
     return lambda dev: judge_gemm(dev, dataclasses.replace(case, group="entry:resubmitted"), setup=setup)
 
 
+def _replayed(case: GemmCase) -> Callable[[Device], CaseResult]:
+    state: dict[str, Any] = {}
+
+    def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        cl = state["list"] = dev.record([g])
+        cl.replay().wait(timeout_ns=60 * 10**9)
+        _refill(dev, case, inputs)
+
+    def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        state["list"].replay().wait(timeout_ns=60 * 10**9)
+        state["list"].free()
+
+    return lambda dev: judge_gemm(dev, dataclasses.replace(case, group="entry:replayed"), execute, setup)
+
+
+def check_replayed(dev: Device) -> list[CaseResult]:
+    """A recorded command list replayed after its inputs changed computes with the new values;
+    replayed after one of its buffers was freed, it is refused (BAD_HANDLE) and runs nothing."""
+    out = [_replayed(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo)[:2]]
+    combo = _combos(dev)[0]
+    g, inputs, d_buf = build_gemm(dev, _hook_cases(combo)[0])
+    name = f"entry:replayed {combo.name}: replay after a FREE of A is refused"
+    try:
+        cl = dev.record([g])
+        cl.replay().wait(timeout_ns=60 * 10**9)
+        before = d_buf.read(np.uint8, d_buf.size_bytes)
+        inputs[0].free()
+        try:
+            cl.replay().wait(timeout_ns=60 * 10**9)
+        except FFAccelError as e:
+            same = np.array_equal(d_buf.read(np.uint8, d_buf.size_bytes), before)
+            ok = e.code.name == "BAD_HANDLE" and same
+            out.append(CaseResult("GEMM", "entry:replayed", combo.name, name, ok,
+                                  message="" if ok else f"{e.code.name} (D unchanged: {same})",
+                                  expected="BAD_HANDLE, nothing written", got=f"{e.code.name}, D unchanged: {same}"))
+        else:
+            out.append(CaseResult("GEMM", "entry:replayed", combo.name, name, False, message="the replay ran",
+                                  expected="BAD_HANDLE", got="accepted"))
+        cl.free()
+    finally:
+        for b in inputs[1:] + [d_buf]:
+            b.free()
+    return out
+
+
 def check_resubmitted(dev: Device) -> list[CaseResult]:
     """The same command bytes submitted again after the inputs changed: the transport's
     cached binding (or the driver's ``bind_gemm``) must read the new values."""
@@ -340,10 +385,11 @@ def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
     """(name, check) for every entry-point check of a level (the same at both levels)."""
     return [
         ("entry:resubmitted (same bytes, new input values)", check_resubmitted),
+        ("entry:replayed (command lists)", check_replayed),
         ("entry:frontend (matmul, blas.gemm)", check_frontends),
         ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh (driver hooks)",
          check_driver_hooks),
     ]
 
 
-__all__ = ["check_driver_hooks", "check_frontends", "check_resubmitted", "entry_checks"]
+__all__ = ["check_driver_hooks", "check_frontends", "check_replayed", "check_resubmitted", "entry_checks"]
