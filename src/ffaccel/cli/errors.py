@@ -119,7 +119,7 @@ def debug_enabled(flag: bool) -> bool:
     return flag or os.environ.get("FFACCEL_DEBUG", "") not in ("", "0")
 
 
-def report(exc: BaseException, *, debug: bool, prog: str = "ffaccel") -> Exit:
+def report_error(exc: BaseException, *, debug: bool, prog: str = "ffaccel") -> Exit:
     """Print ``exc`` as one line on stderr (after its traceback with ``debug``); its exit status."""
     signalled = {KeyboardInterrupt: "interrupted", Terminated: "terminated"}.get(type(exc))
     if debug and signalled is None:

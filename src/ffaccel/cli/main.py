@@ -23,8 +23,8 @@ from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
 from . import build_c
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
-from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line, report,
-                     sigterm_unwinds, status_of, stdout_gone)
+from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
+                     report_error, sigterm_unwinds, status_of, stdout_gone)
 
 
 def _info(args: argparse.Namespace, console: Console) -> int:
@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return stdout_gone()
     except (Exception, KeyboardInterrupt, Terminated) as e:  # noqa: BLE001 - every failure: one line, a status
-        return report(e, debug=debug)
+        return report_error(e, debug=debug)
 
 
 if __name__ == "__main__":
