@@ -50,7 +50,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_schema(results: dict) -> None:
     for key in ("schema_version", "date", "spec_version", "machine", "devices", "conformance", "dispatch", "peak",
-                "throughput", "workload", "seconds"):
+                "throughput", "workload", "seconds", "load", "busy_sections", "skipped"):
         assert key in results, key
     m = results["machine"]
     assert m["cores"] >= 1 and m["cpu"] and "numpy" in m["versions"]
