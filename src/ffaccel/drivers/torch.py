@@ -260,6 +260,31 @@ def _int_native(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _int_mm_into(a: torch.Tensor, b: torch.Tensor, d: np.ndarray) -> None:
+    """D = a @ b exactly (modulo 2**32) for host-memory D, with ``torch._int_mm`` writing int32 into
+    D itself; uint8 operands shifted to int8 (``u ^ 0x80`` is ``u - 128``) and the shift corrected
+    as in :func:`_int_native`, in wrapping uint32 on D (NumPy: unsigned arithmetic wraps by
+    definition)."""
+    k = a.shape[-1]
+    ua, ub = a.dtype == torch.uint8, b.dtype == torch.uint8
+    sa = a.bitwise_xor(128).view(torch.int8) if ua else a
+    sb = b.bitwise_xor(128).view(torch.int8) if ub else b
+    dt = as_tensor(d)
+    for i in range(dt.shape[0]):
+        x, y = _canonical(sa[i]), _canonical(sb[i])
+        if dt[i].is_contiguous():
+            torch._int_mm(x, y, out=dt[i])
+        else:
+            dt[i].copy_(torch._int_mm(x, y))
+    du = d.view(np.uint32)
+    if ub:  # + 128 rowsum(sa): an (batch, m, 1) vector
+        rows = 128 * sa.sum(-1, keepdim=True, dtype=torch.int64).numpy()
+        np.add(du, (rows & 0xFFFF_FFFF).astype(np.uint32), out=du)
+    if ua:  # + 128 colsum(sb) (+ 128**2 k when both were shifted): an (batch, 1, n) vector
+        cols = 128 * sb.sum(-2, keepdim=True, dtype=torch.int64).numpy() + (128 * 128 * k if ub else 0)
+        np.add(du, (cols & 0xFFFF_FFFF).astype(np.uint32), out=du)
+
+
 def _int_widened(a: torch.Tensor, b: torch.Tensor, chunk: int) -> torch.Tensor:
     """Exact a @ b as int64 through f32 GEMMs on k chunks (partial sums < 2**24) summed in f64."""
     k = a.shape[-1]
@@ -509,8 +534,13 @@ class TorchDriver(Driver):
         reads_ab, reads_c = op.reads_ab, op.reads_c
         steps = _int_steps(op, dev)
         shape = (op.batch, op.m, op.n)
+        # D = A @ B in host memory (torch:cpu): the int32 product straight into D, no int64 passes
+        direct = native and dev.type == "cpu" and reads_ab and alpha == 1 and not reads_c and not steps
 
         def kernel(a: Any, b: Any, c: Any, d: Any, epi: tuple) -> None:
+            if direct and isinstance(d, np.ndarray):
+                _int_mm_into(as_tensor(a, dev), as_tensor(b, dev), d)
+                return
             if reads_ab:
                 at, bt = as_tensor(a, dev), as_tensor(b, dev)
                 x = _int_native(at, bt) if native else _int_widened(at, bt, chunk)
