@@ -226,6 +226,11 @@ case("api.scalar", "lo", "got 1j", "clamp-complex",
 case("api.scalar", "s", "got '2'", "scale-str",
      mm({}, {}, lazy=lambda bad: {"post_ops": [post.scale("2" if bad else 2.0)]}))
 
+_STORED_T = {"trans_a": {"a": rand((K, M))}, "trans_b": {"b": rand((N, K))}}  # operands stored transposed
+for _arg, _v in (("trans_a", "N"), ("trans_b", "T"), ("trans_a", None), ("trans_b", 2)):
+    case("api.flag", _arg, f"got {_v!r}", f"{_arg}-{_v!r}",
+         mm({**_STORED_T[_arg], _arg: True}, {**_STORED_T[_arg], _arg: _v}))
+
 # --- post-ops --------------------------------------------------------------------------------
 case("api.post_op", "post_ops[0]", "got function", "uncalled-post-relu", mm({"post_ops": [post.relu()]},
                                                                           {"post_ops": [post.relu]}))

@@ -407,6 +407,9 @@ def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _
         if x.ndim == 0:
             raise violation("api.shape", "a 0-d array", "at least 1 dimension", arg=name)
     for name, flag, x in (("trans_a", trans_a, a), ("trans_b", trans_b, b)):
+        # a string is truthy: trans_a="N" must not silently transpose (blas.gemm takes "N"/"T")
+        if not (isinstance(flag, (bool, np.bool_)) or isinstance(flag, numbers.Real) and flag in (0, 1)):
+            raise violation("api.flag", repr(flag), "True or False", arg=name)
         if flag and x.ndim < 2:
             raise violation("api.shape", f"{name}=True with a 1-D operand", "trans only for >= 2-D operands",
                             arg=name)

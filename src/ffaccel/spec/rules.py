@@ -152,6 +152,7 @@ _RULES = (
          "post_ops must be made by ffaccel.post with valid arguments", "frontends"),
     Rule("api.scalar", _E.INVALID_PARAMETER, "{arg}",
          "scalars (alpha, beta, post-op parameters) must be real numbers: int or float", "frontends"),
+    Rule("api.flag", _E.INVALID_PARAMETER, "{arg}", "trans_a and trans_b must be True or False", "frontends"),
     Rule("blas.enum", _E.INVALID_PARAMETER, "{arg}", "order is 'row' or 'col'; trans is 'N' or 'T'", "frontends"),
     Rule("blas.dim", _E.INVALID_PARAMETER, "{arg}", "m, n, k must be integers >= 0", "frontends"),
     Rule("blas.ld", _E.INVALID_PARAMETER, "{arg}",
