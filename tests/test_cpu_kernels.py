@@ -90,7 +90,7 @@ def test_int8_refused_where_the_sum_saturates(monkeypatch: pytest.MonkeyPatch) -
     try:
         with pytest.raises(FFAccelError, match="saturates"):
             CpuDriver(kernels="int8=onednn")
-        assert CpuDriver().kernels()["int8 x int8 -> int32 -> int32"].startswith("OpenBLAS")
+        assert CpuDriver().kernels()["int8xint8->int32->int32"].startswith("OpenBLAS")
     finally:
         cpu_mod._resolved.cache_clear()
 
@@ -110,12 +110,12 @@ class _NoVnni:
 def test_info_names_the_library_of_every_combination() -> None:
     info = CpuDriver(kernels="blas").info()
     kernels = dict(info.kernels)
-    assert len(kernels) == 10 and kernels["f64 x f64 -> f64 -> f64"] == "OpenBLAS dgemm"
+    assert len(kernels) == 10 and kernels["f64xf64->f64->f64"] == "OpenBLAS dgemm"
     assert all(v.startswith("OpenBLAS") for v in kernels.values())
     auto = dict(CpuDriver(kernels="auto").info().kernels)
     if LIB is not None and LIB.int8_exact:
-        assert auto["uint8 x int8 -> int32 -> int32"].startswith(f"oneDNN {LIB.version} brg")
-        assert "shifted onto u8 x s8" in auto["int8 x int8 -> int32 -> int32"]
+        assert auto["uint8xint8->int32->int32"].startswith(f"oneDNN {LIB.version} brg")
+        assert "shifted onto u8 x s8" in auto["int8xint8->int32->int32"]
 
 
 # -- which kernel a GEMM gets -------------------------------------------------------------

@@ -42,6 +42,7 @@ def _info(args: argparse.Namespace, console: Console) -> int:
             "engines": [e.name.lower() for e in sorted(caps.engines)],
             "limits": vars(caps.limits),
             "memory_bytes": info.memory_bytes,
+            "kernels": dict(info.kernels),
         }
         console.print_json(json.dumps(doc))
         return 0
@@ -50,11 +51,12 @@ def _info(args: argparse.Namespace, console: Console) -> int:
     console.print(f"memory: {info.memory_bytes / 2**30:.1f} GiB; engines: "
                   + ", ".join(e.name.lower() for e in sorted(caps.engines)))
     t = Table(title="GEMM dtype combinations")
-    for col in ("bit", "A x B", "accumulate", "C, D", "supported"):
+    kernels = dict(info.kernels)  # which kernel library serves each combination, where the driver says
+    for col in ("bit", "A x B", "accumulate", "C, D", "supported", *(["kernel library"] if kernels else [])):
         t.add_column(col)
     for bit, c in enumerate(GEMM_COMBOS):
         t.add_row(str(bit), f"{DTYPES[c.a].name} x {DTYPES[c.b].name}", DTYPES[c.acc].name, DTYPES[c.d].name,
-                  "[green]yes[/]" if c in caps.combos else "[red]no[/]")
+                  "[green]yes[/]" if c in caps.combos else "[red]no[/]", *([kernels.get(c.name, "")] if kernels else []))
     console.print(t)
     console.print("COPY conversions: " + ", ".join(f"{DTYPES[s].name}->{DTYPES[d].name}"
                                                     for s, d in COPY_CONVERSIONS if (s, d) in caps.copies))

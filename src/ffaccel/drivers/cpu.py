@@ -884,7 +884,7 @@ class CpuDriver(Driver):
 
     name = "cpu"
     version = "1.0"
-    description = "host CPU through the system BLAS (OpenBLAS via SciPy/NumPy); exact int8"
+    description = "host CPU: OpenBLAS (via SciPy/NumPy), and oneDNN where installed and faster; exact int8"
 
     def __init__(self, threads: int | str | None = None, *, kernels: str | None = None) -> None:
         if threads is None:
@@ -912,15 +912,15 @@ class CpuDriver(Driver):
 
         Examples
         --------
-        >>> CpuDriver(kernels="blas").kernels()["f32 x f32 -> f32 -> f32"]
+        >>> CpuDriver(kernels="blas").kernels()["f32xf32->f32->f32"]
         'OpenBLAS sgemm'
         """
-        from ..spec import DTYPES, GEMM_COMBOS
+        from ..spec import GEMM_COMBOS
 
         lib, res = self._kernels()
         out: dict[str, str] = {}
         for c in GEMM_COMBOS:
-            name = f"{DTYPES[c.a].name} x {DTYPES[c.b].name} -> {DTYPES[c.acc].name} -> {DTYPES[c.d].name}"
+            name = c.name
             cls = combo_class(c)
             blas = ("OpenBLAS dgemm" if cls is None else "OpenBLAS sgemm" if cls == "f32" else
                     "OpenBLAS sgemm on widened f32" if cls in ("bf16", "f16") else
