@@ -122,7 +122,7 @@ class SocketTransport:
         try:
             if is_default_path(path):
                 check_private_dir(os.path.dirname(os.path.abspath(path)))
-            self._sock.connect(path)
+            self._connect(path)
             check_peer(self._sock, path)
         except OSError as e:
             self._sock.close()
@@ -140,6 +140,20 @@ class SocketTransport:
             self._closed = True
             self._sock.close()
             raise
+
+    def _connect(self, path: str) -> None:
+        """Connect; a full listen backlog (EAGAIN: a burst of connections) is retried until the timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        pause = 0.001
+        while True:
+            try:
+                self._sock.connect(path)
+                return
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)  # backing off while the server accepts the others
+                pause = min(pause * 2, 0.05)
 
     # -- framing ----------------------------------------------------------------------------
     def _call(self, msg: Msg, payload: bytes = b"", fds: Sequence[int] = (), want_fds: bool = False,

@@ -305,7 +305,7 @@ class Server:
         finally:
             os.umask(old)
         self._bound = True
-        self.listener.listen(64)
+        self.listener.listen(socket.SOMAXCONN)  # a burst of connections queues instead of being refused
 
     def stats(self) -> tuple[int, int, int, int]:
         with self.lock:
