@@ -36,9 +36,9 @@ def _project(m: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
     if not x.is_contiguous() and x.transpose(0, 1).is_contiguous():  # batch-first memory
         r = to_torch(m.run(flops, to_numpy(x.transpose(0, 1).reshape(N * T, I_)), to_numpy(w), trans_b=True,
                            post_ops=ops))
-        return r.view(N, T, -1).transpose(0, 1)
+        return r.view(N, T, w.shape[0]).transpose(0, 1)
     r = to_torch(m.run(flops, to_numpy(x.reshape(T * N, I_)), to_numpy(w), trans_b=True, post_ops=ops))
-    return r.view(T, N, -1)
+    return r.view(T, N, w.shape[0])
 
 
 def _step(m: Any, kind: str, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_hh: torch.Tensor,
@@ -97,6 +97,8 @@ def rnn(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
     proj = kind == "lstm" and per == (5 if has_biases else 3)
     xt = x.transpose(0, 1) if batch_first else x  # (T, N, I)
     T, N = xt.shape[:2]
+    if T == 0:
+        raise Host(SHAPE)  # PyTorch refuses an empty sequence with its own error
     h_out = h0.shape[-1]
     layer_in = xt
     hn: list[torch.Tensor] = []
