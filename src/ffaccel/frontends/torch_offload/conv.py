@@ -38,7 +38,8 @@ _NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 
 
-def _ints(v: Any, nd: int, name: str) -> tuple[int, ...]:
+def _ints(v: Any, nd: int) -> tuple[int, ...]:
+    """An int or a sequence of ``nd`` (or 1) ints as an ``nd``-tuple; else Host (PyTorch reports it)."""
     if isinstance(v, int) and not isinstance(v, bool):
         return (v,) * nd
     if isinstance(v, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
@@ -71,8 +72,8 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         raise Host(ARGS)
     check_tensors(x, w, bias)
     same_dtype(x, w, bias)
-    stride = _ints(p.get("stride", 1), nd, "stride")
-    dilation = _ints(p.get("dilation", 1), nd, "dilation")
+    stride = _ints(p.get("stride", 1), nd)
+    dilation = _ints(p.get("dilation", 1), nd)
     groups = p.get("groups", 1)
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise Host(ARGS)
@@ -98,7 +99,7 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
             total = d * (k - 1)
             pads.append((total // 2, total - total // 2))  # PyTorch puts the odd element on the right
     else:
-        pads = [(q, q) for q in _ints(padding, nd, "padding")]
+        pads = [(q, q) for q in _ints(padding, nd)]
     if min(min(a) for a in pads) < 0:
         raise Host(SHAPE)
     outs = tuple((s + lo + hi - d * (k - 1) - 1) // st + 1
@@ -117,7 +118,7 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     sN, sC, *sS = x.stride()
     kstr = [d * s for d, s in zip(dilation, sS)]
     ostr = [st * s for st, s in zip(stride, sS)]
-    # TODO(perf) the copy below is PyTorch's; F.unfold does the same for 2-D in one kernel
+    # the copy (reshape of the strided view) is PyTorch's: faster than F.unfold here, any dimension
     if last:
         # rows: (n, output position), columns: (group, kernel offset, channel in group)
         cols = x.as_strided((N, *outs, g, *ks, Cg), (sN, *ostr, Cg * sC, *kstr, sC), x.storage_offset())
@@ -174,8 +175,8 @@ def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.T
         raise Host(ARGS)
     check_tensors(x, w, bias)
     same_dtype(x, w, bias)
-    stride, dilation = _ints(p.get("stride", 1), nd, "stride"), _ints(p.get("dilation", 1), nd, "dilation")
-    padding, out_pad = _ints(p.get("padding", 0), nd, "padding"), _ints(p.get("output_padding", 0), nd, "padding")
+    stride, dilation = _ints(p.get("stride", 1), nd), _ints(p.get("dilation", 1), nd)
+    padding, out_pad = _ints(p.get("padding", 0), nd), _ints(p.get("output_padding", 0), nd)
     g = p.get("groups", 1)
     if not isinstance(g, int) or isinstance(g, bool) or g < 1:
         raise Host(ARGS)
