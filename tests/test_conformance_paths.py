@@ -42,18 +42,19 @@ def test_torch_driver_every_native_choice(one_torch_thread, native: str) -> None
 
 
 def test_torch_int_mm_is_handed_canonical_strides(one_torch_thread, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``torch._int_mm`` on AVX-512 VNNI reads a (1, k) view with strides (1, 1) wrongly; other
-    CPUs do not. A strict stand-in refuses every operand whose strides are not exactly
-    (cols, 1), so the driver's canonicalisation is checked on any CPU."""
+    """``torch._int_mm`` on AVX-512 VNNI reads a (1, k) view with strides (1, 1) wrongly (its
+    leading dimension 1 is below its row length); other CPUs do not. A strict stand-in refuses
+    every operand that is not row-major with a leading dimension at least its row length, so
+    the driver's canonicalisation is checked on any CPU."""
     real = torch._int_mm
     seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
 
-    def strict(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        for t in (x, y):
-            if t.stride() != (t.shape[1], 1):
+    def strict(x: torch.Tensor, y: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+        for t in (x, y, *kw.values()):  # row-major, leading dimension >= row length (what BLAS-like kernels assume)
+            if t.stride(1) != 1 or t.stride(0) < t.shape[1]:
                 raise AssertionError(f"_int_mm handed shape {tuple(t.shape)} with strides {t.stride()}")
         seen.append((tuple(x.shape), tuple(y.shape)))
-        return real(x, y)
+        return real(x, y, **kw)
 
     monkeypatch.setattr(torch, "_int_mm", strict)
     assert torch_mod.torch._int_mm is strict
