@@ -21,6 +21,8 @@ from ffaccel.abi.validate import check_submission
 from ffaccel.conformance.errors import Env, ValidGemm
 from ffaccel.transports import socket as socket_transport
 
+from server_util import ServerProcess  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 # -- the policy -----------------------------------------------------------------------------------
 
 
@@ -233,3 +235,21 @@ def test_an_evicted_buffer_in_use_is_freed_when_its_call_ends(server) -> None:
         assert owner.staging is not None and t.stats()["buffers"] == before
     finally:
         dev.close()
+
+
+@pytest.mark.parametrize("limit", ["max_mappings=4", f"max_memory_bytes={1 << 20}"])
+def test_idle_staging_buffers_never_cause_a_refusal(tmp_path, limit: str) -> None:
+    """A client at its buffer or memory limit frees its idle staging buffers and allocates again."""
+    srv = ServerProcess(tmp_path, "--limit", limit)
+    try:
+        dev = srv.open("socket")
+        pool = socket_transport.staging_pool(dev._transport)
+        rng = np.random.default_rng(5)
+        for i in range(12):  # each geometry stages ~260 KB: the pool alone would pass either limit
+            a = rng.standard_normal((128, 200 + i)).astype(np.float32)
+            b = rng.standard_normal((200 + i, 128)).astype(np.float32)
+            np.testing.assert_allclose(ffaccel.matmul(a, b, device=dev), a @ b, rtol=1e-4, atol=1e-4)
+        assert len(pool) < 12  # cleared at the limit (clear() is not counted as evictions)
+        dev.close()
+    finally:
+        srv.stop()

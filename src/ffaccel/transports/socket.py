@@ -470,7 +470,16 @@ class _StagedGemm:
     def _open(self, t: SocketTransport) -> _Staging:
         """Allocate the staging buffer on the server and encode the GEMM that computes in it."""
         op, batch = self.op, self.op.batch
-        handle, memory = t.alloc(self.nbytes)
+        try:
+            handle, memory = t.alloc(self.nbytes)
+        except FFAccelError as e:
+            pool = staging_pool(t)
+            if e.code != ErrorCode.OUT_OF_MEMORY or not len(pool):
+                raise
+            # over this client's quota or buffer limit: our own idle staging buffers must not be
+            # the reason, so free them (those in use go when their calls end) and try once more
+            pool.clear()
+            handle, memory = t.alloc(self.nbytes)
 
         def mat(dtype: object, off: int, rows: int, cols: int, broadcast: bool) -> Matrix:
             return Matrix(handle, dtype, rows, cols, max(1, cols), off,  # type: ignore[arg-type]
