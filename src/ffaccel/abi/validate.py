@@ -90,7 +90,9 @@ class View:
 
 
 @dataclass(frozen=True, slots=True)
-class PostOp:
+class ValidPostOp:
+    """A validated epilogue post-op (the front-end's ``ffaccel.post.PostOp`` is what a user asks for)."""
+
     kind: PostOpKind
     param0: float | int
     param1: float | int
@@ -114,7 +116,7 @@ class GemmOp:
     b: View
     c: View | None
     d: View
-    epilogue: tuple[PostOp, ...]
+    epilogue: tuple[ValidPostOp, ...]
     user_data: int = 0
 
     @property
@@ -302,7 +304,7 @@ def _batches_disjoint(d: View, batch: int) -> bool:
     return s >= d.cols and (batch - 1) * s + d.cols <= d.ld
 
 
-def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: DeviceCaps) -> PostOp:
+def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: DeviceCaps) -> ValidPostOp:
     s = f"epilogue[{i}]."
     raw_kind = f[s + "kind"]
     try:
@@ -342,13 +344,13 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
         if f[name + ".handle"]:
             raise violation("epilogue.operand", f"handle {f[name + '.handle']}", f"no operand for {spec.name}", i=i)
         _operand(f, name, 0, 0, False, caps.limits)  # absent: every field must be zero
-        return PostOp(kind, p[0], p[1], None)
+        return ValidPostOp(kind, p[0], p[1], None)
     operand = _operand(f, name, shape[0], shape[1], True, caps.limits)
     assert operand is not None
     if operand.dtype not in (combo.acc, combo.d):
         raise violation("epilogue.operand", DTYPES[operand.dtype].name,
                         sorted({DTYPES[combo.acc].name, DTYPES[combo.d].name}), i=i)
-    return PostOp(kind, p[0], p[1], operand)
+    return ValidPostOp(kind, p[0], p[1], operand)
 
 
 def check_copy(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> CopyOp:

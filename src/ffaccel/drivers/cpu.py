@@ -51,13 +51,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import special
 from scipy.linalg import blas as _blas
 from scipy.linalg import cython_blas as _cython_blas
 
 from ..abi import CopyOp, GemmOp, LruCache
-from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
+from ..spec import DType, ErrorCode, FFAccelError, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel
+from .epilogue import Step, float_steps, int_steps
+from .epilogue import run_steps as _run_steps
 
 try:  # correct f64 -> bf16 rounding (ml_dtypes rounds twice, through f32)
     from .rounding import round_to as _round_to
@@ -81,8 +82,6 @@ _INT_CHUNK = {
     (DType.U8, DType.I8): 512,
     (DType.U8, DType.U8): 256,
 }
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 # --------------------------------------------------------------------------------------
@@ -498,82 +497,14 @@ class _ThreadLimit:
 # --------------------------------------------------------------------------------------
 # epilogues
 
-Step = Callable[[np.ndarray, tuple], None]
-
-
 def _float_steps(op: GemmOp, acc: np.dtype) -> list[Step]:
     """One in-place function per post-op, acting on the accumulate-precision array x."""
-    t_acc = acc.type
-    steps: list[Step] = []
-    for i, p in enumerate(op.epilogue):
-        kind = p.kind
-        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
-            # dtype=acc widens an operand in D's dtype (f16/bf16) exactly before the add
-            steps.append(lambda x, epi, i=i: np.add(x, epi[i], out=x, dtype=acc))
-        elif kind == PostOpKind.RELU:
-            zero = t_acc(0)
-            steps.append(lambda x, epi, z=zero: np.maximum(x, z, out=x))  # NaN propagates
-        elif kind == PostOpKind.GELU_ERF:
-            steps.append(lambda x, epi, c=t_acc(-_SQRT1_2): _gelu_erf(x, c))
-        elif kind == PostOpKind.GELU_TANH:
-            steps.append(lambda x, epi, c1=t_acc(0.044715), c2=t_acc(-2.0 * _SQRT_2_OVER_PI): _gelu_tanh(x, c1, c2))
-        elif kind == PostOpKind.CLAMP:
-            lo, hi = float(p.param0), float(p.param1)
-            steps.append(lambda x, epi, lo=lo, hi=hi: (np.maximum(x, lo, out=x), np.minimum(x, hi, out=x)))
-        elif kind == PostOpKind.SCALE:
-            s = float(p.param0)
-            steps.append(lambda x, epi, s=s: np.multiply(x, s, out=x))
-        else:  # pragma: no cover - the validator admits only known kinds
-            raise ValueError(f"unknown post-op {kind!r}")
-    return steps
-
-
-def _gelu_erf(x: np.ndarray, minus_sqrt1_2: Any) -> None:
-    # x * (1 + erf(x / sqrt 2)) / 2 == x * erfc(-x / sqrt 2) / 2: no cancellation for x << 0,
-    # and no intermediate 2x that could overflow.
-    t = np.multiply(x, minus_sqrt1_2)
-    special.erfc(t, out=t)
-    t *= 0.5
-    np.multiply(x, t, out=x)
-
-
-def _gelu_tanh(x: np.ndarray, c1: Any, minus_2k: Any) -> None:
-    # PyTorch's x * (1 + tanh(z)) / 2, z = sqrt(2/pi) * (x + 0.044715 x^3), written as
-    # x / (1 + exp(-2 z)): the same function without the cancellation of 1 + tanh(z) at x << 0.
-    t = np.multiply(x, x)
-    t *= c1
-    t += 1
-    t *= x
-    t *= minus_2k  # -2 z
-    np.exp(t, out=t)
-    t += 1
-    np.divide(x, t, out=x)
+    return float_steps(op.epilogue, acc)
 
 
 def _int_steps(op: GemmOp) -> list[Step]:
     """In-place int32 post-ops on D; sums and products wrap through uint32 views (mod 2**32)."""
-    steps: list[Step] = []
-    for i, p in enumerate(op.epilogue):
-        kind = p.kind
-        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
-            steps.append(lambda d, epi, i=i: np.add(d.view(_U32), epi[i].view(_U32), out=d.view(_U32)))
-        elif kind == PostOpKind.RELU:
-            steps.append(lambda d, epi: np.maximum(d, np.int32(0), out=d))
-        elif kind == PostOpKind.CLAMP:
-            lo, hi = np.int32(int(p.param0)), np.int32(int(p.param1))
-            steps.append(lambda d, epi, lo=lo, hi=hi: (np.maximum(d, lo, out=d), np.minimum(d, hi, out=d)))
-        elif kind == PostOpKind.SCALE:
-            s = _U32(int(p.param0) & _MASK32)
-            steps.append(lambda d, epi, s=s: np.multiply(d.view(_U32), s, out=d.view(_U32)))
-        else:  # pragma: no cover - the validator refuses gelu for int32
-            raise ValueError(f"post-op {kind!r} is not defined for int32 outputs")
-    return steps
-
-
-def _run_steps(steps: list[Step], x: np.ndarray, epi: tuple) -> None:
-    with np.errstate(all="ignore"):  # overflow to inf, NaN propagation: intended IEEE results
-        for s in steps:
-            s(x, epi)
+    return int_steps(op.epilogue)
 
 
 # --------------------------------------------------------------------------------------

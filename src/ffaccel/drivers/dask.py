@@ -66,6 +66,7 @@ from ..spec import (
 )
 from . import open_driver
 from .base import Driver, DriverInfo, GemmKernel
+from .epilogue import float_steps, int_steps, run_steps
 
 #: GEMMs with fewer FLOPs than this run locally (about a second of one core's BLAS at 1e9 FLOP/s).
 DEFAULT_MIN_FLOPS = 2**30
@@ -267,44 +268,18 @@ def _full(x: np.ndarray, spec: _TileSpec) -> np.ndarray:
     return x if x.shape == shape and x.flags.writeable and x.flags.c_contiguous else np.broadcast_to(x, shape).copy()
 
 
-def _float_epilogue(spec: _TileSpec, x: np.ndarray, epi: Sequence[np.ndarray]) -> None:
-    from scipy import special
-
-    t = x.dtype.type
+def _indexed(spec: _TileSpec, epi: Sequence[np.ndarray]) -> tuple[np.ndarray | None, ...]:
+    """The tile's operands (one per post-op that has one) as one entry per post-op."""
     ops = iter(epi)
-    for kind, p0, p1, dt in spec.epilogue:
-        if dt is not None:
-            np.add(x, next(ops), out=x, dtype=x.dtype)  # widens f16/bf16 operands exactly
-        elif kind == PostOpKind.RELU:
-            np.maximum(x, t(0), out=x)
-        elif kind == PostOpKind.CLAMP:
-            np.maximum(x, t(p0), out=x)
-            np.minimum(x, t(p1), out=x)
-        elif kind == PostOpKind.SCALE:
-            np.multiply(x, t(p0), out=x)
-        elif kind == PostOpKind.GELU_ERF:
-            # x * erfc(-x / sqrt 2) / 2: the erf form without cancellation for x << 0
-            w = special.erfc(np.multiply(x, t(-1.0 / math.sqrt(2.0))))
-            np.multiply(x, w * t(0.5), out=x)
-        elif kind == PostOpKind.GELU_TANH:
-            # x * (1 + tanh(z)) / 2 == x / (1 + exp(-2 z)), z = sqrt(2/pi) (x + 0.044715 x^3)
-            z = x * (t(1.0) + t(0.044715) * x * x) * t(-2.0 * math.sqrt(2.0 / math.pi))
-            np.divide(x, t(1.0) + np.exp(z), out=x)
+    return tuple(next(ops) if dt is not None else None for _, _, _, dt in spec.epilogue)
+
+
+def _float_epilogue(spec: _TileSpec, x: np.ndarray, epi: Sequence[np.ndarray]) -> None:
+    run_steps(float_steps(spec.epilogue, x.dtype), x, _indexed(spec, epi))
 
 
 def _int_epilogue(spec: _TileSpec, x: np.ndarray, epi: Sequence[np.ndarray]) -> None:
-    u = x.view(_U32)
-    ops = iter(epi)
-    for kind, p0, p1, dt in spec.epilogue:
-        if dt is not None:
-            np.add(u, next(ops).view(_U32), out=u)
-        elif kind == PostOpKind.RELU:
-            np.maximum(x, np.int32(0), out=x)
-        elif kind == PostOpKind.CLAMP:
-            np.maximum(x, np.int32(int(p0)), out=x)
-            np.minimum(x, np.int32(int(p1)), out=x)
-        elif kind == PostOpKind.SCALE:
-            np.multiply(u, _U32(int(p0) & _MASK32), out=u)
+    run_steps(int_steps(spec.epilogue), x, _indexed(spec, epi))
 
 
 # --------------------------------------------------------------------------------------

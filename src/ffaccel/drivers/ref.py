@@ -52,17 +52,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from ..abi import CopyOp, GemmOp
 from ..spec import DTYPES, DType, PostOpKind
 from ..spec.accuracy import gemm_error_bound
 from .base import Driver
+from .epilogue import gelu_erf, gelu_tanh
 from .rounding import round_to, wrap_int32
 
 _SPLIT = 134217729.0  # 2**27 + 1: Dekker's splitting constant for float64
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 @dataclass(frozen=True)
@@ -346,18 +344,6 @@ def _float_accumulate(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | 
 # epilogues
 
 
-def _gelu_erf(x: np.ndarray) -> np.ndarray:
-    # x * (1 + erf(x / sqrt 2)) / 2 == x * erfc(-x / sqrt 2) / 2, without the cancellation at x << 0
-    return 0.5 * x * special.erfc(-x * _SQRT1_2)
-
-
-def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    # PyTorch: x * (1 + tanh(z)) / 2 with z = sqrt(2/pi) * (x + 0.044715 x^3);
-    # 1 + tanh(z) == 2 / (1 + exp(-2 z)), which has no cancellation at x << 0.
-    z = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
-    return x / (1.0 + np.exp(-2.0 * z))
-
-
 def _within_acc_range(x: np.ndarray, acc: DType) -> np.ndarray:
     """x, except that values beyond the accumulate type's range become the inf they round to there.
 
@@ -380,9 +366,9 @@ def _float_post_op(kind: PostOpKind, p0: float, p1: float, x: np.ndarray, v: np.
         if kind == PostOpKind.RELU:
             return np.maximum(x, 0.0)  # np.maximum propagates NaN
         if kind == PostOpKind.GELU_ERF:
-            return _gelu_erf(x)
+            return gelu_erf(x)
         if kind == PostOpKind.GELU_TANH:
-            return _gelu_tanh(x)
+            return gelu_tanh(x)
         if kind == PostOpKind.CLAMP:
             return np.minimum(np.maximum(x, float(p0)), float(p1))  # NaN propagates
         if kind == PostOpKind.SCALE:
