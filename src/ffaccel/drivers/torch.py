@@ -260,28 +260,28 @@ def _int_native(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _int_mm_into(a: torch.Tensor, b: torch.Tensor, d: np.ndarray) -> None:
-    """D = a @ b exactly (modulo 2**32) for host-memory D, with ``torch._int_mm`` writing int32 into
+def _int_mm_into(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> None:
+    """D = a @ b exactly (modulo 2**32) for host memory, with ``torch._int_mm`` writing int32 into
     D itself; uint8 operands shifted to int8 (``u ^ 0x80`` is ``u - 128``) and the shift corrected
-    as in :func:`_int_native`, in wrapping uint32 on D (NumPy: unsigned arithmetic wraps by
-    definition)."""
+    as in :func:`_int_native`, in wrapping uint32 on D. The shifts and sums are NumPy's
+    single-threaded passes: no OpenMP barrier around small work on a busy machine."""
     k = a.shape[-1]
-    ua, ub = a.dtype == torch.uint8, b.dtype == torch.uint8
-    sa = a.bitwise_xor(128).view(torch.int8) if ua else a
-    sb = b.bitwise_xor(128).view(torch.int8) if ub else b
+    ua, ub = a.dtype == np.uint8, b.dtype == np.uint8
+    sa = np.bitwise_xor(a, np.uint8(0x80)).view(np.int8) if ua else a
+    sb = np.bitwise_xor(b, np.uint8(0x80)).view(np.int8) if ub else b
     dt = as_tensor(d)
-    for i in range(dt.shape[0]):
-        x, y = _canonical(sa[i]), _canonical(sb[i])
+    for i in range(d.shape[0]):
+        x, y = _canonical(as_tensor(sa[i])), _canonical(as_tensor(sb[i]))
         if dt[i].is_contiguous():
             torch._int_mm(x, y, out=dt[i])
         else:
             dt[i].copy_(torch._int_mm(x, y))
     du = d.view(np.uint32)
     if ub:  # + 128 rowsum(sa): an (batch, m, 1) vector
-        rows = 128 * sa.sum(-1, keepdim=True, dtype=torch.int64).numpy()
+        rows = 128 * np.sum(sa, axis=2, dtype=np.int64, keepdims=True)
         np.add(du, (rows & 0xFFFF_FFFF).astype(np.uint32), out=du)
     if ua:  # + 128 colsum(sb) (+ 128**2 k when both were shifted): an (batch, 1, n) vector
-        cols = 128 * sb.sum(-2, keepdim=True, dtype=torch.int64).numpy() + (128 * 128 * k if ub else 0)
+        cols = 128 * np.sum(sb, axis=1, dtype=np.int64, keepdims=True) + (128 * 128 * k if ub else 0)
         np.add(du, (cols & 0xFFFF_FFFF).astype(np.uint32), out=du)
 
 
@@ -538,8 +538,8 @@ class TorchDriver(Driver):
         direct = native and dev.type == "cpu" and reads_ab and alpha == 1 and not reads_c and not steps
 
         def kernel(a: Any, b: Any, c: Any, d: Any, epi: tuple) -> None:
-            if direct and isinstance(d, np.ndarray):
-                _int_mm_into(as_tensor(a, dev), as_tensor(b, dev), d)
+            if direct and isinstance(d, np.ndarray) and isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+                _int_mm_into(a, b, d)
                 return
             if reads_ab:
                 at, bt = as_tensor(a, dev), as_tensor(b, dev)
