@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -122,6 +123,31 @@ def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] =
                     last_rate[who] = p.gflops
                     points.append(p)
     return points
+
+
+def limit_class(combo_name: str) -> str:
+    """Which machine limit a combination is held against: the inputs' kind (int8 for every
+    int8/uint8 pair, else the input dtype), whatever the output dtype."""
+    a = combo_name.split("x", 1)[0]
+    return "int8" if a in ("int8", "uint8") else a
+
+
+def machine_limits(points: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per :func:`limit_class`: the best median rate any kernel reached in the run (ffaccel's
+    devices, NumPy or PyTorch, at any size) and who reached it. Points are ``RatePoint.as_dict()``.
+
+    Examples
+    --------
+    >>> machine_limits([{"combo": "int8xint8->int32->int32", "who": "torch", "size": 64, "gflops": 9.0},
+    ...                 {"combo": "uint8xint8->int32->int32", "who": "ffaccel cpu", "size": 64, "gflops": 7.0}])
+    {'int8': {'gflops': 9.0, 'who': 'torch', 'combo': 'int8xint8->int32->int32', 'size': 64}}
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for p in points:
+        cls = limit_class(p["combo"])
+        if cls not in best or p["gflops"] > best[cls]["gflops"]:
+            best[cls] = {"gflops": p["gflops"], "who": p["who"], "combo": p["combo"], "size": p["size"]}
+    return best
 
 
 def best_f32_rate(points: Sequence[RatePoint]) -> float:

@@ -106,12 +106,21 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
     rows = math.ceil(len(combos) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
     peak = results["peak"]["gflops"]
+    from ..bench.throughput import limit_class, machine_limits
+
+    limits = machine_limits(results["throughput"])  # each combination's own limit: its best kernel here
     for ax, combo in zip(axes.flat, combos):
         for who, pts in sorted(by_combo[combo].items()):
             pts.sort()
             style = "--" if who in ("numpy", "torch") else "-"
             ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who)
         ax.axhline(peak, color="red", linewidth=0.8, linestyle=":", label="measured f32 peak")
+        lim = limits.get(limit_class(combo))
+        if lim is not None:
+            ax.axhline(lim["gflops"], color="black", linewidth=0.8, linestyle="-.",
+                       label="best kernel for these dtypes in this run")
+            ax.annotate(f"{lim['who']}: {lim['gflops']:,.0f}", (0.02, lim["gflops"]), xycoords=("axes fraction", "data"),
+                        fontsize=6, va="bottom")
         _mark_disturbed(ax, [(p["size"], p["gflops"]) for p in results["throughput"]
                              if p["combo"] == combo and p.get("disturbed")])
         ax.set_xscale("log", base=2)
@@ -185,8 +194,12 @@ def dispatch_pivot(results: dict[str, Any]) -> tuple[list[int], list[list[str]]]
 
 
 def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
+    from ..bench.throughput import limit_class, machine_limits
+
     peak = results["peak"]["gflops"]
-    return [[p["combo"], p["size"], p["who"], f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}", _mark(p)]
+    limits = machine_limits(results["throughput"])
+    return [[p["combo"], p["size"], p["who"], f"{p['gflops']:.1f}", f"{p['gflops'] / peak:.0%}",
+             f"{p['gflops'] / limits[limit_class(p['combo'])]['gflops']:.0%}", _mark(p)]
             for p in results["throughput"]]
 
 
@@ -294,7 +307,7 @@ All ratios are between medians measured side by side in this run.</p>{warn}
                                      dispatch_rows(results))}
 <h2>3. Throughput</h2><p>Measured peak: {peak['gflops']:.1f} GFLOP/s ({html.escape(str(peak['method']))}).
 {esc(_mark(peak))}</p>
-{_table(["combination", "n", "who", "GFLOP/s", "of peak", "note"], throughput_rows(results))}
+{_table(["combination", "n", "who", "GFLOP/s", "of peak", "of its limit", "note"], throughput_rows(results))}
 <h2>4. Workload: {html.escape(results['workload'][0]['name']) if results['workload'] else ''}</h2>
 {_table(["device", "ffaccel", "NumPy f32", "speed-up", "max |err| ffaccel", "max |err| NumPy"], w_rows)}
 <p>Where the block's time goes (medians measured side by side; the GEMM column is NumPy's <code>@</code> of the
