@@ -124,7 +124,8 @@ def _operand3(x: np.ndarray, batch_shape: tuple[int, ...], allow_transposed: boo
     full = batch_shape + x.shape[-2:]
     batch = int(np.prod(batch_shape)) if batch_shape else 1
     if x.ndim == 2 or all(s == 1 for s in x.shape[:-2]):
-        x3 = x.reshape((1,) + x.shape[-2:]) if x.ndim != 3 or x.shape[0] != 1 else x
+        # a new axis has stride 0, the batch stride of one matrix: no as_strided in _restride
+        x3 = (x if x.ndim == 2 else x.reshape(x.shape[-2:]))[None]
         if batch != 1:
             x3 = np.broadcast_to(x3, (batch,) + x.shape[-2:])
     else:
@@ -381,7 +382,8 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
     if out is not None:
         _check_out_disjoint(out, p, epilogue)
     if d_op is None:
-        d3 = np.empty((p.batch, p.m, p.n), DTYPES[p.d_dt].numpy)
+        d_np = DTYPES[p.d_dt].numpy
+        d3 = np.empty((p.m, p.n), d_np)[None] if p.batch == 1 else np.empty((p.batch, p.m, p.n), d_np)
         d_op = _stated(d3, p.d_dt, _layout(d3, False) if d3.size else _Layout(False, max(1, p.n), 0))
     kernel, descriptor = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op, epilogue)
     d3 = d_op.view
@@ -425,7 +427,7 @@ def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _
     if k != k2:
         raise violation("api.shape", f"op(b) with {k2} rows", f"{k} rows (op(a) has {k} columns)", arg="b")
     try:
-        batch_shape = np.broadcast_shapes(av.shape[:-2], bv.shape[:-2])
+        batch_shape = np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]) if av.ndim > 2 or bv.ndim > 2 else ()
     except ValueError:
         raise violation("api.shape", f"batch dims {bv.shape[:-2]}", f"broadcastable with {av.shape[:-2]}",
                         arg="b") from None
