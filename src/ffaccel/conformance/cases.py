@@ -333,8 +333,9 @@ def _size_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
     if level == "full":
         for m, n, k in ((65, 63, 127), (127, 129, 33), (255, 257, 17), (31, 33, 513), (257, 383, 131)):
             ta, tb = seq.pick("szt", (False, True)), seq.pick("szb", (True, False))
-            out.append(GemmCase("size", combo, m, n, k, 1, ta, tb, sc[4], sc[3],
-                                seq.pick("szc", ("separate", "in_place", "absent")), seed=seq.seed()))
+            c_mode = seq.pick("szc", ("separate", "in_place", "absent"))
+            out.append(GemmCase("size", combo, m, n, k, 1, ta, tb, sc[4], sc[0] if c_mode == "absent" else sc[3],
+                                c_mode, seed=seq.seed()))
     return out
 
 
