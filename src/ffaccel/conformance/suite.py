@@ -206,7 +206,8 @@ def format_failures(failures: Sequence[CaseResult], limit: int | None = 20) -> s
     shown = failures if limit is None else failures[:limit]
     for r in shown:
         if r.expected or r.got:
-            lines.append(f"FAIL {r.name}: expected {r.expected}, got {r.got} ({r.message})")
+            extra = f" ({r.message})" if r.message and r.message != r.got else ""
+            lines.append(f"FAIL {r.name}: expected {r.expected}, got {r.got or '-'}{extra}")
         else:
             lines.append(f"FAIL {r.name}: {r.message}")
     if len(shown) < len(failures):

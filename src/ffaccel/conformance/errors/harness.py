@@ -400,7 +400,7 @@ def error_checks(factory: DeviceFactory, *, portable_only: bool = True, cases: S
         if msg is not None:
             results.append(CaseResult("ERROR", c.rule, "-", c.id, not msg, message=msg,
                                       expected=f"{c.code.name} naming {c.param!r} under rule {c.rule}, nothing changed"
-                                      if msg else ""))
+                                      if msg else "", got=msg or ""))
     return results
 
 
