@@ -326,7 +326,7 @@ def _size_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
                             seed=seq.seed(), exact=True))
     if combo.is_int:
         chunk = _INT_CHUNK_OF[(combo.a, combo.b)]
-        ks = (chunk - 1, chunk, chunk + 1, 2 * chunk + 1) if level == "full" else (chunk + 1, 2 * chunk)
+        ks = (chunk - 1, chunk, chunk + 1, 2 * chunk, 2 * chunk + 1) if level == "full" else (chunk + 1, 2 * chunk)
         for k in ks:
             out.append(GemmCase("size:int-chunk", combo, 3, 2, k, 1, seq.pick("ict", (False, True)), False, 1, 0,
                                 "absent", fill="int_chunk", seed=seq.seed()))
