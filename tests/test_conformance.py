@@ -102,3 +102,35 @@ def test_cli_writes_report_and_exit_status(tmp_path: Path, capsys: pytest.Captur
     assert json.loads(out.read_text())["passed"] is True
     assert out.with_suffix(".md").read_text().startswith("# ffaccel conformance: ref")
     assert "PASS" in capsys.readouterr().out
+
+
+def test_failures_are_listed_with_what_was_expected_and_what_came_back() -> None:
+    bug = next(b for b in SEEDED_BUGS if b.name == "bf16-rounds-ties-away")
+    report = check_device(bug.factory, "quick", only=("exact",))
+    text = report.failures_text(limit=2)
+    assert text.startswith("FAIL exact ") and "expected D[" in text and ", got " in text
+    assert text.splitlines()[-1].startswith("... and ")
+    doc = json.loads(report.to_json())
+    assert doc["failures"] and all(f["case"] and f["expected"] and f["got"] for f in doc["failures"])
+    assert "| case | expected | got |" in report.to_markdown()
+
+
+def test_rule_catalogue_is_one_module_per_family_built_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    from ffaccel.conformance import errors
+
+    code = ("import ffaccel.conformance.errors as e; assert e.catalogue.cache_info().currsize == 0; "
+            "e.CASES; assert e.catalogue.cache_info().currsize == 1")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    families = {rule.split(".")[0] for rule in RULE_CASES}
+    modules = {m.__name__.rsplit(".", 1)[1] for m in errors.FAMILIES}
+    assert modules == {"submit", "command", "operand", "gemm", "epilogue", "copy", "memory"}
+    for family in errors.FAMILIES:  # each module registers the rules of its own family only
+        cat = errors.Catalogue()
+        family.register(cat)
+        owned = {r.split(".")[0] for r in cat.by_rule}
+        name = family.__name__.rsplit(".", 1)[1]
+        assert owned == ({"memory", "fence", "device"} & families if name == "memory" else
+                         {"cmd"} if name == "command" else {name}), (name, owned)
