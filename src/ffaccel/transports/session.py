@@ -181,10 +181,11 @@ class BoundRuns:
                 run = lambda: kernel(a, b, c, d, epi)  # noqa: E731
             return run
         src, dst = copy_arrays(op, self.memory)
-        if not src.size:
+        host = isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)  # else a driver's device memory
+        if host and not src.size:
             return _nothing
         whole = lambda: driver.copy(op, src, dst)  # type: ignore[arg-type]  # noqa: E731
-        if src.size > self.slice_units and src.shape[0] > 1 and isinstance(dst, np.ndarray):
+        if host and src.size > self.slice_units and src.shape[0] > 1:
             def piece(_b0: int, _b1: int, r0: int, r1: int) -> Run:
                 s, t = src[r0:r1], dst[r0:r1]
                 return lambda: driver.copy(op, s, t)  # type: ignore[arg-type]
