@@ -215,3 +215,12 @@ def test_no_scheduler_is_device_lost() -> None:
     with pytest.raises(FFAccelError) as e:
         DaskDriver("//127.0.0.1:9?timeout_s=1")
     assert e.value.code == ErrorCode.DEVICE_LOST and e.value.param == "address"
+
+
+def test_tiles_not_done_within_timeout_s_are_device_lost(client) -> None:
+    DaskDriver(client=client, min_flops=0)  # the workers' caps are probed once per client: not timed below
+    dev, _ = _device(client, min_flops=0, timeout_s=1e-9)
+    a = np.ones((64, 64), np.float32)
+    with pytest.raises(FFAccelError) as e:
+        ffaccel.matmul(a, a, device=dev)
+    assert e.value.code == ErrorCode.DEVICE_LOST and "timeout_s=1e-09" in e.value.message, e.value
