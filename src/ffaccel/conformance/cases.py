@@ -233,6 +233,11 @@ def _exact_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
         (6, 7, 5, 1, False, True, 1.0, 2.0, "in_place", (clamp, bias_n, relu, add_d)),
         (7, 5, 3, 3, True, False, -1.0, 0.0, "absent", (bias_m, half, add_acc, relu)),
     ]
+    if combo.d != DType.F64:
+        # scaled into D's subnormal range (and f32's for bf16 and f32): gradual underflow, no flush to zero
+        tiny = 2.0 ** (-30 if combo.d == DType.F16 else -140)
+        rows.append((5, 6, 7, 1, False, False, 1.0, 0.0, "absent", (PostOpCase(PostOpKind.SCALE, tiny),)))
+        rows.append((6, 5, 4, 1, True, False, 1.0, 1.0, "separate", (PostOpCase(PostOpKind.SCALE, -tiny), relu)))
     if combo.d == combo.acc:  # no operand in D's dtype distinct from acc
         rows = [r[:9] + (tuple(PostOpCase(p.kind, p.param0, p.param1) for p in r[9]),) for r in rows]
     out = []
