@@ -2,9 +2,11 @@
 # One unattended check of the torch driver on a CUDA GPU, in under 10 minutes (issue 15, "## GPU"):
 #   1. the machine (nvidia-smi, torch and CUDA versions, ffaccel info)
 #   2. ffaccel conformance DEVICE --quick        -> conformance-quick.{json,md}
-#   3. ffaccel conformance DEVICE --full         -> conformance-full.{json,md}
-#   4. ffaccel report DEVICE                     -> report/ (report.html, plots, results.json)
-#   5. models under ffaccel.torch.offload(DEVICE) against stock PyTorch -> offload.json
+#      ffaccel report DEVICE --quick             -> report-quick/
+#   3. models under ffaccel.torch.offload(DEVICE) against stock PyTorch -> offload.json
+#   4. ffaccel conformance DEVICE --full         -> conformance-full.{json,md}
+#      ffaccel report DEVICE                     -> report/ (report.html, plots, results.json)
+# The cheap, most telling steps come first, so that a budget cut short still leaves them.
 # Everything lands in one folder, with summary.md (each step's exit status and seconds).
 # A step that fails or runs out of time is recorded and the next one runs; the exit status
 # is 0 only when every step passed.
@@ -49,7 +51,11 @@ step() {
   local dt=$(($(date +%s) - t0))
   ((rc != 0)) && FAILED=1
   local note="$output"
-  ((rc == 124 || rc == 137)) && note="$output (timed out after ${limit}s)"
+  if ((limit < 5)); then
+    note="$output (skipped: the budget was spent)"
+  elif ((rc == 124 || rc == 137)); then
+    note="$output (timed out after ${limit}s)"
+  fi
   printf '| %s | %s | %s | %s |\n' "$name" "$rc" "$dt" "$note" >> "$SUMMARY"
   echo "   exit $rc in ${dt}s"
   return 0
@@ -81,16 +87,12 @@ fi
 step info 60 "info.json" "$PY" -m ffaccel.cli info "$DEVICE" --json
 [ -s "$OUT/info.log" ] && cp "$OUT/info.log" "$OUT/info.json"
 
-# 2-3. conformance, quick then full
+# 2. the quick checks first (their results are worth most if the budget runs short)
 step conformance-quick 90 "conformance-quick.json, .md" \
   "$PY" -m ffaccel.cli conformance "$DEVICE" --quick --report "$OUT/conformance-quick.json"
-step conformance-full 240 "conformance-full.json, .md" \
-  "$PY" -m ffaccel.cli conformance "$DEVICE" --full --report "$OUT/conformance-full.json"
+step report-quick 120 "report-quick/" "$PY" -m ffaccel.cli report "$DEVICE" --quick --out "$OUT/report-quick"
 
-# 4. the report (conformance, dispatch, throughput against the machine's limits, workload)
-step report 200 "report/" "$PY" -m ffaccel.cli report "$DEVICE" --out "$OUT/report"
-
-# 5. models under offload, against stock PyTorch on the host
+# 3. models under offload, against stock PyTorch on the host
 step offload 120 "offload.json" "$PY" - "$DEVICE" "$OUT/offload.json" <<'EOF'
 import json, statistics, sys, time
 import torch
@@ -150,6 +152,11 @@ with open(path, "w") as f:
     json.dump(results, f, indent=2, default=str)
 sys.exit(0 if ok else 1)
 EOF
+
+# 4. the full conformance suite and the full report, with what is left of the budget
+step conformance-full 240 "conformance-full.json, .md" \
+  "$PY" -m ffaccel.cli conformance "$DEVICE" --full --report "$OUT/conformance-full.json"
+step report "$BUDGET" "report/" "$PY" -m ffaccel.cli report "$DEVICE" --out "$OUT/report"
 
 TOTAL=$(($(date +%s) - START))
 printf '\nfinished in %ss; %s\n' "$TOTAL" "$([ $FAILED = 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED')" >> "$SUMMARY"

@@ -83,8 +83,8 @@ def test_cpu_driver_every_size_path(monkeypatch: pytest.MonkeyPatch, path: str) 
         threads = 1
         monkeypatch.setattr(cpu_mod, "_SINGLE_THREAD_MNK", 0)  # ... and the limit applies to every GEMM
 
-    def factory() -> Device:
-        return Device("cpu", InprocTransport(CpuDriver(threads=threads)))
+    def factory() -> Device:  # the OpenBLAS paths: oneDNN's are forced in tests/test_cpu_kernels.py
+        return Device("cpu", InprocTransport(CpuDriver(threads=threads, kernels="blas")))
 
     report = check_device(factory, "quick", only=("GEMM", "COPY", "ENTRY"))
     assert report.passed, report.failures_text()
