@@ -1,6 +1,15 @@
-"""The ``cpu`` driver: GEMM on the host's BLAS (OpenBLAS, through SciPy and NumPy).
+"""The ``cpu`` driver: GEMM on the host's BLAS (OpenBLAS, through SciPy and NumPy), and on
+oneDNN where it is installed (the ``onednn`` extra) and measured faster.
 
-How each combination runs:
+Which kernel library serves which combination (``FFACCEL_CPU_KERNELS`` / ``kernels=`` force
+each; :meth:`CpuDriver.kernels` and ``ffaccel info`` say what runs here; docs/kernels.md has
+the measurements): int8 on oneDNN's exact u8 x s8 VNNI/AMX kernel, bf16 natively where the
+CPU has bf16 instructions, f16 (and bf16 without them) widened by PyTorch's casts onto
+oneDNN's f32 matmul, f32 with an epilogue fused in oneDNN's matmul
+(:mod:`ffaccel.drivers.cpu_onednn`); f64, bare f32 and everything without oneDNN on the
+OpenBLAS paths below. The epilogue's arithmetic is :mod:`ffaccel.drivers.epilogue`.
+
+The OpenBLAS paths:
 
 * f32 / f64: one BLAS ``?gemm`` call per GEMM (or per batch entry), with alpha,
   beta and the in-place C handled by BLAS itself, so they cost no extra pass.
