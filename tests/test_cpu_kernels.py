@@ -26,7 +26,8 @@ LIB = onednn.library()
 F32, F16, BF16, I8, U8, I32 = DType.F32, DType.F16, DType.BF16, DType.I8, DType.U8, DType.I32
 #: Every forced setting this machine can run (what a CI machine with other features runs differs;
 #: each class's own choices are also checked one by one below).
-FORCED = ["blas", "f32=onednn,bf16=onednn,int8=onednn,f16=widened", "f16=onednn,bf16=widened", "f32=blas,int8=blas"]
+FORCED = ["blas", "f32=onednn,bf16=onednn,int8=onednn,f16=widened", "f16=onednn,bf16=widened", "bf16=widened",
+          "f32=blas,int8=blas"]
 
 
 def runnable(spec: str) -> bool:
@@ -126,7 +127,7 @@ def _kernel_of(drv: CpuDriver, case: T.Case) -> object:
 
 
 @pytest.mark.parametrize("cls", KERNEL_CLASSES)
-def test_auto_threshold_and_forced_choice(cls: str) -> None:
+def test_auto_threshold_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
     combo = {"f32": T.COMBO[F32, F32, F32], "bf16": T.COMBO[BF16, BF16, BF16], "f16": T.COMBO[F16, F16, F16],
              "int8": T.COMBO[I8, I8, I32]}[cls]
     post = ((PostOpKind.GELU_ERF, 0, 0, None),) if cls == "f32" else ()
@@ -144,6 +145,7 @@ def test_auto_threshold_and_forced_choice(cls: str) -> None:
             continue
         drv = CpuDriver(kernels=f"{cls}={choice}")
         assert _is_onednn(_kernel_of(drv, small)) and _is_onednn(_kernel_of(drv, large))
+        monkeypatch.setattr(T, "DRIVER", drv)
         T.check(small)
         T.check(large)
 
@@ -211,6 +213,21 @@ def test_non_finite_values_through_fused_epilogues(driver: CpuDriver) -> None:
         T.check(T.build(f32, 40, 40, 40, values={"a": a, "b": b}, post=((kind, 0, 0, None),)))
     got = T.check(T.build(f32, 40, 40, 40, values={"a": a, "b": b}, post=((PostOpKind.CLAMP, -1.0, 1.0, None),)))
     assert np.isnan(got[0, 4]).all()
+
+
+def test_bf16_subnormals_survive(driver: CpuDriver) -> None:
+    """Native bf16 instructions flush subnormal inputs, products and results to zero; the spec's
+    f32 accumulation keeps them (the driver routes such GEMMs elsewhere)."""
+    bf16 = T.COMBO[BF16, BF16, BF16]
+    a = np.full((1, 40, 40), 1e-20, T.DTYPES[BF16].numpy)  # products ~1e-40: subnormal in f32
+    b = np.full((1, 40, 40), 1e-20, T.DTYPES[BF16].numpy)
+    a[0, 0, 0] = 1e-39  # a subnormal input
+    for combo in (bf16, T.COMBO[BF16, BF16, F32]):
+        got = T.check(T.build(combo, 40, 40, 40, values={"a": a, "b": b}))
+        assert (got != 0).all()
+        T.check(T.build(combo, 40, 40, 40, post=((PostOpKind.SCALE, 2.0**-140, 0, None),)))  # subnormal D
+    assert cpu_onednn.bf16_safe(np.ones((2, 2), T.DTYPES[BF16].numpy), np.zeros((2, 2), T.DTYPES[BF16].numpy))
+    assert not cpu_onednn.bf16_safe(a, b)
 
 
 @pytest.mark.parametrize("combo", [c for c in T.GEMM_COMBOS if c.is_int], ids=lambda c: c.name)

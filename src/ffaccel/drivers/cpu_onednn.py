@@ -20,7 +20,8 @@ on the BLAS kernel instead; :attr:`FloatKernel.impls` records what ran.
 
 from __future__ import annotations
 
-import sys
+import functools
+import importlib.util
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -108,8 +109,14 @@ class FloatKernel:
         gelu = any(p.kind in (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH) for p in op.epilogue[:self.fused])
         self.nan_check = gelu
         self.blas_only = gelu and op.in_place
+        # native bf16 (vdpbf16ps, vcvtneps2bf16) treats subnormal inputs, products and results as
+        # zero, whatever MXCSR says: a GEMM whose inputs could make a subnormal runs on the fallback
+        # (see bf16_safe); then a bare product is 0 or normal, but alpha, beta * C or a post-op
+        # can still make a subnormal result, so those round a bf16 D from an f32 accumulator
+        self.bf16 = op.combo.a == DType.BF16
+        more = self.alpha != 1.0 or op.reads_c or bool(op.epilogue)
         # the tail runs on the f32 accumulator: a bf16/f16 D then gets it from a pooled f32 array
-        self.scratch = take if tail is not None and op.combo.d != op.combo.acc else None
+        self.scratch = take if (tail is not None or (self.bf16 and more)) and op.combo.d != op.combo.acc else None
         self.give = give
         self._prims: LruCache[tuple, Matmul | None] = LruCache(_MAX_PRIMS)
         self.impls: set[str] = set()  # what ran: oneDNN implementation names, or "blas"
@@ -183,7 +190,8 @@ class FloatKernel:
             if self.scratch is not None and self.give is not None:
                 x = self.scratch(d.shape, np.dtype(np.float32))
                 held.append(x)
-            entry = None if self.blas_only else self.entry(a, b, x, epi)
+            unsafe = self.blas_only or (self.bf16 and not bf16_safe(a, b))
+            entry = None if unsafe else self.entry(a, b, x, epi)
             if entry is None:
                 self.impls.add("blas")
                 self.fallback(a, b, c, d, epi)
@@ -202,6 +210,27 @@ class FloatKernel:
                 self.give(held)
 
 
+def _min_exponent(x: np.ndarray) -> int:
+    """The exponent field of x's smallest nonzero bf16 magnitude (0: a subnormal; 512: all zero),
+    in three vectorised passes: ``(bits & 0x7FFF) - 1`` wraps zeros to 0xFFFF, so its minimum
+    is the smallest nonzero magnitude less one."""
+    m = np.bitwise_and(x.view(np.uint16), np.uint16(0x7FFF))
+    if m.size == 0:
+        return 512
+    m -= np.uint16(1)
+    return (int(m.min()) + 1) >> 7
+
+
+def bf16_safe(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether native bf16 arithmetic (which flushes subnormals) computes a @ b exactly as IEEE
+    f32 would: no subnormal input, and every product a multiple of 2**-126 or coarser — then
+    every partial sum is 0 or at least 2**-126 in magnitude, never subnormal. With exponent
+    fields ea, eb of the smallest nonzero magnitudes, a product is a multiple of
+    2**(ea - 134 + eb - 134): safe when ea, eb >= 1 and ea + eb >= 142."""
+    ea, eb = _min_exponent(a), _min_exponent(b)
+    return ea >= 1 and eb >= 1 and ea + eb >= 142
+
+
 def has_nan(x: np.ndarray) -> bool:
     """Whether x holds a NaN (or +inf and -inf: a false alarm that costs a re-run, never a wrong
     result): one summing pass, no temporary array."""
@@ -209,10 +238,15 @@ def has_nan(x: np.ndarray) -> bool:
         return bool(np.isnan(np.add.reduce(x, axis=None, dtype=np.float32)))
 
 
+@functools.lru_cache(maxsize=1)
+def _have_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 def cast(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst = src, converted and rounded to nearest even: PyTorch's vectorised casts for f16/bf16
-    where PyTorch is imported already, else NumPy's (scalar, ~2 ns an element)."""
-    if src.dtype != dst.dtype and "torch" in sys.modules:
+    """dst = src, converted and rounded to nearest even (subnormals kept): PyTorch's vectorised
+    casts for f16/bf16 where PyTorch is installed, else NumPy's (scalar, ~2 ns an element)."""
+    if src.dtype != dst.dtype and _have_torch():
         torch_cast(dst, src)
     else:
         with np.errstate(all="ignore"):
