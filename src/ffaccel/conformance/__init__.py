@@ -6,9 +6,11 @@
 True
 
 Cases are generated from the spec (:mod:`.cases`), judged against the ``ref`` golden
-model within the spec's error bound (:mod:`.runner`), together with engine, fence and
-``info`` checks (:mod:`.engines`) and one single-defect case per validation rule
-(:mod:`.errors`). :mod:`.seeded` holds the seeded-bug devices the suite is proven on.
+model within the spec's error bound, or bit for bit where the inputs make the exact answer
+known (:mod:`.runner`), together with every entry point into a driver (:mod:`.entry`),
+engine, fence and ``info`` checks (:mod:`.engines`) and one single-defect case per
+validation rule (:mod:`.errors`, one module per rule family). :mod:`.seeded` holds the
+seeded-bug devices the suite is proven on; ``docs/conformance.md`` says what each group aims at.
 """
 
 from .cases import LEVELS, CopyCase, GemmCase, copy_cases, gemm_cases

@@ -195,7 +195,8 @@ def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *
             results.append(CaseResult("CRASH", "crash", "-", desc, False, float("nan"), f"raised {e!r}"))
         if progress is not None:
             progress(i + 1, len(checks), desc)
-    return ConformanceReport(name or first.name, f"{info.name} {info.version}", level, SPEC_VERSION,
+    shown_level = level if not only else f"{level} (only {', '.join(only)})"  # a partial run says so
+    return ConformanceReport(name or first.name, f"{info.name} {info.version}", shown_level, SPEC_VERSION,
                              time.perf_counter() - start, results)
 
 
