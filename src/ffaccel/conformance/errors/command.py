@@ -6,16 +6,14 @@ See :mod:`ffaccel.conformance.errors` for how a case is built and judged.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
-
 
 from ...abi import COMMAND_BYTES, COPY, GEMM, Copy, PostOpDesc, encode_submission
 from ...abi.layout import GEMM_FLAGS_KNOWN, MAX_EPILOGUE_SLOTS
 from ...spec import Engine, PostOpKind
 from .harness import JUNK, Builder, Catalogue, Env, ValidGemm, patch_bytes
-from .operand import _huge, _third_invalid
+from .operand import field_set_to, third_command_invalid
 
 
 GEMM_RESERVED = [n for n in GEMM.names if "reserved" in n]
@@ -70,11 +68,13 @@ def register(cat: Catalogue) -> None:
         cat.case("cmd.reserved", f"bytes[{COPY.size_bytes}:]", "nonzero bytes", f"copy-padding-byte-{off}",
                  _copy_padding(off))
     # values the encoder cannot put in their field (negative, or 2**32 / 2**64 and up)
-    cat.case("cmd.field_range", "a.ld_elems", "got -1", "a-ld-negative", _huge("a", "ld_elems", -1))
-    cat.case("cmd.field_range", "d.offset_bytes", f"got {2**64}", "d-offset-2**64", _huge("d", "offset_bytes", 2**64))
+    cat.case("cmd.field_range", "a.ld_elems", "got -1", "a-ld-negative", field_set_to("a", "ld_elems", -1))
+    cat.case("cmd.field_range", "d.offset_bytes", f"got {2**64}", "d-offset-2**64",
+             field_set_to("d", "offset_bytes", 2**64))
     cat.case("cmd.field_range", "b.batch_stride_elems", f"got {-(2**63)}", "b-batch-stride-i64-min",
-             _huge("b", "batch_stride_elems", -(2**63)))
-    cat.case("cmd.field_range", "c.rows", f"got {2**32}", "c-rows-2**32", _huge("c", "rows", 2**32))
+             field_set_to("b", "batch_stride_elems", -(2**63)))
+    cat.case("cmd.field_range", "c.rows", f"got {2**32}", "c-rows-2**32", field_set_to("c", "rows", 2**32))
     cat.case("cmd.field_range", "m", "got -1", "m-negative", _m_field)
     cat.case("cmd.field_range", "wait[0].value", f"got {2**64}", "wait-value-2**64", _wait_value_field)
-    cat.case("cmd.reserved", "c.reserved", f"got {JUNK}", "third-of-three", _third_invalid("reserved"), command_index=2)
+    cat.case("cmd.reserved", "c.reserved", f"got {JUNK}", "third-of-three", third_command_invalid("reserved"),
+             command_index=2)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...abi import COPY, Copy
+from ...abi import Copy
 from ...spec import COPY_CONVERSIONS, DType
 from .harness import Builder, Catalogue, Env, M, N
 

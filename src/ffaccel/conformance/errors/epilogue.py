@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...abi import GEMM, PostOpDesc, encode_submission
+from ...abi import PostOpDesc, encode_submission
 from ...abi.layout import MAX_EPILOGUE_SLOTS
 from ...spec import PostOpKind
 from .harness import BF16, Builder, Catalogue, Env, M, N, ValidGemm, patch_cmd

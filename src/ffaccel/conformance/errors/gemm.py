@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...abi import GEMM, Copy, Matrix, PostOpDesc, encode_submission
+from ...abi import Copy, Matrix, PostOpDesc, encode_submission
 from ...spec import COMBO_BY_DTYPES, DType, PostOpKind
 from .harness import BF16, Builder, Catalogue, Env, K, M, N, ValidGemm, patch_cmd, u64
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ...abi import COPY, GEMM, Copy, Gemm, Matrix, PostOpDesc, encode_submission
+from ...abi import Copy, Gemm, Matrix, PostOpDesc, encode_submission
 from ...spec import Engine, PostOpKind
-from .harness import BF16, FENCE_WAIT_NS, JUNK, Builder, Catalogue, Env, K, M, N, ValidGemm, patch_cmd, u64
+from .harness import BF16, FENCE_WAIT_NS, JUNK, Builder, Catalogue, Env, K, M, N, ValidGemm, patch_cmd
 
 
 def _absent(role: str) -> Builder:
@@ -252,7 +252,7 @@ def _copy_batch_stride(role: str) -> Builder:
     return build
 
 
-def _huge(role: str, field_: str, value: int, **std: Any) -> Builder:
+def field_set_to(role: str, field_: str, value: int, **std: Any) -> Builder:
     """The standard GEMM (sized by ``std``) with operand ``role``'s ``field_`` set to ``value``."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env, **std)
@@ -273,7 +273,7 @@ def _copy_huge_ld(env: Env, bad: bool) -> Callable[[], Any]:
     return s.submit(Copy(src=src, dst=s.d), engine="copy")
 
 
-def _third_invalid(kind: str) -> Builder:
+def third_command_invalid(kind: str) -> Builder:
     """Two valid GEMMs (each writing a D of its own), then a third command with one defect."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env)
@@ -371,19 +371,20 @@ def register(cat: Catalogue) -> None:
     for role in ("src", "dst"):
         cat.case("operand.batch_stride", f"{role}.batch_stride_elems", f"got {M * N}", f"copy-{role}",
                  _copy_batch_stride(role))
-    cat.case("operand.ld", "a.ld_elems", f"got {2**62}", "a-ld-2**62-one-row", _huge("a", "ld_elems", 2**62, m=1))
+    cat.case("operand.ld", "a.ld_elems", f"got {2**62}", "a-ld-2**62-one-row",
+             field_set_to("a", "ld_elems", 2**62, m=1))
     cat.case("operand.ld", "d.ld_elems", f"got {2**64 - 1}", "d-ld-u64-max-one-row",
-             _huge("d", "ld_elems", 2**64 - 1, m=1))
+             field_set_to("d", "ld_elems", 2**64 - 1, m=1))
     cat.case("operand.ld", "b.ld_elems", f"got {2**48 // 4 + 1}", "b-ld-past-max-buffer-bytes-one-row",
-             _huge("b", "ld_elems", 2**48 // 4 + 1, k=1))
+             field_set_to("b", "ld_elems", 2**48 // 4 + 1, k=1))
     cat.case("operand.batch_stride", "a.batch_stride_elems", f"got {2**63 - 1}", "a-2**63-1-batch-1",
-             _huge("a", "batch_stride_elems", 2**63 - 1))
+             field_set_to("a", "batch_stride_elems", 2**63 - 1))
     cat.case("operand.batch_stride", "c.batch_stride_elems", f"got {2**64 - 1}", "c-u64-max-batch-1",
-             _huge("c", "batch_stride_elems", 2**64 - 1))
+             field_set_to("c", "batch_stride_elems", 2**64 - 1))
     cat.case("operand.bounds", "a", f"bytes [{2**64 - 4}, {2**64 + 4 * (M * K - 1)})", "a-offset-u64-max",
-             _huge("a", "offset_bytes", 2**64 - 4))
+             field_set_to("a", "offset_bytes", 2**64 - 4))
     cat.case("operand.bounds", "b", f"bytes [0, {4 * (2**46 + K * N)})", "b-largest-batch-stride-batch-2",
-             _huge("b", "batch_stride_elems", 2**46, batch=2))
+             field_set_to("b", "batch_stride_elems", 2**46, batch=2))
     cat.case("operand.ld", "epilogue[0].operand.ld_elems", f"got {2**62}", "bias-ld-2**62", _epi_huge_ld)
     cat.case("operand.ld", "src.ld_elems", f"got {2**63 - 1}", "copy-src-ld-2**63-1-one-row", _copy_huge_ld)
-    cat.case("operand.ld", "a.ld_elems", f"got {K - 1}", "third-of-three", _third_invalid("ld"), command_index=2)
+    cat.case("operand.ld", "a.ld_elems", f"got {K - 1}", "third-of-three", third_command_invalid("ld"), command_index=2)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-
-from ...abi import COPY, GEMM, SUBMIT, WAIT, Copy, encode_submission
+from ...abi import SUBMIT, WAIT, Copy, encode_submission
 from ...abi.layout import MAX_WAITS_PER_SUBMIT
 from ...runtime import Fence
 from ...spec import Engine
