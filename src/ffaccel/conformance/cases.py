@@ -56,6 +56,8 @@ class GemmCase:
     epi_broadcast: bool | None = None
     #: judge D bit for bit against the golden model (inputs chosen so the exact answer is known)
     exact: bool = False
+    #: batch entries back to back (batch stride rows * ld, no gap): what lets a driver fold a batch into m
+    gapless: bool = False
 
     @property
     def name(self) -> str:
@@ -69,6 +71,8 @@ class GemmCase:
             bits.append(f"pads={self.pads}")
         if any(self.interleave):
             bits.append(f"interleaved={''.join('01'[b] for b in self.interleave)}")
+        if self.gapless:
+            bits.append("gapless")
         if epi:
             params = ",".join(f"{p.param0}:{p.param1}" for p in self.epilogue
                               if p.kind in (PostOpKind.CLAMP, PostOpKind.SCALE))
@@ -300,6 +304,14 @@ def _layout_cases(combo: GemmCombo, seq: _Seq, level: str) -> list[GemmCase]:
                             sc[0] if c_mode == "absent" else sc[4], c_mode, seq.pick("lpads", ((0, 0, 0, 0),
                                                                                               (1, 2, 1, 2))),
                             bcast, epilogue=post, seed=seq.seed(), interleave=inter, epi_broadcast=eb))
+    # the layouts that let a batch fold into one GEMM: B broadcast with A and D back to back
+    # (batch into m), A broadcast with B and D row-interleaved (batch into n)
+    for ta, c_mode in ((False, "absent"), (True, "in_place")):
+        out.append(GemmCase("layout", combo, 6, 7, 5, 3, ta, False, sc[1], sc[0] if c_mode == "absent" else sc[4],
+                            c_mode, broadcast=(False, True, False), seed=seq.seed(), gapless=True))
+        out.append(GemmCase("layout", combo, 6, 7, 5, 3, False, ta, sc[1], sc[0] if c_mode == "absent" else sc[4],
+                            c_mode, broadcast=(True, False, False), seed=seq.seed(),
+                            interleave=(False, True, True, True)))
     return out
 
 

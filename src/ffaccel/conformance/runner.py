@@ -161,7 +161,7 @@ class _Placed:
 
 def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: int, cols: int, pad: int,
            broadcast: bool, values: np.ndarray | None = None, interleave: bool = False,
-           fill: Callable[[], np.ndarray | None] | None = None) -> _Placed:
+           fill: Callable[[], np.ndarray | None] | None = None, gapless: bool = False) -> _Placed:
     """Put a (batch of) rows x cols matrices in a new buffer, rogue values everywhere else.
 
     Batch entries follow each other (with a gap), or are row-interleaved (entry b of row r at
@@ -173,7 +173,7 @@ def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: i
     lead = 3
     interleave = interleave and batch > 1 and not broadcast
     ld = (batch * max(1, cols) if interleave else max(1, cols)) + pad
-    stride = 0 if broadcast or batch <= 1 else (max(1, cols) if interleave else rows * ld + 2)
+    stride = 0 if broadcast or batch <= 1 else (max(1, cols) if interleave else rows * ld + (0 if gapless else 2))
     n_batch = 1 if stride == 0 else batch
     span = ((n_batch - 1) * stride + (rows - 1) * ld + cols) if rows and cols else 0
     total = lead + span + 3
@@ -212,20 +212,20 @@ def build_gemm(dev: Device, case: GemmCase) -> tuple[Gemm, list[Buffer], Buffer]
             return x.T if x is not None and trans else x
         return make
 
-    inter = case.interleave
+    inter, gl = case.interleave, case.gapless
     A = _place(dev, rng, combo.a, batch, ar, ac, case.pads[0], case.broadcast[0], interleave=inter[0],
-               fill=special("a", combo.a, m, k, case.trans_a))
+               fill=special("a", combo.a, m, k, case.trans_a), gapless=gl)
     B = _place(dev, rng, combo.b, batch, br, bc, case.pads[1], case.broadcast[1], interleave=inter[1],
-               fill=special("b", combo.b, k, n, case.trans_b))
+               fill=special("b", combo.b, k, n, case.trans_b), gapless=gl)
     D = _place(dev, rng, combo.d, batch, m, n, case.pads[3], False, interleave=inter[3],
-               fill=special("c", combo.d, m, n) if case.c_mode == "in_place" else None)
+               fill=special("c", combo.d, m, n) if case.c_mode == "in_place" else None, gapless=gl)
     inputs = [A.buf, B.buf]
     c_mat = None
     if case.c_mode == "in_place":
         c_mat = D.matrix
     elif case.c_mode == "separate":
         C = _place(dev, rng, combo.d, batch, m, n, case.pads[2], case.broadcast[2], interleave=inter[2],
-                   fill=special("c", combo.d, m, n))
+                   fill=special("c", combo.d, m, n), gapless=gl)
         c_mat = C.matrix
         inputs.append(C.buf)
     epi = []

@@ -480,6 +480,19 @@ class BroadcastBFoldWrong(_BuggyCpu):
         good(op)(a, b, c, d, epi)
 
 
+class BatchFoldScrambled(_BuggyCpu):
+    """B broadcast with A and D back to back: folds the batch into m, but reads A's rows
+    entry-interleaved (row r of every entry, then row r + 1)."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        adjacent = (op.batch > 1 and b.strides[0] == 0 and a.strides[0] == a.shape[1] * a.strides[1] != 0
+                    and d.strides[0] == d.shape[1] * d.strides[1])
+        if adjacent and op.reads_ab:
+            a = np.ascontiguousarray(a).reshape(-1, a.shape[2]).reshape(a.shape[1], a.shape[0], a.shape[2]) \
+                .transpose(1, 0, 2)
+        good(op)(a, b, c, d, epi)
+
+
 # --- sizes across thresholds -----------------------------------------------------------------
 
 
@@ -1070,6 +1083,8 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _driver_bug(EpilogueOperandFirstEntryOnly), "layout"),
     SeededBug("broadcast-b-fold-wrong", "with B broadcast, multiplies every entry by A's entry 0",
               _driver_bug(BroadcastBFoldWrong), "batch"),
+    SeededBug("batch-fold-scrambled", "folds a batch with B broadcast into m, reading A's rows in the wrong order",
+              _driver_bug(BatchFoldScrambled), "layout"),
     # sizes across thresholds
     SeededBug("large-f16-output-last-column", "a two-thread conversion of a large 16-bit output misses a column",
               _driver_bug(LargeF16OutputDropsLastColumn), "size"),
