@@ -391,6 +391,29 @@ def test_recorded_command_lists_are_capped_and_charged(server) -> None:
         assert t.stats()["bytes_charged"] == before + 7 * per_list
 
 
+def test_a_list_naming_a_freed_buffer_pins_none_of_its_memory(server) -> None:
+    # record a list on a buffer, free the buffer (its quota comes back), keep the list, repeat:
+    # the lists must not keep the freed mappings (each would hold memory and one server fd)
+    with server.open("socket") as dev:
+        t = dev._transport
+        d = dev.alloc(16 * 16 * 4)
+        base = _proc_fds(server.proc.pid)
+        lids = []
+        for _ in range(8):  # the module's server allows 8 lists
+            a = dev.alloc(256 << 10)
+            g = Gemm(m=16, n=16, k=16, a=a.matrix(np.float32, 16, 16), b=a.matrix(np.float32, 16, 16),
+                     d=d.matrix(np.float32, 16, 16))
+            lids.append(t.record(ffaccel.abi.encode_submission([g])))
+            a.free()
+        grown = _proc_fds(server.proc.pid) - base
+        assert grown <= 2, f"{grown} server fds still held for 8 freed buffers"
+        with pytest.raises(FFAccelError) as e:
+            t.replay(lids[0], ffaccel.spec.Engine.COMPUTE, [])
+        assert (e.value.code, e.value.rule) == (ErrorCode.BAD_HANDLE, "cmdlist.stale")
+        for lid in lids:
+            t.free_list(lid)
+
+
 # -- 8: a full completion queue ------------------------------------------------------------------------
 
 

@@ -413,6 +413,11 @@ class Session:
             raise violation("memory.handle", handle, f"one of {sorted(self.table)}")
         self.used_bytes -= entry.charged_bytes
         self.plans.buffer_freed()  # bound runs hold views of the mapping: let it go
+        for lid, rec in self.lists.items():
+            if handle in rec.handles and rec.runs:
+                # the list can never replay (handles are never reused): drop its views of the
+                # freed memory, or lists would pin memory the quota no longer counts
+                self.lists[lid] = dataclasses.replace(rec, runs=RunBlock((), False))
         return entry
 
     # -- work ------------------------------------------------------------------------------------
