@@ -132,8 +132,9 @@ def test_auto_threshold_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPa
              "int8": T.COMBO[I8, I8, I32]}[cls]
     post = ((PostOpKind.GELU_ERF, 0, 0, None),) if cls == "f32" else ()
     small = T.build(combo, 8, 8, 8, post=post)
-    large = T.build(combo, 40, 40, 40, post=post)  # 64000 >= ONEDNN_MIN_MNK
-    assert 8**3 < cpu_mod.ONEDNN_MIN_MNK <= 40**3
+    large = T.build(combo, 40, 40, 40, post=post)
+    assert 8**3 < cpu_mod.ONEDNN_MIN_MNK[cls]
+    monkeypatch.setitem(cpu_mod.ONEDNN_MIN_MNK, cls, 40**3)  # force each side of the threshold
     auto = CpuDriver(kernels="auto")
     lib, res = auto._kernels()
     assert _kernel_of(CpuDriver(kernels="blas"), large).__module__ == "ffaccel.drivers.cpu"

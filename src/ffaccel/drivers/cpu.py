@@ -675,9 +675,11 @@ KERNELS_ENV = "FFACCEL_CPU_KERNELS"
 #: The combination classes whose kernel library can be chosen (f64 is always OpenBLAS).
 KERNEL_CLASSES = ("f32", "bf16", "f16", "int8")
 KERNEL_CHOICES = ("auto", "blas", "onednn", "widened")
-#: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call costs
-#: a few microseconds more of dispatch. A forced ``onednn`` uses it at every size.
-ONEDNN_MIN_MNK = 32**3
+#: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call wakes its
+#: OpenMP threads (tens of microseconds). Crossovers measured here (n^3 GEMMs, OpenBLAS path /
+#: oneDNN time): int8 0.82 at 128, 1.81 at 256; bf16 0.54 at 64, 1.34 at 128; f16 0.67 at 64,
+#: 1.99 at 128. A forced ``onednn`` uses it at every size; tests move these to force each side.
+ONEDNN_MIN_MNK = {"f32": 96**3, "bf16": 96**3, "f16": 96**3, "int8": 192**3}
 
 
 def combo_class(combo: Any) -> str | None:
@@ -875,9 +877,9 @@ class CpuDriver(Driver):
             if where == "forced":
                 out[name] = lib_name
             elif cls == "f32":
-                out[name] = f"{lib_name} with an epilogue and m*n*k >= {ONEDNN_MIN_MNK}; else {blas}"
+                out[name] = f"{lib_name} with an epilogue and m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas}"
             else:
-                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK}; else {blas}"
+                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas}"
         return out
 
     def info(self) -> DriverInfo:
@@ -893,7 +895,7 @@ class CpuDriver(Driver):
         if res[cls][0] == "blas":
             return None
         if self.kernel_choice[cls] == "auto":  # where it measured faster
-            if op.batch * op.m * op.n * op.k < ONEDNN_MIN_MNK or (cls == "f32" and not op.epilogue):
+            if op.batch * op.m * op.n * op.k < ONEDNN_MIN_MNK[cls] or (cls == "f32" and not op.epilogue):
                 return None
         from . import cpu_onednn
 
