@@ -9,6 +9,8 @@ that refusal instead (the embedded default still runs and conforms on OpenBLAS).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import test_cpu_driver as T  # the oracle helpers (tests/ is on the path)
@@ -268,3 +270,17 @@ def test_front_end_matmul_uses_the_fused_path() -> None:
     dev = Device("cpu", InprocTransport(CpuDriver(kernels="auto")))
     got = ffaccel.matmul(a, a, post_ops=[ffaccel.post.bias(bias), ffaccel.post.gelu()], device=dev)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_openmp_wait_policy_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PASSIVE unless the user chose a policy or an OpenMP runtime already read its own."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(onednn, "_openmp_loaded", lambda: True)
+    onednn._default_wait_policy()
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(onednn, "_openmp_loaded", lambda: False)
+    onednn._default_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    onednn._default_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
