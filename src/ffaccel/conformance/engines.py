@@ -150,6 +150,26 @@ def check_wait_timeout(dev: Device) -> CaseResult:
     return _result("fences", name, True)
 
 
+def check_new_buffers_are_zero(dev: Device) -> CaseResult:
+    """A new buffer reads as zeros (``Device.alloc``), also where a freed one's memory may be reused:
+    a client never sees bytes it did not write (another client's, or its own freed ones)."""
+    name = "a new buffer reads as zeros, also after a buffer of its size was written and freed"
+    for size in (1, 8, 4099, 1 << 16):
+        first = dev.alloc(size)
+        got = np.array(first.read(np.uint8, size))  # a copy, whatever read() returns
+        first.write(np.full(size, 0x5A, np.uint8))
+        first.free()
+        again = dev.alloc(size)
+        got2 = np.array(again.read(np.uint8, size))
+        again.free()
+        for label, data in (("new", got), ("after a free", got2)):
+            if data.any():
+                at = int(np.flatnonzero(data)[0])
+                return CaseResult("ENGINE", "memory", "-", name, False, message=f"a {label} buffer of {size} bytes "
+                                  f"holds {int(data[at]):#x} at byte {at}", expected="zeros", got=f"{int(data[at]):#x}")
+    return _result("memory", name, True)
+
+
 def check_info(dev: Device) -> list[CaseResult]:
     """What is not declared must be refused as UNSUPPORTED (and write nothing)."""
     out = []
@@ -203,7 +223,7 @@ def _refused(dev: Device, cmds: list, out_buf, name: str) -> CaseResult:  # noqa
 def engine_checks(dev: Device) -> list[CaseResult]:
     results = []
     for check in (check_copy_then_gemm, check_gemm_then_copy, check_fence_after_work, check_timelines,
-                  check_wait_timeout):
+                  check_wait_timeout, check_new_buffers_are_zero):
         try:
             results.append(check(dev))
         except Exception as e:  # noqa: BLE001 - a crashing check is a failed check
@@ -212,4 +232,4 @@ def engine_checks(dev: Device) -> list[CaseResult]:
     return results
 
 
-__all__ = ["engine_checks", "check_info"]
+__all__ = ["check_info", "check_new_buffers_are_zero", "engine_checks"]

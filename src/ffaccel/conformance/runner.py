@@ -195,7 +195,9 @@ def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: i
 
 
 def _snapshot(bufs: list[Buffer]) -> dict[int, np.ndarray]:
-    return {b.handle: b.read(np.uint8, b.size_bytes) for b in bufs}
+    # np.array copies: a device's read() may hand back a view of its memory (torch device memory
+    # on the CPU does), and a snapshot must not change when the device writes
+    return {b.handle: np.array(b.read(np.uint8, b.size_bytes)) for b in bufs}
 
 
 def build_gemm(dev: Device, case: GemmCase) -> tuple[Gemm, list[Buffer], Buffer]:

@@ -493,6 +493,14 @@ class BatchFoldScrambled(_BuggyCpu):
         good(op)(a, b, c, d, epi)
 
 
+class AllocNotZeroed(_BuggyCpu):
+    """Hands out new buffers without clearing them (a debug allocator's 0xA5 pattern stands for
+    whatever was there before: another client's data, or this one's freed buffers)."""
+
+    def alloc(self, size_bytes: int) -> np.ndarray:
+        return np.full(size_bytes, 0xA5, np.uint8)
+
+
 # --- sizes across thresholds -----------------------------------------------------------------
 
 
@@ -1085,6 +1093,8 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _driver_bug(BroadcastBFoldWrong), "batch"),
     SeededBug("batch-fold-scrambled", "folds a batch with B broadcast into m, reading A's rows in the wrong order",
               _driver_bug(BatchFoldScrambled), "layout"),
+    SeededBug("alloc-not-zeroed", "hands out new buffers without clearing them", _driver_bug(AllocNotZeroed),
+              "memory"),
     # sizes across thresholds
     SeededBug("large-f16-output-last-column", "a two-thread conversion of a large 16-bit output misses a column",
               _driver_bug(LargeF16OutputDropsLastColumn), "size"),

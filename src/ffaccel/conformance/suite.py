@@ -136,8 +136,8 @@ def iter_checks(dev: Device, factory: DeviceFactory, level: str, only: Sequence[
     for name, check in entry_checks(level):
         if wanted("ENTRY", name):
             yield name, (lambda check=check: check(dev))
-    if wanted("ENGINE", "engines, fences and info"):
-        yield "engines, fences and info", (lambda: engine_checks(dev))
+    if wanted("ENGINE", "engines, fences, memory and info"):
+        yield "engines, fences, memory and info", (lambda: engine_checks(dev))
     if wanted("ERROR", "validation rules (error cases)"):
         from .errors import error_checks  # the rule catalogue is large: import it when it is needed
 
