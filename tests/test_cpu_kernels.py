@@ -29,7 +29,7 @@ F32, F16, BF16, I8, U8, I32 = DType.F32, DType.F16, DType.BF16, DType.I8, DType.
 #: Every forced setting this machine can run (what a CI machine with other features runs differs;
 #: each class's own choices are also checked one by one below).
 FORCED = ["blas", "f32=onednn,bf16=onednn,int8=onednn,f16=widened", "f16=onednn,bf16=widened", "bf16=widened",
-          "f32=blas,int8=blas"]
+          "f32=blas,int8=torch"]
 
 
 def runnable(spec: str) -> bool:
@@ -55,6 +55,8 @@ def test_parse_kernels() -> None:
     assert parse_kernels("onednn") == dict.fromkeys(KERNEL_CLASSES, "onednn")
     assert parse_kernels(" int8=blas , f16=widened") == {"f32": "auto", "bf16": "auto", "f16": "widened",
                                                          "int8": "blas"}
+    with pytest.raises(FFAccelError, match="only int8"):
+        CpuDriver(kernels="f32=torch")
     for bad in ("fast", "int4=blas", "int8=mkl"):
         with pytest.raises(FFAccelError) as e:
             parse_kernels(bad)
@@ -118,7 +120,8 @@ def test_info_names_the_library_of_every_combination() -> None:
     auto = dict(CpuDriver(kernels="auto").info().kernels)
     if LIB is not None and LIB.int8_exact:
         assert auto["uint8xint8->int32->int32"].startswith(f"oneDNN {LIB.version} brg")
-        assert "shifted onto u8 x s8" in auto["int8xint8->int32->int32"]
+        assert "shifted onto u8 x s8" in auto["uint8xuint8->int32->int32"]
+        assert auto["int8xint8->int32->int32"].startswith("PyTorch torch._int_mm")  # PyTorch: a test extra
 
 
 # -- which kernel a GEMM gets -------------------------------------------------------------
@@ -143,7 +146,7 @@ def test_auto_threshold_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPa
     uses_onednn = res[cls][0] != "blas"
     assert not _is_onednn(_kernel_of(auto, small))
     assert _is_onednn(_kernel_of(auto, large)) == uses_onednn
-    for choice in ("onednn", "widened"):
+    for choice in ("onednn", "widened", "torch"):
         if not runnable(f"{cls}={choice}"):
             continue
         drv = CpuDriver(kernels=f"{cls}={choice}")
@@ -157,7 +160,7 @@ def _is_onednn(kernel: object) -> bool:
     if isinstance(kernel, (cpu_onednn.FloatKernel, cpu_onednn.WidenedKernel)):
         return True
     cells = getattr(kernel, "__closure__", None) or ()
-    return any(isinstance(c.cell_contents, cpu_onednn.IntProduct) for c in cells)
+    return any(isinstance(c.cell_contents, (cpu_onednn.IntProduct, cpu_onednn.TorchIntProduct)) for c in cells)
 
 
 def test_small_f32_keeps_its_one_call_fast_paths() -> None:

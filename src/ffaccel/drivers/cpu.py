@@ -670,11 +670,12 @@ def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
 
 #: Environment variable choosing kernel libraries: ``auto`` (default), ``blas``, ``onednn``, or
 #: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``); f16 and bf16 also
-#: take ``widened`` (PyTorch's casts to f32, then oneDNN's f32 matmul).
+#: take ``widened`` (PyTorch's casts to f32, then oneDNN's f32 matmul), int8 ``torch``
+#: (``torch._int_mm``, which ``auto`` takes for int8 x int8 where it runs on VNNI/AMX).
 KERNELS_ENV = "FFACCEL_CPU_KERNELS"
 #: The combination classes whose kernel library can be chosen (f64 is always OpenBLAS).
 KERNEL_CLASSES = ("f32", "bf16", "f16", "int8")
-KERNEL_CHOICES = ("auto", "blas", "onednn", "widened")
+KERNEL_CHOICES = ("auto", "blas", "onednn", "widened", "torch")
 #: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call wakes its
 #: OpenMP threads (tens of microseconds). Crossovers measured here (n^3 GEMMs, OpenBLAS path /
 #: oneDNN time): int8 0.82 at 128, 1.81 at 256; bf16 0.54 at 64, 1.34 at 128; f16 0.67 at 64,
@@ -776,12 +777,24 @@ def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> di
         if want == "auto":
             if threads is not None:
                 out[cls] = ("blas", "auto")
+            elif native and cls == "int8" and torch_ok:
+                # int8 x int8: torch._int_mm (on the same VNNI/AMX) needs no shift: measured 1.2x
+                # oneDNN with the shift here; the pairs with uint8 stay on oneDNN's u8 x s8
+                out[cls] = ("onednn+torch", f"auto, {impl}")
             elif native:
                 out[cls] = ("onednn", f"auto, {impl}")
             elif can_widen:
                 out[cls] = ("widened", f"auto, {f32_impl} on f32 widened by torch")
             else:
                 out[cls] = ("blas", "auto")
+            continue
+        if want == "torch":
+            if cls != "int8" or not torch_ok:
+                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
+                                   f"{KERNELS_ENV}: {cls}=torch cannot run here: "
+                                   + ("only int8 runs on torch._int_mm" if cls != "int8" else "PyTorch is not installed"),
+                                   rule="device.name")
+            out[cls] = ("torch", "forced, torch._int_mm")
             continue
         ok = (impl is not None and exact) if want == "onednn" else can_widen
         if not ok:
@@ -871,8 +884,11 @@ class CpuDriver(Driver):
                 out[name] = blas
                 continue
             where, impl = res[cls][1].split(", ", 1)
-            lib_name = f"oneDNN {lib.version} {impl}"
-            if cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
+            lib_name = f"oneDNN {lib.version} {impl}" if lib is not None else ""
+            s8s8 = (c.a, c.b) == (DType.I8, DType.I8)
+            if res[cls][0] == "torch" or (res[cls][0] == "onednn+torch" and s8s8):
+                lib_name = "PyTorch torch._int_mm" + ("" if s8s8 else " (uint8 shifted to int8)")
+            elif cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
                 lib_name += " (shifted onto u8 x s8)"
             if where == "forced":
                 out[name] = lib_name
@@ -900,6 +916,9 @@ class CpuDriver(Driver):
         from . import cpu_onednn
 
         if cls == "int8":
+            s8s8 = (op.combo.a, op.combo.b) == (DType.I8, DType.I8)
+            if res[cls][0] == "torch" or (res[cls][0] == "onednn+torch" and s8s8):
+                return _plan_int(op, cpu_onednn.TorchIntProduct(_WORKSPACE.take))
             return _plan_int(op, cpu_onednn.IntProduct(lib, op.combo.a, op.combo.b, _WORKSPACE.take))
         rest = _float_steps(op, np.dtype(np.float32))[cpu_onednn.fused_count(op):]
         tail = (lambda x, epi: _run_steps(rest, x, epi)) if rest else None

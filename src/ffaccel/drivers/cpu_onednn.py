@@ -336,6 +336,27 @@ def _shifted(x: np.ndarray, dtype: type, take: Callable[[tuple, np.dtype], np.nd
     return np.broadcast_to(out, x.shape) if src is not x else out
 
 
+class TorchIntProduct:
+    """The exact integer product a @ b modulo 2**32 by ``torch._int_mm`` (int8 x int8 -> int32,
+    wrapping; other pairs shifted and corrected as the torch driver does), written into ``out``
+    or a pooled int32 array. Same call as :class:`IntProduct`."""
+
+    def __init__(self, take: Callable[[tuple, np.dtype], np.ndarray]) -> None:
+        from .torch import _int_mm_into  # imports PyTorch
+
+        self.take, self._into = take, _int_mm_into
+        self.impls: set[str] = set()
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None,
+                 held: list[np.ndarray]) -> np.ndarray:
+        if out is None:
+            out = self.take((a.shape[0], a.shape[1], b.shape[2]), np.dtype(np.int32))
+            held.append(out)
+        self._into(a, b, out)
+        self.impls.add("torch._int_mm")
+        return out.view(_U32)
+
+
 class IntProduct:
     """The exact integer product a @ b modulo 2**32 for any int8/uint8 pair, on oneDNN's u8 x s8.
 
@@ -407,4 +428,4 @@ class IntProduct:
         return prim
 
 
-__all__ = ["FloatKernel", "IntProduct", "WidenedKernel", "exact_int8", "fused_count", "operand", "torch_cast", "usable"]
+__all__ = ["FloatKernel", "IntProduct", "TorchIntProduct", "WidenedKernel", "exact_int8", "fused_count", "operand", "torch_cast", "usable"]
