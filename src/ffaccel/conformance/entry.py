@@ -270,7 +270,7 @@ def _exact_values(rng: np.random.Generator, dt: DType, shape: tuple[int, ...], t
     return x.astype(DTYPES[dt].numpy)
 
 
-def _compare(name: str, combo: GemmCombo, call: Callable[[Device], np.ndarray]) -> CaseResult | None:
+def _compare(dev: Device, name: str, combo: GemmCombo, call: Callable[[Device], np.ndarray]) -> CaseResult | None:
     def res(ok: bool, msg: str = "") -> CaseResult:
         return CaseResult("GEMM", "entry:frontend", combo.name, f"entry:frontend {combo.name} {name}", ok, message=msg)
 
@@ -279,7 +279,7 @@ def _compare(name: str, combo: GemmCombo, call: Callable[[Device], np.ndarray]) 
     except FFAccelError:
         return None  # the front-end cannot express this combination this way
     try:
-        got = np.asarray(call(_DEV[0]))
+        got = np.asarray(call(dev))
     except FFAccelError as e:
         return res(False, f"device refused a valid call: {e}")
     except Exception as e:  # noqa: BLE001
@@ -294,14 +294,12 @@ def _compare(name: str, combo: GemmCombo, call: Callable[[Device], np.ndarray]) 
     return res(True)
 
 
-_DEV: list[Device] = []
 _TRANS = ((False, False), (True, False), (False, True), (True, True))
 
 
 def check_frontends(dev: Device) -> list[CaseResult]:
     """``matmul`` (fresh kernels, prepared kernels reused across calls, transposed views,
     batches, C, post-ops, ``out``) and ``blas.gemm``, bit for bit against the golden model."""
-    _DEV[:] = [dev]
     out: list[CaseResult | None] = []
     for combo in _combos(dev):
         rng = np.random.default_rng(int(combo.a) * 16 + int(combo.d))
@@ -325,15 +323,15 @@ def check_frontends(dev: Device) -> list[CaseResult]:
                     av = np.ascontiguousarray(a.T).T if ta else a  # a transposed view: trans_a
                     bt = np.ascontiguousarray(b.T)  # stored transposed, passed with trans_b
                     alpha = 1 if m * n * k < 1000 else 2  # small ones plain, larger ones scaled
-                    out.append(_compare(f"matmul {m}x{n}x{k} alpha={alpha} view-T={ta} flag-T={tb} call {rep + 1}",
-                                        combo, lambda d, av=av, b=b, bt=bt, tb=tb, alpha=alpha: matmul(
-                                            av, bt if tb else b, alpha=alpha, trans_b=tb, device=d, **kw)))
+                    what = f"matmul {m}x{n}x{k} alpha={alpha} view-T={ta} flag-T={tb} call {rep + 1}"
+                    out.append(_compare(dev, what, combo, lambda d, av=av, b=b, bt=bt, tb=tb, alpha=alpha: matmul(
+                        av, bt if tb else b, alpha=alpha, trans_b=tb, device=d, **kw)))
         a3 = vals(combo.a, (3, 6, 9), 2)
         b2 = vals(combo.b, (9, 5), 0)
-        out.append(_compare("matmul batch 3 @ 2-D", combo, lambda d: matmul(a3, b2, device=d, **kw)))
+        out.append(_compare(dev, "matmul batch 3 @ 2-D", combo, lambda d: matmul(a3, b2, device=d, **kw)))
         a2 = vals(combo.a, (6, 9), 1)
         b3 = vals(combo.b, (2, 9, 5), 1)
-        out.append(_compare("matmul 2-D @ batch 2", combo, lambda d: matmul(a2, b3, device=d, **kw)))
+        out.append(_compare(dev, "matmul 2-D @ batch 2", combo, lambda d: matmul(a2, b3, device=d, **kw)))
         a, b = vals(combo.a, (7, 9), 1), vals(combo.b, (9, 6), 0)
         e_dt = combo.d if combo.d in (DType.F16, DType.BF16) else combo.acc
         bias_n = _exact_values(rng, e_dt, (6,))
@@ -350,9 +348,9 @@ def check_frontends(dev: Device) -> list[CaseResult]:
                       [post.add(resid), post.bias(bias_m, axis="m"), post.scale(-2.0)]]
             alpha, beta = -1.5, 2.0
         for i, chain in enumerate(chains):
-            out.append(_compare(f"matmul post_ops chain {i}", combo,
+            out.append(_compare(dev, f"matmul post_ops chain {i}", combo,
                                 lambda d, chain=chain: matmul(a, b, post_ops=chain, device=d, **kw)))
-            out.append(_compare(f"matmul c, alpha, beta, post_ops chain {i}", combo,
+            out.append(_compare(dev, f"matmul c, alpha, beta, post_ops chain {i}", combo,
                                 lambda d, chain=chain: matmul(a, b, c, alpha=alpha, beta=beta, post_ops=chain,
                                                               device=d, **kw)))
 
@@ -362,7 +360,7 @@ def check_frontends(dev: Device) -> list[CaseResult]:
             return o
 
         if out_dtype is None:
-            out.append(_compare("matmul out=", combo, into_out))
+            out.append(_compare(dev, "matmul out=", combo, into_out))
         for order, ta, tb in (("row", "N", "N"), ("row", "T", "N"), ("col", "N", "T"), ("col", "T", "T")):
             m, n, k = 6, 5, 7
             lda, ldb, ldc = 9, 8, 7
@@ -376,8 +374,7 @@ def check_frontends(dev: Device) -> list[CaseResult]:
                         cc[:] = np.nan  # beta == 0: C is not read
                     _blas.gemm(order, ta, tb, m, n, k, alpha, af, lda, bf, ldb, bet, cc, ldc, device=d)
                     return cc
-                out.append(_compare(f"blas.gemm {order} {ta}{tb} beta={bet}", combo, call))
-    _DEV.clear()
+                out.append(_compare(dev, f"blas.gemm {order} {ta}{tb} beta={bet}", combo, call))
     return [r for r in out if r is not None]
 
 
