@@ -2,9 +2,12 @@
 
 Each entry is the ``cpu`` driver (or the in-process transport in front of it) with
 exactly one realistic bug, of the kinds BLAS libraries, accelerator drivers and
-runtimes have shipped. The project's tests assert that ``--quick`` fails every one
-of them while it passes ``ref`` and ``cpu``. Driver authors can read these as a list
-of what the suite is known to catch.
+runtimes have shipped. The driver keeps its fast paths (``bind_gemm``,
+``prepare_gemm_fresh``) on, so a bug placed there is visible too. There is at least one
+per gap the suite once had (see ``docs/conformance.md``) and one per validation rule
+family. The project's tests assert that ``--quick`` fails every one of them in the check
+named by ``caught_by`` while it passes ``ref``, ``cpu`` and ``torch:cpu``. Driver authors
+can read these as a list of what the suite is known to catch.
 """
 
 from __future__ import annotations
@@ -1026,13 +1029,18 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
     SeededBug("ignores-beta", "treats every GEMM as beta == 0", _driver_bug(IgnoresBeta), "scalars"),
     SeededBug("reads-c-when-beta-0", "computes beta * C even when beta == 0 (NaN in C leaks)",
               _driver_bug(ReadsCWhenBetaZero), "corner:beta0-nan-c"),
-    SeededBug("f16-accumulates-in-f16", "rounds every partial sum to the half type", _driver_bug(AccumulatesHalfInHalf), "corner:accumulate-width"),
+    SeededBug("f16-accumulates-in-f16", "rounds every partial sum to the half type",
+              _driver_bug(AccumulatesHalfInHalf), "corner:accumulate-width"),
     SeededBug("ignores-lda", "addresses A as if it were packed (ld == cols)", _driver_bug(IgnoresLda), "gemm"),
     SeededBug("writes-past-window", "stores whole rows of D, padding included", _driver_bug(WritesPastWindow), "gemm"),
-    SeededBug("transposes-wrong-operand", "applies B's transpose flag to A", _driver_bug(TransposesWrongOperand), "gemm"),
-    SeededBug("epilogue-order-swapped", "applies post-ops last to first", _driver_bug(EpilogueOrderSwapped), "epilogue-chain"),
-    SeededBug("bias-on-wrong-axis", "adds a column bias over rows and vice versa", _driver_bug(BiasOnWrongAxis), "epilogue"),
-    SeededBug("int8-saturates", "clamps int32 results instead of wrapping modulo 2**32", _driver_bug(Int8Saturates), "corner:int-wrap"),
+    SeededBug("transposes-wrong-operand", "applies B's transpose flag to A", _driver_bug(TransposesWrongOperand),
+              "gemm"),
+    SeededBug("epilogue-order-swapped", "applies post-ops last to first", _driver_bug(EpilogueOrderSwapped),
+              "epilogue-chain"),
+    SeededBug("bias-on-wrong-axis", "adds a column bias over rows and vice versa", _driver_bug(BiasOnWrongAxis),
+              "epilogue"),
+    SeededBug("int8-saturates", "clamps int32 results instead of wrapping modulo 2**32", _driver_bug(Int8Saturates),
+              "corner:int-wrap"),
     SeededBug("batch-stride-0-not-broadcast", "steps through A's batch as if packed when its stride is 0",
               _driver_bug(BatchStrideZeroNotBroadcast), "batch"),
     SeededBug("accepts-reserved-fields", "ignores nonzero reserved fields instead of refusing them",
@@ -1045,9 +1053,11 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _driver_bug(RoundsBf16ByTruncation), "corner:output-rounding"),
     SeededBug("alpha-0-reads-a-b", "multiplies A @ B even when alpha == 0 (NaN in A leaks)",
               _driver_bug(AlphaZeroStillReadsAB), "corner:alpha0-nan-ab"),
-    SeededBug("k-0-gives-zeros", "writes zeros when k == 0 instead of beta * C", _driver_bug(KZeroGivesZeros), "corner:k0"),
+    SeededBug("k-0-gives-zeros", "writes zeros when k == 0 instead of beta * C", _driver_bug(KZeroGivesZeros),
+              "corner:k0"),
     SeededBug("in-place-clobbers-c", "clears D before reading C when D is C", _driver_bug(InPlaceClobbersC), "gemm"),
-    SeededBug("gelu-erf-is-tanh", "uses the tanh approximation for the exact GELU", _driver_bug(GeluErfIsTanh), "epilogue"),
+    SeededBug("gelu-erf-is-tanh", "uses the tanh approximation for the exact GELU", _driver_bug(GeluErfIsTanh),
+              "epilogue"),
     SeededBug("drops-last-batch-entry", "an off-by-one in the batch loop", _driver_bug(DropsLastBatchEntry), "batch"),
     SeededBug("int-sums-in-f32-unchunked", "sums integer products in f32 past 2**24", _driver_bug(
         IntSumsInF32WithoutChunks), "corner:int-wrap"),
@@ -1151,7 +1161,8 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
     SeededBug("f32-output-through-f16", "rounds f16 x f16 -> f32 results to f16", _driver_bug(F32OutputRoundedToF16),
               "gemm"),
     SeededBug("int-relu-through-f32", "int32 relu through float32", _driver_bug(IntReluThroughF32), "int-scalars"),
-    SeededBug("in-place-batch-negates-beta", "in place with a batch, beta's sign flips", _driver_bug(InPlaceNegatesBeta),
+    SeededBug("in-place-batch-negates-beta", "in place with a batch, beta's sign flips",
+              _driver_bug(InPlaceNegatesBeta),
               "epilogue-chain"),
     # one per rule family of the validator (each a transport that lets one kind of defect through)
     SeededBug("submit-flags-ignored", "clears unknown submission flags instead of refusing them",
