@@ -11,19 +11,21 @@ from ffaccel.transports.spin import SpinBudget
 class FakeClock:
     def __init__(self) -> None:
         self.wall = 100.0
-        self.cpu = 10.0
+        self.ran = 10.0  # seconds this thread ran on a CPU
+        self.waited = 1.0  # seconds it was runnable but waited for a CPU
 
     def run(self, seconds: float, cpu_share: float = 1.0) -> None:
-        """``seconds`` of wall time pass, of which this thread ran ``cpu_share``."""
+        """``seconds`` of wall time pass, runnable throughout, of which this thread ran ``cpu_share``."""
         self.wall += seconds
-        self.cpu += seconds * cpu_share
+        self.ran += seconds * cpu_share
+        self.waited += seconds * (1 - cpu_share)
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()
     monkeypatch.setattr(spin_mod, "_monotonic", lambda: c.wall)
-    monkeypatch.setattr(spin_mod, "_thread_time", lambda: c.cpu)
+    monkeypatch.setattr(spin_mod, "_sched", lambda: (c.ran, c.waited))
     return c
 
 
@@ -64,13 +66,32 @@ def test_empty_spins_halve_the_budget_down_to_zero_then_probe_again(clock: FakeC
 
 def test_an_oversubscribed_machine_stops_spinning_at_once(clock: FakeClock) -> None:
     s = SpinBudget(200)
-    _spin_empty(s, clock, cpu_share=0.2)  # the spinner got a fifth of the time: others need the core
+    _spin_empty(s, clock)  # the first look only takes the scheduler's statistics
+    clock.run(0.01, cpu_share=0.2)  # runnable, but on a CPU a fifth of the time: others need it
+    _spin_empty(s, clock, cpu_share=0.2)
     assert s.cur_s == 0.0
     s.paid()  # finding work right after does not bring spinning back before the probe time
     assert s.cur_s == 0.0
     clock.run(SpinBudget.PROBE_S)
     s.paid()
     assert s.cur_s == pytest.approx(200e-6)
+
+
+def test_sharing_the_gil_is_not_oversubscription(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a thread that sleeps on the GIL is not runnable: no run-queue wait, so no back-off
+    s = SpinBudget(200)
+    _spin_empty(s, clock)
+    s.paid()
+    clock.run(SpinBudget.PROBE_S)
+    s.paid()
+    clock.wall += 1.0  # a second passes asleep (on the GIL, or on a socket)
+    _spin_empty(s, clock)
+    assert s.cur_s == pytest.approx(100e-6)  # only halved, as any empty spin
+
+
+def test_the_real_scheduler_statistics_are_read() -> None:
+    got = spin_mod._sched()
+    assert got is not None and got[0] > 0 and got[1] >= 0
 
 
 def test_a_stretched_spin_and_a_zero_budget(clock: FakeClock) -> None:

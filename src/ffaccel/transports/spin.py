@@ -4,17 +4,33 @@ Spinning for the next request or completion saves a sleep/wake-up (tens of micro
 when the other side answers within the budget. On an oversubscribed machine it does the
 opposite: the spinner takes the core the other side needs. A :class:`SpinBudget` watches
 both signs: a spin that ended empty halves the next budget (down to zero), one that paid
-restores it; and a spin during which this thread got less than half the CPU time that
-passed (measured with ``time.thread_time``) means the cores are oversubscribed, so the
-budget drops to zero at once and is probed again later.
+restores it; and when this thread, while runnable, spent more than a third of that time
+waiting for a CPU (the kernel's run-queue delay, ``/proc/thread-self/schedstat``) since the
+last look, the cores are oversubscribed: the budget drops to zero at once and is probed again
+later. Run-queue delay, not CPU time, is the sign: threads of one process that share the GIL
+get less CPU time without any core being short.
+
+The scheduler statistics are read only when a spin ends empty (an idle moment) or finds its
+work late (past a quarter budget), never when a spin finds its work quickly.
 """
 
 from __future__ import annotations
 
 import time
 
-_thread_time = time.thread_time
 _monotonic = time.monotonic
+#: Fraction of runnable time spent waiting for a CPU above which spinning stops.
+OVERSUBSCRIBED = 1 / 3
+
+
+def _sched() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread, or None."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            run_ns, wait_ns, _slices = f.read().split()
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 class SpinBudget:
@@ -32,22 +48,21 @@ class SpinBudget:
     True
     """
 
-    __slots__ = ("max_s", "cur_s", "_t0", "_c0", "_probe_at")
+    __slots__ = ("max_s", "cur_s", "_t0", "_probe_at", "_last")
 
-    #: After backing off for oversubscription, try spinning again this much later (seconds).
+    #: After backing off, try spinning again this much later (seconds).
     PROBE_S = 0.05
 
     def __init__(self, budget_us: int) -> None:
         self.max_s = max(0, budget_us) / 1e6
         self.cur_s = self.max_s
         self._t0 = 0.0
-        self._c0 = 0.0
         self._probe_at = 0.0
+        self._last: tuple[float, float] | None = None  # scheduler statistics at the last empty spin
 
     def start(self) -> None:
         """A spin begins (after work was done)."""
         self._t0 = _monotonic()
-        self._c0 = _thread_time()
 
     def keep_spinning(self, scale: float = 1.0) -> bool:
         """Whether to poll once more; False ends the spin (and adapts the next budget).
@@ -66,14 +81,31 @@ class SpinBudget:
         return _monotonic() - self._t0 >= self.cur_s
 
     def paid(self) -> None:
-        """The spin found work: spin for the full budget next time (unless the CPU is oversubscribed)."""
-        if self.cur_s < self.max_s and _monotonic() >= self._probe_at:
+        """The spin found work: spin for the full budget next time (unless backing off).
+
+        A spin that found its work only late may have found it late *because* it spun: the other
+        side waited for the core this spinner held. Such a spin (longer than a quarter budget)
+        looks at the run-queue delay too, and backs off when the machine is oversubscribed.
+        """
+        now = _monotonic()
+        if now - self._t0 > self.max_s / 4 and self._oversubscribed():
+            self.cur_s = 0.0
+            self._probe_at = now + self.PROBE_S
+        elif self.cur_s < self.max_s and now >= self._probe_at:
             self.cur_s = self.max_s
 
+    def _oversubscribed(self) -> bool:
+        now = _sched()
+        last, self._last = self._last, now
+        if now is None or last is None:
+            return False
+        ran, waited = now[0] - last[0], now[1] - last[1]
+        return ran + waited > 0 and waited > OVERSUBSCRIBED * (ran + waited)
+
     def _ended_empty(self, now: float) -> None:
-        wall = now - self._t0
-        cpu = _thread_time() - self._c0
-        if wall > 0 and cpu < 0.5 * wall:  # we were descheduled: the cores are oversubscribed
+        if not self.max_s:
+            return
+        if self._oversubscribed():
             self.cur_s = 0.0
             self._probe_at = now + self.PROBE_S
         elif self.cur_s:
@@ -86,4 +118,4 @@ class SpinBudget:
             self.cur_s = self.max_s / 4  # probe again (a probe that pays restores the full budget)
 
 
-__all__ = ["SpinBudget"]
+__all__ = ["OVERSUBSCRIBED", "SpinBudget"]
