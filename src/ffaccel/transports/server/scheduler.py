@@ -31,6 +31,14 @@ log = logging.getLogger("ffaccel.server")
 Run = Callable[[], object]
 #: Longest a worker sleeps while every queued job waits on a fence (a missed poke costs this).
 _NAP_S = 0.02
+#: Thinnest band of D's rows a sliced GEMM runs while other clients wait, and while none does.
+#: Each band re-packs B, so thin bands cost throughput (2048^3 f32 here: 128-row bands 3.5x the
+#: whole GEMM's time, 256 2x, 512 1.1-1.25x): thin only when someone is waiting behind it.
+MIN_BAND_ROWS = 128
+MIN_BAND_ROWS_ALONE = 512
+#: A slice's budget when no other client has work queued, in slice targets: fewer, larger bands
+#: cost less (each re-packs B), and whoever arrives still waits only this long.
+ALONE_BUDGET_FACTOR = 4
 
 
 class Job:
@@ -59,7 +67,7 @@ class EngineScheduler:
         self.blocked = False  # the worker sleeps because every head job waits on a fence
         self.stopping = False
         self._budget_s = slice_target_s
-        self.units_per_s = 2e9  # measured rate of sliced work (multiply-adds or elements per second)
+        self.units_per_s = 2e10  # measured rate of sliced work (multiply-adds or elements per second)
         self.thread = threading.Thread(target=self._loop, name=f"engine-{engine.name.lower()}", daemon=True)
         self.thread.start()
 
@@ -130,7 +138,8 @@ class EngineScheduler:
                 contended = len(self.queues) > 1
             done = False
             try:
-                done = self._run_slice(job, self.slice_target_s if contended else 3 * self.slice_target_s)
+                done = self._run_slice(job, self.slice_target_s if contended
+                                       else ALONE_BUDGET_FACTOR * self.slice_target_s)
             except Exception:  # noqa: BLE001 - a driver failure must not take the server down
                 log.exception("client %d: execution failed on %s", job.client.id, self.engine.name)
                 done = True
@@ -177,7 +186,10 @@ class EngineScheduler:
                 size = [1]
 
                 def band() -> int:
-                    size[0] = max(1, int(self._budget_s * self.units_per_s / units_per_row))
+                    # about one budget of work, but never so thin a band that the GEMM runs at a
+                    # fraction of its speed (a band re-packs B: BLAS needs rows to amortise it)
+                    thinnest = MIN_BAND_ROWS if self._budget_s <= self.slice_target_s else MIN_BAND_ROWS_ALONE
+                    size[0] = max(thinnest, int(self._budget_s * self.units_per_s / units_per_row))
                     return size[0]
 
                 for piece in run.slices(band):
