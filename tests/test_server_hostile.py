@@ -9,6 +9,7 @@ Long versions of these attacks live in ``benchmarks/soak_server.py``.
 from __future__ import annotations
 
 import fcntl
+import json
 import mmap
 import os
 import pickle
@@ -519,6 +520,19 @@ def test_a_squatted_socket_cannot_run_code_in_the_client(tmp_path) -> None:
     assert e.value.code == ErrorCode.DEVICE_LOST and "HELLO" in str(e.value)
     assert not os.path.exists(_Boom.marker)
     t.join(10)
+
+
+def test_hello_is_json_and_carries_the_whole_info(server) -> None:
+    raw = Raw(server.path)
+    try:
+        err, body, _ = raw.request(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ffaccel.abi.ABI_VERSION))
+        assert err is None
+        doc = json.loads(body)  # plain JSON: nothing a client could be made to execute
+        assert set(doc) == {"name", "version", "description", "memory_bytes", "kernels", "caps"}
+    finally:
+        raw.close()
+    with server.open("socket") as remote, ffaccel.open("cpu") as local:
+        assert remote.info() == local.info()  # caps, limits and the kernel libraries, all of it
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a fake server as another user")

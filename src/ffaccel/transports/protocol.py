@@ -337,7 +337,8 @@ MAX_INFO_BYTES = 1 << 16
 def encode_info(info: "DriverInfo") -> bytes:
     """The HELLO reply: the device's info as UTF-8 JSON (nothing on the wire is pickled).
 
-    ``{"name", "version", "description", "memory_bytes", "caps": {"combos": [[a, b, acc, d]
+    ``{"name", "version", "description", "memory_bytes", "kernels": [[combination, library]...],
+    "caps": {"combos": [[a, b, acc, d]
     dtype codes...], "copies": [[src, dst]...], "post_ops": [kinds], "engines": [engines],
     "limits": {Limits fields}}}``; every number is an integer of the spec's enums.
     """
@@ -345,6 +346,7 @@ def encode_info(info: "DriverInfo") -> bytes:
     doc = {
         "name": info.name, "version": info.version, "description": info.description,
         "memory_bytes": int(info.memory_bytes),
+        "kernels": [[str(combo), str(lib)] for combo, lib in info.kernels],
         "caps": {
             "combos": sorted([int(c.a), int(c.b), int(c.acc), int(c.d)] for c in caps.combos),
             "copies": sorted([int(s), int(d)] for s, d in caps.copies),
@@ -371,7 +373,8 @@ def decode_info(payload: bytes) -> "DriverInfo":
         lim = caps["limits"]
         if set(lim) != lim_fields or not all(type(v) is int for v in lim.values()):
             raise ValueError("limits")
-        strings = [doc["name"], doc["version"], doc["description"]]
+        kernels = tuple((k[0], k[1]) for k in doc.get("kernels", []))
+        strings = [doc["name"], doc["version"], doc["description"], *(x for k in kernels for x in k)]
         if not all(type(x) is str for x in strings) or type(doc["memory_bytes"]) is not int:
             raise ValueError("fields")
         return DriverInfo(
@@ -384,6 +387,7 @@ def decode_info(payload: bytes) -> "DriverInfo":
                 limits=Limits(**lim),
             ),
             doc["memory_bytes"],
+            kernels,
         )
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise FFAccelError(ErrorCode.DEVICE_LOST, "device",

@@ -113,7 +113,7 @@ _LIMITS = """\
 Every byte and fd a client sends is treated as an attacker's. What that means, rule by rule:
 
 * **HELLO** is answered with the device's info as UTF-8 JSON (`name`, `version`, `description`,
-  `memory_bytes`, `caps` with `combos`, `copies`, `post_ops`, `engines` as the spec's integer codes and
+  `memory_bytes`, `kernels` (combination, kernel library) pairs, `caps` with `combos`, `copies`, `post_ops`, `engines` as the spec's integer codes and
   `limits`); nothing on the wire is pickled, in either direction.
 * **Wake fd.** RING_SETUP takes only an eventfd (`ring.wake`); the server makes it non-blocking, writes
   it only from its waker thread with no lock held, and takes "counter full" as "already woken". A client
