@@ -102,3 +102,26 @@ def test_a_stretched_spin_and_a_zero_budget(clock: FakeClock) -> None:
     clock.run(60e-6)
     assert not s.keep_spinning(scale=2)
     assert _spin_empty(SpinBudget(0), clock) == 0
+
+
+def test_a_server_spinner_skips_its_spin_while_the_machine_is_crowded(clock: FakeClock,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runnable = [1]
+    monkeypatch.setattr(spin_mod, "_runnable", lambda: runnable[0])
+    monkeypatch.setattr(spin_mod, "_runnable_seen", [0.0, 0.0])
+    server, client = SpinBudget(200, yield_when_busy=True), SpinBudget(200)
+    server.start()
+    assert server.keep_spinning()  # one runnable thread: spin
+    runnable[0] = spin_mod._CPUS + 3  # CPU-bound processes beside us
+    for _ in range(10):  # the smoothed count crosses the line after a few looks
+        clock.run(2 * spin_mod.RUNNABLE_TTL_S)
+        server.start()
+    assert not server.keep_spinning()
+    assert server.cur_s == pytest.approx(200e-6)  # skipped, not shrunk: back at once when it clears
+    client.start()
+    assert client.keep_spinning()  # a client waiting for its reply keeps spinning
+    runnable[0] = 1
+    for _ in range(10):
+        clock.run(2 * spin_mod.RUNNABLE_TTL_S)
+        server.start()
+    assert server.keep_spinning()

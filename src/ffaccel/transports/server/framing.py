@@ -48,7 +48,7 @@ class Inbox:
 
     def __init__(self, conn: socket.socket, spin_us: int, stall_s: float) -> None:
         self.conn = conn
-        self.spin = SpinBudget(spin_us)
+        self.spin = SpinBudget(spin_us, yield_when_busy=True)
         self.stall_ms = max(1, int(stall_s * 1000))
         self.buf = b""  # received, not yet consumed
         self.base = 0  # stream offset of buf[0]

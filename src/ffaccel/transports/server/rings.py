@@ -520,7 +520,7 @@ class RingPoller:
     """
 
     def __init__(self, poll_us: int) -> None:
-        self.spin = SpinBudget(poll_us)
+        self.spin = SpinBudget(poll_us, yield_when_busy=True)
         self.rings: list[Ring] = []
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
