@@ -131,6 +131,16 @@ def _slice_rows(x: np.ndarray | None, b0: int, b1: int, r0: int, r1: int, rows: 
     return x
 
 
+def _by_identity(cache: LruCache, key: Any, make: Callable[[Any], Any]) -> Any:
+    """``make(key)``, memoized by the key object's identity (the entry holds the key, so its id stays its own)."""
+    hit = cache.peek(id(key)) or cache.get(id(key))
+    if hit is not None and hit[0] is key:
+        return hit[1]
+    value = make(key)
+    cache.put(id(key), (key, value))
+    return value
+
+
 class BoundRuns:
     """The driver-prepared call for each validated op, bound to its arrays once.
 
@@ -155,13 +165,7 @@ class BoundRuns:
         self._blocks: LruCache[int, tuple[tuple[Op, ...], tuple[Run, ...]]] = LruCache(256)
 
     def get(self, op: Op) -> Run:
-        runs = self._runs
-        hit = runs.peek(id(op)) or runs.get(id(op))
-        if hit is not None and hit[0] is op:
-            return hit[1]
-        run = self._bind(op)
-        runs.put(id(op), (op, run))
-        return run
+        return _by_identity(self._runs, op, self._bind)
 
     def _bind(self, op: Op) -> Run:
         driver = self.driver
@@ -206,13 +210,7 @@ class BoundRuns:
 
     def get_all(self, ops: tuple[Op, ...]) -> RunBlock:
         """The runs of a whole validated block; a block the cache returned whole is looked up once."""
-        blocks = self._blocks
-        hit = blocks.peek(id(ops)) or blocks.get(id(ops))
-        if hit is not None and hit[0] is ops:
-            return hit[1]
-        runs = self.block(ops)
-        blocks.put(id(ops), (ops, runs))
-        return runs
+        return _by_identity(self._blocks, ops, self.block)
 
     def block(self, ops: tuple[Op, ...]) -> RunBlock:
         runs = [self.get(op) for op in ops]
