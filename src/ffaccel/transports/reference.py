@@ -132,8 +132,9 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
   as long. An `accept()` failure (EMFILE, say) is logged and the server goes on. `ffaccel serve` replaces
   only a stale socket at its path; anything else there is refused, never deleted.
 * **Polling** is adaptive (`transports/spin.py`): the budget halves after a spin that found nothing and
-  drops to zero at once when the spinning thread got less than half the CPU time that passed (the cores
-  are oversubscribed), so a busy machine does not make every request pay for spinning.
+  drops to zero when the spinning thread spent over a third of its runnable time waiting for a CPU
+  (run-queue delay); the server's spinners also skip spinning while the machine has lastingly more
+  runnable threads than CPUs, so a busy machine does not make every request pay for spinning.
 
 `ffaccel serve --limit NAME=VALUE` (repeatable) sets any of these; `--max-client-memory` is
 `max_memory_bytes`.
