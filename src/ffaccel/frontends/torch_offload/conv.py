@@ -61,22 +61,28 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
-def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    nd = _DIMS[func]
-    p = dict(zip(_NAMES, args))
+def _call(names: tuple[str, ...], args: tuple, kwargs: dict) -> tuple[dict, torch.Tensor, torch.Tensor, Any, int]:
+    """A convolution call's arguments by name, its tensors checked, and its groups (Host if unusual)."""
+    p = dict(zip(names, args))
     p.update(kwargs)
-    if set(p) - set(_NAMES):
+    if set(p) - set(names):
         raise Host(ARGS)
     x, w, bias = p["input"], p["weight"], p.get("bias")
     if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
         raise Host(ARGS)
     check_tensors(x, w, bias)
     same_dtype(x, w, bias)
-    stride = _ints(p.get("stride", 1), nd)
-    dilation = _ints(p.get("dilation", 1), nd)
     groups = p.get("groups", 1)
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise Host(ARGS)
+    return p, x, w, bias, groups
+
+
+def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    nd = _DIMS[func]
+    p, x, w, bias, groups = _call(_NAMES, args, kwargs)
+    stride = _ints(p.get("stride", 1), nd)
+    dilation = _ints(p.get("dilation", 1), nd)
     unbatched = x.ndim == nd + 1
     if unbatched:
         x = x.unsqueeze(0)
@@ -166,20 +172,9 @@ def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.T
     PyTorch's count). 3-D has no ``F.fold`` and stays in PyTorch, counted.
     """
     nd = _T_DIMS[func]
-    p = dict(zip(_T_NAMES, args))
-    p.update(kwargs)
-    if set(p) - set(_T_NAMES):
-        raise Host(ARGS)
-    x, w, bias = p["input"], p["weight"], p.get("bias")
-    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
-        raise Host(ARGS)
-    check_tensors(x, w, bias)
-    same_dtype(x, w, bias)
+    p, x, w, bias, g = _call(_T_NAMES, args, kwargs)
     stride, dilation = _ints(p.get("stride", 1), nd), _ints(p.get("dilation", 1), nd)
     padding, out_pad = _ints(p.get("padding", 0), nd), _ints(p.get("output_padding", 0), nd)
-    g = p.get("groups", 1)
-    if not isinstance(g, int) or isinstance(g, bool) or g < 1:
-        raise Host(ARGS)
     unbatched = x.ndim == nd + 1
     if unbatched:
         x = x.unsqueeze(0)
