@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import ffaccel  # noqa: E402
 from ffaccel.abi import ABI_VERSION, encode_submission  # noqa: E402
-from ffaccel.transports.protocol import HELLO, MSG, REPLY, RING_SETUP, WIRE_VERSION, Msg  # noqa: E402
+from ffaccel.transports.protocol import HELLO, MSG, RING_SETUP, WIRE_VERSION, Msg  # noqa: E402
 
 
 def _proc_fds(pid: int) -> int:

@@ -14,9 +14,7 @@ import mmap
 import os
 import pickle
 import resource
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -31,7 +29,6 @@ import ffaccel
 from ffaccel.abi import COMMAND_BYTES, Gemm
 from ffaccel.spec import ErrorCode, FFAccelError
 from ffaccel.transports.protocol import (
-    CQE,
     HELLO,
     MSG,
     REPLY,
@@ -44,7 +41,6 @@ from ffaccel.transports.protocol import (
     RingClientFlags,
     RingServerFlags,
     SqeFlags,
-    collect_fds,
     decode_error,
     recv_exact,
     ring_words,
@@ -628,8 +624,6 @@ def test_serve_replaces_a_stale_socket(tmp_path) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(path))
     s.close()  # a socket file nobody listens on
-    srv = ServerProcess.__new__(ServerProcess)
-    srv.path = str(path)
     proc = subprocess.Popen([sys.executable, "-m", "ffaccel.cli", "serve", "--socket", str(path), "--driver", "ref"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -18,7 +18,7 @@ from ..abi import DeviceCaps, GemmOp, check_command
 from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import Engine, ErrorCode, FFAccelError, violation
 from .limits import SessionLimits
-from .session import BoundRuns, RecordedList, Session, SubmissionPlans
+from .session import Session
 
 
 class InprocTransport:

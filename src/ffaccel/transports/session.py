@@ -27,7 +27,6 @@ from ..abi import (
     SUBMIT,
     LruCache,
     WAIT,
-    CopyOp,
     DeviceCaps,
     GemmOp,
     Op,
@@ -267,7 +266,7 @@ class SubmissionPlans:
             self._last = (raw, sub.engine, runs, sub.waits)
         return sub.engine, runs, sub.waits
 
-    def record(self, raw: bytes) -> RecordedList:
+    def record(self, raw: bytes, charged_bytes: int = 0) -> RecordedList:
         """Validate a submission once, on its engine's terms, and bind its runs for replays."""
         sub = check_submission(raw, self.caps, self.size_of, self.submitted)
         if sub.waits:
@@ -276,7 +275,7 @@ class SubmissionPlans:
         return RecordedList(sub.engine,
                             frozenset(Opcode.GEMM if isinstance(op, GemmOp) else Opcode.COPY for op in sub.ops),
                             tuple(sorted({h for op in sub.ops for h in op_handles(op)})),
-                            self.runs.block(sub.ops), len(raw))
+                            self.runs.block(sub.ops), charged_bytes)
 
     def replay(self, recorded: RecordedList, engine: int, waits: Sequence[tuple[int, int]]
                ) -> tuple[Engine, tuple[tuple[Engine, int], ...]]:
@@ -440,8 +439,7 @@ class Session:
                             f"at most {lim.max_command_lists} per client (SessionLimits.max_command_lists)")
         charge = len(raw) + lim.command_list_overhead_bytes
         self.check_room(charge, mappings=0)
-        recorded = self.plans.record(raw)
-        recorded = dataclasses.replace(recorded, charged_bytes=charge)
+        recorded = self.plans.record(raw, charge)
         lid = next(self._list_ids)
         self.lists[lid] = recorded
         self.used_bytes += charge

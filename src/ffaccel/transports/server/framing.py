@@ -11,7 +11,6 @@ from __future__ import annotations
 import select
 import socket
 import struct
-import time
 
 from ..protocol import MAX_FDS, MAX_PAYLOAD_BYTES, MSG, close_fds, collect_fds
 from ..spin import SpinBudget
