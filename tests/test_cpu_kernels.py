@@ -156,6 +156,66 @@ def test_auto_threshold_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPa
         T.check(large)
 
 
+def test_bare_f32_threshold_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare f32 GEMM (no epilogue) goes to oneDNN from its own, larger threshold on."""
+    if not runnable("f32=onednn"):
+        pytest.skip("oneDNN is not installed here: the refusal is tested below")
+    combo = T.COMBO[F32, F32, F32]
+    assert cpu_mod.ONEDNN_BARE_F32_MIN_MNK > cpu_mod.ONEDNN_MIN_MNK["f32"]
+    monkeypatch.setattr(cpu_mod, "ONEDNN_BARE_F32_MIN_MNK", 40**3)
+    monkeypatch.setitem(cpu_mod.ONEDNN_MIN_MNK, "f32", 20**3)
+    auto = CpuDriver(kernels="auto")
+    assert not _is_onednn(_kernel_of(auto, T.build(combo, 30, 30, 30)))  # bare, below its threshold
+    assert _is_onednn(_kernel_of(auto, T.build(combo, 30, 30, 30, post=((PostOpKind.RELU, 0, 0, None),))))
+    large = T.build(combo, 40, 40, 40)
+    assert _is_onednn(_kernel_of(auto, large))
+    monkeypatch.setattr(T, "DRIVER", auto)
+    T.check(large)
+
+
+@pytest.mark.parametrize("cls", KERNEL_CLASSES)
+def test_openblas_runs_on_one_thread_where_onednn_serves_the_class(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below oneDNN's threshold OpenBLAS keeps a single thread when oneDNN serves the class,
+    so that its spinning threads never compete with the OpenMP pool (and PyTorch's)."""
+    from threadpoolctl import threadpool_info
+
+    combo = {"f32": T.COMBO[F32, F32, F32], "bf16": T.COMBO[BF16, BF16, BF16], "f16": T.COMBO[F16, F16, F16],
+             "int8": T.COMBO[I8, I8, I32]}[cls]
+    case = T.build(combo, 24, 24, 24)
+    monkeypatch.setattr(cpu_mod, "_SINGLE_THREAD_MNK", 16**3)  # this size would use OpenBLAS's threads
+    seen: list[int] = []
+    planner = "_plan_int" if cls == "int8" else "_plan_float"
+    real = getattr(cpu_mod, planner)
+
+    def spying(*args: object) -> object:
+        kernel = real(*args)
+
+        def k(*a: object) -> None:
+            seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+            kernel(*a)
+        return k
+
+    monkeypatch.setattr(cpu_mod, planner, spying)
+    auto = CpuDriver(kernels="auto")
+    monkeypatch.setattr(T, "DRIVER", auto)
+    T.check(case)  # below every threshold: OpenBLAS, and still right
+    one_pool = auto._kernels()[1][cls][0] != "blas"
+    assert seen and all((n == 1) == one_pool for n in seen), seen
+    seen.clear()
+    monkeypatch.setattr(T, "DRIVER", CpuDriver(kernels="blas"))  # OpenBLAS chosen: its own threads
+    T.check(case)
+    assert seen and all(n > 1 for n in seen) or os.cpu_count() == 1, seen
+
+
+def test_thread_pool_names_where_the_gemms_run() -> None:
+    assert CpuDriver(kernels="blas").thread_pool() == "own"
+    assert CpuDriver(threads=1).thread_pool() == "none"
+    assert CpuDriver(threads=2).thread_pool() == "own"  # a thread limit keeps every GEMM on OpenBLAS
+    want = "openmp" if runnable("f32=onednn") else "own"
+    assert CpuDriver(kernels="auto").thread_pool() == want
+    assert ffaccel.open("cpu").thread_pool() == CpuDriver().thread_pool()
+
+
 def _is_onednn(kernel: object) -> bool:
     if isinstance(kernel, (cpu_onednn.FloatKernel, cpu_onednn.WidenedKernel)):
         return True

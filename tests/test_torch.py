@@ -169,13 +169,34 @@ def test_host_calls_are_counted_with_their_reason() -> None:
     assert s["host_flops"] == 2 * 3 * 4 * 8 + 2 * 27
 
 
-def test_offload_restores_torch_threads() -> None:
-    before = torch.get_num_threads()
-    with ffaccel.torch.offload("cpu"):
-        assert torch.get_num_threads() == 1  # OpenBLAS does the GEMMs: one spinning pool at a time
-    assert torch.get_num_threads() == before
-    with ffaccel.torch.offload("torch:cpu"):
-        assert torch.get_num_threads() == before  # GEMMs run in PyTorch's own pool
+def test_offload_threads_follow_where_the_device_runs_its_gemms(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ffaccel.drivers.cpu import CpuDriver
+    from ffaccel.frontends.torch_offload import session as session_mod
+
+    torch.set_num_threads(2)
+    try:
+        own = Device("cpu", InprocTransport(CpuDriver(kernels="blas")))  # OpenBLAS's own spinning threads
+        assert own.thread_pool() == "own"
+        with ffaccel.torch.offload(own):
+            assert torch.get_num_threads() == 1  # one spinning pool at a time
+        assert torch.get_num_threads() == 2
+        with ffaccel.torch.offload("torch:cpu"):
+            assert torch.get_num_threads() == 2  # GEMMs run in PyTorch's own pool
+        with ffaccel.torch.offload(own, threads=None):
+            assert torch.get_num_threads() == 2
+        with ffaccel.torch.offload(own, threads=3):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 2
+        cpu = ffaccel.open("cpu")
+        shared = cpu.thread_pool() == "openmp"  # oneDNN on the OpenMP runtime PyTorch loaded
+        with ffaccel.torch.offload(cpu):
+            assert torch.get_num_threads() == (2 if shared else 1)
+        monkeypatch.setattr(session_mod, "_ONE_OPENMP", [False])  # e.g. PyTorch on Intel's OpenMP
+        with ffaccel.torch.offload(cpu):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # this module's setting (see the top)
 
 
 # --------------------------------------------------------------------------------------

@@ -73,6 +73,16 @@ class Driver:
     def info(self) -> DriverInfo:
         return DriverInfo(self.name, self.version, self.description, self.caps(), self.memory_bytes())
 
+    def thread_pool(self) -> str:
+        """Which threads run this driver's parallel kernels in the process that loads it:
+        ``"openmp"`` (the process's OpenMP runtime, which PyTorch's CPU build shares),
+        ``"torch"`` (PyTorch's own intra-op pool), ``"own"`` (a pool of the driver's own, such
+        as OpenBLAS's, whose threads spin-wait after a call) or ``"none"`` (one thread, or not
+        the host's CPU). A front-end that runs
+        parallel work of its own next to the device (PyTorch offload) decides by it whether
+        both may use every core. The default claims nothing: ``"own"``."""
+        return "own"
+
     def memory_bytes(self) -> int:
         """Device memory available for buffers (host drivers: physical memory)."""
         try:

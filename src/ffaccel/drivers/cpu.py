@@ -653,6 +653,16 @@ def _plan_int(op: GemmOp, product: Callable[..., np.ndarray | None] | None = Non
     return kernel
 
 
+_ONE_THREAD: list[_ThreadLimit] = []
+
+
+def _one_thread() -> _ThreadLimit:
+    """The process's one-thread OpenBLAS limit (created on first use, after the BLAS libraries load)."""
+    if not _ONE_THREAD:
+        _ONE_THREAD.append(_ThreadLimit(1))
+    return _ONE_THREAD[0]
+
+
 def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
     def limited(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         with limit:
@@ -681,6 +691,11 @@ KERNEL_CHOICES = ("auto", "blas", "onednn", "widened", "torch")
 #: oneDNN time): int8 0.82 at 128, 1.81 at 256; bf16 0.54 at 64, 1.34 at 128; f16 0.67 at 64,
 #: 1.99 at 128. A forced ``onednn`` uses it at every size; tests move these to force each side.
 ONEDNN_MIN_MNK = {"f32": 96**3, "bf16": 96**3, "f16": 96**3, "int8": 192**3}
+#: Under ``auto``, a bare f32 GEMM (no epilogue) goes to oneDNN from this m*n*k (whole batch) on.
+#: Measured here, each library in a process of its own (n^3, OpenBLAS / oneDNN time): 128: 0.6,
+#: 256: 1.05, 512: 1.1, 1024: 1.05; batched attention shapes (32 x 128x64x128): 2.0. Below
+#: it OpenBLAS's cheaper call wins; there it runs on one thread (see ``one_pool``).
+ONEDNN_BARE_F32_MIN_MNK = 160**3
 
 
 def combo_class(combo: Any) -> str | None:
@@ -758,9 +773,9 @@ def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> di
     ``auto`` takes oneDNN where it measured faster (docs/kernels.md) and is exact: int8 only
     where its u8 x s8 sum is exact (VNNI/AMX); bf16 natively only with bf16 instructions (the
     library's emulation is ~5x slower than f32), else widened; f16 natively where the library
-    implements it, else widened; f32 for GEMMs with an epilogue (bare f32 GEMMs stay on
-    OpenBLAS, which matches it with a cheaper call). Never with a thread limit (``cpu:N``
-    limits OpenBLAS only). A forced choice that cannot run here is refused.
+    implements it, else widened; f32 (bare f32 GEMMs only from a larger size: below it
+    OpenBLAS's call is cheaper). Never with a thread limit (``cpu:N`` limits OpenBLAS only).
+    A forced choice that cannot run here is refused.
     """
     out: dict[str, tuple[str, str]] = {}
     torch_ok = importlib.util.find_spec("torch") is not None
@@ -893,9 +908,10 @@ class CpuDriver(Driver):
             if where == "forced":
                 out[name] = lib_name
             elif cls == "f32":
-                out[name] = f"{lib_name} with an epilogue and m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas}"
+                out[name] = (f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]} with an epilogue, "
+                             f">= {ONEDNN_BARE_F32_MIN_MNK} without; else {blas} on one thread")
             else:
-                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas}"
+                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas} on one thread"
         return out
 
     def info(self) -> DriverInfo:
@@ -911,7 +927,8 @@ class CpuDriver(Driver):
         if res[cls][0] == "blas":
             return None
         if self.kernel_choice[cls] == "auto":  # where it measured faster
-            if op.batch * op.m * op.n * op.k < ONEDNN_MIN_MNK[cls] or (cls == "f32" and not op.epilogue):
+            floor = ONEDNN_BARE_F32_MIN_MNK if cls == "f32" and not op.epilogue else ONEDNN_MIN_MNK[cls]
+            if op.batch * op.m * op.n * op.k < floor:
                 return None
         from . import cpu_onednn
 
@@ -939,12 +956,43 @@ class CpuDriver(Driver):
         if op.batch == 0 or op.m == 0 or op.n == 0:
             return _noop
         parallel = self.threads is None or self.threads > 1
-        kernel = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
-        kernel = self._onednn_kernel(op, kernel) or kernel
+        blas = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
+        kernel = self._onednn_kernel(op, blas) or blas
         work = op.batch * op.m * op.n * max(op.k, 1)
-        if self._limit is not None and work > _SINGLE_THREAD_MNK:
-            kernel = _with_threads(kernel, self._limit)
+        if work > _SINGLE_THREAD_MNK:
+            if self._limit is not None:
+                kernel = _with_threads(kernel, self._limit)
+            elif kernel is blas and self.one_pool(op):
+                kernel = _with_threads(kernel, _one_thread())
         return kernel
+
+    def one_pool(self, op: GemmOp) -> bool:
+        """Whether oneDNN serves this GEMM's class here, so that the OpenBLAS GEMMs of the class
+        (the sizes below oneDNN's threshold) run on one thread: then only one pool of threads,
+        OpenMP's, works in this process.
+
+        OpenBLAS's threads spin for a long time after a call (2**28 cycles); an OpenMP team
+        (oneDNN's, and PyTorch's, which loads the same ``libgomp.so.1``) that starts meanwhile
+        finds a core taken and waits at its barriers. Measured here: oneDNN GEMMs interleaved
+        with OpenBLAS ones ran at half their speed; a PyTorch model whose small GEMMs went to
+        OpenBLAS, 50x slower. On one thread OpenBLAS wakes no worker, and loses little at
+        these sizes (m*n*k <= 160^3).
+        """
+        cls = combo_class(op.combo)
+        if cls is None or self.kernel_choice[cls] != "auto" or self.threads is not None:
+            return False
+        return self._kernels()[1][cls][0] != "blas"
+
+    def thread_pool(self) -> str:
+        """"openmp" where oneDNN serves the f32 GEMMs (every multi-threaded GEMM then runs on
+        the process's OpenMP runtime, see :meth:`one_pool`), else "own" (OpenBLAS's threads)."""
+        if self.threads == 1:
+            return "none"
+        choice = self.kernel_choice["f32"]
+        if choice == "onednn" or (choice == "auto" and self.threads is None
+                                  and self._kernels()[1]["f32"][0] != "blas"):
+            return "openmp"
+        return "own"
 
     def prepare_gemm_fresh(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
         """Tiny f32/f64 GEMMs with no C and no epilogue: SciPy's ``?gemm`` returns D itself.

@@ -415,6 +415,10 @@ class TorchDriver(Driver):
     def caps(self) -> DeviceCaps:
         return DeviceCaps()
 
+    def thread_pool(self) -> str:
+        """``"torch"``: PyTorch's own intra-op pool on the CPU; ``"none"`` on other devices."""
+        return "torch" if self.device.type == "cpu" else "none"
+
     def memory_bytes(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.get_device_properties(self.device).total_memory)

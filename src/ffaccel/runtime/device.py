@@ -46,6 +46,7 @@ class Transport(Protocol):
     def import_fd(self, fd: int) -> tuple[int, np.ndarray]: ...
     @property
     def host_visible(self) -> bool: ...
+    def thread_pool(self) -> str: ...
     def close(self) -> None: ...
 
 
@@ -226,6 +227,19 @@ class Device:
     @property
     def spec_version(self) -> tuple[int, int]:
         return SPEC_VERSION
+
+    def thread_pool(self) -> str:
+        """Where the device's parallel GEMMs run, as seen from this process: ``"openmp"`` (this
+        process's OpenMP runtime), ``"torch"`` (PyTorch's pool), ``"own"`` (a pool of their own
+        here, e.g. OpenBLAS's), ``"none"`` (no host threads here) or ``"remote"`` (a server).
+
+        Examples
+        --------
+        >>> import ffaccel
+        >>> ffaccel.open("ref").thread_pool()
+        'own'
+        """
+        return self._transport.thread_pool()
 
     # -- memory -------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> Buffer:

@@ -124,6 +124,10 @@ class InprocTransport:
     def host_visible(self) -> bool:
         return True
 
+    def thread_pool(self) -> str:
+        """The driver's (see :meth:`ffaccel.drivers.base.Driver.thread_pool`): it runs in this process."""
+        return self.driver.thread_pool()
+
     def close(self) -> None:
         with self._lock:
             self._session.close()

@@ -364,6 +364,10 @@ class SocketTransport:
     def host_visible(self) -> bool:
         return True
 
+    def thread_pool(self) -> str:
+        """``"remote"``: the server's threads are another process's, shared with nobody here."""
+        return "remote"
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

@@ -27,12 +27,16 @@ Tensors are handed over without copies: a CPU tensor's memory is viewed as a Num
 as a tensor (``torch.from_numpy``). Operands that the GEMM operand model cannot describe
 (e.g. batch dimensions that no single stride spans) are copied once by the front-end.
 
-Thread pools: PyTorch (OpenMP) and OpenBLAS (the ``cpu`` driver) both spin-wait after a
-parallel call; alternating them on a small machine makes each wait for the other's
-spinning threads (measured here: 20x slower). With a device whose GEMMs run outside
-PyTorch, the session therefore runs PyTorch's own (non-GEMM) work on one thread
-(``torch.set_num_threads(1)``) and restores the setting on exit: the GEMMs, which are the
-bulk of the work, keep every core. ``threads=`` overrides this.
+Thread pools: two pools that spin-wait after a parallel call (PyTorch's OpenMP team and
+OpenBLAS's threads, or a server's) make each other wait when they alternate on a small
+machine (measured here: 20-50x slower). PyTorch's CPU build and oneDNN load the same
+``libgomp.so.1``: one runtime, one pool, and ``torch.set_num_threads`` sizes both. So with
+a device whose GEMMs run on that pool (the ``cpu`` driver with oneDNN, which then keeps
+OpenBLAS on one thread; the ``torch`` driver) the session leaves PyTorch's threads as they
+are: pooling, normalisation and the im2col copies keep every core too. With any other device
+it runs PyTorch's own (non-GEMM) work on one thread (``torch.set_num_threads(1)``) and
+restores the setting on exit: the GEMMs, the bulk of the work, keep every core.
+``threads=`` overrides this.
 
 Attention layers: ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` have a fused
 inference fast path (``torch._native_multi_head_attention`` and friends) whose matmuls no

@@ -47,7 +47,7 @@ class OffloadSession:
     def __enter__(self) -> "OffloadSession":
         want = self._threads
         if want == "auto":  # one spinning pool at a time (see the package docstring)
-            want = None if self.device.info().name == "torch" else 1
+            want = None if shares_torch_threads(self.device) else 1
         if want is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(int(want))
@@ -83,9 +83,10 @@ def offload(device: "str | Device | None" = None, *, threads: "int | str | None"
         Device name (see :func:`ffaccel.devices`) or an open Device; default
         ``$FFACCEL_DEVICE``, else ``"cpu"``.
     threads : "auto", int or None
-        PyTorch's intra-op threads inside the block. ``"auto"`` (default): 1 when the
-        device's GEMMs run outside PyTorch (so that two spinning thread pools never
-        alternate), unchanged for the ``torch`` driver; None: unchanged.
+        PyTorch's intra-op threads inside the block. ``"auto"`` (default): unchanged when
+        the device's GEMMs share PyTorch's thread pool (the ``torch`` driver, the ``cpu``
+        driver with oneDNN: see :func:`shares_torch_threads`), else 1, so that two spinning
+        thread pools never alternate; None: unchanged.
 
     Returns
     -------
@@ -105,6 +106,38 @@ def offload(device: "str | Device | None" = None, *, threads: "int | str | None"
 
 
 _COMPOSITE_LOCK = threading.RLock()
+_ONE_OPENMP: list[bool] = []
+
+
+def _one_openmp_runtime() -> bool:
+    """Whether this process has loaded a single OpenMP runtime (PyTorch's ``libgomp.so.1`` is
+    then oneDNN's too: the loader shares a library by its name). Asked once, after the device
+    loaded its libraries; a runtime loaded later is not seen."""
+    if not _ONE_OPENMP:
+        from threadpoolctl import threadpool_info
+
+        runtimes = {i["filepath"] for i in threadpool_info() if i["user_api"] == "openmp"}
+        _ONE_OPENMP.append(len(runtimes) <= 1)
+    return _ONE_OPENMP[0]
+
+
+def shares_torch_threads(device: Device) -> bool:
+    """Whether the device's parallel GEMMs and PyTorch's own work may both use every core:
+    they run on PyTorch's pool or on the one OpenMP runtime PyTorch uses (the ``cpu`` driver
+    with oneDNN), or the device uses no threads of this machine's here.
+
+    Not for a pool of the device's own (OpenBLAS's) or a server on this machine: their
+    threads spin-wait after a call, and PyTorch's parallel work that starts meanwhile waits
+    for them (measured: 20-50x slower); those sessions run PyTorch on one thread.
+
+    Examples
+    --------
+    >>> import ffaccel
+    >>> shares_torch_threads(ffaccel.open("torch:cpu"))
+    True
+    """
+    pool = device.thread_pool()
+    return pool in ("torch", "none") or (pool == "openmp" and _one_openmp_runtime())
 
 
 def _never(*_args: object) -> bool:
