@@ -347,3 +347,29 @@ def test_openmp_wait_policy_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     onednn._default_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.parametrize("spec", ["auto", *FORCED])
+@pytest.mark.parametrize("epilogue", ["bias n", "bias m", "bias n + add"])
+def test_broadcast_weight_into_row_interleaved_d(spec: str, epilogue: str) -> None:
+    """The copy-free lowering of a linear layer on a seq-first view: one batched GEMM, the weight
+    broadcast (batch stride 0), D's rows interleaved (``out`` is a transposed (L, N, O) array),
+    with fused operands. oneDNN 3.2 misaddresses a binary post-op on a non-dense D: the driver
+    must run such layouts elsewhere, never read the wrong bias or leave the process."""
+    if not runnable(spec):
+        pytest.skip(f"{spec} cannot run on this machine (its refusal is tested above)")
+    from ffaccel.frontends import post
+
+    dev = Device("cpu", InprocTransport(CpuDriver(kernels=spec)))
+    rng = np.random.default_rng(7)
+    n, rows, k, o = 16, 24, 64, 192  # batch x (24 x 64) @ (64 x 192): m*n*k above every threshold
+    x = rng.standard_normal((rows, n, k), dtype=np.float32).transpose(1, 0, 2)
+    w = rng.standard_normal((o, k), dtype=np.float32)
+    bn, bm = rng.standard_normal(o, dtype=np.float32), rng.standard_normal(rows, dtype=np.float32)
+    res = rng.standard_normal((rows, n, o), dtype=np.float32).transpose(1, 0, 2)
+    ops, extra = {"bias n": ([post.bias(bn)], bn), "bias m": ([post.bias(bm, axis="m")], bm[:, None]),
+                  "bias n + add": ([post.bias(bn), post.add(res)], bn + res)}[epilogue]
+    out = np.full((rows, n, o), np.nan, np.float32).transpose(1, 0, 2)
+    ffaccel.matmul(x, np.broadcast_to(w, (n, o, k)), trans_b=True, post_ops=ops, out=out, device=dev)
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + extra
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
