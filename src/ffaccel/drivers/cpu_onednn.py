@@ -117,7 +117,9 @@ class FloatKernel:
         more = self.alpha != 1.0 or op.reads_c or bool(op.epilogue)
         # the tail runs on the f32 accumulator: a bf16/f16 D then gets it from a pooled f32 array
         self.scratch = take if (tail is not None or (self.bf16 and more)) and op.combo.d != op.combo.acc else None
-        self.give = give
+        self.take, self.give = take, give
+        # a fused operand needs a dense D (see _create): a D that is not gets a dense scratch array
+        self.binary = any(p.kind in _BINARY for p in op.epilogue[:self.fused])
         self._prims: LruCache[tuple, Matmul | None] = LruCache(_MAX_PRIMS)
         self.impls: set[str] = set()  # what ran: oneDNN implementation names, or "blas"
 
@@ -192,6 +194,13 @@ class FloatKernel:
                 held.append(x)
             unsafe = self.blas_only or (self.bf16 and not bf16_safe(a, b))
             entry = None if unsafe else self.entry(a, b, x, epi)
+            if entry is None and not unsafe and x is d and self.binary and self.take is not None \
+                    and not d.flags.c_contiguous:
+                # e.g. D's rows interleaved (a seq-first linear layer): the GEMM and its fused
+                # operands into a dense array, then one copy, rather than OpenBLAS's own threads
+                x = self.take(d.shape, d.dtype)
+                held.append(x)
+                entry = self.entry(a, b, x, epi)
             if entry is None:
                 self.impls.add("blas")
                 self.fallback(a, b, c, d, epi)
