@@ -5,9 +5,11 @@ reached in this run — NumPy's BLAS on a large f32 GEMM (calibration, best samp
 several) or any f32-accumulating GEMM measured later, whichever is higher — the rate a
 single-precision GEMM can actually sustain on these cores with this BLAS.
 
-PyTorch is timed in its own pass after NumPy and ffaccel for each point: PyTorch's and
-OpenBLAS's thread pools both spin-wait after a call, so interleaving them call by call
-measures the two pools fighting over the cores, not either library. A baseline whose
+NumPy and PyTorch are each timed in a pass of their own after ffaccel's devices, for each
+point: OpenBLAS's threads (NumPy) and the OpenMP pool (PyTorch, and oneDNN inside the ``cpu``
+driver) both spin-wait after a call, so interleaving them call by call measures two pools
+fighting over the cores, not either library (measured: oneDNN GEMMs interleaved with
+OpenBLAS ones 1.5-1.9x slower than in a process of their own). A baseline whose
 previous size already ran below ``SLOW_GFLOPS`` (NumPy's integer and f16 matmuls,
 PyTorch's half types on CPUs without native support) is not timed at sizes where one
 call would take longer than ``MAX_CALL_S``.
@@ -15,6 +17,7 @@ call would take longer than ``MAX_CALL_S``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,11 @@ FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
 NUMPY_F16_MAX = 256
 #: A baseline is skipped at a size where its rate at the previous size predicts a call above this.
 MAX_CALL_S = 0.25
+#: How long OpenBLAS's threads spin after a call before they sleep (2**28 cycles: ~0.1 s at 2-3 GHz): the
+#: pass after NumPy's waits this long, so that it is not measured against them.
+OPENBLAS_SPIN_S = 0.15
+#: OpenBLAS runs a GEMM up to this m*n*k on the calling thread: nothing spins after it.
+OPENBLAS_SINGLE_THREAD_MNK = 64**3
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,17 @@ def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] =
             # the same multiplication done NumPy's and PyTorch's own way (their output dtypes)
             affordable = lambda who: 2.0 * n**3 / (last_rate.get(who, float("inf")) * 1e9) <= MAX_CALL_S  # noqa
             np_c = _numpy_candidate(combo, a, b, n)
-            if np_c is not None and affordable("numpy"):
-                cands["numpy"] = np_c
             t_c = _torch_candidate(combo, a, b)
             if progress is not None:
                 progress(f"throughput {combo.name} {n}")
             r = 3 if n >= 1024 else rounds
-            passes = [cands] + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
-            for group in passes:
+            # NumPy first; then ffaccel, once OpenBLAS's threads have stopped spinning; then PyTorch
+            passes = ([{"numpy": np_c}] if np_c is not None and affordable("numpy") else []) + [cands] \
+                + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
+            passes = [p for p in passes if p]
+            for i, group in enumerate(passes):
+                if i and "numpy" in passes[i - 1] and n**3 > OPENBLAS_SINGLE_THREAD_MNK:
+                    time.sleep(OPENBLAS_SPIN_S)
                 for who, t in measure_checked(group, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
                     p = RatePoint(who, combo.name, n, t)
                     last_rate[who] = p.gflops
