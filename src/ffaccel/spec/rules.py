@@ -153,6 +153,8 @@ _RULES = (
     Rule("api.scalar", _E.INVALID_PARAMETER, "{arg}",
          "scalars (alpha, beta, post-op parameters) must be real numbers: int or float", "frontends"),
     Rule("api.flag", _E.INVALID_PARAMETER, "{arg}", "trans_a and trans_b must be True or False", "frontends"),
+    Rule("api.option", _E.INVALID_PARAMETER, "{arg}",
+         "an option (such as offload's threads) must take one of the values its documentation lists", "frontends"),
     Rule("blas.enum", _E.INVALID_PARAMETER, "{arg}", "order is 'row' or 'col'; trans is 'N' or 'T'", "frontends"),
     Rule("blas.dim", _E.INVALID_PARAMETER, "{arg}", "m, n, k must be integers >= 0", "frontends"),
     Rule("blas.ld", _E.INVALID_PARAMETER, "{arg}",

@@ -30,7 +30,7 @@ class OffloadSession:
     def __init__(self, device: "str | Device | None", threads: "int | str | None") -> None:
         if not (threads in ("auto", None) or (isinstance(threads, int) and not isinstance(threads, bool)
                                               and threads >= 1)):
-            raise violation("api.post_op", repr(threads), "'auto', None or an integer >= 1", arg="threads")
+            raise violation("api.option", repr(threads), "'auto', None or an integer >= 1", arg="threads")
         self.device = resolve_device(device)
         self._threads = threads
         self._saved_threads: int | None = None
