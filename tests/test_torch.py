@@ -229,7 +229,7 @@ def test_offload_threads_follow_where_the_device_runs_its_gemms(monkeypatch: pyt
         shared = cpu.thread_pool() == "openmp"  # oneDNN on the OpenMP runtime PyTorch loaded
         with ffaccel.torch.offload(cpu):
             assert torch.get_num_threads() == (2 if shared else 1)
-        monkeypatch.setattr(session_mod, "_ONE_OPENMP", [False])  # e.g. PyTorch on Intel's OpenMP
+        monkeypatch.setattr(session_mod, "_one_openmp_runtime", lambda: False)  # e.g. PyTorch on Intel's OpenMP
         with ffaccel.torch.offload(cpu):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2

@@ -25,6 +25,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from ..drivers.cpu import _SINGLE_THREAD_MNK as OPENBLAS_SINGLE_THREAD_MNK  # nothing spins below it
 from ..frontends import matmul
 from ..runtime import Device
 from ..spec import DTYPES, GEMM_COMBOS, GemmCombo
@@ -39,8 +40,6 @@ MAX_CALL_S = 0.25
 #: How long OpenBLAS's threads spin after a call before they sleep (2**28 cycles: ~0.1 s at 2-3 GHz): the
 #: pass after NumPy's waits this long, so that it is not measured against them.
 OPENBLAS_SPIN_S = 0.15
-#: OpenBLAS runs a GEMM up to this m*n*k on the calling thread: nothing spins after it.
-OPENBLAS_SINGLE_THREAD_MNK = 64**3
 
 
 @dataclass(frozen=True)

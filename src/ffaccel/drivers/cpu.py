@@ -653,14 +653,10 @@ def _plan_int(op: GemmOp, product: Callable[..., np.ndarray | None] | None = Non
     return kernel
 
 
-_ONE_THREAD: list[_ThreadLimit] = []
-
-
+@functools.lru_cache(maxsize=1)
 def _one_thread() -> _ThreadLimit:
     """The process's one-thread OpenBLAS limit (created on first use, after the BLAS libraries load)."""
-    if not _ONE_THREAD:
-        _ONE_THREAD.append(_ThreadLimit(1))
-    return _ONE_THREAD[0]
+    return _ThreadLimit(1)
 
 
 def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -106,19 +107,16 @@ def offload(device: "str | Device | None" = None, *, threads: "int | str | None"
 
 
 _COMPOSITE_LOCK = threading.RLock()
-_ONE_OPENMP: list[bool] = []
 
 
+@functools.lru_cache(maxsize=1)
 def _one_openmp_runtime() -> bool:
     """Whether this process has loaded a single OpenMP runtime (PyTorch's ``libgomp.so.1`` is
     then oneDNN's too: the loader shares a library by its name). Asked once, after the device
     loaded its libraries; a runtime loaded later is not seen."""
-    if not _ONE_OPENMP:
-        from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info
 
-        runtimes = {i["filepath"] for i in threadpool_info() if i["user_api"] == "openmp"}
-        _ONE_OPENMP.append(len(runtimes) <= 1)
-    return _ONE_OPENMP[0]
+    return len({i["filepath"] for i in threadpool_info() if i["user_api"] == "openmp"}) <= 1
 
 
 def shares_torch_threads(device: Device) -> bool:
