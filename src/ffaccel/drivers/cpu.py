@@ -975,8 +975,11 @@ class CpuDriver(Driver):
         these sizes (m*n*k <= 160^3).
         """
         cls = combo_class(op.combo)
-        if cls is None or self.kernel_choice[cls] != "auto" or self.threads is not None:
-            return False
+        return cls is not None and self.kernel_choice[cls] == "auto" and self._serves_beyond_blas(cls)
+
+    def _serves_beyond_blas(self, cls: str) -> bool:
+        """Whether this class's GEMMs (at its sizes) go to oneDNN or PyTorch here, forced or by
+        ``auto`` (which never picks them under a thread limit: see :func:`resolve_kernels`)."""
         return self._kernels()[1][cls][0] != "blas"
 
     def thread_pool(self) -> str:
@@ -984,11 +987,7 @@ class CpuDriver(Driver):
         the process's OpenMP runtime, see :meth:`one_pool`), else "own" (OpenBLAS's threads)."""
         if self.threads == 1:
             return "none"
-        choice = self.kernel_choice["f32"]
-        if choice == "onednn" or (choice == "auto" and self.threads is None
-                                  and self._kernels()[1]["f32"][0] != "blas"):
-            return "openmp"
-        return "own"
+        return "openmp" if self._serves_beyond_blas("f32") else "own"
 
     def prepare_gemm_fresh(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
         """Tiny f32/f64 GEMMs with no C and no epilogue: SciPy's ``?gemm`` returns D itself.
