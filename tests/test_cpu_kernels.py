@@ -388,3 +388,31 @@ def test_broadcast_weight_into_row_interleaved_d(epilogue: str, monkeypatch: pyt
             # the vector operands stay fused: oneDNN writes a dense scratch D, copied into the
             # interleaved one (a residual as interleaved as D is not dense either: OpenBLAS takes it)
             assert fused and all(kern.impls and "blas" not in kern.impls for kern in fused), spec
+
+
+def test_widened_f16_with_a_bias_into_row_interleaved_d_stays_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The twin of the test above on the widened path (f16 inputs, f32 D): the same dense D."""
+    if not runnable("f16=widened"):
+        pytest.skip("the widened path needs oneDNN and PyTorch (its refusal is tested above)")
+    from ffaccel.frontends import post
+
+    kernels: list[cpu_onednn.WidenedKernel] = []
+    made = cpu_onednn.WidenedKernel.__init__
+
+    def keep(self: cpu_onednn.WidenedKernel, *args: object, **kwargs: object) -> None:
+        made(self, *args, **kwargs)
+        kernels.append(self)
+
+    monkeypatch.setattr(cpu_onednn.WidenedKernel, "__init__", keep)
+    rng = np.random.default_rng(8)
+    n, rows, k, o = 16, 24, 64, 192
+    x = rng.standard_normal((rows, n, k)).astype(np.float16).transpose(1, 0, 2)
+    w = rng.standard_normal((o, k)).astype(np.float16)
+    bias = rng.standard_normal(o).astype(np.float32)
+    out = np.full((rows, n, o), np.nan, np.float32).transpose(1, 0, 2)
+    dev = Device("cpu", InprocTransport(CpuDriver(kernels="f16=widened")))
+    ffaccel.matmul(x, np.broadcast_to(w, (n, o, k)), trans_b=True, post_ops=[post.bias(bias)], out=out,
+                   out_dtype=np.float32, device=dev)
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
+    assert kernels and all(kern.impls and "blas" not in kern.impls for kern in kernels)

@@ -118,8 +118,7 @@ class FloatKernel:
         # the tail runs on the f32 accumulator: a bf16/f16 D then gets it from a pooled f32 array
         self.scratch = take if (tail is not None or (self.bf16 and more)) and op.combo.d != op.combo.acc else None
         self.take, self.give = take, give
-        # a fused operand needs a dense D (see _create): a D that is not gets a dense scratch array
-        self.binary = any(p.kind in _BINARY for p in op.epilogue[:self.fused])
+        self.binary = any(p.kind in _BINARY for p in op.epilogue[:self.fused])  # see dense_d
         self._prims: LruCache[tuple, Matmul | None] = LruCache(_MAX_PRIMS)
         self.impls: set[str] = set()  # what ran: oneDNN implementation names, or "blas"
 
@@ -193,14 +192,9 @@ class FloatKernel:
                 x = self.scratch(d.shape, np.dtype(np.float32))
                 held.append(x)
             unsafe = self.blas_only or (self.bf16 and not bf16_safe(a, b))
+            if not unsafe and self.binary and self.take is not None:
+                x = dense_d(x, self.take, held)
             entry = None if unsafe else self.entry(a, b, x, epi)
-            if entry is None and not unsafe and x is d and self.binary and self.take is not None \
-                    and not d.flags.c_contiguous:
-                # e.g. D's rows interleaved (a seq-first linear layer): the GEMM and its fused
-                # operands into a dense array, then one copy, rather than OpenBLAS's own threads
-                x = self.take(d.shape, d.dtype)
-                held.append(x)
-                entry = self.entry(a, b, x, epi)
             if entry is None:
                 self.impls.add("blas")
                 self.fallback(a, b, c, d, epi)
@@ -217,6 +211,21 @@ class FloatKernel:
         finally:
             if held and self.give is not None:
                 self.give(held)
+
+
+def dense_d(x: np.ndarray, take: Callable[[tuple, np.dtype], np.ndarray], held: list[np.ndarray]) -> np.ndarray:
+    """The array a GEMM with a fused operand (bias, residual) writes for D ``x``: ``x`` where it
+    is dense, else a dense pooled array (appended to ``held``) that the caller copies into ``x``.
+
+    oneDNN 3.2 addresses a binary post-op's operand as if D were dense (wrong values, or a
+    crash, on a D whose rows are interleaved: a seq-first linear layer), so :meth:`FloatKernel._create`
+    refuses such a D; one copy keeps the GEMM on oneDNN rather than on OpenBLAS's own threads.
+    """
+    if x.flags.c_contiguous:
+        return x
+    y = take(x.shape, x.dtype)
+    held.append(y)
+    return y
 
 
 def _min_exponent(x: np.ndarray) -> int:
@@ -314,6 +323,8 @@ class WidenedKernel:
             x = d if d.dtype == np.float32 else self.take((op.batch, op.m, op.n), np.dtype(np.float32))
             if x is not d:
                 held.append(x)
+            elif not self.inner.blas_only and self.inner.binary:
+                x = dense_d(x, self.take, held)
             aw, bw = self._widened(a, held), self._widened(b, held)
             entry = None if self.inner.blas_only else self.inner.entry(aw, bw, x, epi)
             if entry is None:
