@@ -350,6 +350,19 @@ def test_openmp_wait_policy_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+def _made(cls: type, monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every instance of ``cls`` made from now on in this test, in order."""
+    made: list = []
+    init = cls.__init__
+
+    def keep(self: object, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(cls, "__init__", keep)
+    return made
+
+
 @pytest.mark.parametrize("epilogue", ["bias n", "bias m", "bias n + add"])
 def test_broadcast_weight_into_row_interleaved_d(epilogue: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The copy-free lowering of a linear layer on a seq-first view: one batched GEMM, the weight
@@ -359,14 +372,7 @@ def test_broadcast_weight_into_row_interleaved_d(epilogue: str, monkeypatch: pyt
     such a D through a dense one, never read the wrong bias or leave the process."""
     from ffaccel.frontends import post
 
-    fused: list[cpu_onednn.FloatKernel] = []
-    made = cpu_onednn.FloatKernel.__init__
-
-    def keep(self: cpu_onednn.FloatKernel, *args: object, **kwargs: object) -> None:
-        made(self, *args, **kwargs)
-        fused.append(self)
-
-    monkeypatch.setattr(cpu_onednn.FloatKernel, "__init__", keep)
+    fused = _made(cpu_onednn.FloatKernel, monkeypatch)
     rng = np.random.default_rng(7)
     n, rows, k, o = 16, 24, 64, 192  # batch x (24 x 64) @ (64 x 192): m*n*k above every threshold
     x = rng.standard_normal((rows, n, k), dtype=np.float32).transpose(1, 0, 2)
@@ -396,14 +402,7 @@ def test_widened_f16_with_a_bias_into_row_interleaved_d_stays_on_onednn(monkeypa
         pytest.skip("the widened path needs oneDNN and PyTorch (its refusal is tested above)")
     from ffaccel.frontends import post
 
-    kernels: list[cpu_onednn.WidenedKernel] = []
-    made = cpu_onednn.WidenedKernel.__init__
-
-    def keep(self: cpu_onednn.WidenedKernel, *args: object, **kwargs: object) -> None:
-        made(self, *args, **kwargs)
-        kernels.append(self)
-
-    monkeypatch.setattr(cpu_onednn.WidenedKernel, "__init__", keep)
+    kernels = _made(cpu_onednn.WidenedKernel, monkeypatch)
     rng = np.random.default_rng(8)
     n, rows, k, o = 16, 24, 64, 192
     x = rng.standard_normal((rows, n, k)).astype(np.float16).transpose(1, 0, 2)
