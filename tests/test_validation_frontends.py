@@ -365,7 +365,6 @@ def _blas_readonly_c(dev: Device, bad: bool) -> Built:
 case("api.writeable", "c", "a read-only array", "blas-c-read-only", _blas_readonly_c)
 
 
-
 def _offload(threads: object) -> Callable[[Device, bool], Built]:
     """``ffaccel.torch.offload(dev, threads=...)``: its options are checked when it is called."""
     def build(dev: Device, is_bad: bool) -> Built:
