@@ -194,23 +194,31 @@ class FloatKernel:
             unsafe = self.blas_only or (self.bf16 and not bf16_safe(a, b))
             if not unsafe and self.binary and self.take is not None:
                 x = dense_d(x, self.take, held)
-            entry = None if unsafe else self.entry(a, b, x, epi)
-            if entry is None:
-                self.impls.add("blas")
-                self.fallback(a, b, c, d, epi)
-                return
-            if self.op.reads_c and (x is not d or not self.op.in_place):
-                cast(x, c)  # then the sum post-op adds beta * C
-            self.run(entry, a, b, x, epi)
-            if self.nan_check and has_nan(x):
-                self.impls.add("blas")
-                self.fallback(a, b, c, d, epi)
-                return
-            if x is not d:
-                cast(d, x)  # the one rounding to D's dtype
+            self.complete(None if unsafe else self.entry(a, b, x, epi), (a, b), a, b, c, d, x, epi)
         finally:
             if held and self.give is not None:
                 self.give(held)
+
+    def complete(self, entry: tuple[Matmul, list[int]] | None, operands: tuple[np.ndarray, np.ndarray],
+                 a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, x: np.ndarray,
+                 epi: tuple) -> None:
+        """A call once its primitive is chosen: C into the accumulator ``x``, the GEMM of
+        ``operands`` (A and B, or their widened copies) into it, and ``x`` rounded once into D;
+        the fallback on A and B instead where the library does not take the layout (``entry``
+        None) or GELU made a NaN."""
+        if entry is None:
+            self.impls.add("blas")
+            self.fallback(a, b, c, d, epi)
+            return
+        if self.op.reads_c and (x is not d or not self.op.in_place):
+            cast(x, c)  # then the sum post-op adds beta * C
+        self.run(entry, *operands, x, epi)
+        if self.nan_check and has_nan(x):
+            self.impls.add("blas")
+            self.fallback(a, b, c, d, epi)
+            return
+        if x is not d:
+            cast(d, x)  # the one rounding to D's dtype
 
 
 def dense_d(x: np.ndarray, take: Callable[[tuple, np.dtype], np.ndarray], held: list[np.ndarray]) -> np.ndarray:
@@ -306,7 +314,7 @@ class WidenedKernel:
                  take: Callable[[tuple, np.dtype], np.ndarray], give: Callable[[list], None],
                  tail: Callable[[np.ndarray, tuple], None] | None = None) -> None:
         self.inner = FloatKernel(lib, op, fallback, tail)  # runs on the f32 accumulator here
-        self.op, self.fallback, self.take, self.give = op, fallback, take, give
+        self.op, self.take, self.give = op, take, give  # the fallback is the inner kernel's
         self.impls = self.inner.impls
 
     def _widened(self, x: np.ndarray, held: list[np.ndarray]) -> np.ndarray:
@@ -327,19 +335,7 @@ class WidenedKernel:
                 x = dense_d(x, self.take, held)
             aw, bw = self._widened(a, held), self._widened(b, held)
             entry = None if self.inner.blas_only else self.inner.entry(aw, bw, x, epi)
-            if entry is None:
-                self.impls.add("blas")
-                self.fallback(a, b, c, d, epi)
-                return
-            if op.reads_c and (x is not d or not op.in_place):
-                torch_cast(x, c)
-            self.inner.run(entry, aw, bw, x, epi)
-            if self.inner.nan_check and has_nan(x):
-                self.impls.add("blas")
-                self.fallback(a, b, c, d, epi)
-                return
-            if x is not d:
-                torch_cast(d, x)  # the one rounding to D's dtype
+            self.inner.complete(entry, (aw, bw), a, b, c, d, x, epi)  # cast(): PyTorch's casts for f16/bf16
         finally:
             self.give(held)
 
