@@ -325,3 +325,25 @@ def test_output_folder_checks(tmp_path: Path) -> None:
 def test_default_output_folder_is_ignored_by_git() -> None:
     gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert "/ffaccel-report/" in gitignore
+
+
+def test_throughput_times_numpy_apart_and_waits_out_openblas_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy's pass comes first; the next pass starts only after OpenBLAS's threads stopped spinning
+    (forced here at a tiny size by moving the threshold), so ffaccel is not measured against them."""
+    import ffaccel
+    from ffaccel.bench import throughput
+
+    events: list[object] = []
+    real = throughput.measure_checked
+    monkeypatch.setattr(throughput, "measure_checked",
+                        lambda group, **kw: events.append(sorted(group)) or real(group, **kw))
+    monkeypatch.setattr(throughput.time, "sleep", lambda s: events.append(("sleep", s)))
+    f32 = [c for c in GEMM_COMBOS if c.name == "f32xf32->f32->f32"]
+    monkeypatch.setattr(throughput, "OPENBLAS_SINGLE_THREAD_MNK", 0)
+    throughput.run_throughput([("cpu", ffaccel.open("cpu"))], sizes=(8,), combos=f32, rounds=1, min_sample_s=0.0)
+    assert events[:3] == [["numpy"], ("sleep", throughput.OPENBLAS_SPIN_S), ["ffaccel cpu"]], events
+    assert ("sleep", throughput.OPENBLAS_SPIN_S) not in events[3:]  # PyTorch's pass follows ffaccel's: no wait
+    events.clear()
+    monkeypatch.setattr(throughput, "OPENBLAS_SINGLE_THREAD_MNK", 8**3)  # at or below it OpenBLAS runs alone
+    throughput.run_throughput([("cpu", ffaccel.open("cpu"))], sizes=(8,), combos=f32, rounds=1, min_sample_s=0.0)
+    assert events[:2] == [["numpy"], ["ffaccel cpu"]], events

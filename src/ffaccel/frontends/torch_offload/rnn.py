@@ -2,9 +2,9 @@
 and cells (``torch.lstm_cell`` & co, what ``nn.LSTMCell`` & co call).
 
 Per layer and direction: the input projection of all time steps is one GEMM
-(``X W_ih^T + b``, T N rows), then one GEMM per step for the recurrence
-(``W_hh h^T`` on transposed state; see :func:`_step` for why, and why the input gates are added in PyTorch). The
-gate nonlinearities and the cell update are elementwise and run in PyTorch.
+(``X W_ih^T + b``, T N rows), then one GEMM per step for the recurrence (``W_hh h^T`` on
+transposed state; see :func:`_step` for why, and why the input gates are added in PyTorch).
+The gate nonlinearities and the cell update are elementwise and run in PyTorch.
 LSTM and RNN fold both biases into the input projection; GRU keeps ``b_hh`` on the
 recurrent GEMM (its candidate gate multiplies ``r`` into ``W_hn h + b_hn``). LSTM
 projections (``proj_size``) are one more GEMM per step. Left in PyTorch, and counted there with the reason: packed
