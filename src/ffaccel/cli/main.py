@@ -216,6 +216,7 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     from ..drivers import driver_targets
     from ..transports.limits import limits_from_overrides
     from ..transports.server import serve
+    from ..transports.socket import MAX_POLL_US
 
     targets = sorted(driver_targets())
     if args.driver not in targets:
@@ -229,7 +230,12 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
                                            "create it or choose a socket path in an existing folder")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
     try:
-        session_limits, server_limits = limits_from_overrides(args.limit)
+        # --max-client-memory is the limit max_memory_bytes: checked by the same table, before anything starts
+        extra = [] if args.max_client_memory is None else [f"max_memory_bytes={args.max_client_memory}"]
+        if not 0 <= args.ring_poll_us <= MAX_POLL_US:
+            raise CommandError(Exit.USAGE, f"--ring-poll-us {args.ring_poll_us}: allowed an integer in "
+                                           f"[0, {MAX_POLL_US}] microseconds")
+        session_limits, server_limits = limits_from_overrides([*args.limit, *extra])
         return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us,
                      session_limits=session_limits, limits=server_limits)
     except OSError as e:  # socket in use, path refused...: the server says why, we say where

@@ -143,9 +143,9 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
 
 
 def _limit_table(cls: type) -> str:
-    return reference._table(["limit", "default", "refused with", "meaning"],
-                            [[f"`{n}`", d, "-" if r == "-" else f"`{r}` ({RULES[r].code.name})", doc]
-                             for n, d, r, doc in limit_rows(cls)])
+    return reference._table(["limit", "default", "allowed", "refused with", "meaning"],
+                            [[f"`{n}`", d, allowed, "-" if r == "-" else f"`{r}` ({RULES[r].code.name})", doc]
+                             for n, d, allowed, r, doc in limit_rows(cls)])
 
 
 def _flag_table(title: str, cls: type) -> str:
