@@ -19,8 +19,10 @@ from __future__ import annotations
 import array
 import ctypes
 import dataclasses
+import fcntl
 import json
 import os
+import stat
 import sys
 import socket
 import struct
@@ -330,8 +332,46 @@ def close_fds(fds: list[int]) -> None:
     fds.clear()
 
 
+#: Largest reply payload a client reads: the HELLO JSON (a few KiB) and any error record fit. A reply
+#: announcing more is a lost device, found out from its header before a byte of payload is read.
+MAX_REPLY_PAYLOAD_BYTES = 1 << 16
 #: Largest HELLO reply a client reads (its JSON is a few KiB).
-MAX_INFO_BYTES = 1 << 16
+MAX_INFO_BYTES = MAX_REPLY_PAYLOAD_BYTES
+#: What /proc/self/fd/N names an eventfd as.
+EVENTFD_KIND = "anon_inode:[eventfd]"
+
+
+def fd_kind(fd: int) -> str:
+    """What kind of file ``fd`` is, as /proc/self/fd names it (``anon_inode:[eventfd]``, ``pipe:[..]``, a path)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def memfd_problem(fd: int, size_bytes: int) -> str | None:
+    """Why a memfd the peer sent cannot be mapped at ``size_bytes`` without risk, or None when it can.
+
+    A mapping past a file's end, or of a file the peer can shrink later, faults with SIGBUS
+    when touched; so the fd must be a regular (memfd) file at least ``size_bytes`` long per
+    ``fstat`` and sealed with ``F_SEAL_SHRINK``. Only the kernel's answers are trusted here,
+    never the sizes a reply states.
+    """
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        return f"an fd that cannot be inspected ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a memfd but {fd_kind(fd)}"
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return f"not a memfd but {fd_kind(fd)} (no seals)"
+    if not seals & fcntl.F_SEAL_SHRINK:
+        return "a memfd without F_SEAL_SHRINK (it could be shrunk under the mapping)"
+    if st.st_size < size_bytes:
+        return f"a memfd of {st.st_size} bytes where the reply says {size_bytes}"
+    return None
 
 
 def encode_info(info: "DriverInfo") -> bytes:
@@ -377,6 +417,8 @@ def decode_info(payload: bytes) -> "DriverInfo":
         strings = [doc["name"], doc["version"], doc["description"], *(x for k in kernels for x in k)]
         if not all(type(x) is str for x in strings) or type(doc["memory_bytes"]) is not int:
             raise ValueError("fields")
+        if not isinstance(doc, dict) or not isinstance(caps, dict) or not isinstance(lim, dict):
+            raise TypeError("not an object")
         return DriverInfo(
             doc["name"], doc["version"], doc["description"],
             DeviceCaps(
@@ -389,7 +431,8 @@ def decode_info(payload: bytes) -> "DriverInfo":
             doc["memory_bytes"],
             kernels,
         )
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OverflowError) as e:
+        # (UnicodeDecodeError and json's errors are ValueErrors; RecursionError: nesting deeper than the parser goes)
         raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
                            f"the server sent a malformed HELLO reply ({type(e).__name__}: {e})") from None
 
@@ -416,9 +459,9 @@ def message_error(field: str, seen: object, allowed: object) -> FFAccelError:
 
 __all__ = [
     "ALLOC_REQ", "CQE", "EMPTY", "ENGINE_REQ", "ERROR_RECORD", "ERROR_TEXT_REQ", "HANDLE_REQ", "LIST_ID",
-    "check_message", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MSG", "Msg",
+    "check_message", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MAX_REPLY_PAYLOAD_BYTES", "MSG", "Msg",
     "NO_INDEX", "REPLAY_REQ", "REPLY", "RING_HEADER", "RING_HEADER_BYTES", "RING_SETUP", "RingClientFlags",
     "RingServerFlags", "SQE_BYTES", "SQE_FLAGS_KNOWN", "SQE_HEADER", "STATS", "SqeFlags", "WAIT_REQ",
-    "WIRE_VERSION", "close_fds", "decode_info", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
+    "WIRE_VERSION", "EVENTFD_KIND", "close_fds", "fd_kind", "memfd_problem", "decode_info", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
     "send_msg",
 ]

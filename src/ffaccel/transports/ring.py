@@ -30,7 +30,9 @@ from ..abi.layout import MAX_WAITS_PER_SUBMIT
 from ..spec import Engine, ErrorCode, FFAccelError
 from .protocol import (
     CQE,
+    EVENTFD_KIND,
     RING_HEADER,
+    RING_HEADER_BYTES,
     RING_SETUP,
     SQE_BYTES,
     SQE_HEADER,
@@ -40,6 +42,8 @@ from .protocol import (
     SqeFlags,
     close_fds,
     decode_error,
+    fd_kind,
+    memfd_problem,
     ring_words,
 )
 from .spin import SpinBudget
@@ -79,21 +83,18 @@ class RingTransport(SocketTransport):
         self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
         self.entries = entries
         self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._doorbell = -1
         try:
-            _, fds = self._call(Msg.RING_SETUP, RING_SETUP.struct.pack(entries, 0), fds=[self._evfd],
-                                want_fds=True)
+            body, fds = self._call(Msg.RING_SETUP, RING_SETUP.struct.pack(entries, 0), fds=[self._evfd],
+                                   want_fds=True)
+            self._mm, self._sq_off, self._cq_off = self._take_ring(body, fds, entries)
         except BaseException:
+            super().close()
             os.close(self._evfd)
+            if self._doorbell >= 0:
+                os.close(self._doorbell)
+            self._evfd = self._doorbell = -1
             raise
-        if len(fds) != 2:
-            close_fds(fds)
-            raise device_lost(f"the server sent {len(fds)} fds for a ring")
-        ring_fd, self._doorbell = fds
-        size = os.fstat(ring_fd).st_size
-        self._mm = mmap.mmap(ring_fd, size)
-        os.close(ring_fd)
-        hdr = dict(zip(RING_HEADER.names, RING_HEADER.struct.unpack_from(self._mm, 0)))
-        self._sq_off, self._cq_off = hdr["sq_offset_bytes"], hdr["cq_offset_bytes"]
         self._mask = entries - 1
         self._w = ring_words(self._mm)  # header words: single loads and stores (see ring_words)
         # the last submission sent by ring: (its bytes, _ring_shape, its chain's entries when > 1 command)
@@ -104,6 +105,52 @@ class RingTransport(SocketTransport):
         self._cq_head = 0
         self._seq = 0
         self._list_sizes: dict[int, int] = {}  # command list id -> commands (see replay)
+
+    def _take_ring(self, body: bytes, fds: list[int], entries: int) -> tuple[mmap.mmap, int, int]:
+        """Check the RING_SETUP reply and map the ring: (mapping, SQ offset, CQ offset).
+
+        The geometry is read from shared memory once, here, checked against the memfd's real
+        size (``fstat``), and kept in this object: a server that rewrites the header later
+        moves nothing. The doorbell must be an eventfd, and is made non-blocking so that
+        ringing it can never block.
+        """
+        try:
+            self._empty(body, "RING_SETUP")
+            if len(fds) != 2:
+                raise self._malformed(f"{len(fds)} fds for a ring; allowed: 2")
+            ring_fd, doorbell = fds
+            if fd_kind(doorbell) != EVENTFD_KIND:
+                raise self._malformed(f"the doorbell is {fd_kind(doorbell)}; allowed: an eventfd")
+            os.set_blocking(doorbell, False)
+            why = memfd_problem(ring_fd, RING_HEADER_BYTES)
+            if why is not None:
+                raise self._malformed(f"the ring: {why}")
+            size = os.fstat(ring_fd).st_size
+            mm = mmap.mmap(ring_fd, size)
+        except FFAccelError:
+            close_fds(fds)
+            raise
+        except (OSError, ValueError, OverflowError) as e:
+            close_fds(fds)
+            raise self._malformed(f"the ring cannot be mapped ({e})") from None
+        os.close(ring_fd)
+        self._doorbell = doorbell
+        hdr = dict(zip(RING_HEADER.names, RING_HEADER.struct.unpack_from(mm, 0)))  # one copy of the geometry
+        sq, cq = hdr["sq_offset_bytes"], hdr["cq_offset_bytes"]
+        sq_end, cq_end = sq + entries * SQE_BYTES, cq + entries * CQE.size_bytes  # Python ints: no overflow
+        if hdr["entries"] != entries or sq < RING_HEADER_BYTES or sq_end > cq or cq_end > size:
+            mm.close()
+            raise self._malformed(f"ring geometry entries={hdr['entries']} sq_offset_bytes={sq} "
+                                  f"cq_offset_bytes={cq} in {size} bytes; allowed: {entries} entries, the "
+                                  f"header, SQ and CQ in order inside the memfd")
+        return mm, sq, cq
+
+    def _ring_doorbell(self) -> None:
+        """Tell the server there is work (or room); a doorbell that cannot take it means the server is broken."""
+        try:
+            os.eventfd_write(self._doorbell, 1)
+        except OSError as e:
+            raise self._lose(f"ringing the doorbell failed ({e.strerror})") from None
 
     # -- shared-memory helpers ---------------------------------------------------------------
     def _get32(self, name: str) -> int:
@@ -234,7 +281,7 @@ class RingTransport(SocketTransport):
         self._sq_tail = (self._sq_tail + count) & 0xFFFF_FFFF
         self._sq_tail_word.value = self._sq_tail
         if self._server_flags.value & _SLEEPING:
-            os.eventfd_write(self._doorbell, 1)
+            self._ring_doorbell()
 
     def _reap(self, seq: int, count: int = 1) -> tuple[Engine, int]:
         """Wait for the completion of chain ``seq`` of ``count`` entries.
@@ -258,14 +305,17 @@ class RingTransport(SocketTransport):
                 self._cq_head = (self._cq_head + 1) & 0xFFFF_FFFF
                 self._w["cq_head"].value = self._cq_head
                 if self._server_flags.value & _CQ_FULL:  # the server parked our ring: room again
-                    os.eventfd_write(self._doorbell, 1)
+                    self._ring_doorbell()
                 if spinning:
                     spin.paid()
                 if user_data != seq:
                     raise self._lose(f"completion for {user_data}, expected {seq}")
                 if status:
                     return self._raise_completion(eid, status)
-                return _ENGINE_OF[engine], value
+                eng = _ENGINE_OF.get(engine)
+                if eng is None:
+                    raise self._lose(f"malformed reply: a completion on engine {engine}")
+                return eng, value
             if spinning:
                 if spin.keep_spinning(count):
                     if count > 1 and spin.past_budget():
@@ -336,10 +386,11 @@ class RingTransport(SocketTransport):
             return  # never close fd numbers twice: they may name someone else's files by now
         super().close()
         for fd in (self._evfd, self._doorbell):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 __all__ = ["RingTransport"]

@@ -12,6 +12,13 @@ call. Zero copy means working with Buffers.
 A server that dies (or stops answering within ``timeout_s``) turns every call into
 FFAccelError DEVICE_LOST; nothing blocks longer than its timeout.
 
+Nothing the server sends is trusted (docs/spec.md, "Clients trust no reply"): a reply is read
+into this process's memory once, its length capped (:data:`MAX_REPLY_PAYLOAD_BYTES`) from its
+header and its deadline enforced while bytes still trickle in; each fixed-size reply must have
+its layout's exact size and zero reserved fields; a memfd is mapped only once ``fstat`` and its
+seals (``F_SEAL_SHRINK``) show the mapping cannot fault. Anything else makes the connection
+lost: FFAccelError DEVICE_LOST, never another exception, a crash or a hang.
+
 After sending a request the client busy-polls the (non-blocking) socket for up to
 ``poll_us`` before sleeping in poll(2): a small request is answered within tens of
 microseconds, about what waking a blocked process costs on its own.
@@ -48,7 +55,9 @@ from ..drivers import DriverInfo, GemmKernel
 from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
 from .protocol import (
     MAX_FDS,
+    MAX_REPLY_PAYLOAD_BYTES,
     FENCE_REPLY,
+    LIST_ID,
     HANDLE_REPLY,
     HELLO,
     MSG,
@@ -62,7 +71,9 @@ from .protocol import (
     collect_fds,
     decode_error,
     decode_info,
+    memfd_problem,
 )
+from ..abi.layout import Layout
 from .paths import check_peer, check_private_dir, is_default_path
 from .spin import SpinBudget
 
@@ -88,6 +99,10 @@ MAX_POLL_US = 1_000_000
 
 def device_lost(why: str) -> FFAccelError:
     return FFAccelError(ErrorCode.DEVICE_LOST, "device", f"the device server is gone or not answering: {why}")
+
+
+class BadReply(Exception):
+    """A reply that breaks the wire protocol (too long, more bytes than announced); the device is lost."""
 
 
 class SocketTransport:
@@ -168,7 +183,7 @@ class SocketTransport:
                 deadline = _now_ns() + int((self.timeout_s if timeout_s is None else timeout_s) * 1e9)
                 self._send(_MSG.pack(int(msg), 0, len(payload)) + payload, fds, deadline)
                 status, body = self._recv_reply(deadline, got if want_fds else None)
-            except (OSError, EOFError) as e:  # includes socket.timeout
+            except (OSError, EOFError, BadReply) as e:  # OSError includes socket.timeout
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
                 raise self._lost from None
@@ -176,6 +191,26 @@ class SocketTransport:
             close_fds(got)
             raise decode_error(status, body)
         return body, got
+
+    def _malformed(self, why: str) -> FFAccelError:
+        """The server broke the protocol: the connection is lost from now on (raise what this returns)."""
+        self._lost = device_lost(f"malformed reply: {why}")
+        return self._lost
+
+    def _fields(self, layout: Layout, body: bytes, prefix: bool = False) -> tuple[int, ...]:
+        """A fixed-size reply's fields: exactly ``layout``'s size (at least, with ``prefix``), reserved fields zero."""
+        n = layout.size_bytes
+        if len(body) != n and not (prefix and len(body) > n):
+            raise self._malformed(f"{layout.name} of {len(body)} bytes; allowed: {n}")
+        values = layout.struct.unpack_from(body)
+        for name, v in zip(layout.names, values):
+            if v and name in layout.reserved_names:
+                raise self._malformed(f"{layout.name}.{name} = {v}; allowed: 0")
+        return values
+
+    def _empty(self, body: bytes, what: str) -> None:
+        if body:
+            raise self._malformed(f"{len(body)} bytes in the reply to {what}; allowed: none")
 
     def _wait_ready(self, events: int, deadline: int) -> None:
         """Sleep until the socket is ready for ``events`` (TimeoutError past ``deadline``)."""
@@ -225,13 +260,14 @@ class SocketTransport:
         spin = self._spin
         spin.start()
         spinning = True
-        buf = b""
+        buf: bytes | bytearray = b""
+        want = -1  # bytes of the whole reply, once its header is in
         while True:
             try:
                 if fds is None:
-                    data = recv(_RECV_BYTES)
+                    data = recv(_RECV_BYTES)  # fds sent with it anyway are closed by the kernel
                 else:
-                    data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS)
+                    data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS, socket.MSG_CMSG_CLOEXEC)
                     collect_fds(anc, fds)
             except BlockingIOError:
                 if spinning and spin.keep_spinning():
@@ -244,11 +280,24 @@ class SocketTransport:
                 spinning = False
             if not data:
                 raise EOFError("peer closed the connection")
-            buf = buf + data if buf else data
-            if len(buf) >= _REPLY_BYTES:
-                status, _res, length = _REPLY.unpack_from(buf)
-                if len(buf) >= _REPLY_BYTES + length:
-                    return status, buf[_REPLY_BYTES: _REPLY_BYTES + length]
+            if not buf:
+                buf = data  # the usual case: the whole reply in one read, no copy
+            else:
+                if type(buf) is bytes:
+                    buf = bytearray(buf)
+                buf += data  # type: ignore[operator]  # appended in place: never quadratic
+            if want < 0 and len(buf) >= _REPLY_BYTES:
+                _status, _res, length = _REPLY.unpack_from(buf)
+                if length > MAX_REPLY_PAYLOAD_BYTES:
+                    raise BadReply(f"a reply of {length} bytes; allowed: at most {MAX_REPLY_PAYLOAD_BYTES}")
+                want = _REPLY_BYTES + length
+            if want >= 0 and len(buf) >= want:
+                if len(buf) > want:
+                    raise BadReply(f"{len(buf) - want} bytes more than the reply announced")
+                status, _res, _len = _REPLY.unpack_from(buf)
+                return status, bytes(buf[_REPLY_BYTES:])
+            if _now_ns() > deadline:  # a server that keeps trickling bytes is held to the deadline too
+                raise TimeoutError("timed out reading a reply")
 
     # -- queries ------------------------------------------------------------------------------
     def info(self) -> DriverInfo:
@@ -257,7 +306,8 @@ class SocketTransport:
     def stats(self) -> dict[str, int]:
         """Server-wide counters: clients, buffers, bytes charged to quotas, submissions."""
         body, _ = self._call(Msg.STATS)
-        return dict(zip(STATS.names, STATS.struct.unpack(body)))
+        # a newer server may append counters (extension only at the end): this client reads those it knows
+        return dict(zip(STATS.names, self._fields(STATS, body, prefix=True)))
 
     # -- memory ---------------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
@@ -265,22 +315,36 @@ class SocketTransport:
             # not representable in the u64 the wire carries; the server checks the range
             raise violation("memory.size", size_bytes, "an integer in [1, max_buffer_bytes]")
         body, fds = self._call(Msg.ALLOC, _U64.pack(int(size_bytes)), want_fds=True)
-        handle, _res, size = HANDLE_REPLY.struct.unpack(body)
-        return handle, self._map(handle, fds, size)
+        return self._map(body, fds, int(size_bytes))
 
-    def _map(self, handle: int, fds: list[int], size: int) -> np.ndarray:
-        if len(fds) != 1:
+    def _map(self, body: bytes, fds: list[int], size_bytes: int | None) -> tuple[int, np.ndarray]:
+        """Map the buffer a handle reply names; ``size_bytes``: the size asked (ALLOC), None for IMPORT."""
+        try:
+            handle, _res, size = self._fields(HANDLE_REPLY, body)
+            if len(fds) != 1:
+                raise self._malformed(f"{len(fds)} fds with a buffer; allowed: 1")
+            if size_bytes is not None and size != size_bytes:
+                raise self._malformed(f"a buffer of {size} bytes where {size_bytes} were asked")
+            if handle in self._fds:
+                raise self._malformed(f"handle {handle} given twice")
+            why = memfd_problem(fds[0], size)
+            if why is not None or size == 0:
+                raise self._malformed(f"buffer {handle}: {why or 'an empty buffer'}")
+            try:
+                mm = mmap.mmap(fds[0], size)
+            except (OSError, ValueError, OverflowError) as e:  # sealed against writes, past the address space
+                raise self._malformed(f"buffer {handle} of {size} bytes cannot be mapped ({e})") from None
+        except FFAccelError:
             close_fds(fds)
-            raise device_lost(f"the server sent {len(fds)} fds for a buffer")
-        fd = fds[0]
-        mm = mmap.mmap(fd, size)
-        self._fds[handle] = fd
-        return np.frombuffer(mm, np.uint8)
+            raise
+        self._fds[handle] = fds[0]
+        return handle, np.frombuffer(mm, np.uint8)
 
     def free(self, handle: int) -> None:
         if isinstance(handle, bool) or not isinstance(handle, numbers.Integral) or not 0 <= handle < 2**32:
             raise violation("memory.handle", handle, "a handle of this client")
-        self._call(Msg.FREE, _U32x2.pack(int(handle), 0))
+        body, _ = self._call(Msg.FREE, _U32x2.pack(int(handle), 0))
+        self._empty(body, "FREE")
         fd = self._fds.pop(int(handle), None)
         if fd is not None:
             os.close(fd)
@@ -297,12 +361,19 @@ class SocketTransport:
         if isinstance(fd, bool) or not isinstance(fd, numbers.Integral) or fd < 0:
             raise violation("wire.import", fd, "an open file descriptor")
         body, _ = self._call(Msg.IMPORT, b"", fds=[int(fd)])
-        handle, _res, size = HANDLE_REPLY.struct.unpack(body)
-        return handle, self._map(handle, [os.dup(fd)], size)
+        try:
+            own = os.dup(fd)
+        except OSError as e:  # the caller closed it meanwhile
+            raise violation("wire.import", fd, f"an open file descriptor ({e.strerror})") from None
+        return self._map(body, [own], None)
 
     # -- work -------------------------------------------------------------------------------------
     def _note(self, body: bytes) -> tuple[Engine, int]:
-        engine, _res, value, c0, c1 = _FENCE.unpack(body)
+        if len(body) != _FENCE.size:
+            raise self._malformed(f"a fence reply of {len(body)} bytes; allowed: {_FENCE.size}")
+        engine, res, value, c0, c1 = _FENCE.unpack(body)
+        if res or engine not in _ENGINE_OF:
+            raise self._malformed(f"a fence reply with engine {engine}, reserved {res}")
         done = self._completed
         if c0 > done[_COMPUTE]:
             done[_COMPUTE] = c0
@@ -334,7 +405,7 @@ class SocketTransport:
     # -- command lists ----------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:
         body, _ = self._call(Msg.RECORD, bytes(raw))
-        return _U32x2.unpack(body)[0]
+        return self._fields(LIST_ID, body)[0]
 
     def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
         w = {Engine.COMPUTE: 0, Engine.COPY: 0}
@@ -345,7 +416,8 @@ class SocketTransport:
         return self._note(body)
 
     def free_list(self, list_id: int) -> None:
-        self._call(Msg.FREE_LIST, _U32x2.pack(list_id, 0))
+        body, _ = self._call(Msg.FREE_LIST, _U32x2.pack(list_id, 0))
+        self._empty(body, "FREE_LIST")
 
     # -- the host-array path ---------------------------------------------------------------------
     def prepare_gemm(self, descriptor: bytes) -> GemmKernel:

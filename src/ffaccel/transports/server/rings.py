@@ -25,6 +25,7 @@ from ...abi import ABI_VERSION, COMMAND_BYTES, SUBMIT, WAIT
 from ...spec import Engine, ErrorCode, FFAccelError, violation
 from ..protocol import (
     CQE,
+    EVENTFD_KIND,
     NO_INDEX,
     RING_HEADER,
     SQE_BYTES,
@@ -33,6 +34,7 @@ from ..protocol import (
     RingClientFlags,
     RingServerFlags,
     SqeFlags,
+    fd_kind,
     ring_bytes,
     ring_words,
 )
@@ -57,7 +59,6 @@ _WAITING = int(RingClientFlags.WAITING)
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _CQE = CQE.struct
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
-_EVENTFD_LINK = "anon_inode:[eventfd]"
 
 
 def wait_pairs(wait_compute: int, wait_copy: int) -> tuple[tuple[int, int], ...]:
@@ -73,11 +74,8 @@ def take_wake_fd(fd: int) -> int:
     Returns a duplicate the server owns. Any other kind of fd (a pipe, a regular file, a
     socket) is refused: the server would otherwise write into it.
     """
-    try:
-        kind = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        kind = "?"
-    if kind != _EVENTFD_LINK:
+    kind = fd_kind(fd)
+    if kind != EVENTFD_KIND:
         raise violation("ring.wake", kind, "an eventfd (anon_inode:[eventfd])")
     own = os.dup(fd)
     try:
