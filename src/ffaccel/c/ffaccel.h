@@ -8,7 +8,8 @@
  * (engine, timeline value) to wait on. Every function returns an enum ffa_error_code
  * (FFA_ERR_OK = 0); the full error (offending parameter, spec rule, value seen and what is
  * allowed) is in ffa_last_error(). A server that dies or stops answering gives
- * FFA_ERR_DEVICE_LOST, never a hang. A client is not thread-safe: use one per thread, or a lock.
+ * FFA_ERR_DEVICE_LOST, never a hang; so does one whose reply, fd or shared page breaks the protocol
+ * (the client checks every one of them and never crashes on what a server sends). A client is not thread-safe: use one per thread, or a lock.
  */
 #ifndef FFACCEL_H
 #define FFACCEL_H
@@ -58,6 +59,32 @@ int ffa_submit(ffa_client *client, uint32_t engine, const struct ffa_wait *waits
 	       const union ffa_command *commands, uint32_t command_count, uint64_t *fence);
 /* Wait until engine's timeline reaches value; FFA_ERR_TIMEOUT after timeout_ns. */
 int ffa_wait(ffa_client *client, uint32_t engine, uint64_t value, uint64_t timeout_ns);
+
+/* The engine's completed timeline value, as far as the server has shown it (ring: no system call). */
+int ffa_completed(ffa_client *client, uint32_t engine, uint64_t *value);
+
+/*
+ * Sharing a buffer across processes (dma-buf style): ffa_export gives a new fd (the buffer's memfd;
+ * close it when done) to pass to another process, e.g. over a Unix socket with SCM_RIGHTS; there a
+ * client of the same server adds it to its own table with ffa_import (*data: the same memory, mapped;
+ * *size_bytes: its size). The caller keeps its fd: the client holds its own duplicate.
+ */
+int ffa_export(ffa_client *client, uint32_t handle, int *fd);
+int ffa_import(ffa_client *client, int fd, uint32_t *handle, void **data, uint64_t *size_bytes);
+
+/* Server-wide counters (connected clients, live buffers, bytes charged, submissions accepted). */
+int ffa_stats(ffa_client *client, struct ffa_stats *stats);
+
+/*
+ * Command lists (record once, replay many times): ffa_record validates command_count commands once
+ * for engine and keeps them as *list_id; ffa_replay runs the list on engine after waits (the
+ * latest value per engine counts) and gives the replay's fence; ffa_free_list drops the list.
+ */
+int ffa_record(ffa_client *client, uint32_t engine, const union ffa_command *commands, uint32_t command_count,
+	       uint32_t *list_id);
+int ffa_replay(ffa_client *client, uint32_t list_id, uint32_t engine, const struct ffa_wait *waits,
+	       uint32_t wait_count, uint64_t *fence);
+int ffa_free_list(ffa_client *client, uint32_t list_id);
 
 /* Scalar encodings of the ABI: alpha, beta and post-op parameters travel as f64 or i64 bits. */
 uint64_t ffa_f64_bits(double x);

@@ -6,14 +6,21 @@
  *
  * Every blocking call has a deadline: a reply is awaited in poll(2) against a CLOCK_MONOTONIC
  * deadline (timeout_s, plus the wait's own timeout for WAIT), sends carry SO_SNDTIMEO, and ring
- * waits sleep in poll(2) with a timeout and notice the socket closing. Nothing the server sends is
- * trusted for sizes: a reply longer than FFA_MAX_PAYLOAD_BYTES or with the wrong number of fds
- * is a lost device.
+ * waits sleep in poll(2) with a timeout and notice the socket closing, whatever the server trickles.
+ *
+ * Nothing the server sends is trusted (docs/spec.md, "Clients trust no reply"): a reply is read into
+ * this client's memory once, its length capped by FFA_MAX_REPLY_PAYLOAD_BYTES from its header; each
+ * fixed-size reply must have its struct's exact size and zero reserved fields; a memfd is mapped only
+ * when fstat says it is a file at least as long as the reply says and its seals include
+ * F_SEAL_SHRINK (so no mapping can fault); the ring's geometry is checked once at setup, without
+ * overflow, and kept here, never read again from shared memory; the doorbell must be an eventfd and
+ * is made non-blocking. Any breach makes the client lost: FFA_ERR_DEVICE_LOST, never a crash or a hang.
  */
 #define _GNU_SOURCE
 #include "ffaccel.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -34,6 +41,7 @@
 
 struct mapping {
 	uint32_t handle;
+	int fd;                 /* the buffer's memfd, kept for ffa_export */
 	void *data;
 	uint64_t size;
 	struct mapping *next;
@@ -52,6 +60,7 @@ struct ffa_client {
 	unsigned char *ring;
 	size_t ring_bytes;
 	uint32_t entries;
+	uint64_t sq_off, cq_off; /* the ring's geometry, checked and copied once at setup */
 	int wake_fd, doorbell_fd;
 	uint32_t sq_tail, cq_head;
 	uint64_t seq;
@@ -91,6 +100,58 @@ static int lose(ffa_client *c, const char *why)
 	c->lost = 1;
 	return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device",
 			 "the device server is gone or not answering: %s", why);
+}
+
+/* The server broke the protocol: lost, saying how. */
+static int malformed(ffa_client *c, const char *fmt, ...)
+{
+	char why[384];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	c->lost = 1;
+	return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "malformed reply: %s", why);
+}
+
+static int known_code(uint32_t code)
+{
+	return code > 0 && code < sizeof(ERROR_NAMES) / sizeof(ERROR_NAMES[0]);
+}
+
+/*
+ * Why a memfd from the server cannot be mapped at size bytes without risk (NULL: it can). A mapping
+ * past the file's end, or of a file the server can shrink later, faults (SIGBUS) when touched.
+ */
+static const char *memfd_problem(int fd, uint64_t size)
+{
+	struct stat st;
+	int seals;
+	if (fstat(fd, &st) != 0)
+		return "an fd that cannot be inspected";
+	if (!S_ISREG(st.st_mode))
+		return "not a memfd";
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0)
+		return "not a memfd (no seals)";
+	if (!(seals & F_SEAL_SHRINK))
+		return "a memfd without F_SEAL_SHRINK (it could shrink under the mapping)";
+	if ((uint64_t)st.st_size < size)
+		return "a memfd shorter than the reply says";
+	return NULL;
+}
+
+/* Whether fd is an eventfd (as /proc/self/fd names it). */
+static int is_eventfd(int fd)
+{
+	char link[64], kind[64];
+	ssize_t n;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, kind, sizeof(kind) - 1);
+	if (n < 0)
+		return 0;
+	kind[n] = '\0';
+	return strcmp(kind, "anon_inode:[eventfd]") == 0;
 }
 
 static uint64_t now_ns(void)
@@ -323,6 +384,8 @@ static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *g
 			}
 		}
 		got += (size_t)r;
+		if (got < min && now_ns() >= deadline) /* a server trickling bytes is held to the deadline too */
+			return lose(c, "timed out reading a reply");
 	}
 	*got_out = got;
 	return FFA_ERR_OK;
@@ -380,8 +443,9 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	if (rc)
 		goto fail;
 	memcpy(&rep, c->rx, sizeof(rep));
-	if (rep.payload_bytes > FFA_MAX_PAYLOAD_BYTES || got > sizeof(rep) + rep.payload_bytes) {
-		rc = lose(c, "a reply longer than announced or than FFA_MAX_PAYLOAD_BYTES");
+	if (rep.payload_bytes > FFA_MAX_REPLY_PAYLOAD_BYTES || got > sizeof(rep) + rep.payload_bytes) {
+		rc = malformed(c, "a reply of %llu bytes (%zu read); allowed: at most %u, and no more than announced",
+			       (unsigned long long)rep.payload_bytes, got, FFA_MAX_REPLY_PAYLOAD_BYTES);
 		goto fail;
 	}
 	total = sizeof(rep) + (size_t)rep.payload_bytes;
@@ -402,6 +466,10 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	}
 	c->body = c->rx + sizeof(rep);
 	if (rep.status) {
+		if (!known_code(rep.status)) {
+			rc = malformed(c, "status %u is no error code", rep.status);
+			goto fail;
+		}
 		decode_error(c, rep.status, c->body, rep.payload_bytes);
 		rc = (int)rep.status;
 		goto fail;
@@ -423,8 +491,10 @@ static int fence_reply(ffa_client *c, uint64_t len, uint64_t *value)
 {
 	struct ffa_fence_reply f;
 	if (len != sizeof(f))
-		return lose(c, "a fence reply of the wrong size");
+		return malformed(c, "a fence reply of %llu bytes; allowed: %zu", (unsigned long long)len, sizeof(f));
 	memcpy(&f, c->body, sizeof(f));
+	if (f.engine > FFA_ENGINE_COPY || f.reserved)
+		return malformed(c, "a fence reply with engine %u, reserved %u", f.engine, f.reserved);
 	if (f.completed_compute > c->completed[0])
 		c->completed[0] = f.completed_compute;
 	if (f.completed_copy > c->completed[1])
@@ -580,6 +650,7 @@ void ffa_close(ffa_client *c)
 	for (m = c->maps; m; m = next) {
 		next = m->next;
 		munmap(m->data, m->size);
+		close(m->fd);
 		free(m);
 	}
 	if (c->ring)
@@ -605,46 +676,87 @@ const struct ffa_error_info *ffa_last_error(const ffa_client *c)
 /* ---------------------------------------------------------------------------------------- */
 /* memory                                                                                     */
 
-int ffa_alloc(ffa_client *c, uint64_t size_bytes, uint32_t *handle, void **data)
+static struct mapping *find_mapping(ffa_client *c, uint32_t handle)
+{
+	for (struct mapping *m = c->maps; m; m = m->next)
+		if (m->handle == handle)
+			return m;
+	return NULL;
+}
+
+/*
+ * Map the buffer a handle reply names (ALLOC: want_size is the size asked; IMPORT: 0, any size the
+ * fd holds). fd is ours: kept with the mapping, or closed here on failure.
+ */
+static int map_reply(ffa_client *c, uint64_t len, int fd, uint64_t want_size, uint32_t *handle, void **data,
+		     uint64_t *size)
 {
 	struct ffa_handle_reply hr;
 	struct mapping *m;
-	uint64_t len;
-	int fd, rc;
+	const char *why;
 	void *p;
-	rc = call(c, FFA_MSG_ALLOC, &size_bytes, sizeof(size_bytes), NULL, 0, &len, &fd, 1);
-	if (rc)
-		return rc;
 	if (len != sizeof(hr)) {
 		close(fd);
-		return lose(c, "a handle reply of the wrong size");
+		return malformed(c, "a handle reply of %llu bytes; allowed: %zu", (unsigned long long)len, sizeof(hr));
 	}
 	memcpy(&hr, c->body, sizeof(hr));
+	why = hr.reserved ? "a nonzero reserved field"
+	      : want_size && hr.size_bytes != want_size ? "another size than asked"
+	      : !hr.size_bytes || hr.size_bytes > SIZE_MAX ? "a size that cannot be mapped"
+	      : find_mapping(c, hr.handle) ? "a handle this client holds already"
+	      : memfd_problem(fd, hr.size_bytes);
+	if (why) {
+		close(fd);
+		return malformed(c, "buffer %u of %llu bytes: %s", hr.handle, (unsigned long long)hr.size_bytes, why);
+	}
 	m = malloc(sizeof(*m));
-	p = m && hr.size_bytes ? mmap(NULL, hr.size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-	close(fd); /* the mapping keeps the memfd alive */
+	p = m ? mmap(NULL, (size_t)hr.size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
 	if (p == MAP_FAILED) {
 		uint32_t fr[2] = {hr.handle, 0};
+		int e = m ? errno : ENOMEM;
 		free(m);
+		close(fd);
 		call(c, FFA_MSG_FREE, fr, sizeof(fr), NULL, 0, NULL, NULL, 0);
 		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "size_bytes", "cannot map %llu bytes (%s)",
-				 (unsigned long long)hr.size_bytes, strerror(errno));
+				 (unsigned long long)hr.size_bytes, strerror(e));
 	}
 	m->handle = hr.handle;
+	m->fd = fd;
 	m->data = p;
 	m->size = hr.size_bytes;
 	m->next = c->maps;
 	c->maps = m;
 	*handle = hr.handle;
 	*data = p;
+	if (size)
+		*size = hr.size_bytes;
 	return FFA_ERR_OK;
+}
+
+int ffa_alloc(ffa_client *c, uint64_t size_bytes, uint32_t *handle, void **data)
+{
+	uint64_t len;
+	int fd, rc;
+	rc = call(c, FFA_MSG_ALLOC, &size_bytes, sizeof(size_bytes), NULL, 0, &len, &fd, 1);
+	if (rc)
+		return rc;
+	return map_reply(c, len, fd, size_bytes ? size_bytes : 1, handle, data, NULL);
+}
+
+static int empty_reply(ffa_client *c, uint64_t len, const char *what)
+{
+	return len ? malformed(c, "%llu bytes in the reply to %s; allowed: none", (unsigned long long)len, what)
+		   : FFA_ERR_OK;
 }
 
 int ffa_free(ffa_client *c, uint32_t handle)
 {
 	uint32_t fr[2] = {handle, 0};
 	struct mapping **pm;
-	int rc = call(c, FFA_MSG_FREE, fr, sizeof(fr), NULL, 0, NULL, NULL, 0);
+	uint64_t len;
+	int rc = call(c, FFA_MSG_FREE, fr, sizeof(fr), NULL, 0, &len, NULL, 0);
+	if (!rc)
+		rc = empty_reply(c, len, "FREE");
 	if (rc)
 		return rc;
 	for (pm = &c->maps; *pm; pm = &(*pm)->next) {
@@ -652,11 +764,41 @@ int ffa_free(ffa_client *c, uint32_t handle)
 			struct mapping *m = *pm;
 			*pm = m->next;
 			munmap(m->data, m->size);
+			close(m->fd);
 			free(m);
 			break;
 		}
 	}
 	return FFA_ERR_OK;
+}
+
+int ffa_export(ffa_client *c, uint32_t handle, int *fd)
+{
+	struct mapping *m = find_mapping(c, handle);
+	if (!m)
+		return set_error(&c->err, FFA_ERR_BAD_HANDLE, "handle",
+				 "handle %u; allowed: a buffer this client allocated or imported", handle);
+	*fd = fcntl(m->fd, F_DUPFD_CLOEXEC, 0);
+	if (*fd < 0)
+		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "fd", "cannot duplicate the buffer's fd (%s)",
+				 strerror(errno));
+	return FFA_ERR_OK;
+}
+
+int ffa_import(ffa_client *c, int fd, uint32_t *handle, void **data, uint64_t *size_bytes)
+{
+	uint64_t len;
+	int own, rc;
+	if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+		return set_error(&c->err, FFA_ERR_INVALID_PARAMETER, "fd", "fd %d; allowed: an open file descriptor "
+				 "(a buffer exported by a client of the same server)", fd);
+	rc = call(c, FFA_MSG_IMPORT, NULL, 0, &fd, 1, &len, NULL, 0);
+	if (rc)
+		return rc;
+	own = fcntl(fd, F_DUPFD_CLOEXEC, 0); /* ours, whatever the caller does with fd later */
+	if (own < 0)
+		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "fd", "cannot duplicate fd %d (%s)", fd, strerror(errno));
+	return map_reply(c, len, own, 0, handle, data, size_bytes);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -676,27 +818,46 @@ static int ring_setup(ffa_client *c, uint32_t entries)
 	c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (c->wake_fd < 0)
 		return set_error(&c->err, FFA_ERR_OUT_OF_MEMORY, "device", "eventfd(): %s", strerror(errno));
-	rc = call(c, FFA_MSG_RING_SETUP, &rs, sizeof(rs), &c->wake_fd, 1, NULL, fds, 2);
+	struct ffa_ring_header hc;
+	const char *why;
+	uint64_t len, sq_bytes = (uint64_t)entries * FFA_SQE_BYTES, cq_bytes = (uint64_t)entries * sizeof(struct ffa_cqe);
+	rc = call(c, FFA_MSG_RING_SETUP, &rs, sizeof(rs), &c->wake_fd, 1, &len, fds, 2);
 	if (rc)
 		return rc;
-	c->doorbell_fd = fds[1];
-	if (fstat(fds[0], &st) != 0 || (uint64_t)st.st_size < FFA_RING_HEADER_BYTES) {
+	c->doorbell_fd = fds[1]; /* closed by ffa_close, whatever happens next */
+	if ((rc = empty_reply(c, len, "RING_SETUP")) != 0) {
 		close(fds[0]);
-		return lose(c, "the ring memfd is too small");
+		return rc;
+	}
+	why = !is_eventfd(fds[1]) ? "the doorbell is no eventfd"
+	      : fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0 ? "the doorbell cannot be non-blocking"
+	      : memfd_problem(fds[0], FFA_RING_HEADER_BYTES);
+	if (why || fstat(fds[0], &st) != 0 || (uint64_t)st.st_size > SIZE_MAX) {
+		close(fds[0]);
+		return malformed(c, "the ring: %s", why ? why : "an fd that cannot be inspected");
 	}
 	c->ring_bytes = (size_t)st.st_size;
 	c->ring = mmap(NULL, c->ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
 	close(fds[0]);
 	if (c->ring == MAP_FAILED) {
 		c->ring = NULL;
-		return lose(c, "cannot map the ring");
+		return malformed(c, "the ring cannot be mapped (%s)", strerror(errno));
 	}
 	h = ring_header(c);
-	/* the geometry comes from the server: check it before every later index computation relies on it */
-	if (h->entries != entries || h->sq_offset_bytes < FFA_RING_HEADER_BYTES ||
-	    h->sq_offset_bytes + (uint64_t)entries * FFA_SQE_BYTES > h->cq_offset_bytes ||
-	    h->cq_offset_bytes + (uint64_t)entries * sizeof(struct ffa_cqe) > c->ring_bytes)
-		return lose(c, "the ring header does not match the ring's size");
+	/*
+	 * The geometry comes from the server: one copy of it, checked here with comparisons that cannot
+	 * overflow (each end is compared against what is left of the memfd), then kept in the client.
+	 */
+	memcpy(&hc, h, sizeof(hc));
+	if (hc.entries != entries || hc.sq_offset_bytes < FFA_RING_HEADER_BYTES || hc.sq_offset_bytes > c->ring_bytes ||
+	    sq_bytes > c->ring_bytes - hc.sq_offset_bytes || hc.cq_offset_bytes < hc.sq_offset_bytes + sq_bytes ||
+	    hc.cq_offset_bytes > c->ring_bytes || cq_bytes > c->ring_bytes - hc.cq_offset_bytes)
+		return malformed(c, "ring geometry entries=%u sq_offset_bytes=%llu cq_offset_bytes=%llu in %zu bytes; "
+				 "allowed: %u entries, the header, SQ and CQ in order inside the memfd",
+				 hc.entries, (unsigned long long)hc.sq_offset_bytes,
+				 (unsigned long long)hc.cq_offset_bytes, c->ring_bytes, entries);
+	c->sq_off = hc.sq_offset_bytes;
+	c->cq_off = hc.cq_offset_bytes;
 	c->entries = entries;
 	c->sq_tail = __atomic_load_n(&h->sq_tail, __ATOMIC_ACQUIRE);
 	c->cq_head = __atomic_load_n(&h->cq_head, __ATOMIC_ACQUIRE);
@@ -707,7 +868,10 @@ static int ring_setup(ffa_client *c, uint32_t entries)
 static int ring_error(ffa_client *c, uint32_t status, uint64_t error_id)
 {
 	uint64_t len;
-	int rc = call(c, FFA_MSG_ERROR_TEXT, &error_id, sizeof(error_id), NULL, 0, &len, NULL, 0);
+	int rc;
+	if (!known_code(status))
+		return malformed(c, "a ring status %u that is no error code", status);
+	rc = call(c, FFA_MSG_ERROR_TEXT, &error_id, sizeof(error_id), NULL, 0, &len, NULL, 0);
 	if (rc)
 		return rc;
 	decode_error(c, status, c->body, len);
@@ -719,9 +883,12 @@ static int ring_check(ffa_client *c)
 	struct ffa_ring_header *h = ring_header(c);
 	if (__atomic_load_n(&h->server_flags, __ATOMIC_ACQUIRE) & FFA_RING_SERVER_BROKEN) {
 		uint32_t code = __atomic_load_n(&h->error, __ATOMIC_ACQUIRE);
-		ring_error(c, code ? code : FFA_ERR_DEVICE_LOST, __atomic_load_n(&h->error_id, __ATOMIC_ACQUIRE));
+		int rc;
+		if (!known_code(code))
+			return malformed(c, "a broken ring with error %u, which is no error code", code);
+		rc = ring_error(c, code, __atomic_load_n(&h->error_id, __ATOMIC_ACQUIRE));
 		c->lost = 1;
-		return code ? (int)code : FFA_ERR_DEVICE_LOST;
+		return rc;
 	}
 	return FFA_ERR_OK;
 }
@@ -752,13 +919,14 @@ out:
 	return FFA_ERR_OK;
 }
 
+/* One chain of count commands (count 0: an empty submission), or a replay of list_id (count ignored). */
 static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp, const union ffa_command *cmds,
-		       uint32_t count, uint64_t *fence)
+		       uint32_t count, uint32_t list_id, uint64_t *fence)
 {
 	struct ffa_ring_header *h = ring_header(c);
-	uint32_t slots = count ? count : 1, mask = c->entries - 1;
+	uint32_t slots = count && !list_id ? count : 1, mask = c->entries - 1;
 	uint64_t start = now_ns(), deadline = start + (uint64_t)(c->timeout_s * 1e9), seq = ++c->seq;
-	unsigned char *sq = c->ring + h->sq_offset_bytes;
+	unsigned char *sq = c->ring + c->sq_off;
 	int rc = ring_check(c);
 	if (rc)
 		return rc;
@@ -778,11 +946,12 @@ static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp,
 		memset(&e, 0, sizeof(e));
 		e.user_data = i == slots - 1 ? seq : 0; /* the chain's completion carries its last entry's */
 		e.engine = engine;
-		e.flags = count == 0 ? FFA_SQE_EMPTY : (i + 1 < slots ? FFA_SQE_LINK : 0);
+		e.flags = list_id ? FFA_SQE_REPLAY : count == 0 ? FFA_SQE_EMPTY : (i + 1 < slots ? FFA_SQE_LINK : 0);
 		e.wait_compute_value = wc;
 		e.wait_copy_value = wp;
+		e.list_id = list_id;
 		memcpy(slot, &e, sizeof(e));
-		if (count)
+		if (count && !list_id)
 			memcpy(slot + sizeof(e), &cmds[i], FFA_COMMAND_BYTES);
 		else
 			memset(slot + sizeof(e), 0, FFA_COMMAND_BYTES);
@@ -798,11 +967,14 @@ static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp,
 	for (;;) {
 		if (__atomic_load_n(&h->cq_tail, __ATOMIC_ACQUIRE) != c->cq_head) {
 			struct ffa_cqe q;
-			memcpy(&q, c->ring + h->cq_offset_bytes + (size_t)(c->cq_head & mask) * sizeof(q), sizeof(q));
+			memcpy(&q, c->ring + c->cq_off + (size_t)(c->cq_head & mask) * sizeof(q), sizeof(q));
 			c->cq_head++;
 			__atomic_store_n(&h->cq_head, c->cq_head, __ATOMIC_RELEASE);
 			if (q.user_data != seq)
-				return lose(c, "a completion for another submission");
+				return malformed(c, "a completion for submission %llu; expected %llu",
+						 (unsigned long long)q.user_data, (unsigned long long)seq);
+			if (q.engine > FFA_ENGINE_COPY)
+				return malformed(c, "a completion on engine %u", q.engine);
 			if (q.status) {
 				rc = ring_error(c, q.status, q.error_id);
 				return rc;
@@ -831,28 +1003,22 @@ static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp,
 /* ---------------------------------------------------------------------------------------- */
 /* work                                                                                       */
 
-int ffa_submit(ffa_client *c, uint32_t engine, const struct ffa_wait *waits, uint32_t wait_count,
-	       const union ffa_command *commands, uint32_t command_count, uint64_t *fence)
+/* An ABI submission (header, waits, commands) sent as type (SUBMIT, RECORD); *blen: the reply's length. */
+static int send_submission(ffa_client *c, uint32_t type, uint32_t engine, const struct ffa_wait *waits,
+			   uint32_t wait_count, const union ffa_command *commands, uint32_t command_count, uint64_t *blen)
 {
 	struct ffa_submit head;
 	unsigned char stack[sizeof(head) + 4 * sizeof(struct ffa_wait) + 2 * FFA_COMMAND_BYTES];
 	unsigned char *buf = stack;
 	size_t len;
-	uint64_t blen;
 	int rc;
-	if (c->lost)
-		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
-	if (c->ring && command_count < c->entries) {
-		/* the ring carries one wait per engine; anything else goes by socket, where the
-		 * server's validator gives it its exact verdict */
-		uint64_t w[2] = {0, 0};
-		int ok = wait_count <= 2;
-		for (uint32_t i = 0; ok && i < wait_count; i++)
-			ok = waits[i].engine < 2 && !waits[i].reserved && waits[i].value && !w[waits[i].engine] &&
-			     (w[waits[i].engine] = waits[i].value) != 0;
-		if (ok)
-			return ring_submit(c, engine, w[0], w[1], commands, command_count, fence);
-	}
+	if ((wait_count && !waits) || (command_count && !commands))
+		return set_error(&c->err, FFA_ERR_INVALID_PARAMETER, wait_count && !waits ? "waits" : "commands",
+				 "NULL with a nonzero count; allowed: an array of the count given");
+	if (wait_count > FFA_MAX_PAYLOAD_BYTES || command_count > FFA_MAX_PAYLOAD_BYTES)
+		return set_error(&c->err, FFA_ERR_INVALID_PARAMETER, "command_count",
+				 "%u commands and %u waits; allowed: at most %u bytes per submission", command_count,
+				 wait_count, FFA_MAX_PAYLOAD_BYTES);
 	memset(&head, 0, sizeof(head));
 	head.abi_version = FFA_ABI_VERSION;
 	head.engine = engine;
@@ -871,9 +1037,31 @@ int ffa_submit(ffa_client *c, uint32_t engine, const struct ffa_wait *waits, uin
 	if (command_count)
 		memcpy(buf + sizeof(head) + (size_t)wait_count * sizeof(struct ffa_wait), commands,
 		       (size_t)command_count * FFA_COMMAND_BYTES);
-	rc = call(c, FFA_MSG_SUBMIT, buf, len, NULL, 0, &blen, NULL, 0);
+	rc = call(c, type, buf, len, NULL, 0, blen, NULL, 0);
 	if (buf != stack)
 		free(buf);
+	return rc;
+}
+
+int ffa_submit(ffa_client *c, uint32_t engine, const struct ffa_wait *waits, uint32_t wait_count,
+	       const union ffa_command *commands, uint32_t command_count, uint64_t *fence)
+{
+	uint64_t blen;
+	int rc;
+	if (c->lost)
+		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
+	if (c->ring && command_count < c->entries && (!wait_count || waits) && (!command_count || commands)) {
+		/* the ring carries one wait per engine; anything else goes by socket, where the
+		 * server's validator gives it its exact verdict */
+		uint64_t w[2] = {0, 0};
+		int ok = wait_count <= 2;
+		for (uint32_t i = 0; ok && i < wait_count; i++)
+			ok = waits[i].engine < 2 && !waits[i].reserved && waits[i].value && !w[waits[i].engine] &&
+			     (w[waits[i].engine] = waits[i].value) != 0;
+		if (ok)
+			return ring_submit(c, engine, w[0], w[1], commands, command_count, 0, fence);
+	}
+	rc = send_submission(c, FFA_MSG_SUBMIT, engine, waits, wait_count, commands, command_count, &blen);
 	return rc ? rc : fence_reply(c, blen, fence);
 }
 
@@ -903,4 +1091,91 @@ int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns
 	rc = call(c, FFA_MSG_WAIT, &w, sizeof(w), NULL, 0, &blen, NULL, 0);
 	c->extra_ns = 0;
 	return rc ? rc : fence_reply(c, blen, NULL);
+}
+
+int ffa_completed(ffa_client *c, uint32_t engine, uint64_t *value)
+{
+	uint32_t req[2] = {engine, 0};
+	uint64_t blen;
+	int rc;
+	if (c->lost)
+		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
+	if (c->ring && engine <= FFA_ENGINE_COPY) {
+		/* the ring's header carries this client's progress: no system call */
+		struct ffa_ring_header *h = ring_header(c);
+		uint64_t v = __atomic_load_n(engine ? &h->completed_copy : &h->completed_compute, __ATOMIC_ACQUIRE);
+		*value = v > c->completed[engine] ? v : c->completed[engine];
+		return FFA_ERR_OK;
+	}
+	rc = call(c, FFA_MSG_COMPLETED, req, sizeof(req), NULL, 0, &blen, NULL, 0);
+	return rc ? rc : fence_reply(c, blen, value); /* the reply's value: the engine's completed value */
+}
+
+int ffa_stats(ffa_client *c, struct ffa_stats *out)
+{
+	uint64_t blen;
+	int rc = call(c, FFA_MSG_STATS, NULL, 0, NULL, 0, &blen, NULL, 0);
+	if (rc)
+		return rc;
+	/* a newer server may append counters (extension only at the end): the known ones are read */
+	if (blen < sizeof(*out))
+		return malformed(c, "a stats reply of %llu bytes; allowed: at least %zu", (unsigned long long)blen,
+				 sizeof(*out));
+	memcpy(out, c->body, sizeof(*out));
+	return FFA_ERR_OK;
+}
+
+int ffa_record(ffa_client *c, uint32_t engine, const union ffa_command *commands, uint32_t command_count,
+	       uint32_t *list_id)
+{
+	struct ffa_list_id r;
+	uint64_t blen;
+	int rc = send_submission(c, FFA_MSG_RECORD, engine, NULL, 0, commands, command_count, &blen);
+	if (rc)
+		return rc;
+	if (blen != sizeof(r))
+		return malformed(c, "a list id reply of %llu bytes; allowed: %zu", (unsigned long long)blen, sizeof(r));
+	memcpy(&r, c->body, sizeof(r));
+	if (r.reserved || !r.list_id)
+		return malformed(c, "a list id reply with list_id %u, reserved %u", r.list_id, r.reserved);
+	*list_id = r.list_id;
+	return FFA_ERR_OK;
+}
+
+int ffa_replay(ffa_client *c, uint32_t list_id, uint32_t engine, const struct ffa_wait *waits, uint32_t wait_count,
+	       uint64_t *fence)
+{
+	struct ffa_replay r;
+	uint64_t w[2] = {0, 0}, blen;
+	int rc;
+	if (c->lost)
+		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
+	if (wait_count && !waits)
+		return set_error(&c->err, FFA_ERR_INVALID_PARAMETER, "waits",
+				 "NULL with wait_count %u; allowed: an array of wait_count waits", wait_count);
+	for (uint32_t i = 0; i < wait_count; i++) { /* a replay waits for at most one value per engine: the latest */
+		if (waits[i].engine > FFA_ENGINE_COPY || waits[i].reserved)
+			return set_error(&c->err, FFA_ERR_INVALID_PARAMETER, "waits.engine",
+					 "waits[%u] on engine %u, reserved %u; allowed: engine 0 or 1, reserved 0", i,
+					 waits[i].engine, waits[i].reserved);
+		if (waits[i].value > w[waits[i].engine])
+			w[waits[i].engine] = waits[i].value;
+	}
+	if (c->ring && list_id)
+		return ring_submit(c, engine, w[0], w[1], NULL, 0, list_id, fence);
+	memset(&r, 0, sizeof(r));
+	r.list_id = list_id;
+	r.engine = engine;
+	r.wait_compute_value = w[0];
+	r.wait_copy_value = w[1];
+	rc = call(c, FFA_MSG_REPLAY, &r, sizeof(r), NULL, 0, &blen, NULL, 0);
+	return rc ? rc : fence_reply(c, blen, fence);
+}
+
+int ffa_free_list(ffa_client *c, uint32_t list_id)
+{
+	uint32_t req[2] = {list_id, 0};
+	uint64_t blen;
+	int rc = call(c, FFA_MSG_FREE_LIST, req, sizeof(req), NULL, 0, &blen, NULL, 0);
+	return rc ? rc : empty_reply(c, blen, "FREE_LIST");
 }

@@ -30,6 +30,7 @@ extern "C" {
 #define FFA_MAX_COMMANDS_PER_SUBMIT 4096
 #define FFA_MAX_WAITS_PER_SUBMIT 16
 #define FFA_MAX_PAYLOAD_BYTES 8388608u	/* largest request payload the server reads */
+#define FFA_MAX_REPLY_PAYLOAD_BYTES 65536u	/* largest reply payload a client reads */
 #define FFA_MAX_FDS 2	/* most file descriptors one message carries */
 #define FFA_NO_INDEX 0xffffffffu	/* command_index when no command is at fault */
 #define FFA_RING_HEADER_BYTES 128	/* SQ slots start here in the ring memfd */
