@@ -368,6 +368,16 @@ static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *g
 		}
 		if (r == 0)
 			return lose(c, "the server closed the connection");
+		if (mh.msg_flags & MSG_CTRUNC) { /* more fds than any reply carries: the kernel closed the rest */
+			for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+				if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+					for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+						int fd;
+						memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
+						close(fd);
+					}
+			return malformed(c, "more than %d file descriptors with a reply", FFA_MAX_FDS);
+		}
 		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
 			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
 				int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
@@ -391,23 +401,22 @@ static int recv_some(ffa_client *c, void *buf, size_t min, size_t cap, size_t *g
 	return FFA_ERR_OK;
 }
 
-static void decode_error(ffa_client *c, uint32_t status, const unsigned char *p, uint64_t len)
+/* An error reply's record into c->err; the code the call returns (DEVICE_LOST for a malformed record). */
+static int decode_error(ffa_client *c, uint32_t status, const unsigned char *p, uint64_t len)
 {
 	struct ffa_error rec;
 	struct ffa_error_info *e = &c->err;
 	memset(e, 0, sizeof(*e));
 	e->code = status;
 	e->command_index = FFA_NO_INDEX;
-	if (len < sizeof(rec)) {
+	if (len >= sizeof(rec))
+		memcpy(&rec, p, sizeof(rec));
+	if (len < sizeof(rec) || (uint64_t)rec.param_bytes + rec.rule_bytes + rec.message_bytes != len - sizeof(rec)) {
+		/* as the Python client does: the error cannot be told, so the device is what failed */
+		e->code = FFA_ERR_DEVICE_LOST;
 		snprintf(e->param, sizeof(e->param), "device");
 		snprintf(e->message, sizeof(e->message), "the server sent a malformed error reply (%u)", status);
-		return;
-	}
-	memcpy(&rec, p, sizeof(rec));
-	if ((uint64_t)rec.param_bytes + rec.rule_bytes + rec.message_bytes > len - sizeof(rec)) {
-		snprintf(e->param, sizeof(e->param), "device");
-		snprintf(e->message, sizeof(e->message), "the server sent a malformed error reply (%u)", status);
-		return;
+		return FFA_ERR_DEVICE_LOST;
 	}
 	e->command_index = rec.command_index;
 	p += sizeof(rec);
@@ -416,6 +425,7 @@ static void decode_error(ffa_client *c, uint32_t status, const unsigned char *p,
 	snprintf(e->rule, sizeof(e->rule), "%.*s", (int)rec.rule_bytes, (const char *)p);
 	p += rec.rule_bytes;
 	snprintf(e->message, sizeof(e->message), "%.*s", (int)rec.message_bytes, (const char *)p);
+	return (int)status;
 }
 
 /*
@@ -429,7 +439,8 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	struct ffa_reply rep;
 	size_t got, total;
 	uint64_t deadline;
-	int nfd = 0, rc;
+	int nfd = 0, rc, all_fds[FFA_MAX_FDS * 4]; /* every fd that came, to count them (at most 2 per read) */
+	const int max_fds = (int)(sizeof(all_fds) / sizeof(all_fds[0]));
 	if (c->lost)
 		return set_error(&c->err, FFA_ERR_DEVICE_LOST, "device", "%s", c->err.message);
 	memset(&msg, 0, sizeof(msg));
@@ -439,7 +450,7 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	if (rc)
 		return rc;
 	deadline = now_ns() + (uint64_t)(c->timeout_s * 1e9) + c->extra_ns;
-	rc = recv_some(c, c->rx, sizeof(rep), c->rx_cap, &got, got_fds, &nfd, want_fds, 1, deadline);
+	rc = recv_some(c, c->rx, sizeof(rep), c->rx_cap, &got, all_fds, &nfd, max_fds, 1, deadline);
 	if (rc)
 		goto fail;
 	memcpy(&rep, c->rx, sizeof(rep));
@@ -460,7 +471,7 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	}
 	if (got < total) {
 		size_t more;
-		rc = recv_some(c, c->rx + got, total - got, total - got, &more, got_fds, &nfd, want_fds, 0, deadline);
+		rc = recv_some(c, c->rx + got, total - got, total - got, &more, all_fds, &nfd, max_fds, 0, deadline);
 		if (rc)
 			goto fail;
 	}
@@ -470,20 +481,24 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 			rc = malformed(c, "status %u is no error code", rep.status);
 			goto fail;
 		}
-		decode_error(c, rep.status, c->body, rep.payload_bytes);
-		rc = (int)rep.status;
+		rc = decode_error(c, rep.status, c->body, rep.payload_bytes);
 		goto fail;
 	}
-	if (nfd != want_fds) {
-		rc = lose(c, "the server sent the wrong number of file descriptors");
+	if (want_fds && nfd != want_fds) {
+		rc = malformed(c, "%d file descriptors; allowed: %d", nfd, want_fds);
 		goto fail;
 	}
+	if (!want_fds) /* fds sent with a reply that carries none are closed and ignored, as the kernel does for a recv() */
+		for (int i = 0; i < nfd; i++)
+			close(all_fds[i]);
+	else
+		memcpy(got_fds, all_fds, sizeof(int) * (size_t)nfd);
 	if (body_len)
 		*body_len = rep.payload_bytes;
 	return FFA_ERR_OK;
 fail:
 	for (int i = 0; i < nfd; i++)
-		close(got_fds[i]);
+		close(all_fds[i]);
 	return rc;
 }
 
@@ -874,8 +889,7 @@ static int ring_error(ffa_client *c, uint32_t status, uint64_t error_id)
 	rc = call(c, FFA_MSG_ERROR_TEXT, &error_id, sizeof(error_id), NULL, 0, &len, NULL, 0);
 	if (rc)
 		return rc;
-	decode_error(c, status, c->body, len);
-	return (int)status;
+	return decode_error(c, status, c->body, len);
 }
 
 static int ring_check(ffa_client *c)

@@ -270,6 +270,8 @@ def decode_error(code: int, payload: bytes) -> FFAccelError:
     try:
         idx, lp, lr, lm = _ERR.unpack_from(payload, 0)
         pos = _ERR.size
+        if pos + lp + lr + lm != len(payload):  # the three strings fill the record exactly
+            raise ValueError("string lengths")
         param = payload[pos: pos + lp].decode()
         rule = payload[pos + lp: pos + lp + lr].decode() or None
         msg = payload[pos + lp + lr: pos + lp + lr + lm].decode()

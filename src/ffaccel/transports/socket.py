@@ -267,8 +267,10 @@ class SocketTransport:
                 if fds is None:
                     data = recv(_RECV_BYTES)  # fds sent with it anyway are closed by the kernel
                 else:
-                    data, anc, _flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS, socket.MSG_CMSG_CLOEXEC)
+                    data, anc, flags, _ = sock.recvmsg(_RECV_BYTES, _CMSG_FDS, socket.MSG_CMSG_CLOEXEC)
                     collect_fds(anc, fds)
+                    if flags & socket.MSG_CTRUNC:  # more fds than any reply carries (the kernel closed the rest)
+                        raise BadReply(f"more than {MAX_FDS} file descriptors with a reply")
             except BlockingIOError:
                 if spinning and spin.keep_spinning():
                     continue

@@ -1,0 +1,160 @@
+"""Clients never trust a reply: a fuzzing fake server against the Python and the C client.
+
+tests/fake_server.py answers each connection well except for one hostile reply (lengths, sizes,
+fds: short, unsealed, not a memfd; ring geometry wrong or moved after setup; huge lengths,
+truncated frames, stalls; plus seeded random mutations). Each client runs its whole API once
+per connection. What a client may do: report FFAccelError / an ffa error code, DEVICE_LOST
+where the plan is malformed for sure. What it may not: crash (the C client runs under
+AddressSanitizer and UBSan), hang (every call has a 0.25 s timeout), or raise anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from c_util import CFLAGS, HERE, compiler, libraries
+from fake_server import HELLO_CONTENT_KINDS, FakeServer, Plan, plans
+from server_util import wait_until
+
+from ffaccel.abi import encode_submission
+from ffaccel.cli.build_c import source_dir
+from ffaccel.spec import Engine, ErrorCode, FFAccelError
+from ffaccel.transports.protocol import Msg
+from ffaccel.transports.ring import RingTransport
+from ffaccel.transports.socket import SocketTransport
+
+TIMEOUT_S = 0.25
+SEEDS = 24
+SANITIZERS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+
+
+def _outcome(log: list[str], step: str, fn):  # noqa: ANN001, ANN202 - a test's tiny driver
+    try:
+        value = fn()
+    except FFAccelError as e:
+        log.append(f"{step} {e.code.name}")
+        return None
+    log.append(f"{step} OK")
+    return value
+
+
+def python_sequence(path: str, transport: str) -> list[str]:
+    """The Python client's whole API once against ``path``: each step's outcome as 'STEP CODE'."""
+    log: list[str] = []
+    t = _outcome(log, "open", lambda: SocketTransport(path, timeout_s=TIMEOUT_S) if transport == "socket"
+                 else RingTransport(path, entries=8, timeout_s=TIMEOUT_S))
+    if t is None:
+        return log
+    try:
+        got = _outcome(log, "alloc", lambda: t.alloc(4096))
+        if got is not None:
+            got[1][:] = 0x5A  # every byte mapped: a short or shrunk memfd would fault here
+        _outcome(log, "stats", t.stats)
+        fence = _outcome(log, "submit", lambda: t.submit(encode_submission([])))
+        _outcome(log, "wait", lambda: t.wait(Engine.COMPUTE, fence[1] if fence else 1, 10**8))
+        _outcome(log, "completed", lambda: t.completed(Engine.COMPUTE))
+        lid = _outcome(log, "record", lambda: t.record(encode_submission([])))
+        _outcome(log, "replay", lambda: t.replay(lid or 1, Engine.COMPUTE, [(Engine.COMPUTE, 1)]))
+        _outcome(log, "free_list", lambda: t.free_list(lid or 1))
+        if got is not None:
+            fd = _outcome(log, "export", lambda: t.export_fd(got[0]))
+            if fd is not None:
+                imp = _outcome(log, "import", lambda: t.import_fd(fd))
+                os.close(fd)
+                if imp is not None:
+                    imp[1][:] = 0xA5
+                    _outcome(log, "free_import", lambda: t.free(imp[0]))
+            _outcome(log, "free", lambda: t.free(got[0]))
+    finally:
+        t.close()
+    return log
+
+
+def _judge(srv: FakeServer, i: int, log: list[str], reads_info: bool = True) -> None:
+    """Connection ``i`` gave only known codes, and DEVICE_LOST where its reply was malformed for sure.
+
+    ``reads_info``: whether the client parses HELLO's JSON (the C client does not).
+    """
+    plan, conn = srv.plans[i], srv.conns[i]
+    codes = [line.split()[1] for line in log]
+    assert all(c == "OK" or c in ErrorCode.__members__ for c in codes), (str(plan), log)
+    if conn.must_lose and (reads_info or conn.hit_msg != Msg.HELLO or plan.kind not in HELLO_CONTENT_KINDS):
+        assert "DEVICE_LOST" in codes, (str(plan), log)
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+def test_python_client_survives_every_hostile_reply(tmp_path: Path, transport: str) -> None:
+    plan_list = plans(transport, SEEDS)
+    srv = FakeServer(str(tmp_path / "fake.sock"), plan_list)
+    try:
+        for i in range(len(plan_list)):
+            log = python_sequence(srv.path, transport)
+            wait_until(lambda: srv.conns[i].stop.is_set(), bool, 10, f"connection {i} served")
+            _judge(srv, i, log)
+    finally:
+        srv.close()
+
+
+def test_python_client_works_with_the_fake_server_when_it_behaves(tmp_path: Path) -> None:
+    """The fuzzing only means something if an unmutated run gets through every step."""
+    srv = FakeServer(str(tmp_path / "fake.sock"), [Plan("none"), Plan("none")])
+    try:
+        for transport in ("socket", "ring"):
+            log = python_sequence(srv.path, transport)
+            assert [line.split()[1] for line in log] == ["OK"] * 13, log
+    finally:
+        srv.close()
+
+
+def _fuzz_exe() -> Path:
+    """tests/c/client_fuzz.c and the C client, built together under ASan and UBSan."""
+    res = libraries()
+    exe = res.lib.parent / "client_fuzz_asan"
+    if not exe.exists():
+        proc = subprocess.run([compiler(), *CFLAGS, *SANITIZERS, f"-I{res.include}", str(HERE / "client_fuzz.c"),
+                               str(source_dir() / "ffaccel_client.c"), "-o", str(exe)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode and "sanitize" in proc.stderr and "cannot find" in proc.stderr:
+            pytest.skip(f"the compiler has no ASan/UBSan runtime: {proc.stderr.strip()[:200]}")
+        assert proc.returncode == 0, proc.stderr
+    return exe
+
+
+def _run_c(path: str, transport: str, count: int) -> dict[int, list[str]]:
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=86",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=87"}
+    proc = subprocess.run([str(_fuzz_exe()), str(count), f"unix:{path}?transport={transport}&timeout_s={TIMEOUT_S}"
+                           "&entries=8"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, \
+        proc.stderr[-4000:]
+    out: dict[int, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        it, step, code = line.split()
+        out.setdefault(int(it), []).append(f"{step} {code}")
+    return out
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+def test_c_client_survives_every_hostile_reply_under_sanitizers(tmp_path: Path, transport: str) -> None:
+    plan_list = [Plan("none"), *plans(transport, SEEDS)]
+    srv = FakeServer(str(tmp_path / "fake.sock"), plan_list)
+    try:
+        logs = _run_c(srv.path, transport, len(plan_list))
+    finally:
+        srv.close()
+    assert sorted(logs) == list(range(len(plan_list)))
+    assert [line.split()[1] for line in logs[0]] == ["OK"] * 13, logs[0]  # unmutated: every step gets through
+    for i in range(len(plan_list)):
+        wait_until(lambda: srv.conns[i].stop.is_set(), bool, 10, f"connection {i} served")
+        _judge(srv, i, logs[i], reads_info=False)
+
+
+def test_the_fake_server_plans_are_deterministic() -> None:
+    """Same seeds, same plans: a failure names a plan that reproduces it."""
+    assert [str(p) for p in plans("ring", SEEDS)] == [str(p) for p in plans("ring", SEEDS)]
+    assert len({str(p) for p in plans("ring", SEEDS)}) > 60
+    assert np.mean([p.must_lose for p in plans("socket", SEEDS)]) > 0.5
