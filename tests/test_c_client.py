@@ -118,3 +118,35 @@ def test_a_server_that_never_answers_is_lost_not_waited_for(tmp_path) -> None:
                               capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert proc.stdout.startswith("open DEVICE_LOST device the device server is gone or not answering: timed out")
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+def test_command_lists_completed_stats_and_shared_buffers_from_c(server, transport: str) -> None:
+    """ffa_record/ffa_replay/ffa_free_list, ffa_completed, ffa_stats, ffa_export/ffa_import against a real server."""
+    from ffaccel.spec import RULES
+
+    exe = program("client_features", "ffaccel")
+    proc = subprocess.run([str(exe)], env={**os.environ, "FFACCEL_DEVICE": f"unix:{server.path}?transport={transport}"},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.endswith("done\n"), proc.stdout + proc.stderr
+    out = {}
+    for line in proc.stdout.splitlines():
+        key, *rest = line.split()
+        out[key if key != "err" else "err " + rest[0]] = rest if key != "err" else rest[1:]
+    assert out["transport"] == [transport, transport]
+    a = np.array(out["A"], np.float64).reshape(4, 5)
+    b = np.array(out["B"], np.float64).reshape(5, 3)
+    np.testing.assert_allclose(np.array(out["D"], np.float64).reshape(4, 3), a @ b, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(np.array(out["D2"], np.float64).reshape(4, 3), 2 * (a @ b), rtol=1e-6, atol=1e-5)
+    f1, f2, _, done = out["fences"]
+    assert int(f1) < int(f2) <= int(done)  # the replay waited on the first; COMPLETED shows both done
+    assert out["import"] == ["size", str(4 * (4 * 5 + 5 * 3 + 2 * 4 * 3)), "same_bytes", "1"]
+    stats = dict(zip(out["stats"][::2], map(int, out["stats"][1::2])))
+    assert stats["clients"] >= 2 and stats["buffers"] >= 1 and stats["submissions"] >= 3
+    stale = [RULES["cmdlist.id"].code.name, RULES["cmdlist.id"].param]  # what the Python client gets too
+    assert out["err replay_freed"] == stale
+    assert out["err free_list_twice"] == stale
+    assert out["err record_lda"] == ["INVALID_PARAMETER", "a.ld_elems"]
+    assert out["err export_unknown"] == ["BAD_HANDLE", "handle"]
+    assert out["err import_closed"] == ["INVALID_PARAMETER", "fd"]
+    assert out["err free_import"] == ["OK"]

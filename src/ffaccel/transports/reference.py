@@ -28,6 +28,7 @@ from .protocol import (
     HELLO,
     MAX_FDS,
     MAX_PAYLOAD_BYTES,
+    MAX_REPLY_PAYLOAD_BYTES,
     MSG,
     REPLAY_REQ,
     REPLY,
@@ -46,7 +47,7 @@ from .protocol import (
 )
 
 #: The messages the C client (libffaccel, src/ffaccel/c) sends.
-C_CLIENT_MESSAGES = (Msg.HELLO, Msg.ALLOC, Msg.FREE, Msg.SUBMIT, Msg.WAIT, Msg.RING_SETUP, Msg.ERROR_TEXT)
+C_CLIENT_MESSAGES = tuple(Msg)  # the C client speaks every message, as the Python client does
 
 _INTRO = f"""\
 ## Wire protocol (the device server)
@@ -75,6 +76,25 @@ fields zero and checked.
 * **Memory.** Operands never travel on the socket: ALLOC answers with a sealed memfd of the
   buffer, which the client maps; SUBMIT carries only the ABI submission (`ffa_submit`, waits,
   commands) naming buffers by handle.
+* **Clients trust no reply.** Both clients (Python and C) treat every reply, fd and shared page
+  as hostile input, and any breach makes the connection lost (`DEVICE_LOST`, saying what was
+  wrong), never a crash, a hang or another exception: a reply is read into the client's own
+  memory once; its length is capped at {MAX_REPLY_PAYLOAD_BYTES:,} bytes from its header (before a
+  byte of payload is read), and bytes past the announced length are refused; the deadline
+  (`timeout_s`) holds while bytes trickle in; a fixed-size reply must have its struct's exact size
+  (STATS: at least, so a newer server may append counters) and zero reserved fields; the status
+  must be a code of the table and an error record's strings must fill it exactly; a reply carrying
+  fds must carry exactly its number (ALLOC 1, RING_SETUP 2; fds on other replies are closed and
+  ignored; more than {MAX_FDS} per read is refused). A memfd (ALLOC, IMPORT, the ring) is mapped only
+  when `fstat` shows a regular file at least as long as the reply says and `F_GET_SEALS` shows
+  `F_SEAL_SHRINK`, so no mapping can fault later; an ALLOC reply must give the size asked and a
+  handle not held already. The ring's geometry (`entries`, `sq_offset_bytes`, `cq_offset_bytes`)
+  is read once at setup, checked against the memfd's real size with comparisons that cannot
+  overflow, and kept in the client: a server that rewrites the header later moves nothing. The
+  doorbell must be an eventfd and is made non-blocking; a completion must carry the expected
+  `user_data` and a known engine. (The C client reads no device info from HELLO, only its status.)
+  `tests/test_client_fuzz.py` runs both clients, the C one under AddressSanitizer and UBSan,
+  against a fuzzing fake server (`tests/fake_server.py`).
 
 ### Messages
 
