@@ -492,7 +492,7 @@ HELLO_CONTENT_KINDS = frozenset({"short_body", "long_body", "random_body", "flip
 class FakeServer:
     """Listens on ``path``; connection ``i`` is served as ``plans[i]`` says (well-formed past the list)."""
 
-    def __init__(self, path: str, plan_list: list[Plan]) -> None:
+    def __init__(self, path: str, plan_list: list[Plan], start: bool = True) -> None:
         self.path = path
         self.plans = plan_list
         self.lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -504,6 +504,11 @@ class FakeServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._accept = threading.Thread(target=self._run, daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start serving (the socket listens from construction on: a client may connect before)."""
         self._accept.start()
 
     def _run(self) -> None:
@@ -524,7 +529,8 @@ class FakeServer:
 
     def close(self) -> None:
         self._stop.set()
-        self._accept.join(5)
+        if self._accept.is_alive():
+            self._accept.join(5)
         self.lst.close()
         for t in self._threads:
             t.join(CONN_LIFETIME_S)

@@ -10,8 +10,11 @@ AddressSanitizer and UBSan), hang (every call has a 0.25 s timeout), or raise an
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,8 @@ from ffaccel.transports.ring import RingTransport
 from ffaccel.transports.socket import SocketTransport
 
 TIMEOUT_S = 0.25
+#: Size of the buffer each sequence allocates: many pages, so that a memfd half as long faults when touched.
+BUFFER_BYTES = 1 << 16
 SEEDS = 24
 SANITIZERS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
 
@@ -50,7 +55,7 @@ def python_sequence(path: str, transport: str) -> list[str]:
     if t is None:
         return log
     try:
-        got = _outcome(log, "alloc", lambda: t.alloc(4096))
+        got = _outcome(log, "alloc", lambda: t.alloc(BUFFER_BYTES))
         if got is not None:
             got[1][:] = 0x5A  # every byte mapped: a short or shrunk memfd would fault here
         _outcome(log, "stats", t.stats)
@@ -68,6 +73,7 @@ def python_sequence(path: str, transport: str) -> list[str]:
                 if imp is not None:
                     imp[1][:] = 0xA5
                     _outcome(log, "free_import", lambda: t.free(imp[0]))
+            got[1][:] = 0x3C  # again, after later requests: a memfd shrunk meanwhile would fault here
             _outcome(log, "free", lambda: t.free(got[0]))
     finally:
         t.close()
@@ -86,17 +92,51 @@ def _judge(srv: FakeServer, i: int, log: list[str], reads_info: bool = True) -> 
         assert "DEVICE_LOST" in codes, (str(plan), log)
 
 
+def _in_child(path: str, transport: str, count: int) -> tuple[int, int]:
+    """``python_sequence`` ``count`` times in a forked child, so that a crash (SIGBUS) fails this test only.
+
+    Forked before the fake server starts its threads (its socket already listens), so the child
+    inherits no lock another thread holds.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run, report as JSON, leave without running the parent's cleanups
+        code = 1
+        try:
+            os.close(r)
+            logs = [python_sequence(path, transport) for _ in range(count)]
+            with os.fdopen(w, "w") as f:
+                json.dump(logs, f)
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported through the exit status and stderr
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    return r, pid
+
+
+def _child_logs(r: int, pid: int) -> list[list[str]]:
+    with os.fdopen(r) as f:
+        text = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
+        f"the Python client died: {'signal ' + signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else f'exit {os.WEXITSTATUS(status)} (an exception other than FFAccelError: see stderr)'}")
+    return json.loads(text)
+
+
 @pytest.mark.parametrize("transport", ["socket", "ring"])
 def test_python_client_survives_every_hostile_reply(tmp_path: Path, transport: str) -> None:
     plan_list = plans(transport, SEEDS)
-    srv = FakeServer(str(tmp_path / "fake.sock"), plan_list)
+    srv = FakeServer(str(tmp_path / "fake.sock"), plan_list, start=False)
     try:
-        for i in range(len(plan_list)):
-            log = python_sequence(srv.path, transport)
-            wait_until(lambda: srv.conns[i].stop.is_set(), bool, 10, f"connection {i} served")
-            _judge(srv, i, log)
+        r, pid = _in_child(srv.path, transport, len(plan_list))
+        srv.start()
+        logs = _child_logs(r, pid)
     finally:
         srv.close()
+    for i in range(len(plan_list)):
+        _judge(srv, i, logs[i])
 
 
 def test_python_client_works_with_the_fake_server_when_it_behaves(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define BUFFER_BYTES 65536 /* many pages: a memfd half as long faults when touched */
+
 static void say(int it, const char *step, int rc)
 {
 	printf("%d %s %s\n", it, step, ffa_error_name((uint32_t)rc));
@@ -32,10 +34,10 @@ int main(int argc, char **argv)
 		say(it, "open", rc);
 		if (rc)
 			continue;
-		rc = ffa_alloc(c, 4096, &h, &mem);
+		rc = ffa_alloc(c, BUFFER_BYTES, &h, &mem);
 		say(it, "alloc", rc);
 		if (!rc) {
-			memset(mem, 0x5a, 4096); /* every byte the client mapped: a short or shrunk memfd would fault */
+			memset(mem, 0x5a, BUFFER_BYTES); /* every byte mapped: a short memfd would fault here */
 			have = 1;
 		}
 		say(it, "stats", ffa_stats(c, &st));
@@ -59,6 +61,7 @@ int main(int argc, char **argv)
 					say(it, "free_import", ffa_free(c, h2));
 				}
 			}
+			memset(mem, 0x3c, BUFFER_BYTES); /* again, after later requests: a memfd shrunk meanwhile would fault */
 			say(it, "free", ffa_free(c, h));
 		}
 		ffa_close(c);

@@ -332,6 +332,8 @@ class RingTransport(SocketTransport):
 
     def _raise_completion(self, eid: int, status: int) -> tuple[Engine, int]:
         # the CQE carries the code; the full text (param, value seen, allowed) comes once, by socket
+        if not status or status not in ErrorCode._value2member_map_:
+            raise self._lose(f"malformed reply: ring status {status} is no error code")
         self._lock.release()
         try:
             body, _ = self._call(Msg.ERROR_TEXT, _U64.pack(eid))
