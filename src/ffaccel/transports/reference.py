@@ -157,7 +157,10 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
   runnable threads than CPUs, so a busy machine does not make every request pay for spinning.
 
 `ffaccel serve --limit NAME=VALUE` (repeatable) sets any of these; `--max-client-memory` is
-`max_memory_bytes`.
+`max_memory_bytes`. Every value is checked against its allowed range (the tables' "allowed" column;
+floats must be finite) when the tables are built, so a value out of range, `inf` or `nan` is refused
+at start-up with one line naming the limit and exit status 2, before anything is served (the server
+hands `message_stall_s` to `SO_SNDTIMEO` and poll(2), and sizes its memos by `max_memo_entries`).
 
 """
 
