@@ -267,8 +267,9 @@ static void set_send_timeout(int sock, double seconds)
 	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
+/* Send a whole request; each sendmsg blocks at most SO_SNDTIMEO, and the whole send ends by deadline. */
 static int send_all(ffa_client *c, const void *head, size_t head_len, const void *body, size_t body_len,
-		    const int *fds, int nfds)
+		    const int *fds, int nfds, uint64_t deadline)
 {
 	struct iovec iov[2];
 	struct msghdr mh;
@@ -312,6 +313,8 @@ static int send_all(ffa_client *c, const void *head, size_t head_len, const void
 			return lose(c, errno == EAGAIN ? "timed out sending a request" : strerror(errno));
 		}
 		sent += (size_t)r;
+		if (sent < total && now_ns() >= deadline) /* a server reading a byte at a time is held to it too */
+			return lose(c, "timed out sending a request");
 	}
 	return FFA_ERR_OK;
 }
@@ -446,10 +449,10 @@ static int call(ffa_client *c, uint32_t type, const void *payload, size_t len, c
 	memset(&msg, 0, sizeof(msg));
 	msg.msg_type = type;
 	msg.payload_bytes = len;
-	rc = send_all(c, &msg, sizeof(msg), payload, len, fds, nfds);
+	deadline = now_ns() + (uint64_t)(c->timeout_s * 1e9) + c->extra_ns;
+	rc = send_all(c, &msg, sizeof(msg), payload, len, fds, nfds, deadline);
 	if (rc)
 		return rc;
-	deadline = now_ns() + (uint64_t)(c->timeout_s * 1e9) + c->extra_ns;
 	rc = recv_some(c, c->rx, sizeof(rep), c->rx_cap, &got, all_fds, &nfd, max_fds, 1, deadline);
 	if (rc)
 		goto fail;
