@@ -198,3 +198,21 @@ def test_the_fake_server_plans_are_deterministic() -> None:
     assert [str(p) for p in plans("ring", SEEDS)] == [str(p) for p in plans("ring", SEEDS)]
     assert len({str(p) for p in plans("ring", SEEDS)}) > 60
     assert np.mean([p.must_lose for p in plans("socket", SEEDS)]) > 0.5
+
+
+def test_the_real_server_seals_every_memfd_it_sends(server) -> None:
+    """The clients require F_SEAL_SHRINK; the real server's buffers (and rings: opening one maps it) have it."""
+    import fcntl
+
+    from ffaccel.transports.protocol import memfd_problem
+
+    with server.open("ring") as dev:  # the ring's memfd passed the same check, or this open would fail
+        buf = dev.alloc(4096)
+        fd = buf.export_fd()
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW and seals & fcntl.F_SEAL_SEAL
+            assert memfd_problem(fd, 4096) is None
+            assert memfd_problem(fd, 4097) is not None  # and a reply claiming more than fstat shows is refused
+        finally:
+            os.close(fd)
