@@ -96,6 +96,11 @@ class Driver:
         """Zero-filled device memory: a 1-D uint8 array when host-visible, else a DeviceMemory."""
         return np.zeros(size_bytes, np.uint8)
 
+    def free(self, memory: "np.ndarray | DeviceMemory") -> None:
+        """Called with what :meth:`alloc` returned once the in-process transport's handle to it is
+        gone (freed, or the device closed). Memory is reclaimed by garbage collection anyway; a driver
+        that accounts for a fixed arena (the ``npu`` driver) gives the bytes back here."""
+
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
              epi: tuple[np.ndarray | None, ...]) -> None:
         raise NotImplementedError

@@ -55,7 +55,8 @@ class InprocTransport:
 
     def free(self, handle: int) -> None:
         with self._lock:
-            self._session.remove_mapping(handle)
+            entry = self._session.remove_mapping(handle)
+        self.driver.free(entry.memory)
 
     # -- work ---------------------------------------------------------------------------
     def submit(self, raw: bytes) -> tuple[Engine, int]:
@@ -128,9 +129,15 @@ class InprocTransport:
         """The driver's (see :meth:`ffaccel.drivers.base.Driver.thread_pool`): it runs in this process."""
         return self.driver.thread_pool()
 
+    def stats(self) -> dict[str, float]:
+        """A copy of the driver's counters (its ``stats`` dict, where it keeps one)."""
+        return dict(getattr(self.driver, "stats", {}))
+
     def close(self) -> None:
         with self._lock:
-            self._session.close()
+            entries = self._session.close()
+        for entry in entries:
+            self.driver.free(entry.memory)
         self.driver.close()
 
     def _check_open(self) -> None:
