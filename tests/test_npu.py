@@ -30,7 +30,7 @@ from ffaccel.spec import DType, ErrorCode, FFAccelError
 
 BF16 = ml_dtypes.bfloat16
 DECLARED_COMBOS = ["bf16xbf16->f32->bf16", "bf16xbf16->f32->f32", "int8xint8->int32->int32",
-                   "uint8xint8->int32->int32"]
+                   "int8xuint8->int32->int32", "uint8xint8->int32->int32"]
 DECLARED_COPIES = ["f32->f32", "f32->bf16", "bf16->f32", "bf16->bf16", "int8->int8", "uint8->uint8",
                    "int32->int32"]
 DECLARED_POST_OPS = ["bias(axis='n')", "bias(axis='m')", "relu"]
@@ -64,7 +64,8 @@ def test_info_lists_exactly_what_it_declares() -> None:
 
 def test_a_preset_without_bf16_declares_int8_only() -> None:
     with ffaccel.open("npu:preset=ethos-u65") as dev:
-        assert {c.name for c in dev.info().caps.combos} == {"int8xint8->int32->int32", "uint8xint8->int32->int32"}
+        assert {c.name for c in dev.info().caps.combos} == {"int8xint8->int32->int32", "int8xuint8->int32->int32",
+                                                          "uint8xint8->int32->int32"}
         with pytest.raises(FFAccelError) as e:
             ffaccel.matmul(np.ones((2, 2), BF16), np.ones((2, 2), BF16), device=dev)
         assert e.value.code == ErrorCode.UNSUPPORTED

@@ -1,6 +1,6 @@
 """The ``npu`` driver: a simulated SoC NPU that only multiplies matrices.
 
-What it declares (and nothing more): int8 x int8 and uint8 x int8 GEMMs accumulating in int32,
+What it declares (and nothing more): int8 x int8, uint8 x int8 and int8 x uint8 GEMMs accumulating in int32,
 bf16 x bf16 GEMMs accumulating in f32 (D in bf16 or f32), the post-ops bias and relu, and COPY
 between its own dtypes (plus f32 <-> bf16). Everything else is refused as UNSUPPORTED by the
 validator before the driver is called. The device:
@@ -258,7 +258,9 @@ class _Engine:
 # the driver
 
 _DRIVER_OPTIONS = {"paced": "0 or 1", "timeout_s": "seconds > 0", "preset": f"one of {sorted(PRESETS)}"}
-_INT_PAIRS = ((DType.I8, DType.I8), (DType.U8, DType.I8))
+#: int8 weights with int8 or uint8 activations, in either operand order: a column-major caller (BLAS
+#: "col" order computes D^T = B^T A^T) swaps them, and the array does not care which side is which
+_INT_PAIRS = ((DType.I8, DType.I8), (DType.U8, DType.I8), (DType.I8, DType.U8))
 #: dtypes the DMA engine moves as they are, and the one conversion pair it has
 _COPY_DTYPES = (DType.I8, DType.U8, DType.I32, DType.BF16, DType.F32)
 
@@ -353,9 +355,6 @@ class NpuDriver(Driver):
                 f"{m.clock_mhz:g} MHz, {m.sram_kib} KiB SRAM, {m.arena_mib} MiB arena"
                 + (", paced" if self.paced else ""))
         return DriverInfo(self.name, self.version, desc, self.caps(), self.memory_bytes())
-
-    def thread_pool(self) -> str:
-        return "own"
 
     def memory_bytes(self) -> int:
         return self._arena_bytes
