@@ -79,8 +79,10 @@ class NpuModel:
     def check(self) -> None:
         """Raise ValueError where the figures cannot describe an array."""
         for f in dataclasses.fields(self):
-            if not getattr(self, f.name) >= (0 if f.name in ("bf16_macs_per_cycle", "job_latency_us") else 1):
-                raise ValueError(f"{f.name} must be >= 1 (0 allowed for bf16_macs_per_cycle, job_latency_us)")
+            value, least = getattr(self, f.name), 0 if f.name in ("bf16_macs_per_cycle", "job_latency_us") else 1
+            if not (math.isfinite(value) and value >= least):
+                raise ValueError(f"{f.name} must be finite and >= 1 (0 allowed for bf16_macs_per_cycle, "
+                                 "job_latency_us)")
         if self.int8_macs_per_cycle % self.array_k:
             raise ValueError("array_k must divide int8_macs_per_cycle")
         if self.bf16_macs_per_cycle and self.k_per_cycle(False) < 1:
