@@ -26,7 +26,7 @@ import ffaccel
 import ffaccel.post
 from ffaccel.abi import Copy, Gemm
 from ffaccel.drivers.npu import PRESETS, NpuDriver, gemm_cost, plan_tiles
-from ffaccel.spec import DType, ErrorCode, FFAccelError
+from ffaccel.spec import Engine, ErrorCode, FFAccelError
 
 BF16 = ml_dtypes.bfloat16
 DECLARED_COMBOS = ["bf16xbf16->f32->bf16", "bf16xbf16->f32->f32", "int8xint8->int32->int32",
@@ -246,6 +246,56 @@ def test_jobs_run_on_the_engine_threads_and_fences_signal_after_them() -> None:
                    wait=[fence]).wait(timeout_ns=10**10)
         np.testing.assert_array_equal(dst.read(BF16, 16).astype(np.float32), np.arange(16, dtype=np.float32))
         assert dev.stats()["copy_jobs"] == 1
+
+
+def test_submit_returns_before_the_job_runs_and_the_fence_signals_after_it() -> None:
+    with ffaccel.open("npu") as dev:
+        drv = dev._transport.driver
+        gate = threading.Event()
+        drv._engines[Engine.COMPUTE].post(lambda: gate.wait(30))  # the MAC array is busy until the gate opens
+        g, d = _int8_gemm(dev, 8, 8, 8)
+        fence = dev.submit([g])  # returns although the engine cannot start the job
+        assert not fence.signalled
+        with pytest.raises(FFAccelError) as e:
+            fence.wait(timeout_ns=10**6)
+        assert e.value.code == ErrorCode.TIMEOUT
+        assert not d.read(np.int32, 64).any()  # nothing ran yet
+        gate.set()
+        fence.wait(timeout_ns=10**10)
+        np.testing.assert_array_equal(d.read(np.int32, 64), np.full(64, 8, np.int32))
+
+
+def test_a_job_waits_for_the_fences_it_names_on_the_other_engine() -> None:
+    with ffaccel.open("npu") as dev:
+        drv = dev._transport.driver
+        gate = threading.Event()
+        drv._engines[Engine.COPY].post(lambda: gate.wait(30))  # the DMA engine is busy until the gate opens
+        src, a = dev.alloc(64), dev.alloc(64)
+        src.write(np.full(64, 3, np.int8))
+        copied = dev.submit([Copy(src=src.matrix(np.int8, 8, 8), dst=a.matrix(np.int8, 8, 8))], engine="copy")
+        d = dev.alloc(256)
+        g = Gemm(m=8, n=8, k=8, a=a.matrix(np.int8, 8, 8), b=src.matrix(np.int8, 8, 8), d=d.matrix(np.int32, 8, 8))
+        done = dev.submit([g], wait=[copied])
+        assert not copied.signalled and not done.signalled
+        gate.set()
+        done.wait(timeout_ns=10**10)
+        assert copied.signalled
+        np.testing.assert_array_equal(d.read(np.int32, 64), np.full(64, 72, np.int32))  # A was copied first
+
+
+def test_a_failure_inside_a_queued_job_is_raised_by_the_wait() -> None:
+    with ffaccel.open("npu") as dev:
+        drv = dev._transport.driver
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("MAC array on fire")
+        drv._run_gemm = broken
+        g, _ = _int8_gemm(dev, 4, 4, 4)
+        fence = dev.submit([g])
+        with pytest.raises(RuntimeError, match="on fire"):
+            fence.wait(timeout_ns=10**10)
+        assert fence.signalled
+        fence.wait(timeout_ns=10**10)  # reported once
 
 
 def test_copies_it_does_not_declare_are_refused() -> None:

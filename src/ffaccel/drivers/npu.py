@@ -197,16 +197,26 @@ def copy_cost(model: NpuModel, bytes_read: int, bytes_written: int) -> Cost:
 
 
 class _Job:
-    __slots__ = ("work", "done", "error")
+    """Queued work: costed (returns its Cost; a caller waits on ``done``) or a posted submission."""
 
-    def __init__(self, work: Callable[[], Cost]) -> None:
+    __slots__ = ("work", "costed", "done", "error")
+
+    def __init__(self, work: Callable[[], object], costed: bool) -> None:
         self.work = work
+        self.costed = costed
         self.done = threading.Event()
         self.error: BaseException | None = None
 
 
+_on_engine = threading.local()  # .active: this thread is one of an NPU's engine threads
+
+
 class _Engine:
     """One engine of the NPU: jobs run in order on its thread; ``run`` returns once the job is done.
+
+    ``post`` queues a job and returns at once (the in-process transport's asynchronous
+    submissions); ``run`` queues a costed piece of work and waits for it, or runs it in place
+    when called on an engine thread already (a command of a posted job).
 
     The engine keeps a modeled timeline: a job starts when the previous one ends (or when it is
     queued, if later) and ends its modeled time after. With ``paced``, the job completes only
@@ -224,9 +234,12 @@ class _Engine:
         self._thread.start()
 
     def run(self, work: Callable[[], Cost], timeout_s: float) -> None:
+        if getattr(_on_engine, "active", False):
+            self._execute(work)
+            return
         if self._stop.is_set():
             raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the npu device was closed")
-        job = _Job(work)
+        job = _Job(work, costed=True)
         self._jobs.put(job)
         if not job.done.wait(timeout_s):
             raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
@@ -234,18 +247,30 @@ class _Engine:
         if job.error is not None:
             raise job.error
 
+    def post(self, job: Callable[[], None]) -> None:
+        """Queue a job that costs itself (its commands call :meth:`run` on this thread); return at once."""
+        self._jobs.put(_Job(job, costed=False))
+
+    def _execute(self, work: Callable[[], Cost]) -> None:
+        """Do the work, advance the modeled timeline, wait for it when paced, and count it."""
+        start = time.monotonic()
+        cost = work()
+        self._free_at = max(self._free_at, start) + cost.seconds
+        if self.paced:
+            self._stop.wait(max(0.0, self._free_at - time.monotonic()))  # returns early only on close
+        self._record(self.name, cost, time.monotonic() - start)
+
     def _loop(self) -> None:
+        _on_engine.active = True
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            start = time.monotonic()
             try:
-                cost = job.work()
-                self._free_at = max(self._free_at, start) + cost.seconds
-                if self.paced:
-                    self._stop.wait(max(0.0, self._free_at - time.monotonic()))  # returns early only on close
-                self._record(self.name, cost, time.monotonic() - start)
+                if job.costed:
+                    self._execute(job.work)
+                else:
+                    job.work()
             except BaseException as e:  # noqa: BLE001 - handed to the caller, who raises it
                 job.error = e
             job.done.set()
@@ -471,6 +496,10 @@ class NpuDriver(Driver):
         if steps:
             tile_epi = tuple(None if x is None else _tile_of(x, bi, rows, cols)[None] for x in epi)
             run_steps(steps, acc[None], tile_epi)
+
+    def async_queue(self, engine: Engine) -> Callable[[Callable[[], None]], None]:
+        """Submissions queue on the engine's thread and ``submit`` returns at once (fences signal later)."""
+        return self._engines[engine].post
 
     def close(self) -> None:
         for e in self._engines.values():
