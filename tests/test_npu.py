@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import ffaccel
 import ffaccel.post
+import ffaccel.transports
 from ffaccel.abi import Copy, Gemm
 from ffaccel.drivers.npu import PRESETS, NpuDriver, gemm_cost, plan_tiles
 from ffaccel.spec import Engine, ErrorCode, FFAccelError
@@ -281,6 +282,32 @@ def test_a_job_waits_for_the_fences_it_names_on_the_other_engine() -> None:
         done.wait(timeout_ns=10**10)
         assert copied.signalled
         np.testing.assert_array_equal(d.read(np.int32, 64), np.full(64, 72, np.int32))  # A was copied first
+
+
+class _CopyInline(NpuDriver):
+    """An NPU whose DMA engine runs in the submitting thread: only its compute engine is queued."""
+
+    def async_queue(self, engine: Engine):  # noqa: ANN201
+        return super().async_queue(engine) if engine == Engine.COMPUTE else None
+
+
+def test_a_synchronous_engine_waits_for_the_queued_fences_it_names() -> None:
+    with ffaccel.runtime.Device("half", ffaccel.transports.InprocTransport(_CopyInline(""))) as dev:
+        gate = threading.Event()
+        dev._transport.driver._engines[Engine.COMPUTE].post(lambda: gate.wait(30))
+        g, d = _int8_gemm(dev, 4, 4, 4)
+        gemm_done = dev.submit([g])
+        out = dev.alloc(64)
+        got: list = []
+        copier = threading.Thread(target=lambda: got.append(dev.submit(
+            [Copy(src=d.matrix(np.int32, 4, 4), dst=out.matrix(np.int32, 4, 4))], engine="copy", wait=[gemm_done])))
+        copier.start()
+        copier.join(0.2)
+        assert copier.is_alive() and not gemm_done.signalled  # the copy waits for the GEMM it names
+        gate.set()
+        copier.join(30)
+        assert got and got[0].signalled and gemm_done.signalled
+        np.testing.assert_array_equal(out.read(np.int32, 16), np.full(16, 4, np.int32))
 
 
 def test_a_failure_inside_a_queued_job_is_raised_by_the_wait() -> None:

@@ -76,23 +76,26 @@ class InprocTransport:
         s = self._session
         with self._lock:
             engine, runs, waits = s.plan(raw)  # nothing runs until every command has passed validation
+            if not self._queues:  # synchronous: every wait has signalled already
+                for run in runs:
+                    run()
+                return engine, s.assign(engine)
             return self._run(engine, runs, waits)
 
     def _run(self, engine: Engine, runs: Sequence, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
-        """Run a validated submission now, or queue it on an asynchronous engine; (engine, fence value)."""
+        """With a driver that queues some engines: queue a validated submission on its engine, or run it
+        now (an engine the driver does not queue) once its waits have signalled; (engine, fence value)."""
         s = self._session
         queue = self._queues.get(engine)
         if queue is None:
-            if self._queues:  # a synchronous engine next to asynchronous ones: honour its waits first
-                for e, v in waits:
-                    if not self._wait_completed(e, v, _JOB_WAIT_NS):
-                        raise violation("fence.timeout", f"fence {e.name}:{v} not signalled within {_JOB_WAIT_NS} ns",
-                                        "a fence that signals before the deadline")
+            for e, v in waits:
+                if not self._wait_completed(e, v, _JOB_WAIT_NS):
+                    raise violation("fence.timeout", f"fence {e.name}:{v} not signalled within {_JOB_WAIT_NS} ns",
+                                    "a fence that signals before the deadline")
             for run in runs:
                 run()
             value = s.assign(engine)
-            if self._queues:
-                self._complete(engine, value, None)
+            self._complete(engine, value, None)
             return engine, value
         value = s.assign(engine)
 
@@ -132,8 +135,13 @@ class InprocTransport:
 
     def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
         """Run a recorded list again: only the engine, the waits and its buffers' liveness are checked."""
+        s = self._session
         with self._lock:
-            eng, runs, checked = self._session.replay(list_id, engine, waits)
+            eng, runs, checked = s.replay(list_id, engine, waits)
+            if not self._queues:  # synchronous: every wait has signalled already
+                for run in runs:
+                    run()
+                return eng, s.assign(eng)
             return self._run(eng, runs, checked)
 
     def free_list(self, list_id: int) -> None:
