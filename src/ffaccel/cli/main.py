@@ -219,7 +219,7 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     from ..transports.socket import MAX_POLL_US
 
     targets = sorted(driver_targets())
-    if args.driver not in targets:
+    if args.driver.partition(":")[0] not in targets:  # "npu:preset=rk3588": options go to the driver
         raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: no such driver; installed drivers: "
                                        f"{', '.join(targets)}")
     where = args.socket or "the default socket"
@@ -244,7 +244,7 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     srv = sub.add_parser("serve", help="own the device and serve client processes on a Unix socket")
-    srv.add_argument("--driver", default="cpu", help="driver to serve (default: cpu)")
+    srv.add_argument("--driver", default="cpu", help="driver to serve, with options as in a device name, e.g. npu:preset=rk3588 (default: cpu)")
     srv.add_argument("--socket", default=None,
                      help="socket path (default: $FFACCEL_SOCKET, else server.sock in the private folder "
                           "$XDG_RUNTIME_DIR/ffaccel or /tmp/ffaccel-UID, created mode 0700)")

@@ -1,6 +1,6 @@
 """Layer 2: drivers, discovered as plug-ins through the ``ffaccel.drivers`` entry-point group.
 
-The built-in ``ref``, ``cpu`` and ``dask`` drivers are also registered here directly, so a
+The built-in ``ref``, ``cpu``, ``npu``, ``dask`` and ``torch`` drivers are also registered here directly, so a
 source checkout works before the package is installed.
 """
 
@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "ffaccel.drivers"
 _BUILTIN = {
     "ref": "ffaccel.drivers.ref:RefDriver",
     "cpu": "ffaccel.drivers.cpu:CpuDriver",
+    "npu": "ffaccel.drivers.npu:NpuDriver",  # a simulated SoC NPU (int8/bf16 GEMMs, bias, relu, COPY)
     "dask": "ffaccel.drivers.dask:DaskDriver",  # listed where dask.distributed is installed
     "torch": "ffaccel.drivers.torch:TorchDriver",  # listed only where torch is installed
 }

@@ -34,6 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..abi import CopyOp, DeviceCaps, DeviceMemory, GemmOp
+from ..spec import Engine
 from .rounding import round_to
 
 GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
@@ -96,6 +97,11 @@ class Driver:
         """Zero-filled device memory: a 1-D uint8 array when host-visible, else a DeviceMemory."""
         return np.zeros(size_bytes, np.uint8)
 
+    def free(self, memory: "np.ndarray | DeviceMemory") -> None:
+        """Called with what :meth:`alloc` returned once the in-process transport's handle to it is
+        gone (freed, or the device closed). Memory is reclaimed by garbage collection anyway; a driver
+        that accounts for a fixed arena (the ``npu`` driver) gives the bytes back here."""
+
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
              epi: tuple[np.ndarray | None, ...]) -> None:
         raise NotImplementedError
@@ -144,6 +150,19 @@ class Driver:
             np.copyto(dst, round_to(src, op.dst.dtype), casting="unsafe")
         else:
             np.copyto(dst, src.astype(dst.dtype), casting="unsafe")
+
+    def async_queue(self, engine: Engine) -> "Callable[[Callable[[], None]], None] | None":
+        """Optional: where the in-process transport queues ``engine``'s submissions.
+
+        None (the default): a submission runs in the submitting thread and its fence has
+        signalled when ``submit`` returns. A driver that runs jobs on its own engine threads
+        returns a function that puts a job (a no-argument callable: the submission's fence
+        waits, then its commands) on that engine's queue and returns at once; jobs of one engine
+        must run in the order queued. The transport signals the fence when the job returns.
+        Commands then run on the driver's engine thread: ``gemm`` and ``copy`` called there must
+        not queue again and wait (that thread would wait for itself).
+        """
+        return None
 
     def close(self) -> None:
         """Release whatever the driver holds."""

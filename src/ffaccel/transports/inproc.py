@@ -3,8 +3,11 @@
 It owns a driver, a per-client handle table (like a DRM file's GEM handles),
 and one timeline per engine. Every submission arrives as ABI bytes and passes
 the abi validator whole before anything executes, exactly as it would through
-the socket or the ring. Execution is synchronous, so a submission's fence has
-signalled by the time ``submit`` returns.
+the socket or the ring. Execution is synchronous — a submission's fence has
+signalled by the time ``submit`` returns — unless the driver runs its engines on
+threads of its own (:meth:`ffaccel.drivers.Driver.async_queue`, the ``npu`` driver):
+then ``submit`` queues the validated work on the engine and returns, and the fence
+signals when the engine has run it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from .limits import SessionLimits
 from .session import Session
 
 
+#: Longest a queued job waits for the fences it names (then it fails with TIMEOUT): never forever.
+_JOB_WAIT_NS = 600 * 10**9
+
+
 class InprocTransport:
     """One client's connection to a driver running in this process."""
 
@@ -34,8 +41,13 @@ class InprocTransport:
         if limits is None:
             limits = SessionLimits(max_memory_bytes=max_memory_bytes)
         self._session = Session(driver, self._caps, limits)
-        self._timeline = self._session.submitted  # synchronous: submitted == completed
         self._lock = threading.Lock()
+        #: engine -> the driver's queue for it, where the driver runs that engine asynchronously
+        self._queues = {e: q for e in self._caps.engines if (q := driver.async_queue(e)) is not None}
+        # synchronous engines: submitted == completed; queued ones complete when their job returns
+        self._timeline = self._session.submitted if not self._queues else self._session.completed
+        self._done = threading.Condition()
+        self._errors: dict[Engine, list[tuple[int, BaseException]]] = {e: [] for e in Engine}
 
     # -- queries ------------------------------------------------------------------------
     def info(self) -> DriverInfo:
@@ -55,17 +67,65 @@ class InprocTransport:
 
     def free(self, handle: int) -> None:
         with self._lock:
-            self._session.remove_mapping(handle)
+            entry = self._session.remove_mapping(handle)
+        self.driver.free(entry.memory)
 
     # -- work ---------------------------------------------------------------------------
     def submit(self, raw: bytes) -> tuple[Engine, int]:
         """Validate a whole submission, run it, and return the fence (engine, value) it signals."""
         s = self._session
         with self._lock:
-            engine, runs, _waits = s.plan(raw)  # synchronous: every wait has signalled already
-            for run in runs:  # nothing runs until every command has passed validation
+            engine, runs, waits = s.plan(raw)  # nothing runs until every command has passed validation
+            if not self._queues:  # synchronous: every wait has signalled already
+                for run in runs:
+                    run()
+                return engine, s.assign(engine)
+            return self._run(engine, runs, waits)
+
+    def _run(self, engine: Engine, runs: Sequence, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
+        """With a driver that queues some engines: queue a validated submission on its engine, or run it
+        now (an engine the driver does not queue) once its waits have signalled; (engine, fence value)."""
+        s = self._session
+        queue = self._queues.get(engine)
+        if queue is None:
+            for e, v in waits:
+                if not self._wait_completed(e, v, _JOB_WAIT_NS):
+                    raise violation("fence.timeout", f"fence {e.name}:{v} not signalled within {_JOB_WAIT_NS} ns",
+                                    "a fence that signals before the deadline")
+            for run in runs:
                 run()
-            return engine, s.assign(engine)
+            value = s.assign(engine)
+            self._complete(engine, value, None)
+            return engine, value
+        value = s.assign(engine)
+
+        def job() -> None:
+            error = None
+            try:
+                for e, v in waits:  # in the engine's own order: later jobs of this engine wait too
+                    if not self._wait_completed(e, v, _JOB_WAIT_NS):
+                        raise violation("fence.timeout", f"fence {e.name}:{v} not signalled within {_JOB_WAIT_NS} ns "
+                                        "(a job's wait)", "a fence that signals before the deadline")
+                for run in runs:
+                    run()
+            except BaseException as e:  # noqa: BLE001 - reported by the wait on this fence
+                error = e
+            self._complete(engine, value, error)
+
+        queue(job)
+        return engine, value
+
+    def _complete(self, engine: Engine, value: int, error: BaseException | None) -> None:
+        with self._done:
+            if error is not None:
+                self._errors[engine].append((value, error))
+            self._timeline[engine] = max(self._timeline[engine], value)
+            self._done.notify_all()
+
+    def _wait_completed(self, engine: Engine, value: int, timeout_ns: int | None) -> bool:
+        with self._done:
+            return self._done.wait_for(lambda: self._timeline[engine] >= value,
+                                       None if timeout_ns is None else timeout_ns / 1e9)
 
     # -- command lists ------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:
@@ -77,10 +137,12 @@ class InprocTransport:
         """Run a recorded list again: only the engine, the waits and its buffers' liveness are checked."""
         s = self._session
         with self._lock:
-            eng, runs, _waits = s.replay(list_id, engine, waits)  # synchronous: waits have signalled
-            for run in runs:
-                run()
-            return eng, s.assign(eng)
+            eng, runs, checked = s.replay(list_id, engine, waits)
+            if not self._queues:  # synchronous: every wait has signalled already
+                for run in runs:
+                    run()
+                return eng, s.assign(eng)
+            return self._run(eng, runs, checked)
 
     def free_list(self, list_id: int) -> None:
         with self._lock:
@@ -100,11 +162,20 @@ class InprocTransport:
         return self._timeline[engine] >= value
 
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
-        # Execution is synchronous: a submitted value has always completed.
-        if value > self._timeline[engine]:
+        """Wait until ``engine`` has completed ``value``; raise what its work raised, once."""
+        submitted = self._session.submitted[engine]
+        if value > submitted:
             raise violation("fence.timeout", f"fence {engine.name}:{value}, never submitted (timeline at "
-                            f"{self._timeline[engine]}), so it cannot signal within {timeout_ns} ns",
-                            f"a fence value <= {self._timeline[engine]}")
+                            f"{submitted}), so it cannot signal within {timeout_ns} ns",
+                            f"a fence value <= {submitted}")
+        if not self._wait_completed(engine, value, timeout_ns):
+            raise violation("fence.timeout", f"fence {engine.name}:{value} still running after {timeout_ns} ns "
+                            f"(completed {self._timeline[engine]})", "a fence that signals before the deadline")
+        with self._done:
+            failed = [err for v, err in self._errors[engine] if v <= value]
+            self._errors[engine] = [(v, err) for v, err in self._errors[engine] if v > value]
+        if failed:
+            raise failed[0]
 
     def prepare_gemm(self, descriptor: bytes) -> GemmKernel:
         """Validate one GEMM geometry and return the driver's kernel for it (host-array path)."""
@@ -128,9 +199,18 @@ class InprocTransport:
         """The driver's (see :meth:`ffaccel.drivers.base.Driver.thread_pool`): it runs in this process."""
         return self.driver.thread_pool()
 
+    def stats(self) -> dict[str, float]:
+        """A copy of the driver's counters (its ``stats`` dict, where it keeps one)."""
+        return dict(getattr(self.driver, "stats", {}))
+
     def close(self) -> None:
+        if self._queues:  # let queued work finish (bounded: each job waits with a deadline) before the engines stop
+            for e in self._queues:
+                self._wait_completed(e, self._session.submitted[e], 60 * 10**9)
         with self._lock:
-            self._session.close()
+            entries = self._session.close()
+        for entry in entries:
+            self.driver.free(entry.memory)
         self.driver.close()
 
     def _check_open(self) -> None:

@@ -60,6 +60,9 @@ def _wait_fence(how: str) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env)
         value = s.dev.submit([s.gemm()]).value
+        # An asynchronous device may still be running the GEMM: the short waits below are sure to
+        # pass for the defect-free twin only once its fence has signalled.
+        Fence(env.dev, Engine.COMPUTE, value).wait(timeout_ns=10**10)
         fence = Fence(env.dev, Engine.COMPUTE, value + 3 if bad else value)
         if how == "fence":
             return lambda: fence.wait(timeout_ns=1_000_000)

@@ -493,15 +493,19 @@ def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_mem
 
     Returns the process exit status (0 on a clean shutdown).
     """
-    from ...drivers import load_driver_class
+    from ...drivers import open_driver
 
     if max_client_memory is not None and (isinstance(max_client_memory, bool)
                                           or not isinstance(max_client_memory, int) or max_client_memory < 0):
         raise violation("memory.quota", max_client_memory, "a byte count >= 0")
-    cls = load_driver_class(driver)
+    dev = open_driver(driver)  # "npu:preset=rk3588" passes its options, as ffaccel.open does
     path = socket_path or default_socket_path()
-    srv = Server(cls(), path, max_client_memory=max_client_memory, poll_us=poll_us,
-                 socket_poll_us=socket_poll_us, session_limits=session_limits, limits=limits)
+    try:
+        srv = Server(dev, path, max_client_memory=max_client_memory, poll_us=poll_us,
+                     socket_poll_us=socket_poll_us, session_limits=session_limits, limits=limits)
+    except BaseException:
+        dev.close()
+        raise
     if threading.current_thread() is threading.main_thread():
         def _stop(signum: int, _frame: object) -> None:
             log.info("signal %d: shutting down", signum)
