@@ -1,0 +1,221 @@
+"""libffaccel_blas.so, the drop-in BLAS: every routine exported, GEMMs on the device or the host, never wrong.
+
+The GEMM cases of test_c_cblas (every layout, transpose, padded leading dimension, alpha/beta
+corner) run through the drop-in on the device (the threshold forced to 0), on the host BLAS
+(Debian's OpenBLAS and netlib's), and with no server answering (the host runs them instead, said
+once); strict mode aborts instead. A program's own xerbla_/cblas_xerbla get the reference
+parameter numbers. The threshold is measured once and read back from its cache.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from c_util import libraries, program  # tests/ is on pytest's pythonpath (pyproject.toml)
+from debian_util import debian_blas, netlib_blas, openblas_blas
+from server_util import ServerProcess
+from test_c_cblas import BAD_ARGS, DGEMM, ROW, SGEMM, NOTRANS, Case, all_cases, check_results, make_case, run_cases
+
+from ffaccel.cli import blas_gen
+
+DROP_IN = "ffaccel_blas"
+TIMEOUT_S = 120
+#: netlib's libblas.so.3 exports these helpers of its own CBLAS layer; they are no BLAS interface.
+NETLIB_INTERNALS = {"CBLAS_CallFromC", "RowMajorStrg"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _host_blas() -> None:
+    debian_blas()
+
+
+def submissions(srv: ServerProcess) -> int:
+    """Submissions the server accepted since it started (its STATS)."""
+    with srv.open() as dev:
+        return dev._transport.stats()["submissions"]
+
+
+def env_of(**extra: str) -> dict[str, str]:
+    """The test's environment without FFACCEL_* settings, plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FFACCEL_")}
+    env.update(extra)
+    return env
+
+
+def computing(cases: list[Case]) -> int:
+    """Cases that compute something (not the reference quick return)."""
+    return sum(not (c.m == 0 or c.n == 0 or ((c.alpha == 0 or c.k == 0) and c.beta == 1)) for c in cases)
+
+
+def _exported(lib: Path) -> set[str]:
+    out = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def test_exports_every_routine_of_the_reference_blas_and_cblas() -> None:
+    ours = _exported(libraries().libblas)
+    reference = {s for s in _exported(netlib_blas()) if s not in NETLIB_INTERNALS and not s.endswith("sub_")}
+    assert len(reference) > 290
+    assert reference - ours == set()
+    assert {r.symbol for r in blas_gen.routines()} == ours  # and nothing but the table
+
+
+def test_gemm_cases_run_on_the_device(server: ServerProcess, tmp_path: Path) -> None:
+    cases = all_cases()
+    before = submissions(server)
+    got, err = run_cases(cases, tmp_path, f"unix:{server.path}", link=DROP_IN,
+                         env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0"})
+    assert err == ""
+    check_results(cases, got)
+    assert submissions(server) - before == computing(cases)  # one device GEMM per case that computes
+
+
+@pytest.mark.parametrize("host", ["openblas", "netlib"])
+def test_gemm_cases_on_the_host_blas(tmp_path: Path, host: str) -> None:
+    cases = all_cases()[::3]
+    path = openblas_blas() if host == "openblas" else netlib_blas()
+    got, err = run_cases(cases, tmp_path, "none", link=DROP_IN, env_extra={"FFACCEL_HOST_BLAS": str(path)})
+    assert err == ""
+    check_results(cases, got)
+
+
+def test_a_host_call_is_decided_once(tmp_path: Path) -> None:
+    """netlib's cblas_sgemm calls sgemm_, which is ours again: it goes straight to the host."""
+    case = make_case(SGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.5, 1, np.random.default_rng(3))
+    got, err = run_cases([case], tmp_path, "unix:/nonexistent/ffaccel.sock", link=DROP_IN,
+                         env_extra={"FFACCEL_HOST_BLAS": str(netlib_blas()), "FFACCEL_BLAS_MIN_FLOPS": "inf",
+                                    "FFACCEL_BLAS_VERBOSE": "1"})
+    check_results([case], got)
+    assert err.splitlines() == ["ffaccel blas: cblas_sgemm 3x4x5 x1: host (120 FLOPs, threshold inf)"]
+
+
+def test_no_server_runs_the_gemms_on_the_host_and_says_so_once(tmp_path: Path) -> None:
+    cases = all_cases()[::2]
+    dev = f"unix:{tmp_path}/nobody.sock"
+    got, err = run_cases(cases, tmp_path, dev, link=DROP_IN, env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0"})
+    check_results(cases, got)  # right answers: NaN-filled C (beta == 0) is computed, not left
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"ffaccel blas: cblas_sgemm: the ffaccel device {dev} refused or failed the call: "
+                               f"DEVICE_LOST device: no server answers at {tmp_path}/nobody.sock")
+    assert lines[0].endswith("this call and the next ones run on the host BLAS (said once until the device works "
+                             "again)")
+
+
+def test_strict_mode_stops_the_program_instead(tmp_path: Path) -> None:
+    case = make_case(DGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, np.random.default_rng(4))
+    _, err = run_cases([case], tmp_path, f"unix:{tmp_path}/nobody.sock", link=DROP_IN, returncode=-signal.SIGABRT,
+                       env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0", "FFACCEL_BLAS_STRICT": "1"})
+    assert "DEVICE_LOST" in err and "FFACCEL_BLAS_STRICT is set, so the program stops here" in err
+
+
+def test_a_lost_server_is_replaced_by_the_host_then_used_again(tmp_path: Path) -> None:
+    """The server dies between calls: the call runs on the host (right C); after a restart, the device again."""
+    srv = ServerProcess(tmp_path)
+    cases = [make_case(SGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, np.random.default_rng(5))]
+    env = {"FFACCEL_BLAS_MIN_FLOPS": "0"}
+    try:
+        got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN, env_extra=env)
+        assert err == ""
+        srv.stop()
+        got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN, env_extra=env)
+        check_results(cases, got)
+        assert "DEVICE_LOST" in err
+        srv = ServerProcess(tmp_path)
+        before = submissions(srv)
+        got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN, env_extra=env)
+        assert err == "" and submissions(srv) == before + 1
+        check_results(cases, got)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("case,message", BAD_ARGS, ids=[m.splitlines()[-1][:60] for _, m in BAD_ARGS])
+def test_illegal_arguments_get_the_reference_message_and_write_nothing(server: ServerProcess, tmp_path: Path,
+                                                                      case: Case, message: str) -> None:
+    got, err = run_cases([case], tmp_path, f"unix:{server.path}", link=DROP_IN)
+    assert err == message + "\n"
+    assert got[0].tobytes() == case.c.tobytes()
+
+
+def test_the_programs_own_handlers_get_the_reference_numbers() -> None:
+    exe = program("blas_handlers", DROP_IN)
+    proc = subprocess.run([str(exe)], env=env_of(FFACCEL_DEVICE="none"), capture_output=True, text=True,
+                          timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:7] == ["cblas_xerbla 9 cblas_sgemm", "cblas_xerbla 9 cblas_dgemm", "cblas_xerbla 3 cblas_dgemm",
+                         "xerbla 13 SGEMM", "cblas_xerbla 17 cblas_sgemm_batch_strided",
+                         "cblas_xerbla 18 cblas_dgemm_batch_strided", "cblas_xerbla 12 cblas_sgemm_batch_strided"]
+    # a routine the host runs reports through the program's handler too (OpenBLAS: xerbla_ with its
+    # Fortran name; netlib: cblas_xerbla), never the library's default (which writes to stderr)
+    assert len(lines) == 8 and ("DGEMV" in lines[7] or "cblas_dgemv" in lines[7]), proc.stdout
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("device", ["server", "host"])
+def test_strided_batches_match_a_plain_loop(server: ServerProcess, device: str) -> None:
+    exe = program("blas_batch", DROP_IN)
+    before = submissions(server)
+    env = env_of(FFACCEL_DEVICE=f"unix:{server.path}" if device == "server" else "none", FFACCEL_BLAS_MIN_FLOPS="0")
+    proc = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 8 and all(line.endswith("err ok written_outside 0") for line in lines), proc.stdout
+    assert submissions(server) - before == (8 if device == "server" else 0)
+
+
+def test_the_threshold_is_measured_once_then_read_from_the_cache(server: ServerProcess, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "calibration.txt"
+    cases = [make_case(SGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, np.random.default_rng(6))]
+    env = {"FFACCEL_BLAS_CALIBRATION": str(cache), "FFACCEL_BLAS_VERBOSE": "1"}
+    got, err = run_cases(cases, tmp_path, f"unix:{server.path}", link=DROP_IN, env_extra=env)
+    check_results(cases, got)
+    measured = [line for line in err.splitlines() if "f32 GEMM threshold" in line]
+    assert len(measured) == 1 and "measured: n=16 host" in measured[0], err
+    entries = cache.read_text().splitlines()
+    assert len(entries) == 1
+    key = entries[0].split("\t")
+    assert key[:3] == ["ffaccel-blas-calibration-v1", "f32", f"unix:{server.path}"]
+    flops = float(key[5])
+    assert flops == float("inf") or (flops / 2) ** (1 / 3) in (16, 32, 64, 128, 256, 512, 1024)
+    got, err = run_cases(cases, tmp_path, f"unix:{server.path}", link=DROP_IN, env_extra=env)
+    check_results(cases, got)
+    assert "f32 GEMM threshold" in err and "from the calibration cache" in err and "measured" not in err
+    assert cache.read_text().splitlines() == entries
+
+
+def test_a_bad_threshold_value_is_said_and_ignored(tmp_path: Path) -> None:
+    cases = [make_case(DGEMM, ROW, NOTRANS, NOTRANS, 2, 3, 4, 1.0, 0.0, 0, np.random.default_rng(7))]
+    got, err = run_cases(cases, tmp_path, "none", link=DROP_IN, env_extra={"FFACCEL_BLAS_MIN_FLOPS": "-5"})
+    check_results(cases, got)
+    assert err.startswith("ffaccel blas: FFACCEL_BLAS_MIN_FLOPS=-5 ignored; allowed: a number >= 0")
+
+
+@pytest.mark.parametrize("host,why", [
+    ("{lib}", "is this library itself"),
+    ("{tmp}/missing/libblas.so.3", "cannot open shared object file"),
+])
+def test_a_host_blas_that_cannot_serve_is_refused_clearly(tmp_path: Path, host: str, why: str) -> None:
+    name = host.format(lib=libraries().libblas, tmp=tmp_path)
+    cases = [make_case(DGEMM, ROW, NOTRANS, NOTRANS, 2, 3, 4, 1.0, 0.0, 0, np.random.default_rng(8))]
+    _, err = run_cases(cases, tmp_path, "none", link=DROP_IN, returncode=-signal.SIGABRT,
+                       env_extra={"FFACCEL_HOST_BLAS": name})
+    assert err.startswith(f"ffaccel blas: FFACCEL_HOST_BLAS={name}: ") and why in err, err
+
+
+def test_in_place_of_libblas_so_3_the_host_is_the_systems_not_itself(server: ServerProcess) -> None:
+    """LD_LIBRARY_PATH=DIR/lib puts lib/libblas.so.3 (ours) in the system's place for a -lblas program."""
+    debian_blas()
+    exe = program("sys_cblas", "blas", include=False)
+    env = env_of(LD_LIBRARY_PATH=str(libraries().lib), FFACCEL_DEVICE=f"unix:{server.path}",
+                 FFACCEL_BLAS_MIN_FLOPS="0", FFACCEL_BLAS_VERBOSE="1")
+    proc = subprocess.run([str(exe), "40"], env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "BAD" not in proc.stdout and proc.stdout.count(" ok") == 10
+    assert proc.stderr.count(": device") == 3, proc.stderr  # cblas_sgemm, cblas_dgemm, dgemm_
