@@ -219,3 +219,34 @@ def test_in_place_of_libblas_so_3_the_host_is_the_systems_not_itself(server: Ser
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "BAD" not in proc.stdout and proc.stdout.count(" ok") == 10
     assert proc.stderr.count(": device") == 3, proc.stderr  # cblas_sgemm, cblas_dgemm, dgemm_
+
+
+# -- headers that compile existing code -------------------------------------------------------------
+
+
+def test_our_cblas_declarations_agree_with_netlibs(tmp_path: Path) -> None:
+    """Every CBLAS prototype of ours, declared again after Debian's (netlib's) cblas.h: a type that
+    differs is a compile error ("conflicting types")."""
+    from c_util import CFLAGS, compiler
+
+    src = tmp_path / "agree.c"
+    src.write_text("#include <cblas.h>\n" + blas_gen.render_prototypes(blas_gen.routines()))
+    proc = subprocess.run([compiler(), *CFLAGS, "-c", str(src), "-o", str(tmp_path / "agree.o")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_netlib_style_program_builds_against_both_headers_alike() -> None:
+    ours = program("netlib_style", DROP_IN)
+    theirs = program("netlib_style", "blas", include=False)
+    runs = [subprocess.run([str(exe)], env=env_of(FFACCEL_DEVICE="none"), capture_output=True, text=True,
+                           timeout=TIMEOUT_S, check=True) for exe in (ours, theirs)]
+    assert runs[0].stdout == runs[1].stdout
+    assert runs[0].stdout.splitlines() == ["dgemm 7 10 3 4", "dtrmm 5 2 8 4", "saxpy 6 3 8", "sdot 36", "isamax 2"]
+
+
+def test_openblas_and_mkl_spellings_build() -> None:
+    exe = program("spellings", DROP_IN)
+    proc = subprocess.run([str(exe)], env=env_of(FFACCEL_DEVICE="none"), capture_output=True, text=True,
+                          timeout=TIMEOUT_S, check=True)
+    assert proc.stdout == "101 114 162 151 173 6 6\n"
