@@ -34,12 +34,6 @@ def _host_blas() -> None:
     debian_blas()
 
 
-def submissions(srv: ServerProcess) -> int:
-    """Submissions the server accepted since it started (its STATS)."""
-    with srv.open() as dev:
-        return dev._transport.stats()["submissions"]
-
-
 def env_of(**extra: str) -> dict[str, str]:
     """The test's environment without FFACCEL_* settings, plus extra."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FFACCEL_")}
@@ -67,12 +61,12 @@ def test_exports_every_routine_of_the_reference_blas_and_cblas() -> None:
 
 def test_gemm_cases_run_on_the_device(server: ServerProcess, tmp_path: Path) -> None:
     cases = all_cases()
-    before = submissions(server)
+    before = server.submissions()
     got, err = run_cases(cases, tmp_path, f"unix:{server.path}", link=DROP_IN,
                          env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0"})
     assert err == ""
     check_results(cases, got)
-    assert submissions(server) - before == computing(cases)  # one device GEMM per case that computes
+    assert server.submissions() - before == computing(cases)  # one device GEMM per case that computes
 
 
 @pytest.mark.parametrize("host", ["openblas", "netlib"])
@@ -127,9 +121,9 @@ def test_a_lost_server_is_replaced_by_the_host_then_used_again(tmp_path: Path) -
         check_results(cases, got)
         assert "DEVICE_LOST" in err
         srv = ServerProcess(tmp_path)
-        before = submissions(srv)
+        before = srv.submissions()
         got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN, env_extra=env)
-        assert err == "" and submissions(srv) == before + 1
+        assert err == "" and srv.submissions() == before + 1
         check_results(cases, got)
     finally:
         srv.stop()
@@ -161,13 +155,13 @@ def test_the_programs_own_handlers_get_the_reference_numbers() -> None:
 @pytest.mark.parametrize("device", ["server", "host"])
 def test_strided_batches_match_a_plain_loop(server: ServerProcess, device: str) -> None:
     exe = program("blas_batch", DROP_IN)
-    before = submissions(server)
+    before = server.submissions()
     env = env_of(FFACCEL_DEVICE=f"unix:{server.path}" if device == "server" else "none", FFACCEL_BLAS_MIN_FLOPS="0")
     proc = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 8 and all(line.endswith("err ok written_outside 0") for line in lines), proc.stdout
-    assert submissions(server) - before == (8 if device == "server" else 0)
+    assert server.submissions() - before == (8 if device == "server" else 0)
 
 
 def test_the_threshold_is_measured_once_then_read_from_the_cache(server: ServerProcess, tmp_path: Path) -> None:

@@ -30,11 +30,6 @@ def _debian() -> None:
     debian_blas()
 
 
-def submissions(srv: ServerProcess) -> int:
-    with srv.open() as dev:
-        return dev._transport.stats()["submissions"]
-
-
 def run_numpy(tmp: Path, device: str, returncode: int = 0, **env_extra: str) -> tuple[dict[str, np.ndarray], str]:
     """Debian's python3 on numpy_blas.py with the drop-in preloaded; (its saved arrays, its stderr)."""
     out = tmp / "numpy.npz"
@@ -60,12 +55,12 @@ def check_numpy(res: dict[str, np.ndarray]) -> None:
 
 
 def test_numpy_matmul_runs_on_the_server_and_solve_stays_right(server: ServerProcess, tmp_path: Path) -> None:
-    before = submissions(server)
+    before = server.submissions()
     res, err = run_numpy(tmp_path, f"unix:{server.path}", FFACCEL_BLAS_MIN_FLOPS="0", FFACCEL_BLAS_VERBOSE="1")
     check_numpy(res)
     assert "ffaccel blas: cblas_sgemm 130x90x70 x1: device" in err.splitlines()
     assert "ffaccel blas: cblas_dgemm 130x90x70 x1: device" in err.splitlines()
-    assert submissions(server) - before >= 2  # LAPACK's own dgemm_ calls may add more (netlib LAPACK)
+    assert server.submissions() - before >= 2  # LAPACK's own dgemm_ calls may add more (netlib LAPACK)
 
 
 def test_numpy_with_the_server_stopped_is_right_and_says_so_once(tmp_path: Path) -> None:
@@ -90,9 +85,9 @@ def test_a_lblas_c_program_runs_on_the_server_or_falls_back(server: ServerProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("FFACCEL_")}
     env.update(LD_PRELOAD=str(libraries().libblas), FFACCEL_DEVICE=dev, FFACCEL_BLAS_MIN_FLOPS="0",
                FFACCEL_BLAS_VERBOSE="1")
-    before = submissions(server)
+    before = server.submissions()
     proc = subprocess.run([str(exe), "96"], env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "BAD" not in proc.stdout and proc.stdout.count(" ok") == 10
-    assert submissions(server) - before == (3 if serving else 0)
+    assert server.submissions() - before == (3 if serving else 0)
     assert proc.stderr.count(": device\n") == (3 if serving else 0), proc.stderr

@@ -35,9 +35,9 @@
 #define RETRY_AFTER_LOST_S 1.0
 /*
  * Calibration: square sizes tried in turn, each side warmed up by one call and then timed as the
- * best of REPS calls, until the device wins at a size twice in a row (a second measurement, so that
- * one burst of noise on a shared machine does not decide) or a host call takes longer than
- * CALIBRATION_MAX_HOST_S (larger sizes would cost the program too long).
+ * best of REPS calls, until the device wins at two sizes in a row (n and 2n: one size alone can
+ * mislead, e.g. a multithreaded host BLAS waking its threads on a loaded machine) or a host call
+ * takes longer than CALIBRATION_MAX_HOST_S (larger sizes would cost the program too long).
  */
 static const int calibration_sizes[] = {16, 32, 64, 128, 256, 512, 1024};
 #define CALIBRATION_REPS 5
@@ -398,8 +398,8 @@ static int time_both(int dt, int n, void *a, void *b, void *c, double *host_s, d
 
 /*
  * The smallest FLOP count worth the device for dtype dt: measured with square GEMMs of growing
- * size, host BLAS against the device, side by side; the flops of the first size where the
- * device was faster (inf when it never was). Returns 0, or the device's error (nothing cached).
+ * size, host BLAS against the device, side by side; the flops of the first of two sizes in a row
+ * where the device was faster (inf when it never was). Returns 0, or the device's error.
  */
 static int calibrate(int dt, double *flops, char *how, size_t cap, struct ffa_error_info *why)
 {
@@ -407,7 +407,7 @@ static int calibrate(int dt, double *flops, char *how, size_t cap, struct ffa_er
 	size_t max_n = (size_t)calibration_sizes[sizeof(calibration_sizes) / sizeof(int) - 1];
 	unsigned char *a = malloc(max_n * max_n * elem), *b = malloc(max_n * max_n * elem),
 		      *c = malloc(max_n * max_n * elem);
-	int rc = 0, used = 0;
+	int rc = 0, used = 0, first_win = 0;
 	*flops = INFINITY;
 	if (!a || !b || !c) {
 		free(a), free(b), free(c);
@@ -422,21 +422,22 @@ static int calibrate(int dt, double *flops, char *how, size_t cap, struct ffa_er
 			((double *)a)[i] = ((double *)b)[i] = (double)(i % 7) * 0.25;
 	}
 	how[0] = '\0';
-	for (size_t s = 0; s < sizeof(calibration_sizes) / sizeof(int); s++) {
-		int n = calibration_sizes[s], wins = 0;
+	for (size_t s = 0, last = sizeof(calibration_sizes) / sizeof(int) - 1; s <= last; s++) {
+		int n = calibration_sizes[s], win;
 		double host_s, dev_s;
-		for (int again = 0; again < 2 && wins == again; again++) {
-			rc = time_both(dt, n, a, b, c, &host_s, &dev_s, why);
-			if (rc)
-				break;
-			wins += dev_s < host_s;
-			if (used < (int)cap)
-				used += snprintf(how + used, cap - (size_t)used, "%sn=%d host %.3g us device %.3g us",
-						 used ? ", " : "", n, host_s * 1e6, dev_s * 1e6);
-		}
+		rc = time_both(dt, n, a, b, c, &host_s, &dev_s, why);
 		if (rc)
 			break;
-		if (wins == 2) {
+		if (used < (int)cap)
+			used += snprintf(how + used, cap - (size_t)used, "%sn=%d host %.3g us device %.3g us",
+					 used ? ", " : "", n, host_s * 1e6, dev_s * 1e6);
+		win = dev_s < host_s;
+		if (win && first_win) { /* confirmed at the next size: from the first one on */
+			*flops = 2.0 * first_win * first_win * first_win;
+			break;
+		}
+		first_win = win ? n : 0;
+		if (win && (s == last || host_s > CALIBRATION_MAX_HOST_S)) { /* no larger size to confirm on */
 			*flops = 2.0 * n * n * n;
 			break;
 		}
@@ -526,45 +527,23 @@ static int on_device(const char *rout, const struct ffa_gemm_args *g)
 /* ---------------------------------------------------------------------------------------------- */
 /* The routines the device may run                                                                  */
 
-FFB_EXPORT void cblas_sgemm(const CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE TransA, const CBLAS_TRANSPOSE TransB,
-			    const CBLAS_INT M, const CBLAS_INT N, const CBLAS_INT K, const float alpha, const float *A,
-			    const CBLAS_INT lda, const float *B, const CBLAS_INT ldb, const float beta, float *C,
-			    const CBLAS_INT ldc)
-{
-	if (!in_host) {
-		struct ffa_gemm_args g;
-		int info = ffa_gemm_check_cblas(layout, TransA, TransB, M, N, K, lda, ldb, ldc);
-		if (info) {
-			ffa_gemm_xerbla_cblas(info, "cblas_sgemm", layout, TransA, TransB);
-			return;
-		}
-		g = ffa_gemm_from_cblas(FFA_DTYPE_F32, sizeof(float), layout, TransA, TransB, M, N, K, alpha, A, lda,
-					B, ldb, beta, C, ldc);
-		if (on_device("cblas_sgemm", &g))
-			return;
+/* cblas_sgemm and cblas_dgemm: checked, then on the device if it should go there, else on the host. */
+#define CBLAS_GEMM(name, T, dtype)                                                                              \
+	FFB_EXPORT void name(const CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE TransA, const CBLAS_TRANSPOSE TransB, \
+			     const CBLAS_INT M, const CBLAS_INT N, const CBLAS_INT K, const T alpha, const T *A,       \
+			     const CBLAS_INT lda, const T *B, const CBLAS_INT ldb, const T beta, T *C,                 \
+			     const CBLAS_INT ldc)                                                                      \
+	{                                                                                                         \
+		struct ffa_gemm_args g;                                                                           \
+		if (!in_host && (ffa_gemm_cblas_call(#name, dtype, sizeof(T), layout, TransA, TransB, M, N, K, alpha, \
+						     A, lda, B, ldb, beta, C, ldc, &g) ||                         \
+				 on_device(#name, &g)))                                                           \
+			return;                                                                                   \
+		HOST_CALL(name, (layout, TransA, TransB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));          \
 	}
-	HOST_CALL(cblas_sgemm, (layout, TransA, TransB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
-}
 
-FFB_EXPORT void cblas_dgemm(const CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE TransA, const CBLAS_TRANSPOSE TransB,
-			    const CBLAS_INT M, const CBLAS_INT N, const CBLAS_INT K, const double alpha,
-			    const double *A, const CBLAS_INT lda, const double *B, const CBLAS_INT ldb,
-			    const double beta, double *C, const CBLAS_INT ldc)
-{
-	if (!in_host) {
-		struct ffa_gemm_args g;
-		int info = ffa_gemm_check_cblas(layout, TransA, TransB, M, N, K, lda, ldb, ldc);
-		if (info) {
-			ffa_gemm_xerbla_cblas(info, "cblas_dgemm", layout, TransA, TransB);
-			return;
-		}
-		g = ffa_gemm_from_cblas(FFA_DTYPE_F64, sizeof(double), layout, TransA, TransB, M, N, K, alpha, A, lda,
-					B, ldb, beta, C, ldc);
-		if (on_device("cblas_dgemm", &g))
-			return;
-	}
-	HOST_CALL(cblas_dgemm, (layout, TransA, TransB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
-}
+CBLAS_GEMM(cblas_sgemm, float, FFA_DTYPE_F32)
+CBLAS_GEMM(cblas_dgemm, double, FFA_DTYPE_F64)
 
 /* A Fortran ?GEMM's checks and device attempt: 1 when the call is done (reported or run). */
 static int f77_gemm(const char *name, uint32_t dtype, size_t elem, const char *transa, const char *transb,
@@ -581,23 +560,21 @@ static int f77_gemm(const char *name, uint32_t dtype, size_t elem, const char *t
 	return on_device(dtype == FFA_DTYPE_F32 ? "sgemm" : "dgemm", &g);
 }
 
-FFB_EXPORT void sgemm_(void *transa, void *transb, void *m, void *n, void *k, void *alpha, void *a, void *lda,
-		       void *b, void *ldb, void *beta, void *c, void *ldc, size_t transa_len, size_t transb_len)
-{
-	if (!in_host && f77_gemm("SGEMM ", FFA_DTYPE_F32, sizeof(float), transa, transb, m, n, k, *(float *)alpha, a,
-				 lda, b, ldb, *(float *)beta, c, ldc))
-		return;
-	HOST_CALL(sgemm_, (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, transa_len, transb_len));
-}
+/* sgemm_ and dgemm_ (arguments by address, the TRANS lengths hidden at the end). */
+#define F77_GEMM(name, T, dtype, xname)                                                                          \
+	FFB_EXPORT void name(void *transa, void *transb, void *m, void *n, void *k, void *alpha, void *a, void *lda, \
+			     void *b, void *ldb, void *beta, void *c, void *ldc, size_t transa_len,                \
+			     size_t transb_len)                                                                    \
+	{                                                                                                         \
+		if (!in_host && f77_gemm(xname, dtype, sizeof(T), transa, transb, m, n, k, *(T *)alpha, a, lda, b, \
+					 ldb, *(T *)beta, c, ldc))                                                \
+			return;                                                                                   \
+		HOST_CALL(name, (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, transa_len,         \
+				 transb_len));                                                                    \
+	}
 
-FFB_EXPORT void dgemm_(void *transa, void *transb, void *m, void *n, void *k, void *alpha, void *a, void *lda,
-		       void *b, void *ldb, void *beta, void *c, void *ldc, size_t transa_len, size_t transb_len)
-{
-	if (!in_host && f77_gemm("DGEMM ", FFA_DTYPE_F64, sizeof(double), transa, transb, m, n, k, *(double *)alpha, a,
-				 lda, b, ldb, *(double *)beta, c, ldc))
-		return;
-	HOST_CALL(dgemm_, (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, transa_len, transb_len));
-}
+F77_GEMM(sgemm_, float, FFA_DTYPE_F32, "SGEMM ")
+F77_GEMM(dgemm_, double, FFA_DTYPE_F64, "DGEMM ")
 
 /*
  * Checks of cblas_?gemm_batch_strided, numbered by its own argument positions: those it shares

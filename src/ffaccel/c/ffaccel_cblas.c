@@ -33,13 +33,9 @@ static void cblas_gemm(const char *rout, uint32_t dtype, size_t elem, CBLAS_LAYO
 		       const void *B, int ldb, double beta, void *C, int ldc)
 {
 	struct ffa_gemm_args g;
-	int info = ffa_gemm_check_cblas(layout, TransA, TransB, M, N, K, lda, ldb, ldc);
-	if (info) {
-		ffa_gemm_xerbla_cblas(info, rout, layout, TransA, TransB);
-		return;
-	}
-	g = ffa_gemm_from_cblas(dtype, elem, layout, TransA, TransB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-	run(rout, &g);
+	if (!ffa_gemm_cblas_call(rout, dtype, elem, layout, TransA, TransB, M, N, K, alpha, A, lda, B, ldb, beta, C,
+				 ldc, &g))
+		run(rout, &g);
 }
 
 void cblas_sgemm(CBLAS_LAYOUT layout, CBLAS_TRANSPOSE TransA, CBLAS_TRANSPOSE TransB, const CBLAS_INT M,

@@ -250,6 +250,19 @@ struct ffa_gemm_args ffa_gemm_from_f77(uint32_t dtype, size_t elem, char transa,
 			 beta, c, ldc);
 }
 
+int ffa_gemm_cblas_call(const char *rout, uint32_t dtype, size_t elem, CBLAS_LAYOUT layout, CBLAS_TRANSPOSE TransA,
+			CBLAS_TRANSPOSE TransB, int M, int N, int K, double alpha, const void *A, int lda, const void *B,
+			int ldb, double beta, void *C, int ldc, struct ffa_gemm_args *g)
+{
+	int info = ffa_gemm_check_cblas(layout, TransA, TransB, M, N, K, lda, ldb, ldc);
+	if (info) {
+		ffa_gemm_xerbla_cblas(info, rout, layout, TransA, TransB);
+		return info;
+	}
+	*g = ffa_gemm_from_cblas(dtype, elem, layout, TransA, TransB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+	return 0;
+}
+
 int ffa_gemm_quick_return(const struct ffa_gemm_args *g)
 {
 	return g->batch == 0 || g->m == 0 || g->n == 0 || ((g->alpha == 0 || g->k == 0) && g->beta == 1);

@@ -64,6 +64,15 @@ FFA_INTERNAL struct ffa_gemm_args ffa_gemm_from_f77(uint32_t dtype, size_t elem,
 						    int n, int k, double alpha, const void *a, int lda, const void *b,
 						    int ldb, double beta, void *c, int ldc);
 
+/*
+ * A CBLAS ?gemm call as *g: 0, or nonzero when an argument is illegal (then reported through
+ * cblas_xerbla as rout, with the reference number, and *g is not set).
+ */
+FFA_INTERNAL int ffa_gemm_cblas_call(const char *rout, uint32_t dtype, size_t elem, CBLAS_LAYOUT layout,
+				     CBLAS_TRANSPOSE TransA, CBLAS_TRANSPOSE TransB, int M, int N, int K, double alpha,
+				     const void *A, int lda, const void *B, int ldb, double beta, void *C, int ldc,
+				     struct ffa_gemm_args *g);
+
 /* Nothing to compute and nothing to write: the reference BLAS's quick return. */
 FFA_INTERNAL int ffa_gemm_quick_return(const struct ffa_gemm_args *g);
 
