@@ -4,7 +4,8 @@ The GEMM cases of test_c_cblas (every layout, transpose, padded leading dimensio
 corner) run through the drop-in on the device (the threshold forced to 0), on the host BLAS
 (Debian's OpenBLAS and netlib's), and with no server answering (the host runs them instead, said
 once); strict mode aborts instead. A program's own xerbla_/cblas_xerbla get the reference
-parameter numbers. The threshold is measured once and read back from its cache.
+parameter numbers. MKL's batched GEMMs (strided and grouped) run as one device GEMM per batch or
+group. The threshold is measured once and read back from its cache.
 """
 
 from __future__ import annotations
@@ -143,25 +144,28 @@ def test_the_programs_own_handlers_get_the_reference_numbers() -> None:
                           timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[:7] == ["cblas_xerbla 9 cblas_sgemm", "cblas_xerbla 9 cblas_dgemm", "cblas_xerbla 3 cblas_dgemm",
-                         "xerbla 13 SGEMM", "cblas_xerbla 17 cblas_sgemm_batch_strided",
-                         "cblas_xerbla 18 cblas_dgemm_batch_strided", "cblas_xerbla 12 cblas_sgemm_batch_strided"]
+    assert lines[:10] == ["cblas_xerbla 9 cblas_sgemm", "cblas_xerbla 9 cblas_dgemm", "cblas_xerbla 3 cblas_dgemm",
+                          "xerbla 13 SGEMM", "cblas_xerbla 17 cblas_sgemm_batch_strided",
+                          "cblas_xerbla 18 cblas_dgemm_batch_strided", "cblas_xerbla 12 cblas_sgemm_batch_strided",
+                          "cblas_xerbla 15 cblas_sgemm_batch", "cblas_xerbla 16 cblas_sgemm_batch",
+                          "cblas_xerbla 9 cblas_sgemm_batch"]
     # a routine the host runs reports through the program's handler too (OpenBLAS: xerbla_ with its
     # Fortran name; netlib: cblas_xerbla), never the library's default (which writes to stderr)
-    assert len(lines) == 8 and ("DGEMV" in lines[7] or "cblas_dgemv" in lines[7]), proc.stdout
+    assert len(lines) == 11 and ("DGEMV" in lines[10] or "cblas_dgemv" in lines[10]), proc.stdout
     assert proc.stderr == ""
 
 
 @pytest.mark.parametrize("device", ["server", "host"])
-def test_strided_batches_match_a_plain_loop(server: ServerProcess, device: str) -> None:
+def test_batched_gemms_match_a_plain_loop(server: ServerProcess, device: str) -> None:
     exe = program("blas_batch", DROP_IN)
     before = server.submissions()
     env = env_of(FFACCEL_DEVICE=f"unix:{server.path}" if device == "server" else "none", FFACCEL_BLAS_MIN_FLOPS="0")
     proc = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 8 and all(line.endswith("err ok written_outside 0") for line in lines), proc.stdout
-    assert server.submissions() - before == (8 if device == "server" else 0)
+    assert len(lines) == 12 and all(line.endswith("err ok written_outside 0") for line in lines), proc.stdout
+    # one device GEMM per strided batch (8), one per group of the group API (2 groups x 4 calls)
+    assert server.submissions() - before == (16 if device == "server" else 0)
 
 
 def test_the_threshold_is_measured_once_then_read_from_the_cache(server: ServerProcess, tmp_path: Path) -> None:

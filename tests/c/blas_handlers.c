@@ -48,6 +48,16 @@ int main(void)
 	/* row-major ldb 1 < N 2 of the strided batch: its parameter 12 */
 	cblas_sgemm_batch_strided(CblasRowMajor, CblasNoTrans, CblasNoTrans, 2, 2, 2, 1, a, 2, 4, b, 1, 4, 0, c, 2, 4,
 				  1);
+	{ /* MKL's group API: group_count -1 (15); a negative group size (16); group 1's lda (9) */
+		const CBLAS_TRANSPOSE t[2] = {CblasNoTrans, CblasNoTrans};
+		const int mm[2] = {2, 2}, ld[2] = {2, 2}, bad_ld[2] = {2, 1}, size[2] = {1, -1}, ok_size[2] = {1, 1};
+		const float al[2] = {1, 1}, be[2] = {0, 0};
+		const float *ap[2] = {a, a}, *bp[2] = {b, b};
+		float *cp[2] = {c, c};
+		cblas_sgemm_batch(CblasRowMajor, t, t, mm, mm, mm, al, ap, ld, bp, ld, be, cp, ld, -1, ok_size);
+		cblas_sgemm_batch(CblasRowMajor, t, t, mm, mm, mm, al, ap, ld, bp, ld, be, cp, ld, 2, size);
+		cblas_sgemm_batch(CblasColMajor, t, t, mm, mm, mm, al, ap, bad_ld, bp, ld, be, cp, ld, 2, ok_size);
+	}
 	/* a routine the host BLAS runs: its own checks report through the program's handler too */
 	cblas_dgemv(CblasColMajor, CblasNoTrans, 3, 2, 1, ad, 1, bd, 1, 0, cd, 1);
 	return 0;

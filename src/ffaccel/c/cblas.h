@@ -55,6 +55,9 @@ typedef enum CBLAS_OFFSET { CblasRowOffset = 171, CblasColOffset = 172, CblasFix
  *
  * cblas_?gemm_batch_strided (Intel MKL's extension): for i < batch_size,
  * C + i*stridec = alpha op(A + i*stridea) op(B + i*strideb) + beta (C + i*stridec).
+ * cblas_?gemm_batch (MKL's group API): group g holds group_size[g] GEMMs that share the g-th
+ * entry of each array argument (transposes, sizes, alpha, lda, ...) and take their matrices from
+ * A_array[i], B_array[i], C_array[i], i counting through the groups in order.
  */
 /* @CBLAS_PROTOTYPES@ */
 

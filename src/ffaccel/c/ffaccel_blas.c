@@ -630,6 +630,74 @@ static int check_batch_strided(CBLAS_LAYOUT layout, CBLAS_TRANSPOSE TransA, CBLA
 GEMM_BATCH_STRIDED(cblas_sgemm_batch_strided, float, FFA_DTYPE_F32, cblas_sgemm)
 GEMM_BATCH_STRIDED(cblas_dgemm_batch_strided, double, FFA_DTYPE_F64, cblas_dgemm)
 
+/*
+ * Checks of cblas_?gemm_batch (MKL's group API), whose arguments sit where cblas_?gemm's do, as
+ * arrays with one entry per group; then group_count (15) and group_size (16). *group receives the
+ * offending group.
+ */
+static int check_batch_groups(CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE *ta, const CBLAS_TRANSPOSE *tb,
+			      const int *m, const int *n, const int *k, const int *lda, const int *ldb, const int *ldc,
+			      int group_count, const int *group_size, int *group)
+{
+	*group = 0;
+	if (layout != CblasRowMajor && layout != CblasColMajor)
+		return 1;
+	if (group_count < 0)
+		return 15;
+	for (*group = 0; *group < group_count; ++*group) {
+		int g = *group, info = ffa_gemm_check_cblas(layout, ta[g], tb[g], m[g], n[g], k[g], lda[g], ldb[g], ldc[g]);
+		if (info)
+			return info;
+		if (group_size[g] < 0)
+			return 16;
+	}
+	return 0;
+}
+
+/*
+ * cblas_?gemm_batch: group g has group_size[g] GEMMs sharing its transposes, sizes, leading
+ * dimensions, alpha and beta, with their own matrices (A_array[i], B_array[i], C_array[i], i
+ * counting through all groups). A group large enough is one device GEMM (its matrices packed as
+ * one batch); otherwise each of its GEMMs runs on the host.
+ */
+#define GEMM_BATCH(name, T, dtype, gemm)                                                                          \
+	FFB_EXPORT void name(const CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE *TransA_array,                       \
+			     const CBLAS_TRANSPOSE *TransB_array, const CBLAS_INT *M_array, const CBLAS_INT *N_array, \
+			     const CBLAS_INT *K_array, const T *alpha_array, const T **A_array,                        \
+			     const CBLAS_INT *lda_array, const T **B_array, const CBLAS_INT *ldb_array,                \
+			     const T *beta_array, T **C_array, const CBLAS_INT *ldc_array,                             \
+			     const CBLAS_INT group_count, const CBLAS_INT *group_size)                                 \
+	{                                                                                                         \
+		int bad, info = check_batch_groups(layout, TransA_array, TransB_array, M_array, N_array, K_array,  \
+						   lda_array, ldb_array, ldc_array, group_count, group_size, &bad);  \
+		if (info) {                                                                                       \
+			ffa_gemm_xerbla_cblas(info, #name, layout, info == 2 ? TransA_array[bad] : CblasNoTrans,  \
+					      info == 3 ? TransB_array[bad] : CblasNoTrans);                      \
+			return;                                                                                   \
+		}                                                                                                 \
+		for (CBLAS_INT g = 0, first = 0; g < group_count; first += group_size[g], g++) {                 \
+			int col = layout == CblasColMajor;                                                        \
+			struct ffa_gemm_args args = ffa_gemm_from_cblas(                                          \
+				dtype, sizeof(T), layout, TransA_array[g], TransB_array[g], M_array[g], N_array[g],   \
+				K_array[g], alpha_array[g], NULL, lda_array[g], NULL, ldb_array[g], beta_array[g], NULL, \
+				ldc_array[g]);                                                                    \
+			args.batch = (uint64_t)group_size[g];                                                     \
+			/* column-major swapped A and B (ffa_gemm_from_cblas): their lists swap too */           \
+			args.a_list = (const void *const *)(col ? B_array : A_array) + first;                     \
+			args.b_list = (const void *const *)(col ? A_array : B_array) + first;                     \
+			args.c_list = (void *const *)C_array + first;                                             \
+			if (!in_host && on_device(#name, &args))                                                  \
+				continue;                                                                         \
+			for (CBLAS_INT i = first; i < first + group_size[g]; i++)                                 \
+				HOST_CALL(gemm, (layout, TransA_array[g], TransB_array[g], M_array[g], N_array[g],  \
+						 K_array[g], alpha_array[g], A_array[i], lda_array[g], B_array[i],       \
+						 ldb_array[g], beta_array[g], C_array[i], ldc_array[g]));                \
+		}                                                                                                 \
+	}
+
+GEMM_BATCH(cblas_sgemm_batch, float, FFA_DTYPE_F32, cblas_sgemm)
+GEMM_BATCH(cblas_dgemm_batch, double, FFA_DTYPE_F64, cblas_dgemm)
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Error handlers (the program's own replace these: they are weak)                                  */
 

@@ -123,12 +123,18 @@ static void unpack(unsigned char *dst, const unsigned char *src, uint64_t rows, 
 		memcpy(dst + i * ld * elem, src + i * cols * elem, cols * elem);
 }
 
-/* Pack `count` entries of a rows x cols operand, entry i at src + i * stride elements. */
-static void pack_entries(unsigned char *dst, const void *src, uint64_t count, uint64_t stride, uint64_t rows,
-			 uint64_t cols, uint64_t ld, size_t elem)
+/* Entry i of a batched operand: list[i], or src + i * stride elements. */
+static const unsigned char *entry(const void *src, const void *const *list, uint64_t i, uint64_t stride, size_t elem)
+{
+	return list ? (const unsigned char *)list[i] : (const unsigned char *)src + i * stride * elem;
+}
+
+/* Pack `count` entries of a rows x cols operand. */
+static void pack_entries(unsigned char *dst, const void *src, const void *const *list, uint64_t count, uint64_t stride,
+			 uint64_t rows, uint64_t cols, uint64_t ld, size_t elem)
 {
 	for (uint64_t i = 0; i < count; i++)
-		pack(dst + i * rows * cols * elem, (const unsigned char *)src + i * stride * elem, rows, cols, ld, elem);
+		pack(dst + i * rows * cols * elem, entry(src, list, i, stride, elem), rows, cols, ld, elem);
 }
 
 int ffa_trans_char(char t)
@@ -282,8 +288,8 @@ int ffa_gemm_device(const struct ffa_gemm_args *g, struct ffa_error_info *why)
 	ac = g->ta ? g->m : kd;
 	br = g->tb ? g->n : kd;
 	bc = g->tb ? kd : g->n;
-	na = g->stride_a || g->batch == 1 ? g->batch : 1; /* stride 0: one A for every entry */
-	nb = g->stride_b || g->batch == 1 ? g->batch : 1;
+	na = g->a_list || g->stride_a || g->batch == 1 ? g->batch : 1; /* stride 0: one A for every entry */
+	nb = g->b_list || g->stride_b || g->batch == 1 ? g->batch : 1;
 	if (g->m > UINT32_MAX || g->n > UINT32_MAX || kd > UINT32_MAX || g->batch > UINT32_MAX) {
 		snprintf(why->param, sizeof(why->param), "m");
 		snprintf(why->message, sizeof(why->message), "m %llu, n %llu, k %llu, batch %llu; allowed: at most "
@@ -311,11 +317,12 @@ int ffa_gemm_device(const struct ffa_gemm_args *g, struct ffa_error_info *why)
 	if (rc)
 		goto out;
 	if (kd) {
-		pack_entries(stage + a_off, g->a, na, g->stride_a, ar, ac, g->lda, g->elem);
-		pack_entries(stage + b_off, g->b, nb, g->stride_b, br, bc, g->ldb, g->elem);
+		pack_entries(stage + a_off, g->a, g->a_list, na, g->stride_a, ar, ac, g->lda, g->elem);
+		pack_entries(stage + b_off, g->b, g->b_list, nb, g->stride_b, br, bc, g->ldb, g->elem);
 	}
 	if (g->beta != 0) /* beta == 0: C is not read */
-		pack_entries(stage + c_off, g->c, g->batch, g->stride_c, g->m, g->n, g->ldc, g->elem);
+		pack_entries(stage + c_off, g->c, (const void *const *)g->c_list, g->batch, g->stride_c, g->m, g->n, g->ldc,
+			     g->elem);
 
 	memset(&cmd, 0, sizeof(cmd));
 	d->opcode = FFA_OPCODE_GEMM;
@@ -345,8 +352,8 @@ int ffa_gemm_device(const struct ffa_gemm_args *g, struct ffa_error_info *why)
 		goto out;
 	}
 	for (uint64_t i = 0; i < g->batch; i++)
-		unpack((unsigned char *)g->c + i * g->stride_c * g->elem, stage + c_off + i * g->m * g->n * g->elem, g->m,
-		       g->n, g->ldc, g->elem);
+		unpack((unsigned char *)entry(g->c, (const void *const *)g->c_list, i, g->stride_c, g->elem),
+		       stage + c_off + i * g->m * g->n * g->elem, g->m, g->n, g->ldc, g->elem);
 out:
 	pthread_mutex_unlock(&lock);
 	return rc;

@@ -17,9 +17,10 @@
 #define FFA_INTERNAL __attribute__((visibility("hidden")))
 
 /*
- * One row-major GEMM (or a strided batch of them), arguments already checked:
- * for each entry i < batch, C_i (m x n, ldc) = alpha op(A_i) op(B_i) + beta C_i, where X_i starts
- * stride_x elements after X_(i-1) (stride 0 for A or B: every entry uses the same matrix).
+ * One row-major GEMM (or a batch of them), arguments already checked:
+ * for each entry i < batch, C_i (m x n, ldc) = alpha op(A_i) op(B_i) + beta C_i, where X_i is
+ * x_list[i] when the list is given (a batch of pointers), else starts stride_x elements after
+ * X_(i-1) (stride 0 for A or B: every entry uses the same matrix).
  */
 struct ffa_gemm_args {
 	uint32_t dtype; /* FFA_DTYPE_F32 or FFA_DTYPE_F64 */
@@ -35,6 +36,8 @@ struct ffa_gemm_args {
 	uint64_t ldc;
 	uint64_t batch;
 	uint64_t stride_a, stride_b, stride_c;
+	const void *const *a_list, *const *b_list; /* all three or none */
+	void *const *c_list;
 };
 
 /* 1, 0, or -1 (illegal) for a CBLAS transpose enum or a Fortran TRANS character. */
