@@ -11,6 +11,7 @@ group. The threshold is measured once and read back from its cache.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ from test_c_cblas import BAD_ARGS, DGEMM, ROW, SGEMM, NOTRANS, Case, all_cases, 
 from ffaccel.cli import blas_gen
 
 DROP_IN = "ffaccel_blas"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
 TIMEOUT_S = 120
 #: netlib's libblas.so.3 exports these helpers of its own CBLAS layer; they are no BLAS interface.
 NETLIB_INTERNALS = {"CBLAS_CallFromC", "RowMajorStrg"}
@@ -248,3 +250,30 @@ def test_openblas_and_mkl_spellings_build() -> None:
     proc = subprocess.run([str(exe)], env=env_of(FFACCEL_DEVICE="none"), capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=True)
     assert proc.stdout == "101 114 162 151 173 6 6\n"
+
+
+def test_a_device_without_f64_gemm_keeps_f64_on_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial device (a plug-in driver declaring only the f32 GEMM): f32 runs there, f64 is refused
+    once (UNSUPPORTED, said once) and from then on runs on the host without asking again."""
+    plugins = tmp_path / "plugins"
+    dist = plugins / "ffaccel_f32only-0.dist-info"
+    dist.mkdir(parents=True)
+    shutil.copyfile(PROGRAMS / "f32_only_driver.py", plugins / "f32_only_driver.py")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ffaccel-f32only\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text("[ffaccel.drivers]\nf32only = f32_only_driver:F32OnlyDriver\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]))
+    srv = ServerProcess(tmp_path, "--driver", "f32only")
+    rng = np.random.default_rng(9)
+    cases = [make_case(kind, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, rng) for kind in (SGEMM, DGEMM, DGEMM, SGEMM)]
+    try:
+        before = srv.submissions()
+        got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN,
+                             env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0"})
+        after = srv.submissions()
+    finally:
+        srv.stop()
+    check_results(cases, got)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ffaccel blas: cblas_dgemm: the ffaccel device") and \
+        "UNSUPPORTED" in lines[0], err
+    assert after - before == 2  # the two f32 GEMMs; the f64 one was refused before it ran, then not sent
