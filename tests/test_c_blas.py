@@ -277,3 +277,25 @@ def test_a_device_without_f64_gemm_keeps_f64_on_the_host(tmp_path: Path, monkeyp
     assert len(lines) == 1 and lines[0].startswith("ffaccel blas: cblas_dgemm: the ffaccel device") and \
         "UNSUPPORTED" in lines[0], err
     assert after - before == 2  # the two f32 GEMMs; the f64 one was refused before it ran, then not sent
+
+
+#: (routine, the argument made illegal): row-major calls, where netlib renumbers its reports.
+HOST_ERRORS = [("dgemv", 3), ("dgemv", 4), ("dgemv", 7), ("dgbmv", 3), ("dgbmv", 5), ("dgbmv", 6), ("dger", 2),
+               ("dger", 6), ("dger", 8), ("zgeru", 3), ("zgeru", 10), ("dtrsm", 6), ("dtrsm", 7), ("dtrsm", 12),
+               ("dsymm", 4), ("dsymm", 5), ("dsymm", 10), ("dsyr2k", 5), ("dsyr2k", 8)]
+
+
+@pytest.mark.parametrize("routine,arg", HOST_ERRORS)
+def test_a_netlib_host_reports_its_routines_errors_as_netlib_alone_does(routine: str, arg: int) -> None:
+    """Errors of routines the host runs keep netlib's own message and numbers (netlib's CBLAS checks
+    some arguments in the Fortran routine it calls, and renumbers row-major reports in its
+    cblas_xerbla): only, the drop-in's handler returns where netlib's ends the program."""
+    exe = program("blas_host_error", "blas", include=False)
+    alone = subprocess.run([str(exe), routine, str(arg)], env=env_of(LD_LIBRARY_PATH=str(netlib_blas().parent)),
+                           capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert alone.returncode == 255 and f"Parameter {arg} to routine cblas_{routine}" in alone.stderr
+    dropped = subprocess.run([str(exe), routine, str(arg)], capture_output=True, text=True, timeout=TIMEOUT_S,
+                             check=False, env=env_of(LD_PRELOAD=str(libraries().libblas), FFACCEL_DEVICE="none",
+                                                     FFACCEL_HOST_BLAS=str(netlib_blas())))
+    assert (dropped.returncode, dropped.stdout) == (0, "returned\n")
+    assert dropped.stderr == alone.stderr

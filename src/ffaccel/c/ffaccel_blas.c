@@ -143,12 +143,14 @@ static void load_host(void)
 	char why[512], folder[PATH_MAX] = "", path[PATH_MAX];
 	Dl_info libc;
 	size_t i;
+	void *h;
 	if (env && *env) { /* what the user named, or nothing: no silent substitute */
-		host_handle = try_host(env, why, sizeof(why));
-		if (!host_handle)
+		h = try_host(env, why, sizeof(why));
+		if (!h)
 			fatal("FFACCEL_HOST_BLAS=%s: %s; allowed: the path or soname of another BLAS "
 			      "(e.g. /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3)", env, why);
 		snprintf(host_path, sizeof(host_path), "%s", env);
+		__atomic_store_n(&host_handle, h, __ATOMIC_RELEASE);
 		return;
 	}
 	if (dladdr((const void *)&fopen, &libc) && libc.dli_fname && strrchr(libc.dli_fname, '/')) {
@@ -165,11 +167,12 @@ static void load_host(void)
 				snprintf(path, sizeof(path), "%s/%s", folder, host_candidates[i]);
 			else
 				continue;
-			host_handle = try_host(path, why, sizeof(why));
-			if (host_handle) {
+			h = try_host(path, why, sizeof(why));
+			if (h) {
 				char *real = realpath(path, NULL);
 				snprintf(host_path, sizeof(host_path), "%s", real ? real : path);
 				free(real);
+				__atomic_store_n(&host_handle, h, __ATOMIC_RELEASE);
 				return;
 			}
 		}
@@ -701,14 +704,68 @@ GEMM_BATCH(cblas_dgemm_batch, double, FFA_DTYPE_F64, cblas_dgemm)
 /* ---------------------------------------------------------------------------------------------- */
 /* Error handlers (the program's own replace these: they are weak)                                  */
 
-/* The reference message; then the call returns (as OpenBLAS's XERBLA does) instead of stopping. */
+/*
+ * The reference message; then the call returns (as OpenBLAS's XERBLA does) instead of stopping.
+ * One exception: netlib's CBLAS runs its checks in the Fortran routine it calls, whose XERBLA call
+ * reaches this one (it is first in the program's scope); when netlib's flag CBLAS_CallFromC says
+ * so, netlib's own xerbla_ gets it back, to report through cblas_xerbla with the CBLAS numbering.
+ */
 FFB_EXPORT __attribute__((weak)) void xerbla_(const char *srname, const int *info, size_t srname_len)
 {
+	void *host = __atomic_load_n(&host_handle, __ATOMIC_ACQUIRE);
+	const int *from_cblas = host ? dlsym(host, "CBLAS_CallFromC") : NULL;
+	void *host_xerbla = from_cblas && *from_cblas ? dlsym(host, "xerbla_") : NULL;
 	size_t n = srname_len < 32 ? srname_len : 32; /* a C caller may pass no length: bounded */
+	if (host_xerbla && !in_this_library(host_xerbla)) {
+		((void (*)(const char *, const int *, size_t))host_xerbla)(srname, info, srname_len);
+		return;
+	}
 	n = strnlen(srname, n);
 	while (n && srname[n - 1] == ' ')
 		n--;
 	fprintf(stderr, " ** On entry to %-6.*s parameter number %2d had an illegal value\n", (int)n, srname, *info);
+}
+
+/*
+ * netlib's CBLAS reports a row-major call's errors with the numbers of the column-major call it
+ * made (M and N swapped, ...), and its cblas_xerbla swaps them back, by routine, when netlib's
+ * flag RowMajorStrg is set. The pairs it swaps (checked against netlib's libblas3 in the tests):
+ */
+static const struct {
+	const char *name_part; /* first match wins */
+	int swap[2][2];
+} netlib_row_major_swaps[] = {
+	{"gemm", {{4, 5}, {9, 11}}}, {"symm", {{4, 5}, {0, 0}}}, {"hemm", {{4, 5}, {0, 0}}},
+	{"trmm", {{6, 7}, {0, 0}}},  {"trsm", {{6, 7}, {0, 0}}}, {"gemv", {{3, 4}, {0, 0}}},
+	{"gbmv", {{3, 4}, {5, 6}}},  {"ger", {{2, 3}, {6, 8}}},
+};
+
+static int netlib_row_major_number(int p, const char *rout)
+{
+	void *host = __atomic_load_n(&host_handle, __ATOMIC_ACQUIRE);
+	const int *row_major = host ? dlsym(host, "RowMajorStrg") : NULL;
+	if (!row_major || !*row_major || in_this_library(row_major))
+		return p;
+	for (size_t i = 0; i < sizeof(netlib_row_major_swaps) / sizeof(netlib_row_major_swaps[0]); i++) {
+		if (!strstr(rout, netlib_row_major_swaps[i].name_part))
+			continue;
+		for (int s = 0; s < 2; s++) {
+			const int *pair = netlib_row_major_swaps[i].swap[s];
+			if (p == pair[0] || p == pair[1])
+				return p == pair[0] ? pair[1] : pair[0];
+		}
+		break;
+	}
+	return p;
+}
+
+/* The reference message (numbered as netlib's when netlib's CBLAS reports); then it returns. */
+FFB_EXPORT __attribute__((weak)) void cblas_xerbla(CBLAS_INT p, const char *rout, const char *form, ...)
+{
+	va_list ap;
+	va_start(ap, form);
+	ffa_xerbla_print(netlib_row_major_number((int)p, rout), rout, form, ap);
+	va_end(ap);
 }
 
 /* XERBLA for callers that have the routine's name as an array of characters (LAPACK's C callers). */

@@ -23,15 +23,11 @@
 /* The largest operand, in elements, a call may stage (its byte size then fits 64 bits with room). */
 #define MAX_STAGED_ELEMS (1ull << 58)
 
-/* The reference message; then the call returns (as OpenBLAS's handler does) instead of exiting. */
-__attribute__((weak, visibility("default"))) void cblas_xerbla(CBLAS_INT p, const char *rout, const char *form, ...)
+void ffa_xerbla_print(int p, const char *rout, const char *form, va_list ap)
 {
-	va_list ap;
 	if (p)
-		fprintf(stderr, "Parameter %d to routine %s was incorrect\n", (int)p, rout);
-	va_start(ap, form);
+		fprintf(stderr, "Parameter %d to routine %s was incorrect\n", p, rout);
 	vfprintf(stderr, form, ap);
-	va_end(ap);
 }
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;

@@ -11,6 +11,7 @@
 #include "cblas.h"
 #include "ffaccel.h"
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,9 @@ struct ffa_gemm_args {
 	const void *const *a_list, *const *b_list; /* all three or none */
 	void *const *c_list;
 };
+
+/* The reference cblas_xerbla's message: "Parameter P to routine ROUT was incorrect" (P > 0), then form. */
+FFA_INTERNAL void ffa_xerbla_print(int p, const char *rout, const char *form, va_list ap);
 
 /* 1, 0, or -1 (illegal) for a CBLAS transpose enum or a Fortran TRANS character. */
 FFA_INTERNAL int ffa_trans_enum(CBLAS_TRANSPOSE t);
