@@ -50,7 +50,8 @@ def program(name: str, link: str, include: bool = True) -> Path:
     exe = res.lib.parent / f"{name}-{link}{'' if include else '-sys'}"
     if not exe.exists():
         ours = [f"-I{res.include}", f"-L{res.lib}", f"-Wl,-rpath,{res.lib}"] if include else []
-        proc = subprocess.run([compiler(), *CFLAGS, str(HERE / f"{name}.c"), *ours, f"-l{link}", "-lm", "-o", str(exe)],
+        proc = subprocess.run([compiler(), *CFLAGS, str(HERE / f"{name}.c"), *ours, f"-l{link}", "-lm", "-lpthread",
+                               "-o", str(exe)],
                               capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{name}.c does not build:\n{proc.stderr}"
     return exe

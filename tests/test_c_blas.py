@@ -299,3 +299,13 @@ def test_a_netlib_host_reports_its_routines_errors_as_netlib_alone_does(routine:
                                                      FFACCEL_HOST_BLAS=str(netlib_blas())))
     assert (dropped.returncode, dropped.stdout) == (0, "returned\n")
     assert dropped.stderr == alone.stderr
+
+
+def test_threads_and_a_forked_child_each_get_right_answers_from_the_device(server: ServerProcess) -> None:
+    exe = program("blas_threads_fork", DROP_IN)
+    before = server.submissions()
+    proc = subprocess.run([str(exe)], env=env_of(FFACCEL_DEVICE=f"unix:{server.path}", FFACCEL_BLAS_MIN_FLOPS="0"),
+                          capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.splitlines() == ["threads ok", "child ok", "parent ok"]
+    assert server.submissions() - before == 4 * 10 + 2 + 1  # every call on the device, the child's too
