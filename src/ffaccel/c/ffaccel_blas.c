@@ -247,7 +247,7 @@ static void read_config(void)
 /* Device state: outages, refusals, and the measured threshold                                      */
 
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
-static double retry_at_s;           /* no device attempt before this (CLOCK_MONOTONIC seconds) */
+static int64_t retry_at_ns;         /* no device attempt before this (CLOCK_MONOTONIC ns) */
 static int outage_reported;         /* the current failure was said once */
 static int unsupported[DTYPES];     /* the device refused this dtype's GEMM (UNSUPPORTED) */
 static int threshold_known[DTYPES];
@@ -263,15 +263,21 @@ static void device_failed(const char *rout, int rc, const struct ffa_error_info 
 		      "host BLAS", line);
 	pthread_mutex_lock(&state_lock);
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
-		unsupported[dt] = 1;
+		__atomic_store_n(&unsupported[dt], 1, __ATOMIC_RELAXED);
 	if (rc == FFA_ERR_DEVICE_LOST || rc == FFA_ERR_TIMEOUT)
-		retry_at_s = now_s() + RETRY_AFTER_LOST_S;
+		__atomic_store_n(&retry_at_ns, (int64_t)((now_s() + RETRY_AFTER_LOST_S) * 1e9), __ATOMIC_RELAXED);
 	first = !outage_reported;
 	outage_reported = 1;
 	pthread_mutex_unlock(&state_lock);
-	if ((first && (device_named || rc != FFA_ERR_DEVICE_LOST)) || verbose)
+	if (!(first && (device_named || rc != FFA_ERR_DEVICE_LOST)) && !verbose)
+		return;
+	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
+		say("%s; %s GEMMs run on the host BLAS from now on", line, dtype_names[dt]);
+	else if (rc == FFA_ERR_DEVICE_LOST || rc == FFA_ERR_TIMEOUT)
 		say("%s; this call and the next ones run on the host BLAS (said once until the device works "
 		    "again)", line);
+	else
+		say("%s; this call runs on the host BLAS (said once until the device works again)", line);
 }
 
 static void device_worked(void)
@@ -506,7 +512,8 @@ static int on_device(const char *rout, const struct ffa_gemm_args *g)
 	if (ffa_gemm_quick_return(g))
 		return 1;
 	pthread_once(&config_once, read_config);
-	if (device_off || __atomic_load_n(&unsupported[dt], __ATOMIC_RELAXED) || now_s() < retry_at_s)
+	if (device_off || __atomic_load_n(&unsupported[dt], __ATOMIC_RELAXED) ||
+	    now_s() * 1e9 < (double)__atomic_load_n(&retry_at_ns, __ATOMIC_RELAXED))
 		return 0;
 	t = threshold(dt, rout);
 	if (t < 0 || flops < t) {
