@@ -183,7 +183,7 @@ def test_the_threshold_is_measured_once_then_read_from_the_cache(server: ServerP
     key = entries[0].split("\t")
     assert key[:3] == ["ffaccel-blas-calibration-v1", "f32", f"unix:{server.path}"]
     flops = float(key[5])
-    assert flops == float("inf") or (flops / 2) ** (1 / 3) in (16, 32, 64, 128, 256, 512, 1024)
+    assert flops == float("inf") or flops in [2.0 * n ** 3 for n in (16, 32, 64, 128, 256, 512, 1024)]
     got, err = run_cases(cases, tmp_path, f"unix:{server.path}", link=DROP_IN, env_extra=env)
     check_results(cases, got)
     assert "f32 GEMM threshold" in err and "from the calibration cache" in err and "measured" not in err
@@ -309,3 +309,27 @@ def test_threads_and_a_forked_child_each_get_right_answers_from_the_device(serve
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.splitlines() == ["threads ok", "child ok", "parent ok"]
     assert server.submissions() - before == 4 * 10 + 2 + 1  # every call on the device, the child's too
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown-cpu"
+
+
+@pytest.mark.parametrize("threshold,where", [(100.0, "device"), (1000.0, "host (120 FLOPs, threshold 1000)")])
+def test_a_cached_threshold_decides_where_a_gemm_runs(server: ServerProcess, tmp_path: Path, threshold: float,
+                                                      where: str) -> None:
+    """A 3x4x5 sgemm (120 FLOPs) goes to the device or stays on the host by the threshold in the cache."""
+    host = str(openblas_blas())
+    cache = tmp_path / "calibration.txt"
+    key = ["ffaccel-blas-calibration-v1", "f32", f"unix:{server.path}", host, _cpu_model()]
+    cache.write_text("\t".join([*key, repr(threshold), "written by the test"]) + "\n")
+    cases = [make_case(SGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, np.random.default_rng(10))]
+    got, err = run_cases(cases, tmp_path, f"unix:{server.path}", link=DROP_IN,
+                         env_extra={"FFACCEL_BLAS_CALIBRATION": str(cache), "FFACCEL_HOST_BLAS": host,
+                                    "FFACCEL_BLAS_VERBOSE": "1"})
+    check_results(cases, got)
+    assert err.splitlines() == [f"ffaccel blas: f32 GEMM threshold {threshold:g} FLOPs, from the calibration cache",
+                                f"ffaccel blas: cblas_sgemm 3x4x5 x1: {where}"]

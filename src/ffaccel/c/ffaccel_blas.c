@@ -367,7 +367,7 @@ static void cache_write(const char *key, double flops, const char *how)
 		mkdir(path, 0700); /* EEXIST is fine; a real failure shows at open */
 		*slash = '/';
 	}
-	n = snprintf(line, sizeof(line), "%s\t%g\t%s\n", key, flops, how);
+	n = snprintf(line, sizeof(line), "%s\t%.17g\t%s\n", key, flops, how); /* exact when read back */
 	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0 || n <= 0 || n >= (int)sizeof(line) || write(fd, line, (size_t)n) != n) /* one append: atomic */
 		say("cannot write the calibration cache %s: %s", path, strerror(errno));
