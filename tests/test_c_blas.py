@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from c_util import libraries, program  # tests/ is on pytest's pythonpath (pyproject.toml)
+from c_util import CFLAGS, compiler, libraries, program  # tests/ is on pytest's pythonpath (pyproject.toml)
 from debian_util import debian_blas, netlib_blas, openblas_blas
 from server_util import ServerProcess
 from test_c_cblas import BAD_ARGS, DGEMM, ROW, SGEMM, NOTRANS, Case, all_cases, check_results, make_case, run_cases
@@ -227,8 +227,6 @@ def test_in_place_of_libblas_so_3_the_host_is_the_systems_not_itself(server: Ser
 def test_our_cblas_declarations_agree_with_netlibs(tmp_path: Path) -> None:
     """Every CBLAS prototype of ours, declared again after Debian's (netlib's) cblas.h: a type that
     differs is a compile error ("conflicting types")."""
-    from c_util import CFLAGS, compiler
-
     src = tmp_path / "agree.c"
     src.write_text("#include <cblas.h>\n" + blas_gen.render_prototypes(blas_gen.routines()))
     proc = subprocess.run([compiler(), *CFLAGS, "-c", str(src), "-o", str(tmp_path / "agree.o")],

@@ -70,6 +70,7 @@ class Routine:
 
 
 def table_text() -> str:
+    """The routine table shipped with the package (ffaccel/c/blas_routines.txt)."""
     return (resources.files("ffaccel") / "c" / "blas_routines.txt").read_text(encoding="utf-8")
 
 
