@@ -40,13 +40,18 @@ def libraries() -> BuildResult:
     return _built()
 
 
-def program(name: str, link: str) -> Path:
-    """Compile tests/c/NAME.c against the built headers, linked with ``-l<link>``; the executable."""
+def program(name: str, link: str, include: bool = True) -> Path:
+    """Compile tests/c/NAME.c linked with ``-l<link>`` (once per process); the executable.
+
+    ``include``: against the built headers and libraries (False: the system's only, as a program
+    written for Debian's libblas-dev is built: its cblas.h, its -lblas, no path to ours).
+    """
     res = libraries()
-    exe = res.lib.parent / name
+    exe = res.lib.parent / f"{name}-{link}{'' if include else '-sys'}"
     if not exe.exists():
-        proc = subprocess.run([compiler(), *CFLAGS, str(HERE / f"{name}.c"), f"-I{res.include}", f"-L{res.lib}",
-                               f"-l{link}", f"-Wl,-rpath,{res.lib}", "-lm", "-o", str(exe)],
+        ours = [f"-I{res.include}", f"-L{res.lib}", f"-Wl,-rpath,{res.lib}"] if include else []
+        proc = subprocess.run([compiler(), *CFLAGS, str(HERE / f"{name}.c"), *ours, f"-l{link}", "-lm", "-lpthread",
+                               "-o", str(exe)],
                               capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{name}.c does not build:\n{proc.stderr}"
     return exe

@@ -77,5 +77,10 @@ class ServerProcess:
         self.log.close()
         return self.proc.returncode
 
+    def submissions(self) -> int:
+        """Submissions the server accepted since it started (its STATS counter)."""
+        with self.open() as dev:
+            return dev._transport.stats()["submissions"]
+
     def log_text(self) -> str:
         return Path(self.log.name).read_text()

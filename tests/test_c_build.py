@@ -16,9 +16,12 @@ def test_build_c_writes_headers_and_libraries(tmp_path: Path, capsys: pytest.Cap
     assert main(["build-c", "--out", str(tmp_path / "out")]) == 0
     inc, lib = tmp_path / "out" / "include", tmp_path / "out" / "lib"
     assert sorted(p.name for p in inc.iterdir()) == ["cblas.h", "ffaccel.h", "ffaccel_uapi.h"]
-    assert sorted(p.name for p in lib.iterdir()) == ["libffaccel.so", "libffaccel_cblas.so"]
+    assert sorted(p.name for p in lib.iterdir()) == ["libblas.so.3", "libffaccel.so", "libffaccel_blas.so",
+                                                     "libffaccel_cblas.so"]
+    assert (lib / "libblas.so.3").resolve() == (lib / "libffaccel_blas.so").resolve()
     assert (inc / "ffaccel_uapi.h").read_text() == cheader.render()
-    assert "libffaccel_cblas.so" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "libffaccel_cblas.so" in out and "LD_PRELOAD=" in out
 
 
 def test_no_compiler_is_said_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

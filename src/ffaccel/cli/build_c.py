@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,10 +22,17 @@ from rich.console import Console
 
 from ..spec import ErrorCode, FFAccelError
 from ..transports.cheader import render
+from . import blas_gen
 
-#: Headers installed into ``DIR/include`` (the uAPI header is generated, not copied).
+#: Headers installed into ``DIR/include`` (the uAPI header and cblas.h's prototypes are generated).
 HEADERS = ("ffaccel.h", "cblas.h")
 UAPI_HEADER = "ffaccel_uapi.h"
+#: The drop-in BLAS's soname: a program linked against libblas.so.3 finds it in that library's place.
+BLAS_SONAME = "libblas.so.3"
+#: Sources of each library (in the package's ``c`` folder; generated ones are written beside them).
+CLIENT_SOURCES = ("ffaccel_client.c",)
+CBLAS_SOURCES = ("ffaccel_cblas.c", "ffaccel_gemm.c")
+BLAS_SOURCES = ("ffaccel_blas.c", "ffaccel_gemm.c", "ffaccel_client.c", "ffaccel_blas_forward.c")
 #: Compiler candidates, after ``$CC``.
 COMPILERS = ("cc", "gcc", "clang")
 #: No -Werror for users: a newer compiler's new warning must not break their build (the tests add it).
@@ -46,6 +54,11 @@ class BuildResult:
     @property
     def libcblas(self) -> Path:
         return self.lib / "libffaccel_cblas.so"
+
+    @property
+    def libblas(self) -> Path:
+        """The drop-in BLAS (also reachable as ``lib/libblas.so.3``, its soname)."""
+        return self.lib / "libffaccel_blas.so"
 
 
 def find_compiler(cc: str | None = None) -> list[str]:
@@ -77,7 +90,10 @@ def source_dir() -> Path:
 
 
 def build_c(out: str | os.PathLike[str], cc: str | None = None, werror: bool = False) -> BuildResult:
-    """Write ``out/include`` (uAPI, client and CBLAS headers) and ``out/lib`` (the two libraries).
+    """Write ``out/include`` (uAPI, client and CBLAS headers) and ``out/lib`` (the three libraries).
+
+    ``lib/libffaccel_blas.so`` is the drop-in BLAS (docs/blas.md), with ``lib/libblas.so.3`` a link
+    to it (its soname), so that ``LD_LIBRARY_PATH=out/lib`` puts it in the system BLAS's place.
 
     Parameters
     ----------
@@ -98,20 +114,38 @@ def build_c(out: str | os.PathLike[str], cc: str | None = None, werror: bool = F
         UNSUPPORTED when no compiler is found; INVALID_PARAMETER (``CC``) when it fails.
     """
     compiler = find_compiler(cc)
-    src = source_dir()
     root = Path(out)
     inc, lib = root / "include", root / "lib"
-    inc.mkdir(parents=True, exist_ok=True)
-    lib.mkdir(parents=True, exist_ok=True)
-    (inc / UAPI_HEADER).write_text(render())
-    for h in HEADERS:
-        shutil.copyfile(src / h, inc / h)
     result = BuildResult(inc, lib, " ".join(compiler))
     flags = [*_FLAGS, "-Werror"] if werror else list(_FLAGS)
-    _compile(compiler, [*flags, "-shared", f"-I{inc}", str(src / "ffaccel_client.c"), "-o", str(result.libffaccel)])
-    _compile(compiler, [*flags, "-shared", f"-I{inc}", str(src / "ffaccel_cblas.c"), f"-L{lib}", "-lffaccel",
-                        "-lpthread", "-Wl,-rpath,$ORIGIN", "-o", str(result.libcblas)])
+    with tempfile.TemporaryDirectory(prefix="ffaccel-build-c-") as tmp:
+        src = _sources(Path(tmp))
+        inc.mkdir(parents=True, exist_ok=True)
+        lib.mkdir(parents=True, exist_ok=True)
+        for h in (*HEADERS, UAPI_HEADER):
+            shutil.copyfile(src / h, inc / h)
+        _compile(compiler, [*flags, "-shared", *(str(src / f) for f in CLIENT_SOURCES), "-o", str(result.libffaccel)])
+        _compile(compiler, [*flags, "-shared", *(str(src / f) for f in CBLAS_SOURCES), f"-L{lib}", "-lffaccel",
+                            "-lpthread", "-Wl,-rpath,$ORIGIN", "-o", str(result.libcblas)])
+        # self-contained (the client is inside, hidden): it must load from wherever libblas.so.3 points
+        _compile(compiler, [*flags, "-shared", "-fvisibility=hidden", *(str(src / f) for f in BLAS_SOURCES),
+                            f"-Wl,-soname,{BLAS_SONAME}", "-ldl", "-lpthread", "-lm", "-o", str(result.libblas)])
+    link = lib / BLAS_SONAME
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(result.libblas.name)
     return result
+
+
+def _sources(folder: Path) -> Path:
+    """The package's C sources in folder, with the generated ones: uAPI header, cblas.h, forwarders."""
+    for f in source_dir().iterdir():
+        if f.suffix in (".c", ".h"):
+            shutil.copyfile(f, folder / f.name)
+    (folder / UAPI_HEADER).write_text(render())
+    (folder / "cblas.h").write_text(blas_gen.render_cblas_header((source_dir() / "cblas.h").read_text()))
+    blas_gen.write_sources(folder)
+    return folder
 
 
 def _compile(compiler: list[str], args: list[str]) -> None:
@@ -127,16 +161,19 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     res = build_c(args.out, args.cc)
     say = lambda text: console.print(text, soft_wrap=True, markup=False, highlight=False)  # noqa: E731 - paths whole
     say(f"built with {res.compiler}:")
-    for p in sorted(res.include.iterdir()) + [res.libffaccel, res.libcblas]:
+    for p in sorted(res.include.iterdir()) + [res.libffaccel, res.libcblas, res.libblas]:
         say(f"  {p}")
     say(f"link a CBLAS program: cc prog.c -I{res.include} -L{res.lib} -lffaccel_cblas -Wl,-rpath,{res.lib}")
     say("run it against a server: FFACCEL_DEVICE=unix:PATH ./prog (PATH: the socket of `ffaccel serve`)")
+    say(f"drop-in BLAS for unmodified programs: LD_PRELOAD={res.libblas} FFACCEL_DEVICE=unix:PATH prog "
+        "(docs/blas.md)")
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ffaccel build-c`` on the CLI's subcommands."""
-    p = sub.add_parser("build-c", help="compile the C client (libffaccel.so) and CBLAS (libffaccel_cblas.so)")
+    p = sub.add_parser("build-c", help="compile the C client (libffaccel.so), CBLAS (libffaccel_cblas.so) and "
+                       "the drop-in BLAS (libffaccel_blas.so)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/include and DIR/lib")
     p.add_argument("--cc", default=None, help="C compiler command (default: $CC, else cc, gcc or clang)")
     p.set_defaults(func=_run)
