@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -21,10 +21,13 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
-from . import build_c
+from . import build_c, readiness
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
 from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
                      report_error, sigterm_unwinds, status_of, stdout_gone)
+
+if TYPE_CHECKING:
+    from ..transports.server import Server
 
 
 def _info(args: argparse.Namespace, console: Console) -> int:
@@ -227,13 +230,29 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
         if not os.path.isdir(folder):
             raise CommandError(Exit.USAGE, f"--socket {args.socket}: the folder {folder} does not exist; "
                                            "create it or choose a socket path in an existing folder")
+    if args.ready_file is not None:
+        readiness.prepare_ready_file(args.ready_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
+    written: list[os.stat_result] = []
+
+    def ready(srv: "Server") -> None:  # the socket listens: connections queue from here on
+        if args.ready_file is not None:
+            written.append(readiness.write_ready_file(args.ready_file, {
+                "device": f"unix:{srv.socket_path}", "socket": srv.socket_path, "pid": os.getpid(),
+                "driver": args.driver}))
+        readiness.notify_service_manager(f"READY=1\nMAINPID={os.getpid()}\n"
+                                         f"STATUS=serving {args.driver} on {srv.socket_path}")
+
     try:
         session_limits, server_limits = limits_from_overrides(args.limit)
         return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us,
-                     session_limits=session_limits, limits=server_limits)
+                     session_limits=session_limits, limits=server_limits, ready=ready)
     except OSError as e:  # socket in use, path refused...: the server says why, we say where
         raise CommandError(status_of(e), f"cannot serve on {where}: {one_line(e)}") from e
+    finally:
+        if written:
+            readiness.notify_service_manager("STOPPING=1")
+            readiness.remove_ready_file(args.ready_file, written[0])
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -247,6 +266,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                           "(default: half the device's memory)")
     srv.add_argument("--ring-poll-us", type=int, default=200, metavar="US",
                      help="how long the ring poller busy-polls before sleeping (default: 200)")
+    srv.add_argument("--ready-file", default=None, metavar="PATH",
+                     help="once the socket listens, write PATH atomically (one line of JSON: device, socket, pid, "
+                          "driver); removed when the server stops. With $NOTIFY_SOCKET set (systemd Type=notify) "
+                          "READY=1 is also sent there")
     srv.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                      help="override one per-client or server-wide limit (repeatable; the table of limits, "
                           "defaults and error codes is in docs/spec.md, e.g. max_mappings=4096, max_clients=256)")

@@ -145,5 +145,14 @@ class Driver:
         else:
             np.copyto(dst, src.astype(dst.dtype), casting="unsafe")
 
+    def usage(self) -> dict[str, float]:
+        """What the driver itself counts since it was opened, by name (``Device.stats()["driver"]``).
+
+        The transport counts commands, FLOPs and bytes for every driver; this is for what only
+        the driver knows (the dask driver: GEMMs run locally or on the cluster, tiles, bytes
+        scattered, seconds per phase). Default: nothing.
+        """
+        return {}
+
     def close(self) -> None:
         """Release whatever the driver holds."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..abi import Copy, Gemm, LruCache, Matrix, encode_submission
 from ..drivers import DriverInfo, GemmKernel, driver_targets, open_driver
+from ..drivers.connect import check_wait_s
 from ..spec import SPEC_VERSION, DType, Engine, ErrorCode, FFAccelError, dtype_of_numpy, violation
 from ..transports.inproc import InprocTransport
 
@@ -401,39 +402,42 @@ def devices() -> list[str]:
     return names
 
 
-def _open_remote(name: str) -> Device:
-    """``unix:PATH[?transport=socket|ring][&timeout_s=S][&poll_us=N][&entries=N]``."""
+def _open_remote(name: str, wait_s: float | None = None) -> Device:
+    """``unix:PATH[?transport=socket|ring][&timeout_s=S][&poll_us=N][&entries=N][&wait_s=S]``."""
     from ..transports.ring import RingTransport
     from ..transports.socket import SocketTransport
 
+    form = "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N&entries=N&wait_s=S]"
     rest = name[len("unix:"):]
     path, _, query = rest.partition("?")
     try:
         q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True, strict_parsing=bool(query)).items()}
     except ValueError:
-        raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N]") from None
-    allowed = {"transport", "timeout_s", "poll_us", "entries"}
+        raise violation("device.name", name, form) from None
+    allowed = {"transport", "timeout_s", "poll_us", "entries", "wait_s"}
     kind = q.get("transport", "socket")
     if not path:  # "unix:" alone: the default socket (in its private folder)
         from ..transports.paths import default_socket_path
 
         path = default_socket_path()
     if set(q) - allowed or kind not in ("socket", "ring"):
-        raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N&entries=N]")
+        raise violation("device.name", name, form)
     try:
         timeout_s = float(q.get("timeout_s", 30.0))
         poll_us = int(q.get("poll_us", 200))
         entries = int(q.get("entries", 256))
     except ValueError:
         raise violation("device.name", name, "numbers for timeout_s, poll_us and entries") from None
+    if wait_s is None and "wait_s" in q:
+        wait_s = check_wait_s(q["wait_s"], "wait_s")
     if kind == "ring":
         if not 2 <= entries <= 4096 or entries & (entries - 1):
             raise violation("device.name", name, "entries a power of two in [2, 4096]")
-        return Device(name, RingTransport(path, entries=entries, poll_us=poll_us, timeout_s=timeout_s))
-    return Device(name, SocketTransport(path, timeout_s=timeout_s, poll_us=poll_us))
+        return Device(name, RingTransport(path, entries=entries, poll_us=poll_us, timeout_s=timeout_s, wait_s=wait_s))
+    return Device(name, SocketTransport(path, timeout_s=timeout_s, poll_us=poll_us, wait_s=wait_s))
 
 
-def open_device(name: str | None = None) -> Device:
+def open_device(name: str | None = None, *, wait_s: float | None = None) -> Device:
     """Open a device by name: ``None`` means ``$FFACCEL_DEVICE``, else ``"cpu"``.
 
     ``"cpu"``, ``"ref"`` (any installed driver) run in this process. ``"unix:PATH"`` connects
@@ -441,7 +445,13 @@ def open_device(name: str | None = None) -> Device:
     ``$FFACCEL_SOCKET`` or ``server.sock`` in the private folder ``$XDG_RUNTIME_DIR/ffaccel`` or
     ``/tmp/ffaccel-UID``); ``"unix:PATH?transport=ring"``
     submits through shared-memory rings instead (options: ``poll_us``, ``entries``,
-    ``timeout_s``). A server that is unreachable raises DEVICE_LOST.
+    ``timeout_s``, ``wait_s``). A server that is unreachable raises DEVICE_LOST.
+    ``ffaccel devices`` (or :func:`device_catalog`) lists every name form and what it needs.
+
+    ``wait_s`` (or ``?wait_s=S`` in the name, or ``$FFACCEL_CONNECT_TIMEOUT`` when neither is
+    given) waits up to that many seconds for a device that is not there yet: a server whose
+    socket does not exist or does not listen yet, a Dask scheduler that refuses. The default 0
+    fails at once. In-process devices are always there: it changes nothing for them.
 
     Examples
     --------
@@ -453,7 +463,7 @@ def open_device(name: str | None = None) -> Device:
         env = os.environ.get(DEFAULT_DEVICE_ENV)
         if env:
             try:
-                return open_device(env)
+                return open_device(env, wait_s=wait_s)
             except FFAccelError as e:  # say where the name came from: the user never typed it here
                 if e.rule != "device.name":
                     raise
@@ -464,9 +474,14 @@ def open_device(name: str | None = None) -> Device:
         name = DEFAULT_DEVICE
     if not isinstance(name, str):
         raise violation("device.name", repr(name), devices())
+    if wait_s is not None:
+        wait_s = check_wait_s(wait_s, "wait_s")
     if name.startswith("unix:"):
-        return _open_remote(name)
-    return Device(name, InprocTransport(open_driver(name)))
+        return _open_remote(name, wait_s)
+    driver_name = name
+    if wait_s is not None and name.startswith("dask:"):  # the dask driver connects: it takes the wait
+        driver_name = f"{name}{'&' if '?' in name else '?'}wait_s={wait_s!r}"
+    return Device(name, InprocTransport(open_driver(driver_name)))
 
 
 def default_device(name: str | None = None) -> Device:
