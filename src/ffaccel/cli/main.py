@@ -21,7 +21,7 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
-from . import build_c, readiness
+from . import build_c, query, readiness
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
 from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
                      report_error, sigterm_unwinds, status_of, stdout_gone)
@@ -47,7 +47,7 @@ def _info(args: argparse.Namespace, console: Console) -> int:
             "memory_bytes": info.memory_bytes,
             "kernels": dict(info.kernels),
         }
-        console.print_json(json.dumps(doc))
+        query.emit_json(doc)
         return 0
     console.print(f"[bold]ffaccel[/] {__version__} — spec v{SPEC_VERSION[0]}.{SPEC_VERSION[1]}, ABI {ABI_VERSION}")
     console.print(f"device [bold]{dev.name}[/]: driver {info.name} {info.version} — {info.description}")
@@ -120,6 +120,8 @@ def _run_conformance(args: argparse.Namespace, console: Console, level: str,
         console.print(f"report: {json_path} and {md_path}")
     verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({len(report.failures)} failed)"
     console.print(f"{report.device}: {verdict}")
+    if args.json:  # the --report JSON, on stdout (the tables above went to stderr)
+        query.emit_json(report.to_json())
     return Exit.OK if report.passed else Exit.FAILED
 
 
@@ -139,6 +141,8 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         paths = write_outputs(results, cfg.out)
     _print_report(results, console)
     console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)")
+    if args.json:  # DIR/results.json as written, on stdout (the tables above went to stderr)
+        query.emit_json(Path(paths["json"]).read_text(encoding="utf-8"))
     return Exit.OK if all(c["passed"] for c in results["conformance"]) else Exit.FAILED
 
 
@@ -291,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="spec version, driver, supported combinations and limits")
     info.add_argument("device", nargs="?", default=None,
                       help=f"device name (default: $FFACCEL_DEVICE, else cpu); one of {', '.join(devices())}")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--json", action="store_true",
+                      help="print one JSON object on stdout: spec_version, abi_version, device, driver, gemm_combos, "
+                           "copy_conversions, post_ops, engines, limits, memory_bytes, kernels")
     info.set_defaults(func=_info)
     conf = sub.add_parser("conformance", help="run the conformance suite against a device")
     conf.add_argument("device", help="device name, e.g. cpu or ref")
@@ -300,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     lvl.add_argument("--full", action="store_true", help="every shape triple and a large GEMM")
     conf.add_argument("--report", metavar="PATH",
                       help="write the report: PATH.json and PATH.md, or DIR/conformance.{json,md}")
+    conf.add_argument("--json", action="store_true",
+                      help="print the report's JSON (as --report writes it) on stdout; the tables go to stderr")
     conf.set_defaults(func=_conformance)
     rep = sub.add_parser("report", help="conformance, dispatch overhead, throughput and a workload, with plots")
     rep.add_argument("devices", nargs="*", help="devices to qualify (default: cpu, the embedded default)")
@@ -308,9 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "a minute; longer on a busy one (figures that look disturbed are measured twice)")
     rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
+    rep.add_argument("--json", action="store_true",
+                     help="print DIR/results.json on stdout once written; progress and tables go to stderr")
     rep.set_defaults(func=_report)
     _add_serve(sub)
     build_c.add_parser(sub)
+    query.add_parsers(sub)
     return p
 
 
@@ -342,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # --help piped into a reader that went away
         return stdout_gone()
     debug = debug_enabled(getattr(args, "debug", False))
-    console = _Console()
+    # with --json, stdout carries the JSON alone: what the command shows on the way goes to stderr
+    console = _Console(stderr=bool(getattr(args, "json", False)))
     try:
         # serve installs its own SIGINT/SIGTERM handlers (a clean shutdown, status 0)
         with sigterm_unwinds() if args.func is not _serve else contextlib.nullcontext():

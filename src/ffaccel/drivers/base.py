@@ -65,6 +65,9 @@ class Driver:
     host_visible: bool = True
     version: ClassVar[str] = "0"
     description: ClassVar[str] = ""
+    #: (device name form, what it means) pairs that ``ffaccel devices`` lists for a plug-in driver,
+    #: e.g. ``(("mydev", "the first card"), ("mydev:N", "card N"))``; empty: the bare name.
+    device_forms: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def caps(self) -> DeviceCaps:
         """The combinations, conversions, post-ops, engines and limits this driver supports."""

@@ -10,6 +10,7 @@ signalled by the time ``submit`` returns.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import Engine, ErrorCode, FFAccelError, violation
 from .limits import SessionLimits
 from .session import Session
+from .usage import this_process_row
 
 
 class InprocTransport:
@@ -36,10 +38,25 @@ class InprocTransport:
         self._session = Session(driver, self._caps, limits)
         self._timeline = self._session.submitted  # synchronous: submitted == completed
         self._lock = threading.Lock()
+        self._opened_s = (time.time(), time.monotonic())
 
     # -- queries ------------------------------------------------------------------------
     def info(self) -> DriverInfo:
         return self._info
+
+    def usage(self) -> dict[str, object]:
+        """What this device did since it was opened, in the shape of a server's USAGE reply:
+        totals, one client (this process) and the driver's own counters (:mod:`.usage`)."""
+        s = self._session
+        opened_wall, opened_mono = self._opened_s
+        uptime_s = time.monotonic() - opened_mono
+        with self._lock:
+            buffers, memory, totals = s.mapping_count, s.used_bytes, s.usage.totals()
+        row = this_process_row(1, self.kind, uptime_s, buffers, memory, totals)
+        return {"driver": self._info.name, "driver_version": self._info.version, "pid": row["pid"],
+                "started_unix_s": opened_wall, "uptime_s": uptime_s, "clients_now": 1, "clients_since_start": 1,
+                "client_id": 1, "buffers": buffers, "memory_bytes": memory, **totals, "clients": [row],
+                "driver_usage": self.driver.usage()}
 
     # -- memory -------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
@@ -65,7 +82,7 @@ class InprocTransport:
             engine, runs, _waits = s.plan(raw)  # synchronous: every wait has signalled already
             for run in runs:  # nothing runs until every command has passed validation
                 run()
-            return engine, s.assign(engine)
+            return engine, s.assign(engine, runs)
 
     # -- command lists ------------------------------------------------------------------------
     def record(self, raw: bytes) -> int:
@@ -80,7 +97,7 @@ class InprocTransport:
             eng, runs, _waits = s.replay(list_id, engine, waits)  # synchronous: waits have signalled
             for run in runs:
                 run()
-            return eng, s.assign(eng)
+            return eng, s.assign(eng, runs)
 
     def free_list(self, list_id: int) -> None:
         with self._lock:

@@ -64,6 +64,7 @@ from .protocol import (
     collect_fds,
     decode_error,
     decode_info,
+    decode_usage,
 )
 from .paths import check_peer, check_private_dir, is_default_path
 from .spin import SpinBudget
@@ -268,6 +269,12 @@ class SocketTransport:
         """Server-wide counters: clients, buffers, bytes charged to quotas, submissions."""
         body, _ = self._call(Msg.STATS)
         return dict(zip(STATS.names, STATS.struct.unpack(body)))
+
+    def usage(self) -> dict:
+        """What the server did since it started: totals and one row per client (a USAGE request;
+        :mod:`ffaccel.transports.usage`); ``client_id`` is this connection's row."""
+        body, _ = self._call(Msg.USAGE)
+        return decode_usage(body)
 
     # -- memory ---------------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
