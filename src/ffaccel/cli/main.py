@@ -238,8 +238,10 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
         readiness.prepare_ready_file(args.ready_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
     written: list[os.stat_result] = []
+    listening: list[bool] = []
 
     def ready(srv: "Server") -> None:  # the socket listens: connections queue from here on
+        listening.append(True)
         if args.ready_file is not None:
             written.append(readiness.write_ready_file(args.ready_file, {
                 "device": f"unix:{srv.socket_path}", "socket": srv.socket_path, "pid": os.getpid(),
@@ -254,8 +256,9 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     except OSError as e:  # socket in use, path refused...: the server says why, we say where
         raise CommandError(status_of(e), f"cannot serve on {where}: {one_line(e)}") from e
     finally:
-        if written:
+        if listening:
             readiness.notify_service_manager("STOPPING=1")
+        if written:
             readiness.remove_ready_file(args.ready_file, written[0])
 
 
