@@ -1,7 +1,7 @@
 """``ffaccel`` command line: ``info``, ``conformance``, ``report`` and ``serve``.
 
 Every failure is one line on stderr and an exit status from :class:`ffaccel.cli.errors.Exit`
-(``--debug`` adds the traceback); see the README's "Exit status".
+(``--debug`` adds the traceback); see docs/cli.md, "Exit status".
 """
 
 from __future__ import annotations
