@@ -123,6 +123,8 @@ def test_the_server_counts_per_client_and_in_total_since_it_started(served: Serv
     assert _counters(s) == {k: expected_sock[k] + expected_ring[k] for k in USAGE_FIELDS}
     assert (s["clients_now"], s["clients_since_start"], s["driver"]) == (2, 2, "cpu")
     assert s["memory_bytes"] == me["memory_bytes"] + other["memory_bytes"] > 0
+    fixed = sock._transport.stats()  # noqa: SLF001 - the fixed-size STATS reply reads the same counts
+    assert (fixed["clients"], fixed["submissions"]) == (2, s["submissions"])
 
     ring.close()  # a client that leaves: its row goes, its work stays in the totals
     probe = ffaccel.open(f"unix:{path}")

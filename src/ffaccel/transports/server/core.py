@@ -28,7 +28,7 @@ from ..limits import ServerLimits, SessionLimits, raise_nofile_limit
 from ..paths import default_socket_path, peer_pid_uid, prepare_listen_path
 from ..protocol import FENCE_REPLY, MAX_PAYLOAD_BYTES, REPLAY_REQ, REPLY, Msg, close_fds, encode_error, \
     message_error, send_msg
-from ..session import Run, Session
+from ..session import RunBlock, Session
 from ..usage import UsageCounter, process_name, summed
 from .framing import Inbox, Stalled, TooLong, set_send_timeout
 from .memory import BufferRegistry, SharedMem
@@ -138,12 +138,10 @@ class Client:
             engine, runs, checked = self.session.replay(lid, engine_raw, waits)
             return self._enqueue(engine, runs, checked)
 
-    def _enqueue(self, engine: Engine, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
+    def _enqueue(self, engine: Engine, runs: RunBlock, waits: tuple[tuple[Engine, int], ...]
                  ) -> tuple[Engine, int]:
-        value = self.session.assign(engine, runs)
-        srv = self.server
-        srv.stats_submissions += 1
-        srv.engines[engine].submit(self, value, runs, waits)
+        value = self.session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
+        self.server.engines[engine].submit(self, value, runs, waits)
         return engine, value
 
     def queue_full(self) -> bool:
@@ -294,7 +292,6 @@ class Server:
         self.poller = RingPoller(poll_us)
         self.clients: set[Client] = set()
         self.lock = threading.Lock()
-        self.stats_submissions = 0
         self.started_s = time.time()  # wall clock, for the USAGE reply (uptime from the monotonic one)
         self._started_mono = time.monotonic()
         self.clients_served = 0  # connections admitted since start
@@ -315,10 +312,13 @@ class Server:
         self.listener.listen(socket.SOMAXCONN)  # a burst of connections queues instead of being refused
 
     def stats(self) -> tuple[int, int, int, int]:
+        """The STATS reply: clients, buffers, bytes charged, submissions since start (the usage counts)."""
         with self.lock:
             clients = list(self.clients)
+            departed = self.departed.totals()["submissions"]
         charged = sum(c.session.used_bytes for c in clients)
-        return len(clients), len(self.buffers), charged, self.stats_submissions
+        return len(clients), len(self.buffers), charged, departed + sum(
+            c.session.usage.totals()["submissions"] for c in clients)
 
     def usage(self, asking: "Client | None" = None) -> dict[str, object]:
         """What the server has done since it started: totals (clients that left included) and a
