@@ -211,6 +211,15 @@ def test_unknown_worker_device_is_refused(client) -> None:
     assert e.value.param == "name" and "nosuchdriver" in e.value.message
 
 
+def test_what_ran_where_is_public_through_device_stats(client) -> None:
+    dev, _ = _device(client, min_flops=0)
+    a = np.ones((64, 48), np.float32)
+    ffaccel.matmul(a, a.T, device=dev)  # tiled on the cluster
+    usage = dev.stats()["driver_usage"]
+    assert usage["distributed"] == 1 and usage["tiles"] >= 1 and usage["bytes_scattered"] > 0, usage
+    dev.close()
+
+
 def test_no_scheduler_is_device_lost() -> None:
     with pytest.raises(FFAccelError) as e:
         DaskDriver("//127.0.0.1:9?timeout_s=1")

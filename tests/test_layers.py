@@ -1,7 +1,7 @@
 """The layer rule: every import inside ``src/ffaccel`` points down the stack, never up.
 
 spec -> abi -> drivers -> transports -> runtime -> frontends -> conformance -> bench -> report -> cli,
-lowest first (the README's architecture table, top-down, is the same list reversed). The
+lowest first (docs/architecture.md's table, top-down, is the same list reversed). The
 conformance suite, the benchmarks and ``ffaccel report`` sit above the front-ends because they
 exercise them (``matmul`` is measured and judged), below the command line that runs them.
 
@@ -24,7 +24,7 @@ RANK = {name: i for i, name in enumerate(LAYERS)}
 #: Modules directly in the package: the public names of the front-ends.
 TOP_LEVEL = {"__init__": "frontends", "post": "frontends", "blas": "frontends", "torch": "frontends"}
 PACKAGE = Path(ffaccel.__file__).parent
-README = Path(__file__).resolve().parents[1] / "README.md"
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"  # the layer table's page
 
 
 def layer_of(module: str, package: str = "ffaccel") -> str | None:
@@ -97,10 +97,10 @@ def test_every_module_is_in_a_layer() -> None:
     assert not lost, f"modules outside every layer (add their folder to LAYERS, in its place): {lost}"
 
 
-def test_readme_lists_the_layers_in_this_order() -> None:
-    table = re.findall(r"^\| [^|]+ \| `src/ffaccel/(\w+)` \|", README.read_text(encoding="utf-8"), re.M)
+def test_the_architecture_page_lists_the_layers_in_this_order() -> None:
+    table = re.findall(r"^\| [^|]+ \| `src/ffaccel/(\w+)` \|", ARCHITECTURE.read_text(encoding="utf-8"), re.M)
     assert table == list(reversed(LAYERS)), table
-    assert "tests/test_layers.py" in README.read_text(encoding="utf-8")
+    assert "tests/test_layers.py" in ARCHITECTURE.read_text(encoding="utf-8")
 
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import blas, post  # real modules: `import ffaccel.post`, `from ffaccel.blas import gemm`
 from .frontends import matmul
-from .runtime import Buffer, Device, Fence, devices
+from .runtime import Buffer, Device, Fence, device_catalog, devices
 from .runtime import open_device as open  # noqa: A001 - the public name the contract asks for
 from .spec import SPEC_VERSION, ErrorCode, FFAccelError
 
@@ -29,7 +29,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
-    "Buffer", "Device", "ErrorCode", "FFAccelError", "Fence", "SPEC_VERSION", "__version__", "blas", "devices",
+    "Buffer", "Device", "ErrorCode", "FFAccelError", "Fence", "SPEC_VERSION", "__version__", "blas", "device_catalog", "devices",
     "matmul", "open", "post",
 ]
 

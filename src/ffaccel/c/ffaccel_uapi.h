@@ -106,6 +106,7 @@ enum ffa_msg_type {
 	FFA_MSG_RECORD = 11,	/* payload: an ABI submission whose engine is the list's; reply u32 list id, u32 reserved */
 	FFA_MSG_REPLAY = 12,	/* payload ffa_replay; reply ffa_fence_reply */
 	FFA_MSG_FREE_LIST = 13,	/* payload u32 list id, u32 reserved */
+	FFA_MSG_USAGE = 14,	/* payload empty; reply: what the server did since it started, per client, as UTF-8 JSON */
 };
 
 /* ffa_ring_header.server_flags */

@@ -111,17 +111,23 @@ def build_c(out: str | os.PathLike[str], cc: str | None = None, werror: bool = F
     Raises
     ------
     FFAccelError
-        UNSUPPORTED when no compiler is found; INVALID_PARAMETER (``CC``) when it fails.
+        UNSUPPORTED when no compiler is found; INVALID_PARAMETER (``CC``) when it fails, and
+        (``out``) when the output folder cannot be created or written.
     """
     compiler = find_compiler(cc)
     root = Path(out)
     inc, lib = root / "include", root / "lib"
+    try:  # like every other output path: a code, the parameter, what is allowed
+        inc.mkdir(parents=True, exist_ok=True)
+        lib.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, "out", f"the output folder must be one this process can "
+                           f"create and write; got {os.fspath(out)} ({e.strerror or e}"
+                           f"{': ' + str(e.filename) if e.filename else ''})") from None
     result = BuildResult(inc, lib, " ".join(compiler))
     flags = [*_FLAGS, "-Werror"] if werror else list(_FLAGS)
     with tempfile.TemporaryDirectory(prefix="ffaccel-build-c-") as tmp:
         src = _sources(Path(tmp))
-        inc.mkdir(parents=True, exist_ok=True)
-        lib.mkdir(parents=True, exist_ok=True)
         for h in (*HEADERS, UAPI_HEADER):
             shutil.copyfile(src / h, inc / h)
         _compile(compiler, [*flags, "-shared", *(str(src / f) for f in CLIENT_SOURCES), "-o", str(result.libffaccel)])
@@ -158,7 +164,10 @@ def _compile(compiler: list[str], args: list[str]) -> None:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    res = build_c(args.out, args.cc)
+    try:
+        res = build_c(args.out, args.cc)
+    except FFAccelError as e:
+        raise e.renamed({"out": "--out"}) from None
     say = lambda text: console.print(text, soft_wrap=True, markup=False, highlight=False)  # noqa: E731 - paths whole
     say(f"built with {res.compiler}:")
     for p in sorted(res.include.iterdir()) + [res.libffaccel, res.libcblas, res.libblas]:

@@ -2,7 +2,7 @@
 
 Every failure ends the command with one line on stderr that says what is wrong (and, where
 there is one, what to do) and a status from :class:`Exit`; ``--debug`` (or
-``FFACCEL_DEBUG=1``) adds the traceback. The table is documented in the README
+``FFACCEL_DEBUG=1``) adds the traceback. The table is documented in docs/cli.md
 ("Exit status") and is part of the command's interface: scripts test these numbers.
 """
 
@@ -43,7 +43,7 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so that a run unwinds (and cleans up) as on Ctrl-C."""
 
 
-#: One line per status, for ``ffaccel --help`` and the README.
+#: One line per status, for ``ffaccel --help`` and docs/cli.md.
 EXIT_MEANINGS: dict[Exit, str] = {
     Exit.OK: "success (also when the reader of the output goes away: `ffaccel info | head -1`)",
     Exit.FAILED: "conformance failed: a device failed at least one case",

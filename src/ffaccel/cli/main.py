@@ -1,7 +1,7 @@
 """``ffaccel`` command line: ``info``, ``conformance``, ``report`` and ``serve``.
 
 Every failure is one line on stderr and an exit status from :class:`ffaccel.cli.errors.Exit`
-(``--debug`` adds the traceback); see the README's "Exit status".
+(``--debug`` adds the traceback); see docs/cli.md, "Exit status".
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -21,10 +21,13 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
-from . import build_c
+from . import build_c, query, readiness
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
 from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
                      report_error, sigterm_unwinds, status_of, stdout_gone)
+
+if TYPE_CHECKING:
+    from ..transports.server import Server
 
 
 def _info(args: argparse.Namespace, console: Console) -> int:
@@ -44,7 +47,7 @@ def _info(args: argparse.Namespace, console: Console) -> int:
             "memory_bytes": info.memory_bytes,
             "kernels": dict(info.kernels),
         }
-        console.print_json(json.dumps(doc))
+        query.emit_json(doc)
         return 0
     console.print(f"[bold]ffaccel[/] {__version__} — spec v{SPEC_VERSION[0]}.{SPEC_VERSION[1]}, ABI {ABI_VERSION}")
     console.print(f"device [bold]{dev.name}[/]: driver {info.name} {info.version} — {info.description}")
@@ -117,6 +120,8 @@ def _run_conformance(args: argparse.Namespace, console: Console, level: str,
         console.print(f"report: {json_path} and {md_path}")
     verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({len(report.failures)} failed)"
     console.print(f"{report.device}: {verdict}")
+    if args.json:  # the --report JSON, on stdout (the tables above went to stderr)
+        query.emit_json(report.to_json())
     return Exit.OK if report.passed else Exit.FAILED
 
 
@@ -136,6 +141,8 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         paths = write_outputs(results, cfg.out)
     _print_report(results, console)
     console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)")
+    if args.json:  # DIR/results.json as written, on stdout (the tables above went to stderr)
+        query.emit_json(Path(paths["json"]).read_text(encoding="utf-8"))
     return Exit.OK if all(c["passed"] for c in results["conformance"]) else Exit.FAILED
 
 
@@ -228,7 +235,21 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
         if not os.path.isdir(folder):
             raise CommandError(Exit.USAGE, f"--socket {args.socket}: the folder {folder} does not exist; "
                                            "create it or choose a socket path in an existing folder")
+    if args.ready_file is not None:
+        readiness.prepare_ready_file(args.ready_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
+    written: list[os.stat_result] = []
+    listening: list[bool] = []
+
+    def ready(srv: "Server") -> None:  # the socket listens: connections queue from here on
+        listening.append(True)
+        if args.ready_file is not None:
+            written.append(readiness.write_ready_file(args.ready_file, {
+                "device": f"unix:{srv.socket_path}", "socket": srv.socket_path, "pid": os.getpid(),
+                "driver": args.driver}))
+        readiness.notify_service_manager(f"READY=1\nMAINPID={os.getpid()}\n"
+                                         f"STATUS=serving {args.driver} on {srv.socket_path}")
+
     try:
         # --max-client-memory is the limit max_memory_bytes: checked by the same table, before anything starts
         extra = [] if args.max_client_memory is None else [f"max_memory_bytes={args.max_client_memory}"]
@@ -237,9 +258,14 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
                                            f"[0, {MAX_POLL_US}] microseconds")
         session_limits, server_limits = limits_from_overrides([*args.limit, *extra])
         return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us,
-                     session_limits=session_limits, limits=server_limits)
+                     session_limits=session_limits, limits=server_limits, ready=ready)
     except OSError as e:  # socket in use, path refused...: the server says why, we say where
         raise CommandError(status_of(e), f"cannot serve on {where}: {one_line(e)}") from e
+    finally:
+        if listening:
+            readiness.notify_service_manager("STOPPING=1")
+        if written:
+            readiness.remove_ready_file(args.ready_file, written[0])
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -253,6 +279,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                           "(default: half the device's memory)")
     srv.add_argument("--ring-poll-us", type=int, default=200, metavar="US",
                      help="how long the ring poller busy-polls before sleeping (default: 200)")
+    srv.add_argument("--ready-file", default=None, metavar="PATH",
+                     help="once the socket listens, write PATH atomically (one line of JSON: device, socket, pid, "
+                          "driver); removed when the server stops. With $NOTIFY_SOCKET set (systemd Type=notify) "
+                          "READY=1 is also sent there")
     srv.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                      help="override one per-client or server-wide limit (repeatable; the table of limits, "
                           "defaults and error codes is in docs/spec.md, e.g. max_mappings=4096, max_clients=256)")
@@ -274,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="spec version, driver, supported combinations and limits")
     info.add_argument("device", nargs="?", default=None,
                       help=f"device name (default: $FFACCEL_DEVICE, else cpu); one of {', '.join(devices())}")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--json", action="store_true",
+                      help="print one JSON object on stdout: spec_version, abi_version, device, driver, gemm_combos, "
+                           "copy_conversions, post_ops, engines, limits, memory_bytes, kernels")
     info.set_defaults(func=_info)
     conf = sub.add_parser("conformance", help="run the conformance suite against a device")
     conf.add_argument("device", help="device name, e.g. cpu or ref")
@@ -283,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     lvl.add_argument("--full", action="store_true", help="every shape triple and a large GEMM")
     conf.add_argument("--report", metavar="PATH",
                       help="write the report: PATH.json and PATH.md, or DIR/conformance.{json,md}")
+    conf.add_argument("--json", action="store_true",
+                      help="print the report's JSON (as --report writes it) on stdout; the tables go to stderr")
     conf.set_defaults(func=_conformance)
     rep = sub.add_parser("report", help="conformance, dispatch overhead, throughput and a workload, with plots")
     rep.add_argument("devices", nargs="*", help="devices to qualify (default: cpu, the embedded default)")
@@ -291,9 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "a minute; longer on a busy one (figures that look disturbed are measured twice)")
     rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
+    rep.add_argument("--json", action="store_true",
+                     help="print DIR/results.json on stdout once written; progress and tables go to stderr")
     rep.set_defaults(func=_report)
     _add_serve(sub)
     build_c.add_parser(sub)
+    query.add_parsers(sub)
     return p
 
 
@@ -325,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # --help piped into a reader that went away
         return stdout_gone()
     debug = debug_enabled(getattr(args, "debug", False))
-    console = _Console()
+    # with --json, stdout carries the JSON alone: what the command shows on the way goes to stderr
+    console = _Console(stderr=bool(getattr(args, "json", False)))
     try:
         # serve installs its own SIGINT/SIGTERM handlers (a clean shutdown, status 0)
         with sigterm_unwinds() if args.func is not _serve else contextlib.nullcontext():

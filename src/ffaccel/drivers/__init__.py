@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from ..spec import violation
@@ -25,6 +26,72 @@ _BUILTIN = {
 #: Built-in drivers that need an optional package: listed only where it is installed
 #: (looked up without importing it, so ``ffaccel.devices()`` never imports torch).
 _REQUIRES = {"ffaccel.drivers.torch:TorchDriver": "torch", "ffaccel.drivers.dask:DaskDriver": "distributed"}
+
+
+#: How a missing requirement is installed (``ffaccel devices`` says it next to the driver).
+_INSTALL_HINTS = {"torch": "pip install 'ffaccel[torch]'", "distributed": "pip install 'ffaccel[dask]'"}
+#: The device names each built-in driver opens under, with what each means. A driver not listed
+#: here (a plug-in, or one added later) is asked for its class's ``device_forms`` (the same
+#: pairs), else listed under its bare name. A form with an upper-case placeholder (N, HOST...)
+#: needs a value; one without opens as written.
+_FORMS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ref": (("ref", "the golden model: exact arithmetic, one rounding; slow (for judging drivers)"),),
+    "cpu": (("cpu", "the host CPU through OpenBLAS (and oneDNN with the onednn extra); the default device"),
+            ("cpu:N", "the same with at most N BLAS threads (default $FFACCEL_CPU_THREADS, else the BLAS's own)")),
+    "torch": (("torch:cpu", "PyTorch on the CPU"),
+              ("torch:cuda", "PyTorch on the current GPU (a CUDA build of PyTorch and a GPU)"),
+              ("torch:DEVICE", "any device this PyTorch build can use, e.g. torch:cuda:1")),
+    "dask": (("dask://HOST:PORT", "large GEMMs tiled over the workers of a running Dask scheduler; options "
+              "?min_flops=F&parts=N&worker=NAME&local=NAME&timeout_s=S&wait_s=S"),),
+}
+
+
+@dataclass(frozen=True)
+class DriverEntry:
+    """One driver of the registry, as ``ffaccel devices`` lists it.
+
+    ``forms``: (device name form, what it means) pairs; ``requires``: the Python package it needs
+    (None: nothing beyond ffaccel); ``installed``: whether that package is there; ``install``: how
+    to install it.
+    """
+
+    name: str
+    target: str
+    forms: tuple[tuple[str, str], ...]
+    requires: str | None
+    installed: bool
+    install: str
+
+
+def _forms_of(name: str, target: str, installed: bool) -> tuple[tuple[str, str], ...]:
+    if name in _FORMS:
+        return _FORMS[name]
+    if installed:
+        try:
+            module, _, attr = target.partition(":")
+            cls = getattr(importlib.import_module(module), attr)
+            forms = getattr(cls, "device_forms", ())
+            if forms:
+                return tuple((str(f), str(what)) for f, what in forms)
+            return ((name, str(getattr(cls, "description", "")) or f"the {name} driver"),)
+        except Exception:  # noqa: BLE001 - a broken plug-in is listed, not fatal to the listing
+            pass
+    return ((name, f"the {name} driver"),)
+
+
+def driver_catalog() -> list[DriverEntry]:
+    """Every driver the registry knows (built-in ones included where their package is missing),
+    with its device name forms and what it needs installed; sorted by name."""
+    known = dict(_BUILTIN)
+    for name, value in _installed():
+        known.setdefault(name, value)
+    out = []
+    for name, target in sorted(known.items()):
+        need = _REQUIRES.get(target)
+        installed = _available(target)
+        out.append(DriverEntry(name, target, _forms_of(name, target, installed), need, installed,
+                               _INSTALL_HINTS.get(need or "", f"pip install {need}" if need else "")))
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,5 +139,5 @@ def open_driver(name: str) -> Driver:
         raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
 
 
-__all__ = ["BoundGemm", "Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets",
-           "load_driver_class", "open_driver"]
+__all__ = ["BoundGemm", "Driver", "DriverEntry", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel",
+           "driver_catalog", "driver_targets", "load_driver_class", "open_driver"]

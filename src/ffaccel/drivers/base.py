@@ -66,6 +66,9 @@ class Driver:
     host_visible: bool = True
     version: ClassVar[str] = "0"
     description: ClassVar[str] = ""
+    #: (device name form, what it means) pairs that ``ffaccel devices`` lists for a plug-in driver,
+    #: e.g. ``(("mydev", "the first card"), ("mydev:N", "card N"))``; empty: the bare name.
+    device_forms: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def caps(self) -> DeviceCaps:
         """The combinations, conversions, post-ops, engines and limits this driver supports."""
@@ -163,6 +166,15 @@ class Driver:
         not queue again and wait (that thread would wait for itself).
         """
         return None
+
+    def usage(self) -> dict[str, float]:
+        """What the driver itself counts since it was opened, by name (``Device.stats()["driver"]``).
+
+        The transport counts commands, FLOPs and bytes for every driver; this is for what only
+        the driver knows (the dask driver: GEMMs run locally or on the cluster, tiles, bytes
+        scattered, seconds per phase). Default: nothing.
+        """
+        return {}
 
     def close(self) -> None:
         """Release whatever the driver holds."""

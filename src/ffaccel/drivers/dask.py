@@ -43,12 +43,13 @@ network better (t = 2048 in f32 is 1 byte per 512 FLOPs).
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
@@ -66,6 +67,7 @@ from ..spec import (
 )
 from . import open_driver
 from .base import Driver, DriverInfo, GemmKernel
+from .connect import connect_wait_s, retry_until_ready
 from .epilogue import float_steps, int_steps, run_steps
 
 #: GEMMs with fewer FLOPs than this run locally (about a second of one core's BLAS at 1e9 FLOP/s).
@@ -347,7 +349,39 @@ def _parse_options(options: str) -> tuple[str, dict[str, str]]:
     return address, pairs
 
 
-_URL_KEYS = {"min_flops": float, "parts": int, "worker": str, "local": str, "timeout_s": float}
+_URL_KEYS = {"min_flops": float, "parts": int, "worker": str, "local": str, "timeout_s": float, "wait_s": float}
+#: Longest a TCP connect to the scheduler may take before the driver gives up on it (seconds).
+PROBE_TIMEOUT_S = 5.0
+
+
+def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float) -> None:
+    """Fail fast (DEVICE_LOST) when nothing listens at a ``tcp://`` address.
+
+    ``distributed.Client`` retries a refused connection for its whole timeout (36 s for a port
+    nobody listens on); one plain TCP connect answers in about a millisecond. A refused port
+    is retried only while ``wait_s`` lasts (a scheduler that is starting). Other schemes are
+    left to Dask.
+    """
+    parts = urlsplit(address)
+    if parts.scheme != "tcp":
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise violation("device.name", f"dask:{address}", "dask://HOST:PORT with a host and a port")
+
+    def attempt() -> None:
+        socket.create_connection((host, port), timeout=probe_timeout_s).close()
+
+    try:
+        retry_until_ready(attempt, wait_s, (ConnectionRefusedError,))
+    except OSError as e:
+        waited = f" within wait_s={wait_s:g} s" if wait_s else ""
+        raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
+                           f"no Dask scheduler listens at {address}{waited}; got {e.strerror or e!r}; "
+                           "allowed: the address of a running scheduler") from None
 
 
 class DaskDriver(Driver):
@@ -377,6 +411,10 @@ class DaskDriver(Driver):
         The driver that runs small GEMMs and COPY in the client's process (default ``"cpu"``).
     timeout_s : float
         Longest wait for a GEMM's tiles; past it the call raises DEVICE_LOST (default 600).
+    wait_s : float, optional
+        How long to wait for a scheduler that refuses connections (one that is starting):
+        default ``$FFACCEL_CONNECT_TIMEOUT``, else 0, so a refused port fails at once with
+        DEVICE_LOST instead of after Dask's own 30 s of retries (:mod:`ffaccel.drivers.connect`).
 
     Examples
     --------
@@ -395,7 +433,7 @@ class DaskDriver(Driver):
 
     def __init__(self, address: str | None = None, *, client: Any = None, min_flops: float | None = None,
                  parts: int | None = None, worker: str = "cpu", worker_opener: Callable[[str], Any] | None = None,
-                 local: str = "cpu", timeout_s: float = 600.0) -> None:
+                 local: str = "cpu", timeout_s: float = 600.0, wait_s: float | None = None) -> None:
         self._kept: dict[int, tuple[np.ndarray, dict[tuple, Any]]] = {}
         self._own_client = False
         if address is None and client is None:  # ffaccel.open("dask") passes no options
@@ -424,6 +462,8 @@ class DaskDriver(Driver):
                     worker = value
                 elif key == "local":
                     local = value
+                elif key == "wait_s":
+                    wait_s = value
                 else:
                     timeout_s = value
         min_flops = DEFAULT_MIN_FLOPS if min_flops is None else min_flops
@@ -438,6 +478,8 @@ class DaskDriver(Driver):
         self.worker = worker
         self.worker_opener = worker_opener
         self.timeout_s = float(timeout_s)
+        if client is None:  # before importing Dask (seconds): a refused port fails in milliseconds
+            _check_scheduler_listens(address, connect_wait_s(wait_s), min(self.timeout_s, PROBE_TIMEOUT_S))
         self._local = open_driver(local)
         dist = _import_distributed()
         self._dist = dist
@@ -651,6 +693,11 @@ class DaskDriver(Driver):
             self.stats["distributed"] += 1
             self.stats["tiles"] += n_tasks
             self.stats["reductions"] += n_red
+
+    def usage(self) -> dict[str, float]:
+        """A copy of :attr:`stats`: what ran where (``Device.stats()["driver"]`` shows it)."""
+        with self._stats_lock:
+            return dict(self.stats)
 
     def close(self) -> None:
         """Forget kept blocks; close the client when the driver opened it."""

@@ -8,12 +8,13 @@ from .device import (
     Device,
     Fence,
     default_device,
+    device_catalog,
     devices,
     open_device,
     resolve_device,
 )
 
 __all__ = [
-    "Buffer", "CommandList", "DEFAULT_DEVICE", "DEFAULT_DEVICE_ENV", "Device", "Fence", "default_device", "devices",
+    "Buffer", "CommandList", "DEFAULT_DEVICE", "DEFAULT_DEVICE_ENV", "Device", "Fence", "default_device", "device_catalog", "devices",
     "open_device", "resolve_device",
 ]

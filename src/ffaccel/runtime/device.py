@@ -20,6 +20,7 @@ import numpy as np
 
 from ..abi import Copy, Gemm, LruCache, Matrix, encode_submission
 from ..drivers import DriverInfo, GemmKernel, driver_targets, open_driver
+from ..drivers.connect import check_wait_s
 from ..spec import SPEC_VERSION, DType, Engine, ErrorCode, FFAccelError, dtype_of_numpy, violation
 from ..transports.inproc import InprocTransport
 
@@ -47,6 +48,7 @@ class Transport(Protocol):
     @property
     def host_visible(self) -> bool: ...
     def thread_pool(self) -> str: ...
+    def usage(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -224,6 +226,39 @@ class Device:
         """What the device supports: driver, combinations, limits, engines, memory."""
         return self._transport.info()
 
+    def stats(self) -> dict[str, Any]:
+        """What the device has done: for a server (``unix:...``), since the server started, with a
+        row per connected client; for an in-process device, since it was opened, with this process
+        as its one client.
+
+        Keys (every counter an integer; see :mod:`ffaccel.transports.usage` for what each counts):
+        ``device``, ``driver``, ``driver_version``, ``pid`` (the server's), ``started_unix_s``,
+        ``uptime_s``, ``clients_now``, ``clients_since_start``, ``client_id`` (this connection's
+        row), ``buffers``, ``memory_bytes`` (charged now), the totals ``submissions``,
+        ``gemm_commands``, ``gemm_flops``, ``gemm_bytes``, ``copy_commands``, ``copy_bytes``
+        (clients that left included), ``clients`` (a list of rows: ``id``, ``pid``, ``uid``,
+        ``command``, ``transport``, ``connected_s``, ``buffers``, ``memory_bytes`` and the same
+        counters) and ``driver_usage`` (what the driver itself counts, e.g. the dask driver's
+        local and distributed GEMMs, tiles and bytes scattered; ``{}`` for most drivers).
+        ``ffaccel stats DEVICE [--json]`` prints it.
+
+        Examples
+        --------
+        >>> import numpy as np, ffaccel
+        >>> from ffaccel.abi import Gemm
+        >>> dev = ffaccel.open("cpu")
+        >>> a, d = dev.alloc(16), dev.alloc(16)
+        >>> g = Gemm(m=2, n=2, k=2, a=a.matrix(np.float32, 2, 2), b=a.matrix(np.float32, 2, 2),
+        ...          d=d.matrix(np.float32, 2, 2))
+        >>> dev.submit([g]).wait()
+        >>> s = dev.stats()
+        >>> s["gemm_commands"], s["gemm_flops"], s["clients"][0]["transport"]
+        (1, 16, 'inproc')
+        """
+        doc = self._transport.usage()
+        doc.setdefault("device", self.name)  # a server names its own socket
+        return doc
+
     @property
     def spec_version(self) -> tuple[int, int]:
         return SPEC_VERSION
@@ -398,7 +433,12 @@ _defaults_lock = threading.Lock()
 
 
 def devices() -> list[str]:
-    """Names of the devices that :func:`open` accepts (one per installed driver).
+    """The installed drivers' names, and the default server socket's device names when one exists.
+
+    A driver name opens its driver with its defaults (``ffaccel.open("torch")`` is ``torch:cpu``);
+    a driver that needs more says what (``dask`` needs ``dask://HOST:PORT``). Every name form,
+    with what it means and what it needs installed, is in :func:`device_catalog` (``ffaccel
+    devices``). Listing imports no optional package (torch, dask).
 
     Examples
     --------
@@ -415,39 +455,102 @@ def devices() -> list[str]:
     return names
 
 
-def _open_remote(name: str) -> Device:
-    """``unix:PATH[?transport=socket|ring][&timeout_s=S][&poll_us=N][&entries=N]``."""
+#: The server's device names: not a driver, a transport to whatever driver ``ffaccel serve`` runs.
+SERVER_FORMS = (
+    ("unix:PATH", "a device server (`ffaccel serve --socket PATH`), one request per call; options "
+                  "?timeout_s=S&poll_us=N&wait_s=S"),
+    ("unix:PATH?transport=ring", "the same server through shared-memory rings (entries=N: slots per queue)"),
+    ("unix:", "the server on the default socket ($FFACCEL_SOCKET, else server.sock in $XDG_RUNTIME_DIR/ffaccel "
+              "or /tmp/ffaccel-UID)"),
+)
+
+
+def device_catalog() -> list[dict[str, Any]]:
+    """Every kind of device ``ffaccel.open`` knows, with its name forms and what it needs.
+
+    One dict per driver of the registry (optional ones included where their package is missing)
+    and one for the device server: ``driver`` (the driver's name; ``None`` for the server),
+    ``forms`` (a list of ``{"name", "meaning"}``; an upper-case placeholder such as N, HOST, PATH
+    needs a value), ``requires`` (the Python package it needs beyond ffaccel, or for the server
+    ``"ffaccel serve"``), ``installed`` (whether that is there), ``install`` (how to get it) and,
+    for the server, ``running`` (device names of a server listening on the default socket).
+    ``ffaccel devices [--json]`` prints it.
+
+    Examples
+    --------
+    >>> import ffaccel
+    >>> cat = {e["driver"]: e for e in ffaccel.device_catalog()}
+    >>> [f["name"] for f in cat["cpu"]["forms"]]
+    ['cpu', 'cpu:N']
+    """
+    from ..drivers import driver_catalog
+    from ..transports.paths import default_socket_path
+
+    out: list[dict[str, Any]] = [
+        {"driver": e.name, "forms": [{"name": f, "meaning": m} for f, m in e.forms], "requires": e.requires,
+         "installed": e.installed, "install": e.install}
+        for e in driver_catalog()]
+    path = default_socket_path()
+    running = [f"unix:{path}", f"unix:{path}?transport=ring"] if _listening(path) else []
+    out.append({"driver": None, "forms": [{"name": f, "meaning": m} for f, m in SERVER_FORMS],
+                "requires": "ffaccel serve", "installed": True,
+                "install": "start one: ffaccel serve --socket PATH --ready-file PATH.ready &", "running": running})
+    return out
+
+
+def _listening(path: str) -> bool:
+    """Whether a server listens on the Unix socket ``path`` (one connect, closed at once)."""
+    import socket
+
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _open_remote(name: str, wait_s: float | None = None) -> Device:
+    """``unix:PATH[?transport=socket|ring][&timeout_s=S][&poll_us=N][&entries=N][&wait_s=S]``."""
     from ..transports.ring import RingTransport
     from ..transports.socket import SocketTransport
 
+    form = "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N&entries=N&wait_s=S]"
     rest = name[len("unix:"):]
     path, _, query = rest.partition("?")
     try:
         q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True, strict_parsing=bool(query)).items()}
     except ValueError:
-        raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N]") from None
-    allowed = {"transport", "timeout_s", "poll_us", "entries"}
+        raise violation("device.name", name, form) from None
+    allowed = {"transport", "timeout_s", "poll_us", "entries", "wait_s"}
     kind = q.get("transport", "socket")
     if not path:  # "unix:" alone: the default socket (in its private folder)
         from ..transports.paths import default_socket_path
 
         path = default_socket_path()
     if set(q) - allowed or kind not in ("socket", "ring"):
-        raise violation("device.name", name, "unix:PATH[?transport=socket|ring&timeout_s=S&poll_us=N&entries=N]")
+        raise violation("device.name", name, form)
     try:
         timeout_s = float(q.get("timeout_s", 30.0))
         poll_us = int(q.get("poll_us", 200))
         entries = int(q.get("entries", 256))
     except ValueError:
         raise violation("device.name", name, "numbers for timeout_s, poll_us and entries") from None
+    if wait_s is None and "wait_s" in q:
+        wait_s = check_wait_s(q["wait_s"], "wait_s")
     if kind == "ring":
         if not 2 <= entries <= 4096 or entries & (entries - 1):
             raise violation("device.name", name, "entries a power of two in [2, 4096]")
-        return Device(name, RingTransport(path, entries=entries, poll_us=poll_us, timeout_s=timeout_s))
-    return Device(name, SocketTransport(path, timeout_s=timeout_s, poll_us=poll_us))
+        return Device(name, RingTransport(path, entries=entries, poll_us=poll_us, timeout_s=timeout_s, wait_s=wait_s))
+    return Device(name, SocketTransport(path, timeout_s=timeout_s, poll_us=poll_us, wait_s=wait_s))
 
 
-def open_device(name: str | None = None) -> Device:
+def open_device(name: str | None = None, *, wait_s: float | None = None) -> Device:
     """Open a device by name: ``None`` means ``$FFACCEL_DEVICE``, else ``"cpu"``.
 
     ``"cpu"``, ``"ref"`` (any installed driver) run in this process. ``"unix:PATH"`` connects
@@ -455,7 +558,13 @@ def open_device(name: str | None = None) -> Device:
     ``$FFACCEL_SOCKET`` or ``server.sock`` in the private folder ``$XDG_RUNTIME_DIR/ffaccel`` or
     ``/tmp/ffaccel-UID``); ``"unix:PATH?transport=ring"``
     submits through shared-memory rings instead (options: ``poll_us``, ``entries``,
-    ``timeout_s``). A server that is unreachable raises DEVICE_LOST.
+    ``timeout_s``, ``wait_s``). A server that is unreachable raises DEVICE_LOST.
+    ``ffaccel devices`` (or :func:`device_catalog`) lists every name form and what it needs.
+
+    ``wait_s`` (or ``?wait_s=S`` in the name, or ``$FFACCEL_CONNECT_TIMEOUT`` when neither is
+    given) waits up to that many seconds for a device that is not there yet: a server whose
+    socket does not exist or does not listen yet, a Dask scheduler that refuses. The default 0
+    fails at once. In-process devices are always there: it changes nothing for them.
 
     Examples
     --------
@@ -467,7 +576,7 @@ def open_device(name: str | None = None) -> Device:
         env = os.environ.get(DEFAULT_DEVICE_ENV)
         if env:
             try:
-                return open_device(env)
+                return open_device(env, wait_s=wait_s)
             except FFAccelError as e:  # say where the name came from: the user never typed it here
                 if e.rule != "device.name":
                     raise
@@ -478,9 +587,14 @@ def open_device(name: str | None = None) -> Device:
         name = DEFAULT_DEVICE
     if not isinstance(name, str):
         raise violation("device.name", repr(name), devices())
+    if wait_s is not None:
+        wait_s = check_wait_s(wait_s, "wait_s")
     if name.startswith("unix:"):
-        return _open_remote(name)
-    return Device(name, InprocTransport(open_driver(name)))
+        return _open_remote(name, wait_s)
+    driver_name = name
+    if wait_s is not None and name.startswith("dask:"):  # the dask driver connects: it takes the wait
+        driver_name = f"{name}{'&' if '?' in name else '?'}wait_s={wait_s!r}"
+    return Device(name, InprocTransport(open_driver(driver_name)))
 
 
 def default_device(name: str | None = None) -> Device:

@@ -13,6 +13,7 @@ signals when the engine has run it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import Engine, ErrorCode, FFAccelError, violation
 from .limits import SessionLimits
 from .session import Session
+from .usage import this_process_row
 
 
 #: Longest a queued job waits for the fences it names (then it fails with TIMEOUT): never forever.
@@ -48,10 +50,25 @@ class InprocTransport:
         self._timeline = self._session.submitted if not self._queues else self._session.completed
         self._done = threading.Condition()
         self._errors: dict[Engine, list[tuple[int, BaseException]]] = {e: [] for e in Engine}
+        self._opened_s = (time.time(), time.monotonic())
 
     # -- queries ------------------------------------------------------------------------
     def info(self) -> DriverInfo:
         return self._info
+
+    def usage(self) -> dict[str, object]:
+        """What this device did since it was opened, in the shape of a server's USAGE reply:
+        totals, one client (this process) and the driver's own counters (:mod:`.usage`)."""
+        s = self._session
+        opened_wall, opened_mono = self._opened_s
+        uptime_s = time.monotonic() - opened_mono
+        with self._lock:
+            buffers, memory, totals = s.mapping_count, s.used_bytes, s.usage.totals()
+        row = this_process_row(1, self.kind, uptime_s, buffers, memory, totals)
+        return {"driver": self._info.name, "driver_version": self._info.version, "pid": row["pid"],
+                "started_unix_s": opened_wall, "uptime_s": uptime_s, "clients_now": 1, "clients_since_start": 1,
+                "client_id": 1, "buffers": buffers, "memory_bytes": memory, **totals, "clients": [row],
+                "driver_usage": self.driver.usage()}
 
     # -- memory -------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
@@ -79,7 +96,7 @@ class InprocTransport:
             if not self._queues:  # synchronous: every wait has signalled already
                 for run in runs:
                     run()
-                return engine, s.assign(engine)
+                return engine, s.assign(engine, runs)
             return self._run(engine, runs, waits)
 
     def _run(self, engine: Engine, runs: Sequence, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
@@ -94,10 +111,10 @@ class InprocTransport:
                                     "a fence that signals before the deadline")
             for run in runs:
                 run()
-            value = s.assign(engine)
+            value = s.assign(engine, runs)
             self._complete(engine, value, None)
             return engine, value
-        value = s.assign(engine)
+        value = s.assign(engine, runs)
 
         def job() -> None:
             error = None
@@ -141,7 +158,7 @@ class InprocTransport:
             if not self._queues:  # synchronous: every wait has signalled already
                 for run in runs:
                     run()
-                return eng, s.assign(eng)
+                return eng, s.assign(eng, runs)
             return self._run(eng, runs, checked)
 
     def free_list(self, list_id: int) -> None:

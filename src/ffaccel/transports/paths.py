@@ -80,6 +80,15 @@ def check_peer(sock: socket.socket, path: str) -> None:
                     "refusing to talk to it")
 
 
+def peer_pid_uid(sock: socket.socket) -> tuple[int, int]:
+    """The connected peer's (pid, uid) from ``SO_PEERCRED``; (0, 0) when it cannot be read."""
+    try:
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return (0, 0)
+    return (pid, uid)
+
+
 def prepare_listen_path(path: str) -> None:
     """Make ``path`` ready to bind: its private directory (default path), a stale socket removed.
 
@@ -116,4 +125,4 @@ def prepare_listen_path(path: str) -> None:
 
 
 __all__ = ["check_peer", "check_private_dir", "default_socket_dir", "default_socket_path", "is_default_path",
-           "make_private_dir", "prepare_listen_path"]
+           "make_private_dir", "peer_pid_uid", "prepare_listen_path"]

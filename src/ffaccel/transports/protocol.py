@@ -67,6 +67,7 @@ class Msg(IntEnum):
     RECORD = 11      # payload: an ABI submission whose engine is the list's; reply u32 list id, u32 reserved
     REPLAY = 12      # payload ffa_replay; reply ffa_fence_reply
     FREE_LIST = 13   # payload u32 list id, u32 reserved
+    USAGE = 14       # payload empty; reply: what the server did since it started, per client, as UTF-8 JSON
 
 
 MSG = Layout("ffa_msg", "Request header; payload_bytes of payload follow.", (
@@ -156,7 +157,7 @@ LIST_ID = Layout("ffa_list_id", "FREE_LIST's payload, and RECORD's reply.", (
     _u32("reserved", "must be zero"),
 ))
 
-EMPTY = Layout("ffa_empty", "No payload (IMPORT, whose fd is the request; STATS).", ())
+EMPTY = Layout("ffa_empty", "No payload (IMPORT, whose fd is the request; STATS; USAGE).", ())
 
 # ------------------------------------------------------------------------------------------
 # rings (io_uring model): one sealed memfd = header, then SQ slots, then CQ slots
@@ -400,6 +401,35 @@ def encode_info(info: "DriverInfo") -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+#: Longest USAGE reply a client reads as JSON (a row per client: 256 clients take about 100 KiB).
+MAX_USAGE_BYTES = 4 << 20
+
+
+def decode_usage(payload: bytes) -> dict:
+    """Parse a USAGE reply: a JSON object whose counters are integers >= 0, and a list of clients.
+
+    Anything else is DEVICE_LOST saying so (a client never trusts a reply).
+    """
+    from .usage import USAGE_FIELDS
+
+    try:
+        if len(payload) > MAX_USAGE_BYTES:
+            raise ValueError(f"{len(payload)} bytes, more than {MAX_USAGE_BYTES}")
+        doc = json.loads(payload.decode())
+        if not isinstance(doc, dict) or not isinstance(doc.get("clients"), list):
+            raise ValueError("not an object with a list of clients")
+        for row in (doc, *doc["clients"]):
+            if not isinstance(row, dict):
+                raise ValueError("a client that is not an object")
+            for key in USAGE_FIELDS:
+                value = row.get(key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{key} = {value!r}")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise FFAccelError(ErrorCode.DEVICE_LOST, "device", f"malformed USAGE reply from the server: {e}") from None
+    return doc
+
+
 def decode_info(payload: bytes) -> "DriverInfo":
     """Parse a HELLO reply strictly; anything malformed is DEVICE_LOST saying so."""
     from ..abi import DeviceCaps
@@ -464,6 +494,6 @@ __all__ = [
     "check_message", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MAX_REPLY_PAYLOAD_BYTES", "MSG", "Msg",
     "NO_INDEX", "REPLAY_REQ", "REPLY", "RING_HEADER", "RING_HEADER_BYTES", "RING_SETUP", "RingClientFlags",
     "RingServerFlags", "SQE_BYTES", "SQE_FLAGS_KNOWN", "SQE_HEADER", "STATS", "SqeFlags", "WAIT_REQ",
-    "WIRE_VERSION", "EVENTFD_KIND", "close_fds", "fd_kind", "memfd_problem", "decode_info", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
+    "WIRE_VERSION", "EVENTFD_KIND", "close_fds", "fd_kind", "memfd_problem", "decode_info", "decode_usage", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",
     "send_msg",
 ]

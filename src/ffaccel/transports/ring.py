@@ -73,12 +73,15 @@ class RingTransport(SocketTransport):
         How long a wait busy-polls shared memory before sleeping on the eventfd.
     timeout_s : float
         Longest any call waits for the server.
+    wait_s : float, optional
+        How long to wait for a server that is starting (see :mod:`ffaccel.drivers.connect`).
     """
 
     kind = "ring"
 
-    def __init__(self, path: str, entries: int = 256, poll_us: int = 200, timeout_s: float = 30.0) -> None:
-        super().__init__(path, timeout_s)
+    def __init__(self, path: str, entries: int = 256, poll_us: int = 200, timeout_s: float = 30.0,
+                 wait_s: float | None = None) -> None:
+        super().__init__(path, timeout_s, wait_s=wait_s)
         self.poll_ns = int(poll_us * 1000)
         self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
         self.entries = entries

@@ -39,6 +39,7 @@ from ..abi import (
 from ..drivers import Driver
 from ..spec import ENGINE_OPCODES, SPEC_LIMITS, Engine, ErrorCode, FFAccelError, Opcode, violation
 from .limits import SessionLimits
+from .usage import EMPTY_USAGE, UsageCounter, block_usage
 
 _SUBMIT_PACK = SUBMIT.struct.pack
 _WAIT_PACK = WAIT.struct.pack
@@ -98,18 +99,21 @@ class SlicedRun:
 
 
 class RunBlock(tuple):
-    """The runs of one submission (or command list), with whether it is heavy.
+    """The runs of one submission (or command list), with whether it is heavy, and its usage.
 
     Heavy: a command runs in slices, or the block's multiply-adds (elements, for COPY) exceed
     ``slice_units`` in all. A shared engine never runs heavy work inline in a client's thread:
-    its scheduler interleaves it with other clients' work.
+    its scheduler interleaves it with other clients' work. ``usage``: what one submission of
+    the block counts (:func:`ffaccel.transports.usage.block_usage`), worked out once.
     """
 
     heavy: bool
+    usage: tuple[int, ...]
 
-    def __new__(cls, runs: "Iterable[Run]", heavy: bool) -> "RunBlock":
+    def __new__(cls, runs: "Iterable[Run]", heavy: bool, usage: tuple[int, ...] = EMPTY_USAGE) -> "RunBlock":
         self = super().__new__(cls, runs)
         self.heavy = heavy
+        self.usage = usage
         return self
 
 
@@ -215,7 +219,7 @@ class BoundRuns:
         runs = [self.get(op) for op in ops]
         heavy = (any(type(r) is SlicedRun for r in runs)
                  or sum(op_units(op) for op in ops) > self.slice_units)
-        return RunBlock(runs, heavy)
+        return RunBlock(runs, heavy, block_usage(ops))
 
     def clear(self) -> None:
         self._runs.clear()
@@ -360,6 +364,8 @@ class Session:
         self.plans = SubmissionPlans(driver, lambda h: table[h].array, caps, self.size_of,
                                      self.submitted.__getitem__, table.keys, limits)
         self.closed = False
+        #: What this client had accepted: commands, FLOPs, bytes (:mod:`ffaccel.transports.usage`).
+        self.usage = UsageCounter()
 
     # -- memory --------------------------------------------------------------------------------
     @property
@@ -423,10 +429,15 @@ class Session:
         self.check_open()
         return self.plans.plan(raw)
 
-    def assign(self, engine: Engine) -> int:
-        """The next fence value on ``engine`` (call only once the submission is accepted)."""
+    def assign(self, engine: Engine, runs: RunBlock) -> int:
+        """The next fence value on ``engine`` (call only once the submission of ``runs`` is accepted).
+
+        Every transport calls it for every accepted submission and replay: the one place they
+        are counted (``runs.usage`` into :attr:`usage`).
+        """
         value = self.submitted[engine] + 1
         self.submitted[engine] = value
+        self.usage.add(runs.usage)
         return value
 
     # -- command lists -----------------------------------------------------------------------------

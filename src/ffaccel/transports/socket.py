@@ -26,6 +26,7 @@ microseconds, about what waking a blocked process costs on its own.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import numbers
 import os
@@ -52,6 +53,7 @@ from ..abi import (
     encode_submission,
 )
 from ..drivers import DriverInfo, GemmKernel
+from ..drivers.connect import CONNECT_TIMEOUT_ENV, connect_wait_s, retry_until_ready
 from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
 from .protocol import (
     MAX_FDS,
@@ -71,6 +73,7 @@ from .protocol import (
     collect_fds,
     decode_error,
     decode_info,
+    decode_usage,
     memfd_problem,
 )
 from ..abi.layout import Layout
@@ -116,11 +119,15 @@ class SocketTransport:
         Longest any call waits for the server (fence waits: their own timeout plus this).
     poll_us : int
         How long a call busy-polls for the reply before sleeping (0: sleep at once).
+    wait_s : float, optional
+        How long to wait for a server that is starting: no socket yet, or nobody listening yet
+        (default ``$FFACCEL_CONNECT_TIMEOUT``, else 0; see :mod:`ffaccel.drivers.connect`).
     """
 
     kind = "socket"
 
-    def __init__(self, path: str, timeout_s: float = 30.0, poll_us: int = DEFAULT_POLL_US) -> None:
+    def __init__(self, path: str, timeout_s: float = 30.0, poll_us: int = DEFAULT_POLL_US,
+                 wait_s: float | None = None) -> None:
         if isinstance(poll_us, bool) or not isinstance(poll_us, numbers.Integral) or not 0 <= poll_us <= MAX_POLL_US:
             raise violation("device.name", f"poll_us={poll_us!r}", f"poll_us an integer in [0, {MAX_POLL_US}]")
         self.path = path
@@ -132,16 +139,17 @@ class SocketTransport:
         self._closed = False
         self._fds: dict[int, int] = {}  # handle -> our memfd (kept for export)
         self._completed = {e: 0 for e in Engine}
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(self.timeout_s)
+        wait = connect_wait_s(wait_s)
         try:
-            if is_default_path(path):
-                check_private_dir(os.path.dirname(os.path.abspath(path)))
-            self._connect(path)
-            check_peer(self._sock, path)
+            # a server that is still starting (no socket file yet, or not listening yet) is waited
+            # for up to ``wait`` seconds (drivers.connect); anything else fails at once
+            self._sock = retry_until_ready(lambda: self._connect(path), wait)
         except OSError as e:
-            self._sock.close()
-            raise device_lost(f"cannot connect to {path!r} ({e.strerror or e})") from None
+            waited = f" within wait_s={wait:g} s" if wait else " (ffaccel.open(..., wait_s=S) or " \
+                f"{CONNECT_TIMEOUT_ENV}=S waits for a server that is starting)"
+            raise device_lost(f"cannot connect to {path!r} ({e.strerror or e}){waited}") from None
+        try:
+            check_peer(self._sock, path)
         except FFAccelError:
             self._sock.close()
             raise
@@ -156,19 +164,22 @@ class SocketTransport:
             self._sock.close()
             raise
 
-    def _connect(self, path: str) -> None:
-        """Connect; a full listen backlog (EAGAIN: a burst of connections) is retried until the timeout."""
-        deadline = time.monotonic() + self.timeout_s
-        pause = 0.001
-        while True:
-            try:
-                self._sock.connect(path)
-                return
-            except BlockingIOError:
-                if time.monotonic() + pause > deadline:
-                    raise
-                time.sleep(pause)  # backing off while the server accepts the others
-                pause = min(pause * 2, 0.05)
+    def _connect(self, path: str) -> socket.socket:
+        """One connection attempt: a new socket, connected (a full listen backlog, EAGAIN, is
+        retried until the timeout: a burst of connections), or the OSError that stopped it."""
+        if is_default_path(path):
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.lexists(folder):  # the server creates it: not there yet
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), folder)
+            check_private_dir(folder)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout_s)
+        try:
+            retry_until_ready(lambda: sock.connect(path), self.timeout_s, (BlockingIOError,))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     # -- framing ----------------------------------------------------------------------------
     def _call(self, msg: Msg, payload: bytes = b"", fds: Sequence[int] = (), want_fds: bool = False,
@@ -310,6 +321,12 @@ class SocketTransport:
         body, _ = self._call(Msg.STATS)
         # a newer server may append counters (extension only at the end): this client reads those it knows
         return dict(zip(STATS.names, self._fields(STATS, body, prefix=True)))
+
+    def usage(self) -> dict:
+        """What the server did since it started: totals and one row per client (a USAGE request;
+        :mod:`ffaccel.transports.usage`); ``client_id`` is this connection's row."""
+        body, _ = self._call(Msg.USAGE)
+        return decode_usage(body)
 
     # -- memory ---------------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from ...drivers import Driver
 from ...spec import Engine, ErrorCode, FFAccelError, violation
 from ..limits import ServerLimits, SessionLimits, raise_nofile_limit
-from ..paths import default_socket_path, prepare_listen_path
+from ..paths import default_socket_path, peer_pid_uid, prepare_listen_path
 from ..protocol import FENCE_REPLY, MAX_PAYLOAD_BYTES, REPLAY_REQ, REPLY, Msg, close_fds, encode_error, \
     message_error, send_msg
-from ..session import Run, Session
+from ..session import RunBlock, Session
+from ..usage import UsageCounter, process_name, summed
 from .framing import Inbox, Stalled, TooLong, set_send_timeout
 from .memory import BufferRegistry, SharedMem
 from .rings import Ring, RingPoller, wait_pairs
@@ -82,6 +83,8 @@ class Client:
         self.ring: Ring | None = None
         self.sock: socket.socket | None = None
         self.closed = False
+        self.peer = (0, 0)  # the client process's (pid, uid), from SO_PEERCRED (the USAGE table)
+        self.since_s = time.monotonic()
 
     # -- memory ---------------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, SharedMem]:
@@ -135,12 +138,10 @@ class Client:
             engine, runs, checked = self.session.replay(lid, engine_raw, waits)
             return self._enqueue(engine, runs, checked)
 
-    def _enqueue(self, engine: Engine, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
+    def _enqueue(self, engine: Engine, runs: RunBlock, waits: tuple[tuple[Engine, int], ...]
                  ) -> tuple[Engine, int]:
-        value = self.session.assign(engine)
-        srv = self.server
-        srv.stats_submissions += 1
-        srv.engines[engine].submit(self, value, runs, waits)
+        value = self.session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
+        self.server.engines[engine].submit(self, value, runs, waits)
         return engine, value
 
     def queue_full(self) -> bool:
@@ -291,7 +292,10 @@ class Server:
         self.poller = RingPoller(poll_us)
         self.clients: set[Client] = set()
         self.lock = threading.Lock()
-        self.stats_submissions = 0
+        self.started_s = time.time()  # wall clock, for the USAGE reply (uptime from the monotonic one)
+        self._started_mono = time.monotonic()
+        self.clients_served = 0  # connections admitted since start
+        self.departed = UsageCounter()  # what clients that left had done (USAGE's totals include it)
         self._stop = threading.Event()
         self._refused: collections.deque[socket.socket] = collections.deque()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -308,10 +312,34 @@ class Server:
         self.listener.listen(socket.SOMAXCONN)  # a burst of connections queues instead of being refused
 
     def stats(self) -> tuple[int, int, int, int]:
+        """The STATS reply: clients, buffers, bytes charged, submissions since start (the usage counts)."""
         with self.lock:
             clients = list(self.clients)
+            departed = self.departed.totals()["submissions"]
         charged = sum(c.session.used_bytes for c in clients)
-        return len(clients), len(self.buffers), charged, self.stats_submissions
+        return len(clients), len(self.buffers), charged, departed + sum(
+            c.session.usage.totals()["submissions"] for c in clients)
+
+    def usage(self, asking: "Client | None" = None) -> dict[str, object]:
+        """What the server has done since it started: totals (clients that left included) and a
+        row per connected client, like nvidia-smi's process table (:mod:`ffaccel.transports.usage`)."""
+        with self.lock:
+            clients = sorted(self.clients, key=lambda c: c.id)
+            departed = self.departed.totals()
+            served = self.clients_served
+        now = time.monotonic()
+        rows = []
+        for c in clients:
+            s = c.session
+            pid, uid = c.peer
+            rows.append({"id": c.id, "pid": pid, "uid": uid, "command": process_name(pid) if pid else "",
+                         "transport": "ring" if c.ring is not None else "socket", "connected_s": now - c.since_s,
+                         "buffers": s.mapping_count, "memory_bytes": s.used_bytes, **s.usage.totals()})
+        return {"device": f"unix:{self.socket_path}", "driver": self.info.name, "driver_version": self.info.version,
+                "pid": os.getpid(), "started_unix_s": self.started_s, "uptime_s": now - self._started_mono,
+                "clients_now": len(rows), "clients_since_start": served, "client_id": asking.id if asking else None,
+                "buffers": sum(r["buffers"] for r in rows), "memory_bytes": sum(r["memory_bytes"] for r in rows),
+                **summed([departed, *rows]), "clients": rows, "driver_usage": self.driver.usage()}
 
     # -- serving -------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -357,8 +385,10 @@ class Server:
             return
         client = Client(self)
         client.sock = conn
+        client.peer = peer_pid_uid(conn)
         with self.lock:
             self.clients.add(client)
+            self.clients_served += 1
         try:
             threading.Thread(target=self._serve_client, args=(conn, client), name=f"client-{client.id}",
                              daemon=True).start()
@@ -468,6 +498,7 @@ class Server:
             client.close()
             with self.lock:
                 self.clients.discard(client)
+                self.departed.absorb(client.session.usage)
                 idle = not self.clients
             try:
                 conn.close()

@@ -9,6 +9,7 @@ returns the reply payload, the fds to send with it, and what to do once the repl
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,10 @@ def _stats(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list
     return STATS.struct.pack(*srv.stats()), [], None
 
 
+def _usage(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+    return json.dumps(srv.usage(client)).encode(), [], None
+
+
 def _ring_setup(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
     entries = f[0]
     if not 2 <= entries <= 4096 or entries & (entries - 1):
@@ -171,6 +176,7 @@ HANDLERS: dict[int, Handler] = {
     Msg.RECORD: Handler(None, 0, _record),
     Msg.REPLAY: Handler(REPLAY_REQ, 0, _replay),
     Msg.FREE_LIST: Handler(LIST_ID, 0, _free_list),
+    Msg.USAGE: Handler(EMPTY, 0, _usage),
 }
 assert set(HANDLERS) == set(Msg), "every message type has a handler"
 
