@@ -15,7 +15,7 @@ validator before the driver is called. The device:
   relu before the tile is written back. int8 products are exact and the int32 accumulator wraps
   modulo 2**32; bf16 products are exact in f32 and accumulated in f32;
 * models its own time per job (:class:`NpuModel`, presets in :data:`PRESETS`) and adds it to
-  :attr:`NpuDriver.stats`; with ``paced=1`` a job completes no earlier than its modeled time.
+  :meth:`NpuDriver.usage` (``Device.stats()["driver_usage"]``); with ``paced=1`` a job completes no earlier than its modeled time.
 
 Device names: ``npu`` (the default preset, ``rk3588``) or ``npu:preset=NAME,KEY=VALUE,...`` where
 each KEY is a field of :class:`NpuModel` (an override) or ``paced`` / ``timeout_s``. See
@@ -344,7 +344,8 @@ class NpuDriver(Driver):
     >>> a = np.arange(6, dtype=np.int8).reshape(2, 3)
     >>> ffaccel.matmul(a, a.T.copy(), device=dev).tolist()
     [[5, 14], [14, 50]]
-    >>> dev.stats()["gemm_jobs"], dev.stats()["modeled_s"] > 0
+    >>> use = dev.stats()["driver_usage"]
+    >>> use["gemm_jobs"], use["modeled_s"] > 0
     (1, True)
     """
 
@@ -361,7 +362,7 @@ class NpuDriver(Driver):
         self._lock = threading.Lock()
         #: Jobs run, tiles, MACs and bytes moved, modeled device seconds (total and per engine),
         #: and wall seconds the simulation spent computing them.
-        self.stats: dict[str, float] = {"gemm_jobs": 0, "copy_jobs": 0, "tiles": 0, "mac_cycles": 0,
+        self.counters: dict[str, float] = {"gemm_jobs": 0, "copy_jobs": 0, "tiles": 0, "mac_cycles": 0,
                                         "dma_bytes": 0, "modeled_s": 0.0, "modeled_compute_s": 0.0,
                                         "modeled_copy_s": 0.0, "simulated_wall_s": 0.0}
         self._engines = {e: _Engine(e.name.lower(), self.paced, self._record) for e in Engine}
@@ -375,6 +376,11 @@ class NpuDriver(Driver):
                            and (s == d or {s, d} == {DType.F32, DType.BF16}))
         return DeviceCaps(combos=combos, copies=copies,
                           post_ops=frozenset({PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.RELU}))
+
+    def usage(self) -> dict[str, float]:
+        """The counters above, a copy (``Device.stats()["driver_usage"]``, in process and through a server)."""
+        with self._lock:
+            return dict(self.counters)
 
     def info(self) -> DriverInfo:
         m = self.model
@@ -406,7 +412,7 @@ class NpuDriver(Driver):
     # -- jobs ---------------------------------------------------------------------------------
     def _record(self, engine: str, cost: Cost, wall_s: float) -> None:
         with self._lock:
-            s = self.stats
+            s = self.counters
             s["gemm_jobs" if engine == "compute" else "copy_jobs"] += 1
             s["tiles"] += cost.tiles
             s["mac_cycles"] += cost.mac_cycles

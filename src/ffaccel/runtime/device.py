@@ -276,20 +276,6 @@ class Device:
         """
         return self._transport.thread_pool()
 
-    def stats(self) -> dict[str, float]:
-        """The driver's counters, for an in-process device whose driver keeps them (the ``npu``
-        driver's modeled device time, the ``dask`` driver's tiles); ``{}`` otherwise (a server's
-        driver keeps its counters in the server process).
-
-        Examples
-        --------
-        >>> import ffaccel
-        >>> ffaccel.open("npu").stats()["modeled_s"]
-        0.0
-        """
-        get = getattr(self._transport, "stats", None)
-        return get() if get is not None else {}
-
     # -- memory -------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> Buffer:
         """Allocate a zero-filled buffer of ``size_bytes`` bytes."""

@@ -216,10 +216,6 @@ class InprocTransport:
         """The driver's (see :meth:`ffaccel.drivers.base.Driver.thread_pool`): it runs in this process."""
         return self.driver.thread_pool()
 
-    def stats(self) -> dict[str, float]:
-        """A copy of the driver's counters (its ``stats`` dict, where it keeps one)."""
-        return dict(getattr(self.driver, "stats", {}))
-
     def close(self) -> None:
         if self._queues:  # let queued work finish (bounded: each job waits with a deadline) before the engines stop
             for e in self._queues:

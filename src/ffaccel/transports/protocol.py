@@ -491,7 +491,7 @@ def message_error(field: str, seen: object, allowed: object) -> FFAccelError:
 
 __all__ = [
     "ALLOC_REQ", "CQE", "EMPTY", "ENGINE_REQ", "ERROR_RECORD", "ERROR_TEXT_REQ", "HANDLE_REQ", "LIST_ID",
-    "check_message", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MAX_REPLY_PAYLOAD_BYTES", "MSG", "Msg",
+    "check_message", "FENCE_REPLY", "HANDLE_REPLY", "HELLO", "LAYOUTS", "MAX_PAYLOAD_BYTES", "MAX_REPLY_PAYLOAD_BYTES", "MAX_USAGE_BYTES", "MSG", "Msg",
     "NO_INDEX", "REPLAY_REQ", "REPLY", "RING_HEADER", "RING_HEADER_BYTES", "RING_SETUP", "RingClientFlags",
     "RingServerFlags", "SQE_BYTES", "SQE_FLAGS_KNOWN", "SQE_HEADER", "STATS", "SqeFlags", "WAIT_REQ",
     "WIRE_VERSION", "EVENTFD_KIND", "close_fds", "fd_kind", "memfd_problem", "decode_info", "decode_usage", "encode_info", "ring_words", "decode_error", "encode_error", "message_error", "recv_exact", "ring_bytes",

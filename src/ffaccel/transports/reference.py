@@ -47,7 +47,7 @@ from .protocol import (
 )
 
 #: The messages the C client (libffaccel, src/ffaccel/c) sends.
-C_CLIENT_MESSAGES = tuple(Msg)  # the C client speaks every message, as the Python client does
+C_CLIENT_MESSAGES = tuple(m for m in Msg if m != Msg.USAGE)  # all but the process table (`ffaccel stats`)
 
 _INTRO = f"""\
 ## Wire protocol (the device server)

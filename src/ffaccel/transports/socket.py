@@ -58,6 +58,7 @@ from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
 from .protocol import (
     MAX_FDS,
     MAX_REPLY_PAYLOAD_BYTES,
+    MAX_USAGE_BYTES,
     FENCE_REPLY,
     LIST_ID,
     HANDLE_REPLY,
@@ -183,7 +184,7 @@ class SocketTransport:
 
     # -- framing ----------------------------------------------------------------------------
     def _call(self, msg: Msg, payload: bytes = b"", fds: Sequence[int] = (), want_fds: bool = False,
-              timeout_s: float | None = None) -> tuple[bytes, list[int]]:
+              timeout_s: float | None = None, reply_cap: int = MAX_REPLY_PAYLOAD_BYTES) -> tuple[bytes, list[int]]:
         with self._lock:
             if self._lost is not None:
                 raise self._lost
@@ -193,7 +194,7 @@ class SocketTransport:
             try:
                 deadline = _now_ns() + int((self.timeout_s if timeout_s is None else timeout_s) * 1e9)
                 self._send(_MSG.pack(int(msg), 0, len(payload)) + payload, fds, deadline)
-                status, body = self._recv_reply(deadline, got if want_fds else None)
+                status, body = self._recv_reply(deadline, got if want_fds else None, reply_cap)
             except (OSError, EOFError, BadReply) as e:  # OSError includes socket.timeout
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
@@ -259,7 +260,8 @@ class SocketTransport:
             except BlockingIOError:
                 self._wait_ready(_POLLOUT, deadline)
 
-    def _recv_reply(self, deadline: int, fds: list[int] | None = None) -> tuple[int, bytes]:
+    def _recv_reply(self, deadline: int, fds: list[int] | None = None,
+                    cap: int = MAX_REPLY_PAYLOAD_BYTES) -> tuple[int, bytes]:
         """Read one reply (header + body): busy-poll (adaptively, up to ``poll_us``), then sleep in poll(2).
 
         Only one request is ever outstanding on the connection (calls hold the lock), so a
@@ -301,8 +303,8 @@ class SocketTransport:
                 buf += data  # type: ignore[operator]  # appended in place: never quadratic
             if want < 0 and len(buf) >= _REPLY_BYTES:
                 _status, _res, length = _REPLY.unpack_from(buf)
-                if length > MAX_REPLY_PAYLOAD_BYTES:
-                    raise BadReply(f"a reply of {length} bytes; allowed: at most {MAX_REPLY_PAYLOAD_BYTES}")
+                if length > cap:
+                    raise BadReply(f"a reply of {length} bytes; allowed: at most {cap}")
                 want = _REPLY_BYTES + length
             if want >= 0 and len(buf) >= want:
                 if len(buf) > want:
@@ -325,7 +327,7 @@ class SocketTransport:
     def usage(self) -> dict:
         """What the server did since it started: totals and one row per client (a USAGE request;
         :mod:`ffaccel.transports.usage`); ``client_id`` is this connection's row."""
-        body, _ = self._call(Msg.USAGE)
+        body, _ = self._call(Msg.USAGE, reply_cap=MAX_USAGE_BYTES)  # one row per client: longer than the rest
         return decode_usage(body)
 
     # -- memory ---------------------------------------------------------------------------------
