@@ -35,6 +35,8 @@ PEAK_TOLERANCE = 0.10
 DIP_FACTOR = 3.0
 #: Parts of a breakdown may add up to the whole plus this share (rounding of measured intervals).
 SHARE_TOLERANCE = 0.01
+#: Progress messages of a re-measurement contain this: a watcher shows them without counting a step.
+MEASURED_AGAIN = "measured again"
 #: Input dtypes whose GEMM rate is bounded by the measured f32 peak on the same machine.
 PEAK_BOUND_INPUTS = ("f32", "f64")
 
@@ -56,7 +58,7 @@ def repeat_disagrees(first_s: float | None, second_s: float, still_disturbed: bo
     if first_s is None or not still_disturbed or first_s <= 0 or second_s <= 0:
         return None
     lo, hi = sorted((first_s, second_s))
-    if hi / lo - 1.0 <= tolerance:
+    if hi <= lo * (1.0 + tolerance):
         return None
     return (f"two measurements disagree: {first_s:.3g} and {second_s:.3g} (more than {tolerance:.0%} apart) "
             "and the second is still disturbed")

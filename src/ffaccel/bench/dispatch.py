@@ -24,7 +24,7 @@ from ..abi import Gemm, encode_submission
 from ..frontends import matmul
 from ..runtime import Device
 from ..spec import DTYPES, GemmCombo
-from .consistency import dips
+from .consistency import MEASURED_AGAIN, dips
 from .throughput import operands
 from .timing import Timing, measure_checked
 
@@ -151,7 +151,7 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
     combos = {name: dispatch_combo(dev) for name, dev in paths}
     paths = [(name, dev) for name, dev in paths if combos[name] is not None]
 
-    def one_size(n: int) -> list[DispatchPoint]:
+    def one_size(n: int, again: bool = False) -> list[DispatchPoint]:
         cands = baseline_candidates(n)
         keep = []
         for name, dev in paths:
@@ -159,7 +159,8 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
             cands.update(c)
             keep.append(k)
         if progress is not None:
-            progress(f"dispatch {n}x{n}x{n}: {len(cands)} candidates")
+            progress(f"dispatch {n}x{n}x{n}: " + (f"{MEASURED_AGAIN} (a cost far above its neighbours)" if again
+                                                  else f"{len(cands)} candidates"))
         timings = measure_checked(cands, rounds=rounds, min_sample_s=min_sample_s, check=_implausible)
         numpy_s = timings["numpy|@|1"].median_s
         timings.update(measure_checked(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s,
@@ -173,9 +174,7 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
 
     by_size = {n: one_size(n) for n in sizes}
     for n in _spiked_sizes(by_size):
-        if progress is not None:
-            progress(f"dispatch {n}x{n}x{n}: measured again (a cost far above its neighbours)")
-        by_size[n] = one_size(n)
+        by_size[n] = one_size(n, again=True)
     spikes = _spikes(by_size)
     return [replace(p, withheld=tuple(spikes.get((p.path, p.method, p.batch, p.size), ())))
             for n in sizes for p in by_size[n]]

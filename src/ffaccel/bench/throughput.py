@@ -29,7 +29,7 @@ from ..drivers.cpu import _SINGLE_THREAD_MNK as OPENBLAS_SINGLE_THREAD_MNK  # no
 from ..frontends import matmul
 from ..runtime import Device
 from ..spec import DTYPES, GEMM_COMBOS, GemmCombo
-from .consistency import rate_problems
+from .consistency import MEASURED_AGAIN, rate_problems
 from .timing import Timing, measure, measure_checked
 
 QUICK_SIZES = (64, 256, 1024)
@@ -38,6 +38,8 @@ FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
 NUMPY_F16_MAX = 256
 #: A baseline is skipped at a size where its rate at the previous size predicts a call above this.
 MAX_CALL_S = 0.25
+#: From this size on, one call lasts longer than a sample's minimum: the calibration call is the warm-up.
+LARGE_N = 512
 #: How long OpenBLAS's threads spin after a call before they sleep (2**28 cycles: ~0.1 s at 2-3 GHz): the
 #: pass after NumPy's waits this long, so that it is not measured against them.
 OPENBLAS_SPIN_S = 0.15
@@ -128,7 +130,8 @@ def _measure_passes(passes: list[dict[str, Callable]], n: int, rounds: int, min_
     for i, group in enumerate(passes):
         if (after_numpy or (i and "numpy" in passes[i - 1])) and n**3 > OPENBLAS_SINGLE_THREAD_MNK:
             time.sleep(OPENBLAS_SPIN_S)
-        out.update(measure_checked(group, rounds=rounds, warmup=1, min_sample_s=min_sample_s))
+        # a large GEMM's first call (the inner-loop calibration of measure) warms it up: no extra call
+        out.update(measure_checked(group, rounds=rounds, warmup=0 if n >= LARGE_N else 1, min_sample_s=min_sample_s))
     return out
 
 
@@ -183,7 +186,7 @@ def verify_rates(points: list[RatePoint], peak_gflops: float | None, devices: Se
         if p.timing.first_median_s is not None:
             continue
         if progress is not None:
-            progress(f"throughput {p.combo} {p.size}: {p.who} measured again ({problems[i][0]})")
+            progress(f"throughput {p.combo} {p.size}: {p.who} {MEASURED_AGAIN} ({problems[i][0]})")
         group = [g for g in _passes(devices, by_name[p.combo], p.size, {}) if p.who in g]
         if not group:
             continue

@@ -132,7 +132,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     # run removes what it made there, and its server and temporary folder are gone either way
     names = ["results.json", "report.html", *(f"{name}.png" for name in PLOTS)]
     with output_folder(cfg.out, names, param="--out"), TerminalProgress(console) as progress:
-        results = run_report(cfg, progress=progress)  # each section's table is printed as it ends
+        results = run_report(cfg, progress)  # each section's table is printed as it ends
         progress.finishing("plotting")
         paths = write_outputs(results, cfg.out)
     print_summary(results, console)

@@ -105,47 +105,61 @@ def server_paths(driver: str, log: Callable[[str], None],
     however the run ends. ``pids`` receives the server's pid while it runs (its CPU time is
     the run's own: see :class:`ffaccel.bench.load.LoadLog`).
     """
-    if not _server_available():
-        log("server: not available in this build; measuring in-process paths only")
-        yield []
-        return
-    with tempfile.TemporaryDirectory(prefix="ffaccel-report-") as tmp:
-        with _server(driver, os.path.join(tmp, "ffaccel.sock"), log, pids if pids is not None else set()) as opened:
-            yield opened
+    with server_launch(driver, log, pids if pids is not None else set()) as open_paths:
+        yield open_paths()
 
 
 @contextlib.contextmanager
-def _server(driver: str, sock: str, log: Callable[[str], None],
-            pids: set[int]) -> Iterator[list[tuple[str, Device]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "ffaccel.cli", "serve", "--driver", driver, "--socket", sock],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pids.add(proc.pid)
-    opened: list[tuple[str, Device]] = []
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        if not os.path.exists(sock):
-            log("server: did not start; measuring in-process paths only")
-            yield []
-            return
-        for label, name in (("socket", f"unix:{sock}"), ("ring", f"unix:{sock}?transport=ring")):
-            try:
-                opened.append((label, open_device(name)))
-            except Exception as e:  # noqa: BLE001 - a path that cannot open is reported, not fatal
-                log(f"server: {label} path unavailable ({e})")
-        yield opened
-    finally:
-        for _, dev in opened:
-            with contextlib.suppress(Exception):
-                dev.close()
-        proc.terminate()
+def server_launch(driver: str, log: Callable[[str], None],
+                  pids: set[int]) -> Iterator[Callable[[], list[tuple[str, Device]]]]:
+    """Start ``ffaccel serve`` now; the function it gives waits for it and opens its paths.
+
+    The report starts its server before conformance, so that the server's start (a Python
+    process importing NumPy and ffaccel: seconds on a busy machine) overlaps work that is not
+    timed, and stops it when the dispatch section ends (see :func:`server_paths`).
+    """
+    if not _server_available():
+        log("server: not available in this build; measuring in-process paths only")
+        yield lambda: []
+        return
+    with tempfile.TemporaryDirectory(prefix="ffaccel-report-") as tmp:
+        sock = os.path.join(tmp, "ffaccel.sock")
+        proc = subprocess.Popen([sys.executable, "-m", "ffaccel.cli", "serve", "--driver", driver, "--socket", sock],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pids.add(proc.pid)
+        opened: list[tuple[str, Device]] = []
+        tried: list[bool] = []
+
+        def open_paths() -> list[tuple[str, Device]]:
+            if tried:
+                return opened
+            tried.append(True)
+            deadline = time.monotonic() + 20
+            while not os.path.exists(sock) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            if not os.path.exists(sock):
+                log("server: did not start; measuring in-process paths only")
+                return opened
+            for label, name in (("socket", f"unix:{sock}"), ("ring", f"unix:{sock}?transport=ring")):
+                try:
+                    opened.append((label, open_device(name)))
+                except Exception as e:  # noqa: BLE001 - a path that cannot open is reported, not fatal
+                    log(f"server: {label} path unavailable ({e})")
+            return opened
+
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        pids.discard(proc.pid)  # waited for: os.times() counts it from now on
+            yield open_paths
+        finally:
+            for _, dev in opened:
+                with contextlib.suppress(Exception):
+                    dev.close()
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            pids.discard(proc.pid)  # waited for: os.times() counts it from now on
 
 
 def torch_skipped() -> str | None:
@@ -168,8 +182,10 @@ class ReportProgress:
     """What a run tells its watcher; the default tells nobody (see :mod:`ffaccel.report.terminal`).
 
     ``plan`` comes first with the number of steps of each section; then, per section,
-    ``section`` as it starts, ``step`` as each step starts (``done`` steps of the section are
-    finished), ``note`` for a line that is not a step, and ``section_done`` with the results so far.
+    ``section`` as it starts, ``step`` as each step starts (the step before it is then done; a
+    message containing :data:`ffaccel.bench.consistency.MEASURED_AGAIN` re-measures a figure and is
+    not a step of the plan), ``note`` for a line that is not a step, and ``section_done`` with the
+    results so far.
     """
 
     def plan(self, steps: dict[str, int]) -> None:
@@ -216,7 +232,7 @@ def _unserved(results: dict[str, Any], section: str, device: str, why: str, prog
     progress.note(f"{section} on {device}: not run — {why}")
 
 
-def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None,
+def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = lambda s: None,
                progress: ReportProgress | None = None) -> dict[str, Any]:
     """Run every part of the report and return its results (:func:`write_outputs` writes them).
 
@@ -226,9 +242,10 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None,
     the rest of the run are measured again and, if they still do, withheld (see
     :mod:`ffaccel.bench.consistency`). On a device that declares part of the op set each
     section picks from what it declares, and says what it could not run
-    (``results["unserved"]``). ``progress`` (or ``log``, one message per step) follows the run.
+    (``results["unserved"]``). ``progress`` follows the run; ``log`` may be one too, or a function
+    that takes one message per step.
     """
-    prog = progress if progress is not None else _LogProgress(log)
+    prog = progress if progress is not None else log if isinstance(log, ReportProgress) else _LogProgress(log)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -247,10 +264,14 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None,
         prog.note(f"skipping the PyTorch baselines: {why}")
     load = LoadLog()
     devices: list[tuple[str, Device]] = []
+    server = contextlib.ExitStack()
     try:
         for name in cfg.devices:
             devices.append((name, open_device(name)))
         prog.plan(plan_steps(cfg, devices))
+        # the server starts now, while conformance runs (nothing there is timed); it stops after dispatch
+        open_remote = (server.enter_context(server_launch(cfg.devices[0], prog.note, load.pids)) if cfg.with_server
+                       else (lambda: []))
 
         # 1. conformance
         conf = []
@@ -271,9 +292,8 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None,
         # 2. dispatch overhead, in-process and (when a server can be started) socket and ring
         rounds = cfg.rounds or (5 if cfg.quick else 9)
         prog.section("dispatch")
-        with load.section("dispatch"), (server_paths(cfg.devices[0], prog.note, load.pids) if cfg.with_server
-                                        else contextlib.nullcontext([])) as remote:
-            paths = [(f"{name} in-process", dev) for name, dev in devices] + list(remote)
+        with load.section("dispatch"), server:
+            paths = [(f"{name} in-process", dev) for name, dev in devices] + list(open_remote())
             for label, dev in paths:
                 if dispatch_combo(dev) is None:
                     _unserved(results, "dispatch", label, "it declares no GEMM dtype combination", prog)
@@ -321,10 +341,11 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] = lambda s: None,
                 if plan is None:
                     _unserved(results, "workload", name, why, prog)
                     continue
-                results["workload"].append(run_workload(dev, cfg.shape(), rounds=cfg.rounds or (5 if cfg.quick else 9),
+                results["workload"].append(run_workload(dev, cfg.shape(), rounds=cfg.rounds or (3 if cfg.quick else 5),
                                                         plan=plan))
         prog.section_done("workload", results)
     finally:
+        server.close()  # (a no-op once dispatch closed it)
         for _, dev in devices:
             with contextlib.suppress(Exception):
                 dev.close()

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..bench.consistency import MEASURED_AGAIN
 from .render import (DISTURBED_MARK, WITHHELD_MARK, breakdown_rows, consistency_text, dispatch_combos_text,
                      dispatch_pivot, load_rows, overhead_table, unserved_lines, workload_headline)
 from .run import SECTIONS, ReportProgress, disturbed_figures, published, withheld_figures
@@ -179,7 +180,7 @@ class TerminalProgress(ReportProgress):
     def step(self, what: str) -> None:
         # a step's message comes as it starts: the one before it is done now; re-measurements
         # (messages a section adds beyond its plan) show, but do not count as steps
-        if "measured again" in what:
+        if MEASURED_AGAIN in what:
             self.progress.update(self.task, description=escape(what))
             return
         self._finish_step()
