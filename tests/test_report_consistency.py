@@ -39,7 +39,7 @@ def test_shares_never_negative_nor_above_the_whole() -> None:
 def test_a_repeat_is_trusted_when_quiet_or_agreeing() -> None:
     assert cons.repeat_disagrees(1.0, 3.0, still_disturbed=False) is None  # a quiet second stands on its own
     assert cons.repeat_disagrees(1.0, 1.0 + cons.REPEAT_TOLERANCE, still_disturbed=True) is None
-    assert "disagree" in cons.repeat_disagrees(1.0, 1.5, still_disturbed=True)
+    assert "differ by 1.5x" in cons.repeat_disagrees(1.0, 1.5, still_disturbed=True)
     assert cons.repeat_disagrees(None, 3.0, still_disturbed=True) is None  # measured once
 
 
@@ -61,7 +61,7 @@ def test_rate_problems_names_each_point_and_skips_withheld_neighbours() -> None:
     assert sorted(cons.rate_problems(pts, peak_gflops=None)) == []  # a withheld figure is no one's neighbour
 
 
-def _rate_point(who: str, combo: str, n: int, gflops: float, **timing: object):  # noqa: ANN202
+def _rate_point(who: str, combo: str, n: int, gflops: float, **timing: object):
     from ffaccel.bench.throughput import RatePoint
 
     return RatePoint(who, combo, n, Timing(who, (2.0 * n**3 / (gflops * 1e9),) * 3, **timing))
@@ -80,7 +80,7 @@ def test_verify_rates_remeasures_once_then_withholds(second_gflops: float, withh
            _rate_point("numpy", f32, 1024, 114.5)]
     calls = []
 
-    def remeasure(passes, n, rounds, min_sample_s, after_numpy=False):  # noqa: ANN001, ANN202
+    def remeasure(passes, n, rounds, min_sample_s, after_numpy=False):
         calls.append((sorted(passes[0]), n))
         return {"numpy": Timing("numpy", (2.0 * n**3 / (second_gflops * 1e9),) * 3)}
 
@@ -93,6 +93,7 @@ def test_verify_rates_remeasures_once_then_withholds(second_gflops: float, withh
     calls.clear()
     again = throughput.verify_rates(out, 200.0, [("cpu", ffaccel.open("cpu"))])
     assert calls == []  # never a third measurement
+    assert bool(again[1].as_dict()["withheld"]) is withheld
 
 
 def _results_with(points: list[dict], throughput: list[dict], workload_withheld: dict) -> dict:
@@ -106,19 +107,19 @@ def _results_with(points: list[dict], throughput: list[dict], workload_withheld:
 def test_withheld_figures_stay_out_of_plots_and_headlines(monkeypatch: pytest.MonkeyPatch) -> None:
     from ffaccel.report import render
 
-    pt = lambda n, us, **kw: {"path": "cpu in-process", "method": "submit", "batch": 1, "size": n,  # noqa: E731
+    pt = lambda n, us, **kw: {"path": "cpu in-process", "method": "submit", "batch": 1, "size": n,
                               "per_op_s": us * 1e-6, "combo": "f32xf32->f32->f32", **kw}
-    thr = lambda n, g, **kw: {"who": "numpy", "combo": "f64xf64->f64->f64", "size": n, "gflops": g, **kw}  # noqa
+    thr = lambda n, g, **kw: {"who": "numpy", "combo": "f64xf64->f64->f64", "size": n, "gflops": g, **kw}
     res = _results_with([pt(4, 5.0), pt(8, 900.0, withheld=["a spike"]), pt(16, 6.0)],
                         [thr(64, 20.0), thr(256, 138.0, withheld=["impossible for f64"])],
-                        {"numpy": ["two measurements disagree"]})
+                        {"numpy": ["its two measurements differ by 2.0x"]})
     plotted: list = []
     monkeypatch.setattr(render, "_png", lambda fig: plotted.append(fig) or b"")
 
     import matplotlib.pyplot as plt
     real_plot = plt.Axes.plot
 
-    def spy(ax, xs, ys, *a, **kw):  # noqa: ANN001, ANN202
+    def spy(ax, xs, ys, *a, **kw):
         plotted.append(list(zip(xs, ys)))
         return real_plot(ax, xs, ys, *a, **kw)
 
@@ -169,3 +170,21 @@ def test_overhead_rows_from_dispatch_points() -> None:
 
 def test_presets_are_the_issues_devices() -> None:
     assert [p.peak_tops for p in DEVICE_PRESETS] == [1.0, 6.0, 9.5, 50.0]
+
+
+def test_a_dispatch_spike_is_found_and_a_withheld_neighbour_is_ignored() -> None:
+    from ffaccel.bench.dispatch import DispatchPoint, _spikes
+
+    def pt(n: int, us: float, **kw: object) -> DispatchPoint:
+        return DispatchPoint("cpu in-process", "submit", n, 1, Timing("x", (us * 1e-6,) * 3, **kw))
+
+    by_size = {4: [pt(4, 5.0)], 8: [pt(8, 90.0)], 16: [pt(16, 6.0)]}
+    got = _spikes(by_size)
+    assert list(got) == [("cpu in-process", "submit", 1, 8)] and "90 µs per op" in got[("cpu in-process", "submit", 1, 8)][0]
+    # a withheld figure (a noisy repeat far from its first measurement) is no one's neighbour: at 32 it
+    # would hide the spike at 16, which is held against 8 alone instead
+    noisy = (100e-6, 100e-6, 500e-6, 500e-6, 500e-6)
+    withheld = DispatchPoint("cpu in-process", "submit", 32, 1, Timing("x", noisy, remeasured=True, first_median_s=5e-6))
+    assert withheld.timing.withheld
+    by_size = {4: [pt(4, 5.0)], 8: [pt(8, 6.0)], 16: [pt(16, 90.0)], 32: [withheld]}
+    assert list(_spikes(by_size)) == [("cpu in-process", "submit", 1, 16)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import ffaccel.drivers as drivers
+from ffaccel import drivers
 from ffaccel.abi.validate import DeviceCaps
 from ffaccel.bench.consistency import MEASURED_AGAIN
 from ffaccel.bench.workload import BlockShape, plan_block
@@ -93,7 +93,7 @@ def test_a_section_the_device_cannot_serve_says_why() -> None:
         def __init__(self, caps: DeviceCaps) -> None:
             self.caps = caps
 
-        def info(self):  # noqa: ANN202
+        def info(self):
             return __import__("types").SimpleNamespace(caps=self.caps)
 
     assert dispatch_combo(_Dev(int8_only)).name == "int8xint8->int32->int32"

@@ -51,7 +51,7 @@ def repeat_disagrees(first_s: float | None, second_s: float, still_disturbed: bo
     Examples
     --------
     >>> repeat_disagrees(1.0, 2.0, still_disturbed=True)
-    'two measurements disagree: 1 and 2 (more than 30% apart) and the second is still disturbed'
+    'its two measurements differ by 2.0x (more than 30%) and the second is still disturbed'
     >>> repeat_disagrees(1.0, 1.2, still_disturbed=True) is None
     True
     """
@@ -60,8 +60,8 @@ def repeat_disagrees(first_s: float | None, second_s: float, still_disturbed: bo
     lo, hi = sorted((first_s, second_s))
     if hi <= lo * (1.0 + tolerance):
         return None
-    return (f"two measurements disagree: {first_s:.3g} and {second_s:.3g} (more than {tolerance:.0%} apart) "
-            "and the second is still disturbed")
+    return (f"its two measurements differ by {hi / lo:.1f}x (more than {tolerance:.0%}) and the second is still "
+            "disturbed")
 
 
 def above_peak(combo: str, gflops: float, peak_gflops: float, tolerance: float = PEAK_TOLERANCE) -> str | None:

@@ -151,20 +151,24 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
     combos = {name: dispatch_combo(dev) for name, dev in paths}
     paths = [(name, dev) for name, dev in paths if combos[name] is not None]
 
-    def one_size(n: int, again: bool = False) -> list[DispatchPoint]:
+    def one_size(n: int, only: set[str] | None = None) -> list[DispatchPoint]:
+        """Every candidate at size n (or, measuring again, the keys ``only`` with NumPy's @)."""
         cands = baseline_candidates(n)
         keep = []
         for name, dev in paths:
             c, k = path_candidates(name, dev, n, batches, combos[name])
             cands.update(c)
             keep.append(k)
+        if only is not None:
+            cands = {k: v for k, v in cands.items() if k in only or k == "numpy|@|1"}
         if progress is not None:
-            progress(f"dispatch {n}x{n}x{n}: " + (f"{MEASURED_AGAIN} (a cost far above its neighbours)" if again
-                                                  else f"{len(cands)} candidates"))
+            progress(f"dispatch {n}x{n}x{n}: " + (f"{len(only)} {MEASURED_AGAIN} (a cost far above its neighbours)"
+                                                  if only is not None else f"{len(cands)} candidates"))
         timings = measure_checked(cands, rounds=rounds, min_sample_s=min_sample_s, check=_implausible)
         numpy_s = timings["numpy|@|1"].median_s
-        timings.update(measure_checked(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s,
-                                       check=lambda t: _implausible(t, numpy_s)))
+        if only is None or "torch|mm|1" in only:
+            timings.update(measure_checked(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s,
+                                           check=lambda t: _implausible(t, numpy_s)))
         out = []
         for key, t in timings.items():
             path, method, batch = key.split("|")
@@ -173,8 +177,16 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
         return out
 
     by_size = {n: one_size(n) for n in sizes}
-    for n in _spiked_sizes(by_size):
-        by_size[n] = one_size(n, again=True)
+    spiked = _spikes(by_size)
+    for n in sorted({key[3] for key in spiked}):
+        # measured again: the spiked figures alone, with NumPy's @ for their ratio (a whole size's
+        # group again would cost seconds on a busy machine, where spikes are many)
+        keys = {f"{path}|{method}|{batch}" for path, method, batch, size in spiked if size == n}
+        again = {f"{p.path}|{p.method}|{p.batch}": p for p in one_size(n, keys)}
+        by_size[n] = [replace(again[k], timing=replace(again[k].timing, remeasured=True,
+                                                       first_median_s=p.timing.median_s))
+                      if (k := f"{p.path}|{p.method}|{p.batch}") in keys or k == "numpy|@|1" else p
+                      for p in by_size[n]]
     spikes = _spikes(by_size)
     return [replace(p, withheld=tuple(spikes.get((p.path, p.method, p.batch, p.size), ())))
             for n in sizes for p in by_size[n]]
@@ -186,17 +198,14 @@ def _spikes(by_size: dict[int, list[DispatchPoint]]) -> dict[tuple[str, str, int
     series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
     for n, pts in by_size.items():
         for p in pts:
-            series.setdefault((p.path, p.method, p.batch), []).append((n, 1.0 / p.per_op_s))
+            if not p.timing.withheld:  # a withheld figure is no one's neighbour
+                series.setdefault((p.path, p.method, p.batch), []).append((n, 1.0 / p.per_op_s))
     out: dict[tuple[str, str, int, int], list[str]] = {}
     for (path, method, batch), s in series.items():
-        for n, _ in dips(s).items():
+        for n in dips(s):
             cost = {size: 1e6 / r for size, r in s}
             near = sorted(cost)
             i = near.index(n)
             said = " and ".join(f"{cost[m]:.3g} µs at n={m}" for m in near[max(i - 1, 0):i + 2] if m != n)
             out[(path, method, batch, n)] = [f"a spike: {cost[n]:.3g} µs per op against {said}"]
     return out
-
-
-def _spiked_sizes(by_size: dict[int, list[DispatchPoint]]) -> list[int]:
-    return sorted({key[3] for key in _spikes(by_size)})

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 
 from .consistency import repeat_disagrees
 
-
 #: A figure whose interquartile range exceeds this share of its median was disturbed.
 SPREAD_LIMIT = 0.25
 #: A figure whose median exceeds its best sample by this factor was disturbed.

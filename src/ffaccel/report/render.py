@@ -356,23 +356,28 @@ def workload_headline(w: dict[str, Any]) -> str:
     return head + times + f" ({w['speedup_vs_numpy']:.2f}x){mark}"
 
 
-def overhead_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def overhead_table(results: dict[str, Any], short: bool = False) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per path and dispatch method, the smallest square and batch-1 GEMMs at which
-    dispatch costs under the share limit of each preset device's GEMM time."""
+    dispatch costs under the share limit of each preset device's GEMM time.
+
+    ``short`` (the terminal): cells ``square n / m=1 n`` and a withheld row's reason left out
+    (the summary lists it)."""
     ov = results.get("overhead") or {}
-    presets = [p["name"] for p in ov.get("presets", [])]
-    header = ["path", "method", "per op (µs)", *(f"{p} ({t['peak_tops']:g} TOPS)" for p, t in
-                                                  zip(presets, ov.get("presets", [])))]
+    presets = ov.get("presets", [])
+    header = ["path", "method", "per op (µs)", *(f"{p['name']} ({p['peak_tops']:g} TOPS)" for p in presets)]
     rows = []
     for r in ov.get("rows", []):
         label = f"{r['method']} x{r['batch']}"
         if r["withheld"]:
-            rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f} {WITHHELD_MARK}",
-                         *(["withheld: " + "; ".join(r["withheld"])] + ["-"] * (len(presets) - 1))])
+            why = "withheld" if short else "withheld: " + "; ".join(r["withheld"])
+            rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f} {WITHHELD_MARK}", why,
+                         *(["-"] * (len(presets) - 1))])
             continue
-        rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f}",
-                     *(f"n >= {r['presets'][p]['square_n']:,}; m=1: n >= {r['presets'][p]['batch1_n']:,}"
-                       for p in presets)])
+        cells = []
+        for p in presets:
+            sq, m1 = r["presets"][p["name"]]["square_n"], r["presets"][p["name"]]["batch1_n"]
+            cells.append(f"{sq:,} / {m1:,}" if short else f"n >= {sq:,}; m=1: n >= {m1:,}")
+        rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f}", *cells])
     return header, rows
 
 

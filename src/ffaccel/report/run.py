@@ -26,8 +26,7 @@ from .. import __version__
 from ..bench.dispatch import BATCHES, SIZES, dispatch_combo, run_dispatch
 from ..bench.load import LoadLog
 from ..bench.overhead import overhead_section
-from ..bench.throughput import (FULL_SIZES, QUICK_SIZES, best_f32_rate, calibrate_peak, run_throughput,
-                                verify_rates)
+from ..bench.throughput import FULL_SIZES, QUICK_SIZES, best_f32_rate, calibrate_peak, run_throughput, verify_rates
 from ..bench.workload import BlockShape, plan_block, run_workload
 from ..conformance import check_device, format_failures
 from ..runtime import Device, open_device
@@ -120,7 +119,7 @@ def server_launch(driver: str, log: Callable[[str], None],
     """
     if not _server_available():
         log("server: not available in this build; measuring in-process paths only")
-        yield lambda: []
+        yield list
         return
     with tempfile.TemporaryDirectory(prefix="ffaccel-report-") as tmp:
         sock = os.path.join(tmp, "ffaccel.sock")
@@ -271,7 +270,7 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
         prog.plan(plan_steps(cfg, devices))
         # the server starts now, while conformance runs (nothing there is timed); it stops after dispatch
         open_remote = (server.enter_context(server_launch(cfg.devices[0], prog.note, load.pids)) if cfg.with_server
-                       else (lambda: []))
+                       else list)
 
         # 1. conformance
         conf = []

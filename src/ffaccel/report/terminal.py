@@ -55,11 +55,11 @@ def print_dispatch(results: dict[str, Any], console: Console) -> None:
         for row in rows:
             disp.add_row(*(escape(x) for x in row))
         console.print(disp)
-    header, rows = overhead_table(results)
+    header, rows = overhead_table(results, short=True)
     if rows:
         share = (results.get("overhead") or {}).get("share_limit", 0.1)
-        t = Table(title=f"would the dispatch overhead be too bad? smallest GEMMs at which dispatch costs under "
-                        f"{share:.0%} of an NPU's time (square n x n x n; m=1: 1 x n x n)")
+        t = Table(title=f"would the dispatch overhead be too bad? per NPU: the smallest n of a square n x n x n GEMM "
+                        f"/ of a 1 x n x n GEMM at which dispatch costs under {share:.0%} of the device's time")
         for col in header:
             t.add_column(escape(col), justify="left" if col in ("path", "method") else "right")
         for row in rows:
@@ -162,7 +162,7 @@ class TerminalProgress(ReportProgress):
         self.started_step = False
         self.current = ""
 
-    def __enter__(self) -> TerminalProgress:
+    def __enter__(self) -> "TerminalProgress":
         self.progress.__enter__()
         return self
 
