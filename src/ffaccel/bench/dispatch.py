@@ -16,17 +16,26 @@ of its own right after: see :mod:`ffaccel.bench.throughput` on spinning thread p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..abi import Gemm, encode_submission
 from ..frontends import matmul
 from ..runtime import Device
+from ..spec import DTYPES, GemmCombo
+from .consistency import MEASURED_AGAIN, dips
+from .throughput import operands
 from .timing import Timing, measure_checked
 
 SIZES = (4, 8, 16, 32, 64)
 BATCHES = (1, 8, 64, 256)
+#: The GEMM each path is timed with: the first of these its device declares (f32 where it can, so
+#: that paths compare with NumPy's f32 ``@``; a partial device's own dtypes otherwise).
+DISPATCH_COMBOS: tuple[str, ...] = (
+    "f32xf32->f32->f32", "bf16xbf16->f32->f32", "f16xf16->f32->f32", "bf16xbf16->f32->bf16", "f16xf16->f32->f16",
+    "int8xint8->int32->int32", "uint8xint8->int32->int32", "int8xuint8->int32->int32", "uint8xuint8->int32->int32",
+    "f64xf64->f64->f64")
 #: A per-operation cost above this many times NumPy's ``@`` at the same size is flagged as disturbed.
 RATIO_LIMIT = 50.0
 
@@ -38,37 +47,52 @@ class DispatchPoint:
     size: int
     batch: int
     timing: Timing
+    combo: str = "f32xf32->f32->f32"
+    #: reasons this figure is not published beyond the timing's own (see :mod:`ffaccel.bench.consistency`)
+    withheld: tuple[str, ...] = ()
 
     @property
     def per_op_s(self) -> float:
         return self.timing.median_s / self.batch
 
     def as_dict(self) -> dict[str, object]:
+        t = {k: v for k, v in self.timing.as_dict().items() if k != "name"}
+        t["withheld"] = [*t["withheld"], *self.withheld]
         return {"path": self.path, "method": self.method, "size": self.size, "batch": self.batch,
-                "per_op_s": self.per_op_s, **{k: v for k, v in self.timing.as_dict().items() if k != "name"}}
+                "combo": self.combo, "per_op_s": self.per_op_s, **t}
 
 
-def _gemm_setup(dev: Device, n: int, batch: int) -> tuple[bytes, list]:
-    rng = np.random.default_rng(n)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    ba, bb = dev.alloc(a.nbytes), dev.alloc(a.nbytes)
+def dispatch_combo(dev: Device) -> GemmCombo | None:
+    """The GEMM a path is timed with (see :data:`DISPATCH_COMBOS`), None where it declares none."""
+    declared = {c.name: c for c in dev.info().caps.combos}
+    return next((declared[n] for n in DISPATCH_COMBOS if n in declared), None)
+
+
+def _gemm_setup(dev: Device, combo: GemmCombo, n: int, batch: int) -> tuple[bytes, list]:
+    a, b = operands(combo, n)
+    d_dtype = DTYPES[combo.d].numpy
+    ba, bb = dev.alloc(a.nbytes), dev.alloc(b.nbytes)
     ba.write(a)
-    bb.write(a.T.copy())
-    outs = [dev.alloc(a.nbytes) for _ in range(min(batch, 8))]
-    cmds = [Gemm(m=n, n=n, k=n, a=ba.matrix(np.float32, n, n), b=bb.matrix(np.float32, n, n),
-                 d=outs[i % len(outs)].matrix(np.float32, n, n), user_data=i) for i in range(batch)]
+    bb.write(b)
+    outs = [dev.alloc(n * n * np.dtype(d_dtype).itemsize) for _ in range(min(batch, 8))]
+    one = 1 if combo.is_int else 1.0  # integer alpha for integer GEMMs
+    cmds = [Gemm(m=n, n=n, k=n, a=ba.matrix(a.dtype, n, n), b=bb.matrix(b.dtype, n, n), alpha=one, beta=0 * one,
+                 d=outs[i % len(outs)].matrix(d_dtype, n, n), user_data=i) for i in range(batch)]
     return encode_submission(cmds), [ba, bb, *outs, cmds]
 
 
-def path_candidates(name: str, dev: Device, n: int, batches: Sequence[int]) -> tuple[dict[str, Callable], list]:
+def path_candidates(name: str, dev: Device, n: int, batches: Sequence[int],
+                    combo: GemmCombo | None = None) -> tuple[dict[str, Callable], list]:
     """Zero-argument callables for one device path and size; also the objects to keep alive."""
+    combo = combo if combo is not None else dispatch_combo(dev)
+    if combo is None:
+        return {}, []
     keep: list = []
-    rng = np.random.default_rng(n + 1)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    cands: dict[str, Callable] = {f"{name}|matmul|1": lambda: matmul(a, b, device=dev)}
+    a, b = operands(combo, n, seed=n + 1)
+    d_dtype = DTYPES[combo.d].numpy
+    cands: dict[str, Callable] = {f"{name}|matmul|1": lambda: matmul(a, b, out_dtype=d_dtype, device=dev)}
     for batch in batches:
-        raw, objs = _gemm_setup(dev, n, batch)
+        raw, objs = _gemm_setup(dev, combo, n, batch)
         keep.append(objs)
         cands[f"{name}|submit|{batch}"] = (lambda raw=raw: dev.submit_raw(raw).wait())
         record = getattr(dev, "record", None)
@@ -117,22 +141,71 @@ def _implausible(timings: dict[str, Timing], numpy_s: float | None = None) -> di
 def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZES,
                  batches: Sequence[int] = BATCHES, *, rounds: int = 7, min_sample_s: float = 2e-3,
                  progress: Callable[[str], None] | None = None) -> list[DispatchPoint]:
-    """Measure every path at every size, each size in one interleaved run with the baselines."""
-    points: list[DispatchPoint] = []
-    for n in sizes:
+    """Measure every path at every size, each size in one interleaved run with the baselines.
+
+    Each path runs the GEMM of :func:`dispatch_combo` (paths that declare no GEMM are left
+    out: the caller says so). A cost far above its neighbours along size (a spike: see
+    :func:`ffaccel.bench.consistency.dips`) is measured once more with its size's group and,
+    if it still is one, withheld.
+    """
+    combos = {name: dispatch_combo(dev) for name, dev in paths}
+    paths = [(name, dev) for name, dev in paths if combos[name] is not None]
+
+    def one_size(n: int, only: set[str] | None = None) -> list[DispatchPoint]:
+        """Every candidate at size n (or, measuring again, the keys ``only`` with NumPy's @)."""
         cands = baseline_candidates(n)
         keep = []
         for name, dev in paths:
-            c, k = path_candidates(name, dev, n, batches)
+            c, k = path_candidates(name, dev, n, batches, combos[name])
             cands.update(c)
             keep.append(k)
+        if only is not None:
+            cands = {k: v for k, v in cands.items() if k in only or k == "numpy|@|1"}
         if progress is not None:
-            progress(f"dispatch {n}x{n}: {len(cands)} candidates")
+            progress(f"dispatch {n}x{n}x{n}: " + (f"{len(only)} {MEASURED_AGAIN} (a cost far above its neighbours)"
+                                                  if only is not None else f"{len(cands)} candidates"))
         timings = measure_checked(cands, rounds=rounds, min_sample_s=min_sample_s, check=_implausible)
         numpy_s = timings["numpy|@|1"].median_s
-        timings.update(measure_checked(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s,
-                                       check=lambda t: _implausible(t, numpy_s)))
+        if only is None or "torch|mm|1" in only:
+            timings.update(measure_checked(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s,
+                                           check=lambda t: _implausible(t, numpy_s)))
+        out = []
         for key, t in timings.items():
             path, method, batch = key.split("|")
-            points.append(DispatchPoint(path, method, n, int(batch), t))
-    return points
+            combo = combos[path].name if path in combos else "f32xf32->f32->f32"
+            out.append(DispatchPoint(path, method, n, int(batch), t, combo))
+        return out
+
+    by_size = {n: one_size(n) for n in sizes}
+    spiked = _spikes(by_size)
+    for n in sorted({key[3] for key in spiked}):
+        # measured again: the spiked figures alone, with NumPy's @ for their ratio (a whole size's
+        # group again would cost seconds on a busy machine, where spikes are many)
+        keys = {f"{path}|{method}|{batch}" for path, method, batch, size in spiked if size == n}
+        again = {f"{p.path}|{p.method}|{p.batch}": p for p in one_size(n, keys)}
+        by_size[n] = [replace(again[k], timing=replace(again[k].timing, remeasured=True,
+                                                       first_median_s=p.timing.median_s))
+                      if (k := f"{p.path}|{p.method}|{p.batch}") in keys or k == "numpy|@|1" else p
+                      for p in by_size[n]]
+    spikes = _spikes(by_size)
+    return [replace(p, withheld=tuple(spikes.get((p.path, p.method, p.batch, p.size), ())))
+            for n in sizes for p in by_size[n]]
+
+
+def _spikes(by_size: dict[int, list[DispatchPoint]]) -> dict[tuple[str, str, int, int], list[str]]:
+    """(path, method, batch, size) -> why its cost is a spike: operations per second far below
+    both neighbours' (the same rule as a throughput dip, on 1 / cost)."""
+    series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
+    for n, pts in by_size.items():
+        for p in pts:
+            if not p.timing.withheld:  # a withheld figure is no one's neighbour
+                series.setdefault((p.path, p.method, p.batch), []).append((n, 1.0 / p.per_op_s))
+    out: dict[tuple[str, str, int, int], list[str]] = {}
+    for (path, method, batch), s in series.items():
+        for n in dips(s):
+            cost = {size: 1e6 / r for size, r in s}
+            near = sorted(cost)
+            i = near.index(n)
+            said = " and ".join(f"{cost[m]:.3g} µs at n={m}" for m in near[max(i - 1, 0):i + 2] if m != n)
+            out[(path, method, batch, n)] = [f"a spike: {cost[n]:.3g} µs per op against {said}"]
+    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ml_dtypes
@@ -29,6 +29,7 @@ from ..drivers.cpu import _SINGLE_THREAD_MNK as OPENBLAS_SINGLE_THREAD_MNK  # no
 from ..frontends import matmul
 from ..runtime import Device
 from ..spec import DTYPES, GEMM_COMBOS, GemmCombo
+from .consistency import MEASURED_AGAIN, rate_problems
 from .timing import Timing, measure, measure_checked
 
 QUICK_SIZES = (64, 256, 1024)
@@ -37,6 +38,8 @@ FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
 NUMPY_F16_MAX = 256
 #: A baseline is skipped at a size where its rate at the previous size predicts a call above this.
 MAX_CALL_S = 0.25
+#: From this size on, one call lasts longer than a sample's minimum: the calibration call is the warm-up.
+LARGE_N = 512
 #: How long OpenBLAS's threads spin after a call before they sleep (2**28 cycles: ~0.1 s at 2-3 GHz): the
 #: pass after NumPy's waits this long, so that it is not measured against them.
 OPENBLAS_SPIN_S = 0.15
@@ -48,18 +51,22 @@ class RatePoint:
     combo: str
     size: int
     timing: Timing
+    #: reasons this figure is not published beyond the timing's own (see :func:`verify_rates`)
+    withheld: tuple[str, ...] = ()
 
     @property
     def gflops(self) -> float:
         return 2.0 * self.size**3 / self.timing.median_s / 1e9
 
     def as_dict(self) -> dict[str, object]:
-        return {"who": self.who, "combo": self.combo, "size": self.size, "gflops": self.gflops,
-                **{k: v for k, v in self.timing.as_dict().items() if k != "name"}}
+        t = {k: v for k, v in self.timing.as_dict().items() if k != "name"}
+        t["withheld"] = [*t["withheld"], *self.withheld]
+        return {"who": self.who, "combo": self.combo, "size": self.size, "gflops": self.gflops, **t}
 
 
-def _operands(combo: GemmCombo, n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(n)
+def operands(combo: GemmCombo, n: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Two n x n operands of ``combo``'s input dtypes: the full integer range, or normal floats."""
+    rng = np.random.default_rng(n if seed is None else seed)
     if combo.is_int:
         lo_a, hi_a = (-128, 128) if combo.a.name == "I8" else (0, 256)
         lo_b, hi_b = (-128, 128) if combo.b.name == "I8" else (0, 256)
@@ -99,40 +106,96 @@ def _torch_candidate(combo: GemmCombo, a: np.ndarray, b: np.ndarray) -> Callable
     return lambda: torch.mm(ta, tb)
 
 
+def _passes(devices: Sequence[tuple[str, Device]], combo: GemmCombo, n: int,
+            last_rate: dict[str, float]) -> list[dict[str, Callable]]:
+    """The groups timed for one point, in order: NumPy, the devices that declare ``combo``, PyTorch."""
+    a, b = operands(combo, n)
+    out_dtype = DTYPES[combo.d].numpy
+    cands: dict[str, Callable] = {}
+    for name, dev in devices:
+        if combo in dev.info().caps.combos:
+            cands[f"ffaccel {name}"] = (lambda dev=dev: matmul(a, b, out_dtype=out_dtype, device=dev))
+    # the same multiplication done NumPy's and PyTorch's own way (their output dtypes)
+    affordable = lambda who: 2.0 * n**3 / (last_rate.get(who, float("inf")) * 1e9) <= MAX_CALL_S  # noqa: E731
+    np_c = _numpy_candidate(combo, a, b, n)
+    t_c = _torch_candidate(combo, a, b)
+    passes = ([{"numpy": np_c}] if np_c is not None and affordable("numpy") else []) + [cands] \
+        + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
+    return [p for p in passes if p]
+
+
+def _measure_passes(passes: list[dict[str, Callable]], n: int, rounds: int, min_sample_s: float,
+                    after_numpy: bool = False) -> dict[str, Timing]:
+    out: dict[str, Timing] = {}
+    for i, group in enumerate(passes):
+        if (after_numpy or (i and "numpy" in passes[i - 1])) and n**3 > OPENBLAS_SINGLE_THREAD_MNK:
+            time.sleep(OPENBLAS_SPIN_S)
+        # a large GEMM's first call (the inner-loop calibration of measure) warms it up: no extra call
+        out.update(measure_checked(group, rounds=rounds, warmup=0 if n >= LARGE_N else 1, min_sample_s=min_sample_s))
+    return out
+
+
+def declared_combos(devices: Sequence[tuple[str, Device]], combos: Sequence[GemmCombo] = GEMM_COMBOS
+                    ) -> list[GemmCombo]:
+    """The combinations at least one of ``devices`` declares, in ``combos``' order."""
+    declared = set().union(*(dev.info().caps.combos for _, dev in devices)) if devices else set()
+    return [c for c in combos if c in declared]
+
+
 def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] = QUICK_SIZES,
                    combos: Sequence[GemmCombo] = GEMM_COMBOS, *, rounds: int = 5, min_sample_s: float = 0.02,
                    progress: Callable[[str], None] | None = None) -> list[RatePoint]:
-    """GFLOP/s of each device, NumPy and torch, per combination and size (one interleaved run each)."""
+    """GFLOP/s of each device, NumPy and torch, per combination and size (one interleaved run each).
+
+    Only the combinations some device declares are measured (the baselines are there to compare a
+    device with). A rate far below its neighbours is measured again and, if it still is, withheld
+    (:func:`verify_rates`).
+    """
     points: list[RatePoint] = []
+    combos = declared_combos(devices, combos)
     for combo in combos:
         last_rate: dict[str, float] = {}
         for n in sizes:
-            a, b = _operands(combo, n)
-            out_dtype = DTYPES[combo.d].numpy
-            cands: dict[str, Callable] = {}
-            for name, dev in devices:
-                if combo not in dev.info().caps.combos:
-                    continue
-                cands[f"ffaccel {name}"] = (lambda dev=dev: matmul(a, b, out_dtype=out_dtype, device=dev))
-            # the same multiplication done NumPy's and PyTorch's own way (their output dtypes)
-            affordable = lambda who: 2.0 * n**3 / (last_rate.get(who, float("inf")) * 1e9) <= MAX_CALL_S  # noqa
-            np_c = _numpy_candidate(combo, a, b, n)
-            t_c = _torch_candidate(combo, a, b)
             if progress is not None:
                 progress(f"throughput {combo.name} {n}")
             r = 3 if n >= 1024 else rounds
             # NumPy first; then ffaccel, once OpenBLAS's threads have stopped spinning; then PyTorch
-            passes = ([{"numpy": np_c}] if np_c is not None and affordable("numpy") else []) + [cands] \
-                + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
-            passes = [p for p in passes if p]
-            for i, group in enumerate(passes):
-                if i and "numpy" in passes[i - 1] and n**3 > OPENBLAS_SINGLE_THREAD_MNK:
-                    time.sleep(OPENBLAS_SPIN_S)
-                for who, t in measure_checked(group, rounds=r, warmup=1, min_sample_s=min_sample_s).items():
-                    p = RatePoint(who, combo.name, n, t)
-                    last_rate[who] = p.gflops
-                    points.append(p)
-    return points
+            for who, t in _measure_passes(_passes(devices, combo, n, last_rate), n, r, min_sample_s).items():
+                p = RatePoint(who, combo.name, n, t)
+                last_rate[who] = p.gflops
+                points.append(p)
+    return verify_rates(points, None, devices, rounds=rounds, min_sample_s=min_sample_s, progress=progress)
+
+
+def verify_rates(points: list[RatePoint], peak_gflops: float | None, devices: Sequence[tuple[str, Device]], *,
+                 rounds: int = 3, min_sample_s: float = 0.005,
+                 progress: Callable[[str], None] | None = None) -> list[RatePoint]:
+    """Re-measure each rate that breaks a rule of :func:`ffaccel.bench.consistency.rate_problems`
+    (above the peak, when ``peak_gflops`` is given; a dip), once; withhold what still breaks one.
+
+    A point re-measured before (``timing.remeasured`` and a first median) is not measured a third
+    time: if it breaks a rule now, it is withheld.
+    """
+    problems = rate_problems([p.as_dict() for p in points], peak_gflops)
+    if not problems:
+        return points
+    points = list(points)
+    by_name = {c.name: c for c in GEMM_COMBOS}
+    for i in sorted(problems):
+        p = points[i]
+        if p.timing.first_median_s is not None:
+            continue
+        if progress is not None:
+            progress(f"throughput {p.combo} {p.size}: {p.who} {MEASURED_AGAIN} ({problems[i][0]})")
+        group = [g for g in _passes(devices, by_name[p.combo], p.size, {}) if p.who in g]
+        if not group:
+            continue
+        t = _measure_passes([{p.who: group[0][p.who]}], p.size, 3 if p.size >= 1024 else rounds, min_sample_s,
+                            after_numpy=True)[p.who]
+        points[i] = replace(p, timing=replace(t, remeasured=True, first_median_s=p.timing.median_s))
+    still = rate_problems([p.as_dict() for p in points], peak_gflops)
+    return [replace(p, withheld=tuple(dict.fromkeys([*p.withheld, *still.get(i, [])])))
+            if i in still else p for i, p in enumerate(points)]
 
 
 def limit_class(combo_name: str) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from .consistency import repeat_disagrees
 
 #: A figure whose interquartile range exceeds this share of its median was disturbed.
 SPREAD_LIMIT = 0.25
@@ -33,6 +34,8 @@ class Timing:
     samples_s: tuple[float, ...]
     remeasured: bool = False
     notes: tuple[str, ...] = ()
+    #: the median of the first measurement, where this one is the second (``remeasured``)
+    first_median_s: float | None = None
 
     @property
     def spread(self) -> float:
@@ -56,6 +59,14 @@ class Timing:
         return why + list(self.notes)
 
     @property
+    def withheld(self) -> list[str]:
+        """Why this figure may not be published (see :mod:`ffaccel.bench.consistency`): a second
+        measurement that is still disturbed and disagrees with the first, or that still breaks a
+        rule from outside the samples (``notes``: an implausible ratio to a baseline)."""
+        why = repeat_disagrees(self.first_median_s, self.median_s, bool(self.disturbed))
+        return ([why] if why else []) + (list(self.notes) if self.remeasured else [])
+
+    @property
     def median_s(self) -> float:
         return statistics.median(self.samples_s)
 
@@ -70,7 +81,8 @@ class Timing:
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "median_s": self.median_s, "q1_s": self.q1_s, "q3_s": self.q3_s,
                 "best_s": min(self.samples_s), "samples": len(self.samples_s), "spread": self.spread,
-                "disturbed": self.disturbed, "remeasured": self.remeasured}
+                "disturbed": self.disturbed, "remeasured": self.remeasured,
+                "first_median_s": self.first_median_s, "withheld": self.withheld}
 
 
 def _quantile(xs: tuple[float, ...], q: float) -> float:
@@ -164,4 +176,4 @@ def measure_checked(candidates: Mapping[str, Callable[[], object]], *, rounds: i
     first = run()
     if not any(t.disturbed for t in first.values()):
         return first
-    return {k: replace(v, remeasured=True) for k, v in run().items()}
+    return {k: replace(v, remeasured=True, first_median_s=first[k].median_s) for k, v in run().items()}

@@ -29,7 +29,8 @@ class Exit(IntEnum):
     #: bad usage or input: an unknown option, device or driver name, an invalid argument, an
     #: output or socket path that cannot be used (argparse's own status for usage errors)
     USAGE = 2
-    #: device error: the device or its server is lost, timed out or out of memory
+    #: device error: the device or its server is lost, timed out or out of memory, or the device
+    #: refused an operation it does not declare (UNSUPPORTED: the device's limit, not the user's mistake)
     DEVICE = 3
     #: a bug in ffaccel: an exception nobody expected (``--debug`` shows where)
     INTERNAL = 4
@@ -48,15 +49,17 @@ EXIT_MEANINGS: dict[Exit, str] = {
     Exit.OK: "success (also when the reader of the output goes away: `ffaccel info | head -1`)",
     Exit.FAILED: "conformance failed: a device failed at least one case",
     Exit.USAGE: "bad usage or input: option, device or driver name, argument value, unusable path",
-    Exit.DEVICE: "device error: device or server lost or not answering, timeout, out of memory",
+    Exit.DEVICE: "device error: device or server lost or not answering, timeout, out of memory, or the device "
+                 "refused an operation it does not declare (UNSUPPORTED)",
     Exit.INTERNAL: "internal error (a bug in ffaccel; rerun with --debug and report the traceback)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C); what the run made is removed",
     Exit.TERMINATED: "terminated (SIGTERM); what the run made is removed",
 }
 
-#: FFAccelError codes that say the device (not the request) is in trouble.
+#: FFAccelError codes that say the device (not the request) is in trouble, or cannot do what was
+#: asked: a partial device refusing a dtype or post-op it does not declare is not a usage error.
 _DEVICE_CODES = frozenset({ErrorCode.DEVICE_LOST, ErrorCode.TIMEOUT, ErrorCode.OUT_OF_MEMORY,
-                           ErrorCode.ABI_VERSION_MISMATCH})
+                           ErrorCode.ABI_VERSION_MISMATCH, ErrorCode.UNSUPPORTED})
 #: OSErrors about a path the user gave (bad input), as opposed to a resource in use.
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 

@@ -129,92 +129,23 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     from ..report import ReportConfig, run_report, write_outputs
     from ..report.output import output_folder
     from ..report.render import PLOTS
+    from ..report.terminal import TerminalProgress, print_summary
 
     cfg = ReportConfig(devices=args.devices or ["cpu"], quick=args.quick, out=Path(args.out),
                        with_server=not args.no_server)
     # the folder is checked before the run (not after it, results lost); an interrupted or failed
     # run removes what it made there, and its server and temporary folder are gone either way
     names = ["results.json", "report.html", *(f"{name}.png" for name in PLOTS)]
-    with output_folder(cfg.out, names, param="--out"), console.status("starting") as status:
-        results = run_report(cfg, log=lambda msg: status.update(f"[bold]report[/] {msg}"))
-        status.update("[bold]report[/] plotting")
+    with output_folder(cfg.out, names, param="--out"), TerminalProgress(console) as progress:
+        results = run_report(cfg, progress)  # each section's table is printed as it ends
+        progress.finishing("plotting")
         paths = write_outputs(results, cfg.out)
-    _print_report(results, console)
-    console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)")
+    print_summary(results, console)
+    console.print(f"report: {paths['html']} and {paths['json']} ({results['seconds']:.0f} s)", markup=False,
+                  highlight=False)
     if args.json:  # DIR/results.json as written, on stdout (the tables above went to stderr)
         query.emit_json(Path(paths["json"]).read_text(encoding="utf-8"))
     return Exit.OK if all(c["passed"] for c in results["conformance"]) else Exit.FAILED
-
-
-def _print_report(results: dict, console: Console) -> None:
-    """The report's tables in the terminal (the HTML has every figure)."""
-    from ..report.render import breakdown_note, breakdown_rows, dispatch_pivot, load_rows
-    from ..report.run import disturbed_figures
-
-    conf = Table(title="1. conformance (quick)")
-    for col in ("device", "verdict", "cases", "failed"):
-        conf.add_column(col)
-    for c in results["conformance"]:
-        conf.add_row(c["device"], "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]", str(c["cases"]),
-                     str(c["failed"]))
-    console.print(conf)
-    for c in results["conformance"]:
-        for f in c.get("failures", [])[:10]:  # the conformance suite's own one-line form
-            console.print(f"{c['device']}: {f['line']}", markup=False, highlight=False)
-        if c["failed"] > 10:
-            console.print(f"... and {c['failed'] - 10} more failing cases on {c['device']} (results.json lists "
-                          f"{len(c.get('failures', []))}; ffaccel conformance {c['device']} --report DIR all)")
-    sizes, rows = dispatch_pivot(results)
-    disp = Table(title="2. dispatch: µs per operation of an n x n x n f32 GEMM (x NumPy's @ at that n; "
-                       "medians, this run)")
-    for col in ("path", "method", "batch", *(f"n={n}" for n in sizes)):
-        disp.add_column(col, justify="left" if col in ("path", "method") else "right")
-    for row in rows:
-        disp.add_row(*row)
-    console.print(disp)
-    peak = results["peak"]["gflops"]
-    thr = Table(title=f"3. throughput at the largest size (measured f32 peak {peak:.1f} GFLOP/s)")
-    for col in ("combination", "who", "n", "GFLOP/s", "of peak"):
-        thr.add_column(col, justify="right" if col in ("n", "GFLOP/s", "of peak") else "left")
-    top = max(p["size"] for p in results["throughput"])
-    for p in results["throughput"]:
-        if p["size"] == top:
-            mark = " ⚠" if p.get("disturbed") else ""
-            thr.add_row(p["combo"], p["who"], str(p["size"]), f"{p['gflops']:.1f}{mark}",
-                        f"{p['gflops'] / peak:.0%}")
-    console.print(thr)
-    for w in results["workload"]:
-        mark = " ⚠ disturbed" if w.get("disturbed") else ""
-        console.print(f"4. {w['name']} on {w['device']}: {w['ffaccel_s'] * 1e3:.1f} ms vs NumPy "
-                      f"{w['numpy_s'] * 1e3:.1f} ms ({w['speedup_vs_numpy']:.2f}x){mark}; max |error| vs float64 "
-                      f"{w['max_abs_err_ffaccel']:.2e} (NumPy f32: {w['max_abs_err_numpy']:.2e})")
-        bd = breakdown_rows(w)
-        if bd:
-            t = Table(title="where the block's time goes (medians, side by side)")
-            for col in ("", "GEMM (BLAS)", "dispatch + driver", "epilogue", "rest", "block"):
-                t.add_column(col, justify="left" if not col else "right")
-            for row in bd:
-                t.add_row(*row)
-            console.print(t)
-            if breakdown_note(w):
-                console.print(breakdown_note(w), style="yellow", highlight=False)
-    for x in results.get("skipped", []):
-        console.print(f"[yellow]skipped[/] {x['what']}: {x['why']}", highlight=False)
-    busy = results.get("busy_sections", [])
-    flagged = disturbed_figures(results)
-    if busy or flagged:
-        lt = Table(title="machine load during the run")
-        for col in ("section", "wall", "load avg", "steal", "others' cores", "CPU/wall", "verdict"):
-            lt.add_column(col)
-        for row in load_rows(results):
-            lt.add_row(*row[:-1], row[-1].split(":")[0])  # the reasons follow below
-        console.print(lt)
-        for section in busy:
-            console.print(f"[yellow]⚠ the machine was busy during {section}[/]: "
-                          + "; ".join(results["load"][section]["reasons"]), highlight=False)
-        if flagged:
-            console.print(f"[yellow]⚠ {len(flagged)} figure(s) look disturbed[/] (marked ⚠, each measured once "
-                          "more; see the report): treat them as upper bounds", highlight=False)
 
 
 def _serve(args: argparse.Namespace, console: Console) -> int:
@@ -321,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="conformance, dispatch overhead, throughput and a workload, with plots")
     rep.add_argument("devices", nargs="*", help="devices to qualify (default: cpu, the embedded default)")
     rep.add_argument("--quick", action="store_true",
-                     help="fewer sizes and samples: about 15-30 s on an idle 2-core machine, the full run about "
-                          "a minute; longer on a busy one (figures that look disturbed are measured twice)")
+                     help="fewer sizes and samples: about a minute on a 2-core machine at load ~8 (docs/report.md "
+                          "has the figures); longer on a busier one (figures that look disturbed are measured twice)")
     rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
     rep.add_argument("--json", action="store_true",

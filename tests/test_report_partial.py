@@ -1,0 +1,174 @@
+"""`ffaccel report` on a device that declares part of the op set: the cpu driver restricted to what
+the seed's NPU does (int8 x int8 -> int32 and bf16 -> f32 (bf16|f32 D) GEMMs, bias and ReLU only,
+one COPY). Every section picks from what the device declares and says, in one line, what it could
+not run; nothing crashes, and a refusal is never a usage error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ffaccel import drivers
+from ffaccel.abi.validate import DeviceCaps
+from ffaccel.bench.consistency import MEASURED_AGAIN
+from ffaccel.bench.workload import BlockShape, plan_block
+from ffaccel.drivers.cpu import CpuDriver
+from ffaccel.report import ReportConfig, run_report, write_outputs
+from ffaccel.spec import GEMM_COMBOS, DType, ErrorCode, FFAccelError, PostOpKind
+
+NPU_LIKE = frozenset(c for c in GEMM_COMBOS if (c.a, c.b) == (DType.I8, DType.I8) or c.a == DType.BF16)
+
+
+class NpuLikeCpu(CpuDriver):
+    """The cpu driver declaring only what the seed's NPU does."""
+
+    name = "npu-like"
+
+    def caps(self) -> DeviceCaps:
+        return dataclasses.replace(super().caps(), combos=NPU_LIKE,
+                                   post_ops=frozenset({PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.RELU}),
+                                   copies=frozenset({(DType.BF16, DType.BF16)}))
+
+
+@pytest.fixture
+def npu_like(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register the restricted driver as ``npu-like`` for this test (the registry's own lookup)."""
+    real = drivers.load_driver_class
+    monkeypatch.setattr(drivers, "load_driver_class", lambda name: NpuLikeCpu if name == "npu-like" else real(name))
+    return "npu-like"
+
+
+def _tiny(out: Path, device: str) -> ReportConfig:
+    return ReportConfig(devices=[device], quick=True, out=out, dispatch_sizes=(4, 8), dispatch_batches=(1, 4),
+                        throughput_sizes=(8, 16), workload_shape=BlockShape(batch=1, seq=8, d_model=16, heads=2,
+                                                                            d_ff=32),
+                        with_server=False, rounds=2)
+
+
+def test_report_on_a_partial_device_runs_every_section_on_what_it_declares(
+        npu_like: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import ffaccel.report.run as run_mod
+    from ffaccel.cli.main import _Console
+    from ffaccel.report.terminal import print_report
+
+    # conformance is not what this test is about (its own suite judges partial devices)
+    monkeypatch.setattr(run_mod, "check_device", lambda name, level: __import__("types").SimpleNamespace(
+        passed=True, results=[None], failures=[], seconds=0.0, to_json=lambda: json.dumps({"summary": []})))
+    res = run_report(_tiny(tmp_path, npu_like))
+    # dispatch: the device's own GEMM, not f32
+    mine = [p for p in res["dispatch"]["points"] if p["path"] == "npu-like in-process"]
+    assert mine and {p["combo"] for p in mine} == {"bf16xbf16->f32->f32"}
+    assert {(p["method"], p["batch"]) for p in mine} >= {("matmul", 1), ("submit", 1), ("submit", 4)}
+    # throughput: the declared combinations only, the rest said in one line
+    assert {p["combo"] for p in res["throughput"]} == {c.name for c in NPU_LIKE}
+    lines = [u for u in res["unserved"] if u["section"] == "throughput"]
+    assert len(lines) == 1 and "f32xf32->f32->f32" in lines[0]["why"] and "\n" not in lines[0]["why"]
+    # workload: bf16 GEMMs, the post-ops it lacks on the host, accurate to bf16
+    w = res["workload"][0]
+    assert w["combo"] == "bf16xbf16->f32->f32" and w["host_post_ops"] == ["add(E)", "gelu(approximate='none')"]
+    assert w["max_abs_err_ffaccel"] <= 0.05 * max(1.0, w["output_scale"])
+    assert w["breakdown"]["ffaccel"]["parts_s"]["host epilogue"] > 0
+    # the overhead table answers for the device's own paths
+    assert {r["path"] for r in res["overhead"]["rows"]} == {"npu-like in-process"}
+    write_outputs(res, tmp_path)
+    doc = (tmp_path / "report.html").read_text()
+    assert "throughput on npu-like: not run — it does not declare" in doc
+    assert "bf16xbf16-&gt;f32-&gt;f32 GEMMs; on the host: add(E), gelu" in doc
+    print_report(json.loads((tmp_path / "results.json").read_text()), _Console(width=400))
+    out = capsys.readouterr().out
+    assert re.search(r"throughput on npu-like: not run — it does not declare [^\n]*f32xf32->f32->f32", out)
+
+
+def test_a_section_the_device_cannot_serve_says_why() -> None:
+    int8_only = DeviceCaps(combos=frozenset(c for c in GEMM_COMBOS if c.is_int))
+    plan, why = plan_block(int8_only)
+    assert plan is None and "float model" in why and "int8xint8->int32->int32" in why
+    from ffaccel.bench.dispatch import dispatch_combo
+
+    class _Dev:
+        def __init__(self, caps: DeviceCaps) -> None:
+            self.caps = caps
+
+        def info(self):
+            return __import__("types").SimpleNamespace(caps=self.caps)
+
+    assert dispatch_combo(_Dev(int8_only)).name == "int8xint8->int32->int32"
+    assert dispatch_combo(_Dev(DeviceCaps(combos=frozenset()))) is None
+
+
+def test_cli_report_on_a_partial_device_is_not_a_usage_error(npu_like: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The real conformance suite on the restricted device, through the command: whatever its verdict
+    (0 or 1), the report runs to the end and writes its files; never 2."""
+    import ffaccel.report as rep
+    from ffaccel.cli.main import main
+
+    tiny = _tiny(tmp_path / "out", npu_like)
+    monkeypatch.setattr(rep, "ReportConfig", lambda **kw: tiny)
+    status = main(["report", npu_like, "--quick", "--no-server", "--out", str(tmp_path / "out")])
+    assert status in (0, 1), capsys.readouterr().err
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "overhead.png").exists()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["conformance"][0]["passed"] is (status == 0)
+
+
+def test_a_device_refusal_is_a_device_error_not_usage() -> None:
+    from ffaccel.cli.errors import Exit, status_of
+
+    refusal = FFAccelError(ErrorCode.UNSUPPORTED, "dtypes", "the device does not declare f32xf32->f32->f32")
+    assert status_of(refusal) == Exit.DEVICE
+    assert status_of(FFAccelError(ErrorCode.INVALID_PARAMETER, "m", "bad")) == Exit.USAGE
+
+
+def test_the_install_hint_keeps_its_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rich markup must not eat ``[torch]`` in ``pip install 'ffaccel[torch]'`` (the HTML had it right)."""
+    from ffaccel.cli.main import _Console
+    from ffaccel.report.terminal import print_summary
+
+    res = {"skipped": [{"what": "PyTorch baselines", "why": "pip install 'ffaccel[torch]' adds the torch.mm "
+                                                                 "baselines"}]}
+    print_summary(res, _Console(width=300))
+    assert "pip install 'ffaccel[torch]' adds" in capsys.readouterr().out
+
+
+def test_progress_counts_every_planned_step_and_prints_each_section_as_it_ends(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffaccel.report.run as run_mod
+    from ffaccel.report.run import ReportProgress
+
+    monkeypatch.setattr(run_mod, "check_device", lambda name, level: __import__("types").SimpleNamespace(
+        passed=True, results=[None], failures=[], seconds=0.0, to_json=lambda: json.dumps({"summary": []})))
+    events: list[tuple] = []
+
+    class Recorder(ReportProgress):
+        def plan(self, steps: dict[str, int]) -> None:
+            events.append(("plan", dict(steps)))
+
+        def section(self, name: str) -> None:
+            events.append(("section", name))
+
+        def step(self, what: str) -> None:
+            events.append(("step", what))
+
+        def section_done(self, name: str, results: dict) -> None:
+            events.append(("done", name, name in results))
+
+    cfg = _tiny(tmp_path, "cpu")
+    run_report(cfg, progress=Recorder())
+    plan = events[0][1]
+    assert events[0][0] == "plan" and plan["dispatch"] == 2 and plan["throughput"] == len(GEMM_COMBOS) * 2
+    counted: dict[str, int] = {}
+    current = None
+    for e in events[1:]:
+        if e[0] == "section":
+            current = e[1]
+        elif e[0] == "step" and MEASURED_AGAIN not in e[1]:
+            counted[current] = counted.get(current, 0) + 1
+    assert counted == plan  # step i of N: every planned step comes, and no other
+    assert [e[1:] for e in events if e[0] == "done"] == [(s, True) for s in
+                                                         ("conformance", "dispatch", "throughput", "workload")]
