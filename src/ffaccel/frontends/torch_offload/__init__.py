@@ -3,6 +3,7 @@
 Modules: :mod:`.session` (the ``with`` block and the function mode), :mod:`.linear`
 (matmul, addmm, linear, attention), :mod:`.conv` (convolutions as im2col + GEMM),
 :mod:`.rnn` (LSTM/GRU/RNN gate GEMMs), :mod:`.accounting` (where every FLOP went),
+:mod:`.fit` (what a partial device takes, and what the host does around it),
 :mod:`.tensors` (zero-copy views and the checks that decide whether a tensor can go).
 
 Interception: a :class:`torch.overrides.TorchFunctionMode`. It sees PyTorch's Python-level
@@ -47,9 +48,10 @@ the session offloads and counts; it opens the Python-level composite
 ``F.multi_head_attention_forward`` so that the calls inside reach the mode.
 """
 
-from .accounting import ARGS, DTYPE, GRAD, MEMORY, NOT_LOWERED, REFUSED, SHAPE
+from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE
+from .fit import RELAXED
 from .session import OffloadSession, offload
 from .tensors import to_numpy, to_torch
 
 __all__ = ["OffloadSession", "offload", "to_numpy", "to_torch", "GRAD", "DTYPE", "SHAPE", "MEMORY", "ARGS",
-           "REFUSED", "NOT_LOWERED"]
+           "REFUSED", "NOT_LOWERED", "POST_OP", "LAYOUT", "SIZE", "RELAXED"]

@@ -21,10 +21,18 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-#: Reasons a call stays in PyTorch (keys of ``stats["host_reasons"]``).
+#: Reasons a call stays in PyTorch (keys of ``stats["host_reasons"]``). A reason that comes from
+#: what the device declares names what it lacks in brackets: "dtype unsupported (f32xf32->f32->f32)",
+#: "post-op unsupported (gelu_erf)", "layout unsupported (a.offset_bytes)", "size unsupported (m)".
 GRAD = "grad required"
 DTYPE = "dtype unsupported"
 SHAPE = "shape unsupported"
+#: a post-op the device does not declare: the GEMM is offloaded, the post-op runs on the host after it
+POST_OP = "post-op unsupported"
+#: an operand layout the device refuses (alignment, leading dimension, batch stride)
+LAYOUT = "layout unsupported"
+#: a dimension, batch or buffer beyond the device's limits or memory
+SIZE = "size unsupported"
 MEMORY = "not in host memory"
 ARGS = "arguments unsupported"
 REFUSED = "device refused"
@@ -70,7 +78,7 @@ _QUERIES = {getattr(torch.ops.aten, n).default for n in ("is_contiguous", "size"
 def new_stats() -> dict[str, Any]:
     """The zeroed ``session.stats`` dict."""
     return dict(offloaded_calls=0, host_calls=0, offloaded_flops=0, host_flops=0, host_reasons=Counter(),
-                host_flops_by_reason=Counter(), offloaded_fraction=1.0)
+                host_flops_by_reason=Counter(), offloaded_fraction=1.0, relaxed_calls=0, relaxed_flops=0)
 
 
 def count(stats: dict[str, Any], offloaded: bool, flops: int, reason: str = "", calls: int = 1) -> None:

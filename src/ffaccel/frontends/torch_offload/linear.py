@@ -136,7 +136,11 @@ _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "
 
 
 def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``S = scale * Q K^T (+ mask)`` on the device (scale and mask fused), softmax in PyTorch, ``S V``."""
+    """``S = scale * Q K^T (+ mask)`` on the device, softmax in PyTorch, ``S V``.
+
+    The scale is the GEMM's ``alpha`` (a GEMM parameter every device takes, not a post-op a
+    partial device may lack); the mask is an ``add`` post-op (on the host after the GEMM
+    where the device lacks it)."""
     p = dict(zip(_SDPA_NAMES, args))
     p.update(kwargs)
     q, k, v = p["query"], p["key"], p["value"]
@@ -170,13 +174,11 @@ def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         s_dtype = torch.float32 if low else q.dtype
         add = mask.to(s_dtype) if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=s_dtype).masked_fill_(
             ~mask, float("-inf"))
-    post_ops = [post.scale(scale)]
-    if add is not None:
-        post_ops.append(post.add(to_numpy(add)))
+    post_ops = [post.add(to_numpy(add))] if add is not None else []
     flops = 2 * (q.numel() // max(1, E)) * S * (E + v.shape[-1])
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
-    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, post_ops=post_ops, out_dtype=np.float32 if low else None,
-              calls=0)
+    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
+              out_dtype=np.float32 if low else None, calls=0)
     probs = torch.softmax(to_torch(s), dim=-1)
     if low:
         probs = probs.to(q.dtype)
