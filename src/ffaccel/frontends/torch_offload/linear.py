@@ -20,17 +20,24 @@ from .tensors import FLOAT, check_tensors, same_dtype, to_numpy, to_torch
 
 
 def mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
-    """2 * (elements of the matmul result) * k, from the operand shapes (0 when they do not agree)."""
-    try:
-        if len(a_shape) == 0 or len(b_shape) == 0:
-            return 0
-        k = a_shape[-1]
-        m = a_shape[-2] if len(a_shape) > 1 else 1
-        n = b_shape[-1] if len(b_shape) > 1 else 1
-        batch = torch.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])).numel()
-        return 2 * batch * m * n * k
-    except RuntimeError:
+    """2 * (elements of the matmul result) * k, from the operand shapes (0 when they do not agree).
+
+    Plain Python: ``torch.broadcast_shapes`` costs hundreds of µs per call (it goes through
+    PyTorch's Python reference implementation), more than a batch-1 GEMM."""
+    if len(a_shape) == 0 or len(b_shape) == 0:
         return 0
+    k = a_shape[-1]
+    m = a_shape[-2] if len(a_shape) > 1 else 1
+    n = b_shape[-1] if len(b_shape) > 1 else 1
+    batch = 1
+    ba, bb = a_shape[:-2], b_shape[:-2]
+    for i in range(1, max(len(ba), len(bb)) + 1):
+        x = ba[-i] if i <= len(ba) else 1
+        y = bb[-i] if i <= len(bb) else 1
+        if x != y and x != 1 and y != 1:
+            return 0
+        batch *= max(x, y) if x and y else 0
+    return 2 * batch * m * n * k
 
 
 def _scalar(x: Any) -> float:

@@ -17,7 +17,7 @@ from ...runtime import Device, resolve_device
 from ...spec import FFAccelError, violation
 from ..numpy_api import matmul
 from . import conv, linear, rnn
-from .accounting import ARGS, FREE, PLAIN, Host, HostFlops, count, new_stats, unpriced
+from .accounting import _PLAIN_TYPES, ARGS, FREE, Host, HostFlops, count, new_stats, plain_types
 from .fit import DeviceFit, check_relaxed, finish_on_host, narrow, refusal_reason
 
 
@@ -65,8 +65,7 @@ class OffloadSession:
         self._saved_fastpath = mha.get_fastpath_enabled() if mha is not None else None
         if mha is not None:  # the fused attention fast path hides its GEMMs (see the package docstring)
             mha.set_fastpath_enabled(False)
-        self._host = HostFlops(self.stats)
-        self._host.__enter__()
+        self._host = HostFlops(self.stats)  # entered by the mode around the calls PyTorch runs itself
         self._mode = _Mode(self, self._host)
         self._mode.__enter__()
         return self
@@ -74,7 +73,6 @@ class OffloadSession:
     def __exit__(self, *exc: object) -> None:
         assert self._mode is not None and self._host is not None
         self._mode.__exit__(*exc)
-        self._host.__exit__(*exc)
         self._mode = self._host = None
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
@@ -236,28 +234,35 @@ class _Mode(TorchFunctionMode):
         return r
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
+        # The common case first, in as few steps as possible: a call with no FLOPs (views,
+        # elementwise work) costs this mode two dict lookups and a set lookup. The FLOP
+        # counter (HostFlops, a dispatch mode: ~4 µs per ATen op) is entered only around the
+        # calls PyTorch runs for FLOPs it may have: unknown ones and those a handler gives back.
+        # Every ATen op of a session runs inside some Python-level call this mode sees (also
+        # ``torch.ops.aten.*``, ``Tensor.backward``, ``torch.autograd.grad``), so none escapes it.
         handler = self.handlers.get(func)
+        plain = _PLAIN_TYPES.get(types)
+        if plain is None:
+            plain = plain_types(types)
+        if handler is None and plain and func in FREE:
+            return func(*args, **kwargs) if kwargs else func(*args)
+        kwargs = kwargs or {}
         host = self.host
-        plain = all(t in PLAIN for t in types)
         if handler is None:
-            if func in FREE and plain:
-                with unpriced():
-                    return func(*args, **kwargs)
             if func is F.multi_head_attention_forward:
                 return self._open_composite(func, args, kwargs)
             host.outer = getattr(func, "__name__", None)  # names the op whose FLOPs stay on the host
             host.outer_counted = False
             try:
-                return func(*args, **kwargs)
+                with host:
+                    return func(*args, **kwargs)
             finally:
                 host.outer = None
         stats = self.stats
         before = stats["offloaded_calls"], stats["offloaded_flops"], stats["relaxed_calls"], stats["relaxed_flops"]
         try:
             if plain:
-                with unpriced():  # device work (the torch driver runs ATen GEMMs too) is not host work
-                    r = handler(self, func, args, kwargs)
+                r = handler(self, func, args, kwargs)  # device work (outside HostFlops: not host work)
                 for reason in self.host_post_ops:  # post-ops the device lacks, run on the host
                     count(stats, False, 0, reason)
                 self.host_post_ops.clear()
@@ -274,7 +279,8 @@ class _Mode(TorchFunctionMode):
         count(stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
-            return func(*args, **kwargs)
+            with host:
+                return func(*args, **kwargs)
         finally:
             host.reason = None
 
