@@ -20,8 +20,12 @@ calls *before* autograd and before they are lowered to ATen, which is what this 
 Everything that is not a GEMM runs in PyTorch as usual. Every call with FLOPs is counted in
 :attr:`OffloadSession.stats`, as offloaded or as host work with its reason, by a second mode
 below autograd (:class:`.accounting.HostFlops`) that prices every ATen operator PyTorch runs
-with PyTorch's own FLOP formulas: nothing falls back silently, and an op nobody lowered
-(``einsum``, a transposed convolution) shows up as "not offloaded (einsum)".
+with PyTorch's own FLOP formulas (the function mode enters it around each call PyTorch runs
+itself, so calls without FLOPs and device work pay nothing for it): nothing falls back
+silently, and an op nobody lowered (``einsum``, a transposed convolution) shows up as "not
+offloaded (einsum)". On a device that declares only part of the op set, :mod:`.fit` decides
+per GEMM what the device runs and what the host does around it (post-ops it lacks, the
+relaxed f32 opt-in), and names the reason of what stays on the host.
 
 Tensors are handed over without copies: a CPU tensor's memory is viewed as a NumPy array
 (``Tensor.numpy()``, bfloat16 through an int16 view) and the device's result is viewed back
