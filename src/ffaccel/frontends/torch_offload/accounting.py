@@ -21,10 +21,18 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-#: Reasons a call stays in PyTorch (keys of ``stats["host_reasons"]``).
+#: Reasons a call stays in PyTorch (keys of ``stats["host_reasons"]``). A reason that comes from
+#: what the device declares names what it lacks in brackets: "dtype unsupported (f32xf32->f32->f32)",
+#: "post-op unsupported (gelu_erf)", "layout unsupported (a.offset_bytes)", "size unsupported (m)".
 GRAD = "grad required"
 DTYPE = "dtype unsupported"
 SHAPE = "shape unsupported"
+#: a post-op the device does not declare: the GEMM is offloaded, the post-op runs on the host after it
+POST_OP = "post-op unsupported"
+#: an operand layout the device refuses (alignment, leading dimension, batch stride)
+LAYOUT = "layout unsupported"
+#: a dimension, batch or buffer beyond the device's limits or memory
+SIZE = "size unsupported"
 MEMORY = "not in host memory"
 ARGS = "arguments unsupported"
 REFUSED = "device refused"
@@ -70,7 +78,7 @@ _QUERIES = {getattr(torch.ops.aten, n).default for n in ("is_contiguous", "size"
 def new_stats() -> dict[str, Any]:
     """The zeroed ``session.stats`` dict."""
     return dict(offloaded_calls=0, host_calls=0, offloaded_flops=0, host_flops=0, host_reasons=Counter(),
-                host_flops_by_reason=Counter(), offloaded_fraction=1.0)
+                host_flops_by_reason=Counter(), offloaded_fraction=1.0, relaxed_calls=0, relaxed_flops=0)
 
 
 def count(stats: dict[str, Any], offloaded: bool, flops: int, reason: str = "", calls: int = 1) -> None:
@@ -88,19 +96,6 @@ def count(stats: dict[str, Any], offloaded: bool, flops: int, reason: str = "", 
     stats["offloaded_fraction"] = stats["offloaded_flops"] / total if total else 1.0
 
 
-# Excluding the Python dispatch keys skips every dispatch mode (HostFlops) for the ATen ops
-# inside: ~1 us for the guard instead of ~4 us per op through a Python mode. Used around a
-# handler's own work (device work is not host work; the torch driver runs ATen GEMMs too) and
-# around calls that cannot reach a priced op (FREE).
-_PYTHON_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python) | torch._C.DispatchKeySet(
-    torch._C.DispatchKey.PythonTLSSnapshot)
-
-
-def unpriced() -> Any:
-    """A guard under which no dispatch mode (HostFlops) sees the ATen ops run."""
-    return torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEYS)
-
-
 def _free_functions() -> frozenset:
     """Python-level calls that lower to no op with a FLOP formula: views, elementwise work,
     reductions, normalisation, pooling, indexing. Only speed depends on this list: a call not
@@ -112,25 +107,48 @@ def _free_functions() -> frozenset:
            "masked_fill_ __getitem__ __setitem__ add sub mul div add_ mul_ __add__ __radd__ __iadd__ __sub__ "
            "__rsub__ __mul__ __rmul__ __imul__ __truediv__ __neg__ neg relu sigmoid tanh exp pow sqrt rsqrt "
            "mean sum max amax softmax log_softmax copy_ zero_ fill_ new_empty new_zeros new_ones type_as "
-           "is_contiguous numel stride storage_offset data_ptr repeat_interleave tril triu",
+           "is_contiguous numel stride storage_offset data_ptr repeat_interleave tril triu "
+           "__eq__ __ne__ __lt__ __le__ __gt__ __ge__ eq ne lt le gt ge __or__ __and__ __xor__ __invert__ __bool__ "
+           "any all argmax argmin cumsum long int bool item tolist is_floating_point abs clamp clamp_ min topk "
+           "sort gather index_select new_full new_tensor pow __pow__ where isnan isinf masked_fill cpu type "
+           "__len__ sub_ div_ exp_ tanh_ sigmoid_ relu_ addcmul_ sqrt_ neg_ square",
         torch: "cat stack concat zeros ones empty full zeros_like ones_like empty_like full_like arange add mul "
                "relu sigmoid tanh softmax log_softmax layer_norm dropout max_pool1d max_pool2d max_pool3d "
-               "avg_pool1d flatten transpose unsqueeze squeeze chunk split",
+               "avg_pool1d flatten transpose unsqueeze squeeze chunk split "
+               "where isin tensor as_tensor is_tensor is_floating_point argmax argmin pow cumsum gather index_select "
+               "topk sort eq ne lt le gt ge any all abs clamp min maximum minimum exp sqrt rsqrt neg logical_not "
+               "logical_and logical_or bitwise_or bitwise_and bitwise_not full tril triu masked_fill",
         F: "relu relu_ gelu silu sigmoid tanh softmax log_softmax dropout layer_norm batch_norm group_norm "
            "instance_norm pad embedding max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d "
            "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d "
            "hardtanh leaky_relu elu",
     }
-    return frozenset(getattr(mod, n) for mod, ns in names.items() for n in ns.split() if hasattr(mod, n))
+    free = {getattr(mod, n) for mod, ns in names.items() for n in ns.split() if hasattr(mod, n)}
+    # attribute reads (x.shape, x.dtype, ...) reach the mode as their descriptors' __get__
+    free |= {getattr(T, n).__get__ for n in "shape dtype device ndim T mT H mH data is_cuda requires_grad layout "
+             "is_sparse is_quantized is_meta names grad_fn itemsize nbytes real imag".split() if hasattr(T, n)}
+    free.add(torch._C._set_grad_enabled)
+    return frozenset(free)
 
 
 FREE = _free_functions()
 #: tensor types whose ATen ops may skip the Python dispatch keys (subclasses keep their own)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: a call's tensor types -> whether all are plain (read directly by the function mode's fast path)
+_PLAIN_TYPES: dict[tuple, bool] = {}
+
+
+def plain_types(types: tuple) -> bool:
+    """Whether every tensor type of a call is a plain tensor (cached: one dict lookup per call)."""
+    r = _PLAIN_TYPES.get(types)
+    if r is None:
+        r = _PLAIN_TYPES[types] = all(t in PLAIN for t in types)
+    return r
 
 
 class HostFlops(TorchDispatchMode):
-    """Counts the FLOPs of every ATen operator PyTorch runs (outside :func:`unpriced`).
+    """Counts the FLOPs of every ATen operator PyTorch runs while it is entered (the function
+    mode enters it around each call it does not handle, and each call a handler gives back).
 
     The function-level mode names the ``reason`` of a call it hands back to PyTorch; FLOPs
     of any other op go to "not offloaded (<outer function>)".

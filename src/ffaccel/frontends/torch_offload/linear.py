@@ -20,17 +20,24 @@ from .tensors import FLOAT, check_tensors, same_dtype, to_numpy, to_torch
 
 
 def mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
-    """2 * (elements of the matmul result) * k, from the operand shapes (0 when they do not agree)."""
-    try:
-        if len(a_shape) == 0 or len(b_shape) == 0:
-            return 0
-        k = a_shape[-1]
-        m = a_shape[-2] if len(a_shape) > 1 else 1
-        n = b_shape[-1] if len(b_shape) > 1 else 1
-        batch = torch.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])).numel()
-        return 2 * batch * m * n * k
-    except RuntimeError:
+    """2 * (elements of the matmul result) * k, from the operand shapes (0 when they do not agree).
+
+    Plain Python: ``torch.broadcast_shapes`` costs hundreds of µs per call (it goes through
+    PyTorch's Python reference implementation), more than a batch-1 GEMM."""
+    if len(a_shape) == 0 or len(b_shape) == 0:
         return 0
+    k = a_shape[-1]
+    m = a_shape[-2] if len(a_shape) > 1 else 1
+    n = b_shape[-1] if len(b_shape) > 1 else 1
+    batch = 1
+    ba, bb = a_shape[:-2], b_shape[:-2]
+    for i in range(1, max(len(ba), len(bb)) + 1):
+        x = ba[-i] if i <= len(ba) else 1
+        y = bb[-i] if i <= len(bb) else 1
+        if x != y and x != 1 and y != 1:
+            return 0
+        batch *= max(x, y) if x and y else 0
+    return 2 * batch * m * n * k
 
 
 def _scalar(x: Any) -> float:
@@ -136,7 +143,11 @@ _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "
 
 
 def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``S = scale * Q K^T (+ mask)`` on the device (scale and mask fused), softmax in PyTorch, ``S V``."""
+    """``S = scale * Q K^T (+ mask)`` on the device, softmax in PyTorch, ``S V``.
+
+    The scale is the GEMM's ``alpha`` (a GEMM parameter every device takes, not a post-op a
+    partial device may lack); the mask is an ``add`` post-op (on the host after the GEMM
+    where the device lacks it)."""
     p = dict(zip(_SDPA_NAMES, args))
     p.update(kwargs)
     q, k, v = p["query"], p["key"], p["value"]
@@ -170,13 +181,11 @@ def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         s_dtype = torch.float32 if low else q.dtype
         add = mask.to(s_dtype) if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=s_dtype).masked_fill_(
             ~mask, float("-inf"))
-    post_ops = [post.scale(scale)]
-    if add is not None:
-        post_ops.append(post.add(to_numpy(add)))
+    post_ops = [post.add(to_numpy(add))] if add is not None else []
     flops = 2 * (q.numel() // max(1, E)) * S * (E + v.shape[-1])
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
-    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, post_ops=post_ops, out_dtype=np.float32 if low else None,
-              calls=0)
+    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
+              out_dtype=np.float32 if low else None, calls=0)
     probs = torch.softmax(to_torch(s), dim=-1)
     if low:
         probs = probs.to(q.dtype)

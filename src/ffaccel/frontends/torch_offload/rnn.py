@@ -42,8 +42,8 @@ def _project(m: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
 
 
 def _step(m: Any, kind: str, gx_t: torch.Tensor, h_t: torch.Tensor, c_t: torch.Tensor | None,
-          w_hh: torch.Tensor, b_hh: torch.Tensor | None, w_hr: torch.Tensor | None
-          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+          w_hh: torch.Tensor, b_hh: torch.Tensor | None, w_hr: torch.Tensor | None,
+          into: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One time step on transposed state (``h_t`` is h^T, hidden x batch): the recurrent GEMM
     ``W_hh h^T`` on the device, the cell update in PyTorch; returns (h^T, c^T).
 
@@ -54,6 +54,11 @@ def _step(m: Any, kind: str, gx_t: torch.Tensor, h_t: torch.Tensor, c_t: torch.T
     per-geometry plan cache; an epilogue or a C operand would take the full descriptor path each
     step, several times the cost of the GEMM here. So the input gates ``gx_t`` (and GRU's
     ``b_hh``) are added in PyTorch, in place in the fresh result.
+
+    Each elementwise op costs a few µs of PyTorch dispatch at these sizes, more than its
+    arithmetic: the LSTM update runs in place on the fresh gates (sigmoid over i, f and o,
+    tanh over the candidate; no temporaries for them) and writes h^T straight into ``into``
+    (the layer's output slot for this step, a strided view) where given, instead of a copy.
     """
     hsz, n = h_t.shape
     g = to_torch(m.run(2 * n * w_hh.shape[0] * hsz, to_numpy(w_hh), to_numpy(h_t)))
@@ -72,12 +77,17 @@ def _step(m: Any, kind: str, gx_t: torch.Tensor, h_t: torch.Tensor, c_t: torch.T
         return g.tanh_(), None
     assert c_t is not None
     H = w_hh.shape[0] // 4
-    sig = torch.sigmoid(g)  # i, f, o read from it; the cell candidate takes tanh of its own rows
-    c_t = sig[H:2 * H] * c_t + sig[:H] * torch.tanh(g[2 * H:3 * H])
-    h_t = sig[3 * H:] * torch.tanh(c_t)
+    g[:2 * H].sigmoid_()  # i, f (rows of the transposed gates: contiguous blocks)
+    g[3 * H:].sigmoid_()  # o
+    cand = g[2 * H:3 * H].tanh_()
+    c_t = torch.mul(g[H:2 * H], c_t).addcmul_(g[:H], cand)  # f c + i cand (c_t itself may be the caller's)
+    th = torch.tanh(c_t)
     if w_hr is not None:
-        h_t = to_torch(m.run(2 * n * w_hr.shape[0] * H, to_numpy(w_hr), to_numpy(h_t)))
-    return h_t, c_t
+        h_t = th.mul_(g[3 * H:])
+        return to_torch(m.run(2 * n * w_hr.shape[0] * H, to_numpy(w_hr), to_numpy(h_t))), c_t
+    if into is not None:
+        return torch.mul(g[3 * H:], th, out=into), c_t
+    return th.mul_(g[3 * H:]), c_t
 
 
 def rnn(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -125,9 +135,13 @@ def rnn(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
             gates = _project(m, layer_in, w_ih, b_in)
             i = layer * dirs + d
             h, c = h0[i].T, (c0[i].T if c0 is not None else None)  # transposed state (see _step)
+            direct = kind == "lstm" and not proj  # the step writes h^T into its output slot itself
             for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
-                h, c = _step(m, kind, gates[t].T, h, c, w_hh, b_hh if kind == "gru" else None, w_hr)
-                out[t, :, d * h_out:(d + 1) * h_out] = h.T
+                slot = out[t, :, d * h_out:(d + 1) * h_out]
+                h, c = _step(m, kind, gates[t].T, h, c, w_hh, b_hh if kind == "gru" else None, w_hr,
+                             slot.T if direct else None)
+                if not direct:
+                    slot.copy_(h.T)
             hn.append(h.T)
             if c is not None:
                 cn.append(c.T)

@@ -21,10 +21,11 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype
     dtype(bfloat16)
     """
-    t = t.detach()
+    if t.requires_grad:  # a parameter (under no_grad): its data, without a new tensor otherwise
+        t = t.detach()
     if t.is_neg() or t.is_conj():
         t = t.resolve_neg().resolve_conj()
-    if t.dtype == torch.bfloat16:
+    if t.dtype is torch.bfloat16:
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
