@@ -41,6 +41,9 @@ _FORMS: dict[str, tuple[tuple[str, str], ...]] = {
     "torch": (("torch:cpu", "PyTorch on the CPU"),
               ("torch:cuda", "PyTorch on the current GPU (a CUDA build of PyTorch and a GPU)"),
               ("torch:DEVICE", "any device this PyTorch build can use, e.g. torch:cuda:1")),
+    "npu": (("npu", "a simulated SoC NPU (int8 and bf16 GEMMs, bias and ReLU, COPY), preset rk3588"),
+            ("npu:preset=NAME,KEY=VALUE", "another preset (ethos-u65, ethos-u65-256, rk3588, npu3720, xdna2), "
+             "paced=1 (jobs take their modeled time), or any field of the cost model (docs/npu.md)")),
     "dask": (("dask://HOST:PORT", "large GEMMs tiled over the workers of a running Dask scheduler; options "
               "?min_flops=F&parts=N&worker=NAME&local=NAME&timeout_s=S&wait_s=S"),),
 }
