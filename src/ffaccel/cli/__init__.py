@@ -1,1 +1,1 @@
-"""Layer 7: the ``ffaccel`` command."""
+"""Layer 9 (the top): the ``ffaccel`` command."""
