@@ -79,7 +79,6 @@ def test_conformance_json_goes_to_stdout_and_the_tables_to_stderr(capsys: pytest
 
 def test_report_json_prints_results_json_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import ffaccel.cli.main as cli_main
     import ffaccel.report as rep
 
     results = {"conformance": [{"device": "cpu", "passed": True}], "seconds": 1.0, "figure": 2.5}
@@ -91,7 +90,9 @@ def test_report_json_prints_results_json_as_written(tmp_path: Path, capsys: pyte
 
     monkeypatch.setattr(rep, "run_report", lambda cfg, log=None: results)
     monkeypatch.setattr(rep, "write_outputs", fake_write)
-    monkeypatch.setattr(cli_main, "_print_report", lambda res, console: console.print("tables"))
+    import ffaccel.report.terminal as terminal
+
+    monkeypatch.setattr(terminal, "print_summary", lambda res, console: console.print("tables"))
     assert main(["report", "--quick", "--out", str(tmp_path / "r"), "--json"]) == Exit.OK
     captured = capsys.readouterr()
     assert json.loads(captured.out) == results
