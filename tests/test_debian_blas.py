@@ -1,7 +1,7 @@
 """Proof with real programs: Debian's unmodified NumPy and a -lblas C program run their GEMMs on the server.
 
 Debian's python3-numpy (linked to the system libblas.so.3) runs under LD_PRELOAD of the drop-in:
-f32 and f64 ``@`` land on ``ffaccel serve`` (its submission counter moves, and the drop-in's
+f32 and f64 ``@`` land on ``ffaccel serve`` (``ffaccel stats`` counts their GEMMs and FLOPs, and the drop-in's
 verbose log says where each GEMM ran), ``numpy.linalg.solve`` (LAPACK, on the host BLAS) stays
 right, and with the server stopped every answer is still right (host fallback, said once) or,
 in strict mode, the program stops. A C program written against Debian's cblas.h and linked
@@ -10,9 +10,11 @@ with -lblas does the same. The packages are installed once by apt when missing (
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +56,24 @@ def check_numpy(res: dict[str, np.ndarray]) -> None:
     assert np.allclose(m @ x, rhs, rtol=0, atol=1e-12)
 
 
+def ffaccel_stats(device: str) -> dict:
+    """What ``ffaccel stats DEVICE --json`` prints, as a user would read it."""
+    proc = subprocess.run([sys.executable, "-m", "ffaccel.cli", "stats", device, "--json"], capture_output=True,
+                          text=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_numpy_matmul_runs_on_the_server_and_solve_stays_right(server: ServerProcess, tmp_path: Path) -> None:
-    before = server.submissions()
+    before = ffaccel_stats(f"unix:{server.path}")
     res, err = run_numpy(tmp_path, f"unix:{server.path}", FFACCEL_BLAS_MIN_FLOPS="0", FFACCEL_BLAS_VERBOSE="1")
     check_numpy(res)
     assert "ffaccel blas: cblas_sgemm 130x90x70 x1: device" in err.splitlines()
     assert "ffaccel blas: cblas_dgemm 130x90x70 x1: device" in err.splitlines()
-    assert server.submissions() - before >= 2  # LAPACK's own dgemm_ calls may add more (netlib LAPACK)
+    after = ffaccel_stats(f"unix:{server.path}")  # seen where a user looks: `ffaccel stats`
+    # the f32 and the f64 product at least; LAPACK's own dgemm_ calls may add more (netlib LAPACK)
+    assert after["gemm_commands"] - before["gemm_commands"] >= 2
+    assert after["gemm_flops"] - before["gemm_flops"] >= 2 * (2 * 130 * 90 * 70)
 
 
 def test_numpy_with_the_server_stopped_is_right_and_says_so_once(tmp_path: Path) -> None:
