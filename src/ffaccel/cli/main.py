@@ -21,7 +21,7 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
-from . import build_c
+from . import build_c, tune
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
 from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
                      report_error, sigterm_unwinds, status_of, stdout_gone)
@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
     _add_serve(sub)
     build_c.add_parser(sub)
+    tune.add_parser(sub)
     return p
 
 

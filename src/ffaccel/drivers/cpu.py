@@ -55,6 +55,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,9 @@ from ..spec import DType, ErrorCode, FFAccelError, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
+from . import cpu_table as _table
+from .cpu_table import (CHOOSABLE, DEFAULT_CROSSOVERS, OPENBLAS_SINGLE_THREAD_MNK, Band, Choice, ClassEntry,
+                        Crossovers, KernelClass, KernelTable, Library, RowKey, Threads, build_table, combo_class)
 
 try:  # correct f64 -> bf16 rounding (ml_dtypes rounds twice, through f32)
     from .rounding import round_to as _round_to
@@ -80,7 +84,7 @@ _MASK32 = 0xFFFF_FFFF
 _INT_MAX = 2**31 - 1
 #: OpenBLAS runs a gemm single-threaded when m*n*k is at or below this
 #: (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), so a thread limit needs no call there.
-_SINGLE_THREAD_MNK = 65536 * 4
+_SINGLE_THREAD_MNK = OPENBLAS_SINGLE_THREAD_MNK
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
 #: Largest k chunk whose integer dot products stay below 2**24 in magnitude (exact in f32):
@@ -475,14 +479,22 @@ class _ThreadLimit:
     """Sets every loaded OpenBLAS to ``threads`` threads for the duration of a call.
 
     Nested and concurrent users share one setting: the first to enter sets it, the
-    last to leave restores what was there.
+    last to leave restores what was there. The OpenBLAS libraries are called through their
+    own ``openblas_get/set_num_threads`` symbols (found once by threadpoolctl): a call through
+    threadpoolctl's controllers cost ~3.5 us each, ~21 us per limited GEMM here (six calls),
+    against ~1 us this way.
     """
 
     def __init__(self, threads: int) -> None:
         from threadpoolctl import ThreadpoolController  # after NumPy and SciPy loaded their BLAS
 
         self.threads = threads
-        self._libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        self._libs: list[tuple[Callable[[], int], Callable[[int], None]]] = []
+        for lc in ThreadpoolController().lib_controllers:
+            if lc.user_api != "blas":
+                continue
+            raw = _raw_thread_calls(lc)
+            self._libs.append(raw if raw is not None else (lc.get_num_threads, lc.set_num_threads))
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: list[int] = []
@@ -490,17 +502,33 @@ class _ThreadLimit:
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
-                self._saved = [lc.get_num_threads() for lc in self._libs]
-                for lc in self._libs:
-                    lc.set_num_threads(self.threads)
+                self._saved = [get() for get, _ in self._libs]
+                for _, put in self._libs:
+                    put(self.threads)
             self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for lc, n in zip(self._libs, self._saved):
-                    lc.set_num_threads(n)
+                for (_, put), n in zip(self._libs, self._saved):
+                    put(n)
+
+
+def _raw_thread_calls(lc: Any) -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """(get, set) of an OpenBLAS on pthreads, straight from its symbols; None where threadpoolctl
+    must do it (OpenMP-threaded OpenBLAS, other libraries, symbols not found)."""
+    if getattr(lc, "internal_api", None) != "openblas" or getattr(lc, "threading_layer", None) != "pthreads":
+        return None
+    try:
+        prefix, suffix = lc._find_affixes()
+        get = getattr(lc.dynlib, f"{prefix}openblas_get_num_threads{suffix}")
+        put = getattr(lc.dynlib, f"{prefix}openblas_set_num_threads{suffix}")
+    except (AttributeError, TypeError):  # pragma: no cover - another threadpoolctl or library
+        return None
+    get.restype, get.argtypes = ctypes.c_int, []
+    put.restype, put.argtypes = None, [ctypes.c_int]
+    return get, put
 
 
 # --------------------------------------------------------------------------------------
@@ -582,6 +610,34 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
     return kernel
 
 
+def _plan_gemv(op: GemmOp) -> Kernel | None:
+    """Skinny f32/f64 GEMMs (batch 1, m or n = 1) on ``numpy.matmul``: what NumPy's @ runs for a
+    vector times a matrix (OpenBLAS ?gemv, on NumPy's OpenBLAS and its threads). OpenBLAS's
+    ?gemm with m = 1 ran 10-20x slower here (docs/kernels.md). None for other GEMMs."""
+    combo = op.combo
+    if (op.batch != 1 or not (op.m == 1 or op.n == 1) or combo.is_int or combo.a != combo.acc
+            or combo.d != combo.acc or not op.reads_ab):
+        return None
+    alpha, beta = float(op.alpha), float(op.beta)
+    reads_c, in_place = op.reads_c, op.in_place
+    beta_eff = beta if reads_c else 0.0
+    steps = _float_steps(op, numpy_dtype(combo.acc))
+    matmul = np.matmul
+
+    def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        x = d[0]
+        if beta_eff == 0.0 and alpha == 1.0:
+            matmul(a[0], b[0], out=x)  # BLAS: no floating-point warnings to silence
+        else:
+            if reads_c and not in_place:
+                np.copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
+            _matmul_axpby(alpha, a[0], b[0], beta_eff, x)
+        if steps:
+            _run_steps(steps, d, epi)
+
+    return kernel
+
+
 def _int_sum(a: np.ndarray, b: np.ndarray, chunk: int, held: list[np.ndarray]) -> np.ndarray:
     """The exact integer a @ b, modulo 2**32, as a pooled uint32 (batch, m, n) array (in ``held``)."""
     batch, m, k = a.shape
@@ -659,6 +715,11 @@ def _one_thread() -> _ThreadLimit:
     return _ThreadLimit(1)
 
 
+def _torch_loaded() -> bool:
+    """Whether PyTorch is imported in this process (its OpenMP team is then a pool that works)."""
+    return "torch" in sys.modules
+
+
 def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
     def limited(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         with limit:
@@ -672,63 +733,33 @@ def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
 
 
 # --------------------------------------------------------------------------------------
-# which kernel library serves each combination
+# which kernel library serves each combination: resolved once per choice into the kernel table
 
 #: Environment variable choosing kernel libraries: ``auto`` (default), ``blas``, ``onednn``, or
 #: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``); f16 and bf16 also
 #: take ``widened`` (PyTorch's casts to f32, then oneDNN's f32 matmul), int8 ``torch``
-#: (``torch._int_mm``, which ``auto`` takes for int8 x int8 where it runs on VNNI/AMX).
+#: (``torch._int_mm``, which ``auto`` takes for int8 x int8 where it runs on VNNI/AMX), f32 and
+#: f64 ``gemv`` (skinny GEMMs on OpenBLAS's ?gemv). See :mod:`ffaccel.drivers.cpu_table`.
 KERNELS_ENV = "FFACCEL_CPU_KERNELS"
-#: The combination classes whose kernel library can be chosen (f64 is always OpenBLAS).
-KERNEL_CLASSES = ("f32", "bf16", "f16", "int8")
-KERNEL_CHOICES = ("auto", "blas", "onednn", "widened", "torch")
-#: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call wakes its
-#: OpenMP threads (tens of microseconds). Crossovers measured here (n^3 GEMMs, OpenBLAS path /
-#: oneDNN time): int8 0.82 at 128, 1.81 at 256; bf16 0.54 at 64, 1.34 at 128; f16 0.67 at 64,
-#: 1.99 at 128. A forced ``onednn`` uses it at every size; tests move these to force each side.
-ONEDNN_MIN_MNK = {"f32": 96**3, "bf16": 96**3, "f16": 96**3, "int8": 192**3}
-#: Under ``auto``, a bare f32 GEMM (no epilogue) goes to oneDNN from this m*n*k (whole batch) on.
-#: Measured here, each library in a process of its own (n^3, OpenBLAS / oneDNN time): 128: 0.6,
-#: 256: 1.05, 512: 1.1, 1024: 1.05; batched attention shapes (32 x 128x64x128): 2.0. Below
-#: it OpenBLAS's cheaper call wins; there it runs on one thread (see ``one_pool``).
-ONEDNN_BARE_F32_MIN_MNK = 160**3
-
-
-def combo_class(combo: Any) -> str | None:
-    """The kernel class of a dtype combination: f32, bf16, f16, int8, or None (f64: BLAS only)."""
-    if combo.is_int:
-        return "int8"
-    return {DType.F32: "f32", DType.BF16: "bf16", DType.F16: "f16"}.get(combo.a)
+#: The combination classes whose kernel library can be chosen.
+KERNEL_CLASSES = tuple(c.value for c in CHOOSABLE)
+KERNEL_CHOICES = tuple(c.value for c in Choice)
 
 
 def parse_kernels(spec: str | None) -> dict[str, str]:
-    """Class -> "auto" | "blas" | "onednn" from a ``FFACCEL_CPU_KERNELS``-style string.
+    """Class name -> choice name from a ``FFACCEL_CPU_KERNELS``-style string.
 
     Examples
     --------
     >>> parse_kernels("int8=onednn")["int8"], parse_kernels("blas")["f32"]
     ('onednn', 'blas')
     """
-    spec = (spec or "auto").strip().lower()
-    out = dict.fromkeys(KERNEL_CLASSES, "auto")
-    allowed = f"one of {KERNEL_CHOICES}, or class=choice pairs separated by commas (classes {KERNEL_CLASSES})"
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        cls, eq, choice = part.rpartition("=")
-        classes = [cls.strip()] if eq else list(KERNEL_CLASSES)
-        if choice.strip() not in KERNEL_CHOICES or not set(classes) <= set(KERNEL_CLASSES):
-            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                               f"cpu kernel libraries ({KERNELS_ENV}); got {spec!r}, allowed {allowed}",
-                               rule="device.name")
-        for c in classes:
-            out[c] = choice.strip()
-    return out
+    return {c.value: v.value for c, v in _table.parse_kernels(spec, KERNELS_ENV).items()}
 
 
 def _onednn_library(choice: dict[str, str]) -> Any:
     """oneDNN when installed and something may use it (imported only then), else None."""
-    if all(v == "blas" for v in choice.values()) or os.environ.get("FFACCEL_ONEDNN", "") == "0":
+    if all(v in ("blas", "gemv") for v in choice.values()) or os.environ.get("FFACCEL_ONEDNN", "") == "0":
         return None
     from . import onednn
 
@@ -753,32 +784,53 @@ def _probe_impl(lib: Any, cls: str) -> str | None:
     return impl if ok else None
 
 
+def crossovers() -> Crossovers:
+    """The tuned crossovers of this machine (``ffaccel tune``'s cache) when present, else the defaults."""
+    from .cpu_tune import load_crossovers
+
+    return load_crossovers() or DEFAULT_CROSSOVERS
+
+
 @functools.lru_cache(maxsize=16)
-def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None) -> tuple[Any, dict[str, tuple[str, str]]]:
-    """(library, resolution) per distinct choice: probing costs a few primitive creations."""
+def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None, cross: Crossovers | None = None,
+              single_thread_mnk: int = OPENBLAS_SINGLE_THREAD_MNK) -> tuple[Any, KernelTable]:
+    """(library, kernel table) per distinct choice: probing costs a few primitive creations."""
     d = dict(choice)
     lib = _onednn_library(d)
-    return lib, resolve_kernels(d, lib, threads)
+    entries = resolve_kernels(d, lib, threads)
+    return lib, build_table({KernelClass(k): Choice(v) for k, v in d.items()}, entries,
+                            cross if cross is not None else crossovers(), threads,
+                            lib.version if lib is not None else None, single_thread_mnk)
 
 
-def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[str, tuple[str, str]]:
-    """Class -> (kernel, why): what serves each class here: "blas", "onednn" (oneDNN's matmul on
-    the class's own dtypes) or "widened" (f16/bf16 widened to f32 by PyTorch's casts, then
-    oneDNN's f32 matmul).
+def _refuse(cls: str, want: str, why: str) -> FFAccelError:
+    return FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels", f"{KERNELS_ENV}: {cls}={want} cannot run here: {why}",
+                        rule="device.name")
 
-    ``auto`` takes oneDNN where it measured faster (docs/kernels.md) and is exact: int8 only
-    where its u8 x s8 sum is exact (VNNI/AMX); bf16 natively only with bf16 instructions (the
-    library's emulation is ~5x slower than f32), else widened; f16 natively where the library
-    implements it, else widened; f32 (bare f32 GEMMs only from a larger size: below it
-    OpenBLAS's call is cheaper). Never with a thread limit (``cpu:N`` limits OpenBLAS only).
+
+def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[KernelClass, ClassEntry]:
+    """Class -> what serves it here (:class:`ClassEntry`): "blas", "onednn" (oneDNN's matmul on
+    the class's own dtypes), "widened" (f16/bf16 widened to f32 by PyTorch's casts, then
+    oneDNN's f32 matmul), "torch" or "onednn+torch" (int8 on ``torch._int_mm``).
+
+    ``auto`` takes oneDNN where it is exact and implemented: int8 only where its u8 x s8 sum is
+    exact (VNNI/AMX); bf16 natively only with bf16 instructions (the library's emulation is ~5x
+    slower than f32), else widened; f16 natively where the library implements it, else
+    widened; f32. Never with a thread limit (``cpu:N`` limits OpenBLAS only). From which size
+    it does so is the table's business (:class:`~ffaccel.drivers.cpu_table.Crossovers`).
     A forced choice that cannot run here is refused.
     """
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[KernelClass, ClassEntry] = {}
     torch_ok = importlib.util.find_spec("torch") is not None
-    for cls in KERNEL_CLASSES:
-        want = choice[cls]
-        if want == "blas":
-            out[cls] = ("blas", "forced")
+    for kc in KernelClass:
+        cls = kc.value
+        want = choice.get(cls, "auto")
+        if kc == KernelClass.F64 or want in ("blas", "gemv"):
+            if want == "gemv" and kc not in (KernelClass.F32, KernelClass.F64):
+                raise _refuse(cls, want, "only f32 and f64 GEMMs have a gemv kernel")
+            if want not in ("auto", "blas", "gemv"):
+                raise _refuse(cls, want, "f64 runs on OpenBLAS only (oneDNN has no f64 matmul on CPUs)")
+            out[kc] = ClassEntry(Choice(want), Library.BLAS, None, want != "auto")
             continue
         impl = _probe_impl(lib, cls) if lib is not None else None
         f32_impl = _probe_impl(lib, "f32") if lib is not None and cls in ("f16", "bf16") else None
@@ -787,36 +839,33 @@ def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> di
         can_widen = f32_impl is not None and torch_ok
         if want == "auto":
             if threads is not None:
-                out[cls] = ("blas", "auto")
+                out[kc] = ClassEntry(Choice.AUTO, Library.BLAS, None, False)
             elif native and cls == "int8" and torch_ok:
                 # int8 x int8: torch._int_mm (on the same VNNI/AMX) needs no shift: measured 1.2x
-                # oneDNN with the shift here; the pairs with uint8 stay on oneDNN's u8 x s8
-                out[cls] = ("onednn+torch", f"auto, {impl}")
+                # oneDNN with the shift; the pairs with uint8 stay on oneDNN's u8 x s8
+                out[kc] = ClassEntry(Choice.AUTO, Library.ONEDNN_TORCH, impl, False)
             elif native:
-                out[cls] = ("onednn", f"auto, {impl}")
+                out[kc] = ClassEntry(Choice.AUTO, Library.ONEDNN, impl, False)
             elif can_widen:
-                out[cls] = ("widened", f"auto, {f32_impl} on f32 widened by torch")
+                out[kc] = ClassEntry(Choice.AUTO, Library.WIDENED, f32_impl, False)
             else:
-                out[cls] = ("blas", "auto")
+                out[kc] = ClassEntry(Choice.AUTO, Library.BLAS, None, False)
             continue
         if want == "torch":
             if cls != "int8" or not torch_ok:
-                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                                   f"{KERNELS_ENV}: {cls}=torch cannot run here: "
-                                   + ("only int8 runs on torch._int_mm" if cls != "int8" else "PyTorch is not installed"),
-                                   rule="device.name")
-            out[cls] = ("torch", "forced, torch._int_mm")
+                raise _refuse(cls, want, "only int8 runs on torch._int_mm" if cls != "int8"
+                              else "PyTorch is not installed")
+            out[kc] = ClassEntry(Choice.TORCH, Library.TORCH, None, True)
             continue
         ok = (impl is not None and exact) if want == "onednn" else can_widen
         if not ok:
-            why = ("oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
-                   "only f16 and bf16 are widened" if want == "widened" and cls not in ("f16", "bf16") else
-                   "PyTorch is not installed" if want == "widened" else
-                   "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
-                   f"oneDNN {lib.version} has no {cls} matmul for this CPU")
-            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                               f"{KERNELS_ENV}: {cls}={want} cannot run here: {why}", rule="device.name")
-        out[cls] = (want, f"forced, {impl}" if want == "onednn" else f"forced, {f32_impl} on f32 widened by torch")
+            raise _refuse(cls, want, "oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
+                          "only f16 and bf16 are widened" if want == "widened" and cls not in ("f16", "bf16") else
+                          "PyTorch is not installed" if want == "widened" else
+                          "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
+                          f"oneDNN {lib.version} has no {cls} matmul for this CPU")
+        out[kc] = ClassEntry(Choice(want), Library.ONEDNN if want == "onednn" else Library.WIDENED,
+                             impl if want == "onednn" else f32_impl, True)
     return out
 
 
@@ -870,124 +919,121 @@ class CpuDriver(Driver):
         if any(v not in ("auto", "blas") for v in self.kernel_choice.values()):
             self._kernels()  # a forced library that cannot run here is refused now, not at the first GEMM
 
-    def _kernels(self) -> tuple[Any, dict[str, tuple[str, str]]]:
-        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads)
+    def _kernels(self) -> tuple[Any, KernelTable]:
+        """(oneDNN library or None, this driver's kernel table)."""
+        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads, None, _SINGLE_THREAD_MNK)
+
+    def kernel_table(self) -> KernelTable:
+        """The table every kernel choice of this driver reads (:mod:`ffaccel.drivers.cpu_table`)."""
+        return self._kernels()[1]
+
+    def size_bands(self, combo: Any) -> tuple[int, ...]:
+        """The sizes (``batch * m * n * k``) where a GEMM of this dtype combination changes kernel or
+        threads here, ascending: read from the kernel table (for conformance and tests, which
+        check both sides of each)."""
+        return self.kernel_table().size_bands(combo_class(combo))
+
+    def _library_names(self, combo: Any) -> dict[Library, str]:
+        lib, table = self._kernels()
+        cls = combo_class(combo)
+        impl = table.classes[cls].impl
+        one = f"oneDNN {table.onednn_version} {impl}" if lib is not None else "oneDNN"
+        s8s8 = (combo.a, combo.b) == (DType.I8, DType.I8)
+        torch_name = "PyTorch torch._int_mm" + ("" if s8s8 else " (uint8 shifted to int8)")
+        if cls == KernelClass.INT8 and (combo.a, combo.b) != (DType.U8, DType.I8):
+            one += " (shifted onto u8 x s8)"
+        prec = "d" if cls == KernelClass.F64 else "s"
+        return {
+            Library.BLAS: (f"OpenBLAS {prec}gemm" if cls in (KernelClass.F64, KernelClass.F32) else
+                           "OpenBLAS sgemm on widened f32" if cls in (KernelClass.BF16, KernelClass.F16) else
+                           "OpenBLAS sgemm on exact f32 k-chunks"),
+            Library.GEMV: f"OpenBLAS {prec}gemv (NumPy's matmul)",
+            Library.ONEDNN: one,
+            Library.WIDENED: f"{one} on f32 widened by torch",
+            Library.TORCH: torch_name,
+            Library.ONEDNN_TORCH: torch_name if s8s8 else one,
+        }
 
     def kernels(self) -> dict[str, str]:
-        """Which kernel library serves each dtype combination here (what ``ffaccel info`` shows).
+        """Which kernel serves each dtype combination here, per band (what ``ffaccel info`` shows),
+        written from the kernel table.
 
         Examples
         --------
         >>> CpuDriver(kernels="blas").kernels()["f32xf32->f32->f32"]
-        'OpenBLAS sgemm'
+        'OpenBLAS sgemm (caller threads); OpenBLAS sgemm (own threads) from m*n*k 262145'
         """
         from ..spec import GEMM_COMBOS
 
-        lib, res = self._kernels()
-        out: dict[str, str] = {}
-        for c in GEMM_COMBOS:
-            name = c.name
-            cls = combo_class(c)
-            blas = ("OpenBLAS dgemm" if cls is None else "OpenBLAS sgemm" if cls == "f32" else
-                    "OpenBLAS sgemm on widened f32" if cls in ("bf16", "f16") else
-                    "OpenBLAS sgemm on exact f32 k-chunks")
-            if cls is None or res[cls][0] == "blas":
-                out[name] = blas
-                continue
-            where, impl = res[cls][1].split(", ", 1)
-            lib_name = f"oneDNN {lib.version} {impl}" if lib is not None else ""
-            s8s8 = (c.a, c.b) == (DType.I8, DType.I8)
-            if res[cls][0] == "torch" or (res[cls][0] == "onednn+torch" and s8s8):
-                lib_name = "PyTorch torch._int_mm" + ("" if s8s8 else " (uint8 shifted to int8)")
-            elif cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
-                lib_name += " (shifted onto u8 x s8)"
-            if where == "forced":
-                out[name] = lib_name
-            elif cls == "f32":
-                out[name] = (f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]} with an epilogue, "
-                             f">= {ONEDNN_BARE_F32_MIN_MNK} without; else {blas} on one thread")
-            else:
-                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas} on one thread"
-        return out
+        table = self.kernel_table()
+        return {c.name: _table.describe(table, combo_class(c), self._library_names(c)) for c in GEMM_COMBOS}
 
     def info(self) -> DriverInfo:
         info = super().info()
         return dataclasses.replace(info, kernels=tuple(self.kernels().items()))
 
-    def _onednn_kernel(self, op: GemmOp, fallback: Kernel) -> Kernel | None:
-        """The oneDNN kernel for this GEMM when the choice and its size give it one, else None."""
+    def band(self, op: GemmOp) -> Band:
+        """The table's band for one validated GEMM (A and B not read: OpenBLAS's path, no GEMM runs)."""
+        table = self.kernel_table()
         cls = combo_class(op.combo)
-        if cls is None or not op.reads_ab or self.kernel_choice[cls] == "blas":
-            return None
-        lib, res = self._kernels()
-        if res[cls][0] == "blas":
-            return None
-        if self.kernel_choice[cls] == "auto":  # where it measured faster
-            floor = ONEDNN_BARE_F32_MIN_MNK if cls == "f32" and not op.epilogue else ONEDNN_MIN_MNK[cls]
-            if op.batch * op.m * op.n * op.k < floor:
-                return None
+        if not op.reads_ab:
+            return table.rows[RowKey(cls, bool(op.epilogue), False)][0]
+        skinny = op.batch == 1 and (op.m == 1 or op.n == 1)
+        return table.band(cls, bool(op.epilogue), skinny, op.batch * op.m * op.n * max(op.k, 1))
+
+    def _library_kernel(self, op: GemmOp, library: Library, fallback: Kernel) -> Kernel:
+        """The oneDNN / PyTorch kernel of a band (``fallback`` runs the layouts they refuse)."""
         from . import cpu_onednn
 
-        if cls == "int8":
+        lib = self._kernels()[0]
+        if op.combo.is_int:
             s8s8 = (op.combo.a, op.combo.b) == (DType.I8, DType.I8)
-            if res[cls][0] == "torch" or (res[cls][0] == "onednn+torch" and s8s8):
+            if library == Library.TORCH or (library == Library.ONEDNN_TORCH and s8s8):
                 return _plan_int(op, cpu_onednn.TorchIntProduct(_WORKSPACE.take))
             return _plan_int(op, cpu_onednn.IntProduct(lib, op.combo.a, op.combo.b, _WORKSPACE.take))
         rest = _float_steps(op, np.dtype(np.float32))[cpu_onednn.fused_count(op):]
         tail = (lambda x, epi: _run_steps(rest, x, epi)) if rest else None
-        if res[cls][0] == "widened":
+        if library == Library.WIDENED:
             return cpu_onednn.WidenedKernel(lib, op, fallback, _WORKSPACE.take, _WORKSPACE.give, tail)
         return cpu_onednn.FloatKernel(lib, op, fallback, tail, _WORKSPACE.take, _WORKSPACE.give)
 
-    def _blas_only(self, op: GemmOp) -> bool:
-        """Whether the f2py fast paths may take this f32/f64 GEMM (not when oneDNN is forced on f32)."""
-        return op.combo.acc == DType.F64 or self.kernel_choice["f32"] != "onednn"
+    def _fast_paths_ok(self, op: GemmOp) -> bool:
+        """Whether the f2py one-call paths may take this f32/f64 GEMM: its band is OpenBLAS's ?gemm
+        on the calling thread."""
+        band = self.band(op)
+        return band.library == Library.BLAS and band.threads == Threads.CALLER
 
     def prepare_gemm(self, op: GemmOp) -> Kernel:
         """A kernel ``(a, b, c, d, epi) -> None`` for one validated geometry.
 
-        Routine choice, conversions and the epilogue are decided here, once; the
+        The kernel table's band for the GEMM's class, epilogue, shape and size picks the library
+        and the threads (:meth:`band`); conversions and the epilogue are decided here, once; the
         kernel only reads the arrays' strides to pick the BLAS call.
         """
         if op.batch == 0 or op.m == 0 or op.n == 0:
             return _noop
+        band = self.band(op)
         parallel = self.threads is None or self.threads > 1
         blas = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
-        kernel = self._onednn_kernel(op, blas) or blas
-        work = op.batch * op.m * op.n * max(op.k, 1)
-        if work > _SINGLE_THREAD_MNK:
+        if band.library == Library.BLAS:
+            kernel = blas
+        elif band.library == Library.GEMV:
+            kernel = _plan_gemv(op) or blas
+        else:
+            kernel = self._library_kernel(op, band.library, blas)
+        if op.batch * op.m * op.n * max(op.k, 1) > _SINGLE_THREAD_MNK:
             if self._limit is not None:
                 kernel = _with_threads(kernel, self._limit)
-            elif kernel is blas and self.one_pool(op):
+            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
                 kernel = _with_threads(kernel, _one_thread())
         return kernel
 
-    def one_pool(self, op: GemmOp) -> bool:
-        """Whether oneDNN serves this GEMM's class here, so that the OpenBLAS GEMMs of the class
-        (the sizes below oneDNN's threshold) run on one thread: then only one pool of threads,
-        OpenMP's, works in this process.
-
-        OpenBLAS's threads spin for a long time after a call (2**28 cycles); an OpenMP team
-        (oneDNN's, and PyTorch's, which loads the same ``libgomp.so.1``) that starts meanwhile
-        finds a core taken and waits at its barriers. Measured here: oneDNN GEMMs interleaved
-        with OpenBLAS ones ran at half their speed; a PyTorch model whose small GEMMs went to
-        OpenBLAS, 50x slower. On one thread OpenBLAS wakes no worker, and loses little at
-        these sizes (m*n*k <= 160^3).
-        """
-        cls = combo_class(op.combo)
-        return cls is not None and self.kernel_choice[cls] == "auto" and self._serves_beyond_blas(cls)
-
-    def _serves_beyond_blas(self, cls: str) -> bool:
-        """Whether this class's GEMMs (at its sizes) go to oneDNN or PyTorch here, forced or by
-        ``auto`` (which never picks them under a thread limit: see :func:`resolve_kernels`)."""
-        return self._kernels()[1][cls][0] != "blas"
-
     def thread_pool(self) -> str:
-        """"openmp" where oneDNN serves the f32 GEMMs (every multi-threaded GEMM then runs on
-        the process's OpenMP runtime, see :meth:`one_pool`), else "own" (OpenBLAS's threads)."""
+        """"openmp" where the table sends f32 GEMMs to oneDNN (its multi-threaded GEMMs then run on
+        the process's OpenMP runtime), else "own" (OpenBLAS's threads); "none" on one thread."""
         if self.threads == 1:
             return "none"
-        return "openmp" if self._serves_beyond_blas("f32") else "own"
+        return "openmp" if self.kernel_table().serves_openmp(KernelClass.F32) else "own"
 
     def prepare_gemm_fresh(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
         """Tiny f32/f64 GEMMs with no C and no epilogue: SciPy's ``?gemm`` returns D itself.
@@ -998,9 +1044,12 @@ class CpuDriver(Driver):
         """
         combo = op.combo
         if (op.batch != 1 or op.epilogue or op.c is not None or not op.reads_ab or not op.m or not op.n
-                or not self._blas_only(op)
-                or combo.is_int or combo.a != combo.acc or combo.d != combo.acc
-                or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+                or combo.is_int or combo.a != combo.acc or combo.d != combo.acc):
+            return None
+        band = self.band(op)
+        if band.library == Library.GEMV and float(op.alpha) == 1.0:
+            return np.matmul  # what NumPy's @ runs for a matrix-vector product (OpenBLAS ?gemv)
+        if band.library != Library.BLAS or band.threads != Threads.CALLER:
             return None
         f2py = (_DGEMM if combo.acc == DType.F64 else _SGEMM).f2py
         alpha = float(op.alpha)
@@ -1022,9 +1071,8 @@ class CpuDriver(Driver):
         """
         combo = op.combo
         if (op.batch != 1 or op.epilogue or not op.reads_ab or not op.m or not op.n or combo.is_int
-                or not self._blas_only(op)
                 or combo.a != combo.acc or combo.d != combo.acc or (op.reads_c and not op.in_place)
-                or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+                or not self._fast_paths_ok(op)):
             return None
         blas = _DGEMM if combo.acc == DType.F64 else _SGEMM
         x = d[0]
