@@ -555,3 +555,26 @@ def test_widened_f16_with_a_bias_into_row_interleaved_d_stays_on_onednn(monkeypa
     want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
     assert kernels and all(kern.impls and "blas" not in kern.impls for kern in kernels)
+
+
+@pytest.mark.parametrize("cls", ["f32", "f64"])
+def test_gemm_plus_bias_fills_d_with_the_bias_then_accumulates(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A linear layer's GEMM + bias (batch 1, the bias alone) on OpenBLAS: the bias broadcast into
+    D and BLAS adding the product (beta = 1). Right with alpha, either axis, padded and
+    transposed operands, non-finite biases; not taken with C or a second post-op."""
+    combo = COMBOS[cls]
+    drv = CpuDriver(kernels="blas")
+    monkeypatch.setattr(T, "DRIVER", drv)
+    bn, bm = (PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.BIAS_M, 0, 0, combo.acc)
+    non_finite = T.build(combo, 6, 4, 5, post=(bn,))
+    non_finite.arrays[4][0][0, 0, :] = [np.nan, np.inf, -np.inf, 1.0]
+    for case in (T.build(combo, 8, 8, 8, post=(bn,)), T.build(combo, 9, 5, 7, alpha=2.5, post=(bm,)),
+                 T.build(combo, 12, 10, 6, trans_a=True, pad=3, post=(bn,)),
+                 T.build(combo, 70, 80, 90, trans_b=True, post=(bm,)), non_finite):
+        kernel = drv.prepare_gemm(case.op)
+        assert kernel.__code__.co_varnames[:5] == ("a", "b", "c", "d", "epi") and "copyto" in kernel.__code__.co_freevars
+        T.check(case)
+    for case in (T.build(combo, 8, 8, 8, beta=1.0, with_c=True, post=(bn,)),
+                 T.build(combo, 8, 8, 8, post=(bn, (PostOpKind.RELU, 0, 0, None)))):
+        assert "copyto" not in drv.prepare_gemm(case.op).__code__.co_freevars
+        T.check(case)
