@@ -582,13 +582,20 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
         # a linear layer's GEMM + bias: the bias broadcast into D, then BLAS adds the product to it
         # (beta = 1): D = alpha * A @ B + bias, the same sum as the separate pass, with no pass
         # and no floating-point state to save (a NumPy errstate costs ~1 us at 8 x 8)
-        copyto = np.copyto
+        copyto, f2py = np.copyto, blas.f2py
+        small = op.m * op.n * op.k <= _SINGLE_THREAD_MNK
 
         def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
             x = d[0]
             copyto(x, epi[0][0])
-            if not _gemm2d(blas, alpha, a[0], b[0], 1.0, x):
-                _matmul_axpby(alpha, a[0], b[0], 1.0, x)
+            a2, b2 = a[0], b[0]
+            if small and a2.flags.c_contiguous and b2.flags.c_contiguous and x.flags.c_contiguous:
+                xt = x.T  # plain row-major operands: the f2py call alone
+                r = f2py(alpha, b2.T, a2.T, 1.0, xt, 0, 0, 1)
+                if r is not xt:  # f2py had to copy (misaligned memory): put the result in place
+                    copyto(x, r.T)
+            elif not _gemm2d(blas, alpha, a2, b2, 1.0, x):
+                _matmul_axpby(alpha, a2, b2, 1.0, x)
 
         return kernel
 

@@ -276,11 +276,11 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
 
         return plan
     if len(operand_views) == 1:  # the common linear layer: one bias (or one post-op without operand)
-        view = operand_views[0]
+        view = operand_views[0] or (lambda v: None)
 
         def plan1(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
             d = empty(shape, d_dtype)
-            kernel(a[None], b[None], None, d, (view(post_ops[0].operand) if view is not None else None,))
+            kernel(a[None], b[None], None, d, (view(post_ops[0].operand),))
             return d[0]
 
         return plan1
@@ -295,13 +295,13 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
 
 
 def _post_key(post_ops: tuple) -> tuple:
-    """The per-call cache key of a post-op list: kinds, parameters, operands' geometry (not values)."""
+    """The per-call cache key of a post-op list: kinds, parameters by their bits (clamp(-0.0, ...)
+    and clamp(0.0, ...) differ), operands' geometry (not their values). Inlined: it runs per call."""
     out = []
     for p in post_ops:
-        # parameters by their bits where it matters (clamp(-0.0, ...) and clamp(0.0, ...) differ)
-        p0 = p.param0 if p.param0 else _scalar_key(p.param0)
-        p1 = p.param1 if p.param1 else _scalar_key(p.param1)
-        v = p.operand
+        p0, p1, v = p.param0, p.param1, p.operand
+        p0 = p0.hex() if p0.__class__ is float else p0
+        p1 = p1.hex() if p1.__class__ is float else p1
         out.append((p.kind, p0, p1) if v is None else (p.kind, p0, p1, v.shape, v.strides, v.dtype))
     return tuple(out)
 
