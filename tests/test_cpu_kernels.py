@@ -578,3 +578,27 @@ def test_gemm_plus_bias_fills_d_with_the_bias_then_accumulates(cls: str, monkeyp
                  T.build(combo, 8, 8, 8, post=(bn, (PostOpKind.RELU, 0, 0, None)))):
         assert "copyto" not in drv.prepare_gemm(case.op).__code__.co_freevars
         T.check(case)
+
+
+def test_large_bare_f32_on_numpys_pool_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its crossover a bare f32 GEMM runs on NumPy's OpenBLAS where PyTorch is not loaded
+    (one pool with NumPy's @), on oneDNN where it is (one pool with PyTorch): both sides forced,
+    and the crossovers' switch that turns it off."""
+    if not runnable("f32=onednn"):
+        pytest.skip("oneDNN is not installed here: bare f32 is on OpenBLAS whatever is loaded")
+    combo = T.COMBO[F32, F32, F32]
+    at = {**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk, "f32": 40**3}
+    case = T.build(combo, 40, 40, 40)
+    for pool_switch in (True, False):
+        _crossovers(monkeypatch, onednn_bare_min_mnk=at, bare_f32_numpy_pool_without_torch=pool_switch)
+        auto = CpuDriver(kernels="auto")
+        assert auto.band(case.op).numpy_pool_without_torch == pool_switch
+        for torch_loaded in (True, False):
+            monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: torch_loaded)
+            assert _is_onednn(auto.prepare_gemm(case.op)) == (torch_loaded or not pool_switch)
+            monkeypatch.setattr(T, "DRIVER", auto)
+            T.check(case)
+    fused = T.build(combo, 40, 40, 40, post=((PostOpKind.RELU, 0, 0, None),))
+    _crossovers(monkeypatch, onednn_bare_min_mnk=at, onednn_fused_min_mnk=at)
+    monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
+    assert _is_onednn(CpuDriver(kernels="auto").prepare_gemm(fused.op))  # an epilogue stays fused on oneDNN

@@ -1037,7 +1037,7 @@ class CpuDriver(Driver):
         band = self.band(op)
         parallel = self.threads is None or self.threads > 1
         blas = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
-        if band.library == Library.BLAS:
+        if band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded()):
             kernel = blas
         elif band.library == Library.GEMV:
             kernel = _plan_gemv(op) or blas

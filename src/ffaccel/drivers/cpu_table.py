@@ -80,6 +80,9 @@ class Band:
     min_mnk: int
     library: Library
     threads: Threads
+    #: In a process without PyTorch, run this band on OpenBLAS's ?gemm with its own threads (NumPy's
+    #: OpenBLAS: the pool NumPy's @ already uses) instead of ``library`` (decided when prepared)
+    numpy_pool_without_torch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +120,9 @@ class Crossovers:
     ``one_thread_below_onednn``: whether multi-threaded OpenBLAS GEMMs of a class served by oneDNN
     (the sizes below its crossover) run on one thread where PyTorch is loaded (``Threads.SHARED``:
     PyTorch's OpenMP team then stays the one working pool), or always on OpenBLAS's threads.
+    ``bare_f32_numpy_pool_without_torch``: whether bare f32 GEMMs past their crossover stay on
+    NumPy's OpenBLAS where PyTorch is not loaded: a program alternating NumPy's @ and ffaccel then
+    runs one pool, not two that spin against each other (docs/kernels.md, "One pool per process").
     ``source`` says where the numbers came from (``defaults`` or the tuning cache's path).
     """
 
@@ -124,12 +130,14 @@ class Crossovers:
     onednn_fused_min_mnk: Mapping[str, int]
     gemv_skinny: Mapping[str, bool]
     one_thread_below_onednn: bool = True
+    bare_f32_numpy_pool_without_torch: bool = True
     source: str = "defaults"
 
     def to_json(self) -> dict[str, Any]:
         return {"onednn_bare_min_mnk": dict(self.onednn_bare_min_mnk),
                 "onednn_fused_min_mnk": dict(self.onednn_fused_min_mnk),
-                "gemv_skinny": dict(self.gemv_skinny), "one_thread_below_onednn": self.one_thread_below_onednn}
+                "gemv_skinny": dict(self.gemv_skinny), "one_thread_below_onednn": self.one_thread_below_onednn,
+                "bare_f32_numpy_pool_without_torch": self.bare_f32_numpy_pool_without_torch}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str) -> "Crossovers":
@@ -144,10 +152,10 @@ class Crossovers:
         g = data["gemv_skinny"]
         if not isinstance(g, dict) or set(g) != {"f32", "f64"} or not all(isinstance(x, bool) for x in g.values()):
             raise ValueError(f"gemv_skinny: {g!r}")
-        one = data["one_thread_below_onednn"]
-        if not isinstance(one, bool):
-            raise ValueError(f"one_thread_below_onednn: {one!r}")
-        return cls(ints("onednn_bare_min_mnk"), ints("onednn_fused_min_mnk"), dict(g), one, source)
+        one, pool = data["one_thread_below_onednn"], data["bare_f32_numpy_pool_without_torch"]
+        if not isinstance(one, bool) or not isinstance(pool, bool):
+            raise ValueError(f"one_thread_below_onednn: {one!r}, bare_f32_numpy_pool_without_torch: {pool!r}")
+        return cls(ints("onednn_bare_min_mnk"), ints("onednn_fused_min_mnk"), dict(g), one, pool, source)
 
 
 #: The classes whose library ``FFACCEL_CPU_KERNELS`` chooses (f64 only between ?gemm and ?gemv).
@@ -277,8 +285,9 @@ def build_table(choice: Mapping[KernelClass, Choice], entries: Mapping[KernelCla
                 start = (crossovers.onednn_fused_min_mnk if fused else crossovers.onednn_bare_min_mnk)[cls.value]
                 below = Threads.SHARED if crossovers.one_thread_below_onednn else Threads.OWN
                 bands = [b for b in _openblas_bands(0, limited or below) if b.min_mnk < start]
-                rows[key] = tuple(bands + [Band(start, entry.library, Threads.OPENMP)]) if start < NEVER \
-                    else tuple(_openblas_bands(0, limited or Threads.OWN))
+                numpy_pool = (cls == KernelClass.F32 and not fused and crossovers.bare_f32_numpy_pool_without_torch)
+                rows[key] = tuple(bands + [Band(start, entry.library, Threads.OPENMP, numpy_pool)]) \
+                    if start < NEVER else tuple(_openblas_bands(0, limited or Threads.OWN))
     return KernelTable(dict(entries), rows, crossovers, onednn_version, thread_limit)
 
 
@@ -289,7 +298,9 @@ def describe(table: KernelTable, cls: KernelClass, library_name: Mapping[Library
         for skinny in (False, True):
             bands = table.rows[RowKey(cls, fused, skinny)]
             text = "; ".join(
-                f"{library_name[b.library]} ({b.threads.value} threads)"
+                f"{library_name[b.library]} ({b.threads.value} threads"
+                + (f"; {library_name[Library.BLAS]}, own threads, without PyTorch loaded)"
+                   if b.numpy_pool_without_torch else ")")
                 + (f" from m*n*k {b.min_mnk}" if b.min_mnk else "") for b in bands)
             parts.append((("fused" if fused else "bare") + (" m|n=1" if skinny else ""), text))
     # collapse identical rows so the common cases read as one line

@@ -212,10 +212,46 @@ def tune(budget_s: float = 6.0, log: Any = None) -> tuple[Crossovers, dict[str, 
             if log:
                 log(f"{name:5} skinny {m}x{k}x{n}  gemm {t_gemm:9.1f} us  gemv {t_gemv:9.1f} us")
         gemv[name] = score > 0
+    pool = DEFAULT_CROSSOVERS.bare_f32_numpy_pool_without_torch
+    if bare["f32"] < NEVER and KernelClass.F32 in classes:
+        pool = _numpy_pool_wins(entries, per_case * 4, timings, log)
     for name in CHOOSABLE_NAMES:
         bare.setdefault(name, NEVER)
         fused_min.setdefault(name, NEVER)
-    return Crossovers(bare, fused_min, gemv, DEFAULT_CROSSOVERS.one_thread_below_onednn, "tuned"), timings
+    return Crossovers(bare, fused_min, gemv, DEFAULT_CROSSOVERS.one_thread_below_onednn, pool, "tuned"), timings
+
+
+#: The size of the alternating loop that decides the pool of large bare f32 GEMMs (n^3).
+ALTERNATE_N = 512
+
+
+def _numpy_pool_wins(entries: Any, budget_s: float, timings: dict[str, Any], log: Any) -> bool:
+    """Whether, in a loop alternating NumPy's @ with the driver's bare f32 GEMM, the GEMM is faster
+    on NumPy's OpenBLAS (one pool) than on oneDNN (a second pool, OpenMP's, beside OpenBLAS's
+    spinning threads). Best loop time of each, NumPy's call included."""
+    from ..abi import DeviceCaps, Gemm, Matrix, check_command
+    from ..spec import DType
+    from .cpu import CpuDriver
+
+    n = ALTERNATE_N
+    op = check_command(Gemm(m=n, n=n, k=n, a=Matrix(1, DType.F32, n, n), b=Matrix(2, DType.F32, n, n),
+                            d=Matrix(3, DType.F32, n, n)).encode(), DeviceCaps())
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    d = np.empty((1, n, n), np.float32)
+    best = {}
+    for name, spec in (("numpy pool", "f32=blas"), ("openmp pool", "f32=onednn")):
+        kernel = CpuDriver(kernels=spec).prepare_gemm(op)
+
+        def loop() -> None:
+            a @ b  # noqa: B018 - NumPy's own call, whose threads then spin
+            kernel(a[None], b[None], None, d, ())
+
+        best[name] = _best_us(loop, (), budget_s)
+        if log:
+            log(f"f32   alternating with NumPy @ {n}^3 ({name}): {best[name]:9.1f} us per pair")
+    timings[f"f32 alternating {n}^3"] = best
+    return best["numpy pool"] <= best["openmp pool"]
 
 
 __all__ = ["LADDER", "SKINNY", "cache_dir", "cache_path", "load_crossovers", "machine_key", "save_crossovers",
