@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from ffaccel.drivers import cpu_onednn, cpu_table, onednn
 from ffaccel.drivers.cpu import KERNEL_CLASSES, CpuDriver, parse_kernels
 from ffaccel.drivers.cpu_table import KernelClass, Library, Threads
 from ffaccel.runtime import Device
-from ffaccel.spec import DType, FFAccelError, PostOpKind
+from ffaccel.spec import DType, FFAccelError, PostOpKind, numpy_dtype
 from ffaccel.transports import InprocTransport
 
 LIB = onednn.library()
@@ -232,7 +233,11 @@ def test_skinny_rows(cls: str, choice: str, monkeypatch: pytest.MonkeyPatch) -> 
         assert drv.band(T.build(COMBOS[cls], 2, 40, 24).op).library != Library.GEMV  # not skinny
         assert drv.band(T.build(COMBOS[cls], 1, 40, 24, batch=2).op).library != Library.GEMV
     fresh = CpuDriver(kernels=f"{cls}=gemv").prepare_gemm_fresh(T.build(COMBOS[cls], 1, 96, 64).op)
-    assert fresh is np.matmul  # the front-end's per-call path is NumPy's own call
+    dt = numpy_dtype(COMBOS[cls].acc)
+    a, b = np.full((1, 64), np.inf, dt), np.zeros((64, 96), dt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf * 0 is NaN, the intended IEEE result: no warning
+        assert np.isnan(fresh(a, b)).all()  # the front-end's per-call path: NumPy's own call
 
 
 @pytest.mark.parametrize("cls", ONEDNN_CLASSES)
@@ -602,3 +607,21 @@ def test_large_bare_f32_on_numpys_pool_without_torch(monkeypatch: pytest.MonkeyP
     _crossovers(monkeypatch, onednn_bare_min_mnk=at, onednn_fused_min_mnk=at)
     monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
     assert _is_onednn(CpuDriver(kernels="auto").prepare_gemm(fused.op))  # an epilogue stays fused on oneDNN
+
+
+@pytest.mark.parametrize("post", [(), ((PostOpKind.BIAS_N, 0, 0, F32),)])
+def test_multithreaded_band_through_numpys_call_stays_silent_and_exact_in_ieee(
+        post: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above OpenBLAS's threading threshold a plain GEMM (alpha 1, no C) is NumPy's own ?gemm call:
+    inf * 0 gives NaN without a warning, padded and transposed operands still right."""
+    monkeypatch.setattr(cpu_mod, "_SINGLE_THREAD_MNK", 8**3)  # these sizes are "multi-threaded"
+    drv = CpuDriver(kernels="blas")
+    monkeypatch.setattr(T, "DRIVER", drv)
+    combo = T.COMBO[F32, F32, F32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for case in (T.build(combo, 12, 10, 9, post=post), T.build(combo, 12, 10, 9, trans_a=True, pad=2, post=post),
+                     T.build(combo, 12, 10, 9, trans_b=True, post=post)):
+            case.arrays[0][0][0, :] = np.inf  # row 0 of A: inf; B has zeros below
+            case.arrays[1][0][:, 0] = 0.0
+            T.check(case)

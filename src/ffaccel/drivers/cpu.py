@@ -203,6 +203,10 @@ def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
     Returns False (having done nothing) when a view cannot be handed to BLAS as it is.
     """
     if x.shape[0] * x.shape[1] * a.shape[1] > _SINGLE_THREAD_MNK:  # multi-threaded: NumPy's BLAS
+        if alpha == 1.0 and beta == 0.0 and _blas_strides(a) and _blas_strides(b) and _blas_strides(x):
+            with np.errstate(all="ignore"):  # NumPy's own ?gemm call: ~2 us against ~8 us through ctypes
+                np.matmul(a, b, out=x)  # (errstate: NumPy reports the FPU's flags after a matmul)
+            return True
         return _gemm2d_strided(blas, alpha, a, b, beta, x)
     args = _f2py_operands(a, b, x)
     if args is not None:  # fast path: compact operands through f2py
@@ -212,6 +216,15 @@ def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
             np.copyto(x, r.T)
         return True
     return _gemm2d_strided(blas, alpha, a, b, beta, x)
+
+
+def _blas_strides(x: np.ndarray) -> bool:
+    """Whether NumPy hands this 2-D view to BLAS as it is (unit stride along one axis, the other a
+    leading dimension that fits): then ``numpy.matmul`` makes no copy and loops in no C code."""
+    s = x.itemsize
+    r, c = x.strides
+    rows, cols = x.shape
+    return (c == s and r >= max(1, cols) * s and r % s == 0) or (r == s and c >= max(1, rows) * s and c % s == 0)
 
 
 def _f2py_operands(a: np.ndarray, b: np.ndarray, x: np.ndarray
@@ -582,13 +595,19 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
         # a linear layer's GEMM + bias: the bias broadcast into D, then BLAS adds the product to it
         # (beta = 1): D = alpha * A @ B + bias, the same sum as the separate pass, with no pass
         # and no floating-point state to save (a NumPy errstate costs ~1 us at 8 x 8)
-        copyto, f2py = np.copyto, blas.f2py
+        copyto, f2py, add, errstate = np.copyto, blas.f2py, np.add, np.errstate
         small = op.m * op.n * op.k <= _SINGLE_THREAD_MNK
 
         def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
-            x = d[0]
+            x, a2, b2 = d[0], a[0], b[0]
+            if not small and alpha == 1.0 and _blas_strides(a2) and _blas_strides(b2) and _blas_strides(x):
+                # multi-threaded: NumPy's own ?gemm call, then the bias (a pass over D costs less
+                # than the ~8 us of a ctypes call with beta = 1 at these sizes)
+                with errstate(all="ignore"):  # inf - inf is NaN, as intended
+                    np.matmul(a2, b2, out=x)
+                    add(x, epi[0][0], out=x)
+                return
             copyto(x, epi[0][0])
-            a2, b2 = a[0], b[0]
             if small and a2.flags.c_contiguous and b2.flags.c_contiguous and x.flags.c_contiguous:
                 xt = x.T  # plain row-major operands: the f2py call alone
                 r = f2py(alpha, b2.T, a2.T, 1.0, xt, 0, 0, 1)
@@ -649,7 +668,8 @@ def _plan_gemv(op: GemmOp) -> Kernel | None:
     def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         x = d[0]
         if beta_eff == 0.0 and alpha == 1.0:
-            matmul(a[0], b[0], out=x)  # BLAS: no floating-point warnings to silence
+            with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+                matmul(a[0], b[0], out=x)
         else:
             if reads_c and not in_place:
                 np.copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
@@ -1070,7 +1090,13 @@ class CpuDriver(Driver):
             return None
         band = self.band(op)
         if band.library == Library.GEMV and float(op.alpha) == 1.0:
-            return np.matmul  # what NumPy's @ runs for a matrix-vector product (OpenBLAS ?gemv)
+            matmul, errstate = np.matmul, np.errstate
+
+            def gemv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                with errstate(all="ignore"):  # what NumPy's @ runs for a matrix-vector product (?gemv)
+                    return matmul(a, b)
+
+            return gemv
         if band.library != Library.BLAS or band.threads != Threads.CALLER:
             return None
         f2py = (_DGEMM if combo.acc == DType.F64 else _SGEMM).f2py
