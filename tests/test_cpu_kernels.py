@@ -152,8 +152,11 @@ def _crossovers(monkeypatch: pytest.MonkeyPatch, **changes: object) -> cpu_table
 
 @pytest.fixture(autouse=True)
 def _fresh_tables(monkeypatch: pytest.MonkeyPatch) -> object:
-    """Each test reads the default crossovers (not a tuning cache this machine may hold), in fresh tables."""
+    """Each test reads the default crossovers (not a tuning cache this machine may hold), in fresh
+    tables, as in a process with PyTorch loaded (oneDNN past its crossovers) whatever else the
+    test run imported: the tests of the NumPy-pool side say so themselves."""
     monkeypatch.setenv("FFACCEL_CPU_TUNED", "0")
+    monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
     cpu_mod._resolved.cache_clear()
     yield
     cpu_mod._resolved.cache_clear()
@@ -586,9 +589,9 @@ def test_gemm_plus_bias_fills_d_with_the_bias_then_accumulates(cls: str, monkeyp
 
 
 def test_large_bare_f32_on_numpys_pool_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past its crossover a bare f32 GEMM runs on NumPy's OpenBLAS where PyTorch is not loaded
-    (one pool with NumPy's @), on oneDNN where it is (one pool with PyTorch): both sides forced,
-    and the crossovers' switch that turns it off."""
+    """Past its crossover an f32 GEMM runs on NumPy's OpenBLAS where PyTorch is not loaded (one
+    pool with NumPy's @), on oneDNN where it is (one pool with PyTorch): both sides forced, and
+    the crossovers' switch that turns it off; an epilogue with a GELU stays fused on oneDNN."""
     if not runnable("f32=onednn"):
         pytest.skip("oneDNN is not installed here: bare f32 is on OpenBLAS whatever is loaded")
     combo = T.COMBO[F32, F32, F32]
@@ -603,10 +606,16 @@ def test_large_bare_f32_on_numpys_pool_without_torch(monkeypatch: pytest.MonkeyP
             assert _is_onednn(auto.prepare_gemm(case.op)) == (torch_loaded or not pool_switch)
             monkeypatch.setattr(T, "DRIVER", auto)
             T.check(case)
-    fused = T.build(combo, 40, 40, 40, post=((PostOpKind.RELU, 0, 0, None),))
     _crossovers(monkeypatch, onednn_bare_min_mnk=at, onednn_fused_min_mnk=at)
     monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
-    assert _is_onednn(CpuDriver(kernels="auto").prepare_gemm(fused.op))  # an epilogue stays fused on oneDNN
+    auto = CpuDriver(kernels="auto")
+    monkeypatch.setattr(T, "DRIVER", auto)
+    for post, onednn_fuses in ((((PostOpKind.BIAS_N, 0, 0, F32), (PostOpKind.RELU, 0, 0, None)), False),
+                               (((PostOpKind.GELU_TANH, 0, 0, None),), True),
+                               (((PostOpKind.BIAS_N, 0, 0, F32), (PostOpKind.GELU_ERF, 0, 0, None)), True)):
+        fused = T.build(combo, 40, 40, 40, post=post)
+        assert _is_onednn(auto.prepare_gemm(fused.op)) == onednn_fuses  # only GELU needs oneDNN's fusion
+        T.check(fused)
 
 
 @pytest.mark.parametrize("post", [(), ((PostOpKind.BIAS_N, 0, 0, F32),)])

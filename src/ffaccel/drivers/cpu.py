@@ -757,6 +757,10 @@ def _one_thread() -> _ThreadLimit:
     return _ThreadLimit(1)
 
 
+#: Post-ops that only oneDNN fuses cheaply (OpenBLAS's path runs SciPy's erf or NumPy's tanh passes).
+_GELU = (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH)
+
+
 def _torch_loaded() -> bool:
     """Whether PyTorch is imported in this process (its OpenMP team is then a pool that works)."""
     return "torch" in sys.modules
@@ -1057,7 +1061,8 @@ class CpuDriver(Driver):
         band = self.band(op)
         parallel = self.threads is None or self.threads > 1
         blas = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
-        if band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded()):
+        if band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded()
+                                            and not any(p.kind in _GELU for p in op.epilogue)):
             kernel = blas
         elif band.library == Library.GEMV:
             kernel = _plan_gemv(op) or blas

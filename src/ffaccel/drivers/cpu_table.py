@@ -81,7 +81,8 @@ class Band:
     library: Library
     threads: Threads
     #: In a process without PyTorch, run this band on OpenBLAS's ?gemm with its own threads (NumPy's
-    #: OpenBLAS: the pool NumPy's @ already uses) instead of ``library`` (decided when prepared)
+    #: OpenBLAS: the pool NumPy's @ already uses) instead of ``library``, unless the epilogue has a
+    #: GELU (decided when prepared)
     numpy_pool_without_torch: bool = False
 
 
@@ -120,9 +121,11 @@ class Crossovers:
     ``one_thread_below_onednn``: whether multi-threaded OpenBLAS GEMMs of a class served by oneDNN
     (the sizes below its crossover) run on one thread where PyTorch is loaded (``Threads.SHARED``:
     PyTorch's OpenMP team then stays the one working pool), or always on OpenBLAS's threads.
-    ``bare_f32_numpy_pool_without_torch``: whether bare f32 GEMMs past their crossover stay on
-    NumPy's OpenBLAS where PyTorch is not loaded: a program alternating NumPy's @ and ffaccel then
-    runs one pool, not two that spin against each other (docs/kernels.md, "One pool per process").
+    ``bare_f32_numpy_pool_without_torch``: whether f32 GEMMs past their crossover stay on NumPy's
+    OpenBLAS where PyTorch is not loaded (bare ones, and fused ones whose epilogue is elementwise
+    passes NumPy does cheaply: everything but GELU): a program alternating NumPy's @ and ffaccel
+    then runs one pool, not two that spin against each other (docs/kernels.md, "One pool per
+    process").
     ``source`` says where the numbers came from (``defaults`` or the tuning cache's path).
     """
 
@@ -285,7 +288,7 @@ def build_table(choice: Mapping[KernelClass, Choice], entries: Mapping[KernelCla
                 start = (crossovers.onednn_fused_min_mnk if fused else crossovers.onednn_bare_min_mnk)[cls.value]
                 below = Threads.SHARED if crossovers.one_thread_below_onednn else Threads.OWN
                 bands = [b for b in _openblas_bands(0, limited or below) if b.min_mnk < start]
-                numpy_pool = (cls == KernelClass.F32 and not fused and crossovers.bare_f32_numpy_pool_without_torch)
+                numpy_pool = cls == KernelClass.F32 and crossovers.bare_f32_numpy_pool_without_torch
                 rows[key] = tuple(bands + [Band(start, entry.library, Threads.OPENMP, numpy_pool)]) \
                     if start < NEVER else tuple(_openblas_bands(0, limited or Threads.OWN))
     return KernelTable(dict(entries), rows, crossovers, onednn_version, thread_limit)
