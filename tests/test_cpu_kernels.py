@@ -228,19 +228,28 @@ def test_skinny_rows(cls: str, choice: str, monkeypatch: pytest.MonkeyPatch) -> 
                  T.build(COMBOS[cls], 1, 40, 24, alpha=0.5, beta=2.0, with_c=True, trans_b=True),
                  T.build(COMBOS[cls], 1, 40, 24, beta=-1.0, in_place=True,
                          post=((PostOpKind.BIAS_N, 0, 0, COMBOS[cls].acc), (PostOpKind.RELU, 0, 0, None))),
-                 T.build(COMBOS[cls], 1, 2048, 256, post=((PostOpKind.BIAS_N, 0, 0, COMBOS[cls].acc),))]
+                 T.build(COMBOS[cls], 1, 2048, 256, post=((PostOpKind.BIAS_N, 0, 0, COMBOS[cls].acc),)),
+                 T.build(COMBOS[cls], 70, 1, 33, alpha=-2.0, post=((PostOpKind.BIAS_M, 0, 0, COMBOS[cls].acc),)),
+                 T.build(COMBOS[cls], 70, 1, 33, pad=2, trans_a=True,  # D's column strided: the fallback
+                         post=((PostOpKind.BIAS_M, 0, 0, COMBOS[cls].acc),)),
+                 T.build(COMBOS[cls], 1, 1, 300, beta=0.5, with_c=True)]
         for case in cases:
             band = drv.band(case.op)
             assert (band.library == Library.GEMV) == want_gemv, (choice, gemv, band)
             T.check(case)
         assert drv.band(T.build(COMBOS[cls], 2, 40, 24).op).library != Library.GEMV  # not skinny
         assert drv.band(T.build(COMBOS[cls], 1, 40, 24, batch=2).op).library != Library.GEMV
-    fresh = CpuDriver(kernels=f"{cls}=gemv").prepare_gemm_fresh(T.build(COMBOS[cls], 1, 96, 64).op)
     dt = numpy_dtype(COMBOS[cls].acc)
-    a, b = np.full((1, 64), np.inf, dt), np.zeros((64, 96), dt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # inf * 0 is NaN, the intended IEEE result: no warning
-        assert np.isnan(fresh(a, b)).all()  # the front-end's per-call path: NumPy's own call
+    for m, n, alpha in ((1, 96, 1.0), (96, 1, -0.5)):
+        fresh = CpuDriver(kernels=f"{cls}=gemv").prepare_gemm_fresh(T.build(COMBOS[cls], m, n, 64, alpha=alpha).op)
+        a, b = np.full((m, 64), np.inf, dt), np.zeros((64, n), dt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # inf * 0 is NaN, the intended IEEE result: no warning
+            got = fresh(a, b)  # the front-end's per-call path: one ?gemv call into a new D
+        assert got.shape == (m, n) and got.dtype == dt and got.flags.c_contiguous and np.isnan(got).all()
+        a, b = np.arange(m * 64, dtype=dt).reshape(m, 64), np.ones((64, n), dt)
+        np.testing.assert_allclose(fresh(a, b), alpha * (a.astype(np.float64) @ b), rtol=1e-5)
+        np.testing.assert_allclose(fresh(np.asfortranarray(a), np.asfortranarray(b)), alpha * (a @ b), rtol=1e-5)
 
 
 @pytest.mark.parametrize("cls", ONEDNN_CLASSES)

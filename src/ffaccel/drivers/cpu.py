@@ -651,6 +651,41 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
     return kernel
 
 
+_GEMV = {np.dtype(np.float32): _blas.sgemv, np.dtype(np.float64): _blas.dgemv}
+
+
+def _gemv_into(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, y: np.ndarray) -> bool:
+    """y = alpha * (a @ b as a vector) + beta * y through SciPy's f2py ?gemv, in y's own memory
+    (a 1-D contiguous view of D's single row or column; read only when beta != 0).
+
+    ``a`` (m, k) and ``b`` (k, n) with m == 1 or n == 1. One C call and no floating-point
+    state to save (NumPy's matmul reports the FPU's flags and needs an errstate: ~2-4 us).
+    False (nothing done) when an operand is strided both ways or y is not contiguous.
+    """
+    gemv = _GEMV.get(y.dtype)
+    if gemv is None or not y.flags.c_contiguous or a.dtype != y.dtype or b.dtype != y.dtype:
+        return False
+    if a.shape[0] == 1:  # y (n) = op(B)^T a_row: B^T is n x k
+        mat, vec = b, a[0]
+        if mat.T.flags.f_contiguous:
+            r = gemv(alpha, mat.T, vec, beta, y, 0, 1, 0, 1, 0, 1)
+        elif mat.flags.f_contiguous:
+            r = gemv(alpha, mat, vec, beta, y, 0, 1, 0, 1, 1, 1)
+        else:
+            return False
+    else:  # n == 1: y (m) = A b_col
+        mat, vec = a, b[:, 0]
+        if mat.flags.f_contiguous:
+            r = gemv(alpha, mat, vec, beta, y, 0, 1, 0, 1, 0, 1)
+        elif mat.T.flags.f_contiguous:
+            r = gemv(alpha, mat.T, vec, beta, y, 0, 1, 0, 1, 1, 1)
+        else:
+            return False
+    if r is not y:  # f2py had to copy (misaligned memory): put the result in place
+        np.copyto(y, r)
+    return True
+
+
 def _plan_gemv(op: GemmOp) -> Kernel | None:
     """Skinny f32/f64 GEMMs (batch 1, m or n = 1) on ``numpy.matmul``: what NumPy's @ runs for a
     vector times a matrix (OpenBLAS ?gemv, on NumPy's OpenBLAS and its threads). OpenBLAS's
@@ -665,15 +700,28 @@ def _plan_gemv(op: GemmOp) -> Kernel | None:
     steps = _float_steps(op, numpy_dtype(combo.acc))
     matmul = np.matmul
 
+    bias_first = (not reads_c and len(op.epilogue) == 1
+                  and op.epilogue[0].kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M))
+    copyto = np.copyto
+
     def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
-        x = d[0]
-        if beta_eff == 0.0 and alpha == 1.0:
+        x, a2, b2 = d[0], a[0], b[0]
+        y = x[0] if x.shape[0] == 1 else x[:, 0]
+        if bias_first:  # a linear layer: the bias in D, then ?gemv adds the product (beta = 1)
+            copyto(x, epi[0][0])
+            if _gemv_into(alpha, a2, b2, 1.0, y):
+                return
+            with np.errstate(all="ignore"):
+                _matmul_axpby(alpha, a2, b2, 1.0, x)
+            return
+        if reads_c and not in_place:
+            copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
+        if not _gemv_into(alpha, a2, b2, beta_eff, y):
             with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
-                matmul(a[0], b[0], out=x)
-        else:
-            if reads_c and not in_place:
-                np.copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
-            _matmul_axpby(alpha, a[0], b[0], beta_eff, x)
+                if beta_eff == 0.0 and alpha == 1.0:
+                    matmul(a2, b2, out=x)
+                else:
+                    _matmul_axpby(alpha, a2, b2, beta_eff, x)
         if steps:
             _run_steps(steps, d, epi)
 
@@ -1094,12 +1142,16 @@ class CpuDriver(Driver):
                 or combo.is_int or combo.a != combo.acc or combo.d != combo.acc):
             return None
         band = self.band(op)
-        if band.library == Library.GEMV and float(op.alpha) == 1.0:
-            matmul, errstate = np.matmul, np.errstate
+        if band.library == Library.GEMV:
+            matmul, errstate, empty = np.matmul, np.errstate, np.empty
+            alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
 
             def gemv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                with errstate(all="ignore"):  # what NumPy's @ runs for a matrix-vector product (?gemv)
-                    return matmul(a, b)
+                d = empty(shape, dt)  # ?gemv (what NumPy's @ runs for a matrix-vector product) into it
+                if not _gemv_into(alpha, a, b, 0.0, d[0] if shape[0] == 1 else d[:, 0]):
+                    with errstate(all="ignore"):
+                        _matmul_axpby(alpha, a, b, 0.0, d)
+                return d
 
             return gemv
         if band.library != Library.BLAS or band.threads != Threads.CALLER:
