@@ -643,3 +643,28 @@ def test_multithreaded_band_through_numpys_call_stays_silent_and_exact_in_ieee(
             case.arrays[0][0][0, :] = np.inf  # row 0 of A: inf; B has zeros below
             case.arrays[1][0][:, 0] = 0.0
             T.check(case)
+
+
+@pytest.mark.parametrize("cls", ["f32", "f64"])
+def test_fresh_kernel_of_a_linear_layer(cls: str) -> None:
+    """``prepare_gemm_fresh`` with a bias alone: a new D holding alpha * A @ B + bias, for plain and
+    column-major operands and either bias axis; not offered for a longer epilogue or past the
+    calling-thread band."""
+    combo, dt = COMBOS[cls], numpy_dtype(COMBOS[cls].acc)
+    drv = CpuDriver(kernels="auto")
+    rng = np.random.default_rng(9)
+    for kind, alpha in ((PostOpKind.BIAS_N, 1.0), (PostOpKind.BIAS_M, -1.5)):
+        case = T.build(combo, 6, 7, 5, alpha=alpha, post=((kind, 0, 0, combo.acc),))
+        fresh = drv.prepare_gemm_fresh(case.op)
+        assert fresh is not None
+        a, b = rng.standard_normal((6, 5)).astype(dt), rng.standard_normal((5, 7)).astype(dt)
+        v = rng.standard_normal(7 if kind == PostOpKind.BIAS_N else 6).astype(dt)
+        view = v.reshape(1, 1, 7) if kind == PostOpKind.BIAS_N else v.reshape(1, 6, 1)
+        want = alpha * (a.astype(np.float64) @ b) + (v if kind == PostOpKind.BIAS_N else v[:, None])
+        for x, y in ((a, b), (np.asfortranarray(a), np.asfortranarray(b))):
+            got = fresh(x, y, (view,))
+            assert got.shape == (6, 7) and got.dtype == dt and got.flags.c_contiguous
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    relu = T.build(combo, 6, 7, 5, post=((PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.RELU, 0, 0, None)))
+    assert drv.prepare_gemm_fresh(relu.op) is None
+    assert drv.prepare_gemm_fresh(T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op) is None

@@ -1130,17 +1130,19 @@ class CpuDriver(Driver):
             return "none"
         return "openmp" if self.kernel_table().serves_openmp(KernelClass.F32) else "own"
 
-    def prepare_gemm_fresh(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-        """Tiny f32/f64 GEMMs with no C and no epilogue: SciPy's ``?gemm`` returns D itself.
+    def prepare_gemm_fresh(self, op: GemmOp) -> Callable[..., np.ndarray] | None:
+        """Tiny f32/f64 GEMMs with no C (and no epilogue but a bias): SciPy's ``?gemm`` returns D itself.
 
         f2py allocates the column-major D^T = alpha * B^T A^T, whose transpose is the C-ordered
         D: one BLAS call and no extra allocation or pass. Only below OpenBLAS's threading
         threshold, where SciPy's BLAS runs on the calling thread (see the module docstring).
         """
         combo = op.combo
-        if (op.batch != 1 or op.epilogue or op.c is not None or not op.reads_ab or not op.m or not op.n
+        if (op.batch != 1 or op.c is not None or not op.reads_ab or not op.m or not op.n
                 or combo.is_int or combo.a != combo.acc or combo.d != combo.acc):
             return None
+        if op.epilogue:
+            return self._fresh_with_bias(op)
         band = self.band(op)
         if band.library == Library.GEMV:
             matmul, errstate, empty = np.matmul, np.errstate, np.empty
@@ -1163,6 +1165,32 @@ class CpuDriver(Driver):
         if not ta and not tb:
             return lambda a, b: f2py(alpha, b.T, a.T).T
         return lambda a, b: f2py(alpha, b if tb else b.T, a if ta else a.T, 0.0, None, tb, ta).T
+
+    def _fresh_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
+        """A linear layer's tiny GEMM + bias (f32/f64, the bias alone, OpenBLAS on the calling
+        thread): a new D filled with the bias, and one f2py ?gemm adding alpha * A @ B to it
+        (beta = 1). Layouts the one call cannot take run the prepared kernel into that D."""
+        if (len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)
+                or not self._fast_paths_ok(op)):
+            return None
+        f2py = (_DGEMM if op.combo.acc == DType.F64 else _SGEMM).f2py
+        kernel = self.prepare_gemm(op)
+        alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(op.combo.d)
+        empty, copyto = np.empty, np.copyto
+
+        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
+            d = empty(shape, dt)
+            if a.flags.c_contiguous and b.flags.c_contiguous:
+                copyto(d, epi[0][0])
+                dt_ = d.T
+                r = f2py(alpha, b.T, a.T, 1.0, dt_, 0, 0, 1)
+                if r is not dt_:  # f2py had to copy (misaligned memory)
+                    copyto(d, r.T)
+                return d
+            kernel(a[None], b[None], None, d[None], epi)
+            return d
+
+        return fresh
 
     def bind_gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
                   epi: tuple[np.ndarray | None, ...]) -> BoundGemm | None:

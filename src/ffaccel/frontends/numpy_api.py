@@ -294,6 +294,16 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
     return plan_n
 
 
+def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]
+                ) -> Callable[..., np.ndarray]:
+    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``."""
+    if len(operand_views) == 1 and operand_views[0] is not None:
+        view = operand_views[0]
+        return lambda a, b, post_ops: fresh(a, b, (view(post_ops[0].operand),))
+    return lambda a, b, post_ops: fresh(a, b, tuple(v(p.operand) if v is not None else None
+                                                    for v, p in zip(operand_views, post_ops)))
+
+
 def _post_key(post_ops: tuple) -> tuple:
     """The per-call cache key of a post-op list: kinds, parameters by their bits (clamp(-0.0, ...)
     and clamp(0.0, ...) differ), operands' geometry (not their values). Inlined: it runs per call."""
@@ -456,7 +466,9 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
             views = tuple(None if e.operand is None else _operand_view(post_ops[i].operand, e.operand.view)
                           for i, e in enumerate(epilogue))
             if all(v is not None or e.operand is None for v, e in zip(views, epilogue)):
-                dev.frontend_plans[key] = _fast_plan(kernel, p.m, p.n, d3.dtype, views or (None,))
+                fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
+                dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
+                                           _fast_plan(kernel, p.m, p.n, d3.dtype, views))
     return d3.reshape(p.result_shape) if out is None else out
 
 
