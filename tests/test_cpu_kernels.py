@@ -237,10 +237,15 @@ def test_skinny_rows(cls: str, choice: str, monkeypatch: pytest.MonkeyPatch) -> 
             band = drv.band(case.op)
             assert (band.library == Library.GEMV) == want_gemv, (choice, gemv, band)
             T.check(case)
+        big = T.build(COMBOS[cls], 1, 2048, 256).op
+        if want_gemv and choice == "auto":  # one pool: held to one thread where PyTorch runs oneDNN's f32
+            shared = drv.kernel_table().classes[KernelClass(cls)].library.openmp
+            assert drv.band(big).threads == (Threads.SHARED if shared else Threads.OWN)
+            assert (drv.prepare_gemm_fresh(big) is None) == shared  # (the fixture: PyTorch "loaded")
         assert drv.band(T.build(COMBOS[cls], 2, 40, 24).op).library != Library.GEMV  # not skinny
         assert drv.band(T.build(COMBOS[cls], 1, 40, 24, batch=2).op).library != Library.GEMV
     dt = numpy_dtype(COMBOS[cls].acc)
-    for m, n, alpha in ((1, 96, 1.0), (96, 1, -0.5)):
+    for m, n, alpha in ((1, 96, 1.0), (96, 1, -0.5), (1, 200, 2.0)):  # the last: NumPy's OpenBLAS (threads)
         fresh = CpuDriver(kernels=f"{cls}=gemv").prepare_gemm_fresh(T.build(COMBOS[cls], m, n, 64, alpha=alpha).op)
         a, b = np.full((m, 64), np.inf, dt), np.zeros((64, n), dt)
         with warnings.catch_warnings():

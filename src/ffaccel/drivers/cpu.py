@@ -652,19 +652,25 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
 
 
 _GEMV = {np.dtype(np.float32): _blas.sgemv, np.dtype(np.float64): _blas.dgemv}
+#: OpenBLAS runs a ?gemv on the calling thread below this many matrix elements (its interface's
+#: 2304 * GEMM_MULTITHREAD_THRESHOLD): only there may SciPy's copy of OpenBLAS take it, waking no
+#: worker of a second pool; above it the call goes to NumPy's OpenBLAS (numpy.matmul).
+_GEMV_SINGLE_THREAD_ELEMS = 2304 * 4
 
 
 def _gemv_into(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, y: np.ndarray) -> bool:
     """y = alpha * (a @ b as a vector) + beta * y through SciPy's f2py ?gemv, in y's own memory
-    (a 1-D contiguous view of D's single row or column; read only when beta != 0).
+    (a 1-D contiguous view of D's single row or column; read only when beta != 0), for the sizes
+    OpenBLAS runs on the calling thread.
 
     ``a`` (m, k) and ``b`` (k, n) with m == 1 or n == 1. One C call and no floating-point
     state to save (NumPy's matmul reports the FPU's flags and needs an errstate: ~2-4 us).
     False (nothing done) when an operand is strided both ways or y is not contiguous.
     """
     gemv = _GEMV.get(y.dtype)
-    if gemv is None or not y.flags.c_contiguous or a.dtype != y.dtype or b.dtype != y.dtype:
-        return False
+    if (gemv is None or not y.flags.c_contiguous or a.dtype != y.dtype or b.dtype != y.dtype
+            or a.shape[0] * a.shape[1] * b.shape[1] >= _GEMV_SINGLE_THREAD_ELEMS):
+        return False  # (a multi-threaded ?gemv goes to NumPy's OpenBLAS: SciPy's is a second pool)
     if a.shape[0] == 1:  # y (n) = op(B)^T a_row: B^T is n x k
         mat, vec = b, a[0]
         if mat.T.flags.f_contiguous:
@@ -1041,7 +1047,7 @@ class CpuDriver(Driver):
             Library.BLAS: (f"OpenBLAS {prec}gemm" if cls in (KernelClass.F64, KernelClass.F32) else
                            "OpenBLAS sgemm on widened f32" if cls in (KernelClass.BF16, KernelClass.F16) else
                            "OpenBLAS sgemm on exact f32 k-chunks"),
-            Library.GEMV: f"OpenBLAS {prec}gemv (NumPy's matmul)",
+            Library.GEMV: f"OpenBLAS {prec}gemv",
             Library.ONEDNN: one,
             Library.WIDENED: f"{one} on f32 widened by torch",
             Library.TORCH: torch_name,
@@ -1145,6 +1151,9 @@ class CpuDriver(Driver):
             return self._fresh_with_bias(op)
         band = self.band(op)
         if band.library == Library.GEMV:
+            if (band.threads == Threads.SHARED and _torch_loaded()
+                    and op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+                return None  # held to one thread around the call: the prepared kernel does that
             matmul, errstate, empty = np.matmul, np.errstate, np.empty
             alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
 

@@ -50,7 +50,8 @@ class Library(str, enum.Enum):
     """The kernel that runs a band's GEMMs."""
 
     BLAS = "blas"  # OpenBLAS ?gemm (SciPy's f2py fast path on the calling thread, NumPy's OpenBLAS above)
-    GEMV = "gemv"  # OpenBLAS ?gemv through NumPy's matmul (what NumPy's @ runs for a vector times a matrix)
+    GEMV = "gemv"  # OpenBLAS ?gemv (what NumPy's @ runs for a vector times a matrix): NumPy's OpenBLAS,
+    # SciPy's f2py call where OpenBLAS runs it on the calling thread
     ONEDNN = "onednn"  # oneDNN matmul, the epilogue fused
     WIDENED = "widened"  # PyTorch's casts to f32, then oneDNN's f32 matmul
     TORCH = "torch"  # torch._int_mm for every int8 pair (uint8 shifted)
@@ -276,8 +277,11 @@ def build_table(choice: Mapping[KernelClass, Choice], entries: Mapping[KernelCla
                 key = RowKey(cls, fused, skinny)
                 gemv_ok = cls in (KernelClass.F32, KernelClass.F64) and skinny
                 if want == Choice.GEMV or (want == Choice.AUTO and gemv_ok and crossovers.gemv_skinny[cls.value]):
-                    if gemv_ok:  # NumPy's matmul: NumPy's OpenBLAS with its own threads, as @ runs it
-                        rows[key] = (Band(0, Library.GEMV, limited or Threads.OWN),)
+                    if gemv_ok:  # NumPy's OpenBLAS ?gemv, as @ runs it; held to one thread where PyTorch
+                        # is loaded and oneDNN serves the class (PyTorch's OpenMP team: the one pool)
+                        own = Threads.SHARED if entry.library.openmp and crossovers.one_thread_below_onednn \
+                            else Threads.OWN
+                        rows[key] = (Band(0, Library.GEMV, limited or own),)
                         continue
                 if entry.library == Library.BLAS:
                     rows[key] = tuple(_openblas_bands(0, limited or Threads.OWN))
