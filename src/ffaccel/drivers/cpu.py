@@ -710,15 +710,24 @@ def _plan_gemv(op: GemmOp) -> Kernel | None:
                   and op.epilogue[0].kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M))
     copyto = np.copyto
 
+    single = op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS  # SciPy's ?gemv on the calling thread
+
     def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         x, a2, b2 = d[0], a[0], b[0]
         y = x[0] if x.shape[0] == 1 else x[:, 0]
-        if bias_first:  # a linear layer: the bias in D, then ?gemv adds the product (beta = 1)
-            copyto(x, epi[0][0])
-            if _gemv_into(alpha, a2, b2, 1.0, y):
+        if bias_first:  # a linear layer
+            if single:  # the bias in D, then ?gemv adds the product (beta = 1)
+                copyto(x, epi[0][0])
+                if not _gemv_into(alpha, a2, b2, 1.0, y):
+                    with np.errstate(all="ignore"):
+                        _matmul_axpby(alpha, a2, b2, 1.0, x)
                 return
-            with np.errstate(all="ignore"):
-                _matmul_axpby(alpha, a2, b2, 1.0, x)
+            with np.errstate(all="ignore"):  # NumPy's ?gemv (NumPy reports the FPU's flags), then the bias
+                if alpha == 1.0:
+                    matmul(a2, b2, out=x)
+                else:
+                    _matmul_axpby(alpha, a2, b2, 0.0, x)
+                np.add(x, epi[0][0], out=x)
             return
         if reads_c and not in_place:
             copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
@@ -1157,11 +1166,16 @@ class CpuDriver(Driver):
             matmul, errstate, empty = np.matmul, np.errstate, np.empty
             alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
 
+            single = op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
+
             def gemv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 d = empty(shape, dt)  # ?gemv (what NumPy's @ runs for a matrix-vector product) into it
-                if not _gemv_into(alpha, a, b, 0.0, d[0] if shape[0] == 1 else d[:, 0]):
-                    with errstate(all="ignore"):
-                        _matmul_axpby(alpha, a, b, 0.0, d)
+                if single and _gemv_into(alpha, a, b, 0.0, d[0] if shape[0] == 1 else d[:, 0]):
+                    return d
+                with errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+                    if alpha == 1.0:
+                        return matmul(a, b, out=d)
+                    _matmul_axpby(alpha, a, b, 0.0, d)
                 return d
 
             return gemv
