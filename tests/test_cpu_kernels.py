@@ -673,3 +673,24 @@ def test_fresh_kernel_of_a_linear_layer(cls: str) -> None:
     relu = T.build(combo, 6, 7, 5, post=((PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.RELU, 0, 0, None)))
     assert drv.prepare_gemm_fresh(relu.op) is None
     assert drv.prepare_gemm_fresh(T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op) is None
+
+
+def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past OpenBLAS's threading threshold, on OpenBLAS's own threads (no PyTorch loaded), a plain
+    f32/f64 GEMM's fresh kernel is NumPy's matmul (silenced): not offered where the call must be
+    held to one thread (PyTorch loaded) or to a thread limit, nor with alpha != 1."""
+    for cls in ("f32", "f64"):
+        combo, dt = COMBOS[cls], numpy_dtype(COMBOS[cls].acc)
+        case = T.build(combo, 70, 80, 90)
+        monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
+        fresh = CpuDriver(kernels="auto").prepare_gemm_fresh(case.op)
+        a, b = np.full((70, 90), np.inf, dt), np.zeros((90, 80), dt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = fresh(a, b)
+        assert got.shape == (70, 80) and got.dtype == dt and np.isnan(got).all()
+        assert CpuDriver(kernels="auto").prepare_gemm_fresh(T.build(combo, 70, 80, 90, alpha=2.0).op) is None
+        assert CpuDriver(threads=2).prepare_gemm_fresh(case.op) is None
+        monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
+        shared = CpuDriver(kernels="auto").band(case.op).threads == Threads.SHARED
+        assert (CpuDriver(kernels="auto").prepare_gemm_fresh(case.op) is None) == shared

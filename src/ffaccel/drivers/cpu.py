@@ -1179,6 +1179,16 @@ class CpuDriver(Driver):
                 return d
 
             return gemv
+        on_blas = band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())
+        if (on_blas and float(op.alpha) == 1.0 and self._limit is None
+                and (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
+            matmul, errstate = np.matmul, np.errstate
+
+            def numpys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                with errstate(all="ignore"):  # NumPy's own multi-threaded ?gemm call, as @ makes it
+                    return matmul(a, b)
+
+            return numpys
         if band.library != Library.BLAS or band.threads != Threads.CALLER:
             return None
         f2py = (_DGEMM if combo.acc == DType.F64 else _SGEMM).f2py
