@@ -1070,7 +1070,7 @@ class CpuDriver(Driver):
         Examples
         --------
         >>> CpuDriver(kernels="blas").kernels()["f32xf32->f32->f32"]
-        'OpenBLAS sgemm (caller threads); OpenBLAS sgemm (own threads) from m*n*k 262145'
+        'OpenBLAS sgemm (caller threads; own threads from m*n*k 262145)'
         """
         from ..spec import GEMM_COMBOS
 

@@ -299,22 +299,26 @@ def build_table(choice: Mapping[KernelClass, Choice], entries: Mapping[KernelCla
 
 
 def describe(table: KernelTable, cls: KernelClass, library_name: Mapping[Library, str]) -> str:
-    """A row set in words, made from the bands (what ``ffaccel info`` prints per combination)."""
-    parts = []
-    for fused in (False, True):
-        for skinny in (False, True):
-            bands = table.rows[RowKey(cls, fused, skinny)]
-            text = "; ".join(
-                f"{library_name[b.library]} ({b.threads.value} threads"
-                + (f"; {library_name[Library.BLAS]}, own threads, without PyTorch loaded)"
-                   if b.numpy_pool_without_torch else ")")
-                + (f" from m*n*k {b.min_mnk}" if b.min_mnk else "") for b in bands)
-            parts.append((("fused" if fused else "bare") + (" m|n=1" if skinny else ""), text))
-    # collapse identical rows so the common cases read as one line
-    texts = {t for _, t in parts}
-    if len(texts) == 1:
-        return parts[0][1]
-    return " | ".join(f"{name}: {t}" for name, t in parts)
+    """A class's rows in words, made from the bands (what ``ffaccel info`` prints per combination):
+    consecutive bands of one library read as one phrase, e.g. ``OpenBLAS sgemm (caller threads;
+    own threads from m*n*k 262145)``; rows that differ are prefixed with their kind."""
+    def phrase(bands: tuple[Band, ...]) -> str:
+        parts: list[str] = []
+        for b in bands:
+            where = f"{b.threads.value} threads" + (f" from m*n*k {b.min_mnk}" if b.min_mnk else "")
+            if b.numpy_pool_without_torch:
+                where += f"; {library_name[Library.BLAS]}, own threads, without PyTorch loaded"
+            if parts and parts[-1].startswith(library_name[b.library] + " ("):
+                parts[-1] = parts[-1][:-1] + f"; {where})"
+            else:
+                parts.append(f"{library_name[b.library]} ({where})")
+        return "; ".join(parts)
+
+    rows = [(("fused" if fused else "bare") + (" m|n=1" if skinny else ""),
+             phrase(table.rows[RowKey(cls, fused, skinny)])) for fused in (False, True) for skinny in (False, True)]
+    if len({text for _, text in rows}) == 1:
+        return rows[0][1]
+    return " | ".join(f"{name}: {text}" for name, text in rows)
 
 
 __all__ = ["Band", "Choice", "ClassEntry", "Crossovers", "DEFAULT_CROSSOVERS", "KernelClass", "KernelTable",
