@@ -281,6 +281,8 @@ def test_fused_epilogues_take_the_cached_per_call_path(device: str, monkeypatch:
     neg = ffaccel.matmul(a, b, post_ops=[post.clamp(-0.0, 1.0)], device=dev)  # equal as floats, not as bits
     assert np.array_equal(np.signbit(pos), np.signbit(np.clip(_want(a, b), 0.0, 1.0)))
     assert np.signbit(neg).sum() >= np.signbit(pos).sum()
+    gen = ffaccel.matmul(a, b, post_ops=(p for p in [post.bias(vn), post.relu()]), device=dev)  # any iterable
+    _close(gen, np.maximum(_want(a, b) + vn, 0), np.float32, k)
     with pytest.raises(FFAccelError) as err:  # a wrong operand in a cached geometry is still refused
         ffaccel.matmul(a, b, post_ops=[post.bias(np.ones(n + 1, np.float32))], device=dev)
     assert err.value.param == "post_ops[0].operand"

@@ -419,6 +419,8 @@ def matmul(
             if post_ops:
                 if type(post_ops) is PostOp:
                     post_ops = (post_ops,)
+                elif type(post_ops) not in (list, tuple):  # a generator must not be consumed here
+                    raise TypeError
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
                        out_dtype, _post_key(post_ops))
             else:
