@@ -15,17 +15,22 @@ Contenders:
 * bf16: ``cpu`` auto and forced OpenBLAS, ``torch.mm`` on bf16 (native where the CPU has
   AVX512_BF16/AMX), and the f32 GEMM the via-f32 route runs (NumPy);
 * f16: ``cpu`` against NumPy's f32 GEMM of the same size (the rate goal: no f16 units);
-* f32 + bias + GELU(erf): ``cpu`` auto and forced OpenBLAS against the bare f32 GEMM.
+* f32 + bias + GELU(erf): ``cpu`` auto and forced OpenBLAS against the bare f32 GEMM;
+* small (issue 21): ``ffaccel.matmul`` against NumPy's ``@`` per call at m = 1, 8, 32, 128 and
+  8x8x8, bare and with a bias (against ``a @ b + bias``);
+* alternate: a loop alternating NumPy's ``@`` and ``ffaccel.matmul`` at ``--size``^3 f32.
 
 Usage::
 
     python benchmarks/bench_kernels.py                 # 2048^3, all cases
     python benchmarks/bench_kernels.py --size 1024 --only int8,bf16
+    python benchmarks/bench_kernels.py --only small,alternate     # per-call rows, NumPy alternating
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -42,13 +47,11 @@ except ImportError:  # a source checkout that is not installed
     import ffaccel
 from ffaccel import post  # noqa: E402
 from ffaccel.drivers.cpu import CpuDriver  # noqa: E402
+from ffaccel.drivers.cpu_table import KernelClass  # noqa: E402
 from ffaccel.runtime import Device  # noqa: E402
 from ffaccel.transports import InprocTransport  # noqa: E402
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - PyTorch is optional
-    torch = None
+torch = None  # imported in main() only for the cases that compare against it (see TORCH_CASES)
 
 
 def cpu_device(kernels: str | None = None) -> Device:
@@ -165,7 +168,99 @@ def bench_epilogue(n: int, args: argparse.Namespace) -> None:
            ("fused / cpu bare GEMM", "cpu GEMM+bias+GELU (auto)", "cpu bare GEMM", 1.15)])
 
 
-CASES = {"int8": bench_int8, "bf16": bench_bf16, "f16": bench_f16, "epilogue": bench_epilogue}
+#: Per-call rows (issue 21): m x k x n, the shapes of inference (batch-1 decoding, sentence batches).
+SMALL_SHAPES = ((8, 8, 8), (1, 512, 512), (1, 512, 2048), (8, 512, 512), (32, 256, 256), (128, 384, 384))
+
+
+def per_call(cands: dict[str, Callable[[], object]], rounds: int, budget_s: float,
+             clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Best (minimum) seconds per call of each candidate, round-robin: each round times a loop of
+    calls sized to ~``budget_s``. The minimum is the figure least disturbed by other processes.
+    ``clock``: wall time, or the calling thread's CPU time (``--clock thread``: on a crowded
+    machine, the cost of the call itself without the waits for a core; a multi-threaded
+    GEMM's helper threads are then not counted, for NumPy and ffaccel alike)."""
+    calls = {}
+    for name, fn in cands.items():  # size each loop once
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        calls[name] = max(1, min(2000, int(budget_s / max(time.perf_counter() - t0, 1e-7))))
+    best = dict.fromkeys(cands, float("inf"))
+    names = list(cands)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = cands[name], calls[name]
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            best[name] = min(best[name], (clock() - t0) / n)
+    return best
+
+
+def band_name(band: object) -> str:
+    """A band as it runs in this process (a band kept on NumPy's pool without PyTorch says so)."""
+    if band.numpy_pool_without_torch and "torch" not in sys.modules:  # type: ignore[attr-defined]
+        return "blas, own (NumPy's pool: PyTorch not loaded)"
+    return f"{band.library.value}, {band.threads.value}"  # type: ignore[attr-defined]
+
+
+def bench_small(n: int, args: argparse.Namespace) -> None:
+    """ffaccel.matmul against NumPy's @ at the per-call shapes, bare and with a bias (against
+    ``a @ b + bias``): the goals are <= 1.5x at 8x8x8 and <= 1.2x from 1x512x512 on."""
+    rng = np.random.default_rng(4)
+    dev = ffaccel.open("cpu")
+    print(f"\n### per call, f32 (µs per call, best of round-robin loops; clock: {args.clock})\n")
+    print("| m x k x n | NumPy @ | matmul | ratio | @ + bias | matmul + bias | ratio | band (bare) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for m, k, nn in SMALL_SHAPES:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, nn), np.float32)
+        bias = rng.standard_normal(nn, np.float32)
+        ops = [post.bias(bias)]
+        t = per_call({"np": lambda: a @ b, "ff": lambda: ffaccel.matmul(a, b, device=dev),
+                      "np+b": lambda: a @ b + bias, "ff+b": lambda: ffaccel.matmul(a, b, post_ops=ops, device=dev)},
+                     args.rounds * 2, 0.02, time.thread_time if args.clock == "thread" else time.perf_counter)
+        goal = 1.5 if m * k * nn <= 8**3 else 1.2
+        r1, r2 = t["ff"] / t["np"], t["ff+b"] / t["np+b"]
+        band = CpuDriver().kernel_table().band(KernelClass.F32, False, m == 1 or nn == 1, m * k * nn)
+        print(f"| {m}x{k}x{nn} | {t['np'] * 1e6:.1f} | {t['ff'] * 1e6:.1f} | **{r1:.2f}x** (<= {goal}) "
+              f"| {t['np+b'] * 1e6:.1f} | {t['ff+b'] * 1e6:.1f} | **{r2:.2f}x** | {band_name(band)} |")
+
+
+def bench_alternate(n: int, args: argparse.Namespace) -> None:
+    """A loop alternating NumPy's @ and ffaccel.matmul (f32, n^3): each one's time in the loop and
+    alone; the goal is ffaccel's rate >= 0.95x NumPy's in the loop (one pool per process)."""
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    dev = ffaccel.open("cpu")
+    for fn in (lambda: a @ b, lambda: ffaccel.matmul(a, b, device=dev)):
+        fn()
+    reps = max(3, args.rounds)
+    np_t, ff_t = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        t1 = time.perf_counter()
+        ffaccel.matmul(a, b, device=dev)
+        t2 = time.perf_counter()
+        np_t.append(t1 - t0)
+        ff_t.append(t2 - t1)
+    alone = measure({"NumPy @ alone": lambda: a @ b, "matmul alone": lambda: ffaccel.matmul(a, b, device=dev)},
+                    args.rounds, args.inner, args.settle)
+    tn, tf = statistics.median(np_t), statistics.median(ff_t)
+    band = CpuDriver().kernel_table().band(KernelClass.F32, False, False, n**3)
+    print(f"\n### alternating NumPy @ and ffaccel.matmul, f32 {n}^3 (medians of {reps} pairs; matmul: "
+          f"{band_name(band)})\n")
+    print("| | NumPy @ ms | matmul ms | matmul rate / NumPy rate |\n|---|---:|---:|---:|")
+    print(f"| alternating | {tn * 1e3:.1f} | {tf * 1e3:.1f} | **{tn / tf:.2f}x** (goal >= 0.95x) |")
+    an, af = alone["NumPy @ alone"], alone["matmul alone"]
+    print(f"| each alone | {an * 1e3:.1f} | {af * 1e3:.1f} | {an / af:.2f}x |")
+
+
+CASES = {"int8": bench_int8, "bf16": bench_bf16, "f16": bench_f16, "epilogue": bench_epilogue,
+         "small": bench_small, "alternate": bench_alternate}
+#: The cases that compare against PyTorch (imported only for them: a loaded PyTorch changes the
+#: cpu driver's thread policy below oneDNN's crossover, see docs/kernels.md).
+TORCH_CASES = ("int8", "bf16")
 
 
 def main() -> None:
@@ -176,14 +271,26 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=0.15, help="untimed seconds before each sample")
     p.add_argument("--only", default=",".join(CASES), help="comma list of " + ", ".join(CASES))
     p.add_argument("--slow", action="store_true", help="also time the slow OpenBLAS int8 path at large sizes")
+    p.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                   help="small: wall time, or the calling thread's CPU time (a crowded machine)")
     args = p.parse_args()
-    import platform
+    global torch
+    chosen = [c.strip() for c in args.only.split(",")]
+    if any(c in TORCH_CASES for c in chosen):
+        try:
+            import torch as _torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}, "
-          f"torch {torch.__version__ if torch else 'absent'}")
+            torch = _torch
+        except ImportError:  # pragma: no cover - PyTorch is optional
+            pass
+    from ffaccel.drivers.cpu_tune import machine_key
+
+    print(f"machine: {machine_key()['cpu']}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+          f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not loaded'}, "
+          f"crossovers: {CpuDriver().kernel_table().crossovers.source}")
     print("cpu driver kernels:", *(f"\n  {k}: {v}" for k, v in CpuDriver().kernels().items()))
-    for name in args.only.split(","):
-        CASES[name.strip()](args.size, args)
+    for name in chosen:
+        CASES[name](args.size, args)
 
 
 if __name__ == "__main__":

@@ -328,3 +328,28 @@ def test_dask_without_an_address_says_how_to_write_one(capsys: pytest.CaptureFix
     line = _one_line_error(capsys.readouterr().err)
     assert "scheduler" in line and "dask://HOST:PORT" in line
     assert "must be one ffaccel.devices() lists" not in line
+
+
+def test_tune_measures_and_caches_this_machines_crossovers(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ffaccel tune``: --dry-run prints the crossovers and writes nothing; without it the cache
+    file appears where FFACCEL_CACHE_DIR says and the cpu driver's table reads it (a short
+    ladder of sizes keeps the test fast)."""
+    from ffaccel.drivers import cpu as cpu_mod
+    from ffaccel.drivers import cpu_tune
+
+    monkeypatch.setattr(cpu_tune, "LADDER", (16, 24))
+    monkeypatch.setattr(cpu_tune, "SKINNY", ((1, 16, 16),))
+    monkeypatch.setattr(cpu_tune, "ALTERNATE_N", 32)
+    monkeypatch.setenv("FFACCEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FFACCEL_CPU_TUNED", raising=False)
+    assert main(["tune", "--dry-run", "--seconds", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "not saved" in out and "onednn_bare_min_mnk" in out and not list(tmp_path.iterdir())
+    try:
+        assert main(["tune", "--seconds", "0.1"]) == 0
+        saved = list(tmp_path.glob("cpu-kernels-*.json"))
+        assert len(saved) == 1 and str(saved[0]) in capsys.readouterr().out
+        assert cpu_mod.CpuDriver().kernel_table().crossovers.source == str(saved[0])
+    finally:
+        cpu_mod._resolved.cache_clear()  # later tests read the defaults again

@@ -9,7 +9,9 @@ that refusal instead (the embedded default still runs and conforms on OpenBLAS).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -18,18 +20,20 @@ import test_cpu_driver as T  # the oracle helpers (tests/ is on the path)
 import ffaccel
 from ffaccel.conformance import check_device
 from ffaccel.drivers import cpu as cpu_mod
-from ffaccel.drivers import cpu_onednn, onednn
+from ffaccel.drivers import cpu_onednn, cpu_table, onednn
 from ffaccel.drivers.cpu import KERNEL_CLASSES, CpuDriver, parse_kernels
+from ffaccel.drivers.cpu_table import KernelClass, Library, Threads
 from ffaccel.runtime import Device
-from ffaccel.spec import DType, FFAccelError, PostOpKind
+from ffaccel.spec import DType, FFAccelError, PostOpKind, numpy_dtype
 from ffaccel.transports import InprocTransport
 
 LIB = onednn.library()
+ONEDNN_CLASSES = [c.value for c in cpu_table.ONEDNN_CLASSES]
 F32, F16, BF16, I8, U8, I32 = DType.F32, DType.F16, DType.BF16, DType.I8, DType.U8, DType.I32
 #: Every forced setting this machine can run (what a CI machine with other features runs differs;
 #: each class's own choices are also checked one by one below).
 FORCED = ["blas", "f32=onednn,bf16=onednn,int8=onednn,f16=widened", "f16=onednn,bf16=widened", "bf16=widened",
-          "f32=blas,int8=torch"]
+          "f32=blas,int8=torch", "f32=gemv,f64=gemv"]
 
 
 def runnable(spec: str) -> bool:
@@ -52,11 +56,16 @@ def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> C
 
 def test_parse_kernels() -> None:
     assert parse_kernels(None) == dict.fromkeys(KERNEL_CLASSES, "auto")
-    assert parse_kernels("onednn") == dict.fromkeys(KERNEL_CLASSES, "onednn")
+    assert parse_kernels("onednn") == {**dict.fromkeys(KERNEL_CLASSES, "onednn"), "f64": "blas"}
     assert parse_kernels(" int8=blas , f16=widened") == {"f32": "auto", "bf16": "auto", "f16": "widened",
-                                                         "int8": "blas"}
+                                                         "int8": "blas", "f64": "auto"}
+    assert parse_kernels("f64=gemv,f32=gemv")["f64"] == "gemv"
     with pytest.raises(FFAccelError, match="only int8"):
         CpuDriver(kernels="f32=torch")
+    with pytest.raises(FFAccelError, match="gemv kernel"):
+        CpuDriver(kernels="int8=gemv")
+    with pytest.raises(FFAccelError, match="f64 runs on OpenBLAS"):
+        CpuDriver(kernels="f64=onednn")
     for bad in ("fast", "int4=blas", "int8=mkl"):
         with pytest.raises(FFAccelError) as e:
             parse_kernels(bad)
@@ -73,12 +82,13 @@ def test_forced_onednn_without_the_library_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setattr(cpu_mod, "_onednn_library", lambda choice: None)
     cpu_mod._resolved.cache_clear()
     try:
-        for cls in KERNEL_CLASSES:
+        for cls in ONEDNN_CLASSES:
             with pytest.raises(FFAccelError, match="not installed"):
                 CpuDriver(kernels=f"{cls}=onednn")
         # the embedded default without oneDNN: everything on OpenBLAS, and it conforms
         drv = CpuDriver()
-        assert all(v.startswith("OpenBLAS") for v in drv.kernels().values())
+        assert not any("oneDNN" in v or "PyTorch" in v for v in drv.kernels().values())
+        assert not any(b.library.openmp for bands in drv.kernel_table().rows.values() for b in bands)
         report = check_device(lambda: Device("cpu", InprocTransport(CpuDriver())), "quick")
         assert report.passed, report.to_markdown()
     finally:
@@ -115,73 +125,146 @@ class _NoVnni:
 def test_info_names_the_library_of_every_combination() -> None:
     info = CpuDriver(kernels="blas").info()
     kernels = dict(info.kernels)
-    assert len(kernels) == 10 and kernels["f64xf64->f64->f64"] == "OpenBLAS dgemm"
-    assert all(v.startswith("OpenBLAS") for v in kernels.values())
+    assert len(kernels) == 10 and kernels["f64xf64->f64->f64"] == "OpenBLAS dgemm (caller threads; own threads from m*n*k 262145)"
+    assert not any("oneDNN" in v or "PyTorch" in v or "gemv" in v for v in kernels.values())
     auto = dict(CpuDriver(kernels="auto").info().kernels)
     if LIB is not None and LIB.int8_exact:
-        assert auto["uint8xint8->int32->int32"].startswith(f"oneDNN {LIB.version} brg")
+        assert auto["uint8xint8->int32->int32"].split("; ")[-1].startswith(f"oneDNN {LIB.version} brg")
         assert "shifted onto u8 x s8" in auto["uint8xuint8->int32->int32"]
-        assert auto["int8xint8->int32->int32"].startswith("PyTorch torch._int_mm")  # PyTorch: a test extra
+        assert "PyTorch torch._int_mm" in auto["int8xint8->int32->int32"]  # PyTorch: a test extra
+    assert "sgemv" in auto["f32xf32->f32->f32"]  # skinny rows: the defaults send them to ?gemv
 
 
-# -- which kernel a GEMM gets -------------------------------------------------------------
+# -- the kernel table: every row and band, forced whatever this CPU would choose --------------
+
+
+COMBOS = {"f32": T.COMBO[F32, F32, F32], "bf16": T.COMBO[BF16, BF16, BF16], "f16": T.COMBO[F16, F16, F16],
+          "int8": T.COMBO[I8, I8, I32], "f64": T.COMBO[DType.F64, DType.F64, DType.F64]}
+
+
+def _crossovers(monkeypatch: pytest.MonkeyPatch, **changes: object) -> cpu_table.Crossovers:
+    """Make the driver read these crossovers (the defaults with ``changes``) instead of this machine's."""
+    cross = dataclasses.replace(cpu_table.DEFAULT_CROSSOVERS, **changes)  # type: ignore[arg-type]
+    monkeypatch.setattr(cpu_mod, "crossovers", lambda: cross)
+    cpu_mod._resolved.cache_clear()
+    return cross
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tables(monkeypatch: pytest.MonkeyPatch) -> object:
+    """Each test reads the default crossovers (not a tuning cache this machine may hold), in fresh
+    tables, as in a process with PyTorch loaded (oneDNN past its crossovers) whatever else the
+    test run imported: the tests of the NumPy-pool side say so themselves."""
+    monkeypatch.setenv("FFACCEL_CPU_TUNED", "0")
+    monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
+    cpu_mod._resolved.cache_clear()
+    yield
+    cpu_mod._resolved.cache_clear()
 
 
 def _kernel_of(drv: CpuDriver, case: T.Case) -> object:
     return drv.prepare_gemm(case.op)
 
 
-@pytest.mark.parametrize("cls", KERNEL_CLASSES)
-def test_auto_threshold_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    combo = {"f32": T.COMBO[F32, F32, F32], "bf16": T.COMBO[BF16, BF16, BF16], "f16": T.COMBO[F16, F16, F16],
-             "int8": T.COMBO[I8, I8, I32]}[cls]
+@pytest.mark.parametrize("cls", ONEDNN_CLASSES)
+def test_auto_crossover_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    combo = COMBOS[cls]
     post = ((PostOpKind.GELU_ERF, 0, 0, None),) if cls == "f32" else ()
     small = T.build(combo, 8, 8, 8, post=post)
     large = T.build(combo, 40, 40, 40, post=post)
-    assert 8**3 < cpu_mod.ONEDNN_MIN_MNK[cls]
-    monkeypatch.setitem(cpu_mod.ONEDNN_MIN_MNK, cls, 40**3)  # force each side of the threshold
+    at = dict.fromkeys(ONEDNN_CLASSES, 40**3) | {"f64": cpu_table.NEVER}
+    _crossovers(monkeypatch, onednn_bare_min_mnk=at, onednn_fused_min_mnk=at)  # force each side
     auto = CpuDriver(kernels="auto")
-    lib, res = auto._kernels()
     assert _kernel_of(CpuDriver(kernels="blas"), large).__module__ == "ffaccel.drivers.cpu"
-    uses_onednn = res[cls][0] != "blas"
+    uses_onednn = auto.kernel_table().classes[KernelClass(cls)].library != Library.BLAS
     assert not _is_onednn(_kernel_of(auto, small))
     assert _is_onednn(_kernel_of(auto, large)) == uses_onednn
+    assert auto.band(large.op).library.openmp == uses_onednn
+    assert (40**3 in auto.size_bands(combo)) == uses_onednn  # what conformance reads
     for choice in ("onednn", "widened", "torch"):
         if not runnable(f"{cls}={choice}"):
             continue
         drv = CpuDriver(kernels=f"{cls}={choice}")
         assert _is_onednn(_kernel_of(drv, small)) and _is_onednn(_kernel_of(drv, large))
+        assert drv.size_bands(combo) == ()  # a forced library: one band
         monkeypatch.setattr(T, "DRIVER", drv)
         T.check(small)
         T.check(large)
 
 
-def test_bare_f32_threshold_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bare f32 GEMM (no epilogue) goes to oneDNN from its own, larger threshold on."""
+def test_bare_f32_crossover_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare f32 GEMM (no epilogue) goes to oneDNN from its own crossover on."""
     if not runnable("f32=onednn"):
-        pytest.skip("oneDNN is not installed here: the refusal is tested below")
+        pytest.skip("oneDNN is not installed here: the refusal is tested above")
     combo = T.COMBO[F32, F32, F32]
-    assert cpu_mod.ONEDNN_BARE_F32_MIN_MNK > cpu_mod.ONEDNN_MIN_MNK["f32"]
-    monkeypatch.setattr(cpu_mod, "ONEDNN_BARE_F32_MIN_MNK", 40**3)
-    monkeypatch.setitem(cpu_mod.ONEDNN_MIN_MNK, "f32", 20**3)
+    _crossovers(monkeypatch, onednn_bare_min_mnk={**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk, "f32": 40**3},
+                onednn_fused_min_mnk={**cpu_table.DEFAULT_CROSSOVERS.onednn_fused_min_mnk, "f32": 20**3})
     auto = CpuDriver(kernels="auto")
-    assert not _is_onednn(_kernel_of(auto, T.build(combo, 30, 30, 30)))  # bare, below its threshold
+    assert not _is_onednn(_kernel_of(auto, T.build(combo, 30, 30, 30)))  # bare, below its crossover
     assert _is_onednn(_kernel_of(auto, T.build(combo, 30, 30, 30, post=((PostOpKind.RELU, 0, 0, None),))))
     large = T.build(combo, 40, 40, 40)
     assert _is_onednn(_kernel_of(auto, large))
     monkeypatch.setattr(T, "DRIVER", auto)
     T.check(large)
+    # a tuned table that never sends bare f32 to oneDNN (an AVX2 CPU where OpenBLAS wins)
+    _crossovers(monkeypatch, onednn_bare_min_mnk={**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk,
+                                                  "f32": cpu_table.NEVER})
+    never = CpuDriver(kernels="auto")
+    assert not _is_onednn(_kernel_of(never, T.build(combo, 300, 300, 300)))
+    assert never.kernel_table().band(KernelClass.F32, False, False, 2048**3).threads == Threads.OWN
 
 
-@pytest.mark.parametrize("cls", KERNEL_CLASSES)
-def test_openblas_runs_on_one_thread_where_onednn_serves_the_class(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below oneDNN's threshold OpenBLAS keeps a single thread when oneDNN serves the class,
-    so that its spinning threads never compete with the OpenMP pool (and PyTorch's)."""
+@pytest.mark.parametrize("cls", ["f32", "f64"])
+@pytest.mark.parametrize("choice", ["auto", "gemv", "blas"])
+def test_skinny_rows(cls: str, choice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """m = 1 and n = 1 (batch 1) go to ?gemv where the table says so, with alpha, beta, C, an
+    epilogue and transposed operands, and are right either way."""
+    for gemv in (True, False):
+        _crossovers(monkeypatch, gemv_skinny={"f32": gemv, "f64": gemv})
+        drv = CpuDriver(kernels=f"{cls}={choice}")
+        monkeypatch.setattr(T, "DRIVER", drv)
+        want_gemv = choice == "gemv" or (choice == "auto" and gemv)
+        cases = [T.build(COMBOS[cls], 1, 96, 64), T.build(COMBOS[cls], 80, 1, 64, trans_a=True),
+                 T.build(COMBOS[cls], 1, 40, 24, alpha=0.5, beta=2.0, with_c=True, trans_b=True),
+                 T.build(COMBOS[cls], 1, 40, 24, beta=-1.0, in_place=True,
+                         post=((PostOpKind.BIAS_N, 0, 0, COMBOS[cls].acc), (PostOpKind.RELU, 0, 0, None))),
+                 T.build(COMBOS[cls], 1, 2048, 256, post=((PostOpKind.BIAS_N, 0, 0, COMBOS[cls].acc),)),
+                 T.build(COMBOS[cls], 70, 1, 33, alpha=-2.0, post=((PostOpKind.BIAS_M, 0, 0, COMBOS[cls].acc),)),
+                 T.build(COMBOS[cls], 70, 1, 33, pad=2, trans_a=True,  # D's column strided: the fallback
+                         post=((PostOpKind.BIAS_M, 0, 0, COMBOS[cls].acc),)),
+                 T.build(COMBOS[cls], 1, 1, 300, beta=0.5, with_c=True)]
+        for case in cases:
+            band = drv.band(case.op)
+            assert (band.library == Library.GEMV) == want_gemv, (choice, gemv, band)
+            T.check(case)
+        big = T.build(COMBOS[cls], 1, 2048, 256).op
+        if want_gemv and choice == "auto":  # one pool: held to one thread where PyTorch runs oneDNN's f32
+            shared = drv.kernel_table().classes[KernelClass(cls)].library.openmp
+            assert drv.band(big).threads == (Threads.SHARED if shared else Threads.OWN)
+            assert (drv.prepare_gemm_fresh(big) is None) == shared  # (the fixture: PyTorch "loaded")
+        assert drv.band(T.build(COMBOS[cls], 2, 40, 24).op).library != Library.GEMV  # not skinny
+        assert drv.band(T.build(COMBOS[cls], 1, 40, 24, batch=2).op).library != Library.GEMV
+    dt = numpy_dtype(COMBOS[cls].acc)
+    for m, n, alpha in ((1, 96, 1.0), (96, 1, -0.5), (1, 200, 2.0)):  # the last: NumPy's OpenBLAS (threads)
+        fresh = CpuDriver(kernels=f"{cls}=gemv").prepare_gemm_fresh(T.build(COMBOS[cls], m, n, 64, alpha=alpha).op)
+        a, b = np.full((m, 64), np.inf, dt), np.zeros((64, n), dt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # inf * 0 is NaN, the intended IEEE result: no warning
+            got = fresh(a, b)  # the front-end's per-call path: one ?gemv call into a new D
+        assert got.shape == (m, n) and got.dtype == dt and got.flags.c_contiguous and np.isnan(got).all()
+        a, b = np.arange(m * 64, dtype=dt).reshape(m, 64), np.ones((64, n), dt)
+        np.testing.assert_allclose(fresh(a, b), alpha * (a.astype(np.float64) @ b), rtol=1e-5)
+        np.testing.assert_allclose(fresh(np.asfortranarray(a), np.asfortranarray(b)), alpha * (a @ b), rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", ONEDNN_CLASSES)
+def test_openblas_threads_below_the_crossover(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below oneDNN's crossover, multi-threaded OpenBLAS GEMMs of a class oneDNN serves run on
+    one thread where PyTorch is loaded (its OpenMP team stays the one working pool), on
+    OpenBLAS's own threads (NumPy's pool) where it is not: forced both ways."""
     from threadpoolctl import threadpool_info
 
-    combo = {"f32": T.COMBO[F32, F32, F32], "bf16": T.COMBO[BF16, BF16, BF16], "f16": T.COMBO[F16, F16, F16],
-             "int8": T.COMBO[I8, I8, I32]}[cls]
-    case = T.build(combo, 24, 24, 24)
+    case = T.build(COMBOS[cls], 24, 24, 24)
     monkeypatch.setattr(cpu_mod, "_SINGLE_THREAD_MNK", 16**3)  # this size would use OpenBLAS's threads
     seen: list[int] = []
     planner = "_plan_int" if cls == "int8" else "_plan_float"
@@ -197,24 +280,102 @@ def test_openblas_runs_on_one_thread_where_onednn_serves_the_class(cls: str, mon
 
     monkeypatch.setattr(cpu_mod, planner, spying)
     own = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")  # OpenBLAS's setting here
-    auto = CpuDriver(kernels="auto")
-    monkeypatch.setattr(T, "DRIVER", auto)
-    T.check(case)  # below every threshold: OpenBLAS, and still right
-    one_pool = auto._kernels()[1][cls][0] != "blas"
-    assert seen and all((n == 1) == one_pool for n in seen), seen
+    for torch_loaded in (True, False):
+        monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: torch_loaded)
+        auto = CpuDriver(kernels="auto")
+        band = auto.band(case.op)
+        one_pool = auto.kernel_table().serves_openmp(KernelClass(cls))
+        assert band.threads == (Threads.SHARED if one_pool else Threads.OWN)
+        monkeypatch.setattr(T, "DRIVER", auto)
+        seen.clear()
+        T.check(case)  # below every crossover: OpenBLAS, and still right
+        assert seen and all((n == 1) == (one_pool and torch_loaded) for n in seen), (seen, torch_loaded)
     seen.clear()
     monkeypatch.setattr(T, "DRIVER", CpuDriver(kernels="blas"))  # OpenBLAS chosen: its own threads
     T.check(case)
     assert seen and all(n == own for n in seen), (seen, own)
 
 
-def test_thread_pool_names_where_the_gemms_run() -> None:
+def test_thread_limit_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cpu:N``: every OpenBLAS band above OpenBLAS's threshold is held to N threads."""
+    drv = CpuDriver(threads=1)
+    table = drv.kernel_table()
+    assert all(b.threads in (Threads.CALLER, Threads.LIMIT) for bands in table.rows.values() for b in bands)
+    assert table.band(KernelClass.F32, False, False, 2048**3) == cpu_table.Band(
+        cpu_mod._SINGLE_THREAD_MNK + 1, Library.BLAS, Threads.LIMIT)
+
+
+def test_thread_pool_names_where_the_gemms_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CpuDriver(kernels="blas").thread_pool() == "own"
     assert CpuDriver(threads=1).thread_pool() == "none"
     assert CpuDriver(threads=2).thread_pool() == "own"  # a thread limit keeps every GEMM on OpenBLAS
     want = "openmp" if runnable("f32=onednn") else "own"
     assert CpuDriver(kernels="auto").thread_pool() == want
     assert ffaccel.open("cpu").thread_pool() == CpuDriver().thread_pool()
+    never = dict.fromkeys(KERNEL_CLASSES, cpu_table.NEVER)
+    _crossovers(monkeypatch, onednn_bare_min_mnk=never, onednn_fused_min_mnk=never)
+    assert CpuDriver(kernels="auto").thread_pool() == "own"  # a table that never leaves OpenBLAS
+
+
+def test_every_band_of_every_row_is_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each band's lower edge and the size just below it get that band and the neighbour
+    (what a conformance suite tests both sides of)."""
+    table = CpuDriver(kernels="auto").kernel_table()
+    for key, bands in table.rows.items():
+        assert bands[0].min_mnk == 0 and list(bands) == sorted(bands, key=lambda b: b.min_mnk)
+        for lower, upper in zip(bands, bands[1:]):
+            assert table.band(key.cls, key.fused, key.skinny, upper.min_mnk) == upper
+            assert table.band(key.cls, key.fused, key.skinny, upper.min_mnk - 1) == lower
+    for cls in KernelClass:
+        edges = table.size_bands(cls)
+        assert list(edges) == sorted(set(edges))
+
+
+def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ffaccel tune``'s cache: written per CPU and library versions, read back by the driver,
+    ignored when it belongs to another machine, is malformed, or FFACCEL_CPU_TUNED=0."""
+    import json
+
+    from ffaccel.drivers import cpu_tune
+
+    monkeypatch.setenv("FFACCEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FFACCEL_CPU_TUNED", raising=False)
+    assert cpu_tune.load_crossovers() is None
+    cross = dataclasses.replace(cpu_table.DEFAULT_CROSSOVERS, gemv_skinny={"f32": False, "f64": True},
+                                onednn_bare_min_mnk={**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk,
+                                                     "f32": cpu_table.NEVER})
+    path = cpu_tune.save_crossovers(cross, {})
+    got = cpu_tune.load_crossovers()
+    assert got is not None and got.to_json() == cross.to_json() and got.source == str(path)
+    cpu_mod._resolved.cache_clear()
+    assert CpuDriver(kernels="auto").kernel_table().crossovers.source == str(path)
+    monkeypatch.setenv("FFACCEL_CPU_TUNED", "0")
+    assert cpu_tune.load_crossovers() is None
+    monkeypatch.delenv("FFACCEL_CPU_TUNED")
+    data = json.loads(path.read_text())
+    for broken in ({**data, "key": {**data["key"], "cpu": "another CPU"}},
+                   {**data, "crossovers": {**data["crossovers"], "gemv_skinny": {"f32": 1}}},
+                   {**data, "crossovers": {**data["crossovers"], "onednn_bare_min_mnk": {"f32": -1}}}):
+        path.write_text(json.dumps(broken))
+        assert cpu_tune.load_crossovers() is None
+    path.write_text("not json")
+    assert cpu_tune.load_crossovers() is None
+
+
+def test_tune_measures_a_table_that_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short tuning pass (two sizes) gives crossovers the table accepts, every class covered."""
+    from ffaccel.drivers import cpu_tune
+
+    monkeypatch.setattr(cpu_tune, "LADDER", (16, 24))
+    monkeypatch.setattr(cpu_tune, "SKINNY", ((1, 16, 16),))
+    cross, timings = cpu_tune.tune(budget_s=0.2)
+    assert timings and set(cross.onednn_bare_min_mnk) == set(KERNEL_CLASSES)
+    assert all(v in (0, 24**3, cpu_table.NEVER) for v in cross.onednn_bare_min_mnk.values())
+    assert cpu_table.Crossovers.from_json(cross.to_json(), "x").to_json() == cross.to_json()
+    _crossovers(monkeypatch, **{f: getattr(cross, f) for f in ("onednn_bare_min_mnk", "onednn_fused_min_mnk",
+                                                               "gemv_skinny")})
+    monkeypatch.setattr(T, "DRIVER", CpuDriver(kernels="auto"))
+    T.check(T.build(COMBOS["f32"], 24, 24, 24))
 
 
 def _is_onednn(kernel: object) -> bool:
@@ -225,6 +386,7 @@ def _is_onednn(kernel: object) -> bool:
 
 
 def test_small_f32_keeps_its_one_call_fast_paths() -> None:
+    """Tiny bare f32 GEMMs are bound to one f2py call (their band: OpenBLAS on the calling thread)."""
     case = T.build(T.COMBO[F32, F32, F32], 8, 8, 8)
     assert CpuDriver().bind_gemm(case.op, *case.arrays) is not None
     assert CpuDriver().prepare_gemm_fresh(case.op) is not None
@@ -415,3 +577,120 @@ def test_widened_f16_with_a_bias_into_row_interleaved_d_stays_on_onednn(monkeypa
     want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
     assert kernels and all(kern.impls and "blas" not in kern.impls for kern in kernels)
+
+
+@pytest.mark.parametrize("cls", ["f32", "f64"])
+def test_gemm_plus_bias_fills_d_with_the_bias_then_accumulates(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A linear layer's GEMM + bias (batch 1, the bias alone) on OpenBLAS: the bias broadcast into
+    D and BLAS adding the product (beta = 1). Right with alpha, either axis, padded and
+    transposed operands, non-finite biases; not taken with C or a second post-op."""
+    combo = COMBOS[cls]
+    drv = CpuDriver(kernels="blas")
+    monkeypatch.setattr(T, "DRIVER", drv)
+    bn, bm = (PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.BIAS_M, 0, 0, combo.acc)
+    non_finite = T.build(combo, 6, 4, 5, post=(bn,))
+    non_finite.arrays[4][0][0, 0, :] = [np.nan, np.inf, -np.inf, 1.0]
+    for case in (T.build(combo, 8, 8, 8, post=(bn,)), T.build(combo, 9, 5, 7, alpha=2.5, post=(bm,)),
+                 T.build(combo, 12, 10, 6, trans_a=True, pad=3, post=(bn,)),
+                 T.build(combo, 70, 80, 90, trans_b=True, post=(bm,)), non_finite):
+        kernel = drv.prepare_gemm(case.op)
+        assert kernel.__code__.co_varnames[:5] == ("a", "b", "c", "d", "epi") and "copyto" in kernel.__code__.co_freevars
+        T.check(case)
+    for case in (T.build(combo, 8, 8, 8, beta=1.0, with_c=True, post=(bn,)),
+                 T.build(combo, 8, 8, 8, post=(bn, (PostOpKind.RELU, 0, 0, None)))):
+        assert "copyto" not in drv.prepare_gemm(case.op).__code__.co_freevars
+        T.check(case)
+
+
+def test_large_bare_f32_on_numpys_pool_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its crossover an f32 GEMM runs on NumPy's OpenBLAS where PyTorch is not loaded (one
+    pool with NumPy's @), on oneDNN where it is (one pool with PyTorch): both sides forced, and
+    the crossovers' switch that turns it off; an epilogue with a GELU stays fused on oneDNN."""
+    if not runnable("f32=onednn"):
+        pytest.skip("oneDNN is not installed here: bare f32 is on OpenBLAS whatever is loaded")
+    combo = T.COMBO[F32, F32, F32]
+    at = {**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk, "f32": 40**3}
+    case = T.build(combo, 40, 40, 40)
+    for pool_switch in (True, False):
+        _crossovers(monkeypatch, onednn_bare_min_mnk=at, bare_f32_numpy_pool_without_torch=pool_switch)
+        auto = CpuDriver(kernels="auto")
+        assert auto.band(case.op).numpy_pool_without_torch == pool_switch
+        for torch_loaded in (True, False):
+            monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: torch_loaded)
+            assert _is_onednn(auto.prepare_gemm(case.op)) == (torch_loaded or not pool_switch)
+            monkeypatch.setattr(T, "DRIVER", auto)
+            T.check(case)
+    _crossovers(monkeypatch, onednn_bare_min_mnk=at, onednn_fused_min_mnk=at)
+    monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
+    auto = CpuDriver(kernels="auto")
+    monkeypatch.setattr(T, "DRIVER", auto)
+    for post, onednn_fuses in ((((PostOpKind.BIAS_N, 0, 0, F32), (PostOpKind.RELU, 0, 0, None)), False),
+                               (((PostOpKind.GELU_TANH, 0, 0, None),), True),
+                               (((PostOpKind.BIAS_N, 0, 0, F32), (PostOpKind.GELU_ERF, 0, 0, None)), True)):
+        fused = T.build(combo, 40, 40, 40, post=post)
+        assert _is_onednn(auto.prepare_gemm(fused.op)) == onednn_fuses  # only GELU needs oneDNN's fusion
+        T.check(fused)
+
+
+@pytest.mark.parametrize("post", [(), ((PostOpKind.BIAS_N, 0, 0, F32),)])
+def test_multithreaded_band_through_numpys_call_stays_silent_and_exact_in_ieee(
+        post: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above OpenBLAS's threading threshold a plain GEMM (alpha 1, no C) is NumPy's own ?gemm call:
+    inf * 0 gives NaN without a warning, padded and transposed operands still right."""
+    monkeypatch.setattr(cpu_mod, "_SINGLE_THREAD_MNK", 8**3)  # these sizes are "multi-threaded"
+    drv = CpuDriver(kernels="blas")
+    monkeypatch.setattr(T, "DRIVER", drv)
+    combo = T.COMBO[F32, F32, F32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for case in (T.build(combo, 12, 10, 9, post=post), T.build(combo, 12, 10, 9, trans_a=True, pad=2, post=post),
+                     T.build(combo, 12, 10, 9, trans_b=True, post=post)):
+            case.arrays[0][0][0, :] = np.inf  # row 0 of A: inf; B has zeros below
+            case.arrays[1][0][:, 0] = 0.0
+            T.check(case)
+
+
+@pytest.mark.parametrize("cls", ["f32", "f64"])
+def test_fresh_kernel_of_a_linear_layer(cls: str) -> None:
+    """``prepare_gemm_fresh`` with a bias alone: a new D holding alpha * A @ B + bias, for plain and
+    column-major operands and either bias axis; not offered for a longer epilogue or past the
+    calling-thread band."""
+    combo, dt = COMBOS[cls], numpy_dtype(COMBOS[cls].acc)
+    drv = CpuDriver(kernels="auto")
+    rng = np.random.default_rng(9)
+    for kind, alpha in ((PostOpKind.BIAS_N, 1.0), (PostOpKind.BIAS_M, -1.5)):
+        case = T.build(combo, 6, 7, 5, alpha=alpha, post=((kind, 0, 0, combo.acc),))
+        fresh = drv.prepare_gemm_fresh(case.op)
+        assert fresh is not None
+        a, b = rng.standard_normal((6, 5)).astype(dt), rng.standard_normal((5, 7)).astype(dt)
+        v = rng.standard_normal(7 if kind == PostOpKind.BIAS_N else 6).astype(dt)
+        view = v.reshape(1, 1, 7) if kind == PostOpKind.BIAS_N else v.reshape(1, 6, 1)
+        want = alpha * (a.astype(np.float64) @ b) + (v if kind == PostOpKind.BIAS_N else v[:, None])
+        for x, y in ((a, b), (np.asfortranarray(a), np.asfortranarray(b))):
+            got = fresh(x, y, (view,))
+            assert got.shape == (6, 7) and got.dtype == dt and got.flags.c_contiguous
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    relu = T.build(combo, 6, 7, 5, post=((PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.RELU, 0, 0, None)))
+    assert drv.prepare_gemm_fresh(relu.op) is None
+    assert drv.prepare_gemm_fresh(T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op) is None
+
+
+def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past OpenBLAS's threading threshold, on OpenBLAS's own threads (no PyTorch loaded), a plain
+    f32/f64 GEMM's fresh kernel is NumPy's matmul (silenced): not offered where the call must be
+    held to one thread (PyTorch loaded) or to a thread limit, nor with alpha != 1."""
+    for cls in ("f32", "f64"):
+        combo, dt = COMBOS[cls], numpy_dtype(COMBOS[cls].acc)
+        case = T.build(combo, 70, 80, 90)
+        monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
+        fresh = CpuDriver(kernels="auto").prepare_gemm_fresh(case.op)
+        a, b = np.full((70, 90), np.inf, dt), np.zeros((90, 80), dt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = fresh(a, b)
+        assert got.shape == (70, 80) and got.dtype == dt and np.isnan(got).all()
+        assert CpuDriver(kernels="auto").prepare_gemm_fresh(T.build(combo, 70, 80, 90, alpha=2.0).op) is None
+        assert CpuDriver(threads=2).prepare_gemm_fresh(case.op) is None
+        monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
+        shared = CpuDriver(kernels="auto").band(case.op).threads == Threads.SHARED
+        assert (CpuDriver(kernels="auto").prepare_gemm_fresh(case.op) is None) == shared

@@ -250,3 +250,39 @@ def test_a_geometry_is_validated_once_and_scalars_by_their_bits() -> None:
     pos = ffaccel.matmul(a, a, post_ops=[post.scale(0.0)], device=dev)
     neg = ffaccel.matmul(a, a, post_ops=[post.scale(-0.0)], device=dev)  # equal as floats, not as bits
     assert not np.signbit(pos).any() and np.signbit(neg).all() and len(built) == 3
+
+
+def test_fused_epilogues_take_the_cached_per_call_path(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated GEMM with a bias (or any epilogue) skips the step-by-step path, as a bare one
+    does, and reads each call's own arrays: new values, another bias array of the same geometry."""
+    from ffaccel.frontends import numpy_api
+
+    dev = ffaccel.open(device)
+    slow = []
+    real = numpy_api._matmul
+    monkeypatch.setattr(numpy_api, "_matmul", lambda *args: slow.append(1) or real(*args))
+    for m, k, n in ((8, 8, 8), (1, 64, 48), (5, 7, 3)):
+        for rep in range(3):
+            a = RNG.standard_normal((m, k)).astype(np.float32)
+            b = RNG.standard_normal((k, n)).astype(np.float32)
+            vn, vm = RNG.standard_normal(n).astype(np.float32), RNG.standard_normal(m).astype(np.float32)
+            e = RNG.standard_normal((m, n)).astype(np.float32)
+            _close(ffaccel.matmul(a, b, post_ops=[post.bias(vn)], device=dev), _want(a, b) + vn, np.float32, k)
+            _close(ffaccel.matmul(a, b, post_ops=post.bias(vn), device=dev), _want(a, b) + vn, np.float32, k)
+            got = ffaccel.matmul(a, b, post_ops=[post.bias(vm, axis="m"), post.relu(), post.add(e)], device=dev)
+            _close(got, np.maximum(_want(a, b) + vm[:, None], 0) + e, np.float32, k)
+            strided = np.repeat(vn, 2)[::2]  # a bias with a stride: the full path copies it
+            _close(ffaccel.matmul(a, b, post_ops=[post.bias(strided)], device=dev), _want(a, b) + vn,
+                   np.float32, k)
+    # per geometry: the first call of each post-op list (one bias, alone or in a list, is one) and
+    # every call with the strided bias went the full way
+    assert len(slow) == 3 * (2 + 3), len(slow)
+    pos = ffaccel.matmul(a, b, post_ops=[post.clamp(0.0, 1.0)], device=dev)
+    neg = ffaccel.matmul(a, b, post_ops=[post.clamp(-0.0, 1.0)], device=dev)  # equal as floats, not as bits
+    assert np.array_equal(np.signbit(pos), np.signbit(np.clip(_want(a, b), 0.0, 1.0)))
+    assert np.signbit(neg).sum() >= np.signbit(pos).sum()
+    gen = ffaccel.matmul(a, b, post_ops=(p for p in [post.bias(vn), post.relu()]), device=dev)  # any iterable
+    _close(gen, np.maximum(_want(a, b) + vn, 0), np.float32, k)
+    with pytest.raises(FFAccelError) as err:  # a wrong operand in a cached geometry is still refused
+        ffaccel.matmul(a, b, post_ops=[post.bias(np.ones(n + 1, np.float32))], device=dev)
+    assert err.value.param == "post_ops[0].operand"

@@ -21,7 +21,7 @@ from rich.table import Table
 from .. import __version__
 from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
-from . import build_c, query, readiness
+from . import build_c, query, readiness, tune
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
 from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
                      report_error, sigterm_unwinds, status_of, stdout_gone)
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     build_c.add_parser(sub)
     query.add_parsers(sub)
+    tune.add_parser(sub)
     return p
 
 

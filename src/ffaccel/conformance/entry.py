@@ -61,6 +61,9 @@ def _hook_cases(combo: GemmCombo) -> list[GemmCase]:
                  epilogue=relu_bias, seed=104),
         GemmCase("entry", combo, 7, 6, 5, 3, False, False, sc[1], sc[2], "separate", broadcast=(False, True, False),
                  seed=105),
+        # a linear layer: the bias alone, no C (what a fresh kernel with an epilogue takes)
+        GemmCase("entry", combo, 6, 7, 5, 1, False, False, sc[1], sc[0], "absent", epilogue=(PostOpCase(PostOpKind.BIAS_N),),
+                 seed=106),
     ]
 
 
@@ -207,8 +210,8 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
             state["run"]()
         return judge_gemm(dev, named, execute, setup)
 
-    # prepare_gemm_fresh: offered for batch 1, no C, no epilogue
-    if case.batch != 1 or case.c_mode != "absent" or case.epilogue:
+    # prepare_gemm_fresh: offered for batch 1, no C; (a, b) -> D, or (a, b, epi) -> D with an epilogue
+    if case.batch != 1 or case.c_mode != "absent":
         return None
     g0, in0, d0 = build_gemm(dev, case)
     try:
@@ -223,14 +226,14 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
     def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
         _, arrs2, bufs2 = other_arrays(dev)
         try:
-            fresh(arrs2[0][0], arrs2[1][0])  # a first call with other operands
+            fresh(arrs2[0][0], arrs2[1][0], *((arrs2[4],) if case.epilogue else ()))  # other operands first
         finally:
             for b in bufs2:
                 b.free()
 
     def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
-        op, (a, b, _, d, _) = _arrays(g, inputs + [d_buf])
-        out = np.asarray(fresh(a[0], b[0]))
+        op, (a, b, _, d, epi) = _arrays(g, inputs + [d_buf])
+        out = np.asarray(fresh(a[0], b[0], *((epi,) if case.epilogue else ())))
         if out.shape != d.shape[1:] or out.dtype != d.dtype:
             raise AssertionError(f"the fresh kernel returned {out.shape} {out.dtype}, want {d.shape[1:]} {d.dtype}")
         d[0][...] = out

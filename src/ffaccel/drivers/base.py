@@ -38,7 +38,7 @@ from ..spec import Engine
 from .rounding import round_to
 
 GemmKernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
-FreshKernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+FreshKernel = Callable[..., np.ndarray]  # (a, b) -> D, or (a, b, epi) -> D for a GEMM with an epilogue
 BoundGemm = Callable[[], object]
 
 
@@ -121,11 +121,13 @@ class Driver:
     def prepare_gemm_fresh(self, op: GemmOp) -> FreshKernel | None:
         """Optional fast path: a kernel ``(a, b) -> D`` that returns D as a new array.
 
-        Offered only for GEMMs that read no C and have no epilogue, batch 1; ``a`` and ``b``
-        are the 2-D op(A) and op(B) views and the result is a new C-contiguous (m, n) array of
-        D's dtype. For the tiniest GEMMs, letting the driver allocate D (BLAS returns a fresh
-        array anyway) saves a whole allocation and an in-place pass. None (the default) means
-        the front-end allocates D and calls the ordinary kernel.
+        Offered only for GEMMs that read no C, batch 1; ``a`` and ``b`` are the 2-D op(A) and
+        op(B) views and the result is a new C-contiguous (m, n) array of D's dtype. For a GEMM
+        with an epilogue the kernel is ``(a, b, epi) -> D``, ``epi`` the epilogue operands as
+        the ordinary kernel takes them (a linear layer's bias, without a D to fill first). For
+        the tiniest GEMMs, letting the driver allocate D (BLAS returns a fresh array anyway)
+        saves a whole allocation and an in-place pass. None (the default) means the front-end
+        allocates D and calls the ordinary kernel.
         """
         return None
 

@@ -55,6 +55,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -64,10 +65,13 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import cython_blas as _cython_blas
 
 from ..abi import CopyOp, GemmOp, LruCache
-from ..spec import DType, ErrorCode, FFAccelError, numpy_dtype
+from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
+from . import cpu_table as _table
+from .cpu_table import (CHOOSABLE, DEFAULT_CROSSOVERS, OPENBLAS_SINGLE_THREAD_MNK, Band, Choice, ClassEntry,
+                        Crossovers, KernelClass, KernelTable, Library, RowKey, Threads, build_table, combo_class)
 
 try:  # correct f64 -> bf16 rounding (ml_dtypes rounds twice, through f32)
     from .rounding import round_to as _round_to
@@ -80,7 +84,7 @@ _MASK32 = 0xFFFF_FFFF
 _INT_MAX = 2**31 - 1
 #: OpenBLAS runs a gemm single-threaded when m*n*k is at or below this
 #: (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), so a thread limit needs no call there.
-_SINGLE_THREAD_MNK = 65536 * 4
+_SINGLE_THREAD_MNK = OPENBLAS_SINGLE_THREAD_MNK
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
 #: Largest k chunk whose integer dot products stay below 2**24 in magnitude (exact in f32):
@@ -199,6 +203,10 @@ def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
     Returns False (having done nothing) when a view cannot be handed to BLAS as it is.
     """
     if x.shape[0] * x.shape[1] * a.shape[1] > _SINGLE_THREAD_MNK:  # multi-threaded: NumPy's BLAS
+        if alpha == 1.0 and beta == 0.0 and _blas_strides(a) and _blas_strides(b) and _blas_strides(x):
+            with np.errstate(all="ignore"):  # NumPy's own ?gemm call: ~2 us against ~8 us through ctypes
+                np.matmul(a, b, out=x)  # (errstate: NumPy reports the FPU's flags after a matmul)
+            return True
         return _gemm2d_strided(blas, alpha, a, b, beta, x)
     args = _f2py_operands(a, b, x)
     if args is not None:  # fast path: compact operands through f2py
@@ -208,6 +216,15 @@ def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
             np.copyto(x, r.T)
         return True
     return _gemm2d_strided(blas, alpha, a, b, beta, x)
+
+
+def _blas_strides(x: np.ndarray) -> bool:
+    """Whether NumPy hands this 2-D view to BLAS as it is (unit stride along one axis, the other a
+    leading dimension that fits): then ``numpy.matmul`` makes no copy and loops in no C code."""
+    s = x.itemsize
+    r, c = x.strides
+    rows, cols = x.shape
+    return (c == s and r >= max(1, cols) * s and r % s == 0) or (r == s and c >= max(1, rows) * s and c % s == 0)
 
 
 def _f2py_operands(a: np.ndarray, b: np.ndarray, x: np.ndarray
@@ -475,14 +492,22 @@ class _ThreadLimit:
     """Sets every loaded OpenBLAS to ``threads`` threads for the duration of a call.
 
     Nested and concurrent users share one setting: the first to enter sets it, the
-    last to leave restores what was there.
+    last to leave restores what was there. The OpenBLAS libraries are called through their
+    own ``openblas_get/set_num_threads`` symbols (found once by threadpoolctl): a call through
+    threadpoolctl's controllers cost ~3.5 us each, ~21 us per limited GEMM here (six calls),
+    against ~1 us this way.
     """
 
     def __init__(self, threads: int) -> None:
         from threadpoolctl import ThreadpoolController  # after NumPy and SciPy loaded their BLAS
 
         self.threads = threads
-        self._libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        self._libs: list[tuple[Callable[[], int], Callable[[int], None]]] = []
+        for lc in ThreadpoolController().lib_controllers:
+            if lc.user_api != "blas":
+                continue
+            raw = _raw_thread_calls(lc)
+            self._libs.append(raw if raw is not None else (lc.get_num_threads, lc.set_num_threads))
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: list[int] = []
@@ -490,17 +515,33 @@ class _ThreadLimit:
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
-                self._saved = [lc.get_num_threads() for lc in self._libs]
-                for lc in self._libs:
-                    lc.set_num_threads(self.threads)
+                self._saved = [get() for get, _ in self._libs]
+                for _, put in self._libs:
+                    put(self.threads)
             self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for lc, n in zip(self._libs, self._saved):
-                    lc.set_num_threads(n)
+                for (_, put), n in zip(self._libs, self._saved):
+                    put(n)
+
+
+def _raw_thread_calls(lc: Any) -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """(get, set) of an OpenBLAS on pthreads, straight from its symbols; None where threadpoolctl
+    must do it (OpenMP-threaded OpenBLAS, other libraries, symbols not found)."""
+    if getattr(lc, "internal_api", None) != "openblas" or getattr(lc, "threading_layer", None) != "pthreads":
+        return None
+    try:
+        prefix, suffix = lc._find_affixes()
+        get = getattr(lc.dynlib, f"{prefix}openblas_get_num_threads{suffix}")
+        put = getattr(lc.dynlib, f"{prefix}openblas_set_num_threads{suffix}")
+    except (AttributeError, TypeError):  # pragma: no cover - another threadpoolctl or library
+        return None
+    get.restype, get.argtypes = ctypes.c_int, []
+    put.restype, put.argtypes = None, [ctypes.c_int]
+    return get, put
 
 
 # --------------------------------------------------------------------------------------
@@ -549,6 +590,34 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
                     _matmul_axpby(alpha, a, b, beta_eff, d)
         return kernel
 
+    if (direct and not widen and reads_ab and not reads_c and op.batch == 1 and len(op.epilogue) == 1
+            and op.epilogue[0].kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)):
+        # a linear layer's GEMM + bias: the bias broadcast into D, then BLAS adds the product to it
+        # (beta = 1): D = alpha * A @ B + bias, the same sum as the separate pass, with no pass
+        # and no floating-point state to save (a NumPy errstate costs ~1 us at 8 x 8)
+        copyto, f2py, add, errstate = np.copyto, blas.f2py, np.add, np.errstate
+        small = op.m * op.n * op.k <= _SINGLE_THREAD_MNK
+
+        def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+            x, a2, b2 = d[0], a[0], b[0]
+            if not small and alpha == 1.0 and _blas_strides(a2) and _blas_strides(b2) and _blas_strides(x):
+                # multi-threaded: NumPy's own ?gemm call, then the bias (a pass over D costs less
+                # than the ~8 us of a ctypes call with beta = 1 at these sizes)
+                with errstate(all="ignore"):  # inf - inf is NaN, as intended
+                    np.matmul(a2, b2, out=x)
+                    add(x, epi[0][0], out=x)
+                return
+            copyto(x, epi[0][0])
+            if small and a2.flags.c_contiguous and b2.flags.c_contiguous and x.flags.c_contiguous:
+                xt = x.T  # plain row-major operands: the f2py call alone
+                r = f2py(alpha, b2.T, a2.T, 1.0, xt, 0, 0, 1)
+                if r is not xt:  # f2py had to copy (misaligned memory): put the result in place
+                    copyto(x, r.T)
+            elif not _gemm2d(blas, alpha, a2, b2, 1.0, x):
+                _matmul_axpby(alpha, a2, b2, 1.0, x)
+
+        return kernel
+
     shape = (op.batch, op.m, op.n)
 
     def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
@@ -578,6 +647,98 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
                 _cast_into(d, x, parallel)  # one round to nearest even (overflow -> inf)
         finally:
             _WORKSPACE.give(held)
+
+    return kernel
+
+
+_GEMV = {np.dtype(np.float32): _blas.sgemv, np.dtype(np.float64): _blas.dgemv}
+#: OpenBLAS runs a ?gemv on the calling thread below this many matrix elements (its interface's
+#: 2304 * GEMM_MULTITHREAD_THRESHOLD): only there may SciPy's copy of OpenBLAS take it, waking no
+#: worker of a second pool; above it the call goes to NumPy's OpenBLAS (numpy.matmul).
+_GEMV_SINGLE_THREAD_ELEMS = 2304 * 4
+
+
+def _gemv_into(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, y: np.ndarray) -> bool:
+    """y = alpha * (a @ b as a vector) + beta * y through SciPy's f2py ?gemv, in y's own memory
+    (a 1-D contiguous view of D's single row or column; read only when beta != 0), for the sizes
+    OpenBLAS runs on the calling thread.
+
+    ``a`` (m, k) and ``b`` (k, n) with m == 1 or n == 1. One C call and no floating-point
+    state to save (NumPy's matmul reports the FPU's flags and needs an errstate: ~2-4 us).
+    False (nothing done) when an operand is strided both ways or y is not contiguous.
+    """
+    gemv = _GEMV.get(y.dtype)
+    if (gemv is None or not y.flags.c_contiguous or a.dtype != y.dtype or b.dtype != y.dtype
+            or a.shape[0] * a.shape[1] * b.shape[1] >= _GEMV_SINGLE_THREAD_ELEMS):
+        return False  # (a multi-threaded ?gemv goes to NumPy's OpenBLAS: SciPy's is a second pool)
+    if a.shape[0] == 1:  # y (n) = op(B)^T a_row: B^T is n x k
+        mat, vec = b, a[0]
+        if mat.T.flags.f_contiguous:
+            r = gemv(alpha, mat.T, vec, beta, y, 0, 1, 0, 1, 0, 1)
+        elif mat.flags.f_contiguous:
+            r = gemv(alpha, mat, vec, beta, y, 0, 1, 0, 1, 1, 1)
+        else:
+            return False
+    else:  # n == 1: y (m) = A b_col
+        mat, vec = a, b[:, 0]
+        if mat.flags.f_contiguous:
+            r = gemv(alpha, mat, vec, beta, y, 0, 1, 0, 1, 0, 1)
+        elif mat.T.flags.f_contiguous:
+            r = gemv(alpha, mat.T, vec, beta, y, 0, 1, 0, 1, 1, 1)
+        else:
+            return False
+    if r is not y:  # f2py had to copy (misaligned memory): put the result in place
+        np.copyto(y, r)
+    return True
+
+
+def _plan_gemv(op: GemmOp) -> Kernel | None:
+    """Skinny f32/f64 GEMMs (batch 1, m or n = 1) on ``numpy.matmul``: what NumPy's @ runs for a
+    vector times a matrix (OpenBLAS ?gemv, on NumPy's OpenBLAS and its threads). OpenBLAS's
+    ?gemm with m = 1 ran 10-20x slower here (docs/kernels.md). None for other GEMMs."""
+    combo = op.combo
+    if (op.batch != 1 or not (op.m == 1 or op.n == 1) or combo.is_int or combo.a != combo.acc
+            or combo.d != combo.acc or not op.reads_ab):
+        return None
+    alpha, beta = float(op.alpha), float(op.beta)
+    reads_c, in_place = op.reads_c, op.in_place
+    beta_eff = beta if reads_c else 0.0
+    steps = _float_steps(op, numpy_dtype(combo.acc))
+    matmul = np.matmul
+
+    bias_first = (not reads_c and len(op.epilogue) == 1
+                  and op.epilogue[0].kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M))
+    copyto = np.copyto
+
+    single = op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS  # SciPy's ?gemv on the calling thread
+
+    def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
+        x, a2, b2 = d[0], a[0], b[0]
+        y = x[0] if x.shape[0] == 1 else x[:, 0]
+        if bias_first:  # a linear layer
+            if single:  # the bias in D, then ?gemv adds the product (beta = 1)
+                copyto(x, epi[0][0])
+                if not _gemv_into(alpha, a2, b2, 1.0, y):
+                    with np.errstate(all="ignore"):
+                        _matmul_axpby(alpha, a2, b2, 1.0, x)
+                return
+            with np.errstate(all="ignore"):  # NumPy's ?gemv (NumPy reports the FPU's flags), then the bias
+                if alpha == 1.0:
+                    matmul(a2, b2, out=x)
+                else:
+                    _matmul_axpby(alpha, a2, b2, 0.0, x)
+                np.add(x, epi[0][0], out=x)
+            return
+        if reads_c and not in_place:
+            copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
+        if not _gemv_into(alpha, a2, b2, beta_eff, y):
+            with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+                if beta_eff == 0.0 and alpha == 1.0:
+                    matmul(a2, b2, out=x)
+                else:
+                    _matmul_axpby(alpha, a2, b2, beta_eff, x)
+        if steps:
+            _run_steps(steps, d, epi)
 
     return kernel
 
@@ -659,6 +820,15 @@ def _one_thread() -> _ThreadLimit:
     return _ThreadLimit(1)
 
 
+#: Post-ops that only oneDNN fuses cheaply (OpenBLAS's path runs SciPy's erf or NumPy's tanh passes).
+_GELU = (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH)
+
+
+def _torch_loaded() -> bool:
+    """Whether PyTorch is imported in this process (its OpenMP team is then a pool that works)."""
+    return "torch" in sys.modules
+
+
 def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
     def limited(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         with limit:
@@ -672,63 +842,33 @@ def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
 
 
 # --------------------------------------------------------------------------------------
-# which kernel library serves each combination
+# which kernel library serves each combination: resolved once per choice into the kernel table
 
 #: Environment variable choosing kernel libraries: ``auto`` (default), ``blas``, ``onednn``, or
 #: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``); f16 and bf16 also
 #: take ``widened`` (PyTorch's casts to f32, then oneDNN's f32 matmul), int8 ``torch``
-#: (``torch._int_mm``, which ``auto`` takes for int8 x int8 where it runs on VNNI/AMX).
+#: (``torch._int_mm``, which ``auto`` takes for int8 x int8 where it runs on VNNI/AMX), f32 and
+#: f64 ``gemv`` (skinny GEMMs on OpenBLAS's ?gemv). See :mod:`ffaccel.drivers.cpu_table`.
 KERNELS_ENV = "FFACCEL_CPU_KERNELS"
-#: The combination classes whose kernel library can be chosen (f64 is always OpenBLAS).
-KERNEL_CLASSES = ("f32", "bf16", "f16", "int8")
-KERNEL_CHOICES = ("auto", "blas", "onednn", "widened", "torch")
-#: Under ``auto``, GEMMs below this m*n*k (whole batch) stay on OpenBLAS: a oneDNN call wakes its
-#: OpenMP threads (tens of microseconds). Crossovers measured here (n^3 GEMMs, OpenBLAS path /
-#: oneDNN time): int8 0.82 at 128, 1.81 at 256; bf16 0.54 at 64, 1.34 at 128; f16 0.67 at 64,
-#: 1.99 at 128. A forced ``onednn`` uses it at every size; tests move these to force each side.
-ONEDNN_MIN_MNK = {"f32": 96**3, "bf16": 96**3, "f16": 96**3, "int8": 192**3}
-#: Under ``auto``, a bare f32 GEMM (no epilogue) goes to oneDNN from this m*n*k (whole batch) on.
-#: Measured here, each library in a process of its own (n^3, OpenBLAS / oneDNN time): 128: 0.6,
-#: 256: 1.05, 512: 1.1, 1024: 1.05; batched attention shapes (32 x 128x64x128): 2.0. Below
-#: it OpenBLAS's cheaper call wins; there it runs on one thread (see ``one_pool``).
-ONEDNN_BARE_F32_MIN_MNK = 160**3
-
-
-def combo_class(combo: Any) -> str | None:
-    """The kernel class of a dtype combination: f32, bf16, f16, int8, or None (f64: BLAS only)."""
-    if combo.is_int:
-        return "int8"
-    return {DType.F32: "f32", DType.BF16: "bf16", DType.F16: "f16"}.get(combo.a)
+#: The combination classes whose kernel library can be chosen.
+KERNEL_CLASSES = tuple(c.value for c in CHOOSABLE)
+KERNEL_CHOICES = tuple(c.value for c in Choice)
 
 
 def parse_kernels(spec: str | None) -> dict[str, str]:
-    """Class -> "auto" | "blas" | "onednn" from a ``FFACCEL_CPU_KERNELS``-style string.
+    """Class name -> choice name from a ``FFACCEL_CPU_KERNELS``-style string.
 
     Examples
     --------
     >>> parse_kernels("int8=onednn")["int8"], parse_kernels("blas")["f32"]
     ('onednn', 'blas')
     """
-    spec = (spec or "auto").strip().lower()
-    out = dict.fromkeys(KERNEL_CLASSES, "auto")
-    allowed = f"one of {KERNEL_CHOICES}, or class=choice pairs separated by commas (classes {KERNEL_CLASSES})"
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        cls, eq, choice = part.rpartition("=")
-        classes = [cls.strip()] if eq else list(KERNEL_CLASSES)
-        if choice.strip() not in KERNEL_CHOICES or not set(classes) <= set(KERNEL_CLASSES):
-            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                               f"cpu kernel libraries ({KERNELS_ENV}); got {spec!r}, allowed {allowed}",
-                               rule="device.name")
-        for c in classes:
-            out[c] = choice.strip()
-    return out
+    return {c.value: v.value for c, v in _table.parse_kernels(spec, KERNELS_ENV).items()}
 
 
 def _onednn_library(choice: dict[str, str]) -> Any:
     """oneDNN when installed and something may use it (imported only then), else None."""
-    if all(v == "blas" for v in choice.values()) or os.environ.get("FFACCEL_ONEDNN", "") == "0":
+    if all(v in ("blas", "gemv") for v in choice.values()) or os.environ.get("FFACCEL_ONEDNN", "") == "0":
         return None
     from . import onednn
 
@@ -753,32 +893,53 @@ def _probe_impl(lib: Any, cls: str) -> str | None:
     return impl if ok else None
 
 
+def crossovers() -> Crossovers:
+    """The tuned crossovers of this machine (``ffaccel tune``'s cache) when present, else the defaults."""
+    from .cpu_tune import load_crossovers
+
+    return load_crossovers() or DEFAULT_CROSSOVERS
+
+
 @functools.lru_cache(maxsize=16)
-def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None) -> tuple[Any, dict[str, tuple[str, str]]]:
-    """(library, resolution) per distinct choice: probing costs a few primitive creations."""
+def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None, cross: Crossovers | None = None,
+              single_thread_mnk: int = OPENBLAS_SINGLE_THREAD_MNK) -> tuple[Any, KernelTable]:
+    """(library, kernel table) per distinct choice: probing costs a few primitive creations."""
     d = dict(choice)
     lib = _onednn_library(d)
-    return lib, resolve_kernels(d, lib, threads)
+    entries = resolve_kernels(d, lib, threads)
+    return lib, build_table({KernelClass(k): Choice(v) for k, v in d.items()}, entries,
+                            cross if cross is not None else crossovers(), threads,
+                            lib.version if lib is not None else None, single_thread_mnk)
 
 
-def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[str, tuple[str, str]]:
-    """Class -> (kernel, why): what serves each class here: "blas", "onednn" (oneDNN's matmul on
-    the class's own dtypes) or "widened" (f16/bf16 widened to f32 by PyTorch's casts, then
-    oneDNN's f32 matmul).
+def _refuse(cls: str, want: str, why: str) -> FFAccelError:
+    return FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels", f"{KERNELS_ENV}: {cls}={want} cannot run here: {why}",
+                        rule="device.name")
 
-    ``auto`` takes oneDNN where it measured faster (docs/kernels.md) and is exact: int8 only
-    where its u8 x s8 sum is exact (VNNI/AMX); bf16 natively only with bf16 instructions (the
-    library's emulation is ~5x slower than f32), else widened; f16 natively where the library
-    implements it, else widened; f32 (bare f32 GEMMs only from a larger size: below it
-    OpenBLAS's call is cheaper). Never with a thread limit (``cpu:N`` limits OpenBLAS only).
+
+def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[KernelClass, ClassEntry]:
+    """Class -> what serves it here (:class:`ClassEntry`): "blas", "onednn" (oneDNN's matmul on
+    the class's own dtypes), "widened" (f16/bf16 widened to f32 by PyTorch's casts, then
+    oneDNN's f32 matmul), "torch" or "onednn+torch" (int8 on ``torch._int_mm``).
+
+    ``auto`` takes oneDNN where it is exact and implemented: int8 only where its u8 x s8 sum is
+    exact (VNNI/AMX); bf16 natively only with bf16 instructions (the library's emulation is ~5x
+    slower than f32), else widened; f16 natively where the library implements it, else
+    widened; f32. Never with a thread limit (``cpu:N`` limits OpenBLAS only). From which size
+    it does so is the table's business (:class:`~ffaccel.drivers.cpu_table.Crossovers`).
     A forced choice that cannot run here is refused.
     """
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[KernelClass, ClassEntry] = {}
     torch_ok = importlib.util.find_spec("torch") is not None
-    for cls in KERNEL_CLASSES:
-        want = choice[cls]
-        if want == "blas":
-            out[cls] = ("blas", "forced")
+    for kc in KernelClass:
+        cls = kc.value
+        want = choice.get(cls, "auto")
+        if kc == KernelClass.F64 or want in ("blas", "gemv"):
+            if want == "gemv" and kc not in (KernelClass.F32, KernelClass.F64):
+                raise _refuse(cls, want, "only f32 and f64 GEMMs have a gemv kernel")
+            if want not in ("auto", "blas", "gemv"):
+                raise _refuse(cls, want, "f64 runs on OpenBLAS only (oneDNN has no f64 matmul on CPUs)")
+            out[kc] = ClassEntry(Choice(want), Library.BLAS, None, want != "auto")
             continue
         impl = _probe_impl(lib, cls) if lib is not None else None
         f32_impl = _probe_impl(lib, "f32") if lib is not None and cls in ("f16", "bf16") else None
@@ -787,36 +948,33 @@ def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> di
         can_widen = f32_impl is not None and torch_ok
         if want == "auto":
             if threads is not None:
-                out[cls] = ("blas", "auto")
+                out[kc] = ClassEntry(Choice.AUTO, Library.BLAS, None, False)
             elif native and cls == "int8" and torch_ok:
                 # int8 x int8: torch._int_mm (on the same VNNI/AMX) needs no shift: measured 1.2x
-                # oneDNN with the shift here; the pairs with uint8 stay on oneDNN's u8 x s8
-                out[cls] = ("onednn+torch", f"auto, {impl}")
+                # oneDNN with the shift; the pairs with uint8 stay on oneDNN's u8 x s8
+                out[kc] = ClassEntry(Choice.AUTO, Library.ONEDNN_TORCH, impl, False)
             elif native:
-                out[cls] = ("onednn", f"auto, {impl}")
+                out[kc] = ClassEntry(Choice.AUTO, Library.ONEDNN, impl, False)
             elif can_widen:
-                out[cls] = ("widened", f"auto, {f32_impl} on f32 widened by torch")
+                out[kc] = ClassEntry(Choice.AUTO, Library.WIDENED, f32_impl, False)
             else:
-                out[cls] = ("blas", "auto")
+                out[kc] = ClassEntry(Choice.AUTO, Library.BLAS, None, False)
             continue
         if want == "torch":
             if cls != "int8" or not torch_ok:
-                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                                   f"{KERNELS_ENV}: {cls}=torch cannot run here: "
-                                   + ("only int8 runs on torch._int_mm" if cls != "int8" else "PyTorch is not installed"),
-                                   rule="device.name")
-            out[cls] = ("torch", "forced, torch._int_mm")
+                raise _refuse(cls, want, "only int8 runs on torch._int_mm" if cls != "int8"
+                              else "PyTorch is not installed")
+            out[kc] = ClassEntry(Choice.TORCH, Library.TORCH, None, True)
             continue
         ok = (impl is not None and exact) if want == "onednn" else can_widen
         if not ok:
-            why = ("oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
-                   "only f16 and bf16 are widened" if want == "widened" and cls not in ("f16", "bf16") else
-                   "PyTorch is not installed" if want == "widened" else
-                   "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
-                   f"oneDNN {lib.version} has no {cls} matmul for this CPU")
-            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "kernels",
-                               f"{KERNELS_ENV}: {cls}={want} cannot run here: {why}", rule="device.name")
-        out[cls] = (want, f"forced, {impl}" if want == "onednn" else f"forced, {f32_impl} on f32 widened by torch")
+            raise _refuse(cls, want, "oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
+                          "only f16 and bf16 are widened" if want == "widened" and cls not in ("f16", "bf16") else
+                          "PyTorch is not installed" if want == "widened" else
+                          "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
+                          f"oneDNN {lib.version} has no {cls} matmul for this CPU")
+        out[kc] = ClassEntry(Choice(want), Library.ONEDNN if want == "onednn" else Library.WIDENED,
+                             impl if want == "onednn" else f32_impl, True)
     return out
 
 
@@ -870,137 +1028,168 @@ class CpuDriver(Driver):
         if any(v not in ("auto", "blas") for v in self.kernel_choice.values()):
             self._kernels()  # a forced library that cannot run here is refused now, not at the first GEMM
 
-    def _kernels(self) -> tuple[Any, dict[str, tuple[str, str]]]:
-        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads)
+    def _kernels(self) -> tuple[Any, KernelTable]:
+        """(oneDNN library or None, this driver's kernel table)."""
+        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads, None, _SINGLE_THREAD_MNK)
+
+    def kernel_table(self) -> KernelTable:
+        """The table every kernel choice of this driver reads (:mod:`ffaccel.drivers.cpu_table`)."""
+        return self._kernels()[1]
+
+    def size_bands(self, combo: Any) -> tuple[int, ...]:
+        """The sizes (``batch * m * n * k``) where a GEMM of this dtype combination changes kernel or
+        threads here, ascending: read from the kernel table (for conformance and tests, which
+        check both sides of each)."""
+        return self.kernel_table().size_bands(combo_class(combo))
+
+    def _library_names(self, combo: Any) -> dict[Library, str]:
+        lib, table = self._kernels()
+        cls = combo_class(combo)
+        impl = table.classes[cls].impl
+        one = f"oneDNN {table.onednn_version} {impl}" if lib is not None else "oneDNN"
+        s8s8 = (combo.a, combo.b) == (DType.I8, DType.I8)
+        torch_name = "PyTorch torch._int_mm" + ("" if s8s8 else " (uint8 shifted to int8)")
+        if cls == KernelClass.INT8 and (combo.a, combo.b) != (DType.U8, DType.I8):
+            one += " (shifted onto u8 x s8)"
+        prec = "d" if cls == KernelClass.F64 else "s"
+        return {
+            Library.BLAS: (f"OpenBLAS {prec}gemm" if cls in (KernelClass.F64, KernelClass.F32) else
+                           "OpenBLAS sgemm on widened f32" if cls in (KernelClass.BF16, KernelClass.F16) else
+                           "OpenBLAS sgemm on exact f32 k-chunks"),
+            Library.GEMV: f"OpenBLAS {prec}gemv",
+            Library.ONEDNN: one,
+            Library.WIDENED: f"{one} on f32 widened by torch",
+            Library.TORCH: torch_name,
+            Library.ONEDNN_TORCH: torch_name if s8s8 else one,
+        }
 
     def kernels(self) -> dict[str, str]:
-        """Which kernel library serves each dtype combination here (what ``ffaccel info`` shows).
+        """Which kernel serves each dtype combination here, per band (what ``ffaccel info`` shows),
+        written from the kernel table.
 
         Examples
         --------
         >>> CpuDriver(kernels="blas").kernels()["f32xf32->f32->f32"]
-        'OpenBLAS sgemm'
+        'OpenBLAS sgemm (caller threads; own threads from m*n*k 262145)'
         """
         from ..spec import GEMM_COMBOS
 
-        lib, res = self._kernels()
-        out: dict[str, str] = {}
-        for c in GEMM_COMBOS:
-            name = c.name
-            cls = combo_class(c)
-            blas = ("OpenBLAS dgemm" if cls is None else "OpenBLAS sgemm" if cls == "f32" else
-                    "OpenBLAS sgemm on widened f32" if cls in ("bf16", "f16") else
-                    "OpenBLAS sgemm on exact f32 k-chunks")
-            if cls is None or res[cls][0] == "blas":
-                out[name] = blas
-                continue
-            where, impl = res[cls][1].split(", ", 1)
-            lib_name = f"oneDNN {lib.version} {impl}" if lib is not None else ""
-            s8s8 = (c.a, c.b) == (DType.I8, DType.I8)
-            if res[cls][0] == "torch" or (res[cls][0] == "onednn+torch" and s8s8):
-                lib_name = "PyTorch torch._int_mm" + ("" if s8s8 else " (uint8 shifted to int8)")
-            elif cls == "int8" and (c.a, c.b) != (DType.U8, DType.I8):
-                lib_name += " (shifted onto u8 x s8)"
-            if where == "forced":
-                out[name] = lib_name
-            elif cls == "f32":
-                out[name] = (f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]} with an epilogue, "
-                             f">= {ONEDNN_BARE_F32_MIN_MNK} without; else {blas} on one thread")
-            else:
-                out[name] = f"{lib_name} for m*n*k >= {ONEDNN_MIN_MNK[cls]}; else {blas} on one thread"
-        return out
+        table = self.kernel_table()
+        return {c.name: _table.describe(table, combo_class(c), self._library_names(c)) for c in GEMM_COMBOS}
 
     def info(self) -> DriverInfo:
         info = super().info()
         return dataclasses.replace(info, kernels=tuple(self.kernels().items()))
 
-    def _onednn_kernel(self, op: GemmOp, fallback: Kernel) -> Kernel | None:
-        """The oneDNN kernel for this GEMM when the choice and its size give it one, else None."""
+    def band(self, op: GemmOp) -> Band:
+        """The table's band for one validated GEMM (A and B not read: OpenBLAS's path, no GEMM runs)."""
+        table = self.kernel_table()
         cls = combo_class(op.combo)
-        if cls is None or not op.reads_ab or self.kernel_choice[cls] == "blas":
-            return None
-        lib, res = self._kernels()
-        if res[cls][0] == "blas":
-            return None
-        if self.kernel_choice[cls] == "auto":  # where it measured faster
-            floor = ONEDNN_BARE_F32_MIN_MNK if cls == "f32" and not op.epilogue else ONEDNN_MIN_MNK[cls]
-            if op.batch * op.m * op.n * op.k < floor:
-                return None
+        if not op.reads_ab:
+            return table.rows[RowKey(cls, bool(op.epilogue), False)][0]
+        skinny = op.batch == 1 and (op.m == 1 or op.n == 1)
+        return table.band(cls, bool(op.epilogue), skinny, op.batch * op.m * op.n * max(op.k, 1))
+
+    def _library_kernel(self, op: GemmOp, library: Library, fallback: Kernel) -> Kernel:
+        """The oneDNN / PyTorch kernel of a band (``fallback`` runs the layouts they refuse)."""
         from . import cpu_onednn
 
-        if cls == "int8":
+        lib = self._kernels()[0]
+        if op.combo.is_int:
             s8s8 = (op.combo.a, op.combo.b) == (DType.I8, DType.I8)
-            if res[cls][0] == "torch" or (res[cls][0] == "onednn+torch" and s8s8):
+            if library == Library.TORCH or (library == Library.ONEDNN_TORCH and s8s8):
                 return _plan_int(op, cpu_onednn.TorchIntProduct(_WORKSPACE.take))
             return _plan_int(op, cpu_onednn.IntProduct(lib, op.combo.a, op.combo.b, _WORKSPACE.take))
         rest = _float_steps(op, np.dtype(np.float32))[cpu_onednn.fused_count(op):]
         tail = (lambda x, epi: _run_steps(rest, x, epi)) if rest else None
-        if res[cls][0] == "widened":
+        if library == Library.WIDENED:
             return cpu_onednn.WidenedKernel(lib, op, fallback, _WORKSPACE.take, _WORKSPACE.give, tail)
         return cpu_onednn.FloatKernel(lib, op, fallback, tail, _WORKSPACE.take, _WORKSPACE.give)
 
-    def _blas_only(self, op: GemmOp) -> bool:
-        """Whether the f2py fast paths may take this f32/f64 GEMM (not when oneDNN is forced on f32)."""
-        return op.combo.acc == DType.F64 or self.kernel_choice["f32"] != "onednn"
+    def _fast_paths_ok(self, op: GemmOp) -> bool:
+        """Whether the f2py one-call paths may take this f32/f64 GEMM: its band is OpenBLAS's ?gemm
+        on the calling thread."""
+        band = self.band(op)
+        return band.library == Library.BLAS and band.threads == Threads.CALLER
 
     def prepare_gemm(self, op: GemmOp) -> Kernel:
         """A kernel ``(a, b, c, d, epi) -> None`` for one validated geometry.
 
-        Routine choice, conversions and the epilogue are decided here, once; the
+        The kernel table's band for the GEMM's class, epilogue, shape and size picks the library
+        and the threads (:meth:`band`); conversions and the epilogue are decided here, once; the
         kernel only reads the arrays' strides to pick the BLAS call.
         """
         if op.batch == 0 or op.m == 0 or op.n == 0:
             return _noop
+        band = self.band(op)
         parallel = self.threads is None or self.threads > 1
         blas = _plan_int(op) if op.combo.is_int else _plan_float(op, parallel)
-        kernel = self._onednn_kernel(op, blas) or blas
-        work = op.batch * op.m * op.n * max(op.k, 1)
-        if work > _SINGLE_THREAD_MNK:
+        if band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded()
+                                            and not any(p.kind in _GELU for p in op.epilogue)):
+            kernel = blas
+        elif band.library == Library.GEMV:
+            kernel = _plan_gemv(op) or blas
+        else:
+            kernel = self._library_kernel(op, band.library, blas)
+        if op.batch * op.m * op.n * max(op.k, 1) > _SINGLE_THREAD_MNK:
             if self._limit is not None:
                 kernel = _with_threads(kernel, self._limit)
-            elif kernel is blas and self.one_pool(op):
+            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
                 kernel = _with_threads(kernel, _one_thread())
         return kernel
 
-    def one_pool(self, op: GemmOp) -> bool:
-        """Whether oneDNN serves this GEMM's class here, so that the OpenBLAS GEMMs of the class
-        (the sizes below oneDNN's threshold) run on one thread: then only one pool of threads,
-        OpenMP's, works in this process.
-
-        OpenBLAS's threads spin for a long time after a call (2**28 cycles); an OpenMP team
-        (oneDNN's, and PyTorch's, which loads the same ``libgomp.so.1``) that starts meanwhile
-        finds a core taken and waits at its barriers. Measured here: oneDNN GEMMs interleaved
-        with OpenBLAS ones ran at half their speed; a PyTorch model whose small GEMMs went to
-        OpenBLAS, 50x slower. On one thread OpenBLAS wakes no worker, and loses little at
-        these sizes (m*n*k <= 160^3).
-        """
-        cls = combo_class(op.combo)
-        return cls is not None and self.kernel_choice[cls] == "auto" and self._serves_beyond_blas(cls)
-
-    def _serves_beyond_blas(self, cls: str) -> bool:
-        """Whether this class's GEMMs (at its sizes) go to oneDNN or PyTorch here, forced or by
-        ``auto`` (which never picks them under a thread limit: see :func:`resolve_kernels`)."""
-        return self._kernels()[1][cls][0] != "blas"
-
     def thread_pool(self) -> str:
-        """"openmp" where oneDNN serves the f32 GEMMs (every multi-threaded GEMM then runs on
-        the process's OpenMP runtime, see :meth:`one_pool`), else "own" (OpenBLAS's threads)."""
+        """"openmp" where the table sends f32 GEMMs to oneDNN (its multi-threaded GEMMs then run on
+        the process's OpenMP runtime), else "own" (OpenBLAS's threads); "none" on one thread."""
         if self.threads == 1:
             return "none"
-        return "openmp" if self._serves_beyond_blas("f32") else "own"
+        return "openmp" if self.kernel_table().serves_openmp(KernelClass.F32) else "own"
 
-    def prepare_gemm_fresh(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-        """Tiny f32/f64 GEMMs with no C and no epilogue: SciPy's ``?gemm`` returns D itself.
+    def prepare_gemm_fresh(self, op: GemmOp) -> Callable[..., np.ndarray] | None:
+        """Tiny f32/f64 GEMMs with no C (and no epilogue but a bias): SciPy's ``?gemm`` returns D itself.
 
         f2py allocates the column-major D^T = alpha * B^T A^T, whose transpose is the C-ordered
         D: one BLAS call and no extra allocation or pass. Only below OpenBLAS's threading
         threshold, where SciPy's BLAS runs on the calling thread (see the module docstring).
         """
         combo = op.combo
-        if (op.batch != 1 or op.epilogue or op.c is not None or not op.reads_ab or not op.m or not op.n
-                or not self._blas_only(op)
-                or combo.is_int or combo.a != combo.acc or combo.d != combo.acc
-                or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+        if (op.batch != 1 or op.c is not None or not op.reads_ab or not op.m or not op.n
+                or combo.is_int or combo.a != combo.acc or combo.d != combo.acc):
+            return None
+        if op.epilogue:
+            return self._fresh_with_bias(op)
+        band = self.band(op)
+        if band.library == Library.GEMV:
+            if (band.threads == Threads.SHARED and _torch_loaded()
+                    and op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+                return None  # held to one thread around the call: the prepared kernel does that
+            matmul, errstate, empty = np.matmul, np.errstate, np.empty
+            alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
+
+            single = op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
+
+            def gemv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                d = empty(shape, dt)  # ?gemv (what NumPy's @ runs for a matrix-vector product) into it
+                if single and _gemv_into(alpha, a, b, 0.0, d[0] if shape[0] == 1 else d[:, 0]):
+                    return d
+                with errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+                    if alpha == 1.0:
+                        return matmul(a, b, out=d)
+                    _matmul_axpby(alpha, a, b, 0.0, d)
+                return d
+
+            return gemv
+        on_blas = band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())
+        if (on_blas and float(op.alpha) == 1.0 and self._limit is None
+                and (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
+            matmul, errstate = np.matmul, np.errstate
+
+            def numpys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                with errstate(all="ignore"):  # NumPy's own multi-threaded ?gemm call, as @ makes it
+                    return matmul(a, b)
+
+            return numpys
+        if band.library != Library.BLAS or band.threads != Threads.CALLER:
             return None
         f2py = (_DGEMM if combo.acc == DType.F64 else _SGEMM).f2py
         alpha = float(op.alpha)
@@ -1009,6 +1198,32 @@ class CpuDriver(Driver):
         if not ta and not tb:
             return lambda a, b: f2py(alpha, b.T, a.T).T
         return lambda a, b: f2py(alpha, b if tb else b.T, a if ta else a.T, 0.0, None, tb, ta).T
+
+    def _fresh_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
+        """A linear layer's tiny GEMM + bias (f32/f64, the bias alone, OpenBLAS on the calling
+        thread): a new D filled with the bias, and one f2py ?gemm adding alpha * A @ B to it
+        (beta = 1). Layouts the one call cannot take run the prepared kernel into that D."""
+        if (len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)
+                or not self._fast_paths_ok(op)):
+            return None
+        f2py = (_DGEMM if op.combo.acc == DType.F64 else _SGEMM).f2py
+        kernel = self.prepare_gemm(op)
+        alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(op.combo.d)
+        empty, copyto = np.empty, np.copyto
+
+        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
+            d = empty(shape, dt)
+            if a.flags.c_contiguous and b.flags.c_contiguous:
+                copyto(d, epi[0][0])
+                dt_ = d.T
+                r = f2py(alpha, b.T, a.T, 1.0, dt_, 0, 0, 1)
+                if r is not dt_:  # f2py had to copy (misaligned memory)
+                    copyto(d, r.T)
+                return d
+            kernel(a[None], b[None], None, d[None], epi)
+            return d
+
+        return fresh
 
     def bind_gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
                   epi: tuple[np.ndarray | None, ...]) -> BoundGemm | None:
@@ -1022,9 +1237,8 @@ class CpuDriver(Driver):
         """
         combo = op.combo
         if (op.batch != 1 or op.epilogue or not op.reads_ab or not op.m or not op.n or combo.is_int
-                or not self._blas_only(op)
                 or combo.a != combo.acc or combo.d != combo.acc or (op.reads_c and not op.in_place)
-                or op.m * op.n * op.k > _SINGLE_THREAD_MNK):
+                or not self._fast_paths_ok(op)):
             return None
         blas = _DGEMM if combo.acc == DType.F64 else _SGEMM
         x = d[0]

@@ -257,20 +257,79 @@ def _post_ops_tuple(post_ops: Any) -> tuple:
     return tuple(post_ops)
 
 
-def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
+               operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...] = ()
+               ) -> Callable[..., np.ndarray]:
     """The per-call path for plain 2-D a and b of a cached geometry: allocate D, call the kernel.
 
-    A closure with everything bound, because at 8 x 8 every attribute lookup shows.
+    ``operand_views``: per post-op, how its operand becomes the view the kernel takes (None for
+    post-ops without one); the plan is then called ``plan(a, b, post_ops)``. A closure with
+    everything bound, because at 8 x 8 every attribute lookup shows.
     """
     empty = np.empty
     shape = (1, m, n)
+    if not operand_views:
+        def plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            d = empty(shape, d_dtype)
+            kernel(a[None], b[None], None, d, ())
+            return d[0]
 
-    def plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return plan
+    if len(operand_views) == 1:  # the common linear layer: one bias (or one post-op without operand)
+        view = operand_views[0] or (lambda v: None)
+
+        def plan1(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
+            d = empty(shape, d_dtype)
+            kernel(a[None], b[None], None, d, (view(post_ops[0].operand),))
+            return d[0]
+
+        return plan1
+
+    def plan_n(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
         d = empty(shape, d_dtype)
-        kernel(a[None], b[None], None, d, ())
+        kernel(a[None], b[None], None, d,
+               tuple(v(p.operand) if v is not None else None for v, p in zip(operand_views, post_ops)))
         return d[0]
 
-    return plan
+    return plan_n
+
+
+def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]
+                ) -> Callable[..., np.ndarray]:
+    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``."""
+    if len(operand_views) == 1 and operand_views[0] is not None:
+        view = operand_views[0]
+        return lambda a, b, post_ops: fresh(a, b, (view(post_ops[0].operand),))
+    return lambda a, b, post_ops: fresh(a, b, tuple(v(p.operand) if v is not None else None
+                                                    for v, p in zip(operand_views, post_ops)))
+
+
+def _post_key(post_ops: tuple) -> tuple:
+    """The per-call cache key of a post-op list: kinds, parameters by their bits (clamp(-0.0, ...)
+    and clamp(0.0, ...) differ), operands' geometry (not their values). Inlined: it runs per call."""
+    out = []
+    for p in post_ops:
+        p0, p1, v = p.param0, p.param1, p.operand
+        p0 = p0.hex() if p0.__class__ is float else p0
+        p1 = p1.hex() if p1.__class__ is float else p1
+        out.append((p.kind, p0, p1) if v is None else (p.kind, p0, p1, v.shape, v.strides, v.dtype))
+    return tuple(out)
+
+
+def _operand_view(user: np.ndarray, view: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """How the per-call path turns a post-op's operand into the kernel's view: a reshape or a new
+    axis that gives exactly the view the full path made from ``user`` (same memory, shape and
+    strides), or None when only the full path can (a copy, a broadcast)."""
+    shape = view.shape
+    for make in (lambda v: v.reshape(shape), lambda v: v[None]):
+        try:
+            got = make(user)
+        except ValueError:
+            continue
+        if (got.shape == shape and got.strides == view.strides and got.dtype == view.dtype
+                and got.__array_interface__["data"][0] == view.__array_interface__["data"][0]):
+            return make
+    return None
 
 
 def _plain_2d(x: np.ndarray, x3: np.ndarray) -> bool:
@@ -354,17 +413,25 @@ def matmul(
            [15., 51.]], dtype=float32)
     """
     dev = device if isinstance(device, Device) else resolve_device(device)
-    fast = c is None and out is None and not post_ops
+    fast = c is None and out is None
     if fast:
         try:
-            key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
-                   out_dtype)
+            if post_ops:
+                if type(post_ops) is PostOp:
+                    post_ops = (post_ops,)
+                elif type(post_ops) not in (list, tuple):  # a generator must not be consumed here
+                    raise TypeError
+                key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
+                       out_dtype, _post_key(post_ops))
+            else:
+                key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
+                       out_dtype)
             plans = dev.frontend_plans  # an LruCache: peek is one dict lookup, get the full one
             plan = plans.peek(key) or plans.get(key)
         except (AttributeError, TypeError):
             plan = key = None
         if plan is not None:
-            return plan(a, b)
+            return plan(a, b, post_ops) if post_ops else plan(a, b)
     post_ops = _post_ops_tuple(post_ops)
     if type(a) is not np.ndarray and hasattr(a, "__dlpack__"):  # torch, CuPy, JAX ... (host memory)
         return _matmul_dlpack(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype)
@@ -394,8 +461,16 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
         np.copyto(copy_back, d3.reshape(p.result_shape))
     if (key is not None and out is None and p.batch == 1 and not trans_a and not trans_b and _plain_2d(p.a, p.a_op.view) and _plain_2d(p.b, p.b_op.view)):
         # a plain 2-D call: next time straight from matmul(); the driver may return D itself
-        fresh = dev.gemm_fresh_kernel(descriptor) if not epilogue and c_op is None else None
-        dev.frontend_plans[key] = fresh if fresh is not None else _fast_plan(kernel, p.m, p.n, d3.dtype)
+        if not epilogue:
+            fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
+            dev.frontend_plans[key] = fresh if fresh is not None else _fast_plan(kernel, p.m, p.n, d3.dtype)
+        else:  # the same for a fused epilogue, when each operand's view is a reshape away
+            views = tuple(None if e.operand is None else _operand_view(post_ops[i].operand, e.operand.view)
+                          for i, e in enumerate(epilogue))
+            if all(v is not None or e.operand is None for v, e in zip(views, epilogue)):
+                fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
+                dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
+                                           _fast_plan(kernel, p.m, p.n, d3.dtype, views))
     return d3.reshape(p.result_shape) if out is None else out
 
 
@@ -534,11 +609,10 @@ def _post_operand(op: PostOp, path: tuple, p: _Problem) -> _Operand:
                             arg=format_path(path))
         if v.size and v.strides[0] != v.itemsize:
             v = np.ascontiguousarray(v)
+        # a reshape of the contiguous vector: the batch of 1 has any stride (as_strided cost 12 us)
         if along_n:
-            x3 = np.lib.stride_tricks.as_strided(v, (1, 1, n), (0, max(1, n) * v.itemsize, v.itemsize))
-            return _Operand(x3, vdt, _Layout(False, max(1, n), 0), 1, n)
-        x3 = np.lib.stride_tricks.as_strided(v, (1, m, 1), (0, v.itemsize, v.itemsize))
-        return _Operand(x3, vdt, _Layout(False, 1, 0), m, 1)
+            return _Operand(v.reshape(1, 1, n), vdt, _Layout(False, max(1, n), 0), 1, n)
+        return _Operand(v.reshape(1, m, 1), vdt, _Layout(False, 1, 0), m, 1)
     try:  # add(E): broadcast to the result, flatten the batch
         eb = np.broadcast_to(v, p.full_shape)
     except ValueError:

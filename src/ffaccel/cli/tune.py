@@ -1,0 +1,38 @@
+"""``ffaccel tune``: measure the cpu driver's kernel crossovers on this machine and cache them.
+
+See :mod:`ffaccel.drivers.cpu_tune` and docs/kernels.md ("The kernel table").
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _tune(args: argparse.Namespace, console: Any) -> int:
+    from ..drivers import cpu as cpu_mod
+    from ..drivers import cpu_tune
+
+    console.print(f"measuring on {cpu_tune.machine_key()['cpu']} (about {args.seconds:g} s) ...")
+    cross, timings = cpu_tune.tune(budget_s=args.seconds, log=console.print if args.verbose else None)
+    if args.dry_run:
+        console.print("not saved (--dry-run)")
+    else:
+        path = cpu_tune.save_crossovers(cross, timings)
+        console.print(f"saved: {path}", soft_wrap=True)  # one line: a path to copy
+        cpu_mod._resolved.cache_clear()
+    for name, value in cross.to_json().items():
+        console.print(f"{name}: {value}", soft_wrap=True)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``ffaccel tune`` to the command's subparsers."""
+    p = sub.add_parser("tune", help="measure where the cpu driver's kernels cross over on this machine; cache it")
+    p.add_argument("--seconds", type=float, default=6.0, help="time budget of the measurements (default 6)")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, do not write the cache")
+    p.add_argument("--verbose", action="store_true", help="print every timing")
+    p.set_defaults(func=_tune)
+
+
+__all__ = ["add_parser"]
