@@ -353,3 +353,11 @@ def test_tune_measures_and_caches_this_machines_crossovers(capsys: pytest.Captur
         assert cpu_mod.CpuDriver().kernel_table().crossovers.source == str(saved[0])
     finally:
         cpu_mod._resolved.cache_clear()  # later tests read the defaults again
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0", "1e300"])
+def test_tune_refuses_a_budget_that_is_no_number_of_seconds(seconds: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """nan or inf would measure forever: one line, the usage status, nothing measured."""
+    assert main(["tune", "--dry-run", "--seconds", seconds]) == Exit.USAGE
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--seconds" in line and "[0.01, 600]" in line

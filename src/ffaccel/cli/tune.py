@@ -8,10 +8,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .errors import CommandError, Exit
+
+
+#: The measurement budget a user may ask for, in seconds (the default is 6).
+SECONDS_ALLOWED = (0.01, 600.0)
+
 
 def _tune(args: argparse.Namespace, console: Any) -> int:
     from ..drivers import cpu as cpu_mod
     from ..drivers import cpu_tune
+
+    low, high = SECONDS_ALLOWED
+    if not low <= args.seconds <= high:  # also refuses nan and inf: a budget that never ends
+        raise CommandError(Exit.USAGE, f"--seconds {args.seconds}: allowed a number of seconds in [{low:g}, {high:g}]")
 
     console.print(f"measuring on {cpu_tune.machine_key()['cpu']} (about {args.seconds:g} s) ...")
     cross, timings = cpu_tune.tune(budget_s=args.seconds, log=console.print if args.verbose else None)
