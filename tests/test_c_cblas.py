@@ -10,6 +10,7 @@ cases NaN in A and B (the reference BLAS never reads them); padding of A and B i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -258,18 +259,35 @@ def test_illegal_arguments_get_the_reference_message_and_write_nothing(server, t
     ("unix:{tmp}/nobody.sock", "DEVICE_LOST device: no server answers at {tmp}/nobody.sock"),
     ("cpu", "INVALID_PARAMETER device: device name cpu: the C client reaches a device through its server"),
 ])
-def test_no_server_is_reported_like_xerbla_and_c_is_untouched(tmp_path: Path, device: str, why: str) -> None:
-    cases = [make_case(SGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.5, 1, np.random.default_rng(0)),
-             make_case(DGEMM_F77, COL, NOTRANS, TRANS, 2, 2, 2, 1.0, 0.0, 0, np.random.default_rng(1))]
+def test_no_server_runs_every_case_on_the_host_blas_and_says_so_once(tmp_path: Path, device: str, why: str) -> None:
+    """A device failure never leaves a wrong C: every case (CBLAS and Fortran names, every layout,
+    transpose and corner) gets the right answer from the host BLAS, and one line says so."""
+    cases = all_cases()
     dev = device.format(tmp=tmp_path)
     got, err = run_cases(cases, tmp_path, dev)
+    check_results(cases, got)
     lines = err.splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith(f"cblas_sgemm: the ffaccel device {dev} refused or failed the call: "
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"ffaccel cblas: cblas_sgemm: the ffaccel device {dev} refused or failed the call: "
                                + why.format(tmp=tmp_path))
-    assert lines[1].startswith("dgemm: ")
-    for c, g in zip(cases, got):
-        assert g.tobytes() == c.c.tobytes()
+    assert "this call runs on the host BLAS" in lines[0]
+
+
+def test_strict_mode_stops_the_program_at_a_device_failure(tmp_path: Path) -> None:
+    case = make_case(DGEMM_F77, COL, NOTRANS, TRANS, 2, 2, 2, 1.0, 0.0, 0, np.random.default_rng(1))
+    _, err = run_cases([case], tmp_path, f"unix:{tmp_path}/nobody.sock", env_extra={"FFACCEL_BLAS_STRICT": "1"},
+                       returncode=-signal.SIGABRT)
+    assert err.startswith("ffaccel cblas: dgemm: the ffaccel device") and "DEVICE_LOST" in err
+    assert "FFACCEL_BLAS_STRICT is set, so the program stops here" in err
+
+
+def test_no_host_blas_to_fall_back_on_stops_the_program(tmp_path: Path) -> None:
+    """Without a host BLAS there is no right answer to give: the program stops, saying why."""
+    case = make_case(SGEMM, ROW, NOTRANS, NOTRANS, 2, 2, 2, 1.0, 0.0, 0, np.random.default_rng(1))
+    missing = tmp_path / "no-such-libblas.so.3"
+    _, err = run_cases([case], tmp_path, f"unix:{tmp_path}/nobody.sock",
+                       env_extra={"FFACCEL_HOST_BLAS": str(missing)}, returncode=-signal.SIGABRT)
+    assert err.startswith(f"ffaccel cblas: FFACCEL_HOST_BLAS={missing}: "), err
 
 
 def test_default_socket_folder_open_to_others_is_refused(tmp_path: Path) -> None:
@@ -279,12 +297,14 @@ def test_default_socket_folder_open_to_others_is_refused(tmp_path: Path) -> None
     case = make_case(SGEMM, ROW, NOTRANS, NOTRANS, 2, 2, 2, 1.0, 0.0, 0, np.random.default_rng(2))
     got, err = run_cases([case], tmp_path, None, env_extra={"XDG_RUNTIME_DIR": str(tmp_path)})
     assert f"DEVICE_LOST device: refusing the socket folder {folder}: owner uid {os.getuid()}, mode 755" in err
-    assert got[0].tobytes() == case.c.tobytes()
+    assert len(err.splitlines()) == 1 and "runs on the host BLAS" in err
+    check_results([case], got)  # refused, so computed on the host: right all the same
 
 
 def test_a_lost_server_is_reported_and_a_new_one_is_used(tmp_path: Path) -> None:
-    """The server dies between two calls: the next call reports DEVICE_LOST and leaves C alone; the
-    one after a restart reconnects. Nothing waits on a dead server (a timer ends the program)."""
+    """The server dies between two calls: the next call reports DEVICE_LOST and runs on the host
+    BLAS (right answer); the one after a restart reconnects and runs on the new server. Nothing
+    waits on a dead server (a timer ends the program)."""
     exe = program("cblas_lines", "ffaccel_cblas")
     folder = tmp_path / "srv"
     folder.mkdir()
@@ -304,9 +324,11 @@ def test_a_lost_server_is_reported_and_a_new_one_is_used(tmp_path: Path) -> None
     try:
         assert call() == "C 4 5 10 11"
         srv.stop()
-        assert call() == "C 9 9 9 9"
+        assert call() == "C 4 5 10 11"  # on the host
         srv = ServerProcess(folder)
+        before = srv.submissions()
         assert call() == "C 4 5 10 11"
+        assert srv.submissions() - before == 1  # on the new server, not the host
         _, err = proc.communicate("", timeout=TIMEOUT_S)
     finally:
         guard.cancel()
@@ -315,3 +337,4 @@ def test_a_lost_server_is_reported_and_a_new_one_is_used(tmp_path: Path) -> None
     assert proc.returncode == 0
     lines = err.splitlines()
     assert len(lines) == 1 and "cblas_sgemm: the ffaccel device" in lines[0] and "DEVICE_LOST" in lines[0]
+    assert "runs on the host BLAS" in lines[0]

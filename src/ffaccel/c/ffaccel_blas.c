@@ -44,52 +44,10 @@ static const int calibration_sizes[] = {16, 32, 64, 128, 256, 512, 1024};
 #define CALIBRATION_MAX_HOST_S 0.05
 #define CALIBRATION_FORMAT "ffaccel-blas-calibration-v1"
 
-/*
- * Where the host BLAS is looked for, in order, after FFACCEL_HOST_BLAS: first in the folder of
- * the C library (the multiarch folder on Debian: /lib/x86_64-linux-gnu), then by soname. The
- * system's libblas.so.3 comes first (on Debian, the alternative the administrator chose); when
- * that is this very library (installed as the alternative), the next one found is used.
- */
-static const char *const host_candidates[] = {
-	"libblas.so.3",
-	"libopenblas.so.0",
-	"openblas-pthread/libblas.so.3",
-	"openblas-openmp/libblas.so.3",
-	"openblas-serial/libblas.so.3",
-	"blis-pthread/libblas.so.3",
-	"blis-openmp/libblas.so.3",
-	"blis-serial/libblas.so.3",
-	"atlas/libblas.so.3",
-	"blas/libblas.so.3",
-};
-
 /* Nonzero while this thread runs the host BLAS on this library's behalf: a host routine that
  * calls a BLAS routine by its exported name (netlib's cblas_sgemm calls sgemm_) reaches us again,
  * and must go straight to the host, never to the device a second time. */
 static __thread int in_host;
-
-static void fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void fatal(const char *fmt, ...)
-{
-	va_list ap;
-	fputs("ffaccel blas: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	abort();
-}
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-	fputs("ffaccel blas: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 /* The handlers (below) the GEMMs report illegal arguments through. */
 FFB_EXPORT void xerbla_(const char *srname, const int *info, size_t srname_len);
@@ -104,95 +62,15 @@ static double now_s(void)
 /* ---------------------------------------------------------------------------------------------- */
 /* The host BLAS                                                                                    */
 
-static pthread_once_t host_once = PTHREAD_ONCE_INIT;
-static void *host_handle;
-static char host_path[PATH_MAX];
+const char ffa_library_tag[] = "ffaccel blas";
 static void *host_symbols[FFB_HOST_COUNT];
-
-/* Nonzero when addr lies in this library (a "host" that is ourselves would call itself forever). */
-static int in_this_library(const void *addr)
-{
-	Dl_info there, here;
-	if (!dladdr(addr, &there) || !dladdr((const void *)&in_this_library, &here))
-		return 0;
-	return there.dli_fbase == here.dli_fbase;
-}
-
-/* A loaded BLAS that is not this library, or NULL (why: dlopen's reason, or "itself"). */
-static void *try_host(const char *name, char *why, size_t cap)
-{
-	void *h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-	void *probe;
-	if (!h) {
-		const char *e = dlerror();
-		snprintf(why, cap, "%s", e ? e : "cannot be loaded");
-		return NULL;
-	}
-	probe = dlsym(h, "dgemm_");
-	if (!probe || in_this_library(probe)) {
-		snprintf(why, cap, "%s", probe ? "is this library itself" : "has no dgemm_: not a BLAS");
-		dlclose(h);
-		return NULL;
-	}
-	return h;
-}
-
-static void load_host(void)
-{
-	const char *env = getenv("FFACCEL_HOST_BLAS");
-	char why[512], folder[PATH_MAX] = "", path[PATH_MAX];
-	Dl_info libc;
-	size_t i;
-	void *h;
-	if (env && *env) { /* what the user named, or nothing: no silent substitute */
-		h = try_host(env, why, sizeof(why));
-		if (!h)
-			fatal("FFACCEL_HOST_BLAS=%s: %s; allowed: the path or soname of another BLAS "
-			      "(e.g. /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3)", env, why);
-		snprintf(host_path, sizeof(host_path), "%s", env);
-		__atomic_store_n(&host_handle, h, __ATOMIC_RELEASE);
-		return;
-	}
-	if (dladdr((const void *)&fopen, &libc) && libc.dli_fname && strrchr(libc.dli_fname, '/')) {
-		snprintf(folder, sizeof(folder), "%s", libc.dli_fname);
-		*strrchr(folder, '/') = '\0';
-	}
-	for (int by_soname = 0; by_soname < 2; by_soname++) {
-		for (i = 0; i < sizeof(host_candidates) / sizeof(host_candidates[0]); i++) {
-			if (by_soname && strchr(host_candidates[i], '/'))
-				continue;
-			if (by_soname)
-				snprintf(path, sizeof(path), "%s", host_candidates[i]);
-			else if (*folder)
-				snprintf(path, sizeof(path), "%s/%s", folder, host_candidates[i]);
-			else
-				continue;
-			h = try_host(path, why, sizeof(why));
-			if (h) {
-				char *real = realpath(path, NULL);
-				snprintf(host_path, sizeof(host_path), "%s", real ? real : path);
-				free(real);
-				__atomic_store_n(&host_handle, h, __ATOMIC_RELEASE);
-				return;
-			}
-		}
-	}
-	fatal("no host BLAS found for the routines the device does not run (looked in %s for libblas.so.3, "
-	      "libopenblas.so.0, openblas-*/, blis-*/, atlas/ and blas/libblas.so.3); install one "
-	      "(apt-get install libopenblas0 or libblas3) or name it in FFACCEL_HOST_BLAS",
-	      *folder ? folder : "the C library's folder");
-}
 
 void *ffb_host_symbol(enum ffb_host_index index)
 {
 	void *p = __atomic_load_n(&host_symbols[index], __ATOMIC_ACQUIRE);
 	if (p)
 		return p;
-	pthread_once(&host_once, load_host);
-	p = dlsym(host_handle, ffb_host_names[index]);
-	if (!p || in_this_library(p))
-		fatal("the host BLAS %s has no %s (set FFACCEL_HOST_BLAS to a BLAS that has it)", host_path,
-		      ffb_host_names[index]);
+	p = ffa_host_blas_symbol(ffb_host_names[index]);
 	__atomic_store_n(&host_symbols[index], p, __ATOMIC_RELEASE);
 	return p;
 }
@@ -215,28 +93,20 @@ static const char *const dtype_names[DTYPES] = {"f32", "f64"};
 static pthread_once_t config_once = PTHREAD_ONCE_INIT;
 static int device_off;          /* FFACCEL_DEVICE=none: everything on the host */
 static int device_named;        /* FFACCEL_DEVICE set: its failures are always reported */
-static int strict;              /* FFACCEL_BLAS_STRICT=1: a device failure aborts */
 static int verbose;             /* FFACCEL_BLAS_VERBOSE=1: every routing decision on stderr */
 static double min_flops_env = -1; /* FFACCEL_BLAS_MIN_FLOPS, or -1 when unset */
-
-static int env_flag(const char *name)
-{
-	const char *v = getenv(name);
-	return v && *v && strcmp(v, "0") != 0;
-}
 
 static void read_config(void)
 {
 	const char *dev = getenv("FFACCEL_DEVICE"), *mf = getenv("FFACCEL_BLAS_MIN_FLOPS");
 	device_named = dev && *dev;
 	device_off = device_named && strcmp(dev, "none") == 0;
-	strict = env_flag("FFACCEL_BLAS_STRICT");
-	verbose = env_flag("FFACCEL_BLAS_VERBOSE");
+	verbose = ffa_env_flag("FFACCEL_BLAS_VERBOSE");
 	if (mf && *mf) {
 		char *end;
 		double v = strtod(mf, &end);
 		if (*end || !(v >= 0)) /* NaN and negatives fail this too */
-			say("FFACCEL_BLAS_MIN_FLOPS=%s ignored; allowed: a number >= 0 (FLOPs, 2*m*n*k per "
+			ffa_say("FFACCEL_BLAS_MIN_FLOPS=%s ignored; allowed: a number >= 0 (FLOPs, 2*m*n*k per "
 			    "GEMM) or inf; the threshold is measured instead", mf);
 		else
 			min_flops_env = v;
@@ -258,9 +128,7 @@ static void device_failed(const char *rout, int rc, const struct ffa_error_info 
 	char line[1024];
 	int first;
 	ffa_gemm_describe(line, sizeof(line), rout, rc, why);
-	if (strict)
-		fatal("%s; FFACCEL_BLAS_STRICT is set, so the program stops here instead of running it on the "
-		      "host BLAS", line);
+	ffa_device_failure_strict_check(line);
 	pthread_mutex_lock(&state_lock);
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
 		__atomic_store_n(&unsupported[dt], 1, __ATOMIC_RELAXED);
@@ -272,12 +140,12 @@ static void device_failed(const char *rout, int rc, const struct ffa_error_info 
 	if (!(first && (device_named || rc != FFA_ERR_DEVICE_LOST)) && !verbose)
 		return;
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
-		say("%s; %s GEMMs run on the host BLAS from now on", line, dtype_names[dt]);
+		ffa_say("%s; %s GEMMs run on the host BLAS from now on", line, dtype_names[dt]);
 	else if (rc == FFA_ERR_DEVICE_LOST || rc == FFA_ERR_TIMEOUT)
-		say("%s; this call and the next ones run on the host BLAS (said once until the device works "
+		ffa_say("%s; this call and the next ones run on the host BLAS (said once until the device works "
 		    "again)", line);
 	else
-		say("%s; this call runs on the host BLAS (said once until the device works again)", line);
+		ffa_say("%s; this call runs on the host BLAS (said once until the device works again)", line);
 }
 
 static void device_worked(void)
@@ -328,7 +196,7 @@ static int cache_key(char *out, size_t cap, int dt)
 	int n;
 	cpu_model(cpu, sizeof(cpu));
 	n = snprintf(out, cap, "%s\t%s\t%s\t%s\t%s", CALIBRATION_FORMAT, dtype_names[dt],
-		     dev && *dev ? dev : "(default socket)", host_path, cpu);
+		     dev && *dev ? dev : "(default socket)", ffa_host_blas_path(), cpu);
 	for (char *p = out; *p; p++)
 		if (*p == '\n')
 			*p = ' ';
@@ -370,7 +238,7 @@ static void cache_write(const char *key, double flops, const char *how)
 	n = snprintf(line, sizeof(line), "%s\t%.17g\t%s\n", key, flops, how); /* exact when read back */
 	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0 || n <= 0 || n >= (int)sizeof(line) || write(fd, line, (size_t)n) != n) /* one append: atomic */
-		say("cannot write the calibration cache %s: %s", path, strerror(errno));
+		ffa_say("cannot write the calibration cache %s: %s", path, strerror(errno));
 	if (fd >= 0)
 		close(fd);
 }
@@ -476,11 +344,11 @@ static double threshold(int dt, const char *rout)
 		pthread_mutex_unlock(&calibration_lock);
 		return threshold_flops[dt];
 	}
-	pthread_once(&host_once, load_host);
+	ffa_host_blas();
 	keyed = cache_key(key, sizeof(key), dt);
 	if (keyed && cache_read(key, &flops)) {
 		if (verbose)
-			say("%s GEMM threshold %g FLOPs, from the calibration cache", dtype_names[dt], flops);
+			ffa_say("%s GEMM threshold %g FLOPs, from the calibration cache", dtype_names[dt], flops);
 	} else {
 		rc = calibrate(dt, &flops, how, sizeof(how), &why);
 		if (rc) {
@@ -491,7 +359,7 @@ static double threshold(int dt, const char *rout)
 		if (keyed)
 			cache_write(key, flops, how);
 		if (verbose)
-			say("%s GEMM threshold %g FLOPs, measured: %s", dtype_names[dt], flops, how);
+			ffa_say("%s GEMM threshold %g FLOPs, measured: %s", dtype_names[dt], flops, how);
 	}
 	threshold_flops[dt] = flops;
 	__atomic_store_n(&threshold_known[dt], 1, __ATOMIC_RELEASE);
@@ -518,7 +386,7 @@ static int on_device(const char *rout, const struct ffa_gemm_args *g)
 	t = threshold(dt, rout);
 	if (t < 0 || flops < t) {
 		if (verbose)
-			say("%s %llux%llux%llu x%llu: host (%g FLOPs, threshold %g)", rout, (unsigned long long)g->m,
+			ffa_say("%s %llux%llux%llu x%llu: host (%g FLOPs, threshold %g)", rout, (unsigned long long)g->m,
 			    (unsigned long long)g->n, (unsigned long long)g->k, (unsigned long long)g->batch, flops, t);
 		return 0;
 	}
@@ -529,7 +397,7 @@ static int on_device(const char *rout, const struct ffa_gemm_args *g)
 	}
 	device_worked();
 	if (verbose)
-		say("%s %llux%llux%llu x%llu: device", rout, (unsigned long long)g->m, (unsigned long long)g->n,
+		ffa_say("%s %llux%llux%llu x%llu: device", rout, (unsigned long long)g->m, (unsigned long long)g->n,
 		    (unsigned long long)g->k, (unsigned long long)g->batch);
 	return 1;
 }
@@ -719,11 +587,11 @@ GEMM_BATCH(cblas_dgemm_batch, double, FFA_DTYPE_F64, cblas_dgemm)
  */
 FFB_EXPORT __attribute__((weak)) void xerbla_(const char *srname, const int *info, size_t srname_len)
 {
-	void *host = __atomic_load_n(&host_handle, __ATOMIC_ACQUIRE);
+	void *host = ffa_host_blas_loaded();
 	const int *from_cblas = host ? dlsym(host, "CBLAS_CallFromC") : NULL;
 	void *host_xerbla = from_cblas && *from_cblas ? dlsym(host, "xerbla_") : NULL;
 	size_t n = srname_len < 32 ? srname_len : 32; /* a C caller may pass no length: bounded */
-	if (host_xerbla && !in_this_library(host_xerbla)) {
+	if (host_xerbla && !ffa_in_this_library(host_xerbla)) {
 		((void (*)(const char *, const int *, size_t))host_xerbla)(srname, info, srname_len);
 		return;
 	}
@@ -749,9 +617,9 @@ static const struct {
 
 static int netlib_row_major_number(int p, const char *rout)
 {
-	void *host = __atomic_load_n(&host_handle, __ATOMIC_ACQUIRE);
+	void *host = ffa_host_blas_loaded();
 	const int *row_major = host ? dlsym(host, "RowMajorStrg") : NULL;
-	if (!row_major || !*row_major || in_this_library(row_major))
+	if (!row_major || !*row_major || ffa_in_this_library(row_major))
 		return p;
 	for (size_t i = 0; i < sizeof(netlib_row_major_swaps) / sizeof(netlib_row_major_swaps[0]); i++) {
 		if (!strstr(rout, netlib_row_major_swaps[i].name_part))

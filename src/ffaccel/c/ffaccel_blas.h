@@ -8,6 +8,7 @@
 
 #include "cblas.h"
 #include "ffaccel_gemm.h"
+#include "ffaccel_host_blas.h"
 
 #include <stddef.h>
 

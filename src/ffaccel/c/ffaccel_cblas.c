@@ -1,19 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * CBLAS GEMM (and the Fortran sgemm_/dgemm_) on an ffaccel device server, and nowhere else:
- * libffaccel_cblas.so, for programs that want their GEMMs on the device or not at all. The
- * drop-in BLAS that falls back to the host (libffaccel_blas.so) is ffaccel_blas.c.
+ * CBLAS GEMM (and the Fortran sgemm_/dgemm_) on an ffaccel device server: libffaccel_cblas.so,
+ * for programs that want their GEMMs on the device, every one of them whatever its size. The
+ * drop-in BLAS that exports the whole BLAS and sends small GEMMs to the host (libffaccel_blas.so)
+ * is ffaccel_blas.c.
  *
  * The device is the one FFACCEL_DEVICE names (unix:PATH[?transport=socket|ring]), else the
  * default socket of `ffaccel serve`; the library connects on the first call and again after
  * the server is lost (ffaccel_gemm.c). M == 0, N == 0, or (alpha == 0 or K == 0) with
  * beta == 1 return at once. Illegal arguments are reported with the reference parameter
- * numbers through cblas_xerbla (CBLAS names) or the Fortran XERBLA message (sgemm_, dgemm_);
- * a device error is reported the same way (parameter 0). Either way the call returns with C
- * untouched instead of ending the program.
+ * numbers through cblas_xerbla (CBLAS names) or the Fortran XERBLA message (sgemm_, dgemm_),
+ * and the call returns with C untouched, as the reference BLAS does.
+ *
+ * A device failure never leaves a wrong C (a BLAS caller has no status to check): the call runs
+ * on the host BLAS instead, found as the drop-in finds it (FFACCEL_HOST_BLAS, else the system's;
+ * ffaccel_host_blas.c), and one line on stderr says so, once until the device works again; with
+ * no host BLAS, or with FFACCEL_BLAS_STRICT=1, the program aborts with the reason.
  */
 #define _GNU_SOURCE
-#include "ffaccel_gemm.h"
+#include "ffaccel_host_blas.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,15 +32,32 @@ __attribute__((weak)) void cblas_xerbla(CBLAS_INT p, const char *rout, const cha
 	va_end(ap);
 }
 
+const char ffa_library_tag[] = "ffaccel cblas";
+
+/* The current device failure was said (cleared when a call works again: the next outage is said too). */
+static int outage_reported;
+
+/* g on the device; when the device fails, on the host BLAS (or the program stops: strict mode). */
 static void run(const char *rout, const struct ffa_gemm_args *g)
 {
 	struct ffa_error_info why;
-	int rc = ffa_gemm_device(g, &why);
-	if (rc) {
-		char line[1024];
-		ffa_gemm_describe(line, sizeof(line), rout, rc, &why);
-		cblas_xerbla(0, rout, "%s\n", line);
+	char line[1024];
+	int rc;
+	if (ffa_gemm_quick_return(g)) /* nothing to do: says nothing about the device */
+		return;
+	rc = ffa_gemm_device(g, &why);
+	if (!rc) {
+		if (__atomic_load_n(&outage_reported, __ATOMIC_RELAXED))
+			__atomic_store_n(&outage_reported, 0, __ATOMIC_RELAXED);
+		return;
 	}
+	ffa_gemm_describe(line, sizeof(line), rout, rc, &why);
+	ffa_device_failure_strict_check(line);
+	ffa_host_blas(); /* found (or the program stops) before the line says it runs there */
+	if (!__atomic_exchange_n(&outage_reported, 1, __ATOMIC_RELAXED))
+		ffa_say("%s; this call runs on the host BLAS %s (said once until the device works again)", line,
+			ffa_host_blas_path());
+	ffa_gemm_host(g);
 }
 
 static void cblas_gemm(const char *rout, uint32_t dtype, size_t elem, CBLAS_LAYOUT layout, CBLAS_TRANSPOSE TransA,

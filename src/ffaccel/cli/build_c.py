@@ -31,8 +31,9 @@ UAPI_HEADER = "ffaccel_uapi.h"
 BLAS_SONAME = "libblas.so.3"
 #: Sources of each library (in the package's ``c`` folder; generated ones are written beside them).
 CLIENT_SOURCES = ("ffaccel_client.c",)
-CBLAS_SOURCES = ("ffaccel_cblas.c", "ffaccel_gemm.c")
-BLAS_SOURCES = ("ffaccel_blas.c", "ffaccel_gemm.c", "ffaccel_client.c", "ffaccel_blas_forward.c")
+CBLAS_SOURCES = ("ffaccel_cblas.c", "ffaccel_gemm.c", "ffaccel_host_blas.c")
+BLAS_SOURCES = ("ffaccel_blas.c", "ffaccel_gemm.c", "ffaccel_host_blas.c", "ffaccel_client.c",
+                "ffaccel_blas_forward.c")
 #: Compiler candidates, after ``$CC``.
 COMPILERS = ("cc", "gcc", "clang")
 #: No -Werror for users: a newer compiler's new warning must not break their build (the tests add it).
@@ -132,7 +133,7 @@ def build_c(out: str | os.PathLike[str], cc: str | None = None, werror: bool = F
             shutil.copyfile(src / h, inc / h)
         _compile(compiler, [*flags, "-shared", *(str(src / f) for f in CLIENT_SOURCES), "-o", str(result.libffaccel)])
         _compile(compiler, [*flags, "-shared", *(str(src / f) for f in CBLAS_SOURCES), f"-L{lib}", "-lffaccel",
-                            "-lpthread", "-Wl,-rpath,$ORIGIN", "-o", str(result.libcblas)])
+                            "-ldl", "-lpthread", "-Wl,-rpath,$ORIGIN", "-o", str(result.libcblas)])
         # self-contained (the client is inside, hidden): it must load from wherever libblas.so.3 points
         _compile(compiler, [*flags, "-shared", "-fvisibility=hidden", *(str(src / f) for f in BLAS_SOURCES),
                             f"-Wl,-soname,{BLAS_SONAME}", "-ldl", "-lpthread", "-lm", "-o", str(result.libblas)])
