@@ -32,11 +32,13 @@ def _debian() -> None:
     debian_blas()
 
 
-def run_numpy(tmp: Path, device: str, returncode: int = 0, **env_extra: str) -> tuple[dict[str, np.ndarray], str]:
-    """Debian's python3 on numpy_blas.py with the drop-in preloaded; (its saved arrays, its stderr)."""
+def run_numpy(tmp: Path, device: str, returncode: int = 0, preload: Path | None = None,
+              **env_extra: str) -> tuple[dict[str, np.ndarray], str]:
+    """Debian's python3 on numpy_blas.py with preload (default: the drop-in) preloaded; (its saved
+    arrays, its stderr)."""
     out = tmp / "numpy.npz"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FFACCEL_", "PYTHON", "VIRTUAL_ENV"))}
-    env.update(LD_PRELOAD=str(libraries().libblas), FFACCEL_DEVICE=device, **env_extra)
+    env.update(LD_PRELOAD=str(preload or libraries().libblas), FFACCEL_DEVICE=device, **env_extra)
     proc = subprocess.run([SYSTEM_PYTHON, str(SCRIPT), str(out)], env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)
     assert proc.returncode == returncode, proc.stderr
@@ -88,6 +90,27 @@ def test_numpy_in_strict_mode_stops_when_the_server_is_gone(tmp_path: Path) -> N
     _, err = run_numpy(tmp_path, f"unix:{tmp_path}/stopped.sock", returncode=-signal.SIGABRT,
                        FFACCEL_BLAS_MIN_FLOPS="0", FFACCEL_BLAS_STRICT="1")
     assert "FFACCEL_BLAS_STRICT is set" in err
+
+
+def test_numpy_under_the_device_only_cblas_with_the_server_stopped_is_right(tmp_path: Path) -> None:
+    """libffaccel_cblas.so (GEMMs on the device, whatever their size) preloaded into Debian's NumPy
+    with no server: the GEMMs it takes run on the host BLAS instead, the answers are right (never
+    the NaN garbage of an untouched output), and one line says so."""
+    dev = f"unix:{tmp_path}/stopped.sock"
+    res, err = run_numpy(tmp_path, dev, preload=libraries().libcblas)
+    check_numpy(res)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ffaccel cblas: ") and "DEVICE_LOST" in lines[0], err
+    assert "runs on the host BLAS" in lines[0]
+
+
+def test_numpy_under_the_device_only_cblas_runs_on_the_server(server: ServerProcess, tmp_path: Path) -> None:
+    before = ffaccel_stats(f"unix:{server.path}")
+    res, err = run_numpy(tmp_path, f"unix:{server.path}", preload=libraries().libcblas)
+    check_numpy(res)
+    assert err == ""
+    after = ffaccel_stats(f"unix:{server.path}")
+    assert after["gemm_commands"] - before["gemm_commands"] >= 2
 
 
 @pytest.mark.parametrize("serving", [True, False], ids=["server", "stopped"])
