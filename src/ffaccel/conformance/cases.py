@@ -8,7 +8,7 @@ chains of them, and in-place D == C; the BLAS corner cases are named explicitly.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..abi import DeviceCaps
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, DType, GemmCombo, PostOpKind
@@ -197,7 +197,36 @@ def gemm_cases(caps: DeviceCaps, level: str = "quick") -> list[GemmCase]:
         cases.extend(_layout_cases(combo, seq, level))
         cases.extend(_size_cases(combo, seq, level))
         cases.extend(_param_cases(combo, seq, level))
-    return cases
+    return declared_only(cases, caps)
+
+
+def declared_epilogue(epilogue: tuple[PostOpCase, ...], caps: DeviceCaps) -> tuple[PostOpCase, ...]:
+    """The post-ops of ``epilogue`` that ``caps`` declares, in order, at most the declared count."""
+    kept = tuple(p for p in epilogue if p.kind in caps.post_ops)
+    return kept[:caps.limits.max_epilogue_ops]
+
+
+def declared_only(cases: list[GemmCase], caps: DeviceCaps) -> list[GemmCase]:
+    """The cases a device declaring ``caps`` must run: each epilogue narrowed to the declared
+    post-ops (a chain keeps what the device has, in its order), a case whose whole epilogue was
+    undeclared dropped (its GEMM without one is run elsewhere), and every case within the declared
+    limits. What is not declared is checked as refused (``engines.check_info``), never run."""
+    lim = caps.limits
+    out: list[GemmCase] = []
+    seen: set[str] = set()
+    for c in cases:
+        if max(c.m, c.n, c.k) > lim.max_dim or c.batch > lim.max_batch:
+            continue
+        epi = declared_epilogue(c.epilogue, caps)
+        if epi != c.epilogue:
+            if not epi:
+                continue
+            c = replace(c, epilogue=epi)
+            if c.name in seen:  # two chains narrowed to the same one: run it once
+                continue
+        seen.add(c.name)
+        out.append(c)
+    return out
 
 
 def _square_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:

@@ -27,7 +27,7 @@ from ..frontends.numpy_api import matmul
 from ..runtime import Buffer, Device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, GemmCombo, PostOpKind
 from ..transports import InprocTransport
-from .cases import INT_SCALARS, FLOAT_SCALARS, GemmCase, PostOpCase
+from .cases import INT_SCALARS, FLOAT_SCALARS, GemmCase, PostOpCase, declared_epilogue
 from .runner import CaseResult, build_gemm, judge_gemm, tie_base
 
 EntryCheck = Callable[[Device], list[CaseResult]]
@@ -46,11 +46,12 @@ def _combos(dev: Device) -> list[GemmCombo]:
     return [c for c in GEMM_COMBOS if c in caps.combos]
 
 
-def _hook_cases(combo: GemmCombo) -> list[GemmCase]:
-    """A few geometries per combination: what bindings, fresh kernels and epilogues each take."""
+def _hook_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
+    """A few geometries per combination: what bindings, fresh kernels and epilogues each take
+    (the epilogue narrowed to the post-ops the device declares)."""
     sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
     exact = "random" if combo.is_int else "exact"
-    relu_bias = (PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.RELU))
+    relu_bias = declared_epilogue((PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.RELU)), caps)
     return [
         GemmCase("entry", combo, 6, 5, 7, 1, False, False, sc[1], sc[0], "absent", fill=exact, seed=101,
                  exact=not combo.is_int),
@@ -101,9 +102,10 @@ def _replayed(case: GemmCase) -> Callable[[Device], CaseResult]:
 def check_replayed(dev: Device) -> list[CaseResult]:
     """A recorded command list replayed after its inputs changed computes with the new values;
     replayed after one of its buffers was freed, it is refused (BAD_HANDLE) and runs nothing."""
-    out = [_replayed(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo)[:2]]
+    caps = dev.info().caps
+    out = [_replayed(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo, caps)[:2]]
     combo = _combos(dev)[0]
-    g, inputs, d_buf = build_gemm(dev, _hook_cases(combo)[0])
+    g, inputs, d_buf = build_gemm(dev, _hook_cases(combo, caps)[0])
     name = f"entry:replayed {combo.name}: replay after a FREE of A is refused"
     try:
         cl = dev.record([g])
@@ -131,7 +133,8 @@ def check_replayed(dev: Device) -> list[CaseResult]:
 def check_resubmitted(dev: Device) -> list[CaseResult]:
     """The same command bytes submitted again after the inputs changed: the transport's
     cached binding (or the driver's ``bind_gemm``) must read the new values."""
-    return [_resubmitted(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo)]
+    caps = dev.info().caps
+    return [_resubmitted(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo, caps)]
 
 
 # -- driver hooks (in-process devices with host memory) ----------------------------------------
@@ -244,8 +247,9 @@ def check_driver_hooks(dev: Device) -> list[CaseResult]:
     if drv is None or not drv.host_visible:
         return []
     out = []
+    caps = dev.info().caps
     for combo in _combos(dev):
-        for case in _hook_cases(combo):
+        for case in _hook_cases(combo, caps):
             for hook in ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh"):
                 try:
                     r = _judge_hook(dev, drv, case, hook)
@@ -347,6 +351,8 @@ def check_frontends(dev: Device) -> list[CaseResult]:
                       [post.scale(0.5), post.add(resid), post.clamp(-tie - 9, tie + 6)],
                       [post.add(resid), post.bias(bias_m, axis="m"), post.scale(-2.0)]]
             alpha, beta = -1.5, 2.0
+        caps = dev.info().caps
+        chains = [c for c in ([p for p in chain if p.kind in caps.post_ops] for chain in chains) if c]
         for i, chain in enumerate(chains):
             out.append(_compare(dev, f"matmul post_ops chain {i}", combo,
                                 lambda d, chain=chain: matmul(a, b, post_ops=chain, device=d, **kw)))

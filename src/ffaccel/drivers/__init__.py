@@ -20,6 +20,7 @@ _BUILTIN = {
     "cpu": "ffaccel.drivers.cpu:CpuDriver",
     "dask": "ffaccel.drivers.dask:DaskDriver",  # listed where dask.distributed is installed
     "torch": "ffaccel.drivers.torch:TorchDriver",  # listed only where torch is installed
+    "restricted": "ffaccel.drivers.partial:RestrictedByName",  # any driver narrowed to part of the op set
 }
 #: Built-in drivers that need an optional package: listed only where it is installed
 #: (looked up without importing it, so ``ffaccel.devices()`` never imports torch).
@@ -71,5 +72,13 @@ def open_driver(name: str) -> Driver:
         raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
 
 
+def restricted(inner, **fields):  # type: ignore[no-untyped-def] - documented in drivers/partial.py
+    """Any driver (or device name) declaring only part of the op set: see
+    :func:`ffaccel.drivers.partial.restricted` and docs/conformance.md ("Partial devices")."""
+    from .partial import restricted as narrow
+
+    return narrow(inner, **fields)
+
+
 __all__ = ["BoundGemm", "Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets",
-           "load_driver_class", "open_driver"]
+           "load_driver_class", "open_driver", "restricted"]

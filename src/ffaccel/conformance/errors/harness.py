@@ -20,9 +20,9 @@ import numpy as np
 from ...abi import COPY, GEMM, Copy, DeviceCaps, Gemm, Layout, Matrix, encode_submission
 from ...drivers.ref import RefDriver
 from ...runtime import Buffer, Device, Fence, open_device
-from ...spec import RULES, Engine, ErrorCode, FFAccelError, Limits
+from ...spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, RULES, DType, Engine, ErrorCode, FFAccelError, Limits
 from ...transports import InprocTransport
-from ..engines import _with_watchdog
+from ..engines import _with_watchdog, preferred_combo
 from ..runner import CaseResult
 
 #: Opens a new device (a new client, with a handle table and timelines of its own) per call.
@@ -79,6 +79,13 @@ class Env:
         #: True once the case used something only the ref driver can give (see Case.portable).
         self.used_nonportable = False
         self.dev = self.open_other()
+        caps = self.dev.info().caps
+        combo = preferred_combo(caps) or GEMM_COMBOS[1]
+        #: the GEMM a case starts from, where it names no dtype: one the device declares (f32 first)
+        self.gemm_dtypes = (DTYPES[combo.a].numpy, DTYPES[combo.d].numpy)
+        same = [s for s, d in COPY_CONVERSIONS if s == d and (s, d) in caps.copies]
+        #: the dtype of a COPY that converts nothing, where a case names none: one the device declares
+        self.copy_dtype = DTYPES[DType.F32 if DType.F32 in same or not same else same[0]].numpy
 
     def open_other(self) -> Device:
         """Another client of the device under test."""
@@ -149,9 +156,11 @@ class ValidGemm:
     ``pad`` extra elements follow each matrix in its buffer (0: buffers sized exactly).
     """
 
-    def __init__(self, env: Env, dt: Any = np.float32, d_dt: Any = None, *, m: int = M, n: int = N, k: int = K,
+    def __init__(self, env: Env, dt: Any = None, d_dt: Any = None, *, m: int = M, n: int = N, k: int = K,
                  batch: int = 1, dev: Device | None = None, pad: int = 0) -> None:
         self.env, self.dev = env, dev or env.dev
+        if dt is None:  # the device's own combination (a partial device has no f32)
+            dt, d_dt = env.gemm_dtypes if self.dev is env.dev else (np.float32, d_dt)
         self.dt = np.dtype(dt)
         self.is_int = self.dt in (np.dtype(np.int8), np.dtype(np.uint8))
         self.d_dt = np.dtype(d_dt) if d_dt is not None else (np.dtype(np.int32) if self.is_int else self.dt)
@@ -266,7 +275,7 @@ class Catalogue:
         self.by_rule[rule].append(c.id)
 
     def gemm_patch_case(self, rule: str, param: str, seen: str, detail: str, patches: dict[str, int],
-                        dt: Any = np.float32, **gemm_kw: Any) -> None:
+                        dt: Any = None, **gemm_kw: Any) -> None:
         """A case: the standard GEMM, encoded, with ``patches`` applied to the defective twin."""
         def build(env: Env, bad: bool) -> Callable[[], Any]:
             s = ValidGemm(env, dt)
@@ -274,11 +283,13 @@ class Catalogue:
         self.case(rule, param, seen, detail, build)
 
     def copy_patch_case(self, rule: str, param: str, seen: str, detail: str, patches: dict[str, int]) -> None:
-        """A case: the standard COPY (C to D), encoded, with ``patches`` applied to the defective twin."""
+        """A case: the standard COPY (an M x N matrix to another, in a dtype the device copies),
+        encoded, with ``patches`` applied to the defective twin."""
         def build(env: Env, bad: bool) -> Callable[[], Any]:
-            s = ValidGemm(env)
-            cmd = Copy(src=s.c, dst=s.d)
-            return s.submit_raw(encode_submission([patch_cmd(cmd, patches if bad else None)], Engine.COPY))
+            dt = env.copy_dtype
+            cmd = Copy(src=env.filled(dt, M * N).matrix(dt, M, N), dst=env.filled(dt, M * N).matrix(dt, M, N))
+            raw = encode_submission([patch_cmd(cmd, patches if bad else None)], Engine.COPY)
+            return lambda: env.dev.submit_raw(raw)
         self.case(rule, param, seen, detail, build)
 
 
