@@ -197,14 +197,13 @@ def check_timelines(dev: Device) -> CaseResult:
     return _result("fences", name, ok, "" if ok else f"values {values}")
 
 
-def check_wait_timeout(dev: Device) -> CaseResult:
-    name = "a wait on a fence that cannot signal ends with TIMEOUT, relative and absolute deadlines"
-    last = dev.submit([])
-    never = Fence(dev, last.engine, last.value + 1000)
+def _timeout_problem(never: Fence) -> str:
+    """What is wrong with waiting on a fence that cannot signal ("" when both waits, relative and
+    absolute, end with TIMEOUT); each wait runs on a watchdog thread."""
     for kw in ({"timeout_ns": 20_000_000}, {"deadline_ns": time.monotonic_ns() - 1}):
         box: list[FFAccelError] = []
 
-        def wait(kw: dict = kw) -> None:
+        def wait(kw: dict = kw, box: list = box) -> None:
             try:
                 never.wait(**kw)
             except FFAccelError as e:
@@ -212,10 +211,61 @@ def check_wait_timeout(dev: Device) -> CaseResult:
 
         err = _with_watchdog(wait)
         if err is not None:
-            return _result("fences", name, False, f"wait({kw}) -> {err!r}")
+            return f"wait({kw}) -> {err!r}"
         if not box or box[0].code != ErrorCode.TIMEOUT:
-            return _result("fences", name, False, f"wait({kw}) returned without TIMEOUT")
-    return _result("fences", name, True)
+            return f"wait({kw}) returned without TIMEOUT"
+    return ""
+
+
+def check_wait_timeout(dev: Device) -> CaseResult:
+    name = "a wait on a fence that cannot signal ends with TIMEOUT, relative and absolute deadlines"
+    last = dev.submit([])
+    problem = _timeout_problem(Fence(dev, last.engine, last.value + 1000))
+    return _result("fences", name, not problem, problem)
+
+
+def check_fences_per_engine(dev: Device) -> list[CaseResult]:
+    """Every fence check on every declared engine, against that engine's own timeline while the
+    other engine's timeline has moved on past it: values grow by one per submission; a fence of
+    finished work has signalled and its wait returns; a fence past the engine's timeline has not
+    signalled (though the other engine is past that value) and its waits, relative and
+    absolute, end with TIMEOUT; a submission on one engine waiting on the other's fence runs."""
+    caps = dev.info().caps
+    out = []
+    for engine in sorted(caps.engines):
+        others = [e for e in sorted(caps.engines) if e != engine]
+        name = f"fences:per-engine {engine.name.lower()}" + (
+            f" (with {', '.join(e.name.lower() for e in others)} moved on)" if others else "")
+        problems: list[str] = []
+        first = dev.submit([], engine=engine)
+        for other in others:  # the other timelines run well ahead of this one
+            for _ in range(first.value + 3):
+                dev.submit([], engine=other)
+        values = [dev.submit([], engine=engine).value for _ in range(3)]
+        if values != [first.value + 1, first.value + 2, first.value + 3]:
+            problems.append(f"{engine.name.lower()} gave values {[first.value] + values} (one per submission)")
+        last = Fence(dev, engine, values[-1])
+        ahead = Fence(dev, engine, values[-1] + 1)
+        if not last.signalled:
+            problems.append("a fence of finished work has not signalled")
+        if ahead.signalled:
+            problems.append(f"a fence past the timeline ({engine.name.lower()}:{ahead.value}) has signalled")
+        err = _with_watchdog(lambda: last.wait(timeout_ns=10**10))
+        if err is not None:
+            problems.append(f"waiting on a finished fence raised {err!r}")
+        problem = _timeout_problem(ahead)
+        if problem:
+            problems.append(f"on a fence past the timeline: {problem}")
+        for other in others:  # a submission on another engine ordered after this engine's fence
+            try:
+                dev.submit([], engine=other, wait=[last]).wait(timeout_ns=10**10)
+            except FFAccelError as e:
+                problems.append(f"a submission on {other.name.lower()} waiting on {engine.name.lower()}:"
+                                f"{last.value} was refused: {e}")
+        out.append(CaseResult("ENGINE", "fences:per-engine", "-", name, not problems, message="; ".join(problems),
+                              expected="" if not problems else "each fence judged on its own engine's timeline",
+                              got="; ".join(problems)))
+    return out
 
 
 def check_new_buffers_are_zero(dev: Device) -> CaseResult:
@@ -323,4 +373,4 @@ def engine_checks(dev: Device) -> list[CaseResult]:
     return results
 
 
-__all__ = ["check_info", "check_new_buffers_are_zero", "engine_checks"]
+__all__ = ["check_fences_per_engine", "check_info", "check_new_buffers_are_zero", "engine_checks"]

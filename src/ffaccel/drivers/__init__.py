@@ -12,7 +12,7 @@ import importlib.util
 from importlib.metadata import entry_points
 
 from ..spec import violation
-from .base import BoundGemm, Driver, DriverInfo, FreshKernel, GemmKernel
+from .base import BoundGemm, Driver, DriverInfo, FreshKernel, GemmKernel, SizeBand
 
 ENTRY_POINT_GROUP = "ffaccel.drivers"
 _BUILTIN = {
@@ -81,4 +81,4 @@ def restricted(inner, **fields):  # type: ignore[no-untyped-def] - documented in
 
 
 __all__ = ["BoundGemm", "Driver", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel", "driver_targets",
-           "load_driver_class", "open_driver", "restricted"]
+           "load_driver_class", "open_driver", "restricted", "SizeBand"]

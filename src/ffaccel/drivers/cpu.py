@@ -65,7 +65,7 @@ from scipy.linalg import cython_blas as _cython_blas
 
 from ..abi import CopyOp, GemmOp, LruCache
 from ..spec import DType, ErrorCode, FFAccelError, numpy_dtype
-from .base import BoundGemm, Driver, DriverInfo, GemmKernel
+from .base import BoundGemm, Driver, DriverInfo, GemmKernel, SizeBand
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
 
@@ -912,7 +912,29 @@ class CpuDriver(Driver):
 
     def info(self) -> DriverInfo:
         info = super().info()
-        return dataclasses.replace(info, kernels=tuple(self.kernels().items()))
+        return dataclasses.replace(info, kernels=tuple(self.kernels().items()), size_bands=self.size_bands())
+
+    def size_bands(self) -> tuple[SizeBand, ...]:
+        """Where this driver's kernel choice changes with size, from the thresholds above (what
+        ``info`` declares, so that the conformance suite checks both sides of each edge)."""
+        from ..spec import GEMM_COMBOS
+
+        _, res = self._kernels()
+        names = {cls: tuple(c.name for c in GEMM_COMBOS if combo_class(c) == cls) for cls in (*KERNEL_CLASSES, None)}
+        bands = [SizeBand(tuple(c.name for c in GEMM_COMBOS), "any", "mnk", _SINGLE_THREAD_MNK + 1,
+                          "BLAS threads (or the thread limit) from here; one thread below where oneDNN serves the class"),
+                 SizeBand(tuple(c.name for c in GEMM_COMBOS if combo_class(c) in ("f32", None)), "any", "entry_mnk",
+                          _LOOP_MIN_MNK, "batched GEMMs: one BLAS call per entry from here, NumPy's matmul loop below")]
+        for cls in KERNEL_CLASSES:
+            if self.kernel_choice[cls] != "auto" or res[cls][0] == "blas":
+                continue  # one library at every size: no edge
+            lib = "PyTorch" if res[cls][0] == "torch" else "oneDNN"
+            if cls == "f32":
+                bands.append(SizeBand(names[cls], "with", "mnk", ONEDNN_MIN_MNK[cls], f"{lib} with the epilogue fused"))
+                bands.append(SizeBand(names[cls], "without", "mnk", ONEDNN_BARE_F32_MIN_MNK, lib))
+            else:
+                bands.append(SizeBand(names[cls], "any", "mnk", ONEDNN_MIN_MNK[cls], f"{lib} ({res[cls][0]})"))
+        return tuple(bands)
 
     def _onednn_kernel(self, op: GemmOp, fallback: Kernel) -> Kernel | None:
         """The oneDNN kernel for this GEMM when the choice and its size give it one, else None."""

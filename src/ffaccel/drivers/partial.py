@@ -107,7 +107,9 @@ class RestrictedDriver(Driver):
     def info(self) -> DriverInfo:
         inner = self.inner.info()
         declared = {c.name for c in self._caps.combos}
-        return dataclasses.replace(inner, name=self.name, caps=self._caps,
+        bands = tuple(dataclasses.replace(b, combos=tuple(c for c in b.combos if c in declared))
+                      for b in inner.size_bands if declared & set(b.combos))
+        return dataclasses.replace(inner, name=self.name, caps=self._caps, size_bands=bands,
                                    kernels=tuple((n, k) for n, k in inner.kernels if n in declared))
 
     def thread_pool(self) -> str:

@@ -78,6 +78,8 @@ class Env:
         self.bufs: list[Buffer] = []
         #: True once the case used something only the ref driver can give (see Case.portable).
         self.used_nonportable = False
+        #: (device index, engine) -> the last fence value a submission or replay of the case got
+        self._seen_fences: dict[tuple[int, Engine], int] = {}
         self.dev = self.open_other()
         caps = self.dev.info().caps
         combo = preferred_combo(caps) or GEMM_COMBOS[1]
@@ -90,13 +92,36 @@ class Env:
     def open_other(self) -> Device:
         """Another client of the device under test."""
         dev = self.factory()
+        self._track(dev)
         self.devices.append(dev)
         return dev
+
+    def _track(self, dev: Device) -> None:
+        """Note the fence value of every submission and replay the case makes on ``dev``, so that
+        the timelines are known before the defective call without probing them then: a probe is a
+        submission, and a device's memo of its last submission (or any other state) would be
+        replaced by it, hiding the defect (the harness takes what it needs before the defective step)."""
+        transport = dev._transport
+        seen = self._seen_fences
+        index = len(self.devices)
+
+        def noting(call: Callable[..., tuple[Engine, int]]) -> Callable[..., tuple[Engine, int]]:
+            def noted(*args: Any, **kw: Any) -> tuple[Engine, int]:
+                engine, value = call(*args, **kw)
+                key = (index, Engine(engine))
+                seen[key] = max(seen.get(key, 0), value)
+                return engine, value
+            return noted
+
+        for name in ("submit", "replay"):
+            if hasattr(transport, name):
+                setattr(transport, name, noting(getattr(transport, name)))
 
     def open_caps(self, quota: int | None = None, **caps: Any) -> Device:
         """A ref device whose driver declares ``DeviceCaps(**caps)`` (and a memory quota)."""
         self.used_nonportable = True
         dev = Device("caps", InprocTransport(CapsDriver(DeviceCaps(**caps)), max_memory_bytes=quota))
+        self._track(dev)
         self.devices.append(dev)
         return dev
 
@@ -135,6 +160,12 @@ class Env:
             for e in sorted(dev.info().caps.engines):
                 out[(i, e)] = dev.submit([], engine=e).value
         return out
+
+    def known_timelines(self) -> dict[tuple[int, Engine], int]:
+        """The fence value every engine of every device is at, from what the case submitted
+        (fence values count from 1 per engine and client), without submitting anything."""
+        return {(i, e): self._seen_fences.get((i, e), 0)
+                for i, dev in enumerate(self.devices) for e in sorted(dev.info().caps.engines)}
 
     def close(self) -> None:
         for dev in self.devices:
@@ -318,7 +349,7 @@ def _judge(c: Case, factory: DeviceFactory) -> str:
             return f"the defect-free twin was refused: {e}"
     with Env(factory) as env:
         call = c.build(env, True)
-        fences = env.probe_timelines()
+        fences = env.known_timelines()  # no probe here: nothing may run between the build and the call
         before = env.snapshot()
         try:
             call()

@@ -781,3 +781,54 @@ class SquareBTransposeGuessedFromShape(_BuggyCpu):
         if op.trans_b and op.n > 1 and op.n == op.k:
             b = b.swapaxes(1, 2)
         good(op)(a, b, c, d, epi)
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+class _ViewReadingMemory:
+    """Device memory kept in a host array whose ``read_bytes`` returns a view of it, not a copy
+    (what ``torch`` device memory on the CPU did: ``.cpu()`` is a no-op there)."""
+
+    def __init__(self, size_bytes: int) -> None:
+        self.nbytes = size_bytes
+        self.raw = np.zeros(size_bytes, np.uint8)
+
+    def strided(self, dtype: DType, shape: tuple[int, int, int], strides_elems: tuple[int, int, int],
+                offset_bytes: int) -> np.ndarray:
+        np_dt = np.dtype(DTYPES[dtype].numpy)
+        if 0 in shape:
+            return np.empty(shape, np_dt)
+        return np.ndarray(shape, np_dt, buffer=self.raw, offset=offset_bytes,
+                          strides=tuple(s * np_dt.itemsize for s in strides_elems))
+
+    def read_bytes(self, offset_bytes: int, count: int) -> np.ndarray:
+        return self.raw[offset_bytes:offset_bytes + count]  # the bug: a view
+
+    def write_bytes(self, offset_bytes: int, data: np.ndarray) -> None:
+        self.raw[offset_bytes:offset_bytes + data.size] = data
+
+
+class ReadReturnsView(CpuDriver):
+    """Memory of its own (not host-visible) whose reads return views of device memory."""
+
+    host_visible = False
+
+    def alloc(self, size_bytes: int) -> _ViewReadingMemory:
+        return _ViewReadingMemory(size_bytes)
+
+
+# --- size bands ---------------------------------------------------------------------------------
+
+
+class FusedEpilogueDropsLastPostOp(_BuggyCpu):
+    """At and above the size where the cpu driver hands a GEMM with an epilogue to oneDNN (the fused
+    path, ``ONEDNN_MIN_MNK``), the last post-op is dropped; below it every post-op runs."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        from ...drivers.cpu import ONEDNN_MIN_MNK, combo_class
+
+        floor = ONEDNN_MIN_MNK.get(combo_class(op.combo) or "", 0)
+        if op.epilogue and floor and op.batch * op.m * op.n * op.k >= floor:
+            op, epi = dataclasses.replace(op, epilogue=op.epilogue[:-1]), epi[:-1]
+        good(op)(a, b, c, d, epi)

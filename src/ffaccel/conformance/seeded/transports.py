@@ -222,3 +222,68 @@ class _MemoIgnoresFreeTransport(InprocTransport):
         result = super().submit(raw)
         self._seen.add(raw)
         return result
+
+
+class _LastMemoKeptAfterFreeTransport(InprocTransport):
+    """Remembers its last accepted submission; the same bytes again skip validation (and with it
+    the check that their buffers are alive), and free() does not forget the memo. One entry
+    only: any other submission in between (a probe of the timelines) replaces it and hides the bug."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__(driver)
+        self._last: bytes | None = None
+
+    def submit(self, raw: bytes) -> tuple[Engine, int]:
+        from ...abi import encode_submission
+
+        if raw == self._last:
+            head = SUBMIT.struct.unpack_from(raw, 0)
+            return super().submit(encode_submission([], Engine(head[1])))
+        result = super().submit(raw)
+        self._last = bytes(raw)
+        return result
+
+
+class _ListCapturesEpilogueTransport(InprocTransport):
+    """A command list captures its epilogue operands' *values* at RECORD: every replay computes
+    with the bias / residual as they were then (the buffers themselves are left as they are)."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__(driver)
+        self._captured: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def record(self, raw: bytes) -> int:
+        lid = super().record(raw)
+        saved = []
+        for base in _command_offsets(raw):
+            if _get(bytearray(raw), GEMM, "opcode", base) != int(Opcode.GEMM):
+                continue
+            for i in range(_get(bytearray(raw), GEMM, "epilogue_count", base)):
+                entry = self._session.table.get(_get(bytearray(raw), GEMM, f"epilogue[{i}].operand.handle", base))
+                if entry is not None and isinstance(entry.array, np.ndarray):
+                    saved.append((entry.array, entry.array.copy()))
+        self._captured[lid] = saved
+        return lid
+
+    def replay(self, list_id: int, engine: Engine, waits) -> tuple[Engine, int]:  # noqa: ANN001
+        captured = self._captured.get(list_id, [])
+        now = [(arr, arr.copy()) for arr, _ in captured]
+        for arr, old in captured:
+            arr[...] = old
+        try:
+            return super().replay(list_id, engine, waits)
+        finally:
+            for arr, current in now:
+                arr[...] = current
+
+
+class _FenceOnOtherTimelineTransport(InprocTransport):
+    """Keeps one completion counter for both engines: whether a fence has signalled is read from
+    whichever timeline is further on (waits are right), so a fence of the engine that is behind
+    reads as signalled once the other engine has passed its value."""
+
+    def completed(self, engine: Engine) -> int:
+        return max(InprocTransport.completed(self, e) for e in Engine)
+
+    def signalled(self, engine: Engine, value: int) -> bool:
+        return self.completed(engine) >= value
