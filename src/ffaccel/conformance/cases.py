@@ -97,11 +97,13 @@ class CopyCase:
     pads: tuple[int, int] = (0, 0)
     fill: str = "random"
     seed: int = 0
+    #: "" (a buffer each), or source and destination side by side in one buffer: "dst-after" / "dst-before"
+    one_buffer: str = ""
 
     @property
     def name(self) -> str:
         return (f"{self.group} {DTYPES[self.src].name}->{DTYPES[self.dst].name} {self.rows}x{self.cols} "
-                f"pads={self.pads} fill={self.fill}")
+                f"pads={self.pads} fill={self.fill}" + (f" {self.one_buffer}" if self.one_buffer else ""))
 
 
 def _scalars(combo: GemmCombo) -> tuple:
@@ -467,15 +469,18 @@ def copy_cases(caps: DeviceCaps, level: str = "quick") -> list[CopyCase]:
                 src, dst) in ((DType.F32, DType.F16), (DType.F64, DType.BF16))):
             # above 2**20 elements: where a driver may split a conversion across threads
             cases.append(CopyCase("copy:large", src, dst, 1026, 1023, (0, 1), seed=seq.seed()))
+        # source and destination in one buffer, the destination after the source and before it
+        for where in ("dst-after", "dst-before"):
+            cases.append(CopyCase("copy:one-buffer", src, dst, 7, 5, (2, 1), seed=seq.seed(), one_buffer=where))
     return cases
 
 
 # -- size bands: epilogues on both sides of every edge where a driver's implementation changes ----
 
 #: The largest GEMM (multiply-adds) of the log-uniform sweep run where a driver declares no size
-#: bands: about the quick level's large GEMM (130 x 67 x 257 is 2.2M), and 256**3 for full (its
+#: bands: about the quick level's large GEMM (130 x 67 x 257 is 2.2M), and about 200**3 for full (its
 #: 384**3 GEMM runs without an epilogue; with every chain there the level would pass its budget).
-SWEEP_CEILING_MNK = {"quick": 2**21, "full": 2**24}
+SWEEP_CEILING_MNK = {"quick": 2**21, "full": 2**23}
 #: How many sizes the sweep spreads log-uniformly from 8**3 to the ceiling.
 SWEEP_SIZES = {"quick": 3, "full": 6}
 
@@ -549,18 +554,25 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                                     seed=seq.seed(), fill=fill, exact=exact and not combo.is_int))
             if not upper or combo.is_int:
                 continue
-            nan_chain = tuple(p for p in (PostOpCase(PostOpKind.RELU), PostOpCase(PostOpKind.CLAMP, -2.0, 3.0),
-                                          PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.SCALE, -1.5))
-                              if p.kind in caps.post_ops)[:max_len]
-            if nan_chain:
+            for nan_chain in ((PostOpCase(PostOpKind.RELU), PostOpCase(PostOpKind.CLAMP, -2.0, 3.0),
+                               PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.SCALE, -1.5)),
+                              (PostOpCase(PostOpKind.GELU_ERF), PostOpCase(PostOpKind.ADD),
+                               PostOpCase(PostOpKind.GELU_TANH), PostOpCase(PostOpKind.BIAS_M))):
+                # NaN and +-inf in A through every step (a fused clamp or GELU must keep NaN)
                 out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
                                     epilogue=nan_chain, fill="nonfinite", seed=seq.seed()))
-            if level == "full" and chains:
-                half = (max(1, m // 2), n, k)
+            if chains:  # in place with beta == 0 and D (== C) full of NaN/Inf: nothing of it may leak
+                out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, alpha, 0.0,
+                                    "in_place", epilogue=chains[0], fill="nan_c", seed=seq.seed()))
+            if chains:
+                # row-interleaved D and C, and B broadcast (batch stride 0) with a batch of 2
+                half = (m, n, k) if batch > 1 else (-(-m // 2), n, k)  # the batch's m*n*k stays past the edge
                 out.append(GemmCase(label + " layout", combo, *half, 2, False, False, alpha, beta, "separate",
                                     epilogue=chains[0], seed=seq.seed(), fill=fill, exact=False,
                                     interleave=(False, False, True, True)))
                 for bcast in ((True, False, False), (False, True, False), (False, False, True)):
+                    if level == "quick" and bcast != (False, True, False):
+                        continue
                     out.append(GemmCase(label + " layout", combo, *half, 2, False, False, alpha, beta, "separate",
                                         broadcast=bcast, epilogue=chains[0], seed=seq.seed(), fill=fill,
                                         exact=False))

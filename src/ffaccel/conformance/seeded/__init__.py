@@ -256,6 +256,8 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _driver_bug(FusedEpilogueDropsLastPostOp), "band:"),
     SeededBug("free-keeps-last-memo", "keeps a one-entry memo of its last submission across free()",
               _transport_bug(_LastMemoKeptAfterFreeTransport), "resubmitted-after-free", "ERROR"),
+    SeededBug("one-buffer-copy-backwards", "a COPY within one buffer, dst after src, takes the rows in reverse",
+              _driver_bug(OneBufferCopyBackwards), "copy:one-buffer"),
     SeededBug("list-captures-epilogue", "a command list computes with its epilogue operands' values at RECORD",
               _transport_bug(_ListCapturesEpilogueTransport), "entry:list"),
     SeededBug("fence-on-other-timeline", "reads a fence from the other engine's timeline",

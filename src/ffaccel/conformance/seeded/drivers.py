@@ -832,3 +832,13 @@ class FusedEpilogueDropsLastPostOp(_BuggyCpu):
         if op.epilogue and floor and op.batch * op.m * op.n * op.k >= floor:
             op, epi = dataclasses.replace(op, epilogue=op.epilogue[:-1]), epi[:-1]
         good(op)(a, b, c, d, epi)
+
+
+class OneBufferCopyBackwards(_BuggyCpu):
+    """A COPY within one buffer with the destination after the source is done "backwards" (as an
+    overlapping memmove would be), and gets the row order wrong: dst row i <- src row rows-1-i."""
+
+    def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
+        if op.src.handle == op.dst.handle and op.dst.offset_bytes > op.src.offset_bytes and src.ndim >= 2:
+            src = src[..., ::-1, :]
+        super().copy(op, src, dst)
