@@ -246,13 +246,17 @@ def check_fences_per_engine(dev: Device) -> list[CaseResult]:
             problems.append(f"{engine.name.lower()} gave values {[first.value] + values} (one per submission)")
         last = Fence(dev, engine, values[-1])
         ahead = Fence(dev, engine, values[-1] + 1)
-        if not last.signalled:
-            problems.append("a fence of finished work has not signalled")
-        if ahead.signalled:
-            problems.append(f"a fence past the timeline ({engine.name.lower()}:{ahead.value}) has signalled")
+        for other in others:  # every submission of the others done too (an asynchronous device)
+            err = _with_watchdog(lambda other=other: dev.submit([], engine=other).wait(timeout_ns=10**10))
+            if err is not None:
+                problems.append(f"waiting on {other.name.lower()} raised {err!r}")
         err = _with_watchdog(lambda: last.wait(timeout_ns=10**10))
         if err is not None:
-            problems.append(f"waiting on a finished fence raised {err!r}")
+            problems.append(f"waiting on a fence of submitted work raised {err!r}")
+        if not last.signalled:
+            problems.append("a fence whose wait returned has not signalled")
+        if ahead.signalled:
+            problems.append(f"a fence past the timeline ({engine.name.lower()}:{ahead.value}) has signalled")
         problem = _timeout_problem(ahead)
         if problem:
             problems.append(f"on a fence past the timeline: {problem}")
