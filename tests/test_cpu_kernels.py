@@ -180,13 +180,13 @@ def test_auto_crossover_and_forced_choice(cls: str, monkeypatch: pytest.MonkeyPa
     assert not _is_onednn(_kernel_of(auto, small))
     assert _is_onednn(_kernel_of(auto, large)) == uses_onednn
     assert auto.band(large.op).library.openmp == uses_onednn
-    assert (40**3 in auto.size_bands(combo)) == uses_onednn  # what conformance reads
+    assert (40**3 in auto.band_edges(combo)) == uses_onednn  # what conformance reads
     for choice in ("onednn", "widened", "torch"):
         if not runnable(f"{cls}={choice}"):
             continue
         drv = CpuDriver(kernels=f"{cls}={choice}")
         assert _is_onednn(_kernel_of(drv, small)) and _is_onednn(_kernel_of(drv, large))
-        assert drv.size_bands(combo) == ()  # a forced library: one band
+        assert drv.band_edges(combo) == ()  # a forced library: one band
         monkeypatch.setattr(T, "DRIVER", drv)
         T.check(small)
         T.check(large)

@@ -46,6 +46,7 @@ def _info(args: argparse.Namespace, console: Console) -> int:
             "limits": vars(caps.limits),
             "memory_bytes": info.memory_bytes,
             "kernels": dict(info.kernels),
+            "size_bands": [vars(b) | {"combos": list(b.combos)} for b in info.size_bands],
         }
         query.emit_json(doc)
         return 0
@@ -70,6 +71,13 @@ def _info(args: argparse.Namespace, console: Console) -> int:
     for name, value in vars(caps.limits).items():
         lim.add_row(name, f"{value:,}")
     console.print(lim)
+    if info.size_bands:  # where the implementation changes with size (the suite checks both sides)
+        bands = Table(title="size bands (where the implementation changes)")
+        for col in ("combinations", "epilogue", "measure", "from", "what changes"):
+            bands.add_column(col, justify="right" if col == "from" else "left")
+        for b in info.size_bands:
+            bands.add_row(", ".join(b.combos), b.epilogue, b.measure, f"{b.edge:,}", b.change)
+        console.print(bands)
     return 0
 
 

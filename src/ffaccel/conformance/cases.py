@@ -8,7 +8,7 @@ chains of them, and in-place D == C; the BLAS corner cases are named explicitly.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..abi import DeviceCaps
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, DType, GemmCombo, PostOpKind
@@ -97,27 +97,32 @@ class CopyCase:
     pads: tuple[int, int] = (0, 0)
     fill: str = "random"
     seed: int = 0
+    #: "" (a buffer each), or source and destination side by side in one buffer: "dst-after" / "dst-before"
+    one_buffer: str = ""
 
     @property
     def name(self) -> str:
         return (f"{self.group} {DTYPES[self.src].name}->{DTYPES[self.dst].name} {self.rows}x{self.cols} "
-                f"pads={self.pads} fill={self.fill}")
+                f"pads={self.pads} fill={self.fill}" + (f" {self.one_buffer}" if self.one_buffer else ""))
 
 
 def _scalars(combo: GemmCombo) -> tuple:
     return INT_SCALARS if combo.is_int else FLOAT_SCALARS
 
 
-def _post_op_variants(combo: GemmCombo) -> list[PostOpCase]:
+def _post_op_variants(combo: GemmCombo, clamp: tuple[float, float] = (-0.5, 0.75),
+                      scale: float = -1.5) -> list[PostOpCase]:
+    """Every post-op kind the combination allows, once per operand dtype (float clamp and scale
+    parameters as given; integer ones clamp(-40, 50) and scale(3))."""
     out = []
     for kind, spec in POST_OPS.items():
         if combo.is_int and not spec.int_ok:
             continue
         p0, p1 = 0, 0
         if kind == PostOpKind.CLAMP:
-            p0, p1 = (-40, 50) if combo.is_int else (-0.5, 0.75)
+            p0, p1 = (-40, 50) if combo.is_int else clamp
         elif kind == PostOpKind.SCALE:
-            p0 = 3 if combo.is_int else -1.5
+            p0 = 3 if combo.is_int else scale
         if spec.has_operand:
             out.append(PostOpCase(kind, p0, p1, True))
             if combo.d != combo.acc:
@@ -197,7 +202,36 @@ def gemm_cases(caps: DeviceCaps, level: str = "quick") -> list[GemmCase]:
         cases.extend(_layout_cases(combo, seq, level))
         cases.extend(_size_cases(combo, seq, level))
         cases.extend(_param_cases(combo, seq, level))
-    return cases
+    return declared_only(cases, caps)
+
+
+def declared_epilogue(epilogue: tuple[PostOpCase, ...], caps: DeviceCaps) -> tuple[PostOpCase, ...]:
+    """The post-ops of ``epilogue`` that ``caps`` declares, in order, at most the declared count."""
+    kept = tuple(p for p in epilogue if p.kind in caps.post_ops)
+    return kept[:caps.limits.max_epilogue_ops]
+
+
+def declared_only(cases: list[GemmCase], caps: DeviceCaps) -> list[GemmCase]:
+    """The cases a device declaring ``caps`` must run: each epilogue narrowed to the declared
+    post-ops (a chain keeps what the device has, in its order), a case whose whole epilogue was
+    undeclared dropped (its GEMM without one is run elsewhere), and every case within the declared
+    limits. What is not declared is checked as refused (``engines.check_info``), never run."""
+    lim = caps.limits
+    out: list[GemmCase] = []
+    seen: set[str] = set()
+    for c in cases:
+        if max(c.m, c.n, c.k) > lim.max_dim or c.batch > lim.max_batch:
+            continue
+        epi = declared_epilogue(c.epilogue, caps)
+        if epi != c.epilogue:
+            if not epi:
+                continue
+            c = replace(c, epilogue=epi)
+            if c.name in seen:  # two chains narrowed to the same one: run it once
+                continue
+        seen.add(c.name)
+        out.append(c)
+    return out
 
 
 def _square_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
@@ -435,4 +469,111 @@ def copy_cases(caps: DeviceCaps, level: str = "quick") -> list[CopyCase]:
                 src, dst) in ((DType.F32, DType.F16), (DType.F64, DType.BF16))):
             # above 2**20 elements: where a driver may split a conversion across threads
             cases.append(CopyCase("copy:large", src, dst, 1026, 1023, (0, 1), seed=seq.seed()))
+        # source and destination in one buffer, the destination after the source and before it
+        for where in ("dst-after", "dst-before"):
+            cases.append(CopyCase("copy:one-buffer", src, dst, 7, 5, (2, 1), seed=seq.seed(), one_buffer=where))
     return cases
+
+
+# -- size bands: epilogues on both sides of every edge where a driver's implementation changes ----
+
+#: The largest GEMM (multiply-adds) of the log-uniform sweep run where a driver declares no size
+#: bands: about the quick level's large GEMM (130 x 67 x 257 is 2.2M), and about 200**3 for full (its
+#: 384**3 GEMM runs without an epilogue; with every chain there the level would pass its budget).
+SWEEP_CEILING_MNK = {"quick": 2**21, "full": 2**23}
+#: How many sizes the sweep spreads log-uniformly from 8**3 to the ceiling.
+SWEEP_SIZES = {"quick": 3, "full": 6}
+
+
+def _band_variants(combo: GemmCombo) -> list[PostOpCase]:
+    """Every post-op kind (each operand dtype), parameters exact on the exact fill, exact kinds
+    first and GELU last: chains of the exact ones are judged bit for bit."""
+    t = 1.5 * 2.0 ** DTYPES[combo.d].precision_bits if combo.d in (DType.F16, DType.BF16) else 0.0
+    out = _post_op_variants(combo, (-(t + 9.0), t + 6.0) if t else (-20.0, 30.0), -2.0)
+    return sorted(out, key=lambda p: p.kind in (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH))
+
+
+def _near(edge: int, below: bool) -> tuple[int, int, int]:
+    """m, n, k with m * n * k just below ``edge`` (or at/just above it), no dimension a power of two."""
+    s = max(2, round(edge ** (1 / 3)))
+    m, n = (s - 1, s + 1) if below else (s + 1, s - 1)
+    k = (edge - 1) // (m * n) if below else -(-edge // (m * n))
+    return m, n, max(k, 1)
+
+
+def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> list[GemmCase]:
+    """GEMMs on both sides of every size edge a driver declares (``DriverInfo.size_bands``), for
+    each declared combination the edge applies to: every post-op kind in chains of the declared
+    length (forward, and reversed: the order), exact where the kinds allow (bit for bit); above
+    the edge also NaN/Inf through relu/clamp, and (full) row-interleaved D and C with an epilogue
+    and batch stride 0 on each of A, B and C. Where a combination has no declared edge, the same
+    runs at sizes spread log-uniformly up to the level's ceiling (``SWEEP_CEILING_MNK``).
+    Each case keeps to the declared post-ops and limits (:func:`declared_only`)."""
+    seq = _Seq()
+    out: list[GemmCase] = []
+    max_len = caps.limits.max_epilogue_ops
+    for combo in [c for c in GEMM_COMBOS if c in caps.combos]:
+        variants = [p for p in _band_variants(combo) if p.kind in caps.post_ops]
+        chains = [tuple(variants[i:i + max_len]) for i in range(0, len(variants), max_len)] if max_len else []
+        orders = chains + [tuple(reversed(chains[0]))] if chains else []
+        # scalars exact on the exact fill (D is known exactly, judged bit for bit)
+        alpha, beta = (3, 2) if combo.is_int else (-1.5, 0.5)
+        fill = "random" if combo.is_int else "exact"  # integers are exact on any data
+        mine = [b for b in bands if combo.name in b.combos]
+        # (label, batch, m, n, k, which epilogues: "with" / "without" / "any", above the edge?)
+        points: list[tuple[str, int, int, int, int, str, bool]] = []
+        for b in mine:
+            for below in (True, False):
+                m, n, k = _near(b.edge, below)
+                batch = 1
+                if b.measure == "entry_mnk":
+                    batch = 2
+                side = "below" if below else "at"
+                points.append((f"band:{side} {b.measure}>={b.edge}", batch, m, n, k, b.epilogue, not below))
+        if not mine:
+            top = SWEEP_CEILING_MNK[level]
+            count = SWEEP_SIZES[level]
+            for i in range(count):
+                mnk = round(8**3 * (top / 8**3) ** (i / (count - 1)))
+                m, n, k = _near(mnk, False)
+                points.append((f"band:sweep mnk~{m * n * k}", 1, m, n, k, "any", i == count - 1))
+        for label, batch, m, n, k, which, upper in points:
+            if which in ("any", "without"):
+                out.append(GemmCase(label, combo, m, n, k, batch, False, True, alpha, beta, "separate",
+                                    seed=seq.seed(), fill=fill, exact=not combo.is_int))
+            if which == "without" or not orders:
+                continue
+            # every chain forward and the first reversed at the upper side and at every size of a
+            # sweep; below an edge the reversed one (full: every one there too)
+            picked = orders if upper or level == "full" or not mine else orders[-1:]
+            for chain in picked:
+                exact = all(p.kind not in (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH) for p in chain)
+                c_mode = seq.pick("bandc", ("separate", "absent", "in_place"))
+                out.append(GemmCase(label, combo, m, n, k, batch, seq.pick("bandt", (False, True)), False,
+                                    alpha, 0 * beta if c_mode == "absent" else beta, c_mode, epilogue=chain,
+                                    seed=seq.seed(), fill=fill, exact=exact and not combo.is_int))
+            if not upper or combo.is_int:
+                continue
+            for nan_chain in ((PostOpCase(PostOpKind.RELU), PostOpCase(PostOpKind.CLAMP, -2.0, 3.0),
+                               PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.SCALE, -1.5)),
+                              (PostOpCase(PostOpKind.GELU_ERF), PostOpCase(PostOpKind.ADD),
+                               PostOpCase(PostOpKind.GELU_TANH), PostOpCase(PostOpKind.BIAS_M))):
+                # NaN and +-inf in A through every step (a fused clamp or GELU must keep NaN)
+                out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
+                                    epilogue=nan_chain, fill="nonfinite", seed=seq.seed()))
+            if chains:  # in place with beta == 0 and D (== C) full of NaN/Inf: nothing of it may leak
+                out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, alpha, 0.0,
+                                    "in_place", epilogue=chains[0], fill="nan_c", seed=seq.seed()))
+            if chains:
+                # row-interleaved D and C, and B broadcast (batch stride 0) with a batch of 2
+                half = (m, n, k) if batch > 1 else (-(-m // 2), n, k)  # the batch's m*n*k stays past the edge
+                out.append(GemmCase(label + " layout", combo, *half, 2, False, False, alpha, beta, "separate",
+                                    epilogue=chains[0], seed=seq.seed(), fill=fill, exact=False,
+                                    interleave=(False, False, True, True)))
+                for bcast in ((True, False, False), (False, True, False), (False, False, True)):
+                    if level == "quick" and bcast != (False, True, False):
+                        continue
+                    out.append(GemmCase(label + " layout", combo, *half, 2, False, False, alpha, beta, "separate",
+                                        broadcast=bcast, epilogue=chains[0], seed=seq.seed(), fill=fill,
+                                        exact=False))
+    return declared_only(out, caps)

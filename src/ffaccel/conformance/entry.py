@@ -27,7 +27,7 @@ from ..frontends.numpy_api import matmul
 from ..runtime import Buffer, Device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, GemmCombo, PostOpKind
 from ..transports import InprocTransport
-from .cases import INT_SCALARS, FLOAT_SCALARS, GemmCase, PostOpCase
+from .cases import INT_SCALARS, FLOAT_SCALARS, GemmCase, PostOpCase, declared_epilogue
 from .runner import CaseResult, build_gemm, judge_gemm, tie_base
 
 EntryCheck = Callable[[Device], list[CaseResult]]
@@ -46,11 +46,12 @@ def _combos(dev: Device) -> list[GemmCombo]:
     return [c for c in GEMM_COMBOS if c in caps.combos]
 
 
-def _hook_cases(combo: GemmCombo) -> list[GemmCase]:
-    """A few geometries per combination: what bindings, fresh kernels and epilogues each take."""
+def _hook_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
+    """A few geometries per combination: what bindings, fresh kernels and epilogues each take
+    (the epilogue narrowed to the post-ops the device declares)."""
     sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
     exact = "random" if combo.is_int else "exact"
-    relu_bias = (PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.RELU))
+    relu_bias = declared_epilogue((PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.RELU)), caps)
     return [
         GemmCase("entry", combo, 6, 5, 7, 1, False, False, sc[1], sc[0], "absent", fill=exact, seed=101,
                  exact=not combo.is_int),
@@ -104,9 +105,10 @@ def _replayed(case: GemmCase) -> Callable[[Device], CaseResult]:
 def check_replayed(dev: Device) -> list[CaseResult]:
     """A recorded command list replayed after its inputs changed computes with the new values;
     replayed after one of its buffers was freed, it is refused (BAD_HANDLE) and runs nothing."""
-    out = [_replayed(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo)[:2]]
+    caps = dev.info().caps
+    out = [_replayed(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo, caps)[:2]]
     combo = _combos(dev)[0]
-    g, inputs, d_buf = build_gemm(dev, _hook_cases(combo)[0])
+    g, inputs, d_buf = build_gemm(dev, _hook_cases(combo, caps)[0])
     name = f"entry:replayed {combo.name}: replay after a FREE of A is refused"
     try:
         cl = dev.record([g])
@@ -131,10 +133,91 @@ def check_replayed(dev: Device) -> list[CaseResult]:
     return out
 
 
+def _list_case(combo: GemmCombo, caps: DeviceCaps) -> GemmCase:
+    """A recorded GEMM with every kind of operand the device declares: A, B, C and the epilogue's."""
+    sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
+    epi = declared_epilogue((PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.ADD), PostOpCase(PostOpKind.RELU),
+                             PostOpCase(PostOpKind.BIAS_M)), caps)
+    return GemmCase("entry:list", combo, 7, 6, 5, 1, False, True, sc[1], sc[4], "separate", (1, 0, 2, 1),
+                    epilogue=epi, seed=211)
+
+
+def _list_run(case: GemmCase, what: str, before_first_replay: bool, free_unrelated: bool
+              ) -> Callable[[Device], CaseResult]:
+    """Record; maybe replay; maybe allocate, write and free a buffer the list does not name; give
+    every operand (epilogue operands included) new values; then the replay judged must use them."""
+    state: dict[str, Any] = {}
+
+    def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        cl = state["list"] = dev.record([g])
+        if not before_first_replay:
+            cl.replay().wait(timeout_ns=60 * 10**9)
+        if free_unrelated:
+            other = dev.alloc(4096)
+            other.write(np.full(4096, 0x3C, np.uint8))
+            other.free()
+        _refill(dev, case, inputs)
+
+    def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        state["list"].replay().wait(timeout_ns=60 * 10**9)
+        state["list"].free()
+
+    named = dataclasses.replace(case, group=f"entry:list {what}")
+    return lambda dev: judge_gemm(dev, named, execute, setup)
+
+
+def _replay_after_named_free(dev: Device, case: GemmCase, index: int, role: str) -> CaseResult:
+    """Replay after a FREE of the buffer of one of the list's operands: refused, nothing written."""
+    g, inputs, d_buf = build_gemm(dev, case)
+    name = f"entry:list {case.combo.name}: replay after a FREE of {role} is refused"
+    try:
+        cl = dev.record([g])
+        cl.replay().wait(timeout_ns=60 * 10**9)
+        before = d_buf.read(np.uint8, d_buf.size_bytes)
+        inputs[index].free()
+        try:
+            cl.replay().wait(timeout_ns=60 * 10**9)
+        except FFAccelError as e:
+            same = np.array_equal(d_buf.read(np.uint8, d_buf.size_bytes), before)
+            ok = e.code.name == "BAD_HANDLE" and same
+            return CaseResult("GEMM", "entry:list", case.combo.name, name, ok,
+                              message="" if ok else f"{e.code.name} (D unchanged: {same})",
+                              expected="BAD_HANDLE, nothing written", got=f"{e.code.name}, D unchanged: {same}")
+        finally:
+            cl.free()
+        return CaseResult("GEMM", "entry:list", case.combo.name, name, False, message="the replay ran",
+                          expected="BAD_HANDLE", got="accepted")
+    finally:
+        for i, b in enumerate(inputs + [d_buf]):
+            if i != index:
+                b.free()
+
+
+def check_command_lists(dev: Device) -> list[CaseResult]:
+    """Command lists hold operands, never their values: new contents of A, B, C and of every
+    epilogue operand between RECORD and the first REPLAY, and between replays, are what a replay
+    computes with, also after a FREE of a buffer the list does not name; a FREE of one it names
+    makes the replay refused (BAD_HANDLE) with nothing written."""
+    caps = dev.info().caps
+    out = []
+    for combo in _combos(dev):
+        case = _list_case(combo, caps)
+        out.append(_list_run(case, "changed between RECORD and REPLAY", True, False)(dev))
+        out.append(_list_run(case, "changed between replays", False, False)(dev))
+        out.append(_list_run(case, "changed after a FREE of an unrelated buffer", False, True)(dev))
+    case = _list_case(_combos(dev)[0], caps)
+    roles = ["A", "B", "C"] + [f"epilogue operand {i}" for i, p in enumerate(case.epilogue)
+                                if p.kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)]
+    for index, role in enumerate(roles):
+        out.append(_replay_after_named_free(dev, case, index, role))
+    return out
+
+
 def check_resubmitted(dev: Device) -> list[CaseResult]:
     """The same command bytes submitted again after the inputs changed: the transport's
     cached binding (or the driver's ``bind_gemm``) must read the new values."""
-    return [_resubmitted(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo)]
+    caps = dev.info().caps
+    return [_resubmitted(c)(dev) for combo in _combos(dev) for c in _hook_cases(combo, caps)]
 
 
 # -- driver hooks (in-process devices with host memory) ----------------------------------------
@@ -247,8 +330,9 @@ def check_driver_hooks(dev: Device) -> list[CaseResult]:
     if drv is None or not drv.host_visible:
         return []
     out = []
+    caps = dev.info().caps
     for combo in _combos(dev):
-        for case in _hook_cases(combo):
+        for case in _hook_cases(combo, caps):
             for hook in ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh"):
                 try:
                     r = _judge_hook(dev, drv, case, hook)
@@ -350,6 +434,8 @@ def check_frontends(dev: Device) -> list[CaseResult]:
                       [post.scale(0.5), post.add(resid), post.clamp(-tie - 9, tie + 6)],
                       [post.add(resid), post.bias(bias_m, axis="m"), post.scale(-2.0)]]
             alpha, beta = -1.5, 2.0
+        caps = dev.info().caps
+        chains = [c for c in ([p for p in chain if p.kind in caps.post_ops] for chain in chains) if c]
         for i, chain in enumerate(chains):
             out.append(_compare(dev, f"matmul post_ops chain {i}", combo,
                                 lambda d, chain=chain: matmul(a, b, post_ops=chain, device=d, **kw)))
@@ -381,15 +467,74 @@ def check_frontends(dev: Device) -> list[CaseResult]:
     return [r for r in out if r is not None]
 
 
+def check_reads_are_copies(dev: Device) -> list[CaseResult]:
+    """What a read returns is the caller's: written after the read, the device must not change it.
+
+    Through :meth:`Buffer.read` (which a device with memory of its own serves with
+    ``DeviceMemory.read_bytes``), through ``DeviceMemory`` itself for an in-process driver whose
+    memory the host cannot address, and through the front-ends (``matmul``'s result, then another
+    ``matmul`` on the device; ``blas.gemm``'s C, then another call)."""
+    out: list[CaseResult] = []
+
+    def res(what: str, ok: bool, msg: str = "") -> None:
+        out.append(CaseResult("ENGINE", "memory:reads", "-", f"memory:reads {what}", ok, message="" if ok else msg,
+                              expected="" if ok else "the first read unchanged", got="" if ok else msg))
+
+    first, second = np.arange(96, dtype=np.uint8), np.arange(96, dtype=np.uint8)[::-1].copy()
+    buf = dev.alloc(96)
+    try:
+        buf.write(first)
+        got = buf.read(np.uint8, 96)
+        buf.write(second)
+        again = buf.read(np.uint8, 96)
+        res("Buffer.read, then write, then read", np.array_equal(got, first) and np.array_equal(again, second),
+            f"the first read now holds {got[:4].tolist()}..., the second {again[:4].tolist()}...")
+    finally:
+        buf.free()
+    drv = _driver(dev)
+    if drv is not None and not drv.host_visible:
+        mem = drv.alloc(96)
+        mem.write_bytes(0, first)
+        got = np.asarray(mem.read_bytes(0, 96))
+        mem.write_bytes(0, second)
+        res("DeviceMemory.read_bytes, then write_bytes", np.array_equal(got, first),
+            f"the read now holds {got[:4].tolist()}...")
+    caps = dev.info().caps
+    combo = next((c for c in GEMM_COMBOS if c in caps.combos and c.a == DType.F32),
+                 next((c for c in GEMM_COMBOS if c in caps.combos), None))
+    if combo is None:
+        return out
+    rng = np.random.default_rng(5)
+    kw: dict[str, Any] = {"out_dtype": np.float32} if combo.d == DType.F32 and combo.a != DType.F32 else {}
+    a1, a2 = _exact_values(rng, combo.a, (6, 5)), _exact_values(rng, combo.a, (6, 5))
+    b = _exact_values(rng, combo.b, (5, 4))
+    for label, extra in (("matmul", {}), ("matmul with C", {"c": _exact_values(rng, combo.d, (6, 4)),
+                                                            "beta": 1 if combo.is_int else 1.0})):
+        try:
+            r1 = np.asarray(matmul(a1, b, device=dev, **kw, **extra))
+            kept = r1.copy()
+            matmul(a2, b, device=dev, **kw, **extra)
+            matmul(a2 + (1 if combo.a != DType.U8 else 0), b, device=dev, **kw, **extra)
+        except FFAccelError as e:  # the front-end cannot express this combination this way
+            if e.code.name == "UNSUPPORTED":
+                continue
+            raise
+        res(f"{label} {combo.name}, then two more calls", np.array_equal(r1, kept),
+            "the first call's result changed when the device ran the next")
+    return out
+
+
 def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
     """(name, check) for every entry-point check of a level (the same at both levels)."""
     return [
         ("entry:resubmitted (same bytes, new input values)", check_resubmitted),
         ("entry:replayed (command lists)", check_replayed),
+        ("entry:list (command lists: operands changed before and between replays, FREEs)", check_command_lists),
         ("entry:frontend (matmul, blas.gemm)", check_frontends),
         ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh (driver hooks)",
          check_driver_hooks),
+        ("memory:reads (reads are copies: Buffer, DeviceMemory, front-ends)", check_reads_are_copies),
     ]
 
 
-__all__ = ["check_driver_hooks", "check_frontends", "check_replayed", "check_resubmitted", "entry_checks"]
+__all__ = ["check_command_lists", "check_driver_hooks", "check_frontends", "check_reads_are_copies", "check_replayed", "check_resubmitted", "entry_checks"]

@@ -372,6 +372,8 @@ def _small_integer_golden(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarra
 
 def judge_copy(dev: Device, case: CopyCase) -> CaseResult:
     """Run one COPY case: dst must be exactly the correctly rounded src; nothing else changes."""
+    if case.one_buffer:
+        return judge_copy_one_buffer(dev, case)
     rng = np.random.default_rng(case.seed)
     src_vals = None
     if case.fill in ("ties", "huge", "ties_eps", "specials") and DTYPES[case.src].is_float:
@@ -443,6 +445,53 @@ def judge_copy(dev: Device, case: CopyCase) -> CaseResult:
     finally:
         S.buf.free()
         D.buf.free()
+
+
+def judge_copy_one_buffer(dev: Device, case: CopyCase) -> CaseResult:
+    """A COPY whose source and destination lie in one buffer, side by side (``case.one_buffer``:
+    "dst-after" or "dst-before" the source; padded rows, no overlap): the destination must be
+    the converted source, row for row, and no other byte of the buffer may change."""
+    rng = np.random.default_rng(case.seed)
+    s_isz, d_isz = DTYPES[case.src].itemsize_bytes, DTYPES[case.dst].itemsize_bytes
+    s_ld, d_ld = case.cols + case.pads[0], case.cols + case.pads[1]
+    s_bytes, d_bytes = case.rows * s_ld * s_isz, case.rows * d_ld * d_isz
+    align = 8 * max(s_isz, d_isz) * dev.info().caps.limits.alignment_elems
+    first = s_bytes if case.one_buffer == "dst-after" else d_bytes
+    gap = -(-first // align) * align - first + align  # the second starts aligned for either dtype
+    s_off, d_off = (0, s_bytes + gap) if case.one_buffer == "dst-after" else (d_bytes + gap, 0)
+    buf = dev.alloc(s_bytes + d_bytes + gap)
+    name = f"{DTYPES[case.src].name}->{DTYPES[case.dst].name}"
+    try:
+        fill = np.frombuffer(_random(rng, case.src, (s_bytes + d_bytes + gap) // s_isz).tobytes(), np.uint8)
+        raw = np.zeros(buf.size_bytes, np.uint8)
+        raw[:fill.size] = fill
+        if DTYPES[case.src].is_float and DTYPES[case.dst].is_float:  # dst's area: valid values of dst too
+            raw[d_off:d_off + d_bytes] = np.frombuffer(_random(rng, case.dst, d_bytes // d_isz).tobytes(), np.uint8)
+        buf.write(raw)
+        cmd = Copy(src=buf.matrix(case.src, case.rows, case.cols, ld_elems=s_ld, offset_bytes=s_off),
+                   dst=buf.matrix(case.dst, case.rows, case.cols, ld_elems=d_ld, offset_bytes=d_off))
+        memory = {buf.handle: np.array(buf.read(np.uint8, buf.size_bytes))}
+        op = check_command(cmd.encode(), DeviceCaps())
+        src, dst_want = copy_arrays(op, memory.__getitem__)
+        _REF.copy(op, src.copy(), dst_want)
+        try:
+            dev.submit([cmd], engine="copy" if "copy" in _engines(dev) else "compute").wait(timeout_ns=60 * 10**9)
+        except FFAccelError as e:
+            return CaseResult("COPY", case.group, name, case.name, False, message=f"device refused a valid COPY: {e}")
+        after = np.array(buf.read(np.uint8, buf.size_bytes))
+        want = memory[buf.handle]
+        if DTYPES[case.dst].is_float:  # NaN == NaN (sign and payload are not specified)
+            got_dst = copy_arrays(op, {buf.handle: after}.__getitem__)[1]
+            both = np.isnan(got_dst.astype(np.float64)) & np.isnan(dst_want.astype(np.float64))
+            got_dst[both] = dst_want[both]
+        if not np.array_equal(after, want):
+            at = int(np.flatnonzero(after != want)[0])
+            return CaseResult("COPY", case.group, name, case.name, False,
+                              message="the buffer differs from the copy done row for row (or bytes outside dst changed)",
+                              expected=f"byte {at} = {int(want[at])}", got=f"{int(after[at])}")
+        return CaseResult("COPY", case.group, name, case.name, True)
+    finally:
+        buf.free()
 
 
 def _engines(dev: Device) -> set[str]:

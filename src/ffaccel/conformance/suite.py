@@ -12,8 +12,8 @@ from typing import Any
 
 from ..runtime import Device, open_device
 from ..spec import SPEC_VERSION
-from .cases import LEVELS, copy_cases, gemm_cases
-from .engines import engine_checks
+from .cases import LEVELS, band_cases, copy_cases, gemm_cases
+from .engines import check_fences_per_engine, engine_checks
 from .entry import entry_checks
 from .runner import CaseResult, judge_copy, judge_gemm
 
@@ -122,7 +122,8 @@ def iter_checks(dev: Device, factory: DeviceFactory, level: str, only: Sequence[
     ``only``: run just the units whose kind (GEMM, COPY, ENTRY, ENGINE, ERROR) is one of these
     words or whose description contains one of them (all units when empty).
     """
-    caps = dev.info().caps
+    info = dev.info()
+    caps = info.caps
 
     def wanted(kind: str, desc: str) -> bool:
         return not only or any(w == kind or w in desc for w in only)
@@ -130,6 +131,9 @@ def iter_checks(dev: Device, factory: DeviceFactory, level: str, only: Sequence[
     for case in gemm_cases(caps, level):
         if wanted("GEMM", case.name):
             yield case.name, (lambda c=case: [judge_gemm(dev, c)])
+    for bcase in band_cases(caps, info.size_bands, level):  # both sides of every declared size edge
+        if wanted("GEMM", bcase.name):
+            yield bcase.name, (lambda c=bcase: [judge_gemm(dev, c)])
     for ccase in copy_cases(caps, level):
         if wanted("COPY", ccase.name):
             yield ccase.name, (lambda c=ccase: [judge_copy(dev, c)])
@@ -138,6 +142,9 @@ def iter_checks(dev: Device, factory: DeviceFactory, level: str, only: Sequence[
             yield name, (lambda check=check: check(dev))
     if wanted("ENGINE", "engines, fences, memory and info"):
         yield "engines, fences, memory and info", (lambda: engine_checks(dev))
+    if wanted("ENGINE", "fences:per-engine (every fence check on every engine, the others moved on)"):
+        yield ("fences:per-engine (every fence check on every engine, the others moved on)",
+               (lambda: check_fences_per_engine(dev)))
     if wanted("ERROR", "validation rules (error cases)"):
         from .errors import error_checks  # the rule catalogue is large: import it when it is needed
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from ..spec import violation
-from .base import BoundGemm, Driver, DriverInfo, FreshKernel, GemmKernel
+from .base import BoundGemm, Driver, DriverInfo, FreshKernel, GemmKernel, SizeBand
 
 ENTRY_POINT_GROUP = "ffaccel.drivers"
 _BUILTIN = {
@@ -22,6 +22,7 @@ _BUILTIN = {
     "npu": "ffaccel.drivers.npu:NpuDriver",  # a simulated SoC NPU (int8/bf16 GEMMs, bias, relu, COPY)
     "dask": "ffaccel.drivers.dask:DaskDriver",  # listed where dask.distributed is installed
     "torch": "ffaccel.drivers.torch:TorchDriver",  # listed only where torch is installed
+    "restricted": "ffaccel.drivers.partial:RestrictedByName",  # any driver narrowed to part of the op set
 }
 #: Built-in drivers that need an optional package: listed only where it is installed
 #: (looked up without importing it, so ``ffaccel.devices()`` never imports torch).
@@ -44,6 +45,9 @@ _FORMS: dict[str, tuple[tuple[str, str], ...]] = {
     "npu": (("npu", "a simulated SoC NPU (int8 and bf16 GEMMs, bias and ReLU, COPY), preset rk3588"),
             ("npu:preset=NAME,KEY=VALUE", "another preset (ethos-u65, ethos-u65-256, rk3588, npu3720, xdna2), "
              "paced=1 (jobs take their modeled time), or any field of the cost model (docs/npu.md)")),
+    "restricted": (("restricted:NAME;combos=...;post_ops=...;copies=...;engines=...",
+                    "any device narrowed to part of the op set, e.g. restricted:cpu;combos=int8xint8->int32->int32 "
+                    "(docs/conformance.md, \"Partial devices\")"),),
     "dask": (("dask://HOST:PORT", "large GEMMs tiled over the workers of a running Dask scheduler; options "
               "?min_flops=F&parts=N&worker=NAME&local=NAME&timeout_s=S&wait_s=S"),),
 }
@@ -142,5 +146,13 @@ def open_driver(name: str) -> Driver:
         raise violation("device.name", name, f"{driver_name} with options it accepts ({e})") from None
 
 
+def restricted(inner, **fields):  # type: ignore[no-untyped-def] - documented in drivers/partial.py
+    """Any driver (or device name) declaring only part of the op set: see
+    :func:`ffaccel.drivers.partial.restricted` and docs/conformance.md ("Partial devices")."""
+    from .partial import restricted as narrow
+
+    return narrow(inner, **fields)
+
+
 __all__ = ["BoundGemm", "Driver", "DriverEntry", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel",
-           "driver_catalog", "driver_targets", "load_driver_class", "open_driver"]
+           "SizeBand", "driver_catalog", "driver_targets", "load_driver_class", "open_driver", "restricted"]

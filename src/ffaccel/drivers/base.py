@@ -42,6 +42,38 @@ FreshKernel = Callable[..., np.ndarray]  # (a, b) -> D, or (a, b, epi) -> D for 
 BoundGemm = Callable[[], object]
 
 
+#: What a size band's edge measures (see :class:`SizeBand`).
+BAND_MEASURES = ("mnk", "entry_mnk")
+#: Which GEMMs a size band applies to, by their epilogue (see :class:`SizeBand`).
+BAND_EPILOGUES = ("any", "with", "without")
+
+
+@dataclass(frozen=True)
+class SizeBand:
+    """One size at which a driver's implementation changes (another library, threads, a fused
+    epilogue), declared in :attr:`DriverInfo.size_bands` so that the conformance suite runs the
+    GEMMs on both sides of it (every epilogue kind and order, NaN/Inf, interleaved and broadcast
+    layouts). A GEMM is on the upper side when its ``measure`` is ``>= edge``.
+
+    Examples
+    --------
+    >>> SizeBand(("f32xf32->f32->f32",), "with", "mnk", 96**3, "oneDNN with a fused epilogue").edge
+    884736
+    """
+
+    #: the dtype combinations it applies to, by name as ``ffaccel info`` prints them
+    combos: tuple[str, ...]
+    #: "with": only GEMMs with at least one post-op; "without": only GEMMs with none; "any"
+    epilogue: str
+    #: "mnk": batch * m * n * k (multiply-adds of the whole GEMM); "entry_mnk": m * n * k of one
+    #: batch entry (an edge of batched GEMMs only)
+    measure: str
+    #: the first size of the upper side, in the unit of ``measure`` (multiply-adds)
+    edge: int
+    #: what changes there, in words
+    change: str
+
+
 @dataclass(frozen=True)
 class DriverInfo:
     """What ``info`` reports about a driver."""
@@ -53,6 +85,9 @@ class DriverInfo:
     memory_bytes: int = 0
     #: (dtype combination, the kernel library serving it) pairs, where the driver says
     kernels: tuple[tuple[str, str], ...] = ()
+    #: where the implementation changes with size, where the driver says (see :class:`SizeBand`);
+    #: empty: the conformance suite sweeps sizes spread log-uniformly instead
+    size_bands: tuple[SizeBand, ...] = ()
 
 
 class Driver:

@@ -66,7 +66,7 @@ from scipy.linalg import cython_blas as _cython_blas
 
 from ..abi import CopyOp, GemmOp, LruCache
 from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
-from .base import BoundGemm, Driver, DriverInfo, GemmKernel
+from .base import BoundGemm, Driver, DriverInfo, GemmKernel, SizeBand
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
 from . import cpu_table as _table
@@ -1036,10 +1036,9 @@ class CpuDriver(Driver):
         """The table every kernel choice of this driver reads (:mod:`ffaccel.drivers.cpu_table`)."""
         return self._kernels()[1]
 
-    def size_bands(self, combo: Any) -> tuple[int, ...]:
+    def band_edges(self, combo: Any) -> tuple[int, ...]:
         """The sizes (``batch * m * n * k``) where a GEMM of this dtype combination changes kernel or
-        threads here, ascending: read from the kernel table (for conformance and tests, which
-        check both sides of each)."""
+        threads here, ascending: read from the kernel table (what :meth:`size_bands` declares)."""
         return self.kernel_table().size_bands(combo_class(combo))
 
     def _library_names(self, combo: Any) -> dict[Library, str]:
@@ -1079,7 +1078,26 @@ class CpuDriver(Driver):
 
     def info(self) -> DriverInfo:
         info = super().info()
-        return dataclasses.replace(info, kernels=tuple(self.kernels().items()))
+        return dataclasses.replace(info, kernels=tuple(self.kernels().items()), size_bands=self.size_bands())
+
+    def size_bands(self) -> tuple[SizeBand, ...]:
+        """Where this driver's kernel or threads change with size, read from its kernel table (what
+        ``info`` declares, so that the conformance suite checks both sides of each edge)."""
+        from ..spec import GEMM_COMBOS
+
+        names: dict[KernelClass, list[str]] = {}
+        for c in GEMM_COMBOS:
+            names.setdefault(combo_class(c), []).append(c.name)
+        bands = [SizeBand(tuple(names[KernelClass.F32] + names[KernelClass.F64]), "any", "entry_mnk", _LOOP_MIN_MNK,
+                          "batched GEMMs: one BLAS call per entry from here, NumPy's matmul loop below")]
+        for key, row in self.kernel_table().rows.items():
+            for band in row:
+                if band.min_mnk > 0:
+                    shape = " (batch 1 with m or n = 1)" if key.skinny else ""
+                    bands.append(SizeBand(tuple(names[key.cls]), "with" if key.fused else "without", "mnk",
+                                          band.min_mnk, f"{band.library.value} on {band.threads.value} threads{shape}"))
+        unique = {(b.combos, b.epilogue, b.measure, b.edge): b for b in reversed(bands)}  # rows often share an edge
+        return tuple(reversed(unique.values()))
 
     def band(self, op: GemmOp) -> Band:
         """The table's band for one validated GEMM (A and B not read: OpenBLAS's path, no GEMM runs)."""

@@ -5,7 +5,7 @@ A GEMM's *row* is its kernel class (f64, f32, bf16, f16, int8), whether it carri
 Each row is a list of *bands* over the GEMM's size ``batch * m * n * k``; a band says which
 kernel library runs the GEMM (:class:`Library`) and on which threads (:class:`Threads`).
 :meth:`KernelTable.band` is the one lookup that ``CpuDriver.prepare_gemm``, ``kernels()`` (what
-``ffaccel info`` prints), ``thread_pool()`` and ``size_bands()`` read.
+``ffaccel info`` prints), ``thread_pool()`` and ``size_bands()`` (what conformance checks both sides of) read.
 
 Where the rows change library is a property of the CPU and of the libraries installed, not a
 constant: :class:`Crossovers` holds those sizes. :data:`DEFAULT_CROSSOVERS` are the sizes

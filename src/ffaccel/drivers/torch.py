@@ -138,7 +138,10 @@ class TorchMemory:
         return typed.as_strided(shape, strides_elems, offset_bytes // DTYPES[dtype].itemsize_bytes)
 
     def read_bytes(self, offset_bytes: int, count: int) -> np.ndarray:
-        return self.tensor[offset_bytes:offset_bytes + count].cpu().numpy()
+        """A copy (the DeviceMemory contract): on the CPU ``.cpu()`` returns the tensor itself, and its
+        ``.numpy()`` a view of device memory that a later write or GEMM would change under the caller."""
+        part = self.tensor[offset_bytes:offset_bytes + count]
+        return part.numpy().copy() if part.device.type == "cpu" else part.cpu().numpy()
 
     def write_bytes(self, offset_bytes: int, data: np.ndarray) -> None:
         self.tensor[offset_bytes:offset_bytes + data.size].copy_(torch.from_numpy(np.ascontiguousarray(data)))

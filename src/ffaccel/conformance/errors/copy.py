@@ -34,9 +34,10 @@ def _copy_unsupported(env: Env, bad: bool) -> Callable[[], Any]:
 
 def _copy_overlap(shift: int) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
-        buf = env.filled(np.float32, 2 * M * N)
-        src = buf.matrix(np.float32, M, N)
-        dst = buf.matrix(np.float32, M, N, offset_bytes=(shift if bad else M * N) * 4)
+        dt = env.copy_dtype  # a conversion the device declares
+        buf = env.filled(dt, 2 * M * N)
+        src = buf.matrix(dt, M, N)
+        dst = buf.matrix(dt, M, N, offset_bytes=(shift if bad else M * N) * np.dtype(dt).itemsize)
         return lambda: env.dev.submit([Copy(src=src, dst=dst)], engine="copy")
     return build
 

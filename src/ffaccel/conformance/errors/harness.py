@@ -20,9 +20,9 @@ import numpy as np
 from ...abi import COPY, GEMM, Copy, DeviceCaps, Gemm, Layout, Matrix, encode_submission
 from ...drivers.ref import RefDriver
 from ...runtime import Buffer, Device, Fence, open_device
-from ...spec import RULES, Engine, ErrorCode, FFAccelError, Limits
+from ...spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, RULES, DType, Engine, ErrorCode, FFAccelError, Limits
 from ...transports import InprocTransport
-from ..engines import _with_watchdog
+from ..engines import _with_watchdog, preferred_combo
 from ..runner import CaseResult
 
 #: Opens a new device (a new client, with a handle table and timelines of its own) per call.
@@ -78,18 +78,50 @@ class Env:
         self.bufs: list[Buffer] = []
         #: True once the case used something only the ref driver can give (see Case.portable).
         self.used_nonportable = False
+        #: (device index, engine) -> the last fence value a submission or replay of the case got
+        self._seen_fences: dict[tuple[int, Engine], int] = {}
         self.dev = self.open_other()
+        caps = self.dev.info().caps
+        combo = preferred_combo(caps) or GEMM_COMBOS[1]
+        #: the GEMM a case starts from, where it names no dtype: one the device declares (f32 first)
+        self.gemm_dtypes = (DTYPES[combo.a].numpy, DTYPES[combo.d].numpy)
+        same = [s for s, d in COPY_CONVERSIONS if s == d and (s, d) in caps.copies]
+        #: the dtype of a COPY that converts nothing, where a case names none: one the device declares
+        self.copy_dtype = DTYPES[DType.F32 if DType.F32 in same or not same else same[0]].numpy
 
     def open_other(self) -> Device:
         """Another client of the device under test."""
         dev = self.factory()
+        self._track(dev)
         self.devices.append(dev)
         return dev
+
+    def _track(self, dev: Device) -> None:
+        """Note the fence value of every submission and replay the case makes on ``dev``, so that
+        the timelines are known before the defective call without probing them then: a probe is a
+        submission, and a device's memo of its last submission (or any other state) would be
+        replaced by it, hiding the defect (the harness takes what it needs before the defective step)."""
+        transport = dev._transport
+        seen = self._seen_fences
+        index = len(self.devices)
+
+        def noting(call: Callable[..., tuple[Engine, int]]) -> Callable[..., tuple[Engine, int]]:
+            def noted(*args: Any, **kw: Any) -> tuple[Engine, int]:
+                engine, value = call(*args, **kw)
+                key = (index, Engine(engine))
+                seen[key] = max(seen.get(key, 0), value)
+                return engine, value
+            return noted
+
+        for name in ("submit", "replay"):
+            if hasattr(transport, name):
+                setattr(transport, name, noting(getattr(transport, name)))
 
     def open_caps(self, quota: int | None = None, **caps: Any) -> Device:
         """A ref device whose driver declares ``DeviceCaps(**caps)`` (and a memory quota)."""
         self.used_nonportable = True
         dev = Device("caps", InprocTransport(CapsDriver(DeviceCaps(**caps)), max_memory_bytes=quota))
+        self._track(dev)
         self.devices.append(dev)
         return dev
 
@@ -129,6 +161,12 @@ class Env:
                 out[(i, e)] = dev.submit([], engine=e).value
         return out
 
+    def known_timelines(self) -> dict[tuple[int, Engine], int]:
+        """The fence value every engine of every device is at, from what the case submitted
+        (fence values count from 1 per engine and client), without submitting anything."""
+        return {(i, e): self._seen_fences.get((i, e), 0)
+                for i, dev in enumerate(self.devices) for e in sorted(dev.info().caps.engines)}
+
     def close(self) -> None:
         for dev in self.devices:
             try:
@@ -149,9 +187,11 @@ class ValidGemm:
     ``pad`` extra elements follow each matrix in its buffer (0: buffers sized exactly).
     """
 
-    def __init__(self, env: Env, dt: Any = np.float32, d_dt: Any = None, *, m: int = M, n: int = N, k: int = K,
+    def __init__(self, env: Env, dt: Any = None, d_dt: Any = None, *, m: int = M, n: int = N, k: int = K,
                  batch: int = 1, dev: Device | None = None, pad: int = 0) -> None:
         self.env, self.dev = env, dev or env.dev
+        if dt is None:  # the device's own combination (a partial device has no f32)
+            dt, d_dt = env.gemm_dtypes if self.dev is env.dev else (np.float32, d_dt)
         self.dt = np.dtype(dt)
         self.is_int = self.dt in (np.dtype(np.int8), np.dtype(np.uint8))
         self.d_dt = np.dtype(d_dt) if d_dt is not None else (np.dtype(np.int32) if self.is_int else self.dt)
@@ -266,7 +306,7 @@ class Catalogue:
         self.by_rule[rule].append(c.id)
 
     def gemm_patch_case(self, rule: str, param: str, seen: str, detail: str, patches: dict[str, int],
-                        dt: Any = np.float32, **gemm_kw: Any) -> None:
+                        dt: Any = None, **gemm_kw: Any) -> None:
         """A case: the standard GEMM, encoded, with ``patches`` applied to the defective twin."""
         def build(env: Env, bad: bool) -> Callable[[], Any]:
             s = ValidGemm(env, dt)
@@ -274,11 +314,13 @@ class Catalogue:
         self.case(rule, param, seen, detail, build)
 
     def copy_patch_case(self, rule: str, param: str, seen: str, detail: str, patches: dict[str, int]) -> None:
-        """A case: the standard COPY (C to D), encoded, with ``patches`` applied to the defective twin."""
+        """A case: the standard COPY (an M x N matrix to another, in a dtype the device copies),
+        encoded, with ``patches`` applied to the defective twin."""
         def build(env: Env, bad: bool) -> Callable[[], Any]:
-            s = ValidGemm(env)
-            cmd = Copy(src=s.c, dst=s.d)
-            return s.submit_raw(encode_submission([patch_cmd(cmd, patches if bad else None)], Engine.COPY))
+            dt = env.copy_dtype
+            cmd = Copy(src=env.filled(dt, M * N).matrix(dt, M, N), dst=env.filled(dt, M * N).matrix(dt, M, N))
+            raw = encode_submission([patch_cmd(cmd, patches if bad else None)], Engine.COPY)
+            return lambda: env.dev.submit_raw(raw)
         self.case(rule, param, seen, detail, build)
 
 
@@ -307,7 +349,7 @@ def _judge(c: Case, factory: DeviceFactory) -> str:
             return f"the defect-free twin was refused: {e}"
     with Env(factory) as env:
         call = c.build(env, True)
-        fences = env.probe_timelines()
+        fences = env.known_timelines()  # no probe here: nothing may run between the build and the call
         before = env.snapshot()
         try:
             call()

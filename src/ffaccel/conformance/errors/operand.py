@@ -46,16 +46,18 @@ def _freed(role: str) -> Builder:
         epi: tuple[PostOpDesc, ...] = ()
         if role in ("a", "b", "c", "d"):
             old: Matrix = getattr(s, role)
-            buf = env.filled(np.float32, old.rows * old.cols)
-            mat = buf.matrix(np.float32, old.rows, old.cols)
+            dt = s.dt if role in ("a", "b") else s.d_dt  # the device's own combination
+            buf = env.filled(dt, old.rows * old.cols)
+            mat = buf.matrix(dt, old.rows, old.cols)
             kw: dict[str, Any] = {role: mat}
             if role == "d":
                 kw["c"] = None  # keep C out of the way: this case is about D's handle
-                kw["beta"] = 0.0
+                kw["beta"] = 0
         else:
             kind, shape = {"bias": (PostOpKind.BIAS_N, (1, N)), "add": (PostOpKind.ADD, (M, N))}[role]
-            buf = env.filled(np.float32, shape[0] * shape[1])
-            epi = (PostOpDesc(kind, operand=buf.matrix(np.float32, *shape)),)
+            acc = np.int32 if s.is_int else np.float32  # the accumulate dtype of every combination
+            buf = env.filled(acc, shape[0] * shape[1])
+            epi = (PostOpDesc(kind, operand=buf.matrix(acc, *shape)),)
             kw = {}
         if bad:
             buf.free()
@@ -65,9 +67,11 @@ def _freed(role: str) -> Builder:
 
 def _copy_freed(role: str) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
-        s = ValidGemm(env)
-        buf = env.filled(np.float32, M * N)
-        mats = {"src": s.c, "dst": s.d, role: buf.matrix(np.float32, M, N)}
+        s = ValidGemm(env)  # buffers 1 to 4; the freed one is the 5th
+        dt = env.copy_dtype  # a COPY the device declares
+        buf = env.filled(dt, M * N)
+        pair = [env.filled(dt, M * N).matrix(dt, M, N) for _ in range(2)]
+        mats = {"src": pair[0], "dst": pair[1], role: buf.matrix(dt, M, N)}
         if bad:
             buf.free()
         return s.submit(Copy(**mats), engine="copy")
@@ -78,11 +82,14 @@ def _resubmitted_after_free(role: str) -> Builder:
     """Identical bytes, accepted once (and memoised by a fast transport), submitted again after
     the operand's buffer was freed: the memo must not let them through."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:
-        s = ValidGemm(env)
-        buf = env.filled(np.float32, M * N if role in ("c", "d", "src", "dst") else M * K)
-        mat = buf.matrix(np.float32, *((M, N) if role in ("c", "d", "src", "dst") else (M, K)))
+        s = ValidGemm(env)  # buffers 1 to 4; the freed one is the 5th
+        # in dtypes the device declares: the GEMM's own, or a COPY that converts nothing
+        dt = env.copy_dtype if role in ("src", "dst") else s.dt if role in ("a", "b") else s.d_dt
+        buf = env.filled(dt, M * N if role in ("c", "d", "src", "dst") else M * K)
+        mat = buf.matrix(dt, *((M, N) if role in ("c", "d", "src", "dst") else (M, K)))
         if role in ("src", "dst"):
-            raw = encode_submission([Copy(**{"src": s.c, "dst": s.d, role: mat})], Engine.COPY)
+            pair = [env.filled(dt, M * N).matrix(dt, M, N) for _ in range(2)]
+            raw = encode_submission([Copy(**{"src": pair[0], "dst": pair[1], role: mat})], Engine.COPY)
         else:
             raw = encode_submission([s.gemm(**{role: mat})])
         for _ in range(2):

@@ -1,30 +1,20 @@
-"""A catalogue of seeded-bug devices: the proof that the suite catches real bugs.
+"""The driver mutants of the seeded-bug catalogue: the ``cpu`` driver with exactly one bug each.
 
-Each entry is the ``cpu`` driver (or the in-process transport in front of it) with
-exactly one realistic bug, of the kinds BLAS libraries, accelerator drivers and
-runtimes have shipped. The driver keeps its fast paths (``bind_gemm``,
-``prepare_gemm_fresh``) on, so a bug placed there is visible too. There is at least one
-per gap the suite once had (see ``docs/conformance.md``) and one per validation rule
-family. The project's tests assert that ``--quick`` fails every one of them in the check
-named by ``caught_by`` while it passes ``ref``, ``cpu`` and ``torch:cpu``. Driver authors
-can read these as a list of what the suite is known to catch.
+Each class keeps the cpu driver's fast paths (``bind_gemm``, ``prepare_gemm_fresh``) on, so a
+bug placed there is visible too. The table that names them, and the check meant to catch each,
+is :data:`ffaccel.conformance.seeded.SEEDED_BUGS`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..abi import COMMAND_BYTES, COPY, GEMM, SUBMIT, WAIT, CopyOp, GemmOp
-from ..drivers.cpu import CpuDriver
-from ..runtime import Device
-from ..spec import COMBO_BY_DTYPES, DTYPES, DType, Engine, Opcode, PostOpKind
-from ..transports import InprocTransport
+from ...abi import CopyOp, GemmOp
+from ...drivers.cpu import CpuDriver
+from ...spec import COMBO_BY_DTYPES, DTYPES, DType, PostOpKind
 
 Kernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple], None]
 
@@ -793,390 +783,62 @@ class SquareBTransposeGuessedFromShape(_BuggyCpu):
         good(op)(a, b, c, d, epi)
 
 
-# --- transport-level bugs ------------------------------------------------------------------
+# --- reads ------------------------------------------------------------------------------------
 
 
-class _ReservedBlindTransport(InprocTransport):
-    """Zeroes reserved fields before validating: a device that accepts garbage in them."""
+class _ViewReadingMemory:
+    """Device memory kept in a host array whose ``read_bytes`` returns a view of it, not a copy
+    (what ``torch`` device memory on the CPU did: ``.cpu()`` is a no-op there)."""
 
-    def submit(self, raw: bytes) -> tuple[Engine, int]:
-        buf = bytearray(raw)
-        for f, off in SUBMIT.offsets():
-            if f.reserved:
-                buf[off:off + (4 if f.fmt == "I" else 8)] = bytes(4 if f.fmt == "I" else 8)
-        n_wait, n_cmd = SUBMIT.struct.unpack_from(buf, 0)[4], SUBMIT.struct.unpack_from(buf, 0)[3]
-        base = SUBMIT.size_bytes + n_wait * 16
-        for i in range(n_cmd):
-            start = base + i * COMMAND_BYTES
-            for f, off in GEMM.offsets():
-                if f.reserved and start + off + 8 <= len(buf):
-                    width = 4 if f.fmt == "I" else 8
-                    buf[start + off:start + off + width] = bytes(width)
-        return super().submit(bytes(buf))
+    def __init__(self, size_bytes: int) -> None:
+        self.nbytes = size_bytes
+        self.raw = np.zeros(size_bytes, np.uint8)
 
+    def strided(self, dtype: DType, shape: tuple[int, int, int], strides_elems: tuple[int, int, int],
+                offset_bytes: int) -> np.ndarray:
+        np_dt = np.dtype(DTYPES[dtype].numpy)
+        if 0 in shape:
+            return np.empty(shape, np_dt)
+        return np.ndarray(shape, np_dt, buffer=self.raw, offset=offset_bytes,
+                          strides=tuple(s * np_dt.itemsize for s in strides_elems))
 
-class _HalfExecutingTransport(InprocTransport):
-    """Validates and runs commands one by one: a rejected submission has half run."""
+    def read_bytes(self, offset_bytes: int, count: int) -> np.ndarray:
+        return self.raw[offset_bytes:offset_bytes + count]  # the bug: a view
 
-    def submit(self, raw: bytes) -> tuple[Engine, int]:
-        from ..abi import encode_submission
-
-        head = SUBMIT.struct.unpack_from(raw, 0)
-        engine, n_cmd, n_wait = head[1], head[3], head[4]
-        base = SUBMIT.size_bytes + n_wait * 16
-        waits = raw[SUBMIT.size_bytes:base]
-        if n_cmd <= 1:
-            return super().submit(raw)
-        result = None
-        for i in range(n_cmd):
-            one = encode_submission([raw[base + i * COMMAND_BYTES: base + (i + 1) * COMMAND_BYTES]], Engine(engine))
-            if i == 0 and waits:
-                one = raw[:SUBMIT.size_bytes] + waits + one[SUBMIT.size_bytes:]
-                one = one[:12] + (1).to_bytes(4, "little") + one[16:]
-            result = super().submit(one)
-        assert result is not None
-        return result
+    def write_bytes(self, offset_bytes: int, data: np.ndarray) -> None:
+        self.raw[offset_bytes:offset_bytes + data.size] = data
 
 
-class _EarlyFenceTransport(InprocTransport):
-    """Signals a submission's fence at once but runs its work only when the next one arrives.
+class ReadReturnsView(CpuDriver):
+    """Memory of its own (not host-visible) whose reads return views of device memory."""
 
-    (A deterministic stand-in for a device that signals completion when work is queued.)
-    """
+    host_visible = False
 
-    def __init__(self, driver: CpuDriver) -> None:
-        super().__init__(driver)
-        self._pending: bytes | None = None
-
-    def submit(self, raw: bytes) -> tuple[Engine, int]:
-        head = SUBMIT.struct.unpack_from(raw, 0)
-        engine = Engine(head[1]) if head[1] in (0, 1) else Engine.COMPUTE
-        earlier, self._pending = self._pending, raw
-        if earlier is not None:
-            with contextlib.suppress(Exception):  # the bug also loses the late work's errors
-                engine_, _ = super().submit(earlier)
-                self._timeline[engine_] -= 1  # its fence was already signalled below
-        with self._lock:
-            self._timeline[engine] += 1
-            return engine, self._timeline[engine]
+    def alloc(self, size_bytes: int) -> _ViewReadingMemory:
+        return _ViewReadingMemory(size_bytes)
 
 
-# --- transport-level bugs, one per rule family ------------------------------------------------
+# --- size bands ---------------------------------------------------------------------------------
 
 
-def _field_at(layout, name: str) -> tuple[str, int]:  # noqa: ANN001
-    for f, off in layout.offsets():
-        if f.name == name:
-            return "<" + f.fmt, off
-    raise KeyError(name)
+class FusedEpilogueDropsLastPostOp(_BuggyCpu):
+    """At and above the size where the cpu driver hands a GEMM with an epilogue to oneDNN (the fused
+    path, ``ONEDNN_MIN_MNK``), the last post-op is dropped; below it every post-op runs."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        from ...drivers.cpu import ONEDNN_MIN_MNK, combo_class
+
+        floor = ONEDNN_MIN_MNK.get(combo_class(op.combo) or "", 0)
+        if op.epilogue and floor and op.batch * op.m * op.n * op.k >= floor:
+            op, epi = dataclasses.replace(op, epilogue=op.epilogue[:-1]), epi[:-1]
+        good(op)(a, b, c, d, epi)
 
 
-def _command_offsets(raw: bytes) -> list[int]:
-    """Where each command of a submission starts (only when the header's counts fit the bytes)."""
-    if len(raw) < SUBMIT.size_bytes:
-        return []
-    head = SUBMIT.struct.unpack_from(raw, 0)
-    n_cmd, n_wait = head[3], head[4]
-    base = SUBMIT.size_bytes + n_wait * WAIT.size_bytes
-    if n_cmd > 64 or base + n_cmd * COMMAND_BYTES > len(raw):
-        return []
-    return [base + i * COMMAND_BYTES for i in range(n_cmd)]
+class OneBufferCopyBackwards(_BuggyCpu):
+    """A COPY within one buffer with the destination after the source is done "backwards" (as an
+    overlapping memmove would be), and gets the row order wrong: dst row i <- src row rows-1-i."""
 
-
-def _get(buf: bytearray, layout, name: str, base: int) -> int:  # noqa: ANN001
-    fmt, off = _field_at(layout, name)
-    return struct.unpack_from(fmt, buf, base + off)[0]
-
-
-def _put(buf: bytearray, layout, name: str, base: int, value: int) -> None:  # noqa: ANN001
-    fmt, off = _field_at(layout, name)
-    struct.pack_into(fmt, buf, base + off, value)
-
-
-class _PatchingTransport(InprocTransport):
-    """Rewrites a submission's bytes before the validator sees them (each subclass one way)."""
-
-    def patch(self, buf: bytearray) -> None:
-        raise NotImplementedError
-
-    def submit(self, raw: bytes) -> tuple[Engine, int]:
-        buf = bytearray(raw)
-        self.patch(buf)
-        return super().submit(bytes(buf))
-
-
-class _SubmitFlagsBlindTransport(_PatchingTransport):
-    """Clears unknown submission flag bits instead of refusing them."""
-
-    def patch(self, buf: bytearray) -> None:
-        if len(buf) >= SUBMIT.size_bytes:
-            _put(buf, SUBMIT, "flags", 0, 0)
-
-
-class _LdBlindTransport(_PatchingTransport):
-    """Raises a leading dimension below the row length to the row length instead of refusing it."""
-
-    def patch(self, buf: bytearray) -> None:
-        for base in _command_offsets(bytes(buf)):
-            if _get(buf, GEMM, "opcode", base) != int(Opcode.GEMM):
-                continue
-            for role in ("a", "b", "c", "d"):
-                cols, ld = _get(buf, GEMM, f"{role}.cols", base), _get(buf, GEMM, f"{role}.ld_elems", base)
-                if _get(buf, GEMM, f"{role}.handle", base) and ld < cols:
-                    _put(buf, GEMM, f"{role}.ld_elems", base, cols)
-
-
-class _IntScalarWrapTransport(_PatchingTransport):
-    """Wraps integer alpha/beta outside the int32 range into it instead of refusing them."""
-
-    def patch(self, buf: bytearray) -> None:
-        for base in _command_offsets(bytes(buf)):
-            if _get(buf, GEMM, "opcode", base) != int(Opcode.GEMM) or _get(buf, GEMM, "a.dtype", base) not in (
-                    int(DType.I8), int(DType.U8)):
-                continue
-            for name in ("alpha_bits", "beta_bits"):
-                v = _get(buf, GEMM, name, base)
-                signed = v - 2**64 if v >= 2**63 else v
-                if not -(2**31) <= signed < 2**31:
-                    w = (signed + 2**31) % 2**32 - 2**31
-                    _put(buf, GEMM, name, base, w % 2**64)
-
-
-class _EpilogueSlotsBlindTransport(_PatchingTransport):
-    """Zeroes epilogue slots past epilogue_count instead of refusing what is in them."""
-
-    def patch(self, buf: bytearray) -> None:
-        for base in _command_offsets(bytes(buf)):
-            if _get(buf, GEMM, "opcode", base) != int(Opcode.GEMM):
-                continue
-            count = _get(buf, GEMM, "epilogue_count", base)
-            for f, off in GEMM.offsets():
-                if f.name.startswith("epilogue[") and int(f.name[9:f.name.index("]")]) >= count:
-                    width = struct.calcsize("<" + f.fmt)
-                    buf[base + off:base + off + width] = bytes(width)
-
-
-class _CopyConversionBlindTransport(_PatchingTransport):
-    """Makes an integer COPY's destination type match its source instead of refusing the conversion."""
-
-    def patch(self, buf: bytearray) -> None:
-        ints = (int(DType.I8), int(DType.U8), int(DType.I32))
-        for base in _command_offsets(bytes(buf)):
-            if _get(buf, COPY, "opcode", base) != int(Opcode.COPY):
-                continue
-            src, dst = _get(buf, COPY, "src.dtype", base), _get(buf, COPY, "dst.dtype", base)
-            if (src in ints or dst in ints) and src != dst:
-                _put(buf, COPY, "dst.dtype", base, src)
-
-
-class _AllocRoundsUpTransport(InprocTransport):
-    """Allocates one byte for a size of 0 or less instead of refusing it."""
-
-    def alloc(self, size_bytes: int) -> tuple[int, np.ndarray]:
-        if isinstance(size_bytes, int) and size_bytes <= 0:
-            size_bytes = 1
-        return super().alloc(size_bytes)
-
-
-class _WaitReturnsAtDeadlineTransport(InprocTransport):
-    """A wait that reaches its deadline returns as if the fence had signalled."""
-
-    def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
-        return None
-
-
-class _MemoIgnoresFreeTransport(InprocTransport):
-    """Trusts bytes it has accepted before: a resubmission skips validation (and, with it, the
-    check that its buffers are still alive) and goes straight to its fence."""
-
-    def __init__(self, driver: CpuDriver) -> None:
-        super().__init__(driver)
-        self._seen: set[bytes] = set()
-
-    def submit(self, raw: bytes) -> tuple[Engine, int]:
-        from ..abi import encode_submission
-
-        if raw in self._seen:
-            head = SUBMIT.struct.unpack_from(raw, 0)
-            return super().submit(encode_submission([], Engine(head[1])))
-        result = super().submit(raw)
-        self._seen.add(raw)
-        return result
-
-
-@dataclass(frozen=True)
-class SeededBug:
-    """One seeded bug; ``caught_by`` names the check meant to catch it (see ``unit``)."""
-
-    name: str
-    description: str
-    factory: Callable[[], Device]
-    caught_by: str
-    #: "ERROR" when ``caught_by`` names a validation rule's single-defect cases (a rule id or a word
-    #: of a case id), else "" (a case group, or a word of case names, of the quick level)
-    unit: str = ""
-
-
-def _driver_bug(cls: type[_BuggyCpu]) -> Callable[[], Device]:
-    return lambda: Device(f"seeded:{cls.__name__}", InprocTransport(cls()))
-
-
-def _transport_bug(cls: type[InprocTransport]) -> Callable[[], Device]:
-    return lambda: Device(f"seeded:{cls.__name__}", cls(CpuDriver()))
-
-
-SEEDED_BUGS: tuple[SeededBug, ...] = (
-    SeededBug("ignores-beta", "treats every GEMM as beta == 0", _driver_bug(IgnoresBeta), "scalars"),
-    SeededBug("reads-c-when-beta-0", "computes beta * C even when beta == 0 (NaN in C leaks)",
-              _driver_bug(ReadsCWhenBetaZero), "corner:beta0-nan-c"),
-    SeededBug("f16-accumulates-in-f16", "rounds every partial sum to the half type",
-              _driver_bug(AccumulatesHalfInHalf), "corner:accumulate-width"),
-    SeededBug("ignores-lda", "addresses A as if it were packed (ld == cols)", _driver_bug(IgnoresLda), "gemm"),
-    SeededBug("writes-past-window", "stores whole rows of D, padding included", _driver_bug(WritesPastWindow), "gemm"),
-    SeededBug("transposes-wrong-operand", "applies B's transpose flag to A", _driver_bug(TransposesWrongOperand),
-              "gemm"),
-    SeededBug("epilogue-order-swapped", "applies post-ops last to first", _driver_bug(EpilogueOrderSwapped),
-              "epilogue-chain"),
-    SeededBug("bias-on-wrong-axis", "adds a column bias over rows and vice versa", _driver_bug(BiasOnWrongAxis),
-              "epilogue"),
-    SeededBug("int8-saturates", "clamps int32 results instead of wrapping modulo 2**32", _driver_bug(Int8Saturates),
-              "corner:int-wrap"),
-    SeededBug("batch-stride-0-not-broadcast", "steps through A's batch as if packed when its stride is 0",
-              _driver_bug(BatchStrideZeroNotBroadcast), "batch"),
-    SeededBug("accepts-reserved-fields", "ignores nonzero reserved fields instead of refusing them",
-              _transport_bug(_ReservedBlindTransport), "cmd.reserved", "ERROR"),
-    SeededBug("half-executes-rejected-submission", "validates and runs commands one at a time",
-              _transport_bug(_HalfExecutingTransport), "third-of-three", "ERROR"),
-    SeededBug("fence-before-work", "signals the fence at submit and runs the work later",
-              _transport_bug(_EarlyFenceTransport), "fences"),
-    SeededBug("bf16-truncates", "rounds bf16 outputs toward zero instead of to nearest even",
-              _driver_bug(RoundsBf16ByTruncation), "corner:output-rounding"),
-    SeededBug("alpha-0-reads-a-b", "multiplies A @ B even when alpha == 0 (NaN in A leaks)",
-              _driver_bug(AlphaZeroStillReadsAB), "corner:alpha0-nan-ab"),
-    SeededBug("k-0-gives-zeros", "writes zeros when k == 0 instead of beta * C", _driver_bug(KZeroGivesZeros),
-              "corner:k0"),
-    SeededBug("in-place-clobbers-c", "clears D before reading C when D is C", _driver_bug(InPlaceClobbersC), "gemm"),
-    SeededBug("gelu-erf-is-tanh", "uses the tanh approximation for the exact GELU", _driver_bug(GeluErfIsTanh),
-              "epilogue"),
-    SeededBug("drops-last-batch-entry", "an off-by-one in the batch loop", _driver_bug(DropsLastBatchEntry), "batch"),
-    SeededBug("int-sums-in-f32-unchunked", "sums integer products in f32 past 2**24", _driver_bug(
-        IntSumsInF32WithoutChunks), "corner:int-wrap"),
-    SeededBug("copy-truncates", "COPY narrows floats by chopping mantissa bits", _driver_bug(CopyTruncates),
-              "copy:rounding"),
-    # exact judgement: rounding of ties
-    SeededBug("f16-rounds-ties-away", "rounds f16 outputs half away from zero", _driver_bug(F16RoundsTiesAway),
-              "exact"),
-    SeededBug("bf16-rounds-ties-away", "rounds bf16 outputs half away from zero", _driver_bug(Bf16RoundsTiesAway),
-              "exact"),
-    SeededBug("epilogue-in-output-type", "runs the epilogue on the 16-bit output, rounding after every step",
-              _driver_bug(EpilogueInOutputType), "exact"),
-    SeededBug("beta-c-after-rounding", "rounds alpha * A @ B to the 16-bit output, then adds beta * C",
-              _driver_bug(BetaCAddedAfterRounding), "exact"),
-    # integer scalars float32 cannot hold
-    SeededBug("int-alpha-through-f32", "converts an integer alpha through float32", _driver_bug(IntAlphaThroughF32),
-              "int-scalars"),
-    SeededBug("int-clamp-through-f32", "converts int32 clamp bounds through float32",
-              _driver_bug(IntClampBoundsThroughF32), "int-scalars"),
-    SeededBug("int-scale-through-f32", "converts an int32 scale through float32", _driver_bug(IntScaleThroughF32),
-              "int-scalars"),
-    SeededBug("int-beta-c-in-f64", "computes integer beta * C in float64 (inexact past 2**53)",
-              _driver_bug(IntBetaCInFloat64), "int-scalars"),
-    SeededBug("post-params-cached", "caches kernels per geometry and post-op kinds, ignoring their parameters",
-              _driver_bug(ParamsCachedPerGeometry), "post-params"),
-    # NaN and Inf through every step
-    SeededBug("relu-drops-nan", "relu as fmax(x, 0): NaN becomes 0", _driver_bug(ReluDropsNaN), "nonfinite"),
-    SeededBug("clamp-drops-nan", "clamp as fmin/fmax: NaN becomes lo", _driver_bug(ClampDropsNaN), "nonfinite"),
-    SeededBug("in-place-beta-0-reads-c", "in place with beta == 0 adds 0 * D (NaN in D leaks)",
-              _driver_bug(InPlaceScalesDByBeta), "corner:beta0-nan-c"),
-    SeededBug("absent-c-reads-d", "with C absent and an epilogue, accumulates onto D's old contents",
-              _driver_bug(AbsentCReadsD), "exact"),
-    SeededBug("k-0-beta-0-reads-c", "k == 0 and beta == 0 still computes 0 * C", _driver_bug(KZeroReadsCWhenBetaZero),
-              "corner:k0"),
-    # every layout
-    SeededBug("interleaved-d-scrambled", "writes a row-interleaved batched D as if packed",
-              _driver_bug(InterleavedDScrambled), "layout"),
-    SeededBug("broadcast-c-not-broadcast", "reads C's batch as if packed when its batch stride is 0",
-              _driver_bug(BroadcastCNotBroadcast), "batch"),
-    SeededBug("epilogue-operand-entry-0", "uses batch entry 0 of a per-entry bias or residual for all",
-              _driver_bug(EpilogueOperandFirstEntryOnly), "layout"),
-    SeededBug("broadcast-b-fold-wrong", "with B broadcast, multiplies every entry by A's entry 0",
-              _driver_bug(BroadcastBFoldWrong), "batch"),
-    SeededBug("batch-fold-scrambled", "folds a batch with B broadcast into m, reading A's rows in the wrong order",
-              _driver_bug(BatchFoldScrambled), "layout"),
-    SeededBug("alloc-not-zeroed", "hands out new buffers without clearing them", _driver_bug(AllocNotZeroed),
-              "memory"),
-    # sizes across thresholds
-    SeededBug("large-f16-output-last-column", "a two-thread conversion of a large 16-bit output misses a column",
-              _driver_bug(LargeF16OutputDropsLastColumn), "size"),
-    SeededBug("large-gemm-partial-tile", "above 2**21 multiply-adds, rows past the last 64-row tile are skipped",
-              _driver_bug(LargeGemmDropsPartialTile), "size"),
-    SeededBug("large-gemm-ignores-beta", "above the threading threshold, C is added with beta 1",
-              _driver_bug(LargeGemmIgnoresBeta), "size"),
-    SeededBug("int-chunk-too-big", "exact-int8 k chunks twice the safe size", _driver_bug(IntChunkTwiceTooBig),
-              "size:int-chunk"),
-    SeededBug("int-drops-last-chunk", "skips the last partial k chunk of exact int8", _driver_bug(IntDropsLastChunk),
-              "size:int-chunk"),
-    SeededBug("batch-loop-reuses-entry", "the last of large batch entries uses the previous entry's A",
-              _driver_bug(BatchLoopReusesEntry), "size"),
-    # COPY
-    SeededBug("copy-f64-through-f32", "COPY f64 -> f16/bf16 rounds twice, through f32", _driver_bug(CopyF64ThroughF32),
-              "copy:double-rounding"),
-    SeededBug("copy-flushes-subnormals", "COPY flushes subnormal results to zero", _driver_bug(CopyFlushesSubnormals),
-              "copy:specials"),
-    SeededBug("copy-overflow-saturates", "COPY overflow gives the largest finite value, not inf",
-              _driver_bug(CopyOverflowSaturates), "copy:overflow"),
-    SeededBug("large-copy-last-row", "a COPY of 2**20 elements or more misses its last row",
-              _driver_bug(LargeCopyMissesLastRow), "copy:large"),
-    # every entry point
-    SeededBug("bind-ignores-alpha", "bind_gemm binds alpha = 1", _driver_bug(BindIgnoresAlpha), "entry:bind_gemm"),
-    SeededBug("bind-computes-once", "bind_gemm computes when bound and replays that answer",
-              _driver_bug(BindComputesOnce), "entry:bind_gemm"),
-    SeededBug("fresh-ignores-alpha", "the fresh kernel ignores alpha", _driver_bug(FreshIgnoresAlpha),
-              "entry:frontend"),
-    SeededBug("fresh-forgets-transpose-back", "the fresh kernel returns D^T where D is square",
-              _driver_bug(FreshForgetsTransposeBack), "entry:prepare_gemm_fresh"),
-    SeededBug("kernel-keeps-first-b", "a prepared kernel keeps the first B it was called with",
-              _driver_bug(KernelKeepsFirstB), "entry:prepare_gemm"),
-    SeededBug("gemm-entry-drops-epilogue", "the plain gemm entry point drops the epilogue",
-              _driver_bug(GemmEntryDropsEpilogue), "entry:gemm"),
-    SeededBug("memo-ignores-free", "replays bytes it accepted before without validating them again",
-              _transport_bug(_MemoIgnoresFreeTransport), "resubmitted-after-free", "ERROR"),
-    # categories quick must reach
-    SeededBug("bias-always-first", "moves bias post-ops to the front of the epilogue", _driver_bug(BiasAlwaysFirst),
-              "epilogue-chain"),
-    SeededBug("add-f16-operand-as-bf16", "rounds an f16 residual to bf16 before adding it",
-              _driver_bug(AddOperandInOutputTypeMisread), "exact"),
-    SeededBug("square-a-transpose-guessed", "infers A's transpose from its shape (wrong when m == k)",
-              _driver_bug(SquareTransposeGuessedFromShape), "shapes:square"),
-    SeededBug("square-b-transpose-guessed", "infers B's transpose from its shape (wrong when k == n)",
-              _driver_bug(SquareBTransposeGuessedFromShape), "shapes:square"),
-    SeededBug("alpha-scales-c", "computes alpha * (A @ B + beta * C)", _driver_bug(AlphaScalesC), "scalars"),
-    SeededBug("clamp-bounds-swapped", "passes clamp's lo and hi in the wrong order", _driver_bug(ClampBoundsSwapped),
-              "epilogue"),
-    SeededBug("scale-squared", "applies scale(s) as s * s", _driver_bug(ScaleTwice), "epilogue"),
-    SeededBug("bias-m-ignored", "drops bias over rows", _driver_bug(BiasMIgnored), "epilogue"),
-    SeededBug("gelu-tanh-is-erf", "uses the exact GELU for the tanh approximation", _driver_bug(GeluTanhIsErf),
-              "epilogue"),
-    SeededBug("uint8-read-as-int8", "reads a uint8 B as int8", _driver_bug(Uint8ReadAsInt8), "gemm"),
-    SeededBug("f32-output-through-f16", "rounds f16 x f16 -> f32 results to f16", _driver_bug(F32OutputRoundedToF16),
-              "gemm"),
-    SeededBug("int-relu-through-f32", "int32 relu through float32", _driver_bug(IntReluThroughF32), "int-scalars"),
-    SeededBug("in-place-batch-negates-beta", "in place with a batch, beta's sign flips",
-              _driver_bug(InPlaceNegatesBeta),
-              "epilogue-chain"),
-    # one per rule family of the validator (each a transport that lets one kind of defect through)
-    SeededBug("submit-flags-ignored", "clears unknown submission flags instead of refusing them",
-              _transport_bug(_SubmitFlagsBlindTransport), "submit.flags", "ERROR"),
-    SeededBug("operand-ld-raised", "raises a too-small leading dimension instead of refusing it",
-              _transport_bug(_LdBlindTransport), "operand.ld", "ERROR"),
-    SeededBug("gemm-int-scalar-wrapped", "wraps integer alpha/beta into int32 instead of refusing them",
-              _transport_bug(_IntScalarWrapTransport), "gemm.int_scalar", "ERROR"),
-    SeededBug("epilogue-slots-zeroed", "zeroes epilogue slots past epilogue_count instead of refusing them",
-              _transport_bug(_EpilogueSlotsBlindTransport), "epilogue.count", "ERROR"),
-    SeededBug("copy-conversion-coerced", "makes an integer COPY's dst type match its src",
-              _transport_bug(_CopyConversionBlindTransport), "copy.conversion", "ERROR"),
-    SeededBug("memory-size-rounded-up", "allocates 1 byte for a size of 0 or less", _transport_bug(
-        _AllocRoundsUpTransport), "memory.size", "ERROR"),
-    SeededBug("fence-wait-never-times-out", "a wait past its deadline returns as if signalled",
-              _transport_bug(_WaitReturnsAtDeadlineTransport), "fence.timeout", "ERROR"),
-)
+    def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
+        if op.src.handle == op.dst.handle and op.dst.offset_bytes > op.src.offset_bytes and src.ndim >= 2:
+            src = src[..., ::-1, :]
+        super().copy(op, src, dst)

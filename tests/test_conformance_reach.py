@@ -1,0 +1,146 @@
+"""The suite reaches every path a driver takes (issue 24): epilogues on both sides of every declared
+size edge (or a log-uniform sweep), command lists whose operands change, fences on every engine,
+reads that must be copies, and an error harness that runs nothing between a defect and its check.
+Each new kind of case has a seeded bug that it, and only it, catches, on the default kernels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import ffaccel
+from ffaccel.cli.main import main
+from ffaccel.conformance import check_device
+from ffaccel.conformance.cases import SWEEP_CEILING_MNK, SWEEP_SIZES, band_cases
+from ffaccel.conformance.errors import CASES, error_checks
+from ffaccel.conformance.seeded import seeded_bug
+from ffaccel.drivers.base import SizeBand
+from ffaccel.drivers.cpu import _SINGLE_THREAD_MNK, ONEDNN_BARE_F32_MIN_MNK, ONEDNN_MIN_MNK, CpuDriver
+from ffaccel.spec import PostOpKind
+
+#: (seeded bug, the kind of case that must catch it): one per kind issue 24 adds
+NEW_KINDS = [
+    ("fused-epilogue-drops-last", "band:"),
+    ("list-captures-epilogue", "entry:list"),
+    ("fence-on-other-timeline", "fences:per-engine"),
+    ("read-returns-view", "memory:reads"),
+    ("one-buffer-copy-backwards", "copy:one-buffer"),
+    ("free-keeps-last-memo", "resubmitted-after-free"),
+]
+
+
+def _measure(case, band: SizeBand) -> int:  # noqa: ANN001 - a GemmCase
+    return case.m * case.n * case.k * (case.batch if band.measure == "mnk" else 1)
+
+
+def test_cpu_declares_its_size_bands_from_its_thresholds(capsys: pytest.CaptureFixture[str]) -> None:
+    bands = CpuDriver().info().size_bands
+    edges = {(b.epilogue, b.measure, b.edge) for b in bands}
+    assert ("any", "mnk", _SINGLE_THREAD_MNK + 1) in edges
+    if CpuDriver().kernels()["f32xf32->f32->f32"].startswith("oneDNN"):  # where oneDNN serves f32 here
+        assert ("with", "mnk", ONEDNN_MIN_MNK["f32"]) in edges
+        assert ("without", "mnk", ONEDNN_BARE_F32_MIN_MNK) in edges
+    # one library at every size: no edge of its own
+    assert {b.edge for b in CpuDriver(kernels="blas").info().size_bands}.isdisjoint(
+        {ONEDNN_MIN_MNK["f32"], ONEDNN_BARE_F32_MIN_MNK})
+    assert main(["info", "cpu", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {(b["epilogue"], b["measure"], b["edge"]) for b in doc["size_bands"]} == edges
+    assert main(["info", "cpu"]) == 0
+    assert "size bands" in capsys.readouterr().out
+
+
+def test_band_cases_run_every_post_op_on_both_sides_of_every_edge() -> None:
+    info = ffaccel.open("cpu").info()
+    cases = band_cases(info.caps, info.size_bands, "quick")
+    for band in info.size_bands:
+        for name in band.combos:
+            mine = [c for c in cases if c.combo.name == name and f">={band.edge}" in c.group]
+            below = [c for c in mine if _measure(c, band) < band.edge]
+            above = [c for c in mine if _measure(c, band) >= band.edge]
+            assert below and above, (name, band)
+            if band.epilogue == "without":
+                assert all(not c.epilogue for c in mine)
+                continue
+            kinds = {p.kind for c in above for p in c.epilogue}
+            assert kinds >= (set(PostOpKind) - {PostOpKind.GELU_ERF, PostOpKind.GELU_TANH}), (name, band)
+            assert any(c.epilogue for c in below)
+            if not mine[0].combo.is_int:  # NaN/Inf through the epilogue above the edge
+                assert any(c.fill == "nonfinite" for c in above)
+    full = band_cases(info.caps, info.size_bands, "full")
+    assert any(any(c.interleave) and c.epilogue for c in full)
+    assert {c.broadcast for c in full if c.epilogue} >= {(True, False, False), (False, True, False), (False, False, True)}
+
+
+def test_without_a_declaration_the_sizes_are_swept_up_to_the_ceiling() -> None:
+    caps = ffaccel.open("ref").info().caps
+    for level in ("quick", "full"):
+        cases = band_cases(caps, (), level)
+        sizes = sorted({c.m * c.n * c.k for c in cases if c.combo.name == "f32xf32->f32->f32" and c.batch == 1})
+        assert len(sizes) == SWEEP_SIZES[level]
+        assert sizes[-1] >= SWEEP_CEILING_MNK[level] and sizes[-1] < 1.1 * SWEEP_CEILING_MNK[level]
+        ratios = [b / a for a, b in zip(sizes, sizes[1:])]
+        assert max(ratios) < 1.2 * min(ratios)  # spread log-uniformly
+        assert {p.kind for c in cases if c.m * c.n * c.k == sizes[-1] for p in c.epilogue} == set(PostOpKind)
+
+
+def test_band_cases_keep_to_a_partial_device() -> None:
+    dev = ffaccel.open("restricted:cpu;combos=int8xint8->int32->int32,bf16;post_ops=bias_n,relu;copies=bf16->bf16")
+    info = dev.info()
+    assert info.size_bands and all(set(b.combos) <= {c.name for c in info.caps.combos} for b in info.size_bands)
+    cases = band_cases(info.caps, info.size_bands, "full")
+    assert cases and all(p.kind in info.caps.post_ops for c in cases for p in c.epilogue)
+    assert {c.combo for c in cases} == set(info.caps.combos)
+
+
+@pytest.mark.parametrize("level", ["quick", "full"])
+@pytest.mark.parametrize(("bug_name", "kind"), NEW_KINDS, ids=[b for b, _ in NEW_KINDS])
+def test_each_new_kind_catches_its_seeded_bug(bug_name: str, kind: str, level: str) -> None:
+    bug = seeded_bug(bug_name)
+    assert bug.caught_by == kind
+    if bug.unit == "ERROR":  # the error cases are the same at both levels
+        results = error_checks(bug.factory, cases=[c for c in CASES if kind in c.id])
+    else:
+        results = check_device(bug.factory, level, only=(kind,)).results
+    assert results
+    assert [r for r in results if not r.passed and (r.group == kind or kind in r.name)], bug.description
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("bug_name", "kind"), NEW_KINDS[:-1], ids=[b for b, _ in NEW_KINDS[:-1]])
+def test_only_the_new_kind_catches_its_seeded_bug(bug_name: str, kind: str) -> None:
+    """The whole quick level: every failure is in the kind meant for the bug (no other case sees it)."""
+    report = check_device(seeded_bug(bug_name).factory, "quick")
+    assert report.failures and all(kind in r.name or r.group == kind for r in report.failures), \
+        report.failures_text()
+
+
+def test_the_error_harness_runs_nothing_between_the_defect_and_the_defective_call() -> None:
+    """A one-entry memo kept across free() is replaced by any submission: the harness may not probe
+    the timelines between the build and the call, or the defect hides."""
+    bug = seeded_bug("free-keeps-last-memo")
+    case = next(c for c in CASES if c.id == "operand.handle-resubmitted-after-free-a")
+    (result,) = error_checks(bug.factory, cases=[case])
+    assert not result.passed and "accepted" in result.message
+    (honest,) = error_checks(lambda: ffaccel.open("cpu"), cases=[case])
+    assert honest.passed, honest.message
+
+
+def test_torch_device_memory_reads_are_copies() -> None:
+    pytest.importorskip("torch")
+    from ffaccel.conformance.entry import check_reads_are_copies
+    from ffaccel.drivers.torch import TorchDriver
+    from ffaccel.runtime import Device
+    from ffaccel.transports import InprocTransport
+
+    drv = TorchDriver("cpu", host_memory=False)
+    mem = drv.alloc(16)
+    mem.write_bytes(0, np.arange(16, dtype=np.uint8))
+    got = mem.read_bytes(0, 16)
+    mem.write_bytes(0, np.zeros(16, np.uint8))
+    assert got.tolist() == list(range(16))  # a view of the tensor would now read zeros
+    results = check_reads_are_copies(Device("torch-device-memory", InprocTransport(TorchDriver("cpu", host_memory=False))))
+    assert results and all(r.passed for r in results), [r.message for r in results]
+    assert any("DeviceMemory" in r.name for r in results)
