@@ -125,3 +125,33 @@ def test_a_server_spinner_skips_its_spin_while_the_machine_is_crowded(clock: Fak
         clock.run(2 * spin_mod.RUNNABLE_TTL_S)
         server.start()
     assert server.keep_spinning()
+
+
+def test_scheduler_statistics_are_each_threads_own_and_its_file_is_closed_with_it() -> None:
+    """The /proc files stay open for cheap re-reads: each thread reads its own statistics, a
+    thread's file is closed when the thread ends (a server runs a thread per client), and a
+    forked child reads its own."""
+    import os
+    import threading
+
+    main = spin_mod._sched()
+    assert main is not None
+    fds_before = set(os.listdir("/proc/self/fd"))
+    seen: list = []
+    for _ in range(5):
+        t = threading.Thread(target=lambda: seen.append(spin_mod._sched()))
+        t.start()
+        t.join()
+    assert len(seen) == 5 and all(s is not None and s[0] < main[0] for s in seen)  # a new thread ran less
+    assert len(os.listdir("/proc/self/fd")) <= len(fds_before)  # nothing left open
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh thread of its own, whose CPU time is tiny against the parent's
+        got = spin_mod._sched()
+        os.write(w, b"1" if got is not None and got[0] < main[0] else b"0")
+        os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert spin_mod._runnable() >= 1  # this thread, at least

@@ -19,6 +19,7 @@ work late (past a quarter budget), never when a spin finds its work quickly.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _monotonic = time.monotonic
@@ -32,12 +33,63 @@ RUNNABLE_TTL_S = 0.005
 _runnable_seen = [0.0, 0.0]  # (when last looked, smoothed count of runnable threads)
 
 
+class _ProcFile:
+    """A /proc file kept open and re-read with ``pread`` (one system call, no file object): opening
+    it for every look cost ~20 µs here on a busy machine, ~3 µs idle. ``per_thread`` files
+    (``/proc/thread-self/...``) are opened by each thread for itself, and closed when the thread
+    ends (its thread-local holder goes away); a forked child opens its own."""
+
+    __slots__ = ("path", "fd", "__weakref__")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -2  # not opened yet; -1: cannot be opened here
+
+    def read(self) -> bytes | None:
+        if self.fd == -2:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.fd = -1
+        if self.fd < 0:
+            return None
+        try:
+            return os.pread(self.fd, 256, 0)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:  # pragma: no cover - already closed
+                pass
+        self.fd = -2
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_LOADAVG = _ProcFile("/proc/loadavg")
+_thread_files = threading.local()  # .schedstat: this thread's _ProcFile
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the parent's files name the parent's threads: open anew."""
+    global _thread_files
+    _LOADAVG.fd = -2  # the inherited descriptor stays the parent's business (CLOEXEC, shared offset unused)
+    _thread_files = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _runnable() -> int:
     """Threads runnable on the machine right now (``/proc/loadavg``'s 4th field), 0 if unknown."""
+    data = _LOADAVG.read()
     try:
-        with open("/proc/loadavg", "rb") as f:
-            return int(f.read().split()[3].split(b"/")[0])
-    except (OSError, ValueError, IndexError):
+        return int(data.split()[3].split(b"/")[0]) if data else 0
+    except (ValueError, IndexError):
         return 0
 
 
@@ -56,11 +108,16 @@ def machine_busy(now: float) -> bool:
 
 def _sched() -> tuple[float, float] | None:
     """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread, or None."""
+    f = getattr(_thread_files, "schedstat", None)
+    if f is None:
+        f = _thread_files.schedstat = _ProcFile("/proc/thread-self/schedstat")
+    data = f.read()
+    if not data:
+        return None
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            run_ns, wait_ns, _slices = f.read().split()
+        run_ns, wait_ns, _slices = data.split()
         return int(run_ns) / 1e9, int(wait_ns) / 1e9
-    except (OSError, ValueError):
+    except ValueError:
         return None
 
 
