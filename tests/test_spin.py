@@ -62,8 +62,9 @@ def test_empty_spins_halve_the_budget_down_to_zero_then_probe_again(clock: FakeC
         budgets.append(round(s.cur_s * 1e6))
     assert budgets[:5] == [80, 40, 20, 10, 0]
     assert _spin_empty(s, clock) == 0  # no spinning at all now
+    assert not s.start()  # the caller sleeps at once, without a failed read first
     clock.run(SpinBudget.PROBE_S)
-    _spin_empty(s, clock)  # a probe: a quarter budget again
+    assert s.start()  # a probe: a quarter budget again
     assert s.cur_s == pytest.approx(40e-6)
     s.paid()
     assert s.cur_s == pytest.approx(160e-6)
@@ -77,7 +78,7 @@ def test_a_spin_that_loses_its_cpu_stops_spinning_at_once(clock: FakeClock) -> N
     s.paid()  # finding work right after does not bring spinning back before the probe time
     assert s.cur_s == 0.0
     clock.run(SpinBudget.PROBE_S)
-    s.start()
+    assert s.start()
     s.paid()
     assert s.cur_s == pytest.approx(200e-6)
 
@@ -86,9 +87,24 @@ def test_a_spin_that_paid_late_after_losing_its_cpu_backs_off(clock: FakeClock) 
     s = budget()
     s.start()
     assert s.keep_spinning()
-    clock.run(2e-6, cpu_share=0.01)  # 198 µs without the CPU, then the work is there
-    s.paid()
+    clock.run(2e-6, cpu_share=0.01)  # 198 µs without the CPU
+    assert not s.keep_spinning()  # past the budget: ends, and backs off
     assert s.cur_s == 0.0
+    s = budget()
+    assert s.start()
+    for _ in range(3):
+        assert s.keep_spinning()
+        clock.run(1e-6, cpu_share=1 / 60)  # 59 µs gaps, within the budget
+    s.paid()  # the work was there, but the spin lost most of its CPU on the way
+    assert s.cur_s == 0.0
+
+
+def test_the_work_done_before_saying_paid_is_not_a_gap(clock: FakeClock) -> None:
+    s = budget()
+    assert s.start()
+    clock.run(500e-6)  # the ring poller found a chain at its first look and ran it, then says so
+    s.paid()
+    assert s.cur_s == pytest.approx(200e-6)
 
 
 def test_the_wake_up_before_a_spin_is_not_oversubscription(clock: FakeClock) -> None:

@@ -298,8 +298,7 @@ class RingTransport(SocketTransport):
         deadline = start + int(self.timeout_s * 1e9)
         cq_tail = self._w["cq_tail"]
         spin = self._spin
-        spin.start()
-        spinning = True
+        spinning = spin.start()
         while True:
             if cq_tail.value != self._cq_head:
                 off = self._cq_off + (self._cq_head & self._mask) * CQE.size_bytes

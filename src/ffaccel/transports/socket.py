@@ -258,8 +258,9 @@ class SocketTransport:
         sock = self._sock
         recv = sock.recv
         spin = self._spin
-        spin.start()
-        spinning = True
+        spinning = spin.start()
+        if not spinning:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
+            self._wait_ready(_POLLIN, deadline)
         buf: bytes | bytearray = b""
         want = -1  # bytes of the whole reply, once its header is in
         while True:

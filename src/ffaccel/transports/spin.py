@@ -235,11 +235,22 @@ class SpinBudget:
         self._probe_at = 0.0
         self._skip = False  # this spin is skipped: the machine has more runnable threads than CPUs
 
-    def start(self) -> None:
-        """A spin begins (after work was done); skipped at once when the machine is busy right now."""
+    def start(self) -> bool:
+        """A spin begins (after work was done); whether to poll at all (False: sleep at once).
+
+        Skipped at once when the machine is busy right now; after backing off, spinning
+        resumes with a quarter budget once ``PROBE_S`` has passed (a probe that pays restores
+        the full budget).
+        """
         self._t0 = self._seen = now = _monotonic()
         self._lost = 0.0
-        self._skip = self.yield_when_busy and bool(self.cur_s) and machine_busy(now)
+        if not self.cur_s:
+            if not self.max_s or now < self._probe_at:
+                self._skip = True
+                return False
+            self.cur_s = self.max_s / 4
+        self._skip = self.yield_when_busy and machine_busy(now)
+        return not self._skip
 
     def keep_spinning(self, scale: float = 1.0) -> bool:
         """Whether to poll once more; False ends the spin (and adapts the next budget).
@@ -268,12 +279,12 @@ class SpinBudget:
 
         A spin that lost its CPU for over a third of its time found its work late *because*
         the machine is oversubscribed (the other side may have waited for this very core): it
-        backs off as an empty one would.
+        backs off as an empty one would. Only a spin that polled (``start`` said so) may say
+        it paid.
         """
         now = _monotonic()
-        gap = now - self._seen
-        if gap >= PREEMPTED_GAP_S:
-            self._lost += gap
+        # only the gaps between polls count: the caller may have done the work it found before
+        # calling this (the ring poller runs a chain, then says it paid)
         if self._lost and self._preempted(now):
             self._back_off(now)
         elif self.cur_s < self.max_s and now >= self._probe_at:
@@ -293,13 +304,10 @@ class SpinBudget:
             return
         if self._lost and self._preempted(now):
             self._back_off(now)
-        elif self.cur_s:
-            if self.cur_s > self.max_s / 16:
-                self.cur_s /= 2
-            else:
-                self._back_off(now)
-        elif now >= self._probe_at:
-            self.cur_s = self.max_s / 4  # probe again (a probe that pays restores the full budget)
+        elif self.cur_s > self.max_s / 16:
+            self.cur_s /= 2
+        else:
+            self._back_off(now)
 
 
 __all__ = ["OVERSUBSCRIBED", "PREEMPTED_GAP_S", "SpinBudget", "spin_budget_s", "wake_latency_s"]
