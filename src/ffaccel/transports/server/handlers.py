@@ -10,13 +10,15 @@ returns the reply payload, the fds to send with it, and what to do once the repl
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ...abi import ABI_VERSION
+from ...abi import ABI_VERSION, DeviceCaps
 from ...spec import Engine, violation
 from ...abi.layout import Layout
+from ...drivers import DriverInfo
 from ..protocol import (
     ALLOC_REQ,
     EMPTY,
@@ -38,10 +40,36 @@ from ..protocol import (
     encode_info,
     message_error,
 )
-from .rings import Ring, take_wake_fd, wait_pairs
+from ..session import Session
+from .memory import SharedMem
+from .ports import ClientPort
+from .rings import Ring, RingPoller, take_wake_fd, wait_pairs
 
-if TYPE_CHECKING:
-    from .core import Client, Server
+
+class Client(ClientPort, Protocol):
+    """A client as the request handlers use it (:class:`~.core.Client` is the one there is)."""
+
+    lock: threading.RLock
+    ring: Ring | None
+    session: Session
+    completed: dict[Engine, int]
+
+    def alloc(self, size_bytes: int) -> tuple[int, SharedMem]: ...
+    def import_fd(self, fd: int) -> tuple[int, SharedMem]: ...
+    def free(self, handle: int) -> None: ...
+    def wait(self, engine: Engine, value: int, timeout_ns: int) -> None: ...
+    def record(self, raw: bytes) -> int: ...
+    def free_list(self, lid: int) -> None: ...
+
+
+class Server(Protocol):
+    """The server as the request handlers use it (:class:`~.core.Server` is the one there is)."""
+
+    info: DriverInfo
+    caps: DeviceCaps
+    poller: RingPoller
+
+    def stats(self) -> tuple[int, int, int, int]: ...
 
 _FENCE = FENCE_REPLY.struct
 _LIST_PACK = LIST_ID.struct.pack

@@ -17,7 +17,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,9 +39,8 @@ from ..protocol import (
 )
 from ..spin import SpinBudget
 from .memory import sealed_memfd
+from .ports import ClientPort
 
-if TYPE_CHECKING:
-    from .core import Client
 
 log = logging.getLogger("ffaccel.server")
 
@@ -96,7 +94,7 @@ class Ring:
     number is ever written after its close.
     """
 
-    def __init__(self, client: "Client", entries: int, client_evfd: int, waker: "Waker") -> None:
+    def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: "Waker") -> None:
         self.client = client
         self.entries = entries
         sq_off, cq_off, total = ring_bytes(entries)
