@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ...abi import ABI_VERSION, DeviceCaps
-from ...spec import Engine, violation
 from ...abi.layout import Layout
 from ...drivers import DriverInfo
+from ...spec import Engine, violation
 from ..protocol import (
     ALLOC_REQ,
     EMPTY,
@@ -83,21 +83,21 @@ class Handler:
 
     layout: Layout | None
     fds: int
-    run: Callable[["Server", "Client", Fields, bytes, list[int]], Reply]
+    run: Callable[[Server, Client, Fields, bytes, list[int]], Reply]
 
 
-def _engine(srv: "Server", raw: int) -> Engine:
+def _engine(srv: Server, raw: int) -> Engine:
     if raw not in Engine._value2member_map_ or Engine(raw) not in srv.caps.engines:
         raise violation("submit.engine", raw, sorted(int(e) for e in srv.caps.engines))
     return Engine(raw)
 
 
-def _fence(client: "Client", engine: Engine, value: int) -> bytes:
+def _fence(client: Client, engine: Engine, value: int) -> bytes:
     done = client.completed
     return _FENCE.pack(engine, 0, value, done[Engine.COMPUTE], done[Engine.COPY])
 
 
-def _hello(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _hello(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     wire, abi = f
     if wire != WIRE_VERSION:
         raise message_error("wire_version", wire, WIRE_VERSION)
@@ -106,43 +106,43 @@ def _hello(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list
     return encode_info(srv.info), [], None
 
 
-def _alloc(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _alloc(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     handle, mem = client.alloc(f[0])
     return HANDLE_REPLY.struct.pack(handle, 0, mem.size), [mem.take_fd()], mem.drop_fd
 
 
-def _free(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _free(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     client.free(f[0])
     return b"", [], None
 
 
-def _submit(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _submit(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     engine, value = client.submit_raw(payload)
     return _fence(client, engine, value), [], None
 
 
-def _wait(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _wait(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     eng, _res, value, timeout_ns = f
     engine = _engine(srv, eng)
     client.wait(engine, value, timeout_ns)
     return _fence(client, engine, value), [], None
 
 
-def _completed(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _completed(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     engine = _engine(srv, f[0])
     return _fence(client, engine, client.completed[engine]), [], None
 
 
-def _import(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _import(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     handle, mem = client.import_fd(fds[0])
     return HANDLE_REPLY.struct.pack(handle, 0, mem.size), [], None
 
 
-def _stats(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _stats(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     return STATS.struct.pack(*srv.stats()), [], None
 
 
-def _ring_setup(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _ring_setup(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     entries = f[0]
     if not 2 <= entries <= 4096 or entries & (entries - 1):
         raise message_error("entries", entries, "a power of two in [2, 4096]")
@@ -163,24 +163,24 @@ def _ring_setup(srv: "Server", client: "Client", f: Fields, payload: bytes, fds:
     return b"", [ring.fd, ring.doorbell], ring.drop_setup_fd
 
 
-def _error_text(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _error_text(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     err = client.session.errors.get(f[0])
     if err is None:
         raise message_error("error_id", f[0], "an error id from one of this client's completions")
     return encode_error(err), [], None
 
 
-def _record(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _record(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     return _LIST_PACK(client.record(payload), 0), [], None
 
 
-def _replay(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _replay(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     lid, eng, wc, wp = f
     engine, value = client.replay(lid, eng, wait_pairs(wc, wp))
     return _fence(client, engine, value), [], None
 
 
-def _free_list(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _free_list(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     client.free_list(f[0])
     return b"", [], None
 
@@ -203,7 +203,7 @@ HANDLERS: dict[int, Handler] = {
 assert set(HANDLERS) == set(Msg), "every message type has a handler"
 
 
-def dispatch(table: dict[int, Handler], srv: "Server", client: "Client", msg_type: int, payload: bytes,
+def dispatch(table: dict[int, Handler], srv: Server, client: Client, msg_type: int, payload: bytes,
              fds: list[int]) -> Reply:
     """Check a request against its table row (type, fds, then :func:`check_message`), then run its handler."""
     h = table.get(msg_type)

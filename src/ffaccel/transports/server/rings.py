@@ -41,7 +41,6 @@ from ..spin import SpinBudget
 from .memory import sealed_memfd
 from .ports import ClientPort
 
-
 log = logging.getLogger("ffaccel.server")
 
 _U64 = struct.Struct("<Q")
@@ -94,7 +93,7 @@ class Ring:
     number is ever written after its close.
     """
 
-    def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: "Waker") -> None:
+    def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: Waker) -> None:
         self.client = client
         self.entries = entries
         sq_off, cq_off, total = ring_bytes(entries)
@@ -383,7 +382,7 @@ class Ring:
                 and chain.startswith(prev[1]) and chain.startswith(prev[2], cut)):
             return self.client.submit_raw(prev[3])  # the same chain as last time: the same submission
         if count == 1:
-            checked: "range | tuple[int, ...]" = (0,)
+            checked: range | tuple[int, ...] = (0,)
             entries = None
         else:
             entries = np.frombuffer(chain, np.uint8).reshape(count, SQE_BYTES)
@@ -456,7 +455,7 @@ class Waker:
         self._generation += 1
         threading.Thread(target=self._loop, args=(self._generation,), name="ring-waker", daemon=True).start()
 
-    def wake(self, ring: "Ring") -> None:
+    def wake(self, ring: Ring) -> None:
         with self._cond:
             if ring not in self._queue:
                 self._queue.append(ring)
@@ -479,7 +478,7 @@ class Waker:
                         self._current = None
 
     @staticmethod
-    def _write(ring: "Ring") -> None:
+    def _write(ring: Ring) -> None:
         if not ring.use():
             return  # the client is gone: its fd may already be closed, never write it
         try:

@@ -24,7 +24,6 @@ from ...spec import Engine
 from ..session import RunBlock, SlicedRun
 from .ports import ClientPort
 
-
 log = logging.getLogger("ffaccel.server")
 Run = Callable[[], object]
 #: Longest a worker sleeps while every queued job waits on a fence (a missed poke costs this).
@@ -111,7 +110,7 @@ class EngineScheduler:
         return n
 
     # -- the worker -------------------------------------------------------------------------
-    def _pick(self) -> "Job | None":
+    def _pick(self) -> Job | None:
         for client, q in self.queues.items():
             job = q[0]
             if job.pieces is not None or not job.waits or client.waits_met(job.waits):
