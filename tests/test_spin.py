@@ -171,7 +171,7 @@ def test_a_server_spinner_skips_its_spin_while_the_machine_is_crowded(clock: Fak
     runnable = [1]
     monkeypatch.setattr(spin_mod, "_runnable", lambda: runnable[0])
     monkeypatch.setattr(spin_mod, "_runnable_seen", [0.0, 0.0])
-    server, client = budget(yield_when_busy=True), budget()
+    server, plain = budget(yield_when_busy=True), budget()
     server.start()
     assert server.keep_spinning()  # one runnable thread: spin
     runnable[0] = spin_mod._CPUS + 3  # CPU-bound processes beside us
@@ -180,8 +180,8 @@ def test_a_server_spinner_skips_its_spin_while_the_machine_is_crowded(clock: Fak
         server.start()
     assert not server.keep_spinning()
     assert server.cur_s == pytest.approx(200e-6)  # skipped, not shrunk: back at once when it clears
-    client.start()
-    assert client.keep_spinning()  # a client waiting for its reply keeps spinning
+    plain.start()
+    assert plain.keep_spinning()  # a spinner made without yield_when_busy keeps spinning
     runnable[0] = 1
     for _ in range(10):
         clock.run(2 * spin_mod.RUNNABLE_TTL_S)

@@ -154,9 +154,9 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
 * **Polling** is adaptive (`transports/spin.py`, decisions in docs/polling.md): a spin lasts at most
   4 wake-ups as measured on the running machine at start-up (capped by `poll_us`); the budget halves
   after a spin that found nothing and drops to zero when the spin itself lost its CPU for over a third
-  of its time (gaps between polls); the server's spinners also skip spinning while the machine has
-  lastingly more runnable threads than CPUs, so a busy machine does not make every request pay for
-  spinning.
+  of its time (gaps between polls); every spinner (server and clients) also skips spinning while the
+  machine has lastingly more runnable threads than CPUs, so a busy machine does not make every
+  request pay for spinning.
 
 `ffaccel serve --limit NAME=VALUE` (repeatable) sets any of these; `--max-client-memory` is
 `max_memory_bytes`. Every value is checked against its allowed range (the tables' "allowed" column;

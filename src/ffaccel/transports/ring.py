@@ -80,7 +80,7 @@ class RingTransport(SocketTransport):
     def __init__(self, path: str, entries: int = 256, poll_us: int = 200, timeout_s: float = 30.0) -> None:
         super().__init__(path, timeout_s)
         self.poll_ns = int(poll_us * 1000)
-        self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
+        self._spin = SpinBudget(int(poll_us), yield_when_busy=True)  # backs off on a crowded machine (spin.py)
         self.entries = entries
         self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._doorbell = -1

@@ -126,7 +126,7 @@ class SocketTransport:
         self.path = path
         self.timeout_s = float(timeout_s)
         self.poll_ns = int(poll_us) * 1000
-        self._spin = SpinBudget(int(poll_us))  # backs off at once on an oversubscribed machine
+        self._spin = SpinBudget(int(poll_us), yield_when_busy=True)  # backs off on a crowded machine (spin.py)
         self._lock = threading.Lock()
         self._lost: FFAccelError | None = None
         self._closed = False

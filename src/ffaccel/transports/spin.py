@@ -19,8 +19,8 @@ instruction (run-queue delay that every wake-up pays, large on a VM) says nothin
 spinning, and counting it (as an earlier version did, from ``/proc/thread-self/schedstat``)
 made a VM stop spinning for good on an idle machine. No system call is made for this.
 
-The server's spinners (``yield_when_busy``) also skip a spin outright while the machine has
-lastingly more runnable threads than CPUs (``/proc/loadavg``, looked at most every 5 ms by all
+The spinners made with ``yield_when_busy`` (all of the server's and the clients') also skip a
+spin outright while the machine has lastingly more runnable threads than CPUs (``/proc/loadavg``, looked at most every 5 ms by all
 spinners together).
 """
 
@@ -204,10 +204,12 @@ class SpinBudget:
         The most a spin lasts (microseconds); 0 never spins. The budget used is
         :func:`spin_budget_s` of it and the measured wake-up latency.
     yield_when_busy : bool
-        Skip a spin while the machine has more runnable threads than CPUs. The server's
-        spinners do (measured: a server spinning beside two CPU-bound processes tripled the
-        socket path's cost); a client waiting for its reply does not, since its spin keeps it
-        on a core the moment the reply lands.
+        Skip a spin while the machine has more runnable threads than CPUs. Every spinner of
+        the server and of the clients does: measured, a server spinning beside two CPU-bound
+        processes tripled the socket path's cost, and a client spinning on a loaded machine
+        (load average 6-7 on 2 vCPUs) made the socket path 4.2-4.6x a blocking round trip where
+        one that skipped its spins made it 2.7-3.4x (a spin that ends in a sleep after all
+        costs the spinner its scheduler credit: its next wake-up waits longer).
     wake_s : float, optional
         The wake-up latency to size the budget by (seconds); None measures it
         (:func:`wake_latency_s`, once per process). Tests force it.
