@@ -210,7 +210,10 @@ def main() -> int:
                   f"/ blocking round trip: {sock / bare:.2f}")
             print(f"ring batch 1: {med['submit+wait, ring, batch 1'] * 1e6:.2f} us (target <= 10); ring batch 64: "
                   f"{med['submit+wait, ring, batch 64'] * 1e6:.2f} us/op (target <= 0.6)")
-            print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+            load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+            print(f"load average {load:.2f} on {cpus} CPUs"
+                  + ("  (over the CPU count: these are not an idle machine's figures, and the busy-polled "
+                     "floor, two spinners fighting for CPUs, means nothing)" if load > cpus else ""))
             print(f"ring batch 64 / numpy: {med['submit+wait, ring, batch 64'] / base:.2f} (target <= 2)")
             if busy_med:
                 print(f"beside {args.busy} CPU-bound processes (same run): us/op, and x the idle figure above")
