@@ -203,3 +203,67 @@ def test_the_run_queue_is_read_from_one_open_file_and_a_forked_child_opens_its_o
     assert os.read(r, 1) == b"1"
     os.close(r)
     os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+@pytest.mark.parametrize("policy", ["spin", "sleep"])
+def test_the_server_paths_answer_right_whether_the_policy_spins_or_sleeps(
+        policy: str, transport: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sides' spinners forced to spin (an idle machine) or to sleep (a crowded one), with a
+    server in this process so that the forcing reaches it: every result is right, and the
+    forced path is the one taken (spins poll, or no spin polls at all)."""
+    import threading
+
+    import numpy as np
+
+    import ffaccel
+    from ffaccel.abi import Gemm, encode_submission
+    from ffaccel.transports.server import core
+
+    monkeypatch.setattr(spin_mod, "_wake_latency", [SLOW_WAKE_S])  # budgets at their caps
+    monkeypatch.setattr(spin_mod, "machine_busy", lambda now: policy == "sleep")
+    if policy == "spin":  # and never backing off for a CPU lost mid-spin on a loaded test machine
+        monkeypatch.setattr(spin_mod, "PREEMPTED_MIN_LOST_S", float("inf"))
+    polls = [0]
+    real_keep_spinning = SpinBudget.keep_spinning
+
+    def counting(self: SpinBudget, scale: float = 1.0) -> bool:
+        more = real_keep_spinning(self, scale)
+        polls[0] += more
+        return more
+
+    monkeypatch.setattr(SpinBudget, "keep_spinning", counting)
+    path = str(tmp_path / "s.sock")
+    started = threading.Event()
+    holder: list = []
+
+    def ready(srv: object) -> None:
+        holder.append(srv)
+        started.set()
+
+    t = threading.Thread(target=core.serve, kwargs={"socket_path": path, "ready": ready}, daemon=True)
+    t.start()
+    assert started.wait(30), "the server did not start"
+    try:
+        query = "?transport=ring&entries=64&poll_us=500" if transport == "ring" else "?poll_us=500"
+        with ffaccel.open(f"unix:{path}{query}") as dev:
+            rng = np.random.default_rng(0)
+            a, b = (rng.standard_normal((8, 8), np.float32) for _ in range(2))
+            A, B, D = dev.alloc(256), dev.alloc(256), dev.alloc(8 * 256)
+            A.write(a)
+            B.write(b)
+            for batch in (1, 8):
+                raw = encode_submission([Gemm(m=8, n=8, k=8, a=A.matrix(np.float32, 8, 8),
+                                              b=B.matrix(np.float32, 8, 8),
+                                              d=D.matrix(np.float32, 8, 8, offset_bytes=i * 256)).encode()
+                                         for i in range(batch)])
+                for _ in range(20):
+                    D.write(np.zeros(8 * 64, np.float32))
+                    dev.submit_raw(raw).wait(timeout_ns=10**10)
+                    got = D.read(np.float32, batch * 64).reshape(batch, 8, 8)
+                    np.testing.assert_allclose(got, np.broadcast_to(a @ b, got.shape), rtol=1e-5, atol=1e-5)
+        assert (polls[0] > 0) == (policy == "spin")  # busy-polled, or never once
+    finally:
+        holder[0]._stop.set()
+        t.join(30)
+    assert not t.is_alive()
