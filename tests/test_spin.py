@@ -99,6 +99,14 @@ def test_a_spin_that_paid_late_after_losing_its_cpu_backs_off(clock: FakeClock) 
     assert s.cur_s == 0.0
 
 
+def test_work_that_came_to_a_sleeper_does_not_restore_the_budget(clock: FakeClock) -> None:
+    s = budget()
+    _spin_empty(s, clock, cpu_share=0.02)  # backed off
+    assert not s.start()  # sleeps; the work wakes it
+    s.paid()  # the ring poller says so after every piece of work
+    assert s.cur_s == 0.0
+
+
 def test_the_work_done_before_saying_paid_is_not_a_gap(clock: FakeClock) -> None:
     s = budget()
     assert s.start()

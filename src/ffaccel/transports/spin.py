@@ -281,9 +281,11 @@ class SpinBudget:
 
         A spin that lost its CPU for over a third of its time found its work late *because*
         the machine is oversubscribed (the other side may have waited for this very core): it
-        backs off as an empty one would. Only a spin that polled (``start`` said so) may say
-        it paid.
+        backs off as an empty one would. After a skipped spin (``start`` said no) this does
+        nothing: the work came to a sleeper.
         """
+        if self._skip:
+            return
         now = _monotonic()
         # only the gaps between polls count: the caller may have done the work it found before
         # calling this (the ring poller runs a chain, then says it paid)
