@@ -31,6 +31,7 @@ from ..protocol import FENCE_REPLY, MAX_PAYLOAD_BYTES, REPLAY_REQ, REPLY, Msg, c
 from ..session import RunBlock, Session
 from ..usage import UsageCounter, process_name, summed
 from .framing import Inbox, Stalled, TooLong, set_send_timeout
+from .handlers import HANDLERS, dispatch
 from .memory import BufferRegistry, SharedMem
 from .rings import Ring, RingPoller, wait_pairs
 from .scheduler import EngineScheduler
@@ -426,8 +427,6 @@ class Server:
             eng.stop()
 
     def _serve_client(self, conn: socket.socket, client: Client) -> None:
-        from .handlers import HANDLERS, dispatch
-
         log.info("client %d connected", client.id)
         inbox = Inbox(conn, self.socket_poll_us, self.limits.message_stall_s)
         fds: list[int] = []

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ...abi import ABI_VERSION
-from ...spec import Engine, violation
+from ...abi import ABI_VERSION, DeviceCaps
 from ...abi.layout import Layout
+from ...drivers import DriverInfo
+from ...spec import Engine, violation
 from ..protocol import (
     ALLOC_REQ,
     EMPTY,
@@ -39,10 +41,37 @@ from ..protocol import (
     encode_info,
     message_error,
 )
-from .rings import Ring, take_wake_fd, wait_pairs
+from ..session import Session
+from .memory import SharedMem
+from .ports import ClientPort
+from .rings import Ring, RingPoller, take_wake_fd, wait_pairs
 
-if TYPE_CHECKING:
-    from .core import Client, Server
+
+class Client(ClientPort, Protocol):
+    """A client as the request handlers use it (:class:`~.core.Client` is the one there is)."""
+
+    lock: threading.RLock
+    ring: Ring | None
+    session: Session
+    completed: dict[Engine, int]
+
+    def alloc(self, size_bytes: int) -> tuple[int, SharedMem]: ...
+    def import_fd(self, fd: int) -> tuple[int, SharedMem]: ...
+    def free(self, handle: int) -> None: ...
+    def wait(self, engine: Engine, value: int, timeout_ns: int) -> None: ...
+    def record(self, raw: bytes) -> int: ...
+    def free_list(self, lid: int) -> None: ...
+
+
+class Server(Protocol):
+    """The server as the request handlers use it (:class:`~.core.Server` is the one there is)."""
+
+    info: DriverInfo
+    caps: DeviceCaps
+    poller: RingPoller
+
+    def stats(self) -> tuple[int, int, int, int]: ...
+    def usage(self, asking: Client | None = None) -> dict[str, object]: ...
 
 _FENCE = FENCE_REPLY.struct
 _LIST_PACK = LIST_ID.struct.pack
@@ -56,21 +85,21 @@ class Handler:
 
     layout: Layout | None
     fds: int
-    run: Callable[["Server", "Client", Fields, bytes, list[int]], Reply]
+    run: Callable[[Server, Client, Fields, bytes, list[int]], Reply]
 
 
-def _engine(srv: "Server", raw: int) -> Engine:
+def _engine(srv: Server, raw: int) -> Engine:
     if raw not in Engine._value2member_map_ or Engine(raw) not in srv.caps.engines:
         raise violation("submit.engine", raw, sorted(int(e) for e in srv.caps.engines))
     return Engine(raw)
 
 
-def _fence(client: "Client", engine: Engine, value: int) -> bytes:
+def _fence(client: Client, engine: Engine, value: int) -> bytes:
     done = client.completed
     return _FENCE.pack(engine, 0, value, done[Engine.COMPUTE], done[Engine.COPY])
 
 
-def _hello(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _hello(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     wire, abi = f
     if wire != WIRE_VERSION:
         raise message_error("wire_version", wire, WIRE_VERSION)
@@ -79,47 +108,47 @@ def _hello(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list
     return encode_info(srv.info), [], None
 
 
-def _alloc(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _alloc(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     handle, mem = client.alloc(f[0])
     return HANDLE_REPLY.struct.pack(handle, 0, mem.size), [mem.take_fd()], mem.drop_fd
 
 
-def _free(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _free(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     client.free(f[0])
     return b"", [], None
 
 
-def _submit(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _submit(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     engine, value = client.submit_raw(payload)
     return _fence(client, engine, value), [], None
 
 
-def _wait(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _wait(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     eng, _res, value, timeout_ns = f
     engine = _engine(srv, eng)
     client.wait(engine, value, timeout_ns)
     return _fence(client, engine, value), [], None
 
 
-def _completed(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _completed(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     engine = _engine(srv, f[0])
     return _fence(client, engine, client.completed[engine]), [], None
 
 
-def _import(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _import(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     handle, mem = client.import_fd(fds[0])
     return HANDLE_REPLY.struct.pack(handle, 0, mem.size), [], None
 
 
-def _stats(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _stats(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     return STATS.struct.pack(*srv.stats()), [], None
 
 
-def _usage(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _usage(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     return json.dumps(srv.usage(client)).encode(), [], None
 
 
-def _ring_setup(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _ring_setup(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     entries = f[0]
     if not 2 <= entries <= 4096 or entries & (entries - 1):
         raise message_error("entries", entries, "a power of two in [2, 4096]")
@@ -140,24 +169,24 @@ def _ring_setup(srv: "Server", client: "Client", f: Fields, payload: bytes, fds:
     return b"", [ring.fd, ring.doorbell], ring.drop_setup_fd
 
 
-def _error_text(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _error_text(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     err = client.session.errors.get(f[0])
     if err is None:
         raise message_error("error_id", f[0], "an error id from one of this client's completions")
     return encode_error(err), [], None
 
 
-def _record(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _record(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     return _LIST_PACK(client.record(payload), 0), [], None
 
 
-def _replay(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _replay(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     lid, eng, wc, wp = f
     engine, value = client.replay(lid, eng, wait_pairs(wc, wp))
     return _fence(client, engine, value), [], None
 
 
-def _free_list(srv: "Server", client: "Client", f: Fields, payload: bytes, fds: list[int]) -> Reply:
+def _free_list(srv: Server, client: Client, f: Fields, payload: bytes, fds: list[int]) -> Reply:
     client.free_list(f[0])
     return b"", [], None
 
@@ -181,7 +210,7 @@ HANDLERS: dict[int, Handler] = {
 assert set(HANDLERS) == set(Msg), "every message type has a handler"
 
 
-def dispatch(table: dict[int, Handler], srv: "Server", client: "Client", msg_type: int, payload: bytes,
+def dispatch(table: dict[int, Handler], srv: Server, client: Client, msg_type: int, payload: bytes,
              fds: list[int]) -> Reply:
     """Check a request against its table row (type, fds, then :func:`check_message`), then run its handler."""
     h = table.get(msg_type)

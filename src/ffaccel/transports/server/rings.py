@@ -17,7 +17,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,9 +39,7 @@ from ..protocol import (
 )
 from ..spin import SpinBudget
 from .memory import sealed_memfd
-
-if TYPE_CHECKING:
-    from .core import Client
+from .ports import ClientPort
 
 log = logging.getLogger("ffaccel.server")
 
@@ -58,6 +55,7 @@ _CQ_FULL = int(RingServerFlags.CQ_FULL)
 _WAITING = int(RingClientFlags.WAITING)
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _CQE = CQE.struct
+_CQE_BYTES = CQE.size_bytes
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
 
 
@@ -95,7 +93,7 @@ class Ring:
     number is ever written after its close.
     """
 
-    def __init__(self, client: "Client", entries: int, client_evfd: int, waker: "Waker") -> None:
+    def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: Waker) -> None:
         self.client = client
         self.entries = entries
         sq_off, cq_off, total = ring_bytes(entries)
@@ -243,6 +241,13 @@ class Ring:
         finally:
             self.done()
 
+    def published(self) -> bool:
+        """Whether the client may have published entries (one load, no lock: the poller's spin
+        looks here before taking the ring for :meth:`poll`). After release the word still reads
+        (the mapping stays while a ctypes word points in)."""
+        word = self._sq_tail_word
+        return word is not None and word.value != self.sq_head
+
     def poll(self) -> bool:
         """Consume what the client published; True when anything was done."""
         if self.broken or not self.use():
@@ -360,8 +365,8 @@ class Ring:
             log.exception("client %d: ring entry failed", self.client.id)
             eid = self.client.keep_error(FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
             cqe = _CQE.pack(user_data, int(ErrorCode.DEVICE_LOST), 0, 0, NO_INDEX, 0, eid)
-        off = self.cq_off + (self.cq_tail & (self.entries - 1)) * CQE.size_bytes
-        self.mm[off: off + CQE.size_bytes] = cqe
+        off = self.cq_off + (self.cq_tail & (self.entries - 1)) * _CQE_BYTES
+        self.mm[off: off + _CQE_BYTES] = cqe
         self.cq_tail = (self.cq_tail + 1) & 0xFFFF_FFFF
         self._set("cq_tail", self.cq_tail)
         self._wake_client()
@@ -377,7 +382,7 @@ class Ring:
                 and chain.startswith(prev[1]) and chain.startswith(prev[2], cut)):
             return self.client.submit_raw(prev[3])  # the same chain as last time: the same submission
         if count == 1:
-            checked: "range | tuple[int, ...]" = (0,)
+            checked: range | tuple[int, ...] = (0,)
             entries = None
         else:
             entries = np.frombuffer(chain, np.uint8).reshape(count, SQE_BYTES)
@@ -450,7 +455,7 @@ class Waker:
         self._generation += 1
         threading.Thread(target=self._loop, args=(self._generation,), name="ring-waker", daemon=True).start()
 
-    def wake(self, ring: "Ring") -> None:
+    def wake(self, ring: Ring) -> None:
         with self._cond:
             if ring not in self._queue:
                 self._queue.append(ring)
@@ -473,7 +478,7 @@ class Waker:
                         self._current = None
 
     @staticmethod
-    def _write(ring: "Ring") -> None:
+    def _write(ring: Ring) -> None:
         if not ring.use():
             return  # the client is gone: its fd may already be closed, never write it
         try:
@@ -552,7 +557,8 @@ class RingPoller:
             rings = self.rings
             did = False
             for r in rings:
-                did = r.poll() or did
+                if r.published():  # most looks find nothing: no lock taken for them
+                    did = r.poll() or did
             if did:
                 spin.paid()
                 spin.start()

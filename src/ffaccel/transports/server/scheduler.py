@@ -19,13 +19,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from ...spec import Engine
 from ..session import RunBlock, SlicedRun
-
-if TYPE_CHECKING:
-    from .core import Client
+from .ports import ClientPort
 
 log = logging.getLogger("ffaccel.server")
 Run = Callable[[], object]
@@ -44,7 +41,7 @@ ALONE_BUDGET_FACTOR = 4
 class Job:
     __slots__ = ("client", "value", "runs", "waits", "pieces")
 
-    def __init__(self, client: "Client", value: int, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
+    def __init__(self, client: ClientPort, value: int, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
                  ) -> None:
         self.client = client
         self.value = value
@@ -62,7 +59,7 @@ class EngineScheduler:
         self.mutex = threading.Lock()
         self.cond = threading.Condition(self.mutex)
         #: clients with queued work, in round-robin order (the next to serve first)
-        self.queues: collections.OrderedDict[Client, collections.deque[Job]] = collections.OrderedDict()
+        self.queues: collections.OrderedDict[ClientPort, collections.deque[Job]] = collections.OrderedDict()
         self.busy = False
         self.blocked = False  # the worker sleeps because every head job waits on a fence
         self.stopping = False
@@ -72,7 +69,7 @@ class EngineScheduler:
         self.thread.start()
 
     # -- submitting --------------------------------------------------------------------------
-    def submit(self, client: "Client", value: int, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
+    def submit(self, client: ClientPort, value: int, runs: tuple[Run, ...], waits: tuple[tuple[Engine, int], ...]
                ) -> None:
         mutex = self.mutex
         with mutex:
@@ -103,7 +100,7 @@ class EngineScheduler:
             with self.cond:
                 self.cond.notify_all()
 
-    def cancel(self, client: "Client") -> int:
+    def cancel(self, client: ClientPort) -> int:
         """Drop a departed client's queued work; its running job stops at the next slice."""
         with self.cond:
             q = self.queues.pop(client, None)
@@ -113,7 +110,7 @@ class EngineScheduler:
         return n
 
     # -- the worker -------------------------------------------------------------------------
-    def _pick(self) -> "Job | None":
+    def _pick(self) -> Job | None:
         for client, q in self.queues.items():
             job = q[0]
             if job.pieces is not None or not job.waits or client.waits_met(job.waits):
@@ -203,7 +200,7 @@ class EngineScheduler:
             self.cond.notify_all()
 
 
-def _run_all(client: "Client", engine: Engine, runs: tuple[Run, ...]) -> None:
+def _run_all(client: ClientPort, engine: Engine, runs: tuple[Run, ...]) -> None:
     try:
         for run in runs:
             run()
