@@ -17,7 +17,7 @@ from ffaccel.conformance.cases import SWEEP_CEILING_MNK, SWEEP_SIZES, band_cases
 from ffaccel.conformance.errors import CASES, error_checks
 from ffaccel.conformance.seeded import seeded_bug
 from ffaccel.drivers.base import SizeBand
-from ffaccel.drivers.cpu import _SINGLE_THREAD_MNK, ONEDNN_BARE_F32_MIN_MNK, ONEDNN_MIN_MNK, CpuDriver
+from ffaccel.drivers.cpu import CpuDriver
 from ffaccel.spec import PostOpKind
 
 #: (seeded bug, the kind of case that must catch it): one per kind issue 24 adds
@@ -36,15 +36,23 @@ def _measure(case, band: SizeBand) -> int:  # noqa: ANN001 - a GemmCase
 
 
 def test_cpu_declares_its_size_bands_from_its_thresholds(capsys: pytest.CaptureFixture[str]) -> None:
-    bands = CpuDriver().info().size_bands
+    drv = CpuDriver()
+    bands = drv.info().size_bands
     edges = {(b.epilogue, b.measure, b.edge) for b in bands}
-    assert ("any", "mnk", _SINGLE_THREAD_MNK + 1) in edges
-    if CpuDriver().kernels()["f32xf32->f32->f32"].startswith("oneDNN"):  # where oneDNN serves f32 here
-        assert ("with", "mnk", ONEDNN_MIN_MNK["f32"]) in edges
-        assert ("without", "mnk", ONEDNN_BARE_F32_MIN_MNK) in edges
-    # one library at every size: no edge of its own
-    assert {b.edge for b in CpuDriver(kernels="blas").info().size_bands}.isdisjoint(
-        {ONEDNN_MIN_MNK["f32"], ONEDNN_BARE_F32_MIN_MNK})
+    table = drv.kernel_table()  # every edge of every row of the kernel table is declared, on its side of epilogues
+    for key, row in table.rows.items():
+        for band in row:
+            if band.min_mnk > 0:
+                side = "with" if key.fused else "without"
+                assert {(side, "mnk", band.min_mnk), ("any", "mnk", band.min_mnk)} & edges, (key, band)
+    onednn_edges = {x for d in (table.crossovers.onednn_bare_min_mnk, table.crossovers.onednn_fused_min_mnk)
+                    for x in d.values()}
+    if drv.kernels()["f32xf32->f32->f32"].startswith("oneDNN"):  # where oneDNN serves f32 here
+        for side, edge in (("with", table.crossovers.onednn_fused_min_mnk["f32"]),
+                           ("without", table.crossovers.onednn_bare_min_mnk["f32"])):
+            assert {(side, "mnk", edge), ("any", "mnk", edge)} & edges
+    # one library at every size: no oneDNN edge of its own
+    assert {b.edge for b in CpuDriver(kernels="blas").info().size_bands}.isdisjoint(onednn_edges)
     assert main(["info", "cpu", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {(b["epilogue"], b["measure"], b["edge"]) for b in doc["size_bands"]} == edges

@@ -1090,14 +1090,21 @@ class CpuDriver(Driver):
             names.setdefault(combo_class(c), []).append(c.name)
         bands = [SizeBand(tuple(names[KernelClass.F32] + names[KernelClass.F64]), "any", "entry_mnk", _LOOP_MIN_MNK,
                           "batched GEMMs: one BLAS call per entry from here, NumPy's matmul loop below")]
+        sides: dict[tuple[tuple[str, ...], int], dict[str, str]] = {}  # (combos, edge) -> epilogue side -> change
         for key, row in self.kernel_table().rows.items():
             for band in row:
                 if band.min_mnk > 0:
                     shape = " (batch 1 with m or n = 1)" if key.skinny else ""
-                    bands.append(SizeBand(tuple(names[key.cls]), "with" if key.fused else "without", "mnk",
-                                          band.min_mnk, f"{band.library.value} on {band.threads.value} threads{shape}"))
-        unique = {(b.combos, b.epilogue, b.measure, b.edge): b for b in reversed(bands)}  # rows often share an edge
-        return tuple(reversed(unique.values()))
+                    side = sides.setdefault((tuple(names[key.cls]), band.min_mnk), {})
+                    side.setdefault("with" if key.fused else "without",
+                                    f"{band.library.value} on {band.threads.value} threads{shape}")
+        for (combos, edge), side in sides.items():  # an edge both kinds of GEMM change at is one band, "any"
+            epilogue = "any" if len(side) == 2 else next(iter(side))
+            changes = set(side.values())
+            change = changes.pop() if len(changes) == 1 else "; ".join(f"{k} an epilogue: {v}".replace(
+                "without an", "without") for k, v in sorted(side.items()))
+            bands.append(SizeBand(combos, epilogue, "mnk", edge, change))
+        return tuple(bands)
 
     def band(self, op: GemmOp) -> Band:
         """The table's band for one validated GEMM (A and B not read: OpenBLAS's path, no GEMM runs)."""

@@ -823,13 +823,14 @@ class ReadReturnsView(CpuDriver):
 
 class FusedEpilogueDropsLastPostOp(_BuggyCpu):
     """At and above the size where the cpu driver hands a GEMM with an epilogue to oneDNN (the fused
-    path, ``ONEDNN_MIN_MNK``), the last post-op is dropped; below it every post-op runs."""
+    path, the kernel table's ``onednn_fused_min_mnk``), the last post-op is dropped; below it every post-op runs."""
 
     def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
-        from ...drivers.cpu import ONEDNN_MIN_MNK, combo_class
+        from ...drivers.cpu_table import NEVER, combo_class
 
-        floor = ONEDNN_MIN_MNK.get(combo_class(op.combo) or "", 0)
-        if op.epilogue and floor and op.batch * op.m * op.n * op.k >= floor:
+        crossovers = self.kernel_table().crossovers  # the table's fused-epilogue edge, as the driver reads it
+        floor = crossovers.onednn_fused_min_mnk.get(combo_class(op.combo).value, NEVER)
+        if op.epilogue and floor < NEVER and op.batch * op.m * op.n * op.k >= floor:
             op, epi = dataclasses.replace(op, epilogue=op.epilogue[:-1]), epi[:-1]
         good(op)(a, b, c, d, epi)
 
