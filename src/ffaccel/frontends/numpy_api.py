@@ -316,12 +316,20 @@ def _post_key(post_ops: tuple) -> tuple:
     return tuple(out)
 
 
-def _operand_view(user: np.ndarray, view: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-    """How the per-call path turns a post-op's operand into the kernel's view: a reshape or a new
-    axis that gives exactly the view the full path made from ``user`` (same memory, shape and
-    strides), or None when only the full path can (a copy, a broadcast)."""
+def _operand_view(user: np.ndarray, view: np.ndarray, trans: bool = False
+                  ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """How the per-call path turns an operand (a, b, or a post-op's) into the kernel's view: a
+    reshape, a new axis or a broadcast of the batch (of ``user``'s last two axes swapped when
+    ``trans``) that gives exactly the view the full path made from ``user`` (same memory, shape and
+    strides), or None when only the full path can (a copy)."""
     shape = view.shape
-    for make in (lambda v: v.reshape(shape), lambda v: v[None]):
+    if trans:
+        makers: tuple = (lambda v: v.swapaxes(-1, -2).reshape(shape), lambda v: v.swapaxes(-1, -2)[None],
+                         lambda v: np.broadcast_to(v.swapaxes(-1, -2).reshape(shape[1:]), shape))
+    else:
+        makers = (lambda v: v.reshape(shape), lambda v: v[None],
+                  lambda v: np.broadcast_to(v.reshape(shape[1:]), shape))
+    for make in makers:
         try:
             got = make(user)
         except ValueError:
@@ -471,7 +479,47 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
                 fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
                 dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
                                            _fast_plan(kernel, p.m, p.n, d3.dtype, views))
+    elif (key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
+          and a.ndim >= 2 and b.ndim >= 2):  # (a subclass's reshape may differ from the one checked here)
+        _cache_batched_plan(dev, key, kernel, p, d3.dtype, post_ops, epilogue, trans_a, trans_b)
     return d3.reshape(p.result_shape) if out is None else out
+
+
+def _cache_batched_plan(dev: Device, key: tuple, kernel: Callable, p: _Problem, d_dtype: np.dtype,
+                        post_ops: tuple, epilogue: list[_Post], trans_a: bool, trans_b: bool) -> None:
+    """The per-call path of a batched (or transposed) call of a cached geometry: each operand's view
+    is a reshape, new axis or broadcast away (else no plan: the full path runs each time)."""
+    va = _operand_view(p.a, p.a_op.view, bool(trans_a))
+    vb = _operand_view(p.b, p.b_op.view, bool(trans_b))
+    views = tuple(None if e.operand is None else _operand_view(post_ops[i].operand, e.operand.view)
+                  for i, e in enumerate(epilogue))
+    if va is None or vb is None or any(v is None and e.operand is not None for v, e in zip(views, epilogue)):
+        return
+    dev.frontend_plans[key] = _batched_plan(kernel, va, vb, (p.batch, p.m, p.n), p.result_shape, d_dtype, views)
+
+
+def _batched_plan(kernel: Callable, view_a: Callable[[np.ndarray], np.ndarray],
+                  view_b: Callable[[np.ndarray], np.ndarray], shape3: tuple[int, int, int],
+                  result_shape: tuple[int, ...], d_dtype: np.dtype,
+                  operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]) -> Callable[..., np.ndarray]:
+    """``plan(a, b[, post_ops]) -> D``: D allocated as (batch, m, n), the kernel called once on the
+    operands' (batch, rows, cols) views; D returned in the result's shape (a view)."""
+    empty = np.empty
+    if not operand_views:
+        def plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            d = empty(shape3, d_dtype)
+            kernel(view_a(a), view_b(b), None, d, ())
+            return d.reshape(result_shape)
+
+        return plan
+
+    def plan_n(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
+        d = empty(shape3, d_dtype)
+        kernel(view_a(a), view_b(b), None, d,
+               tuple(v(p.operand) if v is not None else None for v, p in zip(operand_views, post_ops)))
+        return d.reshape(result_shape)
+
+    return plan_n
 
 
 def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _Problem:
