@@ -14,6 +14,7 @@ output D, the addend C, the epilogue, the overlap check, then the kernel.
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -122,14 +123,14 @@ def _restride(x: np.ndarray, lay: _Layout) -> np.ndarray:
 def _operand3(x: np.ndarray, batch_shape: tuple[int, ...], allow_transposed: bool) -> tuple[np.ndarray, _Layout]:
     """Broadcast ``x`` (..., r, c) to batch_shape and flatten the batch into one strided axis."""
     full = batch_shape + x.shape[-2:]
-    batch = int(np.prod(batch_shape)) if batch_shape else 1
+    batch = math.prod(batch_shape)  # (numpy.prod costs ~5 us a call: a new geometry pays it thrice)
     if x.ndim == 2 or all(s == 1 for s in x.shape[:-2]):
         # a new axis has stride 0, the batch stride of one matrix: no as_strided in _restride
         x3 = (x if x.ndim == 2 else x.reshape(x.shape[-2:]))[None]
         if batch != 1:
             x3 = np.broadcast_to(x3, (batch,) + x.shape[-2:])
     else:
-        xb = np.broadcast_to(x, full)
+        xb = x if x.shape == full else np.broadcast_to(x, full)
         try:
             x3 = xb.reshape((batch,) + x.shape[-2:], copy=False)
         except ValueError:  # batch dims that no single stride can express: one copy
@@ -460,7 +461,8 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
         d_np = DTYPES[p.d_dt].numpy
         d3 = np.empty((p.m, p.n), d_np)[None] if p.batch == 1 else np.empty((p.batch, p.m, p.n), d_np)
         d_op = _stated(d3, p.d_dt, _layout(d3, False) if d3.size else _Layout(False, max(1, p.n), 0))
-    kernel, descriptor = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op, epilogue)
+    kernel, descriptor, seen = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op,
+                                       epilogue)
     d3 = d_op.view
     if p.batch and p.m and p.n:
         kernel(p.a_op.view, p.b_op.view, c_op.view if c_op is not None else None, d3,
@@ -479,8 +481,9 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
                 fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
                 dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
                                            _fast_plan(kernel, p.m, p.n, d3.dtype, views))
-    elif (key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
+    elif (seen and key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
           and a.ndim >= 2 and b.ndim >= 2):  # (a subclass's reshape may differ from the one checked here)
+        # from a geometry's second call on: a KV cache that grows each step builds no plan it never reuses
         _cache_batched_plan(dev, key, kernel, p, d3.dtype, post_ops, epilogue, trans_a, trans_b)
     return d3.reshape(p.result_shape) if out is None else out
 
@@ -550,13 +553,14 @@ def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _
     if k != k2:
         raise violation("api.shape", f"op(b) with {k2} rows", f"{k} rows (op(a) has {k} columns)", arg="b")
     try:
-        batch_shape = np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]) if av.ndim > 2 or bv.ndim > 2 else ()
+        batch_shape = (av.shape[:-2] if av.shape[:-2] == bv.shape[:-2] else
+                       np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]) if av.ndim > 2 or bv.ndim > 2 else ())
     except ValueError:
         raise violation("api.shape", f"batch dims {bv.shape[:-2]}", f"broadcastable with {av.shape[:-2]}",
                         arg="b") from None
     a3, alay = _operand3(av, batch_shape, True)
     b3, blay = _operand3(bv, batch_shape, True)
-    return _Problem(a, b, acc, d_dt, m, n, k, batch_shape, int(np.prod(batch_shape)) if batch_shape else 1,
+    return _Problem(a, b, acc, d_dt, m, n, k, batch_shape, math.prod(batch_shape),
                     batch_shape + ((() if a1 else (m,)) + (() if b1 else (n,))), batch_shape + (m, n),
                     _stated(a3, a_dt, alay), _stated(b3, b_dt, blay))
 
@@ -686,11 +690,12 @@ def _check_out_disjoint(out: np.ndarray, p: _Problem, epilogue: list[_Post]) -> 
 
 
 def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | None, in_place: bool,
-            d_op: _Operand, epilogue: list[_Post]) -> tuple[Callable, bytes]:
+            d_op: _Operand, epilogue: list[_Post]) -> tuple[Callable, bytes, bool]:
     """Step 7: the driver's kernel for this geometry, validated by the abi validator once.
 
     Cached in ``dev.frontend_plans`` by the geometry (every descriptor field, scalars by their
-    bits), so a repeated call builds no descriptor. Returns (kernel, descriptor).
+    bits), so a repeated call builds no descriptor. Returns (kernel, descriptor, whether the
+    geometry was seen before).
     """
     key = ("gemm", p.m, p.n, p.k, p.batch, p.acc, _scalar_key(alpha), _scalar_key(beta), in_place,
            p.a_op.geometry(), p.b_op.geometry(), c_op.geometry() if c_op is not None else None, d_op.geometry(),
@@ -698,7 +703,7 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
                   e.operand.geometry() if e.operand is not None else None) for e in epilogue))
     cached = dev.frontend_plans.get(key)
     if cached is not None:
-        return cached
+        return (*cached, True)
     d_mat = d_op.matrix(_Slot.D)
     gemm = Gemm(
         m=p.m, n=p.n, k=p.k, batch=p.batch, a=p.a_op.matrix(_Slot.A), b=p.b_op.matrix(_Slot.B),
@@ -715,7 +720,7 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
     except FFAccelError as e:
         raise e.renamed(_MATMUL_NAMES) from None
     dev.frontend_plans[key] = kernel, descriptor
-    return kernel, descriptor
+    return kernel, descriptor, False
 
 
 def _library(x: Any) -> Any:
