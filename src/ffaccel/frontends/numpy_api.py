@@ -10,6 +10,9 @@ shapes, strides, dtypes, scalars and post-ops go straight to that kernel.
 
 A call is resolved in named steps (see ``_matmul``): the operands, the scalars, the
 output D, the addend C, the epilogue, the overlap check, then the kernel.
+
+The operand rules are public helpers that the CBLAS front-end (:mod:`.blas`) shares:
+:func:`operand_dtype`, :func:`gemm_dtypes` and :func:`real_argument`.
 """
 
 from __future__ import annotations
@@ -52,15 +55,20 @@ class _Slot(IntEnum):
     POST = 5
 
 
-def _spec_dtype(x: np.ndarray, arg: str) -> DType:
+def operand_dtype(x: np.ndarray, arg: str) -> DType:
+    """The spec dtype of a GEMM input array; FFAccelError ``api.dtype`` naming ``arg`` for any other.
+
+    Shared with the CBLAS front-end (:mod:`.blas`): both check operands by the same rules."""
     code = dtype_of_numpy(x.dtype)
     if code not in _INPUT_DTYPES:
         raise violation("api.dtype", str(x.dtype), _ALLOWED_NAMES, arg=arg)
     return code  # type: ignore[return-value]
 
 
-def _combo(a_dt: DType, b_dt: DType, out_dtype: Any) -> tuple[DType, DType]:
-    """(acc, d) for the operand dtypes and the requested output dtype."""
+def gemm_dtypes(a_dt: DType, b_dt: DType, out_dtype: Any) -> tuple[DType, DType]:
+    """(acc, d) for the operand dtypes and the requested output dtype (None: the default D), from
+    the spec's GEMM combinations; FFAccelError ``api.dtype`` (on ``b`` or ``out_dtype``) when none
+    fits: no silent promotion. Shared with the CBLAS front-end."""
     matches = [c for c in GEMM_COMBOS if (c.a, c.b) == (a_dt, b_dt)]
     if not matches:
         allowed = sorted(DTYPES[c.b].name for c in GEMM_COMBOS if c.a == a_dt)
@@ -236,8 +244,10 @@ def _input_array(x: Any, arg: str, other: Any) -> np.ndarray:
     return _from_python(x, arg, like)
 
 
-def _real(x: Any, arg: str) -> Any:
-    """A scalar that must be a real number (int, float, or a NumPy real scalar) within float64's range."""
+def real_argument(x: Any, arg: str) -> Any:
+    """A scalar that must be a real number (int, float, or a NumPy real scalar) within float64's range
+    (alpha, beta, post-op parameters); FFAccelError naming ``arg`` otherwise. Shared with the CBLAS
+    front-end."""
     return real_scalar(x, arg, "a real number: int or float (an int for int8/uint8 inputs)")
 
 
@@ -528,9 +538,9 @@ def _batched_plan(kernel: Callable, view_a: Callable[[np.ndarray], np.ndarray],
 def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _Problem:
     """Step 1: dtypes (no silent promotion), numpy.matmul shapes, zero-copy views of a and b."""
     a, b = _input_array(a, "a", b), _input_array(b, "b", a)
-    a_dt = _spec_dtype(a, "a")
-    b_dt = _spec_dtype(b, "b")
-    acc, d_dt = _combo(a_dt, b_dt, out_dtype)
+    a_dt = operand_dtype(a, "a")
+    b_dt = operand_dtype(b, "b")
+    acc, d_dt = gemm_dtypes(a_dt, b_dt, out_dtype)
     for name, x in (("a", a), ("b", b)):
         if x.ndim == 0:
             raise violation("api.shape", "a 0-d array", "at least 1 dimension", arg=name)
@@ -569,7 +579,7 @@ def _scalars(alpha: Any, beta: Any, c: Any) -> tuple[Any, Any]:
     """Step 2: alpha and beta are real numbers; beta defaults to 1 with c (BLAS's and torch.addmm's C)."""
     if beta is None:
         beta = 0 if c is None else 1
-    return _real(alpha, "alpha"), _real(beta, "beta")
+    return real_argument(alpha, "alpha"), real_argument(beta, "beta")
 
 
 def _output(out: np.ndarray | None, p: _Problem) -> tuple[_Operand | None, np.ndarray | None]:
@@ -710,7 +720,8 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
         c=None if c_op is None else d_mat if in_place else c_op.matrix(_Slot.C), d=d_mat,
         alpha=alpha, beta=beta, trans_a=p.a_op.layout.transposed, trans_b=p.b_op.layout.transposed,
         acc_dtype=p.acc, epilogue=tuple(
-            PostOpDesc(e.kind, _real(e.param0, f"post_ops[{i}].param0"), _real(e.param1, f"post_ops[{i}].param1"),
+            PostOpDesc(e.kind, real_argument(e.param0, f"post_ops[{i}].param0"),
+                       real_argument(e.param1, f"post_ops[{i}].param1"),
                        e.operand.matrix(_Slot.POST + i) if e.operand is not None else None)
             for i, e in enumerate(epilogue)),
     )
