@@ -18,13 +18,18 @@ Contenders:
 * f32 + bias + GELU(erf): ``cpu`` auto and forced OpenBLAS against the bare f32 GEMM;
 * small (issue 21): ``ffaccel.matmul`` against NumPy's ``@`` per call at m = 1, 8, 32, 128 and
   8x8x8, bare and with a bias (against ``a @ b + bias``);
-* alternate: a loop alternating NumPy's ``@`` and ``ffaccel.matmul`` at ``--size``^3 f32.
+* alternate: a loop alternating NumPy's ``@`` and ``ffaccel.matmul`` at ``--size``^3 f32;
+* batched (issue 21): batched attention GEMMs and an LSTM step per call, against NumPy's ``@``
+  and ``torch.matmul``;
+* decode (issue 21): a decoding step's two attention GEMMs with a KV cache growing one row a step
+  (each step a geometry never seen), against NumPy and PyTorch.
 
 Usage::
 
     python benchmarks/bench_kernels.py                 # 2048^3, all cases
     python benchmarks/bench_kernels.py --size 1024 --only int8,bf16
     python benchmarks/bench_kernels.py --only small,alternate     # per-call rows, NumPy alternating
+    python benchmarks/bench_kernels.py --only batched,decode --clock thread   # batched, growing KV cache
 """
 
 from __future__ import annotations
@@ -256,11 +261,88 @@ def bench_alternate(n: int, args: argparse.Namespace) -> None:
     print(f"| each alone | {an * 1e3:.1f} | {af * 1e3:.1f} | {an / af:.2f}x |")
 
 
+#: Batched rows (issue 21): name -> (a shape, b shape, trans_b); f32, the GEMMs of attention and an
+#: LSTM step as the PyTorch offload hands them over (k^T and W_hh^T as transposed views).
+BATCHED_SHAPES = {
+    "attention scores 8x4x64x64 @ 8x4x64x64": ((8, 4, 64, 64), (8, 4, 64, 64), False),
+    "attention q @ k^T 32x16x64, k 32x16x64": ((32, 16, 64), (32, 16, 64), True),
+    "decode step q @ K^T 12x1x64, K 12x40x64": ((12, 1, 64), (12, 40, 64), True),
+    "decode step p @ V 12x1x40 @ 12x40x64": ((12, 1, 40), (12, 40, 64), False),
+    "LSTM(128) step h @ W_hh^T 8x128, W_hh 512x128": ((8, 128), (512, 128), True),
+}
+
+
+def bench_batched(n: int, args: argparse.Namespace) -> None:
+    """ffaccel.matmul against NumPy's @ and torch.matmul per call on batched attention GEMMs and an
+    LSTM step (a repeated geometry: the cached per-call path)."""
+    rng = np.random.default_rng(6)
+    dev = ffaccel.open("cpu")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    print(f"\n### batched and transposed per call, f32 (µs per call, best of round-robin loops; clock: {args.clock})\n")
+    print("| case | NumPy @ | torch.matmul | matmul | / NumPy | / torch |\n|---|---:|---:|---:|---:|---:|")
+    for name, (sa, sb, trans_b) in BATCHED_SHAPES.items():
+        a, b = rng.standard_normal(sa, np.float32), rng.standard_normal(sb, np.float32)
+        bt = np.swapaxes(b, -1, -2)
+        cands = {"np": (lambda: a @ bt) if trans_b else (lambda: a @ b),
+                 "ff": (lambda: ffaccel.matmul(a, b, trans_b=True, device=dev)) if trans_b else
+                 (lambda: ffaccel.matmul(a, b, device=dev))}
+        if torch is not None:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(bt if trans_b else b)
+            cands["torch"] = lambda: torch.matmul(ta, tb)
+        t = per_call(cands, args.rounds * 2, 0.02, clock)
+        tt = t.get("torch", float("nan"))
+        print(f"| {name} | {t['np'] * 1e6:.1f} | {tt * 1e6:.1f} | {t['ff'] * 1e6:.1f} | **{t['ff'] / t['np']:.2f}x** "
+              f"| {t['ff'] / tt:.2f}x |")
+
+
+def bench_decode(n: int, args: argparse.Namespace) -> None:
+    """A decoding loop's attention with a KV cache that grows by one row a step (12 heads, d 64):
+    every step is a geometry never seen (q @ K^T and p @ V), µs per step (both GEMMs)."""
+    heads, dim, start, steps = 12, 64, 16, 64
+    rng = np.random.default_rng(8)
+    k_cache = rng.standard_normal((heads, start + steps * (args.rounds + 1), dim), np.float32)
+    v_cache = rng.standard_normal(k_cache.shape, np.float32)
+    q = rng.standard_normal((heads, 1, dim), np.float32)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+
+    def numpy_step(length: int) -> None:
+        s = q @ k_cache[:, :length].swapaxes(1, 2)
+        s @ v_cache[:, :length]
+
+    def ffaccel_step(length: int, dev: Device) -> None:
+        s = ffaccel.matmul(q, k_cache[:, :length], trans_b=True, device=dev)
+        ffaccel.matmul(s, v_cache[:, :length], device=dev)
+
+    cands: dict[str, Callable[[int], None]] = {"np": numpy_step}
+    if torch is not None:
+        tq, tk, tv = torch.from_numpy(q), torch.from_numpy(k_cache), torch.from_numpy(v_cache)
+        cands["torch"] = lambda length: torch.matmul(torch.matmul(tq, tk[:, :length].transpose(1, 2)),
+                                                     tv[:, :length])
+    best = dict.fromkeys(list(cands) + ["ff"], float("inf"))
+    for r in range(args.rounds):
+        dev = ffaccel.open("cpu")  # a device whose caches have seen none of these lengths
+        lengths = range(start + r * steps, start + (r + 1) * steps)  # new lengths each round
+        for name in best:
+            t0 = clock()
+            for length in lengths:
+                if name == "ff":
+                    ffaccel_step(length, dev)
+                else:
+                    cands[name](length)
+            best[name] = min(best[name], (clock() - t0) / steps)
+    tt = best.get("torch", float("nan"))
+    print(f"\n### decoding attention, KV cache growing one row a step ({heads} heads, d {dim}; µs per step, "
+          f"best of {args.rounds} rounds of {steps} steps; clock: {args.clock})\n")
+    print("| NumPy @ | torch.matmul | matmul | / NumPy | / torch |\n|---:|---:|---:|---:|---:|")
+    print(f"| {best['np'] * 1e6:.1f} | {tt * 1e6:.1f} | {best['ff'] * 1e6:.1f} | **{best['ff'] / best['np']:.2f}x** "
+          f"| {best['ff'] / tt:.2f}x |")
+
+
 CASES = {"int8": bench_int8, "bf16": bench_bf16, "f16": bench_f16, "epilogue": bench_epilogue,
-         "small": bench_small, "alternate": bench_alternate}
+         "small": bench_small, "alternate": bench_alternate, "batched": bench_batched, "decode": bench_decode}
 #: The cases that compare against PyTorch (imported only for them: a loaded PyTorch changes the
 #: cpu driver's thread policy below oneDNN's crossover, see docs/kernels.md).
-TORCH_CASES = ("int8", "bf16")
+TORCH_CASES = ("int8", "bf16", "batched", "decode")
 
 
 def main() -> None:

@@ -694,3 +694,33 @@ def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: 
         monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
         shared = CpuDriver(kernels="auto").band(case.op).threads == Threads.SHARED
         assert (CpuDriver(kernels="auto").prepare_gemm_fresh(case.op) is None) == shared
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("batch", "m", "k", "n"), [(32, 16, 64, 16), (12, 1, 64, 40), (4, 40, 33, 36)])
+def test_batched_blas_paths_match_numpy(dtype, batch: int, m: int, k: int, n: int) -> None:
+    """_gemm3d's two BLAS paths on any CPU: alpha = 1, beta = 0 on BLAS-able views is one
+    numpy.matmul over the batch (NaN in D's memory not read); other scalars, or a transposed D,
+    take the per-entry calls (big entries) or say False (small ones, for numpy.matmul with passes)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((batch, m, k)).astype(dtype)
+    bt = rng.standard_normal((batch, n, k)).astype(dtype)
+    b = bt.swapaxes(1, 2)  # column-major entries: still one ?gemm each
+    blas = cpu_mod._DGEMM if dtype == np.float64 else cpu_mod._SGEMM
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    x = np.full((batch, m, n), np.nan, dtype)
+    assert cpu_mod._gemm3d(blas, 1.0, a, b, 0.0, x)
+    np.testing.assert_allclose(x, want, rtol=tol, atol=tol * k)
+    c = rng.standard_normal((batch, m, n)).astype(dtype)
+    x = c.copy()
+    if cpu_mod._gemm3d(blas, 0.5, a, b, -1.0, x):
+        assert m * n * k >= cpu_mod._LOOP_MIN_MNK
+    else:  # what the kernel then runs
+        assert m * n * k < cpu_mod._LOOP_MIN_MNK
+        cpu_mod._matmul_axpby(0.5, a, b, -1.0, x)
+    np.testing.assert_allclose(x, 0.5 * want - c, rtol=tol, atol=tol * k)
+    xt = np.full((batch, n, m), np.nan, dtype).swapaxes(1, 2)  # D transposed per entry
+    if not cpu_mod._gemm3d(blas, 1.0, a, b, 0.0, xt):
+        cpu_mod._matmul_axpby(1.0, a, b, 0.0, xt)
+    np.testing.assert_allclose(xt, want, rtol=tol, atol=tol * k)

@@ -286,3 +286,59 @@ def test_fused_epilogues_take_the_cached_per_call_path(device: str, monkeypatch:
     with pytest.raises(FFAccelError) as err:  # a wrong operand in a cached geometry is still refused
         ffaccel.matmul(a, b, post_ops=[post.bias(np.ones(n + 1, np.float32))], device=dev)
     assert err.value.param == "post_ops[0].operand"
+
+
+@pytest.mark.parametrize(
+    ("sa", "sb", "trans_b"),
+    [((2, 3, 6, 5), (2, 3, 5, 4), False),  # attention scores: 4-D @ 4-D
+     ((4, 1, 8), (4, 8, 7), False),  # a decoding step: m = 1 per head
+     ((3, 6, 5), (5, 4), False),  # b broadcast over the batch
+     ((5, 4), (3, 4, 6), False),  # a broadcast over the batch
+     ((2, 3, 6, 5), (2, 3, 4, 5), True),  # q @ k^T by the flag
+     ((6, 5), (4, 5), True)],  # a transposed 2-D call
+    ids=str,
+)
+def test_batched_calls_take_the_cached_per_call_path(device: str, sa, sb, trans_b: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated batched (or transposed) GEMM skips the step-by-step path and reads each call's own
+    arrays, also as strided views (k^T of a cache) and with a bias; values as NumPy's."""
+    from ffaccel.frontends import numpy_api
+
+    dev = ffaccel.open(device)
+    slow = []
+    real = numpy_api._matmul
+    monkeypatch.setattr(numpy_api, "_matmul", lambda *args: slow.append(1) or real(*args))
+    for _ in range(3):
+        a = RNG.standard_normal(sa).astype(np.float32)
+        b = RNG.standard_normal(sb).astype(np.float32)
+        bt = np.swapaxes(b, -1, -2) if trans_b else b
+        n = bt.shape[-1]
+        _close(ffaccel.matmul(a, b, trans_b=trans_b, device=dev), _want(a, bt), np.float32, sa[-1])
+        bias = RNG.standard_normal(n).astype(np.float32)
+        _close(ffaccel.matmul(a, b, trans_b=trans_b, post_ops=[post.bias(bias), post.relu()], device=dev),
+               np.maximum(_want(a, bt) + bias, 0), np.float32, sa[-1])
+        cache = RNG.standard_normal(sb[:-2] + (sb[-1] + 3, sb[-2])).astype(np.float32)
+        kt = np.swapaxes(cache[..., 1:1 + sb[-1], :], -1, -2)  # a strided view, not a copy
+        if not trans_b:
+            _close(ffaccel.matmul(a, kt, device=dev), _want(a, kt), np.float32, sa[-1])
+    # the first two calls of each geometry (the second builds the plan; a geometry seen once, as in a
+    # growing KV cache, builds none)
+    assert len(slow) == 2 * (2 + (0 if trans_b else 1)), len(slow)
+    with pytest.raises(FFAccelError) as err:  # a wrong shape in a batched call is still refused
+        wrong_k = sb[:-2] + ((sb[-2], sb[-1] + 1) if trans_b else (sb[-2] + 1, sb[-1]))
+        ffaccel.matmul(a, np.ones(wrong_k, np.float32), trans_b=trans_b, device=dev)
+    assert err.value.param == "b"
+
+
+def test_batched_plan_result_is_not_shared_between_calls(device: str) -> None:
+    """Each call of a cached batched geometry returns its own D (the plan allocates one per call)."""
+    dev = ffaccel.open(device)
+    a = RNG.standard_normal((3, 4, 5)).astype(np.float32)
+    b = RNG.standard_normal((3, 5, 2)).astype(np.float32)
+    first = ffaccel.matmul(a, b, device=dev)
+    second = ffaccel.matmul(a, b, device=dev)
+    third = ffaccel.matmul(2 * a, b, device=dev)
+    assert not np.shares_memory(second, third) and not np.shares_memory(first, second)
+    _close(second, _want(a, b), np.float32, 5)
+    _close(third, _want(2 * a, b), np.float32, 5)
+    assert third.shape == (3, 4, 2) and third.dtype == np.float32

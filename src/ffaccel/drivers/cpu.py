@@ -307,6 +307,12 @@ def _gemm3d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
         else:
             if _gemm2d(blas, alpha, a[0], b2, beta, x2):
                 return True
+    if alpha == 1.0 and beta == 0.0 and _blas_strides(a[0]) and _blas_strides(b[0]) and _blas_strides(x[0]):
+        # numpy.matmul loops over the batch in C with one ?gemm per entry: 1.2x (8 x 256^3) to 14x
+        # (12 x 1x64x40) faster than one Python-level call per entry (docs/kernels.md, "Batched GEMMs")
+        with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+            np.matmul(a, b, out=x)
+        return True
     if m * n * k < _LOOP_MIN_MNK:
         return False  # numpy.matmul's C loop beats one Python-level call per entry
     done = 0

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..runtime import Device
 from ..spec import FFAccelError, dtype_of_numpy, violation
-from .numpy_api import _combo, _real, _spec_dtype, matmul
+from .numpy_api import gemm_dtypes, matmul, operand_dtype, real_argument
 
 _ORDERS = ("row", "col")
 _TRANS = ("N", "T")
@@ -88,12 +88,12 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
         if t not in _TRANS:
             raise violation("blas.enum", repr(t), "'N' or 'T'", arg=arg)
     m, n, k = _dim(m, "m"), _dim(n, "n"), _dim(k, "k")
-    alpha, beta = _real(alpha, "alpha"), _real(beta, "beta")  # both required, as in CBLAS
+    alpha, beta = real_argument(alpha, "alpha"), real_argument(beta, "beta")  # both required, as in CBLAS
     af, bf, cf = _storage(a, "a"), _storage(b, "b"), _storage(c, "c")
-    a_dt, b_dt = _spec_dtype(af, "a"), _spec_dtype(bf, "b")
+    a_dt, b_dt = operand_dtype(af, "a"), operand_dtype(bf, "b")
     c_dt = dtype_of_numpy(cf.dtype)
     try:
-        _combo(a_dt, b_dt, cf.dtype if c_dt is not None else None)
+        gemm_dtypes(a_dt, b_dt, cf.dtype if c_dt is not None else None)
     except FFAccelError as e:
         raise e.renamed(_GEMM_NAMES) from None
     if c_dt is None:

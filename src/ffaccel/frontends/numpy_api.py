@@ -10,10 +10,14 @@ shapes, strides, dtypes, scalars and post-ops go straight to that kernel.
 
 A call is resolved in named steps (see ``_matmul``): the operands, the scalars, the
 output D, the addend C, the epilogue, the overlap check, then the kernel.
+
+The operand rules are public helpers that the CBLAS front-end (:mod:`.blas`) shares:
+:func:`operand_dtype`, :func:`gemm_dtypes` and :func:`real_argument`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -51,15 +55,20 @@ class _Slot(IntEnum):
     POST = 5
 
 
-def _spec_dtype(x: np.ndarray, arg: str) -> DType:
+def operand_dtype(x: np.ndarray, arg: str) -> DType:
+    """The spec dtype of a GEMM input array; FFAccelError ``api.dtype`` naming ``arg`` for any other.
+
+    Shared with the CBLAS front-end (:mod:`.blas`): both check operands by the same rules."""
     code = dtype_of_numpy(x.dtype)
     if code not in _INPUT_DTYPES:
         raise violation("api.dtype", str(x.dtype), _ALLOWED_NAMES, arg=arg)
     return code  # type: ignore[return-value]
 
 
-def _combo(a_dt: DType, b_dt: DType, out_dtype: Any) -> tuple[DType, DType]:
-    """(acc, d) for the operand dtypes and the requested output dtype."""
+def gemm_dtypes(a_dt: DType, b_dt: DType, out_dtype: Any) -> tuple[DType, DType]:
+    """(acc, d) for the operand dtypes and the requested output dtype (None: the default D), from
+    the spec's GEMM combinations; FFAccelError ``api.dtype`` (on ``b`` or ``out_dtype``) when none
+    fits: no silent promotion. Shared with the CBLAS front-end."""
     matches = [c for c in GEMM_COMBOS if (c.a, c.b) == (a_dt, b_dt)]
     if not matches:
         allowed = sorted(DTYPES[c.b].name for c in GEMM_COMBOS if c.a == a_dt)
@@ -122,14 +131,14 @@ def _restride(x: np.ndarray, lay: _Layout) -> np.ndarray:
 def _operand3(x: np.ndarray, batch_shape: tuple[int, ...], allow_transposed: bool) -> tuple[np.ndarray, _Layout]:
     """Broadcast ``x`` (..., r, c) to batch_shape and flatten the batch into one strided axis."""
     full = batch_shape + x.shape[-2:]
-    batch = int(np.prod(batch_shape)) if batch_shape else 1
+    batch = math.prod(batch_shape)  # (numpy.prod costs ~5 us a call: a new geometry pays it thrice)
     if x.ndim == 2 or all(s == 1 for s in x.shape[:-2]):
         # a new axis has stride 0, the batch stride of one matrix: no as_strided in _restride
         x3 = (x if x.ndim == 2 else x.reshape(x.shape[-2:]))[None]
         if batch != 1:
             x3 = np.broadcast_to(x3, (batch,) + x.shape[-2:])
     else:
-        xb = np.broadcast_to(x, full)
+        xb = x if x.shape == full else np.broadcast_to(x, full)
         try:
             x3 = xb.reshape((batch,) + x.shape[-2:], copy=False)
         except ValueError:  # batch dims that no single stride can express: one copy
@@ -235,8 +244,10 @@ def _input_array(x: Any, arg: str, other: Any) -> np.ndarray:
     return _from_python(x, arg, like)
 
 
-def _real(x: Any, arg: str) -> Any:
-    """A scalar that must be a real number (int, float, or a NumPy real scalar) within float64's range."""
+def real_argument(x: Any, arg: str) -> Any:
+    """A scalar that must be a real number (int, float, or a NumPy real scalar) within float64's range
+    (alpha, beta, post-op parameters); FFAccelError naming ``arg`` otherwise. Shared with the CBLAS
+    front-end."""
     return real_scalar(x, arg, "a real number: int or float (an int for int8/uint8 inputs)")
 
 
@@ -316,12 +327,20 @@ def _post_key(post_ops: tuple) -> tuple:
     return tuple(out)
 
 
-def _operand_view(user: np.ndarray, view: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-    """How the per-call path turns a post-op's operand into the kernel's view: a reshape or a new
-    axis that gives exactly the view the full path made from ``user`` (same memory, shape and
-    strides), or None when only the full path can (a copy, a broadcast)."""
+def _operand_view(user: np.ndarray, view: np.ndarray, trans: bool = False
+                  ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """How the per-call path turns an operand (a, b, or a post-op's) into the kernel's view: a
+    reshape, a new axis or a broadcast of the batch (of ``user``'s last two axes swapped when
+    ``trans``) that gives exactly the view the full path made from ``user`` (same memory, shape and
+    strides), or None when only the full path can (a copy)."""
     shape = view.shape
-    for make in (lambda v: v.reshape(shape), lambda v: v[None]):
+    if trans:
+        makers: tuple = (lambda v: v.swapaxes(-1, -2).reshape(shape), lambda v: v.swapaxes(-1, -2)[None],
+                         lambda v: np.broadcast_to(v.swapaxes(-1, -2).reshape(shape[1:]), shape))
+    else:
+        makers = (lambda v: v.reshape(shape), lambda v: v[None],
+                  lambda v: np.broadcast_to(v.reshape(shape[1:]), shape))
+    for make in makers:
         try:
             got = make(user)
         except ValueError:
@@ -452,7 +471,8 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
         d_np = DTYPES[p.d_dt].numpy
         d3 = np.empty((p.m, p.n), d_np)[None] if p.batch == 1 else np.empty((p.batch, p.m, p.n), d_np)
         d_op = _stated(d3, p.d_dt, _layout(d3, False) if d3.size else _Layout(False, max(1, p.n), 0))
-    kernel, descriptor = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op, epilogue)
+    kernel, descriptor, seen = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op,
+                                       epilogue)
     d3 = d_op.view
     if p.batch and p.m and p.n:
         kernel(p.a_op.view, p.b_op.view, c_op.view if c_op is not None else None, d3,
@@ -471,15 +491,56 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
                 fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
                 dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
                                            _fast_plan(kernel, p.m, p.n, d3.dtype, views))
+    elif (seen and key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
+          and a.ndim >= 2 and b.ndim >= 2):  # (a subclass's reshape may differ from the one checked here)
+        # from a geometry's second call on: a KV cache that grows each step builds no plan it never reuses
+        _cache_batched_plan(dev, key, kernel, p, d3.dtype, post_ops, epilogue, trans_a, trans_b)
     return d3.reshape(p.result_shape) if out is None else out
+
+
+def _cache_batched_plan(dev: Device, key: tuple, kernel: Callable, p: _Problem, d_dtype: np.dtype,
+                        post_ops: tuple, epilogue: list[_Post], trans_a: bool, trans_b: bool) -> None:
+    """The per-call path of a batched (or transposed) call of a cached geometry: each operand's view
+    is a reshape, new axis or broadcast away (else no plan: the full path runs each time)."""
+    va = _operand_view(p.a, p.a_op.view, bool(trans_a))
+    vb = _operand_view(p.b, p.b_op.view, bool(trans_b))
+    views = tuple(None if e.operand is None else _operand_view(post_ops[i].operand, e.operand.view)
+                  for i, e in enumerate(epilogue))
+    if va is None or vb is None or any(v is None and e.operand is not None for v, e in zip(views, epilogue)):
+        return
+    dev.frontend_plans[key] = _batched_plan(kernel, va, vb, (p.batch, p.m, p.n), p.result_shape, d_dtype, views)
+
+
+def _batched_plan(kernel: Callable, view_a: Callable[[np.ndarray], np.ndarray],
+                  view_b: Callable[[np.ndarray], np.ndarray], shape3: tuple[int, int, int],
+                  result_shape: tuple[int, ...], d_dtype: np.dtype,
+                  operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]) -> Callable[..., np.ndarray]:
+    """``plan(a, b[, post_ops]) -> D``: D allocated as (batch, m, n), the kernel called once on the
+    operands' (batch, rows, cols) views; D returned in the result's shape (a view)."""
+    empty = np.empty
+    if not operand_views:
+        def plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            d = empty(shape3, d_dtype)
+            kernel(view_a(a), view_b(b), None, d, ())
+            return d.reshape(result_shape)
+
+        return plan
+
+    def plan_n(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
+        d = empty(shape3, d_dtype)
+        kernel(view_a(a), view_b(b), None, d,
+               tuple(v(p.operand) if v is not None else None for v, p in zip(operand_views, post_ops)))
+        return d.reshape(result_shape)
+
+    return plan_n
 
 
 def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _Problem:
     """Step 1: dtypes (no silent promotion), numpy.matmul shapes, zero-copy views of a and b."""
     a, b = _input_array(a, "a", b), _input_array(b, "b", a)
-    a_dt = _spec_dtype(a, "a")
-    b_dt = _spec_dtype(b, "b")
-    acc, d_dt = _combo(a_dt, b_dt, out_dtype)
+    a_dt = operand_dtype(a, "a")
+    b_dt = operand_dtype(b, "b")
+    acc, d_dt = gemm_dtypes(a_dt, b_dt, out_dtype)
     for name, x in (("a", a), ("b", b)):
         if x.ndim == 0:
             raise violation("api.shape", "a 0-d array", "at least 1 dimension", arg=name)
@@ -502,13 +563,14 @@ def _operands(a: Any, b: Any, trans_a: bool, trans_b: bool, out_dtype: Any) -> _
     if k != k2:
         raise violation("api.shape", f"op(b) with {k2} rows", f"{k} rows (op(a) has {k} columns)", arg="b")
     try:
-        batch_shape = np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]) if av.ndim > 2 or bv.ndim > 2 else ()
+        batch_shape = (av.shape[:-2] if av.shape[:-2] == bv.shape[:-2] else
+                       np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]) if av.ndim > 2 or bv.ndim > 2 else ())
     except ValueError:
         raise violation("api.shape", f"batch dims {bv.shape[:-2]}", f"broadcastable with {av.shape[:-2]}",
                         arg="b") from None
     a3, alay = _operand3(av, batch_shape, True)
     b3, blay = _operand3(bv, batch_shape, True)
-    return _Problem(a, b, acc, d_dt, m, n, k, batch_shape, int(np.prod(batch_shape)) if batch_shape else 1,
+    return _Problem(a, b, acc, d_dt, m, n, k, batch_shape, math.prod(batch_shape),
                     batch_shape + ((() if a1 else (m,)) + (() if b1 else (n,))), batch_shape + (m, n),
                     _stated(a3, a_dt, alay), _stated(b3, b_dt, blay))
 
@@ -517,7 +579,7 @@ def _scalars(alpha: Any, beta: Any, c: Any) -> tuple[Any, Any]:
     """Step 2: alpha and beta are real numbers; beta defaults to 1 with c (BLAS's and torch.addmm's C)."""
     if beta is None:
         beta = 0 if c is None else 1
-    return _real(alpha, "alpha"), _real(beta, "beta")
+    return real_argument(alpha, "alpha"), real_argument(beta, "beta")
 
 
 def _output(out: np.ndarray | None, p: _Problem) -> tuple[_Operand | None, np.ndarray | None]:
@@ -638,11 +700,12 @@ def _check_out_disjoint(out: np.ndarray, p: _Problem, epilogue: list[_Post]) -> 
 
 
 def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | None, in_place: bool,
-            d_op: _Operand, epilogue: list[_Post]) -> tuple[Callable, bytes]:
+            d_op: _Operand, epilogue: list[_Post]) -> tuple[Callable, bytes, bool]:
     """Step 7: the driver's kernel for this geometry, validated by the abi validator once.
 
     Cached in ``dev.frontend_plans`` by the geometry (every descriptor field, scalars by their
-    bits), so a repeated call builds no descriptor. Returns (kernel, descriptor).
+    bits), so a repeated call builds no descriptor. Returns (kernel, descriptor, whether the
+    geometry was seen before).
     """
     key = ("gemm", p.m, p.n, p.k, p.batch, p.acc, _scalar_key(alpha), _scalar_key(beta), in_place,
            p.a_op.geometry(), p.b_op.geometry(), c_op.geometry() if c_op is not None else None, d_op.geometry(),
@@ -650,14 +713,15 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
                   e.operand.geometry() if e.operand is not None else None) for e in epilogue))
     cached = dev.frontend_plans.get(key)
     if cached is not None:
-        return cached
+        return (*cached, True)
     d_mat = d_op.matrix(_Slot.D)
     gemm = Gemm(
         m=p.m, n=p.n, k=p.k, batch=p.batch, a=p.a_op.matrix(_Slot.A), b=p.b_op.matrix(_Slot.B),
         c=None if c_op is None else d_mat if in_place else c_op.matrix(_Slot.C), d=d_mat,
         alpha=alpha, beta=beta, trans_a=p.a_op.layout.transposed, trans_b=p.b_op.layout.transposed,
         acc_dtype=p.acc, epilogue=tuple(
-            PostOpDesc(e.kind, _real(e.param0, f"post_ops[{i}].param0"), _real(e.param1, f"post_ops[{i}].param1"),
+            PostOpDesc(e.kind, real_argument(e.param0, f"post_ops[{i}].param0"),
+                       real_argument(e.param1, f"post_ops[{i}].param1"),
                        e.operand.matrix(_Slot.POST + i) if e.operand is not None else None)
             for i, e in enumerate(epilogue)),
     )
@@ -667,7 +731,7 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
     except FFAccelError as e:
         raise e.renamed(_MATMUL_NAMES) from None
     dev.frontend_plans[key] = kernel, descriptor
-    return kernel, descriptor
+    return kernel, descriptor, False
 
 
 def _library(x: Any) -> Any:
