@@ -524,11 +524,11 @@ def test_hello_is_json_and_carries_the_whole_info(server) -> None:
         err, body, _ = raw.request(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ffaccel.abi.ABI_VERSION))
         assert err is None
         doc = json.loads(body)  # plain JSON: nothing a client could be made to execute
-        assert set(doc) == {"name", "version", "description", "memory_bytes", "kernels", "caps"}
+        assert set(doc) == {"name", "version", "description", "memory_bytes", "kernels", "size_bands", "caps"}
     finally:
         raw.close()
     with server.open("socket") as remote, ffaccel.open("cpu") as local:
-        assert remote.info() == local.info()  # caps, limits and the kernel libraries, all of it
+        assert remote.info() == local.info()  # caps, limits, the kernel libraries and size bands, all of it
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a fake server as another user")

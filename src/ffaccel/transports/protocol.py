@@ -381,6 +381,7 @@ def encode_info(info: "DriverInfo") -> bytes:
     """The HELLO reply: the device's info as UTF-8 JSON (nothing on the wire is pickled).
 
     ``{"name", "version", "description", "memory_bytes", "kernels": [[combination, library]...],
+    "size_bands": [[[combination...], epilogue, measure, edge, change]...],
     "caps": {"combos": [[a, b, acc, d]
     dtype codes...], "copies": [[src, dst]...], "post_ops": [kinds], "engines": [engines],
     "limits": {Limits fields}}}``; every number is an integer of the spec's enums.
@@ -390,6 +391,7 @@ def encode_info(info: "DriverInfo") -> bytes:
         "name": info.name, "version": info.version, "description": info.description,
         "memory_bytes": int(info.memory_bytes),
         "kernels": [[str(combo), str(lib)] for combo, lib in info.kernels],
+        "size_bands": [[list(b.combos), b.epilogue, b.measure, int(b.edge), b.change] for b in info.size_bands],
         "caps": {
             "combos": sorted([int(c.a), int(c.b), int(c.acc), int(c.d)] for c in caps.combos),
             "copies": sorted([int(s), int(d)] for s, d in caps.copies),
@@ -433,7 +435,7 @@ def decode_usage(payload: bytes) -> dict:
 def decode_info(payload: bytes) -> "DriverInfo":
     """Parse a HELLO reply strictly; anything malformed is DEVICE_LOST saying so."""
     from ..abi import DeviceCaps
-    from ..drivers import DriverInfo
+    from ..drivers import DriverInfo, SizeBand
     from ..spec import DType, Engine, GemmCombo, Limits, PostOpKind
 
     try:
@@ -447,8 +449,13 @@ def decode_info(payload: bytes) -> "DriverInfo":
             raise ValueError("limits")
         kernels = tuple((k[0], k[1]) for k in doc.get("kernels", []))
         strings = [doc["name"], doc["version"], doc["description"], *(x for k in kernels for x in k)]
+        bands = tuple(SizeBand(tuple(b[0]), b[1], b[2], b[3], b[4]) for b in doc.get("size_bands", []))
+        strings += [x for b in bands for x in (*b.combos, b.epilogue, b.measure, b.change)]
         if not all(type(x) is str for x in strings) or type(doc["memory_bytes"]) is not int:
             raise ValueError("fields")
+        if not all(type(b.edge) is int and b.edge >= 0 and b.epilogue in ("any", "with", "without")
+                   and b.measure in ("mnk", "entry_mnk") for b in bands):
+            raise ValueError("size_bands")
         if not isinstance(doc, dict) or not isinstance(caps, dict) or not isinstance(lim, dict):
             raise TypeError("not an object")
         return DriverInfo(
@@ -462,6 +469,7 @@ def decode_info(payload: bytes) -> "DriverInfo":
             ),
             doc["memory_bytes"],
             kernels,
+            bands,
         )
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OverflowError) as e:
         # (UnicodeDecodeError and json's errors are ValueErrors; RecursionError: nesting deeper than the parser goes)
