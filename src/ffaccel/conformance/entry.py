@@ -63,8 +63,8 @@ def _hook_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
         GemmCase("entry", combo, 7, 6, 5, 3, False, False, sc[1], sc[2], "separate", broadcast=(False, True, False),
                  seed=105),
         # a linear layer: the bias alone, no C (what a fresh kernel with an epilogue takes)
-        GemmCase("entry", combo, 6, 7, 5, 1, False, False, sc[1], sc[0], "absent", epilogue=(PostOpCase(PostOpKind.BIAS_N),),
-                 seed=106),
+        GemmCase("entry", combo, 6, 7, 5, 1, False, False, sc[1], sc[0], "absent",
+                 epilogue=declared_epilogue((PostOpCase(PostOpKind.BIAS_N),), caps), seed=106),
     ]
 
 
