@@ -27,8 +27,8 @@ from ..bench.dispatch import BATCHES, SIZES, dispatch_combo, run_dispatch
 from ..bench.dispatch import QUICK_SIZES as DISPATCH_QUICK_SIZES
 from ..bench.load import LoadLog
 from ..bench.overhead import overhead_section
-from ..bench.throughput import (FULL_SIZES, MAX_CALL_S, QUICK_MAX_CALL_S, QUICK_SIZES, best_f32_rate, calibrate_peak,
-                                run_throughput, verify_rates)
+from ..bench.throughput import (FULL_SIZES, NUMPY_F16_MAX, QUICK_NUMPY_F16_MAX, QUICK_SIZES, best_f32_rate,
+                                calibrate_peak, run_throughput, verify_rates)
 from ..bench.workload import BlockShape, plan_block, run_workload
 from ..conformance import check_device, format_failures
 from ..runtime import Device, open_device
@@ -330,7 +330,8 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
         with load.section("throughput"):
             pts = run_throughput(devices, cfg.sizes(), rounds=3 if cfg.quick else 5,
                                  min_sample_s=0.005 if cfg.quick else 0.02,
-                                 max_call_s=QUICK_MAX_CALL_S if cfg.quick else MAX_CALL_S, progress=prog.step)
+                                 numpy_f16_max=QUICK_NUMPY_F16_MAX if cfg.quick else NUMPY_F16_MAX,
+                                 progress=prog.step)
             seen = best_f32_rate(pts)
             if seen > results["peak"]["gflops"]:
                 results["peak"].update(gflops=seen, method=results["peak"]["method"] + "; raised to the best "
