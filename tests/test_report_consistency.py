@@ -96,6 +96,33 @@ def test_verify_rates_remeasures_once_then_withholds(second_gflops: float, withh
     assert bool(again[1].as_dict()["withheld"]) is withheld
 
 
+def test_a_baselines_next_size_is_predicted_from_its_best_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A baseline whose median was disturbed but whose best sample was fast is still timed at the
+    next size (the largest size is where rates are read); one slow in every sample (NumPy's f16
+    without BLAS) is left out where one call would take longer than ``MAX_CALL_S``."""
+    import ffaccel
+    from ffaccel.bench import throughput
+
+    f32 = next(c for c in throughput.GEMM_COMBOS if c.name == "f32xf32->f32->f32")
+    timed: list[tuple[str, int]] = []
+    best_gflops = {"numpy": 100.0, "ffaccel cpu": 100.0, "torch": 0.001}  # torch: slow in every sample
+
+    def fake(passes, n, rounds, min_sample_s, after_numpy=False):
+        out = {}
+        for group in passes:
+            for who in group:
+                timed.append((who, n))
+                best = 2.0 * n**3 / (best_gflops[who] * 1e9)
+                out[who] = Timing(who, (best, best * 40, best * 40))  # a disturbed median, a fast best
+        return out
+
+    monkeypatch.setattr(throughput, "_measure_passes", fake)
+    throughput.run_throughput([("cpu", ffaccel.open("cpu"))], (64, 1024), [f32])
+    assert ("numpy", 1024) in timed and ("ffaccel cpu", 1024) in timed  # median: 0.9 s a call; best: 21 ms
+    if ("torch", 64) in timed:  # PyTorch installed: 64^3 at 1 MFLOP/s predicts hours at 1024
+        assert ("torch", 1024) not in timed
+
+
 def _results_with(points: list[dict], throughput: list[dict], workload_withheld: dict) -> dict:
     return {"dispatch": {"points": points}, "throughput": throughput, "overhead": {"rows": []},
             "peak": {"gflops": 100.0}, "workload": [{
@@ -188,3 +215,20 @@ def test_a_dispatch_spike_is_found_and_a_withheld_neighbour_is_ignored() -> None
     assert withheld.timing.withheld
     by_size = {4: [pt(4, 5.0)], 8: [pt(8, 6.0)], 16: [pt(16, 90.0)], 32: [withheld]}
     assert list(_spikes(by_size)) == [("cpu in-process", "submit", 1, 16)]
+
+
+def test_the_quick_report_times_numpys_f16_at_its_smallest_size_only() -> None:
+    """NumPy's f16 matmul has no BLAS (a flat ~0.3 GFLOP/s): the quick report times it at 64, the
+    full one up to 256; its BLAS-backed f32 is timed at every size."""
+    import numpy as np
+
+    from ffaccel.bench import throughput
+
+    combos = {c.name: c for c in throughput.GEMM_COMBOS}
+    f16, f32 = combos["f16xf16->f32->f16"], combos["f32xf32->f32->f32"]
+    a = np.ones((4, 4), np.float16)
+    assert throughput._numpy_candidate(f16, a, a, 64, throughput.QUICK_NUMPY_F16_MAX) is not None
+    assert throughput._numpy_candidate(f16, a, a, 256, throughput.QUICK_NUMPY_F16_MAX) is None
+    assert throughput._numpy_candidate(f16, a, a, 256) is not None
+    assert throughput._numpy_candidate(f32, a.astype(np.float32), a.astype(np.float32), 1024,
+                                       throughput.QUICK_NUMPY_F16_MAX) is not None

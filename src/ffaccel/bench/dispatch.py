@@ -29,6 +29,10 @@ from .throughput import operands
 from .timing import Timing, measure_checked
 
 SIZES = (4, 8, 16, 32, 64)
+#: ``report --quick``: every other size. At 4, 8 and 16 the cost is dispatch almost alone (the curve is
+#: flat) and 32 lies between 16 and 64 on the log axis; 4 (the overhead answer's size), 16 (the middle
+#: that the spike rule checks against both neighbours) and 64 keep the curve's ends and its shape.
+QUICK_SIZES = (4, 16, 64)
 BATCHES = (1, 8, 64, 256)
 #: The GEMM each path is timed with: the first of these its device declares (f32 where it can, so
 #: that paths compare with NumPy's f32 ``@``; a partial device's own dtypes otherwise).
@@ -151,14 +155,18 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
     combos = {name: dispatch_combo(dev) for name, dev in paths}
     paths = [(name, dev) for name, dev in paths if combos[name] is not None]
 
+    built: dict[int, tuple[dict[str, Callable], list]] = {}
+
     def one_size(n: int, only: set[str] | None = None) -> list[DispatchPoint]:
         """Every candidate at size n (or, measuring again, the keys ``only`` with NumPy's @)."""
-        cands = baseline_candidates(n)
-        keep = []
-        for name, dev in paths:
-            c, k = path_candidates(name, dev, n, batches, combos[name])
-            cands.update(c)
-            keep.append(k)
+        if n not in built:  # set up once per size (encoding 329 commands per path): measured again, reused
+            cands, keep = baseline_candidates(n), []
+            for name, dev in paths:
+                c, k = path_candidates(name, dev, n, batches, combos[name])
+                cands.update(c)
+                keep.append(k)
+            built[n] = (cands, keep)
+        cands = built[n][0]
         if only is not None:
             cands = {k: v for k, v in cands.items() if k in only or k == "numpy|@|1"}
         if progress is not None:

@@ -9,10 +9,14 @@ NumPy and PyTorch are each timed in a pass of their own after ffaccel's devices,
 point: OpenBLAS's threads (NumPy) and the OpenMP pool (PyTorch, and oneDNN inside the ``cpu``
 driver) both spin-wait after a call, so interleaving them call by call measures two pools
 fighting over the cores, not either library (measured: oneDNN GEMMs interleaved with
-OpenBLAS ones 1.5-1.9x slower than in a process of their own). A baseline whose
-previous size already ran below ``SLOW_GFLOPS`` (NumPy's integer and f16 matmuls,
-PyTorch's half types on CPUs without native support) is not timed at sizes where one
-call would take longer than ``MAX_CALL_S``.
+OpenBLAS ones 1.5-1.9x slower than in a process of their own). A baseline is not timed at
+a size where one call would take longer than ``MAX_CALL_S``, predicted from the best sample
+it reached at the smaller sizes: the slow baselines (NumPy's integer and f16 matmuls without
+BLAS, PyTorch's half types on CPUs without native support) run at the same low rate at every
+size, so their larger sizes would cost seconds and say nothing new (NumPy's f16 is timed up to
+``NUMPY_F16_MAX``, ``QUICK_NUMPY_F16_MAX`` in the quick report). The best sample, not the median, predicts: a
+disturbed median at 256 (NumPy's f32 at 2 GFLOP/s on a busy machine) would otherwise drop
+the baselines at the largest size, the one the rates are read at.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ QUICK_SIZES = (64, 256, 1024)
 FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
 #: NumPy's own f16 matmul runs without BLAS (~1 GFLOP/s): only time it on small sizes.
 NUMPY_F16_MAX = 256
-#: A baseline is skipped at a size where its rate at the previous size predicts a call above this.
+#: The same in the quick report: its rate is flat (0.3 GFLOP/s at 64 and at 256 here), and at 256 one
+#: call takes 0.1 s: measured on 2 shared cores, 1-2.5 CPU seconds of a 10 s section, saying nothing new.
+QUICK_NUMPY_F16_MAX = 64
+#: A baseline is skipped at a size where its best rate at the smaller sizes predicts a call above this.
 MAX_CALL_S = 0.25
 #: From this size on, one call lasts longer than a sample's minimum: the calibration call is the warm-up.
 LARGE_N = 512
@@ -76,14 +83,15 @@ def operands(combo: GemmCombo, n: int, seed: int | None = None) -> tuple[np.ndar
     return a, rng.standard_normal((n, n)).astype(DTYPES[combo.b].numpy)
 
 
-def _numpy_candidate(combo: GemmCombo, a: np.ndarray, b: np.ndarray, n: int) -> Callable | None:
+def _numpy_candidate(combo: GemmCombo, a: np.ndarray, b: np.ndarray, n: int,
+                     f16_max: int = NUMPY_F16_MAX) -> Callable | None:
     """NumPy's own way to do this GEMM (same dtypes), or None where it has none worth timing."""
     if combo.is_int:
         a32, b32 = a.astype(np.int32), b.astype(np.int32)
         return lambda: a32 @ b32
     if a.dtype == ml_dtypes.bfloat16:
         return None  # no native bf16 matmul in NumPy
-    if a.dtype == np.float16 and n > NUMPY_F16_MAX:
+    if a.dtype == np.float16 and n > f16_max:
         return None
     return lambda: a @ b
 
@@ -107,8 +115,11 @@ def _torch_candidate(combo: GemmCombo, a: np.ndarray, b: np.ndarray) -> Callable
 
 
 def _passes(devices: Sequence[tuple[str, Device]], combo: GemmCombo, n: int,
-            last_rate: dict[str, float]) -> list[dict[str, Callable]]:
-    """The groups timed for one point, in order: NumPy, the devices that declare ``combo``, PyTorch."""
+            last_rate: dict[str, float], numpy_f16_max: int = NUMPY_F16_MAX) -> list[dict[str, Callable]]:
+    """The groups timed for one point, in order: NumPy, the devices that declare ``combo``, PyTorch.
+
+    ``last_rate`` is each baseline's best rate so far (GFLOP/s); one that predicts a call above
+    ``MAX_CALL_S`` leaves its baseline out."""
     a, b = operands(combo, n)
     out_dtype = DTYPES[combo.d].numpy
     cands: dict[str, Callable] = {}
@@ -117,7 +128,7 @@ def _passes(devices: Sequence[tuple[str, Device]], combo: GemmCombo, n: int,
             cands[f"ffaccel {name}"] = (lambda dev=dev: matmul(a, b, out_dtype=out_dtype, device=dev))
     # the same multiplication done NumPy's and PyTorch's own way (their output dtypes)
     affordable = lambda who: 2.0 * n**3 / (last_rate.get(who, float("inf")) * 1e9) <= MAX_CALL_S  # noqa: E731
-    np_c = _numpy_candidate(combo, a, b, n)
+    np_c = _numpy_candidate(combo, a, b, n, numpy_f16_max)
     t_c = _torch_candidate(combo, a, b)
     passes = ([{"numpy": np_c}] if np_c is not None and affordable("numpy") else []) + [cands] \
         + ([{"torch": t_c}] if t_c is not None and affordable("torch") else [])
@@ -144,7 +155,7 @@ def declared_combos(devices: Sequence[tuple[str, Device]], combos: Sequence[Gemm
 
 def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] = QUICK_SIZES,
                    combos: Sequence[GemmCombo] = GEMM_COMBOS, *, rounds: int = 5, min_sample_s: float = 0.02,
-                   progress: Callable[[str], None] | None = None) -> list[RatePoint]:
+                   numpy_f16_max: int = NUMPY_F16_MAX, progress: Callable[[str], None] | None = None) -> list[RatePoint]:
     """GFLOP/s of each device, NumPy and torch, per combination and size (one interleaved run each).
 
     Only the combinations some device declares are measured (the baselines are there to compare a
@@ -160,9 +171,10 @@ def run_throughput(devices: Sequence[tuple[str, Device]], sizes: Sequence[int] =
                 progress(f"throughput {combo.name} {n}")
             r = 3 if n >= 1024 else rounds
             # NumPy first; then ffaccel, once OpenBLAS's threads have stopped spinning; then PyTorch
-            for who, t in _measure_passes(_passes(devices, combo, n, last_rate), n, r, min_sample_s).items():
+            for who, t in _measure_passes(_passes(devices, combo, n, last_rate, numpy_f16_max), n, r,
+                                          min_sample_s).items():
                 p = RatePoint(who, combo.name, n, t)
-                last_rate[who] = p.gflops
+                last_rate[who] = max(last_rate.get(who, 0.0), 2.0 * n**3 / min(t.samples_s) / 1e9)
                 points.append(p)
     return verify_rates(points, None, devices, rounds=rounds, min_sample_s=min_sample_s, progress=progress)
 

@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="conformance, dispatch overhead, throughput and a workload, with plots")
     rep.add_argument("devices", nargs="*", help="devices to qualify (default: cpu, the embedded default)")
     rep.add_argument("--quick", action="store_true",
-                     help="fewer sizes and samples: about a minute on a 2-core machine at load ~8 (docs/report.md "
-                          "has the figures); longer on a busier one (figures that look disturbed are measured twice)")
+                     help="fewer sizes and samples: about 25 s on a 2-core machine at load ~2, 30-35 s at load "
+                          "~3-4, 40-65 s at load ~4-7 (about 28-32 CPU seconds; docs/report.md has the figures); "
+                          "longer on a busier one (figures that look disturbed are measured twice)")
     rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
     rep.add_argument("--json", action="store_true",

@@ -38,9 +38,12 @@ def _png(fig: Any) -> bytes:
 
 
 def _legend(ax: Any, **kw: Any) -> None:
-    """A legend where the axes have labelled series (every figure of a plot may be withheld)."""
+    """A legend where the axes have labelled series (every figure of a plot may be withheld), right of
+    the axes: it hides no data, and costs no search for the "best" place inside them (with a
+    "constrained" layout that search was 40 % of these plots' time); the axes keep the left 76 %."""
+    ax.figure.subplots_adjust(left=0.08, right=0.76, top=0.92, bottom=0.12)
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(**kw)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
 def _mark_disturbed(ax: Any, points: list[tuple[float, float]]) -> None:
@@ -58,7 +61,7 @@ def plot_latency(results: dict[str, Any]) -> bytes:
     for p in shown:
         if p["batch"] == 1:
             series[f"{p['path']} {p['method']}"].append((p["size"], p["per_op_s"] * 1e6))
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = plt.get_cmap("tab20").colors  # more series than tab10 has colours
     for i, (label, pts) in enumerate(sorted(series.items())):
         pts.sort()
@@ -72,7 +75,7 @@ def plot_latency(results: dict[str, Any]) -> bytes:
     ax.set_ylabel("per-operation cost (µs, median)")
     ax.set_title("Dispatch overhead: tiny GEMMs through each path")
     ax.grid(True, which="both", alpha=0.3)
-    _legend(ax, fontsize=7, ncol=2)
+    _legend(ax, fontsize=7)
     return _png(fig)
 
 
@@ -84,7 +87,7 @@ def plot_batching(results: dict[str, Any], size: int = 8) -> bytes:
     if not pts and every:
         size = min(p["size"] for p in every)
         pts = [p for p in every if p["size"] == size]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for p in pts:
         if p["method"] in ("submit", "replay"):

@@ -24,9 +24,11 @@ import numpy as np
 
 from .. import __version__
 from ..bench.dispatch import BATCHES, SIZES, dispatch_combo, run_dispatch
+from ..bench.dispatch import QUICK_SIZES as DISPATCH_QUICK_SIZES
 from ..bench.load import LoadLog
 from ..bench.overhead import overhead_section
-from ..bench.throughput import FULL_SIZES, QUICK_SIZES, best_f32_rate, calibrate_peak, run_throughput, verify_rates
+from ..bench.throughput import (FULL_SIZES, NUMPY_F16_MAX, QUICK_NUMPY_F16_MAX, QUICK_SIZES, best_f32_rate,
+                                calibrate_peak, run_throughput, verify_rates)
 from ..bench.workload import BlockShape, plan_block, run_workload
 from ..conformance import check_device, format_failures
 from ..runtime import Device, open_device
@@ -45,13 +47,18 @@ class ReportConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     quick: bool = False
     out: Path = Path("ffaccel-report")
-    dispatch_sizes: Sequence[int] = SIZES
+    dispatch_sizes: Sequence[int] | None = None
     dispatch_batches: Sequence[int] = BATCHES
     throughput_sizes: Sequence[int] | None = None
     workload_shape: BlockShape | None = None
     conformance_level: str = "quick"
     with_server: bool = True
     rounds: int | None = None
+
+    def dispatch_sizes_used(self) -> Sequence[int]:
+        if self.dispatch_sizes is not None:
+            return self.dispatch_sizes
+        return DISPATCH_QUICK_SIZES if self.quick else SIZES
 
     def sizes(self) -> Sequence[int]:
         if self.throughput_sizes is not None:
@@ -220,7 +227,7 @@ def plan_steps(cfg: ReportConfig, devices: Sequence[tuple[str, Device]]) -> dict
     """How many steps each section will take (for step i of N and the ETA)."""
     from ..bench.throughput import declared_combos
 
-    return {"conformance": len(devices), "dispatch": len(cfg.dispatch_sizes), "peak": 1,
+    return {"conformance": len(devices), "dispatch": len(cfg.dispatch_sizes_used()), "peak": 1,
             "throughput": len(declared_combos(devices)) * len(cfg.sizes()),
             "workload": len(devices)}
 
@@ -246,31 +253,33 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
     """
     prog = progress if progress is not None else log if isinstance(log, ReportProgress) else _LogProgress(log)
     started = time.perf_counter()
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "spec_version": list(SPEC_VERSION),
-        "quick": cfg.quick,
-        "machine": machine_info(),
-        "devices": list(cfg.devices),
-        "skipped": [],
-        "unserved": [],
-        "tolerances": tolerances(),
-    }
-    why = torch_skipped()
-    if why is not None:
-        results["skipped"].append({"what": "PyTorch baselines (torch.mm in dispatch and throughput)", "why": why})
-        prog.note(f"skipping the PyTorch baselines: {why}")
     load = LoadLog()
-    devices: list[tuple[str, Device]] = []
     server = contextlib.ExitStack()
+    # the server starts first: its start (a Python process importing NumPy, ml_dtypes and ffaccel:
+    # about 1.5 CPU seconds) overlaps this process's own imports (PyTorch, below) and conformance,
+    # none of which is timed; it stops when the dispatch section ends
+    open_remote = (server.enter_context(server_launch(cfg.devices[0], prog.note, load.pids)) if cfg.with_server
+                   else list)
+    devices: list[tuple[str, Device]] = []
     try:
+        results: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "spec_version": list(SPEC_VERSION),
+            "quick": cfg.quick,
+            "machine": machine_info(),
+            "devices": list(cfg.devices),
+            "skipped": [],
+            "unserved": [],
+            "tolerances": tolerances(),
+        }
+        why = torch_skipped()
+        if why is not None:
+            results["skipped"].append({"what": "PyTorch baselines (torch.mm in dispatch and throughput)", "why": why})
+            prog.note(f"skipping the PyTorch baselines: {why}")
         for name in cfg.devices:
             devices.append((name, open_device(name)))
         prog.plan(plan_steps(cfg, devices))
-        # the server starts now, while conformance runs (nothing there is timed); it stops after dispatch
-        open_remote = (server.enter_context(server_launch(cfg.devices[0], prog.note, load.pids)) if cfg.with_server
-                       else list)
 
         # 1. conformance
         conf = []
@@ -298,7 +307,7 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
                     _unserved(results, "dispatch", label, "it declares no GEMM dtype combination", prog)
             results["dispatch"] = {
                 "paths": [p for p, dev in paths if dispatch_combo(dev) is not None],
-                "points": [p.as_dict() for p in run_dispatch(paths, cfg.dispatch_sizes, cfg.dispatch_batches,
+                "points": [p.as_dict() for p in run_dispatch(paths, cfg.dispatch_sizes_used(), cfg.dispatch_batches,
                                                              rounds=rounds, min_sample_s=1e-3 if cfg.quick else 3e-3,
                                                              progress=prog.step)],
             }
@@ -320,7 +329,9 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
                 _unserved(results, "throughput", name, f"it does not declare {', '.join(missing)}", prog)
         with load.section("throughput"):
             pts = run_throughput(devices, cfg.sizes(), rounds=3 if cfg.quick else 5,
-                                 min_sample_s=0.005 if cfg.quick else 0.02, progress=prog.step)
+                                 min_sample_s=0.005 if cfg.quick else 0.02,
+                                 numpy_f16_max=QUICK_NUMPY_F16_MAX if cfg.quick else NUMPY_F16_MAX,
+                                 progress=prog.step)
             seen = best_f32_rate(pts)
             if seen > results["peak"]["gflops"]:
                 results["peak"].update(gflops=seen, method=results["peak"]["method"] + "; raised to the best "
