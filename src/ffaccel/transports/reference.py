@@ -151,12 +151,10 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
   silent mid-message for `message_stall_s` is dropped, and so is one that does not read its replies for
   as long. An `accept()` failure (EMFILE, say) is logged and the server goes on. `ffaccel serve` replaces
   only a stale socket at its path; anything else there is refused, never deleted.
-* **Polling** is adaptive (`transports/spin.py`, decisions in docs/polling.md): a spin lasts at most
-  4 wake-ups as measured on the running machine at start-up (capped by `poll_us`); the budget halves
-  after a spin that found nothing and drops to zero when the spin itself lost its CPU for over a third
-  of its time (gaps between polls); every spinner (server and clients) also skips spinning while the
-  machine has lastingly more runnable threads than CPUs, so a busy machine does not make every
-  request pay for spinning.
+* **Polling** is adaptive (`transports/spin.py`): the budget halves after a spin that found nothing and
+  drops to zero when the spinning thread spent over a third of its runnable time waiting for a CPU
+  (run-queue delay); the server's spinners also skip spinning while the machine has lastingly more
+  runnable threads than CPUs, so a busy machine does not make every request pay for spinning.
 
 `ffaccel serve --limit NAME=VALUE` (repeatable) sets any of these; `--max-client-memory` is
 `max_memory_bytes`. Every value is checked against its allowed range (the tables' "allowed" column;

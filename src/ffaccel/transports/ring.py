@@ -83,7 +83,7 @@ class RingTransport(SocketTransport):
                  wait_s: float | None = None) -> None:
         super().__init__(path, timeout_s, wait_s=wait_s)
         self.poll_ns = int(poll_us * 1000)
-        self._spin = SpinBudget(int(poll_us), yield_when_busy=True)  # backs off on a crowded machine (spin.py)
+        self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
         self.entries = entries
         self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._doorbell = -1
@@ -301,7 +301,8 @@ class RingTransport(SocketTransport):
         deadline = start + int(self.timeout_s * 1e9)
         cq_tail = self._w["cq_tail"]
         spin = self._spin
-        spinning = spin.start()
+        spin.start()
+        spinning = True
         while True:
             if cq_tail.value != self._cq_head:
                 off = self._cq_off + (self._cq_head & self._mask) * CQE.size_bytes

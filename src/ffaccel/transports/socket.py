@@ -134,7 +134,7 @@ class SocketTransport:
         self.path = path
         self.timeout_s = float(timeout_s)
         self.poll_ns = int(poll_us) * 1000
-        self._spin = SpinBudget(int(poll_us), yield_when_busy=True)  # backs off on a crowded machine (spin.py)
+        self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
         self._lock = threading.Lock()
         self._lost: FFAccelError | None = None
         self._closed = False
@@ -271,7 +271,8 @@ class SocketTransport:
         sock = self._sock
         recv = sock.recv
         spin = self._spin
-        spinning = spin.start()
+        spin.start()
+        spinning = True
         if not spinning:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
             self._wait_ready(_POLLIN, deadline)
         buf: bytes | bytearray = b""
