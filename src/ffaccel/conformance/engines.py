@@ -103,17 +103,24 @@ def _engine_for_copy(caps: DeviceCaps) -> str:
     return "copy" if Engine.COPY in caps.engines else "compute"
 
 
+def _combo_with_copy(caps, copy_for):  # type: ignore[no-untyped-def]
+    """The first declared GEMM combination (the preferred one first) for which ``copy_for(combo)``
+    finds a declared COPY conversion: (combo, conversion), or None where there is none."""
+    for combo in [preferred_combo(caps)] + [c for c in GEMM_COMBOS if c in caps.combos]:
+        conv = combo and copy_for(combo)
+        if conv:
+            return combo, conv
+    return None
+
+
 def check_copy_then_gemm(dev: Device) -> CaseResult | None:
     """COPY into A on the copy engine, then a GEMM on compute waiting on its fence (None where
     the device declares no COPY into a GEMM input dtype)."""
     caps = dev.info().caps
-    for combo in [preferred_combo(caps)] + [c for c in GEMM_COMBOS if c in caps.combos]:
-        conv = combo and _copy_into(caps, combo.a)
-        if conv:
-            break
-    else:
+    found = _combo_with_copy(caps, lambda combo: _copy_into(caps, combo.a))
+    if found is None:
         return None
-    src_dt, a_dt = conv
+    combo, (src_dt, a_dt) = found
     name = (f"COPY {DTYPES[src_dt].name}->{DTYPES[a_dt].name} on the copy engine, then GEMM {combo.name} "
             "on compute waiting on its fence")
     rng = np.random.default_rng(7)
@@ -139,13 +146,10 @@ def check_gemm_then_copy(dev: Device) -> CaseResult | None:
     """A GEMM on compute, then a COPY of D on the copy engine waiting on its fence (None where
     the device declares no COPY out of a GEMM output dtype)."""
     caps = dev.info().caps
-    for combo in [preferred_combo(caps)] + [c for c in GEMM_COMBOS if c in caps.combos]:
-        conv = combo and _copy_from(caps, combo.d)
-        if conv:
-            break
-    else:
+    found = _combo_with_copy(caps, lambda combo: _copy_from(caps, combo.d))
+    if found is None:
         return None
-    dst_dt = conv[1]
+    combo, (_, dst_dt) = found
     name = (f"GEMM {combo.name} on compute, then COPY {DTYPES[combo.d].name}->{DTYPES[dst_dt].name} on the copy "
             "engine waiting on its fence")
     rng = np.random.default_rng(8)
