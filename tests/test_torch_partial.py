@@ -117,6 +117,27 @@ def test_f32_encoder_runs_relaxed_in_bf16_within_bf16_tolerance(device: str) -> 
 
 
 @pytest.mark.parametrize("device", PARTIAL)
+@pytest.mark.parametrize("relaxed", [None, "bf16"])
+def test_lstm_on_a_partial_device_runs_relaxed_or_stays_whole_on_the_host(device: str, relaxed: str) -> None:
+    # the layer's own step loop (gate buffers made once per direction) on a device without f32 GEMMs
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x = torch.randn(3, 5, 6)
+    with torch.no_grad():
+        want = lstm(x)
+        with ffaccel.torch.offload(device, relaxed=relaxed) as session:
+            got = lstm(x)
+    s = session.stats
+    if relaxed is None:  # one host call, whole: no step of it counted on the device
+        torch.testing.assert_close(got, want)
+        assert s["offloaded_calls"] == 0 and set(s["host_reasons"]) == {f"{DTYPE} (f32xf32->f32->f32)"}, s
+        return
+    assert s["host_calls"] == 0 and s["relaxed_calls"] == s["offloaded_calls"] == 4 * (1 + 5), s
+    for g, w in zip((got[0], *got[1]), (want[0], *want[1])):
+        torch.testing.assert_close(g, w, **_bf16_tolerance(w))
+
+
+@pytest.mark.parametrize("device", PARTIAL)
 def test_relaxed_is_off_by_default_and_the_reason_names_the_dtype(device: str) -> None:
     model, x = _encoder()
     with torch.no_grad():
