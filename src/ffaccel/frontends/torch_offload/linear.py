@@ -54,7 +54,8 @@ def matmul(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         raise Host(ARGS)
     check_tensors(a, b)
     same_dtype(a, b)
-    return to_torch(np.asarray(m.run(mm_flops(tuple(a.shape), tuple(b.shape)), to_numpy(a), to_numpy(b))))
+    an, bn = to_numpy(a), to_numpy(b)  # shapes from here on as NumPy's tuples (a torch.Size costs more)
+    return to_torch(np.asarray(m.run(mm_flops(an.shape, bn.shape), an, bn)))
 
 
 def rmatmul(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -71,17 +72,21 @@ def matmul_strict(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Te
     return matmul(m, func, (a, b), {k: v for k, v in kwargs.items() if k != "mat2"})
 
 
+_ADDMM = (torch.addmm, torch.Tensor.addmm)
+
+
 def addmm(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    if kwargs.get("out") is not None:
-        raise Host(ARGS)
-    names = ("input", "mat1", "mat2") if func in (torch.addmm, torch.Tensor.addmm) else ("input", "batch1", "batch2")
-    vals = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
-    c, a, b = vals
-    beta, alpha = _scalar(kwargs.get("beta", 1)), _scalar(kwargs.get("alpha", 1))
-    want = 2 if names[1] == "mat1" else 3
-    if a.ndim != want or b.ndim != want or (want == 3 and a.shape[0] != b.shape[0]):
-        raise Host(SHAPE)
-    return _gemm_epilogue(m, a, b, c, beta, alpha, None)
+    two_d = func in _ADDMM  # else baddbmm
+    if not kwargs and len(args) == 3:  # the common call (a Linear / Conv1D layer): nothing to look up
+        c, a, b = args
+        beta = alpha = 1.0
+    else:
+        if kwargs.get("out") is not None:
+            raise Host(ARGS)
+        names = ("input", "mat1", "mat2") if two_d else ("input", "batch1", "batch2")
+        c, a, b = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
+        beta, alpha = _scalar(kwargs.get("beta", 1)), _scalar(kwargs.get("alpha", 1))
+    return _gemm_epilogue(m, a, b, c, beta, alpha, None, 2 if two_d else 3)
 
 
 def addmm_activation(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -89,19 +94,22 @@ def addmm_activation(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch
     beta, alpha = _scalar(kwargs.get("beta", 1)), _scalar(kwargs.get("alpha", 1))
     # PyTorch's CPU kernel applies the exact (erf) gelu (its cuBLASLt epilogue, the tanh form)
     act = post.gelu("none") if kwargs.get("use_gelu", False) else post.relu()
-    if a.ndim != 2 or b.ndim != 2:
-        raise Host(SHAPE)
-    return _gemm_epilogue(m, a, b, c, beta, alpha, act)
+    return _gemm_epilogue(m, a, b, c, beta, alpha, act, 2)
 
 
 def _gemm_epilogue(m: Any, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, beta: float, alpha: float,
-                   act: Any) -> torch.Tensor:
+                   act: Any, ndim: int) -> torch.Tensor:
+    """``alpha a @ b + beta c`` (then ``act``) for 2-D (``ndim`` 2) or batched (3) a and b."""
+    if a is None or b is None or c is None:
+        raise Host(ARGS)  # PyTorch reports the missing argument
     check_tensors(a, b, c)
     same_dtype(a, b, c)
-    flops = mm_flops(tuple(a.shape), tuple(b.shape))
-    an, bn, cn = to_numpy(a), to_numpy(b), to_numpy(c)
+    an, bn, cn = to_numpy(a), to_numpy(b), to_numpy(c)  # shapes as NumPy's tuples (cheaper than torch.Size)
+    if an.ndim != ndim or bn.ndim != ndim or (ndim == 3 and an.shape[0] != bn.shape[0]):
+        raise Host(SHAPE)  # PyTorch reports bad shapes itself
+    flops = mm_flops(an.shape, bn.shape)
     post_ops = [] if act is None else [act]
-    if beta == 1.0 and cn.ndim == 1 and cn.shape[0] == b.shape[-1]:  # a bias row: fused epilogue
+    if beta == 1.0 and cn.ndim == 1 and cn.shape[0] == bn.shape[-1]:  # a bias row: fused epilogue
         r = m.run(flops, an, bn, alpha=alpha, post_ops=[post.bias(cn)] + post_ops)
     else:
         r = m.run(flops, an, bn, cn, alpha=alpha, beta=beta, post_ops=post_ops)
@@ -114,7 +122,9 @@ def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     check_tensors(x, w, bias)
     same_dtype(x, w, bias)
-    if w.ndim != 2 or x.shape[-1] != w.shape[1] or (bias is not None and tuple(bias.shape) != (w.shape[0],)):
+    xn, wn = to_numpy(x), to_numpy(w)  # shapes as NumPy's tuples from here on (cheaper than torch.Size)
+    bn = to_numpy(bias) if bias is not None else None
+    if wn.ndim != 2 or xn.shape[-1] != wn.shape[1] or (bn is not None and bn.shape != (wn.shape[0],)):
         raise Host(SHAPE)
     # All leading dimensions are the rows of one GEMM: a view where the strides allow, else one
     # copy of x (as PyTorch's own linear makes). Never a batch of per-row GEMMs: the (L, N, E)
@@ -122,13 +132,13 @@ def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     # projections was L GEMMs of N rows. (The ABI could take it copy-free as N GEMMs with the
     # weight broadcast and D's rows interleaved; the cpu driver runs a batch as a loop, and its
     # oneDNN kernel crashed on that layout with a bias: see docs/torch.md.)
-    x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
-    flops = 2 * x2.shape[0] * w.shape[0] * w.shape[1]
-    if bias is None:  # W^T as a strided view (no flag): matmul serves a plain GEMM from its plan cache
-        r = to_torch(m.run(flops, to_numpy(x2), to_numpy(w).T))
+    x2 = xn if xn.ndim == 2 else xn.reshape(-1, xn.shape[-1])
+    flops = 2 * x2.shape[0] * wn.shape[0] * wn.shape[1]
+    if bn is None:  # W^T as a strided view (no flag): matmul serves a plain GEMM from its plan cache
+        r = m.run(flops, x2, wn.T)
     else:
-        r = to_torch(m.run(flops, to_numpy(x2), to_numpy(w), trans_b=True, post_ops=[post.bias(to_numpy(bias))]))
-    return r if x.ndim == 2 else r.view(x.shape[:-1] + (w.shape[0],))
+        r = m.run(flops, x2, wn, trans_b=True, post_ops=[post.bias(bn)])
+    return to_torch(r if xn.ndim == 2 else r.reshape(xn.shape[:-1] + (wn.shape[0],)))
 
 
 def int_mm(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

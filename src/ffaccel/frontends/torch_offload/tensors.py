@@ -23,6 +23,10 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     """
     if t.requires_grad:  # a parameter (under no_grad): its data, without a new tensor otherwise
         t = t.detach()
+    try:  # the common case in one call: it refuses (and only then) bf16 and the neg / conj bits
+        return t.numpy()
+    except (TypeError, RuntimeError):
+        pass
     if t.is_neg() or t.is_conj():
         t = t.resolve_neg().resolve_conj()
     if t.dtype is torch.bfloat16:
@@ -37,8 +41,13 @@ def to_torch(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
+_STRIDED = torch.strided
+
+
 def check_tensors(*ts: torch.Tensor | None, allowed: tuple = tuple(FLOAT)) -> None:
     """Raise Host when a tensor cannot go to the device as it is."""
+    # Runs for every offloaded call: the cheapest attribute for each question (``is_cpu``, not a
+    # new ``t.device`` object; ``is`` for the layout singleton).
     grad = torch.is_grad_enabled()
     for t in ts:
         if t is None:
@@ -47,9 +56,9 @@ def check_tensors(*ts: torch.Tensor | None, allowed: tuple = tuple(FLOAT)) -> No
             raise Host(ARGS)  # tensor subclasses keep their own semantics
         if grad and t.requires_grad:
             raise Host(GRAD)
-        if t.device.type != "cpu":
+        if not t.is_cpu:
             raise Host(MEMORY)
-        if t.layout != torch.strided or t.ndim == 0:
+        if t.layout is not _STRIDED or t.ndim == 0:
             raise Host(SHAPE)
         if t.dtype not in allowed:
             raise Host(DTYPE)
@@ -57,6 +66,10 @@ def check_tensors(*ts: torch.Tensor | None, allowed: tuple = tuple(FLOAT)) -> No
 
 def same_dtype(*ts: torch.Tensor | None) -> None:
     """Raise Host unless every tensor given has one dtype (no silent promotion)."""
-    dts = {t.dtype for t in ts if t is not None}
-    if len(dts) > 1:
-        raise Host(DTYPE)
+    first = None
+    for t in ts:
+        if t is not None:
+            if first is None:
+                first = t.dtype
+            elif t.dtype is not first:  # dtypes are singletons
+                raise Host(DTYPE)
