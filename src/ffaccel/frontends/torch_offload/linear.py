@@ -149,15 +149,6 @@ def int_mm(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     return to_torch(m.run(mm_flops(tuple(a.shape), tuple(b.shape)), to_numpy(a), to_numpy(b)))
 
 
-#: Key length multiple that a decoding step's attention (one query row) is padded to. A KV cache
-#: grows by one row per token, and each new length is a new GEMM geometry, which the device
-#: validates and encodes once (about 150 us per geometry, two per step, measured on a 2-core AMD
-#: EPYC: 8 GEMMs of a 4-layer model took 740-800 us per token with the length growing, 115 us at one
-#: length). Padded with zero rows, K and V keep one geometry for 64 steps; the scores of the
-#: padding are cut before the softmax and its probabilities are zeros, so the result is the
-#: unpadded one (the same products; only zeros added). The copies cost less than the geometry.
-KV_BUCKET = 64
-
 _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
 
 
@@ -200,22 +191,14 @@ def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         s_dtype = torch.float32 if low else q.dtype
         add = mask.to(s_dtype) if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=s_dtype).masked_fill_(
             ~mask, float("-inf"))
-    flops = 2 * (q.numel() // max(1, E)) * S * (E + v.shape[-1])
-    padded = S
-    if L == 1 and S % KV_BUCKET:  # a decoding step: its key length in a geometry earlier steps used
-        padded = S + KV_BUCKET - S % KV_BUCKET
-        k, v = F.pad(k, (0, 0, 0, padded - S)), F.pad(v, (0, 0, 0, padded - S))  # zero rows
-        if add is not None and add.shape[-1] == S:  # (its padded columns are cut before the softmax)
-            add = F.pad(add, (0, padded - S))
     post_ops = [post.add(to_numpy(add))] if add is not None else []
+    flops = 2 * (q.numel() // max(1, E)) * S * (E + v.shape[-1])
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
-    s = to_torch(m.run(0, to_numpy(q), to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
-                       out_dtype=np.float32 if low else None, calls=0))
-    probs = torch.softmax(s if padded == S else s[..., :S], dim=-1)  # over the S real keys only
+    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
+              out_dtype=np.float32 if low else None, calls=0)
+    probs = torch.softmax(to_torch(s), dim=-1)
     if low:
         probs = probs.to(q.dtype)
-    if padded != S:
-        probs = F.pad(probs, (0, padded - S))  # zero weights for the zero rows of v
     return to_torch(m.run(flops, to_numpy(probs), to_numpy(v)))
 
 
