@@ -150,6 +150,8 @@ def int_mm(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+_SDPA_KNOWN = frozenset(_SDPA_NAMES) | {"enable_gqa"}
+_MASK_DTYPES = tuple(FLOAT) + (torch.bool,)
 
 
 def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -159,42 +161,48 @@ def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     partial device may lack); the mask is an ``add`` post-op (on the host after the GEMM
     where the device lacks it)."""
     p = dict(zip(_SDPA_NAMES, args))
-    p.update(kwargs)
-    q, k, v = p["query"], p["key"], p["value"]
-    mask = p.get("attn_mask")
-    if p.get("dropout_p", 0.0) or set(p) - set(_SDPA_NAMES) - {"enable_gqa"}:
+    if kwargs:
+        p.update(kwargs)
+    get = p.get
+    if get("dropout_p", 0.0) or not p.keys() <= _SDPA_KNOWN:
         raise Host(ARGS)  # dropout is random work, not a GEMM; unknown options stay in PyTorch
+    q, k, v = get("query"), get("key"), get("value")
+    if q is None or k is None or v is None:
+        raise Host(ARGS)  # PyTorch reports the missing argument
+    mask = get("attn_mask")
     check_tensors(q, k, v)
     same_dtype(q, k, v)
     if mask is not None:
-        check_tensors(mask, allowed=tuple(FLOAT) + (torch.bool,))
-        if mask.dtype != torch.bool and mask.dtype != q.dtype:
+        check_tensors(mask, allowed=_MASK_DTYPES)
+        if mask.dtype is not torch.bool and mask.dtype is not q.dtype:
             raise Host(DTYPE)
-    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim or q.shape[-1] != k.shape[-1] \
-            or k.shape[-2] != v.shape[-2]:
+    qs, ks, vs = q.shape, k.shape, v.shape
+    nd = len(qs)
+    if nd < 2 or len(ks) != nd or len(vs) != nd or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
         raise Host(SHAPE)
-    if p.get("enable_gqa") and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
-        if q.shape[-3] % k.shape[-3]:
+    if get("enable_gqa") and nd >= 3 and ks[-3] != qs[-3]:
+        if qs[-3] % ks[-3]:
             raise Host(SHAPE)
-        rep = q.shape[-3] // k.shape[-3]
+        rep = qs[-3] // ks[-3]
         k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
-    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
-    scale = p.get("scale")
+    L, S, E = qs[-2], ks[-2], qs[-1]
+    scale = get("scale")
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
     add = None
-    if p.get("is_causal"):
+    if get("is_causal"):
         if mask is not None:
             raise Host(ARGS)  # PyTorch refuses this combination itself
         mask = torch.ones(L, S, dtype=torch.bool).tril()
-    low = q.dtype in (torch.float16, torch.bfloat16)
+    low = q.dtype is torch.float16 or q.dtype is torch.bfloat16
     if mask is not None:  # additive form, in the scores' dtype (f32 for f16/bf16 inputs)
         s_dtype = torch.float32 if low else q.dtype
         add = mask.to(s_dtype) if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=s_dtype).masked_fill_(
             ~mask, float("-inf"))
     post_ops = [post.add(to_numpy(add))] if add is not None else []
-    flops = 2 * (q.numel() // max(1, E)) * S * (E + v.shape[-1])
+    qn = to_numpy(q)
+    flops = 2 * (qn.size // max(1, E)) * S * (E + vs[-1])
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
-    s = m.run(0, to_numpy(q), to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
+    s = m.run(0, qn, to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
               out_dtype=np.float32 if low else None, calls=0)
     probs = torch.softmax(to_torch(s), dim=-1)
     if low:
