@@ -7,7 +7,9 @@ transposed state; see :func:`_step` for why, and why the input gates are added i
 The gate nonlinearities and the cell update are elementwise and run in PyTorch.
 LSTM and RNN fold both biases into the input projection; GRU keeps ``b_hh`` on the
 recurrent GEMM (its candidate gate multiplies ``r`` into ``W_hn h + b_hn``). LSTM
-projections (``proj_size``) are one more GEMM per step. Left in PyTorch, and counted there with the reason: packed
+projections (``proj_size``) are one more GEMM per step. An LSTM layer without projection (the
+common one) runs :func:`_lstm_direction`: buffers made once per direction, gates reordered so
+the three sigmoid gates are one call, the cell update as NumPy ufuncs in place. Left in PyTorch, and counted there with the reason: packed
 sequences and dropout between layers in training (``arguments unsupported``), float16 and
 bfloat16 (``dtype unsupported``).
 """
