@@ -166,33 +166,11 @@ class Gemm:
             return encode_fields(GEMM, self.fields())
 
     def _pack(self) -> bytes:
-        """:meth:`encode` in one ``struct.pack`` over a list of field values (a front-end encodes
-        each new geometry: the dict of named fields cost tens of microseconds)."""
-        acc = self.acc_dtype
-        if acc is None:
-            acc = _default_acc(self.a.dtype if self.a is not None else None)
-        is_int = acc in DTYPES and not DTYPES[acc].is_float
-        v = _GEMM_ZEROS.copy()
-        v[_G_OPCODE] = _GEMM_OPCODE
-        v[_G_FLAGS] = (_TRANS_A if self.trans_a else 0) | (_TRANS_B if self.trans_b else 0)
-        v[_G_SIZE] = COMMAND_BYTES
-        v[_G_USER] = self.user_data
-        v[_G_M], v[_G_N], v[_G_K], v[_G_BATCH] = self.m, self.n, self.k, self.batch
-        v[_G_ACC] = acc
-        v[_G_EPI_COUNT] = len(self.epilogue)
-        v[_G_ALPHA] = scalar_bits(self.alpha, is_int, "alpha")
-        v[_G_BETA] = scalar_bits(self.beta, is_int, "beta")
-        for i, mat in ((_G_A, self.a), (_G_B, self.b), (_G_C, self.c), (_G_D, self.d)):
-            if mat is not None:
-                v[i: i + 7] = mat.values()
-        for (i_kind, i_op), (i, p) in zip(_G_SLOTS, enumerate(self.epilogue)):
-            s = f"epilogue[{i}]."
-            v[i_kind] = p.kind
-            v[i_kind + 2] = scalar_bits(p.param0, is_int, s + "param0")
-            v[i_kind + 3] = scalar_bits(p.param1, is_int, s + "param1")
-            if p.operand is not None:
-                v[i_op: i_op + 7] = p.operand.values()
-        return _GEMM_STRUCT.pack(*v) + _GEMM_PAD
+        """:meth:`encode` through :func:`pack_gemm` (values that are not integers of their width raise)."""
+        return pack_gemm(self.m, self.n, self.k, self.batch, self.trans_a, self.trans_b, self.acc_dtype,
+                         self.alpha, self.beta, *(None if x is None else x.values() for x in (self.a, self.b, self.c, self.d)),
+                         tuple((p.kind, p.param0, p.param1, p.operand.values() if p.operand is not None else None)
+                               for p in self.epilogue), self.user_data)
 
     def fields(self) -> dict[str, int]:
         acc = self.acc_dtype
@@ -241,6 +219,46 @@ class Copy:
         f.update(self.src.fields("src"))
         f.update(self.dst.fields("dst"))
         return encode_fields(COPY, f)
+
+
+Values = tuple  # an operand's seven fields, as Matrix.values() gives them
+
+
+def pack_gemm(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool, acc_dtype: DType | None,
+              alpha: float | int, beta: float | int, a: Values | None, b: Values | None, c: Values | None,
+              d: Values | None, epilogue: Sequence[tuple[PostOpKind, float | int, float | int, Values | None]] = (),
+              user_data: int = 0) -> bytes:
+    """A GEMM command's bytes in one ``struct.pack`` over its fields, from plain values: operands as
+    :meth:`Matrix.values` tuples, post-ops as ``(kind, param0, param1, operand values or None)``.
+
+    What :meth:`Gemm.encode` runs, without building the dataclasses (a front-end encodes each new
+    geometry it meets; the dict of named fields cost tens of microseconds). Values must be
+    integers of their fields' widths (struct.error otherwise: :meth:`Gemm.encode` then names the
+    field); scalars that do not fit raise FFAccelError as :func:`scalar_bits` says.
+    """
+    acc = acc_dtype if acc_dtype is not None else _default_acc(a[1] if a is not None else None)
+    is_int = acc in DTYPES and not DTYPES[acc].is_float
+    v = _GEMM_ZEROS.copy()
+    v[_G_OPCODE] = _GEMM_OPCODE
+    v[_G_FLAGS] = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0)
+    v[_G_SIZE] = COMMAND_BYTES
+    v[_G_USER] = user_data
+    v[_G_M], v[_G_N], v[_G_K], v[_G_BATCH] = m, n, k, batch
+    v[_G_ACC] = acc
+    v[_G_EPI_COUNT] = len(epilogue)
+    v[_G_ALPHA] = scalar_bits(alpha, is_int, "alpha")
+    v[_G_BETA] = scalar_bits(beta, is_int, "beta")
+    for i, x in ((_G_A, a), (_G_B, b), (_G_C, c), (_G_D, d)):
+        if x is not None:
+            v[i: i + 7] = x
+    for (i_kind, i_op), (i, (kind, p0, p1, x)) in zip(_G_SLOTS, enumerate(epilogue)):
+        s = f"epilogue[{i}]."
+        v[i_kind] = kind
+        v[i_kind + 2] = scalar_bits(p0, is_int, s + "param0")
+        v[i_kind + 3] = scalar_bits(p1, is_int, s + "param1")
+        if x is not None:
+            v[i_op: i_op + 7] = x
+    return _GEMM_STRUCT.pack(*v) + _GEMM_PAD
 
 
 def _default_acc(a_dtype: DType | None) -> DType:
@@ -330,5 +348,5 @@ def _submission_error(abi_version: object, engine: object, waits: list) -> Excep
 
 __all__ = [
     "Copy", "Gemm", "Matrix", "PostOpDesc", "bits_f64", "bits_i64", "decode_command", "encode_fields",
-    "encode_submission", "f64_bits", "i64_bits", "scalar_bits",
+    "encode_submission", "f64_bits", "i64_bits", "pack_gemm", "scalar_bits",
 ]

@@ -26,6 +26,7 @@ from ..spec import (
     Engine,
     GemmCombo,
     Limits,
+    OPERAND_POST_OPS,
     Opcode,
     PostOpKind,
     FFAccelError,
@@ -307,7 +308,7 @@ def _batches_disjoint(d: View, batch: int) -> bool:
 
 #: The shape of each operand-carrying post-op's operand: (spans the m rows, spans the n columns).
 _OPERAND_SHAPE = {PostOpKind.BIAS_N: (False, True), PostOpKind.BIAS_M: (True, False), PostOpKind.ADD: (True, True)}
-assert set(_OPERAND_SHAPE) == {k for k, spec in POST_OPS.items() if spec.has_operand}
+assert set(_OPERAND_SHAPE) == OPERAND_POST_OPS
 
 
 def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: DeviceCaps) -> ValidPostOp:
@@ -345,7 +346,7 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
         if not is_int and not math.isfinite(v):
             raise violation("epilogue.param", v, "a finite number", i=i, p="param0")
     name = s + "operand"
-    if not spec.has_operand:
+    if kind not in OPERAND_POST_OPS:
         if f[name + ".handle"]:
             raise violation("epilogue.operand", f"handle {f[name + '.handle']}", f"no operand for {spec.name}", i=i)
         _operand(f, name, 0, 0, False, caps.limits)  # absent: every field must be zero

@@ -69,6 +69,7 @@ from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel, SizeBand
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
+from .rounding import INT_F32_EXACT_CHUNK
 from . import cpu_table as _table
 from .cpu_table import (CHOOSABLE, DEFAULT_CROSSOVERS, OPENBLAS_SINGLE_THREAD_MNK, Band, Choice, ClassEntry,
                         Crossovers, KernelClass, KernelTable, Library, RowKey, Threads, build_table, combo_class)
@@ -87,14 +88,6 @@ _INT_MAX = 2**31 - 1
 _SINGLE_THREAD_MNK = OPENBLAS_SINGLE_THREAD_MNK
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
-#: Largest k chunk whose integer dot products stay below 2**24 in magnitude (exact in f32):
-#: int8*int8: 1024 * 128**2 = 2**24; uint8*int8: 512 * 255 * 128 < 2**24; uint8*uint8: 256 * 255**2 < 2**24.
-_INT_CHUNK = {
-    (DType.I8, DType.I8): 1024,
-    (DType.I8, DType.U8): 512,
-    (DType.U8, DType.I8): 512,
-    (DType.U8, DType.U8): 256,
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -346,16 +339,14 @@ def _matmul_axpby(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np
 #: f16 casts in NumPy are scalar code (several ns an element): above this many elements they
 #: are split across two threads (the casts release the GIL).
 _PAR_CAST_MIN = 1 << 20
-_POOL: Any = None
 
 
+@functools.lru_cache(maxsize=1)
 def _pool() -> Any:
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
+    """The process's two cast threads (created on first use, as :func:`_one_thread`)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ffaccel-cpu-cast")
-    return _POOL
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="ffaccel-cpu-cast")
 
 
 def _cast_into(dst: np.ndarray, src: np.ndarray, parallel: bool) -> None:
@@ -783,7 +774,7 @@ def _plan_int(op: GemmOp, product: Callable[..., np.ndarray | None] | None = Non
     """The int8 kernel: the exact product from ``product`` (oneDNN's u8 x s8, see
     :mod:`ffaccel.drivers.cpu_onednn`) when given and it takes the layout, else from f32
     GEMMs on exact k chunks; alpha, beta and the epilogue in wrapping uint32 either way."""
-    chunk = _INT_CHUNK[(op.combo.a, op.combo.b)]
+    chunk = INT_F32_EXACT_CHUNK[(op.combo.a, op.combo.b)]
     ua, ub = _U32(int(op.alpha) & _MASK32), _U32(int(op.beta) & _MASK32)
     reads_ab, reads_c, in_place = op.reads_ab, op.reads_c, op.in_place
     steps = _int_steps(op)

@@ -60,6 +60,7 @@ from ..spec import (
     FFAccelError,
     GemmCombo,
     Limits,
+    OPERAND_POST_OPS,
     PostOpKind,
     dtype_of_numpy,
     numpy_dtype,
@@ -76,7 +77,7 @@ DEFAULT_MIN_FLOPS = 2**30
 K_DOMINATES = 2
 _U32 = np.uint32
 _MASK32 = 0xFFFF_FFFF
-_OPERANDED = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+_OPERANDED = OPERAND_POST_OPS
 
 
 def _import_distributed() -> Any:
