@@ -86,6 +86,27 @@ _INT_MAX = 2**31 - 1
 #: OpenBLAS runs a gemm single-threaded when m*n*k is at or below this
 #: (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), so a thread limit needs no call there.
 _SINGLE_THREAD_MNK = OPENBLAS_SINGLE_THREAD_MNK
+
+# NumPy reports the FPU's flags after a matmul (an overflow to inf would warn): the per-call paths
+# run it with every floating-point error ignored. ``np.errstate(all="ignore")`` costs ~2 us a call
+# here (it builds its error object each time); NumPy 2 keeps that object in a context variable,
+# so setting it to one prepared "ignore all" object does the same for ~0.1 us. Use as
+# ``token = _fp_ignore()`` ... ``finally: _fp_restore(token)``; any other NumPy: errstate itself.
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _FP_STATE
+    from numpy._core._ufunc_config import _make_extobj as _make_fp_state
+
+    _FP_IGNORE_ALL = _make_fp_state(all="ignore")
+    _fp_ignore: Callable[[], Any] = functools.partial(_FP_STATE.set, _FP_IGNORE_ALL)
+    _fp_restore: Callable[[Any], Any] = _FP_STATE.reset
+except (ImportError, AttributeError, TypeError):  # pragma: no cover - another NumPy
+    def _fp_ignore() -> Any:
+        state = np.errstate(all="ignore")
+        state.__enter__()
+        return state
+
+    def _fp_restore(state: Any) -> None:
+        state.__exit__(None, None, None)
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
 
@@ -197,8 +218,11 @@ def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
     """
     if x.shape[0] * x.shape[1] * a.shape[1] > _SINGLE_THREAD_MNK:  # multi-threaded: NumPy's BLAS
         if alpha == 1.0 and beta == 0.0 and _blas_strides(a) and _blas_strides(b) and _blas_strides(x):
-            with np.errstate(all="ignore"):  # NumPy's own ?gemm call: ~2 us against ~8 us through ctypes
-                np.matmul(a, b, out=x)  # (errstate: NumPy reports the FPU's flags after a matmul)
+            token = _fp_ignore()  # NumPy's own ?gemm call: ~2 us against ~8 us through ctypes
+            try:
+                np.matmul(a, b, out=x)
+            finally:
+                _fp_restore(token)
             return True
         return _gemm2d_strided(blas, alpha, a, b, beta, x)
     args = _f2py_operands(a, b, x)
@@ -303,8 +327,11 @@ def _gemm3d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
     if alpha == 1.0 and beta == 0.0 and _blas_strides(a[0]) and _blas_strides(b[0]) and _blas_strides(x[0]):
         # numpy.matmul loops over the batch in C with one ?gemm per entry: 1.2x (8 x 256^3) to 14x
         # (12 x 1x64x40) faster than one Python-level call per entry (docs/kernels.md, "Batched GEMMs")
-        with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+        token = _fp_ignore()
+        try:
             np.matmul(a, b, out=x)
+        finally:
+            _fp_restore(token)
         return True
     if m * n * k < _LOOP_MIN_MNK:
         return False  # numpy.matmul's C loop beats one Python-level call per entry
@@ -592,7 +619,7 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
         # a linear layer's GEMM + bias: the bias broadcast into D, then BLAS adds the product to it
         # (beta = 1): D = alpha * A @ B + bias, the same sum as the separate pass, with no pass
         # and no floating-point state to save (a NumPy errstate costs ~1 us at 8 x 8)
-        copyto, f2py, add, errstate = np.copyto, blas.f2py, np.add, np.errstate
+        copyto, f2py, add = np.copyto, blas.f2py, np.add
         small = op.m * op.n * op.k <= _SINGLE_THREAD_MNK
 
         def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
@@ -600,9 +627,12 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
             if not small and alpha == 1.0 and _blas_strides(a2) and _blas_strides(b2) and _blas_strides(x):
                 # multi-threaded: NumPy's own ?gemm call, then the bias (a pass over D costs less
                 # than the ~8 us of a ctypes call with beta = 1 at these sizes)
-                with errstate(all="ignore"):  # inf - inf is NaN, as intended
+                token = _fp_ignore()  # inf - inf is NaN, as intended
+                try:
                     np.matmul(a2, b2, out=x)
                     add(x, epi[0][0], out=x)
+                finally:
+                    _fp_restore(token)
                 return
             copyto(x, epi[0][0])
             if small and a2.flags.c_contiguous and b2.flags.c_contiguous and x.flags.c_contiguous:
@@ -719,21 +749,27 @@ def _plan_gemv(op: GemmOp) -> Kernel | None:
                     with np.errstate(all="ignore"):
                         _matmul_axpby(alpha, a2, b2, 1.0, x)
                 return
-            with np.errstate(all="ignore"):  # NumPy's ?gemv (NumPy reports the FPU's flags), then the bias
+            token = _fp_ignore()  # NumPy's ?gemv, then the bias
+            try:
                 if alpha == 1.0:
                     matmul(a2, b2, out=x)
                 else:
                     _matmul_axpby(alpha, a2, b2, 0.0, x)
                 np.add(x, epi[0][0], out=x)
+            finally:
+                _fp_restore(token)
             return
         if reads_c and not in_place:
             copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
         if not _gemv_into(alpha, a2, b2, beta_eff, y):
-            with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+            token = _fp_ignore()
+            try:
                 if beta_eff == 0.0 and alpha == 1.0:
                     matmul(a2, b2, out=x)
                 else:
                     _matmul_axpby(alpha, a2, b2, beta_eff, x)
+            finally:
+                _fp_restore(token)
         if steps:
             _run_steps(steps, d, epi)
 
@@ -1027,7 +1063,10 @@ class CpuDriver(Driver):
 
     def _kernels(self) -> tuple[Any, KernelTable]:
         """(oneDNN library or None, this driver's kernel table)."""
-        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads, None, _SINGLE_THREAD_MNK)
+        key = self.__dict__.get("_choice_key")
+        if key is None or key[0] is not self.kernel_choice:  # (sorting the choice each time cost ~2 us a GEMM plan)
+            key = self._choice_key = (self.kernel_choice, tuple(sorted(self.kernel_choice.items())))
+        return _resolved(key[1], self.threads, None, _SINGLE_THREAD_MNK)
 
     def kernel_table(self) -> KernelTable:
         """The table every kernel choice of this driver reads (:mod:`ffaccel.drivers.cpu_table`)."""
@@ -1185,7 +1224,7 @@ class CpuDriver(Driver):
             if (band.threads == Threads.SHARED and _torch_loaded()
                     and op.m * op.n * op.k > _SINGLE_THREAD_MNK):
                 return None  # held to one thread around the call: the prepared kernel does that
-            matmul, errstate, empty = np.matmul, np.errstate, np.empty
+            matmul, empty = np.matmul, np.empty
             alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
 
             single = op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
@@ -1194,21 +1233,27 @@ class CpuDriver(Driver):
                 d = empty(shape, dt)  # ?gemv (what NumPy's @ runs for a matrix-vector product) into it
                 if single and _gemv_into(alpha, a, b, 0.0, d[0] if shape[0] == 1 else d[:, 0]):
                     return d
-                with errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+                token = _fp_ignore()
+                try:
                     if alpha == 1.0:
                         return matmul(a, b, out=d)
                     _matmul_axpby(alpha, a, b, 0.0, d)
+                finally:
+                    _fp_restore(token)
                 return d
 
             return gemv
         on_blas = band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())
         if (on_blas and float(op.alpha) == 1.0 and self._limit is None
                 and (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
-            matmul, errstate = np.matmul, np.errstate
+            matmul = np.matmul
 
             def numpys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                with errstate(all="ignore"):  # NumPy's own multi-threaded ?gemm call, as @ makes it
+                token = _fp_ignore()  # NumPy's own multi-threaded ?gemm call, as @ makes it
+                try:
                     return matmul(a, b)
+                finally:
+                    _fp_restore(token)
 
             return numpys
         if band.library != Library.BLAS or band.threads != Threads.CALLER:
