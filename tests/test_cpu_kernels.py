@@ -724,3 +724,23 @@ def test_batched_blas_paths_match_numpy(dtype, batch: int, m: int, k: int, n: in
     if not cpu_mod._gemm3d(blas, 1.0, a, b, 0.0, xt):
         cpu_mod._matmul_axpby(1.0, a, b, 0.0, xt)
     np.testing.assert_allclose(xt, want, rtol=tol, atol=tol * k)
+
+
+def test_per_call_paths_silence_fpu_flags_and_restore_the_callers_error_state() -> None:
+    """The per-call paths run NumPy's matmul with every floating-point error ignored (inf * 0 is
+    NaN, as IEEE says, and warns nobody), and leave the caller's own error state as it was: a
+    NumPy operation of the caller right after still warns (or raises) as the caller set it."""
+    dev = ffaccel.open("cpu")
+    shapes = (((1, 600), (600, 600)), ((8, 600), (600, 600)), ((12, 1, 64), (12, 64, 40)), ((600, 600), (600, 1)))
+    for sa, sb in shapes:
+        a, b = np.full(sa, np.inf, np.float32), np.zeros(sb, np.float32)
+        bias = np.zeros(sb[-1], np.float32)
+        for post_ops in ((), ffaccel.post.bias(bias)):
+            with np.errstate(all="raise"), warnings.catch_warnings():
+                warnings.simplefilter("error")
+                for _ in range(3):  # the full path, then the cached per-call paths
+                    got = ffaccel.matmul(a, b, post_ops=post_ops, device=dev)
+                    assert np.isnan(got).all()
+                    assert np.geterr() == {"divide": "raise", "over": "raise", "under": "raise", "invalid": "raise"}
+                with pytest.raises(FloatingPointError):
+                    np.multiply(a[..., :1, :1], 0)  # the caller's state is back in force
