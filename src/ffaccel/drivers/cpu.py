@@ -1270,9 +1270,10 @@ class CpuDriver(Driver):
         """A linear layer's tiny GEMM + bias (f32/f64, the bias alone, OpenBLAS on the calling
         thread): a new D filled with the bias, and one f2py ?gemm adding alpha * A @ B to it
         (beta = 1). Layouts the one call cannot take run the prepared kernel into that D."""
-        if (len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)
-                or not self._fast_paths_ok(op)):
+        if len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M):
             return None
+        if not self._fast_paths_ok(op):
+            return self._fresh_gemv_with_bias(op)
         f2py = (_DGEMM if op.combo.acc == DType.F64 else _SGEMM).f2py
         kernel = self.prepare_gemm(op)
         alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(op.combo.d)
@@ -1288,6 +1289,31 @@ class CpuDriver(Driver):
                     copyto(d, r.T)
                 return d
             kernel(a[None], b[None], None, d[None], epi)
+            return d
+
+        return fresh
+
+    def _fresh_gemv_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
+        """A skinny linear layer (m or n = 1, the bias alone, alpha 1) where NumPy's OpenBLAS threads
+        its ?gemv: ``numpy.matmul`` into a new D, then the bias added in place, as ``a @ b + bias``
+        does (the prepared kernel's path, without the batch axes and D the front-end would make).
+        Not where the band holds OpenBLAS to one thread around the call (PyTorch loaded): None."""
+        band = self.band(op)
+        if (band.library != Library.GEMV or float(op.alpha) != 1.0 or self._limit is not None
+                or op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
+                or not (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
+            return None
+        matmul, add, empty = np.matmul, np.add, np.empty
+        shape, dt = (op.m, op.n), numpy_dtype(op.combo.d)
+
+        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
+            d = empty(shape, dt)
+            token = _fp_ignore()  # inf - inf is NaN, as intended
+            try:
+                matmul(a, b, out=d)
+                add(d, epi[0][0], out=d)
+            finally:
+                _fp_restore(token)
             return d
 
         return fresh
