@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 import ffaccel
-from ffaccel.abi import COPY, GEMM, Copy, DeviceCaps
+from ffaccel.abi import COPY, GEMM, Copy, DeviceCaps, Gemm, Matrix, PostOpDesc, check_command, decode_command
+from ffaccel.abi.commands import encode_fields
 from ffaccel.abi.layout import MAX_EPILOGUE_SLOTS
+from ffaccel.abi.validate import GEOMETRY_FIELDS, GemmClass, check_gemm
 from ffaccel.conformance import errors
 from ffaccel.conformance.errors import (
     CASES,
@@ -250,10 +252,6 @@ def test_handles_are_per_client() -> None:
 # a known GEMM class: a new geometry is checked by the geometry rules alone (abi/validate.py
 # GemmClass), and must answer exactly as the full validator does
 
-from ffaccel.abi import Gemm, Matrix, PostOpDesc, check_command  # noqa: E402
-from ffaccel.abi.commands import encode_fields  # noqa: E402
-from ffaccel.abi import GemmOp, decode_command  # noqa: E402
-from ffaccel.abi.validate import GEOMETRY_FIELDS, GemmClass, check_gemm  # noqa: E402
 
 _CLASS_CAPS = DeviceCaps(limits=Limits(max_dim=1 << 20, max_batch=1 << 16, alignment_elems=2,
                                        max_buffer_bytes=1 << 40))

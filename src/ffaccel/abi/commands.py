@@ -225,8 +225,8 @@ Values = tuple  # an operand's seven fields, as Matrix.values() gives them
 
 
 def pack_gemm(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool, acc_dtype: DType | None,
-              alpha: float | int, beta: float | int, a: Values | None, b: Values | None, c: Values | None,
-              d: Values | None, epilogue: Sequence[tuple[PostOpKind, float | int, float | int, Values | None]] = (),
+              alpha: float, beta: float, a: Values | None, b: Values | None, c: Values | None,
+              d: Values | None, epilogue: Sequence[tuple[PostOpKind, float, float, Values | None]] = (),
               user_data: int = 0) -> bytes:
     """A GEMM command's bytes in one ``struct.pack`` over its fields, from plain values: operands as
     :meth:`Matrix.values` tuples, post-ops as ``(kind, param0, param1, operand values or None)``.

@@ -20,16 +20,16 @@ from ..spec import (
     DTYPES,
     ENGINE_OPCODES,
     GEMM_COMBOS,
+    OPERAND_POST_OPS,
     POST_OPS,
     SPEC_LIMITS,
     DType,
     Engine,
+    FFAccelError,
     GemmCombo,
     Limits,
-    OPERAND_POST_OPS,
     Opcode,
     PostOpKind,
-    FFAccelError,
     violation,
 )
 from .cache import LruCache
@@ -445,7 +445,7 @@ _CLASS_MASK = ((1 << (8 * COMMAND_BYTES)) - 1) & ~_field_mask(GEOMETRY_FIELDS)
 #: Most GEMM classes remembered (per process; each is a few hundred bytes).
 MAX_GEMM_CLASSES = 1024
 #: (class bits of a command, id(caps)) -> GemmClass; an entry holds its caps, so the id stays its own.
-_GEMM_CLASSES: LruCache[tuple[int, int], "GemmClass"] = LruCache(MAX_GEMM_CLASSES)
+_GEMM_CLASSES: LruCache[tuple[int, int], GemmClass] = LruCache(MAX_GEMM_CLASSES)
 
 
 class _Placed(NamedTuple):
@@ -502,7 +502,7 @@ class GemmClass:
     epilogue: tuple[tuple[PostOpKind, float | int, float | int, _Placed | None], ...]
 
     @classmethod
-    def of(cls, op: GemmOp, caps: DeviceCaps) -> "GemmClass":
+    def of(cls, op: GemmOp, caps: DeviceCaps) -> GemmClass:
         lim = caps.limits
         present = {"a", "b", "d"} | ({"c"} if op.c is not None else set())
         present |= {f"epilogue[{i}].operand" for i, p in enumerate(op.epilogue) if p.operand is not None}

@@ -55,12 +55,12 @@ import numpy as np
 
 from ..abi import CopyOp, DeviceCaps, Gemm, GemmOp, LruCache, Matrix, PostOpDesc, check_command
 from ..spec import (
+    OPERAND_POST_OPS,
     DType,
     ErrorCode,
     FFAccelError,
     GemmCombo,
     Limits,
-    OPERAND_POST_OPS,
     PostOpKind,
     dtype_of_numpy,
     numpy_dtype,

@@ -350,7 +350,9 @@ def _operand_view(user: np.ndarray, view: np.ndarray, trans: bool = False
         makers: tuple = (lambda v: v.swapaxes(-1, -2).reshape(shape), lambda v: v.swapaxes(-1, -2)[None],
                          lambda v: np.broadcast_to(v.swapaxes(-1, -2).reshape(shape[1:]), shape))
     else:
-        reshape = lambda v: v.reshape(shape)  # noqa: E731
+        def reshape(v: np.ndarray) -> np.ndarray:
+            return v.reshape(shape)
+
         reshape.reshape_to = shape  # type: ignore[attr-defined]  # (plans inline it: see _fresh_plan)
         makers = (reshape, lambda v: v[None], lambda v: np.broadcast_to(v.reshape(shape[1:]), shape))
     for make in makers:
