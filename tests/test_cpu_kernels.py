@@ -724,3 +724,51 @@ def test_batched_blas_paths_match_numpy(dtype, batch: int, m: int, k: int, n: in
     if not cpu_mod._gemm3d(blas, 1.0, a, b, 0.0, xt):
         cpu_mod._matmul_axpby(1.0, a, b, 0.0, xt)
     np.testing.assert_allclose(xt, want, rtol=tol, atol=tol * k)
+
+
+def test_per_call_paths_silence_fpu_flags_and_restore_the_callers_error_state() -> None:
+    """The per-call paths run NumPy's matmul with every floating-point error ignored (inf * 0 is
+    NaN, as IEEE says, and warns nobody), and leave the caller's own error state as it was: a
+    NumPy operation of the caller right after still warns (or raises) as the caller set it."""
+    dev = ffaccel.open("cpu")
+    shapes = (((1, 600), (600, 600)), ((8, 600), (600, 600)), ((12, 1, 64), (12, 64, 40)), ((600, 600), (600, 1)))
+    for sa, sb in shapes:
+        a, b = np.full(sa, np.inf, np.float32), np.zeros(sb, np.float32)
+        bias = np.zeros(sb[-1], np.float32)
+        for post_ops in ((), ffaccel.post.bias(bias)):
+            with np.errstate(all="raise"), warnings.catch_warnings():
+                warnings.simplefilter("error")
+                for _ in range(3):  # the full path, then the cached per-call paths
+                    got = ffaccel.matmul(a, b, post_ops=post_ops, device=dev)
+                    assert np.isnan(got).all()
+                    assert np.geterr() == {"divide": "raise", "over": "raise", "under": "raise", "invalid": "raise"}
+                with pytest.raises(FloatingPointError):
+                    np.multiply(a[..., :1, :1], 0)  # the caller's state is back in force
+
+
+@pytest.mark.parametrize("cls", ["f32", "f64"])
+def test_skinny_linear_layer_on_numpys_threads_returns_a_new_d(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A skinny GEMM + bias large enough for NumPy's OpenBLAS to thread its ?gemv (1 x 200 x 64
+    here) gets a fresh kernel where no one-thread hold applies (PyTorch not loaded): a new
+    C-ordered D equal to a @ b + bias, along n and along m, inf * 0 giving NaN with no warning;
+    with PyTorch loaded the prepared kernel (which holds OpenBLAS to one thread) runs instead."""
+    combo = T.COMBO[DType.F64, DType.F64, DType.F64] if cls == "f64" else COMBOS["f32"]
+    dt = numpy_dtype(combo.acc)
+    drv = CpuDriver(kernels=f"{cls}=gemv")
+    monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
+    for m, n, kind in ((1, 200, PostOpKind.BIAS_N), (200, 1, PostOpKind.BIAS_M)):
+        op = T.build(combo, m, n, 64, post=((kind, 0, 0, combo.d),)).op
+        fresh = drv.prepare_gemm_fresh(op)
+        assert fresh is not None
+        a, b = np.arange(m * 64, dtype=dt).reshape(m, 64) / 7, np.ones((64, n), dt)
+        bias = np.arange(n if kind == PostOpKind.BIAS_N else m, dtype=dt)
+        view = bias.reshape(1, 1, n) if kind == PostOpKind.BIAS_N else bias.reshape(1, m, 1)
+        got = fresh(a, b, (view,))
+        assert got.shape == (m, n) and got.dtype == dt and got.flags.c_contiguous
+        np.testing.assert_allclose(got, a.astype(np.float64) @ b + view[0], rtol=1e-5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert np.isnan(fresh(np.full((m, 64), np.inf, dt), np.zeros((64, n), dt), (view,))).all()
+    monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
+    op = T.build(combo, 1, 200, 64, post=((PostOpKind.BIAS_N, 0, 0, combo.d),)).op
+    assert (drv.prepare_gemm_fresh(op) is None) == (drv.band(op).threads == Threads.SHARED)

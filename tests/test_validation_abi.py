@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 import ffaccel
-from ffaccel.abi import COPY, GEMM, Copy, DeviceCaps
+from ffaccel.abi import COPY, GEMM, Copy, DeviceCaps, Gemm, Matrix, PostOpDesc, check_command, decode_command
+from ffaccel.abi.commands import encode_fields
 from ffaccel.abi.layout import MAX_EPILOGUE_SLOTS
+from ffaccel.abi.validate import GEOMETRY_FIELDS, GemmClass, check_gemm
 from ffaccel.conformance import errors
 from ffaccel.conformance.errors import (
     CASES,
@@ -244,3 +246,112 @@ def test_handles_are_per_client() -> None:
     dst = env.alloc(16)
     env.dev.submit([Copy(src=mine.matrix(np.float32, 1, 4), dst=dst.matrix(np.float32, 1, 4))], engine="copy")
     assert bytes(dst.array(np.uint8)) == bytes(mine.array(np.uint8)) != bytes(theirs.array(np.uint8))
+
+
+# --------------------------------------------------------------------------------------
+# a known GEMM class: a new geometry is checked by the geometry rules alone (abi/validate.py
+# GemmClass), and must answer exactly as the full validator does
+
+
+_CLASS_CAPS = DeviceCaps(limits=Limits(max_dim=1 << 20, max_batch=1 << 16, alignment_elems=2,
+                                       max_buffer_bytes=1 << 40))
+
+
+def _class_templates(m: int = 4, n: int = 5, k: int = 6, batch: int = 1) -> list[Gemm]:
+    """Valid GEMMs (for these sizes) of several classes: bare, transposed and batched, C with beta,
+    bias + clamp, int8 + relu + bias_m, add."""
+    f32, i8, i32 = DType.F32, DType.I8, DType.I32
+    bs_a, bs_d = (m * k, m * n) if batch > 1 else (0, 0)
+    return [
+        Gemm(m=m, n=n, k=k, a=Matrix(1, f32, m, k), b=Matrix(2, f32, k, n), d=Matrix(3, f32, m, n)),
+        Gemm(m=m, n=n, k=k, batch=batch, trans_a=True, trans_b=True,
+             a=Matrix(1, f32, k, m, batch_stride_elems=bs_a), b=Matrix(2, f32, n, k),
+             d=Matrix(3, f32, m, n, batch_stride_elems=bs_d)),
+        Gemm(m=m, n=n, k=k, beta=0.5, a=Matrix(1, f32, m, k), b=Matrix(2, f32, k, n), c=Matrix(4, f32, m, n),
+             d=Matrix(3, f32, m, n)),
+        Gemm(m=m, n=n, k=k, a=Matrix(1, f32, m, k), b=Matrix(2, f32, k, n), d=Matrix(3, f32, m, n),
+             epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=Matrix(5, f32, 1, n)),
+                       PostOpDesc(PostOpKind.CLAMP, -1.0, 1.0))),
+        Gemm(m=m, n=n, k=k, a=Matrix(1, i8, m, k), b=Matrix(2, i8, k, n), d=Matrix(3, i32, m, n),
+             epilogue=(PostOpDesc(PostOpKind.RELU), PostOpDesc(PostOpKind.BIAS_M, operand=Matrix(5, i32, m, 1)))),
+        Gemm(m=m, n=n, k=k, a=Matrix(1, f32, m, k), b=Matrix(2, f32, k, n), d=Matrix(3, f32, m, n),
+             epilogue=(PostOpDesc(PostOpKind.ADD, operand=Matrix(6, f32, m, n)),)),
+    ]
+
+
+def _outcome(raw: bytes, caps: DeviceCaps, full: bool = False) -> Any:
+    """check_command's answer; ``full``: the full validator's, with no class memo."""
+    try:
+        return check_gemm(decode_command(raw), raw, caps) if full else check_command(raw, caps)
+    except FFAccelError as e:
+        return (e.code, e.param, e.rule, str(e))
+
+
+#: Values tried in each geometry field: small ones, each field's own value +- 1 (added per field
+#: below), the limits of _CLASS_CAPS and their neighbours (max_dim 2**20, strides 2**38 elements of
+#: f32), and the widths of the fields.
+_TRIED = (0, 1, 2, 3, 7, 2**20, 2**20 + 1, 2**38, 2**38 + 1, 2**32 - 1, 2**63, 2**64 - 1)
+
+
+def test_a_known_gemm_class_validates_a_new_geometry_as_the_full_check_does() -> None:
+    """A user relies on every rule holding for every geometry, memo or not: a command whose class
+    was validated before gets the very GemmOp, or the very error (code, parameter, rule, message),
+    that validating it with no memo gives. Every geometry field of every template class, one at a
+    time, over boundary values."""
+    checked = 0
+    for which in range(len(_class_templates())):
+        check_command(_class_templates()[which].encode(), _CLASS_CAPS)  # the class is now known on these caps
+        for shape in ((4, 5, 6, 1), (1, 7, 3, 3), (3, 2, 5, 4), (2**20, 1, 1, 2), (1, 1, 2**20 + 1, 1),
+                      (2, 2**20 + 1, 1, 1), (1, 1, 1, 2**16 + 1)):
+            base = _class_templates(*shape)[which].fields()  # a new geometry of the class (over a limit: invalid)
+            for name in GEOMETRY_FIELDS:
+                own = base.get(name, 0)
+                for value in {*_TRIED, own + 1, max(0, own - 1)}:
+                    try:
+                        raw = encode_fields(GEMM, {**base, name: value})
+                    except FFAccelError:  # wider than its field (u32): not a command at all
+                        continue
+                    assert _outcome(raw, _CLASS_CAPS) == _outcome(raw, _CLASS_CAPS, full=True), (which, shape, name, value)
+                    checked += 1
+    assert checked > 5000
+
+
+def test_a_known_gemm_class_is_reused_for_a_new_geometry() -> None:
+    """The decode loop's case: the same GEMM with a KV cache one row longer is not re-validated
+    whole (its class is remembered), and its op is the full validator's."""
+    caps = replace(_CLASS_CAPS)
+    f32 = DType.F32
+    first = Gemm(m=1, n=40, k=64, batch=12, trans_b=True, a=Matrix(1, f32, 1, 64, batch_stride_elems=64),
+                 b=Matrix(2, f32, 40, 64, batch_stride_elems=64 * 4000), d=Matrix(3, f32, 1, 40, batch_stride_elems=40))
+    check_command(first.encode(), caps)
+    calls = []
+    original = GemmClass.check_geometry
+
+    def counting(self: GemmClass, v: tuple) -> Any:
+        calls.append(v)
+        return original(self, v)
+
+    nxt = replace(first, n=41, b=replace(first.b, rows=41), d=replace(first.d, cols=41, ld_elems=41,
+                                                                       batch_stride_elems=41))
+    GemmClass.check_geometry = counting  # type: ignore[method-assign]
+    try:
+        op = check_command(nxt.encode(), caps)
+    finally:
+        GemmClass.check_geometry = original  # type: ignore[method-assign]
+    assert len(calls) == 1
+    assert op == _outcome(nxt.encode(), caps, full=True)
+
+
+def test_gemm_encode_packs_the_named_fields() -> None:
+    """Gemm.encode (one struct.pack over the layout's fields) gives the bytes of the field-by-field
+    encoder, and the same error or conversion for a value that is not an integer of its width."""
+    for shape in ((4, 5, 6, 3), (1, 1, 1, 1)):
+        for g in _class_templates(*shape):
+            g = replace(g, user_data=2**40 + 3, alpha=-0.0 if g.a.dtype == DType.F32 else 3)
+            assert g.encode() == encode_fields(GEMM, g.fields())
+    g = _class_templates()[0]
+    assert replace(g, m=4.0).encode() == g.encode()  # int() accepts an integral float, as it always has
+    for bad in (replace(g, m=-1), replace(g, n=2**32), replace(g, a=replace(g.a, rows=[4]))):
+        with pytest.raises(FFAccelError) as e:
+            bad.encode()
+        assert e.value.rule == "cmd.field_range"

@@ -6,7 +6,7 @@ and passes on only the validated operation objects it returns.
 """
 
 from .cache import LruCache
-from .commands import Copy, Gemm, Matrix, PostOpDesc, decode_command, encode_submission
+from .commands import Copy, Gemm, Matrix, PostOpDesc, decode_command, encode_submission, pack_gemm
 from .layout import (
     ABI_VERSION,
     COMMAND_BYTES,
@@ -39,5 +39,5 @@ __all__ = [
     "ABI_VERSION", "COMMAND_BYTES", "COPY", "Copy", "CopyOp", "DeviceCaps", "DeviceMemory", "GEMM", "Gemm", "GemmFlags",
     "GemmOp", "Layout", "LruCache", "MAX_COMMANDS_PER_SUBMIT", "Matrix", "OPERAND_BYTES", "Op", "PostOpDesc",
     "SUBMIT", "Submission", "ValidPostOp", "ValidationCache", "View", "WAIT", "bind", "check_command", "check_submission", "copy_arrays",
-    "decode_command", "encode_submission", "gemm_arrays", "op_handles", "view_array",
+    "decode_command", "encode_submission", "gemm_arrays", "op_handles", "pack_gemm", "view_array",
 ]

@@ -27,6 +27,19 @@ _GEMM_STRUCT = GEMM.struct
 _COPY_STRUCT = COPY.struct
 _SUBMIT_STRUCT = SUBMIT.struct
 _WAIT_STRUCT = WAIT.struct
+_GEMM_INDEX = {name: i for i, name in enumerate(GEMM.names)}
+_GEMM_ZEROS = [0] * len(GEMM.names)
+_GEMM_PAD = bytes(COMMAND_BYTES - GEMM.size_bytes)
+_GEMM_OPCODE, _TRANS_A, _TRANS_B = int(Opcode.GEMM), int(GemmFlags.TRANS_A), int(GemmFlags.TRANS_B)
+(_G_OPCODE, _G_FLAGS, _G_SIZE, _G_USER, _G_M, _G_N, _G_K, _G_BATCH, _G_ACC, _G_EPI_COUNT, _G_ALPHA, _G_BETA,
+ _G_A, _G_B, _G_C, _G_D) = (_GEMM_INDEX[x] for x in (
+    "opcode", "flags", "size_bytes", "user_data", "m", "n", "k", "batch", "acc_dtype", "epilogue_count",
+    "alpha_bits", "beta_bits", "a.handle", "b.handle", "c.handle", "d.handle"))
+#: (index of kind, index of operand.handle) of each epilogue slot; kind, reserved, param0, param1 are consecutive
+_G_SLOTS = tuple((_GEMM_INDEX[f"epilogue[{i}].kind"], _GEMM_INDEX[f"epilogue[{i}].operand.handle"])
+                 for i in range(len([n for n in GEMM.names if n.endswith("].kind")])))
+assert all(GEMM.names[i + 2].endswith("param0_bits") and GEMM.names[i + 3].endswith("param1_bits")
+           for i, _ in _G_SLOTS)
 _F64 = struct.Struct("<d")
 _I64 = struct.Struct("<q")
 _U64 = struct.Struct("<Q")
@@ -86,6 +99,11 @@ class Matrix:
         if self.ld_elems is None:
             object.__setattr__(self, "ld_elems", max(1, self.cols))
 
+    def values(self) -> tuple:
+        """The operand's seven fields in layout order (handle, dtype, offset, rows, cols, ld, batch stride)."""
+        return (self.handle, self.dtype, self.offset_bytes, self.rows, self.cols, self.ld_elems,
+                self.batch_stride_elems)
+
     def fields(self, prefix: str) -> dict[str, int]:
         p = prefix + "."
         return {
@@ -140,7 +158,19 @@ class Gemm:
     user_data: int = 0
 
     def encode(self) -> bytes:
-        return encode_fields(GEMM, self.fields())
+        try:
+            return self._pack()
+        except (struct.error, TypeError, ValueError, OverflowError, AttributeError):
+            # a value that is not an integer fitting its field (or one that int() accepts, such as
+            # 3.0): the field-by-field path converts it as it always has, or names it
+            return encode_fields(GEMM, self.fields())
+
+    def _pack(self) -> bytes:
+        """:meth:`encode` through :func:`pack_gemm` (values that are not integers of their width raise)."""
+        return pack_gemm(self.m, self.n, self.k, self.batch, self.trans_a, self.trans_b, self.acc_dtype,
+                         self.alpha, self.beta, *(None if x is None else x.values() for x in (self.a, self.b, self.c, self.d)),
+                         tuple((p.kind, p.param0, p.param1, p.operand.values() if p.operand is not None else None)
+                               for p in self.epilogue), self.user_data)
 
     def fields(self) -> dict[str, int]:
         acc = self.acc_dtype
@@ -189,6 +219,46 @@ class Copy:
         f.update(self.src.fields("src"))
         f.update(self.dst.fields("dst"))
         return encode_fields(COPY, f)
+
+
+Values = tuple  # an operand's seven fields, as Matrix.values() gives them
+
+
+def pack_gemm(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool, acc_dtype: DType | None,
+              alpha: float, beta: float, a: Values | None, b: Values | None, c: Values | None,
+              d: Values | None, epilogue: Sequence[tuple[PostOpKind, float, float, Values | None]] = (),
+              user_data: int = 0) -> bytes:
+    """A GEMM command's bytes in one ``struct.pack`` over its fields, from plain values: operands as
+    :meth:`Matrix.values` tuples, post-ops as ``(kind, param0, param1, operand values or None)``.
+
+    What :meth:`Gemm.encode` runs, without building the dataclasses (a front-end encodes each new
+    geometry it meets; the dict of named fields cost tens of microseconds). Values must be
+    integers of their fields' widths (struct.error otherwise: :meth:`Gemm.encode` then names the
+    field); scalars that do not fit raise FFAccelError as :func:`scalar_bits` says.
+    """
+    acc = acc_dtype if acc_dtype is not None else _default_acc(a[1] if a is not None else None)
+    is_int = acc in DTYPES and not DTYPES[acc].is_float
+    v = _GEMM_ZEROS.copy()
+    v[_G_OPCODE] = _GEMM_OPCODE
+    v[_G_FLAGS] = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0)
+    v[_G_SIZE] = COMMAND_BYTES
+    v[_G_USER] = user_data
+    v[_G_M], v[_G_N], v[_G_K], v[_G_BATCH] = m, n, k, batch
+    v[_G_ACC] = acc
+    v[_G_EPI_COUNT] = len(epilogue)
+    v[_G_ALPHA] = scalar_bits(alpha, is_int, "alpha")
+    v[_G_BETA] = scalar_bits(beta, is_int, "beta")
+    for i, x in ((_G_A, a), (_G_B, b), (_G_C, c), (_G_D, d)):
+        if x is not None:
+            v[i: i + 7] = x
+    for (i_kind, i_op), (i, (kind, p0, p1, x)) in zip(_G_SLOTS, enumerate(epilogue)):
+        s = f"epilogue[{i}]."
+        v[i_kind] = kind
+        v[i_kind + 2] = scalar_bits(p0, is_int, s + "param0")
+        v[i_kind + 3] = scalar_bits(p1, is_int, s + "param1")
+        if x is not None:
+            v[i_op: i_op + 7] = x
+    return _GEMM_STRUCT.pack(*v) + _GEMM_PAD
 
 
 def _default_acc(a_dtype: DType | None) -> DType:
@@ -278,5 +348,5 @@ def _submission_error(abi_version: object, engine: object, waits: list) -> Excep
 
 __all__ = [
     "Copy", "Gemm", "Matrix", "PostOpDesc", "bits_f64", "bits_i64", "decode_command", "encode_fields",
-    "encode_submission", "f64_bits", "i64_bits", "scalar_bits",
+    "encode_submission", "f64_bits", "i64_bits", "pack_gemm", "scalar_bits",
 ]

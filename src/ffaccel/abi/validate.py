@@ -9,6 +9,7 @@ what is allowed. A submission is validated whole before any command runs.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,15 +20,16 @@ from ..spec import (
     DTYPES,
     ENGINE_OPCODES,
     GEMM_COMBOS,
+    OPERAND_POST_OPS,
     POST_OPS,
     SPEC_LIMITS,
     DType,
     Engine,
+    FFAccelError,
     GemmCombo,
     Limits,
     Opcode,
     PostOpKind,
-    FFAccelError,
     violation,
 )
 from .cache import LruCache
@@ -304,6 +306,11 @@ def _batches_disjoint(d: View, batch: int) -> bool:
     return s >= d.cols and (batch - 1) * s + d.cols <= d.ld
 
 
+#: The shape of each operand-carrying post-op's operand: (spans the m rows, spans the n columns).
+_OPERAND_SHAPE = {PostOpKind.BIAS_N: (False, True), PostOpKind.BIAS_M: (True, False), PostOpKind.ADD: (True, True)}
+assert set(_OPERAND_SHAPE) == OPERAND_POST_OPS
+
+
 def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: DeviceCaps) -> ValidPostOp:
     s = f"epilogue[{i}]."
     raw_kind = f[s + "kind"]
@@ -338,14 +345,14 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
             raise violation("epilogue.param", v, "an int32", i=i, p="param0")
         if not is_int and not math.isfinite(v):
             raise violation("epilogue.param", v, "a finite number", i=i, p="param0")
-    shape = {PostOpKind.BIAS_N: (1, n), PostOpKind.BIAS_M: (m, 1), PostOpKind.ADD: (m, n)}.get(kind)
     name = s + "operand"
-    if shape is None:
+    if kind not in OPERAND_POST_OPS:
         if f[name + ".handle"]:
             raise violation("epilogue.operand", f"handle {f[name + '.handle']}", f"no operand for {spec.name}", i=i)
         _operand(f, name, 0, 0, False, caps.limits)  # absent: every field must be zero
         return ValidPostOp(kind, p[0], p[1], None)
-    operand = _operand(f, name, shape[0], shape[1], True, caps.limits)
+    along = _OPERAND_SHAPE[kind]
+    operand = _operand(f, name, m if along[0] else 1, n if along[1] else 1, True, caps.limits)
     assert operand is not None
     if operand.dtype not in (combo.acc, combo.d):
         raise violation("epilogue.operand", DTYPES[operand.dtype].name,
@@ -379,16 +386,159 @@ def check_copy(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> 
 
 
 def check_command(raw: bytes | memoryview, caps: DeviceCaps) -> Op:
-    """Decode and validate the geometry of one COMMAND_BYTES slot."""
+    """Decode and validate the geometry of one COMMAND_BYTES slot.
+
+    A GEMM whose class (every field but its sizes and offsets, see :data:`GEOMETRY_FIELDS`) was
+    validated before on the same ``caps`` is checked by the geometry rules alone (see
+    :class:`GemmClass`); the result, and any error, is what the full check gives.
+    """
     if len(raw) < COMMAND_BYTES:
         raise violation("cmd.size", len(raw), COMMAND_BYTES)
     opcode = int.from_bytes(raw[0:4], "little")
     if opcode not in (Opcode.GEMM, Opcode.COPY):
         raise violation("cmd.opcode", opcode, [int(o) for o in Opcode])
+    if opcode == _GEMM_OPCODE:
+        whole = int.from_bytes(raw if len(raw) == COMMAND_BYTES else raw[:COMMAND_BYTES], "little")
+        key = (whole & _CLASS_MASK, id(caps))
+        known = _GEMM_CLASSES.peek(key) or _GEMM_CLASSES.get(key)
+        if known is not None and known.caps is caps and not whole & known.zero_mask:
+            op = known.check_geometry(_GEMM_UNPACK(raw, 0))
+            if op is not None:
+                return op
     f = decode_command(raw)
     if f["reserved0"]:
         raise violation("cmd.reserved", f["reserved0"], 0, field="reserved0")
-    return check_gemm(f, raw, caps) if opcode == Opcode.GEMM else check_copy(f, raw, caps)
+    if opcode != _GEMM_OPCODE:
+        return check_copy(f, raw, caps)
+    op = check_gemm(f, raw, caps)
+    if known is None:
+        _GEMM_CLASSES.put(key, GemmClass.of(op, caps))
+    return op
+
+
+# --------------------------------------------------------------------------------------
+# a GEMM's class, validated once: what a new geometry of a known kind of GEMM re-checks
+
+_OPERAND_PREFIXES = ("a", "b", "c", "d") + tuple(f"epilogue[{i}].operand" for i in range(MAX_EPILOGUE_SLOTS))
+_PLACEMENT_SUFFIXES = ("offset_bytes", "rows", "cols", "ld_elems", "batch_stride_elems")
+#: The fields that make a GEMM's geometry: its sizes, where each operand sits, and ``user_data``
+#: (opaque, no rule of its own). Every other field (opcode, flags, handles, dtypes, scalars,
+#: post-op kinds and parameters, reserved bytes) makes its class: see :class:`GemmClass`.
+GEOMETRY_FIELDS: tuple[str, ...] = ("user_data", "m", "n", "k", "batch") + tuple(
+    f"{p}.{s}" for p in _OPERAND_PREFIXES for s in _PLACEMENT_SUFFIXES)
+_GEMM_UNPACK = GEMM.struct.unpack_from
+_INDEX = {name: i for i, name in enumerate(GEMM.names)}
+_I_USER, _I_M, _I_N, _I_K, _I_BATCH = (_INDEX[x] for x in ("user_data", "m", "n", "k", "batch"))
+
+
+def _field_mask(names: Sequence[str]) -> int:
+    """The bits of ``names`` in a GEMM command read as one little-endian integer."""
+    where = {f.name: (pos, struct.calcsize("<" + f.fmt)) for f, pos in GEMM.offsets()}
+    mask = 0
+    for name in names:
+        pos, size = where[name]
+        mask |= ((1 << (8 * size)) - 1) << (8 * pos)
+    return mask
+
+
+_CLASS_MASK = ((1 << (8 * COMMAND_BYTES)) - 1) & ~_field_mask(GEOMETRY_FIELDS)
+#: Most GEMM classes remembered (per process; each is a few hundred bytes).
+MAX_GEMM_CLASSES = 1024
+#: (class bits of a command, id(caps)) -> GemmClass; an entry holds its caps, so the id stays its own.
+_GEMM_CLASSES: LruCache[tuple[int, int], GemmClass] = LruCache(MAX_GEMM_CLASSES)
+
+
+class _Placed(NamedTuple):
+    """A present operand of a class: where its placement fields are, and what bounds them."""
+
+    i_offset: int
+    handle: int
+    dtype: DType
+    max_stride: int  # elements: min(max_buffer_bytes, INT64_MAX) // element size (as _operand)
+    align_bytes: int
+
+
+def _placed(prefix: str, view: View, limits: Limits) -> _Placed:
+    size = DTYPES[view.dtype].itemsize_bytes
+    return _Placed(_INDEX[prefix + ".offset_bytes"], view.handle, view.dtype,
+                   min(limits.max_buffer_bytes, INT64_MAX) // size, size * limits.alignment_elems)
+
+
+def _place(v: tuple, p: _Placed, rows: int, cols: int) -> View | None:
+    """The operand's View when its placement fields pass :func:`_operand`'s rules, else None."""
+    i = p.i_offset  # offset, rows, cols, ld, batch stride: consecutive fields of the layout
+    off, r, c, ld, bs = v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]
+    if r != rows or c != cols or ld < max(1, cols) or ld > p.max_stride or off % p.align_bytes or bs > p.max_stride:
+        return None
+    return View(p.handle, p.dtype, off, rows, cols, ld, bs)
+
+
+@dataclass(frozen=True)
+class GemmClass:
+    """A GEMM validated once, less its geometry: the decision of how validation is reused.
+
+    Two commands of one class differ only in :data:`GEOMETRY_FIELDS`. The class rules (header,
+    reserved fields, dtype combination and the device's combinations, scalars, trans flags, which
+    operands are present, post-op kinds, parameters and operand dtypes) read no geometry field,
+    so they hold for every command of a validated class, on the same caps. What a new geometry
+    must still pass is the rules that read one: the size limits, each operand's shape, leading
+    dimension, alignment and strides, zeros in the placement fields of absent operands (``zero_mask``)
+    and disjoint batches of D. :meth:`check_geometry` checks exactly those, in a few
+    microseconds; when any fails it answers None and the full validator runs, so an error is
+    always the one (code, parameter, message) the full check raises.
+    """
+
+    caps: DeviceCaps
+    zero_mask: int  # placement bits of the absent operands (C, unused or operand-less post-op slots)
+    trans_a: bool
+    trans_b: bool
+    combo: GemmCombo
+    alpha: float | int
+    beta: float | int
+    a: _Placed
+    b: _Placed
+    c: _Placed | None
+    d: _Placed
+    epilogue: tuple[tuple[PostOpKind, float | int, float | int, _Placed | None], ...]
+
+    @classmethod
+    def of(cls, op: GemmOp, caps: DeviceCaps) -> GemmClass:
+        lim = caps.limits
+        present = {"a", "b", "d"} | ({"c"} if op.c is not None else set())
+        present |= {f"epilogue[{i}].operand" for i, p in enumerate(op.epilogue) if p.operand is not None}
+        absent = [f"{p}.{s}" for p in _OPERAND_PREFIXES if p not in present for s in _PLACEMENT_SUFFIXES]
+        return cls(caps, _field_mask(absent), op.trans_a, op.trans_b, op.combo, op.alpha, op.beta,
+                   _placed("a", op.a, lim), _placed("b", op.b, lim),
+                   _placed("c", op.c, lim) if op.c is not None else None, _placed("d", op.d, lim),
+                   tuple((p.kind, p.param0, p.param1,
+                          _placed(f"epilogue[{i}].operand", p.operand, lim) if p.operand is not None else None)
+                         for i, p in enumerate(op.epilogue)))
+
+    def check_geometry(self, v: tuple) -> GemmOp | None:
+        """The GemmOp of a command of this class (its fields ``v``), or None when a geometry rule fails."""
+        m, n, k, batch = v[_I_M], v[_I_N], v[_I_K], v[_I_BATCH]
+        lim = self.caps.limits
+        if m > lim.max_dim or n > lim.max_dim or k > lim.max_dim or batch > lim.max_batch:
+            return None
+        a = _place(v, self.a, *((k, m) if self.trans_a else (m, k)))
+        b = _place(v, self.b, *((n, k) if self.trans_b else (k, n)))
+        c = _place(v, self.c, m, n) if self.c is not None else None
+        d = _place(v, self.d, m, n)
+        if a is None or b is None or d is None or (c is None and self.c is not None):
+            return None
+        epilogue = []
+        for kind, p0, p1, placed in self.epilogue:
+            operand = None
+            if placed is not None:
+                shape = _OPERAND_SHAPE[kind]
+                operand = _place(v, placed, m if shape[0] else 1, n if shape[1] else 1)
+                if operand is None:
+                    return None
+            epilogue.append(ValidPostOp(kind, p0, p1, operand))
+        if batch > 1 and m and n and not _batches_disjoint(d, batch):
+            return None
+        return GemmOp(m, n, k, batch, self.trans_a, self.trans_b, self.combo, self.alpha, self.beta, a, b, c, d,
+                      tuple(epilogue), v[_I_USER])
 
 
 # --------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel, SizeBand
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
+from .rounding import INT_F32_EXACT_CHUNK
 from . import cpu_table as _table
 from .cpu_table import (CHOOSABLE, DEFAULT_CROSSOVERS, OPENBLAS_SINGLE_THREAD_MNK, Band, Choice, ClassEntry,
                         Crossovers, KernelClass, KernelTable, Library, RowKey, Threads, build_table, combo_class)
@@ -85,16 +86,29 @@ _INT_MAX = 2**31 - 1
 #: OpenBLAS runs a gemm single-threaded when m*n*k is at or below this
 #: (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), so a thread limit needs no call there.
 _SINGLE_THREAD_MNK = OPENBLAS_SINGLE_THREAD_MNK
+
+# NumPy reports the FPU's flags after a matmul (an overflow to inf would warn): the per-call paths
+# run it with every floating-point error ignored. ``np.errstate(all="ignore")`` costs ~2 us a call
+# here (it builds its error object each time); NumPy 2 keeps that object in a context variable,
+# so setting it to one prepared "ignore all" object does the same for ~0.1 us. Use as
+# ``token = _fp_ignore()`` ... ``finally: _fp_restore(token)``; any other NumPy: errstate itself.
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _FP_STATE
+    from numpy._core._ufunc_config import _make_extobj as _make_fp_state
+
+    _FP_IGNORE_ALL = _make_fp_state(all="ignore")
+    _fp_ignore: Callable[[], Any] = functools.partial(_FP_STATE.set, _FP_IGNORE_ALL)
+    _fp_restore: Callable[[Any], Any] = _FP_STATE.reset
+except (ImportError, AttributeError, TypeError):  # pragma: no cover - another NumPy
+    def _fp_ignore() -> Any:
+        state = np.errstate(all="ignore")
+        state.__enter__()
+        return state
+
+    def _fp_restore(state: Any) -> None:
+        state.__exit__(None, None, None)
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
-#: Largest k chunk whose integer dot products stay below 2**24 in magnitude (exact in f32):
-#: int8*int8: 1024 * 128**2 = 2**24; uint8*int8: 512 * 255 * 128 < 2**24; uint8*uint8: 256 * 255**2 < 2**24.
-_INT_CHUNK = {
-    (DType.I8, DType.I8): 1024,
-    (DType.I8, DType.U8): 512,
-    (DType.U8, DType.I8): 512,
-    (DType.U8, DType.U8): 256,
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -204,8 +218,11 @@ def _gemm2d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
     """
     if x.shape[0] * x.shape[1] * a.shape[1] > _SINGLE_THREAD_MNK:  # multi-threaded: NumPy's BLAS
         if alpha == 1.0 and beta == 0.0 and _blas_strides(a) and _blas_strides(b) and _blas_strides(x):
-            with np.errstate(all="ignore"):  # NumPy's own ?gemm call: ~2 us against ~8 us through ctypes
-                np.matmul(a, b, out=x)  # (errstate: NumPy reports the FPU's flags after a matmul)
+            token = _fp_ignore()  # NumPy's own ?gemm call: ~2 us against ~8 us through ctypes
+            try:
+                np.matmul(a, b, out=x)
+            finally:
+                _fp_restore(token)
             return True
         return _gemm2d_strided(blas, alpha, a, b, beta, x)
     args = _f2py_operands(a, b, x)
@@ -310,8 +327,11 @@ def _gemm3d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
     if alpha == 1.0 and beta == 0.0 and _blas_strides(a[0]) and _blas_strides(b[0]) and _blas_strides(x[0]):
         # numpy.matmul loops over the batch in C with one ?gemm per entry: 1.2x (8 x 256^3) to 14x
         # (12 x 1x64x40) faster than one Python-level call per entry (docs/kernels.md, "Batched GEMMs")
-        with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+        token = _fp_ignore()
+        try:
             np.matmul(a, b, out=x)
+        finally:
+            _fp_restore(token)
         return True
     if m * n * k < _LOOP_MIN_MNK:
         return False  # numpy.matmul's C loop beats one Python-level call per entry
@@ -346,16 +366,14 @@ def _matmul_axpby(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np
 #: f16 casts in NumPy are scalar code (several ns an element): above this many elements they
 #: are split across two threads (the casts release the GIL).
 _PAR_CAST_MIN = 1 << 20
-_POOL: Any = None
 
 
+@functools.lru_cache(maxsize=1)
 def _pool() -> Any:
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
+    """The process's two cast threads (created on first use, as :func:`_one_thread`)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ffaccel-cpu-cast")
-    return _POOL
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="ffaccel-cpu-cast")
 
 
 def _cast_into(dst: np.ndarray, src: np.ndarray, parallel: bool) -> None:
@@ -601,7 +619,7 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
         # a linear layer's GEMM + bias: the bias broadcast into D, then BLAS adds the product to it
         # (beta = 1): D = alpha * A @ B + bias, the same sum as the separate pass, with no pass
         # and no floating-point state to save (a NumPy errstate costs ~1 us at 8 x 8)
-        copyto, f2py, add, errstate = np.copyto, blas.f2py, np.add, np.errstate
+        copyto, f2py, add = np.copyto, blas.f2py, np.add
         small = op.m * op.n * op.k <= _SINGLE_THREAD_MNK
 
         def kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
@@ -609,9 +627,12 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
             if not small and alpha == 1.0 and _blas_strides(a2) and _blas_strides(b2) and _blas_strides(x):
                 # multi-threaded: NumPy's own ?gemm call, then the bias (a pass over D costs less
                 # than the ~8 us of a ctypes call with beta = 1 at these sizes)
-                with errstate(all="ignore"):  # inf - inf is NaN, as intended
+                token = _fp_ignore()  # inf - inf is NaN, as intended
+                try:
                     np.matmul(a2, b2, out=x)
                     add(x, epi[0][0], out=x)
+                finally:
+                    _fp_restore(token)
                 return
             copyto(x, epi[0][0])
             if small and a2.flags.c_contiguous and b2.flags.c_contiguous and x.flags.c_contiguous:
@@ -728,21 +749,27 @@ def _plan_gemv(op: GemmOp) -> Kernel | None:
                     with np.errstate(all="ignore"):
                         _matmul_axpby(alpha, a2, b2, 1.0, x)
                 return
-            with np.errstate(all="ignore"):  # NumPy's ?gemv (NumPy reports the FPU's flags), then the bias
+            token = _fp_ignore()  # NumPy's ?gemv, then the bias
+            try:
                 if alpha == 1.0:
                     matmul(a2, b2, out=x)
                 else:
                     _matmul_axpby(alpha, a2, b2, 0.0, x)
                 np.add(x, epi[0][0], out=x)
+            finally:
+                _fp_restore(token)
             return
         if reads_c and not in_place:
             copyto(x, c[0])  # type: ignore[index]  # C has D's dtype
         if not _gemv_into(alpha, a2, b2, beta_eff, y):
-            with np.errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+            token = _fp_ignore()
+            try:
                 if beta_eff == 0.0 and alpha == 1.0:
                     matmul(a2, b2, out=x)
                 else:
                     _matmul_axpby(alpha, a2, b2, beta_eff, x)
+            finally:
+                _fp_restore(token)
         if steps:
             _run_steps(steps, d, epi)
 
@@ -783,7 +810,7 @@ def _plan_int(op: GemmOp, product: Callable[..., np.ndarray | None] | None = Non
     """The int8 kernel: the exact product from ``product`` (oneDNN's u8 x s8, see
     :mod:`ffaccel.drivers.cpu_onednn`) when given and it takes the layout, else from f32
     GEMMs on exact k chunks; alpha, beta and the epilogue in wrapping uint32 either way."""
-    chunk = _INT_CHUNK[(op.combo.a, op.combo.b)]
+    chunk = INT_F32_EXACT_CHUNK[(op.combo.a, op.combo.b)]
     ua, ub = _U32(int(op.alpha) & _MASK32), _U32(int(op.beta) & _MASK32)
     reads_ab, reads_c, in_place = op.reads_ab, op.reads_c, op.in_place
     steps = _int_steps(op)
@@ -1036,7 +1063,10 @@ class CpuDriver(Driver):
 
     def _kernels(self) -> tuple[Any, KernelTable]:
         """(oneDNN library or None, this driver's kernel table)."""
-        return _resolved(tuple(sorted(self.kernel_choice.items())), self.threads, None, _SINGLE_THREAD_MNK)
+        key = self.__dict__.get("_choice_key")
+        if key is None or key[0] is not self.kernel_choice:  # (sorting the choice each time cost ~2 us a GEMM plan)
+            key = self._choice_key = (self.kernel_choice, tuple(sorted(self.kernel_choice.items())))
+        return _resolved(key[1], self.threads, None, _SINGLE_THREAD_MNK)
 
     def kernel_table(self) -> KernelTable:
         """The table every kernel choice of this driver reads (:mod:`ffaccel.drivers.cpu_table`)."""
@@ -1194,7 +1224,7 @@ class CpuDriver(Driver):
             if (band.threads == Threads.SHARED and _torch_loaded()
                     and op.m * op.n * op.k > _SINGLE_THREAD_MNK):
                 return None  # held to one thread around the call: the prepared kernel does that
-            matmul, errstate, empty = np.matmul, np.errstate, np.empty
+            matmul, empty = np.matmul, np.empty
             alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
 
             single = op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
@@ -1203,21 +1233,27 @@ class CpuDriver(Driver):
                 d = empty(shape, dt)  # ?gemv (what NumPy's @ runs for a matrix-vector product) into it
                 if single and _gemv_into(alpha, a, b, 0.0, d[0] if shape[0] == 1 else d[:, 0]):
                     return d
-                with errstate(all="ignore"):  # NumPy reports the FPU's flags after a matmul
+                token = _fp_ignore()
+                try:
                     if alpha == 1.0:
                         return matmul(a, b, out=d)
                     _matmul_axpby(alpha, a, b, 0.0, d)
+                finally:
+                    _fp_restore(token)
                 return d
 
             return gemv
         on_blas = band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())
         if (on_blas and float(op.alpha) == 1.0 and self._limit is None
                 and (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
-            matmul, errstate = np.matmul, np.errstate
+            matmul = np.matmul
 
             def numpys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                with errstate(all="ignore"):  # NumPy's own multi-threaded ?gemm call, as @ makes it
+                token = _fp_ignore()  # NumPy's own multi-threaded ?gemm call, as @ makes it
+                try:
                     return matmul(a, b)
+                finally:
+                    _fp_restore(token)
 
             return numpys
         if band.library != Library.BLAS or band.threads != Threads.CALLER:
@@ -1234,9 +1270,10 @@ class CpuDriver(Driver):
         """A linear layer's tiny GEMM + bias (f32/f64, the bias alone, OpenBLAS on the calling
         thread): a new D filled with the bias, and one f2py ?gemm adding alpha * A @ B to it
         (beta = 1). Layouts the one call cannot take run the prepared kernel into that D."""
-        if (len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)
-                or not self._fast_paths_ok(op)):
+        if len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M):
             return None
+        if not self._fast_paths_ok(op):
+            return self._fresh_gemv_with_bias(op)
         f2py = (_DGEMM if op.combo.acc == DType.F64 else _SGEMM).f2py
         kernel = self.prepare_gemm(op)
         alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(op.combo.d)
@@ -1252,6 +1289,31 @@ class CpuDriver(Driver):
                     copyto(d, r.T)
                 return d
             kernel(a[None], b[None], None, d[None], epi)
+            return d
+
+        return fresh
+
+    def _fresh_gemv_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
+        """A skinny linear layer (m or n = 1, the bias alone, alpha 1) where NumPy's OpenBLAS threads
+        its ?gemv: ``numpy.matmul`` into a new D, then the bias added in place, as ``a @ b + bias``
+        does (the prepared kernel's path, without the batch axes and D the front-end would make).
+        Not where the band holds OpenBLAS to one thread around the call (PyTorch loaded): None."""
+        band = self.band(op)
+        if (band.library != Library.GEMV or float(op.alpha) != 1.0 or self._limit is not None
+                or op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
+                or not (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
+            return None
+        matmul, add, empty = np.matmul, np.add, np.empty
+        shape, dt = (op.m, op.n), numpy_dtype(op.combo.d)
+
+        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
+            d = empty(shape, dt)
+            token = _fp_ignore()  # inf - inf is NaN, as intended
+            try:
+                matmul(a, b, out=d)
+                add(d, epi[0][0], out=d)
+            finally:
+                _fp_restore(token)
             return d
 
         return fresh

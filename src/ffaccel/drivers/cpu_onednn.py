@@ -30,7 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from ..abi import GemmOp, LruCache
-from ..spec import DType, PostOpKind
+from ..spec import OPERAND_POST_OPS, DType, PostOpKind
 from . import onednn
 from .onednn import DnnlPostOp, Library, Matmul, OneDNNError, Operand
 
@@ -38,7 +38,7 @@ Kernel = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tupl
 _U32 = np.uint32
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _ELTWISE = {PostOpKind.GELU_ERF: onednn.GELU_ERF, PostOpKind.GELU_TANH: onednn.GELU_TANH}
-_BINARY = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+_BINARY = OPERAND_POST_OPS  # oneDNN binary post-ops: those with an operand
 #: Most primitives one kernel keeps (one per distinct set of operand strides).
 _MAX_PRIMS = 8
 

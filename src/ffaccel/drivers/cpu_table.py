@@ -185,8 +185,12 @@ def combo_class(combo: Any) -> KernelClass:
     """The kernel class of a dtype combination."""
     if combo.is_int:
         return KernelClass.INT8
-    return {DType.F32: KernelClass.F32, DType.BF16: KernelClass.BF16, DType.F16: KernelClass.F16,
-            DType.F64: KernelClass.F64}[combo.a]
+    return _FLOAT_CLASS[combo.a]
+
+
+#: The kernel class of each float input dtype.
+_FLOAT_CLASS = {DType.F32: KernelClass.F32, DType.BF16: KernelClass.BF16, DType.F16: KernelClass.F16,
+                DType.F64: KernelClass.F64}
 
 
 def parse_kernels(spec: str | None, env_name: str = "FFACCEL_CPU_KERNELS") -> dict[KernelClass, Choice]:

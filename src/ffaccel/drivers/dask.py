@@ -55,6 +55,7 @@ import numpy as np
 
 from ..abi import CopyOp, DeviceCaps, Gemm, GemmOp, LruCache, Matrix, PostOpDesc, check_command
 from ..spec import (
+    OPERAND_POST_OPS,
     DType,
     ErrorCode,
     FFAccelError,
@@ -76,7 +77,7 @@ DEFAULT_MIN_FLOPS = 2**30
 K_DOMINATES = 2
 _U32 = np.uint32
 _MASK32 = 0xFFFF_FFFF
-_OPERANDED = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+_OPERANDED = OPERAND_POST_OPS
 
 
 def _import_distributed() -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from ..spec import PostOpKind
+from ..spec import OPERAND_POST_OPS, PostOpKind
 
 Step = Callable[[np.ndarray, tuple], None]
 _U32 = np.uint32
@@ -31,7 +31,7 @@ _MASK32 = 0xFFFF_FFFF
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 #: The post-ops that carry an operand (a vector over n or m, or an m x n residual).
-OPERAND_KINDS = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+OPERAND_KINDS = OPERAND_POST_OPS
 
 
 def gelu_erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..abi import CopyOp, GemmOp
-from ..spec import DTYPES, DType, PostOpKind
+from ..spec import DTYPES, OPERAND_POST_OPS, DType, PostOpKind
 from ..spec.accuracy import gemm_error_bound
 from .base import Driver
 from .epilogue import gelu_erf, gelu_tanh
@@ -359,7 +359,7 @@ def _within_acc_range(x: np.ndarray, acc: DType) -> np.ndarray:
 
 def _float_post_op(kind: PostOpKind, p0: float, p1: float, x: np.ndarray, v: np.ndarray | None) -> np.ndarray:
     with np.errstate(all="ignore"):  # overflow to inf and NaN propagation are the intended IEEE results
-        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+        if kind in OPERAND_POST_OPS:
             if v is None:
                 raise ValueError(f"post-op {kind.name} needs its operand")
             return x + v.astype(np.float64)  # exact widening from acc or D's dtype
@@ -378,7 +378,7 @@ def _float_post_op(kind: PostOpKind, p0: float, p1: float, x: np.ndarray, v: np.
 
 def _int_post_op(kind: PostOpKind, p0: int, p1: int, x: np.ndarray, v: np.ndarray | None) -> np.ndarray:
     """One post-op on wrapped int32 values held as Python ints; the result is wrapped again."""
-    if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+    if kind in OPERAND_POST_OPS:
         if v is None:
             raise ValueError(f"post-op {kind.name} needs its operand")
         y = x + v.astype(np.int64).astype(object)

@@ -20,6 +20,26 @@ from ..spec import DTYPES, DType
 _INT32_MASK = 0xFFFF_FFFF
 
 
+def _exact_f32_k_chunk(a: DType, b: DType) -> int:
+    """The largest power-of-two k whose integer dot products of a and b stay within 2**24 in
+    magnitude, where float32 holds every integer exactly (int8*int8: 1024 * 128**2 = 2**24;
+    uint8*int8: 512 * 255 * 128 < 2**24; uint8*uint8: 256 * 255**2 < 2**24)."""
+    def largest(dt: DType) -> int:
+        info = np.iinfo(DTYPES[dt].numpy)
+        return max(-int(info.min), int(info.max))
+
+    k = (1 << 24) // (largest(a) * largest(b))
+    return 1 << (k.bit_length() - 1)
+
+
+#: k chunk of an exact integer GEMM through float32 GEMMs, per (a, b) int8/uint8 pair: every
+#: driver that sums int8 products in float32 cuts k into chunks of this size.
+INT_F32_EXACT_CHUNK: dict[tuple[DType, DType], int] = {
+    (a, b): _exact_f32_k_chunk(a, b) for a in (DType.I8, DType.U8) for b in (DType.I8, DType.U8)}
+assert INT_F32_EXACT_CHUNK == {(DType.I8, DType.I8): 1024, (DType.I8, DType.U8): 512, (DType.U8, DType.I8): 512,
+                               (DType.U8, DType.U8): 256}
+
+
 def _to_f32_odd(x: np.ndarray) -> np.ndarray:
     """float64 -> float32 rounded to odd: truncate toward zero, then set the last bit if inexact.
 

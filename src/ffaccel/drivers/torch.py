@@ -48,9 +48,9 @@ import numpy as np
 import torch
 
 from ..abi import CopyOp, DeviceCaps, GemmOp, LruCache
-from ..spec import DTYPES, DType, PostOpKind, violation
+from ..spec import DTYPES, OPERAND_POST_OPS, DType, PostOpKind, violation
 from .base import Driver, GemmKernel
-from .rounding import round_to
+from .rounding import INT_F32_EXACT_CHUNK, round_to
 
 TORCH_DTYPES: dict[DType, torch.dtype] = {
     DType.F64: torch.float64, DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16,
@@ -59,9 +59,6 @@ TORCH_DTYPES: dict[DType, torch.dtype] = {
 NATIVE_KINDS = ("bf16", "f16", "int8")
 NATIVE_ENV = "FFACCEL_TORCH_NATIVE"
 _BF16_NP = np.dtype(ml_dtypes.bfloat16)
-#: k chunk whose integer partial sums stay below 2**24 (exact in f32), as in the cpu driver.
-_INT_CHUNK = {(DType.I8, DType.I8): 1024, (DType.I8, DType.U8): 512, (DType.U8, DType.I8): 512,
-              (DType.U8, DType.U8): 256}
 
 
 # --------------------------------------------------------------------------------------
@@ -313,7 +310,7 @@ def _float_steps(op: GemmOp, dev: torch.device) -> list[Step]:
     steps: list[Step] = []
     for i, p in enumerate(op.epilogue):
         kind = p.kind
-        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+        if kind in OPERAND_POST_OPS:
             # an f16/bf16 operand is widened exactly by type promotion into x's f32
             steps.append(lambda x, epi, i=i: x.add_(as_tensor(epi[i], dev)))
         elif kind == PostOpKind.RELU:
@@ -336,7 +333,7 @@ def _int_steps(op: GemmOp, dev: torch.device) -> list[Step]:
     steps: list[Step] = []
     for i, p in enumerate(op.epilogue):
         kind = p.kind
-        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+        if kind in OPERAND_POST_OPS:
             steps.append(lambda x, epi, i=i: _wrap32(x + as_tensor(epi[i], dev).to(torch.int64)))
         elif kind == PostOpKind.RELU:
             steps.append(lambda x, epi: x.clamp_(min=0))
@@ -536,7 +533,7 @@ class TorchDriver(Driver):
     def _plan_int(self, op: GemmOp) -> GemmKernel:
         dev = self.device
         native = "int8" in self.native and _int_mm_ok(dev, op.m, op.k, op.n)
-        chunk = _INT_CHUNK[(op.combo.a, op.combo.b)]
+        chunk = INT_F32_EXACT_CHUNK[(op.combo.a, op.combo.b)]
         alpha, beta = int(op.alpha), int(op.beta)
         reads_ab, reads_c = op.reads_ab, op.reads_c
         steps = _int_steps(op, dev)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
@@ -27,13 +28,17 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from ..abi import Gemm, Matrix, PostOpDesc
+from ..abi import Gemm, Matrix, PostOpDesc, pack_gemm
 from ..runtime import Device, resolve_device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, PostOpKind, dtype_of_numpy, violation
 from ..spec.errors import format_path
 from .post import PostOp, real_scalar
 
 _INPUT_DTYPES = sorted({c.a for c in GEMM_COMBOS})
+#: (a, b) -> the spec's GEMM combinations of those operand dtypes, in the spec's order.
+_COMBOS_OF: dict[tuple[DType, DType], list] = {}
+for _c in GEMM_COMBOS:
+    _COMBOS_OF.setdefault((_c.a, _c.b), []).append(_c)
 _ALLOWED_NAMES = "float64, float32, float16, bfloat16, int8 or uint8"
 #: How the validator's descriptor fields are named in matmul's own arguments.
 _MATMUL_NAMES = {"epilogue": "post_ops", "epilogue_count": "post_ops"}
@@ -69,7 +74,7 @@ def gemm_dtypes(a_dt: DType, b_dt: DType, out_dtype: Any) -> tuple[DType, DType]
     """(acc, d) for the operand dtypes and the requested output dtype (None: the default D), from
     the spec's GEMM combinations; FFAccelError ``api.dtype`` (on ``b`` or ``out_dtype``) when none
     fits: no silent promotion. Shared with the CBLAS front-end."""
-    matches = [c for c in GEMM_COMBOS if (c.a, c.b) == (a_dt, b_dt)]
+    matches = _COMBOS_OF.get((a_dt, b_dt), ())
     if not matches:
         allowed = sorted(DTYPES[c.b].name for c in GEMM_COMBOS if c.a == a_dt)
         raise violation("api.dtype", DTYPES[b_dt].name, f"{allowed} with a of {DTYPES[a_dt].name} "
@@ -162,6 +167,10 @@ class _Operand(NamedTuple):
 
     def matrix(self, slot: int) -> Matrix:
         return Matrix(slot, self.dtype, self.rows, self.cols, self.layout.ld, 0, self.layout.batch_stride)
+
+    def values(self, slot: int) -> tuple:
+        """The descriptor operand's fields, as :meth:`ffaccel.abi.Matrix.values` gives them."""
+        return (slot, self.dtype, 0, self.rows, self.cols, self.layout.ld, self.layout.batch_stride)
 
     def geometry(self) -> tuple:
         return (self.dtype, self.rows, self.cols, self.layout)
@@ -310,6 +319,9 @@ def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.
     """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``."""
     if len(operand_views) == 1 and operand_views[0] is not None:
         view = operand_views[0]
+        shape = getattr(view, "reshape_to", None)
+        if shape is not None:  # the view is a reshape: done here, one Python call less per call (8 x 8 + bias)
+            return lambda a, b, post_ops: fresh(a, b, (post_ops[0].operand.reshape(shape),))
         return lambda a, b, post_ops: fresh(a, b, (view(post_ops[0].operand),))
     return lambda a, b, post_ops: fresh(a, b, tuple(v(p.operand) if v is not None else None
                                                     for v, p in zip(operand_views, post_ops)))
@@ -338,8 +350,11 @@ def _operand_view(user: np.ndarray, view: np.ndarray, trans: bool = False
         makers: tuple = (lambda v: v.swapaxes(-1, -2).reshape(shape), lambda v: v.swapaxes(-1, -2)[None],
                          lambda v: np.broadcast_to(v.swapaxes(-1, -2).reshape(shape[1:]), shape))
     else:
-        makers = (lambda v: v.reshape(shape), lambda v: v[None],
-                  lambda v: np.broadcast_to(v.reshape(shape[1:]), shape))
+        def reshape(v: np.ndarray) -> np.ndarray:
+            return v.reshape(shape)
+
+        reshape.reshape_to = shape  # type: ignore[attr-defined]  # (plans inline it: see _fresh_plan)
+        makers = (reshape, lambda v: v[None], lambda v: np.broadcast_to(v.reshape(shape[1:]), shape))
     for make in makers:
         try:
             got = make(user)
@@ -440,8 +455,16 @@ def matmul(
                     post_ops = (post_ops,)
                 elif type(post_ops) not in (list, tuple):  # a generator must not be consumed here
                     raise TypeError
+                if len(post_ops) == 1:  # a linear layer's bias: _post_key inlined (a call costs ~0.2 us here)
+                    p = post_ops[0]
+                    p0, p1, v = p.param0, p.param1, p.operand
+                    p0 = p0.hex() if p0.__class__ is float else p0
+                    p1 = p1.hex() if p1.__class__ is float else p1
+                    pk = ((p.kind, p0, p1) if v is None else (p.kind, p0, p1, v.shape, v.strides, v.dtype),)
+                else:
+                    pk = _post_key(post_ops)
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
-                       out_dtype, _post_key(post_ops))
+                       out_dtype, pk)
             else:
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
                        out_dtype)
@@ -711,22 +734,28 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
            p.a_op.geometry(), p.b_op.geometry(), c_op.geometry() if c_op is not None else None, d_op.geometry(),
            tuple((e.kind, _scalar_key(e.param0), _scalar_key(e.param1),
                   e.operand.geometry() if e.operand is not None else None) for e in epilogue))
-    cached = dev.frontend_plans.get(key)
+    plans = dev.frontend_plans
+    cached = plans.peek(key) or plans.get(key)
     if cached is not None:
         return (*cached, True)
-    d_mat = d_op.matrix(_Slot.D)
-    gemm = Gemm(
-        m=p.m, n=p.n, k=p.k, batch=p.batch, a=p.a_op.matrix(_Slot.A), b=p.b_op.matrix(_Slot.B),
-        c=None if c_op is None else d_mat if in_place else c_op.matrix(_Slot.C), d=d_mat,
-        alpha=alpha, beta=beta, trans_a=p.a_op.layout.transposed, trans_b=p.b_op.layout.transposed,
-        acc_dtype=p.acc, epilogue=tuple(
-            PostOpDesc(e.kind, real_argument(e.param0, f"post_ops[{i}].param0"),
-                       real_argument(e.param1, f"post_ops[{i}].param1"),
-                       e.operand.matrix(_Slot.POST + i) if e.operand is not None else None)
-            for i, e in enumerate(epilogue)),
-    )
+    epi = tuple((e.kind, real_argument(e.param0, f"post_ops[{i}].param0"),
+                 real_argument(e.param1, f"post_ops[{i}].param1"),
+                 e.operand.values(_Slot.POST + i) if e.operand is not None else None) for i, e in enumerate(epilogue))
+    d_val = d_op.values(_Slot.D)
     try:
-        descriptor = gemm.encode()
+        try:  # the descriptor straight from the operands' fields (no dataclasses: a new geometry pays this)
+            descriptor = pack_gemm(p.m, p.n, p.k, p.batch, p.a_op.layout.transposed, p.b_op.layout.transposed,
+                                   p.acc, alpha, beta, p.a_op.values(_Slot.A), p.b_op.values(_Slot.B),
+                                   None if c_op is None else d_val if in_place else c_op.values(_Slot.C), d_val, epi)
+        except (struct.error, TypeError, ValueError, OverflowError):  # a size wider than its field: named by encode
+            descriptor = Gemm(
+                m=p.m, n=p.n, k=p.k, batch=p.batch, a=p.a_op.matrix(_Slot.A), b=p.b_op.matrix(_Slot.B),
+                c=None if c_op is None else d_op.matrix(_Slot.D) if in_place else c_op.matrix(_Slot.C),
+                d=d_op.matrix(_Slot.D), alpha=alpha, beta=beta, trans_a=p.a_op.layout.transposed,
+                trans_b=p.b_op.layout.transposed, acc_dtype=p.acc,
+                epilogue=tuple(PostOpDesc(kind, p0, p1, e.operand.matrix(_Slot.POST + i) if e.operand is not None
+                                          else None) for i, ((kind, p0, p1, _), e) in enumerate(zip(epi, epilogue))),
+            ).encode()
         kernel = dev.gemm_kernel(descriptor, descriptor)
     except FFAccelError as e:
         raise e.renamed(_MATMUL_NAMES) from None

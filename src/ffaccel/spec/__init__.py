@@ -13,6 +13,7 @@ from .ops import (
     COPY_CONVERSIONS,
     ENGINE_OPCODES,
     GEMM_COMBOS,
+    OPERAND_POST_OPS,
     POST_OPS,
     SPEC_LIMITS,
     SPEC_VERSION,
@@ -27,6 +28,6 @@ from .rules import RULES, Rule, violation
 __all__ = [
     "ACCURACY_C", "COMBO_BIT", "COMBO_BY_DTYPES", "COPY_BIT", "COPY_CONVERSIONS", "DTYPES", "DType",
     "DTypeInfo", "ENGINE_OPCODES", "ERROR_MEANINGS", "Engine", "ErrorCode", "FFAccelError", "GEMM_COMBOS",
-    "GemmCombo", "Limits", "Opcode", "POST_OPS", "PostOpKind", "RULES", "Rule", "SPEC_LIMITS", "SPEC_VERSION",
+    "GemmCombo", "Limits", "OPERAND_POST_OPS", "Opcode", "POST_OPS", "PostOpKind", "RULES", "Rule", "SPEC_LIMITS", "SPEC_VERSION",
     "dtype_by_name", "dtype_of_numpy", "itemsize", "numpy_dtype", "violation",
 ]

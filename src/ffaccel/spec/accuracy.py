@@ -29,7 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from .dtypes import DTYPES, DType
-from .ops import ACCURACY_C, PostOpKind
+from .ops import ACCURACY_C, OPERAND_POST_OPS, PostOpKind
 
 GELU_LIPSCHITZ = 1.13
 GELU_EVAL_UNITS = 8.0
@@ -85,7 +85,7 @@ def gemm_error_bound(
         mag = mag + abs(beta) * abs_c
     e = ACCURACY_C * (k + 2) * u * mag
     for kind, x, y, s in stages:
-        if kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD):
+        if kind in OPERAND_POST_OPS:
             e = e + u * np.abs(y)
         elif kind == PostOpKind.SCALE:
             e = abs(s) * e + u * np.abs(y)

@@ -78,6 +78,9 @@ POST_OPS: dict[PostOpKind, PostOpSpec] = {
         PostOpSpec(PostOpKind.ADD, "add(E)", (), True, True, "x + E[i, j]; E is an m x n operand"),
     )
 }
+#: The post-ops that carry an operand (a vector over n or m, or an m x n residual): read from
+#: ``POST_OPS[k].has_operand``, the one place that says so.
+OPERAND_POST_OPS: frozenset[PostOpKind] = frozenset(k for k, spec in POST_OPS.items() if spec.has_operand)
 
 
 @dataclass(frozen=True)
