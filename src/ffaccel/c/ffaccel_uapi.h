@@ -119,6 +119,7 @@ enum ffa_ring_server_flags {
 /* ffa_ring_header.client_flags */
 enum ffa_ring_client_flags {
 	FFA_RING_CLIENT_WAITING = 1,	/* the client sleeps on its wake eventfd: signal it after publishing completions */
+	FFA_RING_CLIENT_FUTEX_WAITING = 2,	/* the client sleeps in FUTEX_WAIT on cq_tail: FUTEX_WAKE cq_tail after publishing completions */
 };
 
 /* ffa_sqe.flags */

@@ -188,6 +188,7 @@ class RingServerFlags(IntEnum):
 
 class RingClientFlags(IntEnum):
     WAITING = 1    # the client sleeps on its wake eventfd: signal it after publishing completions
+    FUTEX_WAITING = 2  # the client sleeps in FUTEX_WAIT on cq_tail: FUTEX_WAKE cq_tail after publishing completions
 
 
 SQE_HEADER = Layout("ffa_sqe", "A submission queue entry's header; COMMAND_BYTES of ABI command follow.", (

@@ -271,9 +271,10 @@ class SocketTransport:
         sock = self._sock
         recv = sock.recv
         spin = self._spin
-        spin.start()
-        spinning = True
-        if not spinning:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
+        spinning = spin.start()
+        if spinning:
+            os.sched_yield()  # once: the server our request woke may wait for this very CPU (SpinBudget)
+        else:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
             self._wait_ready(_POLLIN, deadline)
         buf: bytes | bytearray = b""
         want = -1  # bytes of the whole reply, once its header is in
@@ -295,6 +296,8 @@ class SocketTransport:
             if spinning:
                 spin.paid()
                 spinning = False
+            elif not buf:
+                spin.found_after_sleep()
             if not data:
                 raise EOFError("peer closed the connection")
             if not buf:
