@@ -115,3 +115,20 @@ def test_a_stretched_spin_and_a_zero_budget(clock: FakeClock) -> None:
     assert not z.start() and _spin(z, clock) == 0
     clock.now += 10 * SpinBudget.PROBE_S
     assert not z.start()  # a zero budget never probes
+
+
+def test_an_answer_right_after_the_spin_gave_up_backs_off(clock: FakeClock) -> None:
+    # the peer waited behind this spinner on its CPU and ran the moment the spinner slept
+    s = SpinBudget(200)
+    _spin(s, clock)
+    clock.now += 20e-6
+    s.found_after_sleep()
+    assert s.cur_s == 0.0
+    clock.now += SpinBudget.PROBE_MIN_S
+    _spin(s, clock)
+    clock.now += 5e-3  # an answer long after the spin: the peer was just slow, spinning goes on
+    s.found_after_sleep()
+    assert s.cur_s == pytest.approx(200e-6)
+    s.start()
+    s.found_after_sleep()  # a sleep without an empty spin before it (backed off, or no spin) changes nothing
+    assert s.cur_s == pytest.approx(200e-6)

@@ -272,9 +272,7 @@ class SocketTransport:
         recv = sock.recv
         spin = self._spin
         spinning = spin.start()
-        if spinning:
-            os.sched_yield()  # once: the server our request woke may wait for this very CPU (SpinBudget)
-        else:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
+        if not spinning:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
             self._wait_ready(_POLLIN, deadline)
         buf: bytes | bytearray = b""
         want = -1  # bytes of the whole reply, once its header is in

@@ -8,7 +8,6 @@ is dropped after ``stall_s``. Receive memory per connection is bounded by one me
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import struct
@@ -77,8 +76,6 @@ class Inbox:
         if not self.first and not self.buf:
             spin = self.spin
             spinning = spin.start()  # False: backed off, block at once
-            if spinning:
-                os.sched_yield()  # once: the client our reply woke may wait for this very CPU (SpinBudget)
             while spinning and spin.keep_spinning():
                 try:
                     data, anc, _flags, _ = recvmsg(READ_BYTES, _CMSG_FDS, socket.MSG_DONTWAIT)
