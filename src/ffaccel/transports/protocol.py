@@ -184,6 +184,7 @@ class RingServerFlags(IntEnum):
     SLEEPING = 1   # the server stopped polling: ring the doorbell after publishing sq_tail
     CQ_FULL = 2    # the CQ had no free slot: the server stopped consuming the SQ until the client reaps
     BROKEN = 4     # the client broke a ring rule (see error, error_id); the ring is no longer served
+    FUTEX_WAKES = 8  # set at setup: the server wakes FUTEX_WAITING clients (FUTEX_WAKE on cq_tail)
 
 
 class RingClientFlags(IntEnum):

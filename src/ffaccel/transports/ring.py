@@ -110,6 +110,8 @@ class RingTransport(SocketTransport):
         self._sq_tail_word, self._sq_head_word = self._w["sq_tail"], self._w["sq_head"]
         self._server_flags = self._w["server_flags"]
         self._cq_tail_address = ctypes.addressof(self._w["cq_tail"])
+        # sleep on the futex only with a server that says it wakes it (an older one would not)
+        self._futex = futex.AVAILABLE and bool(self._server_flags.value & RingServerFlags.FUTEX_WAKES)
         self._sq_tail = 0  # our own copies of the indices we write
         self._cq_head = 0
         self._seq = 0
@@ -205,7 +207,7 @@ class RingTransport(SocketTransport):
         after our last look ends the wait at once. A nap that ends with nothing looks whether
         the server closed the connection (the socket turns readable).
         """
-        if not futex.AVAILABLE:
+        if not (self._futex and futex.AVAILABLE):
             cq_tail = self._w["cq_tail"]
             self._sleep(deadline_ns, lambda: cq_tail.value != self._cq_head)
             return

@@ -123,7 +123,8 @@ class Ring:
         self.broken = False
         self.parked = False  # CQ full or the client's queue full: not read until that changes
         hdr = dict.fromkeys(RING_HEADER.names, 0)
-        hdr.update(entries=entries, sq_offset_bytes=sq_off, cq_offset_bytes=cq_off)
+        hdr.update(entries=entries, sq_offset_bytes=sq_off, cq_offset_bytes=cq_off,
+                   server_flags=int(RingServerFlags.FUTEX_WAKES) if futex.AVAILABLE else 0)
         RING_HEADER.struct.pack_into(self.mm, 0, *hdr.values())
         self.words = ring_words(self.mm)
         self._sq_tail_word = self.words["sq_tail"]  # the words the hot path touches, looked up once
