@@ -121,12 +121,12 @@ def test_an_answer_right_after_the_spin_gave_up_backs_off(clock: FakeClock) -> N
     # the peer waited behind this spinner on its CPU and ran the moment the spinner slept
     s = SpinBudget(200)
     _spin(s, clock)
-    clock.now += 20e-6
+    clock.now += 150e-6  # within one budget (200 us) of giving up
     s.found_after_sleep()
     assert s.cur_s == 0.0
     clock.now += SpinBudget.PROBE_MIN_S
     _spin(s, clock)
-    clock.now += 5e-3  # an answer long after the spin: the peer was just slow, spinning goes on
+    clock.now += 5e-3  # an answer many budgets after the spin: the peer was just slow, spinning goes on
     s.found_after_sleep()
     assert s.cur_s == pytest.approx(200e-6)
     s.start()
