@@ -294,3 +294,36 @@ def test_pytorch_offload_through_the_server(server, path) -> None:
             got = mlp(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert session.stats["offloaded_calls"] == 2 and session.stats["host_calls"] == 0
+
+
+@pytest.mark.parametrize("wake", ["futex", "eventfd"])
+def test_a_ring_client_that_never_spins_is_woken_by_the_server(server, monkeypatch, wake) -> None:
+    # poll_us=0: the client sleeps for every completion, on the futex of its cq_tail (the server wakes
+    # it from the thread that published the completion) or, where futexes are not available, on its
+    # eventfd (through the server's waker thread). The nap is made long: a wake the server forgot
+    # would show as a nap that ran out, not as a slow test passing.
+    from ffaccel.transports import futex
+    from ffaccel.transports import ring as ring_mod
+    monkeypatch.setattr(ring_mod, "_NAP_S", 600.0)
+    if wake == "eventfd":
+        monkeypatch.setattr(futex, "AVAILABLE", False)
+    outcomes: list[bool] = []
+    real_wait = futex.wait
+
+    def counted_wait(address: int, expected: int, timeout_s: float) -> bool:
+        woken = real_wait(address, expected, timeout_s)
+        outcomes.append(woken)
+        return woken
+    monkeypatch.setattr(futex, "wait", counted_wait)
+    rng = np.random.default_rng(7)
+    with ffaccel.open(f"{server.name('ring')}&poll_us=0&timeout_s=20") as dev:
+        for _ in range(20):
+            a, b = rng.standard_normal((8, 8), np.float32), rng.standard_normal((8, 8), np.float32)
+            A, B, D, g = _gemm(dev, a, b)
+            dev.submit([g]).wait(timeout_ns=10**10)
+            np.testing.assert_allclose(D.read(np.float32, 64).reshape(8, 8), a @ b, rtol=1e-5, atol=1e-5)
+        assert dev._transport._w["client_flags"].value == 0  # no sleep left a WAITING flag behind
+    if wake == "futex":
+        assert outcomes and all(outcomes)  # every sleep ended by the server's wake (or a completion already there)
+    else:
+        assert outcomes == []

@@ -5,123 +5,130 @@ from __future__ import annotations
 import pytest
 
 from ffaccel.transports import spin as spin_mod
-from ffaccel.transports.spin import SpinBudget
+from ffaccel.transports.spin import GAP_S, PREEMPTED_MIN_LOST_S, SpinBudget
+
+POLL_S = 2e-6  # one poll of a spinner: far under GAP_S
 
 
 class FakeClock:
     def __init__(self) -> None:
-        self.wall = 100.0
-        self.ran = 10.0  # seconds this thread ran on a CPU
-        self.waited = 1.0  # seconds it was runnable but waited for a CPU
-
-    def run(self, seconds: float, cpu_share: float = 1.0) -> None:
-        """``seconds`` of wall time pass, runnable throughout, of which this thread ran ``cpu_share``."""
-        self.wall += seconds
-        self.ran += seconds * cpu_share
-        self.waited += seconds * (1 - cpu_share)
+        self.now = 100.0
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()
-    monkeypatch.setattr(spin_mod, "_monotonic", lambda: c.wall)
-    monkeypatch.setattr(spin_mod, "_sched", lambda: (c.ran, c.waited))
+    monkeypatch.setattr(spin_mod, "_monotonic", lambda: c.now)
     return c
 
 
-def _spin_empty(s: SpinBudget, clock: FakeClock, cpu_share: float = 1.0) -> int:
-    """Spin until the budget ends with nothing found; returns how many polls it allowed."""
-    s.start()
-    polls = 0
+def _spin(s: SpinBudget, clock: FakeClock, polls: int | None = None, gap_every: int = 0,
+          gap_s: float = 0.0) -> int:
+    """Spin until the budget ends (or ``polls`` polls); every ``gap_every``-th poll the spinner
+    loses its CPU for ``gap_s``. Returns how many polls the budget allowed."""
+    n = 0
+    if not s.start():
+        return 0
     while s.keep_spinning():
-        polls += 1
-        clock.run(10e-6, cpu_share)
-    return polls
+        n += 1
+        clock.now += gap_s if gap_every and n % gap_every == 0 else POLL_S
+        if polls is not None and n >= polls:
+            break
+    return n
 
 
 def test_a_spin_that_pays_keeps_the_full_budget(clock: FakeClock) -> None:
     s = SpinBudget(200)
     for _ in range(5):
-        s.start()
-        clock.run(50e-6)
-        assert s.keep_spinning()
+        assert _spin(s, clock, polls=20) == 20
         s.paid()
     assert s.cur_s == pytest.approx(200e-6)
 
 
-def test_empty_spins_halve_the_budget_down_to_zero_then_probe_again(clock: FakeClock) -> None:
+def test_an_empty_spin_keeps_the_whole_budget(clock: FakeClock) -> None:
+    # a peer that answers late is no reason to stop spinning: it must then be woken, later still
     s = SpinBudget(160)
-    budgets = []
     for _ in range(6):
-        _spin_empty(s, clock)
-        budgets.append(round(s.cur_s * 1e6))
-    assert budgets[:5] == [80, 40, 20, 10, 0]
-    assert _spin_empty(s, clock) == 0  # no spinning at all now
-    clock.run(SpinBudget.PROBE_S)
-    _spin_empty(s, clock)  # a probe: a quarter budget again
-    assert s.cur_s == pytest.approx(40e-6)
-    s.paid()
-    assert s.cur_s == pytest.approx(160e-6)
+        assert _spin(s, clock) == pytest.approx(160e-6 / POLL_S, abs=1)
+    assert s.cur_s == pytest.approx(160e-6) and s.start()
 
 
-def test_an_oversubscribed_machine_stops_spinning_at_once(clock: FakeClock) -> None:
+def test_a_spin_that_loses_its_cpu_backs_off_at_once(clock: FakeClock) -> None:
+    # another thread of the same weight wants this core: the spinner loses it for a time slice
     s = SpinBudget(200)
-    _spin_empty(s, clock)  # the first look only takes the scheduler's statistics
-    clock.run(0.01, cpu_share=0.2)  # runnable, but on a CPU a fifth of the time: others need it
-    _spin_empty(s, clock, cpu_share=0.2)
-    assert s.cur_s == 0.0
+    _spin(s, clock, gap_every=5, gap_s=1e-3)
+    assert s.cur_s == 0.0 and not s.start()
     s.paid()  # finding work right after does not bring spinning back before the probe time
     assert s.cur_s == 0.0
-    clock.run(SpinBudget.PROBE_S)
+    clock.now += SpinBudget.PROBE_MIN_S
+    assert s.start()
     s.paid()
     assert s.cur_s == pytest.approx(200e-6)
 
 
-def test_sharing_the_gil_is_not_oversubscription(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    # a thread that sleeps on the GIL is not runnable: no run-queue wait, so no back-off
+def test_the_pause_doubles_while_probes_lose_their_cpu_and_starts_over_when_one_pays(clock: FakeClock) -> None:
     s = SpinBudget(200)
-    _spin_empty(s, clock)
-    s.paid()
-    clock.run(SpinBudget.PROBE_S)
-    s.paid()
-    clock.wall += 1.0  # a second passes asleep (on the GIL, or on a socket)
-    _spin_empty(s, clock)
-    assert s.cur_s == pytest.approx(100e-6)  # only halved, as any empty spin
+    pauses = []
+    for _ in range(7):
+        _spin(s, clock, gap_every=3, gap_s=1e-3)  # preempted: back off
+        assert not s.start()
+        t0 = clock.now
+        while not s.start():
+            clock.now += 1e-4
+        pauses.append(round((clock.now - t0) * 1e3))
+        assert s.cur_s == pytest.approx(200e-6)  # a probe: the whole budget
+    assert pauses == [2, 4, 8, 16, 32, 50, 50]  # PROBE_MIN_S doubling up to PROBE_S
+    s.paid()  # the probe kept its CPU: the next back-off is short again
+    assert s.cur_s == pytest.approx(200e-6)
+    _spin(s, clock, gap_every=3, gap_s=1e-3)
+    clock.now += SpinBudget.PROBE_MIN_S
+    assert s.start()
 
 
-def test_the_real_scheduler_statistics_are_read() -> None:
-    got = spin_mod._sched()
-    assert got is not None and got[0] > 0 and got[1] >= 0
+def test_short_interruptions_are_noise(clock: FakeClock) -> None:
+    # interrupts, timers and hypervisor exits: short gaps, or a total under the minimum, change nothing
+    s = SpinBudget(200)
+    _spin(s, clock, polls=40, gap_every=4, gap_s=GAP_S * 0.9)
+    s.paid()
+    assert s.cur_s == pytest.approx(200e-6)
+    _spin(s, clock, polls=6, gap_every=3, gap_s=PREEMPTED_MIN_LOST_S / 2.5)
+    s.paid()
+    assert s.cur_s == pytest.approx(200e-6)
+
+
+def test_the_budget_counts_time_on_the_cpu_only(clock: FakeClock) -> None:
+    # a gap does not eat the budget: a spin interrupted once still polls its whole budget
+    s = SpinBudget(100)
+    plain = _spin(SpinBudget(100), clock)
+    assert _spin(s, clock, gap_every=10, gap_s=GAP_S * 2) >= plain
 
 
 def test_a_stretched_spin_and_a_zero_budget(clock: FakeClock) -> None:
     s = SpinBudget(100)
     s.start()
-    clock.run(150e-6)
-    assert s.past_budget() and s.keep_spinning(scale=2)  # a chain of two: twice the budget
-    clock.run(60e-6)
-    assert not s.keep_spinning(scale=2)
-    assert _spin_empty(SpinBudget(0), clock) == 0
+    polls = 0
+    while s.keep_spinning(scale=2):  # a chain of two entries: twice the budget
+        polls += 1
+        clock.now += POLL_S
+    assert polls == pytest.approx(200e-6 / POLL_S, abs=1)
+    z = SpinBudget(0)
+    assert not z.start() and _spin(z, clock) == 0
+    clock.now += 10 * SpinBudget.PROBE_S
+    assert not z.start()  # a zero budget never probes
 
 
-def test_a_server_spinner_skips_its_spin_while_the_machine_is_crowded(clock: FakeClock,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    runnable = [1]
-    monkeypatch.setattr(spin_mod, "_runnable", lambda: runnable[0])
-    monkeypatch.setattr(spin_mod, "_runnable_seen", [0.0, 0.0])
-    server, client = SpinBudget(200, yield_when_busy=True), SpinBudget(200)
-    server.start()
-    assert server.keep_spinning()  # one runnable thread: spin
-    runnable[0] = spin_mod._CPUS + 3  # CPU-bound processes beside us
-    for _ in range(10):  # the smoothed count crosses the line after a few looks
-        clock.run(2 * spin_mod.RUNNABLE_TTL_S)
-        server.start()
-    assert not server.keep_spinning()
-    assert server.cur_s == pytest.approx(200e-6)  # skipped, not shrunk: back at once when it clears
-    client.start()
-    assert client.keep_spinning()  # a client waiting for its reply keeps spinning
-    runnable[0] = 1
-    for _ in range(10):
-        clock.run(2 * spin_mod.RUNNABLE_TTL_S)
-        server.start()
-    assert server.keep_spinning()
+def test_an_answer_right_after_the_spin_gave_up_backs_off(clock: FakeClock) -> None:
+    # the peer waited behind this spinner on its CPU and ran the moment the spinner slept
+    s = SpinBudget(200)
+    _spin(s, clock)
+    clock.now += 150e-6  # within one budget (200 us) of giving up
+    s.found_after_sleep()
+    assert s.cur_s == 0.0
+    clock.now += SpinBudget.PROBE_MIN_S
+    _spin(s, clock)
+    clock.now += 5e-3  # an answer many budgets after the spin: the peer was just slow, spinning goes on
+    s.found_after_sleep()
+    assert s.cur_s == pytest.approx(200e-6)
+    s.start()
+    s.found_after_sleep()  # a sleep without an empty spin before it (backed off, or no spin) changes nothing
+    assert s.cur_s == pytest.approx(200e-6)

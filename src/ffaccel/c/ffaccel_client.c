@@ -27,10 +27,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -910,13 +912,40 @@ static int ring_check(ffa_client *c)
 	return FFA_ERR_OK;
 }
 
-/* Sleep on our eventfd (or the socket: it turns readable when the server dies) until woken or 50 ms pass. */
+/* Sleep in FUTEX_WAIT on cq_tail while it holds `unless`, at most 50 ms; the server wakes the
+ * futex from the thread that published the completion (no eventfd, no waker thread). An empty nap
+ * looks whether the server closed the socket. */
+static int ring_sleep_futex(ffa_client *c, const uint32_t *word, uint32_t unless, uint64_t deadline)
+{
+	struct ffa_ring_header *h = ring_header(c);
+	uint64_t left = deadline > now_ns() ? deadline - now_ns() : 0;
+	struct timespec ts;
+	long r;
+	if (left > 50000000u)
+		left = 50000000u;
+	ts.tv_sec = 0;
+	ts.tv_nsec = (long)left;
+	__atomic_or_fetch(&h->client_flags, FFA_RING_CLIENT_FUTEX_WAITING, __ATOMIC_SEQ_CST);
+	r = syscall(SYS_futex, word, FUTEX_WAIT, unless, &ts, NULL, 0);
+	__atomic_and_fetch(&h->client_flags, ~(uint32_t)FFA_RING_CLIENT_FUTEX_WAITING, __ATOMIC_SEQ_CST);
+	if (r < 0 && errno == ETIMEDOUT) {
+		struct pollfd pf = {c->sock, POLLIN, 0};
+		if (poll(&pf, 1, 0) > 0)
+			return lose(c, "the server closed the connection");
+	}
+	return FFA_ERR_OK;
+}
+
+/* Sleep on our eventfd (or the socket: it turns readable when the server dies) until woken or 50 ms pass;
+ * waiting for a completion from a server that wakes futexes, on the futex of cq_tail instead. */
 static int ring_sleep(ffa_client *c, const uint32_t *word, uint32_t unless, uint64_t deadline)
 {
 	struct ffa_ring_header *h = ring_header(c);
 	struct pollfd pf[2] = {{c->wake_fd, POLLIN, 0}, {c->sock, POLLIN, 0}};
 	uint64_t left, n;
 	int ms;
+	if (word == &h->cq_tail && (__atomic_load_n(&h->server_flags, __ATOMIC_ACQUIRE) & FFA_RING_SERVER_FUTEX_WAKES))
+		return ring_sleep_futex(c, word, unless, deadline);
 	__atomic_or_fetch(&h->client_flags, FFA_RING_CLIENT_WAITING, __ATOMIC_SEQ_CST);
 	/* look once more after WAITING is set: the server signals only clients it sees waiting */
 	if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != unless)

@@ -114,11 +114,13 @@ enum ffa_ring_server_flags {
 	FFA_RING_SERVER_SLEEPING = 1,	/* the server stopped polling: ring the doorbell after publishing sq_tail */
 	FFA_RING_SERVER_CQ_FULL = 2,	/* the CQ had no free slot: the server stopped consuming the SQ until the client reaps */
 	FFA_RING_SERVER_BROKEN = 4,	/* the client broke a ring rule (see error, error_id); the ring is no longer served */
+	FFA_RING_SERVER_FUTEX_WAKES = 8,	/* set at setup: the server wakes FUTEX_WAITING clients (FUTEX_WAKE on cq_tail) */
 };
 
 /* ffa_ring_header.client_flags */
 enum ffa_ring_client_flags {
 	FFA_RING_CLIENT_WAITING = 1,	/* the client sleeps on its wake eventfd: signal it after publishing completions */
+	FFA_RING_CLIENT_FUTEX_WAITING = 2,	/* the client sleeps in FUTEX_WAIT on cq_tail: FUTEX_WAKE cq_tail after publishing completions */
 };
 
 /* ffa_sqe.flags */

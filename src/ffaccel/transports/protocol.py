@@ -184,10 +184,12 @@ class RingServerFlags(IntEnum):
     SLEEPING = 1   # the server stopped polling: ring the doorbell after publishing sq_tail
     CQ_FULL = 2    # the CQ had no free slot: the server stopped consuming the SQ until the client reaps
     BROKEN = 4     # the client broke a ring rule (see error, error_id); the ring is no longer served
+    FUTEX_WAKES = 8  # set at setup: the server wakes FUTEX_WAITING clients (FUTEX_WAKE on cq_tail)
 
 
 class RingClientFlags(IntEnum):
     WAITING = 1    # the client sleeps on its wake eventfd: signal it after publishing completions
+    FUTEX_WAITING = 2  # the client sleeps in FUTEX_WAIT on cq_tail: FUTEX_WAKE cq_tail after publishing completions
 
 
 SQE_HEADER = Layout("ffa_sqe", "A submission queue entry's header; COMMAND_BYTES of ABI command follow.", (

@@ -120,7 +120,12 @@ command; the SQ starts at byte {RING_HEADER_BYTES}) and the completion queue at 
   `status` means nothing ran; its full text comes from ERROR_TEXT with `error_id`, over the socket.
   `completed_compute`/`completed_copy` in the header are the client's fence progress.
 * **Sleep.** Set WAITING in `client_flags`, look at the queue once more, then sleep on the wake
-  eventfd (and the socket, which turns readable when the server dies), with a deadline.
+  eventfd (and the socket, which turns readable when the server dies), with a deadline. Or, to
+  wait for a completion: set FUTEX_WAITING and sleep in `FUTEX_WAIT` on `cq_tail` (the value last
+  reaped; the kernel compares it first), a bounded nap at a time, looking at the socket after an
+  empty nap. The server wakes FUTEX_WAITING clients with `FUTEX_WAKE` from the thread that
+  published the completion (no system call on a client's fd, so nothing can block it there), and
+  WAITING clients through its waker thread.
 * **Broken.** The server copies each entry out of shared memory once and validates the copy. A
   client that breaks a ring rule finds BROKEN in `server_flags`, the code in `error` and its text
   behind `error_id`; the ring is no longer served, and only that client is affected.
@@ -151,10 +156,10 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
   silent mid-message for `message_stall_s` is dropped, and so is one that does not read its replies for
   as long. An `accept()` failure (EMFILE, say) is logged and the server goes on. `ffaccel serve` replaces
   only a stale socket at its path; anything else there is refused, never deleted.
-* **Polling** is adaptive (`transports/spin.py`): the budget halves after a spin that found nothing and
-  drops to zero when the spinning thread spent over a third of its runnable time waiting for a CPU
-  (run-queue delay); the server's spinners also skip spinning while the machine has lastingly more
-  runnable threads than CPUs, so a busy machine does not make every request pay for spinning.
+* **Polling** is adaptive (`transports/spin.py`, docs/polling.md): every spinner, client or server,
+  spins its whole budget unless a spin lost its CPU for over a third of its time (gaps between two
+  polls) or its answer came right after it gave up; then it sleeps at once and probes again after a
+  pause that starts at 2 ms and doubles up to 50 ms while the probes fare no better.
 
 `ffaccel serve --limit NAME=VALUE` (repeatable) sets any of these; `--max-client-memory` is
 `max_memory_bytes`. Every value is checked against its allowed range (the tables' "allowed" column;

@@ -271,8 +271,7 @@ class SocketTransport:
         sock = self._sock
         recv = sock.recv
         spin = self._spin
-        spin.start()
-        spinning = True
+        spinning = spin.start()
         if not spinning:  # backed off: sleep in poll(2) at once (a failed read costs a system call)
             self._wait_ready(_POLLIN, deadline)
         buf: bytes | bytearray = b""
@@ -295,6 +294,8 @@ class SocketTransport:
             if spinning:
                 spin.paid()
                 spinning = False
+            elif not buf:
+                spin.found_after_sleep()
             if not data:
                 raise EOFError("peer closed the connection")
             if not buf:

@@ -1,162 +1,150 @@
-"""Adaptive busy-polling: spin only while it pays, back off at once when the machine is busy.
+"""Busy-polling that stops at once when it takes a core someone else needs.
 
-Spinning for the next request or completion saves a sleep/wake-up (tens of microseconds)
-when the other side answers within the budget. On an oversubscribed machine it does the
-opposite: the spinner takes the core the other side needs. A :class:`SpinBudget` watches
-both signs: a spin that ended empty halves the next budget (down to zero), one that paid
-restores it; and when this thread, while runnable, spent more than a third of that time
-waiting for a CPU (the kernel's run-queue delay, ``/proc/thread-self/schedstat``) since the
-last look, the cores are oversubscribed: the budget drops to zero at once and is probed again
-later. Run-queue delay, not CPU time, is the sign: threads of one process that share the GIL
-get less CPU time without any core being short. And a spin is skipped outright while the
-machine has more runnable threads than CPUs right now (``/proc/loadavg``, looked at most every
-5 ms by all spinners together) by the spinners made with ``yield_when_busy`` (the server's).
+Spinning for the next request or completion saves a sleep and a wake-up (tens of
+microseconds on a VM) when the other side answers within the budget; a spin that ends empty
+costs at most its budget of CPU. On an oversubscribed machine spinning does worse: the
+spinner takes the core the other side (or anyone) needs. So a :class:`SpinBudget` spins its
+whole budget every time, except after a spin that *lost its CPU* for a large share of its
+time (gaps between two polls: the kernel ran another thread there): then it stops spinning
+at once, the caller sleeps, and a probe spins again a pause later (``PROBE_MIN_S``,
+doubling up to ``PROBE_S`` while the probes lose their CPU too; a spin that keeps its CPU
+starts the pause over).
 
-The scheduler statistics are read only when a spin ends empty (an idle moment) or finds its
-work late (past a quarter budget), never when a spin finds its work quickly.
+Why lost time inside the spin, and nothing else (measured on a 2-core AMD EPYC VM, issue 21):
+
+* the run queue's length (``/proc/loadavg``) counts work that may never take the spinner's
+  core, and the run-queue delay (``/proc/thread-self/schedstat``) counts every wake-up's
+  latency (tens of µs on an idle VM); the count of involuntary context switches counts every
+  short interruption (a spinning thread here is preempted a few hundred times a second for
+  30-40 µs by kernel workers and other processes even when it has the cores). Each read an
+  idle or lightly shared machine as crowded; the spinners stopped and every request paid a
+  wake-up;
+* halving the budget after empty spins made both sides of a round trip stop spinning for
+  good: a side that sleeps answers late because it must be woken, so the other side's spin
+  ends empty too (ring batch 1 stayed at 85-130 µs instead of 15-20).
+
+A spinner that really competes for its CPU loses it for a time slice (0.1 to several ms): a
+gap between two polls, seen with the clock the spin reads anyway, without a system call.
+Gaps under ``GAP_S`` and a total under ``PREEMPTED_MIN_LOST_S`` are noise.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 _monotonic = time.monotonic
-#: Fraction of runnable time spent waiting for a CPU above which spinning stops.
-OVERSUBSCRIBED = 1 / 3
-
-
-_CPUS = os.cpu_count() or 1
-#: How long a look at the run queue stays valid (seconds): every spinner shares one look.
-RUNNABLE_TTL_S = 0.005
-_runnable_seen = [0.0, 0.0]  # (when last looked, smoothed count of runnable threads)
-
-
-def _runnable() -> int:
-    """Threads runnable on the machine right now (``/proc/loadavg``'s 4th field), 0 if unknown."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            return int(f.read().split()[3].split(b"/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def machine_busy(now: float) -> bool:
-    """More threads runnable than CPUs, lastingly (spinning now would take a core someone needs).
-
-    The count is looked at most every ``RUNNABLE_TTL_S`` and smoothed over the last few looks,
-    so one moment's crowd (the spinner and its peer are both runnable at times) does not count.
-    """
-    seen = _runnable_seen
-    if now - seen[0] > RUNNABLE_TTL_S:
-        seen[0] = now
-        seen[1] = 0.7 * seen[1] + 0.3 * _runnable()
-    return seen[1] > _CPUS + 0.5
-
-
-def _sched() -> tuple[float, float] | None:
-    """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread, or None."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            run_ns, wait_ns, _slices = f.read().split()
-        return int(run_ns) / 1e9, int(wait_ns) / 1e9
-    except (OSError, ValueError):
-        return None
+#: A pause between two polls longer than this means the spinner lost its CPU (seconds); a poll
+#: takes a few µs, an interrupt or a hypervisor exit tens of µs.
+GAP_S = 50e-6
+#: A spin that lost its CPU for more than this share of its time, and at least
+#: ``PREEMPTED_MIN_LOST_S``, competes for a core with someone: back off.
+PREEMPTED_SHARE = 1 / 3
+PREEMPTED_MIN_LOST_S = 200e-6
 
 
 class SpinBudget:
-    """How long to busy-poll before sleeping, adapted to what spinning achieved.
+    """How long to busy-poll before sleeping: the whole budget, unless spinning costs a core.
 
     Parameters
     ----------
     budget_us : int
-        The most a spin lasts (microseconds); 0 never spins.
-    yield_when_busy : bool
-        Skip a spin while the machine has more runnable threads than CPUs. The server's
-        spinners do (measured: a server spinning beside two CPU-bound processes tripled the
-        socket path's cost); a client waiting for its reply does not, since its spin keeps it
-        on a core the moment the reply lands.
+        The most a spin lasts (microseconds of time on the CPU); 0 never spins.
 
     Examples
     --------
     >>> s = SpinBudget(200)
-    >>> s.start(); s.keep_spinning()
+    >>> s.start() and s.keep_spinning()
     True
     """
 
-    __slots__ = ("max_s", "cur_s", "_t0", "_probe_at", "_last", "_skip", "yield_when_busy")
+    __slots__ = ("max_s", "cur_s", "_t0", "_last", "_lost", "_probe_at", "_pause_s", "_gave_up")
 
-    #: After backing off, try spinning again this much later (seconds).
+    #: The first pause after backing off (seconds); it doubles up to ``PROBE_S`` while every
+    #: probe loses its CPU again (one preemption may be noise: a kernel worker, another
+    #: process's burst), and a spin that keeps its CPU starts it over.
+    PROBE_MIN_S = 0.002
     PROBE_S = 0.05
 
-    def __init__(self, budget_us: int, yield_when_busy: bool = False) -> None:
-        self.yield_when_busy = yield_when_busy
+    def __init__(self, budget_us: int) -> None:
         self.max_s = max(0, budget_us) / 1e6
-        self.cur_s = self.max_s
-        self._t0 = 0.0
+        self.cur_s = self.max_s  # 0 while backed off
+        self._t0 = self._last = 0.0
+        self._lost = 0.0  # seconds this spin was off its CPU (gaps between polls)
         self._probe_at = 0.0
-        self._last: tuple[float, float] | None = None  # scheduler statistics at the last empty spin
-        self._skip = False  # this spin is skipped: the machine has more runnable threads than CPUs
+        self._pause_s = self.PROBE_MIN_S
+        self._gave_up = 0.0  # when the last spin ended empty (0: it did not)
 
-    def start(self) -> None:
-        """A spin begins (after work was done); skipped at once when the machine is busy right now."""
-        self._t0 = now = _monotonic()
-        self._skip = self.yield_when_busy and bool(self.cur_s) and machine_busy(now)
+    def start(self) -> bool:
+        """A spin begins (after work was done); False when backed off (sleep at once).
+
+        Once the pause has passed, the spin is a probe with the whole budget again.
+        """
+        self._t0 = self._last = now = _monotonic()
+        self._lost = 0.0
+        self._gave_up = 0.0
+        if self.cur_s:
+            return True
+        if not self.max_s or now < self._probe_at:
+            return False
+        self.cur_s = self.max_s
+        return True
 
     def keep_spinning(self, scale: float = 1.0) -> bool:
-        """Whether to poll once more; False ends the spin (and adapts the next budget).
+        """Whether to poll once more; False ends the spin (the caller sleeps).
 
         ``scale`` stretches this spin's budget (a ring client waiting for a chain of several
         entries spins ``scale`` budgets).
         """
-        if self._skip:
-            return False
         now = _monotonic()
-        if now - self._t0 < self.cur_s * scale:
+        gap = now - self._last
+        self._last = now
+        if gap > GAP_S:
+            self._lost += gap
+        if now - self._t0 - self._lost < self.cur_s * scale:  # the budget counts time on the CPU only
             return True
-        self._ended_empty(now)
+        if self.cur_s:
+            self._judge(now)
+            self._gave_up = now
         return False
 
-    def past_budget(self) -> bool:
-        """Whether this spin is past one plain budget (a stretched spin should yield the core)."""
-        return _monotonic() - self._t0 >= self.cur_s
-
     def paid(self) -> None:
-        """The spin found work: spin for the full budget next time (unless backing off).
+        """The spin found its work."""
+        self._judge(_monotonic())
 
-        A spin that found its work only late may have found it late *because* it spun: the other
-        side waited for the core this spinner held. Such a spin (longer than a quarter budget)
-        looks at the run-queue delay too, and backs off when the machine is oversubscribed.
+    def found_after_sleep(self) -> None:
+        """The work came while the caller slept after an empty spin: if it came within one budget
+        of the spin giving up, the spin was most likely what held it up (or the peer takes about
+        as long as a spin, and a wake-up costs it little), and spinning is backed off like a spin
+        that lost its CPU.
+
+        How a spin holds up its peer without losing its CPU: a Unix-socket send wakes the
+        receiver on the *sender's* CPU when the sender is alone there (a "sync" wake-up, made
+        for a sender about to sleep). A client that spins instead keeps that CPU for its whole
+        budget while the woken server waits behind it, and answers the moment the client
+        sleeps: every round trip then costs the budget (measured: 200-330 µs/op instead of
+        20 on the socket path, 2-core AMD EPYC VM; the "228 µs" of docs/polling.md). Sampled
+        from /proc in such windows, a runnable server thread sat on the client's CPU in 75-100%
+        of the samples, against 0% in the fast windows. The answer then comes a context switch
+        and the peer's work after the spin gives up: tens of µs, or more on a loaded machine.
         """
-        now = _monotonic()
-        if now - self._t0 > self.max_s / 4 and self._oversubscribed():
-            self.cur_s = 0.0
-            self._probe_at = now + self.PROBE_S
-        elif self.cur_s < self.max_s and now >= self._probe_at:
-            self.cur_s = self.max_s
+        gave_up = self._gave_up
+        if gave_up and _monotonic() - gave_up < self.max_s:
+            self._back_off(_monotonic())
+        self._gave_up = 0.0
 
-    def _oversubscribed(self) -> bool:
-        now = _sched()
-        last, self._last = self._last, now
-        if now is None or last is None:
-            return False
-        ran, waited = now[0] - last[0], now[1] - last[1]
-        return ran + waited > 0 and waited > OVERSUBSCRIBED * (ran + waited)
+    def _back_off(self, now: float) -> None:
+        self.cur_s = 0.0
+        self._probe_at = now + self._pause_s
+        self._pause_s = min(2 * self._pause_s, self.PROBE_S)
 
-    def _ended_empty(self, now: float) -> None:
-        if not self.max_s:
-            return
-        if self._oversubscribed():
-            self.cur_s = 0.0
-            self._probe_at = now + self.PROBE_S
-        elif self.cur_s:
-            if self.cur_s > self.max_s / 16:
-                self.cur_s /= 2
-            else:
-                self.cur_s = 0.0
-                self._probe_at = now + self.PROBE_S
-        elif now >= self._probe_at:
-            self.cur_s = self.max_s / 4  # probe again (a probe that pays restores the full budget)
+    def _judge(self, now: float) -> None:
+        """Back off if this spin lost its CPU for long (gaps between polls only: the work found
+        before ``paid()`` is not counted); otherwise the next back-off starts short again."""
+        lost = self._lost
+        if lost > PREEMPTED_MIN_LOST_S and lost > PREEMPTED_SHARE * (now - self._t0):
+            self._back_off(now)
+        else:
+            self._pause_s = self.PROBE_MIN_S
 
 
-__all__ = ["OVERSUBSCRIBED", "SpinBudget"]
+__all__ = ["GAP_S", "PREEMPTED_MIN_LOST_S", "PREEMPTED_SHARE", "SpinBudget"]

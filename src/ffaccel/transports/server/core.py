@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,12 @@ _COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 DEFAULT_SOCKET_POLL_US = 200
 #: How often a thread waiting on a fence for its client looks whether that client hung up.
 _HANGUP_CHECK_S = 0.05
+#: The server process's GIL switch interval (seconds; CPython's default is 5 ms). A thread that
+#: busy-polls (the ring poller, a connection thread waiting for the next request) holds the GIL
+#: between polls; another thread that needs it (a socket request, the engine worker, the waker)
+#: gets it only when the holder is asked to drop it, after this long. At 5 ms the socket path
+#: beside a spinning ring poller measured 190 µs/op and ring batch 1 470 µs (2-core AMD EPYC VM).
+SERVER_SWITCH_INTERVAL_S = 50e-6
 
 
 def _return_free_memory() -> None:
@@ -529,6 +536,7 @@ def serve(socket_path: str | None = None, driver: str = "cpu", *, max_client_mem
                                           or not isinstance(max_client_memory, int) or max_client_memory < 0):
         raise violation("memory.quota", max_client_memory, "a byte count >= 0")
     dev = open_driver(driver)  # "npu:preset=rk3588" passes its options, as ffaccel.open does
+    sys.setswitchinterval(SERVER_SWITCH_INTERVAL_S)  # this process is the server: see the constant
     path = socket_path or default_socket_path()
     try:
         srv = Server(dev, path, max_client_memory=max_client_memory, poll_us=poll_us,

@@ -47,7 +47,7 @@ class Inbox:
 
     def __init__(self, conn: socket.socket, spin_us: int, stall_s: float) -> None:
         self.conn = conn
-        self.spin = SpinBudget(spin_us, yield_when_busy=True)
+        self.spin = SpinBudget(spin_us)
         self.stall_ms = max(1, int(stall_s * 1000))
         self.buf = b""  # received, not yet consumed
         self.base = 0  # stream offset of buf[0]
@@ -75,8 +75,8 @@ class Inbox:
         recvmsg = self.conn.recvmsg
         if not self.first and not self.buf:
             spin = self.spin
-            spin.start()
-            while spin.keep_spinning():
+            spinning = spin.start()  # False: backed off, block at once
+            while spinning and spin.keep_spinning():
                 try:
                     data, anc, _flags, _ = recvmsg(READ_BYTES, _CMSG_FDS, socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -84,6 +84,10 @@ class Inbox:
                 spin.paid()
                 self._take(data, anc)
                 return
+            data, anc, _flags, _ = recvmsg(READ_BYTES, _CMSG_FDS)
+            spin.found_after_sleep()
+            self._take(data, anc)
+            return
         if self.buf:
             self._wait_stalled()
         data, anc, _flags, _ = recvmsg(READ_BYTES, _CMSG_FDS)

@@ -8,6 +8,7 @@ completion queue or truncates its memfd can hurt only its own ring.
 from __future__ import annotations
 
 import collections
+import ctypes
 import fcntl
 import logging
 import mmap
@@ -37,6 +38,7 @@ from ..protocol import (
     ring_bytes,
     ring_words,
 )
+from .. import futex
 from ..spin import SpinBudget
 from .memory import sealed_memfd
 from .ports import ClientPort
@@ -53,6 +55,7 @@ _SQE_FLAGS_WORD = 3  # ... as a u32 index
 _LINK, _EMPTY, _REPLAY = int(SqeFlags.LINK), int(SqeFlags.EMPTY), int(SqeFlags.REPLAY)
 _CQ_FULL = int(RingServerFlags.CQ_FULL)
 _WAITING = int(RingClientFlags.WAITING)
+_FUTEX_WAITING = int(RingClientFlags.FUTEX_WAITING)
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _CQE = CQE.struct
 _CQE_BYTES = CQE.size_bytes
@@ -120,12 +123,14 @@ class Ring:
         self.broken = False
         self.parked = False  # CQ full or the client's queue full: not read until that changes
         hdr = dict.fromkeys(RING_HEADER.names, 0)
-        hdr.update(entries=entries, sq_offset_bytes=sq_off, cq_offset_bytes=cq_off)
+        hdr.update(entries=entries, sq_offset_bytes=sq_off, cq_offset_bytes=cq_off,
+                   server_flags=int(RingServerFlags.FUTEX_WAKES) if futex.AVAILABLE else 0)
         RING_HEADER.struct.pack_into(self.mm, 0, *hdr.values())
         self.words = ring_words(self.mm)
         self._sq_tail_word = self.words["sq_tail"]  # the words the hot path touches, looked up once
         self._cq_head_word = self.words["cq_head"]
         self._client_flags = self.words["client_flags"]
+        self._cq_tail_address = ctypes.addressof(self.words["cq_tail"])  # the futex a sleeping client waits on
         self._completed_words = {e: self.words[name] for e, name in _COMPLETED.items()}
         self.cq_full = False
 
@@ -205,8 +210,15 @@ class Ring:
             self.done()
 
     def _wake_client(self) -> None:
-        """Ask the waker to signal the client, if it sleeps (never written here: see Waker)."""
-        if self._client_flags.value & _WAITING:
+        """Wake the client if it sleeps: on the futex right here (a wake that cannot block), on its
+        eventfd through the waker thread (the fd is the client's: never written here, see Waker).
+
+        Called with a use() reference held, so the mapping (and the futex word) is still there.
+        """
+        flags = self._client_flags.value
+        if flags & _FUTEX_WAITING:
+            futex.wake(self._cq_tail_address)
+        if flags & _WAITING:
             self.waker.wake(self)
 
     def has_work(self) -> bool:
@@ -523,7 +535,7 @@ class RingPoller:
     """
 
     def __init__(self, poll_us: int) -> None:
-        self.spin = SpinBudget(poll_us, yield_when_busy=True)
+        self.spin = SpinBudget(poll_us)
         self.rings: list[Ring] = []
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
@@ -552,7 +564,7 @@ class RingPoller:
 
     def _loop(self) -> None:
         spin = self.spin
-        spin.start()
+        spinning, slept = spin.start(), False
         while not self.stopping:
             rings = self.rings
             did = False
@@ -560,15 +572,20 @@ class RingPoller:
                 if r.published():  # most looks find nothing: no lock taken for them
                     did = r.poll() or did
             if did:
-                spin.paid()
-                spin.start()
+                if spinning:
+                    spin.paid()
+                elif slept:
+                    spin.found_after_sleep()
+                spinning, slept = spin.start(), False
                 continue
-            if spin.keep_spinning():
-                os.sched_yield()  # releases the GIL: connection threads keep serving
+            if spinning and spin.keep_spinning():
+                # no sched_yield: beside CPU-bound processes it gives the core away for a time
+                # slice (measured: ring batch 1 noticed 226 µs late); the server's other threads
+                # get the GIL within the switch interval serve() sets
                 continue
             self.waker.check_stuck()
             self._sleep(rings)
-            spin.start()
+            spinning, slept = False, True  # not start(): found_after_sleep looks at how the last spin ended
 
     def _sleep(self, rings: list[Ring]) -> None:
         held = [r for r in rings if r.use()]  # no fd of a closed ring is ever selected or read
