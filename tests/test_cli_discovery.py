@@ -69,7 +69,14 @@ def test_info_json_is_one_object_on_stdout(capsys: pytest.CaptureFixture[str]) -
     assert doc["device"] == "ref" and doc["driver"]["name"] == "ref" and "f32xf32->f32->f32" in doc["gemm_combos"]
 
 
-def test_conformance_json_goes_to_stdout_and_the_tables_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+def test_conformance_json_goes_to_stdout_and_the_tables_to_stderr(capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffaccel.conformance as conformance
+
+    # The real suite on a few of its units: where --json puts what is the point here; the whole quick
+    # level passing on ref, through the CLI too, is test_conformance.py's.
+    real = conformance.check_device
+    monkeypatch.setattr(conformance, "check_device", lambda *a, **kw: real(*a, only=("COPY",), **kw))
     assert main(["conformance", "ref", "--json"]) == Exit.OK
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
