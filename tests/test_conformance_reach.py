@@ -26,6 +26,7 @@ NEW_KINDS = [
     ("list-captures-epilogue", "entry:list"),
     ("fence-on-other-timeline", "fences:per-engine"),
     ("read-returns-view", "memory:reads"),
+    ("fresh-kernel-reuses-output", "memory:reads"),
     ("one-buffer-copy-backwards", "copy:one-buffer"),
     ("free-keeps-last-memo", "resubmitted-after-free"),
 ]
@@ -152,3 +153,18 @@ def test_torch_device_memory_reads_are_copies() -> None:
     results = check_reads_are_copies(Device("torch-device-memory", InprocTransport(TorchDriver("cpu", host_memory=False))))
     assert results and all(r.passed for r in results), [r.message for r in results]
     assert any("DeviceMemory" in r.name for r in results)
+
+
+def test_front_end_results_do_not_alias_device_memory() -> None:
+    """matmul's result and a PyTorch offload tensor stay as they were while the device runs the next
+    GEMMs: a driver whose fresh kernel hands back one output array per geometry is caught there."""
+    pytest.importorskip("torch")
+    from ffaccel.conformance.entry import check_reads_are_copies
+
+    bad = check_reads_are_copies(seeded_bug("fresh-kernel-reuses-output").factory(), torch_offload=True)
+    failed = {r.name for r in bad if not r.passed}
+    assert any("torch offload" in n for n in failed) and any("matmul" in n for n in failed), failed
+    for name in ("cpu", "torch:cpu"):
+        good = check_reads_are_copies(ffaccel.open(name), torch_offload=True)
+        assert any("torch offload" in r.name for r in good)
+        assert all(r.passed for r in good), [r.message for r in good if not r.passed]

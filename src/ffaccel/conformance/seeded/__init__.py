@@ -264,4 +264,7 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _transport_bug(_FenceOnOtherTimelineTransport), "fences:per-engine"),
     SeededBug("read-returns-view", "device memory reads return a view of device memory, not a copy",
               _driver_bug(ReadReturnsView), "memory:reads"),
+    SeededBug("fresh-kernel-reuses-output", "the fresh kernel hands back one output array per geometry, "
+              "so a front-end result changes with the next call", _driver_bug(FreshKernelReusesOutput),
+              "memory:reads"),
 )

@@ -810,12 +810,43 @@ class _ViewReadingMemory:
 
 
 class ReadReturnsView(CpuDriver):
-    """Memory of its own (not host-visible) whose reads return views of device memory."""
+    """Memory of its own (not host-visible) whose reads return views of device memory. Freed memory
+    is kept and handed out again (zeroed) by the next allocation of its size, as device allocators
+    do (PyTorch's caching allocator on CUDA): a front-end result that is such a view then changes
+    when the front-end's next call reuses the memory."""
 
     host_visible = False
 
     def alloc(self, size_bytes: int) -> _ViewReadingMemory:
+        kept = getattr(self, "_kept", {}).get(size_bytes)
+        if kept:
+            mem = kept.pop()
+            mem.raw[:] = 0  # a new buffer reads as zeros
+            return mem
         return _ViewReadingMemory(size_bytes)
+
+    def free(self, memory: _ViewReadingMemory) -> None:  # type: ignore[override]
+        self.__dict__.setdefault("_kept", {}).setdefault(memory.nbytes, []).append(memory)
+
+
+class FreshKernelReusesOutput(CpuDriver):
+    """``prepare_gemm_fresh``'s kernel hands back the same array on every call (an output scratch it
+    keeps per geometry): each result is right when returned, but ``matmul`` gives it to the caller,
+    so the caller's array (and a PyTorch offload tensor made from it) changes with the next call."""
+
+    def prepare_gemm_fresh(self, op):  # noqa: ANN001, ANN201
+        fresh = super().prepare_gemm_fresh(op)
+        if fresh is None:
+            return None
+        kept: list[np.ndarray] = []
+
+        def reused(*args):  # noqa: ANN002, ANN202
+            d = fresh(*args)
+            if not kept:
+                kept.append(np.empty_like(d))
+            kept[0][...] = d
+            return kept[0]
+        return reused
 
 
 # --- size bands ---------------------------------------------------------------------------------
