@@ -489,6 +489,9 @@ SWEEP_CEILING_MNK = {"quick": 2**21, "full": 2**23}
 SWEEP_SIZES = {"quick": 3, "full": 6}
 
 
+_OPERAND_KINDS = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+
+
 def _band_variants(combo: GemmCombo) -> list[PostOpCase]:
     """Every post-op kind (each operand dtype), parameters exact on the exact fill, exact kinds
     first and GELU last: chains of the exact ones are judged bit for bit."""
@@ -568,6 +571,13 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                 out.append(GemmCase(label, combo, m, n, k, batch, seq.pick("bandt", (False, True)), False,
                                     alpha, 0 * beta if c_mode == "absent" else beta, c_mode, epilogue=chain,
                                     seed=seq.seed(), fill=fill, exact=exact and not combo.is_int))
+            if upper and not combo.is_int and PostOpKind.CLAMP in first and prefix:
+                # the steps after a clamp, on D's accumulator: a driver that rounds to D's dtype
+                # before them (and again after) rounds twice; alpha 1 and no C keep the GEMM fused
+                # and the values inside the clamp's bounds (the exact fill's ties)
+                after = tuple([first[PostOpKind.CLAMP]] + prefix)[:max_len]
+                out.append(GemmCase(label, combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
+                                    epilogue=after, seed=seq.seed(), fill=fill, exact=True))
             if not upper or combo.is_int:
                 continue
             for nan_chain in ((PostOpCase(PostOpKind.RELU), PostOpCase(PostOpKind.CLAMP, -2.0, 3.0),
@@ -581,8 +591,11 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                 out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
                                     epilogue=nan_chain, fill="nonfinite", seed=seq.seed()))
             if chains:  # in place with beta == 0 and D (== C) full of NaN/Inf: nothing of it may leak
-                out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, alpha, 0.0,
-                                    "in_place", epilogue=chains[0], fill="nan_c", seed=seq.seed()))
+                # (the chain a fusing driver runs whole in the GEMM: its sum post-op must not read D)
+                bare = tuple(p for p in fused[0] if p.kind not in _OPERAND_KINDS) if fused else ()
+                for nan_c_chain in [fused[0] if fused else chains[0]] + ([bare] if bare else []):  # with, without operands
+                    out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, alpha, 0.0,
+                                        "in_place", epilogue=nan_c_chain, fill="nan_c", seed=seq.seed()))
             if chains:
                 # row-interleaved D and C, and B broadcast (batch stride 0) with a batch of 2
                 half = (m, n, k) if batch > 1 else (-(-m // 2), n, k)  # the batch's m*n*k stays past the edge
