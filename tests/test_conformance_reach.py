@@ -23,6 +23,10 @@ from ffaccel.spec import PostOpKind
 #: (seeded bug, the kind of case that must catch it): one per kind issue 24 adds
 NEW_KINDS = [
     ("fused-epilogue-drops-last", "band:"),
+    ("fused-scale-twice", "band:"),
+    ("widened-rounds-before-tail", "band:"),
+    ("fused-clamp-drops-nan", "band:"),
+    ("interleaved-d-drops-bias", "band:"),
     ("list-captures-epilogue", "entry:list"),
     ("fence-on-other-timeline", "fences:per-engine"),
     ("read-returns-view", "memory:reads"),
