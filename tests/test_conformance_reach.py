@@ -172,3 +172,30 @@ def test_front_end_results_do_not_alias_device_memory() -> None:
         good = check_reads_are_copies(ffaccel.open(name), torch_offload=True)
         assert any("torch offload" in r.name for r in good)
         assert all(r.passed for r in good), [r.message for r in good if not r.passed]
+
+
+def test_a_driver_declaring_alignment_gets_aligned_operands_and_must_refuse_misaligned() -> None:
+    """limits.alignment_elems: valid cases never hand the driver a misaligned operand, and the
+    catalogue's alignment cases (at the declared alignment) fail a device that declares it but
+    lets misaligned operands through."""
+    import dataclasses
+
+    from ffaccel.runtime import Device
+    from ffaccel.transports import InprocTransport
+
+    class Aligned(CpuDriver):
+        def caps(self):  # noqa: ANN202 - the cpu driver's, with 4-element alignment
+            c = super().caps()
+            return dataclasses.replace(c, limits=dataclasses.replace(c.limits, alignment_elems=4))
+
+    def aligned() -> Device:
+        return Device("aligned", InprocTransport(Aligned()))
+
+    report = check_device(aligned, "quick", only=("GEMM", "COPY"))
+    assert report.results and report.passed, report.failures_text()
+    cases = [c for c in CASES if c.rule == "operand.alignment" and c.portable]
+    ran = error_checks(aligned, cases=cases)
+    assert {r.name for r in ran} >= {f"operand.alignment-{x}-misaligned" for x in ("a", "b", "c", "d", "bias")}
+    assert all(r.passed for r in ran), [r.message for r in ran if not r.passed]
+    bad = error_checks(seeded_bug("alignment-declared-not-checked").factory, cases=cases)
+    assert any(not r.passed and "accepted" in r.message for r in bad)

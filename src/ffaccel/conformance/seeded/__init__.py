@@ -28,6 +28,7 @@ from .drivers import *  # noqa: F403 - the mutants the table names
 from .drivers import _BuggyCpu
 from .transports import *  # noqa: F403
 from .transports import (
+    _AlignmentDeclaredNotCheckedTransport,
     _AllocRoundsUpTransport,
     _CopyConversionBlindTransport,
     _EarlyFenceTransport,
@@ -272,6 +273,8 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _driver_bug(FusedClampDropsNaN), "band:"),
     SeededBug("interleaved-d-drops-bias", "drops bias and residual when D's rows are interleaved at the fused size",
               _driver_bug(InterleavedDDropsBias), "band:"),
+    SeededBug("alignment-declared-not-checked", "declares 2-element alignment but accepts misaligned operands",
+              _transport_bug(_AlignmentDeclaredNotCheckedTransport), "operand.alignment", "ERROR"),
     SeededBug("fresh-kernel-reuses-output", "the fresh kernel hands back one output array per geometry, "
               "so a front-end result changes with the next call", _driver_bug(FreshKernelReusesOutput),
               "memory:reads"),
