@@ -23,9 +23,14 @@ from ffaccel.spec import PostOpKind
 #: (seeded bug, the kind of case that must catch it): one per kind issue 24 adds
 NEW_KINDS = [
     ("fused-epilogue-drops-last", "band:"),
+    ("fused-scale-twice", "band:"),
+    ("widened-rounds-before-tail", "band:"),
+    ("fused-clamp-drops-nan", "band:"),
+    ("interleaved-d-drops-bias", "band:"),
     ("list-captures-epilogue", "entry:list"),
     ("fence-on-other-timeline", "fences:per-engine"),
     ("read-returns-view", "memory:reads"),
+    ("fresh-kernel-reuses-output", "memory:reads"),
     ("one-buffer-copy-backwards", "copy:one-buffer"),
     ("free-keeps-last-memo", "resubmitted-after-free"),
 ]
@@ -152,3 +157,45 @@ def test_torch_device_memory_reads_are_copies() -> None:
     results = check_reads_are_copies(Device("torch-device-memory", InprocTransport(TorchDriver("cpu", host_memory=False))))
     assert results and all(r.passed for r in results), [r.message for r in results]
     assert any("DeviceMemory" in r.name for r in results)
+
+
+def test_front_end_results_do_not_alias_device_memory() -> None:
+    """matmul's result and a PyTorch offload tensor stay as they were while the device runs the next
+    GEMMs: a driver whose fresh kernel hands back one output array per geometry is caught there."""
+    pytest.importorskip("torch")
+    from ffaccel.conformance.entry import check_reads_are_copies
+
+    bad = check_reads_are_copies(seeded_bug("fresh-kernel-reuses-output").factory(), torch_offload=True)
+    failed = {r.name for r in bad if not r.passed}
+    assert any("torch offload" in n for n in failed) and any("matmul" in n for n in failed), failed
+    for name in ("cpu", "torch:cpu"):
+        good = check_reads_are_copies(ffaccel.open(name), torch_offload=True)
+        assert any("torch offload" in r.name for r in good)
+        assert all(r.passed for r in good), [r.message for r in good if not r.passed]
+
+
+def test_a_driver_declaring_alignment_gets_aligned_operands_and_must_refuse_misaligned() -> None:
+    """limits.alignment_elems: valid cases never hand the driver a misaligned operand, and the
+    catalogue's alignment cases (at the declared alignment) fail a device that declares it but
+    lets misaligned operands through."""
+    import dataclasses
+
+    from ffaccel.runtime import Device
+    from ffaccel.transports import InprocTransport
+
+    class Aligned(CpuDriver):
+        def caps(self):  # noqa: ANN202 - the cpu driver's, with 4-element alignment
+            c = super().caps()
+            return dataclasses.replace(c, limits=dataclasses.replace(c.limits, alignment_elems=4))
+
+    def aligned() -> Device:
+        return Device("aligned", InprocTransport(Aligned()))
+
+    report = check_device(aligned, "quick", only=("GEMM", "COPY"))
+    assert report.results and report.passed, report.failures_text()
+    cases = [c for c in CASES if c.rule == "operand.alignment" and c.portable]
+    ran = error_checks(aligned, cases=cases)
+    assert {r.name for r in ran} >= {f"operand.alignment-{x}-misaligned" for x in ("a", "b", "c", "d", "bias")}
+    assert all(r.passed for r in ran), [r.message for r in ran if not r.passed]
+    bad = error_checks(seeded_bug("alignment-declared-not-checked").factory, cases=cases)
+    assert any(not r.passed and "accepted" in r.message for r in bad)

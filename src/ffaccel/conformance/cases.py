@@ -54,6 +54,10 @@ class GemmCase:
     interleave: tuple[bool, bool, bool, bool] = (False, False, False, False)
     #: batch stride 0 for the epilogue operands (None: bias broadcast, add per batch entry)
     epi_broadcast: bool | None = None
+    #: extra ld elements of an ``add`` operand: 1 (padded rows) everywhere but the size-band cases,
+    #: whose operands are dense as a fused kernel takes them (oneDNN refuses a padded binary operand,
+    #: and the cpu driver then runs the whole GEMM on BLAS: the fused path would go unchecked)
+    epi_pad: int = 1
     #: judge D bit for bit against the golden model (inputs chosen so the exact answer is known)
     exact: bool = False
     #: batch entries back to back (batch stride rows * ld, no gap): what lets a driver fold a batch into m
@@ -485,6 +489,9 @@ SWEEP_CEILING_MNK = {"quick": 2**21, "full": 2**23}
 SWEEP_SIZES = {"quick": 3, "full": 6}
 
 
+_OPERAND_KINDS = (PostOpKind.BIAS_N, PostOpKind.BIAS_M, PostOpKind.ADD)
+
+
 def _band_variants(combo: GemmCombo) -> list[PostOpCase]:
     """Every post-op kind (each operand dtype), parameters exact on the exact fill, exact kinds
     first and GELU last: chains of the exact ones are judged bit for bit."""
@@ -516,6 +523,20 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
         variants = [p for p in _band_variants(combo) if p.kind in caps.post_ops]
         chains = [tuple(variants[i:i + max_len]) for i in range(0, len(variants), max_len)] if max_len else []
         orders = chains + [tuple(reversed(chains[0]))] if chains else []
+        # scale, add and bias ahead of a clamp, in two orders: a driver that fuses the post-ops up to
+        # its first relu/clamp into the GEMM (the cpu driver on oneDNN) runs them all fused here, so a
+        # fused post-op dropped, applied twice or reordered shows (scale commutes with neither)
+        first = {}
+        for p in variants:
+            first.setdefault(p.kind, p)
+        prefix = [first[k] for k in (PostOpKind.SCALE, PostOpKind.ADD, PostOpKind.BIAS_N) if k in first]
+        if len(prefix) > 1 and max_len > 1:
+            tail = [first[PostOpKind.CLAMP]] if PostOpKind.CLAMP in first else []
+            # quick: one order (a fused post-op dropped, doubled or reordered already shows there)
+            fused = [tuple((prefix + tail)[:max_len]), tuple((prefix[::-1] + tail)[:max_len])]
+            fused = fused[:1] if level == "quick" else fused
+        else:
+            fused = []
         # scalars exact on the exact fill (D is known exactly, judged bit for bit)
         alpha, beta = (3, 2) if combo.is_int else (-1.5, 0.5)
         fill = "random" if combo.is_int else "exact"  # integers are exact on any data
@@ -545,25 +566,39 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                 continue
             # every chain forward and the first reversed at the upper side and at every size of a
             # sweep; below an edge the reversed one (full: every one there too)
-            picked = orders if upper or level == "full" or not mine else orders[-1:]
+            picked = orders + fused if upper or level == "full" or not mine else orders[-1:]
             for chain in picked:
                 exact = all(p.kind not in (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH) for p in chain)
                 c_mode = seq.pick("bandc", ("separate", "absent", "in_place"))
                 out.append(GemmCase(label, combo, m, n, k, batch, seq.pick("bandt", (False, True)), False,
                                     alpha, 0 * beta if c_mode == "absent" else beta, c_mode, epilogue=chain,
                                     seed=seq.seed(), fill=fill, exact=exact and not combo.is_int))
+            if upper and combo.d != combo.acc and not combo.is_int and PostOpKind.CLAMP in first and prefix:
+                # the steps after a clamp, on D's accumulator: a driver that rounds to D's dtype
+                # before them (and again after) rounds twice; alpha 1 and no C keep the GEMM fused
+                # and the values inside the clamp's bounds (the exact fill's ties)
+                after = tuple([first[PostOpKind.CLAMP]] + prefix)[:max_len]
+                out.append(GemmCase(label, combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
+                                    epilogue=after, seed=seq.seed(), fill=fill, exact=True))
             if not upper or combo.is_int:
                 continue
             for nan_chain in ((PostOpCase(PostOpKind.RELU), PostOpCase(PostOpKind.CLAMP, -2.0, 3.0),
                                PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.SCALE, -1.5)),
                               (PostOpCase(PostOpKind.GELU_ERF), PostOpCase(PostOpKind.ADD),
-                               PostOpCase(PostOpKind.GELU_TANH), PostOpCase(PostOpKind.BIAS_M))):
+                               PostOpCase(PostOpKind.GELU_TANH), PostOpCase(PostOpKind.BIAS_M)),
+                              # clamp first: a driver fusing it (oneDNN's clip turns NaN into a bound) shows
+                              (PostOpCase(PostOpKind.CLAMP, -2.0, 3.0), PostOpCase(PostOpKind.SCALE, -1.5),
+                               PostOpCase(PostOpKind.BIAS_N), PostOpCase(PostOpKind.RELU))):
                 # NaN and +-inf in A through every step (a fused clamp or GELU must keep NaN)
                 out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
                                     epilogue=nan_chain, fill="nonfinite", seed=seq.seed()))
             if chains:  # in place with beta == 0 and D (== C) full of NaN/Inf: nothing of it may leak
-                out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, alpha, 0.0,
-                                    "in_place", epilogue=chains[0], fill="nan_c", seed=seq.seed()))
+                # (the chain a fusing driver runs whole in the GEMM: its sum post-op must not read D)
+                bare = tuple(p for p in fused[0] if p.kind not in _OPERAND_KINDS) if fused else ()
+                # with operands, and (full) without: a fusing driver may take another path for each
+                for nan_c_chain in [fused[0] if fused else chains[0]] + ([bare] if bare and level == "full" else []):
+                    out.append(GemmCase(label + " nonfinite", combo, m, n, k, batch, False, False, alpha, 0.0,
+                                        "in_place", epilogue=nan_c_chain, fill="nan_c", seed=seq.seed()))
             if chains:
                 # row-interleaved D and C, and B broadcast (batch stride 0) with a batch of 2
                 half = (m, n, k) if batch > 1 else (-(-m // 2), n, k)  # the batch's m*n*k stays past the edge
@@ -576,4 +611,4 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                     out.append(GemmCase(label + " layout", combo, *half, 2, False, False, alpha, beta, "separate",
                                         broadcast=bcast, epilogue=chains[0], seed=seq.seed(), fill=fill,
                                         exact=False))
-    return declared_only(out, caps)
+    return declared_only([replace(c, epi_pad=0) for c in out], caps)

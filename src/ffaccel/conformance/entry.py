@@ -13,6 +13,7 @@ bit for bit with the same call on the golden model, on inputs whose exact result
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -467,13 +468,16 @@ def check_frontends(dev: Device) -> list[CaseResult]:
     return [r for r in out if r is not None]
 
 
-def check_reads_are_copies(dev: Device) -> list[CaseResult]:
+def check_reads_are_copies(dev: Device, torch_offload: bool | None = None) -> list[CaseResult]:
     """What a read returns is the caller's: written after the read, the device must not change it.
 
     Through :meth:`Buffer.read` (which a device with memory of its own serves with
     ``DeviceMemory.read_bytes``), through ``DeviceMemory`` itself for an in-process driver whose
     memory the host cannot address, and through the front-ends (``matmul``'s result, then another
-    ``matmul`` on the device; ``blas.gemm``'s C, then another call)."""
+    ``matmul`` on the device; ``blas.gemm``'s C, then another call) — and the PyTorch offload
+    front-end (a tensor from ``x @ w`` inside ``offload(dev)``, then two more GEMMs) where
+    ``torch_offload`` is True, or None and PyTorch is already imported (the suite does not pay
+    PyTorch's import for it; ``tests/test_conformance_reach.py`` runs it on every device)."""
     out: list[CaseResult] = []
 
     def res(what: str, ok: bool, msg: str = "") -> None:
@@ -510,7 +514,9 @@ def check_reads_are_copies(dev: Device) -> list[CaseResult]:
     b = _exact_values(rng, combo.b, (5, 4))
     for label, extra in (("matmul", {}), ("matmul with C", {"c": _exact_values(rng, combo.d, (6, 4)),
                                                             "beta": 1 if combo.is_int else 1.0})):
-        try:
+        try:  # the geometry's first call, then the one whose result is kept: a front-end may take
+            # another path from a geometry's second call on (matmul's fresh kernel)
+            matmul(a2, b, device=dev, **kw, **extra)
             r1 = np.asarray(matmul(a1, b, device=dev, **kw, **extra))
             kept = r1.copy()
             matmul(a2, b, device=dev, **kw, **extra)
@@ -521,7 +527,39 @@ def check_reads_are_copies(dev: Device) -> list[CaseResult]:
             raise
         res(f"{label} {combo.name}, then two more calls", np.array_equal(r1, kept),
             "the first call's result changed when the device ran the next")
+    if torch_offload or (torch_offload is None and "torch" in sys.modules):
+        out.extend(_offload_reads_are_copies(dev, res))
     return out
+
+
+def _offload_reads_are_copies(dev: Device, res: Callable[[str, bool, str], None]) -> list[CaseResult]:
+    """The PyTorch offload front-end: a tensor ``x @ w`` (and ``F.linear`` with a bias) handed back
+    inside ``offload(dev)`` must stay as it was while the device runs the next GEMMs."""
+    import torch
+
+    from ..frontends.torch_offload import offload
+
+    caps = dev.info().caps
+    f32 = next((c for c in GEMM_COMBOS if c in caps.combos and c.a == DType.F32 and c.d == DType.F32), None)
+    if f32 is None:  # offload sends f32 tensors; a device without f32 GEMMs leaves them on the host
+        return []
+    x = torch.arange(48, dtype=torch.float32).reshape(8, 6) % 7 - 3
+    w, bias = torch.ones(6, 5) * 0.5, torch.arange(5, dtype=torch.float32)
+    calls: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [("x @ w", lambda t: t @ w)]
+    if PostOpKind.BIAS_N in caps.post_ops:
+        calls.append(("F.linear with a bias", lambda t: torch.nn.functional.linear(t, w.T, bias)))
+    for label, call in calls:
+        with offload(dev, threads=None) as session:
+            call(x - 1)  # the geometry's first call (a front-end may take another path from the second on)
+            first = call(x)
+            kept = first.clone()
+            call(x + 1)
+            call(x + 2)
+            ran = session.stats.get("offloaded_calls", 1)
+        res(f"torch offload {label}, then two more calls", bool(ran) and torch.equal(first, kept),
+            "the first tensor changed when the device ran the next GEMMs (it aliases device memory)"
+            if ran else "offload ran nothing on the device")
+    return []
 
 
 def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:

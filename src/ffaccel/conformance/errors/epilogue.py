@@ -87,15 +87,22 @@ _SCALE = PostOpKind.SCALE
 def _operand_on(kind: PostOpKind, shape: tuple[int, int], ld: int | None = None) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env)
-        v = replace(s.vector(np.float32, *shape), ld_elems=ld) if ld is not None else s.vector(np.float32, *shape)
+        v = replace(s.vector(s.d_dt, *shape), ld_elems=ld) if ld is not None else s.vector(s.d_dt, *shape)
         return s.submit(s.gemm(epilogue=(PostOpDesc(kind, operand=v if bad else None),)))
     return build
+
+
+def _in_d(text: Callable[[Callable[[float], Any]], str]) -> Callable[[Env], str]:
+    """A message written with parameters as the device's own GEMM reads them: integers for an
+    integer GEMM (its parameter fields hold int32s), floats otherwise."""
+    return lambda env: text(int if np.dtype(env.gemm_dtypes[1]).kind == "i" else float)
 
 
 def _epi_dtype(dt: Any, kind: PostOpKind, shape: tuple[int, int], good_dt: Any, bad_dt: Any) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env, dt)
-        return s.submit(s.gemm(epilogue=(PostOpDesc(kind, operand=s.vector(bad_dt if bad else good_dt, *shape)),)))
+        good = good_dt if s.dt == np.dtype(dt) else s.d_dt  # on the device's own GEMM: its D dtype is allowed
+        return s.submit(s.gemm(epilogue=(PostOpDesc(kind, operand=s.vector(bad_dt if bad else good, *shape)),)))
     return build
 
 
@@ -119,7 +126,7 @@ def register(cat: Catalogue) -> None:
              _int_gelu(PostOpKind.GELU_TANH))
     cat.case("epilogue.supported", "epilogue[0].kind", "gelu(approximate='tanh')", "f32-gelu-tanh-undeclared",
              _undeclared_post_op, portable=False)
-    cat.case("epilogue.param", "epilogue[1].param0", "lo=2.0, hi=1.0", "clamp-lo-above-hi",
+    cat.case("epilogue.param", "epilogue[1].param0", _in_d(lambda x: f"lo={x(2)}, hi={x(1)}"), "clamp-lo-above-hi",
              _param(np.float32, (_RELU, PostOpDesc(_CLAMP, 1.0, 2.0)), (_RELU, PostOpDesc(_CLAMP, 2.0, 1.0))))
     cat.case("epilogue.param", "epilogue[0].param0", "got nan", "clamp-lo-nan",
              _param(np.float32, (PostOpDesc(_CLAMP, -1.0, 1.0),), (PostOpDesc(_CLAMP, math.nan, 1.0),)))
@@ -133,9 +140,9 @@ def register(cat: Catalogue) -> None:
              _param(np.float32, (PostOpDesc(PostOpKind.RELU),), (PostOpDesc(PostOpKind.RELU, 1.5),)))
     cat.case("epilogue.param", "epilogue[0].param1", "got 2.5", "gelu-param1",
              _param(np.float32, (PostOpDesc(PostOpKind.GELU_ERF),), (PostOpDesc(PostOpKind.GELU_ERF, 0, 2.5),)))
-    cat.case("epilogue.param", "epilogue[0].param1", "got 3.0", "scale-param1",
+    cat.case("epilogue.param", "epilogue[0].param1", _in_d(lambda x: f"got {x(3)}"), "scale-param1",
              _param(np.float32, (PostOpDesc(_SCALE, 2.0),), (PostOpDesc(_SCALE, 2.0, 3.0),)))
-    cat.case("epilogue.param", "epilogue[0].param0", "got 1.0", "bias-param0",
+    cat.case("epilogue.param", "epilogue[0].param0", _in_d(lambda x: f"got {x(1)}"), "bias-param0",
              _param(np.float32, (PostOpDesc(PostOpKind.BIAS_N),), (PostOpDesc(PostOpKind.BIAS_N, 1.0),), vector=(1, N)))
     cat.case("epilogue.param", "epilogue[0].param1", "got 2147483648", "int8-clamp-hi-2**31",
              _param(np.int8, (PostOpDesc(_CLAMP, -1, 2**31 - 1),), (PostOpDesc(_CLAMP, -1, 2**31),)))

@@ -88,9 +88,12 @@ def _overlap(role: str) -> Builder:
         s = ValidGemm(env)
         shapes = {"a": (M, K), "b": (K, N), "bias": (1, N), "bias_m": (M, 1), "add": (M, N)}
         rows, cols = shapes[role]
-        buf = env.filled(np.float32, rows * cols + M * N)
-        x = buf.matrix(np.float32, rows, cols)
-        d = buf.matrix(np.float32, M, N, offset_bytes=(rows * cols - (1 if bad else 0)) * 4)
+        x_dt = s.dt if role in ("a", "b") else s.d_dt  # the device's own combination
+        step = env.aligned_bytes("d")
+        after = -(-rows * cols * x_dt.itemsize // step) * step  # D's first aligned offset after X
+        buf = env.filled(np.uint8, after + M * N * s.d_dt.itemsize)
+        x = buf.matrix(x_dt, rows, cols)
+        d = buf.matrix(s.d_dt, M, N, offset_bytes=after - (step if bad else 0))
         kw: dict[str, Any] = {"d": d}
         if role in ("a", "b"):
             kw[role] = x
@@ -103,10 +106,11 @@ def _overlap(role: str) -> Builder:
 
 def _overlap_c(how: str) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
-        s = ValidGemm(env, pad=M * N + N)
+        s = ValidGemm(env, pad=M * N + N + env.caps.limits.alignment_elems)
         c = s.c
-        if how == "shifted":
-            d = replace(c, offset_bytes=4) if bad else replace(c, offset_bytes=M * N * 4)
+        if how == "shifted":  # one aligned step into C, or the first aligned offset past it
+            step = env.aligned_bytes("d")
+            d = replace(c, offset_bytes=step if bad else -(-M * N * s.d_dt.itemsize // step) * step)
         else:  # same start, another leading dimension: not "exactly C"
             d = replace(c, ld_elems=N + 1) if bad else c
         return s.submit(s.gemm(d=d))

@@ -81,13 +81,35 @@ class Env:
         #: (device index, engine) -> the last fence value a submission or replay of the case got
         self._seen_fences: dict[tuple[int, Engine], int] = {}
         self.dev = self.open_other()
-        caps = self.dev.info().caps
+        caps = self.caps = self.dev.info().caps
         combo = preferred_combo(caps) or GEMM_COMBOS[1]
         #: the GEMM a case starts from, where it names no dtype: one the device declares (f32 first)
         self.gemm_dtypes = (DTYPES[combo.a].numpy, DTYPES[combo.d].numpy)
         same = [s for s, d in COPY_CONVERSIONS if s == d and (s, d) in caps.copies]
         #: the dtype of a COPY that converts nothing, where a case names none: one the device declares
         self.copy_dtype = DTYPES[DType.F32 if DType.F32 in same or not same else same[0]].numpy
+
+    def declares(self, dt: Any, d_dt: Any = None) -> bool:
+        """Whether the device under test declares a GEMM with A in ``dt`` (and D in ``d_dt``, if given)."""
+        return any(np.dtype(DTYPES[c.a].numpy) == np.dtype(dt)
+                   and (d_dt is None or np.dtype(DTYPES[c.d].numpy) == np.dtype(d_dt)) for c in self.caps.combos)
+
+    def elem_bytes(self, role: str) -> int:
+        """Bytes per element of operand ``role`` of the standard GEMM: A and B in the device's input
+        dtype, C, D and the epilogue operands (``bias``, ``add``) in its output dtype."""
+        return np.dtype(self.gemm_dtypes[0 if role in ("a", "b") else 1]).itemsize
+
+    def aligned_bytes(self, role: str) -> int:
+        """The smallest nonzero offset the device accepts for operand ``role``: one element times
+        the device's ``limits.alignment_elems`` (the spec's ``operand.alignment`` rule)."""
+        return self.elem_bytes(role) * self.caps.limits.alignment_elems
+
+    def misaligned_bytes(self, role: str) -> int:
+        """An offset the device must refuse for operand ``role`` under ``operand.alignment``: one
+        element short of :meth:`aligned_bytes` where the device aligns to several elements, else
+        half an element (0 where no offset breaks the rule: one-byte elements, alignment 1)."""
+        size, align = self.elem_bytes(role), self.caps.limits.alignment_elems
+        return size * (align - 1) if align > 1 else size // 2
 
     def open_other(self) -> Device:
         """Another client of the device under test."""
@@ -190,8 +212,11 @@ class ValidGemm:
     def __init__(self, env: Env, dt: Any = None, d_dt: Any = None, *, m: int = M, n: int = N, k: int = K,
                  batch: int = 1, dev: Device | None = None, pad: int = 0) -> None:
         self.env, self.dev = env, dev or env.dev
-        if dt is None:  # the device's own combination (a partial device has no f32)
-            dt, d_dt = env.gemm_dtypes if self.dev is env.dev else (np.float32, d_dt)
+        own = self.dev is env.dev
+        if dt is None or (own and not env.declares(dt, d_dt)):
+            # the device's own combination (a partial device has no f32): a case that names a dtype
+            # the device does not declare runs its defect on the device's own GEMM
+            dt, d_dt = env.gemm_dtypes if own else (np.float32, d_dt)
         self.dt = np.dtype(dt)
         self.is_int = self.dt in (np.dtype(np.int8), np.dtype(np.uint8))
         self.d_dt = np.dtype(d_dt) if d_dt is not None else (np.dtype(np.int32) if self.is_int else self.dt)
@@ -268,12 +293,13 @@ def u64(x: int) -> int:
 
 @dataclass(frozen=True)
 class Case:
-    """One defect. ``seen`` must appear in the error's message (``{device}``: the device's name)."""
+    """One defect. ``seen`` must appear in the error's message (``{device}``: the device's name);
+    a callable ``seen`` gives it for the case's :class:`Env` (byte counts of the device's own dtypes)."""
 
     id: str
     rule: str
     param: str
-    seen: str
+    seen: str | Callable[[Env], str]
     build: Builder = field(repr=False)
     command_index: int | None = None  # for submissions: the index the error must carry
     portable: bool = True  # False: needs the ref driver (a smaller caps(), a quota, the registry)
@@ -284,7 +310,8 @@ class Case:
 
     def seen_in(self, env: Env) -> str:
         """The text the error's message must contain, for the devices of ``env``."""
-        return self.seen.replace("{device}", repr(env.dev.name))
+        seen = self.seen(env) if callable(self.seen) else self.seen
+        return seen.replace("{device}", repr(env.dev.name))
 
 
 class Catalogue:
@@ -295,7 +322,7 @@ class Catalogue:
         self.by_rule: dict[str, list[str]] = defaultdict(list)
         self._ids: set[str] = set()
 
-    def case(self, rule: str, param: str, seen: str, detail: str, build: Builder, command_index: int | None = None,
+    def case(self, rule: str, param: str, seen: str | Callable[[Env], str], detail: str, build: Builder, command_index: int | None = None,
              *, portable: bool = True) -> None:
         """Add the case ``{rule}-{detail}``."""
         c = Case(f"{rule}-{detail}", rule, param, seen, build, command_index, portable)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...runtime import Buffer, Fence
 from ...spec import Engine
-from .harness import Builder, Catalogue, Env, ValidGemm
+from .harness import FENCE_WAIT_NS, Builder, Catalogue, Env, ValidGemm
 
 
 def _alloc(size: Any, good: int, limits: dict[str, int] | None = None) -> Builder:
@@ -74,7 +74,9 @@ def _wait_on_foreign_fence(env: Env, bad: bool) -> Callable[[], Any]:
     # A fence of another device (another client) cannot be waited on through this one.
     other = env.open_other()
     fence = (other if bad else env.dev).submit([])
-    return lambda: env.dev.wait(fence, timeout_ns=1_000_000)
+    # the defect-free twin's fence may still be queued (a device with queued engines, a busy
+    # machine): a deadline as long as the harness's own, not 1 ms, so it cannot time out by chance
+    return lambda: env.dev.wait(fence, timeout_ns=FENCE_WAIT_NS)
 
 
 def _open(name: Any) -> Builder:

@@ -27,7 +27,7 @@ def _absent(role: str) -> Builder:
 
 def _c_absent_beta(env: Env, bad: bool) -> Callable[[], Any]:
     s = ValidGemm(env)
-    return s.submit(s.gemm(c=None, beta=0.5 if bad else 0.0))
+    return s.submit(s.gemm(c=None, beta=(2 if s.is_int else 0.5) if bad else 0))
 
 
 def _epi_absent(kind: PostOpKind) -> Builder:
@@ -108,19 +108,20 @@ def _foreign(role: str) -> Builder:
         for _ in range(7):  # so the foreign handle (8) is not also a handle of this client (1..4)
             env.alloc(8, other)
         old: Matrix = getattr(s, role)
+        dt = s.dt if role in ("a", "b") else s.d_dt  # the device's own combination
         dev = other if bad else env.dev
-        buf = env.alloc(old.rows * old.cols * 4, dev)
+        buf = env.alloc(old.rows * old.cols * dt.itemsize, dev)
         src = getattr(s, role.upper())
-        buf.write(src.read(np.float32, src.size_bytes // 4))  # read(): device memory has no NumPy view
+        buf.write(src.read(dt, src.size_bytes // dt.itemsize))  # read(): device memory has no NumPy view
         if bad and buf.handle != 8:
             raise RuntimeError(f"case setup: the 8th buffer of a new client got handle {buf.handle}")
-        return s.submit(s.gemm(**{role: buf.matrix(np.float32, old.rows, old.cols)}))
+        return s.submit(s.gemm(**{role: buf.matrix(dt, old.rows, old.cols)}))
     return build
 
 
 def _bias_dtype_patch(env: Env, bad: bool) -> Callable[[], Any]:
     s = ValidGemm(env)
-    cmd = s.gemm(epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=s.vector(np.float32, 1, N)),))
+    cmd = s.gemm(epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=s.vector(s.d_dt, 1, N)),))
     return s.submit_raw(encode_submission([patch_cmd(cmd, {"epilogue[0].operand.dtype": 42} if bad else None)]))
 
 
@@ -152,7 +153,7 @@ def _epi_shape(kind: PostOpKind, good: tuple[int, int], bad_shape: tuple[int, in
         s = ValidGemm(env)
         shape = bad_shape if bad else good
         return s.submit(s.gemm(epilogue=(PostOpDesc(PostOpKind.RELU), PostOpDesc(kind, operand=s.vector(
-            np.float32, *shape)))))
+            s.d_dt, *shape)))))
     return build
 
 
@@ -175,7 +176,7 @@ def _ld(role: str, value: int) -> Builder:
 def _epi_ld(kind: PostOpKind, shape: tuple[int, int], ld: int) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env)
-        v = s.vector(np.float32, *shape)
+        v = s.vector(s.d_dt, *shape)
         return s.submit(s.gemm(epilogue=(PostOpDesc(kind, operand=replace(v, ld_elems=ld) if bad else v),)))
     return build
 
@@ -190,34 +191,50 @@ def _copy_ld(role: str) -> Builder:
     return build
 
 
-def _align(role: str, dt: Any, good_off: int, bad_off: int, dev_limits: dict[str, int] | None = None) -> Builder:
+def _align(role: str, dt: Any = None, good_off: int = 0, bad_off: int = 0,
+           dev_limits: dict[str, int] | None = None) -> Builder:
+    """Operand ``role`` at ``bad_off`` (the defect) or ``good_off``; without ``dt`` in the device's own
+    dtypes, at the offsets its ``limits.alignment_elems`` allows and forbids (:meth:`Env.aligned_bytes`)."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         dev = env.open_limits(**dev_limits) if dev_limits else None
-        s = ValidGemm(env, dt, pad=64, dev=dev)
+        s = ValidGemm(env, dt, pad=64 * env.caps.limits.alignment_elems, dev=dev)
+        good, wrong = (good_off, bad_off) if dt is not None else (env.aligned_bytes(role), env.misaligned_bytes(role))
         mat: Matrix = getattr(s, role)
-        return s.submit(s.gemm(**{role: replace(mat, offset_bytes=bad_off if bad else good_off)}))
+        return s.submit(s.gemm(**{role: replace(mat, offset_bytes=wrong if bad else good)}))
     return build
+
+
+def _misaligned_seen(role: str) -> Callable[[Env], str]:
+    return lambda env: f"got {env.misaligned_bytes(role)}"
 
 
 def _epi_align(env: Env, bad: bool) -> Callable[[], Any]:
     s = ValidGemm(env)
-    buf = env.filled(np.float32, N + 1)
-    v = buf.matrix(np.float32, 1, N, offset_bytes=2 if bad else 4)
+    good = env.aligned_bytes("bias")
+    buf = env.filled(s.d_dt, N + good // s.d_dt.itemsize)
+    v = buf.matrix(s.d_dt, 1, N, offset_bytes=env.misaligned_bytes("bias") if bad else good)
     return s.submit(s.gemm(epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=v),)))
 
 
 def _copy_align(env: Env, bad: bool) -> Callable[[], Any]:
-    s = ValidGemm(env, pad=1)
-    return s.submit(Copy(src=replace(s.c, offset_bytes=2 if bad else 4), dst=s.d), engine="copy")
+    s = ValidGemm(env, pad=env.caps.limits.alignment_elems)
+    good = env.aligned_bytes("c")
+    return s.submit(Copy(src=replace(s.c, offset_bytes=env.misaligned_bytes("c") if bad else good), dst=s.d),
+                    engine="copy")
 
 
 def _bounds(role: str) -> Builder:
-    """Buffers sized exactly; the defective twin starts the operand one element later."""
+    """Buffers sized exactly; the defective twin starts the operand one (aligned) step later."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env)
         mat: Matrix = getattr(s, role)
-        return s.submit(s.gemm(**{role: replace(mat, offset_bytes=4 if bad else 0)}))
+        return s.submit(s.gemm(**{role: replace(mat, offset_bytes=env.aligned_bytes(role) if bad else 0)}))
     return build
+
+
+def _bounds_seen(role: str, elems: int) -> Callable[[Env], str]:
+    """The byte range a one-step-later operand of ``elems`` elements spans."""
+    return lambda env: f"bytes [{env.aligned_bytes(role)}, {env.aligned_bytes(role) + elems * env.elem_bytes(role)})"
 
 
 def _bounds_ld(env: Env, bad: bool) -> Callable[[], Any]:
@@ -234,8 +251,9 @@ def _bounds_batch(env: Env, bad: bool) -> Callable[[], Any]:
 def _epi_bounds(kind: PostOpKind, shape: tuple[int, int]) -> Builder:
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env)
-        v = s.vector(np.float32, *shape)
-        return s.submit(s.gemm(epilogue=(PostOpDesc(kind, operand=replace(v, offset_bytes=4 if bad else 0)),)))
+        v = s.vector(s.d_dt, *shape)
+        step = env.aligned_bytes("bias")
+        return s.submit(s.gemm(epilogue=(PostOpDesc(kind, operand=replace(v, offset_bytes=step if bad else 0)),)))
     return build
 
 
@@ -244,7 +262,7 @@ def _copy_bounds(role: str) -> Builder:
         s = ValidGemm(env)
         mats = {"src": s.c, "dst": s.d}
         if bad:
-            mats[role] = replace(mats[role], offset_bytes=4)
+            mats[role] = replace(mats[role], offset_bytes=env.aligned_bytes("c"))
         return s.submit(Copy(**mats), engine="copy")
     return build
 
@@ -259,18 +277,20 @@ def _copy_batch_stride(role: str) -> Builder:
     return build
 
 
-def field_set_to(role: str, field_: str, value: int, **std: Any) -> Builder:
-    """The standard GEMM (sized by ``std``) with operand ``role``'s ``field_`` set to ``value``."""
+def field_set_to(role: str, field_: str, value: int | Callable[[Env], int], **std: Any) -> Builder:
+    """The standard GEMM (sized by ``std``) with operand ``role``'s ``field_`` set to ``value`` (a
+    callable: the value for the case's :class:`Env`, e.g. from the device's element sizes)."""
     def build(env: Env, bad: bool) -> Callable[[], Any]:
         s = ValidGemm(env, **std)
         mat: Matrix = getattr(s, role)
-        return s.submit(s.gemm(**{role: replace(mat, **{field_: value}) if bad else mat}))
+        v = value(env) if callable(value) else value
+        return s.submit(s.gemm(**{role: replace(mat, **{field_: v}) if bad else mat}))
     return build
 
 
 def _epi_huge_ld(env: Env, bad: bool) -> Callable[[], Any]:
     s = ValidGemm(env)
-    v = s.vector(np.float32, 1, N)
+    v = s.vector(s.d_dt, 1, N)
     return s.submit(s.gemm(epilogue=(PostOpDesc(PostOpKind.BIAS_N, operand=replace(v, ld_elems=2**62) if bad else v),)))
 
 
@@ -353,27 +373,30 @@ def register(cat: Catalogue) -> None:
              _epi_ld(PostOpKind.ADD, (M, N), N - 1))
     for role in ("src", "dst"):
         cat.case("operand.ld", f"{role}.ld_elems", f"got {N - 1}", f"copy-{role}-ld", _copy_ld(role))
-    for role in ("a", "b", "c", "d"):
-        cat.case("operand.alignment", f"{role}.offset_bytes", "got 2", f"{role}-f32-offset-2",
-                 _align(role, np.float32, 4, 2))
+    for role in ("a", "b", "c", "d"):  # the device's own dtypes, at the alignment it declares
+        cat.case("operand.alignment", f"{role}.offset_bytes", _misaligned_seen(role), f"{role}-misaligned",
+                 _align(role))
     cat.case("operand.alignment", "a.offset_bytes", "got 4", "a-f64-offset-4", _align("a", np.float64, 8, 4))
     cat.case("operand.alignment", "b.offset_bytes", "got 1", "b-bf16-offset-1", _align("b", BF16, 2, 1))
     cat.case("operand.alignment", "a.offset_bytes", "got 4", "a-f32-device-alignment-4-elems",
              _align("a", np.float32, 16, 4, {"alignment_elems": 4}), portable=False)
     cat.case("operand.alignment", "a.offset_bytes", "got 2", "a-int8-device-alignment-4-elems",
              _align("a", np.int8, 4, 2, {"alignment_elems": 4}), portable=False)
-    cat.case("operand.alignment", "epilogue[0].operand.offset_bytes", "got 2", "bias-offset-2", _epi_align)
-    cat.case("operand.alignment", "src.offset_bytes", "got 2", "copy-src-offset-2", _copy_align)
+    cat.case("operand.alignment", "epilogue[0].operand.offset_bytes", _misaligned_seen("bias"), "bias-misaligned",
+             _epi_align)
+    cat.case("operand.alignment", "src.offset_bytes", _misaligned_seen("c"), "copy-src-misaligned", _copy_align)
     for role, (rows, cols) in _DIMS.items():
-        cat.case("operand.bounds", role, f"bytes [4, {4 + rows * cols * 4})", f"{role}-one-element-past", _bounds(role))
-    cat.case("operand.bounds", "a", f"bytes [0, {((M - 1) * (K + 1) + K) * 4})", "a-ld-one-larger", _bounds_ld)
-    cat.case("operand.bounds", "b", f"bytes [0, {(2 * K * N + 1) * 4})", "b-batch-stride-one-larger", _bounds_batch)
-    cat.case("operand.bounds", "epilogue[0].operand", f"bytes [4, {4 + N * 4})", "bias-one-element-past",
+        cat.case("operand.bounds", role, _bounds_seen(role, rows * cols), f"{role}-one-element-past", _bounds(role))
+    cat.case("operand.bounds", "a", lambda env: f"bytes [0, {((M - 1) * (K + 1) + K) * env.elem_bytes('a')})",
+             "a-ld-one-larger", _bounds_ld)
+    cat.case("operand.bounds", "b", lambda env: f"bytes [0, {(2 * K * N + 1) * env.elem_bytes('b')})",
+             "b-batch-stride-one-larger", _bounds_batch)
+    cat.case("operand.bounds", "epilogue[0].operand", _bounds_seen("bias", N), "bias-one-element-past",
              _epi_bounds(PostOpKind.BIAS_N, (1, N)))
-    cat.case("operand.bounds", "epilogue[0].operand", f"bytes [4, {4 + M * N * 4})", "add-one-element-past",
+    cat.case("operand.bounds", "epilogue[0].operand", _bounds_seen("add", M * N), "add-one-element-past",
              _epi_bounds(PostOpKind.ADD, (M, N)))
     for role in ("src", "dst"):
-        cat.case("operand.bounds", role, f"bytes [4, {4 + M * N * 4})", f"copy-{role}-one-element-past",
+        cat.case("operand.bounds", role, _bounds_seen("c", M * N), f"copy-{role}-one-element-past",
                  _copy_bounds(role))
     for role in ("src", "dst"):
         cat.case("operand.batch_stride", f"{role}.batch_stride_elems", f"got {M * N}", f"copy-{role}",
@@ -382,16 +405,18 @@ def register(cat: Catalogue) -> None:
              field_set_to("a", "ld_elems", 2**62, m=1))
     cat.case("operand.ld", "d.ld_elems", f"got {2**64 - 1}", "d-ld-u64-max-one-row",
              field_set_to("d", "ld_elems", 2**64 - 1, m=1))
-    cat.case("operand.ld", "b.ld_elems", f"got {2**48 // 4 + 1}", "b-ld-past-max-buffer-bytes-one-row",
-             field_set_to("b", "ld_elems", 2**48 // 4 + 1, k=1))
+    past_max = lambda env: 2**48 // env.elem_bytes("b") + 1  # noqa: E731 - one row of B ends past 2**48 bytes
+    cat.case("operand.ld", "b.ld_elems", lambda env: f"got {past_max(env)}", "b-ld-past-max-buffer-bytes-one-row",
+             field_set_to("b", "ld_elems", past_max, k=1))
     cat.case("operand.batch_stride", "a.batch_stride_elems", f"got {2**63 - 1}", "a-2**63-1-batch-1",
              field_set_to("a", "batch_stride_elems", 2**63 - 1))
     cat.case("operand.batch_stride", "c.batch_stride_elems", f"got {2**64 - 1}", "c-u64-max-batch-1",
              field_set_to("c", "batch_stride_elems", 2**64 - 1))
-    cat.case("operand.bounds", "a", f"bytes [{2**64 - 4}, {2**64 + 4 * (M * K - 1)})", "a-offset-u64-max",
-             field_set_to("a", "offset_bytes", 2**64 - 4))
-    cat.case("operand.bounds", "b", f"bytes [0, {4 * (2**46 + K * N)})", "b-largest-batch-stride-batch-2",
-             field_set_to("b", "batch_stride_elems", 2**46, batch=2))
+    top = lambda env: 2**64 - env.aligned_bytes("a")  # noqa: E731 - the last aligned offset a u64 holds
+    cat.case("operand.bounds", "a", lambda env: f"bytes [{top(env)}, {top(env) + env.elem_bytes('a') * M * K})",
+             "a-offset-u64-max", field_set_to("a", "offset_bytes", top))
+    cat.case("operand.bounds", "b", lambda env: f"bytes [0, {env.elem_bytes('b') * (2**46 + K * N)})",
+             "b-largest-batch-stride-batch-2", field_set_to("b", "batch_stride_elems", 2**46, batch=2))
     cat.case("operand.ld", "epilogue[0].operand.ld_elems", f"got {2**62}", "bias-ld-2**62", _epi_huge_ld)
     cat.case("operand.ld", "src.ld_elems", f"got {2**63 - 1}", "copy-src-ld-2**63-1-one-row", _copy_huge_ld)
     cat.case("operand.ld", "a.ld_elems", f"got {K - 1}", "third-of-three", third_command_invalid("ld"), command_index=2)

@@ -28,6 +28,7 @@ from .drivers import *  # noqa: F403 - the mutants the table names
 from .drivers import _BuggyCpu
 from .transports import *  # noqa: F403
 from .transports import (
+    _AlignmentDeclaredNotCheckedTransport,
     _AllocRoundsUpTransport,
     _CopyConversionBlindTransport,
     _EarlyFenceTransport,
@@ -264,4 +265,17 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _transport_bug(_FenceOnOtherTimelineTransport), "fences:per-engine"),
     SeededBug("read-returns-view", "device memory reads return a view of device memory, not a copy",
               _driver_bug(ReadReturnsView), "memory:reads"),
+    SeededBug("fused-scale-twice", "applies a scale twice where it is fused into the GEMM (the fused-epilogue size)",
+              _driver_bug(FusedScaleTwice), "band:"),
+    SeededBug("widened-rounds-before-tail", "rounds a 16-bit D before the post-ops after a clamp, then again",
+              _driver_bug(WidenedRoundsBeforeTail), "band:"),
+    SeededBug("fused-clamp-drops-nan", "a leading clamp at the fused-epilogue size turns NaN into its lower bound",
+              _driver_bug(FusedClampDropsNaN), "band:"),
+    SeededBug("interleaved-d-drops-bias", "drops bias and residual when D's rows are interleaved at the fused size",
+              _driver_bug(InterleavedDDropsBias), "band:"),
+    SeededBug("alignment-declared-not-checked", "declares 2-element alignment but accepts misaligned operands",
+              _transport_bug(_AlignmentDeclaredNotCheckedTransport), "operand.alignment", "ERROR"),
+    SeededBug("fresh-kernel-reuses-output", "the fresh kernel hands back one output array per geometry, "
+              "so a front-end result changes with the next call", _driver_bug(FreshKernelReusesOutput),
+              "memory:reads"),
 )

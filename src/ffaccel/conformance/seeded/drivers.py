@@ -810,12 +810,43 @@ class _ViewReadingMemory:
 
 
 class ReadReturnsView(CpuDriver):
-    """Memory of its own (not host-visible) whose reads return views of device memory."""
+    """Memory of its own (not host-visible) whose reads return views of device memory. Freed memory
+    is kept and handed out again (zeroed) by the next allocation of its size, as device allocators
+    do (PyTorch's caching allocator on CUDA): a front-end result that is such a view then changes
+    when the front-end's next call reuses the memory."""
 
     host_visible = False
 
     def alloc(self, size_bytes: int) -> _ViewReadingMemory:
+        kept = getattr(self, "_kept", {}).get(size_bytes)
+        if kept:
+            mem = kept.pop()
+            mem.raw[:] = 0  # a new buffer reads as zeros
+            return mem
         return _ViewReadingMemory(size_bytes)
+
+    def free(self, memory: _ViewReadingMemory) -> None:  # type: ignore[override]
+        self.__dict__.setdefault("_kept", {}).setdefault(memory.nbytes, []).append(memory)
+
+
+class FreshKernelReusesOutput(CpuDriver):
+    """``prepare_gemm_fresh``'s kernel hands back the same array on every call (an output scratch it
+    keeps per geometry): each result is right when returned, but ``matmul`` gives it to the caller,
+    so the caller's array (and a PyTorch offload tensor made from it) changes with the next call."""
+
+    def prepare_gemm_fresh(self, op):  # noqa: ANN001, ANN201
+        fresh = super().prepare_gemm_fresh(op)
+        if fresh is None:
+            return None
+        kept: list[np.ndarray] = []
+
+        def reused(*args):  # noqa: ANN002, ANN202
+            d = fresh(*args)
+            if not kept:
+                kept.append(np.empty_like(d))
+            kept[0][...] = d
+            return kept[0]
+        return reused
 
 
 # --- size bands ---------------------------------------------------------------------------------
@@ -832,6 +863,87 @@ class FusedEpilogueDropsLastPostOp(_BuggyCpu):
         floor = crossovers.onednn_fused_min_mnk.get(combo_class(op.combo).value, NEVER)
         if op.epilogue and floor < NEVER and op.batch * op.m * op.n * op.k >= floor:
             op, epi = dataclasses.replace(op, epilogue=op.epilogue[:-1]), epi[:-1]
+        good(op)(a, b, c, d, epi)
+
+
+class _FusedFloor(_BuggyCpu):
+    """A bug that shows only on GEMMs with an epilogue at or above the cpu driver's fused-epilogue
+    edge (the kernel table's ``onednn_fused_min_mnk``, as the driver reads it)."""
+
+    def fused(self, op: GemmOp) -> bool:
+        from ...drivers.cpu_table import NEVER, combo_class
+
+        floor = self.kernel_table().crossovers.onednn_fused_min_mnk.get(combo_class(op.combo).value, NEVER)
+        return bool(op.epilogue) and not op.combo.is_int and floor < NEVER and op.batch * op.m * op.n * op.k >= floor
+
+    def split(self, op: GemmOp, good: Callable[[GemmOp], Kernel], a: np.ndarray, b: np.ndarray,
+              c: np.ndarray | None, d: np.ndarray, epi: tuple, at: int,
+              middle: Callable[[np.ndarray], None] = lambda x: None) -> None:
+        """The GEMM with the post-ops before ``at`` into D (rounded to D's dtype), then ``middle``
+        and the post-ops from ``at`` on, on D widened to the accumulate dtype, rounded again."""
+        from ...drivers.epilogue import float_steps
+
+        good(dataclasses.replace(op, epilogue=op.epilogue[:at]))(a, b, c, d, epi[:at])
+        acc = np.dtype(DTYPES[op.combo.acc].numpy)
+        x = d.astype(acc)
+        with np.errstate(all="ignore"):
+            middle(x)
+            for step in float_steps(op.epilogue, acc)[at:]:
+                step(x, epi)
+            np.copyto(d, x, casting="unsafe")
+
+
+def _first_bound(op: GemmOp) -> int | None:
+    """The index of the first relu or clamp of the epilogue (None: there is none)."""
+    return next((i for i, p in enumerate(op.epilogue) if p.kind in (PostOpKind.RELU, PostOpKind.CLAMP)), None)
+
+
+class FusedScaleTwice(_FusedFloor):
+    """On the fused path a scale ahead of the first relu/clamp (one oneDNN runs inside the GEMM) is
+    applied twice."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        stop = _first_bound(op)
+        head = op.epilogue[:len(op.epilogue) if stop is None else stop]
+        i = next((j for j, p in enumerate(head) if p.kind == PostOpKind.SCALE), None)
+        if not self.fused(op) or i is None:
+            good(op)(a, b, c, d, epi)
+            return
+        op = dataclasses.replace(op, epilogue=op.epilogue[:i + 1] + op.epilogue[i:])
+        good(op)(a, b, c, d, epi[:i + 1] + epi[i:])
+
+
+class WidenedRoundsBeforeTail(_FusedFloor):
+    """On the fused path with a 16-bit D, D is rounded after the fused post-ops and again after the
+    ones from the first clamp on (which run on the rounded D): a double rounding."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        stop = _first_bound(op)
+        if not self.fused(op) or stop is None or stop == len(op.epilogue) - 1 or d.dtype.itemsize != 2:
+            good(op)(a, b, c, d, epi)
+            return
+        self.split(op, good, a, b, c, d, epi, stop)
+
+
+class FusedClampDropsNaN(_FusedFloor):
+    """On the fused path a leading clamp is fused (oneDNN's clip: max/min drop a NaN operand), so a
+    NaN comes out as the lower bound (f32/f64 D)."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        if not self.fused(op) or op.epilogue[0].kind != PostOpKind.CLAMP or d.dtype.itemsize < 4:
+            good(op)(a, b, c, d, epi)
+            return
+        lo, hi = op.epilogue[0].param0, op.epilogue[0].param1
+        self.split(op, good, a, b, c, d, epi, 0, lambda x: np.copyto(x, np.fmin(np.fmax(x, lo), hi)))
+
+
+class InterleavedDDropsBias(_FusedFloor):
+    """On the fused path with a D whose rows are interleaved (not one dense block), every bias and
+    residual is dropped (a binary post-op addressed as if D were dense, then given up)."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        if self.fused(op) and not d.flags.c_contiguous:
+            epi = tuple(None if e is None else np.zeros_like(e) for e in epi)
         good(op)(a, b, c, d, epi)
 
 

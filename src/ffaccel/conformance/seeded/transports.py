@@ -6,6 +6,7 @@ it keeps). Each wraps any driver, so a partial device gets them too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import struct
 
 import numpy as np
@@ -287,3 +288,14 @@ class _FenceOnOtherTimelineTransport(InprocTransport):
 
     def signalled(self, engine: Engine, value: int) -> bool:
         return self.completed(engine) >= value
+
+
+class _AlignmentDeclaredNotCheckedTransport(InprocTransport):
+    """Declares ``limits.alignment_elems = 2`` in ``info`` (as a device whose DMA needs 2-element
+    alignment would) but validates with the spec's alignment of 1: misaligned operands get through."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__(driver)
+        caps = self._info.caps
+        self._info = dataclasses.replace(self._info, caps=dataclasses.replace(
+            caps, limits=dataclasses.replace(caps.limits, alignment_elems=2)))
