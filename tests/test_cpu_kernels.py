@@ -331,7 +331,8 @@ def test_every_band_of_every_row_is_reachable(monkeypatch: pytest.MonkeyPatch) -
         assert list(edges) == sorted(set(edges))
 
 
-def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                 request: pytest.FixtureRequest) -> None:
     """``ffaccel tune``'s cache: written per CPU and library versions, read back by the driver,
     ignored when it belongs to another machine, is malformed, or FFACCEL_CPU_TUNED=0."""
     import json
@@ -340,6 +341,7 @@ def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("FFACCEL_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FFACCEL_CPU_TUNED", raising=False)
+    request.addfinalizer(cpu_mod.forget_crossovers)  # later tests build their tables on the defaults again
     assert cpu_tune.load_crossovers() is None
     cross = dataclasses.replace(cpu_table.DEFAULT_CROSSOVERS, gemv_skinny={"f32": False, "f64": True},
                                 onednn_bare_min_mnk={**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk,
