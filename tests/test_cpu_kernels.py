@@ -913,3 +913,22 @@ def test_the_pass_measures_the_model_shapes_on_one_thread(first_use: object) -> 
     if CpuDriver().kernel_table().classes[KernelClass.F32].library != Library.BLAS:
         for name in ("f32 bare 1x32x16x4", "f32 fused 2x8x16x32", "f32 bare 16^3", "f32 fused 24^3"):
             assert timings[name]["blas"] > 0 and timings[name]["lib"] > 0
+
+
+def test_serve_and_report_measure_at_start_only_without_a_cache(first_use: object,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tune_at_start`` (``ffaccel serve --driver cpu``, ``ffaccel report``): the full pass once,
+    saying so, where no valid cache exists; nothing where one does or FFACCEL_CPU_TUNED=0."""
+    from ffaccel.drivers import cpu_tune
+
+    for name, value in (("LADDER", (16, 24)), ("SHAPES", ((1, 32, 4, 16),)), ("SKINNY", ((1, 16, 16),)),
+                        ("START_BUDGET_S", 0.02)):
+        monkeypatch.setattr(cpu_tune, name, value)
+    monkeypatch.setenv("FFACCEL_CPU_TUNED", "0")
+    assert cpu_tune.tune_at_start() is None and not list(first_use.iterdir())
+    monkeypatch.delenv("FFACCEL_CPU_TUNED")
+    said: list[str] = []
+    cross = cpu_tune.tune_at_start(said.append)
+    assert cross is not None and len(said) == 1 and "measuring" in said[0]
+    assert cpu_tune.load_crossovers().to_json() == cross.to_json()
+    assert cpu_tune.tune_at_start(said.append) is None and len(said) == 1
