@@ -895,7 +895,7 @@ def test_tuned_0_and_forced_kernels_measure_nothing(first_use: object, monkeypat
     assert CpuDriver().kernel_table().crossovers.source == str(cpu_tune.cache_path())
 
 
-def test_the_pass_measures_the_model_shapes_on_one_thread(first_use: object) -> None:
+def test_the_pass_measures_the_model_shapes_and_restores_thread_settings(first_use: object) -> None:
     """The first-use pass times every candidate at the ladder and at the model shapes (a narrow
     recurrent step, a batched convolution with A shared) and leaves the process's thread settings
     as they were."""
