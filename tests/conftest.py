@@ -7,11 +7,17 @@ proves they depend on no order.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
 import pytest
 from server_util import ServerProcess  # tests/ is on pytest's pythonpath (pyproject.toml)
+
+# The cpu driver's kernel table on its defaults in this process and every process it starts: no
+# test measures the machine at first use unless it asks to, and a test that reads the table
+# reads the same one on every CPU (tests/test_cpu_kernels.py measures on purpose).
+os.environ.setdefault("FFACCEL_CPU_TUNED", "0")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -343,6 +343,7 @@ def test_tune_measures_and_caches_this_machines_crossovers(capsys: pytest.Captur
     monkeypatch.setattr(cpu_tune, "LADDER", (16, 24))
     monkeypatch.setattr(cpu_tune, "SKINNY", ((1, 16, 16),))
     monkeypatch.setattr(cpu_tune, "ALTERNATE_N", 32)
+    monkeypatch.setattr(cpu_tune, "SHAPES", ((1, 32, 4, 16),))
     monkeypatch.setenv("FFACCEL_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FFACCEL_CPU_TUNED", raising=False)
     assert main(["tune", "--dry-run", "--seconds", "0.1"]) == 0
@@ -354,7 +355,7 @@ def test_tune_measures_and_caches_this_machines_crossovers(capsys: pytest.Captur
         assert len(saved) == 1 and str(saved[0]) in capsys.readouterr().out
         assert cpu_mod.CpuDriver().kernel_table().crossovers.source == str(saved[0])
     finally:
-        cpu_mod._resolved.cache_clear()  # later tests read the defaults again
+        cpu_mod.forget_crossovers()  # later tests read the defaults again
 
 
 @pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0", "1e300"])

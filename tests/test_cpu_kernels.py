@@ -331,7 +331,8 @@ def test_every_band_of_every_row_is_reachable(monkeypatch: pytest.MonkeyPatch) -
         assert list(edges) == sorted(set(edges))
 
 
-def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                 request: pytest.FixtureRequest) -> None:
     """``ffaccel tune``'s cache: written per CPU and library versions, read back by the driver,
     ignored when it belongs to another machine, is malformed, or FFACCEL_CPU_TUNED=0."""
     import json
@@ -340,6 +341,7 @@ def test_tuning_cache_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("FFACCEL_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FFACCEL_CPU_TUNED", raising=False)
+    request.addfinalizer(cpu_mod.forget_crossovers)  # later tests build their tables on the defaults again
     assert cpu_tune.load_crossovers() is None
     cross = dataclasses.replace(cpu_table.DEFAULT_CROSSOVERS, gemv_skinny={"f32": False, "f64": True},
                                 onednn_bare_min_mnk={**cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk,
@@ -367,10 +369,13 @@ def test_tune_measures_a_table_that_builds(monkeypatch: pytest.MonkeyPatch) -> N
     from ffaccel.drivers import cpu_tune
 
     monkeypatch.setattr(cpu_tune, "LADDER", (16, 24))
+    monkeypatch.setattr(cpu_tune, "SHAPES", ((1, 32, 4, 16),))
     monkeypatch.setattr(cpu_tune, "SKINNY", ((1, 16, 16),))
     cross, timings = cpu_tune.tune(budget_s=0.2)
     assert timings and set(cross.onednn_bare_min_mnk) == set(KERNEL_CLASSES)
-    assert all(v in (0, 24**3, cpu_table.NEVER) for v in cross.onednn_bare_min_mnk.values())
+    for name, v in cross.onednn_bare_min_mnk.items():  # a measured size, or the default past the budget
+        assert v in (0, 16**3, 32 * 4 * 16, 24**3, cpu_table.NEVER) or (
+            f"{name} not measured" in timings and v == cpu_table.DEFAULT_CROSSOVERS.onednn_bare_min_mnk[name])
     assert cpu_table.Crossovers.from_json(cross.to_json(), "x").to_json() == cross.to_json()
     _crossovers(monkeypatch, **{f: getattr(cross, f) for f in ("onednn_bare_min_mnk", "onednn_fused_min_mnk",
                                                                "gemv_skinny")})
@@ -772,3 +777,158 @@ def test_skinny_linear_layer_on_numpys_threads_returns_a_new_d(cls: str, monkeyp
     monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
     op = T.build(combo, 1, 200, 64, post=((PostOpKind.BIAS_N, 0, 0, combo.d),)).op
     assert (drv.prepare_gemm_fresh(op) is None) == (drv.band(op).threads == Threads.SHARED)
+
+
+# -- the kernel table measured at first use ----------------------------------------------------
+
+#: A first-use pass cut to tiny sizes (the decisions are not the question here, the cache is).
+_TINY_PASS = {"QUICK_LADDER": (16, 24), "QUICK_SHAPES": ((1, 32, 4, 16), (2, 8, 32, 16)),
+              "QUICK_SKINNY": ((1, 16, 16),), "QUICK_BUDGET_S": 0.02}
+#: A process that builds the default driver's table, cut to the tiny pass, and prints where its
+#: crossovers came from.
+_FIRST_USE = ("import ffaccel.drivers.cpu_tune as t\n"
+              + "".join(f"t.{k} = {v!r}\n" for k, v in _TINY_PASS.items())
+              + "from ffaccel.drivers.cpu import CpuDriver\n"
+                "print(CpuDriver().kernel_table().crossovers.source)\n")
+
+
+def _measuring_env(cache: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FFACCEL_CPU_TUNED", "FFACCEL_CPU_KERNELS")}
+    env["FFACCEL_CACHE_DIR"] = str(cache)
+    return env
+
+
+@pytest.fixture
+def first_use(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> object:
+    """This process with no tuning cache (an empty FFACCEL_CACHE_DIR), measuring at first use with
+    the tiny pass; the tables read before and after are forgotten."""
+    from ffaccel.drivers import cpu_tune
+
+    for name, value in _TINY_PASS.items():
+        monkeypatch.setattr(cpu_tune, name, value)
+    monkeypatch.setenv("FFACCEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FFACCEL_CPU_TUNED", raising=False)
+    monkeypatch.delenv("FFACCEL_CPU_KERNELS", raising=False)
+    cpu_mod.forget_crossovers()
+    yield tmp_path
+    cpu_mod.forget_crossovers()
+
+
+def test_first_uses_measure_write_one_whole_cache_and_the_next_process_loads_it(tmp_path: object) -> None:
+    """Without a cache the first kernel table is measured and the cache written. Two processes doing
+    so at once each write a temporary file and rename it: one valid cache remains, no temporary
+    file; the next process reads it instead of measuring."""
+    import json
+    import subprocess
+    import sys
+
+    env = _measuring_env(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    (path,) = list(tmp_path.iterdir())
+    assert path.name.startswith("cpu-kernels-") and path.suffix == ".json"
+    assert f"measured at first use ({path})" in outs and all(o in (f"measured at first use ({path})", str(path))
+                                                             for o in outs)
+    data = json.loads(path.read_text())
+    assert data["key"]["cpu"] and set(data["crossovers"]["onednn_bare_min_mnk"]) == set(KERNEL_CLASSES)
+    third = subprocess.run([sys.executable, "-c", _FIRST_USE], env=env, capture_output=True, text=True,
+                           timeout=120, check=True).stdout.strip()
+    assert third == str(path)  # read, not measured
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_corrupt_or_foreign_cache_is_measured_over_and_replaced(first_use: object) -> None:
+    import json
+
+    from ffaccel.drivers import cpu_tune
+
+    path = cpu_tune.cache_path()
+    path.write_text("not json")
+    assert cpu_mod.crossovers().source == f"measured at first use ({path})"
+    data = json.loads(path.read_text())
+    assert data["key"] == cpu_tune.machine_key()
+    data["key"]["cpu"] = "another CPU"
+    path.write_text(json.dumps(data))
+    cpu_mod.forget_crossovers()
+    assert CpuDriver().kernel_table().crossovers.source == f"measured at first use ({path})"
+    assert json.loads(path.read_text())["key"] == cpu_tune.machine_key()
+
+
+def test_an_unwritable_cache_directory_measures_once_and_keeps_it_in_memory(
+        first_use: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache directory that cannot be made (its parent is a file; root ignores permissions) is no
+    error: the pass's crossovers serve this process, measured once."""
+    from ffaccel.drivers import cpu_tune
+
+    blocker = first_use / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("FFACCEL_CACHE_DIR", str(blocker / "cache"))
+    got = CpuDriver().kernel_table().crossovers
+    assert got.source == "measured at first use (not saved)"
+    monkeypatch.setattr(cpu_tune, "tune", lambda *a, **k: pytest.fail("measured twice"))
+    cpu_mod._resolved.cache_clear()
+    assert CpuDriver(kernels="f32=blas").kernel_table().crossovers.to_json() == got.to_json()
+    assert cpu_tune.load_crossovers() is None
+
+
+def test_tuned_0_and_forced_kernels_measure_nothing(first_use: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFACCEL_CPU_TUNED=0 keeps the defaults; a choice forcing every class reads no crossover; a
+    class forced beside measured ones runs its forced library at every size."""
+    from ffaccel.drivers import cpu_tune
+
+    monkeypatch.setenv("FFACCEL_CPU_TUNED", "0")
+    assert CpuDriver().kernel_table().crossovers is cpu_table.DEFAULT_CROSSOVERS
+    monkeypatch.delenv("FFACCEL_CPU_TUNED")
+    table = CpuDriver(kernels="blas").kernel_table()
+    assert table.crossovers is cpu_table.DEFAULT_CROSSOVERS and not list(first_use.iterdir())
+    for fused in (False, True):
+        assert table.band(KernelClass.F32, fused, False, 2**40).library == Library.BLAS
+    if runnable("f32=onednn"):
+        forced = CpuDriver(kernels="f32=onednn").kernel_table()
+        assert forced.crossovers.source.startswith("measured at first use")  # the other classes' auto
+        assert {b.library for row in (forced.rows[k] for k in forced.rows if k.cls == KernelClass.F32 and not k.skinny)
+                for b in row} == {Library.ONEDNN}
+    monkeypatch.setattr(cpu_tune, "tune", lambda *a, **k: pytest.fail("measured with a cache present"))
+    cpu_mod.forget_crossovers()
+    assert CpuDriver().kernel_table().crossovers.source == str(cpu_tune.cache_path())
+
+
+def test_the_pass_measures_the_model_shapes_and_restores_thread_settings(first_use: object) -> None:
+    """The first-use pass times every candidate at the ladder and at the model shapes (a narrow
+    recurrent step, a batched convolution with A shared) and leaves the process's thread settings
+    as they were."""
+    import json
+
+    from threadpoolctl import threadpool_info
+
+    from ffaccel.drivers import cpu_tune
+
+    before = [(i.get("filepath"), i.get("num_threads")) for i in threadpool_info()]
+    cpu_mod.crossovers()
+    assert [(i.get("filepath"), i.get("num_threads")) for i in threadpool_info()] == before
+    timings = json.loads(cpu_tune.cache_path().read_text())["timings_us"]
+    assert timings["pass_thread_cpu_s"] > 0 and "f32 skinny 1x16x16" in timings
+    if CpuDriver().kernel_table().classes[KernelClass.F32].library != Library.BLAS:
+        for name in ("f32 bare 1x32x16x4", "f32 fused 2x8x16x32", "f32 bare 16^3", "f32 fused 24^3"):
+            assert timings[name]["blas"] > 0 and timings[name]["lib"] > 0
+
+
+def test_serve_and_report_measure_at_start_only_without_a_cache(first_use: object,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tune_at_start`` (``ffaccel serve --driver cpu``, ``ffaccel report``): the full pass once,
+    saying so, where no valid cache exists; nothing where one does or FFACCEL_CPU_TUNED=0."""
+    from ffaccel.drivers import cpu_tune
+
+    for name, value in (("LADDER", (16, 24)), ("SHAPES", ((1, 32, 4, 16),)), ("SKINNY", ((1, 16, 16),)),
+                        ("START_BUDGET_S", 0.02)):
+        monkeypatch.setattr(cpu_tune, name, value)
+    monkeypatch.setenv("FFACCEL_CPU_TUNED", "0")
+    assert cpu_tune.tune_at_start() is None and not list(first_use.iterdir())
+    monkeypatch.delenv("FFACCEL_CPU_TUNED")
+    said: list[str] = []
+    cross = cpu_tune.tune_at_start(said.append)
+    assert cross is not None and len(said) == 1 and "measuring" in said[0]
+    assert cpu_tune.load_crossovers().to_json() == cross.to_json()
+    assert cpu_tune.tune_at_start(said.append) is None and len(said) == 1

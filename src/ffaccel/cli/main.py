@@ -144,6 +144,10 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     # the folder is checked before the run (not after it, results lost); an interrupted or failed
     # run removes what it made there, and its server and temporary folder are gone either way
     names = ["results.json", "report.html", *(f"{name}.png" for name in PLOTS)]
+    if any(d.partition(":")[0] == "cpu" for d in cfg.devices):  # its kernel table measured once, before the run
+        from ..drivers.cpu_tune import tune_at_start
+
+        tune_at_start(lambda line: console.print(line, markup=False, highlight=False))
     with output_folder(cfg.out, names, param="--out"), TerminalProgress(console) as progress:
         results = run_report(cfg, progress)  # each section's table is printed as it ends
         progress.finishing("plotting")
@@ -177,6 +181,10 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     if args.ready_file is not None:
         readiness.prepare_ready_file(args.ready_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s ffaccel-serve %(message)s")
+    if args.driver.partition(":")[0] == "cpu":  # its kernel table measured once, before the socket listens
+        from ..drivers.cpu_tune import tune_at_start
+
+        tune_at_start(logging.getLogger("ffaccel.serve").info)
     written: list[os.stat_result] = []
     listening: list[bool] = []
 

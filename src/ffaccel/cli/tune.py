@@ -30,7 +30,7 @@ def _tune(args: argparse.Namespace, console: Any) -> int:
     else:
         path = cpu_tune.save_crossovers(cross, timings)
         console.print(f"saved: {path}", soft_wrap=True)  # one line: a path to copy
-        cpu_mod._resolved.cache_clear()
+        cpu_mod.forget_crossovers()
     for name, value in cross.to_json().items():
         console.print(f"{name}: {value}", soft_wrap=True)
     return 0

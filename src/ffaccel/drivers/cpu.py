@@ -926,11 +926,32 @@ def _probe_impl(lib: Any, cls: str) -> str | None:
     return impl if ok else None
 
 
-def crossovers() -> Crossovers:
-    """The tuned crossovers of this machine (``ffaccel tune``'s cache) when present, else the defaults."""
-    from .cpu_tune import load_crossovers
+#: Crossovers measured in this process, per cache directory (where a write failed, or to skip
+#: re-reading the file for every new kernel choice).
+_MEASURED: dict[str, Crossovers] = {}
 
-    return load_crossovers() or DEFAULT_CROSSOVERS
+
+def crossovers() -> Crossovers:
+    """This machine's crossovers: the tuning cache's (``ffaccel tune``, or a first use before),
+    else measured now by a short pass and cached (:func:`ffaccel.drivers.cpu_tune.measured_crossovers`);
+    the defaults with ``FFACCEL_CPU_TUNED=0`` and inside a tuning pass."""
+    from . import cpu_tune
+
+    if os.environ.get("FFACCEL_CPU_TUNED", "") == "0" or cpu_tune.measuring():
+        return DEFAULT_CROSSOVERS
+    where = str(cpu_tune.cache_dir())
+    got = _MEASURED.get(where)
+    if got is None:
+        got = _MEASURED[where] = cpu_tune.measured_crossovers()
+        # a pass built tables on the defaults (its own drivers'): none of them may serve from here on
+        _resolved.cache_clear()
+    return got
+
+
+def forget_crossovers() -> None:
+    """Read the crossovers again at the next kernel table (after ``ffaccel tune`` wrote the cache)."""
+    _MEASURED.clear()
+    _resolved.cache_clear()
 
 
 @functools.lru_cache(maxsize=16)
@@ -940,8 +961,9 @@ def _resolved(choice: tuple[tuple[str, str], ...], threads: int | None, cross: C
     d = dict(choice)
     lib = _onednn_library(d)
     entries = resolve_kernels(d, lib, threads)
-    return lib, build_table({KernelClass(k): Choice(v) for k, v in d.items()}, entries,
-                            cross if cross is not None else crossovers(), threads,
+    if cross is None:  # every class forced: no crossover is read, nothing to measure
+        cross = crossovers() if "auto" in d.values() else DEFAULT_CROSSOVERS
+    return lib, build_table({KernelClass(k): Choice(v) for k, v in d.items()}, entries, cross, threads,
                             lib.version if lib is not None else None, single_thread_mnk)
 
 
