@@ -39,7 +39,7 @@ from ..protocol import (
     ring_words,
 )
 from .. import futex
-from ..spin import SpinBudget
+from ..spin import SpinBudget, step_aside
 from .memory import sealed_memfd
 from .ports import ClientPort
 
@@ -535,7 +535,7 @@ class RingPoller:
     """
 
     def __init__(self, poll_us: int) -> None:
-        self.spin = SpinBudget(poll_us)
+        self.spin = SpinBudget(poll_us, step_aside)
         self.rings: list[Ring] = []
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
