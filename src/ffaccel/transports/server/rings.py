@@ -205,7 +205,11 @@ class Ring:
             self._completed_words[engine].value = value
             if self.parked:
                 self.waker.poke_poller()
-            self._wake_client()
+            # only a client asleep on its eventfd: one asleep on the futex waits for cq_tail to move
+            # (both clients' only futex wait), which a fence signal does not do; a wake here would
+            # cost a system call and a wake-up for nothing (the CQE's own wake follows)
+            if self._client_flags.value & _WAITING:
+                self.waker.wake(self)
         finally:
             self.done()
 
