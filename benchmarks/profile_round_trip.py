@@ -52,21 +52,20 @@ def sendall(self, *a, **kw):
     r = sa(self, *a, **kw); st("srv.sent"); return r
 socket_mod.socket.sendall = sendall
 SB = spin_mod.SpinBudget
-ostart, opaid, oend = SB.start, SB.paid, SB._ended_empty
+ostart, opaid, okeep, oback = SB.start, SB.paid, SB.keep_spinning, SB._back_off
 def start(self):
     r = ostart(self)
-    if r is False or getattr(self, "_skip", False): cnt("spin.skipped")
+    if r is False: cnt("spin.skipped")
     return r
 def paid(self):
     cnt("spin.paid"); opaid(self)
-def ended(self, now):
-    cnt("spin.empty"); oend(self, now)
-opre = SB._preempted
-def pre(self, now):
-    r = opre(self, now)
-    if r: cnt("spin.preempted")
+def keep(self, scale=1.0):
+    r = okeep(self, scale)
+    if not r: cnt("spin.empty")
     return r
-SB.start, SB.paid, SB._ended_empty, SB._preempted = start, paid, ended, pre
+def back(self, now):
+    cnt("spin.backed_off"); oback(self, now)
+SB.start, SB.paid, SB.keep_spinning, SB._back_off = start, paid, keep, back
 def dump():
     with open(os.environ["PROFILE_OUT"], "w") as f:
         json.dump({"stamps": stamps, "counts": counts}, f)
@@ -153,30 +152,31 @@ def main() -> int:
     wrap(ring_mod.RingTransport, "_reap", after="cli.reaped")
     wrap(ring_mod.RingTransport, "_sleep", before="cli.sleep", after="cli.woken")
     SB = spin_mod.SpinBudget
-    opaid, oend = SB.paid, SB._ended_empty
+    opaid, okeep, oback, ostart = SB.paid, SB.keep_spinning, SB._back_off, SB.start
+
+    def bump(k: str) -> None:
+        counts[k] = counts.get(k, 0) + 1
 
     def paid(self):
-        counts["cli.spin.paid"] = counts.get("cli.spin.paid", 0) + 1
+        bump("cli.spin.paid")
         opaid(self)
 
-    def ended(self, now):
-        counts["cli.spin.empty"] = counts.get("cli.spin.empty", 0) + 1
-        oend(self, now)
-    opre = SB._preempted
-
-    def pre(self, now):
-        r = opre(self, now)
-        if r:
-            counts["cli.spin.preempted"] = counts.get("cli.spin.preempted", 0) + 1
+    def keep(self, scale=1.0):
+        r = okeep(self, scale)
+        if not r:
+            bump("cli.spin.empty")
         return r
-    ostart = SB.start
+
+    def back(self, now):
+        bump("cli.spin.backed_off")
+        oback(self, now)
 
     def start(self):
         r = ostart(self)
         if not r:
-            counts["cli.spin.skipped"] = counts.get("cli.spin.skipped", 0) + 1
+            bump("cli.spin.skipped")
         return r
-    SB.paid, SB._ended_empty, SB._preempted, SB.start = paid, ended, pre, start
+    SB.paid, SB.keep_spinning, SB._back_off, SB.start = paid, keep, back, start
 
     from ffaccel.abi import Gemm, encode_submission
     results = {}

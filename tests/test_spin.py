@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ffaccel.transports import spin as spin_mod
@@ -132,3 +134,57 @@ def test_an_answer_right_after_the_spin_gave_up_backs_off(clock: FakeClock) -> N
     s.start()
     s.found_after_sleep()  # a sleep without an empty spin before it (backed off, or no spin) changes nothing
     assert s.cur_s == pytest.approx(200e-6)
+
+
+def test_a_held_up_peer_moves_the_spinner_first_and_backs_off_if_it_cannot(clock: FakeClock) -> None:
+    moves: list[bool] = []
+    can_move = [True]
+
+    def move() -> bool:
+        moves.append(can_move[0])
+        return can_move[0]
+
+    s = SpinBudget(200, move)
+    _spin(s, clock)
+    clock.now += 100e-6  # the answer right after the spin gave up: the peer was queued behind it
+    s.found_after_sleep()
+    assert moves == [True] and s.cur_s == pytest.approx(200e-6)  # moved: it spins on, not backed off
+    _spin(s, clock)
+    clock.now += 100e-6
+    s.found_after_sleep()  # again within STEP_ASIDE_MIN_S: the move did not help, back off as before
+    assert moves == [True] and s.cur_s == 0.0
+    clock.now += spin_mod.STEP_ASIDE_MIN_S
+    can_move[0] = False  # nowhere to go (one CPU): backs off
+    _spin(s, clock)
+    clock.now += 100e-6
+    s.found_after_sleep()
+    assert moves == [True, False] and s.cur_s == 0.0
+
+
+def _in_thread(fn):  # affinity is per thread: a thread of its own leaves the test runner's alone
+    import threading
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(30)
+    assert out, "the thread did not finish"
+    return out[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_step_aside_leaves_the_cpu_set_as_it_was() -> None:
+    def run() -> tuple[bool, set[int], set[int]]:
+        before = os.sched_getaffinity(0)
+        moved = spin_mod.step_aside()
+        return moved, before, os.sched_getaffinity(0)
+
+    moved, before, after = _in_thread(run)
+    assert after == before  # never left pinned
+    assert moved == (len(before) > 1 and spin_mod._sched_getcpu is not None)
+
+    def alone() -> tuple[bool, set[int]]:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        return spin_mod.step_aside(), os.sched_getaffinity(0)
+
+    moved, after = _in_thread(alone)
+    assert not moved and len(after) == 1  # one CPU allowed: nowhere to go, nothing changed

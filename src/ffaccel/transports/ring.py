@@ -48,7 +48,7 @@ from .protocol import (
     ring_words,
 )
 from . import futex
-from .spin import SpinBudget
+from .spin import SpinBudget, step_aside
 from .socket import _ENGINE_OF, SocketTransport, device_lost
 
 _U64 = struct.Struct("<Q")
@@ -88,7 +88,7 @@ class RingTransport(SocketTransport):
                  wait_s: float | None = None) -> None:
         super().__init__(path, timeout_s, wait_s=wait_s)
         self.poll_ns = int(poll_us * 1000)
-        self._spin = SpinBudget(int(poll_us))  # adaptive: backs off at once on an oversubscribed machine
+        self._spin = SpinBudget(int(poll_us), step_aside)  # adaptive: backs off at once on an oversubscribed machine
         self.entries = entries
         self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._doorbell = -1

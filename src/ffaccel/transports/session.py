@@ -426,7 +426,8 @@ class Session:
     # -- work ------------------------------------------------------------------------------------
     def plan(self, raw: bytes | memoryview) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]]:
         """Validate a whole submission: (engine, runs, waits). Nothing is assigned yet."""
-        self.check_open()
+        if self.closed:
+            self.check_open()
         return self.plans.plan(raw)
 
     def assign(self, engine: Engine, runs: RunBlock) -> int:

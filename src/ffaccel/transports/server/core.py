@@ -93,6 +93,7 @@ class Client:
         self.closed = False
         self.peer = (0, 0)  # the client process's (pid, uid), from SO_PEERCRED (the USAGE table)
         self.since_s = time.monotonic()
+        self._schedulers = tuple(server.engines.values())
 
     # -- memory ---------------------------------------------------------------------------------
     def alloc(self, size_bytes: int) -> tuple[int, SharedMem]:
@@ -138,8 +139,11 @@ class Client:
     def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
         """Validate a whole submission, assign its fence value, and run or queue it."""
         with self.lock:
-            engine, runs, waits = self.session.plan(raw)
-            return self._enqueue(engine, runs, waits)
+            session = self.session
+            engine, runs, waits = session.plan(raw)
+            value = session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
+            self.server.engines[engine].submit(self, value, runs, waits)
+            return engine, value
 
     def replay(self, lid: int, engine_raw: int, waits: tuple[tuple[int, int], ...]) -> tuple[Engine, int]:
         with self.lock:
@@ -177,8 +181,9 @@ class Client:
         ring = self.ring
         if ring is not None:
             ring.publish_completed(engine, done[engine])
-        for sched in self.server.engines.values():
-            sched.poke()
+        for sched in self._schedulers:
+            if sched.blocked:  # poke() without the call: nearly always nobody waits on a fence
+                sched.poke()
 
     def wait_any(self, timeout_s: float) -> None:
         with self.cond:

@@ -13,7 +13,7 @@ import socket
 import struct
 
 from ..protocol import MAX_FDS, MAX_PAYLOAD_BYTES, MSG, close_fds, collect_fds
-from ..spin import SpinBudget
+from ..spin import SpinBudget, step_aside
 
 _CMSG_FDS = socket.CMSG_SPACE(MAX_FDS * 4)
 HEAD_BYTES = MSG.size_bytes
@@ -47,7 +47,7 @@ class Inbox:
 
     def __init__(self, conn: socket.socket, spin_us: int, stall_s: float) -> None:
         self.conn = conn
-        self.spin = SpinBudget(spin_us)
+        self.spin = SpinBudget(spin_us, step_aside)  # a sync wake-up queues the client behind us: see step_aside
         self.stall_ms = max(1, int(stall_s * 1000))
         self.buf = b""  # received, not yet consumed
         self.base = 0  # stream offset of buf[0]
@@ -76,7 +76,14 @@ class Inbox:
         if not self.first and not self.buf:
             spin = self.spin
             spinning = spin.start()  # False: backed off, block at once
+            ready = self._poll.poll
             while spinning and spin.keep_spinning():
+                # spin on poll(2) with a zero timeout, read only once something is there: a failed
+                # non-blocking read raises BlockingIOError, and building that exception made each
+                # poll cost 3.1 µs against 0.9 (Python 3.11, AMD EPYC VM), so the request was
+                # noticed 1-2 µs later on average
+                if not ready(0):
+                    continue
                 try:
                     data, anc, _flags, _ = recvmsg(READ_BYTES, _CMSG_FDS, socket.MSG_DONTWAIT)
                 except BlockingIOError:

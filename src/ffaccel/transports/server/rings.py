@@ -39,7 +39,7 @@ from ..protocol import (
     ring_words,
 )
 from .. import futex
-from ..spin import SpinBudget
+from ..spin import SpinBudget, step_aside
 from .memory import sealed_memfd
 from .ports import ClientPort
 
@@ -205,7 +205,11 @@ class Ring:
             self._completed_words[engine].value = value
             if self.parked:
                 self.waker.poke_poller()
-            self._wake_client()
+            # only a client asleep on its eventfd: one asleep on the futex waits for cq_tail to move
+            # (both clients' only futex wait), which a fence signal does not do; a wake here would
+            # cost a system call and a wake-up for nothing (the CQE's own wake follows)
+            if self._client_flags.value & _WAITING:
+                self.waker.wake(self)
         finally:
             self.done()
 
@@ -535,7 +539,7 @@ class RingPoller:
     """
 
     def __init__(self, poll_us: int) -> None:
-        self.spin = SpinBudget(poll_us)
+        self.spin = SpinBudget(poll_us, step_aside)
         self.rings: list[Ring] = []
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()

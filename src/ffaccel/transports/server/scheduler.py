@@ -86,7 +86,11 @@ class EngineScheduler:
                 self.cond.notify_all()
         if inline:
             try:
-                _run_all(client, self.engine, runs)
+                try:
+                    for run in runs:
+                        run()
+                except Exception:  # noqa: BLE001 - a driver failure must not take the server down
+                    log.exception("client %d: execution failed on %s", client.id, self.engine.name)
             finally:
                 with mutex:
                     self.busy = False
@@ -198,14 +202,6 @@ class EngineScheduler:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
-
-
-def _run_all(client: ClientPort, engine: Engine, runs: tuple[Run, ...]) -> None:
-    try:
-        for run in runs:
-            run()
-    except Exception:  # noqa: BLE001 - a driver failure must not take the server down
-        log.exception("client %d: execution failed on %s", client.id, engine.name)
 
 
 __all__ = ["EngineScheduler", "Job"]
