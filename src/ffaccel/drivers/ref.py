@@ -377,20 +377,23 @@ def _float_post_op(kind: PostOpKind, p0: float, p1: float, x: np.ndarray, v: np.
 
 
 def _int_post_op(kind: PostOpKind, p0: int, p1: int, x: np.ndarray, v: np.ndarray | None) -> np.ndarray:
-    """One post-op on wrapped int32 values held as Python ints; the result is wrapped again."""
+    """One post-op on wrapped int32 values (int64), the result wrapped again. Sums and products
+    are taken modulo 2**64 (uint64 wraps), exact modulo 2**32, all the result keeps; relu and
+    clamp compare the signed values themselves (a bound past int64 clamps as int64's end would)."""
     if kind in OPERAND_POST_OPS:
         if v is None:
             raise ValueError(f"post-op {kind.name} needs its operand")
-        y = x + v.astype(np.int64).astype(object)
+        y = x.astype(np.uint64) + v.astype(np.int64).astype(np.uint64)
     elif kind == PostOpKind.RELU:
         y = np.where(x > 0, x, 0)
     elif kind == PostOpKind.CLAMP:
-        y = np.minimum(np.maximum(x, int(p0)), int(p1))
+        lo, hi = (max(-2**63, min(2**63 - 1, int(q))) for q in (p0, p1))
+        y = np.minimum(np.maximum(x, lo), hi)
     elif kind == PostOpKind.SCALE:
-        y = int(p0) * x
+        y = np.uint64(int(p0) % 2**64) * x.astype(np.uint64)
     else:
         raise ValueError(f"post-op {kind!r} is not defined for int32 outputs")
-    return wrap_int32(np.asarray(y, dtype=object)).astype(object)
+    return wrap_int32(y).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------
@@ -495,7 +498,7 @@ class RefDriver(Driver):
             acc = acc + np.uint64(beta % 2**64) * c.astype(np.int64).astype(np.uint64)
         rounded = wrap_int32(acc)
         if op.epilogue:
-            x = rounded.astype(np.int64).astype(object)  # post-ops on Python ints, wrapped after each
+            x = rounded.astype(np.int64)  # each post-op wraps its result (see _int_post_op)
             for p, v in zip(op.epilogue, epi):
                 x = np.broadcast_to(_int_post_op(p.kind, p.param0, p.param1, x, v), shape)
             rounded = wrap_int32(x)  # already in range: this is the int32 cast
