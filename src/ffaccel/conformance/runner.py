@@ -181,7 +181,10 @@ def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: i
     span = ((n_batch - 1) * stride + (rows - 1) * ld + cols) if rows and cols else 0
     total = lead + span + 3
     buf = dev.alloc(total * isz)
-    flat = np.empty(total, info.numpy)
+    # ld elements of slack past the end: an entry's rows are then one (rows, ld) reshape, written
+    # in one assignment (the last row's tail falls in the slack, which is never written to the device)
+    ext = np.empty(total + ld, info.numpy)
+    flat = ext[:total]
     if info.is_float:
         flat[:] = np.nan
     else:
@@ -190,9 +193,9 @@ def _place(dev: Device, rng: np.random.Generator, dt: DType, batch: int, rows: i
         block = values if values is not None else (fill() if fill is not None else None)
         if block is None:
             block = _random(rng, dt, rows * cols).reshape(rows, cols)
-        for r in range(rows):
-            start = lead + b * stride + r * ld
-            flat[start:start + cols] = block[r]
+        if rows and cols:
+            start = lead + b * stride
+            ext[start:start + rows * ld].reshape(rows, ld)[:, :cols] = block
     buf.write(flat)
     return _Placed(buf, Matrix(buf.handle, dt, rows, cols, ld, lead * isz, stride))
 
