@@ -932,3 +932,24 @@ def test_serve_and_report_measure_at_start_only_without_a_cache(first_use: objec
     assert cross is not None and len(said) == 1 and "measuring" in said[0]
     assert cpu_tune.load_crossovers().to_json() == cross.to_json()
     assert cpu_tune.tune_at_start(said.append) is None and len(said) == 1
+
+
+@pytest.mark.skipif(not runnable("f16=widened,bf16=widened"), reason="the widened kernel needs oneDNN and PyTorch installed")
+def test_widened_kernel_does_not_import_pytorch() -> None:
+    """A NumPy-only program's f16/bf16 GEMMs on the widened kernel (forced here, at every size)
+    pass the suite's GEMM cases with NumPy's and ml_dtypes' casts, and PyTorch stays unimported
+    (its import cost a first GEMM 1.5 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ffaccel.conformance import check_device\n"
+        "r = check_device('cpu', 'quick', only=('f16xf16', 'bf16xbf16'))\n"
+        "assert r.results and r.passed, r.failures_text(5)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = dict(os.environ, FFACCEL_CPU_KERNELS="f16=widened,bf16=widened")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

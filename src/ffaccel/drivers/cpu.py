@@ -4,8 +4,8 @@ oneDNN where it is installed (the ``onednn`` extra) and measured faster.
 Which kernel library serves which combination (``FFACCEL_CPU_KERNELS`` / ``kernels=`` force
 each; :meth:`CpuDriver.kernels` and ``ffaccel info`` say what runs here; docs/kernels.md has
 the measurements): int8 on oneDNN's exact u8 x s8 VNNI/AMX kernel, bf16 natively where the
-CPU has bf16 instructions, f16 (and bf16 without them) widened by PyTorch's casts onto
-oneDNN's f32 matmul, f32 with an epilogue fused in oneDNN's matmul
+CPU has bf16 instructions, f16 (and bf16 without them) widened to f32 (PyTorch's casts where
+the process has PyTorch, else NumPy's and ml_dtypes') onto oneDNN's f32 matmul, f32 with an epilogue fused in oneDNN's matmul
 (:mod:`ffaccel.drivers.cpu_onednn`); f64, bare f32 and everything without oneDNN on the
 OpenBLAS paths below. The epilogue's arithmetic is :mod:`ffaccel.drivers.epilogue`.
 
@@ -879,7 +879,7 @@ def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
 
 #: Environment variable choosing kernel libraries: ``auto`` (default), ``blas``, ``onednn``, or
 #: per class, e.g. ``int8=onednn,f32=blas`` (classes not named stay ``auto``); f16 and bf16 also
-#: take ``widened`` (PyTorch's casts to f32, then oneDNN's f32 matmul), int8 ``torch``
+#: take ``widened`` (casts to f32, then oneDNN's f32 matmul), int8 ``torch``
 #: (``torch._int_mm``, which ``auto`` takes for int8 x int8 where it runs on VNNI/AMX), f32 and
 #: f64 ``gemv`` (skinny GEMMs on OpenBLAS's ?gemv). See :mod:`ffaccel.drivers.cpu_table`.
 KERNELS_ENV = "FFACCEL_CPU_KERNELS"
@@ -974,8 +974,8 @@ def _refuse(cls: str, want: str, why: str) -> FFAccelError:
 
 def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> dict[KernelClass, ClassEntry]:
     """Class -> what serves it here (:class:`ClassEntry`): "blas", "onednn" (oneDNN's matmul on
-    the class's own dtypes), "widened" (f16/bf16 widened to f32 by PyTorch's casts, then
-    oneDNN's f32 matmul), "torch" or "onednn+torch" (int8 on ``torch._int_mm``).
+    the class's own dtypes), "widened" (f16/bf16 widened to f32, then oneDNN's f32 matmul;
+    PyTorch's casts where the process has PyTorch: ``cpu_onednn.cast``), "torch" or "onednn+torch" (int8 on ``torch._int_mm``).
 
     ``auto`` takes oneDNN where it is exact and implemented: int8 only where its u8 x s8 sum is
     exact (VNNI/AMX); bf16 natively only with bf16 instructions (the library's emulation is ~5x
@@ -1115,7 +1115,7 @@ class CpuDriver(Driver):
                            "OpenBLAS sgemm on exact f32 k-chunks"),
             Library.GEMV: f"OpenBLAS {prec}gemv",
             Library.ONEDNN: one,
-            Library.WIDENED: f"{one} on f32 widened by torch",
+            Library.WIDENED: f"{one} on f32 (widened)",
             Library.TORCH: torch_name,
             Library.ONEDNN_TORCH: torch_name if s8s8 else one,
         }

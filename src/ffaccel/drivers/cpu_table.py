@@ -42,7 +42,7 @@ class Choice(str, enum.Enum):
     BLAS = "blas"  # OpenBLAS's ?gemm at every size and shape
     GEMV = "gemv"  # skinny GEMMs (f32/f64) on OpenBLAS's ?gemv (NumPy's matmul); the rest on ?gemm
     ONEDNN = "onednn"  # oneDNN's matmul on the class's own dtypes
-    WIDENED = "widened"  # f16/bf16 widened to f32 by PyTorch's casts, then oneDNN's f32 matmul
+    WIDENED = "widened"  # f16/bf16 widened to f32 (cpu_onednn.cast), then oneDNN's f32 matmul
     TORCH = "torch"  # int8: torch._int_mm (uint8 shifted onto int8)
 
 
@@ -53,7 +53,7 @@ class Library(str, enum.Enum):
     GEMV = "gemv"  # OpenBLAS ?gemv (what NumPy's @ runs for a vector times a matrix): NumPy's OpenBLAS,
     # SciPy's f2py call where OpenBLAS runs it on the calling thread
     ONEDNN = "onednn"  # oneDNN matmul, the epilogue fused
-    WIDENED = "widened"  # PyTorch's casts to f32, then oneDNN's f32 matmul
+    WIDENED = "widened"  # casts to f32 (cpu_onednn.cast), then oneDNN's f32 matmul
     TORCH = "torch"  # torch._int_mm for every int8 pair (uint8 shifted)
     ONEDNN_TORCH = "onednn+torch"  # int8 x int8 on torch._int_mm, the pairs with uint8 on oneDNN's u8 x s8
 
