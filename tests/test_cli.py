@@ -228,8 +228,11 @@ def test_interrupted_report_keeps_an_existing_folder_and_its_files(tmp_path: Pat
 def test_ctrl_c_in_report_is_one_line_and_cleans_up(sig: int, status: Exit, line: str, tmp_path: Path) -> None:
     """A real signal while the report runs: its status, one line, its output folder removed."""
     out = tmp_path / "out"
+    # the child starts with SIGINT at its default, as from a terminal: a suite launched in the
+    # background of a non-interactive shell inherits SIGINT ignored, and Python keeps it so
     proc = subprocess.Popen([*CLI, "report", "--quick", "--no-server", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(out.exists, bool, 60, "the report's output folder is made before the run")
         proc.send_signal(sig)
