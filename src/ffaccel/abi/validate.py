@@ -545,6 +545,52 @@ class GemmClass:
                       tuple(epilogue), v[_I_USER])
 
 
+
+class GeometryChecker:
+    """One validated GEMM class with its descriptor as the template of every geometry of it.
+
+    What a plan over a growing axis reuses (a KV cache that grows a row a step meets a new
+    geometry each step; docs/kernels.md, "A plan over a growing axis"): the descriptor is
+    validated whole once (``check_command``), and :meth:`check` answers for a new geometry of the
+    same class from the geometry values alone, without encoding and decoding a descriptor: the
+    template's fields with the sizes and each operand's placement replaced, checked by
+    :meth:`GemmClass.check_geometry` (every rule that reads a geometry field; the class rules
+    hold for the whole class). None when a rule fails: the caller then takes its full path, whose
+    validator raises the exact error.
+    """
+
+    __slots__ = ("gemm_class", "_template", "_slots")
+
+    def __init__(self, raw: bytes, caps: DeviceCaps) -> None:
+        op = check_command(raw, caps)
+        if not isinstance(op, GemmOp):
+            raise violation("cmd.opcode", "COPY", "GEMM")
+        self.gemm_class = GemmClass.of(op, caps)
+        self._template = list(_GEMM_UNPACK(raw, 0))
+        cls = self.gemm_class
+        #: (a, b, c, d, post-op operands) -> the index of its rows field, None where absent
+        self._slots = tuple(None if p is None else p.i_offset + 1
+                            for p in (cls.a, cls.b, cls.c, cls.d, *(e[3] for e in cls.epilogue)))
+
+    def check(self, m: int, n: int, k: int, batch: int, operands: tuple) -> GemmOp | None:
+        """The GemmOp of this class's command with these sizes, or None when a geometry rule fails.
+
+        ``operands``: per operand of the class (a, b, c, d, then each post-op's), its
+        ``(rows, cols, ld_elems, batch_stride_elems)`` at offset 0, None where the class has
+        none (a presence that differs from the class's answers None)."""
+        v = self._template.copy()
+        v[_I_M], v[_I_N], v[_I_K], v[_I_BATCH] = m, n, k, batch
+        if len(operands) != len(self._slots):
+            return None
+        for i, place in zip(self._slots, operands):
+            if i is None or place is None:
+                if i is not place:
+                    return None
+                continue
+            v[i: i + 4] = place
+        return self.gemm_class.check_geometry(v)
+
+
 # --------------------------------------------------------------------------------------
 # binding: handles, bounds and overlap against the caller's memory
 

@@ -27,7 +27,7 @@ Third parties ship drivers as entry points in the ``ffaccel.drivers`` group::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -152,6 +152,15 @@ class Driver:
         """
         gemm = self.gemm
         return lambda a, b, c, d, epi: gemm(op, a, b, c, d, epi)
+
+    def kernel_family(self, op: GemmOp) -> Hashable | None:
+        """Optional: a key under which :meth:`prepare_gemm`'s kernel for ``op`` also serves every other
+        geometry of ``op``'s GEMM class (every descriptor field but the sizes and placements) that
+        gets the same key: the kernel reads no size of its own, only its arrays'. A plan over a
+        growing axis (a KV cache growing a row a step) then prepares one kernel, not one per step.
+        None (the default): one kernel per geometry.
+        """
+        return None
 
     def prepare_gemm_fresh(self, op: GemmOp) -> FreshKernel | None:
         """Optional fast path: a kernel ``(a, b) -> D`` that returns D as a new array.

@@ -1221,6 +1221,25 @@ class CpuDriver(Driver):
                 kernel = _with_threads(kernel, _one_thread())
         return kernel
 
+    def kernel_family(self, op: GemmOp) -> tuple | None:
+        """Batched f32/f64 GEMMs whose kernel is OpenBLAS's through NumPy's batch loop with no epilogue
+        (:func:`_plan_float`'s first branch, what attention's q @ K^T and p @ V run): the kernel reads
+        no size, so the band and the thread hold it gets are the key. Other GEMMs: None."""
+        combo = op.combo
+        if (op.batch < 2 or not op.m or not op.n or not op.reads_ab or op.epilogue or combo.is_int
+                or combo.a != combo.acc or combo.d != combo.acc or (op.reads_c and not op.in_place)):
+            return None
+        band = self.band(op)
+        if not (band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())):
+            return None
+        hold = None  # as prepare_gemm decides it
+        if op.batch * op.m * op.n * max(op.k, 1) > _SINGLE_THREAD_MNK:
+            if self._limit is not None:
+                hold = "limit"
+            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
+                hold = "one"
+        return (band, hold)
+
     def thread_pool(self) -> str:
         """"openmp" where the table sends f32 GEMMs to oneDNN (its multi-threaded GEMMs then run on
         the process's OpenMP runtime), else "own" (OpenBLAS's threads); "none" on one thread."""
