@@ -403,3 +403,24 @@ def test_a_new_geometry_of_a_known_class_is_still_checked() -> None:
     assert (err.value.code, err.value.param) == (ErrorCode.INVALID_PARAMETER, "n")
     with pytest.raises(FFAccelError):  # refused again: no plan was cached for it
         ffaccel.matmul(q, k_cache[:, :13], trans_b=True, device=dev)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", ["n", "m"])
+def test_a_tiny_linear_layer_reads_each_calls_bias(device: str, dtype, axis: str) -> None:
+    """8 x 8 + bias on its cached per-call path: each call reads its own operands and the bias's
+    current values (changed in place between calls, or a new vector), also for misaligned operands."""
+    dev = ffaccel.open(device)
+    a = RNG.standard_normal((8, 8)).astype(dtype)
+    raw = np.zeros(8 * 8 * np.dtype(dtype).itemsize + 1, np.uint8)
+    b_misaligned = np.frombuffer(raw.data, dtype, 64, offset=1).reshape(8, 8)
+    for b in (RNG.standard_normal((8, 8)).astype(dtype), b_misaligned):
+        if b is b_misaligned:
+            b_misaligned[...] = RNG.standard_normal((8, 8))  # (a writeable view of raw)
+        bias = RNG.standard_normal(8).astype(dtype)
+        for _ in range(3):
+            got = ffaccel.matmul(a, b, post_ops=[post.bias(bias, axis=axis)], device=dev)
+            want = _want(a, b) + (bias[None, :] if axis == "n" else bias[:, None])
+            _close(got, want, dtype, 8)
+            bias += 1.0
+            bias = bias.copy()

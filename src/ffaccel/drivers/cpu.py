@@ -1332,6 +1332,20 @@ class CpuDriver(Driver):
             kernel(a[None], b[None], None, d[None], epi)
             return d
 
+        def contiguous(a: np.ndarray, b: np.ndarray, bias: np.ndarray) -> np.ndarray:
+            d = empty(shape, dt)
+            d[...] = bias  # (the broadcast store costs less than np.copyto's call at 8 x 8)
+            dt_ = d.T
+            r = f2py(alpha, b.T, a.T, 1.0, dt_, 0, 0, 1)
+            if r is not dt_:  # f2py had to copy (misaligned memory)
+                copyto(d, r.T)
+            return d
+
+        #: ``fresh.contiguous(a, b, bias)``: the same for C-contiguous a and b (the caller vouches:
+        #: a front-end whose per-call key fixes the strides), the bias as any array broadcast over
+        #: the (m, n) D (the user's own (n,) vector for a bias along n): no flags read, no epilogue
+        #: tuple, no view of the bias made per call (8 x 8 + bias, docs/kernels.md)
+        fresh.contiguous = contiguous  # type: ignore[attr-defined]
         return fresh
 
     def _fresh_gemv_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:

@@ -314,17 +314,30 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
     return plan_n
 
 
-def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]
-                ) -> Callable[..., np.ndarray]:
-    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``."""
+def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...],
+                contiguous: bool = False) -> Callable[..., np.ndarray]:
+    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``.
+
+    ``contiguous``: a and b are C-contiguous (the per-call key fixes their strides); with one bias
+    along n, whose view is a reshape of the user's vector, the driver's ``fresh.contiguous(a, b,
+    vector)`` (when it offers one) takes the vector itself."""
     if len(operand_views) == 1 and operand_views[0] is not None:
         view = operand_views[0]
         shape = getattr(view, "reshape_to", None)
+        direct = getattr(fresh, "contiguous", None) if contiguous else None
+        if direct is not None and shape is not None and len(shape) == 3 and shape[:2] == (1, 1):
+            return lambda a, b, post_ops: direct(a, b, post_ops[0].operand)
         if shape is not None:  # the view is a reshape: done here, one Python call less per call (8 x 8 + bias)
             return lambda a, b, post_ops: fresh(a, b, (post_ops[0].operand.reshape(shape),))
         return lambda a, b, post_ops: fresh(a, b, (view(post_ops[0].operand),))
     return lambda a, b, post_ops: fresh(a, b, tuple(v(p.operand) if v is not None else None
                                                     for v, p in zip(operand_views, post_ops)))
+
+
+#: PostOp's default parameter (one float object) and its bits as :func:`_post_key` writes them.
+_ZERO = PostOp.__dataclass_fields__["param0"].default
+assert _ZERO is PostOp.__dataclass_fields__["param1"].default
+_ZERO_BITS = _ZERO.hex()
 
 
 def _post_key(post_ops: tuple) -> tuple:
@@ -458,8 +471,9 @@ def matmul(
                 if len(post_ops) == 1:  # a linear layer's bias: _post_key inlined (a call costs ~0.2 us here)
                     p = post_ops[0]
                     p0, p1, v = p.param0, p.param1, p.operand
-                    p0 = p0.hex() if p0.__class__ is float else p0
-                    p1 = p1.hex() if p1.__class__ is float else p1
+                    # (a bias's parameters are PostOp's default 0.0, that very object: its bits known)
+                    p0 = _ZERO_BITS if p0 is _ZERO else p0.hex() if p0.__class__ is float else p0
+                    p1 = _ZERO_BITS if p1 is _ZERO else p1.hex() if p1.__class__ is float else p1
                     pk = ((p.kind, p0, p1) if v is None else (p.kind, p0, p1, v.shape, v.strides, v.dtype),)
                 else:
                     pk = _post_key(post_ops)
@@ -632,7 +646,8 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
                           for i, e in enumerate(epilogue))
             if all(v is not None or e.operand is None for v, e in zip(views, epilogue)):
                 fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
-                dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
+                dev.frontend_plans[key] = (_fresh_plan(fresh, views, p.a.flags.c_contiguous and p.b.flags.c_contiguous)
+                                           if fresh is not None else
                                            _fast_plan(kernel, p.m, p.n, d3.dtype, views))
     elif (seen and key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
           and a.ndim >= 2 and b.ndim >= 2):  # (a subclass's reshape may differ from the one checked here)
