@@ -424,3 +424,25 @@ def test_a_tiny_linear_layer_reads_each_calls_bias(device: str, dtype, axis: str
             _close(got, want, dtype, 8)
             bias += 1.0
             bias = bias.copy()
+
+
+def test_a_known_gemm_class_still_refuses_bad_scalars_and_flags() -> None:
+    """After a GEMM class has a plan over its geometries, a call of the same shapes with a bad alpha,
+    beta or flag is refused with its documented error, as on a fresh device."""
+    dev = ffaccel.open("cpu")
+    q = RNG.standard_normal((3, 1, 8)).astype(np.float32)
+    k_cache = RNG.standard_normal((3, 20, 8)).astype(np.float32)
+    for length in (4, 5, 6):
+        ffaccel.matmul(q, k_cache[:, :length], trans_b=True, device=dev)
+    for kwargs, param in (({"alpha": np.array([1.0, 2.0])}, "alpha"), ({"alpha": "1"}, "alpha"),
+                          ({"beta": np.array([0.0, 1.0])}, "beta"), ({"trans_b": "T"}, "trans_b")):
+        args = {"trans_b": True, **kwargs}
+        with pytest.raises(FFAccelError) as err:
+            ffaccel.matmul(q, k_cache[:, :7], device=dev, **args)
+        assert err.value.param == param, (kwargs, err.value)
+    # scalars equal as floats but not as bits (0.0, -0.0) are different GEMM classes: each call's
+    # result is bit for bit what a device that never saw the other gives
+    for length, alpha in ((8, 0.0), (9, -0.0), (10, 0.0), (11, 2.0), (12, 2)):
+        got = ffaccel.matmul(q, k_cache[:, :length], trans_b=True, alpha=alpha, device=dev)
+        want = ffaccel.matmul(q, k_cache[:, :length], trans_b=True, alpha=alpha, device=ffaccel.open("cpu"))
+        assert got.tobytes() == want.tobytes(), alpha

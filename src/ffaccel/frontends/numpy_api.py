@@ -504,11 +504,15 @@ def matmul(
 
 
 def _family_key(a: np.ndarray, b: np.ndarray, alpha: Any, beta: Any, trans_a: Any, trans_b: Any,
-                out_dtype: Any) -> tuple:
+                out_dtype: Any) -> tuple | None:
     """The key of a plan over every geometry of a call's GEMM class: the fast key less the shapes and
     strides (scalars by their bits), for calls of two ndarrays with no c, out or post-ops."""
-    return ("family", a.ndim, a.dtype, b.ndim, b.dtype, _scalar_key(alpha), _scalar_key(beta), trans_a, trans_b,
-            out_dtype)
+    # (a scalar by its bits only where equal values differ in bits: 0.0 and -0.0; .hex() costs per call)
+    try:
+        return ("family", a.ndim, a.dtype, b.ndim, b.dtype, alpha if alpha else _scalar_key(alpha),
+                beta if beta else _scalar_key(beta), trans_a, trans_b, out_dtype)
+    except (TypeError, ValueError):  # not a scalar (an array's truth value): the full path names it
+        return None
 
 
 class _Family(NamedTuple):
