@@ -348,19 +348,21 @@ def _gemm3d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
 
 def _matmul_axpby(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np.ndarray) -> None:
     """x = alpha * a @ b + beta * x with numpy.matmul (batches looped in C) and in-place passes."""
-    with np.errstate(all="ignore"):
-        if alpha == 1.0 and beta == 0.0:
+    token = _fp_ignore()  # (an np.errstate costs ~2 us: attention's scaled q @ k^T comes here per call)
+    try:
+        if beta == 0.0:  # the product rounded once, then scaled: what the temporary gave, without it
             np.matmul(a, b, out=x)
+            if alpha != 1.0:
+                np.multiply(x, alpha, out=x)
             return
         t = np.matmul(a, b)
         if alpha != 1.0:
             np.multiply(t, alpha, out=t)
-        if beta == 0.0:
-            np.copyto(x, t)
-        else:
-            if beta != 1.0:
-                np.multiply(x, beta, out=x)
-            np.add(x, t, out=x)
+        if beta != 1.0:
+            np.multiply(x, beta, out=x)
+        np.add(x, t, out=x)
+    finally:
+        _fp_restore(token)
 
 
 #: f16 casts in NumPy are scalar code (several ns an element): above this many elements they
