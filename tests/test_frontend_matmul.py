@@ -384,7 +384,7 @@ def test_a_new_geometry_of_a_known_class_is_still_checked() -> None:
     from ffaccel.transports import InprocTransport
 
     class Small(CpuDriver):
-        def caps(self):  # noqa: ANN202 - the cpu driver's, with m, n, k <= 12
+        def caps(self):
             c = super().caps()
             return dataclasses.replace(c, limits=dataclasses.replace(c.limits, max_dim=12))
 

@@ -8,10 +8,10 @@ what is allowed. A submission is validated whole before any command runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Callable, Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -587,7 +587,7 @@ class GeometryChecker:
     validator raises the exact error.
     """
 
-    __slots__ = ("gemm_class", "_template", "_slots")
+    __slots__ = ("_slots", "_template", "gemm_class")
 
     def __init__(self, raw: bytes, caps: DeviceCaps) -> None:
         op = check_command(raw, caps)

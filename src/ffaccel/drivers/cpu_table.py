@@ -18,8 +18,8 @@ class onto any library it can run (:func:`parse_kernels`): a forced class has on
 from __future__ import annotations
 
 import dataclasses
-import functools
 import enum
+import functools
 from collections.abc import Mapping
 from typing import Any
 

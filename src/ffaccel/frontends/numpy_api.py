@@ -490,7 +490,7 @@ def matmul(
             return plan(a, b, post_ops) if post_ops else plan(a, b)
         if key is not None and not post_ops and type(a) is np.ndarray and type(b) is np.ndarray:
             # a geometry not seen: a plan over its GEMM class answers when the class is known (a
-            # KV cache growing a row a step); the geometry's second call takes the full path below
+            # KV cache growing a row a step); the geometry's second call builds its own plan
             family = plans.peek(_family_key(a, b, alpha, beta, trans_a, trans_b, out_dtype))
             if family is not None:
                 r = _family_call(family, a, b, trans_a, trans_b)
@@ -580,8 +580,8 @@ def _family_call(family: _Family, a: np.ndarray, b: np.ndarray, trans_a: Any, tr
     return d3.reshape(result_shape)
 
 
-def _second_call(dev: Device, family: _Family, key: tuple, alpha: Any, beta: Any, trans_a: Any,
-                 trans_b: Any, out_dtype: Any, build_plan: bool = True) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _second_call(dev: Device, family: _Family, key: tuple, alpha: Any, beta: Any, trans_a: Any, trans_b: Any,
+                 out_dtype: Any, build_plan: bool = True) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """What a geometry first met through a family plan runs on its second call: the family's call,
     caching the geometry's own per-call plan under ``key`` (replacing this); the full path where
     the family does not answer. ``build_plan`` False: the family's call alone, every call (the
@@ -650,8 +650,8 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
                           for i, e in enumerate(epilogue))
             if all(v is not None or e.operand is None for v, e in zip(views, epilogue)):
                 fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
-                dev.frontend_plans[key] = (_fresh_plan(fresh, views, p.a.flags.c_contiguous and p.b.flags.c_contiguous)
-                                           if fresh is not None else
+                contiguous = p.a.flags.c_contiguous and p.b.flags.c_contiguous
+                dev.frontend_plans[key] = (_fresh_plan(fresh, views, contiguous) if fresh is not None else
                                            _fast_plan(kernel, p.m, p.n, d3.dtype, views))
     elif (seen and key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
           and a.ndim >= 2 and b.ndim >= 2):  # (a subclass's reshape may differ from the one checked here)

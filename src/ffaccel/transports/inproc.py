@@ -25,7 +25,6 @@ from .limits import SessionLimits
 from .session import Session
 from .usage import this_process_row
 
-
 #: Longest a queued job waits for the fences it names (then it fails with TIMEOUT): never forever.
 _JOB_WAIT_NS = 600 * 10**9
 
