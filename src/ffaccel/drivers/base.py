@@ -153,12 +153,14 @@ class Driver:
         gemm = self.gemm
         return lambda a, b, c, d, epi: gemm(op, a, b, c, d, epi)
 
-    def kernel_family(self, op: GemmOp) -> Hashable | None:
-        """Optional: a key under which :meth:`prepare_gemm`'s kernel for ``op`` also serves every other
-        geometry of ``op``'s GEMM class (every descriptor field but the sizes and placements) that
-        gets the same key: the kernel reads no size of its own, only its arrays'. A plan over a
-        growing axis (a KV cache growing a row a step) then prepares one kernel, not one per step.
-        None (the default): one kernel per geometry.
+    def kernel_family(self, op: GemmOp) -> tuple[Hashable, Callable[[int, int, int, int], bool]] | None:
+        """Optional: ``(key, covers)`` when :meth:`prepare_gemm`'s kernel for ``op`` also serves other
+        geometries of ``op``'s GEMM class (every descriptor field but the sizes and placements): the
+        kernel reads no size of its own, only its arrays'. Every geometry of the class for which
+        ``covers(m, n, k, batch)`` is true gets that very kernel (and the same ``key``; ``op``'s own
+        sizes must be covered). A plan over a growing axis (a KV cache growing a row a step) then
+        prepares one kernel, not one per step, and does not ask again while ``covers`` holds (it
+        still checks every geometry's rules). None (the default): one kernel per geometry.
         """
         return None
 

@@ -1223,24 +1223,39 @@ class CpuDriver(Driver):
                 kernel = _with_threads(kernel, _one_thread())
         return kernel
 
-    def kernel_family(self, op: GemmOp) -> tuple | None:
+    def kernel_family(self, op: GemmOp) -> tuple[tuple, Callable[[int, int, int, int], bool]] | None:
         """Batched f32/f64 GEMMs whose kernel is OpenBLAS's through NumPy's batch loop with no epilogue
         (:func:`_plan_float`'s first branch, what attention's q @ K^T and p @ V run): the kernel reads
-        no size, so the band and the thread hold it gets are the key. Other GEMMs: None."""
+        no size, so it serves every batched geometry of the class with nonzero sizes whose
+        ``batch*m*n*k`` stays in ``op``'s band and on ``op``'s side of the thread hold's threshold
+        (the key: the band and the hold). Other GEMMs: None."""
         combo = op.combo
         if (op.batch < 2 or not op.m or not op.n or not op.reads_ab or op.epilogue or combo.is_int
                 or combo.a != combo.acc or combo.d != combo.acc or (op.reads_c and not op.in_place)):
             return None
-        band = self.band(op)
+        table = self.kernel_table()
+        row = table.rows[RowKey(combo_class(combo), False, False)]
+        mnk = op.batch * op.m * op.n * op.k
+        band = table.band(combo_class(combo), False, False, mnk)
         if not (band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())):
             return None
+        # [lo, hi): the band, cut at the size from which prepare_gemm holds the threads
+        lo, hi = band.min_mnk, next((b.min_mnk for b in row if b.min_mnk > band.min_mnk), 1 << 126)
+        if mnk > _SINGLE_THREAD_MNK:
+            lo = max(lo, _SINGLE_THREAD_MNK + 1)
+        else:
+            hi = min(hi, _SINGLE_THREAD_MNK + 1)
         hold = None  # as prepare_gemm decides it
-        if op.batch * op.m * op.n * max(op.k, 1) > _SINGLE_THREAD_MNK:
+        if mnk > _SINGLE_THREAD_MNK:
             if self._limit is not None:
                 hold = "limit"
             elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
                 hold = "one"
-        return (band, hold)
+
+        def covers(m: int, n: int, k: int, batch: int) -> bool:
+            return batch > 1 and m > 0 and n > 0 and k > 0 and lo <= batch * m * n * k < hi
+
+        return (band, hold), covers
 
     def thread_pool(self) -> str:
         """"openmp" where the table sends f32 GEMMs to oneDNN (its multi-threaded GEMMs then run on

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -42,26 +42,34 @@ class GemmFamily:
     #: Most kernels kept per family (one per size band and thread hold: a handful).
     MAX_KERNELS = 16
 
-    __slots__ = ("_check", "_driver", "_kernels")
+    __slots__ = ("_check", "_driver", "_holds", "_kernels", "_last")
 
     def __init__(self, checker: GeometryChecker, driver: Driver) -> None:
         self._check = checker.check
+        self._holds = checker.holds
         self._driver = driver
         self._kernels: LruCache = LruCache(self.MAX_KERNELS)
+        #: (covers, kernel) of the last size-free kernel: a growing length stays in one band for long
+        self._last: tuple[Callable[[int, int, int, int], bool], GemmKernel] | None = None
 
     def kernel(self, m: int, n: int, k: int, batch: int, operands: tuple) -> GemmKernel | None:
+        last = self._last
+        if last is not None and last[0](m, n, k, batch):  # its kernel serves it: the rules alone, no op
+            return last[1] if self._holds(m, n, k, batch, operands) else None
         op = self._check(m, n, k, batch, operands)
         if op is None:
             return None
         driver = self._driver
-        key = driver.kernel_family(op)
-        if key is None:
+        family = driver.kernel_family(op)
+        if family is None:
             return driver.prepare_gemm(op)
+        key, covers = family
         kernels = self._kernels
         kernel = kernels.peek(key) or kernels.get(key)
         if kernel is None:
             kernel = driver.prepare_gemm(op)
             kernels.put(key, kernel)
+        self._last = (covers, kernel)
         return kernel
 
 
