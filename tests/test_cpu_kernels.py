@@ -953,3 +953,33 @@ def test_widened_kernel_does_not_import_pytorch() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kernels", ["auto", "blas", "f32=onednn"])
+@pytest.mark.parametrize("threads", [None, 1])
+def test_a_size_free_kernel_covers_only_geometries_that_get_it(kernels: str, threads: int | None) -> None:
+    """``CpuDriver.kernel_family``: wherever its ``covers`` says a geometry of the class gets the same
+    kernel, preparing that geometry asks for the same key (band and thread hold); the op's own sizes
+    are covered; GEMMs whose kernel reads sizes (batch 1, an epilogue, int8) have no family."""
+    from ffaccel.abi import Gemm, Matrix, PostOpDesc, check_command
+
+    drv = CpuDriver(kernels=kernels, threads=threads)
+    caps = drv.caps()
+
+    def op(batch: int, m: int, n: int, k: int, post: tuple = ()):  # noqa: ANN202
+        return check_command(Gemm(m=m, n=n, k=k, batch=batch, a=Matrix(1, DType.F32, m, k, batch_stride_elems=m * k),
+                                  b=Matrix(2, DType.F32, k, n, batch_stride_elems=k * n),
+                                  d=Matrix(3, DType.F32, m, n, batch_stride_elems=m * n), epilogue=post).encode(), caps)
+
+    sizes = [(b, m, n, k) for b in (2, 12, 64) for m in (1, 8, 64) for n in (16, 40, 700, 4096) for k in (64, 256)]
+    for s in sizes:
+        family = drv.kernel_family(op(*s))
+        if family is None:
+            continue
+        key, covers = family
+        assert covers(s[1], s[2], s[3], s[0])
+        for t in sizes:
+            if covers(t[1], t[2], t[3], t[0]):
+                assert drv.kernel_family(op(*t))[0] == key, (s, t)
+    assert drv.kernel_family(op(1, 8, 40, 64)) is None  # batch 1: the 2-D kernels read the layout
+    assert drv.kernel_family(op(2, 8, 40, 64, post=(PostOpDesc(PostOpKind.RELU, 0.0, 0.0),))) is None

@@ -260,7 +260,7 @@ def test_fused_epilogues_take_the_cached_per_call_path(device: str, monkeypatch:
     dev = ffaccel.open(device)
     slow = []
     real = numpy_api._matmul
-    monkeypatch.setattr(numpy_api, "_matmul", lambda *args: slow.append(1) or real(*args))
+    monkeypatch.setattr(numpy_api, "_matmul", lambda *args, **kw: slow.append(1) or real(*args, **kw))
     for m, k, n in ((8, 8, 8), (1, 64, 48), (5, 7, 3)):
         for rep in range(3):
             a = RNG.standard_normal((m, k)).astype(np.float32)
@@ -307,8 +307,10 @@ def test_batched_calls_take_the_cached_per_call_path(device: str, sa, sb, trans_
     dev = ffaccel.open(device)
     slow = []
     real = numpy_api._matmul
-    monkeypatch.setattr(numpy_api, "_matmul", lambda *args: slow.append(1) or real(*args))
+    monkeypatch.setattr(numpy_api, "_matmul", lambda *args, **kw: slow.append(1) or real(*args, **kw))
+    slow_by_round = []
     for _ in range(3):
+        slow_by_round.append(len(slow))
         a = RNG.standard_normal(sa).astype(np.float32)
         b = RNG.standard_normal(sb).astype(np.float32)
         bt = np.swapaxes(b, -1, -2) if trans_b else b
@@ -321,9 +323,11 @@ def test_batched_calls_take_the_cached_per_call_path(device: str, sa, sb, trans_
         kt = np.swapaxes(cache[..., 1:1 + sb[-1], :], -1, -2)  # a strided view, not a copy
         if not trans_b:
             _close(ffaccel.matmul(a, kt, device=dev), _want(a, kt), np.float32, sa[-1])
-    # the first two calls of each geometry (the second builds the plan; a geometry seen once, as in a
-    # growing KV cache, builds none)
-    assert len(slow) == 2 * (2 + (0 if trans_b else 1)), len(slow)
+    # at most the first two calls of each geometry (the second builds the plan; a geometry seen once,
+    # as in a growing KV cache, builds none; a new geometry of a known GEMM class takes none: the
+    # family's plan), none from the third on
+    assert len(slow) <= 2 * (2 + (0 if trans_b else 1)), len(slow)
+    assert len(slow) == slow_by_round[2], slow
     with pytest.raises(FFAccelError) as err:  # a wrong shape in a batched call is still refused
         wrong_k = sb[:-2] + ((sb[-2], sb[-1] + 1) if trans_b else (sb[-2] + 1, sb[-1]))
         ffaccel.matmul(a, np.ones(wrong_k, np.float32), trans_b=trans_b, device=dev)
@@ -342,3 +346,103 @@ def test_batched_plan_result_is_not_shared_between_calls(device: str) -> None:
     _close(second, _want(a, b), np.float32, 5)
     _close(third, _want(2 * a, b), np.float32, 5)
     assert third.shape == (3, 4, 2) and third.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["cpu", "ref", "restricted:cpu;combos=f32;post_ops=", "npu"])
+def test_a_growing_kv_cache_takes_the_family_plan(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoding loop's attention (a KV cache one row longer each step, q @ K^T and p @ V): after the
+    first step, each new geometry of the same GEMM class skips the step-by-step path (one plan over
+    the growing axis); values as NumPy's at every step, also when a length comes back (its own plan),
+    on whole and partial devices (npu: bf16 operands, f32 D)."""
+    from ffaccel.frontends import numpy_api
+
+    dtype, out_dtype = (ml_dtypes.bfloat16, np.float32) if name == "npu" else (np.float32, None)
+    dev = ffaccel.open(name)
+    slow = []
+    real = numpy_api._matmul
+    monkeypatch.setattr(numpy_api, "_matmul", lambda *args, **kw: slow.append(1) or real(*args, **kw))
+    k_cache = RNG.standard_normal((3, 20, 8)).astype(dtype)
+    v_cache = RNG.standard_normal((3, 20, 8)).astype(dtype)
+    q = RNG.standard_normal((3, 1, 8)).astype(dtype)
+    for length in list(range(2, 12)) + [5, 5, 5]:
+        k, v = k_cache[:, :length], v_cache[:, :length]
+        s = ffaccel.matmul(q, k, trans_b=True, out_dtype=out_dtype, device=dev)
+        _close(s, _want(q, np.swapaxes(k, 1, 2)), np.float32, 8)
+        p = s.astype(dtype)
+        _close(ffaccel.matmul(p, v, out_dtype=out_dtype, device=dev), _want(p, v), np.float32, length)
+    assert len(slow) == 2, len(slow)  # the first step's two GEMM classes; every later length by its family
+
+
+def test_a_new_geometry_of_a_known_class_is_still_checked() -> None:
+    """A plan over a growing axis checks each new geometry by every rule that reads one: on a device
+    whose max_dim is 12, a KV cache that grows past it is refused with the full validator's error
+    (code, parameter), and nothing is cached for it; lengths within the limit still run."""
+    import dataclasses
+
+    from ffaccel.drivers.cpu import CpuDriver
+    from ffaccel.runtime import Device
+    from ffaccel.transports import InprocTransport
+
+    class Small(CpuDriver):
+        def caps(self):
+            c = super().caps()
+            return dataclasses.replace(c, limits=dataclasses.replace(c.limits, max_dim=12))
+
+    k_cache = RNG.standard_normal((3, 20, 8)).astype(np.float32)
+    q = RNG.standard_normal((3, 1, 8)).astype(np.float32)
+    dev = Device("small", InprocTransport(Small()))
+    for length in range(4, 13):  # the family's plan serves 5..12
+        _close(ffaccel.matmul(q, k_cache[:, :length], trans_b=True, device=dev),
+               _want(q, np.swapaxes(k_cache[:, :length], 1, 2)), np.float32, 8)
+    with pytest.raises(FFAccelError) as err:
+        ffaccel.matmul(q, k_cache[:, :13], trans_b=True, device=dev)
+    with pytest.raises(FFAccelError) as fresh:  # what a device that never saw the class says
+        ffaccel.matmul(q, k_cache[:, :13], trans_b=True, device=Device("small", InprocTransport(Small())))
+    assert (err.value.code, err.value.param, str(err.value)) == (fresh.value.code, fresh.value.param,
+                                                                 str(fresh.value))
+    assert (err.value.code, err.value.param) == (ErrorCode.INVALID_PARAMETER, "n")
+    with pytest.raises(FFAccelError):  # refused again: no plan was cached for it
+        ffaccel.matmul(q, k_cache[:, :13], trans_b=True, device=dev)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", ["n", "m"])
+def test_a_tiny_linear_layer_reads_each_calls_bias(device: str, dtype, axis: str) -> None:
+    """8 x 8 + bias on its cached per-call path: each call reads its own operands and the bias's
+    current values (changed in place between calls, or a new vector), also for misaligned operands."""
+    dev = ffaccel.open(device)
+    a = RNG.standard_normal((8, 8)).astype(dtype)
+    raw = np.zeros(8 * 8 * np.dtype(dtype).itemsize + 1, np.uint8)
+    b_misaligned = np.frombuffer(raw.data, dtype, 64, offset=1).reshape(8, 8)
+    for b in (RNG.standard_normal((8, 8)).astype(dtype), b_misaligned):
+        if b is b_misaligned:
+            b_misaligned[...] = RNG.standard_normal((8, 8))  # (a writeable view of raw)
+        bias = RNG.standard_normal(8).astype(dtype)
+        for _ in range(3):
+            got = ffaccel.matmul(a, b, post_ops=[post.bias(bias, axis=axis)], device=dev)
+            want = _want(a, b) + (bias[None, :] if axis == "n" else bias[:, None])
+            _close(got, want, dtype, 8)
+            bias += 1.0
+            bias = bias.copy()
+
+
+def test_a_known_gemm_class_still_refuses_bad_scalars_and_flags() -> None:
+    """After a GEMM class has a plan over its geometries, a call of the same shapes with a bad alpha,
+    beta or flag is refused with its documented error, as on a fresh device."""
+    dev = ffaccel.open("cpu")
+    q = RNG.standard_normal((3, 1, 8)).astype(np.float32)
+    k_cache = RNG.standard_normal((3, 20, 8)).astype(np.float32)
+    for length in (4, 5, 6):
+        ffaccel.matmul(q, k_cache[:, :length], trans_b=True, device=dev)
+    for kwargs, param in (({"alpha": np.array([1.0, 2.0])}, "alpha"), ({"alpha": "1"}, "alpha"),
+                          ({"beta": np.array([0.0, 1.0])}, "beta"), ({"trans_b": "T"}, "trans_b")):
+        args = {"trans_b": True, **kwargs}
+        with pytest.raises(FFAccelError) as err:
+            ffaccel.matmul(q, k_cache[:, :7], device=dev, **args)
+        assert err.value.param == param, (kwargs, err.value)
+    # scalars equal as floats but not as bits (0.0, -0.0) are different GEMM classes: each call's
+    # result is bit for bit what a device that never saw the other gives
+    for length, alpha in ((8, 0.0), (9, -0.0), (10, 0.0), (11, 2.0), (12, 2)):
+        got = ffaccel.matmul(q, k_cache[:, :length], trans_b=True, alpha=alpha, device=dev)
+        want = ffaccel.matmul(q, k_cache[:, :length], trans_b=True, alpha=alpha, device=ffaccel.open("cpu"))
+        assert got.tobytes() == want.tobytes(), alpha

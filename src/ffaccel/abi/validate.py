@@ -8,6 +8,7 @@ what is allowed. A submission is validated whole before any command runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -134,6 +135,33 @@ class GemmOp:
     @property
     def in_place(self) -> bool:
         return self.c is not None and self.c == self.d
+
+
+def _slot_setting_init(cls: type) -> type:
+    """Give a frozen slots dataclass an ``__init__`` that stores each field through its slot's own
+    descriptor: the generated one goes through ``object.__setattr__`` per field (frozen), ~1.9 us
+    for a View and ~2.6 us for a GemmOp here, paid by every operand of every new geometry; this
+    one ~2x less. Same fields, defaults, equality, hash and immutability (assignment still raises)."""
+    fields = dataclasses.fields(cls)
+    env = {f"_set_{f.name}": cls.__dict__[f.name].__set__ for f in fields}
+    params = []
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            env[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        else:
+            params.append(f.name)
+    body = "".join(f"    _set_{f.name}(self, {f.name})\n" for f in fields)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}", env)  # noqa: S102 - as dataclasses does
+    init = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+_slot_setting_init(View)
+_slot_setting_init(ValidPostOp)
+_slot_setting_init(GemmOp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,11 +327,16 @@ def check_gemm(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> 
 
 
 def _batches_disjoint(d: View, batch: int) -> bool:
-    s = d.batch_stride
-    if s >= (d.rows - 1) * d.ld + d.cols:  # batch-major: each entry after the previous one
+    return _entries_disjoint(d.batch_stride, d.rows, d.cols, d.ld, batch)
+
+
+def _entries_disjoint(s: int, rows: int, cols: int, ld: int, batch: int) -> bool:
+    """Whether ``batch`` entries ``s`` elements apart of a rows x cols operand with leading
+    dimension ``ld`` share no element (the rule on D)."""
+    if s >= (rows - 1) * ld + cols:  # batch-major: each entry after the previous one
         return True
     # row-interleaved (e.g. [m, batch, n] layouts): the batch entries sit side by side in each row
-    return s >= d.cols and (batch - 1) * s + d.cols <= d.ld
+    return s >= cols and (batch - 1) * s + cols <= ld
 
 
 #: The shape of each operand-carrying post-op's operand: (spans the m rows, spans the n columns).
@@ -468,13 +501,18 @@ def _placed(prefix: str, view: View, limits: Limits) -> _Placed:
                    min(limits.max_buffer_bytes, INT64_MAX) // size, size * limits.alignment_elems)
 
 
-def _place(v: tuple, p: _Placed, rows: int, cols: int) -> View | None:
-    """The operand's View when its placement fields pass :func:`_operand`'s rules, else None."""
+def _placed_ok(v: Sequence[int], p: _Placed, rows: int, cols: int) -> bool:
+    """Whether an operand's placement fields pass :func:`_operand`'s rules for a rows x cols operand."""
     i = p.i_offset  # offset, rows, cols, ld, batch stride: consecutive fields of the layout
-    off, r, c, ld, bs = v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]
-    if r != rows or c != cols or ld < max(1, cols) or ld > p.max_stride or off % p.align_bytes or bs > p.max_stride:
-        return None
-    return View(p.handle, p.dtype, off, rows, cols, ld, bs)
+    ld, bs = v[i + 3], v[i + 4]
+    return (v[i + 1] == rows and v[i + 2] == cols and max(1, cols) <= ld <= p.max_stride
+            and not v[i] % p.align_bytes and bs <= p.max_stride)
+
+
+def _view_of(v: Sequence[int], p: _Placed) -> View:
+    """The View of an operand whose placement passed :func:`_placed_ok`."""
+    i = p.i_offset
+    return View(p.handle, p.dtype, v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4])
 
 
 @dataclass(frozen=True)
@@ -518,31 +556,93 @@ class GemmClass:
                           _placed(f"epilogue[{i}].operand", p.operand, lim) if p.operand is not None else None)
                          for i, p in enumerate(op.epilogue)))
 
-    def check_geometry(self, v: tuple) -> GemmOp | None:
-        """The GemmOp of a command of this class (its fields ``v``), or None when a geometry rule fails."""
+    def geometry_holds(self, v: Sequence[int]) -> bool:
+        """Whether a command of this class (its fields ``v``) passes every rule that reads a geometry
+        field: the size limits, each present operand's shape, leading dimension, stride bounds and
+        alignment, and disjoint batches of D. (Zeros in absent operands' fields: ``zero_mask``.)"""
         m, n, k, batch = v[_I_M], v[_I_N], v[_I_K], v[_I_BATCH]
         lim = self.caps.limits
         if m > lim.max_dim or n > lim.max_dim or k > lim.max_dim or batch > lim.max_batch:
-            return None
-        a = _place(v, self.a, *((k, m) if self.trans_a else (m, k)))
-        b = _place(v, self.b, *((n, k) if self.trans_b else (k, n)))
-        c = _place(v, self.c, m, n) if self.c is not None else None
-        d = _place(v, self.d, m, n)
-        if a is None or b is None or d is None or (c is None and self.c is not None):
-            return None
-        epilogue = []
-        for kind, p0, p1, placed in self.epilogue:
-            operand = None
+            return False
+        if not (_placed_ok(v, self.a, *((k, m) if self.trans_a else (m, k)))
+                and _placed_ok(v, self.b, *((n, k) if self.trans_b else (k, n)))
+                and _placed_ok(v, self.d, m, n) and (self.c is None or _placed_ok(v, self.c, m, n))):
+            return False
+        for kind, _, _, placed in self.epilogue:
             if placed is not None:
                 shape = _OPERAND_SHAPE[kind]
-                operand = _place(v, placed, m if shape[0] else 1, n if shape[1] else 1)
-                if operand is None:
-                    return None
-            epilogue.append(ValidPostOp(kind, p0, p1, operand))
-        if batch > 1 and m and n and not _batches_disjoint(d, batch):
+                if not _placed_ok(v, placed, m if shape[0] else 1, n if shape[1] else 1):
+                    return False
+        i = self.d.i_offset
+        return not (batch > 1 and m and n) or _entries_disjoint(v[i + 4], m, n, v[i + 3], batch)
+
+    def check_geometry(self, v: Sequence[int]) -> GemmOp | None:
+        """The GemmOp of a command of this class (its fields ``v``), or None when a geometry rule fails."""
+        if not self.geometry_holds(v):
             return None
-        return GemmOp(m, n, k, batch, self.trans_a, self.trans_b, self.combo, self.alpha, self.beta, a, b, c, d,
-                      tuple(epilogue), v[_I_USER])
+        epilogue = tuple(ValidPostOp(kind, p0, p1, None if placed is None else _view_of(v, placed))
+                         for kind, p0, p1, placed in self.epilogue)
+        return GemmOp(v[_I_M], v[_I_N], v[_I_K], v[_I_BATCH], self.trans_a, self.trans_b, self.combo, self.alpha,
+                      self.beta, _view_of(v, self.a), _view_of(v, self.b),
+                      None if self.c is None else _view_of(v, self.c), _view_of(v, self.d), epilogue, v[_I_USER])
+
+
+
+class GeometryChecker:
+    """One validated GEMM class with its descriptor as the template of every geometry of it.
+
+    What a plan over a growing axis reuses (a KV cache that grows a row a step meets a new
+    geometry each step; docs/kernels.md, "A plan over a growing axis"): the descriptor is
+    validated whole once (``check_command``), and :meth:`check` answers for a new geometry of the
+    same class from the geometry values alone, without encoding and decoding a descriptor: the
+    template's fields with the sizes and each operand's placement replaced, checked by
+    :meth:`GemmClass.check_geometry` (every rule that reads a geometry field; the class rules
+    hold for the whole class). None when a rule fails: the caller then takes its full path, whose
+    validator raises the exact error.
+    """
+
+    __slots__ = ("_slots", "_template", "gemm_class")
+
+    def __init__(self, raw: bytes, caps: DeviceCaps) -> None:
+        op = check_command(raw, caps)
+        if not isinstance(op, GemmOp):
+            raise violation("cmd.opcode", "COPY", "GEMM")
+        self.gemm_class = GemmClass.of(op, caps)
+        self._template = list(_GEMM_UNPACK(raw, 0))
+        cls = self.gemm_class
+        #: (a, b, c, d, post-op operands) -> the index of its rows field, None where absent
+        self._slots = tuple(None if p is None else p.i_offset + 1
+                            for p in (cls.a, cls.b, cls.c, cls.d, *(e[3] for e in cls.epilogue)))
+
+    def fields(self, m: int, n: int, k: int, batch: int, operands: tuple) -> list[int] | None:
+        """This class's command fields with these sizes and placements, or None when ``operands``
+        does not name the class's operands.
+
+        ``operands``: per operand of the class (a, b, c, d, then each post-op's), its
+        ``(rows, cols, ld_elems, batch_stride_elems)`` at offset 0, None where the class has none."""
+        v = self._template.copy()
+        v[_I_M], v[_I_N], v[_I_K], v[_I_BATCH] = m, n, k, batch
+        if len(operands) != len(self._slots):
+            return None
+        for i, place in zip(self._slots, operands):
+            if i is None or place is None:
+                if i is not place:
+                    return None
+                continue
+            v[i: i + 4] = place
+        return v
+
+    def check(self, m: int, n: int, k: int, batch: int, operands: tuple) -> GemmOp | None:
+        """The GemmOp of this class's command with these sizes, or None when a geometry rule fails
+        (or ``operands`` does not name the class's operands: see :meth:`fields`)."""
+        v = self.fields(m, n, k, batch, operands)
+        return None if v is None else self.gemm_class.check_geometry(v)
+
+    def holds(self, m: int, n: int, k: int, batch: int, operands: tuple) -> bool:
+        """Whether this geometry passes every geometry rule (:meth:`check` without building the op:
+        for a caller that already holds the kernel it needs)."""
+        v = self.fields(m, n, k, batch, operands)
+        return v is not None and self.gemm_class.geometry_holds(v)
 
 
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ Third parties ship drivers as entry points in the ``ffaccel.drivers`` group::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -152,6 +152,17 @@ class Driver:
         """
         gemm = self.gemm
         return lambda a, b, c, d, epi: gemm(op, a, b, c, d, epi)
+
+    def kernel_family(self, op: GemmOp) -> tuple[Hashable, Callable[[int, int, int, int], bool]] | None:
+        """Optional: ``(key, covers)`` when :meth:`prepare_gemm`'s kernel for ``op`` also serves other
+        geometries of ``op``'s GEMM class (every descriptor field but the sizes and placements): the
+        kernel reads no size of its own, only its arrays'. Every geometry of the class for which
+        ``covers(m, n, k, batch)`` is true gets that very kernel (and the same ``key``; ``op``'s own
+        sizes must be covered). A plan over a growing axis (a KV cache growing a row a step) then
+        prepares one kernel, not one per step, and does not ask again while ``covers`` holds (it
+        still checks every geometry's rules). None (the default): one kernel per geometry.
+        """
+        return None
 
     def prepare_gemm_fresh(self, op: GemmOp) -> FreshKernel | None:
         """Optional fast path: a kernel ``(a, b) -> D`` that returns D as a new array.

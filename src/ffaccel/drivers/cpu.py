@@ -348,19 +348,21 @@ def _gemm3d(blas: _Blas, alpha: float, a: np.ndarray, b: np.ndarray, beta: float
 
 def _matmul_axpby(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, x: np.ndarray) -> None:
     """x = alpha * a @ b + beta * x with numpy.matmul (batches looped in C) and in-place passes."""
-    with np.errstate(all="ignore"):
-        if alpha == 1.0 and beta == 0.0:
+    token = _fp_ignore()  # (an np.errstate costs ~2 us: attention's scaled q @ k^T comes here per call)
+    try:
+        if beta == 0.0:  # the product rounded once, then scaled: what the temporary gave, without it
             np.matmul(a, b, out=x)
+            if alpha != 1.0:
+                np.multiply(x, alpha, out=x)
             return
         t = np.matmul(a, b)
         if alpha != 1.0:
             np.multiply(t, alpha, out=t)
-        if beta == 0.0:
-            np.copyto(x, t)
-        else:
-            if beta != 1.0:
-                np.multiply(x, beta, out=x)
-            np.add(x, t, out=x)
+        if beta != 1.0:
+            np.multiply(x, beta, out=x)
+        np.add(x, t, out=x)
+    finally:
+        _fp_restore(token)
 
 
 #: f16 casts in NumPy are scalar code (several ns an element): above this many elements they
@@ -1221,6 +1223,40 @@ class CpuDriver(Driver):
                 kernel = _with_threads(kernel, _one_thread())
         return kernel
 
+    def kernel_family(self, op: GemmOp) -> tuple[tuple, Callable[[int, int, int, int], bool]] | None:
+        """Batched f32/f64 GEMMs whose kernel is OpenBLAS's through NumPy's batch loop with no epilogue
+        (:func:`_plan_float`'s first branch, what attention's q @ K^T and p @ V run): the kernel reads
+        no size, so it serves every batched geometry of the class with nonzero sizes whose
+        ``batch*m*n*k`` stays in ``op``'s band and on ``op``'s side of the thread hold's threshold
+        (the key: the band and the hold). Other GEMMs: None."""
+        combo = op.combo
+        if (op.batch < 2 or not op.m or not op.n or not op.reads_ab or op.epilogue or combo.is_int
+                or combo.a != combo.acc or combo.d != combo.acc or (op.reads_c and not op.in_place)):
+            return None
+        table = self.kernel_table()
+        row = table.rows[RowKey(combo_class(combo), False, False)]
+        mnk = op.batch * op.m * op.n * op.k
+        band = table.band(combo_class(combo), False, False, mnk)
+        if not (band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())):
+            return None
+        # [lo, hi): the band, cut at the size from which prepare_gemm holds the threads
+        lo, hi = band.min_mnk, next((b.min_mnk for b in row if b.min_mnk > band.min_mnk), 1 << 126)
+        if mnk > _SINGLE_THREAD_MNK:
+            lo = max(lo, _SINGLE_THREAD_MNK + 1)
+        else:
+            hi = min(hi, _SINGLE_THREAD_MNK + 1)
+        hold = None  # as prepare_gemm decides it
+        if mnk > _SINGLE_THREAD_MNK:
+            if self._limit is not None:
+                hold = "limit"
+            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
+                hold = "one"
+
+        def covers(m: int, n: int, k: int, batch: int) -> bool:
+            return batch > 1 and m > 0 and n > 0 and k > 0 and lo <= batch * m * n * k < hi
+
+        return (band, hold), covers
+
     def thread_pool(self) -> str:
         """"openmp" where the table sends f32 GEMMs to oneDNN (its multi-threaded GEMMs then run on
         the process's OpenMP runtime), else "own" (OpenBLAS's threads); "none" on one thread."""
@@ -1313,6 +1349,20 @@ class CpuDriver(Driver):
             kernel(a[None], b[None], None, d[None], epi)
             return d
 
+        def contiguous(a: np.ndarray, b: np.ndarray, bias: np.ndarray) -> np.ndarray:
+            d = empty(shape, dt)
+            d[...] = bias  # (the broadcast store costs less than np.copyto's call at 8 x 8)
+            dt_ = d.T
+            r = f2py(alpha, b.T, a.T, 1.0, dt_, 0, 0, 1)
+            if r is not dt_:  # f2py had to copy (misaligned memory)
+                copyto(d, r.T)
+            return d
+
+        #: ``fresh.contiguous(a, b, bias)``: the same for C-contiguous a and b (the caller vouches:
+        #: a front-end whose per-call key fixes the strides), the bias as any array broadcast over
+        #: the (m, n) D (the user's own (n,) vector for a bias along n): no flags read, no epilogue
+        #: tuple, no view of the bias made per call (8 x 8 + bias, docs/kernels.md)
+        fresh.contiguous = contiguous  # type: ignore[attr-defined]
         return fresh
 
     def _fresh_gemv_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -238,10 +239,16 @@ class KernelTable:
     onednn_version: str | None
     thread_limit: int | None
 
+    @functools.cached_property
+    def _rows_by_fields(self) -> dict[tuple[KernelClass, bool, bool], tuple[Band, ...]]:
+        """``rows`` keyed by plain tuples: a RowKey made and hashed per lookup cost ~1.5 us of every
+        kernel a new geometry prepares."""
+        return {(k.cls, k.fused, k.skinny): v for k, v in self.rows.items()}
+
     def band(self, cls: KernelClass, fused: bool, skinny: bool, mnk: int) -> Band:
         """The band serving a GEMM of this class, epilogue, shape and size (``batch*m*n*k``)."""
         found = None
-        for b in self.rows[RowKey(cls, fused, skinny)]:
+        for b in self._rows_by_fields[(cls, fused, skinny)]:
             if b.min_mnk > mnk:
                 break
             found = b

@@ -127,6 +127,9 @@ class RestrictedDriver(Driver):
     def prepare_gemm(self, op):  # type: ignore[no-untyped-def]
         return self.inner.prepare_gemm(op)
 
+    def kernel_family(self, op):  # type: ignore[no-untyped-def]
+        return self.inner.kernel_family(op)
+
     def prepare_gemm_fresh(self, op):  # type: ignore[no-untyped-def]
         return self.inner.prepare_gemm_fresh(op)
 

@@ -314,17 +314,30 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
     return plan_n
 
 
-def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]
-                ) -> Callable[..., np.ndarray]:
-    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``."""
+def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...],
+                contiguous: bool = False) -> Callable[..., np.ndarray]:
+    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``.
+
+    ``contiguous``: a and b are C-contiguous (the per-call key fixes their strides); with one bias
+    along n, whose view is a reshape of the user's vector, the driver's ``fresh.contiguous(a, b,
+    vector)`` (when it offers one) takes the vector itself."""
     if len(operand_views) == 1 and operand_views[0] is not None:
         view = operand_views[0]
         shape = getattr(view, "reshape_to", None)
+        direct = getattr(fresh, "contiguous", None) if contiguous else None
+        if direct is not None and shape is not None and len(shape) == 3 and shape[:2] == (1, 1):
+            return lambda a, b, post_ops: direct(a, b, post_ops[0].operand)
         if shape is not None:  # the view is a reshape: done here, one Python call less per call (8 x 8 + bias)
             return lambda a, b, post_ops: fresh(a, b, (post_ops[0].operand.reshape(shape),))
         return lambda a, b, post_ops: fresh(a, b, (view(post_ops[0].operand),))
     return lambda a, b, post_ops: fresh(a, b, tuple(v(p.operand) if v is not None else None
                                                     for v, p in zip(operand_views, post_ops)))
+
+
+#: PostOp's default parameter (one float object) and its bits as :func:`_post_key` writes them.
+_ZERO = PostOp.__dataclass_fields__["param0"].default
+assert _ZERO is PostOp.__dataclass_fields__["param1"].default
+_ZERO_BITS = _ZERO.hex()
 
 
 def _post_key(post_ops: tuple) -> tuple:
@@ -458,8 +471,9 @@ def matmul(
                 if len(post_ops) == 1:  # a linear layer's bias: _post_key inlined (a call costs ~0.2 us here)
                     p = post_ops[0]
                     p0, p1, v = p.param0, p.param1, p.operand
-                    p0 = p0.hex() if p0.__class__ is float else p0
-                    p1 = p1.hex() if p1.__class__ is float else p1
+                    # (a bias's parameters are PostOp's default 0.0, that very object: its bits known)
+                    p0 = _ZERO_BITS if p0 is _ZERO else p0.hex() if p0.__class__ is float else p0
+                    p1 = _ZERO_BITS if p1 is _ZERO else p1.hex() if p1.__class__ is float else p1
                     pk = ((p.kind, p0, p1) if v is None else (p.kind, p0, p1, v.shape, v.strides, v.dtype),)
                 else:
                     pk = _post_key(post_ops)
@@ -474,15 +488,129 @@ def matmul(
             plan = key = None
         if plan is not None:
             return plan(a, b, post_ops) if post_ops else plan(a, b)
+        if key is not None and not post_ops and type(a) is np.ndarray and type(b) is np.ndarray:
+            # a geometry not seen: a plan over its GEMM class answers when the class is known (a
+            # KV cache growing a row a step); the geometry's second call builds its own plan
+            family = plans.peek(_family_key(a, b, alpha, beta, trans_a, trans_b, out_dtype))
+            if family is not None:
+                r = _family_call(family, a, b, trans_a, trans_b)
+                if r is not None:
+                    plans.put(key, _second_call(dev, family, key, alpha, beta, trans_a, trans_b, out_dtype))
+                    return r
     post_ops = _post_ops_tuple(post_ops)
     if type(a) is not np.ndarray and hasattr(a, "__dlpack__"):  # torch, CuPy, JAX ... (host memory)
         return _matmul_dlpack(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype)
     return _matmul(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype, key if fast else None)
 
 
+def _family_key(a: np.ndarray, b: np.ndarray, alpha: Any, beta: Any, trans_a: Any, trans_b: Any,
+                out_dtype: Any) -> tuple | None:
+    """The key of a plan over every geometry of a call's GEMM class: the fast key less the shapes and
+    strides (scalars by their bits), for calls of two ndarrays with no c, out or post-ops."""
+    # (a scalar by its bits only where equal values differ in bits: 0.0 and -0.0; .hex() costs per call)
+    try:
+        return ("family", a.ndim, a.dtype, b.ndim, b.dtype, alpha if alpha else _scalar_key(alpha),
+                beta if beta else _scalar_key(beta), trans_a, trans_b, out_dtype)
+    except (TypeError, ValueError):  # not a scalar (an array's truth value): the full path names it
+        return None
+
+
+class _Family(NamedTuple):
+    """A plan over a growing axis: what every geometry of one GEMM class shares, and its kernels."""
+
+    trans_a: bool  # the descriptor's flags: a geometry whose views store a or b the other way is not of it
+    trans_b: bool
+    d_dtype: np.dtype
+    kernel: Callable  # (m, n, k, batch, placements) -> the validated kernel, or None (a rule failed)
+
+
+def _view3(x: np.ndarray, batch: int, transposed: bool) -> tuple[np.ndarray, tuple] | None:
+    """The (batch, rows, cols) operand view of ``x`` (..., rows, cols) and its descriptor placement
+    ``(rows, cols, ld, batch stride)`` as :func:`_operand3` states it, or None where that needs a
+    copy or stores the operand the other way than ``transposed``."""
+    nd = x.ndim
+    if nd == 3:
+        x3 = x
+    elif nd == 2:
+        x3 = x[None]
+    else:
+        try:
+            x3 = x.reshape((batch,) + x.shape[-2:], copy=False)
+        except ValueError:
+            return None
+    lay = _layout(x3, True)
+    if lay is None or lay.transposed != transposed:
+        return None
+    x3 = _restride(x3, lay)
+    _, rows, cols = x3.shape
+    return x3, ((cols, rows, lay.ld, lay.batch_stride) if transposed else (rows, cols, lay.ld, lay.batch_stride))
+
+
+def _family_call(family: _Family, a: np.ndarray, b: np.ndarray, trans_a: Any, trans_b: Any,
+                 record: list | None = None) -> np.ndarray | None:
+    """A new geometry of a known GEMM class: its views and placements computed here, checked by every
+    geometry rule (``family.kernel``), the kernel called once. None (nothing done) where the full
+    path must answer: broadcast batch dims, empty sizes, a copy, a failed rule (its exact error).
+
+    ``record``: gets (kernel, a's view, b's view, (batch, m, n), the result's shape) appended, for
+    the geometry's own plan (:func:`_second_call`)."""
+    av = a.swapaxes(-1, -2) if trans_a else a
+    bv = b.swapaxes(-1, -2) if trans_b else b
+    sa, sb = av.shape, bv.shape
+    batch_shape = sa[:-2]
+    if batch_shape != sb[:-2] or len(sa) < 2 or len(sb) < 2:
+        return None
+    m, k = sa[-2:]
+    k2, n = sb[-2:]
+    batch = math.prod(batch_shape)
+    if k != k2 or not (m and n and k and batch):
+        return None
+    va = _view3(av, batch, family.trans_a)
+    vb = _view3(bv, batch, family.trans_b) if va is not None else None
+    if vb is None:
+        return None
+    d3 = np.empty((batch, m, n), family.d_dtype)
+    kernel = family.kernel(m, n, k, batch, (va[1], vb[1], None, (m, n, n, m * n if batch > 1 else 0)))
+    if kernel is None:
+        return None
+    kernel(va[0], vb[0], None, d3, ())
+    result_shape = batch_shape + (m, n)
+    if record is not None:
+        record.append((kernel, va[0], vb[0], (batch, m, n), result_shape))
+    return d3.reshape(result_shape)
+
+
+def _second_call(dev: Device, family: _Family, key: tuple, alpha: Any, beta: Any, trans_a: Any, trans_b: Any,
+                 out_dtype: Any, build_plan: bool = True) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """What a geometry first met through a family plan runs on its second call: the family's call,
+    caching the geometry's own per-call plan under ``key`` (replacing this); the full path where
+    the family does not answer. ``build_plan`` False: the family's call alone, every call (the
+    geometry's views need more than a reshape: no plan of its own)."""
+    def second(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        record: list | None = [] if build_plan else None
+        r = _family_call(family, a, b, trans_a, trans_b, record)
+        if r is None:
+            return _matmul(dev, a, b, None, alpha, beta, trans_a, trans_b, (), None, out_dtype, key,
+                           seen_before=True)
+        if record:  # the plan, as the full path caches it: each view a reshape, new axis or broadcast away
+            kernel, va, vb, shape3, result_shape = record[0]
+            view_a = _operand_view(a, va, bool(trans_a))
+            view_b = _operand_view(b, vb, bool(trans_b))
+            dev.frontend_plans[key] = (
+                _batched_plan(kernel, view_a, view_b, shape3, result_shape, family.d_dtype, ())
+                if view_a is not None and view_b is not None else
+                _second_call(dev, family, key, alpha, beta, trans_a, trans_b, out_dtype, False))
+        return r
+
+    return second
+
+
 def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a: bool, trans_b: bool,
-            post_ops: tuple, out: np.ndarray | None, out_dtype: Any, key: Any) -> np.ndarray:
+            post_ops: tuple, out: np.ndarray | None, out_dtype: Any, key: Any, seen_before: bool = False
+            ) -> np.ndarray:
     """matmul on host arrays, step by step; every check runs before anything is written."""
+    fkey = (_family_key(a, b, alpha, beta, trans_a, trans_b, out_dtype) if key is not None and not post_ops
+            and type(a) is np.ndarray and type(b) is np.ndarray else None)
     p = _operands(a, b, trans_a, trans_b, out_dtype)
     alpha, beta = _scalars(alpha, beta, c)
     d_op, copy_back = _output(out, p)
@@ -496,6 +624,16 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
         d_op = _stated(d3, p.d_dt, _layout(d3, False) if d3.size else _Layout(False, max(1, p.n), 0))
     kernel, descriptor, seen = _kernel(dev, p, alpha, beta if c_op is not None else 0, c_op, in_place, d_op,
                                        epilogue)
+    seen = seen or seen_before
+    family = None
+    if (fkey is not None and c_op is None and p.batch and p.m and p.n and p.k and a.ndim >= 2 and b.ndim >= 2
+            and a.shape[:-2] == b.shape[:-2]):
+        family = dev.frontend_plans.peek(fkey)
+        if family is None:
+            made = dev.gemm_family(descriptor)
+            if made is not None:
+                family = _Family(p.a_op.layout.transposed, p.b_op.layout.transposed, _d_dtype(p), made.kernel)
+                dev.frontend_plans[fkey] = family
     d3 = d_op.view
     if p.batch and p.m and p.n:
         kernel(p.a_op.view, p.b_op.view, c_op.view if c_op is not None else None, d3,
@@ -512,12 +650,16 @@ def _matmul(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, trans_a:
                           for i, e in enumerate(epilogue))
             if all(v is not None or e.operand is None for v, e in zip(views, epilogue)):
                 fresh = dev.gemm_fresh_kernel(descriptor) if c_op is None else None
-                dev.frontend_plans[key] = (_fresh_plan(fresh, views) if fresh is not None else
+                contiguous = p.a.flags.c_contiguous and p.b.flags.c_contiguous
+                dev.frontend_plans[key] = (_fresh_plan(fresh, views, contiguous) if fresh is not None else
                                            _fast_plan(kernel, p.m, p.n, d3.dtype, views))
     elif (seen and key is not None and out is None and type(a) is np.ndarray and type(b) is np.ndarray
           and a.ndim >= 2 and b.ndim >= 2):  # (a subclass's reshape may differ from the one checked here)
         # from a geometry's second call on: a KV cache that grows each step builds no plan it never reuses
         _cache_batched_plan(dev, key, kernel, p, d3.dtype, post_ops, epilogue, trans_a, trans_b)
+    elif family is not None and key is not None and out is None:
+        # its second call builds its plan through the family (no second full path)
+        dev.frontend_plans[key] = _second_call(dev, family, key, alpha, beta, trans_a, trans_b, out_dtype)
     return d3.reshape(p.result_shape) if out is None else out
 
 
@@ -761,6 +903,11 @@ def _kernel(dev: Device, p: _Problem, alpha: Any, beta: Any, c_op: _Operand | No
         raise e.renamed(_MATMUL_NAMES) from None
     dev.frontend_plans[key] = kernel, descriptor
     return kernel, descriptor, False
+
+
+def _d_dtype(p: _Problem) -> np.dtype:
+    """D's NumPy dtype."""
+    return np.dtype(DTYPES[p.d_dt].numpy)
 
 
 def _library(x: Any) -> Any:

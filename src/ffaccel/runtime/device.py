@@ -351,6 +351,13 @@ class Device:
         prepare = getattr(self._transport, "prepare_gemm_fresh", None)
         return prepare(descriptor) if prepare is not None else None
 
+    def gemm_family(self, descriptor: bytes) -> Any:
+        """A plan over every geometry of this descriptor's GEMM class, where the transport offers one
+        (in-process drivers): ``family.kernel(m, n, k, batch, operands)`` -> the validated kernel of a
+        new geometry, or None when a rule fails. Others: None (each geometry takes ``gemm_kernel``)."""
+        prepare = getattr(self._transport, "prepare_gemm_family", None)
+        return prepare(descriptor) if prepare is not None else None
+
     def close(self) -> None:
         self._transport.close()
         self._kernels.clear()

@@ -14,20 +14,63 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..abi import DeviceCaps, GemmOp, check_command
+from ..abi import DeviceCaps, GemmOp, GeometryChecker, LruCache, check_command
 from ..drivers import Driver, DriverInfo, FreshKernel, GemmKernel
 from ..spec import Engine, ErrorCode, FFAccelError, violation
 from .limits import SessionLimits
 from .session import Session
 from .usage import this_process_row
 
-
 #: Longest a queued job waits for the fences it names (then it fails with TIMEOUT): never forever.
 _JOB_WAIT_NS = 600 * 10**9
+
+
+class GemmFamily:
+    """The kernels of one GEMM class across geometries: a plan over a growing axis.
+
+    ``kernel(m, n, k, batch, operands)`` checks the new geometry by every rule that reads one
+    (:class:`ffaccel.abi.GeometryChecker`) and returns the driver's kernel for it, or None when a
+    rule fails (the caller's full path then raises the validator's error). A kernel the driver
+    declares size-free (:meth:`ffaccel.drivers.Driver.kernel_family`) is prepared once per key and
+    reused; any other is prepared per geometry.
+    """
+
+    #: Most kernels kept per family (one per size band and thread hold: a handful).
+    MAX_KERNELS = 16
+
+    __slots__ = ("_check", "_driver", "_holds", "_kernels", "_last")
+
+    def __init__(self, checker: GeometryChecker, driver: Driver) -> None:
+        self._check = checker.check
+        self._holds = checker.holds
+        self._driver = driver
+        self._kernels: LruCache = LruCache(self.MAX_KERNELS)
+        #: (covers, kernel) of the last size-free kernel: a growing length stays in one band for long
+        self._last: tuple[Callable[[int, int, int, int], bool], GemmKernel] | None = None
+
+    def kernel(self, m: int, n: int, k: int, batch: int, operands: tuple) -> GemmKernel | None:
+        last = self._last
+        if last is not None and last[0](m, n, k, batch):  # its kernel serves it: the rules alone, no op
+            return last[1] if self._holds(m, n, k, batch, operands) else None
+        op = self._check(m, n, k, batch, operands)
+        if op is None:
+            return None
+        driver = self._driver
+        family = driver.kernel_family(op)
+        if family is None:
+            return driver.prepare_gemm(op)
+        key, covers = family
+        kernels = self._kernels
+        kernel = kernels.peek(key) or kernels.get(key)
+        if kernel is None:
+            kernel = driver.prepare_gemm(op)
+            kernels.put(key, kernel)
+        self._last = (covers, kernel)
+        return kernel
 
 
 class InprocTransport:
@@ -207,6 +250,11 @@ class InprocTransport:
         self._check_open()
         op = check_command(descriptor, self._caps)
         return self.driver.prepare_gemm_fresh(op) if isinstance(op, GemmOp) else None
+
+    def prepare_gemm_family(self, descriptor: bytes) -> GemmFamily:
+        """A plan over every geometry of one validated GEMM class (see :class:`GemmFamily`)."""
+        self._check_open()
+        return GemmFamily(GeometryChecker(descriptor, self._caps), self.driver)
 
     @property
     def host_visible(self) -> bool:
