@@ -31,6 +31,7 @@ NEW_KINDS = [
     ("fence-on-other-timeline", "fences:per-engine"),
     ("read-returns-view", "memory:reads"),
     ("fresh-kernel-reuses-output", "memory:reads"),
+    ("family-kernel-keeps-its-sizes", "entry:kernel_family"),
     ("one-buffer-copy-backwards", "copy:one-buffer"),
     ("free-keeps-last-memo", "resubmitted-after-free"),
 ]

@@ -5,8 +5,9 @@ binding the transport made the first time), through the front-ends (``matmul`` t
 driver's "fresh" kernel for plain GEMMs and its prepared kernel, reused across calls, for
 the rest; ``blas.gemm`` updates C in place), and, in process, through every hook of
 :class:`ffaccel.drivers.base.Driver`: ``gemm``, ``prepare_gemm`` (one kernel called with
-several sets of arrays), ``bind_gemm`` (one binding called again after its inputs changed)
-and ``prepare_gemm_fresh``. Each is judged like a GEMM case; front-end calls are compared
+several sets of arrays), ``bind_gemm`` (one binding called again after its inputs changed),
+``prepare_gemm_fresh`` and ``kernel_family`` (the kernel of a smaller geometry of the class
+run on a larger one it claims to cover). Each is judged like a GEMM case; front-end calls are compared
 bit for bit with the same call on the golden model, on inputs whose exact result is known.
 """
 
@@ -67,6 +68,20 @@ def _hook_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
         GemmCase("entry", combo, 6, 7, 5, 1, False, False, sc[1], sc[0], "absent",
                  epilogue=declared_epilogue((PostOpCase(PostOpKind.BIAS_N),), caps), seed=106),
     ]
+
+
+def _family_cases(combo: GemmCombo) -> list[GemmCase]:
+    """Batched GEMMs with no C and no epilogue, as a decoding step's attention runs them (q @ K^T
+    with K transposed, then p @ V): what a driver's ``kernel_family`` may cover. Each is judged
+    through the kernel prepared for a smaller geometry of its class (:data:`FAMILY_SHRINK`)."""
+    sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
+    return [GemmCase("entry", combo, 1, 13, 8, 4, False, True, sc[1], sc[0], "absent", seed=107),
+            GemmCase("entry", combo, 1, 8, 13, 4, False, False, sc[1], sc[0], "absent", seed=108)]
+
+
+#: How much smaller than a judged case the geometry is whose kernel ``kernel_family`` hands it:
+#: n and k one element each short (a KV cache one row shorter, in both GEMMs of a step).
+FAMILY_SHRINK = 1
 
 
 def _refill(dev: Device, case: GemmCase, inputs: list[Buffer]) -> None:
@@ -294,6 +309,37 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
             state["run"]()
         return judge_gemm(dev, named, execute, setup)
 
+    if hook == "kernel_family":
+        # the kernel prepared for a smaller geometry of the class, run on this one's arrays, where
+        # the driver says that kernel covers it (and gives this geometry the same key)
+        seed = dataclasses.replace(case, n=max(1, case.n - FAMILY_SHRINK), k=max(1, case.k - FAMILY_SHRINK))
+        g0, in0, d0 = build_gemm(dev, seed)
+        g1, in1, d1 = build_gemm(dev, case)
+        try:
+            op0, _ = _arrays(g0, in0 + [d0])
+            op1, _ = _arrays(g1, in1 + [d1])
+            family = drv.kernel_family(op0)
+            if family is None:
+                return None
+            key, covers = family
+            if not covers(op0.m, op0.n, op0.k, op0.batch):
+                return _hook_result(named, hook, False, "kernel_family's covers() is false for the op's own sizes")
+            if not covers(op1.m, op1.n, op1.k, op1.batch):
+                return None
+            other = drv.kernel_family(op1)
+            if other is None or other[0] != key:
+                return _hook_result(named, hook, False, f"covers() holds for {op1.m}x{op1.n}x{op1.k} (batch "
+                                    f"{op1.batch}) but that geometry's kernel_family key differs")
+            state["kernel"] = drv.prepare_gemm(op0)
+        finally:
+            for b in in0 + [d0] + in1 + [d1]:
+                b.free()
+
+        def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            _, arrs = _arrays(g, inputs + [d_buf])
+            state["kernel"](*arrs)
+        return judge_gemm(dev, named, execute)
+
     # prepare_gemm_fresh: offered for batch 1, no C; (a, b) -> D, or (a, b, epi) -> D with an epilogue
     if case.batch != 1 or case.c_mode != "absent":
         return None
@@ -332,9 +378,12 @@ def check_driver_hooks(dev: Device) -> list[CaseResult]:
         return []
     out = []
     caps = dev.info().caps
+    every = ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh", "kernel_family")
     for combo in _combos(dev):
-        for case in _hook_cases(combo, caps):
-            for hook in ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh"):
+        cases = [(case, every) for case in _hook_cases(combo, caps)]
+        cases += [(case, ("kernel_family",)) for case in _family_cases(combo)]
+        for case, hooks in cases:
+            for hook in hooks:
                 try:
                     r = _judge_hook(dev, drv, case, hook)
                 except Exception as e:  # noqa: BLE001 - a crashing hook fails its case
@@ -569,7 +618,8 @@ def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
         ("entry:replayed (command lists)", check_replayed),
         ("entry:list (command lists: operands changed before and between replays, FREEs)", check_command_lists),
         ("entry:frontend (matmul, blas.gemm)", check_frontends),
-        ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh (driver hooks)",
+        ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh, entry:kernel_family "
+         "(driver hooks)",
          check_driver_hooks),
         ("memory:reads (reads are copies: Buffer, DeviceMemory, front-ends)", check_reads_are_copies),
     ]

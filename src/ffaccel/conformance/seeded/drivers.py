@@ -849,6 +849,22 @@ class FreshKernelReusesOutput(CpuDriver):
         return reused
 
 
+class FamilyKernelKeepsItsSizes(CpuDriver):
+    """``kernel_family`` says the kernel serves every batched geometry of its class in its band,
+    but the kernel reads the k it was prepared for: on a KV cache one row longer it leaves the
+    last row out (a "size-free" kernel that is not). Every geometry's own kernel is right."""
+
+    def prepare_gemm(self, op):  # noqa: ANN001, ANN201
+        kernel = super().prepare_gemm(op)
+        if self.kernel_family(op) is None:
+            return kernel
+        k = op.k
+
+        def cut(a, b, c, d, epi):  # noqa: ANN001, ANN202
+            return kernel(a[..., :k], b[..., :k, :], c, d, epi)
+        return cut
+
+
 # --- size bands ---------------------------------------------------------------------------------
 
 
