@@ -59,6 +59,7 @@ _FUTEX_WAITING = int(RingClientFlags.FUTEX_WAITING)
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _CQE = CQE.struct
 _CQE_BYTES = CQE.size_bytes
+_CQE_PACK_INTO = _CQE.pack_into
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
 
 
@@ -129,6 +130,8 @@ class Ring:
         self.words = ring_words(self.mm)
         self._sq_tail_word = self.words["sq_tail"]  # the words the hot path touches, looked up once
         self._cq_head_word = self.words["cq_head"]
+        self._sq_head_word = self.words["sq_head"]
+        self._cq_tail_word = self.words["cq_tail"]
         self._client_flags = self.words["client_flags"]
         self._cq_tail_address = ctypes.addressof(self.words["cq_tail"])  # the futex a sleeping client waits on
         self._completed_words = {e: self.words[name] for e, name in _COMPLETED.items()}
@@ -171,6 +174,7 @@ class Ring:
                 pass
         self.words = {}
         self._sq_tail_word = self._cq_head_word = self._client_flags = None  # type: ignore[assignment]
+        self._sq_head_word = self._cq_tail_word = None  # type: ignore[assignment]
         self._completed_words = {}
         try:
             self.mm.close()
@@ -199,19 +203,21 @@ class Ring:
             self.done()
 
     def publish_completed(self, engine: Engine, value: int) -> None:
-        if not self.use():
+        # no use() reference: only words of the mapping are written here, and a ctypes word keeps
+        # the mapping alive after release (mm.close() refuses while one points in), so a late
+        # store lands in memory nobody reads any more; the wakes take their own references
+        word = self._completed_words.get(engine)
+        flags = self._client_flags
+        if word is None or flags is None:
             return  # the client is gone: its completion is dropped
-        try:
-            self._completed_words[engine].value = value
-            if self.parked:
-                self.waker.poke_poller()
-            # only a client asleep on its eventfd: one asleep on the futex waits for cq_tail to move
-            # (both clients' only futex wait), which a fence signal does not do; a wake here would
-            # cost a system call and a wake-up for nothing (the CQE's own wake follows)
-            if self._client_flags.value & _WAITING:
-                self.waker.wake(self)
-        finally:
-            self.done()
+        word.value = value
+        if self.parked:
+            self.waker.poke_poller()
+        # only a client asleep on its eventfd: one asleep on the futex waits for cq_tail to move
+        # (both clients' only futex wait), which a fence signal does not do; a wake here would
+        # cost a system call and a wake-up for nothing (the CQE's own wake follows)
+        if flags.value & _WAITING:
+            self.waker.wake(self)
 
     def _wake_client(self) -> None:
         """Wake the client if it sleeps: on the futex right here (a wake that cannot block), on its
@@ -266,8 +272,12 @@ class Ring:
 
     def poll(self) -> bool:
         """Consume what the client published; True when anything was done."""
-        if self.broken or not self.use():
+        if self.broken:
             return False
+        with self._life:  # use(), inline: this runs once per request
+            if self._closing:
+                return False
+            self._users += 1
         try:
             return self._poll()
         finally:
@@ -275,9 +285,23 @@ class Ring:
 
     def _poll(self) -> bool:
         tail = self._sq_tail_word.value
-        avail = (tail - self.sq_head) & 0xFFFF_FFFF
+        head = self.sq_head
+        avail = (tail - head) & 0xFFFF_FFFF
         if avail == 0:
             return False
+        if avail == 1 and not (self.pending_count or self.cq_full):
+            # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
+            lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
+            entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
+            used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
+            client = self.client
+            if (used < self.entries and not (client.queued and client.queue_full())
+                    and not _SQE_FLAGS_AT(entry, 0)[0] & _LINK):
+                self.sq_head = head = (head + 1) & 0xFFFF_FFFF
+                self._sq_head_word.value = head  # our progress first: the client may refill the slot
+                self._complete(entry, 1)
+                return True
+            # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
         if avail > self.entries:
             self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
                                   field="sq_tail"))
@@ -356,7 +380,7 @@ class Ring:
         """Hand ``n`` more consumed SQ slots back to the client (one store of sq_head)."""
         if n:
             self.sq_head = (self.sq_head + n) & 0xFFFF_FFFF
-            self._set("sq_head", self.sq_head)
+            self._sq_head_word.value = self.sq_head
 
     def _cq_room(self) -> int:
         """Free CQ slots; -1 after breaking the ring when the client's cq_head is impossible."""
@@ -371,21 +395,29 @@ class Ring:
     def _complete(self, chain: bytes, count: int) -> None:
         user_data = _U64.unpack_from(chain, (count - 1) * SQE_BYTES)[0]
         try:
-            engine, value = self._submit(chain, count)
-            cqe = _CQE.pack(user_data, 0, int(engine), value, NO_INDEX, 0, 0)
+            prev = self._prev_chain
+            if count == 1 and prev is not None and prev[0] == 1 and chain.startswith(prev[2], 8):
+                # the same entry as last time (but for user_data): the same submission (see _submit)
+                engine, value = self.client.submit_raw(prev[3])
+            else:
+                engine, value = self._submit(chain, count)
+            status, eng, eid, idx = 0, int(engine), 0, NO_INDEX
         except FFAccelError as e:
             eid = self.client.keep_error(e)
             idx = NO_INDEX if e.command_index is None else e.command_index
-            cqe = _CQE.pack(user_data, int(e.code), 0, 0, idx, 0, eid)
+            status, eng, value = int(e.code), 0, 0
         except Exception as e:  # noqa: BLE001 - an internal failure is reported, not fatal
             log.exception("client %d: ring entry failed", self.client.id)
             eid = self.client.keep_error(FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
-            cqe = _CQE.pack(user_data, int(ErrorCode.DEVICE_LOST), 0, 0, NO_INDEX, 0, eid)
-        off = self.cq_off + (self.cq_tail & (self.entries - 1)) * _CQE_BYTES
-        self.mm[off: off + _CQE_BYTES] = cqe
-        self.cq_tail = (self.cq_tail + 1) & 0xFFFF_FFFF
-        self._set("cq_tail", self.cq_tail)
-        self._wake_client()
+            status, eng, value, idx = int(ErrorCode.DEVICE_LOST), 0, 0, NO_INDEX
+        cq_tail = self.cq_tail
+        # written in place: the client reads a CQE only once cq_tail (stored next) covers it
+        _CQE_PACK_INTO(self.mm, self.cq_off + (cq_tail & (self.entries - 1)) * _CQE_BYTES,
+                       user_data, status, eng, value, idx, 0, eid)
+        self.cq_tail = cq_tail = (cq_tail + 1) & 0xFFFF_FFFF
+        self._cq_tail_word.value = cq_tail
+        if self._client_flags.value:  # nearly always 0: the client spins on cq_tail
+            self._wake_client()
 
     def _submit(self, chain: bytes, count: int) -> tuple[Engine, int]:
         # Entries whose header (past user_data) repeats the first one's pass or fail exactly as it
