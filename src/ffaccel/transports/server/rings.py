@@ -274,14 +274,25 @@ class Ring:
         """Consume what the client published; True when anything was done."""
         if self.broken:
             return False
-        with self._life:  # use(), inline: this runs once per request
-            if self._closing:
-                return False
-            self._users += 1
+        # use() and done(), inline: this runs once per request (acquire/release: half a `with`'s cost)
+        life = self._life
+        life.acquire()
+        if self._closing:
+            life.release()
+            return False
+        self._users += 1
+        life.release()
         try:
             return self._poll()
         finally:
-            self.done()
+            life.acquire()
+            self._users -= 1
+            release = self._closing and self._users == 0 and not self._released
+            if release:
+                self._released = True
+            life.release()
+            if release:
+                self._release()
 
     def _poll(self) -> bool:
         tail = self._sq_tail_word.value
