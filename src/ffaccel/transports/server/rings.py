@@ -263,13 +263,6 @@ class Ring:
         finally:
             self.done()
 
-    def published(self) -> bool:
-        """Whether the client may have published entries (one load, no lock: the poller's spin
-        looks here before taking the ring for :meth:`poll`). After release the word still reads
-        (the mapping stays while a ctypes word points in)."""
-        word = self._sq_tail_word
-        return word is not None and word.value != self.sq_head
-
     def poll(self) -> bool:
         """Consume what the client published; True when anything was done."""
         if self.broken:
@@ -616,7 +609,10 @@ class RingPoller:
             rings = self.rings
             did = False
             for r in rings:
-                if r.published():  # most looks find nothing: no lock taken for them
+                # whether the client may have published: one load, no lock (most looks find nothing);
+                # after release the word still reads (the mapping stays while a ctypes word points in)
+                word = r._sq_tail_word
+                if word is not None and word.value != r.sq_head:
                     did = r.poll() or did
             if did:
                 if spinning:
