@@ -236,6 +236,8 @@ class RingTransport(SocketTransport):
         if prev is not None and (prev[0] is raw or prev[0] == raw):
             shape, blob = prev[1], prev[2]  # a loop resubmitting the same batch: its entries are built already
         else:
+            if type(raw) is not bytes:
+                raw = bytes(raw)  # a copy to remember: a bytearray may change before it comes again
             shape = self._ring_shape(raw)
             if shape is None:
                 return super().submit(raw)  # the socket path; the server's validator decides
