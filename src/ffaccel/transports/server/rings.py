@@ -616,10 +616,12 @@ class RingPoller:
                     did = r.poll() or did
             if did:
                 if spinning:
-                    spin.paid()
-                elif slept:
-                    spin.found_after_sleep()
-                spinning, slept = spin.start(), False
+                    spinning = spin.restart()  # paid(), then start() the next spin
+                else:
+                    if slept:
+                        spin.found_after_sleep()
+                    spinning = spin.start()
+                slept = False
                 continue
             if spinning and spin.keep_spinning():
                 # no sched_yield: beside CPU-bound processes it gives the core away for a time
