@@ -51,7 +51,8 @@ _WAIT = WAIT.struct
 _SQE = SQE_HEADER.struct
 _SQE_HDR = SQE_HEADER.size_bytes
 _SQE_FLAGS_AT = struct.Struct("<12xI").unpack_from  # an SQE's flags word (offset 12)
-_SQE_FLAGS_WORD = 3  # ... as a u32 index
+_SQE_FLAGS_BYTE = 12  # ... its low byte, where LINK is (little-endian)
+_LINK_OF_BYTE = bytes(b & int(SqeFlags.LINK) for b in range(256))  # a flags low byte -> its LINK bit
 _LINK, _EMPTY, _REPLAY = int(SqeFlags.LINK), int(SqeFlags.EMPTY), int(SqeFlags.REPLAY)
 _CQ_FULL = int(RingServerFlags.CQ_FULL)
 _WAITING = int(RingClientFlags.WAITING)
@@ -303,7 +304,8 @@ class Ring:
                     and not _SQE_FLAGS_AT(entry, 0)[0] & _LINK):
                 self.sq_head = head = (head + 1) & 0xFFFF_FFFF
                 self._sq_head_word.value = head  # our progress first: the client may refill the slot
-                self._complete(entry, 1)
+                prev = self._prev_chain
+                self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
                 return True
             # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
         if avail > self.entries:
@@ -326,12 +328,23 @@ class Ring:
         if room == 0 or self.client.queue_full():
             self._park(room == 0)
             return False
-        # chain ends: entries without LINK (one array pass for a batch, one unpack for a single entry)
-        if avail == 1:
-            ends = [0] if not _SQE_FLAGS_AT(span, 0)[0] & _LINK else []
+        prev = self._prev_chain
+        if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
+                and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
+            # the previous chain again, whole, but for its user_data (a batch loop's every request):
+            # its one end is its last entry, and it is the same submission (see _submit)
+            self._advance(avail)
+            self._complete(span, avail, True)
+            if self.cq_full:
+                self.cq_full = False
+                self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
+            return True
+        # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
+        links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
+        if links.count(0) == 1:
+            ends = [links.index(0)]
         else:
-            ends = np.flatnonzero((np.frombuffer(span, "<u4")[_SQE_FLAGS_WORD::SQE_BYTES // 4]
-                                   & _LINK) == 0).tolist()
+            ends = [i for i, link in enumerate(links) if not link]
         start_head = self.sq_head
         pos = 0  # entries of span consumed
         for end in ends:
@@ -396,13 +409,13 @@ class Ring:
             return -1
         return self.entries - used
 
-    def _complete(self, chain: bytes, count: int) -> None:
+    def _complete(self, chain: bytes, count: int, same: bool = False) -> None:
+        """Run one chain and publish its completion. ``same``: the caller found the chain equal to
+        the previous one but for its user_data (so it is the same submission, see :meth:`_submit`)."""
         user_data = _U64.unpack_from(chain, (count - 1) * SQE_BYTES)[0]
         try:
-            prev = self._prev_chain
-            if count == 1 and prev is not None and prev[0] == 1 and chain.startswith(prev[2], 8):
-                # the same entry as last time (but for user_data): the same submission (see _submit)
-                engine, value = self.client.submit_raw(prev[3])
+            if same:
+                engine, value = self.client.submit_raw(self._prev_chain[3])  # type: ignore[index]
             else:
                 engine, value = self._submit(chain, count)
             status, eng, eid, idx = 0, int(engine), 0, NO_INDEX
