@@ -20,8 +20,6 @@ import pstats
 import tempfile
 import timeit
 
-import numpy as np
-
 from ffaccel.abi import Gemm, Matrix
 from ffaccel.drivers import open_driver
 from ffaccel.spec import DType, Engine

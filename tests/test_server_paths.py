@@ -220,7 +220,7 @@ def test_a_buffer_of_bytes_changed_in_place_is_submitted_as_changed(server, name
     dev = ffaccel.open("cpu") if name == "inproc" else server.open(name)
     with dev:
         a = np.random.default_rng(5).standard_normal((8, 8), np.float32)
-        A, B, D, g = _gemm(dev, a, a)
+        A, _B, D, g = _gemm(dev, a, a)
         raw = bytearray(encode_submission([g.encode()]))
         dev.submit_raw(raw).wait(timeout_ns=10**10)
         np.testing.assert_allclose(D.read(np.float32, 64).reshape(8, 8), a @ a, rtol=1e-5, atol=1e-5)

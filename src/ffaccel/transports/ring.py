@@ -244,7 +244,7 @@ class RingTransport(SocketTransport):
             blob = self._entries(raw, *shape)
             self._prev_chain = (raw, shape, blob)
         n_cmd = shape[1]
-        count = n_cmd if n_cmd > 1 else 1
+        count = max(1, n_cmd)
         lock = self._lock
         lock.acquire()  # not `with`: once per request, and acquire/release cost half as much
         try:
