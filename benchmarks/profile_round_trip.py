@@ -41,7 +41,8 @@ def wrap(cls, name, before=None, after=None):
     setattr(cls, name, staticmethod(w) if isinstance(raw, staticmethod) else w)
 wrap(framing.Inbox, "next_message", after="srv.msg")
 wrap(core.Client, "submit_raw", after="srv.submitted")
-wrap(rings.Ring, "_complete", before="srv.ring.chain")
+wrap(rings.Ring, "poll", before="srv.ring.noticed")  # the poller saw sq_tail move
+wrap(rings.Ring, "_complete", before="srv.ring.chain", after="srv.ring.cqe")
 wrap(rings.Ring, "_wake_client", before="srv.ring.wakecheck")
 wrap(rings.Waker, "wake", before="srv.waker.queued")
 wrap(rings.Waker, "_write", before="srv.waker.write", after="srv.waker.written")
@@ -66,6 +67,14 @@ def keep(self, scale=1.0):
 def back(self, now):
     cnt("spin.backed_off"); oback(self, now)
 SB.start, SB.paid, SB.keep_spinning, SB._back_off = start, paid, keep, back
+if hasattr(SB, "restart"):  # paid() + start() in one call (the ring poller, once per request)
+    orestart = SB.restart
+    def restart(self):
+        cnt("spin.paid")
+        r = orestart(self)
+        if r is False: cnt("spin.skipped")
+        return r
+    SB.restart = restart
 def dump():
     with open(os.environ["PROFILE_OUT"], "w") as f:
         json.dump({"stamps": stamps, "counts": counts}, f)

@@ -26,9 +26,12 @@ import numpy as np
 import pytest
 
 import ffaccel
-from ffaccel.abi import COMMAND_BYTES, Gemm
-from ffaccel.spec import ErrorCode, FFAccelError
+from ffaccel.abi import COMMAND_BYTES, Gemm, Matrix
+from ffaccel.spec import DType, ErrorCode, FFAccelError
 from ffaccel.transports.protocol import (
+    ALLOC_REQ,
+    CQE,
+    HANDLE_REPLY,
     HELLO,
     MSG,
     REPLY,
@@ -430,6 +433,90 @@ def test_a_full_completion_queue_parks_the_ring_instead_of_spinning(server) -> N
         ring.w["cq_head"].value = 4  # reap all four: the server goes on with the pending ones
         os.eventfd_write(ring.doorbell, 1)
         wait_until(lambda: ring.w["cq_tail"].value, lambda v: v == 8, 10, "the pending entries complete")
+    finally:
+        ring.close()
+        os.close(ev)
+
+
+def _cqes(ring: RawRing, count: int) -> list[tuple[int, ...]]:
+    """The first ``count`` completions, once the server has published them."""
+    wait_until(lambda: ring.w["cq_tail"].value, lambda v: v >= count, 10, f"{count} completions")
+    return [CQE.struct.unpack_from(ring.mm, ring.cq_off + i * CQE.size_bytes) for i in range(count)]
+
+
+def test_a_repeated_ring_entry_is_checked_again_when_any_header_bit_changes(server) -> None:
+    # the server answers an entry that repeats the previous one (but for user_data) from a memo:
+    # a changed flag, reserved field or engine must still be refused, each entry get its own user_data
+    ev = os.eventfd(0, os.EFD_NONBLOCK)
+    ring = RawRing(server.path, ev, entries=8)
+    try:
+        ok = _empty_sqe(0)[8:]
+        unknown_flag = SQE_HEADER.struct.pack(0, 0, SqeFlags.EMPTY | 0x80, 0, 0, 0, 0)[8:] + bytes(COMMAND_BYTES)
+        reserved = SQE_HEADER.struct.pack(0, 0, SqeFlags.EMPTY, 0, 0, 0, 1)[8:] + bytes(COMMAND_BYTES)
+        bad_engine = SQE_HEADER.struct.pack(0, 9, SqeFlags.EMPTY, 0, 0, 0, 0)[8:] + bytes(COMMAND_BYTES)
+        sent = [ok, ok, unknown_flag, ok, reserved, ok, bad_engine, ok]
+        for i, body in enumerate(sent):  # one at a time: each is the single-entry path's, after the previous
+            ring.publish([(100 + i).to_bytes(8, "little") + body], waiting=False)
+            _cqes(ring, i + 1)
+        got = _cqes(ring, len(sent))
+        assert [c[0] for c in got] == [100 + i for i in range(len(sent))]
+        assert [c[1] == 0 for c in got] == [True, True, False, True, False, True, False, True]
+    finally:
+        ring.close()
+        os.close(ev)
+
+
+def test_a_repeated_chain_is_checked_again_when_any_entry_changes(server) -> None:
+    # a chain equal to the previous one but for its user_data is answered from a memo; a changed
+    # flag, reserved field or command in any entry must still be refused
+    ev = os.eventfd(0, os.EFD_NONBLOCK)
+    ring = RawRing(server.path, ev, entries=8)
+    try:
+        handles = []
+        for _ in range(3):
+            err, body, fds = ring.raw.request(Msg.ALLOC, ALLOC_REQ.struct.pack(256))
+            assert err is None
+            for fd in fds:
+                os.close(fd)
+            handles.append(HANDLE_REPLY.struct.unpack(body)[0])
+        a, b, d = (Matrix(h, DType.F32, 8, 8) for h in handles)
+        gemm = Gemm(m=8, n=8, k=8, a=a, b=b, d=d).encode()
+        bad_gemm = Gemm(m=8, n=8, k=8, a=a, b=Matrix(999, DType.F32, 8, 8), d=d).encode()
+
+        def chain(user_data: int, first_flags: int = SqeFlags.LINK, first_reserved: int = 0,
+                  first_cmd: bytes = gemm) -> list[bytes]:
+            return [SQE_HEADER.struct.pack(0, 0, first_flags, 0, 0, 0, first_reserved) + first_cmd,
+                    SQE_HEADER.struct.pack(user_data, 0, 0, 0, 0, 0, 0) + gemm]
+
+        sent = [chain(1), chain(2), chain(3, first_flags=SqeFlags.LINK | 0x80), chain(4),
+                chain(5, first_reserved=1), chain(6), chain(7, first_cmd=bad_gemm), chain(8)]
+        for i, entries in enumerate(sent):  # one chain at a time: each follows the previous one
+            ring.publish(entries, waiting=False)
+            _cqes(ring, i + 1)
+            ring.w["cq_head"].value = i + 1  # reaped: the CQ (8 slots) never fills
+        got = []
+        for i in range(len(sent)):
+            got.append(CQE.struct.unpack_from(ring.mm, ring.cq_off + (i % 8) * CQE.size_bytes))
+        assert [c[0] for c in got] == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert [c[1] == 0 for c in got] == [True, True, False, True, False, True, False, True]
+        assert got[6][1] == ErrorCode.BAD_HANDLE
+    finally:
+        ring.close()
+        os.close(ev)
+
+
+def test_a_chain_published_one_entry_at_a_time_completes_once_at_its_end(server) -> None:
+    ev = os.eventfd(0, os.EFD_NONBLOCK)
+    ring = RawRing(server.path, ev, entries=8)
+    try:
+        linked = SQE_HEADER.struct.pack(7, 0, SqeFlags.EMPTY | SqeFlags.LINK, 0, 0, 0, 0) + bytes(COMMAND_BYTES)
+        ring.publish([linked], waiting=False)  # alone: the chain's end has not come yet
+        wait_until(lambda: ring.w["sq_head"].value, lambda v: v == 1, 10, "the first entry consumed")
+        ring.publish([_empty_sqe(8)], waiting=False)
+        wait_until(lambda: ring.w["sq_head"].value, lambda v: v == 2, 10, "the second entry consumed")
+        (user_data, status, *_rest), = _cqes(ring, 1)
+        # one completion for the chain, carrying its last entry's user_data; EMPTY may not be linked
+        assert user_data == 8 and status == ErrorCode.INVALID_PARAMETER
     finally:
         ring.close()
         os.close(ev)

@@ -188,15 +188,16 @@ def test_command_lists_validate_once_and_replay(server, name) -> None:
         assert dev.submit([]).value == before + 2  # refused replays consumed no fence value
 
 
+@pytest.mark.parametrize("commands", [1, 2])  # the ring answers one entry and a chain on different paths
 @pytest.mark.parametrize("name", ["inproc", *PATHS])
-def test_resubmitted_bytes_are_validated_again_after_a_free(server, name) -> None:
+def test_resubmitted_bytes_are_validated_again_after_a_free(server, name, commands) -> None:
     # a loop resubmitting one submission is served from memos; freeing a buffer it names must
     # still get the submission refused, with nothing written
     dev = ffaccel.open("cpu") if name == "inproc" else server.open(name)
     with dev:
         a = np.random.default_rng(4).standard_normal((8, 8), np.float32)
         A, B, D, g = _gemm(dev, a, a)
-        raw = encode_submission([g.encode(), g.encode()])
+        raw = encode_submission([g.encode()] * commands)
         for _ in range(3):
             dev.submit_raw(raw).wait(timeout_ns=10**10)
         dev.alloc(64).free()  # an unrelated free changes nothing
@@ -210,6 +211,23 @@ def test_resubmitted_bytes_are_validated_again_after_a_free(server, name) -> Non
         assert (e.value.code, e.value.param, e.value.command_index) == (ErrorCode.BAD_HANDLE, "b.handle", 0)
         assert not D.read(np.float32, 64).any()
         assert dev.submit([]).value == before + 1  # the refused submission consumed no fence value
+
+
+@pytest.mark.parametrize("name", ["inproc", *PATHS])
+def test_a_buffer_of_bytes_changed_in_place_is_submitted_as_changed(server, name) -> None:
+    # the clients remember the last submission's framing by identity: only an immutable bytes
+    # object may be reused, a bytearray written between two submissions must go as it is now
+    dev = ffaccel.open("cpu") if name == "inproc" else server.open(name)
+    with dev:
+        a = np.random.default_rng(5).standard_normal((8, 8), np.float32)
+        A, _B, D, g = _gemm(dev, a, a)
+        raw = bytearray(encode_submission([g.encode()]))
+        dev.submit_raw(raw).wait(timeout_ns=10**10)
+        np.testing.assert_allclose(D.read(np.float32, 64).reshape(8, 8), a @ a, rtol=1e-5, atol=1e-5)
+        raw[:] = encode_submission([Gemm(m=8, n=8, k=8, a=A.matrix(np.float32, 8, 8), b=A.matrix(np.float32, 8, 8),
+                                         d=D.matrix(np.float32, 8, 8), alpha=2.0).encode()])
+        dev.submit_raw(raw).wait(timeout_ns=10**10)
+        np.testing.assert_allclose(D.read(np.float32, 64).reshape(8, 8), 2 * (a @ a), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -47,6 +47,21 @@ def test_a_spin_that_pays_keeps_the_full_budget(clock: FakeClock) -> None:
     assert s.cur_s == pytest.approx(200e-6)
 
 
+def test_restart_judges_the_spin_that_paid_and_starts_the_next(clock: FakeClock) -> None:
+    # a server poller's paid() + start() in one call: the same outcomes as the two
+    for lose in (False, True):
+        a, b = SpinBudget(200), SpinBudget(200)
+        for s in (a, b):
+            assert s.start()
+            for n in range(1, 40):  # a spin that loses its CPU for most of its time, or keeps it
+                clock.now += 300e-6 if lose and n % 2 else POLL_S
+                s.keep_spinning()
+        a.paid()
+        got = (a.start(), b.restart())
+        assert got[0] is got[1] is (not lose)
+        assert a.cur_s == b.cur_s and a._t0 == b._t0 and a._lost == b._lost == 0.0
+
+
 def test_an_empty_spin_keeps_the_whole_budget(clock: FakeClock) -> None:
     # a peer that answers late is no reason to stop spinning: it must then be woken, later still
     s = SpinBudget(160)

@@ -56,6 +56,7 @@ _SUBMIT = SUBMIT.struct
 _WAIT = WAIT.struct
 _SQE = SQE_HEADER.struct
 _CQE = CQE.struct
+_CQE_BYTES = CQE.size_bytes
 _SQE_HDR = SQE_HEADER.size_bytes
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _SLEEPING, _BROKEN = int(RingServerFlags.SLEEPING), int(RingServerFlags.BROKEN)
@@ -108,6 +109,8 @@ class RingTransport(SocketTransport):
         # the last submission sent by ring: (its bytes, _ring_shape, its chain's entries when > 1 command)
         self._prev_chain: tuple[bytes, tuple[int, int, int, int], bytes | None] | None = None
         self._sq_tail_word, self._sq_head_word = self._w["sq_tail"], self._w["sq_head"]
+        self._cq_tail_word, self._cq_head_word = self._w["cq_tail"], self._w["cq_head"]
+        self._completed_words = {Engine.COMPUTE: self._w["completed_compute"], Engine.COPY: self._w["completed_copy"]}
         self._server_flags = self._w["server_flags"]
         self._cq_tail_address = ctypes.addressof(self._w["cq_tail"])
         # sleep on the futex only with a server that says it wakes it (an older one would not)
@@ -233,32 +236,60 @@ class RingTransport(SocketTransport):
         if prev is not None and (prev[0] is raw or prev[0] == raw):
             shape, blob = prev[1], prev[2]  # a loop resubmitting the same batch: its entries are built already
         else:
+            if type(raw) is not bytes:
+                raw = bytes(raw)  # a copy to remember: a bytearray may change before it comes again
             shape = self._ring_shape(raw)
             if shape is None:
                 return super().submit(raw)  # the socket path; the server's validator decides
-            blob = self._chain(raw, *shape) if shape[1] > 1 else None
+            blob = self._entries(raw, *shape)
             self._prev_chain = (raw, shape, blob)
-        engine, n_cmd, wc, wp = shape
-        with self._lock:
+        n_cmd = shape[1]
+        count = max(1, n_cmd)
+        lock = self._lock
+        lock.acquire()  # not `with`: once per request, and acquire/release cost half as much
+        try:
             if self._lost is not None:
                 raise self._lost
             if self._closed:
                 raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
-            self._check_ring()
-            self._seq += 1
-            seq = self._seq
-            count = max(1, n_cmd)
-            first = self._reserve(count)
-            if n_cmd == 0:
-                self._write(first, _SQE.pack(seq, engine, SqeFlags.EMPTY, wc, wp, 0, 0) + _ZERO_CMD)
-            elif n_cmd == 1:
-                self._write(first, _SQE.pack(seq, engine, 0, wc, wp, 0, 0) + raw[len(raw) - COMMAND_BYTES:])
+            if self._server_flags.value & _BROKEN:
+                self._check_ring()
+            self._seq = seq = self._seq + 1
+            tail = self._sq_tail
+            if ((tail - self._sq_head_word.value) & 0xFFFF_FFFF) + count <= self.entries:
+                first = tail & self._mask  # room: nearly always
             else:
-                self._write(first, blob)  # type: ignore[arg-type]
+                first = self._reserve(count)
+            mm = self._mm
+            if count == 1:  # one entry: everything but user_data was built once
+                off = self._sq_off + first * SQE_BYTES
+                mm[off + 8: off + SQE_BYTES] = blob
+                _U64.pack_into(mm, off, seq)
+            else:
+                self._write(first, blob)
                 last = self._sq_off + ((first + n_cmd - 1) & self._mask) * SQE_BYTES
-                _U64.pack_into(self._mm, last, seq)  # the chain's user_data, on its last entry
-            self._publish(count)
+                _U64.pack_into(mm, last, seq)  # the chain's user_data, on its last entry
+            # publish: one store of sq_tail, and the doorbell only if the server said it sleeps
+            self._sq_tail = tail = (tail + count) & 0xFFFF_FFFF
+            self._sq_tail_word.value = tail
+            if self._server_flags.value & _SLEEPING:
+                self._ring_doorbell()
             return self._reap(seq, count)
+        finally:
+            lock.release()
+
+    @classmethod
+    def _entries(cls, raw: bytes, engine: int, n_cmd: int, wc: int, wp: int) -> bytes:
+        """What a submission's ring entries are, but for the user_data the last one carries.
+
+        One entry (0 or 1 command) comes without its user_data field (the first 8 bytes), a
+        chain whole with user_data 0 throughout (see :meth:`_chain`).
+        """
+        if n_cmd > 1:
+            return cls._chain(raw, engine, n_cmd, wc, wp)
+        if n_cmd == 1:
+            return _SQE.pack(0, engine, 0, wc, wp, 0, 0)[8:] + raw[len(raw) - COMMAND_BYTES:]
+        return _SQE.pack(0, engine, SqeFlags.EMPTY, wc, wp, 0, 0)[8:] + _ZERO_CMD
 
     def _ring_shape(self, raw: bytes) -> tuple[int, int, int, int] | None:
         """(engine, commands, compute wait, copy wait) of a submission the ring can carry as one chain.
@@ -328,32 +359,12 @@ class RingTransport(SocketTransport):
         the server pay for waking us (an eventfd write that wakes a sleeping core costs about
         as much as several tiny GEMMs here) and us for being woken.
         """
-        mm = self._mm
-        start = time.monotonic_ns()
-        deadline = start + int(self.timeout_s * 1e9)
-        cq_tail = self._w["cq_tail"]
+        cq_tail = self._cq_tail_word
+        head = self._cq_head
         spin = self._spin
         spinning = spin.start()  # False: backed off, sleep at once
-        while True:
-            if cq_tail.value != self._cq_head:
-                off = self._cq_off + (self._cq_head & self._mask) * CQE.size_bytes
-                user_data, status, engine, value, idx, _res, eid = _CQE.unpack_from(mm, off)
-                self._cq_head = (self._cq_head + 1) & 0xFFFF_FFFF
-                self._w["cq_head"].value = self._cq_head
-                if self._server_flags.value & _CQ_FULL:  # the server parked our ring: room again
-                    self._ring_doorbell()
-                if spinning:
-                    spin.paid()
-                else:
-                    spin.found_after_sleep()
-                if user_data != seq:
-                    raise self._lose(f"completion for {user_data}, expected {seq}")
-                if status:
-                    return self._raise_completion(eid, status)
-                eng = _ENGINE_OF.get(engine)
-                if eng is None:
-                    raise self._lose(f"malformed reply: a completion on engine {engine}")
-                return eng, value
+        deadline = 0
+        while cq_tail.value == head:
             if spinning:
                 if spin.keep_spinning(count):
                     # no sched_yield here: beside CPU-bound work it hands the core to them for a
@@ -362,10 +373,30 @@ class RingTransport(SocketTransport):
                     continue
                 spinning = False
             now = time.monotonic_ns()
+            if not deadline:  # counted from the first sleep: a spin lasts µs, the timeout seconds
+                deadline = now + int(self.timeout_s * 1e9)
             self._check_ring()
             if now > deadline:
                 raise self._lose(f"no completion within {self.timeout_s} s")
             self._sleep_for_completion(deadline)
+        user_data, status, engine, value, idx, _res, eid = _CQE.unpack_from(
+            self._mm, self._cq_off + (head & self._mask) * _CQE_BYTES)
+        self._cq_head = head = (head + 1) & 0xFFFF_FFFF
+        self._cq_head_word.value = head
+        if self._server_flags.value & _CQ_FULL:  # the server parked our ring: room again
+            self._ring_doorbell()
+        if spinning:
+            spin.paid()
+        else:
+            spin.found_after_sleep()
+        if user_data != seq:
+            raise self._lose(f"completion for {user_data}, expected {seq}")
+        if status:
+            return self._raise_completion(eid, status)
+        eng = _ENGINE_OF.get(engine)
+        if eng is None:
+            raise self._lose(f"malformed reply: a completion on engine {engine}")
+        return eng, value
 
     def _raise_completion(self, eid: int, status: int) -> tuple[Engine, int]:
         # the CQE carries the code; the full text (param, value seen, allowed) comes once, by socket
@@ -384,8 +415,7 @@ class RingTransport(SocketTransport):
         return self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"].value
 
     def signalled(self, engine: Engine, value: int) -> bool:
-        return self._lost is None and (self._w["completed_compute" if engine == Engine.COMPUTE
-                                               else "completed_copy"].value >= value)
+        return self._lost is None and self._completed_words[engine].value >= value
 
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
         word = self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"]

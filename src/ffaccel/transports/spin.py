@@ -137,7 +137,17 @@ class SpinBudget:
 
         Once the pause has passed, the spin is a probe with the whole budget again.
         """
-        self._t0 = self._last = now = _monotonic()
+        return self._begin(_monotonic())
+
+    def restart(self) -> bool:
+        """The spin found its work and the next begins at once: :meth:`paid` then :meth:`start`,
+        with one clock read (a server poller does this once per request)."""
+        now = _monotonic()
+        self._judge(now)
+        return self._begin(now)
+
+    def _begin(self, now: float) -> bool:
+        self._t0 = self._last = now
         self._lost = 0.0
         self._gave_up = 0.0
         if self.cur_s:

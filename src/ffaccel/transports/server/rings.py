@@ -51,7 +51,8 @@ _WAIT = WAIT.struct
 _SQE = SQE_HEADER.struct
 _SQE_HDR = SQE_HEADER.size_bytes
 _SQE_FLAGS_AT = struct.Struct("<12xI").unpack_from  # an SQE's flags word (offset 12)
-_SQE_FLAGS_WORD = 3  # ... as a u32 index
+_SQE_FLAGS_BYTE = 12  # ... its low byte, where LINK is (little-endian)
+_LINK_OF_BYTE = bytes(b & int(SqeFlags.LINK) for b in range(256))  # a flags low byte -> its LINK bit
 _LINK, _EMPTY, _REPLAY = int(SqeFlags.LINK), int(SqeFlags.EMPTY), int(SqeFlags.REPLAY)
 _CQ_FULL = int(RingServerFlags.CQ_FULL)
 _WAITING = int(RingClientFlags.WAITING)
@@ -59,6 +60,7 @@ _FUTEX_WAITING = int(RingClientFlags.FUTEX_WAITING)
 _ZERO_CMD = bytes(COMMAND_BYTES)
 _CQE = CQE.struct
 _CQE_BYTES = CQE.size_bytes
+_CQE_PACK_INTO = _CQE.pack_into
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
 
 
@@ -129,6 +131,8 @@ class Ring:
         self.words = ring_words(self.mm)
         self._sq_tail_word = self.words["sq_tail"]  # the words the hot path touches, looked up once
         self._cq_head_word = self.words["cq_head"]
+        self._sq_head_word = self.words["sq_head"]
+        self._cq_tail_word = self.words["cq_tail"]
         self._client_flags = self.words["client_flags"]
         self._cq_tail_address = ctypes.addressof(self.words["cq_tail"])  # the futex a sleeping client waits on
         self._completed_words = {e: self.words[name] for e, name in _COMPLETED.items()}
@@ -171,6 +175,7 @@ class Ring:
                 pass
         self.words = {}
         self._sq_tail_word = self._cq_head_word = self._client_flags = None  # type: ignore[assignment]
+        self._sq_head_word = self._cq_tail_word = None  # type: ignore[assignment]
         self._completed_words = {}
         try:
             self.mm.close()
@@ -199,19 +204,21 @@ class Ring:
             self.done()
 
     def publish_completed(self, engine: Engine, value: int) -> None:
-        if not self.use():
+        # no use() reference: only words of the mapping are written here, and a ctypes word keeps
+        # the mapping alive after release (mm.close() refuses while one points in), so a late
+        # store lands in memory nobody reads any more; the wakes take their own references
+        word = self._completed_words.get(engine)
+        flags = self._client_flags
+        if word is None or flags is None:
             return  # the client is gone: its completion is dropped
-        try:
-            self._completed_words[engine].value = value
-            if self.parked:
-                self.waker.poke_poller()
-            # only a client asleep on its eventfd: one asleep on the futex waits for cq_tail to move
-            # (both clients' only futex wait), which a fence signal does not do; a wake here would
-            # cost a system call and a wake-up for nothing (the CQE's own wake follows)
-            if self._client_flags.value & _WAITING:
-                self.waker.wake(self)
-        finally:
-            self.done()
+        word.value = value
+        if self.parked:
+            self.waker.poke_poller()
+        # only a client asleep on its eventfd: one asleep on the futex waits for cq_tail to move
+        # (both clients' only futex wait), which a fence signal does not do; a wake here would
+        # cost a system call and a wake-up for nothing (the CQE's own wake follows)
+        if flags.value & _WAITING:
+            self.waker.wake(self)
 
     def _wake_client(self) -> None:
         """Wake the client if it sleeps: on the futex right here (a wake that cannot block), on its
@@ -257,27 +264,50 @@ class Ring:
         finally:
             self.done()
 
-    def published(self) -> bool:
-        """Whether the client may have published entries (one load, no lock: the poller's spin
-        looks here before taking the ring for :meth:`poll`). After release the word still reads
-        (the mapping stays while a ctypes word points in)."""
-        word = self._sq_tail_word
-        return word is not None and word.value != self.sq_head
-
     def poll(self) -> bool:
         """Consume what the client published; True when anything was done."""
-        if self.broken or not self.use():
+        if self.broken:
             return False
+        # use() and done(), inline: this runs once per request (acquire/release: half a `with`'s cost)
+        life = self._life
+        life.acquire()
+        if self._closing:
+            life.release()
+            return False
+        self._users += 1
+        life.release()
         try:
             return self._poll()
         finally:
-            self.done()
+            life.acquire()
+            self._users -= 1
+            release = self._closing and self._users == 0 and not self._released
+            if release:
+                self._released = True
+            life.release()
+            if release:
+                self._release()
 
     def _poll(self) -> bool:
         tail = self._sq_tail_word.value
-        avail = (tail - self.sq_head) & 0xFFFF_FFFF
+        head = self.sq_head
+        avail = (tail - head) & 0xFFFF_FFFF
         if avail == 0:
             return False
+        if avail == 1 and not (self.pending_count or self.cq_full):
+            # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
+            lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
+            entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
+            used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
+            client = self.client
+            if (used < self.entries and not (client.queued and client.queue_full())
+                    and not _SQE_FLAGS_AT(entry, 0)[0] & _LINK):
+                self.sq_head = head = (head + 1) & 0xFFFF_FFFF
+                self._sq_head_word.value = head  # our progress first: the client may refill the slot
+                prev = self._prev_chain
+                self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
+                return True
+            # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
         if avail > self.entries:
             self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
                                   field="sq_tail"))
@@ -298,12 +328,23 @@ class Ring:
         if room == 0 or self.client.queue_full():
             self._park(room == 0)
             return False
-        # chain ends: entries without LINK (one array pass for a batch, one unpack for a single entry)
-        if avail == 1:
-            ends = [0] if not _SQE_FLAGS_AT(span, 0)[0] & _LINK else []
+        prev = self._prev_chain
+        if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
+                and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
+            # the previous chain again, whole, but for its user_data (a batch loop's every request):
+            # its one end is its last entry, and it is the same submission (see _submit)
+            self._advance(avail)
+            self._complete(span, avail, True)
+            if self.cq_full:
+                self.cq_full = False
+                self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
+            return True
+        # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
+        links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
+        if links.count(0) == 1:
+            ends = [links.index(0)]
         else:
-            ends = np.flatnonzero((np.frombuffer(span, "<u4")[_SQE_FLAGS_WORD::SQE_BYTES // 4]
-                                   & _LINK) == 0).tolist()
+            ends = [i for i, link in enumerate(links) if not link]
         start_head = self.sq_head
         pos = 0  # entries of span consumed
         for end in ends:
@@ -356,7 +397,7 @@ class Ring:
         """Hand ``n`` more consumed SQ slots back to the client (one store of sq_head)."""
         if n:
             self.sq_head = (self.sq_head + n) & 0xFFFF_FFFF
-            self._set("sq_head", self.sq_head)
+            self._sq_head_word.value = self.sq_head
 
     def _cq_room(self) -> int:
         """Free CQ slots; -1 after breaking the ring when the client's cq_head is impossible."""
@@ -368,24 +409,32 @@ class Ring:
             return -1
         return self.entries - used
 
-    def _complete(self, chain: bytes, count: int) -> None:
+    def _complete(self, chain: bytes, count: int, same: bool = False) -> None:
+        """Run one chain and publish its completion. ``same``: the caller found the chain equal to
+        the previous one but for its user_data (so it is the same submission, see :meth:`_submit`)."""
         user_data = _U64.unpack_from(chain, (count - 1) * SQE_BYTES)[0]
         try:
-            engine, value = self._submit(chain, count)
-            cqe = _CQE.pack(user_data, 0, int(engine), value, NO_INDEX, 0, 0)
+            if same:
+                engine, value = self.client.submit_raw(self._prev_chain[3])  # type: ignore[index]
+            else:
+                engine, value = self._submit(chain, count)
+            status, eng, eid, idx = 0, int(engine), 0, NO_INDEX
         except FFAccelError as e:
             eid = self.client.keep_error(e)
             idx = NO_INDEX if e.command_index is None else e.command_index
-            cqe = _CQE.pack(user_data, int(e.code), 0, 0, idx, 0, eid)
+            status, eng, value = int(e.code), 0, 0
         except Exception as e:  # noqa: BLE001 - an internal failure is reported, not fatal
             log.exception("client %d: ring entry failed", self.client.id)
             eid = self.client.keep_error(FFAccelError(ErrorCode.DEVICE_LOST, "device", f"server error: {e!r}"))
-            cqe = _CQE.pack(user_data, int(ErrorCode.DEVICE_LOST), 0, 0, NO_INDEX, 0, eid)
-        off = self.cq_off + (self.cq_tail & (self.entries - 1)) * _CQE_BYTES
-        self.mm[off: off + _CQE_BYTES] = cqe
-        self.cq_tail = (self.cq_tail + 1) & 0xFFFF_FFFF
-        self._set("cq_tail", self.cq_tail)
-        self._wake_client()
+            status, eng, value, idx = int(ErrorCode.DEVICE_LOST), 0, 0, NO_INDEX
+        cq_tail = self.cq_tail
+        # written in place: the client reads a CQE only once cq_tail (stored next) covers it
+        _CQE_PACK_INTO(self.mm, self.cq_off + (cq_tail & (self.entries - 1)) * _CQE_BYTES,
+                       user_data, status, eng, value, idx, 0, eid)
+        self.cq_tail = cq_tail = (cq_tail + 1) & 0xFFFF_FFFF
+        self._cq_tail_word.value = cq_tail
+        if self._client_flags.value:  # nearly always 0: the client spins on cq_tail
+            self._wake_client()
 
     def _submit(self, chain: bytes, count: int) -> tuple[Engine, int]:
         # Entries whose header (past user_data) repeats the first one's pass or fail exactly as it
@@ -573,14 +622,19 @@ class RingPoller:
             rings = self.rings
             did = False
             for r in rings:
-                if r.published():  # most looks find nothing: no lock taken for them
+                # whether the client may have published: one load, no lock (most looks find nothing);
+                # after release the word still reads (the mapping stays while a ctypes word points in)
+                word = r._sq_tail_word
+                if word is not None and word.value != r.sq_head:
                     did = r.poll() or did
             if did:
                 if spinning:
-                    spin.paid()
-                elif slept:
-                    spin.found_after_sleep()
-                spinning, slept = spin.start(), False
+                    spinning = spin.restart()  # paid(), then start() the next spin
+                else:
+                    if slept:
+                        spin.found_after_sleep()
+                    spinning = spin.start()
+                slept = False
                 continue
             if spinning and spin.keep_spinning():
                 # no sched_yield: beside CPU-bound processes it gives the core away for a time
