@@ -32,6 +32,7 @@ NEW_KINDS = [
     ("read-returns-view", "memory:reads"),
     ("fresh-kernel-reuses-output", "memory:reads"),
     ("family-kernel-keeps-its-sizes", "entry:kernel_family"),
+    ("fresh-contiguous-keeps-first-bias", "entry:fresh.contiguous"),
     ("one-buffer-copy-backwards", "copy:one-buffer"),
     ("free-keeps-last-memo", "resubmitted-after-free"),
 ]

@@ -6,7 +6,7 @@ driver's "fresh" kernel for plain GEMMs and its prepared kernel, reused across c
 the rest; ``blas.gemm`` updates C in place), and, in process, through every hook of
 :class:`ffaccel.drivers.base.Driver`: ``gemm``, ``prepare_gemm`` (one kernel called with
 several sets of arrays), ``bind_gemm`` (one binding called again after its inputs changed),
-``prepare_gemm_fresh`` and ``kernel_family`` (the kernel of a smaller geometry of the class
+``prepare_gemm_fresh`` (and its kernel's ``contiguous`` form) and ``kernel_family`` (the kernel of a smaller geometry of the class
 run on a larger one it claims to cover). Each is judged like a GEMM case; front-end calls are compared
 bit for bit with the same call on the golden model, on inputs whose exact result is known.
 """
@@ -340,6 +340,40 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
             state["kernel"](*arrs)
         return judge_gemm(dev, named, execute)
 
+    if hook == "fresh.contiguous":
+        # a fresh kernel's ``contiguous(a, b, bias)`` (one bias along n, C-contiguous a and b)
+        if (case.batch != 1 or case.c_mode != "absent" or case.trans_a or case.trans_b or any(case.pads)
+                or [p.kind for p in case.epilogue] != [PostOpKind.BIAS_N]):
+            return None
+        g0, in0, d0 = build_gemm(dev, case)
+        try:
+            op0, (a0, b0, _, _, _) = _arrays(g0, in0 + [d0])
+            fresh = drv.prepare_gemm_fresh(op0)
+            if fresh is None or not (a0[0].flags.c_contiguous and b0[0].flags.c_contiguous):
+                return None
+        finally:
+            for b in in0 + [d0]:
+                b.free()
+        direct = getattr(fresh, "contiguous", None)
+        if direct is None:
+            return None
+
+        def setup_direct(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            _, arrs2, bufs2 = other_arrays(dev)
+            try:
+                direct(arrs2[0][0], arrs2[1][0], arrs2[4][0][0, 0])  # other operands and bias first
+            finally:
+                for b in bufs2:
+                    b.free()
+
+        def execute_direct(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+            _, (a, b, _, d, epi) = _arrays(g, inputs + [d_buf])
+            out = np.asarray(direct(a[0], b[0], epi[0][0, 0]))
+            if out.shape != d.shape[1:] or out.dtype != d.dtype:
+                raise AssertionError(f"fresh.contiguous returned {out.shape} {out.dtype}, want {d.shape[1:]} {d.dtype}")
+            d[0][...] = out
+        return judge_gemm(dev, named, execute_direct, setup_direct)
+
     # prepare_gemm_fresh: offered for batch 1, no C; (a, b) -> D, or (a, b, epi) -> D with an epilogue
     if case.batch != 1 or case.c_mode != "absent":
         return None
@@ -378,7 +412,7 @@ def check_driver_hooks(dev: Device) -> list[CaseResult]:
         return []
     out = []
     caps = dev.info().caps
-    every = ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh", "kernel_family")
+    every = ("gemm", "prepare_gemm", "bind_gemm", "prepare_gemm_fresh", "fresh.contiguous", "kernel_family")
     for combo in _combos(dev):
         cases = [(case, every) for case in _hook_cases(combo, caps)]
         cases += [(case, ("kernel_family",)) for case in _family_cases(combo)]
@@ -618,8 +652,8 @@ def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
         ("entry:replayed (command lists)", check_replayed),
         ("entry:list (command lists: operands changed before and between replays, FREEs)", check_command_lists),
         ("entry:frontend (matmul, blas.gemm)", check_frontends),
-        ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh, entry:kernel_family "
-         "(driver hooks)",
+        ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh, entry:fresh.contiguous, "
+         "entry:kernel_family (driver hooks)",
          check_driver_hooks),
         ("memory:reads (reads are copies: Buffer, DeviceMemory, front-ends)", check_reads_are_copies),
     ]

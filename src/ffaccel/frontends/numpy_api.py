@@ -507,6 +507,11 @@ def _family_key(a: np.ndarray, b: np.ndarray, alpha: Any, beta: Any, trans_a: An
                 out_dtype: Any) -> tuple | None:
     """The key of a plan over every geometry of a call's GEMM class: the fast key less the shapes and
     strides (scalars by their bits), for calls of two ndarrays with no c, out or post-ops."""
+    if a.ndim == 2 and b.ndim == 2 and not trans_a and not trans_b:
+        # a plain 2-D call takes the driver's fresh kernel from its second call on (the fastest path
+        # for tiny GEMMs: the driver returns D itself); a family plan would put the prepared kernel
+        # there instead, for every geometry met after the first of its class
+        return None
     # (a scalar by its bits only where equal values differ in bits: 0.0 and -0.0; .hex() costs per call)
     try:
         return ("family", a.ndim, a.dtype, b.ndim, b.dtype, alpha if alpha else _scalar_key(alpha),

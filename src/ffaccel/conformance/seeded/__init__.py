@@ -278,6 +278,9 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
     SeededBug("fresh-kernel-reuses-output", "the fresh kernel hands back one output array per geometry, "
               "so a front-end result changes with the next call", _driver_bug(FreshKernelReusesOutput),
               "memory:reads"),
+    SeededBug("fresh-contiguous-keeps-first-bias", "the fresh kernel's contiguous(a, b, bias) form keeps the "
+              "first bias vector it was called with", _driver_bug(FreshContiguousKeepsFirstBias),
+              "entry:fresh.contiguous"),
     SeededBug("family-kernel-keeps-its-sizes", "kernel_family covers a batched class, but its kernel reads "
               "the k it was prepared for (a KV cache one row longer loses that row)",
               _driver_bug(FamilyKernelKeepsItsSizes), "entry:kernel_family"),

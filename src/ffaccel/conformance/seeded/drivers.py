@@ -840,13 +840,38 @@ class FreshKernelReusesOutput(CpuDriver):
             return None
         kept: list[np.ndarray] = []
 
-        def reused(*args):  # noqa: ANN002, ANN202
-            d = fresh(*args)
-            if not kept:
-                kept.append(np.empty_like(d))
-            kept[0][...] = d
-            return kept[0]
-        return reused
+        def keep(kernel):  # noqa: ANN001, ANN202
+            def reused(*args):  # noqa: ANN002, ANN202
+                d = kernel(*args)
+                if not kept:
+                    kept.append(np.empty_like(d))
+                kept[0][...] = d
+                return kept[0]
+            return reused
+        out = keep(fresh)
+        if hasattr(fresh, "contiguous"):  # the 8 x 8 + bias form too: every fresh path hands back kept[0]
+            out.contiguous = keep(fresh.contiguous)
+        return out
+
+
+class FreshContiguousKeepsFirstBias(CpuDriver):
+    """The fresh kernel's ``contiguous(a, b, bias)`` form (a linear layer's tiny GEMM + bias) keeps
+    the bias vector it was first called with: a layer whose bias changes (another layer of the
+    same shape, or new weights) gets the old one. The ordinary fresh kernel is right."""
+
+    def prepare_gemm_fresh(self, op):  # noqa: ANN001, ANN201
+        fresh = super().prepare_gemm_fresh(op)
+        direct = getattr(fresh, "contiguous", None)
+        if direct is None:
+            return fresh
+        first: list[np.ndarray] = []
+
+        def stale(a, b, bias):  # noqa: ANN001, ANN202
+            if not first:
+                first.append(np.array(bias))
+            return direct(a, b, first[0])
+        fresh.contiguous = stale
+        return fresh
 
 
 class FamilyKernelKeepsItsSizes(CpuDriver):
