@@ -28,6 +28,8 @@ from ffaccel.transports.protocol import decode_usage
 from ffaccel.transports.server import Server
 from ffaccel.transports.usage import USAGE_FIELDS, UsageCounter
 
+from server_util import wait_until  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 F32 = np.float32
 
 
@@ -128,7 +130,8 @@ def test_the_server_counts_per_client_and_in_total_since_it_started(served: Serv
 
     ring.close()  # a client that leaves: its row goes, its work stays in the totals
     probe = ffaccel.open(f"unix:{path}")
-    after = probe.stats()
+    # the server notices the hang-up on its own thread: wait for the row to go, with a deadline
+    after = wait_until(probe.stats, lambda st: len(st["clients"]) == 2, 30, "the closed client's row goes")
     assert _counters(after) == _counters(s)
     assert after["clients_since_start"] == 3
     assert {r["id"] for r in after["clients"]} == {s["client_id"], after["client_id"]}
