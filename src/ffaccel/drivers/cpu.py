@@ -1337,18 +1337,6 @@ class CpuDriver(Driver):
         alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(op.combo.d)
         empty, copyto = np.empty, np.copyto
 
-        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
-            d = empty(shape, dt)
-            if a.flags.c_contiguous and b.flags.c_contiguous:
-                copyto(d, epi[0][0])
-                dt_ = d.T
-                r = f2py(alpha, b.T, a.T, 1.0, dt_, 0, 0, 1)
-                if r is not dt_:  # f2py had to copy (misaligned memory)
-                    copyto(d, r.T)
-                return d
-            kernel(a[None], b[None], None, d[None], epi)
-            return d
-
         def contiguous(a: np.ndarray, b: np.ndarray, bias: np.ndarray) -> np.ndarray:
             d = empty(shape, dt)
             d[...] = bias  # (the broadcast store costs less than np.copyto's call at 8 x 8)
@@ -1356,6 +1344,13 @@ class CpuDriver(Driver):
             r = f2py(alpha, b.T, a.T, 1.0, dt_, 0, 0, 1)
             if r is not dt_:  # f2py had to copy (misaligned memory)
                 copyto(d, r.T)
+            return d
+
+        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
+            if a.flags.c_contiguous and b.flags.c_contiguous:
+                return contiguous(a, b, epi[0][0])  # the bias's (1, n) or (m, 1) view broadcasts over D
+            d = empty(shape, dt)
+            kernel(a[None], b[None], None, d[None], epi)
             return d
 
         #: ``fresh.contiguous(a, b, bias)``: the same for C-contiguous a and b (the caller vouches:
