@@ -8,6 +8,7 @@ Long versions of these attacks live in ``benchmarks/soak_server.py``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import mmap
@@ -20,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -414,13 +416,23 @@ def test_a_list_naming_a_freed_buffer_pins_none_of_its_memory(server) -> None:
             t.free_list(lid)
 
 
+@contextlib.contextmanager
+def _raw_ring(server, entries: int) -> Iterator[RawRing]:  # noqa: ANN001 - the server fixture
+    """A raw ring client of ``entries`` slots on the test server, closed with its eventfd afterwards."""
+    ev = os.eventfd(0, os.EFD_NONBLOCK)
+    ring = RawRing(server.path, ev, entries=entries)
+    try:
+        yield ring
+    finally:
+        ring.close()
+        os.close(ev)
+
+
 # -- 8: a full completion queue ------------------------------------------------------------------------
 
 
 def test_a_full_completion_queue_parks_the_ring_instead_of_spinning(server) -> None:
-    ev = os.eventfd(0, os.EFD_NONBLOCK)
-    ring = RawRing(server.path, ev, entries=4)
-    try:
+    with _raw_ring(server, entries=4) as ring:
         ring.publish([_empty_sqe(i) for i in range(4)], waiting=False)  # fills the CQ, never reaped
         wait_until(lambda: ring.w["sq_head"].value, lambda v: v == 4, 10, "the first four are consumed")
         ring.publish([_empty_sqe(i) for i in range(4, 8)], waiting=False)  # pending, no room to complete
@@ -433,9 +445,6 @@ def test_a_full_completion_queue_parks_the_ring_instead_of_spinning(server) -> N
         ring.w["cq_head"].value = 4  # reap all four: the server goes on with the pending ones
         os.eventfd_write(ring.doorbell, 1)
         wait_until(lambda: ring.w["cq_tail"].value, lambda v: v == 8, 10, "the pending entries complete")
-    finally:
-        ring.close()
-        os.close(ev)
 
 
 def _cqes(ring: RawRing, count: int) -> list[tuple[int, ...]]:
@@ -447,9 +456,7 @@ def _cqes(ring: RawRing, count: int) -> list[tuple[int, ...]]:
 def test_a_repeated_ring_entry_is_checked_again_when_any_header_bit_changes(server) -> None:
     # the server answers an entry that repeats the previous one (but for user_data) from a memo:
     # a changed flag, reserved field or engine must still be refused, each entry get its own user_data
-    ev = os.eventfd(0, os.EFD_NONBLOCK)
-    ring = RawRing(server.path, ev, entries=8)
-    try:
+    with _raw_ring(server, entries=8) as ring:
         ok = _empty_sqe(0)[8:]
         unknown_flag = SQE_HEADER.struct.pack(0, 0, SqeFlags.EMPTY | 0x80, 0, 0, 0, 0)[8:] + bytes(COMMAND_BYTES)
         reserved = SQE_HEADER.struct.pack(0, 0, SqeFlags.EMPTY, 0, 0, 0, 1)[8:] + bytes(COMMAND_BYTES)
@@ -461,17 +468,12 @@ def test_a_repeated_ring_entry_is_checked_again_when_any_header_bit_changes(serv
         got = _cqes(ring, len(sent))
         assert [c[0] for c in got] == [100 + i for i in range(len(sent))]
         assert [c[1] == 0 for c in got] == [True, True, False, True, False, True, False, True]
-    finally:
-        ring.close()
-        os.close(ev)
 
 
 def test_a_repeated_chain_is_checked_again_when_any_entry_changes(server) -> None:
     # a chain equal to the previous one but for its user_data is answered from a memo; a changed
     # flag, reserved field or command in any entry must still be refused
-    ev = os.eventfd(0, os.EFD_NONBLOCK)
-    ring = RawRing(server.path, ev, entries=8)
-    try:
+    with _raw_ring(server, entries=8) as ring:
         handles = []
         for _ in range(3):
             err, body, fds = ring.raw.request(Msg.ALLOC, ALLOC_REQ.struct.pack(256))
@@ -500,15 +502,10 @@ def test_a_repeated_chain_is_checked_again_when_any_entry_changes(server) -> Non
         assert [c[0] for c in got] == [1, 2, 3, 4, 5, 6, 7, 8]
         assert [c[1] == 0 for c in got] == [True, True, False, True, False, True, False, True]
         assert got[6][1] == ErrorCode.BAD_HANDLE
-    finally:
-        ring.close()
-        os.close(ev)
 
 
 def test_a_chain_published_one_entry_at_a_time_completes_once_at_its_end(server) -> None:
-    ev = os.eventfd(0, os.EFD_NONBLOCK)
-    ring = RawRing(server.path, ev, entries=8)
-    try:
+    with _raw_ring(server, entries=8) as ring:
         linked = SQE_HEADER.struct.pack(7, 0, SqeFlags.EMPTY | SqeFlags.LINK, 0, 0, 0, 0) + bytes(COMMAND_BYTES)
         ring.publish([linked], waiting=False)  # alone: the chain's end has not come yet
         wait_until(lambda: ring.w["sq_head"].value, lambda v: v == 1, 10, "the first entry consumed")
@@ -517,9 +514,6 @@ def test_a_chain_published_one_entry_at_a_time_completes_once_at_its_end(server)
         (user_data, status, *_rest), = _cqes(ring, 1)
         # one completion for the chain, carrying its last entry's user_data; EMPTY may not be linked
         assert user_data == 8 and status == ErrorCode.INVALID_PARAMETER
-    finally:
-        ring.close()
-        os.close(ev)
 
 
 # -- 9: fairness and cancellation -------------------------------------------------------------------------
