@@ -141,18 +141,26 @@ class Ring:
     # -- lifetime ---------------------------------------------------------------------------
     def use(self) -> bool:
         """Take a reference for a piece of work on the ring; False once the client is gone."""
-        with self._life:
+        life = self._life  # acquire/release, not `with`: the poller takes one per request (half the cost)
+        life.acquire()
+        try:
             if self._closing:
                 return False
             self._users += 1
             return True
+        finally:
+            life.release()
 
     def done(self) -> None:
-        with self._life:
+        life = self._life
+        life.acquire()
+        try:
             self._users -= 1
             release = self._closing and self._users == 0 and not self._released
             if release:
                 self._released = True
+        finally:
+            life.release()
         if release:
             self._release()
 
@@ -266,27 +274,12 @@ class Ring:
 
     def poll(self) -> bool:
         """Consume what the client published; True when anything was done."""
-        if self.broken:
+        if self.broken or not self.use():
             return False
-        # use() and done(), inline: this runs once per request (acquire/release: half a `with`'s cost)
-        life = self._life
-        life.acquire()
-        if self._closing:
-            life.release()
-            return False
-        self._users += 1
-        life.release()
         try:
             return self._poll()
         finally:
-            life.acquire()
-            self._users -= 1
-            release = self._closing and self._users == 0 and not self._released
-            if release:
-                self._released = True
-            life.release()
-            if release:
-                self._release()
+            self.done()
 
     def _poll(self) -> bool:
         tail = self._sq_tail_word.value
