@@ -88,3 +88,38 @@ def test_cpu_driver_every_size_path(monkeypatch: pytest.MonkeyPatch, path: str) 
 
     report = check_device(factory, "quick", only=("GEMM", "COPY", "ENTRY"))
     assert report.passed, report.failures_text()
+
+
+def test_the_suites_golden_models_leave_no_blas_workers_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging a GEMM computes its answer with every OpenBLAS held to one thread (the workers a
+    multi-threaded call wakes spin on the cores the device under test needs next): the exact-fill
+    model and the general one, each then restoring the process's setting."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from ffaccel.conformance import runner
+    from ffaccel.conformance.cases import GemmCase
+    from ffaccel.runtime import open_device
+    from ffaccel.spec import DType, GemmCombo
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    real = np.matmul
+    seen: list[list[int]] = []
+
+    def spying(*args: object, **kw: object) -> object:
+        seen.append(blas_threads())
+        return real(*args, **kw)
+
+    f32 = GemmCombo(DType.F32, DType.F32, DType.F32, DType.F32)
+    with open_device("ref") as dev:
+        for fill, exact in (("exact", True), ("random", False)):
+            seen.clear()
+            monkeypatch.setattr(runner.np, "matmul", spying)
+            result = runner.judge_gemm(dev, GemmCase("golden", f32, 48, 40, 56, fill=fill, exact=exact))
+            monkeypatch.setattr(runner.np, "matmul", real)
+            assert result.passed, result.message
+            assert seen and all(n == [1] * len(before) for n in seen), (fill, seen, before)
+            assert blas_threads() == before

@@ -679,3 +679,47 @@ def test_driver_identity():
     assert RefDriver.name == "ref" and RefDriver.version and RefDriver.description
     info = REF.info()
     assert info.name == "ref"
+
+
+# ------------------------------------------------------------------------------------
+# the golden model wakes no thread pool
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_golden_model_runs_its_blas_on_the_calling_thread(monkeypatch):
+    """A judge must not take the cores of the device it judges: OpenBLAS's workers, once woken,
+    spin on them. Every evaluation (float and int) runs with each OpenBLAS held to one thread,
+    and leaves the process's setting as it was, also when it raises."""
+    import ffaccel.drivers.ref as ref_mod
+
+    before = _blas_threads()
+    real = np.matmul
+    rng = np.random.default_rng(0)
+    for combo in (GemmCombo(F32, F32, F32, F32), GemmCombo(I8, I8, I32, I32)):
+        seen: list[list[int]] = []
+
+        def spying(*args, **kw):
+            seen.append(_blas_threads())
+            return real(*args, **kw)
+
+        monkeypatch.setattr(ref_mod.np, "matmul", spying)
+        dt = DTYPES[combo.a].numpy
+        a, b = (rng.integers(-3, 4, (1, 64, 64)).astype(dt) for _ in range(2))
+        REF.evaluate(gemm_op(combo, 64, 64, 64), a, b, None, ())
+        monkeypatch.setattr(ref_mod.np, "matmul", real)
+        assert seen and all(n == [1] * len(before) for n in seen), (combo, seen, before)
+        assert _blas_threads() == before
+
+    def failing(*args, **kw):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(ref_mod.np, "matmul", failing)
+    with pytest.raises(MemoryError):
+        REF.evaluate(gemm_op(GemmCombo(F32, F32, F32, F32), 64, 64, 64), a.astype(np.float32),
+                     b.astype(np.float32), None, ())
+    assert _blas_threads() == before

@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from ..abi import Copy, DeviceCaps, Gemm, GemmOp, Matrix, PostOpDesc, check_command, copy_arrays, gemm_arrays
+from ..drivers.blas_threads import one_blas_thread
 from ..drivers.ref import RefDriver
 from ..drivers.rounding import round_to
 from ..runtime import Buffer, Device
@@ -362,7 +363,8 @@ def _small_integer_golden(op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarra
     shape = (op.batch, op.m, op.n)
     x = np.zeros(shape, f64)
     if op.reads_ab:
-        x = float(op.alpha) * np.matmul(a.astype(f64), b.astype(f64))
+        with one_blas_thread():  # as the general golden model: no OpenBLAS workers left spinning
+            x = float(op.alpha) * np.matmul(a.astype(f64), b.astype(f64))
     if op.reads_c and c is not None:
         x = x + float(op.beta) * c.astype(f64)
     x = np.broadcast_to(x, shape).copy()

@@ -67,6 +67,7 @@ from scipy.linalg import cython_blas as _cython_blas
 from ..abi import CopyOp, GemmOp, LruCache
 from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel, SizeBand
+from .blas_threads import ThreadLimit, one_blas_thread
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
 from .rounding import INT_F32_EXACT_CHUNK
@@ -372,7 +373,7 @@ _PAR_CAST_MIN = 1 << 20
 
 @functools.lru_cache(maxsize=1)
 def _pool() -> Any:
-    """The process's two cast threads (created on first use, as :func:`_one_thread`)."""
+    """The process's two cast threads (created on first use, as :func:`~.blas_threads.one_blas_thread`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="ffaccel-cpu-cast")
@@ -508,66 +509,6 @@ def _widen_target(x: np.ndarray, dtype: np.dtype, held: list[np.ndarray]
         return np.broadcast_to(dst, x.shape), (dst, x[:1])
     dst = _scratch_like(x, dtype, held)
     return dst, (dst, x)
-
-
-# --------------------------------------------------------------------------------------
-# thread limit
-
-
-class _ThreadLimit:
-    """Sets every loaded OpenBLAS to ``threads`` threads for the duration of a call.
-
-    Nested and concurrent users share one setting: the first to enter sets it, the
-    last to leave restores what was there. The OpenBLAS libraries are called through their
-    own ``openblas_get/set_num_threads`` symbols (found once by threadpoolctl): a call through
-    threadpoolctl's controllers cost ~3.5 us each, ~21 us per limited GEMM here (six calls),
-    against ~1 us this way.
-    """
-
-    def __init__(self, threads: int) -> None:
-        from threadpoolctl import ThreadpoolController  # after NumPy and SciPy loaded their BLAS
-
-        self.threads = threads
-        self._libs: list[tuple[Callable[[], int], Callable[[int], None]]] = []
-        for lc in ThreadpoolController().lib_controllers:
-            if lc.user_api != "blas":
-                continue
-            raw = _raw_thread_calls(lc)
-            self._libs.append(raw if raw is not None else (lc.get_num_threads, lc.set_num_threads))
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: list[int] = []
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                self._saved = [get() for get, _ in self._libs]
-                for _, put in self._libs:
-                    put(self.threads)
-            self._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for (_, put), n in zip(self._libs, self._saved):
-                    put(n)
-
-
-def _raw_thread_calls(lc: Any) -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """(get, set) of an OpenBLAS on pthreads, straight from its symbols; None where threadpoolctl
-    must do it (OpenMP-threaded OpenBLAS, other libraries, symbols not found)."""
-    if getattr(lc, "internal_api", None) != "openblas" or getattr(lc, "threading_layer", None) != "pthreads":
-        return None
-    try:
-        prefix, suffix = lc._find_affixes()
-        get = getattr(lc.dynlib, f"{prefix}openblas_get_num_threads{suffix}")
-        put = getattr(lc.dynlib, f"{prefix}openblas_set_num_threads{suffix}")
-    except (AttributeError, TypeError):  # pragma: no cover - another threadpoolctl or library
-        return None
-    get.restype, get.argtypes = ctypes.c_int, []
-    put.restype, put.argtypes = None, [ctypes.c_int]
-    return get, put
 
 
 # --------------------------------------------------------------------------------------
@@ -849,12 +790,6 @@ def _plan_int(op: GemmOp, product: Callable[..., np.ndarray | None] | None = Non
     return kernel
 
 
-@functools.lru_cache(maxsize=1)
-def _one_thread() -> _ThreadLimit:
-    """The process's one-thread OpenBLAS limit (created on first use, after the BLAS libraries load)."""
-    return _ThreadLimit(1)
-
-
 #: Post-ops that only oneDNN fuses cheaply (OpenBLAS's path runs SciPy's erf or NumPy's tanh passes).
 _GELU = (PostOpKind.GELU_ERF, PostOpKind.GELU_TANH)
 
@@ -864,7 +799,7 @@ def _torch_loaded() -> bool:
     return "torch" in sys.modules
 
 
-def _with_threads(kernel: Kernel, limit: _ThreadLimit) -> Kernel:
+def _with_threads(kernel: Kernel, limit: ThreadLimit) -> Kernel:
     def limited(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray, epi: tuple) -> None:
         with limit:
             kernel(a, b, c, d, epi)
@@ -1079,7 +1014,7 @@ class CpuDriver(Driver):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
-        self._limit = _ThreadLimit(threads) if threads is not None else None
+        self._limit = ThreadLimit(threads) if threads is not None else None
         self._plans: LruCache[GemmOp, Kernel] = LruCache(256)
         self.kernel_choice = parse_kernels(os.environ.get(KERNELS_ENV) if kernels is None else kernels)
         if any(v not in ("auto", "blas") for v in self.kernel_choice.values()):
@@ -1220,7 +1155,7 @@ class CpuDriver(Driver):
             if self._limit is not None:
                 kernel = _with_threads(kernel, self._limit)
             elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
-                kernel = _with_threads(kernel, _one_thread())
+                kernel = _with_threads(kernel, one_blas_thread())
         return kernel
 
     def kernel_family(self, op: GemmOp) -> tuple[tuple, Callable[[int, int, int, int], bool]] | None:
