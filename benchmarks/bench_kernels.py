@@ -22,7 +22,9 @@ Contenders:
 * batched (issue 21): batched attention GEMMs and an LSTM step per call, against NumPy's ``@``
   and ``torch.matmul``;
 * decode (issue 21): a decoding step's two attention GEMMs with a KV cache growing one row a step
-  (each step a geometry never seen), against NumPy and PyTorch.
+  (each step a geometry never seen), against NumPy and PyTorch;
+* torch-alternate: ``torch:cpu`` matmul alternating with NumPy's ``@`` (PyTorch's OpenMP team
+  against NumPy's OpenBLAS workers), against each alone.
 
 Usage::
 
@@ -30,6 +32,7 @@ Usage::
     python benchmarks/bench_kernels.py --size 1024 --only int8,bf16
     python benchmarks/bench_kernels.py --only small,alternate     # per-call rows, NumPy alternating
     python benchmarks/bench_kernels.py --only batched,decode --clock thread   # batched, growing KV cache
+    python benchmarks/bench_kernels.py --only torch-alternate   # then again with OMP_WAIT_POLICY=
 """
 
 from __future__ import annotations
@@ -261,6 +264,38 @@ def bench_alternate(n: int, args: argparse.Namespace) -> None:
     print(f"| each alone | {an * 1e3:.1f} | {af * 1e3:.1f} | {an / af:.2f}x |")
 
 
+#: Shapes of the torch driver's alternating loop: where PyTorch's OpenMP team works on both cores.
+TORCH_ALTERNATE_SHAPES = ((32, 256, 256), (128, 384, 384), (512, 512, 512))
+
+
+def bench_torch_alternate(n: int, args: argparse.Namespace) -> None:
+    """``ffaccel.matmul`` on ``torch:cpu`` in a loop alternating with NumPy's ``@`` (what a NumPy
+    program using the device does), against the same GEMM in a loop of its own. The driver
+    imports PyTorch here (not this script), so its OpenMP policy applies: run once as is and
+    once with ``OMP_WAIT_POLICY=`` (empty: libgomp's default, spinning) to see what it changes."""
+    rng = np.random.default_rng(6)
+    dev = ffaccel.open("torch:cpu")
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    print(f"\n### torch:cpu matmul alternating with NumPy @, f32 (µs, best of round-robin loops; "
+          f"OMP_WAIT_POLICY={policy!r})\n")
+    print("| m x k x n | NumPy @ alone | matmul alone | pair (@, then matmul) | pair / (sum alone) |")
+    print("|---|---:|---:|---:|---:|")
+    for m, k, nn in TORCH_ALTERNATE_SHAPES:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, nn), np.float32)
+
+        def pair() -> None:
+            a @ b  # noqa: B018 - NumPy's own call, whose OpenBLAS workers then spin
+            ffaccel.matmul(a, b, device=dev)
+
+        t: dict[str, float] = {}
+        # one loop at a time (not round-robin): a loop "alone" must not follow the other's calls,
+        # whose spinning workers are what the pair measures
+        for name, fn in (("np", lambda: a @ b), ("ff", lambda: ffaccel.matmul(a, b, device=dev)), ("pair", pair)):
+            t.update(per_call({name: fn}, args.rounds * 2, 0.05))
+        print(f"| {m}x{k}x{nn} | {t['np'] * 1e6:.0f} | {t['ff'] * 1e6:.0f} | {t['pair'] * 1e6:.0f} "
+              f"| **{t['pair'] / (t['np'] + t['ff']):.2f}x** |")
+
+
 #: Batched rows (issue 21): name -> (a shape, b shape, trans_b); f32, the GEMMs of attention and an
 #: LSTM step as the PyTorch offload hands them over (k^T and W_hh^T as transposed views).
 BATCHED_SHAPES = {
@@ -339,7 +374,8 @@ def bench_decode(n: int, args: argparse.Namespace) -> None:
 
 
 CASES = {"int8": bench_int8, "bf16": bench_bf16, "f16": bench_f16, "epilogue": bench_epilogue,
-         "small": bench_small, "alternate": bench_alternate, "batched": bench_batched, "decode": bench_decode}
+         "small": bench_small, "alternate": bench_alternate, "batched": bench_batched, "decode": bench_decode,
+         "torch-alternate": bench_torch_alternate}
 #: The cases that compare against PyTorch (imported only for them: a loaded PyTorch changes the
 #: cpu driver's thread policy below oneDNN's crossover, see docs/kernels.md).
 TORCH_CASES = ("int8", "bf16", "batched", "decode")

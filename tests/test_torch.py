@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,6 +37,17 @@ def one_torch_thread():
 def test_import_ffaccel_does_not_import_torch() -> None:
     code = "import sys, ffaccel; names = ffaccel.devices(); assert 'torch' in names; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_driver_loads_pytorch_with_the_passive_openmp_policy() -> None:
+    """A process whose first PyTorch import is the torch driver's gets OMP_WAIT_POLICY=PASSIVE
+    (its OpenMP team then sleeps between GEMMs instead of spinning against NumPy's OpenBLAS).
+    A chosen policy is kept: ``tests/test_cpu_kernels.py::test_openmp_wait_policy_default``."""
+    code = ("import os, sys; import ffaccel.drivers.torch; assert 'torch' in sys.modules; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["PASSIVE"]
 
 
 def test_conformance_torch_cpu(one_torch_thread) -> None:

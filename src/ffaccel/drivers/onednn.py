@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .openmp import passive_unless_chosen
+
 ENV_LIB = "FFACCEL_ONEDNN_LIB"
 
 # dnnl_data_type_t
@@ -135,27 +137,6 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.dnnl_version.argtypes, lib.dnnl_version.restype = [], ctypes.POINTER(ctypes.c_int * 3)
 
 
-def _openmp_loaded() -> bool:
-    """Whether a GNU OpenMP runtime is in the process already (it reads its settings once, at load)."""
-    try:
-        with open("/proc/self/maps") as f:
-            return any("libgomp" in line for line in f)
-    except OSError:  # pragma: no cover - not Linux
-        return True
-
-
-def _default_wait_policy() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose one, before GNU OpenMP loads.
-
-    Measured on the 2-core development VM: with libgomp's default policy every oneDNN int8
-    call waited on timer ticks (8.0 ms for 64^3, 512^3 and 1024^3 alike; 48 ms at 2048^3),
-    with PASSIVE 0.03, 0.7, 5.0 and 41.5 ms. A process that set the variable, or loaded
-    OpenMP before (e.g. by importing PyTorch first), keeps its own setting.
-    """
-    if "OMP_WAIT_POLICY" not in os.environ and not _openmp_loaded():
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
 @functools.lru_cache(maxsize=1)
 def library() -> Library | None:
     """The loaded oneDNN library, or None when it is not installed (or fails its checks).
@@ -168,7 +149,10 @@ def library() -> Library | None:
     """
     candidates = _candidates()
     if candidates:
-        _default_wait_policy()
+        # measured here (2 cores): with libgomp's default policy every oneDNN int8 call waited on
+        # timer ticks (8.0 ms for 64^3, 512^3 and 1024^3 alike; 48 ms at 2048^3), passive 0.03,
+        # 0.7, 5.0 and 41.5 ms
+        passive_unless_chosen()
     for path in candidates:
         try:
             lib = ctypes.CDLL(path)

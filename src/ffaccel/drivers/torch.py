@@ -45,12 +45,19 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-import torch
 
-from ..abi import CopyOp, DeviceCaps, GemmOp, LruCache
-from ..spec import DTYPES, OPERAND_POST_OPS, DType, PostOpKind, violation
-from .base import Driver, GemmKernel
-from .rounding import INT_F32_EXACT_CHUNK, round_to
+from .openmp import passive_unless_chosen
+
+# before PyTorch loads GNU OpenMP (it reads the policy once): its team's threads then sleep between
+# GEMMs instead of spinning against NumPy's OpenBLAS workers (docs/pytorch.md, the torch driver's pools)
+passive_unless_chosen()
+
+import torch  # noqa: E402 - after the OpenMP policy is set
+
+from ..abi import CopyOp, DeviceCaps, GemmOp, LruCache  # noqa: E402
+from ..spec import DTYPES, OPERAND_POST_OPS, DType, PostOpKind, violation  # noqa: E402
+from .base import Driver, GemmKernel  # noqa: E402
+from .rounding import INT_F32_EXACT_CHUNK, round_to  # noqa: E402
 
 TORCH_DTYPES: dict[DType, torch.dtype] = {
     DType.F64: torch.float64, DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16,
