@@ -677,16 +677,22 @@ def test_fresh_kernel_of_a_linear_layer(cls: str) -> None:
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     relu = T.build(combo, 6, 7, 5, post=((PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.RELU, 0, 0, None)))
     assert drv.prepare_gemm_fresh(relu.op) is None
-    assert drv.prepare_gemm_fresh(T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op) is None
+    big = T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op  # past the calling thread
+    assert drv.prepare_gemm_fresh(big) is None or drv.band(big).threads in (Threads.OWN, Threads.SHARED)
 
 
 def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past OpenBLAS's threading threshold, on OpenBLAS's own threads (no PyTorch loaded), a plain
-    f32/f64 GEMM's fresh kernel is NumPy's matmul (silenced): not offered where the call must be
-    held to one thread (PyTorch loaded) or to a thread limit, nor with alpha != 1."""
+    f32/f64 GEMM's fresh kernel is NumPy's matmul (silenced), and a linear layer's (the bias alone)
+    NumPy's matmul then the bias added in place (``fresh`` and ``fresh.contiguous``, any layout of
+    a and b, either bias axis): not offered where the call must be held to one thread (PyTorch
+    loaded) or to a thread limit, nor with alpha != 1."""
+    rng = np.random.default_rng(11)
     for cls in ("f32", "f64"):
         combo, dt = COMBOS[cls], numpy_dtype(COMBOS[cls].acc)
         case = T.build(combo, 70, 80, 90)
+        linear = {kind: T.build(combo, 70, 80, 90, post=((kind, 0, 0, combo.acc),))
+                  for kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)}
         monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
         fresh = CpuDriver(kernels="auto").prepare_gemm_fresh(case.op)
         a, b = np.full((70, 90), np.inf, dt), np.zeros((90, 80), dt)
@@ -694,11 +700,31 @@ def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: 
             warnings.simplefilter("error")
             got = fresh(a, b)
         assert got.shape == (70, 80) and got.dtype == dt and np.isnan(got).all()
+        x, y = rng.standard_normal((70, 90)).astype(dt), rng.standard_normal((90, 80)).astype(dt)
+        for kind, lin in linear.items():
+            fresh_b = CpuDriver(kernels="auto").prepare_gemm_fresh(lin.op)
+            if CpuDriver(kernels="auto").band(lin.op).threads not in (Threads.OWN, Threads.SHARED):
+                assert fresh_b is None  # (a table that holds this size to one thread: the prepared kernel)
+                continue
+            v = rng.standard_normal(80 if kind == PostOpKind.BIAS_N else 70).astype(dt)
+            view = v.reshape(1, 1, 80) if kind == PostOpKind.BIAS_N else v.reshape(1, 70, 1)
+            want = x.astype(np.float64) @ y + view[0]
+            for xx, yy in ((x, y), (np.asfortranarray(x), y), (x, np.asfortranarray(y))):
+                got = fresh_b(xx, yy, (view,))
+                assert got.shape == (70, 80) and got.dtype == dt and got.flags.c_contiguous
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+                if kind == PostOpKind.BIAS_N:  # the user's own vector, as the front-end's plan hands it
+                    np.testing.assert_allclose(fresh_b.contiguous(xx, yy, v), want, rtol=1e-4, atol=1e-4)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # inf * 0 is NaN, the intended IEEE result: no warning
+                assert np.isnan(fresh_b(a, b, (view,))).all()
         assert CpuDriver(kernels="auto").prepare_gemm_fresh(T.build(combo, 70, 80, 90, alpha=2.0).op) is None
         assert CpuDriver(threads=2).prepare_gemm_fresh(case.op) is None
+        assert CpuDriver(threads=2).prepare_gemm_fresh(linear[PostOpKind.BIAS_N].op) is None
         monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
         shared = CpuDriver(kernels="auto").band(case.op).threads == Threads.SHARED
         assert (CpuDriver(kernels="auto").prepare_gemm_fresh(case.op) is None) == shared
+        assert (CpuDriver(kernels="auto").prepare_gemm_fresh(linear[PostOpKind.BIAS_N].op) is None) == shared
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
