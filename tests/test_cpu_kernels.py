@@ -782,7 +782,8 @@ def test_skinny_linear_layer_on_numpys_threads_returns_a_new_d(cls: str, monkeyp
     """A skinny GEMM + bias large enough for NumPy's OpenBLAS to thread its ?gemv (1 x 200 x 64
     here) gets a fresh kernel where no one-thread hold applies (PyTorch not loaded): a new
     C-ordered D equal to a @ b + bias, along n and along m, inf * 0 giving NaN with no warning;
-    with PyTorch loaded the prepared kernel (which holds OpenBLAS to one thread) runs instead."""
+    with PyTorch loaded too, below the size from which the prepared kernel holds OpenBLAS to one
+    thread (the prepared kernel above it)."""
     combo = T.COMBO[DType.F64, DType.F64, DType.F64] if cls == "f64" else COMBOS["f32"]
     dt = numpy_dtype(combo.acc)
     drv = CpuDriver(kernels=f"{cls}=gemv")
@@ -801,7 +802,11 @@ def test_skinny_linear_layer_on_numpys_threads_returns_a_new_d(cls: str, monkeyp
             warnings.simplefilter("error")
             assert np.isnan(fresh(np.full((m, 64), np.inf, dt), np.zeros((64, n), dt), (view,))).all()
     monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
+    # where PyTorch is loaded the hold applies from OpenBLAS's ?gemm threading size on (the prepared
+    # kernel's); below it the prepared kernel would make NumPy's call too (a GPT-2 decode's layers)
     op = T.build(combo, 1, 200, 64, post=((PostOpKind.BIAS_N, 0, 0, combo.d),)).op
+    assert drv.prepare_gemm_fresh(op) is not None
+    op = T.build(combo, 1, 2048, 256, post=((PostOpKind.BIAS_N, 0, 0, combo.d),)).op
     assert (drv.prepare_gemm_fresh(op) is None) == (drv.band(op).threads == Threads.SHARED)
 
 

@@ -1162,12 +1162,24 @@ class CpuDriver(Driver):
             kernel = _plan_gemv(op) or blas
         else:
             kernel = self._library_kernel(op, band.library, blas)
-        if op.batch * op.m * op.n * max(op.k, 1) > _SINGLE_THREAD_MNK:
-            if self._limit is not None:
-                kernel = _with_threads(kernel, self._limit)
-            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
-                kernel = _with_threads(kernel, one_blas_thread())
+        hold = self._hold(op, band)
+        if hold is not None:
+            kernel = _with_threads(kernel, self._limit if hold == "limit" else one_blas_thread())
         return kernel
+
+    def _hold(self, op: GemmOp, band: Band) -> str | None:
+        """The thread hold :meth:`prepare_gemm` puts around this GEMM's kernel: "limit" (the
+        driver's own thread limit), "one" (OpenBLAS held to one thread: the band says so, or it
+        shares the cores with PyTorch's pool and PyTorch is loaded), or None. Only above the size
+        OpenBLAS runs on the calling thread anyway (no call needed there). The fresh kernels take
+        NumPy's own call only where this is None."""
+        if op.batch * op.m * op.n * max(op.k, 1) <= _SINGLE_THREAD_MNK:
+            return None
+        if self._limit is not None:
+            return "limit"
+        if band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
+            return "one"
+        return None
 
     def kernel_family(self, op: GemmOp) -> tuple[tuple, Callable[[int, int, int, int], bool]] | None:
         """Batched f32/f64 GEMMs whose kernel is OpenBLAS's through NumPy's batch loop with no epilogue
@@ -1191,12 +1203,7 @@ class CpuDriver(Driver):
             lo = max(lo, _SINGLE_THREAD_MNK + 1)
         else:
             hi = min(hi, _SINGLE_THREAD_MNK + 1)
-        hold = None  # as prepare_gemm decides it
-        if mnk > _SINGLE_THREAD_MNK:
-            if self._limit is not None:
-                hold = "limit"
-            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
-                hold = "one"
+        hold = self._hold(op, band)  # as prepare_gemm decides it
 
         def covers(m: int, n: int, k: int, batch: int) -> bool:
             return batch > 1 and m > 0 and n > 0 and k > 0 and lo <= batch * m * n * k < hi
@@ -1225,9 +1232,8 @@ class CpuDriver(Driver):
             return self._fresh_with_bias(op)
         band = self.band(op)
         if band.library == Library.GEMV:
-            if (band.threads == Threads.SHARED and _torch_loaded()
-                    and op.m * op.n * op.k > _SINGLE_THREAD_MNK):
-                return None  # held to one thread around the call: the prepared kernel does that
+            if self._hold(op, band) is not None:
+                return None  # held around the call: the prepared kernel does that
             if op.m * op.n * op.k >= _GEMV_SINGLE_THREAD_ELEMS and self._on_numpys_pool(op, band):
                 return _numpys_matmul  # NumPy's own threaded ?gemv into its new D, as `a @ b` makes it
             matmul, empty = np.matmul, np.empty
@@ -1299,12 +1305,14 @@ class CpuDriver(Driver):
 
     def _on_numpys_pool(self, op: GemmOp, band: Band) -> bool:
         """Whether this f32/f64 GEMM (alpha 1) may be NumPy's own ``numpy.matmul`` call as it is: its
-        band runs OpenBLAS (or keeps NumPy's pool: PyTorch not loaded) on OpenBLAS's own threads, with
-        no thread limit or one-thread hold around the call (which the prepared kernel would add)."""
+        band runs OpenBLAS (or keeps NumPy's pool: PyTorch not loaded) past the calling thread, and
+        :meth:`prepare_gemm` puts no thread hold around it (:meth:`_hold`): the prepared kernel would
+        make that very call. (A GPT-2 decode's linear layers, 1 x 256 x 768 with PyTorch loaded:
+        below the hold's size, so NumPy's call too.)"""
         on_blas = band.library in (Library.BLAS, Library.GEMV) or (band.numpy_pool_without_torch
                                                                    and not _torch_loaded())
-        return (on_blas and float(op.alpha) == 1.0 and self._limit is None
-                and (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded())))
+        return (on_blas and float(op.alpha) == 1.0 and band.threads != Threads.CALLER
+                and self._hold(op, band) is None)
 
     def _fresh_numpy_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
         """A linear layer (the bias alone, alpha 1) past OpenBLAS's threading threshold, on NumPy's pool

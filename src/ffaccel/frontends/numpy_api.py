@@ -30,6 +30,7 @@ import numpy as np
 
 from ..abi import Gemm, Matrix, PostOpDesc, pack_gemm
 from ..runtime import Device, resolve_device
+from ..runtime import device as _runtime_device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, PostOpKind, dtype_of_numpy, violation
 from ..spec.errors import format_path
 from .post import PostOp, real_scalar
@@ -395,12 +396,17 @@ def _plain_2d(x: np.ndarray, x3: np.ndarray) -> bool:
     return probe.strides == x3.strides and probe.shape == x3.shape
 
 
+#: matmul's default alpha, that very object: a call with every scalar and flag at its default
+#: keys its plan by the operands alone (a shorter key to build, hash and compare: 8 x 8 x 8)
+_ONE = 1.0
+
+
 def matmul(
     a: Any,
     b: Any,
     c: Any = None,
     *,
-    alpha: float = 1.0,
+    alpha: float = _ONE,
     beta: float | None = None,
     trans_a: bool = False,
     trans_b: bool = False,
@@ -467,7 +473,10 @@ def matmul(
     array([[ 6., 15.],
            [15., 51.]], dtype=float32)
     """
-    dev = device if isinstance(device, Device) else resolve_device(device)
+    if device is None:  # the process's default device, without resolve_device's call once it is known
+        dev = _runtime_device._implicit or resolve_device(None)
+    else:
+        dev = device if isinstance(device, Device) else resolve_device(device)
     fast = c is None and out is None
     if fast:
         one = _MANY  # one post-op: its operand (a plan of a one-post-op key takes it alone)
@@ -488,6 +497,8 @@ def matmul(
                     pk = _post_key(post_ops)
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
                        out_dtype, pk)
+            elif alpha is _ONE and beta is None and trans_a is False and trans_b is False and out_dtype is None:
+                key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype)  # (a length of its own)
             else:
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
                        out_dtype)
