@@ -489,14 +489,22 @@ def matmul(
                 if len(post_ops) == 1:  # a linear layer's bias: _post_key inlined (a call costs ~0.2 us here)
                     p = post_ops[0]
                     p0, p1, one = p.param0, p.param1, p.operand
-                    # (a bias's parameters are PostOp's default 0.0, that very object: its bits known)
-                    p0 = _ZERO_BITS if p0 is _ZERO else p0.hex() if p0.__class__ is float else p0
-                    p1 = _ZERO_BITS if p1 is _ZERO else p1.hex() if p1.__class__ is float else p1
-                    pk = ((p.kind, p0, p1) if one is None else (p.kind, p0, p1, one.shape, one.strides, one.dtype),)
+                    if (p0 is _ZERO and p1 is _ZERO and one is not None and alpha is _ONE and beta is None
+                            and trans_a is False and trans_b is False and out_dtype is None):
+                        # a bias (or add) with every scalar and flag at its default: one flat key of a
+                        # length of its own (10), no nested post-op tuples to build, hash and compare
+                        key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, p.kind, one.shape,
+                               one.strides, one.dtype)
+                    else:
+                        # (a bias's parameters are PostOp's default 0.0, that very object: its bits known)
+                        p0 = _ZERO_BITS if p0 is _ZERO else p0.hex() if p0.__class__ is float else p0
+                        p1 = _ZERO_BITS if p1 is _ZERO else p1.hex() if p1.__class__ is float else p1
+                        pk = ((p.kind, p0, p1) if one is None else (p.kind, p0, p1, one.shape, one.strides, one.dtype),)
+                        key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a,
+                               trans_b, out_dtype, pk)
                 else:
-                    pk = _post_key(post_ops)
-                key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
-                       out_dtype, pk)
+                    key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
+                           out_dtype, _post_key(post_ops))
             elif alpha is _ONE and beta is None and trans_a is False and trans_b is False and out_dtype is None:
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype)  # (a length of its own)
             else:
