@@ -679,16 +679,22 @@ def test_fresh_kernel_of_a_linear_layer(cls: str) -> None:
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     relu = T.build(combo, 6, 7, 5, post=((PostOpKind.BIAS_N, 0, 0, combo.acc), (PostOpKind.RELU, 0, 0, None)))
     assert drv.prepare_gemm_fresh(relu.op) is None
-    assert drv.prepare_gemm_fresh(T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op) is None
+    big = T.build(combo, 70, 80, 90, post=((PostOpKind.BIAS_N, 0, 0, combo.acc),)).op  # past the calling thread
+    assert drv.prepare_gemm_fresh(big) is None or drv.band(big).threads in (Threads.OWN, Threads.SHARED)
 
 
 def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past OpenBLAS's threading threshold, on OpenBLAS's own threads (no PyTorch loaded), a plain
-    f32/f64 GEMM's fresh kernel is NumPy's matmul (silenced): not offered where the call must be
-    held to one thread (PyTorch loaded) or to a thread limit, nor with alpha != 1."""
+    f32/f64 GEMM's fresh kernel is NumPy's matmul (silenced), and a linear layer's (the bias alone)
+    NumPy's matmul then the bias added in place (``fresh`` and ``fresh.contiguous``, any layout of
+    a and b, either bias axis): not offered where the call must be held to one thread (PyTorch
+    loaded) or to a thread limit, nor with alpha != 1."""
+    rng = np.random.default_rng(11)
     for cls in ("f32", "f64"):
         combo, dt = COMBOS[cls], numpy_dtype(COMBOS[cls].acc)
         case = T.build(combo, 70, 80, 90)
+        linear = {kind: T.build(combo, 70, 80, 90, post=((kind, 0, 0, combo.acc),))
+                  for kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M)}
         monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: False)
         fresh = CpuDriver(kernels="auto").prepare_gemm_fresh(case.op)
         a, b = np.full((70, 90), np.inf, dt), np.zeros((90, 80), dt)
@@ -696,11 +702,31 @@ def test_fresh_kernel_of_a_multithreaded_plain_gemm_is_numpys_call(monkeypatch: 
             warnings.simplefilter("error")
             got = fresh(a, b)
         assert got.shape == (70, 80) and got.dtype == dt and np.isnan(got).all()
+        x, y = rng.standard_normal((70, 90)).astype(dt), rng.standard_normal((90, 80)).astype(dt)
+        for kind, lin in linear.items():
+            fresh_b = CpuDriver(kernels="auto").prepare_gemm_fresh(lin.op)
+            if CpuDriver(kernels="auto").band(lin.op).threads not in (Threads.OWN, Threads.SHARED):
+                assert fresh_b is None  # (a table that holds this size to one thread: the prepared kernel)
+                continue
+            v = rng.standard_normal(80 if kind == PostOpKind.BIAS_N else 70).astype(dt)
+            view = v.reshape(1, 1, 80) if kind == PostOpKind.BIAS_N else v.reshape(1, 70, 1)
+            want = x.astype(np.float64) @ y + view[0]
+            for xx, yy in ((x, y), (np.asfortranarray(x), y), (x, np.asfortranarray(y))):
+                got = fresh_b(xx, yy, (view,))
+                assert got.shape == (70, 80) and got.dtype == dt and got.flags.c_contiguous
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+                if kind == PostOpKind.BIAS_N:  # the user's own vector, as the front-end's plan hands it
+                    np.testing.assert_allclose(fresh_b.contiguous(xx, yy, v), want, rtol=1e-4, atol=1e-4)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # inf * 0 is NaN, the intended IEEE result: no warning
+                assert np.isnan(fresh_b(a, b, (view,))).all()
         assert CpuDriver(kernels="auto").prepare_gemm_fresh(T.build(combo, 70, 80, 90, alpha=2.0).op) is None
         assert CpuDriver(threads=2).prepare_gemm_fresh(case.op) is None
+        assert CpuDriver(threads=2).prepare_gemm_fresh(linear[PostOpKind.BIAS_N].op) is None
         monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
         shared = CpuDriver(kernels="auto").band(case.op).threads == Threads.SHARED
         assert (CpuDriver(kernels="auto").prepare_gemm_fresh(case.op) is None) == shared
+        assert (CpuDriver(kernels="auto").prepare_gemm_fresh(linear[PostOpKind.BIAS_N].op) is None) == shared
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -758,7 +784,8 @@ def test_skinny_linear_layer_on_numpys_threads_returns_a_new_d(cls: str, monkeyp
     """A skinny GEMM + bias large enough for NumPy's OpenBLAS to thread its ?gemv (1 x 200 x 64
     here) gets a fresh kernel where no one-thread hold applies (PyTorch not loaded): a new
     C-ordered D equal to a @ b + bias, along n and along m, inf * 0 giving NaN with no warning;
-    with PyTorch loaded the prepared kernel (which holds OpenBLAS to one thread) runs instead."""
+    with PyTorch loaded too, below the size from which the prepared kernel holds OpenBLAS to one
+    thread (the prepared kernel above it)."""
     combo = T.COMBO[DType.F64, DType.F64, DType.F64] if cls == "f64" else COMBOS["f32"]
     dt = numpy_dtype(combo.acc)
     drv = CpuDriver(kernels=f"{cls}=gemv")
@@ -777,7 +804,11 @@ def test_skinny_linear_layer_on_numpys_threads_returns_a_new_d(cls: str, monkeyp
             warnings.simplefilter("error")
             assert np.isnan(fresh(np.full((m, 64), np.inf, dt), np.zeros((64, n), dt), (view,))).all()
     monkeypatch.setattr(cpu_mod, "_torch_loaded", lambda: True)
+    # where PyTorch is loaded the hold applies from OpenBLAS's ?gemm threading size on (the prepared
+    # kernel's); below it the prepared kernel would make NumPy's call too (a GPT-2 decode's layers)
     op = T.build(combo, 1, 200, 64, post=((PostOpKind.BIAS_N, 0, 0, combo.d),)).op
+    assert drv.prepare_gemm_fresh(op) is not None
+    op = T.build(combo, 1, 2048, 256, post=((PostOpKind.BIAS_N, 0, 0, combo.d),)).op
     assert (drv.prepare_gemm_fresh(op) is None) == (drv.band(op).threads == Threads.SHARED)
 
 

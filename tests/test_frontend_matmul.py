@@ -469,3 +469,43 @@ def test_a_plain_2d_geometry_met_late_still_takes_the_fresh_kernel() -> None:
         for _ in range(3):
             np.testing.assert_allclose(ffaccel.matmul(a, b, device=dev), a @ b, rtol=1e-5)
     assert asked == [(5, 7, 9), (16, 16, 16), (6, 4, 5)]
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(8, 8, 8), (1, 600, 600), (40, 256, 256)])
+def test_per_call_plans_never_serve_a_call_of_another_kind(m: int, k: int, n: int) -> None:
+    """The per-call keys (a short one for every scalar and flag at its default, a flat one for a
+    single bias or add with them) never hand one call's plan to another: the same operands with
+    default and explicit scalars, trans flags, a bias, an add, a bias along m and a bias of another
+    length or dtype, in turn and repeated, each give what a device that never saw the others gives
+    (to rounding: the first call's path may differ from the plan's), or its documented error, on the
+    tiny, the skinny and the threaded paths."""
+    dev = ffaccel.open("cpu")
+    a = RNG.standard_normal((m, k)).astype(np.float32)
+    b = RNG.standard_normal((k, n)).astype(np.float32)
+    bias_n, bias_m = RNG.standard_normal(n).astype(np.float32), RNG.standard_normal(m).astype(np.float32)
+    resid = RNG.standard_normal((m, n)).astype(np.float32)
+    calls = [
+        ((a, b), {}),
+        ((a, b), {"alpha": 2.0}),
+        ((a, b), {"alpha": 1.0, "beta": 0.0}),
+        ((a, np.ascontiguousarray(b.T)), {"trans_b": True}),
+        ((a, b), {"post_ops": [post.bias(bias_n)]}),
+        ((a, b), {"post_ops": post.bias(bias_n)}),
+        ((a, b), {"post_ops": [post.bias(bias_n)], "alpha": 0.5}),
+        ((a, b), {"post_ops": [post.add(resid)]}),
+        ((a, b), {"post_ops": [post.bias(bias_m, axis="m")]}),
+        ((a, b), {"post_ops": [post.bias(bias_n), post.relu()]}),
+        ((a, b), {"post_ops": [post.relu()]}),
+    ]
+    for _ in range(3):  # the full path, then each key's plan
+        for args, kwargs in calls:
+            got = ffaccel.matmul(*args, device=dev, **kwargs)
+            want = ffaccel.matmul(*args, device=ffaccel.open("cpu"), **kwargs)
+            assert got.shape == want.shape and got.dtype == want.dtype, kwargs
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * k)
+        for bad in (RNG.standard_normal(n + 1).astype(np.float32), bias_n.astype(np.float64)):
+            with pytest.raises(FFAccelError) as err:  # a bias the cached plans must not take
+                ffaccel.matmul(a, b, post_ops=[post.bias(bad)], device=dev)
+            with pytest.raises(FFAccelError) as fresh:
+                ffaccel.matmul(a, b, post_ops=[post.bias(bad)], device=ffaccel.open("cpu"))
+            assert (err.value.code, err.value.param) == (fresh.value.code, fresh.value.param)

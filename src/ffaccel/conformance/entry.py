@@ -70,6 +70,18 @@ def _hook_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
     ]
 
 
+def _linear_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
+    """Linear layers (the bias alone, no C) past OpenBLAS's threading sizes, where a driver's fresh
+    kernel may be the BLAS library's own threaded call (the cpu driver: NumPy's ``matmul``, then
+    the bias): a skinny one (1 x 130 x 80, a threaded ?gemv from 9216 elements) and a threaded
+    ?gemm (40 x 90 x 80, past 2**18). Judged through ``prepare_gemm_fresh`` and
+    ``fresh.contiguous`` only (the tiny cases judge the other hooks)."""
+    sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
+    bias = declared_epilogue((PostOpCase(PostOpKind.BIAS_N),), caps)
+    return [GemmCase("entry", combo, 1, 130, 80, 1, False, False, sc[1], sc[0], "absent", epilogue=bias, seed=109),
+            GemmCase("entry", combo, 40, 90, 80, 1, False, False, sc[1], sc[0], "absent", epilogue=bias, seed=110)]
+
+
 def _family_cases(combo: GemmCombo) -> list[GemmCase]:
     """Batched GEMMs with no C and no epilogue, as a decoding step's attention runs them (q @ K^T
     with K transposed, then p @ V): what a driver's ``kernel_family`` may cover. Each is judged
@@ -414,6 +426,7 @@ def check_driver_hooks(dev: Device) -> list[CaseResult]:
     for combo in _combos(dev):
         cases = [(case, every) for case in _hook_cases(combo, caps)]
         cases += [(case, ("kernel_family",)) for case in _family_cases(combo)]
+        cases += [(case, ("prepare_gemm_fresh", "fresh.contiguous")) for case in _linear_cases(combo, caps)]
         for case, hooks in cases:
             for hook in hooks:
                 try:

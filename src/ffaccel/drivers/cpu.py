@@ -621,6 +621,17 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
     return kernel
 
 
+def _numpys_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A plain f32/f64 GEMM as NumPy's own ``a @ b`` runs it (its ?gemm or ?gemv, on NumPy's pool),
+    into NumPy's new D, with the FPU flags silenced: the fresh kernel of the multi-threaded sizes
+    (``numpy.matmul(..., out=)`` costs ~0.5 us more per call than letting NumPy allocate D)."""
+    token = _fp_ignore()
+    try:
+        return np.matmul(a, b)
+    finally:
+        _fp_restore(token)
+
+
 _GEMV = {np.dtype(np.float32): _blas.sgemv, np.dtype(np.float64): _blas.dgemv}
 #: OpenBLAS runs a ?gemv on the calling thread below this many matrix elements (its interface's
 #: 2304 * GEMM_MULTITHREAD_THRESHOLD): only there may SciPy's copy of OpenBLAS take it, waking no
@@ -1151,12 +1162,24 @@ class CpuDriver(Driver):
             kernel = _plan_gemv(op) or blas
         else:
             kernel = self._library_kernel(op, band.library, blas)
-        if op.batch * op.m * op.n * max(op.k, 1) > _SINGLE_THREAD_MNK:
-            if self._limit is not None:
-                kernel = _with_threads(kernel, self._limit)
-            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
-                kernel = _with_threads(kernel, one_blas_thread())
+        hold = self._hold(op, band)
+        if hold is not None:
+            kernel = _with_threads(kernel, self._limit if hold == "limit" else one_blas_thread())
         return kernel
+
+    def _hold(self, op: GemmOp, band: Band) -> str | None:
+        """The thread hold :meth:`prepare_gemm` puts around this GEMM's kernel: "limit" (the
+        driver's own thread limit), "one" (OpenBLAS held to one thread: the band says so, or it
+        shares the cores with PyTorch's pool and PyTorch is loaded), or None. Only above the size
+        OpenBLAS runs on the calling thread anyway (no call needed there). The fresh kernels take
+        NumPy's own call only where this is None."""
+        if op.batch * op.m * op.n * max(op.k, 1) <= _SINGLE_THREAD_MNK:
+            return None
+        if self._limit is not None:
+            return "limit"
+        if band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
+            return "one"
+        return None
 
     def kernel_family(self, op: GemmOp) -> tuple[tuple, Callable[[int, int, int, int], bool]] | None:
         """Batched f32/f64 GEMMs whose kernel is OpenBLAS's through NumPy's batch loop with no epilogue
@@ -1180,12 +1203,7 @@ class CpuDriver(Driver):
             lo = max(lo, _SINGLE_THREAD_MNK + 1)
         else:
             hi = min(hi, _SINGLE_THREAD_MNK + 1)
-        hold = None  # as prepare_gemm decides it
-        if mnk > _SINGLE_THREAD_MNK:
-            if self._limit is not None:
-                hold = "limit"
-            elif band.threads == Threads.ONE or (band.threads == Threads.SHARED and _torch_loaded()):
-                hold = "one"
+        hold = self._hold(op, band)  # as prepare_gemm decides it
 
         def covers(m: int, n: int, k: int, batch: int) -> bool:
             return batch > 1 and m > 0 and n > 0 and k > 0 and lo <= batch * m * n * k < hi
@@ -1214,9 +1232,10 @@ class CpuDriver(Driver):
             return self._fresh_with_bias(op)
         band = self.band(op)
         if band.library == Library.GEMV:
-            if (band.threads == Threads.SHARED and _torch_loaded()
-                    and op.m * op.n * op.k > _SINGLE_THREAD_MNK):
-                return None  # held to one thread around the call: the prepared kernel does that
+            if self._hold(op, band) is not None:
+                return None  # held around the call: the prepared kernel does that
+            if op.m * op.n * op.k >= _GEMV_SINGLE_THREAD_ELEMS and self._on_numpys_pool(op, band):
+                return _numpys_matmul  # NumPy's own threaded ?gemv into its new D, as `a @ b` makes it
             matmul, empty = np.matmul, np.empty
             alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(combo.d)
 
@@ -1236,19 +1255,8 @@ class CpuDriver(Driver):
                 return d
 
             return gemv
-        on_blas = band.library == Library.BLAS or (band.numpy_pool_without_torch and not _torch_loaded())
-        if (on_blas and float(op.alpha) == 1.0 and self._limit is None
-                and (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
-            matmul = np.matmul
-
-            def numpys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                token = _fp_ignore()  # NumPy's own multi-threaded ?gemm call, as @ makes it
-                try:
-                    return matmul(a, b)
-                finally:
-                    _fp_restore(token)
-
-            return numpys
+        if self._on_numpys_pool(op, band):
+            return _numpys_matmul
         if band.library != Library.BLAS or band.threads != Threads.CALLER:
             return None
         f2py = (_DGEMM if combo.acc == DType.F64 else _SGEMM).f2py
@@ -1266,7 +1274,7 @@ class CpuDriver(Driver):
         if len(op.epilogue) != 1 or op.epilogue[0].kind not in (PostOpKind.BIAS_N, PostOpKind.BIAS_M):
             return None
         if not self._fast_paths_ok(op):
-            return self._fresh_gemv_with_bias(op)
+            return self._fresh_numpy_with_bias(op)
         f2py = (_DGEMM if op.combo.acc == DType.F64 else _SGEMM).f2py
         kernel = self.prepare_gemm(op)
         alpha, shape, dt = float(op.alpha), (op.m, op.n), numpy_dtype(op.combo.d)
@@ -1295,29 +1303,45 @@ class CpuDriver(Driver):
         fresh.contiguous = contiguous  # type: ignore[attr-defined]
         return fresh
 
-    def _fresh_gemv_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
-        """A skinny linear layer (m or n = 1, the bias alone, alpha 1) where NumPy's OpenBLAS threads
-        its ?gemv: ``numpy.matmul`` into a new D, then the bias added in place, as ``a @ b + bias``
-        does (the prepared kernel's path, without the batch axes and D the front-end would make).
-        Not where the band holds OpenBLAS to one thread around the call (PyTorch loaded): None."""
-        band = self.band(op)
-        if (band.library != Library.GEMV or float(op.alpha) != 1.0 or self._limit is not None
-                or op.m * op.n * op.k < _GEMV_SINGLE_THREAD_ELEMS
-                or not (band.threads == Threads.OWN or (band.threads == Threads.SHARED and not _torch_loaded()))):
-            return None
-        matmul, add, empty = np.matmul, np.add, np.empty
-        shape, dt = (op.m, op.n), numpy_dtype(op.combo.d)
+    def _on_numpys_pool(self, op: GemmOp, band: Band) -> bool:
+        """Whether this f32/f64 GEMM (alpha 1) may be NumPy's own ``numpy.matmul`` call as it is: its
+        band runs OpenBLAS (or keeps NumPy's pool: PyTorch not loaded) past the calling thread, and
+        :meth:`prepare_gemm` puts no thread hold around it (:meth:`_hold`): the prepared kernel would
+        make that very call. (A GPT-2 decode's linear layers, 1 x 256 x 768 with PyTorch loaded:
+        below the hold's size, so NumPy's call too.)"""
+        on_blas = band.library in (Library.BLAS, Library.GEMV) or (band.numpy_pool_without_torch
+                                                                   and not _torch_loaded())
+        return (on_blas and float(op.alpha) == 1.0 and band.threads != Threads.CALLER
+                and self._hold(op, band) is None)
 
-        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
-            d = empty(shape, dt)
+    def _fresh_numpy_with_bias(self, op: GemmOp) -> Callable[[np.ndarray, np.ndarray, tuple], np.ndarray] | None:
+        """A linear layer (the bias alone, alpha 1) past OpenBLAS's threading threshold, on NumPy's pool
+        (:meth:`_on_numpys_pool`: a skinny one on ?gemv from 2304 x 4 matrix elements, any other
+        above the ?gemm threshold): ``numpy.matmul``'s own new D, then the bias added in place, as
+        ``a @ b + bias`` does, without the (batch, m, n) D and the views the prepared kernel takes.
+        ``fresh.contiguous(a, b, bias)`` takes the user's bias as it broadcasts over D (any layout
+        of a and b: NumPy's call takes them all). None where a one-thread hold or a thread limit
+        applies (the prepared kernel does that)."""
+        band = self.band(op)
+        threaded = (op.m * op.n * op.k >= _GEMV_SINGLE_THREAD_ELEMS if band.library == Library.GEMV
+                    else op.m * op.n * op.k > _SINGLE_THREAD_MNK)
+        if not threaded or not self._on_numpys_pool(op, band):
+            return None
+        matmul, add = np.matmul, np.add
+
+        def contiguous(a: np.ndarray, b: np.ndarray, bias: np.ndarray) -> np.ndarray:
             token = _fp_ignore()  # inf - inf is NaN, as intended
             try:
-                matmul(a, b, out=d)
-                add(d, epi[0][0], out=d)
+                d = matmul(a, b)
+                add(d, bias, out=d)
             finally:
                 _fp_restore(token)
             return d
 
+        def fresh(a: np.ndarray, b: np.ndarray, epi: tuple) -> np.ndarray:
+            return contiguous(a, b, epi[0][0])  # the bias's (1, n) or (m, 1) view broadcasts over D
+
+        fresh.contiguous = contiguous  # type: ignore[attr-defined]  # (see _fresh_with_bias)
         return fresh
 
     def bind_gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..abi import Gemm, Matrix, PostOpDesc, pack_gemm
 from ..runtime import Device, resolve_device
+from ..runtime import device as _runtime_device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, PostOpKind, dtype_of_numpy, violation
 from ..spec.errors import format_path
 from .post import PostOp, real_scalar
@@ -283,7 +284,8 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
     """The per-call path for plain 2-D a and b of a cached geometry: allocate D, call the kernel.
 
     ``operand_views``: per post-op, how its operand becomes the view the kernel takes (None for
-    post-ops without one); the plan is then called ``plan(a, b, post_ops)``. A closure with
+    post-ops without one); the plan is then called ``plan(a, b, post_ops)``, or ``plan(a, b,
+    operand)`` for one post-op (its operand alone: see :func:`matmul`). A closure with
     everything bound, because at 8 x 8 every attribute lookup shows.
     """
     empty = np.empty
@@ -298,9 +300,9 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
     if len(operand_views) == 1:  # the common linear layer: one bias (or one post-op without operand)
         view = operand_views[0] or (lambda v: None)
 
-        def plan1(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
+        def plan1(a: np.ndarray, b: np.ndarray, operand: np.ndarray | None) -> np.ndarray:
             d = empty(shape, d_dtype)
-            kernel(a[None], b[None], None, d, (view(post_ops[0].operand),))
+            kernel(a[None], b[None], None, d, (view(operand),))
             return d[0]
 
         return plan1
@@ -316,20 +318,25 @@ def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
 
 def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...],
                 contiguous: bool = False) -> Callable[..., np.ndarray]:
-    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``.
+    """The per-call path of a driver's fresh kernel with an epilogue: ``fresh(a, b, epi) -> D``;
+    called ``plan(a, b, post_ops)``, or ``plan(a, b, operand)`` for one post-op (as :func:`matmul`
+    calls the plan of a one-post-op key).
 
     ``contiguous``: a and b are C-contiguous (the per-call key fixes their strides); with one bias
     along n, whose view is a reshape of the user's vector, the driver's ``fresh.contiguous(a, b,
-    vector)`` (when it offers one) takes the vector itself."""
-    if len(operand_views) == 1 and operand_views[0] is not None:
+    vector)`` (when it offers one) takes the vector itself: it is then the plan, no Python call
+    between matmul and the driver (1 x 512 x 512 + bias, docs/kernels.md)."""
+    if len(operand_views) == 1:
         view = operand_views[0]
+        if view is None:
+            return lambda a, b, operand: fresh(a, b, (None,))
         shape = getattr(view, "reshape_to", None)
         direct = getattr(fresh, "contiguous", None) if contiguous else None
         if direct is not None and shape is not None and len(shape) == 3 and shape[:2] == (1, 1):
-            return lambda a, b, post_ops: direct(a, b, post_ops[0].operand)
+            return direct
         if shape is not None:  # the view is a reshape: done here, one Python call less per call (8 x 8 + bias)
-            return lambda a, b, post_ops: fresh(a, b, (post_ops[0].operand.reshape(shape),))
-        return lambda a, b, post_ops: fresh(a, b, (view(post_ops[0].operand),))
+            return lambda a, b, operand: fresh(a, b, (operand.reshape(shape),))
+        return lambda a, b, operand: fresh(a, b, (view(operand),))
     return lambda a, b, post_ops: fresh(a, b, tuple(v(p.operand) if v is not None else None
                                                     for v, p in zip(operand_views, post_ops)))
 
@@ -338,6 +345,8 @@ def _fresh_plan(fresh: Callable, operand_views: tuple[Callable[[np.ndarray], np.
 _ZERO = PostOp.__dataclass_fields__["param0"].default
 assert _ZERO is PostOp.__dataclass_fields__["param1"].default
 _ZERO_BITS = _ZERO.hex()
+#: No single post-op operand (matmul's per-call path: none, or several post-ops).
+_MANY = object()
 
 
 def _post_key(post_ops: tuple) -> tuple:
@@ -387,12 +396,17 @@ def _plain_2d(x: np.ndarray, x3: np.ndarray) -> bool:
     return probe.strides == x3.strides and probe.shape == x3.shape
 
 
+#: matmul's default alpha, that very object: a call with every scalar and flag at its default
+#: keys its plan by the operands alone (a shorter key to build, hash and compare: 8 x 8 x 8)
+_ONE = 1.0
+
+
 def matmul(
     a: Any,
     b: Any,
     c: Any = None,
     *,
-    alpha: float = 1.0,
+    alpha: float = _ONE,
     beta: float | None = None,
     trans_a: bool = False,
     trans_b: bool = False,
@@ -459,9 +473,13 @@ def matmul(
     array([[ 6., 15.],
            [15., 51.]], dtype=float32)
     """
-    dev = device if isinstance(device, Device) else resolve_device(device)
+    if device is None:  # the process's default device, without resolve_device's call once it is known
+        dev = _runtime_device._implicit or resolve_device(None)
+    else:
+        dev = device if isinstance(device, Device) else resolve_device(device)
     fast = c is None and out is None
     if fast:
+        one = _MANY  # one post-op: its operand (a plan of a one-post-op key takes it alone)
         try:
             if post_ops:
                 if type(post_ops) is PostOp:
@@ -470,15 +488,25 @@ def matmul(
                     raise TypeError
                 if len(post_ops) == 1:  # a linear layer's bias: _post_key inlined (a call costs ~0.2 us here)
                     p = post_ops[0]
-                    p0, p1, v = p.param0, p.param1, p.operand
-                    # (a bias's parameters are PostOp's default 0.0, that very object: its bits known)
-                    p0 = _ZERO_BITS if p0 is _ZERO else p0.hex() if p0.__class__ is float else p0
-                    p1 = _ZERO_BITS if p1 is _ZERO else p1.hex() if p1.__class__ is float else p1
-                    pk = ((p.kind, p0, p1) if v is None else (p.kind, p0, p1, v.shape, v.strides, v.dtype),)
+                    p0, p1, one = p.param0, p.param1, p.operand
+                    if (p0 is _ZERO and p1 is _ZERO and one is not None and alpha is _ONE and beta is None
+                            and trans_a is False and trans_b is False and out_dtype is None):
+                        # a bias (or add) with every scalar and flag at its default: one flat key of a
+                        # length of its own (10), no nested post-op tuples to build, hash and compare
+                        key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, p.kind, one.shape,
+                               one.strides, one.dtype)
+                    else:
+                        # (a bias's parameters are PostOp's default 0.0, that very object: its bits known)
+                        p0 = _ZERO_BITS if p0 is _ZERO else p0.hex() if p0.__class__ is float else p0
+                        p1 = _ZERO_BITS if p1 is _ZERO else p1.hex() if p1.__class__ is float else p1
+                        pk = ((p.kind, p0, p1) if one is None else (p.kind, p0, p1, one.shape, one.strides, one.dtype),)
+                        key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a,
+                               trans_b, out_dtype, pk)
                 else:
-                    pk = _post_key(post_ops)
-                key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
-                       out_dtype, pk)
+                    key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
+                           out_dtype, _post_key(post_ops))
+            elif alpha is _ONE and beta is None and trans_a is False and trans_b is False and out_dtype is None:
+                key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype)  # (a length of its own)
             else:
                 key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, alpha, beta, trans_a, trans_b,
                        out_dtype)
@@ -487,7 +515,9 @@ def matmul(
         except (AttributeError, TypeError):
             plan = key = None
         if plan is not None:
-            return plan(a, b, post_ops) if post_ops else plan(a, b)
+            if not post_ops:
+                return plan(a, b)
+            return plan(a, b, post_ops) if one is _MANY else plan(a, b, one)
         if key is not None and not post_ops and type(a) is np.ndarray and type(b) is np.ndarray:
             # a geometry not seen: a plan over its GEMM class answers when the class is known (a
             # KV cache growing a row a step); the geometry's second call builds its own plan
@@ -686,7 +716,8 @@ def _batched_plan(kernel: Callable, view_a: Callable[[np.ndarray], np.ndarray],
                   result_shape: tuple[int, ...], d_dtype: np.dtype,
                   operand_views: tuple[Callable[[np.ndarray], np.ndarray] | None, ...]) -> Callable[..., np.ndarray]:
     """``plan(a, b[, post_ops]) -> D``: D allocated as (batch, m, n), the kernel called once on the
-    operands' (batch, rows, cols) views; D returned in the result's shape (a view)."""
+    operands' (batch, rows, cols) views; D returned in the result's shape (a view). With one post-op,
+    ``plan(a, b, operand)`` (see :func:`matmul`)."""
     empty = np.empty
     if not operand_views:
         def plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -695,6 +726,15 @@ def _batched_plan(kernel: Callable, view_a: Callable[[np.ndarray], np.ndarray],
             return d.reshape(result_shape)
 
         return plan
+    if len(operand_views) == 1:
+        view = operand_views[0] or (lambda v: None)
+
+        def plan1(a: np.ndarray, b: np.ndarray, operand: np.ndarray | None) -> np.ndarray:
+            d = empty(shape3, d_dtype)
+            kernel(view_a(a), view_b(b), None, d, (view(operand),))
+            return d.reshape(result_shape)
+
+        return plan1
 
     def plan_n(a: np.ndarray, b: np.ndarray, post_ops: tuple) -> np.ndarray:
         d = empty(shape3, d_dtype)
