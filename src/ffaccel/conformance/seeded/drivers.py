@@ -890,6 +890,16 @@ class FamilyKernelKeepsItsSizes(CpuDriver):
         return cut
 
 
+class GroupReadsFirstA(CpuDriver):
+    """``bind_gemm_group`` runs every GEMM of a group with the first one's A, as if the group shared one
+    weight (what a ring chain of GEMMs over one A and B has): right wherever A is shared, wrong where
+    each GEMM has its own. Each GEMM's own binding is right."""
+
+    def bind_gemm_group(self, op, operands):  # noqa: ANN001, ANN201
+        first = operands[0][0]
+        return super().bind_gemm_group(op, [(first, *arrays[1:]) for arrays in operands])
+
+
 # --- size bands ---------------------------------------------------------------------------------
 
 
