@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..abi import DeviceCaps, Gemm, Matrix, check_command, gemm_arrays
+from ..abi import DeviceCaps, Gemm, Matrix, check_command, gemm_arrays, gemm_group_arrays
 from ..drivers.base import Driver
 from ..drivers.ref import RefDriver
 from ..frontends import blas as _blas
@@ -405,12 +405,11 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
 
 #: GEMMs in one group judged through ``bind_gemm_group`` (the cpu driver binds groups of 4 and more).
 GROUP_SIZE = 6
-#: The orders in which a group names a batched case's entries: each operand stepping through its
-#: buffer forwards, backwards, or not by one constant step.
+#: The orders in which a group takes a batched case's entries: each operand stepping through its
+#: buffer forwards or backwards (a negative stride along the group's axis).
 GROUP_ORDERS: dict[str, Callable[[int], list[int]]] = {
     "in order": lambda n: list(range(n)),
     "reversed": lambda n: list(range(n - 1, -1, -1)),
-    "shuffled": lambda n: [1, 0, *range(2, n)],
 }
 
 
@@ -454,8 +453,11 @@ def _judge_group(dev: Device, drv: Driver, case: GemmCase, order: str) -> CaseRe
 
     def bind(g: Gemm, bufs: list[Buffer]) -> tuple[list, Any]:
         members = _members(g)
-        pairs = [_arrays(members[i], bufs) for i in pick(len(members))]
-        return pairs, drv.bind_gemm_group(pairs[0][0], [arrs for _, arrs in pairs])
+        pairs = [_arrays(members[i], bufs) for i in pick(len(members))]  # each GEMM's (op, arrays)
+        mem = {b.handle: b.array(np.uint8) for b in bufs}
+        stacked = gemm_group_arrays([op for op, _ in pairs], mem.__getitem__)
+        assert stacked is not None, "a batched case's entries always stack"
+        return pairs, drv.bind_gemm_group(pairs[0][0], *stacked)
 
     g0, in0, d0 = build_gemm(dev, case)
     try:

@@ -28,14 +28,13 @@ Third parties ship drivers as entry points in the ``ffaccel.drivers`` group::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from ..abi import CopyOp, DeviceCaps, DeviceMemory, GemmOp
-from ..abi.views import GemmArrays
 from ..spec import Engine
 from .rounding import round_to
 
@@ -200,20 +199,23 @@ class Driver:
         """
         return None
 
-    def bind_gemm_group(self, op: GemmOp, operands: Sequence[GemmArrays]) -> BoundGemm | None:
+    def bind_gemm_group(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+                        epi: tuple[np.ndarray | None, ...]) -> BoundGemm | None:
         """Optional fast path: several GEMMs of one geometry, bound as one call.
 
         ``op`` is the first of them; every other one has the same descriptor but for its
-        operands' handles and offsets (and ``user_data``). ``operands`` holds each GEMM's
-        arrays, as :meth:`bind_gemm` takes them, in submission order (at least two). The
-        transport vouches that they are independent: no GEMM's D shares a byte with another
-        one's D or with any operand another one names, so they may run in any order or all at
-        once (a submission of 64 tiny GEMMs writing 64 blocks of one buffer: one batched call
-        instead of 64). Calling the result must leave every D bit for bit as calling each GEMM's
-        own :meth:`bind_gemm` binding (or, where it offers none, ``prepare_gemm(op)``'s kernel)
-        in order does, reading the values the operands hold at the call; it must not run
-        anything when bound. The conformance suite judges it (``entry:bind_gemm_group``).
-        None (the default) means the transport runs them one by one.
+        operands' offsets (and ``user_data``). Each array has one more leading axis than
+        :meth:`bind_gemm`'s, the group: ``a[g]`` is GEMM g's A as :meth:`bind_gemm` would take
+        it, and so on; along that axis each operand steps through one buffer by a constant
+        stride (0 where the GEMMs share it, negative where they go backwards). The transport
+        vouches that the GEMMs are independent: no GEMM's D shares a byte with another one's D
+        or with any operand another one names, so they may run in any order or all at once (a
+        submission of 64 tiny GEMMs writing 64 blocks of one buffer: one batched call instead
+        of 64). Calling the result must leave every D bit for bit as calling each GEMM's own
+        :meth:`bind_gemm` binding (or, where it offers none, ``prepare_gemm(op)``'s kernel) in
+        order does, reading the values the operands hold at the call; it must not run anything
+        when bound. The conformance suite judges it (``entry:bind_gemm_group``). None (the
+        default) means the transport runs them one by one.
         """
         return None
 

@@ -36,6 +36,7 @@ from ..abi import (
     check_submission,
     copy_arrays,
     gemm_arrays,
+    gemm_group_arrays,
     op_handles,
 )
 from ..drivers import Driver
@@ -213,8 +214,47 @@ class _Extents:
         self.ends[i:j] = [hi]
 
 
+def _all_independent(ops: Sequence[GemmOp], address: Callable[[int], int]) -> bool:
+    """Whether GEMMs of one geometry are all independent of each other (see :func:`independent_spans`):
+    the common case, checked in one sorted pass (every operand of a role spans the same bytes)."""
+    op0 = ops[0]
+    batch = op0.batch
+
+    def span(v: View) -> int:
+        lo, hi = v.extent_bytes(batch)
+        return hi - lo
+
+    d_span = span(op0.d)
+    if not d_span:
+        return True
+    writes = sorted((address(op.d.handle) + op.d.offset_bytes, i) for i, op in enumerate(ops))
+    starts = [lo for lo, _ in writes]
+    for k in range(1, len(starts)):
+        if starts[k] < starts[k - 1] + d_span:
+            return False
+    roles: list[Callable[[GemmOp], View | None]] = [lambda o: o.a, lambda o: o.b]
+    if op0.c is not None and not op0.in_place:
+        roles.append(lambda o: o.c)
+    roles += [lambda o, j=j: o.epilogue[j].operand for j, p in enumerate(op0.epilogue) if p.operand is not None]
+    for role in roles:
+        length = span(role(op0))  # type: ignore[arg-type]
+        if not length:
+            continue
+        readers: dict[int, list[int]] = {}  # where a read starts -> the GEMMs reading there
+        for i, op in enumerate(ops):
+            v = role(op)
+            readers.setdefault(address(v.handle) + v.offset_bytes, []).append(i)  # type: ignore[union-attr]
+        for lo, who in readers.items():
+            k = max(0, bisect.bisect_right(starts, lo) - 1)  # the last write starting at or before lo, on
+            while k < len(starts) and starts[k] < lo + length:
+                if starts[k] + d_span > lo and who != [writes[k][1]]:
+                    return False  # another GEMM reads bytes this one writes
+                k += 1
+    return True
+
+
 def independent_spans(ops: Sequence[GemmOp], address: Callable[[int], int]) -> list[tuple[int, int]]:
-    """Cut consecutive GEMMs into spans [start, stop) whose GEMMs are independent of each other.
+    """Cut consecutive GEMMs of one geometry into spans [start, stop) whose GEMMs are independent of each other.
 
     Independent: no GEMM's D shares a byte with another one's D or with any operand another
     one names (A, B, C, epilogue operands, whether read or not), so the span's GEMMs give the
@@ -234,6 +274,8 @@ def independent_spans(ops: Sequence[GemmOp], address: Callable[[int], int]) -> l
     >>> independent_spans([op(0), op(256), op(0), op(512)], {1: 0, 2: 4096}.__getitem__)  # the 3rd rewrites D[0]
     [(0, 2), (2, 4)]
     """
+    if _all_independent(ops, address):
+        return [(0, len(ops))]
     spans: list[tuple[int, int]] = []
     start = 0
     writes, reads = _Extents(), _Extents()
@@ -374,12 +416,14 @@ class BoundRuns:
         return runs
 
     def _group(self, ops: Sequence[GemmOp]) -> list[Run]:
-        """One run for independent GEMMs of one geometry where the driver binds them together, else one each."""
+        """One run for independent GEMMs of one geometry where their operands stack (each steps through
+        one buffer by a constant stride) and the driver binds them together, else one run each."""
         if len(ops) >= MIN_GROUP:
-            memory = self.memory
-            run = self.driver.bind_gemm_group(ops[0], [gemm_arrays(op, memory) for op in ops])
-            if run is not None:
-                return [run]
+            arrays = gemm_group_arrays(ops, self.memory)
+            if arrays is not None:
+                run = self.driver.bind_gemm_group(ops[0], *arrays)
+                if run is not None:
+                    return [run]
         return [self.get(op) for op in ops]
 
     def clear(self) -> None:

@@ -895,9 +895,8 @@ class GroupReadsFirstA(CpuDriver):
     weight (what a ring chain of GEMMs over one A and B has): right wherever A is shared, wrong where
     each GEMM has its own. Each GEMM's own binding is right."""
 
-    def bind_gemm_group(self, op, operands):  # noqa: ANN001, ANN201
-        first = operands[0][0]
-        return super().bind_gemm_group(op, [(first, *arrays[1:]) for arrays in operands])
+    def bind_gemm_group(self, op, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        return super().bind_gemm_group(op, np.broadcast_to(a[:1], a.shape), b, c, d, epi)
 
 
 # --- size bands ---------------------------------------------------------------------------------
