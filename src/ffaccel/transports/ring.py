@@ -120,6 +120,9 @@ class RingTransport(SocketTransport):
         #: wrote them, but for the last one's user_data: nothing but this client writes the SQ, so
         #: a loop resubmitting a chain that lands on the same slots again rewrites only that field
         self._written: dict[int, bytes] = {}
+        #: slot -> the first slot of the chain in `_written` that fills it, -1 for none (so that a write
+        #: finds the chains it overwrites by looking at its own slots only)
+        self._owner: list[int] = [-1] * entries
         self._cq_head = 0
         self._seq = 0
         self._list_sizes: dict[int, int] = {}  # command list id -> commands (see replay)
@@ -266,7 +269,7 @@ class RingTransport(SocketTransport):
                 first = self._reserve(count)
             mm = self._mm
             if count == 1:  # one entry: everything but user_data was built once
-                if self._written:
+                if self._owner[first] >= 0:
                     self._forget(first, 1)
                 off = self._sq_off + first * SQE_BYTES
                 mm[off + 8: off + SQE_BYTES] = blob
@@ -275,6 +278,8 @@ class RingTransport(SocketTransport):
                 if self._written.get(first) is not blob:  # else the slots hold these entries already
                     self._write(first, blob)
                     self._written[first] = blob
+                    for lo, hi in self._pieces(first, n_cmd):
+                        self._owner[lo:hi] = [first] * (hi - lo)
                 last = self._sq_off + ((first + n_cmd - 1) & self._mask) * SQE_BYTES
                 _U64.pack_into(mm, last, seq)  # the chain's user_data, on its last entry
             # publish: one store of sq_tail, and the doorbell only if the server said it sleeps
@@ -344,12 +349,22 @@ class RingTransport(SocketTransport):
         if n1 < len(entries):
             mm[self._sq_off: self._sq_off + len(entries) - n1] = entries[n1:]
 
+    def _pieces(self, slot: int, count: int) -> list[tuple[int, int]]:
+        """Slots [slot, slot + count) modulo the ring, as one or two ranges of list indices."""
+        end = slot + count
+        if end <= self.entries:
+            return [(slot, end)]
+        return [(slot, self.entries), (0, end - self.entries)]
+
     def _forget(self, slot: int, count: int) -> None:
         """Slots [slot, slot + count) (modulo the ring) are about to be written: chains there are gone."""
-        ring = self.entries
-        for first, blob in list(self._written.items()):
-            if (first - slot) % ring < count or (slot - first) % ring < len(blob) // SQE_BYTES:
-                del self._written[first]
+        owner = self._owner
+        for lo, hi in self._pieces(slot, count):
+            for first in set(owner[lo:hi]) - {-1}:
+                blob = self._written.pop(first, None)
+                if blob is not None:
+                    for a, b in self._pieces(first, len(blob) // SQE_BYTES):
+                        owner[a:b] = [-1] * (b - a)
 
     @staticmethod
     def _chain(raw: bytes, engine: int, n_cmd: int, wc: int, wp: int) -> bytes:
