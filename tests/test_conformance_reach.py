@@ -33,6 +33,7 @@ NEW_KINDS = [
     ("fresh-kernel-reuses-output", "memory:reads"),
     ("family-kernel-keeps-its-sizes", "entry:kernel_family"),
     ("fresh-contiguous-keeps-first-bias", "entry:fresh.contiguous"),
+    ("group-reads-first-a", "entry:bind_gemm_group"),
     ("one-buffer-copy-backwards", "copy:one-buffer"),
     ("free-keeps-last-memo", "resubmitted-after-free"),
 ]

@@ -34,11 +34,11 @@ from .validate import (
     check_submission,
     op_handles,
 )
-from .views import DeviceMemory, copy_arrays, gemm_arrays, view_array
+from .views import DeviceMemory, copy_arrays, gemm_arrays, gemm_group_arrays, view_array
 
 __all__ = [
     "ABI_VERSION", "COMMAND_BYTES", "COPY", "Copy", "CopyOp", "DeviceCaps", "DeviceMemory", "GEMM", "Gemm", "GemmFlags",
     "GemmOp", "GeometryChecker", "Layout", "LruCache", "MAX_COMMANDS_PER_SUBMIT", "Matrix", "OPERAND_BYTES", "Op", "PostOpDesc",
     "SUBMIT", "Submission", "ValidPostOp", "ValidationCache", "View", "WAIT", "bind", "check_command", "check_submission", "copy_arrays",
-    "decode_command", "encode_submission", "gemm_arrays", "op_handles", "pack_gemm", "view_array",
+    "decode_command", "encode_submission", "gemm_arrays", "gemm_group_arrays", "op_handles", "pack_gemm", "view_array",
 ]

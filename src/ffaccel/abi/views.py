@@ -13,7 +13,7 @@ on the GPU), and the runtime moves bytes in and out through ``read_bytes`` /
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -55,6 +55,70 @@ def view_array(memory: np.ndarray, v: View, batch: int) -> np.ndarray:
 GemmArrays = tuple[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, tuple["np.ndarray | None", ...]]
 
 
+def _stacked_view(views: "Sequence[View]", memory: Callable[[int], Any], batch: int) -> np.ndarray | None:
+    """(len(views), batch, rows, cols): equally shaped views that lie in one host array, each a constant
+    number of bytes (0 included) after the one before; None when they do not."""
+    first = views[0]
+    mem = memory(first.handle)
+    if not isinstance(mem, np.ndarray) or batch == 0 or first.rows == 0 or first.cols == 0:
+        return None
+    start = first.offset_bytes
+    step = views[1].offset_bytes - start
+    for i, v in enumerate(views):
+        if v.offset_bytes != start + i * step or (v.handle != first.handle and memory(v.handle) is not mem):
+            return None
+    s = DTYPES[first.dtype].itemsize_bytes
+    try:  # NumPy checks that every element lies inside the memory (a negative step included)
+        return np.ndarray((len(views), batch, first.rows, first.cols), DTYPES[first.dtype].numpy, buffer=mem,
+                          offset=start, strides=(step, first.batch_stride * s, first.ld * s, s))
+    except ValueError:
+        return None
+
+
+def gemm_group_arrays(ops: "Sequence[GemmOp]", memory: Callable[[int], Any]) -> GemmArrays | None:
+    """:func:`gemm_arrays` of GEMMs of one geometry (equal but for their operands' handles and offsets),
+    each stacked along a new leading axis, (count, batch, m, k) for A and so on: where every operand
+    of every GEMM lies in one host array at a constant distance (0 included: one shared operand)
+    from the previous GEMM's. None where one does not (or the memory is a driver's own).
+
+    Examples
+    --------
+    >>> from ffaccel.abi import DeviceCaps, Gemm, Matrix, check_command
+    >>> from ffaccel.spec import DType
+    >>> def op(i):  # A and B shared, D stepping through buffer 2
+    ...     return check_command(Gemm(m=2, n=2, k=2, a=Matrix(1, DType.F32, 2, 2), b=Matrix(1, DType.F32, 2, 2),
+    ...                                d=Matrix(2, DType.F32, 2, 2, offset_bytes=16 * i)).encode(), DeviceCaps())
+    >>> mem = {1: np.zeros(16, np.uint8), 2: np.zeros(48, np.uint8)}
+    >>> a, b, c, d, epi = gemm_group_arrays([op(0), op(1), op(2)], mem.__getitem__)
+    >>> a.shape, a.strides[0], d.strides[0], c, epi
+    ((3, 1, 2, 2), 0, 16, None, ())
+    """
+    op = ops[0]
+    a = _stacked_view([o.a for o in ops], memory, op.batch)
+    b = _stacked_view([o.b for o in ops], memory, op.batch)
+    d = _stacked_view([o.d for o in ops], memory, op.batch)
+    if a is None or b is None or d is None:
+        return None
+    if op.trans_a:
+        a = a.swapaxes(2, 3)
+    if op.trans_b:
+        b = b.swapaxes(2, 3)
+    c = None
+    if op.c is not None:
+        c = _stacked_view([o.c for o in ops], memory, op.batch)
+        if c is None:
+            return None
+    epi = []
+    for j, p in enumerate(op.epilogue):
+        x = None
+        if p.operand is not None:
+            x = _stacked_view([o.epilogue[j].operand for o in ops], memory, op.batch)  # type: ignore[misc]
+            if x is None:
+                return None
+        epi.append(x)
+    return a, b, c, d, tuple(epi)
+
+
 def gemm_arrays(op: GemmOp, memory: Callable[[int], np.ndarray]) -> GemmArrays:
     """op(A) (batch, m, k), op(B) (batch, k, n), C or None, D (batch, m, n), epilogue operands.
 
@@ -81,4 +145,4 @@ def copy_arrays(op: CopyOp, memory: Callable[[int], np.ndarray]) -> tuple[np.nda
     return src, dst
 
 
-__all__ = ["DeviceMemory", "GemmArrays", "copy_arrays", "gemm_arrays", "view_array"]
+__all__ = ["DeviceMemory", "GemmArrays", "copy_arrays", "gemm_arrays", "gemm_group_arrays", "view_array"]

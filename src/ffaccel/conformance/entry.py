@@ -6,8 +6,9 @@ driver's "fresh" kernel for plain GEMMs and its prepared kernel, reused across c
 the rest; ``blas.gemm`` updates C in place), and, in process, through every hook of
 :class:`ffaccel.drivers.base.Driver`: ``gemm``, ``prepare_gemm`` (one kernel called with
 several sets of arrays), ``bind_gemm`` (one binding called again after its inputs changed),
-``prepare_gemm_fresh`` (and its kernel's ``contiguous`` form) and ``kernel_family`` (the kernel of a smaller geometry of the class
-run on a larger one it claims to cover). Each is judged like a GEMM case; front-end calls are compared
+``prepare_gemm_fresh`` (and its kernel's ``contiguous`` form), ``kernel_family`` (the kernel of a smaller geometry of the class
+run on a larger one it claims to cover) and ``bind_gemm_group`` (independent GEMMs of one geometry as one
+call: bit for bit what each one's own binding writes). Each is judged like a GEMM case; front-end calls are compared
 bit for bit with the same call on the golden model, on inputs whose exact result is known.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..abi import DeviceCaps, Gemm, check_command, gemm_arrays
+from ..abi import DeviceCaps, Gemm, Matrix, check_command, gemm_arrays, gemm_group_arrays
 from ..drivers.base import Driver
 from ..drivers.ref import RefDriver
 from ..frontends import blas as _blas
@@ -414,6 +415,101 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
     return judge_gemm(dev, named, execute, setup)
 
 
+#: GEMMs in one group judged through ``bind_gemm_group`` (the cpu driver binds groups of 4 and more).
+GROUP_SIZE = 6
+#: The orders in which a group takes a batched case's entries: each operand stepping through its
+#: buffer forwards or backwards (a negative stride along the group's axis).
+GROUP_ORDERS: dict[str, Callable[[int], list[int]]] = {
+    "in order": lambda n: list(range(n)),
+    "reversed": lambda n: list(range(n - 1, -1, -1)),
+}
+
+
+def _group_cases(combo: GemmCombo) -> list[GemmCase]:
+    """Batched geometries whose ``GROUP_SIZE`` entries the judge hands ``bind_gemm_group`` as that many
+    separate GEMMs: A and B per entry or one shared pair (a ring chain of GEMMs with one weight),
+    transposed and padded, C absent, in place or separate (the cpu driver groups only what it binds
+    one by one: compact operands, alpha 1, no C read)."""
+    sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
+    return [
+        GemmCase("entry", combo, 8, 8, 8, GROUP_SIZE, False, False, sc[1], sc[0], "absent", seed=111),
+        GemmCase("entry", combo, 8, 8, 8, GROUP_SIZE, False, False, sc[1], sc[0], "absent",
+                 broadcast=(True, True, False), seed=112),
+        GemmCase("entry", combo, 6, 5, 7, GROUP_SIZE, True, True, sc[1], sc[0], "in_place", seed=113),
+        GemmCase("entry", combo, 6, 5, 7, GROUP_SIZE, False, False, sc[1], sc[0], "absent", (1, 2, 0, 1), seed=115),
+        GemmCase("entry", combo, 9, 8, 5, GROUP_SIZE, False, True, sc[3], sc[2], "separate",
+                 broadcast=(False, True, False), seed=114),
+    ]
+
+
+def _members(g: Gemm) -> list[Gemm]:
+    """The batch entries of ``g`` as batch-1 GEMMs (an operand with batch stride 0 shared by all)."""
+    def entry(mat: Matrix | None, i: int) -> Matrix | None:
+        if mat is None:
+            return None
+        step = mat.batch_stride_elems * DTYPES[mat.dtype].itemsize_bytes
+        return dataclasses.replace(mat, offset_bytes=mat.offset_bytes + i * step, batch_stride_elems=0)
+
+    return [dataclasses.replace(g, batch=1, a=entry(g.a, i), b=entry(g.b, i), c=entry(g.c, i), d=entry(g.d, i),
+                                epilogue=tuple(dataclasses.replace(p, operand=entry(p.operand, i)) for p in g.epilogue))
+            for i in range(g.batch)]
+
+
+def _judge_group(dev: Device, drv: Driver, case: GemmCase, order: str) -> CaseResult | None:
+    """``bind_gemm_group`` over a batched case's entries as separate GEMMs, in ``order``: judged against the
+    golden model like the batched GEMM, and bit for bit against each GEMM's own binding (or prepared
+    kernel) run one by one. None where the driver does not bind this group."""
+    named = dataclasses.replace(case, group="entry:bind_gemm_group")
+    pick = GROUP_ORDERS[order]
+    state: dict[str, Any] = {}
+
+    def bind(g: Gemm, bufs: list[Buffer]) -> tuple[list, Any]:
+        members = _members(g)
+        pairs = [_arrays(members[i], bufs) for i in pick(len(members))]  # each GEMM's (op, arrays)
+        mem = {b.handle: b.array(np.uint8) for b in bufs}
+        stacked = gemm_group_arrays([op for op, _ in pairs], mem.__getitem__)
+        assert stacked is not None, "a batched case's entries always stack"
+        return pairs, drv.bind_gemm_group(pairs[0][0], *stacked)
+
+    g0, in0, d0 = build_gemm(dev, case)
+    try:
+        if bind(g0, in0 + [d0])[1] is None:
+            return None
+    finally:
+        for b in in0 + [d0]:
+            b.free()
+
+    def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        pairs, run = bind(g, inputs + [d_buf])
+        if run is None:
+            raise RuntimeError("bind_gemm_group offered a binding for one group and not for its twin")
+        state.update(pairs=pairs, run=run)
+        run()
+        _refill(dev, case, inputs)  # the binding must read these, not what it saw when bound
+
+    def execute(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
+        d = d_buf.array(np.uint8)
+        before = d.copy()
+        for op, arrs in state["pairs"]:  # each GEMM's own way, one by one: what the group must equal
+            own = drv.bind_gemm(op, *arrs)
+            if own is not None:
+                own()
+            else:
+                drv.prepare_gemm(op)(*arrs)
+        want = d.copy()
+        d[...] = before
+        state["run"]()
+        if not np.array_equal(d, want):
+            at = int(np.flatnonzero(d != want)[0])
+            state["differs"] = (f"not bit for bit what its GEMMs write one by one: byte {at} of D's buffer is "
+                                f"{int(d[at])}, one by one {int(want[at])}")
+
+    res = dataclasses.replace(judge_gemm(dev, named, execute, setup), name=f"{named.name} order={order}")
+    if "differs" in state:
+        res = dataclasses.replace(res, passed=False, message="; ".join(filter(None, (state["differs"], res.message))))
+    return res
+
+
 def check_driver_hooks(dev: Device) -> list[CaseResult]:
     """Each hook of an in-process driver with host memory, judged (nothing for other devices:
     their hooks are reached through submissions and the front-ends only)."""
@@ -433,6 +529,14 @@ def check_driver_hooks(dev: Device) -> list[CaseResult]:
                     r = _judge_hook(dev, drv, case, hook)
                 except Exception as e:  # noqa: BLE001 - a crashing hook fails its case
                     r = _hook_result(case, hook, False, f"raised {e!r}")
+                if r is not None:
+                    out.append(r)
+        for case in _group_cases(combo):
+            for order in GROUP_ORDERS:
+                try:
+                    r = _judge_group(dev, drv, case, order)
+                except Exception as e:  # noqa: BLE001 - a crashing hook fails its case
+                    r = _hook_result(case, "bind_gemm_group", False, f"{order}: raised {e!r}")
                 if r is not None:
                     out.append(r)
     return out
@@ -664,7 +768,7 @@ def entry_checks(level: str) -> list[tuple[str, EntryCheck]]:
         ("entry:list (command lists: operands changed before and between replays, FREEs)", check_command_lists),
         ("entry:frontend (matmul, blas.gemm)", check_frontends),
         ("entry:gemm, entry:prepare_gemm, entry:bind_gemm, entry:prepare_gemm_fresh, entry:fresh.contiguous, "
-         "entry:kernel_family (driver hooks)",
+         "entry:kernel_family, entry:bind_gemm_group (driver hooks)",
          check_driver_hooks),
         ("memory:reads (reads are copies: Buffer, DeviceMemory, front-ends)", check_reads_are_copies),
     ]

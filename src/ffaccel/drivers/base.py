@@ -14,10 +14,11 @@ arrays that the runtime has already bound to memory:
 A batch stride of 0 shows up as a 0 stride (broadcast). Inputs must never be
 written. Only :meth:`Driver.gemm` is required; optional hooks hoist work out of the
 per-call path: :meth:`Driver.prepare_gemm` (once per geometry),
-:meth:`Driver.prepare_gemm_fresh` (the driver allocates D) and :meth:`Driver.bind_gemm`
-(once per validated command, bound to its arrays: what a loop of tiny GEMMs runs). A driver that supports less than the full op set says so in
-:meth:`Driver.caps`; the validator then refuses the rest as UNSUPPORTED before
-the driver is called.
+:meth:`Driver.prepare_gemm_fresh` (the driver allocates D), :meth:`Driver.bind_gemm`
+(once per validated command, bound to its arrays: what a loop of tiny GEMMs runs) and
+:meth:`Driver.bind_gemm_group` (independent GEMMs of one geometry in one submission, as one
+call). A driver that supports less than the full op set says so in :meth:`Driver.caps`; the
+validator then refuses the rest as UNSUPPORTED before the driver is called.
 
 Third parties ship drivers as entry points in the ``ffaccel.drivers`` group::
 
@@ -195,6 +196,26 @@ class Driver:
         call costs more than the call). Calling the binding must do exactly what
         ``prepare_gemm(op)(a, b, c, d, epi)`` does; it must not run anything when bound.
         None (the default) means the transport calls the prepared kernel.
+        """
+        return None
+
+    def bind_gemm_group(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
+                        epi: tuple[np.ndarray | None, ...]) -> BoundGemm | None:
+        """Optional fast path: several GEMMs of one geometry, bound as one call.
+
+        ``op`` is the first of them; every other one has the same descriptor but for its
+        operands' offsets (and ``user_data``). Each array has one more leading axis than
+        :meth:`bind_gemm`'s, the group: ``a[g]`` is GEMM g's A as :meth:`bind_gemm` would take
+        it, and so on; along that axis each operand steps through one buffer by a constant
+        stride (0 where the GEMMs share it, negative where they go backwards). The transport
+        vouches that the GEMMs are independent: no GEMM's D shares a byte with another one's D
+        or with any operand another one names, so they may run in any order or all at once (a
+        submission of 64 tiny GEMMs writing 64 blocks of one buffer: one batched call instead
+        of 64). Calling the result must leave every D bit for bit as calling each GEMM's own
+        :meth:`bind_gemm` binding (or, where it offers none, ``prepare_gemm(op)``'s kernel) in
+        order does, reading the values the operands hold at the call; it must not run anything
+        when bound. The conformance suite judges it (``entry:bind_gemm_group``). None (the
+        default) means the transport runs them one by one.
         """
         return None
 

@@ -136,6 +136,9 @@ class RestrictedDriver(Driver):
     def bind_gemm(self, op, a, b, c, d, epi):  # type: ignore[no-untyped-def]
         return self.inner.bind_gemm(op, a, b, c, d, epi)
 
+    def bind_gemm_group(self, op, a, b, c, d, epi):  # type: ignore[no-untyped-def]
+        return self.inner.bind_gemm_group(op, a, b, c, d, epi)
+
     def copy(self, op, src, dst):  # type: ignore[no-untyped-def]
         return self.inner.copy(op, src, dst)
 

@@ -116,6 +116,13 @@ class RingTransport(SocketTransport):
         # sleep on the futex only with a server that says it wakes it (an older one would not)
         self._futex = futex.AVAILABLE and bool(self._server_flags.value & RingServerFlags.FUTEX_WAKES)
         self._sq_tail = 0  # our own copies of the indices we write
+        #: first slot -> the chain entries (a `_chain` blob) that still fill the slots from there as we
+        #: wrote them, but for the last one's user_data: nothing but this client writes the SQ, so
+        #: a loop resubmitting a chain that lands on the same slots again rewrites only that field
+        self._written: dict[int, bytes] = {}
+        #: slot -> the first slot of the chain in `_written` that fills it, -1 for none (so that a write
+        #: finds the chains it overwrites by looking at its own slots only)
+        self._owner: list[int] = [-1] * entries
         self._cq_head = 0
         self._seq = 0
         self._list_sizes: dict[int, int] = {}  # command list id -> commands (see replay)
@@ -262,11 +269,17 @@ class RingTransport(SocketTransport):
                 first = self._reserve(count)
             mm = self._mm
             if count == 1:  # one entry: everything but user_data was built once
+                if self._owner[first] >= 0:
+                    self._forget(first, 1)
                 off = self._sq_off + first * SQE_BYTES
                 mm[off + 8: off + SQE_BYTES] = blob
                 _U64.pack_into(mm, off, seq)
             else:
-                self._write(first, blob)
+                if self._written.get(first) is not blob:  # else the slots hold these entries already
+                    self._write(first, blob)
+                    self._written[first] = blob
+                    for lo, hi in self._pieces(first, n_cmd):
+                        self._owner[lo:hi] = [first] * (hi - lo)
                 last = self._sq_off + ((first + n_cmd - 1) & self._mask) * SQE_BYTES
                 _U64.pack_into(mm, last, seq)  # the chain's user_data, on its last entry
             # publish: one store of sq_tail, and the doorbell only if the server said it sleeps
@@ -327,12 +340,31 @@ class RingTransport(SocketTransport):
 
     def _write(self, slot: int, entries: bytes) -> None:
         """Copy whole entries into the SQ from ``slot`` on (in two pieces when they wrap)."""
+        if self._written:
+            self._forget(slot, len(entries) // SQE_BYTES)
         mm = self._mm
         off = self._sq_off + slot * SQE_BYTES
         n1 = min(len(entries), (self.entries - slot) * SQE_BYTES)  # bytes before the queue wraps
         mm[off: off + n1] = entries[:n1] if n1 < len(entries) else entries
         if n1 < len(entries):
             mm[self._sq_off: self._sq_off + len(entries) - n1] = entries[n1:]
+
+    def _pieces(self, slot: int, count: int) -> list[tuple[int, int]]:
+        """Slots [slot, slot + count) modulo the ring, as one or two ranges of list indices."""
+        end = slot + count
+        if end <= self.entries:
+            return [(slot, end)]
+        return [(slot, self.entries), (0, end - self.entries)]
+
+    def _forget(self, slot: int, count: int) -> None:
+        """Slots [slot, slot + count) (modulo the ring) are about to be written: chains there are gone."""
+        owner = self._owner
+        for lo, hi in self._pieces(slot, count):
+            for first in set(owner[lo:hi]) - {-1}:
+                blob = self._written.pop(first, None)
+                if blob is not None:
+                    for a, b in self._pieces(first, len(blob) // SQE_BYTES):
+                        owner[a:b] = [-1] * (b - a)
 
     @staticmethod
     def _chain(raw: bytes, engine: int, n_cmd: int, wc: int, wp: int) -> bytes:

@@ -13,6 +13,7 @@ transport and the server's per-client state each hold one lock around them).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import itertools
@@ -31,9 +32,11 @@ from ..abi import (
     GemmOp,
     Op,
     ValidationCache,
+    View,
     check_submission,
     copy_arrays,
     gemm_arrays,
+    gemm_group_arrays,
     op_handles,
 )
 from ..drivers import Driver
@@ -144,6 +147,159 @@ def _by_identity(cache: LruCache, key: Any, make: Callable[[Any], Any]) -> Any:
     return value
 
 
+# ------------------------------------------------------------------------------------------
+# groups: consecutive independent GEMMs of one geometry, offered to the driver as one call
+
+
+#: Fewest consecutive GEMMs of one geometry that are offered to the driver's
+#: :meth:`~ffaccel.drivers.base.Driver.bind_gemm_group` as one call.
+MIN_GROUP = 2
+
+
+def _placement(v: View | None) -> tuple | None:
+    return None if v is None else (v.dtype, v.rows, v.cols, v.ld, v.batch_stride)
+
+
+def _exact(x: float | int) -> object:
+    """A scalar as a key that tells -0.0 from 0.0 and finds a NaN equal to itself."""
+    return x.hex() if type(x) is float else x
+
+
+def geometry_key(op: GemmOp) -> tuple:
+    """Everything of a validated GEMM but its operands' handles and offsets and its ``user_data``:
+    GEMMs with equal keys compute the same function of their operands.
+
+    Examples
+    --------
+    >>> from ffaccel.abi import DeviceCaps, Gemm, Matrix, check_command
+    >>> from ffaccel.spec import DType
+    >>> def op(offset_bytes, alpha=1.0):
+    ...     m = Matrix(1, DType.F32, 8, 8, offset_bytes=offset_bytes)
+    ...     return check_command(Gemm(m=8, n=8, k=8, a=m, b=m, d=Matrix(2, DType.F32, 8, 8), alpha=alpha).encode(),
+    ...                          DeviceCaps())
+    >>> geometry_key(op(0)) == geometry_key(op(256)), geometry_key(op(0)) == geometry_key(op(0, -1.0))
+    (True, False)
+    """
+    return (op.m, op.n, op.k, op.batch, op.trans_a, op.trans_b, op.combo, _exact(op.alpha), _exact(op.beta),
+            op.in_place, _placement(op.a), _placement(op.b), _placement(op.c), _placement(op.d),
+            tuple((p.kind, _exact(p.param0), _exact(p.param1), _placement(p.operand)) for p in op.epilogue))
+
+
+class _Extents:
+    """A union of byte ranges [lo, hi), kept as sorted disjoint ranges (touching ones merged)."""
+
+    __slots__ = ("starts", "ends")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def hits(self, lo: int, hi: int) -> bool:
+        """Whether [lo, hi) shares a byte with the union (an empty range shares none)."""
+        if lo >= hi:
+            return False
+        i = bisect.bisect_right(self.starts, lo)
+        if i and self.ends[i - 1] > lo:
+            return True
+        return i < len(self.starts) and self.starts[i] < hi
+
+    def add(self, lo: int, hi: int) -> None:
+        if lo >= hi:
+            return
+        i = bisect.bisect_left(self.ends, lo)  # the first range that ends at or after lo ...
+        j = bisect.bisect_right(self.starts, hi)  # ... to the last that starts at or before hi: merged
+        if i < j:
+            lo, hi = min(lo, self.starts[i]), max(hi, self.ends[j - 1])
+        self.starts[i:j] = [lo]
+        self.ends[i:j] = [hi]
+
+
+def _all_independent(ops: Sequence[GemmOp], address: Callable[[int], int]) -> bool:
+    """Whether GEMMs of one geometry are all independent of each other (see :func:`independent_spans`):
+    the common case, checked in one sorted pass (every operand of a role spans the same bytes)."""
+    op0 = ops[0]
+    batch = op0.batch
+
+    def span(v: View) -> int:
+        lo, hi = v.extent_bytes(batch)
+        return hi - lo
+
+    d_span = span(op0.d)
+    if not d_span:
+        return True
+    writes = sorted((address(op.d.handle) + op.d.offset_bytes, i) for i, op in enumerate(ops))
+    starts = [lo for lo, _ in writes]
+    for k in range(1, len(starts)):
+        if starts[k] < starts[k - 1] + d_span:
+            return False
+    roles: list[Callable[[GemmOp], View | None]] = [lambda o: o.a, lambda o: o.b]
+    if op0.c is not None and not op0.in_place:
+        roles.append(lambda o: o.c)
+    roles += [lambda o, j=j: o.epilogue[j].operand for j, p in enumerate(op0.epilogue) if p.operand is not None]
+    for role in roles:
+        length = span(role(op0))  # type: ignore[arg-type]
+        if not length:
+            continue
+        readers: dict[int, list[int]] = {}  # where a read starts -> the GEMMs reading there
+        for i, op in enumerate(ops):
+            v = role(op)
+            readers.setdefault(address(v.handle) + v.offset_bytes, []).append(i)  # type: ignore[union-attr]
+        for lo, who in readers.items():
+            k = max(0, bisect.bisect_right(starts, lo) - 1)  # the last write starting at or before lo, on
+            while k < len(starts) and starts[k] < lo + length:
+                if starts[k] + d_span > lo and who != [writes[k][1]]:
+                    return False  # another GEMM reads bytes this one writes
+                k += 1
+    return True
+
+
+def independent_spans(ops: Sequence[GemmOp], address: Callable[[int], int]) -> list[tuple[int, int]]:
+    """Cut consecutive GEMMs of one geometry into spans [start, stop) whose GEMMs are independent of each other.
+
+    Independent: no GEMM's D shares a byte with another one's D or with any operand another
+    one names (A, B, C, epilogue operands, whether read or not), so the span's GEMMs give the
+    same result in any order. Byte ranges are the views' whole extents at the memory's real
+    addresses (``address(handle)``: where the handle's memory starts), so two handles of one
+    memory (an imported buffer) are seen for what they are. A GEMM that conflicts with the span
+    so far starts the next span.
+
+    Examples
+    --------
+    >>> from ffaccel.abi import DeviceCaps, Gemm, Matrix, check_command
+    >>> from ffaccel.spec import DType
+    >>> def op(d_offset_bytes):  # A and B in buffer 1, D in buffer 2
+    ...     a = Matrix(1, DType.F32, 8, 8)
+    ...     return check_command(Gemm(m=8, n=8, k=8, a=a, b=a, d=Matrix(2, DType.F32, 8, 8,
+    ...                                    offset_bytes=d_offset_bytes)).encode(), DeviceCaps())
+    >>> independent_spans([op(0), op(256), op(0), op(512)], {1: 0, 2: 4096}.__getitem__)  # the 3rd rewrites D[0]
+    [(0, 2), (2, 4)]
+    """
+    if _all_independent(ops, address):
+        return [(0, len(ops))]
+    spans: list[tuple[int, int]] = []
+    start = 0
+    writes, reads = _Extents(), _Extents()
+    for i, op in enumerate(ops):
+        base = address(op.d.handle)
+        lo, hi = op.d.extent_bytes(op.batch)
+        w = (base + lo, base + hi)
+        rs = []
+        for v in (op.a, op.b, None if op.in_place else op.c, *(p.operand for p in op.epilogue)):
+            if v is not None:
+                base = address(v.handle)
+                lo, hi = v.extent_bytes(op.batch)
+                rs.append((base + lo, base + hi))
+        if writes.hits(*w) or reads.hits(*w) or any(writes.hits(*r) for r in rs):
+            spans.append((start, i))
+            start = i
+            writes, reads = _Extents(), _Extents()
+        writes.add(*w)
+        for r in rs:
+            reads.add(*r)
+    spans.append((start, len(ops)))
+    return spans
+
+
 class BoundRuns:
     """The driver-prepared call for each validated op, bound to its arrays once.
 
@@ -166,6 +322,8 @@ class BoundRuns:
         self.slice_units = slice_units
         self._runs: LruCache[int, tuple[Op, Run]] = LruCache(max_entries)
         self._blocks: LruCache[int, tuple[tuple[Op, ...], tuple[Run, ...]]] = LruCache(256)
+        # whether the driver may take groups at all (a driver without the hook pays nothing for them)
+        self._groups = type(driver).bind_gemm_group is not Driver.bind_gemm_group
 
     def get(self, op: Op) -> Run:
         return _by_identity(self._runs, op, self._bind)
@@ -216,10 +374,57 @@ class BoundRuns:
         return _by_identity(self._blocks, ops, self.block)
 
     def block(self, ops: tuple[Op, ...]) -> RunBlock:
-        runs = [self.get(op) for op in ops]
+        runs = self._grouped(ops) if self._groups and len(ops) >= MIN_GROUP else [self.get(op) for op in ops]
         heavy = (any(type(r) is SlicedRun for r in runs)
                  or sum(op_units(op) for op in ops) > self.slice_units)
         return RunBlock(runs, heavy, block_usage(ops))
+
+    def _groupable(self, op: Op) -> bool:
+        """A GEMM that could share a call: it computes something, runs whole (not in slices) and
+        names host memory (a NumPy array: its address is known)."""
+        return (type(op) is GemmOp and op.batch > 0 and op.m > 0 and op.n > 0
+                and op_units(op) <= self.slice_units and isinstance(self.memory(op.d.handle), np.ndarray))
+
+    def _grouped(self, ops: tuple[Op, ...]) -> list[Run]:
+        """The runs of ``ops``, each span of consecutive independent GEMMs of one geometry bound as one
+        call where the driver takes it (:meth:`~ffaccel.drivers.base.Driver.bind_gemm_group`)."""
+        runs: list[Run] = []
+        addresses: dict[int, int] = {}
+
+        def address(handle: int) -> int:
+            at = addresses.get(handle)
+            if at is None:
+                at = addresses[handle] = self.memory(handle).__array_interface__["data"][0]
+            return at
+
+        i, n = 0, len(ops)
+        while i < n:
+            op = ops[i]
+            j = i + 1
+            if self._groupable(op):
+                key = geometry_key(op)  # (the same geometry: groupable too, but for its memory's kind)
+                while (j < n and type(ops[j]) is GemmOp and geometry_key(ops[j]) == key  # type: ignore[arg-type]
+                       and isinstance(self.memory(ops[j].d.handle), np.ndarray)):
+                    j += 1
+            if j - i < MIN_GROUP:
+                runs.extend(self.get(o) for o in ops[i:j])
+            else:
+                same = ops[i:j]
+                for lo, hi in independent_spans(same, address):  # type: ignore[arg-type]
+                    runs.extend(self._group(same[lo:hi]))  # type: ignore[arg-type]
+            i = j
+        return runs
+
+    def _group(self, ops: Sequence[GemmOp]) -> list[Run]:
+        """One run for independent GEMMs of one geometry where their operands stack (each steps through
+        one buffer by a constant stride) and the driver binds them together, else one run each."""
+        if len(ops) >= MIN_GROUP:
+            arrays = gemm_group_arrays(ops, self.memory)
+            if arrays is not None:
+                run = self.driver.bind_gemm_group(ops[0], *arrays)
+                if run is not None:
+                    return [run]
+        return [self.get(op) for op in ops]
 
     def clear(self) -> None:
         self._runs.clear()
@@ -496,4 +701,5 @@ class Session:
         return entries
 
 
-__all__ = ["BoundRuns", "Mapping", "RecordedList", "RunBlock", "Session", "SlicedRun", "SubmissionPlans", "op_units"]
+__all__ = ["MIN_GROUP", "BoundRuns", "Mapping", "RecordedList", "RunBlock", "Session", "SlicedRun", "SubmissionPlans",
+           "geometry_key", "independent_spans", "op_units"]

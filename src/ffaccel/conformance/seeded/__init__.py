@@ -284,4 +284,6 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
     SeededBug("family-kernel-keeps-its-sizes", "kernel_family covers a batched class, but its kernel reads "
               "the k it was prepared for (a KV cache one row longer loses that row)",
               _driver_bug(FamilyKernelKeepsItsSizes), "entry:kernel_family"),
+    SeededBug("group-reads-first-a", "bind_gemm_group runs every GEMM of a group with the first one's A (a "
+              "shared weight assumed)", _driver_bug(GroupReadsFirstA), "entry:bind_gemm_group"),
 )

@@ -890,6 +890,15 @@ class FamilyKernelKeepsItsSizes(CpuDriver):
         return cut
 
 
+class GroupReadsFirstA(CpuDriver):
+    """``bind_gemm_group`` runs every GEMM of a group with the first one's A, as if the group shared one
+    weight (what a ring chain of GEMMs over one A and B has): right wherever A is shared, wrong where
+    each GEMM has its own. Each GEMM's own binding is right."""
+
+    def bind_gemm_group(self, op, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        return super().bind_gemm_group(op, np.broadcast_to(a[:1], a.shape), b, c, d, epi)
+
+
 # --- size bands ---------------------------------------------------------------------------------
 
 
