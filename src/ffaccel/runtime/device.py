@@ -96,6 +96,12 @@ class Fence(NamedTuple):
         return self.device._transport.completed(self.engine) >= self.value
 
 
+#: ``Fence(device, engine, value)`` without the named tuple's Python-level ``__new__`` (its
+#: argument handling): ``_tuple_new(Fence, (device, engine, value))`` builds the same object in C,
+#: 0.30 µs against 0.44 here, once per submission.
+_tuple_new = tuple.__new__
+
+
 class Buffer:
     """Device memory owned by one client, named by a handle in that client's table.
 
@@ -299,7 +305,7 @@ class Device:
             waits.append((f.engine, f.value))
         raw = encode_submission(commands, _engine(engine), waits)
         eng, value = self._transport.submit(raw)
-        return Fence(self, eng, value)
+        return _tuple_new(Fence, (self, eng, value))
 
     def import_buffer(self, fd: int) -> Buffer:
         """Add a buffer another client exported (:meth:`Buffer.export_fd`) to this client's table."""
@@ -320,7 +326,7 @@ class Device:
     def submit_raw(self, raw: bytes) -> Fence:
         """Submit already-encoded ABI bytes (header, waits, commands)."""
         eng, value = self._transport.submit(raw)
-        return Fence(self, eng, value)
+        return _tuple_new(Fence, (self, eng, value))
 
     def wait(self, fence: Fence, *, timeout_ns: int | None = None, deadline_ns: int | None = None) -> None:
         if fence.device is not self:
