@@ -106,8 +106,9 @@ class RingTransport(SocketTransport):
             raise
         self._mask = entries - 1
         self._w = ring_words(self._mm)  # header words: single loads and stores (see ring_words)
-        # the last submission sent by ring: (its bytes, _ring_shape, its chain's entries when > 1 command)
-        self._prev_chain: tuple[bytes, tuple[int, int, int, int], bytes | None] | None = None
+        # the last submission sent by ring: (its bytes, its commands, the SQ slots it takes, its
+        # entries but for user_data, see _entries)
+        self._prev_chain: tuple[bytes, int, int, bytes] | None = None
         self._sq_tail_word, self._sq_head_word = self._w["sq_tail"], self._w["sq_head"]
         self._cq_tail_word, self._cq_head_word = self._w["cq_tail"], self._w["cq_head"]
         self._completed_words = {Engine.COMPUTE: self._w["completed_compute"], Engine.COPY: self._w["completed_copy"]}
@@ -241,7 +242,7 @@ class RingTransport(SocketTransport):
     def submit(self, raw: bytes) -> tuple[Engine, int]:
         prev = self._prev_chain
         if prev is not None and (prev[0] is raw or prev[0] == raw):
-            shape, blob = prev[1], prev[2]  # a loop resubmitting the same batch: its entries are built already
+            n_cmd, count, blob = prev[1], prev[2], prev[3]  # a loop resubmitting the same batch: built already
         else:
             if type(raw) is not bytes:
                 raw = bytes(raw)  # a copy to remember: a bytearray may change before it comes again
@@ -249,9 +250,9 @@ class RingTransport(SocketTransport):
             if shape is None:
                 return super().submit(raw)  # the socket path; the server's validator decides
             blob = self._entries(raw, *shape)
-            self._prev_chain = (raw, shape, blob)
-        n_cmd = shape[1]
-        count = max(1, n_cmd)
+            n_cmd = shape[1]
+            count = max(1, n_cmd)  # SQ slots: an empty submission takes one
+            self._prev_chain = (raw, n_cmd, count, blob)
         lock = self._lock
         lock.acquire()  # not `with`: once per request, and acquire/release cost half as much
         try:

@@ -419,14 +419,15 @@ class SocketTransport:
         if len(body) != _FENCE.size:
             raise self._malformed(f"a fence reply of {len(body)} bytes; allowed: {_FENCE.size}")
         engine, res, value, c0, c1 = _FENCE.unpack(body)
-        if res or engine not in _ENGINE_OF:
+        eng = _ENGINE_OF.get(engine)
+        if res or eng is None:
             raise self._malformed(f"a fence reply with engine {engine}, reserved {res}")
         done = self._completed
         if c0 > done[_COMPUTE]:
             done[_COMPUTE] = c0
         if c1 > done[_COPY]:
             done[_COPY] = c1
-        return _ENGINE_OF[engine], value
+        return eng, value
 
     def submit(self, raw: bytes) -> tuple[Engine, int]:
         prev = self._prev_request

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -39,10 +40,13 @@ from .scheduler import EngineScheduler
 
 log = logging.getLogger("ffaccel.server")
 
-_FENCE = FENCE_REPLY.struct
 _SUBMIT_MSG, _REPLAY_MSG = int(Msg.SUBMIT), int(Msg.REPLAY)
 _REPLAY_UNPACK = REPLAY_REQ.struct.unpack
-_SUBMIT_REPLY_HEAD = REPLY.struct.pack(0, 0, FENCE_REPLY.size_bytes)
+#: A SUBMIT/REPLAY reply whole (header, then the fence), packed in one call: one bytes object
+#: per request instead of a packed fence concatenated to the header. Both layouts are
+#: little-endian with no padding, so the joined format is the two messages back to back.
+_SUBMIT_REPLY_PACK = struct.Struct(REPLY.struct.format + FENCE_REPLY.struct.format.lstrip("<")).pack
+_FENCE_BYTES = FENCE_REPLY.size_bytes
 _REPLY_PACK = REPLY.struct.pack
 _COMPUTE, _COPY = Engine.COMPUTE, Engine.COPY
 #: Default busy-poll of a connection thread for the next request after each reply (microseconds).
@@ -475,7 +479,7 @@ class Server:
                             lid, eng, wc, wp = _REPLAY_UNPACK(payload)
                             engine, value = client.replay(lid, eng, wait_pairs(wc, wp))
                         done = client.completed
-                        reply = _SUBMIT_REPLY_HEAD + _FENCE.pack(engine, 0, value, done[_COMPUTE], done[_COPY])
+                        reply = _SUBMIT_REPLY_PACK(0, 0, _FENCE_BYTES, engine, 0, value, done[_COMPUTE], done[_COPY])
                     except FFAccelError as e:
                         self._reply_error(conn, e)
                         continue

@@ -50,8 +50,7 @@ _SUBMIT = SUBMIT.struct
 _WAIT = WAIT.struct
 _SQE = SQE_HEADER.struct
 _SQE_HDR = SQE_HEADER.size_bytes
-_SQE_FLAGS_AT = struct.Struct("<12xI").unpack_from  # an SQE's flags word (offset 12)
-_SQE_FLAGS_BYTE = 12  # ... its low byte, where LINK is (little-endian)
+_SQE_FLAGS_BYTE = 12  # an SQE's flags word (offset 12): its low byte, where LINK is (little-endian)
 _LINK_OF_BYTE = bytes(b & int(SqeFlags.LINK) for b in range(256))  # a flags low byte -> its LINK bit
 _LINK, _EMPTY, _REPLAY = int(SqeFlags.LINK), int(SqeFlags.EMPTY), int(SqeFlags.REPLAY)
 _CQ_FULL = int(RingServerFlags.CQ_FULL)
@@ -273,111 +272,111 @@ class Ring:
             self.done()
 
     def poll(self) -> bool:
-        """Consume what the client published; True when anything was done."""
+        """Consume what the client published; True when anything was done.
+
+        One method, not a reference-taking wrapper around a second one: it runs once per request.
+        """
         if self.broken or not self.use():
             return False
         try:
-            return self._poll()
-        finally:
-            self.done()
-
-    def _poll(self) -> bool:
-        tail = self._sq_tail_word.value
-        head = self.sq_head
-        avail = (tail - head) & 0xFFFF_FFFF
-        if avail == 0:
-            return False
-        if avail == 1 and not (self.pending_count or self.cq_full):
-            # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
-            lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
-            entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
-            used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
-            client = self.client
-            if (used < self.entries and not (client.queued and client.queue_full())
-                    and not _SQE_FLAGS_AT(entry, 0)[0] & _LINK):
-                self.sq_head = head = (head + 1) & 0xFFFF_FFFF
-                self._sq_head_word.value = head  # our progress first: the client may refill the slot
-                prev = self._prev_chain
-                self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
+            tail = self._sq_tail_word.value
+            head = self.sq_head
+            avail = (tail - head) & 0xFFFF_FFFF
+            if avail == 0:
+                return False
+            if avail == 1 and not (self.pending_count or self.cq_full):
+                # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
+                lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
+                entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
+                used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
+                client = self.client
+                if (used < self.entries and not (client.queued and client.queue_full())
+                        and not entry[_SQE_FLAGS_BYTE] & _LINK):  # LINK: the flags word's low byte
+                    self.sq_head = head = (head + 1) & 0xFFFF_FFFF
+                    self._sq_head_word.value = head  # our progress first: the client may refill the slot
+                    prev = self._prev_chain
+                    self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
+                    return True
+                # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
+            if avail > self.entries:
+                self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
+                                      field="sq_tail"))
+                return False
+            # The one copy out of shared memory: every published entry in one go (two slices when the
+            # span wraps). Only this private copy is read from here on; entries it holds beyond the
+            # point where we stop (CQ full) are dropped unread and copied again later.
+            mask = self.entries - 1
+            first = self.sq_head & mask
+            n1 = min(avail, self.entries - first)
+            lo = self.sq_off + first * SQE_BYTES
+            span = self.mm[lo: lo + n1 * SQE_BYTES]
+            if n1 < avail:
+                span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
+            room = self._cq_room()
+            if room < 0:
+                return False
+            if room == 0 or self.client.queue_full():
+                self._park(room == 0)
+                return False
+            prev = self._prev_chain
+            if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
+                    and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
+                # the previous chain again, whole, but for its user_data (a batch loop's every request):
+                # its one end is its last entry, and it is the same submission (see _submit)
+                self._advance(avail)
+                self._complete(span, avail, True)
+                if self.cq_full:
+                    self.cq_full = False
+                    self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
                 return True
-            # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
-        if avail > self.entries:
-            self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
-                                  field="sq_tail"))
-            return False
-        # The one copy out of shared memory: every published entry in one go (two slices when the
-        # span wraps). Only this private copy is read from here on; entries it holds beyond the
-        # point where we stop (CQ full) are dropped unread and copied again later.
-        mask = self.entries - 1
-        first = self.sq_head & mask
-        n1 = min(avail, self.entries - first)
-        lo = self.sq_off + first * SQE_BYTES
-        span = self.mm[lo: lo + n1 * SQE_BYTES]
-        if n1 < avail:
-            span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
-        room = self._cq_room()
-        if room < 0:
-            return False
-        if room == 0 or self.client.queue_full():
-            self._park(room == 0)
-            return False
-        prev = self._prev_chain
-        if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
-                and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
-            # the previous chain again, whole, but for its user_data (a batch loop's every request):
-            # its one end is its last entry, and it is the same submission (see _submit)
-            self._advance(avail)
-            self._complete(span, avail, True)
+            # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
+            links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
+            if links.count(0) == 1:
+                ends = [links.index(0)]
+            else:
+                ends = [i for i, link in enumerate(links) if not link]
+            start_head = self.sq_head
+            pos = 0  # entries of span consumed
+            for end in ends:
+                if room == 0:
+                    room = self._cq_room()  # the client may have reaped meanwhile
+                    if room <= 0:
+                        if room == 0:  # no room for a completion: stop consuming (only this client waits)
+                            self._park(True)
+                        return self.sq_head != start_head
+                if self.client.queue_full():  # back-pressure: read no more until some of its work ran
+                    self._park(False)
+                    return self.sq_head != start_head
+                count = end + 1 - pos
+                chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
+                if self.pending_count:
+                    chain = self.pending + chain
+                    count += self.pending_count
+                    self.pending, self.pending_count = b"", 0
+                # publish our progress before running the chain: the client may refill the slots
+                self._advance(end + 1 - pos)
+                pos = end + 1
+                if count > self.entries:
+                    self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
+                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
+                    return True
+                self._complete(chain, count)
+                room -= 1
+            if pos < avail:  # an unterminated chain: keep its entries until its end arrives
+                self.pending += span[pos * SQE_BYTES:]
+                self.pending_count += avail - pos
+                self._advance(avail - pos)
+                if self.pending_count >= self.entries:
+                    self.pending, self.pending_count = b"", 0
+                    self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
+                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
+                    return True
             if self.cq_full:
                 self.cq_full = False
                 self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
-            return True
-        # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
-        links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
-        if links.count(0) == 1:
-            ends = [links.index(0)]
-        else:
-            ends = [i for i, link in enumerate(links) if not link]
-        start_head = self.sq_head
-        pos = 0  # entries of span consumed
-        for end in ends:
-            if room == 0:
-                room = self._cq_room()  # the client may have reaped meanwhile
-                if room <= 0:
-                    if room == 0:  # no room for a completion: stop consuming (only this client waits)
-                        self._park(True)
-                    return self.sq_head != start_head
-            if self.client.queue_full():  # back-pressure: read no more until some of its work ran
-                self._park(False)
-                return self.sq_head != start_head
-            count = end + 1 - pos
-            chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
-            if self.pending_count:
-                chain = self.pending + chain
-                count += self.pending_count
-                self.pending, self.pending_count = b"", 0
-            # publish our progress before running the chain: the client may refill the slots
-            self._advance(end + 1 - pos)
-            pos = end + 1
-            if count > self.entries:
-                self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
-                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
-                return True
-            self._complete(chain, count)
-            room -= 1
-        if pos < avail:  # an unterminated chain: keep its entries until its end arrives
-            self.pending += span[pos * SQE_BYTES:]
-            self.pending_count += avail - pos
-            self._advance(avail - pos)
-            if self.pending_count >= self.entries:
-                self.pending, self.pending_count = b"", 0
-                self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
-                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
-                return True
-        if self.cq_full:
-            self.cq_full = False
-            self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
-        return self.sq_head != start_head
+            return self.sq_head != start_head
+        finally:
+            self.done()
 
     def _park(self, cq_full: bool) -> None:
         """Stop reading this ring (the poller sleeps past it) until the client reaps or work drains."""
@@ -411,7 +410,7 @@ class Ring:
                 engine, value = self.client.submit_raw(self._prev_chain[3])  # type: ignore[index]
             else:
                 engine, value = self._submit(chain, count)
-            status, eng, eid, idx = 0, int(engine), 0, NO_INDEX
+            status, eng, eid, idx = 0, engine, 0, NO_INDEX  # an IntEnum: packed as its int, no int() call
         except FFAccelError as e:
             eid = self.client.keep_error(e)
             idx = NO_INDEX if e.command_index is None else e.command_index
