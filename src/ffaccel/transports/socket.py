@@ -299,6 +299,7 @@ class SocketTransport:
                     break
         buf: bytes | bytearray = b""
         want = -1  # bytes of the whole reply, once its header is in
+        status = 0  # the header's, once it is in
         while True:
             try:
                 if fds is None:
@@ -327,16 +328,17 @@ class SocketTransport:
                 if type(buf) is bytes:
                     buf = bytearray(buf)
                 buf += data  # type: ignore[operator]  # appended in place: never quadratic
-            if want < 0 and len(buf) >= _REPLY_BYTES:
-                _status, _res, length = _REPLY.unpack_from(buf)
+            have = len(buf)
+            if want < 0 and have >= _REPLY_BYTES:  # the header is in: it stays as read (one unpack)
+                status, _res, length = _REPLY.unpack_from(buf)
                 if length > cap:
                     raise BadReply(f"a reply of {length} bytes; allowed: at most {cap}")
                 want = _REPLY_BYTES + length
-            if want >= 0 and len(buf) >= want:
-                if len(buf) > want:
-                    raise BadReply(f"{len(buf) - want} bytes more than the reply announced")
-                status, _res, _len = _REPLY.unpack_from(buf)
-                return status, bytes(buf[_REPLY_BYTES:])
+            if 0 <= want <= have:
+                if have > want:
+                    raise BadReply(f"{have - want} bytes more than the reply announced")
+                body = buf[_REPLY_BYTES:]  # bytes from bytes (the usual one read), else copied to bytes
+                return status, body if type(body) is bytes else bytes(body)
             if _now_ns() > deadline:  # a server that keeps trickling bytes is held to the deadline too
                 raise TimeoutError("timed out reading a reply")
 
