@@ -637,18 +637,16 @@ class Session:
 
     def accept(self, raw: bytes | memoryview
                ) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...], int]:
-        """:meth:`plan` then :meth:`assign` in one call: (engine, runs, waits, fence value).
+        """:meth:`plan` then :meth:`assign`: (engine, runs, waits, fence value).
 
-        The submission path of both server transports: one Python call instead of three
-        (``plan``, ``assign``, the memo's own) per request, the same checks in the same order.
+        The submission path of both server transports (ring and socket), once per request: one
+        call from the server's client instead of two, the same checks in the same order, and
+        the counting stays in :meth:`assign` alone.
         """
         if self.closed:
             self.check_open()
         engine, runs, waits = self.plans.plan(raw)  # raises before anything is assigned
-        value = self.submitted[engine] + 1
-        self.submitted[engine] = value
-        self.usage.add(runs.usage)
-        return engine, runs, waits, value
+        return engine, runs, waits, self.assign(engine, runs)
 
     def assign(self, engine: Engine, runs: RunBlock) -> int:
         """The next fence value on ``engine`` (call only once the submission of ``runs`` is accepted).
