@@ -635,19 +635,6 @@ class Session:
             self.check_open()
         return self.plans.plan(raw)
 
-    def accept(self, raw: bytes | memoryview
-               ) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...], int]:
-        """:meth:`plan` then :meth:`assign`: (engine, runs, waits, fence value).
-
-        The submission path of both server transports (ring and socket), once per request: one
-        call from the server's client instead of two, the same checks in the same order, and
-        the counting stays in :meth:`assign` alone.
-        """
-        if self.closed:
-            self.check_open()
-        engine, runs, waits = self.plans.plan(raw)  # raises before anything is assigned
-        return engine, runs, waits, self.assign(engine, runs)
-
     def assign(self, engine: Engine, runs: RunBlock) -> int:
         """The next fence value on ``engine`` (call only once the submission of ``runs`` is accepted).
 

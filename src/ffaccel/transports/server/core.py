@@ -146,7 +146,9 @@ class Client:
         lock = self.lock
         lock.acquire()  # not `with`: this runs once per request, and acquire/release cost half as much
         try:
-            engine, runs, waits, value = self.session.accept(raw)  # counted there (STATS and USAGE read the counts)
+            session = self.session
+            engine, runs, waits = session.plan(raw)
+            value = session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
             self._engines[engine].submit(self, value, runs, waits)
             return engine, value
         finally:
