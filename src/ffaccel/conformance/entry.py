@@ -264,6 +264,17 @@ def _arrays(g: Gemm, bufs: list[Buffer]) -> tuple[Any, tuple]:
     return op, gemm_arrays(op, mem.__getitem__)
 
 
+def _on_scratch(dev: Device, case: GemmCase, probe: Callable[[Gemm, list[Buffer]], Any]) -> Any:
+    """``probe(g, buffers)`` on a case's own buffers, freed afterwards: what a hook offers for the
+    case's geometry, asked before the case is judged on buffers of its own."""
+    g, inputs, d_buf = build_gemm(dev, case)
+    try:
+        return probe(g, inputs + [d_buf])
+    finally:
+        for b in inputs + [d_buf]:
+            b.free()
+
+
 def _hook_result(case: GemmCase, hook: str, ok: bool, msg: str) -> CaseResult:
     return CaseResult("GEMM", f"entry:{hook}", case.combo.name, f"entry:{hook} {case.name}", ok, message=msg)
 
@@ -301,14 +312,12 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
         return judge_gemm(dev, named, execute, setup)
 
     if hook == "bind_gemm":
-        g0, in0, d0 = build_gemm(dev, case)
-        try:
-            op0, arrs0 = _arrays(g0, in0 + [d0])
-            if op0.batch == 0 or op0.m == 0 or op0.n == 0 or drv.bind_gemm(op0, *arrs0) is None:
-                return None
-        finally:
-            for b in in0 + [d0]:
-                b.free()
+        def offered(g: Gemm, bufs: list[Buffer]) -> bool:
+            op0, arrs0 = _arrays(g, bufs)
+            return op0.batch > 0 and op0.m > 0 and op0.n > 0 and drv.bind_gemm(op0, *arrs0) is not None
+
+        if not _on_scratch(dev, case, offered):
+            return None
 
         def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
             op, arrs = _arrays(g, inputs + [d_buf])
@@ -356,15 +365,14 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
         if (case.batch != 1 or case.c_mode != "absent" or case.trans_a or case.trans_b or any(case.pads)
                 or [p.kind for p in case.epilogue] != [PostOpKind.BIAS_N]):
             return None
-        g0, in0, d0 = build_gemm(dev, case)
-        try:
-            op0, (a0, b0, _, _, _) = _arrays(g0, in0 + [d0])
+        def contiguous_fresh(g: Gemm, bufs: list[Buffer]) -> Any:
+            op0, (a0, b0, _, _, _) = _arrays(g, bufs)
             fresh = drv.prepare_gemm_fresh(op0)
-            if fresh is None or not (a0[0].flags.c_contiguous and b0[0].flags.c_contiguous):
-                return None
-        finally:
-            for b in in0 + [d0]:
-                b.free()
+            return fresh if fresh is not None and a0[0].flags.c_contiguous and b0[0].flags.c_contiguous else None
+
+        fresh = _on_scratch(dev, case, contiguous_fresh)
+        if fresh is None:
+            return None
         direct = getattr(fresh, "contiguous", None)
         if direct is None:
             return None
@@ -388,13 +396,7 @@ def _judge_hook(dev: Device, drv: Driver, case: GemmCase, hook: str) -> CaseResu
     # prepare_gemm_fresh: offered for batch 1, no C; (a, b) -> D, or (a, b, epi) -> D with an epilogue
     if case.batch != 1 or case.c_mode != "absent":
         return None
-    g0, in0, d0 = build_gemm(dev, case)
-    try:
-        op0, _ = _arrays(g0, in0 + [d0])
-        fresh = drv.prepare_gemm_fresh(op0)
-    finally:
-        for b in in0 + [d0]:
-            b.free()
+    fresh = _on_scratch(dev, case, lambda g, bufs: drv.prepare_gemm_fresh(_arrays(g, bufs)[0]))
     if fresh is None:
         return None
 
@@ -471,13 +473,8 @@ def _judge_group(dev: Device, drv: Driver, case: GemmCase, order: str) -> CaseRe
         assert stacked is not None, "a batched case's entries always stack"
         return pairs, drv.bind_gemm_group(pairs[0][0], *stacked)
 
-    g0, in0, d0 = build_gemm(dev, case)
-    try:
-        if bind(g0, in0 + [d0])[1] is None:
-            return None
-    finally:
-        for b in in0 + [d0]:
-            b.free()
+    if _on_scratch(dev, case, lambda g, bufs: bind(g, bufs)[1]) is None:
+        return None
 
     def setup(dev: Device, g: Gemm, inputs: list[Buffer], d_buf: Buffer) -> None:
         pairs, run = bind(g, inputs + [d_buf])
