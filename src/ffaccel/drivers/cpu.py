@@ -621,6 +621,16 @@ def _plan_float(op: GemmOp, parallel: bool) -> Kernel:
     return kernel
 
 
+def _matmul_into(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> None:
+    """``numpy.matmul(a, b, out=d)`` with the FPU flags silenced (NumPy reports them after a matmul;
+    BLAS alone does not): a group of tiny GEMMs as one call, and its probe."""
+    token = _fp_ignore()
+    try:
+        np.matmul(a, b, out=d)
+    finally:
+        _fp_restore(token)
+
+
 def _numpys_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A plain f32/f64 GEMM as NumPy's own ``a @ b`` runs it (its ?gemm or ?gemv, on NumPy's pool),
     into NumPy's new D, with the FPU flags silenced: the fresh kernel of the multi-threaded sizes
@@ -1045,11 +1055,7 @@ def _matmul_matches_bound(driver: Any, op: GemmOp, a: np.ndarray, b: np.ndarray,
             _GROUP_PROBES.put(key, False)
             return False
         bound()
-    token = _fp_ignore()
-    try:
-        np.matmul(a3, b3, out=d3)
-    finally:
-        _fp_restore(token)
+    _matmul_into(a3, b3, d3)
     same = bool(np.array_equal(want.view(np.uint8), d3.view(np.uint8)))
     _GROUP_PROBES.put(key, same)
     return same
@@ -1463,16 +1469,7 @@ class CpuDriver(Driver):
             return None
         if not _matmul_matches_bound(self, op, a3, b3, d3):
             return None
-        matmul = np.matmul
-
-        def group() -> None:
-            token = _fp_ignore()  # NumPy reports the FPU's flags after a matmul; BLAS alone does not
-            try:
-                matmul(a3, b3, out=d3)
-            finally:
-                _fp_restore(token)
-
-        return group
+        return functools.partial(_matmul_into, a3, b3, d3)
 
     def gemm(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
              epi: tuple[np.ndarray | None, ...]) -> None:

@@ -445,13 +445,13 @@ class RingTransport(SocketTransport):
     def completed(self, engine: Engine) -> int:
         if self._lost is not None:
             raise self._lost
-        return self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"].value
+        return self._completed_words[engine].value
 
     def signalled(self, engine: Engine, value: int) -> bool:
         return self._lost is None and self._completed_words[engine].value >= value
 
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
-        word = self._w["completed_compute" if engine == Engine.COMPUTE else "completed_copy"]
+        word = self._completed_words[engine]
         if self._lost is None and word.value >= value:
             return
         end = time.monotonic_ns() + min(self.poll_ns, max(0, timeout_ns or 0))
