@@ -325,9 +325,7 @@ class Ring:
                 # its one end is its last entry, and it is the same submission (see _submit)
                 self._advance(avail)
                 self._complete(span, avail, True)
-                if self.cq_full:
-                    self.cq_full = False
-                    self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
+                self._unpark_cq()
                 return True
             # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
             links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
@@ -371,9 +369,7 @@ class Ring:
                     self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
                                           f"fewer than entries ({self.entries}) per chain", field="flags"))
                     return True
-            if self.cq_full:
-                self.cq_full = False
-                self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
+            self._unpark_cq()
             return self.sq_head != start_head
         finally:
             self.done()
@@ -384,6 +380,12 @@ class Ring:
         if cq_full and not self.cq_full:
             self.cq_full = True
             self._set("server_flags", self._get("server_flags") | _CQ_FULL)
+
+    def _unpark_cq(self) -> None:
+        """Completions were written again: clear the CQ-full flag :meth:`_park` set, if it did."""
+        if self.cq_full:
+            self.cq_full = False
+            self._set("server_flags", self._get("server_flags") & ~_CQ_FULL)
 
     def _advance(self, n: int) -> None:
         """Hand ``n`` more consumed SQ slots back to the client (one store of sq_head)."""
