@@ -25,6 +25,8 @@ def mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
 
     Plain Python: ``torch.broadcast_shapes`` costs hundreds of µs per call (it goes through
     PyTorch's Python reference implementation), more than a batch-1 GEMM."""
+    if len(a_shape) == 2 and len(b_shape) == 2:  # a plain GEMM (a batch-1 decode's every addmm): no batch loop
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
     if len(a_shape) == 0 or len(b_shape) == 0:
         return 0
     k = a_shape[-1]
@@ -108,11 +110,9 @@ def _gemm_epilogue(m: Any, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, be
     an, bn, cn = to_numpy(a), to_numpy(b), to_numpy(c)  # shapes as NumPy's tuples (cheaper than torch.Size)
     if an.ndim != ndim or bn.ndim != ndim or (ndim == 3 and an.shape[0] != bn.shape[0]):
         raise Host(SHAPE)  # PyTorch reports bad shapes itself
-    sa, sb = an.shape, bn.shape
-    # (a 2-D GEMM's FLOPs directly: mm_flops's batch loop costs ~0.6 us, a batch-1 decode's addmm ~15 us)
-    flops = 2 * sa[0] * sa[1] * sb[1] if ndim == 2 else mm_flops(sa, sb)
+    flops = mm_flops(an.shape, bn.shape)
     post_ops = [] if act is None else [act]
-    if beta == 1.0 and cn.ndim == 1 and cn.shape[0] == sb[-1]:  # a bias row: fused epilogue
+    if beta == 1.0 and cn.ndim == 1 and cn.shape[0] == bn.shape[-1]:  # a bias row: fused epilogue
         # (post.bias's own checks are for user input: cn is already the bias's ndarray)
         r = m.run(flops, an, bn, alpha=alpha, post_ops=[post.PostOp(PostOpKind.BIAS_N, operand=cn)] + post_ops)
     else:
