@@ -214,3 +214,58 @@ def test_a_ring_client_rewrites_only_what_changed_in_its_slots_and_sends_what_it
             for i in blocks:
                 want[i] = xs[i] @ bs  # small integers: exact
             np.testing.assert_array_equal(got, want, err_msg=f"step {step}: {what}")
+
+
+def _stacked(count: int) -> tuple:
+    """``count`` independent 8x8 f32 GEMMs as bind_gemm_group takes them: A stepping through one
+    array, B shared, D stepping through another (each (count, 1, 8, 8))."""
+    from ffaccel.abi import gemm_group_arrays
+
+    mem = {1: np.zeros(count * BLOCK, np.uint8), 2: np.zeros(BLOCK, np.uint8), 3: np.zeros(count * BLOCK, np.uint8)}
+    rng = np.random.default_rng(9)
+    mem[1].view(np.float32)[:] = rng.standard_normal(count * N * N)
+    mem[2].view(np.float32)[:] = rng.standard_normal(N * N)
+    ops = [check_command(Gemm(m=N, n=N, k=N, a=Matrix(1, DType.F32, N, N, offset_bytes=i * BLOCK),
+                              b=Matrix(2, DType.F32, N, N),
+                              d=Matrix(3, DType.F32, N, N, offset_bytes=i * BLOCK)).encode(), DeviceCaps())
+           for i in range(count)]
+    return ops[0], gemm_group_arrays(ops, mem.__getitem__)
+
+
+def test_the_cpu_drivers_group_call_is_taken_or_declined_as_its_probe_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever this CPU's probe answers, both ways are run: where it finds NumPy's matmul equal to the
+    bound calls, the group is one matmul writing every D; where not, the driver declines (one call
+    each); and under 4 GEMMs it declines without asking."""
+    from ffaccel.drivers import cpu as cpu_mod
+
+    drv = CpuDriver()
+    op, (a, b, c, d, epi) = _stacked(COUNT)
+    monkeypatch.setattr(cpu_mod, "_matmul_matches_bound", lambda *args: True)
+    run = drv.bind_gemm_group(op, a, b, c, d, epi)
+    assert run is not None
+    d[...] = np.nan
+    run()
+    assert np.array_equal(d, np.matmul(a, b))  # the one call NumPy makes, into every D
+    monkeypatch.setattr(cpu_mod, "_matmul_matches_bound", lambda *args: False)
+    assert drv.bind_gemm_group(op, a, b, c, d, epi) is None
+    monkeypatch.setattr(cpu_mod, "_matmul_matches_bound", lambda *args: pytest.fail("asked under 4 GEMMs"))
+    op3, (a3, b3, c3, d3, epi3) = _stacked(3)
+    assert drv.bind_gemm_group(op3, a3, b3, c3, d3, epi3) is None
+
+
+def test_the_group_probe_refuses_a_layout_where_the_bound_calls_write_other_bits() -> None:
+    """The probe compares NumPy's matmul with the driver's own bound calls bit for bit: a driver whose
+    bound call rounds differently (here: one ulp up) gets no group call."""
+    class OtherBits(CpuDriver):
+        def bind_gemm(self, op, a, b, c, d, epi):  # type: ignore[no-untyped-def]
+            run = super().bind_gemm(op, a, b, c, d, epi)
+            if run is None:
+                return None
+
+            def nudged() -> None:
+                run()
+                np.nextafter(d, np.inf, out=d)
+            return nudged
+
+    op, (a, b, c, d, epi) = _stacked(COUNT)
+    assert OtherBits().bind_gemm_group(op, a, b, c, d, epi) is None
