@@ -474,7 +474,7 @@ def matmul(
            [15., 51.]], dtype=float32)
     """
     if device is None:  # the process's default device, without resolve_device's call once it is known
-        dev = _runtime_device._implicit or resolve_device(None)
+        dev = _runtime_device.implicit_device or resolve_device(None)
     else:
         dev = device if isinstance(device, Device) else resolve_device(device)
     fast = c is None and out is None

@@ -611,7 +611,10 @@ def default_device(name: str | None = None) -> Device:
     return dev
 
 
-_implicit: Device | None = None
+#: The process's implicit default Device once :func:`resolve_device` has resolved it, else None.
+#: Public so that a per-call front-end can read it without a call (``implicit_device or
+#: resolve_device(None)``); only :func:`resolve_device` sets it.
+implicit_device: Device | None = None
 
 
 def resolve_device(device: "str | Device | None") -> Device:
@@ -621,11 +624,11 @@ def resolve_device(device: "str | Device | None") -> Device:
     (else ``"cpu"``) on first use and then kept: reading the environment costs about
     a microsecond, as much as a whole tiny GEMM.
     """
-    global _implicit
+    global implicit_device
     if device is None:
-        if _implicit is None:
-            _implicit = default_device(None)
-        return _implicit
+        if implicit_device is None:
+            implicit_device = default_device(None)
+        return implicit_device
     if isinstance(device, Device):
         return device
     if isinstance(device, str):
