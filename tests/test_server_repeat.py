@@ -20,7 +20,7 @@ import pytest
 
 from ffaccel.abi import Copy, Gemm, Matrix, encode_submission
 from ffaccel.drivers import open_driver
-from ffaccel.spec import DType, Engine, ErrorCode, FFAccelError
+from ffaccel.spec import DType, Engine, ErrorCode
 from ffaccel.transports.limits import SessionLimits
 from ffaccel.transports.protocol import CQE, SQE_BYTES, SQE_HEADER, ring_words
 from ffaccel.transports.server.core import Client, Server

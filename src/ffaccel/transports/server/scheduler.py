@@ -97,9 +97,9 @@ class EngineScheduler:
     def claim(self) -> bool:
         """Take the engine for an inline run when nothing is queued on it or running; then
         :meth:`run_claimed` (or :meth:`unclaim`). The decision :meth:`submit` makes, for work that
-        needs no other look (``Client.submit_raw``'s repeat path: not heavy, its waits met), in one lock round trip:
-        a job queued by another thread in between runs after this one, as if it had come later;
-        the caller's own client cannot queue meanwhile (its lock is held)."""
+        needs no other look (``Client.submit_raw``'s repeat path: not heavy, its waits met), in
+        one lock round trip: a job queued by another thread in between runs after this one, as if
+        it had come later; the caller's own client cannot queue meanwhile (its lock is held)."""
         return not self.queues and self.running.acquire(False)
 
     def unclaim(self) -> None:
