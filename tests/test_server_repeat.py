@@ -180,6 +180,30 @@ def test_operand_memory_changed_between_repeats_is_read_as_it_is_now(setup: Setu
     np.testing.assert_allclose(s.result(), b, rtol=1e-6)
 
 
+def test_a_client_rewriting_its_entry_and_operands_between_the_check_and_the_run_runs_what_was_checked(
+        setup: Setup) -> None:
+    # the server compares its one private copy of the entry and runs its own bytes: an entry
+    # rewritten in shared memory after the copy (here: D past its buffer's end) is never read,
+    # and operands rewritten then are data, read within the bounds checked at plan time
+    s = setup
+    entry = s.entry(s.gemm())
+    s.publish(entry)
+    ring, submit_raw = s.ring, s.client.submit_raw
+    hostile = s.entry(s.gemm(d=Matrix(s.d.handle, DType.F32, N, N, offset_bytes=1 << 20)))[8:]
+
+    def rewrite_then_submit(raw: bytes):  # type: ignore[no-untyped-def]
+        slot = ring.sq_off + (s.sent - 1) % ENTRIES * SQE_BYTES
+        ring.mm[slot + 8: slot + SQE_BYTES] = hostile  # after the server's copy, before its run
+        s.arrays["a"].view(np.float32)[:] = np.eye(N, dtype=np.float32).ravel()
+        return submit_raw(raw)
+
+    s.client.submit_raw = rewrite_then_submit  # type: ignore[method-assign]
+    cqe = s.publish(entry)
+    assert cqe[1:4] == (0, int(Engine.COMPUTE), 2)  # the checked entry ran, nothing else
+    np.testing.assert_allclose(s.result(), s.arrays["b"].view(np.float32).reshape(N, N), rtol=1e-6)
+    assert ring.sq_head == s.sent  # the rewritten slot was consumed already: never read again
+
+
 def test_a_buffer_freed_between_repeats_gets_the_repeat_refused(setup: Setup) -> None:
     s = setup
     entry = s.entry(s.gemm())
