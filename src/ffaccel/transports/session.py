@@ -449,7 +449,11 @@ class SubmissionPlans:
     (:class:`BoundRuns`), and the last submission itself, so that a loop resubmitting the
     same bytes costs one comparison. That last one is dropped whenever a buffer is freed
     (the only change that can turn a valid submission invalid: handles are never reused,
-    and waits name values that only stay reachable).
+    and waits name values that only stay reachable), and when the session closes.
+
+    ``last``: that memo, ``(raw, engine, runs, waits)`` of the last submission planned from a
+    ``bytes`` object, or None. While it holds the same ``raw``, that submission is still valid
+    as it was planned (the server's repeat path reads it: ``Client.repeat``).
     """
 
     def __init__(self, driver: Driver, memory: Callable[[int], Any], caps: DeviceCaps,
@@ -462,17 +466,17 @@ class SubmissionPlans:
         self.submitted = submitted
         self.cache = ValidationCache(limits.max_memo_entries)
         self.runs = BoundRuns(driver, memory, limits.max_memo_entries, limits.slice_units)
-        self._last: tuple[bytes, Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]] | None = None
+        self.last: tuple[bytes, Engine, RunBlock, tuple[tuple[Engine, int], ...]] | None = None
 
     def plan(self, raw: bytes | memoryview) -> tuple[Engine, tuple[Run, ...], tuple[tuple[Engine, int], ...]]:
         """(engine, runs, waits) of a whole submission; raises on the first broken rule."""
-        last = self._last
+        last = self.last
         if last is not None and last[0] == raw:
             return last[1], last[2], last[3]
         sub = check_submission(raw, self.caps, self.size_of, self.submitted, self.cache)
         runs = self.runs.get_all(sub.ops)
         if type(raw) is bytes:
-            self._last = (raw, sub.engine, runs, sub.waits)
+            self.last = (raw, sub.engine, runs, sub.waits)
         return sub.engine, runs, sub.waits
 
     def record(self, raw: bytes, charged_bytes: int = 0) -> RecordedList:
@@ -509,7 +513,7 @@ class SubmissionPlans:
 
     def buffer_freed(self) -> None:
         """Forget everything bound to buffers (bound runs hold views of their memory)."""
-        self._last = None
+        self.last = None
         self.runs.clear()
 
     def clear(self) -> None:

@@ -132,21 +132,15 @@ class SpinBudget:
         self._pause_s = self.PROBE_MIN_S
         self._gave_up = 0.0  # when the last spin ended empty (0: it did not)
 
-    def start(self) -> bool:
+    def start(self, now: float | None = None) -> bool:
         """A spin begins (after work was done); False when backed off (sleep at once).
 
-        Once the pause has passed, the spin is a probe with the whole budget again.
+        Once the pause has passed, the spin is a probe with the whole budget again. ``now``:
+        the monotonic clock when the caller read it already (:meth:`restart`); one call, as
+        every spinner starts one spin per request.
         """
-        return self._begin(_monotonic())
-
-    def restart(self) -> bool:
-        """The spin found its work and the next begins at once: :meth:`paid` then :meth:`start`,
-        with one clock read (a server poller does this once per request)."""
-        now = _monotonic()
-        self._judge(now)
-        return self._begin(now)
-
-    def _begin(self, now: float) -> bool:
+        if now is None:
+            now = _monotonic()
         self._t0 = self._last = now
         self._lost = 0.0
         self._gave_up = 0.0
@@ -156,6 +150,13 @@ class SpinBudget:
             return False
         self.cur_s = self.max_s
         return True
+
+    def restart(self) -> bool:
+        """The spin found its work and the next begins at once: :meth:`paid` then :meth:`start`,
+        with one clock read (a server poller does this once per request)."""
+        now = _monotonic()
+        self._judge(now)
+        return self.start(now)
 
     def keep_spinning(self, scale: float = 1.0) -> bool:
         """Whether to poll once more; False ends the spin (the caller sleeps).

@@ -93,8 +93,9 @@ class Ring:
 
     Lifetime: the ring's memfd mapping, doorbell and the client's wake eventfd are released
     only when the client is gone *and* no thread is using the ring any more (:meth:`use` /
-    :meth:`done`): a completion that finishes after its client hung up is dropped, and no fd
-    number is ever written after its close.
+    :meth:`done`; the poller holds one reference for as long as the ring is in its list): a
+    completion that finishes after its client hung up is dropped, and no fd number is ever
+    written after its close.
     """
 
     def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: Waker) -> None:
@@ -274,105 +275,104 @@ class Ring:
     def poll(self) -> bool:
         """Consume what the client published; True when anything was done.
 
-        One method, not a reference-taking wrapper around a second one: it runs once per request.
+        The caller holds a :meth:`use` reference: the poller holds one on every ring of its
+        list for as long as the ring is in it (:meth:`RingPoller._hold`), not one per call (two
+        lock round trips a request). A ring whose client is gone is not read any more.
         """
-        if self.broken or not self.use():
+        if self.broken or self._closing:
             return False
-        try:
-            tail = self._sq_tail_word.value
-            head = self.sq_head
-            avail = (tail - head) & 0xFFFF_FFFF
-            if avail == 0:
-                return False
-            if avail == 1 and not (self.pending_count or self.cq_full):
-                # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
-                lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
-                entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
-                used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
-                client = self.client
-                if (used < self.entries and not (client.queued and client.queue_full())
-                        and not entry[_SQE_FLAGS_BYTE] & _LINK):  # LINK: the flags word's low byte
-                    self.sq_head = head = (head + 1) & 0xFFFF_FFFF
-                    self._sq_head_word.value = head  # our progress first: the client may refill the slot
-                    prev = self._prev_chain
-                    self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
-                    return True
-                # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
-            if avail > self.entries:
-                self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
-                                      field="sq_tail"))
-                return False
-            # The one copy out of shared memory: every published entry in one go (two slices when the
-            # span wraps). Only this private copy is read from here on; entries it holds beyond the
-            # point where we stop (CQ full) are dropped unread and copied again later.
-            mask = self.entries - 1
-            first = self.sq_head & mask
-            n1 = min(avail, self.entries - first)
-            lo = self.sq_off + first * SQE_BYTES
-            span = self.mm[lo: lo + n1 * SQE_BYTES]
-            if n1 < avail:
-                span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
-            room = self._cq_room()
-            if room < 0:
-                return False
-            if room == 0 or self.client.queue_full():
-                self._park(room == 0)
-                return False
-            prev = self._prev_chain
-            if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
-                    and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
-                # the previous chain again, whole, but for its user_data (a batch loop's every request):
-                # its one end is its last entry, and it is the same submission (see _submit)
-                self._advance(avail)
-                self._complete(span, avail, True)
-                self._unpark_cq()
+        tail = self._sq_tail_word.value
+        head = self.sq_head
+        avail = (tail - head) & 0xFFFF_FFFF
+        if avail == 0:
+            return False
+        if avail == 1 and not (self.pending_count or self.cq_full):
+            # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
+            lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
+            entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
+            used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
+            client = self.client
+            if (used < self.entries and not (client.queued and client.queue_full())
+                    and not entry[_SQE_FLAGS_BYTE] & _LINK):  # LINK: the flags word's low byte
+                self.sq_head = head = (head + 1) & 0xFFFF_FFFF
+                self._sq_head_word.value = head  # our progress first: the client may refill the slot
+                prev = self._prev_chain
+                self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
                 return True
-            # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
-            links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
-            if links.count(0) == 1:
-                ends = [links.index(0)]
-            else:
-                ends = [i for i, link in enumerate(links) if not link]
-            start_head = self.sq_head
-            pos = 0  # entries of span consumed
-            for end in ends:
-                if room == 0:
-                    room = self._cq_room()  # the client may have reaped meanwhile
-                    if room <= 0:
-                        if room == 0:  # no room for a completion: stop consuming (only this client waits)
-                            self._park(True)
-                        return self.sq_head != start_head
-                if self.client.queue_full():  # back-pressure: read no more until some of its work ran
-                    self._park(False)
-                    return self.sq_head != start_head
-                count = end + 1 - pos
-                chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
-                if self.pending_count:
-                    chain = self.pending + chain
-                    count += self.pending_count
-                    self.pending, self.pending_count = b"", 0
-                # publish our progress before running the chain: the client may refill the slots
-                self._advance(end + 1 - pos)
-                pos = end + 1
-                if count > self.entries:
-                    self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
-                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
-                    return True
-                self._complete(chain, count)
-                room -= 1
-            if pos < avail:  # an unterminated chain: keep its entries until its end arrives
-                self.pending += span[pos * SQE_BYTES:]
-                self.pending_count += avail - pos
-                self._advance(avail - pos)
-                if self.pending_count >= self.entries:
-                    self.pending, self.pending_count = b"", 0
-                    self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
-                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
-                    return True
+            # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
+        if avail > self.entries:
+            self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
+                                  field="sq_tail"))
+            return False
+        # The one copy out of shared memory: every published entry in one go (two slices when the
+        # span wraps). Only this private copy is read from here on; entries it holds beyond the
+        # point where we stop (CQ full) are dropped unread and copied again later.
+        mask = self.entries - 1
+        first = self.sq_head & mask
+        n1 = min(avail, self.entries - first)
+        lo = self.sq_off + first * SQE_BYTES
+        span = self.mm[lo: lo + n1 * SQE_BYTES]
+        if n1 < avail:
+            span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
+        room = self._cq_room()
+        if room < 0:
+            return False
+        if room == 0 or self.client.queue_full():
+            self._park(room == 0)
+            return False
+        prev = self._prev_chain
+        if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
+                and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
+            # the previous chain again, whole, but for its user_data (a batch loop's every request):
+            # its one end is its last entry, and it is the same submission (see _submit)
+            self._advance(avail)
+            self._complete(span, avail, True)
             self._unpark_cq()
-            return self.sq_head != start_head
-        finally:
-            self.done()
+            return True
+        # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
+        links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
+        if links.count(0) == 1:
+            ends = [links.index(0)]
+        else:
+            ends = [i for i, link in enumerate(links) if not link]
+        start_head = self.sq_head
+        pos = 0  # entries of span consumed
+        for end in ends:
+            if room == 0:
+                room = self._cq_room()  # the client may have reaped meanwhile
+                if room <= 0:
+                    if room == 0:  # no room for a completion: stop consuming (only this client waits)
+                        self._park(True)
+                    return self.sq_head != start_head
+            if self.client.queue_full():  # back-pressure: read no more until some of its work ran
+                self._park(False)
+                return self.sq_head != start_head
+            count = end + 1 - pos
+            chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
+            if self.pending_count:
+                chain = self.pending + chain
+                count += self.pending_count
+                self.pending, self.pending_count = b"", 0
+            # publish our progress before running the chain: the client may refill the slots
+            self._advance(end + 1 - pos)
+            pos = end + 1
+            if count > self.entries:
+                self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
+                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
+                return True
+            self._complete(chain, count)
+            room -= 1
+        if pos < avail:  # an unterminated chain: keep its entries until its end arrives
+            self.pending += span[pos * SQE_BYTES:]
+            self.pending_count += avail - pos
+            self._advance(avail - pos)
+            if self.pending_count >= self.entries:
+                self.pending, self.pending_count = b"", 0
+                self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
+                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
+                return True
+        self._unpark_cq()
+        return self.sq_head != start_head
 
     def _park(self, cq_full: bool) -> None:
         """Stop reading this ring (the poller sleeps past it) until the client reaps or work drains."""
@@ -579,6 +579,8 @@ class RingPoller:
     by a short nap, so the cost of that would be latency, never a hang.) Parked rings (CQ
     full, client queue full) are not polled: the client's reap or its completions wake
     the poller. Busy-polling is adaptive (:class:`~ffaccel.transports.spin.SpinBudget`).
+    The poller thread holds a reference on every ring in its list (:meth:`_hold`), so that a
+    request's :meth:`Ring.poll` takes none.
     """
 
     def __init__(self, poll_us: int) -> None:
@@ -590,6 +592,7 @@ class RingPoller:
         os.set_blocking(self.wake_w, False)
         self.waker = Waker(self.poke)
         self.stopping = False
+        self._held: list[Ring] = []  # the rings the poller thread holds a reference on (_hold)
         self.thread = threading.Thread(target=self._loop, name="ring-poller", daemon=True)
         self.thread.start()
 
@@ -609,13 +612,46 @@ class RingPoller:
             self.rings = [r for r in self.rings if r is not ring]
         self.poke()
 
+    @staticmethod
+    def _hold(held: list[Ring], rings: list[Ring]) -> list[Ring]:
+        """The rings of ``rings`` this thread holds a :meth:`Ring.use` reference on, from ``held``.
+
+        One reference per ring for as long as it is in the poller's list, instead of one per
+        poll (two lock round trips a request): a ring that left the list (:meth:`remove`, its
+        client gone) is let go here, and released here if it closed meanwhile; one that closed
+        before it was ever held is not held (``use()`` says False) and never polled.
+        """
+        kept = []
+        for r in held:
+            if any(r is x for x in rings):
+                kept.append(r)
+            else:
+                r.done()
+        for r in rings:
+            if not any(r is x for x in held) and r.use():
+                kept.append(r)
+        return kept
+
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            held, self._held = self._held, []
+            for r in held:
+                r.done()
+
+    def _serve(self) -> None:
         spin = self.spin
         spinning, slept = spin.start(), False
+        held: list[Ring] = []
+        listed: list[Ring] = []  # the list `held` was taken from: a new list is a ring added or removed
         while not self.stopping:
             rings = self.rings
+            if rings is not listed:
+                held = self._held = self._hold(held, rings)
+                listed = rings
             did = False
-            for r in rings:
+            for r in held:
                 # whether the client may have published: one load, no lock (most looks find nothing);
                 # after release the word still reads (the mapping stays while a ctypes word points in)
                 word = r._sq_tail_word
@@ -636,7 +672,7 @@ class RingPoller:
                 # get the GIL within the switch interval serve() sets
                 continue
             self.waker.check_stuck()
-            self._sleep(rings)
+            self._sleep(held)
             spinning, slept = False, True  # not start(): found_after_sleep looks at how the last spin ended
 
     def _sleep(self, rings: list[Ring]) -> None:

@@ -10,6 +10,11 @@ work dropped and its running work abandoned at the next slice boundary.
 
 The hot path stays as cheap as before: work whose engine is idle, with nothing queued, its
 waits met and nothing large in it runs inline in the thread that validated it.
+
+Who runs on the engine: the thread holding :attr:`EngineScheduler.running` (a lock taken only
+without blocking: an inline run, or the worker for a job), from the start of the run through
+its fence's signal. So one thread at a time signals an engine's fences, in the order they
+ran, which is what lets ``Client.signal`` store a completed value without a lock.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class EngineScheduler:
         self.cond = threading.Condition(self.mutex)
         #: clients with queued work, in round-robin order (the next to serve first)
         self.queues: collections.OrderedDict[ClientPort, collections.deque[Job]] = collections.OrderedDict()
-        self.busy = False
+        #: held by the thread running work on this engine, through its signal (see the module's doc)
+        self.running = threading.Lock()
         self.blocked = False  # the worker sleeps because every head job waits on a fence
         self.stopping = False
         self._budget_s = slice_target_s
@@ -74,11 +80,9 @@ class EngineScheduler:
         mutex = self.mutex
         mutex.acquire()  # not `with`: once per request, and acquire/release cost half as much
         try:
-            inline = (not self.busy and not self.queues and type(runs) is RunBlock and not runs.heavy
-                      and (not waits or client.waits_met(waits)))
-            if inline:
-                self.busy = True
-            else:
+            inline = (not self.queues and type(runs) is RunBlock and not runs.heavy
+                      and (not waits or client.waits_met(waits)) and self.running.acquire(False))
+            if not inline:
                 q = self.queues.get(client)
                 if q is None:
                     q = self.queues[client] = collections.deque()
@@ -88,21 +92,34 @@ class EngineScheduler:
         finally:
             mutex.release()
         if inline:
+            self.run_claimed(client, value, runs)
+
+    def claim(self) -> bool:
+        """Take the engine for an inline run when nothing is queued on it or running; then
+        :meth:`run_claimed` (or :meth:`unclaim`). The decision :meth:`submit` makes, for work that
+        needs no other look (``Client.submit_raw``'s repeat path: not heavy, its waits met), in
+        one lock round trip: a job queued by another thread in between runs after this one, as if
+        it had come later; the caller's own client cannot queue meanwhile (its lock is held)."""
+        return not self.queues and self.running.acquire(False)
+
+    def unclaim(self) -> None:
+        """Give the engine back; wake the worker if work was queued while it was held."""
+        self.running.release()
+        if self.queues:  # wake the worker only when it has work: a wake-up costs ~25 us
+            with self.cond:
+                self.cond.notify_all()
+
+    def run_claimed(self, client: ClientPort, value: int, runs: tuple[Run, ...]) -> None:
+        """Run ``runs`` in this thread on the engine it claimed, signal ``value``, give the engine back."""
+        try:
             try:
-                try:
-                    for run in runs:
-                        run()
-                except Exception:  # noqa: BLE001 - a driver failure must not take the server down
-                    log.exception("client %d: execution failed on %s", client.id, self.engine.name)
-            finally:
-                mutex.acquire()
-                try:
-                    self.busy = False
-                    if self.queues:  # wake the worker only when it has work: a wake-up costs ~25 us
-                        self.cond.notify_all()
-                finally:
-                    mutex.release()
-                client.signal(self.engine, value)
+                for run in runs:
+                    run()
+            except Exception:  # noqa: BLE001 - a driver failure must not take the server down
+                log.exception("client %d: execution failed on %s", client.id, self.engine.name)
+            client.signal(self.engine, value)
+        finally:
+            self.unclaim()
 
     def poke(self) -> None:
         """A fence signalled: a job waiting on it may be ready now."""
@@ -128,42 +145,44 @@ class EngineScheduler:
         return None
 
     def _loop(self) -> None:
+        running = self.running
         while True:
             with self.cond:
                 job = None
                 while not self.stopping:
-                    if not self.busy:
-                        job = self._pick()
-                        if job is not None:
-                            break
-                    self.blocked = bool(self.queues) and not self.busy
+                    job = self._pick()
+                    if job is not None and running.acquire(False):
+                        break
+                    job = None  # nothing ready, or the engine runs someone's inline work (its end wakes us)
+                    self.blocked = bool(self.queues) and not running.locked()
                     self.cond.wait(_NAP_S if self.queues else None)
                     self.blocked = False
-                if self.stopping:
-                    return
-                self.busy = True
+                if job is None:
+                    return  # stopping
                 contended = len(self.queues) > 1
             done = False
             try:
-                done = self._run_slice(job, self.slice_target_s if contended
-                                       else ALONE_BUDGET_FACTOR * self.slice_target_s)
-            except Exception:  # noqa: BLE001 - a driver failure must not take the server down
-                log.exception("client %d: execution failed on %s", job.client.id, self.engine.name)
-                done = True
+                try:
+                    done = self._run_slice(job, self.slice_target_s if contended
+                                           else ALONE_BUDGET_FACTOR * self.slice_target_s)
+                except Exception:  # noqa: BLE001 - a driver failure must not take the server down
+                    log.exception("client %d: execution failed on %s", job.client.id, self.engine.name)
+                    done = True
+                finally:
+                    with self.cond:
+                        q = self.queues.get(job.client)
+                        if q is not None:
+                            if done:
+                                q.popleft()
+                                job.client.queued -= 1  # before the signal: a client waiting for queue room sees it
+                                if not q:
+                                    del self.queues[job.client]
+                            if q:
+                                self.queues.move_to_end(job.client)  # round robin: the next client goes first
+                if done and not job.client.closed:
+                    job.client.signal(self.engine, job.value)  # still holding the engine: see the module's doc
             finally:
-                with self.cond:
-                    self.busy = False
-                    q = self.queues.get(job.client)
-                    if q is not None:
-                        if done:
-                            q.popleft()
-                            job.client.queued -= 1
-                            if not q:
-                                del self.queues[job.client]
-                        if q:
-                            self.queues.move_to_end(job.client)  # round robin: the next client goes first
-            if done and not job.client.closed:
-                job.client.signal(self.engine, job.value)
+                running.release()
 
     def _run_slice(self, job: Job, budget_s: float) -> bool:
         """Run pieces of ``job`` for about ``budget_s``; True when the job is finished (or abandoned)."""
