@@ -9,7 +9,8 @@ these kernels too.
 * **Registration.** Process-wide, alive while at least one session of this kind is active
   anywhere in the process (a count under a lock): the first session's entry registers every
   kernel (~0.6 ms), the last one's exit removes them (~0.05 ms), also when it leaves by an
-  exception. The original kernels are looked up before registering and called directly.
+  exception. The original kernels are looked up once, before the process's first registration,
+  and called directly.
 * **Per thread.** Each kernel reads a thread-local stack of active sessions: a thread without
   one calls the original kernel (what other threads pay while a session is active elsewhere:
   one Python call, ~5 µs, per intercepted op; every other op is untouched). The innermost
@@ -90,6 +91,9 @@ def _into_out(adapter: Callable) -> Callable:
 #: returning the kernel's result or raising Host), or None: run by PyTorch, counted on the host as
 #: "not offloaded (<operator>)". Every operator here has a FLOP formula (:data:`FORMULAS`); an
 #: overload PyTorch has no CPU kernel for (or implements as a composite of others) is skipped.
+#: Of the formula table's operators with a CPU kernel only ``convolution_overrideable`` is left
+#: out: its CPU kernel only raises (it is for out-of-tree backends), and each registration
+#: costs ~25 µs of every session's entry.
 RULES: dict[str, Callable | None] = {
     "mm": _mm, "mm.out": _into_out(_mm),
     "addmm": _addmm, "addmm.out": _into_out(_addmm),
@@ -104,7 +108,6 @@ RULES: dict[str, Callable | None] = {
     "convolution_backward": None, "convolution_backward.out": None,
     "_slow_conv2d_forward": None, "_slow_conv2d_forward.output": None,
     "_scaled_mm": None, "_scaled_mm.out": None,
-    "convolution_overrideable": None, "convolution_overrideable.out": None,
 }
 #: operators whose adapter cannot serve autograd (see the module docstring): on the host with
 #: "grad required" when grad is enabled and an input requires it
@@ -179,20 +182,33 @@ def _intercepted(full_name: str) -> bool:
         not _C._dispatch_has_kernel_for_dispatch_key(full_name, "CompositeImplicitAutograd")
 
 
+_KERNELS: dict[str, Callable] = {}
+
+
+def _kernels() -> dict[str, Callable]:
+    """Overload name -> its replacement kernel, made once per process, at the first registration
+    (so the original kernels are looked up while PyTorch's own are in place): a session's entry
+    then only registers them."""
+    if not _KERNELS:
+        for name, adapter in RULES.items():
+            op, _, overload = name.partition(".")
+            if not hasattr(_aten, op) or (overload or "default") not in getattr(_aten, op).overloads():
+                continue  # not in this PyTorch version
+            full = f"aten::{name}"
+            if _intercepted(full):
+                original = _C._dispatch_get_computed_kernel_for_dispatch_key(full, _C.DispatchKey.CPU)
+                _KERNELS[name] = _kernel(name, original, adapter, FORMULAS[op])
+    return _KERNELS
+
+
 def _register() -> torch.library.Library:
+    kernels = _kernels()
     lib = torch.library.Library("aten", "IMPL")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "overriding a previously registered kernel": meant
-            for name, adapter in RULES.items():
-                op, _, overload = name.partition(".")
-                if not hasattr(_aten, op) or (overload or "default") not in getattr(_aten, op).overloads():
-                    continue  # not in this PyTorch version
-                full = f"aten::{name}"
-                if not _intercepted(full):
-                    continue
-                original = _C._dispatch_get_computed_kernel_for_dispatch_key(full, _C.DispatchKey.CPU)
-                lib.impl(name, _kernel(name, original, adapter, FORMULAS[op]), "CPU")
+            for name, kernel in kernels.items():
+                lib.impl(name, kernel, "CPU")
     except BaseException:
         lib._destroy()
         raise
