@@ -8,7 +8,7 @@ these kernels too.
 
 * **Registration.** Process-wide, alive while at least one session of this kind is active
   anywhere in the process (a count under a lock): the first session's entry registers every
-  kernel (~0.6 ms), the last one's exit removes them (~0.05 ms), also when it leaves by an
+  kernel (~0.25 ms), the last one's exit removes them (~0.05 ms), also when it leaves by an
   exception. The original kernels are looked up once, before the process's first registration,
   and called directly.
 * **Per thread.** Each kernel reads a thread-local stack of active sessions: a thread without
