@@ -1,4 +1,5 @@
-"""The offload session: the two modes it installs, and what it restores on exit."""
+"""The offload session: the interception it installs (the dispatcher's kernels or a function mode), and what it
+restores on exit."""
 
 from __future__ import annotations
 
