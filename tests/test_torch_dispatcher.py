@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
 import ffaccel.torch  # noqa: E402
 from ffaccel.frontends.torch_offload import dispatcher  # noqa: E402
 
@@ -103,7 +105,7 @@ def test_another_thread_gets_stock_results_and_counts_only_in_its_own_session() 
 def test_gradients_under_offload_equal_stock(interception: str) -> None:
     """A conv + linear model trained one step: the same loss and gradients as stock PyTorch
     (the dispatcher offloads the forward GEMMs and the backward ``mm``; autograd's formulas are
-    PyTorch's own)."""
+    PyTorch's own), and every FLOP of the step counted, as an independent FlopCounterMode counts it."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 6 * 6, 5))
@@ -115,13 +117,15 @@ def test_gradients_under_offload_equal_stock(interception: str) -> None:
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
-    want_loss, want_grads = step()
+    with FlopCounterMode(display=False) as counter:  # the independent count of a training step
+        want_loss, want_grads = step()
     with ffaccel.torch.offload("cpu", interception=interception) as session:
         loss, grads = step()
     torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-4)
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
     s = session.stats
+    assert s["offloaded_flops"] + s["host_flops"] == counter.get_total_flops() > 0  # forward and backward
     if interception == "dispatcher":  # forward conv + linear, backward linear's two mm; conv backward on the host
         assert s["offloaded_calls"] == 4 and s["host_reasons"] == {"not offloaded (convolution_backward)": 1}, s
     else:
