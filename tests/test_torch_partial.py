@@ -101,12 +101,13 @@ def _encoder() -> tuple[torch.nn.Module, torch.Tensor]:
     return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(2, 16, 64)
 
 
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
 @pytest.mark.parametrize("device", PARTIAL)
-def test_f32_encoder_runs_relaxed_in_bf16_within_bf16_tolerance(device: str) -> None:
+def test_f32_encoder_runs_relaxed_in_bf16_within_bf16_tolerance(device: str, interception: str) -> None:
     model, x = _encoder()
     with torch.no_grad():
         want = model(x)
-        with ffaccel.torch.offload(device, relaxed="bf16") as session:
+        with ffaccel.torch.offload(device, relaxed="bf16", interception=interception) as session:
             got = model(x)
     s = session.stats
     assert s["offloaded_fraction"] >= 0.95 and s["host_calls"] == 0, s
@@ -193,15 +194,16 @@ def test_a_post_op_the_device_lacks_runs_on_the_host_after_the_device_gemm(devic
     assert s["host_reasons"] == {f"{POST_OP} (gelu_erf)": 1} and s["host_flops"] == 0, s
 
 
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
 @pytest.mark.parametrize("device", PARTIAL)
-def test_attention_mask_is_added_on_the_host_when_the_device_lacks_add(device: str) -> None:
+def test_attention_mask_is_added_on_the_host_when_the_device_lacks_add(device: str, interception: str) -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 8, 16).to(torch.bfloat16) for _ in range(3))
     mask = torch.rand(8, 8) > 0.3
     mask[:, 0] = True  # no fully masked row
     with torch.no_grad():
         want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-        with ffaccel.torch.offload(device) as session:
+        with ffaccel.torch.offload(device, interception=interception) as session:
             got = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(got.float(), want, **_bf16_tolerance(want))
     s = session.stats
@@ -242,11 +244,32 @@ def test_refusals_are_named_by_their_kind() -> None:
     assert refusal_reason(violation("memory.quota", 1 << 40, "less")) == f"{SIZE} (size_bytes)"
 
 
-def test_int8_gemm_goes_to_the_partial_device() -> None:
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("device", PARTIAL)
+def test_a_decode_step_linear_falls_back_with_its_reason_in_f32_and_goes_in_bf16(device: str, interception: str
+                                                                                ) -> None:
+    # GPT-2's Conv1D at batch 1 (an addmm of 1 x 256 x 768 with a bias): f32 is not on the device
+    g = torch.Generator().manual_seed(0)
+    c, a, b = torch.randn(768, generator=g), torch.randn(1, 256, generator=g), torch.randn(256, 768, generator=g)
+    with torch.no_grad():
+        with ffaccel.torch.offload(device, interception=interception) as session:
+            got32 = torch.addmm(c, a, b)
+            got16 = torch.addmm(c.bfloat16(), a.bfloat16(), b.bfloat16())
+    assert torch.equal(got32, torch.addmm(c, a, b))  # PyTorch's own kernel ran it
+    want16 = torch.addmm(c, a.bfloat16().float(), b.bfloat16().float())
+    torch.testing.assert_close(got16.float(), want16, **_bf16_tolerance(want16))
+    s = session.stats
+    flops = 2 * 256 * 768
+    assert s["host_reasons"] == {f"{DTYPE} (f32xf32->f32->f32)": 1} and s["host_flops"] == flops, s
+    assert s["offloaded_calls"] == 1 and s["offloaded_flops"] == flops and s["offloaded_fraction"] == 0.5
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+def test_int8_gemm_goes_to_the_partial_device(interception: str) -> None:
     a = torch.randint(-128, 127, (32, 64), dtype=torch.int8)
     b = torch.randint(-128, 127, (64, 32), dtype=torch.int8)
     with torch.no_grad():
-        with ffaccel.torch.offload("npu-subset") as session:
+        with ffaccel.torch.offload("npu-subset", interception=interception) as session:
             got = torch._int_mm(a, b)
     assert torch.equal(got, a.int() @ b.int()) and session.stats["offloaded_calls"] == 1
 

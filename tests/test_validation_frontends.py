@@ -367,7 +367,7 @@ case("api.writeable", "c", "a read-only array", "blas-c-read-only", _blas_readon
 
 def _offload(option: str, value: object) -> Callable[[Device, bool], Built]:
     """``ffaccel.torch.offload(dev, option=value)``: its options are checked when it is called."""
-    good = {"threads": "auto", "relaxed": None}[option]
+    good = {"threads": "auto", "relaxed": None, "interception": "dispatcher"}[option]
 
     def build(dev: Device, is_bad: bool) -> Built:
         pytest.importorskip("torch")  # PyTorch is a test extra; without it this front-end does not exist
@@ -382,6 +382,8 @@ for _v in ("many", 0, -2, True, 2.0):
     case("api.option", "threads", f"got {_v!r}", f"offload-threads-{_v!r}", _offload("threads", _v))
 for _v in ("f32", "BF16", True, 16):
     case("api.option", "relaxed", f"got {_v!r}", f"offload-relaxed-{_v!r}", _offload("relaxed", _v))
+for _v in ("aten", "Function", None):
+    case("api.option", "interception", f"got {_v!r}", f"offload-interception-{_v!r}", _offload("interception", _v))
 
 # ------------------------------------------------------------------------------------------
 # the tests

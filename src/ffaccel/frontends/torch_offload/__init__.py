@@ -1,25 +1,30 @@
 """PyTorch offload mode: unchanged PyTorch code runs its GEMMs on an ffaccel device.
 
-Modules: :mod:`.session` (the ``with`` block and the function mode), :mod:`.linear`
-(matmul, addmm, linear, attention), :mod:`.conv` (convolutions as im2col + GEMM),
-:mod:`.rnn` (LSTM/GRU/RNN gate GEMMs), :mod:`.accounting` (where every FLOP went),
-:mod:`.fit` (what a partial device takes, and what the host does around it),
-:mod:`.tensors` (zero-copy views and the checks that decide whether a tensor can go).
+Modules: :mod:`.session` (the ``with`` block and the function mode), :mod:`.dispatcher` (the
+default interception: ATen's CPU kernels), :mod:`.runner` (the device call and the counting both
+share), :mod:`.linear` (matmul, addmm, linear, attention), :mod:`.conv` (convolutions as im2col +
+GEMM), :mod:`.rnn` (LSTM/GRU/RNN gate GEMMs), :mod:`.accounting` (where every FLOP went),
+:mod:`.fit` (what a partial device takes, and what the host does around it), :mod:`.tensors`
+(zero-copy views and the checks that decide whether a tensor can go).
 
-Interception: a :class:`torch.overrides.TorchFunctionMode`. It sees PyTorch's Python-level
-calls *before* autograd and before they are lowered to ATen, which is what this needs:
+Interception (``offload(..., interception=)``): by default (``"dispatcher"``) the CPU kernels of
+the ATen operators with FLOPs are replaced through ``torch.library`` while a session is active
+(:mod:`.dispatcher`): only those reach Python (a GPT-2 decode's ~670 GEMMs and attention calls,
+not its ~10,000 PyTorch calls), below autograd, so results the device computed get PyTorch's own
+gradients. ``"function"`` keeps the first design, a :class:`torch.overrides.TorchFunctionMode`.
+It sees PyTorch's Python-level calls *before* autograd and before they are lowered to ATen:
 
 * whether a call needs grad is still known (``torch.is_grad_enabled()`` and the inputs'
-  ``requires_grad``); below autograd (a ``TorchDispatchMode``) that is gone;
+  ``requires_grad``), and such calls stay in PyTorch;
 * ``F.linear(x, W, b)``, ``addmm`` and ``F.conv2d(x, W, b)`` arrive whole, so the bias (and
   the activation of ``torch._addmm_activation``) become the GEMM's fused epilogue;
-* ``F.scaled_dot_product_attention`` and ``torch.lstm`` arrive whole (ATen would run them
-  as fused CPU kernels with no GEMM to intercept) and are decomposed here into GEMMs on the
-  device and elementwise work in PyTorch.
+* ``F.scaled_dot_product_attention`` and ``torch.lstm`` arrive whole and are decomposed here
+  into GEMMs on the device and elementwise work in PyTorch (the dispatcher gets the same from
+  their CPU kernels, ``_scaled_dot_product_flash_attention_for_cpu`` and ``mkldnn_rnn_layer``).
 
 Everything that is not a GEMM runs in PyTorch as usual. Every call with FLOPs is counted in
-:attr:`OffloadSession.stats`, as offloaded or as host work with its reason, by a second mode
-below autograd (:class:`.accounting.HostFlops`) that prices every ATen operator PyTorch runs
+:attr:`OffloadSession.stats`, as offloaded or as host work with its reason: by the dispatcher's
+kernels themselves, or, for the function mode, by a second mode below autograd (:class:`.accounting.HostFlops`) that prices every ATen operator PyTorch runs
 with PyTorch's own FLOP formulas (the function mode enters it around each call PyTorch runs
 itself, so calls without FLOPs and device work pay nothing for it): nothing falls back
 silently, and an op nobody lowered (``einsum``, a transposed convolution) shows up as "not
@@ -45,7 +50,8 @@ restores the setting on exit: the GEMMs, the bulk of the work, keep every core.
 
 Attention layers: ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` have a fused
 inference fast path (``torch._native_multi_head_attention`` and friends) whose matmuls no
-Python-level hook can see. The session turns that fast path off
+Python-level hook can see (the dispatcher sees them as ATen GEMMs and leaves it on). The
+function-mode session turns that fast path off
 (``torch.backends.mha.set_fastpath_enabled(False)``) and restores it on exit, so those layers
 take their ordinary path — linear projections, ``scaled_dot_product_attention`` — whose GEMMs
 the session offloads and counts; it opens the Python-level composite

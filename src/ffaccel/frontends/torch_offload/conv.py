@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import post
-from .accounting import ARGS, SHAPE, Host
+from .accounting import ARGS, NOT_LOWERED, SHAPE, Host
 from .tensors import check_tensors, same_dtype, to_numpy, to_torch
 
 _NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -206,6 +206,32 @@ def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.T
     if nd == 1:
         y = y.squeeze(2)
     return y[0] if unbatched else y
+
+
+_BY_DIMS = {nd: f for f, nd in _DIMS.items()}
+_T_BY_DIMS = {nd: f for f, nd in _T_DIMS.items()}
+
+
+def aten_convolution(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``aten::convolution`` / ``aten::_convolution`` (what every ``F.conv*d`` and
+    ``F.conv_transpose*d`` runs): ``(input, weight, bias, stride, padding, dilation, transposed,
+    output_padding, groups, ...)``, handed to :func:`conv` or :func:`conv_transpose` as the
+    functional call of its dimension would be."""
+    if len(args) < 9:
+        raise Host(ARGS)
+    x, w, bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
+    if not isinstance(w, torch.Tensor):
+        raise Host(ARGS)
+    nd = w.ndim - 2
+    if transposed:
+        fn = _T_BY_DIMS.get(nd)
+        if fn is None:  # no F.fold in 3-D (see conv_transpose): the name the function mode gives it
+            raise Host(f"{NOT_LOWERED} (conv_transpose{nd}d)")
+        return conv_transpose(m, fn, (x, w, bias, stride, padding, output_padding, groups, dilation), {})
+    fn = _BY_DIMS.get(nd)
+    if fn is None:
+        raise Host(SHAPE)
+    return conv(m, fn, (x, w, bias, stride, padding, dilation, groups), {})
 
 
 def handlers() -> dict[Callable, Callable]:

@@ -159,21 +159,40 @@ _MASK_DTYPES = tuple(FLOAT) + (torch.bool,)
 
 
 def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``S = scale * Q K^T (+ mask)`` on the device, softmax in PyTorch, ``S V``.
-
-    The scale is the GEMM's ``alpha`` (a GEMM parameter every device takes, not a post-op a
-    partial device may lack); the mask is an ``add`` post-op (on the host after the GEMM
-    where the device lacks it)."""
+    """``F.scaled_dot_product_attention``: see :func:`_attention`."""
     p = dict(zip(_SDPA_NAMES, args))
     if kwargs:
         p.update(kwargs)
     get = p.get
     if get("dropout_p", 0.0) or not p.keys() <= _SDPA_KNOWN:
         raise Host(ARGS)  # dropout is random work, not a GEMM; unknown options stay in PyTorch
-    q, k, v = get("query"), get("key"), get("value")
+    return _attention(m, get("query"), get("key"), get("value"), get("attn_mask"), get("is_causal"), get("scale"),
+                      get("enable_gqa"), False)[0]
+
+
+def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu`` (what ``F.scaled_dot_product_attention``
+    runs on CPU tensors): ``(output, logsumexp)``. The log-sum-exp of the scores (what PyTorch's
+    backward reads) is computed on the host; the dispatcher keeps the call on the host when grad is
+    needed, so that backward always gets PyTorch's own saved tensors."""
+    q, k, v = args[:3]
+    dropout = args[3] if len(args) > 3 else kwargs.get("dropout_p", 0.0)
+    causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
+    if dropout:
+        raise Host(ARGS)  # random work, not a GEMM
+    return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), False, True)
+
+
+def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale: Any, enable_gqa: Any,
+               with_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``S = scale * Q K^T (+ mask)`` on the device, softmax in PyTorch, ``S V``; and, with
+    ``with_lse``, the scores' log-sum-exp per query row (else None).
+
+    The scale is the GEMM's ``alpha`` (a GEMM parameter every device takes, not a post-op a
+    partial device may lack); the mask is an ``add`` post-op (on the host after the GEMM
+    where the device lacks it)."""
     if q is None or k is None or v is None:
         raise Host(ARGS)  # PyTorch reports the missing argument
-    mask = get("attn_mask")
     check_tensors(q, k, v)
     same_dtype(q, k, v)
     if mask is not None:
@@ -184,16 +203,15 @@ def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     nd = len(qs)
     if nd < 2 or len(ks) != nd or len(vs) != nd or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
         raise Host(SHAPE)
-    if get("enable_gqa") and nd >= 3 and ks[-3] != qs[-3]:
+    if enable_gqa and nd >= 3 and ks[-3] != qs[-3]:
         if qs[-3] % ks[-3]:
             raise Host(SHAPE)
         rep = qs[-3] // ks[-3]
         k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
     L, S, E = qs[-2], ks[-2], qs[-1]
-    scale = get("scale")
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
     add = None
-    if get("is_causal"):
+    if is_causal:
         if mask is not None:
             raise Host(ARGS)  # PyTorch refuses this combination itself
         mask = torch.ones(L, S, dtype=torch.bool).tril()
@@ -206,12 +224,16 @@ def sdpa(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     qn = to_numpy(q)
     flops = 2 * (qn.size // max(1, E)) * S * (E + vs[-1])
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
-    s = m.run(0, qn, to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
-              out_dtype=np.float32 if low else None, calls=0)
-    probs = torch.softmax(to_torch(s), dim=-1)
+    s = to_torch(m.run(0, qn, to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
+                       out_dtype=np.float32 if low else None, calls=0))
+    probs = torch.softmax(s, dim=-1)
+    # log-sum-exp from what is at hand: each row's largest probability is exp(max s - lse), and it is
+    # at least 1/S (never underflows), so lse = max s - log(max p): two reductions, where
+    # torch.logsumexp makes a third pass of exp over the scores (4x the time at MHA's 8x4x64x64)
+    lse = s.amax(-1).sub_(probs.amax(-1).log_()) if with_lse else None
     if low:
         probs = probs.to(q.dtype)
-    return to_torch(m.run(flops, to_numpy(probs), to_numpy(v)))
+    return to_torch(m.run(flops, to_numpy(probs), to_numpy(v))), lse
 
 
 def handlers() -> dict[Callable, Callable]:

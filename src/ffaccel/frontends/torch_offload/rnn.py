@@ -243,6 +243,38 @@ def cell(m: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
     return (h, c_t.T.contiguous()) if kind == "lstm" else h
 
 
+_LSTM_MODE = 2  # mkldnn_rnn_layer's ``mode`` for an LSTM (oneDNN's cell kinds: 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU)
+
+
+def mkldnn_layer(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple:
+    """``aten::mkldnn_rnn_layer``: one layer and direction of ``nn.LSTM`` as PyTorch runs it with
+    oneDNN (f32 on CPU), time-major whatever ``batch_first`` says; returns (output, h_n, c_n,
+    workspace). :func:`_lstm_direction` runs it; the workspace (oneDNN's, for its backward) is
+    returned empty: the dispatcher keeps the layer on the host when grad is needed."""
+    if kwargs or len(args) != 16:
+        raise Host(ARGS)
+    x, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode, hidden, _layers, has_biases = args[:13]
+    if batch_sizes or mode != _LSTM_MODE:
+        raise Host(ARGS)  # packed sequences (variable lengths per step); other cells
+    check_tensors(x, w_ih, w_hh, hx, cx, allowed=_FLOATS)
+    same_dtype(x, w_ih, w_hh, hx, cx)
+    if x.ndim != 3 or w_ih.ndim != 2 or w_hh.ndim != 2 or hx.ndim != 2 or cx.ndim != 2 or x.shape[0] == 0 \
+            or w_hh.shape != (4 * hidden, hidden) or w_ih.shape != (4 * hidden, x.shape[2]) \
+            or hx.shape != (x.shape[1], hidden) or cx.shape != hx.shape:
+        raise Host(SHAPE)
+    b_in = None
+    if has_biases:
+        check_tensors(b_ih, b_hh, allowed=_FLOATS)
+        same_dtype(x, b_ih, b_hh)
+        b_in = _ifog(b_ih + b_hh)  # both biases once, in the input projection's epilogue
+    T, N = x.shape[:2]
+    out = torch.empty(T, N, hidden, dtype=x.dtype)
+    h, c = _lstm_direction(m, to_numpy(_project(m, x, _ifog(w_ih), b_in)), to_numpy(_ifog(w_hh)), to_numpy(hx.T),
+                           to_numpy(cx.T), to_numpy(out), reverse=bool(reverse))
+    # h is a view of the output's last slot and c the direction's own buffer: fresh (N, H) tensors, as PyTorch's
+    return out, to_torch(h).T.clone(), to_torch(c).T.contiguous(), None
+
+
 def handlers() -> dict[Callable, Callable]:
     """func -> handler for recurrent layers and cells."""
     return {**{f: rnn for f in _KIND}, **{f: cell for f in _CELLS}}

@@ -1,24 +1,28 @@
-"""The offload session: the two modes it installs, and what it restores on exit."""
+"""The offload session: the interception it installs (the dispatcher's kernels or a function mode), and what it
+restores on exit."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ...runtime import Device, resolve_device
-from ...spec import FFAccelError, violation
-from ..numpy_api import matmul
-from . import conv, linear, rnn
-from .accounting import _PLAIN_TYPES, ARGS, FREE, Host, HostFlops, count, new_stats, plain_types
-from .fit import DeviceFit, check_relaxed, finish_on_host, narrow, refusal_reason
+from ...spec import violation
+from . import conv, dispatcher, linear, rnn
+from .accounting import _PLAIN_TYPES, ARGS, FREE, HostFlops, count, new_stats, plain_types
+from .fit import DeviceFit, check_relaxed
+from .runner import Runner
+
+#: the interceptions ``offload(interception=...)`` takes -> whether the session turns off the fused
+#: MHA / TransformerEncoderLayer fast path (its GEMMs are invisible to the function mode; the
+#: dispatcher sees them as ATen GEMMs: see docs/torch.md for the measurement behind the choice)
+INTERCEPTIONS: dict[str, bool] = {"dispatcher": False, "function": True}
 
 
 class OffloadSession:
@@ -32,8 +36,10 @@ class OffloadSession:
     dtype ``relaxed`` names (their share of the offloaded ones).
     """
 
-    def __init__(self, device: "str | Device | None", threads: "int | str | None", relaxed: "str | None" = None
-                 ) -> None:
+    def __init__(self, device: "str | Device | None", threads: "int | str | None", relaxed: "str | None" = None,
+                 interception: str = "dispatcher") -> None:
+        if interception not in INTERCEPTIONS:
+            raise violation("api.option", repr(interception), f"one of {sorted(INTERCEPTIONS)}", arg="interception")
         if not (threads in ("auto", None) or (isinstance(threads, int) and not isinstance(threads, bool)
                                               and threads >= 1)):
             raise violation("api.option", repr(threads), "'auto', None or an integer >= 1", arg="threads")
@@ -45,8 +51,11 @@ class OffloadSession:
         self._threads = threads
         self._saved_threads: int | None = None
         self._saved_fastpath: bool | None = None
+        #: "dispatcher" or "function" (see :func:`offload`)
+        self.interception = interception
         self._mode: _Mode | None = None
         self._host: HostFlops | None = None
+        self._runner: Runner | None = None
         self.stats: dict[str, Any] = new_stats()
 
     def reset(self) -> None:
@@ -62,18 +71,34 @@ class OffloadSession:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(int(want))
         mha = getattr(torch.backends, "mha", None)
-        self._saved_fastpath = mha.get_fastpath_enabled() if mha is not None else None
-        if mha is not None:  # the fused attention fast path hides its GEMMs (see the package docstring)
+        if mha is not None and INTERCEPTIONS[self.interception]:
+            # the fused attention fast path hides its GEMMs from a function mode (see the package docstring)
+            self._saved_fastpath = mha.get_fastpath_enabled()
             mha.set_fastpath_enabled(False)
-        self._host = HostFlops(self.stats)  # entered by the mode around the calls PyTorch runs itself
-        self._mode = _Mode(self, self._host)
-        self._mode.__enter__()
+        try:
+            if self.interception == "dispatcher":
+                self._runner = Runner(self)
+                dispatcher.push(self._runner)
+            else:
+                self._host = HostFlops(self.stats)  # entered by the mode around the calls PyTorch runs itself
+                self._mode = _Mode(self, self._host)
+                self._mode.__enter__()
+        except BaseException:
+            self._restore()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._mode is not None and self._host is not None
-        self._mode.__exit__(*exc)
-        self._mode = self._host = None
+        if self._runner is not None:
+            dispatcher.pop(self._runner)
+            self._runner = None
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+            self._mode = self._host = None
+        self._restore()
+
+    def _restore(self) -> None:
+        """PyTorch's thread count and MHA fast path as they were before the session."""
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
@@ -83,7 +108,7 @@ class OffloadSession:
 
 
 def offload(device: "str | Device | None" = None, *, threads: "int | str | None" = "auto",
-            relaxed: "str | None" = None) -> OffloadSession:
+            relaxed: "str | None" = None, interception: str = "dispatcher") -> OffloadSession:
     """Run PyTorch's GEMMs, convolutions, recurrent layers and attention on an ffaccel device.
 
     Parameters
@@ -102,6 +127,14 @@ def offload(device: "str | Device | None" = None, *, threads: "int | str | None"
         D, f32 GEMMs run there with their inputs rounded to bf16 (f16) and f32 accumulation,
         like NNAPI's relaxed float32 computation; counted in ``stats["relaxed_calls"]`` and
         ``["relaxed_flops"]``. A device with f32 GEMMs runs them in f32 whatever this says.
+    interception : "dispatcher" or "function"
+        How PyTorch's work is reached. ``"dispatcher"`` (default): ATen's CPU kernels of the
+        operators with FLOPs (GEMMs, convolutions, attention, the LSTM layer) are replaced while
+        the session is active (:mod:`.dispatcher`); only those reach Python, below autograd, so a
+        model under grad is offloaded too and its backward GEMMs as well. ``"function"``: a
+        ``TorchFunctionMode`` sees every Python-level call of the thread (~3 µs each, ~10,000 per
+        GPT-2 decode), before autograd; calls that need grad stay on the host. docs/torch.md
+        compares them.
 
     Returns
     -------
@@ -117,7 +150,7 @@ def offload(device: "str | Device | None" = None, *, threads: "int | str | None"
     >>> session.stats["offloaded_calls"], session.stats["host_calls"]
     (1, 0)
     """
-    return OffloadSession(device, threads, relaxed)
+    return OffloadSession(device, threads, relaxed, interception)
 
 
 _COMPOSITE_LOCK = threading.RLock()
@@ -152,14 +185,6 @@ def shares_torch_threads(device: Device) -> bool:
     return pool in ("torch", "none") or (pool == "openmp" and _one_openmp_runtime())
 
 
-def _widened(p: Any, dtype: np.dtype) -> Any:
-    """A device post-op whose operand (bias, add) follows D to a wider dtype (bias and add come in
-    the accumulate dtype or D's)."""
-    if p.operand is None or p.operand.dtype == dtype or p.operand.dtype == np.float32:
-        return p
-    return dataclasses.replace(p, operand=p.operand.astype(dtype))
-
-
 def _never(*_args: object) -> bool:
     return False
 
@@ -175,63 +200,14 @@ def _handlers() -> dict[Callable, Callable]:
 
 
 class _Mode(TorchFunctionMode):
+    """The function-level interception: every Python-level PyTorch call of the thread."""
+
     def __init__(self, session: OffloadSession, host: HostFlops) -> None:
         super().__init__()
-        self.session = session
+        self.runner = Runner(session)
         self.stats = session.stats
-        self.dev = session.device
         self.host = host
         self.handlers = _handlers()
-        self.fit = session.fit
-        #: reasons of host post-ops of the call being handled (counted when it succeeds)
-        self.host_post_ops: list[str] = []
-
-    def run(self, flops: int, *a: Any, calls: int = 1, **kw: Any) -> np.ndarray:
-        """One ``matmul`` on the device, counted as ``calls`` offloaded calls with ``flops``.
-
-        On a device that lacks the GEMM's dtype combination or some of its post-ops, the
-        route (:mod:`.fit`) adapts it: Host (a dtype reason) when nothing fits, else the
-        device runs what it declares and the host the rest."""
-        if self.fit.everything:
-            r = matmul(*a, device=self.dev, **kw)
-        else:
-            return self._run_fitted(flops, a, calls, kw)
-        count(self.stats, True, flops, calls=calls)
-        return r
-
-    def _run_fitted(self, flops: int, a: tuple, calls: int, kw: dict) -> np.ndarray:
-        post_ops = kw.get("post_ops") or ()
-        route = self.fit.route(a[0].dtype, a[1].dtype, kw.get("out_dtype"), tuple(p.kind for p in post_ops))
-        if route.direct:
-            r = matmul(*a, device=self.dev, **kw)
-            count(self.stats, True, flops, calls=calls)
-            return r
-        a = list(a)
-        if route.in_dtype is not None:  # relaxed: f32 inputs rounded to the narrow dtype
-            a[0], a[1] = narrow(a[0], route.in_dtype), narrow(a[1], route.in_dtype)
-        dev_ops, host_ops = list(post_ops[:route.device_ops]), post_ops[route.device_ops:]
-        out = kw.pop("out", None)
-        if route.d_dtype is not None:  # a wider D than the call's: C and operands follow it
-            kw["out_dtype"] = route.d_dtype
-            if len(a) > 2 and a[2] is not None and a[2].dtype != route.d_dtype:
-                a[2] = a[2].astype(route.d_dtype)
-            dev_ops = [_widened(p, route.d_dtype) for p in dev_ops]
-        kw["post_ops"] = dev_ops
-        if out is not None and not host_ops and route.final_dtype is None and out.dtype == (route.d_dtype or out.dtype):
-            r = matmul(*a, device=self.dev, out=out, **kw)  # the device writes out itself
-        else:
-            r = finish_on_host(matmul(*a, device=self.dev, **kw), host_ops, route.final_dtype)
-            if out is not None:
-                np.copyto(out, r)
-                r = out
-        stats = self.stats
-        count(stats, True, flops, calls=calls)
-        if route.relaxed:
-            stats["relaxed_calls"] += calls
-            stats["relaxed_flops"] += flops
-        # the post-ops' work on the host, counted (no FLOPs in PyTorch's count) once the call succeeds
-        self.host_post_ops.extend(route.host_reasons)
-        return r
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         # The common case first, in as few steps as possible: a call with no FLOPs (views,
@@ -258,25 +234,14 @@ class _Mode(TorchFunctionMode):
                     return func(*args, **kwargs)
             finally:
                 host.outer = None
-        stats = self.stats
-        before = stats["offloaded_calls"], stats["offloaded_flops"], stats["relaxed_calls"], stats["relaxed_flops"]
-        try:
-            if plain:
-                r = handler(self, func, args, kwargs)  # device work (outside HostFlops: not host work)
-                for reason in self.host_post_ops:  # post-ops the device lacks, run on the host
-                    count(stats, False, 0, reason)
-                self.host_post_ops.clear()
+        if plain:
+            done, r = self.runner.attempt(handler, func, args, kwargs)  # device work: outside HostFlops
+            if done:
                 return r
-            raise Host(ARGS)  # tensor subclasses keep their own semantics
-        except Host as h:
-            reason = h.reason
-        except FFAccelError as e:  # the device refused a call PyTorch may accept (or reports itself)
-            reason = refusal_reason(e)
-        # PyTorch redoes the whole call: device work a handler did before giving up does not count
-        (stats["offloaded_calls"], stats["offloaded_flops"], stats["relaxed_calls"],
-         stats["relaxed_flops"]) = before
-        self.host_post_ops.clear()
-        count(stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
+            reason = r
+        else:
+            reason = ARGS  # tensor subclasses keep their own semantics
+        count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
             with host:

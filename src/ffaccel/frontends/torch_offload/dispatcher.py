@@ -1,0 +1,246 @@
+"""The dispatcher-level interception: ATen's CPU kernels of the operators with FLOPs, replaced
+through ``torch.library`` while a session is active.
+
+Only the operators of :data:`RULES` reach Python (a GPT-2 decode step's ~16 GEMMs, not its
+~300 PyTorch calls), below autograd: autograd records the call above the kernel, so a result the
+device computed gets PyTorch's own backward, and the backward's GEMMs (``mm``) come back through
+these kernels too.
+
+* **Registration.** Process-wide, alive while at least one session of this kind is active
+  anywhere in the process (a count under a lock): the first session's entry registers every
+  kernel (~0.25 ms), the last one's exit removes them (~0.05 ms), also when it leaves by an
+  exception. The original kernels are looked up once, before the process's first registration,
+  and called directly.
+* **Per thread.** Each kernel reads a thread-local stack of active sessions: a thread without
+  one calls the original kernel (what other threads pay while a session is active elsewhere:
+  one Python call, ~5 µs, per intercepted op; every other op is untouched). The innermost
+  session of the thread counts. A call made while one of these kernels runs on the same thread
+  (the original kernel's own inner ops, such as ``aten::_convolution`` inside
+  ``aten::convolution``, or a ``torch`` device's ``torch.mm``) calls the original kernel and
+  is not counted again: the outermost op counts, as ``HostFlops`` counts the outermost call.
+* **Rules as data.** :data:`RULES` maps each operator overload to its adapter (which offloads
+  it through the function mode's handlers) or None. Every operator there has a FLOP formula
+  (:data:`FORMULAS`), so work that stays on the host (an operator with no adapter, a call an
+  adapter gives back, a device refusal) is counted with its reason and PyTorch's formula:
+  ``session.stats`` is complete without any Python mode.
+* **Grad.** Under autograd a GEMM or a convolution is offloaded like any other call (the
+  adapter runs with grad mode off: nothing it does is recorded); attention and the oneDNN LSTM
+  layer (:data:`GRAD_ON_HOST`) return extra tensors that PyTorch's backward reads (log-sum-exp,
+  oneDNN's workspace), so they stay on the host, counted as ``grad required``, when an input
+  needs grad.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import conv, linear, rnn
+from .accounting import ARGS, GRAD, NOT_LOWERED, REGISTRY, Host, count
+
+_C = torch._C
+_CPU = _C.DispatchKeySet(_C.DispatchKey.CPU)
+_aten = torch.ops.aten
+
+
+def _mm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    return linear.matmul_strict(m, torch.mm, args, kwargs)
+
+
+def _bmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    return linear.matmul_strict(m, torch.bmm, args, kwargs)
+
+
+def _addmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    if not kwargs and len(args) == 3:
+        c, a, w_t = args
+        if c.ndim == 1 and a.ndim == 2 and w_t.ndim == 2 and not w_t.is_contiguous() and w_t.t().is_contiguous():
+            # F.linear's addmm (bias, x, W.t()): the same device call as the function mode's linear
+            # handler (W with trans_b), which the cpu driver serves on PyTorch's thread pool; the
+            # transposed view as a plain B went to OpenBLAS's own spinning threads (MHA 64x8 at two
+            # threads: 11.7 against 6.0 ms)
+            return linear.linear(m, F.linear, (a, w_t.t(), c), {})
+    return linear.addmm(m, torch.addmm, args, kwargs)  # aten::addmm takes torch.addmm's arguments
+
+
+def _baddbmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    return linear.addmm(m, torch.baddbmm, args, kwargs)
+
+
+def _into_out(adapter: Callable) -> Callable:
+    """The ``.out`` overload of an adapter's operator: the adapter's result copied into ``out``;
+    an ``out`` of another shape or dtype (which PyTorch resizes, or refuses) goes to PyTorch."""
+    def run(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        rest = dict(kwargs)
+        out = rest.pop("out", None)
+        if not isinstance(out, torch.Tensor):
+            raise Host(ARGS)
+        r = adapter(m, func, args, rest)
+        if r.shape != out.shape or r.dtype is not out.dtype:
+            raise Host(ARGS)
+        return out.copy_(r)
+    return run
+
+
+#: ATen operator overload -> the adapter that offloads it (``adapter(m, name, args, kwargs)``,
+#: returning the kernel's result or raising Host), or None: run by PyTorch, counted on the host as
+#: "not offloaded (<operator>)". Every operator here has a FLOP formula (:data:`FORMULAS`); an
+#: overload PyTorch has no CPU kernel for (or implements as a composite of others) is skipped.
+#: Of the formula table's operators with a CPU kernel only ``convolution_overrideable`` is left
+#: out: its CPU kernel only raises (it is for out-of-tree backends), and each registration
+#: costs ~25 µs of every session's entry.
+RULES: dict[str, Callable | None] = {
+    "mm": _mm, "mm.out": _into_out(_mm),
+    "addmm": _addmm, "addmm.out": _into_out(_addmm),
+    "bmm": _bmm, "bmm.out": _into_out(_bmm),
+    "baddbmm": _baddbmm, "baddbmm.out": _into_out(_baddbmm),
+    "_int_mm": linear.int_mm, "_int_mm.out": _into_out(linear.int_mm),
+    "_addmm_activation": linear.addmm_activation, "_addmm_activation.out": _into_out(linear.addmm_activation),
+    "convolution": conv.aten_convolution, "convolution.out": _into_out(conv.aten_convolution),
+    "_convolution": conv.aten_convolution, "_convolution.out": _into_out(conv.aten_convolution),
+    "_scaled_dot_product_flash_attention_for_cpu": linear.aten_sdpa,
+    "mkldnn_rnn_layer": rnn.mkldnn_layer, "mkldnn_rnn_layer.out": None,
+    "convolution_backward": None, "convolution_backward.out": None,
+    "_slow_conv2d_forward": None, "_slow_conv2d_forward.output": None,
+    "_scaled_mm": None, "_scaled_mm.out": None,
+}
+#: operators whose adapter cannot serve autograd (see the module docstring): on the host with
+#: "grad required" when grad is enabled and an input requires it
+GRAD_ON_HOST = frozenset({"_scaled_dot_product_flash_attention_for_cpu", "mkldnn_rnn_layer"})
+#: operator (packet name) -> FLOP formula: PyTorch's (``accounting.REGISTRY``), plus the two
+#: offloaded operators it has none for, priced as the GEMM they are (as the function mode counts them)
+FORMULAS: dict[str, Callable[..., int]] = {
+    **{p.__name__: f for p, f in REGISTRY.items() if isinstance(p, torch._ops.OpOverloadPacket)},
+    "_int_mm": REGISTRY[_aten.mm], "_addmm_activation": REGISTRY[_aten.addmm]}
+
+
+class _State(threading.local):
+    #: this thread's active sessions' runners, innermost last
+    runners: tuple = ()
+    #: inside an intercepted op on this thread (an adapter or an original kernel is running)
+    busy = False
+
+
+_STATE = _State()
+_LOCK = threading.Lock()
+_users = 0
+_library: torch.library.Library | None = None
+
+
+def _needs_grad(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values()))
+
+
+def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callable[..., int]) -> Callable:
+    """The CPU kernel that replaces ``aten::<name>`` while sessions are active."""
+    call = original.call_boxed
+    op = name.split(".")[0]
+    not_lowered = f"{NOT_LOWERED} ({op})"
+    grad_on_host = op in GRAD_ON_HOST
+    is_grad_enabled, set_grad_enabled = torch.is_grad_enabled, _C._set_grad_enabled
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        st = _STATE
+        if st.busy or not st.runners:  # no session on this thread, or an inner call: PyTorch's own
+            return call(_CPU, *args, **kwargs)
+        runner = st.runners[-1]
+        st.busy = True
+        try:
+            if adapter is None:
+                reason = not_lowered
+            else:
+                if not is_grad_enabled():
+                    done, r = runner.attempt(adapter, name, args, kwargs)
+                elif grad_on_host and _needs_grad(args, kwargs):
+                    done, r = False, GRAD
+                else:  # below autograd: the adapter's own PyTorch calls are not recorded either
+                    set_grad_enabled(False)
+                    try:
+                        done, r = runner.attempt(adapter, name, args, kwargs)
+                    finally:
+                        set_grad_enabled(True)
+                if done:
+                    return r
+                reason = r
+            out = call(_CPU, *args, **kwargs)
+            count(runner.stats, False, int(formula(*args, **kwargs, out_val=out)), reason)
+            return out
+        finally:
+            st.busy = False
+    return kernel
+
+
+def _intercepted(full_name: str) -> bool:
+    """Whether an overload has a CPU kernel of its own to replace (not a composite of others,
+    which reach the intercepted ones)."""
+    return _C._dispatch_has_computed_kernel_for_dispatch_key(full_name, "CPU") and \
+        not _C._dispatch_has_kernel_for_dispatch_key(full_name, "CompositeImplicitAutograd")
+
+
+_KERNELS: dict[str, Callable] = {}
+
+
+def _kernels() -> dict[str, Callable]:
+    """Overload name -> its replacement kernel, made once per process, at the first registration
+    (so the original kernels are looked up while PyTorch's own are in place): a session's entry
+    then only registers them."""
+    if not _KERNELS:
+        for name, adapter in RULES.items():
+            op, _, overload = name.partition(".")
+            if not hasattr(_aten, op) or (overload or "default") not in getattr(_aten, op).overloads():
+                continue  # not in this PyTorch version
+            full = f"aten::{name}"
+            if _intercepted(full):
+                original = _C._dispatch_get_computed_kernel_for_dispatch_key(full, _C.DispatchKey.CPU)
+                _KERNELS[name] = _kernel(name, original, adapter, FORMULAS[op])
+    return _KERNELS
+
+
+def _register() -> torch.library.Library:
+    kernels = _kernels()
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel": meant
+            for name, kernel in kernels.items():
+                lib.impl(name, kernel, "CPU")
+    except BaseException:
+        lib._destroy()
+        raise
+    return lib
+
+
+def registered() -> bool:
+    """Whether the kernels are registered now (some session of this kind is active in the process)."""
+    return _library is not None
+
+
+def push(runner: Any) -> None:
+    """Activate ``runner`` on this thread (registering the kernels if it is the process's first)."""
+    global _users, _library
+    with _LOCK:
+        if _users == 0:
+            _library = _register()
+        _users += 1
+    _STATE.runners = (*_STATE.runners, runner)
+
+
+def pop(runner: Any) -> None:
+    """Deactivate ``runner`` on this thread (removing the kernels after the process's last)."""
+    global _users, _library
+    runners = list(_STATE.runners)
+    for i in range(len(runners) - 1, -1, -1):
+        if runners[i] is runner:
+            del runners[i]
+            break
+    _STATE.runners = tuple(runners)
+    with _LOCK:
+        _users -= 1
+        if _users == 0 and _library is not None:
+            _library._destroy()
+            _library = None

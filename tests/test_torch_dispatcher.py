@@ -1,0 +1,207 @@
+"""The dispatcher-level interception of ``ffaccel.torch.offload`` (the default): ATen's CPU kernels
+of the operators with FLOPs, replaced through ``torch.library`` while a session is active.
+
+What a user relies on: PyTorch is itself again after the last session (also one left by an
+exception); another thread's work is never changed or counted; nested sessions count in the
+innermost; gradients and ``inference_mode`` work; ATen-level kernels (attention's log-sum-exp,
+the oneDNN LSTM layer, ``.out`` overloads) give PyTorch's results.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import ffaccel.torch  # noqa: E402
+from ffaccel.frontends.torch_offload import dispatcher  # noqa: E402
+
+DEADLINE_S = 60.0
+
+
+def _ours(op: str = "addmm") -> bool:
+    """Whether ``aten::<op>``'s CPU kernel is this package's (read from PyTorch's dispatcher, not our state)."""
+    for line in torch._C._dispatch_dump(f"aten::{op}").splitlines():
+        if line.startswith("CPU:"):
+            return "dispatcher.py" in line
+    return False
+
+
+def _addmm_args() -> tuple:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(768, generator=g), torch.randn(1, 256, generator=g), torch.randn(256, 768, generator=g)
+
+
+def test_registration_lives_while_a_session_is_active_and_not_after() -> None:
+    assert not _ours() and not dispatcher.registered()
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):
+        assert _ours() and _ours("_scaled_dot_product_flash_attention_for_cpu") and _ours("mm.out")
+    assert not _ours() and not _ours("mm.out") and not dispatcher.registered()
+    with pytest.raises(ZeroDivisionError), torch.no_grad(), ffaccel.torch.offload("cpu"):
+        assert _ours()
+        1 / 0
+    assert not _ours() and not dispatcher.registered()
+    with ffaccel.torch.offload("cpu", interception="function"):
+        assert not _ours()  # the function mode registers nothing
+
+
+def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_last_exits() -> None:
+    c, a, b = _addmm_args()
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as outer:
+        torch.addmm(c, a, b)
+        with ffaccel.torch.offload("cpu") as inner:
+            torch.addmm(c, a, b)
+            torch.mm(a, b)
+        assert _ours()
+        torch.mm(a, b)
+    assert not _ours()
+    assert outer.stats["offloaded_calls"] == 2 and inner.stats["offloaded_calls"] == 2
+    assert outer.stats["host_calls"] == inner.stats["host_calls"] == 0
+
+
+def test_another_thread_gets_stock_results_and_counts_only_in_its_own_session() -> None:
+    """Thread B runs while thread A's session is active: without a session of its own B gets
+    PyTorch's own kernel (bit-equal to stock) and A's count does not move; with its own session
+    B's work counts there only. The kernels stay until the last of the two sessions exits."""
+    c, a, b = _addmm_args()
+    want = torch.addmm(c, a, b)
+    a_open, b_done = threading.Event(), threading.Event()
+    seen: dict = {}
+
+    def thread_b() -> None:
+        try:
+            assert a_open.wait(DEADLINE_S)
+            with torch.no_grad():
+                seen["plain"] = torch.addmm(c, a, b)
+                seen["registered"] = _ours()
+                with ffaccel.torch.offload("cpu") as mine:
+                    seen["own"] = torch.addmm(c, a, b)
+                    torch.mm(a, b)
+            seen["stats"] = mine.stats
+        finally:
+            b_done.set()
+
+    t = threading.Thread(target=thread_b)
+    t.start()
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session_a:
+        a_open.set()
+        assert b_done.wait(DEADLINE_S)
+        assert _ours()  # B's exit leaves A's registration
+        torch.addmm(c, a, b)
+    t.join(DEADLINE_S)
+    assert seen["registered"] and torch.equal(seen["plain"], want)
+    torch.testing.assert_close(seen["own"], want)
+    assert session_a.stats["offloaded_calls"] == 1 and session_a.stats["host_calls"] == 0
+    assert seen["stats"]["offloaded_calls"] == 2
+    assert not _ours()
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+def test_gradients_under_offload_equal_stock(interception: str) -> None:
+    """A conv + linear model trained one step: the same loss and gradients as stock PyTorch
+    (the dispatcher offloads the forward GEMMs and the backward ``mm``; autograd's formulas are
+    PyTorch's own), and every FLOP of the step counted, as an independent FlopCounterMode counts it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5))
+    x = torch.randn(2, 3, 8, 8)
+
+    def step() -> tuple:
+        model.zero_grad()
+        loss = model(x).square().sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    with FlopCounterMode(display=False) as counter:  # the independent count of a training step
+        want_loss, want_grads = step()
+    with ffaccel.torch.offload("cpu", interception=interception) as session:
+        loss, grads = step()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-4)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    s = session.stats
+    assert s["offloaded_flops"] + s["host_flops"] == counter.get_total_flops() > 0  # forward and backward
+    if interception == "dispatcher":  # forward conv + linear, backward linear's two mm; conv backward on the host
+        assert s["offloaded_calls"] == 4 and s["host_reasons"] == {"not offloaded (convolution_backward)": 1}, s
+    else:
+        # the forward calls under grad, and Tensor.backward (a Python-level call) with no lowering
+        assert s["offloaded_calls"] == 0 and s["host_reasons"]["grad required"] == 2, s
+
+
+def test_inference_mode_reaches_the_kernels() -> None:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16)
+    with torch.inference_mode():
+        want = lin(x)
+        with ffaccel.torch.offload("cpu") as session:
+            got = lin(x)
+    torch.testing.assert_close(got, want)
+    assert got.is_inference() and session.stats["offloaded_calls"] == 1 and session.stats["host_calls"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", ["none", "causal", "float"])
+def test_attention_kernel_output_and_logsumexp_equal_stock(mask: str, dtype: torch.dtype) -> None:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu`` returns (output, logsumexp): both
+    from the device's GEMMs, against PyTorch's kernel (which takes a mask in the query's dtype:
+    ``F.scaled_dot_product_attention`` turns a boolean one into that form first)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g).to(dtype) for _ in range(3))
+    kw: dict = {}
+    args = (q, k, v)
+    if mask == "causal":
+        args = (q, k, v, 0.0, True)
+    elif mask == "float":
+        kw["attn_mask"] = torch.randn(6, 6, generator=g).to(dtype)
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with torch.no_grad():
+        want = op(*args, **kw)
+        with ffaccel.torch.offload("cpu") as session:
+            got = op(*args, **kw)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for gt, wt in zip(got, want):
+        assert gt.shape == wt.shape and gt.dtype == wt.dtype
+        torch.testing.assert_close(gt, wt, **tol)
+    assert session.stats["offloaded_calls"] == 1 and session.stats["host_calls"] == 0
+
+
+def test_attention_and_lstm_under_grad_stay_on_the_host_for_their_backward() -> None:
+    """Their kernels return tensors PyTorch's backward reads (the log-sum-exp, oneDNN's
+    workspace): under grad they run in PyTorch, counted as "grad required", and backward works."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 6)
+    q = torch.randn(1, 2, 5, 8, requires_grad=True)
+    x = torch.randn(5, 2, 4)
+    with ffaccel.torch.offload("cpu") as session:
+        (F.scaled_dot_product_attention(q, q, q).sum() + lstm(x)[0].sum()).backward()
+    assert q.grad is not None and lstm.weight_hh_l0.grad is not None
+    assert session.stats["host_reasons"]["grad required"] == 2, session.stats
+
+
+@pytest.mark.parametrize("op", ["mm", "bmm", "addmm", "baddbmm"])
+def test_out_overloads_write_out(op: str) -> None:
+    """``torch.mm(a, b, out=o)`` & co reach the ``.out`` kernels: offloaded into ``o``; an ``out``
+    of another shape goes to PyTorch's kernel, which resizes it as usual (counted on the host)."""
+    g = torch.Generator().manual_seed(2)
+    batched = op in ("bmm", "baddbmm")
+    a = torch.randn(*((3,) if batched else ()), 5, 7, generator=g)
+    b = torch.randn(*((3,) if batched else ()), 7, 4, generator=g)
+    c = torch.randn(4, generator=g)
+    fn = getattr(torch, op)
+    call = (lambda o: fn(c, a, b, out=o)) if op.startswith(("add", "badd")) else (lambda o: fn(a, b, out=o))
+    want = call(torch.empty(a.shape[:-1] + (4,)))
+    out, small = torch.empty(want.shape), torch.empty(0)
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        r = call(out)
+        r2 = call(small)
+    assert r is out and r2 is small
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(small, want)
+    s = session.stats
+    assert s["offloaded_calls"] == 1 and s["host_reasons"] == {"arguments unsupported": 1}, s
