@@ -46,6 +46,38 @@ def test_lstm_gru_match_stock(kind: str, layers: int, bidirectional: bool, batch
     assert stats["offloaded_flops"] == flops and stats["host_calls"] == 0, stats
 
 
+@pytest.mark.parametrize("interception,dtype", [("dispatcher", torch.float32), ("function", torch.float32),
+                                               ("function", torch.float64)], ids=["dispatcher", "function", "function-f64"])
+@pytest.mark.parametrize("memory", ["seq_first", "batch_first", "batch_first_view"])
+def test_lstm_step_loop_matches_stock_in_every_layout(interception: str, dtype: torch.dtype, memory: str) -> None:
+    # the LSTM's own step loop (each step's input gates copied to one block, h buffered then written to the
+    # output, one sigmoid over the four gates): 2 layers, both directions, with and without a given state;
+    # "batch_first_view" is a batch-first input in (batch, features, time) memory, as after a Conv1d
+    torch.manual_seed(1)
+    lstm = torch.nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=memory != "seq_first").to(dtype)
+    x = {"seq_first": torch.randn(9, 3, 6), "batch_first": torch.randn(3, 9, 6),
+         "batch_first_view": torch.randn(3, 6, 9).transpose(1, 2)}[memory].to(dtype)
+    state = (torch.randn(4, 3, 5, dtype=dtype), torch.randn(4, 3, 5, dtype=dtype))
+    for inputs in ((x,), (x, state)):
+        want, got, stats = _run(lstm, *inputs, interception=interception)
+        _close(got, want)
+        assert stats["host_calls"] == 0 and stats["offloaded_fraction"] == 1.0, stats
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+def test_lstm_step_loop_chunks_of_two_steps_match_stock(monkeypatch, interception: str) -> None:
+    # the smallest chunk the loop allows: every step's h read across a chunk boundary, both directions,
+    # and an odd length (a last chunk of one step)
+    from ffaccel.frontends.torch_offload import rnn
+
+    monkeypatch.setattr(rnn, "_CHUNK_STEPS", 2)
+    torch.manual_seed(2)
+    lstm = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    want, got, stats = _run(lstm, torch.randn(7, 2, 4), interception=interception)
+    _close(got, want)
+    assert stats["host_calls"] == 0
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_rnn_matches_stock(nonlinearity: str) -> None:
     torch.manual_seed(0)
