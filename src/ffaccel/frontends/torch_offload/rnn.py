@@ -154,14 +154,16 @@ def _lstm_direction(m: Any, gx: np.ndarray, w_hh: np.ndarray, h: np.ndarray, c: 
     h = np.array(h, dtype=dt, order="C")  # one GEMM geometry (strides) for every step
     th = np.empty_like(c)
     ig = np.empty_like(c)
-    add, sub, mul, tanh, run, copyto = np.add, np.subtract, np.multiply, np.tanh, m.run, np.copyto
-    flops = 2 * N * w_hh.shape[0] * H
+    add, sub, mul, tanh, copyto = np.add, np.subtract, np.multiply, np.tanh, np.copyto
+    gemm = m.repeated(2 * N * w_hh.shape[0] * H, w_hh, T)  # b -> W_hh b on the device, its T calls counted
+    gx_blocks, h_blocks = list(gxs), list(hs)  # each step's views, made once
     starts = range(0, T, K)
     for t0 in (reversed(starts) if reverse else starts):
         k = min(K, T - t0)
         copyto(gxs[:k], gx[t0:t0 + k].transpose(0, 2, 1))
-        for j in (range(k - 1, -1, -1) if reverse else range(k)):
-            add(run(flops, w_hh, h), gxs[j], out=g)
+        steps = zip(gx_blocks[:k], h_blocks[:k])
+        for gx_j, h_j in (reversed(list(steps)) if reverse else steps):
+            add(gemm(h), gx_j, out=g)
             g_t.sigmoid_()
             mul(s_g, i_g, out=ig)
             add(ig, ig, out=ig)
@@ -169,7 +171,7 @@ def _lstm_direction(m: Any, gx: np.ndarray, w_hh: np.ndarray, h: np.ndarray, c: 
             mul(c, f_g, out=c)
             add(c, ig, out=c)
             tanh(c, out=th)
-            h = mul(th, o_g, out=hs[j])  # (read by the next step before hs[j] is written again: K >= 2)
+            h = mul(th, o_g, out=h_j)  # (read by the next step before h_j is written again: K >= 2)
         copyto(out[t0:t0 + k], hs[:k].transpose(0, 2, 1))
     return h, c
 

@@ -8,6 +8,7 @@ Handlers receive a :class:`Runner` as ``m`` and submit GEMMs with ``m.run(flops,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,16 @@ class Runner:
             return self._run_fitted(flops, a, calls, kw)
         count(self.stats, True, flops, calls=calls)
         return r
+
+    def repeated(self, flops: int, a: np.ndarray, calls: int) -> Callable[[np.ndarray], np.ndarray]:
+        """``b -> a @ b`` on the device for a GEMM made ``calls`` times with one ``a`` and one
+        geometry (an RNN's recurrent GEMM, once per step), each of ``flops``: counted here at once,
+        so that each call is one bare ``matmul`` (~1.5 µs less than :meth:`run` per call). Where
+        the route adapts the GEMM (partial device, relaxed), each call takes :meth:`run`."""
+        if not self.fit.everything:
+            return lambda b: self.run(flops, a, b)
+        count(self.stats, True, flops * calls, calls=calls)
+        return functools.partial(matmul, a, device=self.dev)
 
     def _run_fitted(self, flops: int, a: tuple, calls: int, kw: dict) -> np.ndarray:
         post_ops = kw.get("post_ops") or ()
