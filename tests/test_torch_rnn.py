@@ -62,6 +62,9 @@ def test_lstm_step_loop_matches_stock_in_every_layout(interception: str, dtype: 
         want, got, stats = _run(lstm, *inputs, interception=interception)
         _close(got, want)
         assert stats["host_calls"] == 0 and stats["offloaded_fraction"] == 1.0, stats
+        # per layer and direction: the input projection, then one recurrent GEMM per step (counted at once)
+        assert stats["offloaded_calls"] == 2 * 2 * (1 + 9), stats
+        assert stats["offloaded_flops"] == 2 * 9 * 3 * 4 * 5 * ((6 + 5) + (10 + 5)) * 2, stats
 
 
 @pytest.mark.parametrize("interception", ["dispatcher", "function"])
