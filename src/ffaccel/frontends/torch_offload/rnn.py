@@ -122,9 +122,9 @@ def _lstm_direction(m: Any, gx: np.ndarray, w_hh: np.ndarray, h: np.ndarray, c: 
     The step is the whole per-call cost of an LSTM (T of them per layer, each a small GEMM), so
     it does no per-step set-up, and every host op reads and writes contiguous memory:
 
-    - ``gx`` is copied to (4H, N) blocks, one per step, :data:`_CHUNK_STEPS` steps at a time (the
-      add of the strided ``gx[t].T`` cost ~5 µs more per step than its share of the copy, 512 x 8
-      gates);
+    - ``gx`` is copied to (4H, N) blocks, one per step, :data:`_CHUNK_STEPS` steps at a time
+      (after the GEMM, the add of the strided ``gx[t].T`` cost 4.3 µs more per step than of a
+      contiguous block, the copy ~3 µs; 512 x 8 gates);
     - each step's h^T goes into a contiguous (H, N) block of the chunk's buffer, which the next
       step's GEMM reads and which is copied to ``out`` once per chunk (a strided write into
       ``out`` cost ~2 µs more per step);
@@ -134,7 +134,14 @@ def _lstm_direction(m: Any, gx: np.ndarray, w_hh: np.ndarray, h: np.ndarray, c: 
       ~5 µs becomes one over 4H of ~5.6 µs);
     - the other products and sums as NumPy ufuncs into buffers made once per direction (about
       1 µs each, against 2-5 µs for a PyTorch call), ``tanh(c)`` as NumPy's (3.6 µs, PyTorch's
-      4.9 µs); SciPy's expit (a scalar loop) is 3x slower than PyTorch's sigmoid here.
+      4.9 µs); SciPy's expit (a scalar loop) is 3x slower than PyTorch's sigmoid here;
+    - the GEMM through :meth:`Runner.repeated <.runner.Runner.repeated>`: its T calls counted once,
+      each step one bare ``ffaccel.matmul`` (~1.5 µs less than ``m.run``; on a partial device
+      each step still takes ``m.run``'s route).
+
+    Per step at T = 128, batch 8, hidden 128, one thread: ~42 µs (main's loop before these: ~52),
+    of which the GEMM ~20 µs (NumPy's own ``W @ h``: 19.2-19.5 µs); docs/torch.md, "The LSTM step
+    loop, third look", has the figures and what was tried and dropped.
 
     The arithmetic is PyTorch's up to the rounding of that candidate (``c = f c + i g`` then
     ``h = o tanh(c)``): the max difference from stock PyTorch (oneDNN) over T = 128 steps at
