@@ -31,9 +31,10 @@ _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 _KIND = {torch.lstm: "lstm", torch.gru: "gru", torch.rnn_tanh: "rnn_tanh", torch.rnn_relu: "rnn_relu"}
 _FLOATS = (torch.float32, torch.float64)
 #: Steps per chunk of an LSTM direction's step loop (:func:`_lstm_direction`): its input gates are
-#: copied to contiguous blocks and its outputs written back a chunk at a time, in buffers of a
-#: few 10 KB made once per direction (the whole sequence's, 2.5 MB at T = 128, hidden 128, batch
-#: 8, took ~600 page faults per call, fresh memory each time). At least 2 (see the loop).
+#: copied to contiguous blocks and its outputs written back a chunk at a time, in buffers made once
+#: per direction (160 KB at hidden 128, batch 8, f32; the whole sequence's, 2.5 MB at T = 128, took
+#: 580-650 page faults per call, fresh memory each time; chunks of 4-16 steps measured alike).
+#: At least 2 (see the loop).
 _CHUNK_STEPS = 8
 
 
