@@ -2,7 +2,8 @@
 of the operators with FLOPs, replaced through ``torch.library`` while a session is active.
 
 What a user relies on: PyTorch is itself again after the last session (also one left by an
-exception); another thread's work is never changed or counted; nested sessions count in the
+exception), after the linger or at once on ``dispatcher.release()``; back-to-back sessions do
+not register the kernels again; another thread's work is never changed or counted; nested sessions count in the
 innermost; gradients and ``inference_mode`` work; ATen-level kernels (attention's log-sum-exp,
 the oneDNN LSTM layer, ``.out`` overloads) give PyTorch's results.
 """
@@ -37,17 +38,53 @@ def _addmm_args() -> tuple:
     return torch.randn(768, generator=g), torch.randn(1, 256, generator=g), torch.randn(256, 768, generator=g)
 
 
+@pytest.fixture(autouse=True)
+def _stock_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with PyTorch's own kernels and a linger no test outlives by accident
+    (a test that means the reaper to act sets a short one itself)."""
+    assert dispatcher.release()
+    monkeypatch.setattr(dispatcher, "LINGER_S", 600.0)
+
+
 def test_registration_lives_while_a_session_is_active_and_not_after() -> None:
     assert not _ours() and not dispatcher.registered()
     with torch.no_grad(), ffaccel.torch.offload("cpu"):
         assert _ours() and _ours("_scaled_dot_product_flash_attention_for_cpu") and _ours("mm.out")
+    assert _ours() and dispatcher.registered()  # the linger: the next session registers nothing
+    assert dispatcher.release()
     assert not _ours() and not _ours("mm.out") and not dispatcher.registered()
     with pytest.raises(ZeroDivisionError), torch.no_grad(), ffaccel.torch.offload("cpu"):
         assert _ours()
         1 / 0
-    assert not _ours() and not dispatcher.registered()
+    assert dispatcher.release() and not _ours() and not dispatcher.registered()
     with ffaccel.torch.offload("cpu", interception="function"):
         assert not _ours()  # the function mode registers nothing
+
+
+def test_back_to_back_sessions_register_once_and_the_kernels_go_after_the_linger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop entering a session per forward pass pays the registration once; once the last
+    session has been gone for ``LINGER_S`` the reaper restores PyTorch's kernels by itself,
+    also after an exit by an exception; ``release`` refuses while a session is active."""
+    c, a, b = _addmm_args()
+    want = torch.addmm(c, a, b)
+    before = dispatcher.registrations
+    for _ in range(3):
+        with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+            torch.testing.assert_close(torch.addmm(c, a, b), want)
+            assert not dispatcher.release() and _ours()  # a session is active: nothing removed
+        assert session.stats["offloaded_calls"] == 1
+    assert dispatcher.registrations == before + 1
+    assert torch.equal(torch.addmm(c, a, b), want)  # lingering, outside a session: PyTorch's own kernel
+    monkeypatch.setattr(dispatcher, "LINGER_S", 0.01)
+    with pytest.raises(ZeroDivisionError), torch.no_grad(), ffaccel.torch.offload("cpu"):
+        1 / 0
+    assert dispatcher.wait_released(DEADLINE_S) and not _ours() and not _ours("mm.out")
+    assert dispatcher.registrations == before + 1  # the last session found them in place
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):  # and the next one registers them again
+        assert _ours()
+    assert dispatcher.wait_released(DEADLINE_S) and not _ours()
+    assert dispatcher.registrations == before + 2
 
 
 def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_last_exits() -> None:
@@ -59,7 +96,7 @@ def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_l
             torch.mm(a, b)
         assert _ours()
         torch.mm(a, b)
-    assert not _ours()
+    assert dispatcher.release() and not _ours()
     assert outer.stats["offloaded_calls"] == 2 and inner.stats["offloaded_calls"] == 2
     assert outer.stats["host_calls"] == inner.stats["host_calls"] == 0
 
@@ -98,7 +135,7 @@ def test_another_thread_gets_stock_results_and_counts_only_in_its_own_session() 
     torch.testing.assert_close(seen["own"], want)
     assert session_a.stats["offloaded_calls"] == 1 and session_a.stats["host_calls"] == 0
     assert seen["stats"]["offloaded_calls"] == 2
-    assert not _ours()
+    assert dispatcher.release() and not _ours()
 
 
 @pytest.mark.parametrize("interception", ["dispatcher", "function"])
