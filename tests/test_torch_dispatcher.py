@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -20,7 +21,7 @@ F = torch.nn.functional
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import ffaccel.torch  # noqa: E402
-from ffaccel.frontends.torch_offload import dispatcher  # noqa: E402
+from ffaccel.frontends.torch_offload import dispatcher, tensors  # noqa: E402
 
 DEADLINE_S = 60.0
 
@@ -242,3 +243,70 @@ def test_out_overloads_write_out(op: str) -> None:
     torch.testing.assert_close(small, want)
     s = session.stats
     assert s["offloaded_calls"] == 1 and s["host_reasons"] == {"arguments unsupported": 1}, s
+
+
+def test_parameter_memo_key_tells_apart_every_view_of_the_same_memory() -> None:
+    """``tensors.param_memo`` memoizes a parameter's NumPy view by what the view's reading depends
+    on: a view of the same memory with another shape, strides (a square W's transpose), dtype or
+    negative bit must not get the memoized one."""
+    w = torch.nn.Parameter(torch.randn(6, 6))
+    variants = {"as it is": w, "rows": w[:3], "transposed": w.t(), "int32 bits": w.view(torch.int32),
+                "negative bit": torch._neg_view(w)}
+    for name, t in variants.items():
+        tensors.param_memo(w)  # the first view memoized for that memory
+        got, want = tensors.param_memo(t), t.detach().resolve_neg().numpy()
+        assert got.shape == want.shape and got.strides == want.strides and got.dtype == want.dtype, name
+        assert np.array_equal(got, want), name
+    assert tensors.param_memo(torch.ones(3)) is not tensors.param_memo(torch.ones(3))  # activations: not memoized
+
+
+def test_fast_paths_tell_a_square_weight_from_its_transpose_and_forget_parameters_with_the_kernels() -> None:
+    """GPT-2's Conv1D ``addmm(b, x, W)`` and ``F.linear``'s ``addmm(b, x, W.t())`` of one square
+    parameter (and ``mm`` likewise) share W's memory and shape: each gets its own result; the
+    memoized views go with the kernels (they keep their parameters alive)."""
+    g = torch.Generator().manual_seed(3)
+    w, c = torch.nn.Parameter(torch.randn(8, 8, generator=g)), torch.nn.Parameter(torch.randn(8, generator=g))
+    x = torch.randn(2, 8, generator=g)
+    calls = (lambda: torch.addmm(c, x, w), lambda: F.linear(x, w, c), lambda: torch.mm(x, w), lambda: F.linear(x, w))
+    with torch.no_grad():
+        want = [f() for f in calls]
+        with ffaccel.torch.offload("cpu") as session:
+            for _ in range(2):  # the second round from the memo
+                for f, wt in zip(calls, want):
+                    torch.testing.assert_close(f(), wt)
+    assert session.stats["offloaded_calls"] == 8 and session.stats["host_calls"] == 0
+    assert tensors.PARAM_MEMO and dispatcher.release() and not tensors.PARAM_MEMO
+
+
+@pytest.mark.parametrize("case", ["broadcast bias", "bias matrix", "beta", "bf16", "f64"])
+def test_addmm_beyond_the_fast_path_goes_the_generic_way(case: str) -> None:
+    """The calls the decode's fast path does not take are offloaded as before, with stock's result."""
+    g = torch.Generator().manual_seed(4)
+    x, w, c = torch.randn(3, 5, generator=g), torch.randn(5, 4, generator=g), torch.randn(4, generator=g)
+    kw: dict = {}
+    if case == "broadcast bias":
+        c = c[:1]
+    elif case == "bias matrix":
+        c = torch.randn(3, 4, generator=g)
+    elif case == "beta":
+        kw = {"beta": 0.5}
+    elif case in ("bf16", "f64"):
+        dt = torch.bfloat16 if case == "bf16" else torch.float64
+        x, w, c = x.to(dt), w.to(dt), c.to(dt)
+    with torch.no_grad():
+        want = torch.addmm(c, x, w, **kw)
+        with ffaccel.torch.offload("cpu") as session:
+            got = torch.addmm(c, x, w, **kw)
+    tol = dict(rtol=2e-2, atol=2e-2) if case == "bf16" else {}
+    torch.testing.assert_close(got, want, **tol)
+    assert session.stats["offloaded_calls"] == 1 and session.stats["host_calls"] == 0, session.stats
+
+
+def test_addmm_with_disagreeing_shapes_raises_pytorchs_own_error() -> None:
+    c, x, w = torch.randn(4), torch.randn(3, 5), torch.randn(6, 4)
+    with pytest.raises(RuntimeError) as stock:
+        torch.addmm(c, x, w)
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        with pytest.raises(RuntimeError) as got:
+            torch.addmm(c, x, w)
+    assert str(got.value) == str(stock.value) and session.stats["offloaded_calls"] == 0

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from . import conv, linear, rnn
 from .accounting import ARGS, GRAD, NOT_LOWERED, REGISTRY, Host, count
+from .tensors import PARAM_MEMO
 
 _C = torch._C
 _CPU = _C.DispatchKeySet(_C.DispatchKey.CPU)
@@ -114,6 +115,10 @@ RULES: dict[str, Callable | None] = {
     "_slow_conv2d_forward": None, "_slow_conv2d_forward.output": None,
     "_scaled_mm": None, "_scaled_mm.out": None,
 }
+#: ATen operator overload -> a fast path tried first on a device that takes every GEMM as it is
+#: (``fast(runner, args)`` -> the result, or None: the adapter of :data:`RULES` decides): a decode
+#: step's per-call cost (see docs/torch.md)
+FAST: dict[str, Callable] = {"addmm": linear.fast_addmm, "mm": linear.fast_mm}
 #: operators whose adapter cannot serve autograd (see the module docstring): on the host with
 #: "grad required" when grad is enabled and an input requires it
 GRAD_ON_HOST = frozenset({"_scaled_dot_product_flash_attention_for_cpu", "mkldnn_rnn_layer"})
@@ -160,6 +165,7 @@ def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callabl
     op = name.split(".")[0]
     not_lowered = f"{NOT_LOWERED} ({op})"
     grad_on_host = op in GRAD_ON_HOST
+    fast = FAST.get(name)
     is_grad_enabled, set_grad_enabled = torch.is_grad_enabled, _C._set_grad_enabled
 
     def kernel(*args: Any, **kwargs: Any) -> Any:
@@ -169,6 +175,10 @@ def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callabl
         runner = st.runners[-1]
         st.busy = True
         try:
+            if fast is not None and not kwargs and runner.direct:
+                r = fast(runner, args)
+                if r is not None:
+                    return r
             if adapter is None:
                 reason = not_lowered
             else:
@@ -248,6 +258,7 @@ def _unregister() -> None:
     if _library is not None:
         _library._destroy()
         _library = None
+        PARAM_MEMO.clear()  # the memoized views keep their parameters alive: not past the sessions
     _release_at = None
     _CHANGED.notify_all()
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import post
-from ...spec import PostOpKind
-from .accounting import ARGS, DTYPE, SHAPE, Host
-from .tensors import FLOAT, check_tensors, same_dtype, to_numpy, to_torch
+from ..numpy_api import matmul as device_matmul
+from ...spec import FFAccelError, PostOpKind
+from .accounting import ARGS, DTYPE, SHAPE, Host, count
+from .tensors import FLOAT, check_tensors, param_memo, same_dtype, to_numpy, to_torch
 
 
 def mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
@@ -118,6 +119,86 @@ def _gemm_epilogue(m: Any, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, be
     else:
         r = m.run(flops, an, bn, cn, alpha=alpha, beta=beta, post_ops=post_ops)
     return to_torch(r)
+
+
+#: tensor types the fast paths take (a subclass keeps its own semantics: the generic path decides)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: dtypes ``Tensor.numpy`` takes as they are (bf16 goes through the generic path's int16 view)
+_FAST_DTYPES = frozenset({torch.float32, torch.float64, torch.float16})
+
+
+def fast_addmm(m: Any, args: tuple) -> torch.Tensor | None:
+    """``aten::addmm(bias, x, B)`` as a decode step calls it (GPT-2's Conv1D, ``F.linear``'s
+    ``addmm(bias, x, W.t())``), in one function, on a device that takes every GEMM as it is
+    (``m.direct``); None: not this case, the generic path (:func:`addmm`, :func:`linear`) decides.
+
+    The same verdicts as the generic path, from what the dispatcher guarantees: a CPU kernel gets
+    dense strided CPU tensors; grad needs nothing here (the result comes from ``torch.from_numpy``,
+    autograd recorded the call above). Plain tensors of one float dtype NumPy takes, 2-D x and B,
+    a 1-D bias of B's columns; ``numpy(force=True)`` views a parameter that requires grad
+    without a ``detach`` (and refuses what is not viewable: None), memoized for parameters with
+    the bias's post-op (:func:`.tensors.param_memo`). The transposed weight goes with
+    ``trans_b`` as in :func:`linear`; a device refusal (say, k disagrees) is left to the generic
+    path, which counts it. ~25 µs of the generic path's checks, views and calls at GPT-2's
+    1 x 256 x 768 were ~15-18 µs above ``ffaccel.matmul``; see docs/torch.md for what this is."""
+    if len(args) != 3:
+        return None
+    c, a, b = args
+    dt = a.dtype
+    if (type(a) not in _PLAIN or type(b) not in _PLAIN or type(c) not in _PLAIN or dt not in _FAST_DTYPES
+            or b.dtype is not dt or c.dtype is not dt or a.ndim != 2 or b.ndim != 2 or c.ndim != 1):
+        return None
+    try:
+        # (x, an activation, viewed as it is: memoizing it would keep it alive)
+        an, (bn, trans_b), bias = a.numpy(force=True), param_memo(b, _gemm_b), param_memo(c, _bias_post_ops)
+    except (TypeError, RuntimeError):
+        return None
+    n = bn.shape[0] if trans_b else bn.shape[1]
+    if c.shape[0] != n:
+        return None  # a bias of another length (PyTorch broadcasts or refuses): the generic path
+    try:
+        r = device_matmul(an, bn, trans_b=trans_b, post_ops=bias, device=m.dev)
+    except FFAccelError:
+        return None
+    count(m.stats, True, 2 * an.shape[0] * an.shape[1] * n)
+    return torch.from_numpy(r)
+
+
+def fast_mm(m: Any, args: tuple) -> torch.Tensor | None:
+    """``aten::mm(a, b)`` (a Linear without bias, the LM head: ``mm(x, W.t())``) as
+    :func:`fast_addmm` takes addmm: None where the generic path (:func:`matmul_strict`) decides."""
+    if len(args) != 2:
+        return None
+    a, b = args
+    dt = a.dtype
+    if (type(a) not in _PLAIN or type(b) not in _PLAIN or dt not in _FAST_DTYPES or b.dtype is not dt
+            or a.ndim != 2 or b.ndim != 2):
+        return None
+    try:
+        an, bn = a.numpy(force=True), param_memo(b)
+        r = device_matmul(an, bn, device=m.dev)
+    except (TypeError, RuntimeError, FFAccelError):
+        return None
+    count(m.stats, True, 2 * an.shape[0] * an.shape[1] * bn.shape[1])
+    return torch.from_numpy(r)
+
+
+_BIAS_N = PostOpKind.BIAS_N
+
+
+def _gemm_b(b: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """B as :func:`fast_addmm` sends it: ``(W, True)`` for ``W.t()`` of a row-major W (``trans_b``,
+    as :func:`linear`), else ``(B, False)`` (memoized for a parameter)."""
+    bn = b.numpy(force=True)
+    wn = bn.T
+    if wn.flags.c_contiguous and not bn.flags.c_contiguous:
+        return wn, True
+    return bn, False
+
+
+def _bias_post_ops(c: torch.Tensor) -> tuple[post.PostOp]:
+    """``post_ops`` adding the 1-D ``c`` over D's columns (memoized for a parameter: :func:`fast_addmm`)."""
+    return (post.PostOp(_BIAS_N, operand=c.numpy(force=True)),)
 
 
 def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
