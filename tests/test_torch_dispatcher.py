@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import ffaccel.torch  # noqa: E402
 from ffaccel.frontends.torch_offload import dispatcher, tensors  # noqa: E402
+from ffaccel.frontends.torch_offload.accounting import EXTRA_FORMULAS  # noqa: E402
 
 DEADLINE_S = 60.0
 
@@ -310,3 +311,30 @@ def test_addmm_with_disagreeing_shapes_raises_pytorchs_own_error() -> None:
         with pytest.raises(RuntimeError) as got:
             torch.addmm(c, x, w)
     assert str(got.value) == str(stock.value) and session.stats["offloaded_calls"] == 0
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+@pytest.mark.parametrize("layout", ["contiguous", "heads transposed"])
+def test_attention_at_decode_equals_stock_with_its_flops(scale: "float | None", layout: str) -> None:
+    """A decode step's attention (one query row against a KV cache, no mask; the fast path):
+    output and log-sum-exp as PyTorch's kernel gives them, and PyTorch's FLOP count offloaded.
+    The layout of the (batch, heads, rows, dim) tensors as a model's head split leaves them."""
+    g = torch.Generator().manual_seed(5)
+    if layout == "contiguous":
+        q, k, v = torch.randn(1, 4, 1, 16, generator=g), torch.randn(1, 4, 9, 16, generator=g), \
+            torch.randn(1, 4, 9, 16, generator=g)
+    else:  # (batch, rows, heads, dim) storage viewed as (batch, heads, rows, dim)
+        q, k, v = (torch.randn(1, n, 4, 16, generator=g).transpose(1, 2) for n in (1, 9, 9))
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    kw = {} if scale is None else {"scale": scale}
+    with torch.no_grad():
+        want = op(q, k, v, **kw)
+        with FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FORMULAS)) as counter:
+            op(q, k, v, **kw)
+        with ffaccel.torch.offload("cpu") as session:
+            got = op(q, k, v, **kw)
+    for gt, wt in zip(got, want):
+        assert gt.shape == wt.shape and gt.dtype == wt.dtype
+        torch.testing.assert_close(gt, wt, rtol=1e-5, atol=1e-5)
+    s = session.stats
+    assert s["offloaded_calls"] == 1 and s["host_calls"] == 0 and s["offloaded_flops"] == counter.get_total_flops()

@@ -116,9 +116,10 @@ RULES: dict[str, Callable | None] = {
     "_scaled_mm": None, "_scaled_mm.out": None,
 }
 #: ATen operator overload -> a fast path tried first on a device that takes every GEMM as it is
-#: (``fast(runner, args)`` -> the result, or None: the adapter of :data:`RULES` decides): a decode
-#: step's per-call cost (see docs/torch.md)
-FAST: dict[str, Callable] = {"addmm": linear.fast_addmm, "mm": linear.fast_mm}
+#: (``fast(runner, args, kwargs)`` -> the result, or None: the adapter of :data:`RULES` decides): a
+#: decode step's per-call cost (see docs/torch.md)
+FAST: dict[str, Callable] = {"addmm": linear.fast_addmm, "mm": linear.fast_mm,
+                             "_scaled_dot_product_flash_attention_for_cpu": linear.fast_sdpa}
 #: operators whose adapter cannot serve autograd (see the module docstring): on the host with
 #: "grad required" when grad is enabled and an input requires it
 GRAD_ON_HOST = frozenset({"_scaled_dot_product_flash_attention_for_cpu", "mkldnn_rnn_layer"})
@@ -175,8 +176,8 @@ def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callabl
         runner = st.runners[-1]
         st.busy = True
         try:
-            if fast is not None and not kwargs and runner.direct:
-                r = fast(runner, args)
+            if fast is not None and runner.direct:
+                r = fast(runner, args, kwargs)
                 if r is not None:
                     return r
             if adapter is None:

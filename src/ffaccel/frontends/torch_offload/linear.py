@@ -127,7 +127,7 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _FAST_DTYPES = frozenset({torch.float32, torch.float64, torch.float16})
 
 
-def fast_addmm(m: Any, args: tuple) -> torch.Tensor | None:
+def fast_addmm(m: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """``aten::addmm(bias, x, B)`` as a decode step calls it (GPT-2's Conv1D, ``F.linear``'s
     ``addmm(bias, x, W.t())``), in one function, on a device that takes every GEMM as it is
     (``m.direct``); None: not this case, the generic path (:func:`addmm`, :func:`linear`) decides.
@@ -141,7 +141,7 @@ def fast_addmm(m: Any, args: tuple) -> torch.Tensor | None:
     ``trans_b`` as in :func:`linear`; a device refusal (say, k disagrees) is left to the generic
     path, which counts it. ~25 µs of the generic path's checks, views and calls at GPT-2's
     1 x 256 x 768 were ~15-18 µs above ``ffaccel.matmul``; see docs/torch.md for what this is."""
-    if len(args) != 3:
+    if kwargs or len(args) != 3:  # (beta and alpha come as keywords, and only when not 1)
         return None
     c, a, b = args
     dt = a.dtype
@@ -164,10 +164,10 @@ def fast_addmm(m: Any, args: tuple) -> torch.Tensor | None:
     return torch.from_numpy(r)
 
 
-def fast_mm(m: Any, args: tuple) -> torch.Tensor | None:
+def fast_mm(m: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """``aten::mm(a, b)`` (a Linear without bias, the LM head: ``mm(x, W.t())``) as
     :func:`fast_addmm` takes addmm: None where the generic path (:func:`matmul_strict`) decides."""
-    if len(args) != 2:
+    if kwargs or len(args) != 2:
         return None
     a, b = args
     dt = a.dtype
@@ -262,6 +262,55 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
     if dropout:
         raise Host(ARGS)  # random work, not a GEMM
     return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), False, True)
+
+
+def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu`` as a decode step calls it: f32 q, k, v
+    of the same leading dimensions, no mask, no causal mask, no dropout, nothing needing grad, on a
+    device that takes every GEMM as it is (``m.direct``); None: the generic path
+    (:func:`aten_sdpa`) decides.
+
+    The two GEMMs on the device as in :func:`_attention` (the scale as the first one's alpha);
+    the softmax and the log-sum-exp in NumPy on the scores the device returned (in place: they
+    are this call's own), ``p = exp(s - max s) / sum``, ``lse = max s + log(sum)``: a handful of
+    small NumPy calls, where the generic path's PyTorch softmax, reductions and the tensor views
+    between them cost ~90 µs a call at GPT-2's 1 x 4 x 1 x 64 against a 40-row cache."""
+    n = len(args)
+    if n < 3 or (n > 3 and args[3]) or (n > 4 and args[4]) or n > 5 or kwargs.get("attn_mask") is not None:
+        return None
+    q, k, v = args[0], args[1], args[2]
+    if (type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor
+            or q.dtype is not _F32 or k.dtype is not _F32 or v.dtype is not _F32
+            or q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    try:
+        qn, kn, vn = q.numpy(), k.numpy(), v.numpy()
+    except (TypeError, RuntimeError):
+        return None
+    qs, ks, vs = qn.shape, kn.shape, vn.shape
+    if (len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs) or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
+            or qs[-1] != ks[-1] or not ks[-2] or not qs[-1]):
+        return None  # broadcast batches, empty keys, disagreeing shapes: the generic path (or PyTorch's error)
+    scale = kwargs.get("scale")
+    e = qs[-1]
+    try:
+        s = device_matmul(qn, kn, trans_b=True, alpha=1.0 / math.sqrt(e) if scale is None else float(scale),
+                          device=m.dev)
+        top = s.max(-1, keepdims=True)
+        s -= top
+        np.exp(s, out=s)
+        total = s.sum(-1, keepdims=True)
+        s /= total
+        out = device_matmul(s, vn, device=m.dev)
+    except FFAccelError:
+        return None
+    np.log(total, out=total)
+    total += top
+    count(m.stats, True, 2 * (qn.size // e) * ks[-2] * (e + vs[-1]))
+    return torch.from_numpy(out), torch.from_numpy(total.reshape(total.shape[:-1]))
+
+
+_F32 = torch.float32
 
 
 def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale: Any, enable_gqa: Any,
