@@ -10,6 +10,8 @@ the oneDNN LSTM layer, ``.out`` overloads) give PyTorch's results.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 
 import numpy as np
@@ -338,3 +340,25 @@ def test_attention_at_decode_equals_stock_with_its_flops(scale: "float | None", 
         torch.testing.assert_close(gt, wt, rtol=1e-5, atol=1e-5)
     s = session.stats
     assert s["offloaded_calls"] == 1 and s["host_calls"] == 0 and s["offloaded_flops"] == counter.get_total_flops()
+
+
+def _forked_child() -> None:
+    c, a, b = _addmm_args()
+    dispatcher.LINGER_S = 0.01
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        torch.testing.assert_close(torch.addmm(c, a, b), torch.addmm(c, a, b))
+    assert session.stats["offloaded_calls"] == 2
+    assert dispatcher.wait_released(DEADLINE_S) and not _ours()  # the child's own reaper
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_the_kernels_linger_runs_sessions_and_releases_them() -> None:
+    """A data loader's worker forked during the linger: it inherits the kernels but not the reaper
+    thread (nor a lock that thread held): its sessions work and its own reaper removes them."""
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):
+        pass
+    assert _ours()
+    child = multiprocessing.get_context("fork").Process(target=_forked_child)
+    child.start()
+    child.join(DEADLINE_S)
+    assert child.exitcode == 0

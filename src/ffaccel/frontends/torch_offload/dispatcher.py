@@ -36,6 +36,7 @@ these kernels too.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -303,6 +304,18 @@ def wait_released(timeout_s: float) -> bool:
                 return False
             _CHANGED.wait(left)
         return True
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no reaper thread, and _LOCK may have been held by it at the fork: new ones."""
+    global _LOCK, _CHANGED, _reaper, _reaper_wakes_at
+    _LOCK = threading.Lock()
+    _CHANGED = threading.Condition(_LOCK)
+    _reaper, _reaper_wakes_at = None, float("inf")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def push(runner: Any) -> None:
