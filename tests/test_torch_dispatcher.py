@@ -23,7 +23,7 @@ F = torch.nn.functional
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import ffaccel.torch  # noqa: E402
-from ffaccel.frontends.torch_offload import dispatcher, tensors  # noqa: E402
+from ffaccel.frontends.torch_offload import dispatcher, linear, tensors  # noqa: E402
 from ffaccel.frontends.torch_offload.accounting import EXTRA_FORMULAS  # noqa: E402
 
 DEADLINE_S = 60.0
@@ -315,12 +315,22 @@ def test_addmm_with_disagreeing_shapes_raises_pytorchs_own_error() -> None:
     assert str(got.value) == str(stock.value) and session.stats["offloaded_calls"] == 0
 
 
-@pytest.mark.parametrize("scale", [None, 0.3])
+@pytest.mark.parametrize("softmax", ["numpy", "torch"])
+@pytest.mark.parametrize("scale", [None, 0.3, -0.3])
 @pytest.mark.parametrize("layout", ["contiguous", "heads transposed"])
-def test_attention_at_decode_equals_stock_with_its_flops(scale: "float | None", layout: str) -> None:
+def test_attention_at_decode_equals_stock_with_its_flops(scale: "float | None", layout: str, softmax: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A decode step's attention (one query row against a KV cache, no mask; the fast path):
     output and log-sum-exp as PyTorch's kernel gives them, and PyTorch's FLOP count offloaded.
-    The layout of the (batch, heads, rows, dim) tensors as a model's head split leaves them."""
+    The layout of the (batch, heads, rows, dim) tensors as a model's head split leaves them; the
+    scale folded into the softmax (positive) or the GEMM's alpha; the softmax in NumPy or in
+    PyTorch's passes (chosen by size: both forced here)."""
+    monkeypatch.setattr(linear, "SOFTMAX_TORCH_MIN_ELEMENTS", 0 if softmax == "torch" else 1 << 62)
+
+    def generic(*args: object) -> None:
+        raise AssertionError("the generic attention path ran: the fast path gave the call back")
+
+    monkeypatch.setattr(linear, "_attention", generic)
     g = torch.Generator().manual_seed(5)
     if layout == "contiguous":
         q, k, v = torch.randn(1, 4, 1, 16, generator=g), torch.randn(1, 4, 9, 16, generator=g), \
