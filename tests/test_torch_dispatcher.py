@@ -89,6 +89,10 @@ def test_back_to_back_sessions_register_once_and_the_kernels_go_after_the_linger
         assert _ours()
     assert dispatcher.wait_released(DEADLINE_S) and not _ours()
     assert dispatcher.registrations == before + 2
+    monkeypatch.setattr(dispatcher, "LINGER_S", 0.0)  # no linger: removed by the last exit itself
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):
+        assert _ours()
+    assert not _ours() and not dispatcher.registered()
 
 
 def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_last_exits() -> None:
