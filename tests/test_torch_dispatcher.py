@@ -2,15 +2,19 @@
 of the operators with FLOPs, replaced through ``torch.library`` while a session is active.
 
 What a user relies on: PyTorch is itself again after the last session (also one left by an
-exception); another thread's work is never changed or counted; nested sessions count in the
+exception), after the linger or at once on ``dispatcher.release()``; back-to-back sessions do
+not register the kernels again; another thread's work is never changed or counted; nested sessions count in the
 innermost; gradients and ``inference_mode`` work; ATen-level kernels (attention's log-sum-exp,
 the oneDNN LSTM layer, ``.out`` overloads) give PyTorch's results.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,7 +23,8 @@ F = torch.nn.functional
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import ffaccel.torch  # noqa: E402
-from ffaccel.frontends.torch_offload import dispatcher  # noqa: E402
+from ffaccel.frontends.torch_offload import dispatcher, linear, tensors  # noqa: E402
+from ffaccel.frontends.torch_offload.accounting import EXTRA_FORMULAS  # noqa: E402
 
 DEADLINE_S = 60.0
 
@@ -37,17 +42,57 @@ def _addmm_args() -> tuple:
     return torch.randn(768, generator=g), torch.randn(1, 256, generator=g), torch.randn(256, 768, generator=g)
 
 
+@pytest.fixture(autouse=True)
+def _stock_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with PyTorch's own kernels and a linger no test outlives by accident
+    (a test that means the reaper to act sets a short one itself)."""
+    assert dispatcher.release()
+    monkeypatch.setattr(dispatcher, "LINGER_S", 600.0)
+
+
 def test_registration_lives_while_a_session_is_active_and_not_after() -> None:
     assert not _ours() and not dispatcher.registered()
     with torch.no_grad(), ffaccel.torch.offload("cpu"):
         assert _ours() and _ours("_scaled_dot_product_flash_attention_for_cpu") and _ours("mm.out")
+    assert _ours() and dispatcher.registered()  # the linger: the next session registers nothing
+    assert dispatcher.release()
     assert not _ours() and not _ours("mm.out") and not dispatcher.registered()
     with pytest.raises(ZeroDivisionError), torch.no_grad(), ffaccel.torch.offload("cpu"):
         assert _ours()
         1 / 0
-    assert not _ours() and not dispatcher.registered()
+    assert dispatcher.release() and not _ours() and not dispatcher.registered()
     with ffaccel.torch.offload("cpu", interception="function"):
         assert not _ours()  # the function mode registers nothing
+
+
+def test_back_to_back_sessions_register_once_and_the_kernels_go_after_the_linger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop entering a session per forward pass pays the registration once; once the last
+    session has been gone for ``LINGER_S`` the reaper restores PyTorch's kernels by itself,
+    also after an exit by an exception; ``release`` refuses while a session is active."""
+    c, a, b = _addmm_args()
+    want = torch.addmm(c, a, b)
+    before = dispatcher.registrations
+    for _ in range(3):
+        with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+            torch.testing.assert_close(torch.addmm(c, a, b), want)
+            assert not dispatcher.release() and _ours()  # a session is active: nothing removed
+        assert session.stats["offloaded_calls"] == 1
+    assert dispatcher.registrations == before + 1
+    assert torch.equal(torch.addmm(c, a, b), want)  # lingering, outside a session: PyTorch's own kernel
+    monkeypatch.setattr(dispatcher, "LINGER_S", 0.01)
+    with pytest.raises(ZeroDivisionError), torch.no_grad(), ffaccel.torch.offload("cpu"):
+        1 / 0
+    assert dispatcher.wait_released(DEADLINE_S) and not _ours() and not _ours("mm.out")
+    assert dispatcher.registrations == before + 1  # the last session found them in place
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):  # and the next one registers them again
+        assert _ours()
+    assert dispatcher.wait_released(DEADLINE_S) and not _ours()
+    assert dispatcher.registrations == before + 2
+    monkeypatch.setattr(dispatcher, "LINGER_S", 0.0)  # no linger: removed by the last exit itself
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):
+        assert _ours()
+    assert not _ours() and not dispatcher.registered()
 
 
 def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_last_exits() -> None:
@@ -59,7 +104,7 @@ def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_l
             torch.mm(a, b)
         assert _ours()
         torch.mm(a, b)
-    assert not _ours()
+    assert dispatcher.release() and not _ours()
     assert outer.stats["offloaded_calls"] == 2 and inner.stats["offloaded_calls"] == 2
     assert outer.stats["host_calls"] == inner.stats["host_calls"] == 0
 
@@ -98,7 +143,7 @@ def test_another_thread_gets_stock_results_and_counts_only_in_its_own_session() 
     torch.testing.assert_close(seen["own"], want)
     assert session_a.stats["offloaded_calls"] == 1 and session_a.stats["host_calls"] == 0
     assert seen["stats"]["offloaded_calls"] == 2
-    assert not _ours()
+    assert dispatcher.release() and not _ours()
 
 
 @pytest.mark.parametrize("interception", ["dispatcher", "function"])
@@ -205,3 +250,129 @@ def test_out_overloads_write_out(op: str) -> None:
     torch.testing.assert_close(small, want)
     s = session.stats
     assert s["offloaded_calls"] == 1 and s["host_reasons"] == {"arguments unsupported": 1}, s
+
+
+def test_parameter_memo_key_tells_apart_every_view_of_the_same_memory() -> None:
+    """``tensors.param_memo`` memoizes a parameter's NumPy view by what the view's reading depends
+    on: a view of the same memory with another shape, strides (a square W's transpose), dtype or
+    negative bit must not get the memoized one."""
+    w = torch.nn.Parameter(torch.randn(6, 6))
+    variants = {"as it is": w, "rows": w[:3], "transposed": w.t(), "int32 bits": w.view(torch.int32),
+                "negative bit": torch._neg_view(w)}
+    for name, t in variants.items():
+        tensors.param_memo(w)  # the first view memoized for that memory
+        got, want = tensors.param_memo(t), t.detach().resolve_neg().numpy()
+        assert got.shape == want.shape and got.strides == want.strides and got.dtype == want.dtype, name
+        assert np.array_equal(got, want), name
+    assert tensors.param_memo(torch.ones(3)) is not tensors.param_memo(torch.ones(3))  # activations: not memoized
+
+
+def test_fast_paths_tell_a_square_weight_from_its_transpose_and_forget_parameters_with_the_kernels() -> None:
+    """GPT-2's Conv1D ``addmm(b, x, W)`` and ``F.linear``'s ``addmm(b, x, W.t())`` of one square
+    parameter (and ``mm`` likewise) share W's memory and shape: each gets its own result; the
+    memoized views go with the kernels (they keep their parameters alive)."""
+    g = torch.Generator().manual_seed(3)
+    w, c = torch.nn.Parameter(torch.randn(8, 8, generator=g)), torch.nn.Parameter(torch.randn(8, generator=g))
+    x = torch.randn(2, 8, generator=g)
+    calls = (lambda: torch.addmm(c, x, w), lambda: F.linear(x, w, c), lambda: torch.mm(x, w), lambda: F.linear(x, w))
+    with torch.no_grad():
+        want = [f() for f in calls]
+        with ffaccel.torch.offload("cpu") as session:
+            for _ in range(2):  # the second round from the memo
+                for f, wt in zip(calls, want):
+                    torch.testing.assert_close(f(), wt)
+    assert session.stats["offloaded_calls"] == 8 and session.stats["host_calls"] == 0
+    assert tensors.PARAM_MEMO and dispatcher.release() and not tensors.PARAM_MEMO
+
+
+@pytest.mark.parametrize("case", ["broadcast bias", "bias matrix", "beta", "bf16", "f64"])
+def test_addmm_beyond_the_fast_path_goes_the_generic_way(case: str) -> None:
+    """The calls the decode's fast path does not take are offloaded as before, with stock's result."""
+    g = torch.Generator().manual_seed(4)
+    x, w, c = torch.randn(3, 5, generator=g), torch.randn(5, 4, generator=g), torch.randn(4, generator=g)
+    kw: dict = {}
+    if case == "broadcast bias":
+        c = c[:1]
+    elif case == "bias matrix":
+        c = torch.randn(3, 4, generator=g)
+    elif case == "beta":
+        kw = {"beta": 0.5}
+    elif case in ("bf16", "f64"):
+        dt = torch.bfloat16 if case == "bf16" else torch.float64
+        x, w, c = x.to(dt), w.to(dt), c.to(dt)
+    with torch.no_grad():
+        want = torch.addmm(c, x, w, **kw)
+        with ffaccel.torch.offload("cpu") as session:
+            got = torch.addmm(c, x, w, **kw)
+    tol = dict(rtol=2e-2, atol=2e-2) if case == "bf16" else {}
+    torch.testing.assert_close(got, want, **tol)
+    assert session.stats["offloaded_calls"] == 1 and session.stats["host_calls"] == 0, session.stats
+
+
+def test_addmm_with_disagreeing_shapes_raises_pytorchs_own_error() -> None:
+    c, x, w = torch.randn(4), torch.randn(3, 5), torch.randn(6, 4)
+    with pytest.raises(RuntimeError) as stock:
+        torch.addmm(c, x, w)
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        with pytest.raises(RuntimeError) as got:
+            torch.addmm(c, x, w)
+    assert str(got.value) == str(stock.value) and session.stats["offloaded_calls"] == 0
+
+
+@pytest.mark.parametrize("softmax", ["numpy", "torch"])
+@pytest.mark.parametrize("scale", [None, 0.3, -0.3])
+@pytest.mark.parametrize("layout", ["contiguous", "heads transposed"])
+def test_attention_at_decode_equals_stock_with_its_flops(scale: "float | None", layout: str, softmax: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode step's attention (one query row against a KV cache, no mask; the fast path):
+    output and log-sum-exp as PyTorch's kernel gives them, and PyTorch's FLOP count offloaded.
+    The layout of the (batch, heads, rows, dim) tensors as a model's head split leaves them; the
+    scale folded into the softmax (positive) or the GEMM's alpha; the softmax in NumPy or in
+    PyTorch's passes (chosen by size: both forced here)."""
+    monkeypatch.setattr(linear, "SOFTMAX_TORCH_MIN_ELEMENTS", 0 if softmax == "torch" else 1 << 62)
+
+    def generic(*args: object) -> None:
+        raise AssertionError("the generic attention path ran: the fast path gave the call back")
+
+    monkeypatch.setattr(linear, "_attention", generic)
+    g = torch.Generator().manual_seed(5)
+    if layout == "contiguous":
+        q, k, v = torch.randn(1, 4, 1, 16, generator=g), torch.randn(1, 4, 9, 16, generator=g), \
+            torch.randn(1, 4, 9, 16, generator=g)
+    else:  # (batch, rows, heads, dim) storage viewed as (batch, heads, rows, dim)
+        q, k, v = (torch.randn(1, n, 4, 16, generator=g).transpose(1, 2) for n in (1, 9, 9))
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    kw = {} if scale is None else {"scale": scale}
+    with torch.no_grad():
+        want = op(q, k, v, **kw)
+        with FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FORMULAS)) as counter:
+            op(q, k, v, **kw)
+        with ffaccel.torch.offload("cpu") as session:
+            got = op(q, k, v, **kw)
+    for gt, wt in zip(got, want):
+        assert gt.shape == wt.shape and gt.dtype == wt.dtype
+        torch.testing.assert_close(gt, wt, rtol=1e-5, atol=1e-5)
+    s = session.stats
+    assert s["offloaded_calls"] == 1 and s["host_calls"] == 0 and s["offloaded_flops"] == counter.get_total_flops()
+
+
+def _forked_child() -> None:
+    c, a, b = _addmm_args()
+    dispatcher.LINGER_S = 0.01
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        torch.testing.assert_close(torch.addmm(c, a, b), torch.addmm(c, a, b))
+    assert session.stats["offloaded_calls"] == 2
+    assert dispatcher.wait_released(DEADLINE_S) and not _ours()  # the child's own reaper
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_the_kernels_linger_runs_sessions_and_releases_them() -> None:
+    """A data loader's worker forked during the linger: it inherits the kernels but not the reaper
+    thread (nor a lock that thread held): its sessions work and its own reaper removes them."""
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):
+        pass
+    assert _ours()
+    child = multiprocessing.get_context("fork").Process(target=_forked_child)
+    child.start()
+    child.join(DEADLINE_S)
+    assert child.exitcode == 0

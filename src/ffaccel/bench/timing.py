@@ -109,7 +109,8 @@ def _inner_count(fn: Callable[[], object], min_sample_s: float) -> int:
 
 
 def measure(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 7, warmup: int = 2,
-            min_sample_s: float = 2e-3) -> dict[str, Timing]:
+            min_sample_s: float = 2e-3, prepare: Mapping[str, Callable[[], object]] | None = None
+            ) -> dict[str, Timing]:
     """Time every candidate side by side.
 
     Parameters
@@ -121,6 +122,9 @@ def measure(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 7, 
         Untimed calls of each candidate first (caches, plans, thread pools).
     min_sample_s : float
         Each sample runs an inner loop at least this long; the sample is the mean per call.
+    prepare : mapping of name to a zero-argument callable, optional
+        Called untimed before each sample of that candidate (the state it is meant to run in,
+        which another candidate's sample may have changed).
 
     Examples
     --------
@@ -142,6 +146,8 @@ def measure(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 7, 
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             fn, n = candidates[name], inner[name]
+            if prepare and name in prepare:
+                prepare[name]()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()

@@ -7,10 +7,14 @@ device computed gets PyTorch's own backward, and the backward's GEMMs (``mm``) c
 these kernels too.
 
 * **Registration.** Process-wide, alive while at least one session of this kind is active
-  anywhere in the process (a count under a lock): the first session's entry registers every
-  kernel (~0.25 ms), the last one's exit removes them (~0.05 ms), also when it leaves by an
-  exception. The original kernels are looked up once, before the process's first registration,
-  and called directly.
+  anywhere in the process (a count under a lock) and for :data:`LINGER_S` after the last one
+  exits (also by an exception): registering the kernels costs ~0.2-0.25 ms (the C++ registration
+  itself, ~8 µs a kernel), which a loop entering one session per forward pass would pay every
+  time. The process's first registration looks the original kernels up (called directly); a
+  daemon thread (started once) removes the kernels when the linger has passed with no session
+  entered; :func:`release` removes them at once, :func:`wait_released` waits for the removal.
+  A thread without a session dispatches through them meanwhile (~5 µs per intercepted op,
+  PyTorch's own result); see docs/torch.md for the thread-safety trade-off.
 * **Per thread.** Each kernel reads a thread-local stack of active sessions: a thread without
   one calls the original kernel (what other threads pay while a session is active elsewhere:
   one Python call, ~5 µs, per intercepted op; every other op is untouched). The innermost
@@ -32,7 +36,9 @@ these kernels too.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +48,7 @@ import torch.nn.functional as F
 
 from . import conv, linear, rnn
 from .accounting import ARGS, GRAD, NOT_LOWERED, REGISTRY, Host, count
+from .tensors import PARAM_MEMO
 
 _C = torch._C
 _CPU = _C.DispatchKeySet(_C.DispatchKey.CPU)
@@ -109,6 +116,11 @@ RULES: dict[str, Callable | None] = {
     "_slow_conv2d_forward": None, "_slow_conv2d_forward.output": None,
     "_scaled_mm": None, "_scaled_mm.out": None,
 }
+#: ATen operator overload -> a fast path tried first on a device that takes every GEMM as it is
+#: (``fast(runner, args, kwargs)`` -> the result, or None: the adapter of :data:`RULES` decides): a
+#: decode step's per-call cost (see docs/torch.md)
+FAST: dict[str, Callable] = {"addmm": linear.fast_addmm, "mm": linear.fast_mm,
+                             "_scaled_dot_product_flash_attention_for_cpu": linear.fast_sdpa}
 #: operators whose adapter cannot serve autograd (see the module docstring): on the host with
 #: "grad required" when grad is enabled and an input requires it
 GRAD_ON_HOST = frozenset({"_scaled_dot_product_flash_attention_for_cpu", "mkldnn_rnn_layer"})
@@ -128,9 +140,22 @@ class _State(threading.local):
 
 _STATE = _State()
 _LOCK = threading.Lock()
+#: signalled (under _LOCK) when the last session exits or the kernels are removed
+_CHANGED = threading.Condition(_LOCK)
 _users = 0
 _library: torch.library.Library | None = None
-
+#: seconds the kernels stay registered after the process's last session exits: a session entered
+#: meanwhile (the next forward pass of a serving loop) finds them in place and registers nothing
+LINGER_S = 0.5
+#: time.monotonic() at which the reaper removes the kernels (None: not due, a session is active)
+_release_at: float | None = None
+_reaper: threading.Thread | None = None
+#: time.monotonic() at which the reaper wakes by itself (inf: it waits to be woken). An exit wakes it
+#: only when the kernels are due before that, so a back-to-back loop's exits, which move
+#: _release_at later, wake no thread
+_reaper_wakes_at = float("inf")
+#: how many times the kernels were registered in this process (tests read it)
+registrations = 0
 
 def _needs_grad(args: tuple, kwargs: dict) -> bool:
     return any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values()))
@@ -142,6 +167,7 @@ def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callabl
     op = name.split(".")[0]
     not_lowered = f"{NOT_LOWERED} ({op})"
     grad_on_host = op in GRAD_ON_HOST
+    fast = FAST.get(name)
     is_grad_enabled, set_grad_enabled = torch.is_grad_enabled, _C._set_grad_enabled
 
     def kernel(*args: Any, **kwargs: Any) -> Any:
@@ -151,6 +177,10 @@ def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callabl
         runner = st.runners[-1]
         st.busy = True
         try:
+            if fast is not None and runner.direct:
+                r = fast(runner, args, kwargs)
+                if r is not None:
+                    return r
             if adapter is None:
                 reason = not_lowered
             else:
@@ -208,7 +238,10 @@ def _register() -> torch.library.Library:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "overriding a previously registered kernel": meant
             for name, kernel in kernels.items():
-                lib.impl(name, kernel, "CPU")
+                # the C++ registration without Library.impl's Python checks (~15 % of the time; it
+                # also leaves torch.library's record of Python overrides, which would refuse a
+                # user's own override of these operators while ours lingers)
+                lib.m.impl(name, "CPU", kernel, False)
     except BaseException:
         lib._destroy()
         raise
@@ -216,23 +249,90 @@ def _register() -> torch.library.Library:
 
 
 def registered() -> bool:
-    """Whether the kernels are registered now (some session of this kind is active in the process)."""
+    """Whether the kernels are registered now (a session of this kind is active in the process,
+    or the last one exited less than :data:`LINGER_S` ago)."""
     return _library is not None
 
 
-def push(runner: Any) -> None:
-    """Activate ``runner`` on this thread (registering the kernels if it is the process's first)."""
-    global _users, _library
+def _unregister() -> None:
+    """Remove the kernels (caller holds _LOCK, no session active)."""
+    global _library, _release_at
+    if _library is not None:
+        _library._destroy()
+        _library = None
+        PARAM_MEMO.clear()  # the memoized views keep their parameters alive: not past the sessions
+    _release_at = None
+    _CHANGED.notify_all()
+
+
+def _reap() -> None:
+    """The reaper thread: removes the kernels once the linger after the last exit has passed."""
+    global _reaper_wakes_at, _release_at
+    with _CHANGED:
+        while True:
+            if _release_at is None:
+                _reaper_wakes_at = float("inf")
+                _CHANGED.wait()
+                continue
+            left = _release_at - time.monotonic()
+            if left > 0:
+                _reaper_wakes_at = _release_at
+                _CHANGED.wait(left)  # a session entered meanwhile clears _release_at; one exited moves it
+            elif _users == 0:
+                _unregister()
+            else:  # (not reached: an entry clears _release_at)
+                _release_at = None
+
+
+def release() -> bool:
+    """Remove the kernels now if no session is active (PyTorch's own kernels again at once, not
+    after the linger); True if none are registered afterwards."""
     with _LOCK:
         if _users == 0:
+            _unregister()
+        return _library is None
+
+
+def wait_released(timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` seconds for the kernels to be removed (the linger after the last
+    session); True once none are registered."""
+    deadline = time.monotonic() + timeout_s
+    with _CHANGED:
+        while _library is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            _CHANGED.wait(left)
+        return True
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no reaper thread, and _LOCK may have been held by it at the fork: new ones."""
+    global _LOCK, _CHANGED, _reaper, _reaper_wakes_at
+    _LOCK = threading.Lock()
+    _CHANGED = threading.Condition(_LOCK)
+    _reaper, _reaper_wakes_at = None, float("inf")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def push(runner: Any) -> None:
+    """Activate ``runner`` on this thread (registering the kernels unless they are in place)."""
+    global _users, _library, _release_at, registrations
+    with _LOCK:
+        if _library is None:
             _library = _register()
+            registrations += 1
         _users += 1
+        _release_at = None
     _STATE.runners = (*_STATE.runners, runner)
 
 
 def pop(runner: Any) -> None:
-    """Deactivate ``runner`` on this thread (removing the kernels after the process's last)."""
-    global _users, _library
+    """Deactivate ``runner`` on this thread (the kernels go :data:`LINGER_S` after the process's last)."""
+    global _users, _release_at, _reaper
     runners = list(_STATE.runners)
     for i in range(len(runners) - 1, -1, -1):
         if runners[i] is runner:
@@ -242,5 +342,12 @@ def pop(runner: Any) -> None:
     with _LOCK:
         _users -= 1
         if _users == 0 and _library is not None:
-            _library._destroy()
-            _library = None
+            if LINGER_S <= 0:
+                _unregister()
+                return
+            _release_at = time.monotonic() + LINGER_S
+            if _reaper is None or not _reaper.is_alive():  # (not alive: first use, or a forked child)
+                _reaper = threading.Thread(target=_reap, name="ffaccel-dispatcher-release", daemon=True)
+                _reaper.start()
+            elif _release_at < _reaper_wakes_at:
+                _CHANGED.notify_all()

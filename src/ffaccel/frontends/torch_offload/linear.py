@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import post
-from ...spec import PostOpKind
-from .accounting import ARGS, DTYPE, SHAPE, Host
-from .tensors import FLOAT, check_tensors, same_dtype, to_numpy, to_torch
+from ..numpy_api import matmul as device_matmul
+from ...spec import FFAccelError, PostOpKind
+from .accounting import ARGS, DTYPE, SHAPE, Host, count
+from .tensors import FLOAT, check_tensors, param_memo, same_dtype, to_numpy, to_torch
 
 
 def mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
@@ -120,6 +121,86 @@ def _gemm_epilogue(m: Any, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, be
     return to_torch(r)
 
 
+#: tensor types the fast paths take (a subclass keeps its own semantics: the generic path decides)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: dtypes ``Tensor.numpy`` takes as they are (bf16 goes through the generic path's int16 view)
+_FAST_DTYPES = frozenset({torch.float32, torch.float64, torch.float16})
+
+
+def fast_addmm(m: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``aten::addmm(bias, x, B)`` as a decode step calls it (GPT-2's Conv1D, ``F.linear``'s
+    ``addmm(bias, x, W.t())``), in one function, on a device that takes every GEMM as it is
+    (``m.direct``); None: not this case, the generic path (:func:`addmm`, :func:`linear`) decides.
+
+    The same verdicts as the generic path, from what the dispatcher guarantees: a CPU kernel gets
+    dense strided CPU tensors; grad needs nothing here (the result comes from ``torch.from_numpy``,
+    autograd recorded the call above). Plain tensors of one float dtype NumPy takes, 2-D x and B,
+    a 1-D bias of B's columns; ``numpy(force=True)`` views a parameter that requires grad
+    without a ``detach`` (and refuses what is not viewable: None), memoized for parameters with
+    the bias's post-op (:func:`.tensors.param_memo`). The transposed weight goes with
+    ``trans_b`` as in :func:`linear`; a device refusal (say, k disagrees) is left to the generic
+    path, which counts it. ~25 µs of the generic path's checks, views and calls at GPT-2's
+    1 x 256 x 768 were ~15-18 µs above ``ffaccel.matmul``; see docs/torch.md for what this is."""
+    if kwargs or len(args) != 3:  # (beta and alpha come as keywords, and only when not 1)
+        return None
+    c, a, b = args
+    dt = a.dtype
+    if (type(a) not in _PLAIN or type(b) not in _PLAIN or type(c) not in _PLAIN or dt not in _FAST_DTYPES
+            or b.dtype is not dt or c.dtype is not dt or a.ndim != 2 or b.ndim != 2 or c.ndim != 1):
+        return None
+    try:
+        # (x, an activation, viewed as it is: memoizing it would keep it alive)
+        an, (bn, trans_b), bias = a.numpy(force=True), param_memo(b, _gemm_b), param_memo(c, _bias_post_ops)
+    except (TypeError, RuntimeError):
+        return None
+    n = bn.shape[0] if trans_b else bn.shape[1]
+    if c.shape[0] != n:
+        return None  # a bias of another length (PyTorch broadcasts or refuses): the generic path
+    try:
+        r = device_matmul(an, bn, trans_b=trans_b, post_ops=bias, device=m.dev)
+    except FFAccelError:
+        return None
+    count(m.stats, True, 2 * an.shape[0] * an.shape[1] * n)
+    return torch.from_numpy(r)
+
+
+def fast_mm(m: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``aten::mm(a, b)`` (a Linear without bias, the LM head: ``mm(x, W.t())``) as
+    :func:`fast_addmm` takes addmm: None where the generic path (:func:`matmul_strict`) decides."""
+    if kwargs or len(args) != 2:
+        return None
+    a, b = args
+    dt = a.dtype
+    if (type(a) not in _PLAIN or type(b) not in _PLAIN or dt not in _FAST_DTYPES or b.dtype is not dt
+            or a.ndim != 2 or b.ndim != 2):
+        return None
+    try:
+        an, bn = a.numpy(force=True), param_memo(b)
+        r = device_matmul(an, bn, device=m.dev)
+    except (TypeError, RuntimeError, FFAccelError):
+        return None
+    count(m.stats, True, 2 * an.shape[0] * an.shape[1] * bn.shape[1])
+    return torch.from_numpy(r)
+
+
+_BIAS_N = PostOpKind.BIAS_N
+
+
+def _gemm_b(b: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """B as :func:`fast_addmm` sends it: ``(W, True)`` for ``W.t()`` of a row-major W (``trans_b``,
+    as :func:`linear`), else ``(B, False)`` (memoized for a parameter)."""
+    bn = b.numpy(force=True)
+    wn = bn.T
+    if wn.flags.c_contiguous and not bn.flags.c_contiguous:
+        return wn, True
+    return bn, False
+
+
+def _bias_post_ops(c: torch.Tensor) -> tuple[post.PostOp]:
+    """``post_ops`` adding the 1-D ``c`` over D's columns (memoized for a parameter: :func:`fast_addmm`)."""
+    return (post.PostOp(_BIAS_N, operand=c.numpy(force=True)),)
+
+
 def linear(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     x = args[0] if args else kwargs["input"]
     w = args[1] if len(args) > 1 else kwargs["weight"]
@@ -181,6 +262,81 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
     if dropout:
         raise Host(ARGS)  # random work, not a GEMM
     return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), False, True)
+
+
+def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu`` as a decode step calls it: f32 q, k, v
+    of the same leading dimensions, no mask, no causal mask, no dropout, nothing needing grad, on a
+    device that takes every GEMM as it is (``m.direct``); None: the generic path
+    (:func:`aten_sdpa`) decides.
+
+    The two GEMMs on the device as in :func:`_attention`; the softmax and the log-sum-exp on the
+    scores the device returned (in place: they are this call's own), ``p = exp(scale (s - max s)) /
+    sum``, ``lse = scale max s + log(sum)`` (a scale <= 0 as the GEMM's alpha instead), in NumPy
+    for small scores and PyTorch's passes from :data:`SOFTMAX_TORCH_MIN_ELEMENTS`: a handful of
+    calls, where the generic path's PyTorch softmax, reductions and the tensor views
+    between them cost ~90 µs a call at GPT-2's 1 x 4 x 1 x 64 against a 40-row cache."""
+    n = len(args)
+    if n < 3 or (n > 3 and args[3]) or (n > 4 and args[4]) or n > 5 or kwargs.get("attn_mask") is not None:
+        return None
+    q, k, v = args[0], args[1], args[2]
+    if (type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor
+            or q.dtype is not _F32 or k.dtype is not _F32 or v.dtype is not _F32
+            or q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    try:
+        qn, kn, vn = q.numpy(), k.numpy(), v.numpy()
+    except (TypeError, RuntimeError):
+        return None
+    qs, ks, vs = qn.shape, kn.shape, vn.shape
+    if (len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs) or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
+            or qs[-1] != ks[-1] or not ks[-2] or not qs[-1]):
+        return None  # broadcast batches, empty keys, disagreeing shapes: the generic path (or PyTorch's error)
+    scale = kwargs.get("scale")
+    e = qs[-1]
+    scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
+    # a positive scale folded into the softmax (exp(scale (s - max s)): the device's plain GEMM, where
+    # an alpha sends a batch of small GEMMs through a per-entry loop (8x4x64x64: 470 against 230 µs)
+    fold = scale > 0.0
+    try:
+        s = (device_matmul(qn, kn, trans_b=True, device=m.dev) if fold
+             else device_matmul(qn, kn, trans_b=True, alpha=scale, device=m.dev))
+        if s.size >= SOFTMAX_TORCH_MIN_ELEMENTS:  # PyTorch's vectorized passes, in place on the same memory
+            st = torch.from_numpy(s)
+            top = st.amax(-1, keepdim=True)
+            st.sub_(top)
+            if fold:
+                st.mul_(scale)
+                top.mul_(scale)
+            st.exp_()
+            total = st.sum(-1, keepdim=True)
+            st.div_(total)
+            lse = total.log_().add_(top).squeeze_(-1)
+        else:
+            top = s.max(-1, keepdims=True)
+            s -= top
+            if fold:
+                s *= scale
+                top *= scale
+            np.exp(s, out=s)
+            total = s.sum(-1, keepdims=True)
+            s /= total
+            np.log(total, out=total)
+            total += top
+            lse = torch.from_numpy(total.reshape(total.shape[:-1]))
+        out = device_matmul(s, vn, device=m.dev)
+    except FFAccelError:
+        return None
+    count(m.stats, True, 2 * (qn.size // e) * ks[-2] * (e + vs[-1]))
+    return torch.from_numpy(out), lse
+
+
+#: scores (elements) from which :func:`fast_sdpa` runs its softmax as PyTorch's in-place passes rather
+#: than NumPy's: NumPy's call costs ~1 µs less, PyTorch's pass ~1.6 ns an element less (AMD EPYC,
+#: one thread: 8x4x64x64 scores 230 against 440 µs; a decode's 1x4x1x40, 9 against 12 µs). Only
+#: speed depends on it; tests force both sides.
+SOFTMAX_TORCH_MIN_ELEMENTS = 8192
+_F32 = torch.float32
 
 
 def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale: Any, enable_gqa: Any,

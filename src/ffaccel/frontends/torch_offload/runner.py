@@ -36,6 +36,8 @@ class Runner:
         self.stats = session.stats
         self.dev = session.device
         self.fit = session.fit
+        #: the device takes every GEMM as it is (no partial-device route): the dispatcher's fast paths apply
+        self.direct = session.fit.everything
         #: reasons of host post-ops of the call being handled (counted when it succeeds)
         self.host_post_ops: list[str] = []
 
