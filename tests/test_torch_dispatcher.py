@@ -267,6 +267,18 @@ def test_parameter_memo_key_tells_apart_every_view_of_the_same_memory() -> None:
     assert tensors.param_memo(torch.ones(3)) is not tensors.param_memo(torch.ones(3))  # activations: not memoized
 
 
+def test_parameter_memo_never_holds_a_copy_that_an_update_would_leave_stale() -> None:
+    """A negative-bit view's NumPy form is a resolved copy: after an in-place update of the
+    parameter (an optimizer step) the next call must read the new values, not the first copy."""
+    w = torch.nn.Parameter(torch.ones(4, 4))
+    neg = torch._neg_view(w)
+    first = tensors.param_memo(neg)
+    with torch.no_grad():
+        w.add_(1.0)
+    assert np.array_equal(first, -np.ones((4, 4), np.float32))
+    assert np.array_equal(tensors.param_memo(neg), -2 * np.ones((4, 4), np.float32))
+
+
 def test_fast_paths_tell_a_square_weight_from_its_transpose_and_forget_parameters_with_the_kernels() -> None:
     """GPT-2's Conv1D ``addmm(b, x, W)`` and ``F.linear``'s ``addmm(b, x, W.t())`` of one square
     parameter (and ``mm`` likewise) share W's memory and shape: each gets its own result; the

@@ -54,14 +54,16 @@ def param_memo(t: torch.Tensor, make: Callable[[torch.Tensor], Any] = _numpy_vie
     ~1-2 µs a call each).
 
     The key is everything a view's reading depends on: the address of its first element, the
-    shape, the strides (a square ``W`` and ``W.t()`` share the rest), the dtype and the negative
-    bit (``torch._neg_view`` shares the rest), and ``make``. Any tensor with that key reads those
+    shape, the strides (a square ``W`` and ``W.t()`` share the rest), the dtype, and ``make``; a
+    view with the negative bit (``torch._neg_view``), whose NumPy form is a copy, is not memoized. Any tensor with that key reads those
     very bytes the same way, so a hit is right whatever happened since to the tensor it was made
     from (a view reads the memory at the time of the call, not a copy). Only parameters: a memoized
     view keeps its tensor alive, which for activations would hold memory. Raises what ``make``
     raises (``numpy`` refuses bf16 and what it cannot view)."""
-    if type(t) is _PARAMETER or type(t._base) is _PARAMETER:
-        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t.is_neg(), make)
+    if (type(t) is _PARAMETER or type(t._base) is _PARAMETER) and not t.is_neg():
+        # (a negative-bit view's NumPy form is a resolved copy: memoized, it would miss the
+        # parameter's next in-place update, so it is made each time)
+        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, make)
         v = PARAM_MEMO.get(key)
         if v is None:
             v = make(t)
