@@ -388,3 +388,29 @@ def test_a_child_forked_while_the_kernels_linger_runs_sessions_and_releases_them
     child.start()
     child.join(DEADLINE_S)
     assert child.exitcode == 0
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("case", ["heads-transposed", "row-major", "heads-transposed-masked", "other-value-size"])
+def test_attention_output_has_the_stock_kernels_layout(interception: str, case: str) -> None:
+    """PyTorch's CPU attention writes its output in the memory order of a heads-transposed query
+    (``x.view(B, L, H, E).transpose(1, 2)``, how BERT- and GPT-style layers make q), so code after it
+    may ``out.transpose(1, 2).view(B, L, H * E)``; under offload that must work as it does in stock."""
+    g = torch.Generator().manual_seed(5)
+    b, h, n, s, e = 2, 4, 5, 7, 8
+    ev = 16 if case == "other-value-size" else e
+
+    def heads(length: int, size: int) -> torch.Tensor:
+        x = torch.randn(b, length, h, size, generator=g)
+        return x.transpose(1, 2) if case != "row-major" else x.transpose(1, 2).contiguous()
+
+    q, k, v = heads(n, e), heads(s, e), heads(s, ev)
+    mask = torch.ones(n, s, dtype=torch.bool).tril() if case.endswith("masked") else None
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert session.stats["offloaded_calls"] >= 1 and session.stats["host_calls"] == 0, session.stats
+    assert got.stride() == want.stride(), (got.stride(), want.stride())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if case != "row-major" and case != "other-value-size":
+        torch.testing.assert_close(got.transpose(1, 2).view(b, n, h * ev), want.transpose(1, 2).view(b, n, h * ev))

@@ -324,11 +324,16 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
             np.log(total, out=total)
             total += top
             lse = torch.from_numpy(total.reshape(total.shape[:-1]))
-        out = device_matmul(s, vn, device=m.dev)
+        like = _query_layout(q, (*qs[:-1], vs[-1]))  # the kernel's own output layout, written in place
+        if like is None:
+            out = torch.from_numpy(device_matmul(s, vn, device=m.dev))
+        else:
+            device_matmul(s, vn, out=like.numpy(), device=m.dev)
+            out = like
     except FFAccelError:
         return None
     count(m.stats, True, 2 * (qn.size // e) * ks[-2] * (e + vs[-1]))
-    return torch.from_numpy(out), lse
+    return out, lse
 
 
 #: scores (elements) from which :func:`fast_sdpa` runs its softmax as PyTorch's in-place passes rather
@@ -389,7 +394,25 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     lse = s.amax(-1).sub_(probs.amax(-1).log_()) if with_lse else None
     if low:
         probs = probs.to(q.dtype)
-    return to_torch(m.run(flops, to_numpy(probs), to_numpy(v))), lse
+    out = to_torch(m.run(flops, to_numpy(probs), to_numpy(v)))
+    like = _query_layout(q, out.shape)
+    return (out if like is None else like.copy_(out)), lse
+
+
+def _query_layout(q: torch.Tensor, shape: Any) -> torch.Tensor | None:
+    """An empty output laid out as PyTorch's CPU attention kernel lays out its own, where that is not
+    row-major (None: row-major, as the device returns it).
+
+    The kernel writes its output in the memory order of a query that is a heads-transposed view
+    (``x.view(B, L, H, E).transpose(1, 2)``, how BERT- and GPT-style layers make q), so code after
+    it may ``out.transpose(1, 2).view(B, L, H * E)``, which a row-major result refuses. Measured on
+    torch 2.13: that order for a 4-D query whose ``transpose(1, 2)`` is contiguous (and itself is
+    not), with values of the query's head size; row-major otherwise."""
+    if (q.dim() == 4 and tuple(shape) == tuple(q.shape) and not q.is_contiguous()
+            and q.transpose(1, 2).is_contiguous()):
+        b, h, n, e = q.shape
+        return torch.empty((b, n, h, e), dtype=q.dtype).transpose(1, 2)
+    return None
 
 
 def handlers() -> dict[Callable, Callable]:
