@@ -414,3 +414,63 @@ def test_attention_output_has_the_stock_kernels_layout(interception: str, case: 
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     if case != "row-major" and case != "other-value-size":
         torch.testing.assert_close(got.transpose(1, 2).view(b, n, h * ev), want.transpose(1, 2).view(b, n, h * ev))
+
+
+@pytest.mark.parametrize("kind", ["float", "bool"])
+@pytest.mark.parametrize("shape", ["B,1,1,S", "B,1,L,S", "L,S"])
+def test_masked_attention_takes_the_fast_path_and_equals_stock_and_the_generic_path(
+        shape: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BERT-style encoder's attention (heads-transposed q, k, v and a padding mask broadcast over
+    the heads) on the fast path: output and log-sum-exp as PyTorch's kernel and as the generic path
+    (the function interception's) give them. The mask hides keys (a padded batch entry), so a
+    dropped mask fails the comparison (checked: the unmasked result differs)."""
+    def generic(*args: object) -> None:
+        raise AssertionError("the generic attention path ran: the fast path gave the call back")
+
+    g = torch.Generator().manual_seed(7)
+    b, h, n, e = 3, 4, 6, 8
+    q, k, v = (torch.randn(b, n, h, e, generator=g).transpose(1, 2) for _ in range(3))
+    keep = torch.ones(b, n, dtype=torch.bool)
+    keep[0, 4:] = keep[2, 2:] = False  # padded entries: their last keys hidden
+    sizes = {"B,1,1,S": (b, 1, 1, n), "B,1,L,S": (b, 1, n, n), "L,S": (n, n)}[shape]
+    keep = keep[:, None, None, :].expand(b, 1, n, n) if shape != "L,S" else keep[0].expand(n, n)
+    keep = keep[..., :1, :] if shape == "B,1,1,S" else keep
+    assert keep.shape == sizes
+    mask = keep if kind == "bool" else torch.zeros(sizes).masked_fill_(~keep, torch.finfo(torch.float32).min)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        want, unmasked = sdpa(q, k, v, attn_mask=mask), sdpa(q, k, v)
+        assert not torch.allclose(want, unmasked, atol=1e-3)  # the mask matters here
+        with ffaccel.torch.offload("cpu", interception="function") as generic_session:
+            via_generic = sdpa(q, k, v, attn_mask=mask)
+        with monkeypatch.context() as patch:
+            patch.setattr(linear, "_attention", generic)
+            with ffaccel.torch.offload("cpu") as session:
+                got = sdpa(q, k, v, attn_mask=mask)
+    assert session.stats["offloaded_calls"] == 1 and session.stats["host_calls"] == 0, session.stats
+    assert generic_session.stats["offloaded_calls"] >= 1 and generic_session.stats["host_calls"] == 0
+    assert got.stride() == want.stride()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, via_generic, rtol=1e-5, atol=1e-5)
+    if kind == "float":  # the kernel's log-sum-exp too, against PyTorch's
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        with torch.no_grad():
+            want_out, want_lse = op(q, k, v, attn_mask=mask)
+            with monkeypatch.context() as patch:
+                patch.setattr(linear, "_attention", generic)
+                with ffaccel.torch.offload("cpu"):
+                    got_out, got_lse = op(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_a_mask_that_does_not_broadcast_is_pytorchs_error() -> None:
+    """A mask the scores cannot take (wrong key length) is left to the generic path: PyTorch's own error."""
+    q = torch.randn(2, 3, 4, 8)
+    mask = torch.zeros(4, 5)
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with pytest.raises(RuntimeError):
+        op(q, q, q, attn_mask=mask)
+    with torch.no_grad(), ffaccel.torch.offload("cpu"):
+        with pytest.raises(RuntimeError):
+            op(q, q, q, attn_mask=mask)

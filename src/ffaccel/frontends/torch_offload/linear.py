@@ -265,20 +265,27 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
 
 
 def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``aten::_scaled_dot_product_flash_attention_for_cpu`` as a decode step calls it: f32 q, k, v
-    of the same leading dimensions, no mask, no causal mask, no dropout, nothing needing grad, on a
-    device that takes every GEMM as it is (``m.direct``); None: the generic path
-    (:func:`aten_sdpa`) decides.
+    """``aten::_scaled_dot_product_flash_attention_for_cpu`` as a decode step or a BERT-style encoder
+    calls it: f32 q, k, v of the same leading dimensions, no causal mask, no dropout, nothing needing
+    grad, on a device that takes every GEMM as it is (``m.direct``), with no mask or a plain f32
+    mask that broadcasts to the scores (BERT's ``(B, 1, L, S)`` padding mask, ``(L, S)``); None:
+    the generic path (:func:`aten_sdpa`) decides.
 
-    The two GEMMs on the device as in :func:`_attention`; the softmax and the log-sum-exp on the
-    scores the device returned (in place: they are this call's own), ``p = exp(scale (s - max s)) /
-    sum``, ``lse = scale max s + log(sum)`` (a scale <= 0 as the GEMM's alpha instead), in NumPy
-    for small scores and PyTorch's passes from :data:`SOFTMAX_TORCH_MIN_ELEMENTS`: a handful of
-    calls, where the generic path's PyTorch softmax, reductions and the tensor views
-    between them cost ~90 µs a call at GPT-2's 1 x 4 x 1 x 64 against a 40-row cache."""
+    The two GEMMs on the device as in :func:`_attention`, on row-major copies of strided q, k, v
+    and into a row-major result copied into the kernel's output layout: the cpu driver runs a
+    batch of strided matrices ~3x slower than the copies cost (BERT's heads-transposed 8x12x17x32:
+    QK^T 374 against 116 µs, S V into the strided layout 151 against 78 µs with the copy). The mask
+    is added on the host to the scaled scores, as PyTorch's kernel adds it;
+    the softmax and the log-sum-exp on the scores the device returned (in place: they are this
+    call's own), ``p = exp(scale (s - max s)) / sum``, ``lse = scale max s + log(sum)`` (a scale
+    <= 0 as the GEMM's alpha instead; with a mask the scale is applied before it), in NumPy for
+    small scores and PyTorch's passes from :data:`SOFTMAX_TORCH_MIN_ELEMENTS`: a handful of calls,
+    where the generic path's PyTorch softmax, reductions and the tensor views between them cost
+    ~90 µs a call at GPT-2's 1 x 4 x 1 x 64 against a 40-row cache."""
     n = len(args)
-    if n < 3 or (n > 3 and args[3]) or (n > 4 and args[4]) or n > 5 or kwargs.get("attn_mask") is not None:
+    if n < 3 or (n > 3 and args[3]) or (n > 4 and args[4]) or n > 5:
         return None
+    mask = kwargs.get("attn_mask")
     q, k, v = args[0], args[1], args[2]
     if (type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor
             or q.dtype is not _F32 or k.dtype is not _F32 or v.dtype is not _F32
@@ -292,15 +299,25 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
     if (len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs) or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
             or qs[-1] != ks[-1] or not ks[-2] or not qs[-1]):
         return None  # broadcast batches, empty keys, disagreeing shapes: the generic path (or PyTorch's error)
+    if mask is not None and not _plain_mask(mask, (*qs[:-1], ks[-2])):
+        return None
     scale = kwargs.get("scale")
     e = qs[-1]
     scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
     # a positive scale folded into the softmax (exp(scale (s - max s)): the device's plain GEMM, where
     # an alpha sends a batch of small GEMMs through a per-entry loop (8x4x64x64: 470 against 230 µs)
     fold = scale > 0.0
+    if len(qs) > 3:  # a batch of strided matrices (heads-transposed views): row-major copies (see above)
+        qn, kn, vn = _row_major(qn), _row_major(kn), _row_major(vn)
     try:
         s = (device_matmul(qn, kn, trans_b=True, device=m.dev) if fold
              else device_matmul(qn, kn, trans_b=True, alpha=scale, device=m.dev))
+        if mask is not None:  # scale (unless the GEMM's alpha did), then the mask, as PyTorch's kernel
+            st = torch.from_numpy(s)
+            if fold:
+                st.mul_(scale)
+                fold = False
+            st.add_(mask)
         if s.size >= SOFTMAX_TORCH_MIN_ELEMENTS:  # PyTorch's vectorized passes, in place on the same memory
             st = torch.from_numpy(s)
             top = st.amax(-1, keepdim=True)
@@ -324,16 +341,34 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
             np.log(total, out=total)
             total += top
             lse = torch.from_numpy(total.reshape(total.shape[:-1]))
-        like = _query_layout(q, (*qs[:-1], vs[-1]))  # the kernel's own output layout, written in place
-        if like is None:
-            out = torch.from_numpy(device_matmul(s, vn, device=m.dev))
-        else:
-            device_matmul(s, vn, out=like.numpy(), device=m.dev)
-            out = like
+        out = torch.from_numpy(device_matmul(s, vn, device=m.dev))
+        like = _query_layout(q, (*qs[:-1], vs[-1]))  # the kernel's own output layout (see above)
+        if like is not None:
+            out = like.copy_(out)
     except FFAccelError:
         return None
     count(m.stats, True, 2 * (qn.size // e) * ks[-2] * (e + vs[-1]))
     return out, lse
+
+
+def _row_major(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _plain_mask(mask: Any, scores_shape: tuple[int, ...]) -> bool:
+    """Whether :func:`fast_sdpa` takes ``mask`` as it is: a plain f32 tensor (the ATen kernel takes
+    only the query's dtype: ``F.scaled_dot_product_attention`` turns a bool mask into -inf/0) not needing
+    grad, of at most the scores' dimensions, each equal to the scores' or 1 (it broadcasts over
+    them as PyTorch broadcasts it; anything else: the generic path)."""
+    if type(mask) is not torch.Tensor or mask.dtype is not _F32 or mask.requires_grad:
+        return False
+    ms = mask.shape
+    if len(ms) > len(scores_shape):
+        return False
+    for x, y in zip(reversed(ms), reversed(scores_shape)):
+        if x != y and x != 1:
+            return False
+    return True
 
 
 #: scores (elements) from which :func:`fast_sdpa` runs its softmax as PyTorch's in-place passes rather
