@@ -417,10 +417,12 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
         add = mask.to(s_dtype) if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=s_dtype).masked_fill_(
             ~mask, float("-inf"))
     post_ops = [post.add(to_numpy(add))] if add is not None else []
-    qn = to_numpy(q)
+    qn, kn, vn = to_numpy(q), to_numpy(k), to_numpy(v)
+    if nd > 3:  # a batch of strided matrices (heads-transposed views): row-major copies (see fast_sdpa)
+        qn, kn, vn = _row_major(qn), _row_major(kn), _row_major(vn)
     flops = 2 * (qn.size // max(1, E)) * S * (E + vs[-1])
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
-    s = to_torch(m.run(0, qn, to_numpy(k), trans_b=True, alpha=scale, post_ops=post_ops,
+    s = to_torch(m.run(0, qn, kn, trans_b=True, alpha=scale, post_ops=post_ops,
                        out_dtype=np.float32 if low else None, calls=0))
     probs = torch.softmax(s, dim=-1)
     # log-sum-exp from what is at hand: each row's largest probability is exp(max s - lse), and it is
@@ -429,7 +431,7 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     lse = s.amax(-1).sub_(probs.amax(-1).log_()) if with_lse else None
     if low:
         probs = probs.to(q.dtype)
-    out = to_torch(m.run(flops, to_numpy(probs), to_numpy(v)))
+    out = to_torch(m.run(flops, to_numpy(probs), vn))
     like = _query_layout(q, out.shape)
     return (out if like is None else like.copy_(out)), lse
 
