@@ -471,6 +471,5 @@ def test_attention_with_a_mask_that_does_not_broadcast_is_pytorchs_error() -> No
     op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     with pytest.raises(RuntimeError):
         op(q, q, q, attn_mask=mask)
-    with torch.no_grad(), ffaccel.torch.offload("cpu"):
-        with pytest.raises(RuntimeError):
-            op(q, q, q, attn_mask=mask)
+    with torch.no_grad(), ffaccel.torch.offload("cpu"), pytest.raises(RuntimeError):
+        op(q, q, q, attn_mask=mask)
