@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -473,3 +474,35 @@ def test_attention_with_a_mask_that_does_not_broadcast_is_pytorchs_error() -> No
         op(q, q, q, attn_mask=mask)
     with torch.no_grad(), ffaccel.torch.offload("cpu"), pytest.raises(RuntimeError):
         op(q, q, q, attn_mask=mask)
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("size", ["numpy-softmax", "torch-softmax"])
+@pytest.mark.parametrize("kind", ["float", "bool"])
+def test_a_row_the_mask_hides_whole_gives_zeros_as_in_stock(interception: str, size: str, kind: str) -> None:
+    """A query row whose every key is masked (left padding, a padded query) gets output 0 and a
+    log-sum-exp of 0 from PyTorch's CPU kernel; offload must give the same, not NaN, and warn of
+    nothing. Both softmax implementations of the fast path, and the generic path (function mode)."""
+    b, h, n, e, s = (1, 2, 3, 4, 5) if size == "numpy-softmax" else (2, 8, 64, 16, 64)
+    assert (b * h * n * s >= linear.SOFTMAX_TORCH_MIN_ELEMENTS) == (size == "torch-softmax")
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(b, h, x, e, generator=g) for x in (n, s, s))
+    additive = torch.zeros(b, 1, n, s)
+    additive[..., 1, :] = float("-inf")
+    additive[..., 2, 1:] = float("-inf")  # a row with one key left: its softmax is 1 there
+    mask = additive if kind == "float" else additive == 0
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    want_out, want_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=additive)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+            got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            got_out, got_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=additive)
+    # (the function mode offloads F.scaled_dot_product_attention and leaves the aten call to PyTorch)
+    assert session.stats["host_calls"] == (0 if interception == "dispatcher" else 1), session.stats
+    assert session.stats["offloaded_calls"] >= 1, session.stats
+    assert torch.equal(want[..., 1, :], torch.zeros_like(want[..., 1, :]))  # what stock gives
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
+    if interception == "dispatcher":  # (the function mode hands this aten call to PyTorch's own kernel)
+        torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)

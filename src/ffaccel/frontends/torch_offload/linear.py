@@ -318,25 +318,38 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
                 st.mul_(scale)
                 fold = False
             st.add_(mask)
+        # A row the mask hides whole (every score -inf) gets probabilities 0 and a log-sum-exp of 0, as
+        # PyTorch's kernel gives it (its output row is 0), not exp(-inf - -inf) = NaN: its max and its
+        # sum are set to 0 and 1 (only with a mask: without one a row is -inf only for -inf inputs).
         if s.size >= SOFTMAX_TORCH_MIN_ELEMENTS:  # PyTorch's vectorized passes, in place on the same memory
             st = torch.from_numpy(s)
             top = st.amax(-1, keepdim=True)
+            hidden = top.isneginf() if mask is not None else None
+            if hidden is not None:
+                top.masked_fill_(hidden, 0.0)
             st.sub_(top)
             if fold:
                 st.mul_(scale)
                 top.mul_(scale)
             st.exp_()
             total = st.sum(-1, keepdim=True)
+            if hidden is not None:
+                total.masked_fill_(hidden, 1.0)
             st.div_(total)
             lse = total.log_().add_(top).squeeze_(-1)
         else:
             top = s.max(-1, keepdims=True)
+            hidden = np.isneginf(top) if mask is not None else None
+            if hidden is not None:
+                top[hidden] = 0.0
             s -= top
             if fold:
                 s *= scale
                 top *= scale
             np.exp(s, out=s)
             total = s.sum(-1, keepdims=True)
+            if hidden is not None:
+                total[hidden] = 1.0
             s /= total
             np.log(total, out=total)
             total += top
@@ -429,6 +442,11 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     # at least 1/S (never underflows), so lse = max s - log(max p): two reductions, where
     # torch.logsumexp makes a third pass of exp over the scores (4x the time at MHA's 8x4x64x64)
     lse = s.amax(-1).sub_(probs.amax(-1).log_()) if with_lse else None
+    if add is not None:  # a row the mask hides whole: probabilities and log-sum-exp 0, as PyTorch gives it
+        hidden = s.amax(-1, keepdim=True).isneginf()
+        probs.masked_fill_(hidden, 0.0)
+        if lse is not None:
+            lse.masked_fill_(hidden.squeeze(-1), 0.0)
     if low:
         probs = probs.to(q.dtype)
     out = to_torch(m.run(flops, to_numpy(probs), vn))
