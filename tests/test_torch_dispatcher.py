@@ -506,3 +506,21 @@ def test_a_row_the_mask_hides_whole_gives_zeros_as_in_stock(interception: str, s
     torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
     if interception == "dispatcher":  # (the function mode hands this aten call to PyTorch's own kernel)
         torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("key_heads", [1, 2])
+def test_grouped_query_attention_is_offloaded_as_the_kernel_groups_it(key_heads: int) -> None:
+    """``F.scaled_dot_product_attention(..., enable_gqa=True)`` reaches PyTorch's CPU kernel as a
+    query with a multiple of the keys' heads; query head i reads key head i // (4 / key_heads).
+    Offloaded (the device used to refuse the disagreeing batches: the call went to the host) and
+    equal to stock, with and without a mask."""
+    g = torch.Generator().manual_seed(13)
+    q, k, v = torch.randn(2, 4, 3, 8, generator=g), *(torch.randn(2, key_heads, 5, 8, generator=g) for _ in "kv")
+    mask = torch.zeros(2, 1, 3, 5)
+    mask[0, ..., 3:] = float("-inf")
+    for m in (None, mask):
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+        with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+            got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+        assert session.stats["host_calls"] == 0 and session.stats["offloaded_calls"] == 1, session.stats
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

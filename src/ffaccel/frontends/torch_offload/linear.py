@@ -261,7 +261,10 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
     causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
     if dropout:
         raise Host(ARGS)  # random work, not a GEMM
-    return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), False, True)
+    # the CPU kernel takes grouped-query attention as it comes (``enable_gqa`` reaches it as a query
+    # with a multiple of the keys' heads): the same grouping here
+    gqa = q is not None and k is not None and q.dim() == 4 and k.dim() == 4
+    return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), gqa, True)
 
 
 def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
