@@ -1,15 +1,17 @@
 """The dispatcher-level interception of ``ffaccel.torch.offload`` (the default): ATen's CPU kernels
 of the operators with FLOPs, replaced through ``torch.library`` while a session is active.
 
-What a user relies on: PyTorch is itself again after the last session (also one left by an
-exception), after the linger or at once on ``dispatcher.release()``; back-to-back sessions do
-not register the kernels again; another thread's work is never changed or counted; nested sessions count in the
+What a user relies on: PyTorch is itself again after ``dispatcher.release()`` (also after a
+session left by an exception), or after a linger where one is set; by default the kernels stay
+(removing them races with other threads' dispatch), so back-to-back sessions and sessions in
+several threads register them once; another thread's work is never changed or counted; nested sessions count in the
 innermost; gradients and ``inference_mode`` work; ATen-level kernels (attention's log-sum-exp,
 the oneDNN LSTM layer, ``.out`` overloads) give PyTorch's results.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -524,3 +526,45 @@ def test_grouped_query_attention_is_offloaded_as_the_kernel_groups_it(key_heads:
             got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
         assert session.stats["host_calls"] == 0 and session.stats["offloaded_calls"] == 1, session.stats
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_by_default_the_kernels_stay_after_the_last_session_while_other_threads_dispatch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default: the last exit schedules no removal (removing a kernel while another thread
+    dispatches its operator is a use-after-free in PyTorch's dispatcher; with ``LINGER_S = 0``
+    this very loop had ``addmm`` calls reach the ``mm`` kernel). Sessions come and go in two
+    threads while a third runs ``torch.addmm`` outside any session: every result is PyTorch's own
+    or the device's equal one, each session counts its own call, the kernels are registered once."""
+    monkeypatch.setattr(dispatcher, "LINGER_S", math.inf)
+    c, a, b = _addmm_args()
+    want = torch.addmm(c, a, b)
+    before = dispatcher.registrations
+    problems: list = []
+    sessions_done = threading.Event()
+
+    def with_sessions() -> None:
+        for _ in range(150):
+            with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+                got = torch.addmm(c, a, b)
+            if session.stats["offloaded_calls"] != 1 or not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+                problems.append(("session", session.stats["offloaded_calls"]))
+
+    def stock() -> None:
+        while not sessions_done.is_set():
+            if not torch.equal(torch.addmm(c, a, b), want):
+                problems.append("stock")
+
+    workers = [threading.Thread(target=with_sessions) for _ in range(2)]
+    outside = threading.Thread(target=stock)
+    outside.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(DEADLINE_S)
+    sessions_done.set()
+    outside.join(DEADLINE_S)
+    assert not any(t.is_alive() for t in (*workers, outside))
+    assert problems == []
+    assert dispatcher.registrations == before + 1 and dispatcher.registered() and _ours()
+    assert dispatcher._release_at is None  # nothing scheduled: in place until release()
+    assert dispatcher.release() and not _ours()

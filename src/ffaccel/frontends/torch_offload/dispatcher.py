@@ -6,15 +6,17 @@ Only the operators of :data:`RULES` reach Python (a GPT-2 decode step's ~16 GEMM
 device computed gets PyTorch's own backward, and the backward's GEMMs (``mm``) come back through
 these kernels too.
 
-* **Registration.** Process-wide, alive while at least one session of this kind is active
-  anywhere in the process (a count under a lock) and for :data:`LINGER_S` after the last one
-  exits (also by an exception): registering the kernels costs ~0.2-0.25 ms (the C++ registration
-  itself, ~8 µs a kernel), which a loop entering one session per forward pass would pay every
-  time. The process's first registration looks the original kernels up (called directly); a
-  daemon thread (started once) removes the kernels when the linger has passed with no session
-  entered; :func:`release` removes them at once, :func:`wait_released` waits for the removal.
-  A thread without a session dispatches through them meanwhile (~5 µs per intercepted op,
-  PyTorch's own result); see docs/torch.md for the thread-safety trade-off.
+* **Registration.** Process-wide: the process's first session registers the kernels (~0.2 ms; the
+  originals are looked up then and called directly), and they stay registered until
+  :func:`release` (called when no other thread runs PyTorch) or, where :data:`LINGER_S` is set
+  finite, until that many seconds after the last session exits (a daemon reaper;
+  :func:`wait_released` waits for it). Not removed by themselves by default, because removing
+  a kernel while another thread dispatches that operator is a use-after-free in PyTorch's
+  dispatcher (its table is read without a lock; the freed kernel's memory is reused): measured
+  here with sessions entered and left in two threads and ``torch.addmm`` in a third,
+  ``LINGER_S = 0`` had ``aten::addmm`` calls reach the ``mm`` and ``addmm.out`` kernels within
+  seconds; registered once, never. A thread without a session dispatches through the kernels
+  meanwhile (~5 µs per intercepted op, PyTorch's own result); see docs/torch.md.
 * **Per thread.** Each kernel reads a thread-local stack of active sessions: a thread without
   one calls the original kernel (what other threads pay while a session is active elsewhere:
   one Python call, ~5 µs, per intercepted op; every other op is untouched). The innermost
@@ -36,6 +38,7 @@ these kernels too.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -144,9 +147,10 @@ _LOCK = threading.Lock()
 _CHANGED = threading.Condition(_LOCK)
 _users = 0
 _library: torch.library.Library | None = None
-#: seconds the kernels stay registered after the process's last session exits: a session entered
-#: meanwhile (the next forward pass of a serving loop) finds them in place and registers nothing
-LINGER_S = 0.5
+#: seconds the kernels stay registered after the process's last session exits (a session entered
+#: meanwhile finds them in place and registers nothing); inf, the default: until :func:`release`
+#: (removal races with other threads' dispatch: see the module docstring)
+LINGER_S = math.inf
 #: time.monotonic() at which the reaper removes the kernels (None: not due, a session is active)
 _release_at: float | None = None
 _reaper: threading.Thread | None = None
@@ -249,8 +253,8 @@ def _register() -> torch.library.Library:
 
 
 def registered() -> bool:
-    """Whether the kernels are registered now (a session of this kind is active in the process,
-    or the last one exited less than :data:`LINGER_S` ago)."""
+    """Whether the kernels are registered now (a session of this kind has been entered in this
+    process and :func:`release` has not removed them since)."""
     return _library is not None
 
 
@@ -285,8 +289,12 @@ def _reap() -> None:
 
 
 def release() -> bool:
-    """Remove the kernels now if no session is active (PyTorch's own kernels again at once, not
-    after the linger); True if none are registered afterwards."""
+    """Remove the kernels now if no session is active (PyTorch's own kernels again, and no ~5 µs
+    per intercepted op for calls outside sessions); True if none are registered afterwards.
+
+    Call it where no other thread runs PyTorch operators: PyTorch's dispatcher reads its kernel
+    table without a lock, and a thread dispatching an operator while its kernel is removed may
+    run freed memory (see the module docstring)."""
     with _LOCK:
         if _users == 0:
             _unregister()
@@ -344,6 +352,8 @@ def pop(runner: Any) -> None:
         if _users == 0 and _library is not None:
             if LINGER_S <= 0:
                 _unregister()
+                return
+            if LINGER_S == math.inf:  # the default: in place until release()
                 return
             _release_at = time.monotonic() + LINGER_S
             if _reaper is None or not _reaper.is_alive():  # (not alive: first use, or a forked child)
