@@ -509,3 +509,46 @@ def test_per_call_plans_never_serve_a_call_of_another_kind(m: int, k: int, n: in
             with pytest.raises(FFAccelError) as fresh:
                 ffaccel.matmul(a, b, post_ops=[post.bias(bad)], device=ffaccel.open("cpu"))
             assert (err.value.code, err.value.param) == (fresh.value.code, fresh.value.param)
+
+
+@pytest.mark.parametrize("kind", ["bias_n", "bias_m", "add"])
+def test_a_batched_gemm_hands_the_kernel_every_operand_with_the_gemm_batch(kind: str) -> None:
+    """The driver contract (``abi.views.gemm_arrays``): a kernel gets op(A), op(B), C, D and the
+    post-op operands as (batch, rows, cols) arrays with the GEMM's batch (a bias as (batch, 1, n)
+    or (batch, m, 1), broadcast), on the host-array path as on the buffer path. A driver that
+    indexes operands by batch entry (the npu's post-processing unit does) raised IndexError on a
+    batched convolution's bias when the front-end handed it a batch of 1. Full path and the
+    cached per-call plan (second call)."""
+    from ffaccel.drivers.ref import RefDriver
+    from ffaccel.runtime import Device
+    from ffaccel.transports.inproc import InprocTransport
+
+    seen: list = []
+
+    class Checking(RefDriver):
+        def prepare_gemm(self, op):  # type: ignore[no-untyped-def]
+            run = super().prepare_gemm(op)
+
+            def kernel(a, b, c, d, epi):  # type: ignore[no-untyped-def]
+                seen.append([x.shape[0] for x in (a, b, c, d, *epi) if x is not None] + [op.batch])
+                return run(a, b, c, d, epi)
+            return kernel
+
+    dev = Device("ref", InprocTransport(Checking()))
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((8, 5), np.float32), rng.standard_normal((3, 5, 6), np.float32)
+    operand = {"bias_n": rng.standard_normal(6, np.float32), "bias_m": rng.standard_normal(8, np.float32),
+               "add": rng.standard_normal((8, 6), np.float32)}[kind]
+    op = {"bias_n": post.bias(operand), "bias_m": post.bias(operand, axis="m"), "add": post.add(operand)}[kind]
+    addend = {"bias_n": operand, "bias_m": operand[:, None], "add": operand}[kind]
+    want = a.astype(np.float64) @ b.astype(np.float64) + addend
+    for _ in range(2):
+        got = ffaccel.matmul(a, b, post_ops=[op], device=dev)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 2 and all(set(batches) == {3} for batches in seen), seen
+    npu = ffaccel.open("npu")  # the driver that indexed by batch entry: bf16 inputs, f32 D
+    got = ffaccel.matmul(a.astype(ml_dtypes.bfloat16), b.astype(ml_dtypes.bfloat16), post_ops=[op],
+                         out_dtype=np.float32, device=npu) if kind != "add" else None
+    if got is not None:
+        wide = a.astype(ml_dtypes.bfloat16).astype(np.float64) @ b.astype(ml_dtypes.bfloat16).astype(np.float64)
+        np.testing.assert_allclose(got, wide + addend, rtol=1e-5, atol=1e-4)

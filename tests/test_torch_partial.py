@@ -117,6 +117,26 @@ def test_f32_encoder_runs_relaxed_in_bf16_within_bf16_tolerance(device: str, int
     assert not torch.equal(got, want)  # it did run in bf16: f32 would agree to a few f32 ulps
 
 
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("device", PARTIAL)
+def test_f32_cnn_runs_relaxed_in_bf16_within_bf16_tolerance(device: str, interception: str) -> None:
+    """A batch of images through convolutions with a bias: each convolution is one batched GEMM
+    (the weight shared by the batch) with the bias along m; the npu's post-processing unit, which
+    reads the bias per batch entry, raised IndexError here before the front-end handed it the
+    bias with the GEMM's batch."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, stride=2),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+        with ffaccel.torch.offload(device, relaxed="bf16", interception=interception) as session:
+            got = model(x)
+    s = session.stats
+    assert s["offloaded_fraction"] == 1.0 and s["host_calls"] == 0 and s["offloaded_calls"] == 3, s
+    torch.testing.assert_close(got, want, **_bf16_tolerance(want))
+
+
 @pytest.mark.parametrize("device", PARTIAL)
 @pytest.mark.parametrize("relaxed", [None, "bf16"])
 def test_lstm_on_a_partial_device_runs_relaxed_or_stays_whole_on_the_host(device: str, relaxed: str) -> None:

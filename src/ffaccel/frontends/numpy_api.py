@@ -881,10 +881,15 @@ def _post_operand(op: PostOp, path: tuple, p: _Problem) -> _Operand:
                             arg=format_path(path))
         if v.size and v.strides[0] != v.itemsize:
             v = np.ascontiguousarray(v)
-        # a reshape of the contiguous vector: the batch of 1 has any stride (as_strided cost 12 us)
+        # a reshape of the contiguous vector: the batch of 1 has any stride (as_strided cost 12 us);
+        # a kernel gets every operand with the GEMM's batch (the driver contract: (batch, 1, n) or
+        # (batch, m, 1), as the buffer path's views give it), so a batched GEMM's bias is broadcast
+        v3 = v.reshape(1, 1, n) if along_n else v.reshape(1, m, 1)
+        if p.batch > 1:
+            v3 = np.broadcast_to(v3, (p.batch, *v3.shape[1:]))
         if along_n:
-            return _Operand(v.reshape(1, 1, n), vdt, _Layout(False, max(1, n), 0), 1, n)
-        return _Operand(v.reshape(1, m, 1), vdt, _Layout(False, 1, 0), m, 1)
+            return _Operand(v3, vdt, _Layout(False, max(1, n), 0), 1, n)
+        return _Operand(v3, vdt, _Layout(False, 1, 0), m, 1)
     try:  # add(E): broadcast to the result, flatten the batch
         eb = np.broadcast_to(v, p.full_shape)
     except ValueError:
