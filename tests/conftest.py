@@ -69,3 +69,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, server_args: tuple[str, ...
     yield srv
     srv.stop()
 
+
+
+@pytest.fixture(autouse=True)
+def _pytorchs_own_kernels_after_each_test() -> Iterator[None]:
+    """Each test leaves PyTorch as it found it: an offload session keeps its dispatcher kernels
+    registered after it exits (until ``dispatcher.release()``: removing them races with other
+    threads' dispatch), and every later test's ``torch.mm`` would go through them (~5 µs each,
+    PyTorch's result). Released here, after the test's threads are done; torch is not imported
+    for tests that never loaded the offload front-end."""
+    yield
+    import sys
+
+    dispatcher = sys.modules.get("ffaccel.frontends.torch_offload.dispatcher")
+    if dispatcher is not None and dispatcher.registered():
+        dispatcher.release()
