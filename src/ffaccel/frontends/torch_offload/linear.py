@@ -444,9 +444,11 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     # log-sum-exp from what is at hand: each row's largest probability is exp(max s - lse), and it is
     # at least 1/S (never underflows), so lse = max s - log(max p): two reductions, where
     # torch.logsumexp makes a third pass of exp over the scores (4x the time at MHA's 8x4x64x64)
-    lse = s.amax(-1).sub_(probs.amax(-1).log_()) if with_lse else None
-    if add is not None:  # a row the mask hides whole: probabilities and log-sum-exp 0, as PyTorch gives it
-        hidden = s.amax(-1, keepdim=True).isneginf()
+    # (the scores' row maxima are read once, for the log-sum-exp and for the rows a mask hides whole)
+    top = s.amax(-1, keepdim=True) if with_lse or add is not None else None
+    hidden = top.isneginf() if add is not None else None
+    lse = top.squeeze(-1).sub_(probs.amax(-1).log_()) if with_lse else None
+    if hidden is not None:  # a row the mask hides whole: probabilities and log-sum-exp 0, as PyTorch gives it
         probs.masked_fill_(hidden, 0.0)
         if lse is not None:
             lse.masked_fill_(hidden.squeeze(-1), 0.0)
