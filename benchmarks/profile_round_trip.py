@@ -54,8 +54,8 @@ def sendall(self, *a, **kw):
 socket_mod.socket.sendall = sendall
 SB = spin_mod.SpinBudget
 ostart, opaid, okeep, oback = SB.start, SB.paid, SB.keep_spinning, SB._back_off
-def start(self):
-    r = ostart(self)
+def start(self, *now):
+    r = ostart(self, *now)
     if r is False: cnt("spin.skipped")
     return r
 def paid(self):
