@@ -92,7 +92,13 @@ fields zero and checked.
   is read once at setup, checked against the memfd's real size with comparisons that cannot
   overflow, and kept in the client: a server that rewrites the header later moves nothing. The
   doorbell must be an eventfd and is made non-blocking; a completion must carry the expected
-  `user_data` and a known engine. (The C client reads no device info from HELLO, only its status.)
+  `user_data` and a known engine. Fence values are checked against what the client sent: the
+  server numbers each engine's accepted submissions 1, 2, ..., so a new fence (SUBMIT, REPLAY,
+  a CQE) must be at least 1 and, like every completed value (fence replies, the ring's
+  `completed_*` words), at most the number of submissions the connection has sent; a ring word
+  that goes back is not believed (the highest value seen stands). The Python client checks
+  these; the C client keeps the highest completed value but does not check fence values yet.
+  (The C client reads no device info from HELLO, only its status.)
   `tests/test_client_fuzz.py` runs both clients, the C one under AddressSanitizer and UBSan,
   against a fuzzing fake server (`tests/fake_server.py`).
 
