@@ -76,9 +76,8 @@ TYPED_KINDS = {
                      "sq_head_garbage": True, "doorbell_full": False},
 }
 #: Fence values no server could give, from the first submission's reply on (its SUBMIT reply, or its
-#: CQE on the ring): a fence value past every submission the connection sent, an accepted fence 0,
-#: a completed value past every submission sent; each makes a client lost. Only the Python client
-#: checks them so far: they are not in :func:`plans` (which the C client runs too).
+#: CQEs and completed words on the ring): a fence value past every submission the connection sent,
+#: an accepted fence 0, a completed value past every submission sent; each makes a client lost.
 FENCE_KINDS = {"fence_past_sent": True, "fence_zero": True, "completed_past_sent": True}
 #: What those replies carry instead: past any count of submissions a test could send.
 FENCE_PAST_SENT = 2**63
@@ -115,6 +114,7 @@ def plans(transport: str, seeds: int) -> list[Plan]:
         if msg == Msg.RING_SETUP and transport != "ring":
             continue
         out += [Plan(k, msg=int(msg)) for k in kinds]
+    out += [Plan(k, msg=int(Msg.SUBMIT)) for k in FENCE_KINDS]
     generic = sorted(REPLY_KINDS)
     for at in (0, 1, 3):  # HELLO, ALLOC, a fence reply: the generic mutations where they hurt most
         out += [Plan(k, at=at) for k in generic if k not in ("stall", "trickle") or at == 1]

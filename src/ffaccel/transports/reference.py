@@ -96,9 +96,8 @@ fields zero and checked.
   server numbers each engine's accepted submissions 1, 2, ..., so a new fence (SUBMIT, REPLAY,
   a CQE) must be at least 1 and, like every completed value (fence replies, the ring's
   `completed_*` words), at most the number of submissions the connection has sent; a ring word
-  that goes back is not believed (the highest value seen stands). The Python client checks
-  these; the C client keeps the highest completed value but does not check fence values yet.
-  (The C client reads no device info from HELLO, only its status.)
+  that goes back is not believed (the highest value seen stands). (The C client reads no
+  device info from HELLO, only its status.)
   `tests/test_client_fuzz.py` runs both clients, the C one under AddressSanitizer and UBSan,
   against a fuzzing fake server (`tests/fake_server.py`).
 
