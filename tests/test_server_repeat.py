@@ -12,20 +12,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from ffaccel.abi import Copy, Gemm, Matrix, encode_submission
+from ffaccel.abi import ABI_VERSION, Copy, Gemm, Matrix, encode_submission
 from ffaccel.drivers import open_driver
 from ffaccel.spec import DType, Engine, ErrorCode
 from ffaccel.transports.limits import SessionLimits
-from ffaccel.transports.protocol import CQE, SQE_BYTES, SQE_HEADER, ring_words
+from ffaccel.transports.protocol import (CQE, HELLO, MSG, REPLY, SQE_BYTES, SQE_HEADER, WIRE_VERSION, Msg,
+                                         recv_exact, ring_words, send_msg)
 from ffaccel.transports.server.core import Client, Server
 from ffaccel.transports.server.rings import Ring, RingPoller
 from ffaccel.transports.server.scheduler import EngineScheduler
+from server_util import wait_until  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 N = 8
 ENTRIES = 16
@@ -376,3 +380,44 @@ def test_engine_schedulers_claim_is_refused_while_work_is_queued_or_running() ->
         sched.unclaim()
     finally:
         sched.stop()
+
+
+def test_a_socket_client_that_hangs_up_while_its_queue_is_full_is_dropped_with_its_work(tmp_path) -> None:
+    # back-pressure: a request read while its client's queue is full waits for room. That wait looked
+    # only at the queue: a client that hung up meanwhile kept its connection, its queued work ran for
+    # nobody, and the request it had sent was accepted after it left (here the engine is held, so
+    # that would be never)
+    srv = Server(open_driver("cpu"), str(tmp_path / "s.sock"), session_limits=SessionLimits(max_queued_submissions=2))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    sched = srv.engines[Engine.COMPUTE]
+    sched.running.acquire()  # someone's work runs on the engine: whatever this client submits queues
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(WAIT_NS / 1e9)
+        sock.connect(srv.socket_path)
+
+        def request(msg: Msg, payload: bytes, answered: bool = True) -> int:
+            send_msg(sock, MSG.struct.pack(int(msg), 0, len(payload)), payload)
+            if not answered:
+                return -1
+            status, _res, length = REPLY.struct.unpack(recv_exact(sock, REPLY.size_bytes))
+            recv_exact(sock, length)
+            return status
+
+        assert request(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION)) == 0
+        empty = encode_submission([])
+        assert [request(Msg.SUBMIT, empty) for _ in range(2)] == [0, 0]  # both queued: the queue is full
+        (client,) = srv.clients
+        assert client.queued == 2
+        request(Msg.SUBMIT, empty, answered=False)  # waits for room on the server
+        sock.close()  # and its client hangs up
+        wait_until(lambda: client.closed, bool, WAIT_NS / 1e9, "the server drops the client that hung up")
+        assert client.queued == 0 and not sched.queues  # its queued work dropped, none of it run
+        assert client.submitted[Engine.COMPUTE] == 2 and client.completed[Engine.COMPUTE] == 0  # nor the third taken
+    finally:
+        sock.close()
+        sched.unclaim()
+        srv.shutdown()
+        thread.join(WAIT_NS / 1e9)
+        srv.driver.close()

@@ -155,8 +155,8 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
   `max_queued_submissions`, parks its ring (not polled) until the client reaps or work drains.
 * **Scheduling.** Each engine serves clients round-robin; a command above `slice_units` runs in bands of
   D's rows sized to `slice_target_ms`, so another client's small GEMM waits about one slice. A client
-  that hangs up (noticed within 50 ms, even while it waits on a fence) has its queued work dropped and
-  its running work stopped at the next slice.
+  that hangs up (noticed within 50 ms, even while it waits on a fence or for room in its queue) has its
+  queued work dropped and its running work stopped at the next slice.
 * **Connections.** Requests are read as their bytes arrive (nothing is allocated ahead of them); a peer
   silent mid-message for `message_stall_s` is dropped, and so is one that does not read its replies for
   as long. An `accept()` failure (EMFILE, say) is logged and the server goes on. `ffaccel serve` replaces
