@@ -421,3 +421,46 @@ def test_a_socket_client_that_hangs_up_while_its_queue_is_full_is_dropped_with_i
         srv.shutdown()
         thread.join(WAIT_NS / 1e9)
         srv.driver.close()
+
+
+
+def _put(ring: Ring, entries: list[bytes], first_user_data: int) -> None:
+    """Write whole entries into a ring's SQ from slot 0 (user_data counting up) and publish them."""
+    for i, e in enumerate(entries):
+        off = ring.sq_off + i * SQE_BYTES
+        ring.mm[off: off + SQE_BYTES] = (first_user_data + i).to_bytes(8, "little") + e[8:]
+    ring_words(ring.mm)["sq_tail"].value = len(entries)
+
+
+def test_a_ring_with_many_chains_published_lets_the_other_rings_in_after_one_turn() -> None:
+    # the poller runs the chains of a span inline and reads no other ring meanwhile: a client that
+    # published many chains at once held another ring client's small GEMM behind all of them (up to
+    # `entries` chains of up to slice_units each); one poll() now runs chains for one turn (turn_s,
+    # the server's slice target; 0 here: one chain), and the poller's pass goes on to the other rings
+    for s in _setup(True):
+        busy = Client(s.srv)
+        try:
+            m = Matrix(busy.alloc(N * N * 4)[0], DType.F32, N, N)
+            out = Matrix(busy.alloc(N * N * 4)[0], DType.F32, N, N)
+            ring = busy.ring = Ring(busy, ENTRIES, os.eventfd(0, os.EFD_NONBLOCK), s.srv.poller.waker, turn_s=0.0)
+            order: list[str] = []
+            for who, client in (("busy", busy), ("other", s.client)):
+                def logged(raw: bytes, submit=client.submit_raw, who=who):  # type: ignore[no-untyped-def]
+                    order.append(who)
+                    return submit(raw)
+                client.submit_raw = logged  # type: ignore[method-assign]
+            gemm = SQE_HEADER.struct.pack(0, int(Engine.COMPUTE), 0, 0, 0, 0, 0) + Gemm(m=N, n=N, k=N, a=m, b=m, d=out
+                                                                                         ).encode()
+            _put(ring, [gemm] * 4, 10)  # four submissions (chains of one entry) published at once
+            _put(s.ring, [s.entry(s.gemm())], 20)  # then the other client's one small GEMM
+            for _ in range(4):  # the poller's passes: each ring with work polled once, in its list's order
+                for r in (ring, s.ring):
+                    if ring_words(r.mm)["sq_tail"].value != r.sq_head:
+                        assert r.poll()
+            assert order == ["busy", "other", "busy", "busy", "busy"]  # the other GEMM ran after one chain, not four
+            assert ring.sq_head == 4 and ring_words(ring.mm)["cq_tail"].value == 4
+            cqes = [CQE.struct.unpack_from(ring.mm, ring.cq_off + i * CQE.size_bytes) for i in range(4)]
+            assert [(c[0], c[1], c[3]) for c in cqes] == [(10 + i, 0, 1 + i) for i in range(4)]  # each once, in order
+            assert CQE.struct.unpack_from(s.ring.mm, s.ring.cq_off)[:4] == (20, 0, int(Engine.COMPUTE), 1)
+        finally:
+            busy.close()
