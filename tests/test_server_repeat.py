@@ -20,12 +20,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from ffaccel.abi import ABI_VERSION, Copy, Gemm, Matrix, encode_submission
+from ffaccel.abi import ABI_VERSION, COMMAND_BYTES, Copy, Gemm, Matrix, encode_submission
 from ffaccel.drivers import open_driver
 from ffaccel.spec import DType, Engine, ErrorCode
 from ffaccel.transports.limits import SessionLimits
 from ffaccel.transports.protocol import (CQE, HELLO, MSG, REPLY, SQE_BYTES, SQE_HEADER, WIRE_VERSION, Msg,
-                                         recv_exact, ring_words, send_msg)
+                                         SqeFlags, recv_exact, ring_words, send_msg)
 from ffaccel.transports.server.core import Client, Server
 from ffaccel.transports.server.rings import Ring, RingPoller
 from ffaccel.transports.server.scheduler import EngineScheduler
@@ -462,5 +462,44 @@ def test_a_ring_with_many_chains_published_lets_the_other_rings_in_after_one_tur
             cqes = [CQE.struct.unpack_from(ring.mm, ring.cq_off + i * CQE.size_bytes) for i in range(4)]
             assert [(c[0], c[1], c[3]) for c in cqes] == [(10 + i, 0, 1 + i) for i in range(4)]  # each once, in order
             assert CQE.struct.unpack_from(s.ring.mm, s.ring.cq_off)[:4] == (20, 0, int(Engine.COMPUTE), 1)
+        finally:
+            busy.close()
+
+
+def test_a_ring_whose_client_is_in_a_long_request_does_not_hold_the_other_rings() -> None:
+    # the poller ran a ring's entries under its client's lock, taken blocking: while the client's own
+    # thread held it (validating a large submission takes ~0.2 s), every other ring waited as long;
+    # the poller now only tries the lock and leaves that ring for a later pass
+    for s in _setup(True):
+        busy = Client(s.srv)
+        try:
+            ring = busy.ring = Ring(busy, ENTRIES, os.eventfd(0, os.EFD_NONBLOCK), s.srv.poller.waker)
+            _put(ring, [SQE_HEADER.struct.pack(0, int(Engine.COMPUTE), SqeFlags.EMPTY, 0, 0, 0, 0)
+                        + bytes(COMMAND_BYTES)], 10)
+            _put(s.ring, [s.entry(s.gemm())], 20)
+            held, over = threading.Event(), threading.Event()
+
+            def long_request() -> None:  # the busy client's own connection thread, in a request
+                with busy.lock:
+                    held.set()
+                    over.wait(2 * WAIT_NS / 1e9)  # past the poller's deadline below: a poll that waits shows
+
+            request = threading.Thread(target=long_request, daemon=True)
+            request.start()
+            try:
+                assert held.wait(WAIT_NS / 1e9)
+                polled: list[bool] = []
+                poller = threading.Thread(target=lambda: polled.append(ring.poll()), daemon=True)
+                poller.start()  # the poller's look at the busy ring (a thread of its own: it must not block)
+                poller.join(WAIT_NS / 1e9)
+                assert polled == [False] and ring.sq_head == 0  # not waited for, nothing consumed
+                assert not ring.has_work()  # (so the poller naps briefly instead of spinning on it)
+                assert s.ring.poll()  # the other ring is served meanwhile
+                assert CQE.struct.unpack_from(s.ring.mm, s.ring.cq_off)[:4] == (20, 0, int(Engine.COMPUTE), 1)
+            finally:
+                over.set()
+                request.join(WAIT_NS / 1e9)
+            assert ring.poll() and ring.sq_head == 1  # its turn once its client's request is over
+            assert CQE.struct.unpack_from(ring.mm, ring.cq_off)[:4] == (10, 0, int(Engine.COMPUTE), 1)
         finally:
             busy.close()

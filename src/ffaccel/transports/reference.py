@@ -156,7 +156,8 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
 * **Scheduling.** Each engine serves clients round-robin; a command above `slice_units` runs in bands of
   D's rows sized to `slice_target_ms`, so another client's small GEMM waits about one slice; the ring
   poller runs one ring's published chains for one slice (and the chain under way when it ends) before it
-  reads the other rings. A client
+  reads the other rings, and never waits for a client's own thread (a ring whose client is in the middle
+  of another request is read on a later pass). A client
   that hangs up (noticed within 50 ms, even while it waits on a fence or for room in its queue) has its
   queued work dropped and its running work stopped at the next slice.
 * **Connections.** Requests are read as their bytes arrive (nothing is allocated ahead of them); a peer
