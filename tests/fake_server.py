@@ -75,6 +75,12 @@ TYPED_KINDS = {
                      "cqe_engine": True, "cqe_status": True, "broken": True, "cq_tail_jump": True,
                      "sq_head_garbage": True, "doorbell_full": False},
 }
+#: Fence values no server could give, from the first submission's reply on (its SUBMIT reply, or its
+#: CQEs and completed words on the ring): a fence value past every submission the connection sent,
+#: an accepted fence 0, a completed value past every submission sent; each makes a client lost.
+FENCE_KINDS = {"fence_past_sent": True, "fence_zero": True, "completed_past_sent": True}
+#: What those replies carry instead: past any count of submissions a test could send.
+FENCE_PAST_SENT = 2**63
 #: Message types a client's sequence sends over the socket after HELLO (for random ``at`` choices).
 SEQUENCE_LENGTH = 12
 
@@ -90,6 +96,8 @@ class Plan:
 
     @property
     def must_lose(self) -> bool:
+        if self.kind in FENCE_KINDS:
+            return FENCE_KINDS[self.kind]
         if self.kind in REPLY_KINDS:
             return REPLY_KINDS[self.kind]
         return next(t[self.kind] for t in TYPED_KINDS.values() if self.kind in t)
@@ -106,6 +114,7 @@ def plans(transport: str, seeds: int) -> list[Plan]:
         if msg == Msg.RING_SETUP and transport != "ring":
             continue
         out += [Plan(k, msg=int(msg)) for k in kinds]
+    out += [Plan(k, msg=int(Msg.SUBMIT)) for k in FENCE_KINDS]
     generic = sorted(REPLY_KINDS)
     for at in (0, 1, 3):  # HELLO, ALLOC, a fence reply: the generic mutations where they hurt most
         out += [Plan(k, at=at) for k in generic if k not in ("stall", "trickle") or at == 1]
@@ -265,10 +274,14 @@ class _Conn:
                     eng = 7
                 if chains == 1 and k == "cqe_status":
                     status = 99
-                CQE.struct.pack_into(mm, cq + (tail % entries) * CQE.size_bytes, user_data, status, eng, self.value,
+                value = {"fence_past_sent": FENCE_PAST_SENT, "fence_zero": 0}.get(k, self.value)
+                if k in FENCE_KINDS:
+                    self.hurt = self.must_lose = True
+                CQE.struct.pack_into(mm, cq + (tail % entries) * CQE.size_bytes, user_data, status, eng, value,
                                      NO_INDEX, 0, 0)
                 tail += 1
-                w["completed_compute"].value = w["completed_copy"].value = self.value
+                w["completed_compute"].value = w["completed_copy"].value = (
+                    FENCE_PAST_SENT if k == "completed_past_sent" else self.value)
                 if chains == 1 and k == "broken":
                     w["error"].value = 99
                     w["server_flags"].value = RingServerFlags.BROKEN
@@ -421,6 +434,14 @@ class _Conn:
             return True
         if k == "record_short":
             self.send(0, body[:4], [])
+            return True
+        if k in FENCE_KINDS and msg == Msg.SUBMIT:
+            engine, res, value, c0, c1 = FENCE_REPLY.struct.unpack(body)
+            if k == "completed_past_sent":
+                c0 = c1 = FENCE_PAST_SENT
+            else:
+                value = FENCE_PAST_SENT if k == "fence_past_sent" else 0
+            self.send(0, FENCE_REPLY.struct.pack(engine, res, value, c0, c1), [])
             return True
         self.send(status, body, fds)  # ring mutations act in the ring itself
         return True

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from c_util import CFLAGS, HERE, compiler, libraries
-from fake_server import HELLO_CONTENT_KINDS, FakeServer, Plan, plans
+from fake_server import FENCE_KINDS, HELLO_CONTENT_KINDS, FakeServer, Plan, plans
 from server_util import wait_until
 
 from ffaccel.abi import encode_submission
@@ -146,6 +146,39 @@ def test_python_client_works_with_the_fake_server_when_it_behaves(tmp_path: Path
         for transport in ("socket", "ring"):
             log = python_sequence(srv.path, transport)
             assert [line.split()[1] for line in log] == ["OK"] * 13, log
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+def test_python_client_refuses_fence_values_no_submission_gave(tmp_path: Path, transport: str) -> None:
+    # a fence value (or a completed value) past every submission the connection sent, or an accepted
+    # fence 0, was taken as it came: a Fence.wait on it returned before the work had run
+    plan_list = [Plan(kind, msg=int(Msg.SUBMIT)) for kind in FENCE_KINDS]
+    srv = FakeServer(str(tmp_path / "fake.sock"), plan_list)
+    try:
+        logs = [python_sequence(srv.path, transport) for _ in plan_list]
+    finally:
+        srv.close()
+    for i, log in enumerate(logs):
+        assert srv.conns[i].hurt, (str(plan_list[i]), log)
+        _judge(srv, i, log)
+        # lost at the reply that carried it (its submit, or the wait that read the ring's word), and from then on
+        first = next(line for line in log if not line.endswith(" OK"))
+        assert first in ("submit DEVICE_LOST", "wait DEVICE_LOST"), (str(plan_list[i]), log)
+
+
+def test_ring_client_never_believes_a_completed_word_that_went_back(tmp_path: Path) -> None:
+    srv = FakeServer(str(tmp_path / "fake.sock"), [Plan("none")])
+    try:
+        t = RingTransport(srv.path, entries=8, timeout_s=TIMEOUT_S)
+        try:
+            _engine, value = t.submit(encode_submission([]))
+            assert t.completed(Engine.COMPUTE) == value
+            t._w["completed_compute"].value = 0  # the shared word goes back (as the server would write it)
+            assert t.completed(Engine.COMPUTE) == value  # what was seen complete stays complete
+        finally:
+            t.close()
     finally:
         srv.close()
 

@@ -12,20 +12,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from ffaccel.abi import Copy, Gemm, Matrix, encode_submission
+from ffaccel.abi import ABI_VERSION, COMMAND_BYTES, Copy, Gemm, Matrix, encode_submission
 from ffaccel.drivers import open_driver
 from ffaccel.spec import DType, Engine, ErrorCode
 from ffaccel.transports.limits import SessionLimits
-from ffaccel.transports.protocol import CQE, SQE_BYTES, SQE_HEADER, ring_words
+from ffaccel.transports.protocol import (CQE, HELLO, MSG, REPLY, SQE_BYTES, SQE_HEADER, WIRE_VERSION, Msg,
+                                         SqeFlags, recv_exact, ring_words, send_msg)
 from ffaccel.transports.server.core import Client, Server
 from ffaccel.transports.server.rings import Ring, RingPoller
 from ffaccel.transports.server.scheduler import EngineScheduler
+from server_util import wait_until  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 N = 8
 ENTRIES = 16
@@ -376,3 +380,126 @@ def test_engine_schedulers_claim_is_refused_while_work_is_queued_or_running() ->
         sched.unclaim()
     finally:
         sched.stop()
+
+
+def test_a_socket_client_that_hangs_up_while_its_queue_is_full_is_dropped_with_its_work(tmp_path) -> None:
+    # back-pressure: a request read while its client's queue is full waits for room. That wait looked
+    # only at the queue: a client that hung up meanwhile kept its connection, its queued work ran for
+    # nobody, and the request it had sent was accepted after it left (here the engine is held, so
+    # that would be never)
+    srv = Server(open_driver("cpu"), str(tmp_path / "s.sock"), session_limits=SessionLimits(max_queued_submissions=2))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    sched = srv.engines[Engine.COMPUTE]
+    sched.running.acquire()  # someone's work runs on the engine: whatever this client submits queues
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(WAIT_NS / 1e9)
+        sock.connect(srv.socket_path)
+
+        def request(msg: Msg, payload: bytes, answered: bool = True) -> int:
+            send_msg(sock, MSG.struct.pack(int(msg), 0, len(payload)), payload)
+            if not answered:
+                return -1
+            status, _res, length = REPLY.struct.unpack(recv_exact(sock, REPLY.size_bytes))
+            recv_exact(sock, length)
+            return status
+
+        assert request(Msg.HELLO, HELLO.struct.pack(WIRE_VERSION, ABI_VERSION)) == 0
+        empty = encode_submission([])
+        assert [request(Msg.SUBMIT, empty) for _ in range(2)] == [0, 0]  # both queued: the queue is full
+        (client,) = srv.clients
+        assert client.queued == 2
+        request(Msg.SUBMIT, empty, answered=False)  # waits for room on the server
+        sock.close()  # and its client hangs up
+        wait_until(lambda: client.closed, bool, WAIT_NS / 1e9, "the server drops the client that hung up")
+        assert client.queued == 0 and not sched.queues  # its queued work dropped, none of it run
+        assert client.submitted[Engine.COMPUTE] == 2 and client.completed[Engine.COMPUTE] == 0  # nor the third taken
+    finally:
+        sock.close()
+        sched.unclaim()
+        srv.shutdown()
+        thread.join(WAIT_NS / 1e9)
+        srv.driver.close()
+
+
+
+def _put(ring: Ring, entries: list[bytes], first_user_data: int) -> None:
+    """Write whole entries into a ring's SQ from slot 0 (user_data counting up) and publish them."""
+    for i, e in enumerate(entries):
+        off = ring.sq_off + i * SQE_BYTES
+        ring.mm[off: off + SQE_BYTES] = (first_user_data + i).to_bytes(8, "little") + e[8:]
+    ring_words(ring.mm)["sq_tail"].value = len(entries)
+
+
+def test_a_ring_with_many_chains_published_lets_the_other_rings_in_after_one_turn() -> None:
+    # the poller runs the chains of a span inline and reads no other ring meanwhile: a client that
+    # published many chains at once held another ring client's small GEMM behind all of them (up to
+    # `entries` chains of up to slice_units each); one poll() now runs chains for one turn (turn_s,
+    # the server's slice target; 0 here: one chain), and the poller's pass goes on to the other rings
+    for s in _setup(True):
+        busy = Client(s.srv)
+        try:
+            m = Matrix(busy.alloc(N * N * 4)[0], DType.F32, N, N)
+            out = Matrix(busy.alloc(N * N * 4)[0], DType.F32, N, N)
+            ring = busy.ring = Ring(busy, ENTRIES, os.eventfd(0, os.EFD_NONBLOCK), s.srv.poller.waker, turn_s=0.0)
+            order: list[str] = []
+            for who, client in (("busy", busy), ("other", s.client)):
+                def logged(raw: bytes, submit=client.submit_raw, who=who):  # type: ignore[no-untyped-def]
+                    order.append(who)
+                    return submit(raw)
+                client.submit_raw = logged  # type: ignore[method-assign]
+            gemm = SQE_HEADER.struct.pack(0, int(Engine.COMPUTE), 0, 0, 0, 0, 0) + Gemm(m=N, n=N, k=N, a=m, b=m, d=out
+                                                                                         ).encode()
+            _put(ring, [gemm] * 4, 10)  # four submissions (chains of one entry) published at once
+            _put(s.ring, [s.entry(s.gemm())], 20)  # then the other client's one small GEMM
+            for _ in range(4):  # the poller's passes: each ring with work polled once, in its list's order
+                for r in (ring, s.ring):
+                    if ring_words(r.mm)["sq_tail"].value != r.sq_head:
+                        assert r.poll()
+            assert order == ["busy", "other", "busy", "busy", "busy"]  # the other GEMM ran after one chain, not four
+            assert ring.sq_head == 4 and ring_words(ring.mm)["cq_tail"].value == 4
+            cqes = [CQE.struct.unpack_from(ring.mm, ring.cq_off + i * CQE.size_bytes) for i in range(4)]
+            assert [(c[0], c[1], c[3]) for c in cqes] == [(10 + i, 0, 1 + i) for i in range(4)]  # each once, in order
+            assert CQE.struct.unpack_from(s.ring.mm, s.ring.cq_off)[:4] == (20, 0, int(Engine.COMPUTE), 1)
+        finally:
+            busy.close()
+
+
+def test_a_ring_whose_client_is_in_a_long_request_does_not_hold_the_other_rings() -> None:
+    # the poller ran a ring's entries under its client's lock, taken blocking: while the client's own
+    # thread held it (validating a large submission takes ~0.2 s), every other ring waited as long;
+    # the poller now only tries the lock and leaves that ring for a later pass
+    for s in _setup(True):
+        busy = Client(s.srv)
+        try:
+            ring = busy.ring = Ring(busy, ENTRIES, os.eventfd(0, os.EFD_NONBLOCK), s.srv.poller.waker)
+            _put(ring, [SQE_HEADER.struct.pack(0, int(Engine.COMPUTE), SqeFlags.EMPTY, 0, 0, 0, 0)
+                        + bytes(COMMAND_BYTES)], 10)
+            _put(s.ring, [s.entry(s.gemm())], 20)
+            held, over = threading.Event(), threading.Event()
+
+            def long_request() -> None:  # the busy client's own connection thread, in a request
+                with busy.lock:
+                    held.set()
+                    over.wait(2 * WAIT_NS / 1e9)  # past the poller's deadline below: a poll that waits shows
+
+            request = threading.Thread(target=long_request, daemon=True)
+            request.start()
+            try:
+                assert held.wait(WAIT_NS / 1e9)
+                polled: list[bool] = []
+                poller = threading.Thread(target=lambda: polled.append(ring.poll()), daemon=True)
+                poller.start()  # the poller's look at the busy ring (a thread of its own: it must not block)
+                poller.join(WAIT_NS / 1e9)
+                assert polled == [False] and ring.sq_head == 0  # not waited for, nothing consumed
+                assert not ring.has_work()  # (so the poller naps briefly instead of spinning on it)
+                assert s.ring.poll()  # the other ring is served meanwhile
+                assert CQE.struct.unpack_from(s.ring.mm, s.ring.cq_off)[:4] == (20, 0, int(Engine.COMPUTE), 1)
+            finally:
+                over.set()
+                request.join(WAIT_NS / 1e9)
+            assert ring.poll() and ring.sq_head == 1  # its turn once its client's request is over
+            assert CQE.struct.unpack_from(ring.mm, ring.cq_off)[:4] == (10, 0, int(Engine.COMPUTE), 1)
+        finally:
+            busy.close()

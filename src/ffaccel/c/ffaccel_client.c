@@ -58,6 +58,11 @@ struct ffa_client {
 	struct ffa_error_info err;
 	struct mapping *maps;
 	uint64_t completed[2];  /* per engine, as the last reply showed */
+	/* submissions sent (SUBMIT, REPLAY, ring chains), counted before each goes out: the server
+	 * numbers each engine's accepted submissions 1, 2, ..., so no fence value it hands out and no
+	 * completed value it reports can exceed this; a reply past it is malformed, never trusted
+	 * (an ffa_wait would return before the work ran). Ring chains use it as their user_data. */
+	uint64_t sent;
 	/* ring path (ring == NULL: socket path) */
 	unsigned char *ring;
 	size_t ring_bytes;
@@ -65,7 +70,6 @@ struct ffa_client {
 	uint64_t sq_off, cq_off; /* the ring's geometry, checked and copied once at setup */
 	int wake_fd, doorbell_fd;
 	uint32_t sq_tail, cq_head;
-	uint64_t seq;
 	unsigned char *rx;      /* the last reply: header, then payload at body */
 	const unsigned char *body;
 	size_t rx_cap;
@@ -507,7 +511,9 @@ fail:
 	return rc;
 }
 
-static int fence_reply(ffa_client *c, uint64_t len, uint64_t *value)
+/* A fence reply: its completed values noted, its value in *value; accepted: the reply to a SUBMIT
+ * or REPLAY, whose value is the new fence (at least 1, at most the submissions sent). */
+static int fence_reply(ffa_client *c, uint64_t len, uint64_t *value, int accepted)
 {
 	struct ffa_fence_reply f;
 	if (len != sizeof(f))
@@ -515,6 +521,11 @@ static int fence_reply(ffa_client *c, uint64_t len, uint64_t *value)
 	memcpy(&f, c->body, sizeof(f));
 	if (f.engine > FFA_ENGINE_COPY || f.reserved)
 		return malformed(c, "a fence reply with engine %u, reserved %u", f.engine, f.reserved);
+	if (f.completed_compute > c->sent || f.completed_copy > c->sent || (accepted && (!f.value || f.value > c->sent)))
+		return malformed(c, "a fence reply with value %llu, completed %llu (compute) and %llu (copy); allowed: "
+				 "at most the %llu submissions sent%s", (unsigned long long)f.value,
+				 (unsigned long long)f.completed_compute, (unsigned long long)f.completed_copy,
+				 (unsigned long long)c->sent, accepted ? ", a new fence at least 1" : "");
 	if (f.completed_compute > c->completed[0])
 		c->completed[0] = f.completed_compute;
 	if (f.completed_copy > c->completed[1])
@@ -971,7 +982,7 @@ static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp,
 {
 	struct ffa_ring_header *h = ring_header(c);
 	uint32_t slots = count && !list_id ? count : 1, mask = c->entries - 1;
-	uint64_t start = now_ns(), deadline = start + (uint64_t)(c->timeout_s * 1e9), seq = ++c->seq;
+	uint64_t start = now_ns(), deadline = start + (uint64_t)(c->timeout_s * 1e9), seq = ++c->sent;
 	unsigned char *sq = c->ring + c->sq_off;
 	int rc = ring_check(c);
 	if (rc)
@@ -1025,6 +1036,9 @@ static int ring_submit(ffa_client *c, uint32_t engine, uint64_t wc, uint64_t wp,
 				rc = ring_error(c, q.status, q.error_id);
 				return rc;
 			}
+			if (!q.value || q.value > c->sent)
+				return malformed(c, "a completion with fence value %llu; allowed: 1 to the %llu submissions sent",
+						 (unsigned long long)q.value, (unsigned long long)c->sent);
 			*fence = q.value;
 			return FFA_ERR_OK;
 		}
@@ -1107,8 +1121,9 @@ int ffa_submit(ffa_client *c, uint32_t engine, const struct ffa_wait *waits, uin
 		if (ok)
 			return ring_submit(c, engine, w[0], w[1], commands, command_count, 0, fence);
 	}
+	c->sent++;
 	rc = send_submission(c, FFA_MSG_SUBMIT, engine, waits, wait_count, commands, command_count, &blen);
-	return rc ? rc : fence_reply(c, blen, fence);
+	return rc ? rc : fence_reply(c, blen, fence, 1);
 }
 
 int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns)
@@ -1123,7 +1138,11 @@ int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns
 		const uint64_t *word = engine ? &h->completed_copy : &h->completed_compute;
 		uint64_t end = now_ns() + (timeout_ns < c->poll_ns ? timeout_ns : c->poll_ns);
 		do {
-			if (__atomic_load_n(word, __ATOMIC_ACQUIRE) >= value)
+			uint64_t done = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+			if (done > c->sent)
+				return malformed(c, "the ring's completed value %llu; allowed: at most the %llu submissions sent",
+						 (unsigned long long)done, (unsigned long long)c->sent);
+			if (done >= value)
 				return FFA_ERR_OK;
 			sched_yield();
 		} while (now_ns() < end);
@@ -1136,7 +1155,7 @@ int ffa_wait(ffa_client *c, uint32_t engine, uint64_t value, uint64_t timeout_ns
 	c->extra_ns = timeout_ns > UINT64_MAX / 2 ? UINT64_MAX / 4 : timeout_ns;
 	rc = call(c, FFA_MSG_WAIT, &w, sizeof(w), NULL, 0, &blen, NULL, 0);
 	c->extra_ns = 0;
-	return rc ? rc : fence_reply(c, blen, NULL);
+	return rc ? rc : fence_reply(c, blen, NULL, 0);
 }
 
 int ffa_completed(ffa_client *c, uint32_t engine, uint64_t *value)
@@ -1150,11 +1169,16 @@ int ffa_completed(ffa_client *c, uint32_t engine, uint64_t *value)
 		/* the ring's header carries this client's progress: no system call */
 		struct ffa_ring_header *h = ring_header(c);
 		uint64_t v = __atomic_load_n(engine ? &h->completed_copy : &h->completed_compute, __ATOMIC_ACQUIRE);
-		*value = v > c->completed[engine] ? v : c->completed[engine];
+		if (v > c->sent)
+			return malformed(c, "the ring's completed value %llu; allowed: at most the %llu submissions sent",
+					 (unsigned long long)v, (unsigned long long)c->sent);
+		if (v > c->completed[engine]) /* a word that went back is not believed: the highest seen stands */
+			c->completed[engine] = v;
+		*value = c->completed[engine];
 		return FFA_ERR_OK;
 	}
 	rc = call(c, FFA_MSG_COMPLETED, req, sizeof(req), NULL, 0, &blen, NULL, 0);
-	return rc ? rc : fence_reply(c, blen, value); /* the reply's value: the engine's completed value */
+	return rc ? rc : fence_reply(c, blen, value, 0); /* the reply's value: the engine's completed value */
 }
 
 int ffa_stats(ffa_client *c, struct ffa_stats *out)
@@ -1214,8 +1238,9 @@ int ffa_replay(ffa_client *c, uint32_t list_id, uint32_t engine, const struct ff
 	r.engine = engine;
 	r.wait_compute_value = w[0];
 	r.wait_copy_value = w[1];
+	c->sent++;
 	rc = call(c, FFA_MSG_REPLAY, &r, sizeof(r), NULL, 0, &blen, NULL, 0);
-	return rc ? rc : fence_reply(c, blen, fence);
+	return rc ? rc : fence_reply(c, blen, fence, 1);
 }
 
 int ffa_free_list(ffa_client *c, uint32_t list_id)

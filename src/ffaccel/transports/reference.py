@@ -92,7 +92,12 @@ fields zero and checked.
   is read once at setup, checked against the memfd's real size with comparisons that cannot
   overflow, and kept in the client: a server that rewrites the header later moves nothing. The
   doorbell must be an eventfd and is made non-blocking; a completion must carry the expected
-  `user_data` and a known engine. (The C client reads no device info from HELLO, only its status.)
+  `user_data` and a known engine. Fence values are checked against what the client sent: the
+  server numbers each engine's accepted submissions 1, 2, ..., so a new fence (SUBMIT, REPLAY,
+  a CQE) must be at least 1 and, like every completed value (fence replies, the ring's
+  `completed_*` words), at most the number of submissions the connection has sent; a ring word
+  that goes back is not believed (the highest value seen stands). (The C client reads no
+  device info from HELLO, only its status.)
   `tests/test_client_fuzz.py` runs both clients, the C one under AddressSanitizer and UBSan,
   against a fuzzing fake server (`tests/fake_server.py`).
 
@@ -149,9 +154,12 @@ Every byte and fd a client sends is treated as an attacker's. What that means, r
   is charged to it; each buffer costs the server one fd. A full CQ, or a client's queue at
   `max_queued_submissions`, parks its ring (not polled) until the client reaps or work drains.
 * **Scheduling.** Each engine serves clients round-robin; a command above `slice_units` runs in bands of
-  D's rows sized to `slice_target_ms`, so another client's small GEMM waits about one slice. A client
-  that hangs up (noticed within 50 ms, even while it waits on a fence) has its queued work dropped and
-  its running work stopped at the next slice.
+  D's rows sized to `slice_target_ms`, so another client's small GEMM waits about one slice; the ring
+  poller runs one ring's published chains for one slice (and the chain under way when it ends) before it
+  reads the other rings, and never waits for a client's own thread (a ring whose client is in the middle
+  of another request is read on a later pass). A client
+  that hangs up (noticed within 50 ms, even while it waits on a fence or for room in its queue) has its
+  queued work dropped and its running work stopped at the next slice.
 * **Connections.** Requests are read as their bytes arrive (nothing is allocated ahead of them); a peer
   silent mid-message for `message_stall_s` is dropped, and so is one that does not read its replies for
   as long. An `accept()` failure (EMFILE, say) is logged and the server goes on. `ffaccel serve` replaces

@@ -125,7 +125,6 @@ class RingTransport(SocketTransport):
         #: finds the chains it overwrites by looking at its own slots only)
         self._owner: list[int] = [-1] * entries
         self._cq_head = 0
-        self._seq = 0
         self._list_sizes: dict[int, int] = {}  # command list id -> commands (see replay)
 
     def _take_ring(self, body: bytes, fds: list[int], entries: int) -> tuple[mmap.mmap, int, int]:
@@ -262,7 +261,7 @@ class RingTransport(SocketTransport):
                 raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
             if self._server_flags.value & _BROKEN:
                 self._check_ring()
-            self._seq = seq = self._seq + 1
+            self._sent = seq = self._sent + 1  # counted (see SocketTransport._sent) and its user_data
             tail = self._sq_tail
             if ((tail - self._sq_head_word.value) & 0xFFFF_FFFF) + count <= self.entries:
                 first = tail & self._mask  # room: nearly always
@@ -429,6 +428,9 @@ class RingTransport(SocketTransport):
         eng = _ENGINE_OF.get(engine)
         if eng is None:
             raise self._lose(f"malformed reply: a completion on engine {engine}")
+        if not 0 < value <= self._sent:  # a fence no submission of ours got: never waited on as if it were
+            raise self._lose(f"malformed reply: a completion with fence value {value}; allowed: 1 to the "
+                             f"{self._sent} submissions sent")
         return eng, value
 
     def _raise_completion(self, eid: int, status: int) -> tuple[Engine, int]:
@@ -442,22 +444,44 @@ class RingTransport(SocketTransport):
             self._lock.acquire()
         raise decode_error(status, body)
 
+    def _past_sent(self, engine: Engine, done: int) -> FFAccelError:
+        """The ring's completed word of ``engine`` reads past every submission sent: the server is
+        broken (an honest one numbers each engine's accepted submissions 1, 2, ...)."""
+        return self._lose(f"malformed ring: completed_{engine.name.lower()} = {done}; allowed: at most the "
+                          f"{self._sent} submissions sent")
+
     def completed(self, engine: Engine) -> int:
         if self._lost is not None:
             raise self._lost
-        return self._completed_words[engine].value
+        done = self._completed_words[engine].value
+        if done > self._sent:
+            raise self._past_sent(engine, done)
+        known = self._completed  # a word that went back is not believed: the highest value seen stands
+        if done < known[engine]:
+            return known[engine]
+        known[engine] = done
+        return done
 
     def signalled(self, engine: Engine, value: int) -> bool:
-        return self._lost is None and self._completed_words[engine].value >= value
+        # the word is read once, then checked: _sent only grows, so a completion the server made
+        # of a submission counted there is never refused
+        done = self._completed_words[engine].value
+        if done < value or self._lost is not None:
+            return False
+        if done > self._sent:
+            raise self._past_sent(engine, done)
+        return True
 
     def wait(self, engine: Engine, value: int, timeout_ns: int | None) -> None:
-        word = self._completed_words[engine]
-        if self._lost is None and word.value >= value:
+        if self.signalled(engine, value):
             return
+        word = self._completed_words[engine]
         end = time.monotonic_ns() + min(self.poll_ns, max(0, timeout_ns or 0))
         while time.monotonic_ns() < end:
             if word.value >= value:
-                return
+                if self.signalled(engine, value):
+                    return
+                break  # lost meanwhile: the socket call below says so
         super().wait(engine, value, timeout_ns)  # the server blocks for us, with the deadline
 
     def replay(self, list_id: int, engine: Engine, waits: Sequence[tuple[Engine, int]]) -> tuple[Engine, int]:
@@ -468,8 +492,7 @@ class RingTransport(SocketTransport):
             if self._lost is not None:
                 raise self._lost
             self._check_ring()
-            self._seq += 1
-            seq = self._seq
+            self._sent = seq = self._sent + 1
             self._write(self._reserve(1), _SQE.pack(seq, int(engine), SqeFlags.REPLAY, w[Engine.COMPUTE],
                                                     w[Engine.COPY], list_id, 0) + _ZERO_CMD)
             self._publish(1)

@@ -143,6 +143,11 @@ class SocketTransport:
         self._closed = False
         self._fds: dict[int, int] = {}  # handle -> our memfd (kept for export)
         self._completed = {e: 0 for e in Engine}
+        #: Submissions this connection has sent (SUBMIT, REPLAY, ring chains), counted before each
+        #: goes out: every fence value the server hands out, and every completed value it reports,
+        #: is at most this (it numbers each engine's accepted submissions 1, 2, ...), so a reply
+        #: past it is malformed, never trusted (a Fence.wait would return before the work ran).
+        self._sent = 0
         wait = connect_wait_s(wait_s)
         try:
             # a server that is still starting (no socket file yet, or not listening yet) is waited
@@ -191,9 +196,13 @@ class SocketTransport:
         return self._exchange(_MSG.pack(int(msg), 0, len(payload)) + payload, fds, want_fds, timeout_s, reply_cap)
 
     def _exchange(self, request: bytes, fds: Sequence[int] = (), want_fds: bool = False,
-                  timeout_s: float | None = None, reply_cap: int = MAX_REPLY_PAYLOAD_BYTES
-                  ) -> tuple[bytes, list[int]]:
-        """Send one framed request (header and payload) and read its reply: (body, fds received)."""
+                  timeout_s: float | None = None, reply_cap: int = MAX_REPLY_PAYLOAD_BYTES,
+                  submission: bool = False) -> tuple[bytes, list[int]]:
+        """Send one framed request (header and payload) and read its reply: (body, fds received).
+
+        ``submission``: the request is a SUBMIT or a REPLAY (counted in ``_sent`` under the lock,
+        before it goes out, so a reply is never checked against a count that lacks it).
+        """
         lock = self._lock
         lock.acquire()  # not `with`: once per request, and acquire/release cost half as much
         try:
@@ -201,6 +210,8 @@ class SocketTransport:
                 raise self._lost
             if self._closed:
                 raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device was closed")
+            if submission:
+                self._sent += 1
             got: list[int] = []
             try:
                 deadline = _now_ns() + (self._timeout_ns if timeout_s is None else int(timeout_s * 1e9))
@@ -417,13 +428,20 @@ class SocketTransport:
         return self._map(body, [own], None)
 
     # -- work -------------------------------------------------------------------------------------
-    def _note(self, body: bytes) -> tuple[Engine, int]:
+    def _note(self, body: bytes, accepted: bool = False) -> tuple[Engine, int]:
+        """A fence reply's (engine, value), its completed values noted; ``accepted``: the reply to a
+        SUBMIT or REPLAY, whose value is the new fence (1 or more, within ``_sent``)."""
         if len(body) != _FENCE.size:
             raise self._malformed(f"a fence reply of {len(body)} bytes; allowed: {_FENCE.size}")
         engine, res, value, c0, c1 = _FENCE.unpack(body)
         eng = _ENGINE_OF.get(engine)
         if res or eng is None:
             raise self._malformed(f"a fence reply with engine {engine}, reserved {res}")
+        sent = self._sent
+        if c0 > sent or c1 > sent or (accepted and not 0 < value <= sent):
+            raise self._malformed(f"a fence reply with value {value}, completed {c0} (compute) and {c1} "
+                                  f"(copy); allowed: at most the {sent} submissions sent"
+                                  + (", a new fence at least 1" if accepted else ""))
         done = self._completed
         if c0 > done[_COMPUTE]:
             done[_COMPUTE] = c0
@@ -439,8 +457,8 @@ class SocketTransport:
             payload = raw if type(raw) is bytes else bytes(raw)
             request = _MSG.pack(_SUBMIT_MSG, 0, len(payload)) + payload
             self._prev_request = (raw, request) if type(raw) is bytes else None
-        body, _ = self._exchange(request)
-        return self._note(body)
+        body, _ = self._exchange(request, submission=True)
+        return self._note(body, True)
 
     def signalled(self, engine: Engine, value: int) -> bool:
         """Whether an earlier reply already showed ``value`` complete (no system call)."""
@@ -468,9 +486,9 @@ class SocketTransport:
         w = {Engine.COMPUTE: 0, Engine.COPY: 0}
         for e, v in waits:
             w[e] = max(w[e], v)
-        body, _ = self._call(Msg.REPLAY, REPLAY_REQ.struct.pack(list_id, int(engine), w[Engine.COMPUTE],
-                                                                  w[Engine.COPY]))
-        return self._note(body)
+        payload = REPLAY_REQ.struct.pack(list_id, int(engine), w[Engine.COMPUTE], w[Engine.COPY])
+        body, _ = self._exchange(_MSG.pack(int(Msg.REPLAY), 0, len(payload)) + payload, submission=True)
+        return self._note(body, True)
 
     def free_list(self, list_id: int) -> None:
         body, _ = self._call(Msg.FREE_LIST, _U32x2.pack(list_id, 0))

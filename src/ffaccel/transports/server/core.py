@@ -197,10 +197,18 @@ class Client:
     def queue_full(self) -> bool:
         return self.queued >= self.server.session_limits.max_queued_submissions
 
-    def wait_for_queue_room(self) -> None:
-        """Back-pressure for the socket path: this client's own thread waits for its work to drain."""
+    def wait_for_queue_room(self) -> bool:
+        """Back-pressure for the socket path: this client's own thread waits for its work to drain.
+
+        False when the client hung up meanwhile (looked at after each nap, as :meth:`wait` does):
+        its connection must end now, so that its queued work is dropped (``close``) instead of
+        run for nobody, and the request read before it is not accepted.
+        """
         while self.queue_full() and not self.closed:
-            self.wait_any(0.05)
+            self.wait_any(_HANGUP_CHECK_S)
+            if self.queue_full() and self.peer_gone():
+                return False
+        return True
 
     def waits_met(self, waits: tuple[tuple[Engine, int], ...]) -> bool:
         done = self.completed
@@ -502,8 +510,8 @@ class Server:
                     return
                 except (EOFError, OSError):
                     return
-                if client.queued and client.queue_full():
-                    client.wait_for_queue_room()
+                if client.queued and client.queue_full() and not client.wait_for_queue_room():
+                    return  # it hung up while its queue was full: close() drops its queued work
                 if (msg_type == _SUBMIT_MSG or (msg_type == _REPLAY_MSG and length == REPLAY_REQ.size_bytes)
                         ) and not reserved and not fds:
                     # the hot paths (the ioctl model's one request per submission or replay), without

@@ -156,7 +156,7 @@ def _ring_setup(srv: Server, client: Client, f: Fields, payload: bytes, fds: lis
         raise message_error("msg_type", "a second RING_SETUP", "one ring per connection")
     wake = take_wake_fd(fds[0])
     try:
-        ring = Ring(client, entries, wake, srv.poller.waker)
+        ring = Ring(client, entries, wake, srv.poller.waker, srv.limits.slice_target_ms / 1e3)
     except BaseException:
         os.close(wake)
         raise

@@ -10,6 +10,7 @@ nothing but the package itself imports core.
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from ...spec import Engine, FFAccelError
@@ -24,6 +25,8 @@ class ClientPort(Protocol):
     closed: bool
     #: submissions queued on the engines, not yet run
     queued: int
+    #: serialises the client's requests (an RLock); the ring poller only ever try-acquires it
+    lock: threading.RLock
 
     def submit_raw(self, raw: bytes | memoryview) -> tuple[Engine, int]:
         """Validate a whole submission, assign its fence value, run or queue it."""

@@ -39,6 +39,7 @@ from ..protocol import (
     ring_words,
 )
 from .. import futex
+from ..limits import ServerLimits
 from ..spin import SpinBudget, step_aside
 from .memory import sealed_memfd
 from .ports import ClientPort
@@ -61,6 +62,9 @@ _CQE = CQE.struct
 _CQE_BYTES = CQE.size_bytes
 _CQE_PACK_INTO = _CQE.pack_into
 _COMPLETED = {Engine.COMPUTE: "completed_compute", Engine.COPY: "completed_copy"}
+#: Longest the poller sleeps while a ring waits for its client's lock (Ring.poll's ``deferred``): the
+#: client's own thread is in a request, and nothing rings a doorbell when it ends.
+_DEFERRED_NAP_S = 0.001
 
 
 def wait_pairs(wait_compute: int, wait_copy: int) -> tuple[tuple[int, int], ...]:
@@ -96,11 +100,17 @@ class Ring:
     :meth:`done`; the poller holds one reference for as long as the ring is in its list): a
     completion that finishes after its client hung up is dropped, and no fd number is ever
     written after its close.
+
+    ``turn_s``: how long one :meth:`poll` goes on running this client's chains (the server's
+    ``slice_target_ms``): past it, the chains published after the one that ran last wait for
+    the poller's next pass, so the other rings are served in between (see :meth:`poll`).
     """
 
-    def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: Waker) -> None:
+    def __init__(self, client: ClientPort, entries: int, client_evfd: int, waker: Waker,
+                 turn_s: float | None = None) -> None:
         self.client = client
         self.entries = entries
+        self.turn_s = ServerLimits().slice_target_ms / 1e3 if turn_s is None else turn_s
         sq_off, cq_off, total = ring_bytes(entries)
         self.sq_off, self.cq_off = sq_off, cq_off
         fd = sealed_memfd("ffaccel-ring", total)
@@ -124,6 +134,7 @@ class Ring:
         self.pending_count = 0
         self.broken = False
         self.parked = False  # CQ full or the client's queue full: not read until that changes
+        self.deferred = False  # its client's lock was busy at the last poll: looked at again after a nap
         hdr = dict.fromkeys(RING_HEADER.names, 0)
         hdr.update(entries=entries, sq_offset_bytes=sq_off, cq_offset_bytes=cq_off,
                    server_flags=int(RingServerFlags.FUTEX_WAKES) if futex.AVAILABLE else 0)
@@ -241,8 +252,8 @@ class Ring:
             self.waker.wake(self)
 
     def has_work(self) -> bool:
-        if self.broken or self._closing:
-            return False
+        if self.broken or self._closing or self.deferred:
+            return False  # (a deferred ring: the poller's sleep is a short nap, see RingPoller._sleep)
         if self.parked:
             if self.cq_full and self._cq_room_quiet() == 0:
                 return False
@@ -286,93 +297,115 @@ class Ring:
         avail = (tail - head) & 0xFFFF_FFFF
         if avail == 0:
             return False
-        if avail == 1 and not (self.pending_count or self.cq_full):
-            # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
-            lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
-            entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
-            used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
-            client = self.client
-            if (used < self.entries and not (client.queued and client.queue_full())
-                    and not entry[_SQE_FLAGS_BYTE] & _LINK):  # LINK: the flags word's low byte
-                self.sq_head = head = (head + 1) & 0xFFFF_FFFF
-                self._sq_head_word.value = head  # our progress first: the client may refill the slot
-                prev = self._prev_chain
-                self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
+        lock = self.client.lock
+        if not lock.acquire(False):
+            # The client's own thread is in a request under its lock (validating a large submission
+            # takes it ~0.2 s, recording a list as long): blocking here held every other ring for as
+            # long (measured: another ring client's 8x8 GEMM at p99 646 ms). Its ring waits for a later
+            # pass (the poller naps _DEFERRED_NAP_S at most meanwhile); the submit_raw below re-enters
+            # the lock (an RLock) held here, so this costs one non-blocking round trip a request.
+            self.deferred = True
+            return False
+        self.deferred = False
+        try:
+            if avail == 1 and not (self.pending_count or self.cq_full):
+                # one entry (a batch-1 loop's every request): the checks below, without the batch machinery
+                lo = self.sq_off + (head & (self.entries - 1)) * SQE_BYTES
+                entry = self.mm[lo: lo + SQE_BYTES]  # the one copy out of shared memory
+                used = (self.cq_tail - self._cq_head_word.value) & 0xFFFF_FFFF
+                client = self.client
+                if (used < self.entries and not (client.queued and client.queue_full())
+                        and not entry[_SQE_FLAGS_BYTE] & _LINK):  # LINK: the flags word's low byte
+                    self.sq_head = head = (head + 1) & 0xFFFF_FFFF
+                    self._sq_head_word.value = head  # our progress first: the client may refill the slot
+                    prev = self._prev_chain
+                    self._complete(entry, 1, prev is not None and prev[0] == 1 and entry.startswith(prev[2], 8))
+                    return True
+                # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
+            if avail > self.entries:
+                self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
+                                      field="sq_tail"))
+                return False
+            # The one copy out of shared memory: every published entry in one go (two slices when the
+            # span wraps). Only this private copy is read from here on; entries it holds beyond the
+            # point where we stop (CQ full) are dropped unread and copied again later.
+            mask = self.entries - 1
+            first = self.sq_head & mask
+            n1 = min(avail, self.entries - first)
+            lo = self.sq_off + first * SQE_BYTES
+            span = self.mm[lo: lo + n1 * SQE_BYTES]
+            if n1 < avail:
+                span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
+            room = self._cq_room()
+            if room < 0:
+                return False
+            if room == 0 or self.client.queue_full():
+                self._park(room == 0)
+                return False
+            prev = self._prev_chain
+            if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
+                    and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
+                # the previous chain again, whole, but for its user_data (a batch loop's every request):
+                # its one end is its last entry, and it is the same submission (see _submit)
+                self._advance(avail)
+                self._complete(span, avail, True)
+                self._unpark_cq()
                 return True
-            # a full CQ or queue, an impossible cq_head, a chain's first entry: the general path
-        if avail > self.entries:
-            self._break(violation("ring.index", tail, f"within {self.entries} entries of sq_head {self.sq_head}",
-                                  field="sq_tail"))
-            return False
-        # The one copy out of shared memory: every published entry in one go (two slices when the
-        # span wraps). Only this private copy is read from here on; entries it holds beyond the
-        # point where we stop (CQ full) are dropped unread and copied again later.
-        mask = self.entries - 1
-        first = self.sq_head & mask
-        n1 = min(avail, self.entries - first)
-        lo = self.sq_off + first * SQE_BYTES
-        span = self.mm[lo: lo + n1 * SQE_BYTES]
-        if n1 < avail:
-            span += self.mm[self.sq_off: self.sq_off + (avail - n1) * SQE_BYTES]
-        room = self._cq_room()
-        if room < 0:
-            return False
-        if room == 0 or self.client.queue_full():
-            self._park(room == 0)
-            return False
-        prev = self._prev_chain
-        if (prev is not None and prev[0] == avail and not self.pending_count and span.startswith(prev[1])
-                and span.startswith(prev[2], (avail - 1) * SQE_BYTES + 8)):
-            # the previous chain again, whole, but for its user_data (a batch loop's every request):
-            # its one end is its last entry, and it is the same submission (see _submit)
-            self._advance(avail)
-            self._complete(span, avail, True)
-            self._unpark_cq()
-            return True
-        # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
-        links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
-        if links.count(0) == 1:
-            ends = [links.index(0)]
-        else:
-            ends = [i for i, link in enumerate(links) if not link]
-        start_head = self.sq_head
-        pos = 0  # entries of span consumed
-        for end in ends:
-            if room == 0:
-                room = self._cq_room()  # the client may have reaped meanwhile
-                if room <= 0:
-                    if room == 0:  # no room for a completion: stop consuming (only this client waits)
-                        self._park(True)
+            # chain ends: entries without LINK, from one byte per entry (the flags word's low byte)
+            links = span[_SQE_FLAGS_BYTE::SQE_BYTES].translate(_LINK_OF_BYTE)
+            if links.count(0) == 1:
+                ends = [links.index(0)]
+            else:
+                ends = [i for i, link in enumerate(links) if not link]
+            start_head = self.sq_head
+            pos = 0  # entries of span consumed
+            # One turn: the poller runs the chains of a span inline, one after the other (each is at
+            # most slice_units of work; heavier ones are queued), and reads no other ring meanwhile.
+            # A span of many chains (up to `entries` of them) once held another ring client's tiny
+            # GEMM for all of them (measured: 62 inline 384^3 GEMMs, 680 ms); past turn_s, the rest
+            # waits for the next pass, after the other rings (a clock read per chain, only here).
+            turn_end = time.monotonic() + self.turn_s if len(ends) > 1 else 0.0
+            for end in ends:
+                if pos and turn_end and time.monotonic() >= turn_end:  # a chain ran: the turn is over
+                    self._unpark_cq()
+                    return True
+                if room == 0:
+                    room = self._cq_room()  # the client may have reaped meanwhile
+                    if room <= 0:
+                        if room == 0:  # no room for a completion: stop consuming (only this client waits)
+                            self._park(True)
+                        return self.sq_head != start_head
+                if self.client.queue_full():  # back-pressure: read no more until some of its work ran
+                    self._park(False)
                     return self.sq_head != start_head
-            if self.client.queue_full():  # back-pressure: read no more until some of its work ran
-                self._park(False)
-                return self.sq_head != start_head
-            count = end + 1 - pos
-            chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
-            if self.pending_count:
-                chain = self.pending + chain
-                count += self.pending_count
-                self.pending, self.pending_count = b"", 0
-            # publish our progress before running the chain: the client may refill the slots
-            self._advance(end + 1 - pos)
-            pos = end + 1
-            if count > self.entries:
-                self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
-                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
-                return True
-            self._complete(chain, count)
-            room -= 1
-        if pos < avail:  # an unterminated chain: keep its entries until its end arrives
-            self.pending += span[pos * SQE_BYTES:]
-            self.pending_count += avail - pos
-            self._advance(avail - pos)
-            if self.pending_count >= self.entries:
-                self.pending, self.pending_count = b"", 0
-                self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
-                                      f"fewer than entries ({self.entries}) per chain", field="flags"))
-                return True
-        self._unpark_cq()
-        return self.sq_head != start_head
+                count = end + 1 - pos
+                chain = span if count == avail else span[pos * SQE_BYTES: (end + 1) * SQE_BYTES]
+                if self.pending_count:
+                    chain = self.pending + chain
+                    count += self.pending_count
+                    self.pending, self.pending_count = b"", 0
+                # publish our progress before running the chain: the client may refill the slots
+                self._advance(end + 1 - pos)
+                pos = end + 1
+                if count > self.entries:
+                    self._break(violation("ring.entry", f"a chain of {count - 1} linked entries",
+                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
+                    return True
+                self._complete(chain, count)
+                room -= 1
+            if pos < avail:  # an unterminated chain: keep its entries until its end arrives
+                self.pending += span[pos * SQE_BYTES:]
+                self.pending_count += avail - pos
+                self._advance(avail - pos)
+                if self.pending_count >= self.entries:
+                    self.pending, self.pending_count = b"", 0
+                    self._break(violation("ring.entry", f"a chain of {self.entries} linked entries",
+                                          f"fewer than entries ({self.entries}) per chain", field="flags"))
+                    return True
+            self._unpark_cq()
+            return self.sq_head != start_head
+        finally:
+            lock.release()
 
     def _park(self, cq_full: bool) -> None:
         """Stop reading this ring (the poller sleeps past it) until the client reaps or work drains."""
@@ -682,8 +715,9 @@ class RingPoller:
                 r.set_server_flag(RingServerFlags.SLEEPING, True)
             if not any(r.has_work() for r in held):
                 fds = [r.doorbell for r in held if not r.broken] + [self.wake_r]
+                nap = _DEFERRED_NAP_S if any(r.deferred for r in held) else 0.5
                 try:
-                    ready, _, _ = select.select(fds, [], [], 0.5)
+                    ready, _, _ = select.select(fds, [], [], nap)
                 except (OSError, ValueError):
                     ready = []
                 for fd in ready:
