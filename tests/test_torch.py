@@ -155,6 +155,32 @@ def test_every_gemm_family_call_is_offloaded_and_matches(interception: str) -> N
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("op", ["linear", "_int_mm", "_addmm_activation"])
+def test_an_out_tensor_is_written_as_stock_writes_it(op: str, interception: str) -> None:
+    """``F.linear(..., out=o)``, ``torch._int_mm(..., out=o)``, ``torch._addmm_activation(..., out=o)``:
+    ``o`` holds the result, as in stock PyTorch (the function mode's handlers used to return a fresh
+    tensor and leave ``o`` as it was)."""
+    g = torch.Generator().manual_seed(0)
+    if op == "_int_mm":
+        a, b = (torch.randint(-8, 8, (32, 32), generator=g, dtype=torch.int8) for _ in range(2))
+        call = lambda o: torch._int_mm(a, b, out=o)  # noqa: E731
+        like = torch.empty(32, 32, dtype=torch.int32)
+    else:
+        x, w, bias = torch.randn(5, 7, generator=g), torch.randn(3, 7, generator=g), torch.randn(3, generator=g)
+        if op == "linear":
+            call = lambda o: F.linear(x, w, bias, out=o)  # noqa: E731
+        else:
+            call = lambda o: torch._addmm_activation(bias, x, w.t(), out=o)  # noqa: E731
+        like = torch.empty(5, 3)
+    want = call(torch.zeros_like(like))
+    out = torch.zeros_like(like)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception):
+        r = call(out)
+    torch.testing.assert_close(out, want)
+    assert r.data_ptr() == out.data_ptr()
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 @pytest.mark.parametrize("layout", ["contiguous", "seq-first", "batch-first heads", "broadcast kv"])
 def test_attention_on_every_query_layout_matches(layout: str, interception: str) -> None:
     """Values, not strides: PyTorch returns a seq-first query's output in the query's memory

@@ -234,13 +234,15 @@ class _Mode(TorchFunctionMode):
                     return func(*args, **kwargs)
             finally:
                 host.outer = None
-        if plain:
+        # tensor subclasses keep their own semantics; so does an ``out=`` tensor (F.linear,
+        # torch._int_mm, torch._addmm_activation take one): the handlers return a fresh result
+        # and would leave ``out`` unwritten
+        reason = ARGS
+        if plain and kwargs.get("out") is None:
             done, r = self.runner.attempt(handler, func, args, kwargs)  # device work: outside HostFlops
             if done:
                 return r
             reason = r
-        else:
-            reason = ARGS  # tensor subclasses keep their own semantics
         count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
