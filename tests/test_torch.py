@@ -181,6 +181,21 @@ def test_an_out_tensor_is_written_as_stock_writes_it(op: str, interception: str)
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+def test_attention_with_a_1d_mask_or_an_empty_head_dimension_behaves_as_stock(interception: str) -> None:
+    """PyTorch refuses a 1-D mask (IndexError) and answers for an empty head dimension (E = 0); the
+    function mode's handler broadcast the mask and divided by sqrt(0) (ZeroDivisionError)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 4, 8, generator=g)
+    empty, v = torch.randn(2, 3, 4, 0, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    want = F.scaled_dot_product_attention(empty, empty, v)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception):
+        with pytest.raises(IndexError):
+            F.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(4))
+        got = F.scaled_dot_product_attention(empty, empty, v)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 @pytest.mark.parametrize("layout", ["contiguous", "seq-first", "batch-first heads", "broadcast kv"])
 def test_attention_on_every_query_layout_matches(layout: str, interception: str) -> None:
     """Values, not strides: PyTorch returns a seq-first query's output in the query's memory

@@ -261,10 +261,22 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
     causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
     if dropout:
         raise Host(ARGS)  # random work, not a GEMM
+    mask = kwargs.get("attn_mask")
+    if not _flash_cpu_takes(q, k, v, mask):
+        raise Host(SHAPE)  # PyTorch's kernel raises its own error
     # the CPU kernel takes grouped-query attention as it comes (``enable_gqa`` reaches it as a query
     # with a multiple of the keys' heads): the same grouping here
-    gqa = q is not None and k is not None and q.dim() == 4 and k.dim() == 4
-    return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), gqa, True)
+    return _attention(m, q, k, v, mask, causal, kwargs.get("scale"), True, True)
+
+
+def _flash_cpu_takes(q: Any, k: Any, v: Any, mask: Any) -> bool:
+    """Whether ``aten::_scaled_dot_product_flash_attention_for_cpu`` itself accepts these shapes: 4-D
+    q, k, v of one head size and a 2-D or 4-D mask (its checks in torch 2.13). F.scaled_dot_product_attention
+    sends it nothing else, but a direct call does, and PyTorch raises there (a 1-D or 3-D mask would
+    broadcast in the handlers, which answered where PyTorch refuses)."""
+    return (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.shape[3] == k.shape[3] == v.shape[3]
+            and (not isinstance(mask, torch.Tensor) or mask.dim() in (2, 4)))
 
 
 def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -299,10 +311,10 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
     except (TypeError, RuntimeError):
         return None
     qs, ks, vs = qn.shape, kn.shape, vn.shape
-    if (len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs) or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
-            or qs[-1] != ks[-1] or not ks[-2] or not qs[-1]):
-        return None  # broadcast batches, empty keys, disagreeing shapes: the generic path (or PyTorch's error)
-    if mask is not None and not _plain_mask(mask, (*qs[:-1], ks[-2])):
+    if (len(qs) != 4 or len(ks) != 4 or len(vs) != 4 or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
+            or qs[-1] != ks[-1] or vs[-1] != qs[-1] or not ks[-2] or not qs[-1]):
+        return None  # broadcast batches, empty keys, shapes the kernel refuses: the generic path (or PyTorch's error)
+    if mask is not None and (not _plain_mask(mask, (*qs[:-1], ks[-2])) or mask.dim() not in (2, 4)):
         return None
     scale = kwargs.get("scale")
     e = qs[-1]
@@ -411,10 +423,12 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
         check_tensors(mask, allowed=_MASK_DTYPES)
         if mask.dtype is not torch.bool and mask.dtype is not q.dtype:
             raise Host(DTYPE)
+        if mask.ndim < 2:
+            raise Host(SHAPE)  # PyTorch refuses a 1-D mask (IndexError), though it would broadcast
     qs, ks, vs = q.shape, k.shape, v.shape
     nd = len(qs)
-    if nd < 2 or len(ks) != nd or len(vs) != nd or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
-        raise Host(SHAPE)
+    if nd < 2 or len(ks) != nd or len(vs) != nd or qs[-1] != ks[-1] or ks[-2] != vs[-2] or not qs[-1]:
+        raise Host(SHAPE)  # (an empty head dimension: no 1/sqrt(E) scale; PyTorch decides what it gives)
     if enable_gqa and nd >= 3 and ks[-3] != qs[-3]:
         if qs[-3] % ks[-3]:
             raise Host(SHAPE)
