@@ -163,14 +163,14 @@ def test_an_out_tensor_is_written_as_stock_writes_it(op: str, interception: str)
     g = torch.Generator().manual_seed(0)
     if op == "_int_mm":
         a, b = (torch.randint(-8, 8, (32, 32), generator=g, dtype=torch.int8) for _ in range(2))
-        call = lambda o: torch._int_mm(a, b, out=o)  # noqa: E731
+        call = lambda o: torch._int_mm(a, b, out=o)
         like = torch.empty(32, 32, dtype=torch.int32)
     else:
         x, w, bias = torch.randn(5, 7, generator=g), torch.randn(3, 7, generator=g), torch.randn(3, generator=g)
         if op == "linear":
-            call = lambda o: F.linear(x, w, bias, out=o)  # noqa: E731
+            call = lambda o: F.linear(x, w, bias, out=o)
         else:
-            call = lambda o: torch._addmm_activation(bias, x, w.t(), out=o)  # noqa: E731
+            call = lambda o: torch._addmm_activation(bias, x, w.t(), out=o)
         like = torch.empty(5, 3)
     want = call(torch.zeros_like(like))
     out = torch.zeros_like(like)
