@@ -112,6 +112,29 @@ def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_l
     assert outer.stats["host_calls"] == inner.stats["host_calls"] == 0
 
 
+@pytest.mark.parametrize("outer_interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("inner_interception", ["dispatcher", "function"])
+def test_the_innermost_session_decides_whatever_the_interceptions(outer_interception: str,
+                                                                   inner_interception: str) -> None:
+    """An ``npu`` session inside a ``cpu`` one: the npu runs its bf16 GEMM, leaves the f32 one to
+    PyTorch (stock result, counted on the npu session's host side only), and the outer session
+    sees neither. A function mode outside a dispatcher session took every call itself (the inner
+    session saw nothing), and an outer session offloaded what the inner one gave back to PyTorch
+    (counted in both)."""
+    g = torch.Generator().manual_seed(0)
+    a16, b16 = torch.randn(16, 16, generator=g).bfloat16(), torch.randn(16, 16, generator=g).bfloat16()
+    a, b = torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g)
+    want = a @ b
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=outer_interception) as outer:
+        with ffaccel.torch.offload("npu", interception=inner_interception) as inner:
+            a16 @ b16
+            got = a @ b
+        a @ b
+    assert torch.equal(got, want)  # PyTorch's own kernel, bit for bit
+    assert inner.stats["offloaded_calls"] == 1 and inner.stats["host_calls"] == 1, inner.stats
+    assert outer.stats["offloaded_calls"] == 1 and outer.stats["host_calls"] == 0, outer.stats
+
+
 def test_another_thread_gets_stock_results_and_counts_only_in_its_own_session() -> None:
     """Thread B runs while thread A's session is active: without a session of its own B gets
     PyTorch's own kernel (bit-equal to stock) and A's count does not move; with its own session

@@ -83,6 +83,7 @@ class OffloadSession:
                 self._host = HostFlops(self.stats)  # entered by the mode around the calls PyTorch runs itself
                 self._mode = _Mode(self, self._host)
                 self._mode.__enter__()
+                dispatcher.enter_thread(self._mode.runner)  # (the innermost session decides: see there)
         except BaseException:
             self._restore()
             raise
@@ -93,6 +94,7 @@ class OffloadSession:
             dispatcher.pop(self._runner)
             self._runner = None
         if self._mode is not None:
+            dispatcher.leave_thread(self._mode.runner)
             self._mode.__exit__(*exc)
             self._mode = self._host = None
         self._restore()
@@ -221,6 +223,10 @@ class _Mode(TorchFunctionMode):
         if plain is None:
             plain = plain_types(types)
         if handler is None and plain and func in FREE:
+            return func(*args, **kwargs) if kwargs else func(*args)
+        if dispatcher.innermost() is not self.runner:
+            # a session entered inside this one decides (a dispatcher session below, or a function
+            # mode whose call, given back to PyTorch, passes here): this one neither runs nor counts it
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
         host = self.host
