@@ -181,6 +181,41 @@ def test_an_out_tensor_is_written_as_stock_writes_it(op: str, interception: str)
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("transform", ["autocast", "vmap", "forward AD"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # PyTorch's own, at the first make_dual
+def test_autocast_vmap_and_forward_ad_give_stock_results(transform: str, interception: str) -> None:
+    """What PyTorch does below the Python-level call: autocast runs a Linear in bf16 (a bf16 result),
+    vmap hands batched tensors without storage, forward-mode AD carries a tangent. The function mode's
+    handlers saw none of it: an f32 result under autocast, a RuntimeError under vmap, the tangent
+    lost. The dispatcher sees the call below them and offloads it."""
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(0)
+    x, w, t = torch.randn(4, 5, 7, generator=g), torch.randn(3, 7, generator=g), torch.randn(4, 5, 7, generator=g)
+
+    def call() -> tuple:
+        if transform == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return (F.linear(x, w),)
+        if transform == "vmap":
+            return (torch.vmap(lambda row: F.linear(row, w))(x),)
+        with fwAD.dual_level():
+            y = fwAD.unpack_dual(F.linear(fwAD.make_dual(x, t), w))
+            return y.primal, y.tangent
+
+    want = call()
+    with ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = call()
+    for a, b in zip(got, want):
+        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-2 if a.dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+    if interception == "function":
+        assert session.stats["host_reasons"]["transform active"] == 1, session.stats
+    else:
+        assert session.stats["offloaded_calls"] >= 1, session.stats
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 def test_attention_with_a_1d_mask_or_an_empty_head_dimension_behaves_as_stock(interception: str) -> None:
     """PyTorch refuses a 1-D mask (IndexError) and answers for an empty head dimension (E = 0); the
     function mode's handler broadcast the mask and divided by sqrt(0) (ZeroDivisionError)."""

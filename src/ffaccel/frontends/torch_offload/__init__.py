@@ -58,10 +58,10 @@ the session offloads and counts; it opens the Python-level composite
 ``F.multi_head_attention_forward`` so that the calls inside reach the mode.
 """
 
-from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE
+from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE, TRANSFORM
 from .fit import RELAXED
 from .session import OffloadSession, offload
 from .tensors import to_numpy, to_torch
 
 __all__ = ["OffloadSession", "offload", "to_numpy", "to_torch", "GRAD", "DTYPE", "SHAPE", "MEMORY", "ARGS",
-           "REFUSED", "NOT_LOWERED", "POST_OP", "LAYOUT", "SIZE", "RELAXED"]
+           "REFUSED", "NOT_LOWERED", "POST_OP", "LAYOUT", "SIZE", "RELAXED", "TRANSFORM"]

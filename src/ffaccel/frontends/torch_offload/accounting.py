@@ -35,6 +35,9 @@ LAYOUT = "layout unsupported"
 SIZE = "size unsupported"
 MEMORY = "not in host memory"
 ARGS = "arguments unsupported"
+#: the function mode's call while PyTorch changes it below the Python level: autocast (the dtype),
+#: a torch.func transform (vmap's batched tensors, grad, jvp) or forward-mode AD (the tangent)
+TRANSFORM = "transform active"
 REFUSED = "device refused"
 #: prefix of the reason for an op that has no device lowering: "not offloaded (einsum)"
 NOT_LOWERED = "not offloaded"

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from ...runtime import Device, resolve_device
 from ...spec import violation
 from . import conv, dispatcher, linear, rnn
-from .accounting import _PLAIN_TYPES, ARGS, FREE, HostFlops, count, new_stats, plain_types
+from .accounting import _PLAIN_TYPES, ARGS, FREE, TRANSFORM, HostFlops, count, new_stats, plain_types
 from .fit import DeviceFit, check_relaxed
 from .runner import Runner
 
@@ -191,6 +191,19 @@ def _never(*_args: object) -> bool:
     return False
 
 
+_forward_ad = torch.autograd.forward_ad
+_functorch_level = getattr(torch._C._functorch, "maybe_current_level", lambda: None)
+
+
+def _transformed() -> bool:
+    """Whether PyTorch changes a call below the Python level, where the function mode's handlers
+    do not look: autocast (it would run a Linear in bf16 and return bf16), a torch.func transform
+    (vmap's batched tensors have no storage to view; grad, jvp) or forward-mode AD (the result
+    carries a tangent). Such a call is PyTorch's (the dispatcher, below them all, offloads it).
+    ~0.4 µs, on the handler path only."""
+    return torch.is_autocast_enabled("cpu") or _functorch_level() is not None or _forward_ad._current_level >= 0
+
+
 _HANDLERS: dict[Callable, Callable] = {}
 
 
@@ -245,10 +258,13 @@ class _Mode(TorchFunctionMode):
         # and would leave ``out`` unwritten
         reason = ARGS
         if plain and kwargs.get("out") is None:
-            done, r = self.runner.attempt(handler, func, args, kwargs)  # device work: outside HostFlops
-            if done:
-                return r
-            reason = r
+            if _transformed():
+                reason = TRANSFORM
+            else:
+                done, r = self.runner.attempt(handler, func, args, kwargs)  # device work: outside HostFlops
+                if done:
+                    return r
+                reason = r
         count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
