@@ -216,6 +216,22 @@ def test_autocast_vmap_and_forward_ad_give_stock_results(transform: str, interce
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_attention_with_an_f32_mask_on_other_inputs_is_offloaded(dtype: torch.dtype, interception: str) -> None:
+    """An f32 mask with bf16 (f64) q, k, v, as autocast leaves a model's mask: PyTorch's kernel takes it,
+    the handlers sent it to PyTorch as "dtype unsupported"."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8, generator=g).to(dtype), torch.randn(2, 3, 6, 8, generator=g).to(dtype)
+    mask = torch.randn(2, 1, 5, 6, generator=g)
+    mask[0, 0, 1, :4] = float("-inf")
+    want = F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+    torch.testing.assert_close(got, want, **({"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}))
+    assert session.stats["host_calls"] == 0 and session.stats["offloaded_calls"] == 1, session.stats
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 def test_attention_with_a_1d_mask_or_an_empty_head_dimension_behaves_as_stock(interception: str) -> None:
     """PyTorch refuses a 1-D mask (IndexError) and answers for an empty head dimension (E = 0); the
     function mode's handler broadcast the mask and divided by sqrt(0) (ZeroDivisionError)."""

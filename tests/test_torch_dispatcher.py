@@ -501,10 +501,10 @@ def test_attention_with_a_mask_that_does_not_broadcast_is_pytorchs_error() -> No
         op(q, q, q, attn_mask=mask)
 
 
-@pytest.mark.parametrize("case", ["1-D mask", "3-D mask", "3-D q, k, v", "value head size"])
+@pytest.mark.parametrize("case", ["1-D mask", "3-D mask", "bool mask", "3-D q, k, v", "value head size"])
 def test_the_attention_kernel_called_directly_refuses_what_pytorchs_refuses(case: str) -> None:
     """``aten::_scaled_dot_product_flash_attention_for_cpu`` takes 4-D q, k, v of one head size and a
-    2-D or 4-D mask; F.scaled_dot_product_attention sends it nothing else, but a direct call may,
+    2-D or 4-D mask of q's dtype or f32; F.scaled_dot_product_attention sends it nothing else, but a direct call may,
     and PyTorch raises. The adapters broadcast the rest and answered instead."""
     g = torch.Generator().manual_seed(0)
     q, v, mask = torch.randn(2, 3, 4, 8, generator=g), None, None
@@ -512,6 +512,8 @@ def test_the_attention_kernel_called_directly_refuses_what_pytorchs_refuses(case
         mask = torch.zeros(4)
     elif case == "3-D mask":
         mask = torch.zeros(3, 4, 4)
+    elif case == "bool mask":
+        mask = torch.ones(4, 4, dtype=torch.bool)
     elif case == "3-D q, k, v":
         q = q[0]
     else:

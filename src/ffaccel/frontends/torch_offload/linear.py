@@ -271,12 +271,13 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
 
 def _flash_cpu_takes(q: Any, k: Any, v: Any, mask: Any) -> bool:
     """Whether ``aten::_scaled_dot_product_flash_attention_for_cpu`` itself accepts these shapes: 4-D
-    q, k, v of one head size and a 2-D or 4-D mask (its checks in torch 2.13). F.scaled_dot_product_attention
-    sends it nothing else, but a direct call does, and PyTorch raises there (a 1-D or 3-D mask would
-    broadcast in the handlers, which answered where PyTorch refuses)."""
+    q, k, v of one head size and a 2-D or 4-D mask of q's dtype or f32, not bool (its checks in torch
+    2.13). F.scaled_dot_product_attention sends it nothing else, but a direct call does, and PyTorch
+    raises there (the handlers broadcast a 1-D or 3-D mask and take a bool one: they answered)."""
     return (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
             and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.shape[3] == k.shape[3] == v.shape[3]
-            and (not isinstance(mask, torch.Tensor) or mask.dim() in (2, 4)))
+            and (not isinstance(mask, torch.Tensor)
+                 or (mask.dim() in (2, 4) and (mask.dtype is q.dtype or mask.dtype is _F32))))
 
 
 def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -421,8 +422,8 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     same_dtype(q, k, v)
     if mask is not None:
         check_tensors(mask, allowed=_MASK_DTYPES)
-        if mask.dtype is not torch.bool and mask.dtype is not q.dtype:
-            raise Host(DTYPE)
+        if mask.dtype is not torch.bool and mask.dtype is not q.dtype and mask.dtype is not _F32:
+            raise Host(DTYPE)  # (an f32 mask with bf16/f16 q, as autocast leaves it: PyTorch takes it too)
         if mask.ndim < 2:
             raise Host(SHAPE)  # PyTorch refuses a 1-D mask (IndexError), though it would broadcast
     qs, ks, vs = q.shape, k.shape, v.shape
