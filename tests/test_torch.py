@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -392,6 +393,45 @@ def test_multihead_attention_layer_gemms_are_offloaded(need_weights: bool, inter
     qkv, attn, out = 2 * 32 * 64 * 192, 2 * 2 * (2 * 4 * 16 * 16 * 16), 2 * 32 * 64 * 64
     assert stats["offloaded_flops"] == qkv + attn + out and stats["host_calls"] == 0
     assert torch.backends.mha.get_fastpath_enabled()  # restored after the session
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the stock fast path's own
+def test_a_function_session_leaves_other_threads_attention_fast_path_alone() -> None:
+    """PyTorch's fused MHA / encoder fast path is a process-wide switch. The function mode turned it
+    off for its session, so another thread's stock encoder ran the slow path meanwhile (its output
+    at padded positions is not the fast path's zeros), and two overlapping sessions in two threads
+    left it off for good. A function mode needs no switch: with a mode active these layers take
+    their ordinary path by themselves (``has_torch_function``), which test_multihead_attention_
+    layer_gemms_are_offloaded checks is offloaded whole."""
+    torch.manual_seed(0)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2,
+                                      enable_nested_tensor=True).eval()
+    x = torch.randn(2, 5, 16)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    with torch.no_grad():
+        want = enc(x, src_key_padding_mask=pad)
+    opened, done = threading.Event(), threading.Event()
+    seen: dict = {}
+
+    def other() -> None:
+        try:
+            assert opened.wait(60)
+            with torch.no_grad():
+                seen["out"] = enc(x, src_key_padding_mask=pad)
+            with ffaccel.torch.offload("cpu", interception="function"):  # overlapping sessions
+                done.set()
+        finally:
+            done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with ffaccel.torch.offload("cpu", interception="function"):
+        opened.set()
+        assert done.wait(60)
+    t.join(60)
+    assert torch.equal(seen["out"], want)
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 def test_transformer_encoder_layer() -> None:

@@ -19,10 +19,26 @@ from .accounting import _PLAIN_TYPES, ARGS, FREE, TRANSFORM, HostFlops, count, n
 from .fit import DeviceFit, check_relaxed
 from .runner import Runner
 
+def _fast_path_sees_function_modes() -> bool:
+    """Whether ``nn.MultiheadAttention`` / ``TransformerEncoderLayer`` leave their fused fast path by
+    themselves while a function mode is active: they do when ``torch.overrides.has_torch_function``
+    counts modes (torch 2.x), which the fast-path checks ask ("some Tensor argument has_torch_function")."""
+    class _Probe(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+            return func(*args, **(kwargs or {}))
+
+    t = torch.empty(0)
+    with _Probe():
+        return bool(torch.overrides.has_torch_function((t,)))
+
+
 #: the interceptions ``offload(interception=...)`` takes -> whether the session turns off the fused
 #: MHA / TransformerEncoderLayer fast path (its GEMMs are invisible to the function mode; the
-#: dispatcher sees them as ATen GEMMs: see docs/torch.md for the measurement behind the choice)
-INTERCEPTIONS: dict[str, bool] = {"dispatcher": False, "function": True}
+#: dispatcher sees them as ATen GEMMs: see docs/torch.md for the measurement behind the choice).
+#: The function mode only where the layers would not leave it by themselves: the switch is
+#: process-wide, so turning it off changed other threads' stock attention (the slow path's values
+#: at padded positions) and two overlapping sessions in two threads left it off after both
+INTERCEPTIONS: dict[str, bool] = {"dispatcher": False, "function": not _fast_path_sees_function_modes()}
 
 
 class OffloadSession:
