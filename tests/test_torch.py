@@ -395,6 +395,40 @@ def test_multihead_attention_layer_gemms_are_offloaded(need_weights: bool, inter
     assert torch.backends.mha.get_fastpath_enabled()  # restored after the session
 
 
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+def test_one_session_object_entered_again_and_from_two_threads_ends_cleanly(interception: str) -> None:
+    """``with s: with s:`` and ``with s:`` in two threads at once count every call in ``s`` and
+    leave nothing active after the last exit. The session kept one interception per object: the
+    second entry replaced the first, whose runner (or function mode) then stayed active on its
+    thread after every exit, offloading and counting that thread's calls for good."""
+    a = torch.randn(8, 8)
+    session = ffaccel.torch.offload("cpu", interception=interception)
+    with torch.no_grad():
+        with session:
+            with session:
+                a @ a
+            a @ a
+        both = threading.Barrier(2, timeout=60)
+
+        def other() -> None:
+            with session:
+                both.wait()
+                a @ a
+                both.wait()
+
+        t = threading.Thread(target=other)
+        t.start()
+        with session:
+            both.wait()
+            a @ a
+            both.wait()
+        t.join(60)
+        assert session.stats["offloaded_calls"] == 4
+        a @ a  # after every exit: PyTorch's, not counted
+    assert session.stats["offloaded_calls"] == 4 and session.stats["host_calls"] == 0
+    assert torch._C._len_torch_function_stack() == 0
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the stock fast path's own
 def test_a_function_session_leaves_other_threads_attention_fast_path_alone() -> None:
     """PyTorch's fused MHA / encoder fast path is a process-wide switch. The function mode turned it

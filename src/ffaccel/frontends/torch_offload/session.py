@@ -65,13 +65,13 @@ class OffloadSession:
         self.relaxed = relaxed
         self.fit = DeviceFit(self.device.info().caps, narrow_dtype)
         self._threads = threads
-        self._saved_threads: int | None = None
-        self._saved_fastpath: bool | None = None
         #: "dispatcher" or "function" (see :func:`offload`)
         self.interception = interception
-        self._mode: _Mode | None = None
-        self._host: HostFlops | None = None
-        self._runner: Runner | None = None
+        #: this thread's entries of the session, innermost last: one object may be entered again
+        #: inside itself and from several threads at once, each entry with its own interception
+        #: and what its exit restores (one set of attributes per object left an entry's runner or
+        #: function mode active after every exit)
+        self._entries = threading.local()
         self.stats: dict[str, Any] = new_stats()
 
     def reset(self) -> None:
@@ -80,49 +80,61 @@ class OffloadSession:
         self.stats.update(new_stats())
 
     def __enter__(self) -> "OffloadSession":
+        entry = _Entry()
         want = self._threads
         if want == "auto":  # one spinning pool at a time (see the package docstring)
             want = None if shares_torch_threads(self.device) else 1
         if want is not None:
-            self._saved_threads = torch.get_num_threads()
+            entry.saved_threads = torch.get_num_threads()
             torch.set_num_threads(int(want))
         mha = getattr(torch.backends, "mha", None)
         if mha is not None and INTERCEPTIONS[self.interception]:
             # the fused attention fast path hides its GEMMs from a function mode (see the package docstring)
-            self._saved_fastpath = mha.get_fastpath_enabled()
+            entry.saved_fastpath = mha.get_fastpath_enabled()
             mha.set_fastpath_enabled(False)
         try:
             if self.interception == "dispatcher":
-                self._runner = Runner(self)
-                dispatcher.push(self._runner)
+                entry.runner = Runner(self)
+                dispatcher.push(entry.runner)
             else:
-                self._host = HostFlops(self.stats)  # entered by the mode around the calls PyTorch runs itself
-                self._mode = _Mode(self, self._host)
-                self._mode.__enter__()
-                dispatcher.enter_thread(self._mode.runner)  # (the innermost session decides: see there)
+                # HostFlops: entered by the mode around the calls PyTorch runs itself
+                entry.mode = _Mode(self, HostFlops(self.stats))
+                entry.mode.__enter__()
+                entry.runner = entry.mode.runner
+                dispatcher.enter_thread(entry.runner)  # (the innermost session decides: see there)
         except BaseException:
-            self._restore()
+            entry.restore()
             raise
+        stack = self._entries.__dict__.setdefault("stack", [])
+        stack.append(entry)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            dispatcher.pop(self._runner)
-            self._runner = None
-        if self._mode is not None:
-            dispatcher.leave_thread(self._mode.runner)
-            self._mode.__exit__(*exc)
-            self._mode = self._host = None
-        self._restore()
+        entry = self._entries.stack.pop()  # this thread's innermost entry of the session
+        if entry.mode is None:
+            dispatcher.pop(entry.runner)
+        else:
+            dispatcher.leave_thread(entry.runner)
+            entry.mode.__exit__(*exc)
+        entry.restore()
 
-    def _restore(self) -> None:
-        """PyTorch's thread count and MHA fast path as they were before the session."""
-        if self._saved_threads is not None:
-            torch.set_num_threads(self._saved_threads)
-            self._saved_threads = None
-        if self._saved_fastpath is not None:
-            torch.backends.mha.set_fastpath_enabled(self._saved_fastpath)
-            self._saved_fastpath = None
+
+class _Entry:
+    """One entry of a session on one thread: its interception and what its exit restores."""
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+        #: the function mode (None: a dispatcher session)
+        self.mode: _Mode | None = None
+        self.saved_threads: int | None = None
+        self.saved_fastpath: bool | None = None
+
+    def restore(self) -> None:
+        """PyTorch's thread count and MHA fast path as they were before the entry."""
+        if self.saved_threads is not None:
+            torch.set_num_threads(self.saved_threads)
+        if self.saved_fastpath is not None:
+            torch.backends.mha.set_fastpath_enabled(self.saved_fastpath)
 
 
 def offload(device: "str | Device | None" = None, *, threads: "int | str | None" = "auto",
