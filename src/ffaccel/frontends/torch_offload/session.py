@@ -19,6 +19,7 @@ from .accounting import _PLAIN_TYPES, ARGS, FREE, TRANSFORM, HostFlops, count, n
 from .fit import DeviceFit, check_relaxed
 from .runner import Runner
 
+
 def _fast_path_sees_function_modes() -> bool:
     """Whether ``nn.MultiheadAttention`` / ``TransformerEncoderLayer`` leave their fused fast path by
     themselves while a function mode is active: they do when ``torch.overrides.has_torch_function``
