@@ -294,6 +294,26 @@ def test_linear_on_a_transposed_3d_input_is_one_gemm(shape: tuple, bias: bool) -
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("broadcast", ["query", "keys"])
+def test_attention_over_a_broadcast_batch_counts_every_flop(broadcast: str, interception: str) -> None:
+    """A query of batch 1 against keys of batch 2 (or the reverse) makes both GEMMs twice: the FLOPs
+    are PyTorch's count (FlopCounterMode on stock PyTorch). The function mode counted the query's
+    own batch: half of them for a broadcast query."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1 if broadcast == "query" else 2, 3, 5, 8, generator=g)
+    k = torch.randn(2 if broadcast == "query" else 1, 3, 6, 8, generator=g)
+    with FlopCounterMode(display=False) as counter:
+        want = F.scaled_dot_product_attention(q, k, k)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = F.scaled_dot_product_attention(q, k, k)
+    torch.testing.assert_close(got, want)
+    assert session.stats["host_calls"] == 0
+    assert session.stats["offloaded_flops"] == counter.get_total_flops() == 2 * 2 * 3 * 5 * 6 * (8 + 8)
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 def test_host_calls_are_counted_with_their_reason(interception: str) -> None:
     """An int64 GEMM stays on the host as "dtype unsupported", with its FLOPs. A Linear under
     grad: the function mode sees it before autograd and leaves it to PyTorch ("grad required");

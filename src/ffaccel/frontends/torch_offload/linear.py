@@ -451,7 +451,9 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     qn, kn, vn = to_numpy(q), to_numpy(k), to_numpy(v)
     if nd > 3:  # a batch of strided matrices (heads-transposed views): row-major copies (see fast_sdpa)
         qn, kn, vn = _row_major(qn), _row_major(kn), _row_major(vn)
-    flops = 2 * (qn.size // max(1, E)) * S * (E + vs[-1])
+    # both GEMMs over the batch they broadcast to (a query batch of 1 against the keys' batch of B
+    # makes B of each: counting q's own batch gave half the FLOPs there)
+    flops = mm_flops(qn.shape, (*kn.shape[:-2], E, S)) + mm_flops((*qn.shape[:-2], L, S), vn.shape)
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
     s = to_torch(m.run(0, qn, kn, trans_b=True, alpha=scale, post_ops=post_ops,
                        out_dtype=np.float32 if low else None, calls=0))
