@@ -343,14 +343,18 @@ def test_a_deleted_modules_parameters_leave_the_memo_while_the_kernels_stay() ->
     assert dispatcher.registered()
 
 
-@pytest.mark.parametrize("case", ["broadcast bias", "bias matrix", "beta", "bf16", "f64"])
+@pytest.mark.parametrize("case", ["broadcast bias", "broadcast bias, W^T", "bias matrix", "beta", "bf16", "f64"])
 def test_addmm_beyond_the_fast_path_goes_the_generic_way(case: str) -> None:
-    """The calls the decode's fast path does not take are offloaded as before, with stock's result."""
+    """The calls the decode's fast path does not take are offloaded as before, with stock's result
+    (a one-element bias with ``F.linear``'s transposed weight went to the host: the linear handler
+    takes only a bias of the output's length)."""
     g = torch.Generator().manual_seed(4)
     x, w, c = torch.randn(3, 5, generator=g), torch.randn(5, 4, generator=g), torch.randn(4, generator=g)
     kw: dict = {}
-    if case == "broadcast bias":
+    if case.startswith("broadcast bias"):
         c = c[:1]
+        if case.endswith("W^T"):
+            w = torch.randn(4, 5, generator=g).t()
     elif case == "bias matrix":
         c = torch.randn(3, 4, generator=g)
     elif case == "beta":

@@ -69,7 +69,8 @@ def _bmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
 def _addmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     if not kwargs and len(args) == 3:
         c, a, w_t = args
-        if c.ndim == 1 and a.ndim == 2 and w_t.ndim == 2 and not w_t.is_contiguous() and w_t.t().is_contiguous():
+        if (c.ndim == 1 and a.ndim == 2 and w_t.ndim == 2 and not w_t.is_contiguous() and w_t.t().is_contiguous()
+                and c.shape[0] == w_t.shape[1]):  # (a broadcast bias is addmm's: the linear handler refuses it)
             # F.linear's addmm (bias, x, W.t()): the same device call as the function mode's linear
             # handler (W with trans_b), which the cpu driver serves on PyTorch's thread pool; the
             # transposed view as a plain B went to OpenBLAS's own spinning threads (MHA 64x8 at two
