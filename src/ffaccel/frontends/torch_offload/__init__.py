@@ -54,8 +54,9 @@ Python-level hook can see (the dispatcher sees them as ATen GEMMs and leaves it 
 function mode is active those layers leave that fast path by themselves (their checks ask
 ``torch.overrides.has_torch_function``, which counts modes; where it would not, the session turns
 the process-wide switch off for its duration) and take their ordinary path — linear
-projections, ``scaled_dot_product_attention`` — whose GEMMs the session offloads and counts; it opens the Python-level composite
-``F.multi_head_attention_forward`` so that the calls inside reach the mode.
+projections, ``scaled_dot_product_attention`` — whose GEMMs the session offloads and counts; it
+opens the Python-level composite ``F.multi_head_attention_forward`` so that the calls inside
+reach the mode.
 """
 
 from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE, TRANSFORM

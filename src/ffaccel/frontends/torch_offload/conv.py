@@ -113,8 +113,10 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     O, Cg = w.shape[:2]
     ks = tuple(w.shape[2:])
     g = groups
-    if C != Cg * g or O % g or (bias is not None and tuple(bias.shape) != (O,)) or min(ks) < 1:
-        raise Host(SHAPE)  # PyTorch raises its own error
+    if C != Cg * g or O % g or (bias is not None and tuple(bias.shape) != (O,)) or min(ks) < 1 or not O or not C:
+        # PyTorch raises its own error (also for no output channels; for no input channels it
+        # returns an empty result of no channels, not the zeros of O channels the GEMM gives)
+        raise Host(SHAPE)
     padding = p.get("padding", 0)
     if padding == "valid":
         pads = [(0, 0)] * nd
@@ -208,9 +210,9 @@ def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.T
     N, C = x.shape[:2]
     ks = tuple(w.shape[2:])
     O = w.shape[1] * g
-    if w.shape[0] != C or C % g or (bias is not None and tuple(bias.shape) != (O,)) \
+    if w.shape[0] != C or C % g or (bias is not None and tuple(bias.shape) != (O,)) or not C or not O \
             or any(op >= max(st, d) or op < 0 for op, st, d in zip(out_pad, stride, dilation)):
-        raise Host(SHAPE)  # PyTorch raises its own error
+        raise Host(SHAPE)  # PyTorch raises its own error (also for no input or output channels)
     outs = tuple((s - 1) * st - 2 * pd + d * (k - 1) + op + 1
                  for s, st, pd, d, k, op in zip(x.shape[2:], stride, padding, dilation, ks, out_pad))
     if min(outs) < 1:
