@@ -314,6 +314,25 @@ def test_attention_over_a_broadcast_batch_counts_every_flop(broadcast: str, inte
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+def test_a_matrix_vector_product_is_offloaded_and_counted(interception: str) -> None:
+    """``A @ v``, ``torch.mv`` and a batch of matrices times a vector run ``aten::mv``: offloaded with
+    2 m k FLOPs each under both interceptions (the dispatcher did not intercept it and counted
+    nothing, where the function mode offloaded ``A @ v``); a bad shape is PyTorch's error."""
+    g = torch.Generator().manual_seed(0)
+    a, a3, v = torch.randn(5, 7, generator=g), torch.randn(2, 5, 7, generator=g), torch.randn(7, generator=g)
+    calls = (lambda: a @ v, lambda: torch.mv(a, v), lambda: torch.matmul(a3, v))
+    want = [f() for f in calls]
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = [f() for f in calls]
+        with pytest.raises(RuntimeError):
+            torch.mv(a, torch.randn(6, generator=g))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+    assert session.stats["offloaded_calls"] == 3 and session.stats["host_flops"] == 0, session.stats
+    assert session.stats["offloaded_flops"] == 2 * 5 * 7 * 4
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 def test_host_calls_are_counted_with_their_reason(interception: str) -> None:
     """An int64 GEMM stays on the host as "dtype unsupported", with its FLOPs. A Linear under
     grad: the function mode sees it before autograd and leaves it to PyTorch ("grad required");

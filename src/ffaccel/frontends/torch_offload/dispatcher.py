@@ -106,7 +106,7 @@ def _into_out(adapter: Callable) -> Callable:
 #: out: its CPU kernel only raises (it is for out-of-tree backends), and each registration
 #: costs ~25 µs of every session's entry.
 RULES: dict[str, Callable | None] = {
-    "mm": _mm, "mm.out": _into_out(_mm),
+    "mm": _mm, "mm.out": _into_out(_mm), "mv": linear.mv, "mv.out": _into_out(linear.mv),
     "addmm": _addmm, "addmm.out": _into_out(_addmm),
     "bmm": _bmm, "bmm.out": _into_out(_bmm),
     "baddbmm": _baddbmm, "baddbmm.out": _into_out(_baddbmm),

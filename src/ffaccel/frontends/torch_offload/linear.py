@@ -76,6 +76,14 @@ def matmul_strict(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Te
     return matmul(m, func, (a, b), {k: v for k, v in kwargs.items() if k != "mat2"})
 
 
+def mv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``torch.mv(A, v)`` / ``aten::mv`` (what ``A @ v`` runs): a GEMM with n = 1."""
+    a, v = args[0], args[1] if len(args) > 1 else kwargs.get("vec")
+    if kwargs.get("out") is not None or not isinstance(v, torch.Tensor) or a.ndim != 2 or v.ndim != 1:
+        raise Host(SHAPE)  # PyTorch raises its own error for bad shapes
+    return matmul(m, func, (a, v), {})
+
+
 _ADDMM = (torch.addmm, torch.Tensor.addmm)
 
 
@@ -501,6 +509,7 @@ def handlers() -> dict[Callable, Callable]:
     h[T.__rmatmul__] = rmatmul
     for f in (torch.mm, T.mm, torch.bmm, T.bmm):
         h[f] = matmul_strict
+    h[torch.mv] = h[T.mv] = mv
     for f in (torch.addmm, T.addmm, torch.baddbmm, T.baddbmm):
         h[f] = addmm
     h[torch._addmm_activation] = addmm_activation
