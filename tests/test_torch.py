@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -155,6 +156,98 @@ def test_every_gemm_family_call_is_offloaded_and_matches(interception: str) -> N
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("op", ["linear", "_int_mm", "_addmm_activation"])
+def test_an_out_tensor_is_written_as_stock_writes_it(op: str, interception: str) -> None:
+    """``F.linear(..., out=o)``, ``torch._int_mm(..., out=o)``, ``torch._addmm_activation(..., out=o)``:
+    ``o`` holds the result, as in stock PyTorch (the function mode's handlers used to return a fresh
+    tensor and leave ``o`` as it was)."""
+    g = torch.Generator().manual_seed(0)
+    if op == "_int_mm":
+        a, b = (torch.randint(-8, 8, (32, 32), generator=g, dtype=torch.int8) for _ in range(2))
+        call = lambda o: torch._int_mm(a, b, out=o)
+        like = torch.empty(32, 32, dtype=torch.int32)
+    else:
+        x, w, bias = torch.randn(5, 7, generator=g), torch.randn(3, 7, generator=g), torch.randn(3, generator=g)
+        if op == "linear":
+            call = lambda o: F.linear(x, w, bias, out=o)
+        else:
+            call = lambda o: torch._addmm_activation(bias, x, w.t(), out=o)
+        like = torch.empty(5, 3)
+    want = call(torch.zeros_like(like))
+    out = torch.zeros_like(like)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception):
+        r = call(out)
+    torch.testing.assert_close(out, want)
+    assert r.data_ptr() == out.data_ptr()
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("transform", ["autocast", "vmap", "forward AD"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # PyTorch's own, at the first make_dual
+def test_autocast_vmap_and_forward_ad_give_stock_results(transform: str, interception: str) -> None:
+    """What PyTorch does below the Python-level call: autocast runs a Linear in bf16 (a bf16 result),
+    vmap hands batched tensors without storage, forward-mode AD carries a tangent. The function mode's
+    handlers saw none of it: an f32 result under autocast, a RuntimeError under vmap, the tangent
+    lost. The dispatcher sees the call below them and offloads it."""
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(0)
+    x, w, t = torch.randn(4, 5, 7, generator=g), torch.randn(3, 7, generator=g), torch.randn(4, 5, 7, generator=g)
+
+    def call() -> tuple:
+        if transform == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return (F.linear(x, w),)
+        if transform == "vmap":
+            return (torch.vmap(lambda row: F.linear(row, w))(x),)
+        with fwAD.dual_level():
+            y = fwAD.unpack_dual(F.linear(fwAD.make_dual(x, t), w))
+            return y.primal, y.tangent
+
+    want = call()
+    with ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = call()
+    for a, b in zip(got, want):
+        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-2 if a.dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+    if interception == "function":
+        assert session.stats["host_reasons"]["transform active"] == 1, session.stats
+    else:
+        assert session.stats["offloaded_calls"] >= 1, session.stats
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_attention_with_an_f32_mask_on_other_inputs_is_offloaded(dtype: torch.dtype, interception: str) -> None:
+    """An f32 mask with bf16 (f64) q, k, v, as autocast leaves a model's mask: PyTorch's kernel takes it,
+    the handlers sent it to PyTorch as "dtype unsupported"."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8, generator=g).to(dtype), torch.randn(2, 3, 6, 8, generator=g).to(dtype)
+    mask = torch.randn(2, 1, 5, 6, generator=g)
+    mask[0, 0, 1, :4] = float("-inf")
+    want = F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+    torch.testing.assert_close(got, want, **({"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}))
+    assert session.stats["host_calls"] == 0 and session.stats["offloaded_calls"] == 1, session.stats
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+def test_attention_with_a_1d_mask_or_an_empty_head_dimension_behaves_as_stock(interception: str) -> None:
+    """PyTorch refuses a 1-D mask (IndexError) and answers for an empty head dimension (E = 0); the
+    function mode's handler broadcast the mask and divided by sqrt(0) (ZeroDivisionError)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 4, 8, generator=g)
+    empty, v = torch.randn(2, 3, 4, 0, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    want = F.scaled_dot_product_attention(empty, empty, v)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception):
+        with pytest.raises(IndexError):
+            F.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(4))
+        got = F.scaled_dot_product_attention(empty, empty, v)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
 @pytest.mark.parametrize("layout", ["contiguous", "seq-first", "batch-first heads", "broadcast kv"])
 def test_attention_on_every_query_layout_matches(layout: str, interception: str) -> None:
     """Values, not strides: PyTorch returns a seq-first query's output in the query's memory
@@ -198,6 +291,45 @@ def test_linear_on_a_transposed_3d_input_is_one_gemm(shape: tuple, bias: bool) -
     torch.testing.assert_close(got, want)
     assert got.is_contiguous() and session.stats["offloaded_calls"] == 1
     assert session.stats["offloaded_flops"] == 2 * shape[0] * shape[1] * 6 * 8
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+@pytest.mark.parametrize("broadcast", ["query", "keys"])
+def test_attention_over_a_broadcast_batch_counts_every_flop(broadcast: str, interception: str) -> None:
+    """A query of batch 1 against keys of batch 2 (or the reverse) makes both GEMMs twice: the FLOPs
+    are PyTorch's count (FlopCounterMode on stock PyTorch). The function mode counted the query's
+    own batch: half of them for a broadcast query."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1 if broadcast == "query" else 2, 3, 5, 8, generator=g)
+    k = torch.randn(2 if broadcast == "query" else 1, 3, 6, 8, generator=g)
+    with FlopCounterMode(display=False) as counter:
+        want = F.scaled_dot_product_attention(q, k, k)
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = F.scaled_dot_product_attention(q, k, k)
+    torch.testing.assert_close(got, want)
+    assert session.stats["host_calls"] == 0
+    assert session.stats["offloaded_flops"] == counter.get_total_flops() == 2 * 2 * 3 * 5 * 6 * (8 + 8)
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+def test_a_matrix_vector_product_is_offloaded_and_counted(interception: str) -> None:
+    """``A @ v``, ``torch.mv`` and a batch of matrices times a vector run ``aten::mv``: offloaded with
+    2 m k FLOPs each under both interceptions (the dispatcher did not intercept it and counted
+    nothing, where the function mode offloaded ``A @ v``); a bad shape is PyTorch's error."""
+    g = torch.Generator().manual_seed(0)
+    a, a3, v = torch.randn(5, 7, generator=g), torch.randn(2, 5, 7, generator=g), torch.randn(7, generator=g)
+    calls = (lambda: a @ v, lambda: torch.mv(a, v), lambda: torch.matmul(a3, v))
+    want = [f() for f in calls]
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        got = [f() for f in calls]
+        with pytest.raises(RuntimeError):
+            torch.mv(a, torch.randn(6, generator=g))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+    assert session.stats["offloaded_calls"] == 3 and session.stats["host_flops"] == 0, session.stats
+    assert session.stats["offloaded_flops"] == 2 * 5 * 7 * 4
 
 
 @pytest.mark.parametrize("interception", INTERCEPTIONS)
@@ -300,6 +432,79 @@ def test_multihead_attention_layer_gemms_are_offloaded(need_weights: bool, inter
     qkv, attn, out = 2 * 32 * 64 * 192, 2 * 2 * (2 * 4 * 16 * 16 * 16), 2 * 32 * 64 * 64
     assert stats["offloaded_flops"] == qkv + attn + out and stats["host_calls"] == 0
     assert torch.backends.mha.get_fastpath_enabled()  # restored after the session
+
+
+@pytest.mark.parametrize("interception", INTERCEPTIONS)
+def test_one_session_object_entered_again_and_from_two_threads_ends_cleanly(interception: str) -> None:
+    """``with s: with s:`` and ``with s:`` in two threads at once count every call in ``s`` and
+    leave nothing active after the last exit. The session kept one interception per object: the
+    second entry replaced the first, whose runner (or function mode) then stayed active on its
+    thread after every exit, offloading and counting that thread's calls for good."""
+    a = torch.randn(8, 8)
+    session = ffaccel.torch.offload("cpu", interception=interception)
+    with torch.no_grad():
+        with session:
+            with session:
+                a @ a
+            a @ a
+        both = threading.Barrier(2, timeout=60)
+
+        def other() -> None:
+            with session:
+                both.wait()
+                a @ a
+                both.wait()
+
+        t = threading.Thread(target=other)
+        t.start()
+        with session:  # both entries active at once; the calls one after the other (the counts are
+            both.wait()  # plain dict updates, not made for two threads counting at the same instant)
+            both.wait()
+            a @ a
+        t.join(60)
+        assert session.stats["offloaded_calls"] == 4
+        a @ a  # after every exit: PyTorch's, not counted
+    assert session.stats["offloaded_calls"] == 4 and session.stats["host_calls"] == 0
+    assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the stock fast path's own
+def test_a_function_session_leaves_other_threads_attention_fast_path_alone() -> None:
+    """PyTorch's fused MHA / encoder fast path is a process-wide switch. The function mode turned it
+    off for its session, so another thread's stock encoder ran the slow path meanwhile (its output
+    at padded positions is not the fast path's zeros), and two overlapping sessions in two threads
+    left it off for good. A function mode needs no switch: with a mode active these layers take
+    their ordinary path by themselves (``has_torch_function``), which test_multihead_attention_
+    layer_gemms_are_offloaded checks is offloaded whole."""
+    torch.manual_seed(0)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2,
+                                      enable_nested_tensor=True).eval()
+    x = torch.randn(2, 5, 16)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    with torch.no_grad():
+        want = enc(x, src_key_padding_mask=pad)
+    opened, done = threading.Event(), threading.Event()
+    seen: dict = {}
+
+    def other() -> None:
+        try:
+            assert opened.wait(60)
+            with torch.no_grad():
+                seen["out"] = enc(x, src_key_padding_mask=pad)
+            with ffaccel.torch.offload("cpu", interception="function"):  # overlapping sessions
+                done.set()
+        finally:
+            done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with ffaccel.torch.offload("cpu", interception="function"):
+        opened.set()
+        assert done.wait(60)
+    t.join(60)
+    assert torch.equal(seen["out"], want)
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 def test_transformer_encoder_layer() -> None:

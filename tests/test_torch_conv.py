@@ -144,3 +144,59 @@ def test_3d_transposed_convolution_is_counted_on_the_host() -> None:
     torch.testing.assert_close(got, want)
     assert stats["offloaded_calls"] == 0 and stats["host_flops"] == 2 * 2 * 4 * 27 * 3 * 27
     assert stats["host_reasons"] == {"not offloaded (conv_transpose3d)": 1}, stats
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("case", ["channels-last weight", "transposed, channels-last input",
+                                  "3-D f64, channels-last input"])
+def test_the_output_has_the_strides_pytorch_gives_it(case: str, interception: str) -> None:
+    """PyTorch's output layout follows its backend, not the input's format alone: channels-last for a
+    channels-last weight and for a channels-last transposed convolution; contiguous for a 3-D f64
+    convolution of a channels-last input (its slow kernel). Offload followed the input only, so code
+    that relies on the strides (``.view`` after a permute) saw others than stock's."""
+    g = torch.Generator().manual_seed(0)
+    last = torch.channels_last
+    if case == "channels-last weight":
+        fn, x = F.conv2d, torch.randn(2, 3, 6, 6, generator=g)
+        w = torch.randn(4, 3, 3, 3, generator=g).to(memory_format=last)
+    elif case == "transposed, channels-last input":
+        fn, x = F.conv_transpose2d, torch.randn(2, 3, 5, 5, generator=g).to(memory_format=last)
+        w = torch.randn(3, 4, 3, 3, generator=g)
+    else:
+        fn = F.conv3d
+        x = torch.randn(2, 3, 4, 5, 5, generator=g, dtype=torch.float64).to(memory_format=torch.channels_last_3d)
+        w = torch.randn(4, 3, 3, 3, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        want = fn(x, w)
+        with ffaccel.torch.offload("cpu", interception=interception) as session:
+            got = fn(x, w)
+    torch.testing.assert_close(got, want)
+    assert got.stride() == want.stride()
+    assert session.stats["offloaded_calls"] == 1
+
+
+@pytest.mark.parametrize("interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("case", ["no output channels", "no input channels", "transposed, no input channels"])
+def test_a_convolution_without_channels_is_pytorchs(case: str, interception: str) -> None:
+    """PyTorch refuses a weight of no output channels (and a transposed convolution of no input
+    channels) and returns an empty result of no channels for an input of none; the im2col GEMM
+    answered the first two and gave zeros of the weight's output channels for the third."""
+    g = torch.Generator().manual_seed(0)
+    if case == "no output channels":
+        call = lambda: F.conv2d(torch.randn(2, 3, 6, 6, generator=g), torch.randn(0, 3, 3, 3, generator=g))
+    elif case == "no input channels":
+        call = lambda: F.conv2d(torch.randn(2, 0, 6, 6, generator=g), torch.randn(4, 0, 3, 3, generator=g))
+    else:
+        call = lambda: F.conv_transpose2d(torch.randn(2, 0, 5, 5, generator=g), torch.randn(0, 4, 3, 3, generator=g))
+    try:
+        want = call()
+    except RuntimeError:
+        want = None
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=interception) as session:
+        if want is None:
+            with pytest.raises(RuntimeError):
+                call()
+        else:
+            got = call()
+            assert got.shape == want.shape
+    assert session.stats["offloaded_calls"] == 0

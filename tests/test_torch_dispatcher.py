@@ -11,6 +11,7 @@ the oneDNN LSTM layer, ``.out`` overloads) give PyTorch's results.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import os
@@ -110,6 +111,29 @@ def test_nested_sessions_count_in_the_innermost_and_keep_the_kernels_until_the_l
     assert dispatcher.release() and not _ours()
     assert outer.stats["offloaded_calls"] == 2 and inner.stats["offloaded_calls"] == 2
     assert outer.stats["host_calls"] == inner.stats["host_calls"] == 0
+
+
+@pytest.mark.parametrize("outer_interception", ["dispatcher", "function"])
+@pytest.mark.parametrize("inner_interception", ["dispatcher", "function"])
+def test_the_innermost_session_decides_whatever_the_interceptions(outer_interception: str,
+                                                                   inner_interception: str) -> None:
+    """An ``npu`` session inside a ``cpu`` one: the npu runs its bf16 GEMM, leaves the f32 one to
+    PyTorch (stock result, counted on the npu session's host side only), and the outer session
+    sees neither. A function mode outside a dispatcher session took every call itself (the inner
+    session saw nothing), and an outer session offloaded what the inner one gave back to PyTorch
+    (counted in both)."""
+    g = torch.Generator().manual_seed(0)
+    a16, b16 = torch.randn(16, 16, generator=g).bfloat16(), torch.randn(16, 16, generator=g).bfloat16()
+    a, b = torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g)
+    want = a @ b
+    with torch.no_grad(), ffaccel.torch.offload("cpu", interception=outer_interception) as outer:
+        with ffaccel.torch.offload("npu", interception=inner_interception) as inner:
+            a16 @ b16
+            got = a @ b
+        a @ b
+    assert torch.equal(got, want)  # PyTorch's own kernel, bit for bit
+    assert inner.stats["offloaded_calls"] == 1 and inner.stats["host_calls"] == 1, inner.stats
+    assert outer.stats["offloaded_calls"] == 1 and outer.stats["host_calls"] == 0, outer.stats
 
 
 def test_another_thread_gets_stock_results_and_counts_only_in_its_own_session() -> None:
@@ -300,14 +324,37 @@ def test_fast_paths_tell_a_square_weight_from_its_transpose_and_forget_parameter
     assert tensors.PARAM_MEMO and dispatcher.release() and not tensors.PARAM_MEMO
 
 
-@pytest.mark.parametrize("case", ["broadcast bias", "bias matrix", "beta", "bf16", "f64"])
+def test_a_deleted_modules_parameters_leave_the_memo_while_the_kernels_stay() -> None:
+    """The kernels stay after the last session (by default until ``release()``), and the memo of
+    parameters' views with them: a process that loads models one after another held every deleted
+    model's weights (64 MB a 4096 x 4096 Linear) until the memo reached 2048 entries."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, generator=g)
+    with torch.no_grad():
+        for _ in range(3):
+            lin = torch.nn.Linear(16, 8)
+            with ffaccel.torch.offload("cpu") as session:
+                lin(x)
+                torch.mm(x, lin.weight.t())
+            assert session.stats["offloaded_calls"] == 2 and len(tensors.PARAM_MEMO) == 3  # W^T, bias, W^T for mm
+            del lin
+            gc.collect(0)  # (its refcount frees a Linear; the youngest generation, in case)
+            assert not tensors.PARAM_MEMO  # nothing of the deleted module is held
+    assert dispatcher.registered()
+
+
+@pytest.mark.parametrize("case", ["broadcast bias", "broadcast bias, W^T", "bias matrix", "beta", "bf16", "f64"])
 def test_addmm_beyond_the_fast_path_goes_the_generic_way(case: str) -> None:
-    """The calls the decode's fast path does not take are offloaded as before, with stock's result."""
+    """The calls the decode's fast path does not take are offloaded as before, with stock's result
+    (a one-element bias with ``F.linear``'s transposed weight went to the host: the linear handler
+    takes only a bias of the output's length)."""
     g = torch.Generator().manual_seed(4)
     x, w, c = torch.randn(3, 5, generator=g), torch.randn(5, 4, generator=g), torch.randn(4, generator=g)
     kw: dict = {}
-    if case == "broadcast bias":
+    if case.startswith("broadcast bias"):
         c = c[:1]
+        if case.endswith("W^T"):
+            w = torch.randn(4, 5, generator=g).t()
     elif case == "bias matrix":
         c = torch.randn(3, 4, generator=g)
     elif case == "beta":
@@ -476,6 +523,32 @@ def test_attention_with_a_mask_that_does_not_broadcast_is_pytorchs_error() -> No
         op(q, q, q, attn_mask=mask)
     with torch.no_grad(), ffaccel.torch.offload("cpu"), pytest.raises(RuntimeError):
         op(q, q, q, attn_mask=mask)
+
+
+@pytest.mark.parametrize("case", ["1-D mask", "3-D mask", "bool mask", "3-D q, k, v", "value head size"])
+def test_the_attention_kernel_called_directly_refuses_what_pytorchs_refuses(case: str) -> None:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu`` takes 4-D q, k, v of one head size and a
+    2-D or 4-D mask of q's dtype or f32; F.scaled_dot_product_attention sends it nothing else, but a direct call may,
+    and PyTorch raises. The adapters broadcast the rest and answered instead."""
+    g = torch.Generator().manual_seed(0)
+    q, v, mask = torch.randn(2, 3, 4, 8, generator=g), None, None
+    if case == "1-D mask":
+        mask = torch.zeros(4)
+    elif case == "3-D mask":
+        mask = torch.zeros(3, 4, 4)
+    elif case == "bool mask":
+        mask = torch.ones(4, 4, dtype=torch.bool)
+    elif case == "3-D q, k, v":
+        q = q[0]
+    else:
+        v = torch.randn(2, 3, 4, 6, generator=g)
+    v = q if v is None else v
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with pytest.raises(RuntimeError, match="flash_attention"):
+        op(q, q, v, attn_mask=mask)
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session, pytest.raises(RuntimeError, match="flash_attention"):
+        op(q, q, v, attn_mask=mask)
+    assert session.stats["offloaded_calls"] == 0
 
 
 @pytest.mark.parametrize("interception", ["dispatcher", "function"])

@@ -50,18 +50,19 @@ restores the setting on exit: the GEMMs, the bulk of the work, keep every core.
 
 Attention layers: ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` have a fused
 inference fast path (``torch._native_multi_head_attention`` and friends) whose matmuls no
-Python-level hook can see (the dispatcher sees them as ATen GEMMs and leaves it on). The
-function-mode session turns that fast path off
-(``torch.backends.mha.set_fastpath_enabled(False)``) and restores it on exit, so those layers
-take their ordinary path — linear projections, ``scaled_dot_product_attention`` — whose GEMMs
-the session offloads and counts; it opens the Python-level composite
-``F.multi_head_attention_forward`` so that the calls inside reach the mode.
+Python-level hook can see (the dispatcher sees them as ATen GEMMs and leaves it on). While a
+function mode is active those layers leave that fast path by themselves (their checks ask
+``torch.overrides.has_torch_function``, which counts modes; where it would not, the session turns
+the process-wide switch off for its duration) and take their ordinary path — linear
+projections, ``scaled_dot_product_attention`` — whose GEMMs the session offloads and counts; it
+opens the Python-level composite ``F.multi_head_attention_forward`` so that the calls inside
+reach the mode.
 """
 
-from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE
+from .accounting import ARGS, DTYPE, GRAD, LAYOUT, MEMORY, NOT_LOWERED, POST_OP, REFUSED, SHAPE, SIZE, TRANSFORM
 from .fit import RELAXED
 from .session import OffloadSession, offload
 from .tensors import to_numpy, to_torch
 
 __all__ = ["OffloadSession", "offload", "to_numpy", "to_torch", "GRAD", "DTYPE", "SHAPE", "MEMORY", "ARGS",
-           "REFUSED", "NOT_LOWERED", "POST_OP", "LAYOUT", "SIZE", "RELAXED"]
+           "REFUSED", "NOT_LOWERED", "POST_OP", "LAYOUT", "SIZE", "RELAXED", "TRANSFORM"]

@@ -35,6 +35,9 @@ LAYOUT = "layout unsupported"
 SIZE = "size unsupported"
 MEMORY = "not in host memory"
 ARGS = "arguments unsupported"
+#: the function mode's call while PyTorch changes it below the Python level: autocast (the dtype),
+#: a torch.func transform (vmap's batched tensors, grad, jvp) or forward-mode AD (the tangent)
+TRANSFORM = "transform active"
 REFUSED = "device refused"
 #: prefix of the reason for an op that has no device lowering: "not offloaded (einsum)"
 NOT_LOWERED = "not offloaded"
@@ -60,11 +63,17 @@ def _mkldnn_rnn_layer_flop(input_shape: Any, w_ih_shape: Any, w_hh_shape: Any, *
     return 2 * rows * w_ih_shape[0] * (w_ih_shape[1] + w_hh_shape[1])
 
 
-#: PyTorch's formulas, plus CPU kernels they lack: attention and the oneDNN LSTM layer.
-#: Tests give the same two to ``FlopCounterMode(custom_mapping=...)`` for the independent count.
+def _mv_flop(a_shape: Any, v_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """``aten::mv`` (``A @ v``, what ``matmul`` with a 1-D right operand runs): the GEMM with n = 1."""
+    return 2 * a_shape[0] * a_shape[1]
+
+
+#: PyTorch's formulas, plus CPU kernels they lack: attention, the oneDNN LSTM layer and the GEMV
+#: (offloaded like the other GEMMs: without a formula, ``x @ v`` went uncounted under the dispatcher).
+#: Tests give the same to ``FlopCounterMode(custom_mapping=...)`` for the independent count.
 EXTRA_FORMULAS: dict[Any, Callable[..., int]] = {}
 for _name, _f in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flop),
-                  ("mkldnn_rnn_layer", _mkldnn_rnn_layer_flop)):
+                  ("mkldnn_rnn_layer", _mkldnn_rnn_layer_flop), ("mv", _mv_flop)):
     if hasattr(torch.ops.aten, _name):
         EXTRA_FORMULAS[getattr(torch.ops.aten, _name)] = _f
 REGISTRY: dict[Any, Callable[..., int]] = {**flop_counter.flop_registry,

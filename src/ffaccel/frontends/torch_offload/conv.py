@@ -3,15 +3,16 @@
 im2col is one strided view of the (padded) input — ``as_strided`` to (batch, channels,
 kernel offsets..., output positions...) — and one copy into the GEMM's operand; PyTorch
 makes the copy. A 1x1 convolution with stride 1 needs no copy: the view already is the
-operand. Two layouts, chosen by the input's memory format, each without a transpose of the
-output:
+operand. Two layouts, chosen by the layout PyTorch gives the call's output (channels-last for a
+channels-last input or weight; for 3-D, as the backend PyTorch picks decides: :func:`_stock_last`),
+each without a transpose of the output:
 
 * contiguous (NCHW): ``D[n] = W (O x C k) @ cols[n] (C k x L)`` for every image ``n`` — one
   batched GEMM with the weight broadcast (batch stride 0) and the bias fused over rows;
   the result is NCHW as PyTorch returns it;
 * channels-last (NHWC): ``D = cols (N L x k C) @ W'^T`` — one GEMM whose rows are every
   output position of every image, bias fused over columns; the result is channels-last, as
-  PyTorch returns it for a channels-last input.
+  PyTorch returns it.
 
 Groups are a batch of GEMMs (one per group; per image and group in NCHW), bias added after
 (a per-group bias is not one vector of the GEMM). Padding: ``"valid"``, ``"same"`` (also
@@ -61,6 +62,26 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
+_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _stock_last(x: torch.Tensor, w: torch.Tensor, bias: Any, stride: tuple, padding: list, dilation: tuple,
+                transposed: bool, output_padding: tuple, groups: int) -> bool | None:
+    """Whether PyTorch's CPU convolution returns this call's output channels-last (None: not known).
+
+    Its rule is not the input's format alone: a channels-last weight makes the output channels-last
+    too, and for 3-D it depends on the backend PyTorch picks (oneDNN: f32, and bf16/f16 where the
+    CPU has them; the slow kernels return contiguous outputs). PyTorch's own choice is asked
+    (~5 µs), so that code after the call sees stock's strides (``.view`` on them)."""
+    try:
+        backend = torch._C._select_conv_backend(x, w, bias, list(stride), padding, list(dilation), transposed,
+                                                list(output_padding), groups, None)
+        fmt = torch._C._conv_determine_backend_memory_format(x, w, backend)
+    except (AttributeError, RuntimeError, TypeError):  # (private PyTorch API: absent or changed)
+        return None
+    return fmt == _LAST.get(x.ndim)
+
+
 def _call(names: tuple[str, ...], args: tuple, kwargs: dict) -> tuple[dict, torch.Tensor, torch.Tensor, Any, int]:
     """A convolution call's arguments by name, its tensors checked, and its groups (Host if unusual)."""
     p = dict(zip(names, args))
@@ -92,8 +113,10 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     O, Cg = w.shape[:2]
     ks = tuple(w.shape[2:])
     g = groups
-    if C != Cg * g or O % g or (bias is not None and tuple(bias.shape) != (O,)) or min(ks) < 1:
-        raise Host(SHAPE)  # PyTorch raises its own error
+    if C != Cg * g or O % g or (bias is not None and tuple(bias.shape) != (O,)) or min(ks) < 1 or not O or not C:
+        # PyTorch raises its own error (also for no output channels; for no input channels it
+        # returns an empty result of no channels, not the zeros of O channels the GEMM gives)
+        raise Host(SHAPE)
     padding = p.get("padding", 0)
     if padding == "valid":
         pads = [(0, 0)] * nd
@@ -112,11 +135,15 @@ def conv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
                  for s, (lo, hi), k, d, st in zip(x.shape[2:], pads, ks, dilation, stride))
     if min(outs) < 1:
         raise Host(SHAPE)  # PyTorch reports an input smaller than the kernel
-    last = _channels_last(x)
+    x_last = _channels_last(x)
+    # the output's layout as PyTorch gives it (the layout computed in: see the module docstring)
+    last = _stock_last(x, w, bias, stride, [lo for lo, _ in pads], dilation, False, (0,) * nd, g)
+    if last is None:
+        last = x_last
     if any(lo or hi for lo, hi in pads):  # zero padding, kept in the input's memory format
         flat = [v for lo_hi in reversed(pads) for v in lo_hi]
         x = F.pad(x, flat)
-        if last and not _channels_last(x):
+        if x_last and not _channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last if nd == 2 else torch.channels_last_3d)
     L = math.prod(outs)
     K = Cg * math.prod(ks)
@@ -183,13 +210,14 @@ def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.T
     N, C = x.shape[:2]
     ks = tuple(w.shape[2:])
     O = w.shape[1] * g
-    if w.shape[0] != C or C % g or (bias is not None and tuple(bias.shape) != (O,)) \
+    if w.shape[0] != C or C % g or (bias is not None and tuple(bias.shape) != (O,)) or not C or not O \
             or any(op >= max(st, d) or op < 0 for op, st, d in zip(out_pad, stride, dilation)):
-        raise Host(SHAPE)  # PyTorch raises its own error
+        raise Host(SHAPE)  # PyTorch raises its own error (also for no input or output channels)
     outs = tuple((s - 1) * st - 2 * pd + d * (k - 1) + op + 1
                  for s, st, pd, d, k, op in zip(x.shape[2:], stride, padding, dilation, ks, out_pad))
     if min(outs) < 1:
         raise Host(SHAPE)
+    last = nd == 2 and _stock_last(x, w, bias, stride, list(padding), dilation, True, out_pad, g)
     if nd == 1:  # F.fold is 2-D: a 1-D convolution is a 2-D one of height 1
         x, w = x.unsqueeze(2), w.unsqueeze(2)
         ks, stride, dilation, padding, outs = (1, *ks), (1, *stride), (1, *dilation), (0, *padding), (1, *outs)
@@ -203,6 +231,8 @@ def conv_transpose(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.T
     y = F.fold(cols.reshape(N, O * math.prod(ks), L), outs, ks, dilation=dilation, padding=padding, stride=stride)
     if bias is not None:
         y += bias.view(O, 1, 1)
+    if last:  # PyTorch's layout for this call (a channels-last input or weight)
+        y = y.contiguous(memory_format=torch.channels_last)
     if nd == 1:
         y = y.squeeze(2)
     return y[0] if unbatched else y

@@ -69,7 +69,8 @@ def _bmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
 def _addmm(m: Any, func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     if not kwargs and len(args) == 3:
         c, a, w_t = args
-        if c.ndim == 1 and a.ndim == 2 and w_t.ndim == 2 and not w_t.is_contiguous() and w_t.t().is_contiguous():
+        if (c.ndim == 1 and a.ndim == 2 and w_t.ndim == 2 and not w_t.is_contiguous() and w_t.t().is_contiguous()
+                and c.shape[0] == w_t.shape[1]):  # (a broadcast bias is addmm's: the linear handler refuses it)
             # F.linear's addmm (bias, x, W.t()): the same device call as the function mode's linear
             # handler (W with trans_b), which the cpu driver serves on PyTorch's thread pool; the
             # transposed view as a plain B went to OpenBLAS's own spinning threads (MHA 64x8 at two
@@ -105,7 +106,7 @@ def _into_out(adapter: Callable) -> Callable:
 #: out: its CPU kernel only raises (it is for out-of-tree backends), and each registration
 #: costs ~25 µs of every session's entry.
 RULES: dict[str, Callable | None] = {
-    "mm": _mm, "mm.out": _into_out(_mm),
+    "mm": _mm, "mm.out": _into_out(_mm), "mv": linear.mv, "mv.out": _into_out(linear.mv),
     "addmm": _addmm, "addmm.out": _into_out(_addmm),
     "bmm": _bmm, "bmm.out": _into_out(_bmm),
     "baddbmm": _baddbmm, "baddbmm.out": _into_out(_baddbmm),
@@ -135,7 +136,8 @@ FORMULAS: dict[str, Callable[..., int]] = {
 
 
 class _State(threading.local):
-    #: this thread's active sessions' runners, innermost last
+    #: this thread's active sessions' runners, innermost last, of either interception (a function
+    #: mode's too: the innermost session decides, whichever interception it uses)
     runners: tuple = ()
     #: inside an intercepted op on this thread (an adapter or an original kernel is running)
     busy = False
@@ -179,6 +181,8 @@ def _kernel(name: str, original: Any, adapter: Callable | None, formula: Callabl
         if st.busy or not st.runners:  # no session on this thread, or an inner call: PyTorch's own
             return call(_CPU, *args, **kwargs)
         runner = st.runners[-1]
+        if not runner.via_dispatcher:  # the innermost session is a function mode: it decided (and counts)
+            return call(_CPU, *args, **kwargs)
         st.busy = True
         try:
             if fast is not None and runner.direct:
@@ -326,6 +330,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def enter_thread(runner: Any) -> None:
+    """Make ``runner`` (a session of either interception) this thread's innermost session: the
+    kernels act only for a dispatcher session that is innermost, and a function mode only when it
+    is (:func:`innermost`); an outer session sees neither what an inner one runs nor what it gives
+    back to PyTorch."""
+    _STATE.runners = (*_STATE.runners, runner)
+
+
+def leave_thread(runner: Any) -> None:
+    """Remove ``runner`` from this thread's sessions."""
+    runners = list(_STATE.runners)
+    for i in range(len(runners) - 1, -1, -1):
+        if runners[i] is runner:
+            del runners[i]
+            break
+    _STATE.runners = tuple(runners)
+
+
+def innermost() -> Any:
+    """This thread's innermost session's runner (None: none)."""
+    runners = _STATE.runners
+    return runners[-1] if runners else None
+
+
 def push(runner: Any) -> None:
     """Activate ``runner`` on this thread (registering the kernels unless they are in place)."""
     global _users, _library, _release_at, registrations
@@ -335,18 +363,13 @@ def push(runner: Any) -> None:
             registrations += 1
         _users += 1
         _release_at = None
-    _STATE.runners = (*_STATE.runners, runner)
+    enter_thread(runner)
 
 
 def pop(runner: Any) -> None:
     """Deactivate ``runner`` on this thread (the kernels go :data:`LINGER_S` after the process's last)."""
     global _users, _release_at, _reaper
-    runners = list(_STATE.runners)
-    for i in range(len(runners) - 1, -1, -1):
-        if runners[i] is runner:
-            del runners[i]
-            break
-    _STATE.runners = tuple(runners)
+    leave_thread(runner)
     with _LOCK:
         _users -= 1
         if _users == 0 and _library is not None:

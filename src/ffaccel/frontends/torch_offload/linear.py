@@ -76,6 +76,14 @@ def matmul_strict(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Te
     return matmul(m, func, (a, b), {k: v for k, v in kwargs.items() if k != "mat2"})
 
 
+def mv(m: Any, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``torch.mv(A, v)`` / ``aten::mv`` (what ``A @ v`` runs): a GEMM with n = 1."""
+    a, v = args[0], args[1] if len(args) > 1 else kwargs.get("vec")
+    if kwargs.get("out") is not None or not isinstance(v, torch.Tensor) or a.ndim != 2 or v.ndim != 1:
+        raise Host(SHAPE)  # PyTorch raises its own error for bad shapes
+    return matmul(m, func, (a, v), {})
+
+
 _ADDMM = (torch.addmm, torch.Tensor.addmm)
 
 
@@ -261,10 +269,23 @@ def aten_sdpa(m: Any, func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tenso
     causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
     if dropout:
         raise Host(ARGS)  # random work, not a GEMM
+    mask = kwargs.get("attn_mask")
+    if not _flash_cpu_takes(q, k, v, mask):
+        raise Host(SHAPE)  # PyTorch's kernel raises its own error
     # the CPU kernel takes grouped-query attention as it comes (``enable_gqa`` reaches it as a query
     # with a multiple of the keys' heads): the same grouping here
-    gqa = q is not None and k is not None and q.dim() == 4 and k.dim() == 4
-    return _attention(m, q, k, v, kwargs.get("attn_mask"), causal, kwargs.get("scale"), gqa, True)
+    return _attention(m, q, k, v, mask, causal, kwargs.get("scale"), True, True)
+
+
+def _flash_cpu_takes(q: Any, k: Any, v: Any, mask: Any) -> bool:
+    """Whether ``aten::_scaled_dot_product_flash_attention_for_cpu`` itself accepts these shapes: 4-D
+    q, k, v of one head size and a 2-D or 4-D mask of q's dtype or f32, not bool (its checks in torch
+    2.13). F.scaled_dot_product_attention sends it nothing else, but a direct call does, and PyTorch
+    raises there (the handlers broadcast a 1-D or 3-D mask and take a bool one: they answered)."""
+    return (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.shape[3] == k.shape[3] == v.shape[3]
+            and (not isinstance(mask, torch.Tensor)
+                 or (mask.dim() in (2, 4) and (mask.dtype is q.dtype or mask.dtype is _F32))))
 
 
 def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -299,10 +320,10 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
     except (TypeError, RuntimeError):
         return None
     qs, ks, vs = qn.shape, kn.shape, vn.shape
-    if (len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs) or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
-            or qs[-1] != ks[-1] or not ks[-2] or not qs[-1]):
-        return None  # broadcast batches, empty keys, disagreeing shapes: the generic path (or PyTorch's error)
-    if mask is not None and not _plain_mask(mask, (*qs[:-1], ks[-2])):
+    if (len(qs) != 4 or len(ks) != 4 or len(vs) != 4 or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1]
+            or qs[-1] != ks[-1] or vs[-1] != qs[-1] or not ks[-2] or not qs[-1]):
+        return None  # broadcast batches, empty keys, shapes the kernel refuses: the generic path (or PyTorch's error)
+    if mask is not None and (not _plain_mask(mask, (*qs[:-1], ks[-2])) or mask.dim() not in (2, 4)):
         return None
     scale = kwargs.get("scale")
     e = qs[-1]
@@ -409,12 +430,14 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     same_dtype(q, k, v)
     if mask is not None:
         check_tensors(mask, allowed=_MASK_DTYPES)
-        if mask.dtype is not torch.bool and mask.dtype is not q.dtype:
-            raise Host(DTYPE)
+        if mask.dtype is not torch.bool and mask.dtype is not q.dtype and mask.dtype is not _F32:
+            raise Host(DTYPE)  # (an f32 mask with bf16/f16 q, as autocast leaves it: PyTorch takes it too)
+        if mask.ndim < 2:
+            raise Host(SHAPE)  # PyTorch refuses a 1-D mask (IndexError), though it would broadcast
     qs, ks, vs = q.shape, k.shape, v.shape
     nd = len(qs)
-    if nd < 2 or len(ks) != nd or len(vs) != nd or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
-        raise Host(SHAPE)
+    if nd < 2 or len(ks) != nd or len(vs) != nd or qs[-1] != ks[-1] or ks[-2] != vs[-2] or not qs[-1]:
+        raise Host(SHAPE)  # (an empty head dimension: no 1/sqrt(E) scale; PyTorch decides what it gives)
     if enable_gqa and nd >= 3 and ks[-3] != qs[-3]:
         if qs[-3] % ks[-3]:
             raise Host(SHAPE)
@@ -436,7 +459,9 @@ def _attention(m: Any, q: Any, k: Any, v: Any, mask: Any, is_causal: Any, scale:
     qn, kn, vn = to_numpy(q), to_numpy(k), to_numpy(v)
     if nd > 3:  # a batch of strided matrices (heads-transposed views): row-major copies (see fast_sdpa)
         qn, kn, vn = _row_major(qn), _row_major(kn), _row_major(vn)
-    flops = 2 * (qn.size // max(1, E)) * S * (E + vs[-1])
+    # both GEMMs over the batch they broadcast to (a query batch of 1 against the keys' batch of B
+    # makes B of each: counting q's own batch gave half the FLOPs there)
+    flops = mm_flops(qn.shape, (*kn.shape[:-2], E, S)) + mm_flops((*qn.shape[:-2], L, S), vn.shape)
     # scores in f32 for f16/bf16 inputs (the f32-output combination), softmax in PyTorch
     s = to_torch(m.run(0, qn, kn, trans_b=True, alpha=scale, post_ops=post_ops,
                        out_dtype=np.float32 if low else None, calls=0))
@@ -484,6 +509,7 @@ def handlers() -> dict[Callable, Callable]:
     h[T.__rmatmul__] = rmatmul
     for f in (torch.mm, T.mm, torch.bmm, T.bmm):
         h[f] = matmul_strict
+    h[torch.mv] = h[T.mv] = mv
     for f in (torch.addmm, T.addmm, torch.baddbmm, T.baddbmm):
         h[f] = addmm
     h[torch._addmm_activation] = addmm_activation

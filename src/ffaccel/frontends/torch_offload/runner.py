@@ -38,6 +38,8 @@ class Runner:
         self.fit = session.fit
         #: the device takes every GEMM as it is (no partial-device route): the dispatcher's fast paths apply
         self.direct = session.fit.everything
+        #: a dispatcher session's (else a function mode's: the dispatcher's kernels leave its calls to PyTorch)
+        self.via_dispatcher = session.interception == "dispatcher"
         #: reasons of host post-ops of the call being handled (counted when it succeeds)
         self.host_post_ops: list[str] = []
 

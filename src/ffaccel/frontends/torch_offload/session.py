@@ -15,14 +15,31 @@ from torch.overrides import TorchFunctionMode
 from ...runtime import Device, resolve_device
 from ...spec import violation
 from . import conv, dispatcher, linear, rnn
-from .accounting import _PLAIN_TYPES, ARGS, FREE, HostFlops, count, new_stats, plain_types
+from .accounting import _PLAIN_TYPES, ARGS, FREE, TRANSFORM, HostFlops, count, new_stats, plain_types
 from .fit import DeviceFit, check_relaxed
 from .runner import Runner
 
+
+def _fast_path_sees_function_modes() -> bool:
+    """Whether ``nn.MultiheadAttention`` / ``TransformerEncoderLayer`` leave their fused fast path by
+    themselves while a function mode is active: they do when ``torch.overrides.has_torch_function``
+    counts modes (torch 2.x), which the fast-path checks ask ("some Tensor argument has_torch_function")."""
+    class _Probe(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+            return func(*args, **(kwargs or {}))
+
+    t = torch.empty(0)
+    with _Probe():
+        return bool(torch.overrides.has_torch_function((t,)))
+
+
 #: the interceptions ``offload(interception=...)`` takes -> whether the session turns off the fused
 #: MHA / TransformerEncoderLayer fast path (its GEMMs are invisible to the function mode; the
-#: dispatcher sees them as ATen GEMMs: see docs/torch.md for the measurement behind the choice)
-INTERCEPTIONS: dict[str, bool] = {"dispatcher": False, "function": True}
+#: dispatcher sees them as ATen GEMMs: see docs/torch.md for the measurement behind the choice).
+#: The function mode only where the layers would not leave it by themselves: the switch is
+#: process-wide, so turning it off changed other threads' stock attention (the slow path's values
+#: at padded positions) and two overlapping sessions in two threads left it off after both
+INTERCEPTIONS: dict[str, bool] = {"dispatcher": False, "function": not _fast_path_sees_function_modes()}
 
 
 class OffloadSession:
@@ -49,13 +66,13 @@ class OffloadSession:
         self.relaxed = relaxed
         self.fit = DeviceFit(self.device.info().caps, narrow_dtype)
         self._threads = threads
-        self._saved_threads: int | None = None
-        self._saved_fastpath: bool | None = None
         #: "dispatcher" or "function" (see :func:`offload`)
         self.interception = interception
-        self._mode: _Mode | None = None
-        self._host: HostFlops | None = None
-        self._runner: Runner | None = None
+        #: this thread's entries of the session, innermost last: one object may be entered again
+        #: inside itself and from several threads at once, each entry with its own interception
+        #: and what its exit restores (one set of attributes per object left an entry's runner or
+        #: function mode active after every exit)
+        self._entries = threading.local()
         self.stats: dict[str, Any] = new_stats()
 
     def reset(self) -> None:
@@ -64,47 +81,61 @@ class OffloadSession:
         self.stats.update(new_stats())
 
     def __enter__(self) -> "OffloadSession":
+        entry = _Entry()
         want = self._threads
         if want == "auto":  # one spinning pool at a time (see the package docstring)
             want = None if shares_torch_threads(self.device) else 1
         if want is not None:
-            self._saved_threads = torch.get_num_threads()
+            entry.saved_threads = torch.get_num_threads()
             torch.set_num_threads(int(want))
         mha = getattr(torch.backends, "mha", None)
         if mha is not None and INTERCEPTIONS[self.interception]:
             # the fused attention fast path hides its GEMMs from a function mode (see the package docstring)
-            self._saved_fastpath = mha.get_fastpath_enabled()
+            entry.saved_fastpath = mha.get_fastpath_enabled()
             mha.set_fastpath_enabled(False)
         try:
             if self.interception == "dispatcher":
-                self._runner = Runner(self)
-                dispatcher.push(self._runner)
+                entry.runner = Runner(self)
+                dispatcher.push(entry.runner)
             else:
-                self._host = HostFlops(self.stats)  # entered by the mode around the calls PyTorch runs itself
-                self._mode = _Mode(self, self._host)
-                self._mode.__enter__()
+                # HostFlops: entered by the mode around the calls PyTorch runs itself
+                entry.mode = _Mode(self, HostFlops(self.stats))
+                entry.mode.__enter__()
+                entry.runner = entry.mode.runner
+                dispatcher.enter_thread(entry.runner)  # (the innermost session decides: see there)
         except BaseException:
-            self._restore()
+            entry.restore()
             raise
+        stack = self._entries.__dict__.setdefault("stack", [])
+        stack.append(entry)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            dispatcher.pop(self._runner)
-            self._runner = None
-        if self._mode is not None:
-            self._mode.__exit__(*exc)
-            self._mode = self._host = None
-        self._restore()
+        entry = self._entries.stack.pop()  # this thread's innermost entry of the session
+        if entry.mode is None:
+            dispatcher.pop(entry.runner)
+        else:
+            dispatcher.leave_thread(entry.runner)
+            entry.mode.__exit__(*exc)
+        entry.restore()
 
-    def _restore(self) -> None:
-        """PyTorch's thread count and MHA fast path as they were before the session."""
-        if self._saved_threads is not None:
-            torch.set_num_threads(self._saved_threads)
-            self._saved_threads = None
-        if self._saved_fastpath is not None:
-            torch.backends.mha.set_fastpath_enabled(self._saved_fastpath)
-            self._saved_fastpath = None
+
+class _Entry:
+    """One entry of a session on one thread: its interception and what its exit restores."""
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+        #: the function mode (None: a dispatcher session)
+        self.mode: _Mode | None = None
+        self.saved_threads: int | None = None
+        self.saved_fastpath: bool | None = None
+
+    def restore(self) -> None:
+        """PyTorch's thread count and MHA fast path as they were before the entry."""
+        if self.saved_threads is not None:
+            torch.set_num_threads(self.saved_threads)
+        if self.saved_fastpath is not None:
+            torch.backends.mha.set_fastpath_enabled(self.saved_fastpath)
 
 
 def offload(device: "str | Device | None" = None, *, threads: "int | str | None" = "auto",
@@ -189,6 +220,19 @@ def _never(*_args: object) -> bool:
     return False
 
 
+_forward_ad = torch.autograd.forward_ad
+_functorch_level = getattr(torch._C._functorch, "maybe_current_level", lambda: None)
+
+
+def _transformed() -> bool:
+    """Whether PyTorch changes a call below the Python level, where the function mode's handlers
+    do not look: autocast (it would run a Linear in bf16 and return bf16), a torch.func transform
+    (vmap's batched tensors have no storage to view; grad, jvp) or forward-mode AD (the result
+    carries a tangent). Such a call is PyTorch's (the dispatcher, below them all, offloads it).
+    ~0.4 µs, on the handler path only."""
+    return torch.is_autocast_enabled("cpu") or _functorch_level() is not None or _forward_ad._current_level >= 0
+
+
 _HANDLERS: dict[Callable, Callable] = {}
 
 
@@ -222,6 +266,10 @@ class _Mode(TorchFunctionMode):
             plain = plain_types(types)
         if handler is None and plain and func in FREE:
             return func(*args, **kwargs) if kwargs else func(*args)
+        if dispatcher.innermost() is not self.runner:
+            # a session entered inside this one decides (a dispatcher session below, or a function
+            # mode whose call, given back to PyTorch, passes here): this one neither runs nor counts it
+            return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
         host = self.host
         if handler is None:
@@ -234,13 +282,18 @@ class _Mode(TorchFunctionMode):
                     return func(*args, **kwargs)
             finally:
                 host.outer = None
-        if plain:
-            done, r = self.runner.attempt(handler, func, args, kwargs)  # device work: outside HostFlops
-            if done:
-                return r
-            reason = r
-        else:
-            reason = ARGS  # tensor subclasses keep their own semantics
+        # tensor subclasses keep their own semantics; so does an ``out=`` tensor (F.linear,
+        # torch._int_mm, torch._addmm_activation take one): the handlers return a fresh result
+        # and would leave ``out`` unwritten
+        reason = ARGS
+        if plain and kwargs.get("out") is None:
+            if _transformed():
+                reason = TRANSFORM
+            else:
+                done, r = self.runner.attempt(handler, func, args, kwargs)  # device work: outside HostFlops
+                if done:
+                    return r
+                reason = r
         count(self.stats, False, 0, reason)  # the call; HostFlops adds its FLOPs as PyTorch runs it
         host.reason = reason
         try:
