@@ -20,9 +20,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+import ffaccel
 from ffaccel.abi import ABI_VERSION, COMMAND_BYTES, Copy, Gemm, Matrix, encode_submission
 from ffaccel.drivers import open_driver
-from ffaccel.spec import DType, Engine, ErrorCode
+from ffaccel.spec import DType, Engine, ErrorCode, FFAccelError
 from ffaccel.transports.limits import SessionLimits
 from ffaccel.transports.protocol import (CQE, HELLO, MSG, REPLY, SQE_BYTES, SQE_HEADER, WIRE_VERSION, Msg,
                                          SqeFlags, recv_exact, ring_words, send_msg)
@@ -331,13 +332,14 @@ def test_a_failure_inside_the_repeat_path_is_reported_and_gives_the_engine_back(
         assert s.publish(entry)[1:4] == (0, int(Engine.COMPUTE), 2)
 
 
-def test_a_driver_failure_on_the_repeat_path_is_logged_and_signalled_as_inline(
+def test_a_driver_failure_is_reported_with_the_submission_and_its_fence_still_signals(
         setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
     s = setup
     entry = s.entry(s.gemm())
     s.publish(entry)
     plans = s.client.plans
     raw, engine, runs, waits = plans.last
+    good_runs = runs
 
     def broken() -> None:
         raise RuntimeError("driver fault")
@@ -348,10 +350,45 @@ def test_a_driver_failure_on_the_repeat_path_is_logged_and_signalled_as_inline(
         plans.cache.clear()
     with caplog.at_level(logging.ERROR, "ffaccel.server"):
         cqe = s.publish(entry)
-    assert cqe[1:4] == (0, int(Engine.COMPUTE), 2)  # accepted: a run's failure is the server's log's
-    assert s.client.completed[Engine.COMPUTE] == 2  # and its fence still signals: nobody hangs
-    assert "driver fault" in caplog.text
+    # the completion says the work failed (not a silent success over an unwritten D), with the driver's text
+    assert (cqe[1], cqe[3]) == (ErrorCode.DEVICE_LOST, 0)
+    assert "driver fault" in s.client.session.errors[cqe[6]].message
+    assert s.client.completed[Engine.COMPUTE] == 2  # its fence value was used and signals: nobody hangs
+    assert "driver fault" in caplog.text  # and the traceback is the server's log's
     assert not s.srv.engines[Engine.COMPUTE].running.locked()
+    s.wait(2)  # told once: a wait after the failed submission's answer does not raise it again
+    plans.last = (raw, engine, good_runs, waits)
+    if not s.client.repeat_path:
+        plans.cache.clear()
+    s.arrays["d"][:] = 0
+    assert s.publish(entry)[1:4] == (0, int(Engine.COMPUTE), 3)  # the client goes on
+    np.testing.assert_allclose(s.result(), _expected(s), rtol=1e-5, atol=1e-5)
+
+
+def test_a_queued_submission_that_fails_makes_its_wait_raise_once() -> None:
+    # heavy work runs on the engine's worker after the submission was answered with its fence:
+    # the failure reaches the client through the wait on that fence (as in process), once
+    for s in _setup(True, SessionLimits(slice_units=N * N * N - 1)):
+        entry = s.entry(s.gemm())
+        kernel = s.srv.driver.prepare_gemm
+
+        def failing_prepare(op):  # type: ignore[no-untyped-def]
+            def run(*args):  # type: ignore[no-untyped-def]
+                raise RuntimeError("band fault")
+            return run
+
+        s.srv.driver.prepare_gemm = failing_prepare  # type: ignore[method-assign]
+        s.client.plans.cache.clear()
+        assert s.publish(entry)[1:4] == (0, int(Engine.COMPUTE), 1)  # accepted, queued
+        with pytest.raises(FFAccelError) as e:
+            s.wait(1)
+        assert e.value.code == ErrorCode.DEVICE_LOST and "band fault" in e.value.message
+        assert "COMPUTE:1" in e.value.message
+        s.wait(1)  # reported once
+        s.srv.driver.prepare_gemm = kernel  # type: ignore[method-assign]
+        s.client.plans.cache.clear()
+        assert s.publish(entry)[1:4] == (0, int(Engine.COMPUTE), 2)
+        s.wait(2)
 
 
 def test_the_poller_holds_one_reference_per_ring_while_it_is_listed() -> None:
@@ -503,3 +540,45 @@ def test_a_ring_whose_client_is_in_a_long_request_does_not_hold_the_other_rings(
             assert CQE.struct.unpack_from(ring.mm, ring.cq_off)[:4] == (10, 0, int(Engine.COMPUTE), 1)
         finally:
             busy.close()
+
+
+class _FailsAtAlpha3:
+    """The cpu driver, but a GEMM with alpha 3 raises when it runs (validation passes: a driver bug)."""
+
+    def __init__(self) -> None:
+        self.driver = open_driver("cpu")
+        prepare = self.driver.prepare_gemm
+        bind = self.driver.bind_gemm
+
+        def prepare_gemm(op):  # type: ignore[no-untyped-def]
+            if op.alpha != 3.0:
+                return prepare(op)
+
+            def run(*args):  # type: ignore[no-untyped-def]
+                raise RuntimeError("alpha 3 fault")
+            return run
+
+        self.driver.prepare_gemm = prepare_gemm  # type: ignore[method-assign]
+        self.driver.bind_gemm = lambda op, *a: None if op.alpha == 3.0 else bind(op, *a)  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("transport", ["socket", "ring"])
+def test_a_client_is_told_when_the_driver_fails_running_its_work(tmp_path, transport: str) -> None:
+    srv = Server(_FailsAtAlpha3().driver, str(tmp_path / "s.sock"))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with ffaccel.open(f"unix:{srv.socket_path}?transport={transport}&timeout_s=10") as dev:
+            a = np.arange(16, dtype=np.float32).reshape(4, 4)
+            A, D = dev.alloc(64), dev.alloc(64)
+            A.write(a)
+            mats = {"a": A.matrix(np.float32, 4, 4), "b": A.matrix(np.float32, 4, 4), "d": D.matrix(np.float32, 4, 4)}
+            with pytest.raises(ffaccel.FFAccelError) as e:
+                dev.submit([Gemm(m=4, n=4, k=4, alpha=3.0, **mats)]).wait(timeout_ns=WAIT_NS)
+            assert e.value.code == ErrorCode.DEVICE_LOST and "alpha 3 fault" in e.value.message
+            for _ in range(2):  # the connection goes on, the failure told once
+                dev.submit([Gemm(m=4, n=4, k=4, alpha=2.0, **mats)]).wait(timeout_ns=WAIT_NS)
+                np.testing.assert_allclose(D.read(np.float32, 16).reshape(4, 4), 2 * a @ a)
+    finally:
+        srv.shutdown()
+        srv.driver.close()

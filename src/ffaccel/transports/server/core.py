@@ -59,6 +59,9 @@ _HANGUP_CHECK_S = 0.05
 #: gets it only when the holder is asked to drop it, after this long. At 5 ms the socket path
 #: beside a spinning ring poller measured 190 µs/op and ring batch 1 470 µs (2-core AMD EPYC VM).
 SERVER_SWITCH_INTERVAL_S = 50e-6
+#: Most execution failures a client's session keeps until it is told of them (the first ones are
+#: kept: each is a driver failure the log holds too; a client that never waits is not a leak).
+MAX_KEPT_FAILURES = 64
 
 
 def _return_free_memory() -> None:
@@ -99,6 +102,9 @@ class Client:
         self.cond = threading.Condition(self.done_mutex)
         self.waiters = 0  # threads in cond.wait: signal() notifies only when there are some
         self.queued = 0  # submissions queued on the engines, not yet run
+        #: (engine, fence value, error) of work whose execution raised, not yet reported to the
+        #: client (:meth:`failed`); guarded by ``done_mutex``
+        self.failures: list[tuple[Engine, int, FFAccelError]] = []
         self.ring: Ring | None = None
         self.sock: socket.socket | None = None
         self.closed = False
@@ -174,11 +180,15 @@ class Client:
                             sched.unclaim()
                             raise
                         sched.run_claimed(self, value, runs)
+                        if self.failures:
+                            self.raise_failure(engine, value, value)
                         return engine, value
             session = self.session
             engine, runs, waits = session.plan(raw)
             value = session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
             self._engines[engine].submit(self, value, runs, waits)
+            if self.failures:
+                self.raise_failure(engine, value, value)
             return engine, value
         finally:
             lock.release()
@@ -192,6 +202,8 @@ class Client:
                  ) -> tuple[Engine, int]:
         value = self.session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
         self.server.engines[engine].submit(self, value, runs, waits)
+        if self.failures:
+            self.raise_failure(engine, value, value)
         return engine, value
 
     def queue_full(self) -> bool:
@@ -240,6 +252,30 @@ class Client:
             if sched.blocked:  # poke() without the call: nearly always nobody waits on a fence
                 sched.poke()
 
+    def failed(self, engine: Engine, value: int, error: BaseException) -> None:
+        """The work of fence ``value`` raised ``error`` while it ran (a driver failure: validation
+        had passed). Kept until the client is told, as the in-process transport tells it: the
+        submission that ran inline answers with the error instead of its fence (its value is
+        used and signalled all the same, so later fences and waits go on), and a wait on this
+        fence or a later one of its engine (WAIT) raises it, once. An error that is no
+        FFAccelError is DEVICE_LOST with its text (the traceback goes to the server's log)."""
+        if not isinstance(error, FFAccelError):
+            error = FFAccelError(ErrorCode.DEVICE_LOST, "device", f"the driver failed while running fence "
+                                 f"{engine.name}:{value}: {type(error).__name__}: {error}")
+        with self.done_mutex:
+            if len(self.failures) < MAX_KEPT_FAILURES:
+                self.failures.append((engine, value, error))
+
+    def raise_failure(self, engine: Engine, low: int, high: int) -> None:
+        """Raise the first kept failure of a fence of ``engine`` from ``low`` to ``high``, after
+        dropping every one in that span (each failure is reported once); nothing kept: return."""
+        with self.done_mutex:
+            hit = [f for f in self.failures if f[0] == engine and low <= f[1] <= high]
+            if not hit:
+                return
+            self.failures = [f for f in self.failures if f not in hit]
+        raise hit[0][2]
+
     def wait_any(self, timeout_s: float) -> None:
         with self.cond:
             self.waiters += 1
@@ -267,6 +303,8 @@ class Client:
                         raise EOFError("the client hung up while waiting")  # ends the connection
             finally:
                 self.waiters -= 1
+        if self.failures:  # work up to this fence that failed while it ran: told once (see failed)
+            self.raise_failure(engine, 1, value)
 
     def peer_gone(self) -> bool:
         """Whether the client hung up (checked while its thread waits, so its work is cancelled at once)."""

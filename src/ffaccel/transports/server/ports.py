@@ -46,5 +46,8 @@ class ClientPort(Protocol):
     def signal(self, engine: Engine, value: int) -> None:
         """Fence ``value`` on ``engine`` completed."""
 
+    def failed(self, engine: Engine, value: int, error: BaseException) -> None:
+        """The work of fence ``value`` on ``engine`` raised ``error`` (called before its signal)."""
+
 
 __all__ = ["ClientPort"]

@@ -115,8 +115,9 @@ class EngineScheduler:
             try:
                 for run in runs:
                     run()
-            except Exception:  # noqa: BLE001 - a driver failure must not take the server down
+            except Exception as e:  # noqa: BLE001 - a driver failure must not take the server down
                 log.exception("client %d: execution failed on %s", client.id, self.engine.name)
+                client.failed(self.engine, value, e)  # reported to the client (Client.failed)
             client.signal(self.engine, value)
         finally:
             self.unclaim()
@@ -165,8 +166,9 @@ class EngineScheduler:
                 try:
                     done = self._run_slice(job, self.slice_target_s if contended
                                            else ALONE_BUDGET_FACTOR * self.slice_target_s)
-                except Exception:  # noqa: BLE001 - a driver failure must not take the server down
+                except Exception as e:  # noqa: BLE001 - a driver failure must not take the server down
                     log.exception("client %d: execution failed on %s", job.client.id, self.engine.name)
+                    job.client.failed(self.engine, job.value, e)  # reported to the client (Client.failed)
                     done = True
                 finally:
                     with self.cond:
