@@ -81,6 +81,16 @@ def test_gemm_cases_on_the_host_blas(tmp_path: Path, host: str) -> None:
     check_results(cases, got)
 
 
+@pytest.mark.parametrize("host", ["openblas", "netlib"])
+def test_cblas_cabs1_runs_whatever_the_host_has(host: str) -> None:
+    """OpenBLAS has no cblas_scabs1/cblas_dcabs1 (only scabs1_/dcabs1_): the call still answers."""
+    path = openblas_blas() if host == "openblas" else netlib_blas()
+    proc = subprocess.run([str(program("blas_cabs1", DROP_IN))], capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env=env_of(FFACCEL_DEVICE="none", FFACCEL_HOST_BLAS=str(path)), check=False)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == "7.5 3.25 7.5 3.25\n"
+
+
 def test_a_host_call_is_decided_once(tmp_path: Path) -> None:
     """netlib's cblas_sgemm calls sgemm_, which is ours again: it goes straight to the host."""
     case = make_case(SGEMM, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.5, 1, np.random.default_rng(3))

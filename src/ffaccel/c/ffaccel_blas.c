@@ -576,6 +576,29 @@ static int check_batch_groups(CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE *ta, co
 GEMM_BATCH(cblas_sgemm_batch, float, FFA_DTYPE_F32, cblas_sgemm)
 GEMM_BATCH(cblas_dgemm_batch, double, FFA_DTYPE_F64, cblas_dgemm)
 
+/*
+ * cblas_scabs1 and cblas_dcabs1 (|Re z| + |Im z|, in netlib's CBLAS since 3.10). OpenBLAS, the
+ * usual host on Debian, does not have them, only the Fortran scabs1_ and dcabs1_; forwarding by
+ * name stopped the program ("the host BLAS ... has no cblas_dcabs1"). The host's CBLAS routine
+ * is used when it has one, else its Fortran one (the same function; z is only read).
+ */
+static int host_has(const char *name)
+{
+	void *p = dlsym(ffa_host_blas(), name);
+	return p && !ffa_in_this_library(p);
+}
+
+#define CBLAS_CABS1(name, T, fortran)                                                                 \
+	FFB_EXPORT T name(const void *z)                                                              \
+	{                                                                                             \
+		if (host_has(#name))                                                                  \
+			return ((FFB_TYPE_##name *)ffb_host_symbol(FFB_HOST_##name))(z);              \
+		return ((FFB_TYPE_##fortran *)ffb_host_symbol(FFB_HOST_##fortran))((void *)z);        \
+	}
+
+CBLAS_CABS1(cblas_scabs1, float, scabs1_)
+CBLAS_CABS1(cblas_dcabs1, double, dcabs1_)
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Error handlers (the program's own replace these: they are weak)                                  */
 
