@@ -287,6 +287,25 @@ def test_a_device_without_f64_gemm_keeps_f64_on_the_host(tmp_path: Path, monkeyp
     assert after - before == 2  # the two f32 GEMMs; the f64 one was refused before it ran, then not sent
 
 
+def test_a_device_with_neither_f32_nor_f64_gemm_says_both_refusals(tmp_path: Path) -> None:
+    """The npu (int8 and bf16 GEMMs only) refuses f32 and f64: both run on the host, and each dtype's
+    refusal is said once (the f64 one used to be silent after the f32 line)."""
+    srv = ServerProcess(tmp_path, "--driver", "npu")
+    rng = np.random.default_rng(10)
+    cases = [make_case(kind, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, rng) for kind in (SGEMM, DGEMM, SGEMM, DGEMM)]
+    try:
+        got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN,
+                             env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0"})
+    finally:
+        srv.stop()
+    check_results(cases, got)
+    lines = err.splitlines()
+    assert [(line.split(":")[1], line.split("; ")[-1]) for line in lines] == [
+        (" cblas_sgemm", "f32 GEMMs run on the host BLAS from now on"),
+        (" cblas_dgemm", "f64 GEMMs run on the host BLAS from now on")], err
+    assert all("UNSUPPORTED" in line for line in lines), err
+
+
 #: (routine, the argument made illegal): row-major calls, where netlib renumbers its reports.
 HOST_ERRORS = [("dgemv", 3), ("dgemv", 4), ("dgemv", 7), ("dgbmv", 3), ("dgbmv", 5), ("dgbmv", 6), ("dger", 2),
                ("dger", 6), ("dger", 8), ("zgeru", 3), ("zgeru", 10), ("dtrsm", 6), ("dtrsm", 7), ("dtrsm", 12),

@@ -126,18 +126,21 @@ static double threshold_flops[DTYPES];
 static void device_failed(const char *rout, int rc, const struct ffa_error_info *why, int dt)
 {
 	char line[1024];
-	int first;
+	int first, newly_unsupported = 0;
 	ffa_gemm_describe(line, sizeof(line), rout, rc, why);
 	ffa_device_failure_strict_check(line);
 	pthread_mutex_lock(&state_lock);
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
-		__atomic_store_n(&unsupported[dt], 1, __ATOMIC_RELAXED);
+		newly_unsupported = !__atomic_exchange_n(&unsupported[dt], 1, __ATOMIC_RELAXED);
 	if (rc == FFA_ERR_DEVICE_LOST || rc == FFA_ERR_TIMEOUT)
 		__atomic_store_n(&retry_at_ns, (int64_t)((now_s() + RETRY_AFTER_LOST_S) * 1e9), __ATOMIC_RELAXED);
 	first = !outage_reported;
 	outage_reported = 1;
 	pthread_mutex_unlock(&state_lock);
-	if (!(first && (device_named || rc != FFA_ERR_DEVICE_LOST)) && !verbose)
+	/* A dtype's refusal decides where that dtype runs for the rest of the process: it is said once per
+	 * dtype, even after another line (a device with neither f32 nor f64 GEMM, the npu, said only the
+	 * f32 one, and its f64 GEMMs went to the host without a word). */
+	if (!(newly_unsupported || (first && (device_named || rc != FFA_ERR_DEVICE_LOST))) && !verbose)
 		return;
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
 		ffa_say("%s; %s GEMMs run on the host BLAS from now on", line, dtype_names[dt]);
