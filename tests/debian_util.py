@@ -19,6 +19,9 @@ import pytest
 #: libblas.so for -lblas, and netlib's reference BLAS (libblas3); libopenblas0-pthread: OpenBLAS,
 #: which Debian then makes the libblas.so.3 alternative (the usual host BLAS).
 PACKAGES = ("python3-numpy", "libblas-dev", "libopenblas0-pthread")
+#: BLIS and ATLAS, the other host BLASes the drop-in looks for (their libblas.so.3 alternatives rank
+#: below OpenBLAS's, so installing them changes no default); installed only by the tests that use them.
+OTHER_HOST_PACKAGES = ("libblis4-pthread", "libatlas3-base")
 APT_TIMEOUT_S = 900
 #: The interpreter of Debian's python3 (not the test's venv): it imports Debian's NumPy.
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -29,9 +32,9 @@ def _installed(pkg: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "install ok installed"
 
 
-@lru_cache(maxsize=1)
-def _install() -> None:
-    missing = [p for p in PACKAGES if not _installed(p)]
+@lru_cache(maxsize=None)
+def _install(packages: tuple[str, ...] = PACKAGES) -> None:
+    missing = [p for p in packages if not _installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -44,7 +47,7 @@ def _install() -> None:
         if proc.returncode:
             raise AssertionError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
                                  f"\n{proc.stderr[-2000:]}")
-    still = [p for p in PACKAGES if not _installed(p)]
+    still = [p for p in packages if not _installed(p)]
     assert not still, f"apt-get install finished but {still} are not installed"
 
 
@@ -70,3 +73,17 @@ def netlib_blas() -> Path:
 def openblas_blas() -> Path:
     """Debian's OpenBLAS, as a libblas.so.3 (libopenblas0-pthread)."""
     return multiarch_lib() / "openblas-pthread" / "libblas.so.3"
+
+
+def blis_blas() -> Path:
+    """Debian's BLIS, as a libblas.so.3 (libblis4-pthread; installed when missing)."""
+    debian_blas()
+    _install(OTHER_HOST_PACKAGES)
+    return multiarch_lib() / "blis-pthread" / "libblas.so.3"
+
+
+def atlas_blas() -> Path:
+    """Debian's ATLAS, as a libblas.so.3 (libatlas3-base; installed when missing)."""
+    debian_blas()
+    _install(OTHER_HOST_PACKAGES)
+    return multiarch_lib() / "atlas" / "libblas.so.3"

@@ -14,12 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from c_util import CFLAGS, compiler, libraries, program  # tests/ is on pytest's pythonpath (pyproject.toml)
-from debian_util import debian_blas, netlib_blas, openblas_blas
+from debian_util import atlas_blas, blis_blas, debian_blas, netlib_blas, openblas_blas
 from server_util import ServerProcess
 from test_c_cblas import BAD_ARGS, DGEMM, ROW, SGEMM, NOTRANS, Case, all_cases, check_results, make_case, run_cases
 
@@ -81,14 +82,20 @@ def test_gemm_cases_on_the_host_blas(tmp_path: Path, host: str) -> None:
     check_results(cases, got)
 
 
-@pytest.mark.parametrize("host", ["openblas", "netlib"])
-def test_cblas_cabs1_runs_whatever_the_host_has(host: str) -> None:
-    """OpenBLAS has no cblas_scabs1/cblas_dcabs1 (only scabs1_/dcabs1_): the call still answers."""
-    path = openblas_blas() if host == "openblas" else netlib_blas()
-    proc = subprocess.run([str(program("blas_cabs1", DROP_IN))], capture_output=True, text=True, timeout=TIMEOUT_S,
-                          env=env_of(FFACCEL_DEVICE="none", FFACCEL_HOST_BLAS=str(path)), check=False)
+@pytest.mark.parametrize("host", [openblas_blas, netlib_blas, blis_blas, atlas_blas], ids=lambda h: h.__name__)
+def test_cblas_routines_a_host_lacks_run_all_the_same(host: Callable[[], Path]) -> None:
+    """OpenBLAS and ATLAS have no cblas_scabs1/cblas_dcabs1, BLIS no cblas_crotg/zrotg/csrot/zdrot: each
+    runs (as the host's Fortran routine, or |Re| + |Im|) with the reference answers, where it stopped."""
+    proc = subprocess.run([str(program("blas_host_gaps", DROP_IN))], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=env_of(FFACCEL_DEVICE="none", FFACCEL_HOST_BLAS=str(host())),
+                          check=False)
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout == "7.5 3.25 7.5 3.25\n"
+    assert proc.stdout.splitlines() == [
+        "crotg 5.1962 1.7321 0.57735 0.57735 0.57735",
+        "zrotg 1.41421356237 2.82842712475 0.707106781187 0 0.707106781187",
+        "csrot 4.6 6 7.4 8.8 2.2 2 1.8 1.6",
+        "zdrot 3.2 3.4 3.6 3.8 2.6 1.2 -0.2 -1.6",
+        "cabs1 7.5 3.25"]
 
 
 def test_a_host_call_is_decided_once(tmp_path: Path) -> None:
