@@ -18,10 +18,9 @@ import pytest
 #: python3-numpy: NumPy linked to the system libblas.so.3 and liblapack.so.3; libblas-dev: cblas.h,
 #: libblas.so for -lblas, and netlib's reference BLAS (libblas3); libopenblas0-pthread: OpenBLAS,
 #: which Debian then makes the libblas.so.3 alternative (the usual host BLAS).
-PACKAGES = ("python3-numpy", "libblas-dev", "libopenblas0-pthread")
-#: BLIS and ATLAS, the other host BLASes the drop-in looks for (their libblas.so.3 alternatives rank
-#: below OpenBLAS's, so installing them changes no default); installed only by the tests that use them.
-OTHER_HOST_PACKAGES = ("libblis4-pthread", "libatlas3-base")
+#: libblis4-pthread and libatlas3-base: BLIS and ATLAS, the other host BLASes the drop-in looks for
+#: (their libblas.so.3 alternatives rank below OpenBLAS's, so installing them changes no default).
+PACKAGES = ("python3-numpy", "libblas-dev", "libopenblas0-pthread", "libblis4-pthread", "libatlas3-base")
 APT_TIMEOUT_S = 900
 #: The interpreter of Debian's python3 (not the test's venv): it imports Debian's NumPy.
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -32,9 +31,9 @@ def _installed(pkg: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "install ok installed"
 
 
-@lru_cache(maxsize=None)
-def _install(packages: tuple[str, ...] = PACKAGES) -> None:
-    missing = [p for p in packages if not _installed(p)]
+@lru_cache(maxsize=1)
+def _install() -> None:
+    missing = [p for p in PACKAGES if not _installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -47,12 +46,12 @@ def _install(packages: tuple[str, ...] = PACKAGES) -> None:
         if proc.returncode:
             raise AssertionError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
                                  f"\n{proc.stderr[-2000:]}")
-    still = [p for p in packages if not _installed(p)]
+    still = [p for p in PACKAGES if not _installed(p)]
     assert not still, f"apt-get install finished but {still} are not installed"
 
 
 def debian_blas() -> None:
-    """Make sure Debian's NumPy, cblas.h, netlib BLAS and OpenBLAS are installed (once per process)."""
+    """Make sure Debian's NumPy, cblas.h, netlib BLAS, OpenBLAS, BLIS and ATLAS are installed (once per process)."""
     if not shutil.which("apt-get") or not shutil.which("dpkg-query"):
         pytest.skip("not a Debian system (no apt-get/dpkg-query): the drop-in BLAS tests use Debian's packages")
     _install()
@@ -76,14 +75,10 @@ def openblas_blas() -> Path:
 
 
 def blis_blas() -> Path:
-    """Debian's BLIS, as a libblas.so.3 (libblis4-pthread; installed when missing)."""
-    debian_blas()
-    _install(OTHER_HOST_PACKAGES)
+    """Debian's BLIS, as a libblas.so.3 (libblis4-pthread)."""
     return multiarch_lib() / "blis-pthread" / "libblas.so.3"
 
 
 def atlas_blas() -> Path:
-    """Debian's ATLAS, as a libblas.so.3 (libatlas3-base; installed when missing)."""
-    debian_blas()
-    _install(OTHER_HOST_PACKAGES)
+    """Debian's ATLAS, as a libblas.so.3 (libatlas3-base)."""
     return multiarch_lib() / "atlas" / "libblas.so.3"
