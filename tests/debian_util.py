@@ -18,7 +18,9 @@ import pytest
 #: python3-numpy: NumPy linked to the system libblas.so.3 and liblapack.so.3; libblas-dev: cblas.h,
 #: libblas.so for -lblas, and netlib's reference BLAS (libblas3); libopenblas0-pthread: OpenBLAS,
 #: which Debian then makes the libblas.so.3 alternative (the usual host BLAS).
-PACKAGES = ("python3-numpy", "libblas-dev", "libopenblas0-pthread")
+#: libblis4-pthread and libatlas3-base: BLIS and ATLAS, the other host BLASes the drop-in looks for
+#: (their libblas.so.3 alternatives rank below OpenBLAS's, so installing them changes no default).
+PACKAGES = ("python3-numpy", "libblas-dev", "libopenblas0-pthread", "libblis4-pthread", "libatlas3-base")
 APT_TIMEOUT_S = 900
 #: The interpreter of Debian's python3 (not the test's venv): it imports Debian's NumPy.
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -49,7 +51,7 @@ def _install() -> None:
 
 
 def debian_blas() -> None:
-    """Make sure Debian's NumPy, cblas.h, netlib BLAS and OpenBLAS are installed (once per process)."""
+    """Make sure Debian's NumPy, cblas.h, netlib BLAS, OpenBLAS, BLIS and ATLAS are installed (once per process)."""
     if not shutil.which("apt-get") or not shutil.which("dpkg-query"):
         pytest.skip("not a Debian system (no apt-get/dpkg-query): the drop-in BLAS tests use Debian's packages")
     _install()
@@ -70,3 +72,13 @@ def netlib_blas() -> Path:
 def openblas_blas() -> Path:
     """Debian's OpenBLAS, as a libblas.so.3 (libopenblas0-pthread)."""
     return multiarch_lib() / "openblas-pthread" / "libblas.so.3"
+
+
+def blis_blas() -> Path:
+    """Debian's BLIS, as a libblas.so.3 (libblis4-pthread)."""
+    return multiarch_lib() / "blis-pthread" / "libblas.so.3"
+
+
+def atlas_blas() -> Path:
+    """Debian's ATLAS, as a libblas.so.3 (libatlas3-base)."""
+    return multiarch_lib() / "atlas" / "libblas.so.3"

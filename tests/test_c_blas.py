@@ -14,12 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from c_util import CFLAGS, compiler, libraries, program  # tests/ is on pytest's pythonpath (pyproject.toml)
-from debian_util import debian_blas, netlib_blas, openblas_blas
+from debian_util import atlas_blas, blis_blas, debian_blas, netlib_blas, openblas_blas
 from server_util import ServerProcess
 from test_c_cblas import BAD_ARGS, DGEMM, ROW, SGEMM, NOTRANS, Case, all_cases, check_results, make_case, run_cases
 
@@ -79,6 +80,22 @@ def test_gemm_cases_on_the_host_blas(tmp_path: Path, host: str) -> None:
     got, err = run_cases(cases, tmp_path, "none", link=DROP_IN, env_extra={"FFACCEL_HOST_BLAS": str(path)})
     assert err == ""
     check_results(cases, got)
+
+
+@pytest.mark.parametrize("host", [openblas_blas, netlib_blas, blis_blas, atlas_blas], ids=lambda h: h.__name__)
+def test_cblas_routines_a_host_lacks_run_all_the_same(host: Callable[[], Path]) -> None:
+    """OpenBLAS and ATLAS have no cblas_scabs1/cblas_dcabs1, BLIS no cblas_crotg/zrotg/csrot/zdrot: each
+    runs (as the host's Fortran routine, or |Re| + |Im|) with the reference answers, where it stopped."""
+    proc = subprocess.run([str(program("blas_host_gaps", DROP_IN))], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=env_of(FFACCEL_DEVICE="none", FFACCEL_HOST_BLAS=str(host())),
+                          check=False)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines() == [
+        "crotg 5.1962 1.7321 0.57735 0.57735 0.57735",
+        "zrotg 1.41421356237 2.82842712475 0.707106781187 0 0.707106781187",
+        "csrot 4.6 6 7.4 8.8 2.2 2 1.8 1.6",
+        "zdrot 3.2 3.4 3.6 3.8 2.6 1.2 -0.2 -1.6",
+        "cabs1 7.5 3.25"]
 
 
 def test_a_host_call_is_decided_once(tmp_path: Path) -> None:
@@ -275,6 +292,25 @@ def test_a_device_without_f64_gemm_keeps_f64_on_the_host(tmp_path: Path, monkeyp
     assert len(lines) == 1 and lines[0].startswith("ffaccel blas: cblas_dgemm: the ffaccel device") and \
         "UNSUPPORTED" in lines[0] and lines[0].endswith("; f64 GEMMs run on the host BLAS from now on"), err
     assert after - before == 2  # the two f32 GEMMs; the f64 one was refused before it ran, then not sent
+
+
+def test_a_device_with_neither_f32_nor_f64_gemm_says_both_refusals(tmp_path: Path) -> None:
+    """The npu (int8 and bf16 GEMMs only) refuses f32 and f64: both run on the host, and each dtype's
+    refusal is said once (the f64 one used to be silent after the f32 line)."""
+    srv = ServerProcess(tmp_path, "--driver", "npu")
+    rng = np.random.default_rng(10)
+    cases = [make_case(kind, ROW, NOTRANS, NOTRANS, 3, 4, 5, 1.0, 0.0, 0, rng) for kind in (SGEMM, DGEMM, SGEMM, DGEMM)]
+    try:
+        got, err = run_cases(cases, tmp_path, f"unix:{srv.path}", link=DROP_IN,
+                             env_extra={"FFACCEL_BLAS_MIN_FLOPS": "0"})
+    finally:
+        srv.stop()
+    check_results(cases, got)
+    lines = err.splitlines()
+    assert [(line.split(":")[1], line.split("; ")[-1]) for line in lines] == [
+        (" cblas_sgemm", "f32 GEMMs run on the host BLAS from now on"),
+        (" cblas_dgemm", "f64 GEMMs run on the host BLAS from now on")], err
+    assert all("UNSUPPORTED" in line for line in lines), err
 
 
 #: (routine, the argument made illegal): row-major calls, where netlib renumbers its reports.

@@ -273,6 +273,15 @@ def test_no_server_runs_every_case_on_the_host_blas_and_says_so_once(tmp_path: P
     assert "this call runs on the host BLAS" in lines[0]
 
 
+def test_a_programs_own_xerbla_gets_the_fortran_gemms_errors() -> None:
+    """sgemm_/dgemm_ report through the program's XERBLA, as the reference ones do (they printed instead)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FFACCEL_")}
+    proc = subprocess.run([str(program("cblas_f77_handler", "ffaccel_cblas"))], capture_output=True, text=True,
+                          timeout=60, env={**env, "FFACCEL_DEVICE": "unix:/nonexistent/ffaccel.sock"}, check=False)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == "xerbla 13 'SGEMM '\nxerbla 1 'DGEMM '\n0 0\n"
+
+
 def test_strict_mode_stops_the_program_at_a_device_failure(tmp_path: Path) -> None:
     case = make_case(DGEMM_F77, COL, NOTRANS, TRANS, 2, 2, 2, 1.0, 0.0, 0, np.random.default_rng(1))
     _, err = run_cases([case], tmp_path, f"unix:{tmp_path}/nobody.sock", env_extra={"FFACCEL_BLAS_STRICT": "1"},

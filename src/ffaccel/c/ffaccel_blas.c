@@ -126,18 +126,21 @@ static double threshold_flops[DTYPES];
 static void device_failed(const char *rout, int rc, const struct ffa_error_info *why, int dt)
 {
 	char line[1024];
-	int first;
+	int first, newly_unsupported = 0;
 	ffa_gemm_describe(line, sizeof(line), rout, rc, why);
 	ffa_device_failure_strict_check(line);
 	pthread_mutex_lock(&state_lock);
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
-		__atomic_store_n(&unsupported[dt], 1, __ATOMIC_RELAXED);
+		newly_unsupported = !__atomic_exchange_n(&unsupported[dt], 1, __ATOMIC_RELAXED);
 	if (rc == FFA_ERR_DEVICE_LOST || rc == FFA_ERR_TIMEOUT)
 		__atomic_store_n(&retry_at_ns, (int64_t)((now_s() + RETRY_AFTER_LOST_S) * 1e9), __ATOMIC_RELAXED);
 	first = !outage_reported;
 	outage_reported = 1;
 	pthread_mutex_unlock(&state_lock);
-	if (!(first && (device_named || rc != FFA_ERR_DEVICE_LOST)) && !verbose)
+	/* A dtype's refusal decides where that dtype runs for the rest of the process: it is said once per
+	 * dtype, even after another line (a device with neither f32 nor f64 GEMM, the npu, said only the
+	 * f32 one, and its f64 GEMMs went to the host without a word). */
+	if (!(newly_unsupported || (first && (device_named || rc != FFA_ERR_DEVICE_LOST))) && !verbose)
 		return;
 	if (rc == FFA_ERR_UNSUPPORTED && dt >= 0)
 		ffa_say("%s; %s GEMMs run on the host BLAS from now on", line, dtype_names[dt]);
@@ -575,6 +578,70 @@ static int check_batch_groups(CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE *ta, co
 
 GEMM_BATCH(cblas_sgemm_batch, float, FFA_DTYPE_F32, cblas_sgemm)
 GEMM_BATCH(cblas_dgemm_batch, double, FFA_DTYPE_F64, cblas_dgemm)
+
+/*
+ * CBLAS routines some host BLASes lack, where forwarding by name stopped the program ("the host
+ * BLAS ... has no cblas_dcabs1"): OpenBLAS (Debian's usual host) and ATLAS have no cblas_scabs1 or
+ * cblas_dcabs1, BLIS no cblas_crotg, cblas_zrotg, cblas_csrot or cblas_zdrot. Each runs as the
+ * host's CBLAS routine when it has one, else as the host's Fortran routine of the same computation.
+ * ATLAS has no scabs1_/dcabs1_ either: |Re z| + |Im z|, their whole definition, is computed here.
+ */
+
+/* Whether the host BLAS has name; asked once (*known: 0 not yet, 1 yes, 2 no). */
+static int host_has(const char *name, int *known)
+{
+	int k = __atomic_load_n(known, __ATOMIC_RELAXED);
+	if (!k) {
+		void *p = dlsym(ffa_host_blas(), name);
+		k = p && !ffa_in_this_library(p) ? 1 : 2;
+		__atomic_store_n(known, k, __ATOMIC_RELAXED);
+	}
+	return k == 1;
+}
+
+#define CBLAS_CABS1(name, T, fortran, abs_fn)                                                         \
+	FFB_EXPORT T name(const void *z)                                                              \
+	{                                                                                             \
+		static int has_cblas, has_fortran;                                                    \
+		const T *v = z;                                                                       \
+		if (host_has(#name, &has_cblas))                                                      \
+			return ((FFB_TYPE_##name *)ffb_host_symbol(FFB_HOST_##name))(z);              \
+		if (host_has(#fortran, &has_fortran))                                                 \
+			return ((FFB_TYPE_##fortran *)ffb_host_symbol(FFB_HOST_##fortran))((void *)z); \
+		return abs_fn(v[0]) + abs_fn(v[1]);                                                   \
+	}
+
+CBLAS_CABS1(cblas_scabs1, float, scabs1_, fabsf)
+CBLAS_CABS1(cblas_dcabs1, double, dcabs1_, fabs)
+
+#define CBLAS_ROTG(name, R, fortran)                                                                  \
+	FFB_EXPORT void name(void *a, void *b, R *c, void *s)                                         \
+	{                                                                                             \
+		static int has_cblas;                                                                 \
+		if (host_has(#name, &has_cblas))                                                      \
+			HOST_CALL(name, (a, b, c, s));                                                \
+		else                                                                                  \
+			HOST_CALL(fortran, (a, b, c, s));                                             \
+	}
+
+CBLAS_ROTG(cblas_crotg, float, crotg_)
+CBLAS_ROTG(cblas_zrotg, double, zrotg_)
+
+#define CBLAS_ROT(name, R, fortran)                                                                   \
+	FFB_EXPORT void name(const CBLAS_INT N, void *X, const CBLAS_INT incX, void *Y, const CBLAS_INT incY, \
+			     const R c, const R s)                                                        \
+	{                                                                                             \
+		static int has_cblas;                                                                 \
+		int n = N, incx = incX, incy = incY;                                                  \
+		R cc = c, ss = s;                                                                     \
+		if (host_has(#name, &has_cblas))                                                      \
+			HOST_CALL(name, (N, X, incX, Y, incY, c, s));                                 \
+		else                                                                                  \
+			HOST_CALL(fortran, (&n, X, &incx, Y, &incy, &cc, &ss));                       \
+	}
+
+CBLAS_ROT(cblas_csrot, float, csrot_)
+CBLAS_ROT(cblas_zdrot, double, zdrot_)
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Error handlers (the program's own replace these: they are weak)                                  */

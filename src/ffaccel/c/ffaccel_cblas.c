@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include "ffaccel_host_blas.h"
 
+#include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -86,9 +87,43 @@ void cblas_dgemm(CBLAS_LAYOUT layout, CBLAS_TRANSPOSE TransA, CBLAS_TRANSPOSE Tr
 		   ldb, beta, C, ldc);
 }
 
-/* The reference XERBLA's message (Fortran callers); the call then returns instead of stopping. */
+/* Whether addr lies in a library that has sgemm_ too: a BLAS, whose XERBLA is its own, not the program's. */
+static int in_a_blas(const void *addr)
+{
+	Dl_info at, gemm_at;
+	void *lib, *gemm;
+	int blas;
+	if (!dladdr(addr, &at) || !at.dli_fname || !*at.dli_fname)
+		return 0;
+	lib = dlopen(at.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+	if (!lib) /* the executable (named by argv[0]) is not found by name: a program's own */
+		return 0;
+	gemm = dlsym(lib, "sgemm_"); /* searches the library's dependencies too: compare where it lies */
+	blas = gemm && dladdr(gemm, &gemm_at) && gemm_at.dli_fbase == at.dli_fbase;
+	dlclose(lib);
+	return blas;
+}
+
+/*
+ * An illegal argument of sgemm_/dgemm_. The reference SGEMM reports through XERBLA, which a program
+ * may replace with its own (R's raises an R error): that one gets the report, the name padded to 6
+ * as the reference passes it; it was never called (the message was printed whatever the program
+ * defined). A BLAS library's XERBLA (netlib's ends the program) or none at all: the reference
+ * message here, and the call returns instead of stopping.
+ */
+/* Weak and undefined here: NULL unless something in the process defines it. Referenced (not looked up
+ * by name) so that a program linked to this library exports its own, which it would not otherwise. */
+extern void xerbla_(const char *srname, const int *info, size_t srname_len) __attribute__((weak));
+
 static void f77_xerbla(const char *name, int info)
 {
+	void (*own)(const char *, const int *, size_t) = xerbla_;
+	char padded[7];
+	if (own && !ffa_in_this_library((const void *)own) && !in_a_blas((const void *)own)) {
+		snprintf(padded, sizeof(padded), "%-6s", name);
+		own(padded, &info, 6);
+		return;
+	}
 	fprintf(stderr, " ** On entry to %-6s parameter number %2d had an illegal value\n", name, info);
 }
 
