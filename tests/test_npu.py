@@ -166,6 +166,19 @@ def test_blas_gemm_on_the_npu_and_its_refusals(npu: ffaccel.Device) -> None:
         np.testing.assert_array_equal(y, np.full(4, 5.0, dt))  # nothing written
 
 
+def test_blas_gemm_bf16_into_an_f32_c_on_the_npu(npu: ffaccel.Device) -> None:
+    # bf16 x bf16 -> f32 is declared and c's dtype is blas.gemm's output dtype: an f32 c was
+    # refused ("c: ... allowed dtype bfloat16") because the front-end dropped c's dtype
+    a = np.arange(6).astype(BF16)
+    for order, ta, lda in (("row", "N", 3), ("col", "T", 3)):
+        c = np.full(5, 7.0, np.float32)  # c[4] lies outside the 2 x 2 window
+        ffaccel.blas.gemm(order, ta, "N", 2, 2, 3, 1.0, a, lda, np.ones(6, BF16), 2 if order == "row" else 3,
+                          0.5, c, 2, device=npu)
+        want = a.astype(np.float32).reshape(2, 3) @ np.ones((3, 2), np.float32) + 3.5
+        np.testing.assert_array_equal(c[:4].reshape(2, 2), want if order == "row" else want.T)
+        assert c[4] == 7.0
+
+
 @pytest.mark.parametrize("dt", [np.float32, np.float16, np.float64])
 def test_matmul_refuses_float_dtypes_it_lacks(npu: ffaccel.Device, dt: type) -> None:
     with pytest.raises(FFAccelError) as e:

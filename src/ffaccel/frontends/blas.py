@@ -72,7 +72,7 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
         Scalars (integers for int8/uint8 inputs). beta == 0: C is not read.
     a, b, c : numpy.ndarray
         Contiguous arrays read as flat storage, like CBLAS pointers. ``c``'s dtype is the
-        output dtype (int32 for int8/uint8 inputs; float16 inputs may write float32).
+        output dtype (int32 for int8/uint8 inputs; float16 and bfloat16 inputs may write float32).
     lda, ldb, ldc : int
         Leading dimensions in elements.
     device : str or Device, optional
@@ -120,7 +120,9 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
     else:
         x, y, tx, ty = bw, aw, tb, ta
     try:
-        matmul(x, y, cw, alpha=alpha, beta=beta, trans_a=tx, trans_b=ty, out=cw, device=device)
+        # out_dtype: c's dtype is the output dtype (checked above); without it matmul took the
+        # inputs' default D and refused an f32 c for f16/bf16 inputs, which the spec allows
+        matmul(x, y, cw, alpha=alpha, beta=beta, trans_a=tx, trans_b=ty, out=cw, out_dtype=cf.dtype, device=device)
     except FFAccelError as e:
         raise e.renamed(_GEMM_NAMES) from None
 
