@@ -179,3 +179,18 @@ def test_progress_counts_every_planned_step_and_prints_each_section_as_it_ends(t
     assert counted == plan  # step i of N: every planned step comes, and no other
     assert [e[1:] for e in events if e[0] == "done"] == [(s, True) for s in
                                                          ("conformance", "dispatch", "throughput", "workload")]
+
+
+def test_the_terminal_says_each_unserved_line_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # each "not run" line was printed twice live: once as a note when it happened and once by the
+    # section's printer above its table (the HTML and results.json had it once)
+    import ffaccel.report.run as run_mod
+    from ffaccel.cli.main import _Console
+    from ffaccel.report.terminal import TerminalProgress
+
+    results: dict = {"unserved": [], "throughput": []}
+    with TerminalProgress(_Console(width=400)) as prog:
+        run_mod._unserved(results, "throughput", "npu", "it does not declare f32xf32->f32->f32", prog)
+        prog.section_done("throughput", results)
+    out = capsys.readouterr().out
+    assert out.count("throughput on npu: not run — it does not declare f32xf32->f32->f32") == 1

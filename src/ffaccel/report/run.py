@@ -190,8 +190,8 @@ class ReportProgress:
     ``plan`` comes first with the number of steps of each section; then, per section,
     ``section`` as it starts, ``step`` as each step starts (the step before it is then done; a
     message containing :data:`ffaccel.bench.consistency.MEASURED_AGAIN` re-measures a figure and is
-    not a step of the plan), ``note`` for a line that is not a step, and ``section_done`` with the
-    results so far.
+    not a step of the plan), ``note`` for a line that is not a step, ``unserved`` for what the
+    device cannot serve, and ``section_done`` with the results so far.
     """
 
     def plan(self, steps: dict[str, int]) -> None:
@@ -205,6 +205,11 @@ class ReportProgress:
 
     def note(self, what: str) -> None:
         pass
+
+    def unserved(self, what: str) -> None:
+        """A part of a section the device cannot serve (also in ``results["unserved"]``): a note,
+        unless the watcher prints it with the section's results."""
+        self.note(what)
 
     def section_done(self, name: str, results: dict[str, Any]) -> None:
         pass
@@ -235,7 +240,7 @@ def plan_steps(cfg: ReportConfig, devices: Sequence[tuple[str, Device]]) -> dict
 def _unserved(results: dict[str, Any], section: str, device: str, why: str, progress: ReportProgress) -> None:
     """A section (or part of one) the device cannot serve: said in results, terminal and HTML."""
     results["unserved"].append({"section": section, "device": device, "why": why})
-    progress.note(f"{section} on {device}: not run — {why}")
+    progress.unserved(f"{section} on {device}: not run — {why}")
 
 
 def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = lambda s: None,
