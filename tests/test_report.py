@@ -247,6 +247,22 @@ def test_an_implausible_ratio_flags_a_dispatch_figure() -> None:
     assert RATIO_LIMIT < 2000
 
 
+def test_a_slow_device_is_judged_against_its_own_floor_not_numpy() -> None:
+    # a device with a cost of its own per job (the npu: 100-300x NumPy's @ at n = 4) had every
+    # figure withheld as implausible; a figure far above the same path's cheapest is still flagged
+    from ffaccel.bench.dispatch import RATIO_LIMIT, _implausible
+    from ffaccel.bench.timing import Timing
+
+    def t(key: str, per_op_s: float) -> Timing:
+        return Timing(key, (per_op_s * int(key.rsplit("|", 1)[1]),) * 3)
+
+    slow = {k: t(k, s) for k, s in (("numpy|@|1", 1e-6), ("npu|matmul|1", 300e-6), ("npu|submit|1", 150e-6),
+                                     ("npu|replay|256", 60e-6))}
+    assert _implausible(slow) == {}
+    slow["npu|submit|8"] = t("npu|submit|8", 60e-6 * (RATIO_LIMIT + 1))
+    assert list(_implausible(slow)) == ["npu|submit|8"]
+
+
 def test_flagged_figures_and_busy_sections_are_said_in_html_and_terminal(
         results: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ffaccel.cli.main import _Console
