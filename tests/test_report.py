@@ -192,6 +192,18 @@ def test_busy_verdict_each_reason(case: str, after: tuple, reason: str | None,
     assert got["cpu_per_wall"] == pytest.approx(1.0)
 
 
+def test_a_section_that_did_nothing_is_not_busy_from_one_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a partial device's section that is not run lasts a millisecond: one stray 10 ms tick of
+    # another process read as "other processes used 114 cores" (on 2) and a busy verdict
+    import ffaccel.bench.load as load
+
+    monkeypatch.setattr(load.os, "cpu_count", lambda: 2)
+    got = load.between(_snap(0.0, 0.0, 0.1, 0.0, 0.0, 0.0), _snap(0.001, 0.0, 0.1, 0.01, 0.02, 0.0))
+    assert got["others_cores"] == 0.0 and not got["busy"], got
+    saturated = load.between(_snap(0.0, 0.0, 0.1, 0.0, 0.0, 0.0), _snap(1.0, 0.0, 0.1, 5.0, 5.0, 0.0))
+    assert saturated["others_cores"] == 2.0  # never more cores than the machine has
+
+
 @pytest.mark.parametrize("counters,others", [((None, None, None), False), ((1.0, 2.0, None), True)],
                          ids=["no counters", "no steal"])
 def test_missing_counters_are_none_not_guesses(counters: tuple, others: bool, monkeypatch: pytest.MonkeyPatch) -> None:
