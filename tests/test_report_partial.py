@@ -194,3 +194,19 @@ def test_the_terminal_says_each_unserved_line_once(tmp_path: Path, capsys: pytes
         prog.section_done("throughput", results)
     out = capsys.readouterr().out
     assert out.count("throughput on npu: not run — it does not declare f32xf32->f32->f32") == 1
+
+
+def test_a_plot_names_what_its_section_did_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a device declaring no GEMM got a dispatch plot of NumPy and PyTorch alone, with nothing
+    # saying the device had been left out, nor why; the PNG is read alone (outside the HTML)
+    from ffaccel.report import render
+
+    results = {"unserved": [{"section": "dispatch", "device": "copy-engine in-process",
+                             "why": "it declares no GEMM dtype combination"},
+                            {"section": "throughput", "device": "copy-engine", "why": "it does not declare f32"}],
+               "dispatch": {"points": []}}
+    texts: list[str] = []
+    real_png = render._png
+    monkeypatch.setattr(render, "_png", lambda fig: texts.extend(t.get_text() for t in fig.texts) or real_png(fig))
+    render.plot_latency(results)
+    assert texts == ["dispatch on copy-engine in-process: not run — it declares no GEMM dtype combination"]

@@ -7,6 +7,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,20 @@ def _legend(ax: Any, **kw: Any) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
+def _footnote(fig: Any, results: dict[str, Any], section: str) -> float:
+    """What the section could not run on a device, and why, under the plot (a partial device's
+    plot alone showed the baselines only, as if the device had been forgotten). Returns the
+    height it takes (a fraction of the figure); the axes move up by as much."""
+    lines = [wrapped for line in unserved_lines(results, section)
+             for wrapped in textwrap.wrap(line, 150, subsequent_indent="    ")]
+    if not lines:
+        return 0.0
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="darkorange", va="bottom", ha="left")
+    height = 0.01 + len(lines) * 7 * 1.3 / 72 / fig.get_figheight()  # 7-point lines, 1.3 line spacing
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + height)
+    return height
+
+
 def _mark_disturbed(ax: Any, points: list[tuple[float, float]]) -> None:
     """Circle the figures flagged as disturbed, so that a plot does not present them as plain data."""
     if points:
@@ -76,6 +91,7 @@ def plot_latency(results: dict[str, Any]) -> bytes:
     ax.set_title("Dispatch overhead: tiny GEMMs through each path")
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, fontsize=7)
+    _footnote(fig, results, "dispatch")
     return _png(fig)
 
 
@@ -106,6 +122,7 @@ def plot_batching(results: dict[str, Any], size: int = 8) -> bytes:
     ax.set_title(f"What batching buys ({size}x{size}x{size} GEMM: {dispatch_combos_text(results)})")
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, fontsize=7)
+    _footnote(fig, results, "dispatch")
     return _png(fig)
 
 
@@ -145,14 +162,15 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(combos):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    fig.supxlabel("n (n x n x n GEMM)", fontsize=9, y=0.045 if rows > 1 else 0.09)
-    fig.supylabel("GFLOP/s (median)", fontsize=9)
-    fig.suptitle("Throughput per dtype combination", fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.25 if rows == 1 else 0.12, top=0.85 if rows == 1 else 0.93,
                         wspace=0.08, hspace=0.4)
+    below = _footnote(fig, results, "throughput")  # the legend and the axis label stand above it
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, below))
+    fig.supxlabel("n (n x n x n GEMM)", fontsize=9, y=below + (0.045 if rows > 1 else 0.09))
+    fig.supylabel("GFLOP/s (median)", fontsize=9)
+    fig.suptitle("Throughput per dtype combination", fontsize=10)
     return _png(fig)
 
 
