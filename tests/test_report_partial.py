@@ -210,3 +210,31 @@ def test_a_plot_names_what_its_section_did_not_run(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(render, "_png", lambda fig: texts.extend(t.get_text() for t in fig.texts) or real_png(fig))
     render.plot_latency(results)
     assert texts == ["dispatch on copy-engine in-process: not run — it declares no GEMM dtype combination"]
+
+
+def test_the_throughput_plot_gives_each_series_one_colour_and_a_legend_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a partial device NumPy has some panels only (int8, not bf16): each panel's own colour
+    # cycle gave torch in one panel the colour the legend (from the first panel) gave another
+    # series, and NumPy had no legend entry
+    from ffaccel.report import render
+
+    def pt(combo: str, who: str, size: int) -> dict:
+        return {"combo": combo, "who": who, "size": size, "gflops": 1.0 + size / 64}
+
+    results = {"unserved": [], "peak": {"gflops": 10.0},
+               "throughput": [pt(c, w, n) for n in (64, 128) for c, whos in
+                              (("bf16xbf16->f32->f32", ("ffaccel npu", "torch")),
+                               ("int8xint8->int32->int32", ("ffaccel npu", "numpy", "torch"))) for w in whos]}
+    figs: list = []
+    real_png = render._png
+    monkeypatch.setattr(render, "_png", lambda fig: figs.append(fig) or real_png(fig))
+    render.plot_throughput(results)
+    colours: dict[str, set] = {}
+    for ax in figs[0].axes:
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_") and "peak" not in line.get_label() and "best" not in line.get_label():
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colours) == {"ffaccel npu", "numpy", "torch"} and all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == 3
+    legend = {t.get_text() for lg in figs[0].legends for t in lg.get_texts()}
+    assert {"ffaccel npu", "numpy", "torch"} <= legend

@@ -141,11 +141,16 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
     from ..bench.throughput import limit_class, machine_limits
 
     limits = machine_limits(shown)  # each combination's own limit: its best kernel here
+    # one colour per series in every panel: a panel's own colour cycle gave "torch" the colour that
+    # the legend (made from the first panel) gave another series, wherever a series (NumPy on a
+    # partial device) is in some panels only
+    whos = sorted({who for series in by_combo.values() for who in series})
+    colour = {who: f"C{i % 10}" for i, who in enumerate(whos)}
     for ax, combo in zip(axes.flat, combos):
         for who, pts in sorted(by_combo[combo].items()):
             pts.sort()
             style = "--" if who in ("numpy", "torch") else "-"
-            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who, color=colour[who])
         ax.axhline(peak, color="red", linewidth=0.8, linestyle=":", label="measured f32 peak")
         lim = limits.get(limit_class(combo))
         if lim is not None:
@@ -165,9 +170,13 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.25 if rows == 1 else 0.12, top=0.85 if rows == 1 else 0.93,
                         wspace=0.08, hspace=0.4)
     below = _footnote(fig, results, "throughput")  # the legend and the axis label stand above it
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, below))
+    legend: dict[str, Any] = {}  # every panel's series, each once (the first panel may lack some)
+    for ax in axes.flat[:len(combos)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=8,
+                   bbox_to_anchor=(0.5, below))
     fig.supxlabel("n (n x n x n GEMM)", fontsize=9, y=below + (0.045 if rows > 1 else 0.09))
     fig.supylabel("GFLOP/s (median)", fontsize=9)
     fig.suptitle("Throughput per dtype combination", fontsize=10)
