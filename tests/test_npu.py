@@ -76,6 +76,8 @@ def test_a_preset_without_bf16_declares_int8_only() -> None:
     ("npu:preset=nope", "preset"), ("npu:sram_kib=lots", "sram_kib"), ("npu:paced=2", "paced"),
     ("npu:colour=red", "colour"), ("npu:array_k=3", "array_k"), ("npu:sram_kib=1", "sram_kib"),
     ("npu:timeout_s=0", "timeout_s"), ("npu:dma_gb_per_s=inf", "dma_gb_per_s"), ("npu:clock_mhz=nan", "clock_mhz"),
+    # a key twice: the last one silently won, an int8-only ethos-u65 opened as an xdna2 with bf16
+    ("npu:preset=ethos-u65,sram_kib=64,preset=xdna2", "preset given twice"),
 ])
 def test_bad_options_are_refused_naming_the_device_name(name: str, why: str) -> None:
     with pytest.raises(FFAccelError) as e:
