@@ -238,3 +238,26 @@ def test_the_throughput_plot_gives_each_series_one_colour_and_a_legend_entry(mon
     assert len({next(iter(c)) for c in colours.values()}) == 3
     legend = {t.get_text() for lg in figs[0].legends for t in lg.get_texts()}
     assert {"ffaccel npu", "numpy", "torch"} <= legend
+
+
+def test_a_served_device_is_measured_through_its_server_not_served_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ffaccel report unix:...` started a server of its own with --driver unix:... (which cannot
+    # start: "server: did not start"), labelled the server's path "in-process" and said the socket
+    # and ring paths were skipped. The served device stands in here for a server (no process)
+    import ffaccel.report.run as run_mod
+
+    launched: list[str] = []
+    real_launch, real_open = run_mod.server_launch, run_mod.open_device
+    monkeypatch.setattr(run_mod, "server_launch", lambda driver, *a: launched.append(driver) or real_launch(driver, *a))
+    monkeypatch.setattr(run_mod, "open_device", lambda name: real_open("restricted:cpu;combos=int8;copies=" if
+                                                                       name.startswith("unix:") else name))
+    monkeypatch.setattr(run_mod, "check_device", lambda name, level: __import__("types").SimpleNamespace(
+        passed=True, results=[None], failures=[], seconds=0.0, to_json=lambda: json.dumps({"summary": []})))
+    name = "unix:/nowhere/ffaccel.sock?transport=ring"
+    cfg = dataclasses.replace(_tiny(tmp_path, name), with_server=True, dispatch_sizes=(4,), dispatch_batches=(1,),
+                              throughput_sizes=(8,))
+    res = run_report(cfg)
+    assert launched == []
+    assert {p["path"] for p in res["dispatch"]["points"]} == {"numpy", "torch", name}
+    assert not [s for s in res["skipped"] if "server" in s["what"]]
