@@ -422,3 +422,18 @@ def test_served_npu_computes_and_refuses(server, transport: str) -> None:  # noq
         with pytest.raises(FFAccelError) as e:
             ffaccel.matmul(x, x, post_ops=ffaccel.post.gelu(), device=dev)
         assert e.value.code == ErrorCode.UNSUPPORTED
+
+
+def test_blas_gemm_refuses_an_undeclared_dtype_whatever_m_and_n(npu: ffaccel.Device) -> None:
+    # blas.gemm returned early when m or n was 0, so the npu "accepted" f32 at m = 0 and refused
+    # the same call at m = 1: a refusal must not depend on the size
+    for m, n in ((0, 2), (2, 0), (1, 2)):
+        c = np.full(4, 7.0, np.float32)
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.blas.gemm("row", "N", "N", m, n, 2, 1.0, np.ones(4, np.float32), 2, np.ones(4, np.float32), 2,
+                              0.0, c, 2, device=npu)
+        assert (e.value.code, e.value.param) == (ErrorCode.UNSUPPORTED, "dtypes")
+        assert np.all(c == 7.0)
+    c = np.full(4, 7.0, np.float32)  # what it declares runs at m = 0: nothing written
+    ffaccel.blas.gemm("row", "N", "N", 0, 2, 2, 1.0, np.ones(4, BF16), 2, np.ones(4, BF16), 2, 0.0, c, 2, device=npu)
+    assert np.all(c == 7.0)
