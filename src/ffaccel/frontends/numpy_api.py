@@ -990,9 +990,10 @@ def _matmul_dlpack(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, t
                    post_ops: tuple, out: Any, out_dtype: Any) -> Any:
     """matmul for arrays of another library: view them as NumPy, run, view the result back."""
     lib = _library(a)
-    if isinstance(out_dtype, str) or out_dtype is None:
-        np_out_dtype = out_dtype
-    else:  # a dtype of the caller's library (torch.float32): by name
+    try:  # what NumPy takes as a dtype (np.float32, "float32", ml_dtypes.bfloat16) as it is: its str()
+        # is "<class 'numpy.float32'>", which the name rule below cut to "float32'>" and refused
+        np_out_dtype = out_dtype if out_dtype is None else np.dtype(out_dtype)
+    except TypeError:  # a dtype of the caller's library (torch.float32): by name
         np_out_dtype = {"bfloat16": ml_dtypes.bfloat16}.get(str(out_dtype).rpartition(".")[2],
                                                             str(out_dtype).rpartition(".")[2])
     out_np = _from_dlpack(out, "out")
