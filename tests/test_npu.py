@@ -72,6 +72,20 @@ def test_a_preset_without_bf16_declares_int8_only() -> None:
         assert e.value.code == ErrorCode.UNSUPPORTED
 
 
+def test_a_refused_restriction_of_the_npu_leaves_no_engine_thread() -> None:
+    # restricted:npu;engines=copy is refused (no compute engine) after the npu was opened: its
+    # two engine threads were never closed, two more per failed open
+    def engine_threads() -> int:
+        return sum(t.name.startswith("npu-") for t in threading.enumerate())
+
+    before = engine_threads()
+    for name in ("restricted:npu;engines=copy", "restricted:npu;combos=f8"):
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.open(name)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "name")
+    assert engine_threads() == before  # close() joins the threads: nothing to wait for
+
+
 @pytest.mark.parametrize("name, why", [
     ("npu:preset=nope", "preset"), ("npu:sram_kib=lots", "sram_kib"), ("npu:paced=2", "paced"),
     ("npu:colour=red", "colour"), ("npu:array_k=3", "array_k"), ("npu:sram_kib=1", "sram_kib"),

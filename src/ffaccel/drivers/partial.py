@@ -179,10 +179,12 @@ def restricted(inner: "Driver | str", *, combos: "str | Iterable[Any] | None" = 
     try:
         fields = {f: _parse(f, v) for f, v in (("combos", combos), ("copies", copies), ("post_ops", post_ops),
                                                 ("engines", engines)) if v is not None}
+        # inside the try: a restriction without the compute engine is refused here too, and the
+        # inner driver must be closed then (an npu's two engine threads stayed, per failed open)
+        return RestrictedDriver(inner, dataclasses.replace(whole, **fields))
     except ValueError:
         inner.close()
         raise
-    return RestrictedDriver(inner, dataclasses.replace(whole, **fields))
 
 
 class RestrictedByName(RestrictedDriver):
