@@ -261,3 +261,21 @@ def test_a_served_device_is_measured_through_its_server_not_served_again(
     assert launched == []
     assert {p["path"] for p in res["dispatch"]["points"]} == {"numpy", "torch", name}
     assert not [s for s in res["skipped"] if "server" in s["what"]]
+
+
+def test_the_html_of_a_device_without_gemm_has_no_empty_tables(tmp_path: Path) -> None:
+    # a copies-only device's report showed the overhead, throughput and workload sections as tables
+    # of headers alone, under explanations of figures that were not there
+    results = {"schema_version": 3, "date": "2026-01-01T00:00:00+00:00", "spec_version": [1, 0], "quick": True,
+               "seconds": 1.0, "machine": {"cpu": "cpu", "cores": 2, "versions": {"ffaccel": "0"}},
+               "devices": ["copies"], "skipped": [], "load": {}, "busy_sections": [],
+               "unserved": [{"section": s, "device": "copies", "why": "it declares no GEMM dtype combination"}
+                            for s in ("dispatch", "throughput", "workload")],
+               "conformance": [{"device": "copies", "passed": True, "cases": 1, "failed": 0, "seconds": 0.1}],
+               "dispatch": {"paths": [], "points": []}, "overhead": {"rows": [], "presets": [], "share_limit": 0.1},
+               "peak": {"gflops": 10.0, "method": "NumPy"}, "throughput": [], "workload": []}
+    write_outputs(results, tmp_path, pngs={})
+    doc = (tmp_path / "report.html").read_text()
+    assert "No device path was measured" in doc and "No combination was measured" in doc
+    assert "<th>combination</th>" not in doc and "Where the block's time goes" not in doc
+    assert doc.count("not run — it declares no GEMM dtype combination") == 3

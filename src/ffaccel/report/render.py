@@ -465,6 +465,18 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
     ov = results.get("overhead") or {}
     sources = "".join(f"<li>{esc(p['name'])}: {p['peak_tops']:g} TOPS — {esc(p['source'])}</li>"
                       for p in ov.get("presets", []))
+    # a section with nothing measured (a partial device: no GEMM, no float GEMM) says so in a line
+    # instead of a table of headers alone and an explanation of figures that are not there
+    overhead_html = (f"""<p>Each path's cost per operation at the smallest size (almost all dispatch) against the time an NPU needs
+for the GEMM at its peak (2·m·n·k / rate): the smallest square GEMM, and the smallest batch-1 (m = 1) GEMM, at
+which dispatch costs under {ov.get('share_limit', 0.1):.0%} of the device's time.</p>
+{_table(ov_header, ov_rows)}<ul>{sources}</ul>""" if ov_rows else
+                     "<p>No device path was measured (said above): there is nothing to answer.</p>")
+    thr_rows = throughput_rows(results)
+    throughput_html = (_table(["combination", "n", "who", "GFLOP/s", "of peak", "of its limit", "note"], thr_rows)
+                       if thr_rows else "<p>No combination was measured (said above).</p>")
+    workload_html = ("""<p>Where the block's time goes: every part is measured inside the block call whose time is the headline (the
+median sample), so the parts add up to the block and none is negative.</p>""" + work) if work else ""
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ffaccel report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%}}
@@ -479,16 +491,12 @@ All ratios are between medians measured side by side in this run.</p>{warn}
 <h2>2. Dispatch overhead</h2>{unserved("dispatch")}
 {_table(["n", "path", "GEMM", "method", "batch", "per op (µs)", "vs NumPy f32 @", "note"], dispatch_rows(results))}
 <h3>Would the dispatch overhead be too bad?</h3>
-<p>Each path's cost per operation at the smallest size (almost all dispatch) against the time an NPU needs
-for the GEMM at its peak (2·m·n·k / rate): the smallest square GEMM, and the smallest batch-1 (m = 1) GEMM, at
-which dispatch costs under {ov.get('share_limit', 0.1):.0%} of the device's time.</p>
-{_table(ov_header, ov_rows)}<ul>{sources}</ul>
+{overhead_html}
 <h2>3. Throughput</h2>{unserved("throughput")}<p>Measured peak: {peak['gflops']:.1f} GFLOP/s
 ({html.escape(str(peak['method']))}). {esc(_mark(peak))}</p>
-{_table(["combination", "n", "who", "GFLOP/s", "of peak", "of its limit", "note"], throughput_rows(results))}
+{throughput_html}
 <h2>4. Workload</h2>{unserved("workload")}
-<p>Where the block's time goes: every part is measured inside the block call whose time is the headline (the
-median sample), so the parts add up to the block and none is negative.</p>{work}
+{workload_html}
 {withheld_html}{skipped}
 <h2>Measurement conditions</h2><p>The machine's load around each section (others' cores: busy CPU time of the
 whole machine minus this run's own, including its device server, per second of wall time).</p>
