@@ -50,7 +50,11 @@ def test_restricted_declares_exactly_what_it_is_given() -> None:
 
 @pytest.mark.parametrize("bad", ["restricted:cpu;combos=f8", "restricted:cpu;post_ops=softmax",
                                  "restricted:cpu;copies=f32->int8", "restricted:cpu;colour=red",
-                                 "restricted:cpu;engines=copy", "restricted:;combos=f32", "restricted:nodev"])
+                                 "restricted:cpu;engines=copy", "restricted:;combos=f32", "restricted:nodev",
+                                 # a word naming nothing the inner device declares: an npu opened with no
+                                 # GEMM (or post-op, or COPY) at all, silently
+                                 "restricted:npu;combos=f32", "restricted:npu;post_ops=gelu_erf",
+                                 "restricted:npu;copies=f64->f64"])
 def test_restricted_refuses_a_bad_name_naming_it(bad: str) -> None:
     with pytest.raises(FFAccelError) as e:
         ffaccel.open(bad)
