@@ -279,3 +279,20 @@ def test_the_html_of_a_device_without_gemm_has_no_empty_tables(tmp_path: Path) -
     assert "No device path was measured" in doc and "No combination was measured" in doc
     assert "<th>combination</th>" not in doc and "Where the block's time goes" not in doc
     assert doc.count("not run — it declares no GEMM dtype combination") == 3
+
+
+def test_a_long_device_name_keeps_its_method_in_the_plot_legend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a restricted or served device's name is long; its legend entries ran off the figure, cutting
+    # "matmul", "submit" and "replay" off so that one device's series could not be told apart
+    from ffaccel.report import render
+
+    path = "restricted:cpu;combos=int8xint8->int32->int32;post_ops= in-process"
+    points = [{"path": path, "method": m, "size": n, "batch": 1, "per_op_s": 1e-5, "combo": "int8xint8->int32->int32"}
+              for m in ("matmul", "submit", "replay") for n in (4, 16)]
+    figs: list = []
+    real_png = render._png
+    monkeypatch.setattr(render, "_png", lambda fig: figs.append(fig) or real_png(fig))
+    render.plot_latency({"unserved": [], "dispatch": {"points": points}})
+    labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert sorted(label.rsplit(None, 1)[1] for label in labels) == ["matmul", "replay", "submit"]
+    assert all(len(line) <= render.LEGEND_LINE_CHARS for label in labels for line in label.splitlines())

@@ -61,6 +61,18 @@ def _footnote(fig: Any, results: dict[str, Any], section: str) -> float:
     return height
 
 
+#: Characters per line of a legend entry: what the legend right of the axes (a quarter of the
+#: figure, 7-point text) shows without clipping.
+LEGEND_LINE_CHARS = 34
+
+
+def _series_label(path: str, method: str) -> str:
+    """A dispatch series' legend entry, wrapped: a device name can be long (``unix:/run/...sock?
+    transport=ring``, ``restricted:cpu;combos=...``) and the method after it was cut off the figure,
+    leaving matmul, submit and replay of one device indistinguishable."""
+    return "\n".join(textwrap.wrap(f"{path} {method}", LEGEND_LINE_CHARS, break_on_hyphens=False))
+
+
 def _mark_disturbed(ax: Any, points: list[tuple[float, float]]) -> None:
     """Circle the figures flagged as disturbed, so that a plot does not present them as plain data."""
     if points:
@@ -75,7 +87,7 @@ def plot_latency(results: dict[str, Any]) -> bytes:
     shown = [p for p in results["dispatch"]["points"] if published(p)]
     for p in shown:
         if p["batch"] == 1:
-            series[f"{p['path']} {p['method']}"].append((p["size"], p["per_op_s"] * 1e6))
+            series[_series_label(p["path"], p["method"])].append((p["size"], p["per_op_s"] * 1e6))
     fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = plt.get_cmap("tab20").colors  # more series than tab10 has colours
     for i, (label, pts) in enumerate(sorted(series.items())):
@@ -107,14 +119,14 @@ def plot_batching(results: dict[str, Any], size: int = 8) -> bytes:
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for p in pts:
         if p["method"] in ("submit", "replay"):
-            series[f"{p['path']} {p['method']}"].append((p["batch"], p["per_op_s"] * 1e6))
+            series[_series_label(p["path"], p["method"])].append((p["batch"], p["per_op_s"] * 1e6))
     for label, s in sorted(series.items()):
         s.sort()
         ax.plot([x for x, _ in s], [y for _, y in s], marker="o", label=label)
     for p in pts:
         if p["path"] in ("numpy", "torch"):
             ax.axhline(p["per_op_s"] * 1e6, linestyle="--", color="gray" if p["path"] == "numpy" else "black",
-                       label=f"{p['path']} {p['method']}")
+                       label=_series_label(p["path"], p["method"]))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("commands per submission")
