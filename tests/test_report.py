@@ -273,6 +273,8 @@ def test_a_slow_device_is_judged_against_its_own_floor_not_numpy() -> None:
     assert _implausible(slow) == {}
     slow["npu|submit|8"] = t("npu|submit|8", 60e-6 * (RATIO_LIMIT + 1))
     assert list(_implausible(slow)) == ["npu|submit|8"]
+    alone = {k: slow[k] for k in ("numpy|@|1", "npu|matmul|1")}  # measured again alone: no floor of its own
+    assert list(_implausible(alone)) == ["npu|matmul|1"]
 
 
 def test_flagged_figures_and_busy_sections_are_said_in_html_and_terminal(

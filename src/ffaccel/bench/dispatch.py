@@ -139,11 +139,14 @@ def _implausible(timings: dict[str, Timing], numpy_s: float | None = None) -> di
     """
     ref = timings["numpy|@|1"].median_s if numpy_s is None else numpy_s
     per_op = {key: t.median_s / int(key.rsplit("|", 1)[1]) for key, t in timings.items()}
-    own_floor: dict[str, float] = {}
+    own: dict[str, list[float]] = {}
     for key, s in per_op.items():
         path = key.split("|", 1)[0]
         if path not in ("numpy", "torch"):  # the baselines are the libraries a device is compared with
-            own_floor[path] = min(own_floor.get(path, s), s)
+            own.setdefault(path, []).append(s)
+    # a floor needs another figure of the path to stand on: a figure measured again alone (a
+    # spike's re-measurement) is judged against NumPy, as before
+    own_floor = {path: min(costs) for path, costs in own.items() if len(costs) > 1}
     out: dict[str, list[str]] = {}
     for key, s in per_op.items():
         ratio = s / ref
