@@ -367,3 +367,10 @@ def test_tune_refuses_a_budget_that_is_no_number_of_seconds(seconds: str, capsys
     assert main(["tune", "--dry-run", "--seconds", seconds]) == Exit.USAGE
     line = _one_line_error(capsys.readouterr().err)
     assert "--seconds" in line and "[0.01, 600]" in line
+
+
+def test_info_says_none_where_a_partial_device_declares_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    # a device without COPY conversions or post-ops printed "COPY conversions: " with nothing after it
+    assert main(["info", "restricted:cpu;combos=int8;post_ops=;copies="]) == 0
+    out = capsys.readouterr().out
+    assert "COPY conversions: none" in out and "epilogue post-ops: none" in out

@@ -50,7 +50,11 @@ def test_restricted_declares_exactly_what_it_is_given() -> None:
 
 @pytest.mark.parametrize("bad", ["restricted:cpu;combos=f8", "restricted:cpu;post_ops=softmax",
                                  "restricted:cpu;copies=f32->int8", "restricted:cpu;colour=red",
-                                 "restricted:cpu;engines=copy", "restricted:;combos=f32", "restricted:nodev"])
+                                 "restricted:cpu;engines=copy", "restricted:;combos=f32", "restricted:nodev",
+                                 # a word naming nothing the inner device declares: an npu opened with no
+                                 # GEMM (or post-op, or COPY) at all, silently
+                                 "restricted:npu;combos=f32", "restricted:npu;post_ops=gelu_erf",
+                                 "restricted:npu;copies=f64->f64"])
 def test_restricted_refuses_a_bad_name_naming_it(bad: str) -> None:
     with pytest.raises(FFAccelError) as e:
         ffaccel.open(bad)
@@ -129,3 +133,16 @@ def test_seeded_bug_on_a_partial_device_is_caught(bug_name: str, subset: str, ch
         results = check_device(factory, "quick", only=(check,)).results
     assert results, check
     assert [r for r in results if not r.passed and (r.group == check or check in r.name)], bug.description
+
+
+@pytest.mark.parametrize("name", ["restricted:cpu;combos=;post_ops=;copies=f32->f32",
+                                  "restricted:cpu;combos=;post_ops=;copies=;engines=compute"],
+                         ids=["copies-only", "declares-nothing"])
+def test_a_device_without_gemm_is_judged_not_crashed(name: str) -> None:
+    # the command-list checks took the first declared combination unconditionally and crashed
+    # (IndexError) on a device that declares no GEMM: a copy engine alone failed the suite
+    report = check_device(name, "quick")
+    assert report.passed, report.failures_text()
+    assert not [r for r in report.results if r.op == "CRASH"]
+    refusals = [r.name for r in report.results if r.op == "INFO"]
+    assert all(any(c.name in r for r in refusals) for c in GEMM_COMBOS)  # every GEMM is checked refused

@@ -72,10 +72,26 @@ def test_a_preset_without_bf16_declares_int8_only() -> None:
         assert e.value.code == ErrorCode.UNSUPPORTED
 
 
+def test_a_refused_restriction_of_the_npu_leaves_no_engine_thread() -> None:
+    # restricted:npu;engines=copy is refused (no compute engine) after the npu was opened: its
+    # two engine threads were never closed, two more per failed open
+    def engine_threads() -> int:
+        return sum(t.name.startswith("npu-") for t in threading.enumerate())
+
+    before = engine_threads()
+    for name in ("restricted:npu;engines=copy", "restricted:npu;combos=f8"):
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.open(name)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "name")
+    assert engine_threads() == before  # close() joins the threads: nothing to wait for
+
+
 @pytest.mark.parametrize("name, why", [
     ("npu:preset=nope", "preset"), ("npu:sram_kib=lots", "sram_kib"), ("npu:paced=2", "paced"),
     ("npu:colour=red", "colour"), ("npu:array_k=3", "array_k"), ("npu:sram_kib=1", "sram_kib"),
     ("npu:timeout_s=0", "timeout_s"), ("npu:dma_gb_per_s=inf", "dma_gb_per_s"), ("npu:clock_mhz=nan", "clock_mhz"),
+    # a key twice: the last one silently won, an int8-only ethos-u65 opened as an xdna2 with bf16
+    ("npu:preset=ethos-u65,sram_kib=64,preset=xdna2", "preset given twice"),
 ])
 def test_bad_options_are_refused_naming_the_device_name(name: str, why: str) -> None:
     with pytest.raises(FFAccelError) as e:
@@ -164,6 +180,19 @@ def test_blas_gemm_on_the_npu_and_its_refusals(npu: ffaccel.Device) -> None:
             ffaccel.blas.gemm("row", "N", "N", 2, 2, 2, 1.0, x, 2, x.copy(), 2, 0.0, y, 2, device=npu)
         assert e.value.code == ErrorCode.UNSUPPORTED
         np.testing.assert_array_equal(y, np.full(4, 5.0, dt))  # nothing written
+
+
+def test_blas_gemm_bf16_into_an_f32_c_on_the_npu(npu: ffaccel.Device) -> None:
+    # bf16 x bf16 -> f32 is declared and c's dtype is blas.gemm's output dtype: an f32 c was
+    # refused ("c: ... allowed dtype bfloat16") because the front-end dropped c's dtype
+    a = np.arange(6).astype(BF16)
+    for order, ta, lda in (("row", "N", 3), ("col", "T", 3)):
+        c = np.full(5, 7.0, np.float32)  # c[4] lies outside the 2 x 2 window
+        ffaccel.blas.gemm(order, ta, "N", 2, 2, 3, 1.0, a, lda, np.ones(6, BF16), 2 if order == "row" else 3,
+                          0.5, c, 2, device=npu)
+        want = a.astype(np.float32).reshape(2, 3) @ np.ones((3, 2), np.float32) + 3.5
+        np.testing.assert_array_equal(c[:4].reshape(2, 2), want if order == "row" else want.T)
+        assert c[4] == 7.0
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float16, np.float64])
@@ -407,3 +436,18 @@ def test_served_npu_computes_and_refuses(server, transport: str) -> None:  # noq
         with pytest.raises(FFAccelError) as e:
             ffaccel.matmul(x, x, post_ops=ffaccel.post.gelu(), device=dev)
         assert e.value.code == ErrorCode.UNSUPPORTED
+
+
+def test_blas_gemm_refuses_an_undeclared_dtype_whatever_m_and_n(npu: ffaccel.Device) -> None:
+    # blas.gemm returned early when m or n was 0, so the npu "accepted" f32 at m = 0 and refused
+    # the same call at m = 1: a refusal must not depend on the size
+    for m, n in ((0, 2), (2, 0), (1, 2)):
+        c = np.full(4, 7.0, np.float32)
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.blas.gemm("row", "N", "N", m, n, 2, 1.0, np.ones(4, np.float32), 2, np.ones(4, np.float32), 2,
+                              0.0, c, 2, device=npu)
+        assert (e.value.code, e.value.param) == (ErrorCode.UNSUPPORTED, "dtypes")
+        assert np.all(c == 7.0)
+    c = np.full(4, 7.0, np.float32)  # what it declares runs at m = 0: nothing written
+    ffaccel.blas.gemm("row", "N", "N", 0, 2, 2, 1.0, np.ones(4, BF16), 2, np.ones(4, BF16), 2, 0.0, c, 2, device=npu)
+    assert np.all(c == 7.0)

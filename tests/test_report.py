@@ -192,6 +192,18 @@ def test_busy_verdict_each_reason(case: str, after: tuple, reason: str | None,
     assert got["cpu_per_wall"] == pytest.approx(1.0)
 
 
+def test_a_section_that_did_nothing_is_not_busy_from_one_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a partial device's section that is not run lasts a millisecond: one stray 10 ms tick of
+    # another process read as "other processes used 114 cores" (on 2) and a busy verdict
+    import ffaccel.bench.load as load
+
+    monkeypatch.setattr(load.os, "cpu_count", lambda: 2)
+    got = load.between(_snap(0.0, 0.0, 0.1, 0.0, 0.0, 0.0), _snap(0.001, 0.0, 0.1, 0.01, 0.02, 0.0))
+    assert got["others_cores"] == 0.0 and not got["busy"], got
+    saturated = load.between(_snap(0.0, 0.0, 0.1, 0.0, 0.0, 0.0), _snap(1.0, 0.0, 0.1, 5.0, 5.0, 0.0))
+    assert saturated["others_cores"] == 2.0  # never more cores than the machine has
+
+
 @pytest.mark.parametrize("counters,others", [((None, None, None), False), ((1.0, 2.0, None), True)],
                          ids=["no counters", "no steal"])
 def test_missing_counters_are_none_not_guesses(counters: tuple, others: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,6 +257,24 @@ def test_an_implausible_ratio_flags_a_dispatch_figure() -> None:
     flags = _implausible(t)
     assert list(flags) == ["torch|mm|1"] and f"{2000:.0f}x NumPy" in flags["torch|mm|1"][0]
     assert RATIO_LIMIT < 2000
+
+
+def test_a_slow_device_is_judged_against_its_own_floor_not_numpy() -> None:
+    # a device with a cost of its own per job (the npu: 100-300x NumPy's @ at n = 4) had every
+    # figure withheld as implausible; a figure far above the same path's cheapest is still flagged
+    from ffaccel.bench.dispatch import RATIO_LIMIT, _implausible
+    from ffaccel.bench.timing import Timing
+
+    def t(key: str, per_op_s: float) -> Timing:
+        return Timing(key, (per_op_s * int(key.rsplit("|", 1)[1]),) * 3)
+
+    slow = {k: t(k, s) for k, s in (("numpy|@|1", 1e-6), ("npu|matmul|1", 300e-6), ("npu|submit|1", 150e-6),
+                                     ("npu|replay|256", 60e-6))}
+    assert _implausible(slow) == {}
+    slow["npu|submit|8"] = t("npu|submit|8", 60e-6 * (RATIO_LIMIT + 1))
+    assert list(_implausible(slow)) == ["npu|submit|8"]
+    alone = {k: slow[k] for k in ("numpy|@|1", "npu|matmul|1")}  # measured again alone: no floor of its own
+    assert list(_implausible(alone)) == ["npu|matmul|1"]
 
 
 def test_flagged_figures_and_busy_sections_are_said_in_html_and_terminal(

@@ -179,3 +179,120 @@ def test_progress_counts_every_planned_step_and_prints_each_section_as_it_ends(t
     assert counted == plan  # step i of N: every planned step comes, and no other
     assert [e[1:] for e in events if e[0] == "done"] == [(s, True) for s in
                                                          ("conformance", "dispatch", "throughput", "workload")]
+
+
+def test_the_terminal_says_each_unserved_line_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # each "not run" line was printed twice live: once as a note when it happened and once by the
+    # section's printer above its table (the HTML and results.json had it once)
+    import ffaccel.report.run as run_mod
+    from ffaccel.cli.main import _Console
+    from ffaccel.report.terminal import TerminalProgress
+
+    results: dict = {"unserved": [], "throughput": []}
+    with TerminalProgress(_Console(width=400)) as prog:
+        run_mod._unserved(results, "throughput", "npu", "it does not declare f32xf32->f32->f32", prog)
+        prog.section_done("throughput", results)
+    out = capsys.readouterr().out
+    assert out.count("throughput on npu: not run — it does not declare f32xf32->f32->f32") == 1
+
+
+def test_a_plot_names_what_its_section_did_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a device declaring no GEMM got a dispatch plot of NumPy and PyTorch alone, with nothing
+    # saying the device had been left out, nor why; the PNG is read alone (outside the HTML)
+    from ffaccel.report import render
+
+    results = {"unserved": [{"section": "dispatch", "device": "copy-engine in-process",
+                             "why": "it declares no GEMM dtype combination"},
+                            {"section": "throughput", "device": "copy-engine", "why": "it does not declare f32"}],
+               "dispatch": {"points": []}}
+    texts: list[str] = []
+    real_png = render._png
+    monkeypatch.setattr(render, "_png", lambda fig: texts.extend(t.get_text() for t in fig.texts) or real_png(fig))
+    render.plot_latency(results)
+    assert texts == ["dispatch on copy-engine in-process: not run — it declares no GEMM dtype combination"]
+
+
+def test_the_throughput_plot_gives_each_series_one_colour_and_a_legend_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a partial device NumPy has some panels only (int8, not bf16): each panel's own colour
+    # cycle gave torch in one panel the colour the legend (from the first panel) gave another
+    # series, and NumPy had no legend entry
+    from ffaccel.report import render
+
+    def pt(combo: str, who: str, size: int) -> dict:
+        return {"combo": combo, "who": who, "size": size, "gflops": 1.0 + size / 64}
+
+    results = {"unserved": [], "peak": {"gflops": 10.0},
+               "throughput": [pt(c, w, n) for n in (64, 128) for c, whos in
+                              (("bf16xbf16->f32->f32", ("ffaccel npu", "torch")),
+                               ("int8xint8->int32->int32", ("ffaccel npu", "numpy", "torch"))) for w in whos]}
+    figs: list = []
+    real_png = render._png
+    monkeypatch.setattr(render, "_png", lambda fig: figs.append(fig) or real_png(fig))
+    render.plot_throughput(results)
+    colours: dict[str, set] = {}
+    for ax in figs[0].axes:
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_") and "peak" not in line.get_label() and "best" not in line.get_label():
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colours) == {"ffaccel npu", "numpy", "torch"} and all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == 3
+    legend = {t.get_text() for lg in figs[0].legends for t in lg.get_texts()}
+    assert {"ffaccel npu", "numpy", "torch"} <= legend
+
+
+def test_a_served_device_is_measured_through_its_server_not_served_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ffaccel report unix:...` started a server of its own with --driver unix:... (which cannot
+    # start: "server: did not start"), labelled the server's path "in-process" and said the socket
+    # and ring paths were skipped. The served device stands in here for a server (no process)
+    import ffaccel.report.run as run_mod
+
+    launched: list[str] = []
+    real_launch, real_open = run_mod.server_launch, run_mod.open_device
+    monkeypatch.setattr(run_mod, "server_launch", lambda driver, *a: launched.append(driver) or real_launch(driver, *a))
+    monkeypatch.setattr(run_mod, "open_device", lambda name: real_open("restricted:cpu;combos=int8;copies=" if
+                                                                       name.startswith("unix:") else name))
+    monkeypatch.setattr(run_mod, "check_device", lambda name, level: __import__("types").SimpleNamespace(
+        passed=True, results=[None], failures=[], seconds=0.0, to_json=lambda: json.dumps({"summary": []})))
+    name = "unix:/nowhere/ffaccel.sock?transport=ring"
+    cfg = dataclasses.replace(_tiny(tmp_path, name), with_server=True, dispatch_sizes=(4,), dispatch_batches=(1,),
+                              throughput_sizes=(8,))
+    res = run_report(cfg)
+    assert launched == []
+    assert {p["path"] for p in res["dispatch"]["points"]} == {"numpy", "torch", name}
+    assert not [s for s in res["skipped"] if "server" in s["what"]]
+
+
+def test_the_html_of_a_device_without_gemm_has_no_empty_tables(tmp_path: Path) -> None:
+    # a copies-only device's report showed the overhead, throughput and workload sections as tables
+    # of headers alone, under explanations of figures that were not there
+    results = {"schema_version": 3, "date": "2026-01-01T00:00:00+00:00", "spec_version": [1, 0], "quick": True,
+               "seconds": 1.0, "machine": {"cpu": "cpu", "cores": 2, "versions": {"ffaccel": "0"}},
+               "devices": ["copies"], "skipped": [], "load": {}, "busy_sections": [],
+               "unserved": [{"section": s, "device": "copies", "why": "it declares no GEMM dtype combination"}
+                            for s in ("dispatch", "throughput", "workload")],
+               "conformance": [{"device": "copies", "passed": True, "cases": 1, "failed": 0, "seconds": 0.1}],
+               "dispatch": {"paths": [], "points": []}, "overhead": {"rows": [], "presets": [], "share_limit": 0.1},
+               "peak": {"gflops": 10.0, "method": "NumPy"}, "throughput": [], "workload": []}
+    write_outputs(results, tmp_path, pngs={})
+    doc = (tmp_path / "report.html").read_text()
+    assert "No device path was measured" in doc and "No combination was measured" in doc
+    assert "<th>combination</th>" not in doc and "Where the block's time goes" not in doc
+    assert doc.count("not run — it declares no GEMM dtype combination") == 3
+
+
+def test_a_long_device_name_keeps_its_method_in_the_plot_legend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a restricted or served device's name is long; its legend entries ran off the figure, cutting
+    # "matmul", "submit" and "replay" off so that one device's series could not be told apart
+    from ffaccel.report import render
+
+    path = "restricted:cpu;combos=int8xint8->int32->int32;post_ops= in-process"
+    points = [{"path": path, "method": m, "size": n, "batch": 1, "per_op_s": 1e-5, "combo": "int8xint8->int32->int32"}
+              for m in ("matmul", "submit", "replay") for n in (4, 16)]
+    figs: list = []
+    real_png = render._png
+    monkeypatch.setattr(render, "_png", lambda fig: figs.append(fig) or real_png(fig))
+    render.plot_latency({"unserved": [], "dispatch": {"points": points}})
+    labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert sorted(label.rsplit(None, 1)[1] for label in labels) == ["matmul", "replay", "submit"]
+    assert all(len(line) <= render.LEGEND_LINE_CHARS for label in labels for line in label.splitlines())

@@ -107,6 +107,29 @@ def test_matmul_takes_and_returns_tensors(dtype) -> None:
     torch.testing.assert_close(out, r)
 
 
+@pytest.mark.parametrize("out_dtype", [np.float32, np.dtype(np.float32), "float32", torch.float32])
+def test_matmul_of_bf16_tensors_into_f32_on_the_npu(out_dtype) -> None:
+    # bf16 x bf16 -> f32 is declared; out_dtype=np.float32 with tensors was refused: its name was
+    # taken from str(), "<class 'numpy.float32'>", cut to "float32'>"
+    a, b = torch.ones(3, 4, dtype=torch.bfloat16), torch.full((4, 5), 1.5, dtype=torch.bfloat16)
+    r = ffaccel.matmul(a, b, out_dtype=out_dtype, device="npu")
+    assert r.dtype == torch.float32 and torch.equal(r, torch.full((3, 5), 6.0))
+
+
+def test_post_op_operands_may_be_tensors_bf16_included() -> None:
+    # post.bias / post.add took np.asarray(operand): a bf16 tensor raised a foreign TypeError
+    # ("Got unsupported ScalarType BFloat16") and one that requires grad a RuntimeError
+    a, b = torch.ones(3, 4, dtype=torch.bfloat16), torch.ones(4, 5, dtype=torch.bfloat16)
+    bias = torch.arange(5, dtype=torch.bfloat16)
+    r = ffaccel.matmul(a, b, post_ops=[ffaccel.post.bias(bias), ffaccel.post.relu()], device="npu")
+    assert torch.equal(r, (4 + bias).expand(3, 5))
+    r = ffaccel.matmul(a.float(), b.float(), post_ops=ffaccel.post.add(torch.full((3, 5), 2.0)), device="cpu")
+    assert torch.equal(r, torch.full((3, 5), 6.0))
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        ffaccel.post.bias(torch.ones(5, requires_grad=True))
+    assert e.value.param == "v" and "grad" in e.value.message
+
+
 def test_matmul_refuses_tensors_that_need_grad() -> None:
     with pytest.raises(ffaccel.FFAccelError) as e:
         ffaccel.matmul(torch.ones(2, 2, requires_grad=True), torch.ones(2, 2))

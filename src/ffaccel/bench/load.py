@@ -31,6 +31,8 @@ import psutil
 STEAL_LIMIT = 0.05
 #: Other processes using more than this many cores on average mark a section busy.
 OTHERS_LIMIT = 0.5
+#: The kernel's CPU accounting tick, in seconds (``/proc/stat`` counts in these).
+_TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,13 @@ def between(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         d_total = max(after.total_s - before.total_s, 1e-9)  # type: ignore[operator]
         if before.steal_s is not None and after.steal_s is not None:
             out["steal_fraction"] = max(after.steal_s - before.steal_s, 0.0) / d_total
-        # busy CPU of the whole machine minus our own; the kernel's ticks are coarse (10 ms), so clamp at 0
-        out["others_cores"] = max((after.busy_s - before.busy_s) - own, 0.0) / wall  # type: ignore[operator]
+        # busy CPU of the whole machine minus our own. The kernel counts in ticks (10 ms) per core,
+        # so each counter may be a tick off at either end: that much is not counted as anyone's.
+        # Without it a section that did next to nothing (a partial device's section that was not
+        # run: a millisecond of wall) read one stray tick as "other processes used 114 cores".
+        ticks_s = 2 * cores * _TICK_S
+        others = max((after.busy_s - before.busy_s) - own - ticks_s, 0.0) / wall  # type: ignore[operator]
+        out["others_cores"] = min(others, float(cores))  # never more than the machine has
     reasons = []
     peak_load = max((la[0] for la in (before.loadavg, after.loadavg) if la is not None), default=None)
     if peak_load is not None and peak_load > cores:

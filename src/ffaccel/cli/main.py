@@ -62,9 +62,10 @@ def _info(args: argparse.Namespace, console: Console) -> int:
         t.add_row(str(bit), f"{DTYPES[c.a].name} x {DTYPES[c.b].name}", DTYPES[c.acc].name, DTYPES[c.d].name,
                   "[green]yes[/]" if c in caps.combos else "[red]no[/]", *([kernels.get(c.name, "")] if kernels else []))
     console.print(t)
-    console.print("COPY conversions: " + ", ".join(f"{DTYPES[s].name}->{DTYPES[d].name}"
-                                                    for s, d in COPY_CONVERSIONS if (s, d) in caps.copies))
-    console.print("epilogue post-ops: " + ", ".join(POST_OPS[k].name for k in sorted(caps.post_ops)))
+    # a partial device may declare none of either: said as "none", not as an empty line
+    console.print("COPY conversions: " + (", ".join(f"{DTYPES[s].name}->{DTYPES[d].name}"
+                                                     for s, d in COPY_CONVERSIONS if (s, d) in caps.copies) or "none"))
+    console.print("epilogue post-ops: " + (", ".join(POST_OPS[k].name for k in sorted(caps.post_ops)) or "none"))
     lim = Table(title="limits")
     lim.add_column("limit")
     lim.add_column("value", justify="right")

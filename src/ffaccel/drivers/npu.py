@@ -294,9 +294,13 @@ _COPY_DTYPES = (DType.I8, DType.U8, DType.I32, DType.BF16, DType.F32)
 
 def _parse(options: str) -> tuple[str, NpuModel, bool, float]:
     """(preset, model, paced, timeout_s) from ``preset=NAME,KEY=VALUE,...``; a bad part raises ``device.name``."""
-    parts = dict(p.partition("=")[::2] for p in options.split(",") if p) if options else {}
+    pairs = [p.partition("=")[::2] for p in options.split(",") if p] if options else []
+    parts = dict(pairs)
     fields = {f.name: f.type for f in dataclasses.fields(NpuModel)}
     allowed = f"npu[:preset=NAME][,KEY=VALUE...] with KEY in {sorted(_DRIVER_OPTIONS) + sorted(fields)}"
+    if len(parts) < len(pairs):  # a key given twice: the last one silently won (preset=a,...,preset=b)
+        twice = sorted({k for k, _ in pairs if sum(k == j for j, _ in pairs) > 1})
+        raise violation("device.name", f"npu:{options}", f"{allowed}, each once ({', '.join(twice)} given twice)")
     name = parts.pop("preset", DEFAULT_PRESET)
     if name not in PRESETS:
         raise violation("device.name", f"npu:{options}", f"preset one of {sorted(PRESETS)}")

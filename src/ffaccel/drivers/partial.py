@@ -11,7 +11,8 @@ suite treat a partial device without writing one. It is also a device name:
 The part before the first ``;`` is the inner device's name (``cpu``, ``cpu:2``, ``ref``,
 ``torch:cpu``); each ``key=value`` after it narrows one field of the inner driver's caps, and a
 field not named keeps the inner driver's. Values are comma-separated, an empty value declares
-nothing of that kind (``post_ops=``). Words (see docs/conformance.md, "Partial devices"):
+nothing of that kind (``post_ops=``); a word that names nothing the inner driver declares is
+refused. Words (see docs/conformance.md, "Partial devices"):
 
 * ``combos``: combination names as ``ffaccel info`` prints them (``bf16xbf16->f32->f32``), or a
   family: ``f64``, ``f32``, ``f16`` (both outputs), ``bf16`` (both outputs), ``int8`` (the four
@@ -72,16 +73,41 @@ def _named(enum: Any, field: str, words: Iterable[str]) -> frozenset:
     return frozenset(names[w] for w in words)
 
 
+def _items(value: "str | Iterable[Any]") -> list:
+    """A field's value as a list: the words of a comma-separated string, or the iterable's items."""
+    return [w.strip() for w in value.split(",") if w.strip()] if isinstance(value, str) else list(value)
+
+
 def _parse(field: str, value: "str | Iterable[Any]") -> frozenset:
     """One field's value, from words (a comma-separated string or an iterable of words) or from
     the spec's own objects (GemmCombo, (DType, DType), PostOpKind, Engine)."""
-    items = [w.strip() for w in value.split(",") if w.strip()] if isinstance(value, str) else list(value)
+    items = _items(value)
     words = [w for w in items if isinstance(w, str)]
     objects = frozenset(w for w in items if not isinstance(w, str))
     parse = {"combos": _combos, "copies": _copies,
              "post_ops": lambda ws: _named(PostOpKind, "post_ops", ws),
              "engines": lambda ws: _named(Engine, "engines", ws)}[field]
     return objects | parse(words)
+
+
+def _declared_names(field: str, caps: DeviceCaps) -> list[str]:
+    """What ``caps`` declares in one field, in the words a restriction uses."""
+    if field == "combos":
+        return [c.name for c in GEMM_COMBOS if c in caps.combos]
+    if field == "copies":
+        return [f"{DTYPES[s].name}->{DTYPES[d].name}" for s, d in COPY_CONVERSIONS if (s, d) in caps.copies]
+    return sorted(e.name.lower() for e in getattr(caps, field))
+
+
+def _check_declared(inner: Driver, field: str, value: "str | Iterable[Any]") -> None:
+    """A word that names nothing the inner driver declares is refused: the restriction keeps only
+    what both declare, so ``restricted:npu;combos=f32`` silently opened an npu with no GEMM at all
+    (a family word keeps what it finds: ``int8`` on the npu is its three int8 pairs)."""
+    own = inner.caps()
+    for word in _items(value):
+        if isinstance(word, str) and not _parse(field, [word]) & getattr(own, field):
+            raise ValueError(f"{field}: {word!r} names nothing the inner device ({inner.name}) declares; "
+                             f"it declares {', '.join(_declared_names(field, own)) or 'none'}")
 
 
 class RestrictedDriver(Driver):
@@ -179,10 +205,15 @@ def restricted(inner: "Driver | str", *, combos: "str | Iterable[Any] | None" = 
     try:
         fields = {f: _parse(f, v) for f, v in (("combos", combos), ("copies", copies), ("post_ops", post_ops),
                                                 ("engines", engines)) if v is not None}
+        for f, v in (("combos", combos), ("copies", copies), ("post_ops", post_ops), ("engines", engines)):
+            if v is not None:
+                _check_declared(inner, f, v)
+        # inside the try: a restriction without the compute engine is refused here too, and the
+        # inner driver must be closed then (an npu's two engine threads stayed, per failed open)
+        return RestrictedDriver(inner, dataclasses.replace(whole, **fields))
     except ValueError:
         inner.close()
         raise
-    return RestrictedDriver(inner, dataclasses.replace(whole, **fields))
 
 
 class RestrictedByName(RestrictedDriver):

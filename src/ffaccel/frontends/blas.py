@@ -72,7 +72,7 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
         Scalars (integers for int8/uint8 inputs). beta == 0: C is not read.
     a, b, c : numpy.ndarray
         Contiguous arrays read as flat storage, like CBLAS pointers. ``c``'s dtype is the
-        output dtype (int32 for int8/uint8 inputs; float16 inputs may write float32).
+        output dtype (int32 for int8/uint8 inputs; float16 and bfloat16 inputs may write float32).
     lda, ldb, ldc : int
         Leading dimensions in elements.
     device : str or Device, optional
@@ -112,15 +112,17 @@ def gemm(order: str, trans_a: str, trans_b: str, m: int, n: int, k: int, alpha: 
     aw = _window(af, a_rows, a_cols, lda, "a", "lda")
     bw = _window(bf, b_rows, b_cols, ldb, "b", "ldb")
     cw = _window(cf, c_rows, c_cols, ldc, "c", "ldc")
-    if m == 0 or n == 0:
-        return
+    # m or n of 0 still goes to the device (nothing is read or written there): returning here
+    # accepted a dtype the device does not declare when m == 0 and refused it when m == 1
     # row order: C = op(A) op(B); col order: C^T = op(B)^T op(A)^T (the row-major view of C is C^T)
     if order == "row":
         x, y, tx, ty = aw, bw, ta, tb
     else:
         x, y, tx, ty = bw, aw, tb, ta
     try:
-        matmul(x, y, cw, alpha=alpha, beta=beta, trans_a=tx, trans_b=ty, out=cw, device=device)
+        # out_dtype: c's dtype is the output dtype (checked above); without it matmul took the
+        # inputs' default D and refused an f32 c for f16/bf16 inputs, which the spec allows
+        matmul(x, y, cw, alpha=alpha, beta=beta, trans_a=tx, trans_b=ty, out=cw, out_dtype=cf.dtype, device=device)
     except FFAccelError as e:
         raise e.renamed(_GEMM_NAMES) from None
 

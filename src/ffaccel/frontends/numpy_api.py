@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import numbers
 import struct
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -33,7 +32,7 @@ from ..runtime import Device, resolve_device
 from ..runtime import device as _runtime_device
 from ..spec import DTYPES, GEMM_COMBOS, DType, FFAccelError, PostOpKind, dtype_of_numpy, violation
 from ..spec.errors import format_path
-from .post import PostOp, real_scalar
+from .post import PostOp, _from_dlpack, _library, real_scalar
 
 _INPUT_DTYPES = sorted({c.a for c in GEMM_COMBOS})
 #: (a, b) -> the spec's GEMM combinations of those operand dtypes, in the spec's order.
@@ -960,25 +959,6 @@ def _d_dtype(p: _Problem) -> np.dtype:
     return np.dtype(DTYPES[p.d_dt].numpy)
 
 
-def _library(x: Any) -> Any:
-    """The module of the array library ``x`` comes from (``torch`` for a torch.Tensor)."""
-    return sys.modules[type(x).__module__.partition(".")[0]]
-
-
-def _from_dlpack(x: Any, arg: str) -> Any:
-    """A zero-copy NumPy view of a DLPack-capable array (NumPy arrays and None pass through)."""
-    if x is None or isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
-        return x
-    try:
-        if "bfloat16" in str(getattr(x, "dtype", "")):  # DLPack has bfloat16, NumPy does not: view as int16
-            return np.from_dlpack(x.view(_library(x).int16)).view(ml_dtypes.bfloat16)
-        return np.from_dlpack(x)
-    except (BufferError, TypeError, RuntimeError, ValueError, AttributeError) as e:
-        raise violation("api.dtype", f"a {type(x).__name__} NumPy cannot view through DLPack ({e})",
-                        "an array in host memory that exports DLPack (detach() tensors that require grad)",
-                        arg=arg) from None
-
-
 def _to_library(r: np.ndarray, lib: Any) -> Any:
     """The result as an array of ``lib`` (zero copy through DLPack)."""
     if r.dtype == ml_dtypes.bfloat16:
@@ -990,9 +970,10 @@ def _matmul_dlpack(dev: Device, a: Any, b: Any, c: Any, alpha: Any, beta: Any, t
                    post_ops: tuple, out: Any, out_dtype: Any) -> Any:
     """matmul for arrays of another library: view them as NumPy, run, view the result back."""
     lib = _library(a)
-    if isinstance(out_dtype, str) or out_dtype is None:
-        np_out_dtype = out_dtype
-    else:  # a dtype of the caller's library (torch.float32): by name
+    try:  # what NumPy takes as a dtype (np.float32, "float32", ml_dtypes.bfloat16) as it is: its str()
+        # is "<class 'numpy.float32'>", which the name rule below cut to "float32'>" and refused
+        np_out_dtype = out_dtype if out_dtype is None else np.dtype(out_dtype)
+    except TypeError:  # a dtype of the caller's library (torch.float32): by name
         np_out_dtype = {"bfloat16": ml_dtypes.bfloat16}.get(str(out_dtype).rpartition(".")[2],
                                                             str(out_dtype).rpartition(".")[2])
     out_np = _from_dlpack(out, "out")

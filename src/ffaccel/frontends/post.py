@@ -11,9 +11,11 @@ array([[2., 0.]], dtype=float32)
 from __future__ import annotations
 
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from ..spec import PostOpKind, violation
@@ -29,12 +31,38 @@ class PostOp:
     operand: np.ndarray | None = None
 
 
+def _library(x: Any) -> Any:
+    """The module of the array library ``x`` comes from (``torch`` for a torch.Tensor)."""
+    return sys.modules[type(x).__module__.partition(".")[0]]
+
+
+def _from_dlpack(x: Any, arg: str) -> Any:
+    """A zero-copy NumPy view of a DLPack-capable array (NumPy arrays and None pass through)."""
+    if x is None or isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
+        return x
+    try:
+        if "bfloat16" in str(getattr(x, "dtype", "")):  # DLPack has bfloat16, NumPy does not: view as int16
+            return np.from_dlpack(x.view(_library(x).int16)).view(ml_dtypes.bfloat16)
+        return np.from_dlpack(x)
+    except (BufferError, TypeError, RuntimeError, ValueError, AttributeError) as e:
+        raise violation("api.dtype", f"a {type(x).__name__} NumPy cannot view through DLPack ({e})",
+                        "an array in host memory that exports DLPack (detach() tensors that require grad)",
+                        arg=arg) from None
+
+
+def _operand(x: Any, arg: str) -> np.ndarray:
+    """A post-op's operand as NumPy: another library's array through DLPack, as matmul takes a
+    and b (np.asarray raised a foreign TypeError for a torch bfloat16 tensor and a RuntimeError
+    for one that requires grad)."""
+    return _from_dlpack(x, arg) if hasattr(x, "__dlpack__") else np.asarray(x)
+
+
 def bias(v: Any, axis: str = "n") -> PostOp:
     """Add a vector: over the n columns (``axis="n"``, length n) or the m rows (``axis="m"``, length m)."""
     kinds = {"n": PostOpKind.BIAS_N, "m": PostOpKind.BIAS_M}
     if not isinstance(axis, str) or axis not in kinds:
         raise violation("api.post_op", repr(axis), "'n' or 'm'", arg="axis")
-    return PostOp(kinds[axis], operand=np.asarray(v))
+    return PostOp(kinds[axis], operand=_operand(v, "v"))
 
 
 def relu() -> PostOp:
@@ -73,7 +101,7 @@ def scale(s: float) -> PostOp:
 
 def add(e: Any) -> PostOp:
     """Add a residual E of the result's shape (broadcasting like NumPy)."""
-    return PostOp(PostOpKind.ADD, operand=np.asarray(e))
+    return PostOp(PostOpKind.ADD, operand=_operand(e, "e"))
 
 
 __all__ = ["PostOp", "add", "bias", "clamp", "gelu", "relu", "scale"]

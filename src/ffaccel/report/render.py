@@ -7,6 +7,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,32 @@ def _legend(ax: Any, **kw: Any) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
+def _footnote(fig: Any, results: dict[str, Any], section: str) -> float:
+    """What the section could not run on a device, and why, under the plot (a partial device's
+    plot alone showed the baselines only, as if the device had been forgotten). Returns the
+    height it takes (a fraction of the figure); the axes move up by as much."""
+    lines = [wrapped for line in unserved_lines(results, section)
+             for wrapped in textwrap.wrap(line, 150, subsequent_indent="    ")]
+    if not lines:
+        return 0.0
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="darkorange", va="bottom", ha="left")
+    height = 0.01 + len(lines) * 7 * 1.3 / 72 / fig.get_figheight()  # 7-point lines, 1.3 line spacing
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + height)
+    return height
+
+
+#: Characters per line of a legend entry: what the legend right of the axes (a quarter of the
+#: figure, 7-point text) shows without clipping.
+LEGEND_LINE_CHARS = 34
+
+
+def _series_label(path: str, method: str) -> str:
+    """A dispatch series' legend entry, wrapped: a device name can be long (``unix:/run/...sock?
+    transport=ring``, ``restricted:cpu;combos=...``) and the method after it was cut off the figure,
+    leaving matmul, submit and replay of one device indistinguishable."""
+    return "\n".join(textwrap.wrap(f"{path} {method}", LEGEND_LINE_CHARS, break_on_hyphens=False))
+
+
 def _mark_disturbed(ax: Any, points: list[tuple[float, float]]) -> None:
     """Circle the figures flagged as disturbed, so that a plot does not present them as plain data."""
     if points:
@@ -60,7 +87,7 @@ def plot_latency(results: dict[str, Any]) -> bytes:
     shown = [p for p in results["dispatch"]["points"] if published(p)]
     for p in shown:
         if p["batch"] == 1:
-            series[f"{p['path']} {p['method']}"].append((p["size"], p["per_op_s"] * 1e6))
+            series[_series_label(p["path"], p["method"])].append((p["size"], p["per_op_s"] * 1e6))
     fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = plt.get_cmap("tab20").colors  # more series than tab10 has colours
     for i, (label, pts) in enumerate(sorted(series.items())):
@@ -76,6 +103,7 @@ def plot_latency(results: dict[str, Any]) -> bytes:
     ax.set_title("Dispatch overhead: tiny GEMMs through each path")
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, fontsize=7)
+    _footnote(fig, results, "dispatch")
     return _png(fig)
 
 
@@ -91,14 +119,14 @@ def plot_batching(results: dict[str, Any], size: int = 8) -> bytes:
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for p in pts:
         if p["method"] in ("submit", "replay"):
-            series[f"{p['path']} {p['method']}"].append((p["batch"], p["per_op_s"] * 1e6))
+            series[_series_label(p["path"], p["method"])].append((p["batch"], p["per_op_s"] * 1e6))
     for label, s in sorted(series.items()):
         s.sort()
         ax.plot([x for x, _ in s], [y for _, y in s], marker="o", label=label)
     for p in pts:
         if p["path"] in ("numpy", "torch"):
             ax.axhline(p["per_op_s"] * 1e6, linestyle="--", color="gray" if p["path"] == "numpy" else "black",
-                       label=f"{p['path']} {p['method']}")
+                       label=_series_label(p["path"], p["method"]))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("commands per submission")
@@ -106,6 +134,7 @@ def plot_batching(results: dict[str, Any], size: int = 8) -> bytes:
     ax.set_title(f"What batching buys ({size}x{size}x{size} GEMM: {dispatch_combos_text(results)})")
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, fontsize=7)
+    _footnote(fig, results, "dispatch")
     return _png(fig)
 
 
@@ -124,11 +153,16 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
     from ..bench.throughput import limit_class, machine_limits
 
     limits = machine_limits(shown)  # each combination's own limit: its best kernel here
+    # one colour per series in every panel: a panel's own colour cycle gave "torch" the colour that
+    # the legend (made from the first panel) gave another series, wherever a series (NumPy on a
+    # partial device) is in some panels only
+    whos = sorted({who for series in by_combo.values() for who in series})
+    colour = {who: f"C{i % 10}" for i, who in enumerate(whos)}
     for ax, combo in zip(axes.flat, combos):
         for who, pts in sorted(by_combo[combo].items()):
             pts.sort()
             style = "--" if who in ("numpy", "torch") else "-"
-            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".", label=who, color=colour[who])
         ax.axhline(peak, color="red", linewidth=0.8, linestyle=":", label="measured f32 peak")
         lim = limits.get(limit_class(combo))
         if lim is not None:
@@ -145,14 +179,19 @@ def plot_throughput(results: dict[str, Any]) -> bytes:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(combos):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    fig.supxlabel("n (n x n x n GEMM)", fontsize=9, y=0.045 if rows > 1 else 0.09)
-    fig.supylabel("GFLOP/s (median)", fontsize=9)
-    fig.suptitle("Throughput per dtype combination", fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.25 if rows == 1 else 0.12, top=0.85 if rows == 1 else 0.93,
                         wspace=0.08, hspace=0.4)
+    below = _footnote(fig, results, "throughput")  # the legend and the axis label stand above it
+    legend: dict[str, Any] = {}  # every panel's series, each once (the first panel may lack some)
+    for ax in axes.flat[:len(combos)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=8,
+                   bbox_to_anchor=(0.5, below))
+    fig.supxlabel("n (n x n x n GEMM)", fontsize=9, y=below + (0.045 if rows > 1 else 0.09))
+    fig.supylabel("GFLOP/s (median)", fontsize=9)
+    fig.suptitle("Throughput per dtype combination", fontsize=10)
     return _png(fig)
 
 
@@ -438,6 +477,18 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
     ov = results.get("overhead") or {}
     sources = "".join(f"<li>{esc(p['name'])}: {p['peak_tops']:g} TOPS — {esc(p['source'])}</li>"
                       for p in ov.get("presets", []))
+    # a section with nothing measured (a partial device: no GEMM, no float GEMM) says so in a line
+    # instead of a table of headers alone and an explanation of figures that are not there
+    overhead_html = (f"""<p>Each path's cost per operation at the smallest size (almost all dispatch) against the time an NPU needs
+for the GEMM at its peak (2·m·n·k / rate): the smallest square GEMM, and the smallest batch-1 (m = 1) GEMM, at
+which dispatch costs under {ov.get('share_limit', 0.1):.0%} of the device's time.</p>
+{_table(ov_header, ov_rows)}<ul>{sources}</ul>""" if ov_rows else
+                     "<p>No device path was measured (said above): there is nothing to answer.</p>")
+    thr_rows = throughput_rows(results)
+    throughput_html = (_table(["combination", "n", "who", "GFLOP/s", "of peak", "of its limit", "note"], thr_rows)
+                       if thr_rows else "<p>No combination was measured (said above).</p>")
+    workload_html = ("""<p>Where the block's time goes: every part is measured inside the block call whose time is the headline (the
+median sample), so the parts add up to the block and none is negative.</p>""" + work) if work else ""
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ffaccel report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%}}
@@ -452,16 +503,12 @@ All ratios are between medians measured side by side in this run.</p>{warn}
 <h2>2. Dispatch overhead</h2>{unserved("dispatch")}
 {_table(["n", "path", "GEMM", "method", "batch", "per op (µs)", "vs NumPy f32 @", "note"], dispatch_rows(results))}
 <h3>Would the dispatch overhead be too bad?</h3>
-<p>Each path's cost per operation at the smallest size (almost all dispatch) against the time an NPU needs
-for the GEMM at its peak (2·m·n·k / rate): the smallest square GEMM, and the smallest batch-1 (m = 1) GEMM, at
-which dispatch costs under {ov.get('share_limit', 0.1):.0%} of the device's time.</p>
-{_table(ov_header, ov_rows)}<ul>{sources}</ul>
+{overhead_html}
 <h2>3. Throughput</h2>{unserved("throughput")}<p>Measured peak: {peak['gflops']:.1f} GFLOP/s
 ({html.escape(str(peak['method']))}). {esc(_mark(peak))}</p>
-{_table(["combination", "n", "who", "GFLOP/s", "of peak", "of its limit", "note"], throughput_rows(results))}
+{throughput_html}
 <h2>4. Workload</h2>{unserved("workload")}
-<p>Where the block's time goes: every part is measured inside the block call whose time is the headline (the
-median sample), so the parts add up to the block and none is negative.</p>{work}
+{workload_html}
 {withheld_html}{skipped}
 <h2>Measurement conditions</h2><p>The machine's load around each section (others' cores: busy CPU time of the
 whole machine minus this run's own, including its device server, per second of wall time).</p>

@@ -168,6 +168,12 @@ def server_launch(driver: str, log: Callable[[str], None],
             pids.discard(proc.pid)  # waited for: os.times() counts it from now on
 
 
+def is_served(name: str) -> bool:
+    """Whether a device name is a device server's (``unix:PATH[?transport=...]``): measured
+    through that server, never served again by the report's own."""
+    return name.startswith("unix:")
+
+
 def torch_skipped() -> str | None:
     """Why the PyTorch baselines cannot be measured here (None when they can)."""
     try:
@@ -190,8 +196,8 @@ class ReportProgress:
     ``plan`` comes first with the number of steps of each section; then, per section,
     ``section`` as it starts, ``step`` as each step starts (the step before it is then done; a
     message containing :data:`ffaccel.bench.consistency.MEASURED_AGAIN` re-measures a figure and is
-    not a step of the plan), ``note`` for a line that is not a step, and ``section_done`` with the
-    results so far.
+    not a step of the plan), ``note`` for a line that is not a step, ``unserved`` for what the
+    device cannot serve, and ``section_done`` with the results so far.
     """
 
     def plan(self, steps: dict[str, int]) -> None:
@@ -205,6 +211,11 @@ class ReportProgress:
 
     def note(self, what: str) -> None:
         pass
+
+    def unserved(self, what: str) -> None:
+        """A part of a section the device cannot serve (also in ``results["unserved"]``): a note,
+        unless the watcher prints it with the section's results."""
+        self.note(what)
 
     def section_done(self, name: str, results: dict[str, Any]) -> None:
         pass
@@ -235,7 +246,7 @@ def plan_steps(cfg: ReportConfig, devices: Sequence[tuple[str, Device]]) -> dict
 def _unserved(results: dict[str, Any], section: str, device: str, why: str, progress: ReportProgress) -> None:
     """A section (or part of one) the device cannot serve: said in results, terminal and HTML."""
     results["unserved"].append({"section": section, "device": device, "why": why})
-    progress.note(f"{section} on {device}: not run — {why}")
+    progress.unserved(f"{section} on {device}: not run — {why}")
 
 
 def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = lambda s: None,
@@ -258,7 +269,10 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
     # the server starts first: its start (a Python process importing NumPy, ml_dtypes and ffaccel:
     # about 1.5 CPU seconds) overlaps this process's own imports (PyTorch, below) and conformance,
     # none of which is timed; it stops when the dispatch section ends
-    open_remote = (server.enter_context(server_launch(cfg.devices[0], prog.note, load.pids)) if cfg.with_server
+    # a device that is a server already (unix:...) is measured through its own socket or ring:
+    # "ffaccel serve --driver unix:..." cannot start, and its path is not in-process
+    launch = cfg.with_server and not is_served(cfg.devices[0])
+    open_remote = (server.enter_context(server_launch(cfg.devices[0], prog.note, load.pids)) if launch
                    else list)
     devices: list[tuple[str, Device]] = []
     try:
@@ -301,7 +315,8 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
         rounds = cfg.rounds or (5 if cfg.quick else 9)
         prog.section("dispatch")
         with load.section("dispatch"), server:
-            paths = [(f"{name} in-process", dev) for name, dev in devices] + list(open_remote())
+            paths = [(name if is_served(name) else f"{name} in-process", dev) for name, dev in devices]
+            paths += list(open_remote())
             for label, dev in paths:
                 if dispatch_combo(dev) is None:
                     _unserved(results, "dispatch", label, "it declares no GEMM dtype combination", prog)
@@ -311,7 +326,7 @@ def run_report(cfg: ReportConfig, log: Callable[[str], None] | ReportProgress = 
                                                              rounds=rounds, min_sample_s=1e-3 if cfg.quick else 3e-3,
                                                              progress=prog.step)],
             }
-        if cfg.with_server and len(paths) == len(devices):
+        if launch and len(paths) == len(devices):
             results["skipped"].append({"what": "the server's socket and ring paths",
                                        "why": "the device server could not be started or opened"})
         results["overhead"] = overhead_section(results["dispatch"]["points"])

@@ -198,6 +198,11 @@ class TerminalProgress(ReportProgress):
     def note(self, what: str) -> None:
         _plain(self.progress.console, what, "yellow")
 
+    def unserved(self, what: str) -> None:
+        # not printed here: the section's printer (section_done) says it above the section's
+        # table, from results["unserved"]; printing both showed every such line twice
+        pass
+
     def section_done(self, name: str, results: dict[str, Any]) -> None:
         self._finish_step()
         printer = SECTION_PRINTERS.get(name)
