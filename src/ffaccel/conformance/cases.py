@@ -561,6 +561,14 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                 mnk = round(8**3 * (top / 8**3) ** (i / (count - 1)))
                 m, n, k = _near(mnk, False)
                 points.append((f"band:sweep mnk~{m * n * k}", 1, m, n, k, "any", i == count - 1))
+        # one compact row times a matrix with alpha != 1, on every combination (a decode
+        # step's GEMV): the skinny paths (?gemv, m = 1 kernels) scale by alpha in a step of their own,
+        # which padded operands (every other GEMM case) and alpha-1 entry cases never reach
+        # (and with C: a kernel that adds beta * C in the same call, as torch.baddbmm, has one more path)
+        for c_mode in ("absent", "separate"):
+            out.append(GemmCase("band:skinny linear", combo, 1, 97, 89, 1, False, False, alpha,
+                                0 * beta if c_mode == "absent" else beta, c_mode, seed=seq.seed(), fill=fill,
+                                exact=not combo.is_int))
         for label, batch, m, n, k, which, upper in points:
             if which in ("any", "without"):
                 out.append(GemmCase(label, combo, m, n, k, batch, False, True, alpha, beta, "separate",
@@ -583,6 +591,19 @@ def band_cases(caps: DeviceCaps, bands: tuple = (), level: str = "quick") -> lis
                 after = tuple([first[PostOpKind.CLAMP]] + prefix)[:max_len]
                 out.append(GemmCase(label, combo, m, n, k, batch, False, False, 1.0, 0.0, "absent",
                                     epilogue=after, seed=seq.seed(), fill=fill, exact=True))
+            if upper and batch == 1 and not combo.is_int and PostOpKind.BIAS_N in first and which != "without":
+                # a linear layer: the bias alone, no C. Drivers special-case it (the bias put in D, then
+                # the GEMM adds with beta 1; NumPy's product, then the bias; one row on ?gemv), and a
+                # chain of post-ops never takes those paths: the cube and one row (m = 1) at the same
+                # size, alpha 1 (the library's own product) and not
+                # size, alpha 1 (the library's own product) and not; one row also bare (alpha != 1 is
+                # a pass of its own there), and a skinny GEMM small enough for ?gemv on the calling thread
+                bias = (first[PostOpKind.BIAS_N],)
+                linear = [(m, n, k, s, bias) for s in (1.0, alpha)] + [(1, m * n, k, s, bias) for s in (1.0, alpha)]
+                linear += [(1, m * n, k, alpha, ()), (97, 1, 89, alpha, bias)]
+                for rows, cols, depth, scale, chain in linear:
+                    out.append(GemmCase(label + " linear", combo, rows, cols, depth, 1, False, False, scale, 0.0,
+                                        "absent", epilogue=chain, seed=seq.seed(), fill=fill, exact=True))
             if not upper or combo.is_int:
                 continue
             for nan_chain in ((PostOpCase(PostOpKind.RELU), PostOpCase(PostOpKind.CLAMP, -2.0, 3.0),

@@ -75,12 +75,20 @@ def _linear_cases(combo: GemmCombo, caps: DeviceCaps) -> list[GemmCase]:
     """Linear layers (the bias alone, no C) past OpenBLAS's threading sizes, where a driver's fresh
     kernel may be the BLAS library's own threaded call (the cpu driver: NumPy's ``matmul``, then
     the bias): a skinny one (1 x 130 x 80, a threaded ?gemv from 9216 elements) and a threaded
-    ?gemm (40 x 90 x 80, past 2**18). Judged through ``prepare_gemm_fresh`` and
-    ``fresh.contiguous`` only (the tiny cases judge the other hooks)."""
+    ?gemm (40 x 90 x 80, past 2**18). Then the same skinny GEMM bare with alpha -1.5, above and
+    below the 9216 elements (1 x 13 x 17): a fresh ?gemv kernel scales by alpha itself (NumPy's
+    matmul has no alpha), a step no other skinny fresh case takes. Judged through
+    ``prepare_gemm_fresh`` and ``fresh.contiguous`` only (the tiny cases judge the other hooks)."""
     sc = INT_SCALARS if combo.is_int else FLOAT_SCALARS
     bias = declared_epilogue((PostOpCase(PostOpKind.BIAS_N),), caps)
+    exact = "random" if combo.is_int else "exact"
+    alpha = 3 if combo.is_int else -1.5  # exact on the exact fill (judged bit for bit)
     return [GemmCase("entry", combo, 1, 130, 80, 1, False, False, sc[1], sc[0], "absent", epilogue=bias, seed=109),
-            GemmCase("entry", combo, 40, 90, 80, 1, False, False, sc[1], sc[0], "absent", epilogue=bias, seed=110)]
+            GemmCase("entry", combo, 40, 90, 80, 1, False, False, sc[1], sc[0], "absent", epilogue=bias, seed=110),
+            GemmCase("entry", combo, 1, 130, 80, 1, False, False, alpha, sc[0], "absent", fill=exact, seed=111,
+                     exact=not combo.is_int),
+            GemmCase("entry", combo, 1, 13, 17, 1, False, False, alpha, sc[0], "absent", fill=exact, seed=112,
+                     exact=not combo.is_int)]
 
 
 def _family_cases(combo: GemmCombo) -> list[GemmCase]:

@@ -286,4 +286,10 @@ SEEDED_BUGS: tuple[SeededBug, ...] = (
               _driver_bug(FamilyKernelKeepsItsSizes), "entry:kernel_family"),
     SeededBug("group-reads-first-a", "bind_gemm_group runs every GEMM of a group with the first one's A (a "
               "shared weight assumed)", _driver_bug(GroupReadsFirstA), "entry:bind_gemm_group"),
+    SeededBug("threaded-linear-drops-bias", "a linear layer (the bias alone, alpha 1, no C) past the threading "
+              "size forgets the bias after NumPy's product", _driver_bug(ThreadedLinearDropsBias), "band:"),
+    SeededBug("skinny-ignores-alpha", "a one-row (or one-column) GEMM on compact operands runs with "
+              "alpha = 1 (?gemv, NumPy's matmul, an m = 1 kernel)", _driver_bug(SkinnyIgnoresAlpha), "band:"),
+    SeededBug("fresh-skinny-ignores-alpha", "the fresh kernel of a bare skinny GEMM (?gemv) is built for "
+              "alpha = 1", _driver_bug(FreshSkinnyIgnoresAlpha), "entry:prepare_gemm_fresh"),
 )

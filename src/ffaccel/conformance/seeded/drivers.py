@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ...abi import CopyOp, GemmOp
+from ...drivers import cpu as cpu_mod
 from ...drivers.cpu import CpuDriver
 from ...spec import COMBO_BY_DTYPES, DTYPES, DType, PostOpKind
 
@@ -1005,3 +1006,42 @@ class OneBufferCopyBackwards(_BuggyCpu):
         if op.src.handle == op.dst.handle and op.dst.offset_bytes > op.src.offset_bytes and src.ndim >= 2:
             src = src[..., ::-1, :]
         super().copy(op, src, dst)
+
+
+def _linear_layer(op: GemmOp) -> bool:
+    """A float GEMM of one batch entry with the bias alone and no C (what the cpu driver's linear-layer
+    paths take: the bias put in D first, or NumPy's product then the bias)."""
+    return (op.batch == 1 and not op.combo.is_int and not op.reads_c and len(op.epilogue) == 1
+            and op.epilogue[0].kind in (PostOpKind.BIAS_N, PostOpKind.BIAS_M))
+
+
+class ThreadedLinearDropsBias(_BuggyCpu):
+    """A linear layer (the bias alone, alpha 1, no C) past OpenBLAS's threading size takes NumPy's
+    product and forgets to add the bias after it (a chain of post-ops never takes that path)."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        if _linear_layer(op) and float(op.alpha) == 1.0 and op.m * op.n * op.k > cpu_mod._SINGLE_THREAD_MNK:
+            epi = tuple(None if e is None else np.zeros_like(e) for e in epi)
+        good(op)(a, b, c, d, epi)
+
+
+class SkinnyIgnoresAlpha(_BuggyCpu):
+    """A skinny GEMM (m or n = 1, with or without C) on compact operands, where ?gemv, NumPy's matmul or an
+    m = 1 kernel (an NPU's vector unit) serves it, is run with alpha = 1 (the product scaled by
+    nothing): only one-row GEMMs with compact operands and alpha != 1 show it."""
+
+    def run(self, op, good, a, b, c, d, epi):  # noqa: ANN001, ANN201
+        if (op.batch == 1 and (op.m == 1 or op.n == 1) and op.reads_ab
+                and a[0].flags.c_contiguous and b[0].flags.c_contiguous):
+            op = dataclasses.replace(op, alpha=1 if op.combo.is_int else 1.0)
+        good(op)(a, b, c, d, epi)
+
+
+class FreshSkinnyIgnoresAlpha(_BuggyCpu):
+    """The fresh kernel of a bare skinny GEMM (m or n = 1, no epilogue: ?gemv, where NumPy's matmul
+    has no alpha) is built for alpha = 1."""
+
+    def prepare_gemm_fresh(self, op):  # noqa: ANN001, ANN201
+        if (op.m == 1 or op.n == 1) and not op.epilogue:
+            op = dataclasses.replace(op, alpha=1.0)
+        return super().prepare_gemm_fresh(op)
