@@ -273,3 +273,20 @@ def test_a_spikes_re_measurement_leaves_the_other_figures_ratios_side_by_side(mo
     _, pivot = dispatch_pivot({"dispatch": {"points": pts}})
     matmul_row = next(r for r in pivot if r[:2] == ["cpu in-process", "matmul"])
     assert matmul_row[4] == "6.00 (2.0x)"
+
+
+def test_the_overhead_answer_from_a_disturbed_figure_is_marked() -> None:
+    """The overhead table's per-op cost is a dispatch figure: when that figure is marked disturbed
+    (on a busy machine, every one is), its row must say so, in results.json and in the table, not
+    present it as a quiet measurement; a quiet figure's row has no mark."""
+    from ffaccel.bench.overhead import overhead_section
+    from ffaccel.report.render import DISTURBED_MARK, overhead_table
+
+    busy = "measured while the machine was busy (other processes used 1.4 cores)"
+    pts = [{"path": "cpu in-process", "method": "submit", "batch": b, "size": 4, "per_op_s": c * 1e-6,
+            "withheld": [], "disturbed": d} for b, c, d in ((1, 10.0, [busy]), (64, 2.0, []))]
+    ov = overhead_section(pts)
+    assert [r["disturbed"] for r in ov["rows"]] == [[busy], []]
+    for short in (True, False):
+        _, rows = overhead_table({"overhead": ov}, short=short)
+        assert rows[0][2] == f"10.0 {DISTURBED_MARK}" and rows[1][2] == "2.0"

@@ -428,7 +428,8 @@ def overhead_table(results: dict[str, Any], short: bool = False) -> tuple[list[s
         for p in presets:
             sq, m1 = r["presets"][p["name"]]["square_n"], r["presets"][p["name"]]["batch1_n"]
             cells.append(f"{sq:,} / {m1:,}" if short else f"n >= {sq:,}; m=1: n >= {m1:,}")
-        rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f}", *cells])
+        mark = f" {DISTURBED_MARK}" if r.get("disturbed") else ""  # its dispatch figure's mark, carried over
+        rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f}{mark}", *cells])
     return header, rows
 
 
