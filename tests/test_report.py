@@ -438,3 +438,14 @@ def test_every_figure_of_a_busy_section_is_marked(tmp_path: Path, monkeypatch: p
     rows = [row for row, p in zip(throughput_rows(res), res["throughput"]) if not p["withheld"]]
     assert rows and all(why in row[-1] for row in rows)
     assert not any(why in row[-1] for row in dispatch_rows(res))
+    # their count says how they came to be marked: these were not measured again
+    from ffaccel.cli.main import _Console
+    from ffaccel.report.terminal import print_summary
+
+    write_outputs(res, tmp_path, pngs={})
+    doc = (tmp_path / "report.html").read_text()
+    console = _Console(width=400, record=True)
+    print_summary(res, console)
+    for text in (doc, console.export_text()):
+        assert "figure(s) look disturbed" in text and "each was measured once more" not in text
+        assert "each measured once more" not in text and "busy machine is marked too" in text

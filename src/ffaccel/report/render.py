@@ -279,6 +279,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 #: Marks a figure flagged as disturbed (see :func:`ffaccel.bench.timing.measure_checked`).
 DISTURBED_MARK = "⚠"
+#: How a figure came to be marked disturbed, said next to their count: not every one was measured
+#: again (a figure of a busy section is marked without that; the count used to say "each was
+#: measured once more" of all of them)
+DISTURBED_HOW = ("a figure whose samples looked disturbed was measured once more; every figure of a "
+                 "section that ran on a busy machine is marked too")
 
 
 #: Marks a figure withheld: measured, contradicted by the run, kept out of plots and headlines.
@@ -455,8 +460,8 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
         notes.append(f"The machine was busy during {section}: {'; '.join(results['load'][section]['reasons'])}.")
     flagged = disturbed_figures(results)
     if flagged:
-        notes.append(f"{len(flagged)} figure(s) look disturbed (marked {DISTURBED_MARK}; each was measured once "
-                     "more): treat them as upper bounds, not as what the path costs.")
+        notes.append(f"{len(flagged)} figure(s) look disturbed (marked {DISTURBED_MARK}; {DISTURBED_HOW}): treat them "
+                     "as upper bounds, not as what the path costs.")
     warn = "".join(f'<p class="warn">{DISTURBED_MARK} {esc(n)}</p>' for n in notes)
     withheld = withheld_figures(results)
     withheld_html = (f'<h2>Withheld figures</h2><p>{len(withheld)} figure(s) still contradicted the run after '
