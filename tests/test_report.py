@@ -175,7 +175,10 @@ def _snap(wall: float, own: float, la: float, busy: float, total: float, steal: 
 
 @pytest.mark.parametrize("case,after,reason", [
     ("quiet", (10.0, 10.0, 0.1, 10.5, 20.0, 0.0), None),
-    ("load average", (10.0, 10.0, 9.0, 10.5, 20.0, 0.0), "load average 9.0"),
+    # a load average left by work that stopped (it lags a minute) is no busy verdict where the others'
+    # CPU time is counted and was nil; it decides only where that cannot be counted
+    ("load average, others counted", (10.0, 10.0, 9.0, 10.5, 20.0, 0.0), None),
+    ("load average, others not counted", (10.0, 10.0, 9.0, None, None, None), "load average 9.0"),
     ("steal", (10.0, 10.0, 0.1, 10.5, 20.0, 2.0), "CPU steal 10%"),
     ("others", (10.0, 10.0, 0.1, 18.0, 20.0, 0.0), "other processes used 0.8 cores"),
 ])
@@ -401,3 +404,48 @@ def test_throughput_times_numpy_apart_and_waits_out_openblas_after_it(monkeypatc
     monkeypatch.setattr(throughput, "OPENBLAS_SINGLE_THREAD_MNK", 8**3)  # at or below it OpenBLAS runs alone
     throughput.run_throughput([("cpu", ffaccel.open("cpu"))], sizes=(8,), combos=f32, rounds=1, min_sample_s=0.0)
     assert events[:2] == [["numpy"], ["ffaccel cpu"]], events
+
+
+def test_every_figure_of_a_busy_section_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside CPU hogs the figures are steadily slower (tight spread, nothing for a figure's own
+    checks to see) while the section's load record says others used most of the cores: each figure
+    of such a section carries the disturbed mark, with the section's reason (forced here, whatever
+    this machine is doing); a quiet section's figures get no such mark."""
+    import ffaccel.bench.load as load_mod
+    import ffaccel.report.run as run_mod
+    from ffaccel.report.render import dispatch_rows, throughput_rows
+
+    real_between = load_mod.between
+    busy_in = {"dispatch", "throughput", "workload", "peak"}
+    order = iter(["conformance", "dispatch", "peak", "throughput", "workload"])
+
+    def forced(before, after):  # noqa: ANN001, ANN202
+        out = real_between(before, after)
+        busy = next(order) in busy_in - {"dispatch"}  # dispatch stays quiet: its figures are left alone
+        out.update(busy=busy, reasons=["other processes used 1.4 cores"] if busy else [])
+        return out
+
+    monkeypatch.setattr(load_mod, "between", forced)
+    monkeypatch.setattr(run_mod, "check_device", _fake_conformance())
+    res = run_report(_tiny(tmp_path))
+    why = "measured while the machine was busy (other processes used 1.4 cores)"
+    assert res["throughput"] and all(why in p["disturbed"] for p in res["throughput"])
+    assert why in res["peak"]["disturbed"]
+    assert all(why in w["disturbed"]["ffaccel"] and why in w["disturbed"]["numpy"] for w in res["workload"])
+    assert not any(why in p["disturbed"] for p in res["dispatch"]["points"])
+    # shown as such: every published throughput row carries the mark and the reason (a withheld one
+    # shows why it is withheld instead)
+    rows = [row for row, p in zip(throughput_rows(res), res["throughput"]) if not p["withheld"]]
+    assert rows and all(why in row[-1] for row in rows)
+    assert not any(why in row[-1] for row in dispatch_rows(res))
+    # their count says how they came to be marked: these were not measured again
+    from ffaccel.cli.main import _Console
+    from ffaccel.report.terminal import print_summary
+
+    write_outputs(res, tmp_path, pngs={})
+    doc = (tmp_path / "report.html").read_text()
+    console = _Console(width=400, record=True)
+    print_summary(res, console)
+    for text in (doc, console.export_text()):
+        assert "figure(s) look disturbed" in text and "each was measured once more" not in text
+        assert "each measured once more" not in text and "busy machine is marked too" in text

@@ -232,3 +232,61 @@ def test_the_quick_report_times_numpys_f16_at_its_smallest_size_only() -> None:
     assert throughput._numpy_candidate(f16, a, a, 256) is not None
     assert throughput._numpy_candidate(f32, a.astype(np.float32), a.astype(np.float32), 1024,
                                        throughput.QUICK_NUMPY_F16_MAX) is not None
+
+
+def test_a_spikes_re_measurement_leaves_the_other_figures_ratios_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spiked figure is measured again alone with NumPy's @. Its group's other figures must keep
+    their ratio to the NumPy they ran beside: replacing the size's NumPy row with the re-measured one
+    gave them a ratio between two moments (here NumPy took 3 µs beside them and 9 µs later)."""
+    from ffaccel.bench import dispatch
+    from ffaccel.runtime import open_device
+    from ffaccel.report.render import dispatch_pivot, dispatch_rows
+
+    calls: list[set[str]] = []
+
+    def fake_measure_checked(cands, **kw):  # synthetic medians (µs): no timing at all
+        if not cands:  # the PyTorch pass, left out
+            return {}
+        calls.append(set(cands))
+        again = len(calls) > 3  # after the three sizes' groups: the spike's re-measurement
+        us = {"numpy|@|1": 9.0 if again else 3.0, "cpu in-process|matmul|1": 6.0,
+              "cpu in-process|submit|1": 5.5 if again else (100.0 if len(calls) == 2 else 5.0)}
+        return {k: Timing(k, (us.get(k, 4.0) * 1e-6,) * 3) for k in cands}
+
+    monkeypatch.setattr(dispatch, "measure_checked", fake_measure_checked)
+    monkeypatch.setattr(dispatch, "torch_candidates", lambda n: {})
+    dev = open_device("cpu")
+    try:
+        pts = [p.as_dict() for p in dispatch.run_dispatch([("cpu in-process", dev)], sizes=(4, 16, 64), batches=(1,))]
+    finally:
+        dev.close()
+    assert len(calls) == 4 and calls[3] == {"numpy|@|1", "cpu in-process|submit|1"}
+    at16 = {(p["path"], p["method"]): p for p in pts if p["size"] == 16}
+    # NumPy's row is its group's; the re-measured figure carries the NumPy it ran beside
+    assert at16[("numpy", "@")]["per_op_s"] == pytest.approx(3e-6)
+    assert at16[("cpu in-process", "matmul")]["numpy_per_op_s"] == pytest.approx(3e-6)
+    assert at16[("cpu in-process", "submit")]["remeasured"]
+    assert at16[("cpu in-process", "submit")]["numpy_per_op_s"] == pytest.approx(9e-6)
+    rows = {(r[0], r[1], r[3]): r[6] for r in dispatch_rows({"dispatch": {"points": pts}})}
+    assert rows[(16, "cpu in-process", "matmul")] == "2.00x"  # 6 µs beside 3 µs, not 6 / 9
+    assert rows[(16, "cpu in-process", "submit")] == "0.61x"  # 5.5 µs beside 9 µs
+    _, pivot = dispatch_pivot({"dispatch": {"points": pts}})
+    matmul_row = next(r for r in pivot if r[:2] == ["cpu in-process", "matmul"])
+    assert matmul_row[4] == "6.00 (2.0x)"
+
+
+def test_the_overhead_answer_from_a_disturbed_figure_is_marked() -> None:
+    """The overhead table's per-op cost is a dispatch figure: when that figure is marked disturbed
+    (on a busy machine, every one is), its row must say so, in results.json and in the table, not
+    present it as a quiet measurement; a quiet figure's row has no mark."""
+    from ffaccel.bench.overhead import overhead_section
+    from ffaccel.report.render import DISTURBED_MARK, overhead_table
+
+    busy = "measured while the machine was busy (other processes used 1.4 cores)"
+    pts = [{"path": "cpu in-process", "method": "submit", "batch": b, "size": 4, "per_op_s": c * 1e-6,
+            "withheld": [], "disturbed": d} for b, c, d in ((1, 10.0, [busy]), (64, 2.0, []))]
+    ov = overhead_section(pts)
+    assert [r["disturbed"] for r in ov["rows"]] == [[busy], []]
+    for short in (True, False):
+        _, rows = overhead_table({"overhead": ov}, short=short)
+        assert rows[0][2] == f"10.0 {DISTURBED_MARK}" and rows[1][2] == "2.0"

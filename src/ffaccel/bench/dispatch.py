@@ -54,6 +54,10 @@ class DispatchPoint:
     combo: str = "f32xf32->f32->f32"
     #: reasons this figure is not published beyond the timing's own (see :mod:`ffaccel.bench.consistency`)
     withheld: tuple[str, ...] = ()
+    #: NumPy's ``@`` per operation measured side by side with this figure (its group, or its spike's
+    #: re-measurement), None where that NumPy figure was withheld: the ratio's denominator. A size's
+    #: published NumPy row is its whole group's; a figure measured again alone has NumPy of its own.
+    numpy_per_op_s: float | None = None
 
     @property
     def per_op_s(self) -> float:
@@ -63,7 +67,7 @@ class DispatchPoint:
         t = {k: v for k, v in self.timing.as_dict().items() if k != "name"}
         t["withheld"] = [*t["withheld"], *self.withheld]
         return {"path": self.path, "method": self.method, "size": self.size, "batch": self.batch,
-                "combo": self.combo, "per_op_s": self.per_op_s, **t}
+                "combo": self.combo, "per_op_s": self.per_op_s, "numpy_per_op_s": self.numpy_per_op_s, **t}
 
 
 def dispatch_combo(dev: Device) -> GemmCombo | None:
@@ -190,11 +194,13 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
         if only is None or "torch|mm|1" in only:
             timings.update(measure_checked(torch_candidates(n), rounds=rounds, min_sample_s=min_sample_s,
                                            check=lambda t: _implausible(t, numpy_s)))
+        ref = timings["numpy|@|1"]
+        ref_s = None if ref.withheld else ref.median_s
         out = []
         for key, t in timings.items():
             path, method, batch = key.split("|")
             combo = combos[path].name if path in combos else "f32xf32->f32->f32"
-            out.append(DispatchPoint(path, method, n, int(batch), t, combo))
+            out.append(DispatchPoint(path, method, n, int(batch), t, combo, numpy_per_op_s=ref_s))
         return out
 
     by_size = {n: one_size(n) for n in sizes}
@@ -204,9 +210,13 @@ def run_dispatch(paths: Sequence[tuple[str, Device]], sizes: Sequence[int] = SIZ
         # group again would cost seconds on a busy machine, where spikes are many)
         keys = {f"{path}|{method}|{batch}" for path, method, batch, size in spiked if size == n}
         again = {f"{p.path}|{p.method}|{p.batch}": p for p in one_size(n, keys)}
+        # NumPy's row stays the whole group's (unless NumPy itself spiked): the figures not measured
+        # again keep their ratio to the NumPy they ran beside, the re-measured ones carry the NumPy
+        # of their own re-measurement (replacing the row made every other path's ratio mix two
+        # measurements taken at different moments, on a busy machine 2x apart)
         by_size[n] = [replace(again[k], timing=replace(again[k].timing, remeasured=True,
                                                        first_median_s=p.timing.median_s))
-                      if (k := f"{p.path}|{p.method}|{p.batch}") in keys or k == "numpy|@|1" else p
+                      if (k := f"{p.path}|{p.method}|{p.batch}") in keys else p
                       for p in by_size[n]]
     spikes = _spikes(by_size)
     return [replace(p, withheld=tuple(spikes.get((p.path, p.method, p.batch, p.size), ())))

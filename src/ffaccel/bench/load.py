@@ -10,8 +10,10 @@ the report records, from Linux's own accounting:
   in cores on average over the section;
 * the run's own CPU time against wall time.
 
-A section is *busy* when the load average exceeded the cores, steal exceeded
-``STEAL_LIMIT``, or other processes used more than ``OTHERS_LIMIT`` cores on average.
+A section is *busy* when steal exceeded ``STEAL_LIMIT`` or other processes used more than
+``OTHERS_LIMIT`` cores on average; where the others' CPU time cannot be counted, when the load
+average exceeded the cores (it lags a minute behind and counts the run's own threads, so it is
+recorded, not used, where the others' time is known).
 The counters come from psutil (``/proc/stat`` and ``/proc/PID/stat`` on Linux); a figure a
 system does not count (steal outside Linux guests) is ``None``, never guessed.
 """
@@ -117,7 +119,11 @@ def between(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         out["others_cores"] = min(others, float(cores))  # never more than the machine has
     reasons = []
     peak_load = max((la[0] for la in (before.loadavg, after.loadavg) if la is not None), default=None)
-    if peak_load is not None and peak_load > cores:
+    # the load average decides only where the others' CPU time cannot be counted: it is a 1-minute
+    # average that counts this run's own threads and lags behind the machine by a minute (a quiet
+    # section right after CPU hogs stopped read "load average 7.4 on 2 cores"), while the busy CPU
+    # time of the others is what the section itself saw
+    if peak_load is not None and peak_load > cores and out["others_cores"] is None:
         reasons.append(f"load average {peak_load:.1f} on {cores} cores")
     if out["steal_fraction"] is not None and out["steal_fraction"] > STEAL_LIMIT:
         reasons.append(f"CPU steal {out['steal_fraction']:.0%}")

@@ -99,7 +99,7 @@ def overhead_rows(points: Sequence[dict[str, Any]], presets: Sequence[DevicePres
 
     ``points`` are the dispatch section's points (``DispatchPoint.as_dict()``); each row uses
     the smallest size measured, where the GEMM's own work is least. A withheld figure gives a
-    row without thresholds, with the reason.
+    row without thresholds, with the reason; a disturbed one keeps its reasons (``disturbed``).
     """
     baselines = ("numpy", "torch")
     pts = [p for p in points if p["path"] not in baselines]
@@ -119,7 +119,10 @@ def overhead_rows(points: Sequence[dict[str, Any]], presets: Sequence[DevicePres
                 continue
             row: dict[str, Any] = {"path": path, "method": method, "batch": p["batch"], "what": what,
                                    "size": size, "combo": p.get("combo"), "per_op_s": p["per_op_s"],
-                                   "withheld": list(p.get("withheld") or []), "presets": {}}
+                                   "withheld": list(p.get("withheld") or []), "presets": {},
+                                   # the thresholds are worked out from a disturbed figure too (the
+                                   # answer is an upper bound), but the row says so: it is not a quiet one
+                                   "disturbed": list(p.get("disturbed") or [])}
             if not row["withheld"]:
                 row["presets"] = {pr.name: {"square_n": smallest_square(p["per_op_s"], pr, share),
                                             "batch1_n": smallest_batch1(p["per_op_s"], pr, share)}

@@ -279,6 +279,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 #: Marks a figure flagged as disturbed (see :func:`ffaccel.bench.timing.measure_checked`).
 DISTURBED_MARK = "⚠"
+#: How a figure came to be marked disturbed, said next to their count: not every one was measured
+#: again (a figure of a busy section is marked without that; the count used to say "each was
+#: measured once more" of all of them)
+DISTURBED_HOW = ("a figure whose samples looked disturbed was measured once more; every figure of a "
+                 "section that ran on a busy machine is marked too")
 
 
 #: Marks a figure withheld: measured, contradicted by the run, kept out of plots and headlines.
@@ -298,13 +303,22 @@ def _cell_mark(p: dict[str, Any]) -> str:
     return f" {WITHHELD_MARK}" if p.get("withheld") else (f" {DISTURBED_MARK}" if p.get("disturbed") else "")
 
 
+def numpy_ref_s(p: dict[str, Any], pts: list[dict[str, Any]]) -> float | None:
+    """NumPy's ``@`` per operation that a dispatch figure's ratio is taken against: the one measured
+    side by side with it (``numpy_per_op_s``; None where that one was withheld). Results written
+    before that field existed fall back to the size's published NumPy row."""
+    if "numpy_per_op_s" in p:
+        return p["numpy_per_op_s"]
+    return next((q["per_op_s"] for q in pts if q["path"] == "numpy" and q["size"] == p["size"] and published(q)), None)
+
+
 def dispatch_rows(results: dict[str, Any]) -> list[list[Any]]:
     """(size, path, GEMM, method, batch, per-op µs, ratio to NumPy's f32 @ at that size, note) rows."""
     pts = results["dispatch"]["points"]
-    numpy_at = {p["size"]: p["per_op_s"] for p in pts if p["path"] == "numpy" and published(p)}
     rows = []
     for p in sorted(pts, key=lambda p: (p["size"], p["path"], p["method"], p["batch"])):
-        ratio = f"{p['per_op_s'] / numpy_at[p['size']]:.2f}x" if p["size"] in numpy_at and published(p) else "-"
+        ref = numpy_ref_s(p, pts)
+        ratio = f"{p['per_op_s'] / ref:.2f}x" if ref and published(p) else "-"
         rows.append([p["size"], p["path"], p.get("combo", ""), p["method"], p["batch"], f"{p['per_op_s'] * 1e6:.2f}",
                      ratio, _mark(p)])
     return rows
@@ -318,10 +332,10 @@ def dispatch_pivot(results: dict[str, Any]) -> tuple[list[int], list[list[str]]]
     """
     pts = results["dispatch"]["points"]
     sizes = sorted({p["size"] for p in pts})
-    numpy_at = {p["size"]: p["per_op_s"] for p in pts if p["path"] == "numpy" and published(p)}
     cells: dict[tuple[str, str, int], dict[int, str]] = defaultdict(dict)
     for p in pts:
-        ratio = f" ({p['per_op_s'] / numpy_at[p['size']]:.1f}x)" if p["size"] in numpy_at and published(p) else ""
+        ref = numpy_ref_s(p, pts)
+        ratio = f" ({p['per_op_s'] / ref:.1f}x)" if ref and published(p) else ""
         cells[(p["path"], p["method"], p["batch"])][p["size"]] = f"{p['per_op_s'] * 1e6:.2f}{ratio}{_cell_mark(p)}"
     baselines = ("numpy", "torch")
     order = sorted(cells, key=lambda k: (k[0] not in baselines, k[0], k[1], k[2]))
@@ -419,7 +433,8 @@ def overhead_table(results: dict[str, Any], short: bool = False) -> tuple[list[s
         for p in presets:
             sq, m1 = r["presets"][p["name"]]["square_n"], r["presets"][p["name"]]["batch1_n"]
             cells.append(f"{sq:,} / {m1:,}" if short else f"n >= {sq:,}; m=1: n >= {m1:,}")
-        rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f}", *cells])
+        mark = f" {DISTURBED_MARK}" if r.get("disturbed") else ""  # its dispatch figure's mark, carried over
+        rows.append([r["path"], label, f"{r['per_op_s'] * 1e6:.1f}{mark}", *cells])
     return header, rows
 
 
@@ -445,8 +460,8 @@ def write_outputs(results: dict[str, Any], out: Path, pngs: dict[str, bytes] | N
         notes.append(f"The machine was busy during {section}: {'; '.join(results['load'][section]['reasons'])}.")
     flagged = disturbed_figures(results)
     if flagged:
-        notes.append(f"{len(flagged)} figure(s) look disturbed (marked {DISTURBED_MARK}; each was measured once "
-                     "more): treat them as upper bounds, not as what the path costs.")
+        notes.append(f"{len(flagged)} figure(s) look disturbed (marked {DISTURBED_MARK}; {DISTURBED_HOW}): treat them "
+                     "as upper bounds, not as what the path costs.")
     warn = "".join(f'<p class="warn">{DISTURBED_MARK} {esc(n)}</p>' for n in notes)
     withheld = withheld_figures(results)
     withheld_html = (f'<h2>Withheld figures</h2><p>{len(withheld)} figure(s) still contradicted the run after '

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..bench.consistency import MEASURED_AGAIN
-from .render import (DISTURBED_MARK, WITHHELD_MARK, breakdown_rows, consistency_text, dispatch_combos_text,
+from .render import (DISTURBED_HOW, DISTURBED_MARK, WITHHELD_MARK, breakdown_rows, consistency_text, dispatch_combos_text,
                      dispatch_pivot, load_rows, overhead_table, unserved_lines, workload_headline)
 from .run import SECTIONS, ReportProgress, disturbed_figures, published, withheld_figures
 
@@ -134,8 +134,7 @@ def print_summary(results: dict[str, Any], console: Console) -> None:
                           + escape("; ".join(results["load"][section]["reasons"])), highlight=False)
         if flagged:
             console.print(f"[yellow]{DISTURBED_MARK} {len(flagged)} figure(s) look disturbed[/] (marked "
-                          f"{DISTURBED_MARK}, each measured once more; see the report): treat them as upper bounds",
-                          highlight=False)
+                          f"{DISTURBED_MARK}; {DISTURBED_HOW}): treat them as upper bounds", highlight=False)
 
 
 def print_report(results: dict[str, Any], console: Console) -> None:
