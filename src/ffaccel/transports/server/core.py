@@ -183,13 +183,8 @@ class Client:
                         if self.failures:
                             self.raise_failure(engine, value, value)
                         return engine, value
-            session = self.session
-            engine, runs, waits = session.plan(raw)
-            value = session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
-            self._engines[engine].submit(self, value, runs, waits)
-            if self.failures:
-                self.raise_failure(engine, value, value)
-            return engine, value
+            engine, runs, waits = self.session.plan(raw)
+            return self._enqueue(engine, runs, waits)
         finally:
             lock.release()
 
@@ -201,8 +196,8 @@ class Client:
     def _enqueue(self, engine: Engine, runs: RunBlock, waits: tuple[tuple[Engine, int], ...]
                  ) -> tuple[Engine, int]:
         value = self.session.assign(engine, runs)  # counted there (STATS and USAGE read the counts)
-        self.server.engines[engine].submit(self, value, runs, waits)
-        if self.failures:
+        self._engines[engine].submit(self, value, runs, waits)
+        if self.failures:  # it ran inline and failed: this submission's answer is the error (see failed)
             self.raise_failure(engine, value, value)
         return engine, value
 
