@@ -583,6 +583,35 @@ def test_a_row_the_mask_hides_whole_gives_zeros_as_in_stock(interception: str, s
         torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("softmax", ["numpy", "torch"])
+@pytest.mark.parametrize("hidden_by", ["finfo.min", "-inf", "far below"])
+def test_keys_the_softmax_weighs_zero_add_nothing_to_the_output(hidden_by: str, softmax: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys a padding mask hides (PyTorch's ``finfo.min`` or -inf), or whose score sits far below the
+    row's best (its exp underflows), add nothing: their values, here 1e30, must not reach the
+    output or the log-sum-exp. The fast path's PyTorch softmax clamps such scores to skip the slow
+    exp of an underflow (``_EXP_FLOOR``): a clamp without zeroing their terms after it fails here."""
+    monkeypatch.setattr(linear, "SOFTMAX_TORCH_MIN_ELEMENTS", 0 if softmax == "torch" else 1 << 62)
+    g = torch.Generator().manual_seed(17)
+    b, h, n, s, e = 2, 3, 5, 7, 8
+    q, k, v = torch.randn(b, h, n, e, generator=g), torch.randn(b, h, s, e, generator=g), torch.randn(b, h, s, e, generator=g)
+    mask = torch.zeros(b, 1, 1, s)
+    if hidden_by == "far below":
+        q = q.abs() + 1.0
+        k[..., -2:, :] = -60.0  # the last two keys score < -160 (the others > -30): far below the best
+    else:
+        mask[..., -2:] = float("-inf") if hidden_by == "-inf" else torch.finfo(torch.float32).min
+    v[..., -2:, :] = 1e30
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    want_out, want_lse = op(q, k, v, attn_mask=mask)
+    assert want_out.abs().max() < 100  # the hidden values reach nothing in PyTorch's own kernel either
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        got_out, got_lse = op(q, k, v, attn_mask=mask)
+    assert session.stats["offloaded_calls"] == 1 and session.stats["host_calls"] == 0, session.stats
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("key_heads", [1, 2])
 def test_grouped_query_attention_is_offloaded_as_the_kernel_groups_it(key_heads: int) -> None:
     """``F.scaled_dot_product_attention(..., enable_gqa=True)`` reaches PyTorch's CPU kernel as a
