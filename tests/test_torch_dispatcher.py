@@ -554,12 +554,13 @@ def test_the_attention_kernel_called_directly_refuses_what_pytorchs_refuses(case
 @pytest.mark.parametrize("interception", ["dispatcher", "function"])
 @pytest.mark.parametrize("size", ["numpy-softmax", "torch-softmax"])
 @pytest.mark.parametrize("kind", ["float", "bool"])
-def test_a_row_the_mask_hides_whole_gives_zeros_as_in_stock(interception: str, size: str, kind: str) -> None:
+def test_a_row_the_mask_hides_whole_gives_zeros_as_in_stock(interception: str, size: str, kind: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A query row whose every key is masked (left padding, a padded query) gets output 0 and a
     log-sum-exp of 0 from PyTorch's CPU kernel; offload must give the same, not NaN, and warn of
-    nothing. Both softmax implementations of the fast path, and the generic path (function mode)."""
+    nothing. Both softmax implementations of the fast path (forced), and the generic path (function mode)."""
+    monkeypatch.setattr(linear, "SOFTMAX_TORCH_MIN_ELEMENTS", 1 << 62 if size == "numpy-softmax" else 0)
     b, h, n, e, s = (1, 2, 3, 4, 5) if size == "numpy-softmax" else (2, 8, 64, 16, 64)
-    assert (b * h * n * s >= linear.SOFTMAX_TORCH_MIN_ELEMENTS) == (size == "torch-softmax")
     g = torch.Generator().manual_seed(11)
     q, k, v = (torch.randn(b, h, x, e, generator=g) for x in (n, s, s))
     additive = torch.zeros(b, 1, n, s)
@@ -581,6 +582,31 @@ def test_a_row_the_mask_hides_whole_gives_zeros_as_in_stock(interception: str, s
     torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
     if interception == "dispatcher":  # (the function mode hands this aten call to PyTorch's own kernel)
         torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_the_softmax_crossover_is_measured_at_the_first_attention_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which softmax the fast path runs (NumPy's calls or PyTorch's passes) depends on the CPU's
+    vector units and each library's exp, so the size where PyTorch's starts to win is measured on
+    the running machine at the first call, once, and kept; the answer is a size, not a constant."""
+    monkeypatch.setattr(linear, "SOFTMAX_TORCH_MIN_ELEMENTS", None)
+    q = torch.randn(1, 2, 3, 4)
+    with torch.no_grad(), ffaccel.torch.offload("cpu") as session:
+        got = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert session.stats["offloaded_calls"] == 1
+    torch.testing.assert_close(got, torch.nn.functional.scaled_dot_product_attention(q, q, q), rtol=1e-5, atol=1e-5)
+    measured = linear.SOFTMAX_TORCH_MIN_ELEMENTS
+    assert isinstance(measured, int) and 0 <= measured <= 1 << 62
+    assert linear.softmax_torch_min_elements() >= 0  # measuring again gives a size too
+
+
+@pytest.mark.parametrize("numpy_line, torch_line, want", [
+    ((2.0 ** -20, 2.0 ** -29), (2.0 ** -19, 2.0 ** -30), 1024),  # dearer per call, cheaper per element: they meet
+    ((1e-6, 2e-9), (1e-6, 1e-9), 0),  # no dearer either way: from the start
+    ((2e-6, 2e-9), (1e-6, 3e-9), 1 << 62),  # dearer per element: never
+    ((1e-6, 1e-9), (2e-6, 1e-9), 1 << 62),  # equal per element, dearer per call: never
+])
+def test_the_softmax_crossover_is_where_the_cost_lines_meet(numpy_line: tuple, torch_line: tuple, want: int) -> None:
+    assert linear.crossover_elements(numpy_line, torch_line) == want
 
 
 @pytest.mark.parametrize("softmax", ["numpy", "torch"])

@@ -7,6 +7,7 @@ it) and the call's ``func, args, kwargs``; it returns the result or raises :clas
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -345,43 +346,11 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
         # A row the mask hides whole (every score -inf) gets probabilities 0 and a log-sum-exp of 0, as
         # PyTorch's kernel gives it (its output row is 0), not exp(-inf - -inf) = NaN: its max and its
         # sum are set to 0 and 1 (only with a mask: without one a row is -inf only for -inf inputs).
-        if s.size >= SOFTMAX_TORCH_MIN_ELEMENTS:  # PyTorch's vectorized passes, in place on the same memory
-            st = torch.from_numpy(s)
-            top = st.amax(-1, keepdim=True)
-            hidden = top.isneginf() if mask is not None else None
-            if hidden is not None:
-                top.masked_fill_(hidden, 0.0)
-            st.sub_(top)
-            if fold:
-                st.mul_(scale)
-                top.mul_(scale)
-            # exp of what underflows (a padding mask's -inf or finfo.min, or a score far below its
-            # row's max) costs PyTorch 5-40x an ordinary exp (AVX2, 27,744 scores: 33 µs in range,
-            # 88-440 µs masked): exp of the floor instead, then those terms set to the 0 they are
-            st.clamp_min_(_EXP_FLOOR).exp_()
-            torch.threshold_(st, _EXP_ZERO_UP_TO, 0.0)
-            total = st.sum(-1, keepdim=True)
-            if hidden is not None:
-                total.masked_fill_(hidden, 1.0)
-            st.div_(total)
-            lse = total.log_().add_(top).squeeze_(-1)
-        else:
-            top = s.max(-1, keepdims=True)
-            hidden = np.isneginf(top) if mask is not None else None
-            if hidden is not None:
-                top[hidden] = 0.0
-            s -= top
-            if fold:
-                s *= scale
-                top *= scale
-            np.exp(s, out=s)
-            total = s.sum(-1, keepdims=True)
-            if hidden is not None:
-                total[hidden] = 1.0
-            s /= total
-            np.log(total, out=total)
-            total += top
-            lse = torch.from_numpy(total.reshape(total.shape[:-1]))
+        limit = SOFTMAX_TORCH_MIN_ELEMENTS
+        if limit is None:
+            limit = softmax_torch_min_elements()
+        softmax = _softmax_lse_torch if s.size >= limit else _softmax_lse_numpy
+        lse = softmax(s, mask is not None, scale if fold else None)
         out = torch.from_numpy(device_matmul(s, vn, device=m.dev))
         like = _query_layout(q, (*qs[:-1], vs[-1]))  # the kernel's own output layout (see above)
         if like is not None:
@@ -390,6 +359,101 @@ def fast_sdpa(m: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Te
         return None
     count(m.stats, True, 2 * (qn.size // e) * ks[-2] * (e + vs[-1]))
     return out, lse
+
+
+def _softmax_lse_torch(s: np.ndarray, masked: bool, scale: float | None) -> torch.Tensor:
+    """``s`` (scores, rows along the last axis) replaced in place by ``softmax(scale * s)`` and the
+    rows' log-sum-exp returned, in PyTorch's vectorized passes (see :func:`fast_sdpa`). ``masked``:
+    a row may be -inf throughout (probabilities 0, log-sum-exp 0); ``scale``: None when already applied."""
+    st = torch.from_numpy(s)
+    top = st.amax(-1, keepdim=True)
+    hidden = top.isneginf() if masked else None
+    if hidden is not None:
+        top.masked_fill_(hidden, 0.0)
+    st.sub_(top)
+    if scale is not None:
+        st.mul_(scale)
+        top.mul_(scale)
+    # exp of what underflows (a padding mask's -inf or finfo.min, or a score far below its row's
+    # max) costs PyTorch 5-40x an ordinary exp (AVX2, 27,744 scores: 33 µs in range, 88-440 µs
+    # masked): exp of the floor instead, then those terms set to the 0 they are
+    st.clamp_min_(_EXP_FLOOR).exp_()
+    torch.threshold_(st, _EXP_ZERO_UP_TO, 0.0)
+    total = st.sum(-1, keepdim=True)
+    if hidden is not None:
+        total.masked_fill_(hidden, 1.0)
+    st.div_(total)
+    return total.log_().add_(top).squeeze_(-1)
+
+
+def _softmax_lse_numpy(s: np.ndarray, masked: bool, scale: float | None) -> torch.Tensor:
+    """As :func:`_softmax_lse_torch`, in NumPy's calls (~1 µs less per call, slower per element)."""
+    top = s.max(-1, keepdims=True)
+    hidden = np.isneginf(top) if masked else None
+    if hidden is not None:
+        top[hidden] = 0.0
+    s -= top
+    if scale is not None:
+        s *= scale
+        top *= scale
+    np.exp(s, out=s)
+    total = s.sum(-1, keepdims=True)
+    if hidden is not None:
+        total[hidden] = 1.0
+    s /= total
+    np.log(total, out=total)
+    total += top
+    return torch.from_numpy(total.reshape(total.shape[:-1]))
+
+
+def softmax_torch_min_elements() -> int:
+    """:data:`SOFTMAX_TORCH_MIN_ELEMENTS`, measured on this machine at its first use (once a process).
+
+    Both softmax implementations timed (wall clock, so PyTorch's own threads count; the best of 5
+    rounds of a few calls, which drops a round another process interrupted) on
+    masked scores of a decode step (4 x 1 x 48) and of a small encoder batch (4 x 4 x 32 x 64); each
+    cost taken as per-call + per-element, the crossover is where the lines meet (PyTorch from 0
+    when it is cheaper at both sizes, never when dearer at both). 20-30 ms once; only speed depends
+    on the answer, and scores near the crossover cost about the same either way. AMD EPYC (AVX2), one
+    thread: 14,000-26,000 elements in four processes (a constant 8,192 before, measured unmasked)."""
+    global SOFTMAX_TORCH_MIN_ELEMENTS
+    rng = np.random.default_rng(0)
+    costs = {}
+    for shape in ((4, 1, 48), (4, 4, 32, 64)):
+        src = rng.standard_normal(shape, dtype=np.float32)
+        src[..., -shape[-1] // 4:] = np.finfo(np.float32).min  # a padding mask's share of the keys
+        work = np.empty_like(src)
+        for impl in (_softmax_lse_numpy, _softmax_lse_torch):
+            best = math.inf
+            calls = 4 if src.size > 4096 else 30
+            for _ in range(5):
+                t = time.perf_counter()
+                for _ in range(calls):
+                    np.copyto(work, src)
+                    impl(work, True, 0.125)
+                best = min(best, (time.perf_counter() - t) / calls)
+            costs[impl, src.size] = best
+    (n_small, n_large) = sorted({n for _, n in costs})
+    line = {}
+    for impl in (_softmax_lse_numpy, _softmax_lse_torch):
+        per_element = (costs[impl, n_large] - costs[impl, n_small]) / (n_large - n_small)
+        line[impl] = (costs[impl, n_small] - per_element * n_small, per_element)
+    limit = crossover_elements(line[_softmax_lse_numpy], line[_softmax_lse_torch])
+    SOFTMAX_TORCH_MIN_ELEMENTS = limit
+    return limit
+
+
+def crossover_elements(first: tuple[float, float], second: tuple[float, float]) -> int:
+    """The size (elements) from which ``second`` costs no more than ``first``, each cost a line
+    (seconds per call, seconds per element): 0 when ``second`` is no dearer either way, ``1 << 62``
+    (never) when it is dearer per element (dearer per call too, or cheaper per call only: then
+    ``first`` is kept throughout, the sizes it loses being the small ones where either is cheap)."""
+    (call_1, element_1), (call_2, element_2) = first, second
+    if call_2 <= call_1 and element_2 <= element_1:
+        return 0
+    if element_2 >= element_1:
+        return 1 << 62
+    return min(1 << 62, math.ceil((call_2 - call_1) / (element_1 - element_2)))
 
 
 def _row_major(a: np.ndarray) -> np.ndarray:
@@ -413,10 +477,11 @@ def _plain_mask(mask: Any, scores_shape: tuple[int, ...]) -> bool:
 
 
 #: scores (elements) from which :func:`fast_sdpa` runs its softmax as PyTorch's in-place passes rather
-#: than NumPy's: NumPy's call costs ~1 µs less, PyTorch's pass ~1.6 ns an element less (AMD EPYC,
-#: one thread: 8x4x64x64 scores 230 against 440 µs; a decode's 1x4x1x40, 9 against 12 µs). Only
-#: speed depends on it; tests force both sides.
-SOFTMAX_TORCH_MIN_ELEMENTS = 8192
+#: than NumPy's: NumPy's call costs ~1 µs less, PyTorch's pass less per element (AMD EPYC, AVX2, one
+#: thread: 8x4x64x64 scores 230 against 440 µs; a decode's 1x4x1x40, 9 against 12 µs). Both depend
+#: on the CPU's vector units and each library's exp, so None: measured at first use
+#: (:func:`softmax_torch_min_elements`). Only speed depends on it; tests force both sides.
+SOFTMAX_TORCH_MIN_ELEMENTS: int | None = None
 #: :func:`fast_sdpa`'s PyTorch softmax gives a (scaled, max-shifted) score below -79 the weight 0:
 #: its term, < 5e-35 against the row's largest (1), is 27 orders below f32's resolution, and PyTorch's
 #: exp of what underflows takes a slow path; scores are clamped to the floor (exp(-80) is a normal
