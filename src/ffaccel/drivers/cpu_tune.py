@@ -82,6 +82,11 @@ def machine_key() -> dict[str, str]:
     except OSError:  # pragma: no cover - not Linux
         pass
     key = {"cpu": model, "flags": flags, "numpy": np.__version__}
+    # threadpoolctl lists the BLAS libraries loaded so far: SciPy's (the cpu driver's) is loaded
+    # here first, or a key computed before the driver was imported (`ffaccel serve` and `report`
+    # check the cache at start) would differ from the one the pass saved under, and every start
+    # would measure again
+    import scipy.linalg.blas  # noqa: F401
     try:
         from threadpoolctl import threadpool_info
 
