@@ -173,6 +173,21 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     if args.driver.partition(":")[0] not in targets:  # "npu:preset=rk3588": options go to the driver
         raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: no such driver; installed drivers: "
                                        f"{', '.join(targets)}")
+    # every argument is checked before anything slow (the kernel table is measured below) or visible
+    if not 0 <= args.ring_poll_us <= MAX_POLL_US:
+        raise CommandError(Exit.USAGE, f"--ring-poll-us {args.ring_poll_us}: allowed an integer in "
+                                       f"[0, {MAX_POLL_US}] microseconds")
+    # --max-client-memory is the limit max_memory_bytes: checked by the same table
+    extra = []
+    if args.max_client_memory is not None:
+        if any(item.partition("=")[0].strip().replace("-", "_") == "max_memory_bytes" for item in args.limit):
+            raise CommandError(Exit.USAGE, "--max-client-memory and --limit max_memory_bytes=... set the same "
+                                           "limit; give one of them")
+        if args.max_client_memory < 0:
+            raise CommandError(Exit.USAGE, f"--max-client-memory {args.max_client_memory}: allowed an integer "
+                                           ">= 0 (bytes)")
+        extra = [f"max_memory_bytes={args.max_client_memory}"]
+    session_limits, server_limits = limits_from_overrides([*args.limit, *extra])
     where = args.socket or "the default socket"
     if args.socket is not None:
         folder = os.path.dirname(os.path.abspath(args.socket))
@@ -199,12 +214,6 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
                                          f"STATUS=serving {args.driver} on {srv.socket_path}")
 
     try:
-        # --max-client-memory is the limit max_memory_bytes: checked by the same table, before anything starts
-        extra = [] if args.max_client_memory is None else [f"max_memory_bytes={args.max_client_memory}"]
-        if not 0 <= args.ring_poll_us <= MAX_POLL_US:
-            raise CommandError(Exit.USAGE, f"--ring-poll-us {args.ring_poll_us}: allowed an integer in "
-                                           f"[0, {MAX_POLL_US}] microseconds")
-        session_limits, server_limits = limits_from_overrides([*args.limit, *extra])
         return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us,
                      session_limits=session_limits, limits=server_limits, ready=ready)
     except OSError as e:  # socket in use, path refused...: the server says why, we say where
