@@ -131,7 +131,9 @@ def test_server_oserrors_become_one_line(capsys: pytest.CaptureFixture[str], mon
     sock = str(tmp_path / "s.sock")
     for exc, status in ((OSError("the server's socket could not be set up"), Exit.DEVICE),
                         (PermissionError(13, "Permission denied", sock), Exit.USAGE),
-                        (FileExistsError(17, "File exists", sock), Exit.USAGE)):
+                        (FileExistsError(17, "File exists", sock), Exit.USAGE),
+                        (OSError(36, "File name too long", sock), Exit.USAGE),  # ENAMETOOLONG: the path itself
+                        (OSError(40, "Too many levels of symbolic links", sock), Exit.USAGE)):  # ELOOP
         def fail(*_: object, exc: BaseException = exc, **__: object) -> int:
             raise exc
 

@@ -9,6 +9,7 @@ there is one, what to do) and a status from :class:`Exit`; ``--debug`` (or
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -62,6 +63,8 @@ _DEVICE_CODES = frozenset({ErrorCode.DEVICE_LOST, ErrorCode.TIMEOUT, ErrorCode.O
                            ErrorCode.ABI_VERSION_MISMATCH, ErrorCode.UNSUPPORTED})
 #: OSErrors about a path the user gave (bad input), as opposed to a resource in use.
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+#: errno values of an OSError that also say the path itself is unusable (they have no subclass).
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS})
 
 
 class CommandError(Exception):
@@ -91,7 +94,7 @@ def status_of(exc: BaseException) -> Exit:
         return Exit.INTERRUPTED
     if isinstance(exc, Terminated):
         return Exit.TERMINATED
-    if isinstance(exc, _PATH_ERRORS):
+    if isinstance(exc, _PATH_ERRORS) or (isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS):
         return Exit.USAGE
     if isinstance(exc, OSError):
         return Exit.DEVICE
