@@ -146,6 +146,20 @@ def test_server_oserrors_become_one_line(capsys: pytest.CaptureFixture[str], mon
 # -- output paths are checked before a run ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("argv", [["report", "--out", ""], ["conformance", "ref", "--report", ""],
+                                  ["serve", "--socket", ""], ["serve", "--ready-file", " "],
+                                  ["build-c", "--out", ""], ["build-c", "--out", "x", "--cc", ""]])
+def test_an_empty_path_is_refused_not_read_as_a_default(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out "$DIR"`` with DIR unset: Path("") is the current folder, and ``--socket ""`` was the
+    default socket, ``--report ""`` no report at all; each is refused at parse time, naming the option."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == Exit.USAGE
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"argument {next(a for a in reversed(argv) if a.startswith('--'))}: an empty value" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def _never(*_: object, **__: object) -> None:
     raise AssertionError("the run started although its output cannot be written")
 

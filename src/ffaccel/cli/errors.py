@@ -67,6 +67,19 @@ _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permis
 _PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS})
 
 
+def nonempty(value: str) -> str:
+    """An argparse ``type`` for a path or command: an empty value is refused at parse time.
+
+    ``--out "$DIR"`` with DIR unset must not mean the current folder (Path("") is "."), and
+    ``--socket ""`` must not quietly mean the default socket.
+    """
+    if not value.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError("an empty value; give a path or a name")
+    return value
+
+
 class CommandError(Exception):
     """An error the command line reports as one line with a given exit status.
 

@@ -59,6 +59,8 @@ def _check_names(folder: Path, names: Iterable[str], param: str) -> None:
             if not path.is_file():
                 raise _unwritable(param, path, "it exists and is not a regular file")
             continue
+        if os.path.islink(path):  # a dangling link: replaced by the rename like a file
+            continue
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
