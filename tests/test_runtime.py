@@ -93,6 +93,24 @@ def test_closed_device_reports_device_lost() -> None:
     assert e.value.code == ErrorCode.DEVICE_LOST
 
 
+def test_what_is_not_a_command_or_an_operand_is_named(dev: ffaccel.Device) -> None:
+    """Misused device API calls were AttributeErrors ('int' object has no attribute 'encode'), or
+    named the wrong field (an operand that is not a Matrix was reported as a bad opcode)."""
+    buf = dev.alloc(64)
+    m = buf.matrix(np.float32, 4, 4)
+    for commands, param in (([1], "opcode"), ([None], "opcode"), ((c for c in [3]), "opcode"),
+                            ([Gemm(m=4, n=4, k=4, a="x", b=m, d=m)], "a"),
+                            ([Gemm(m=4, n=4, k=4, a=m, b=m, d=m, epilogue=[3])], "epilogue[0]"),
+                            ([Copy(src=m, dst=3)], "dst"), ([Copy(src=None, dst=m)], "src")):
+        with pytest.raises(ffaccel.FFAccelError) as e:
+            dev.submit(commands)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, param), e.value
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        buf.write("abcd")  # the str's code points are not data
+    assert e.value.param == "data.dtype"
+    assert not buf.read(np.uint8, 64).any()  # nothing was written
+
+
 def test_matmul_accepts_device_object_and_name(dev: ffaccel.Device) -> None:
     a = np.eye(3, dtype=np.float64)
     np.testing.assert_array_equal(ffaccel.matmul(a, a, device=dev), a)

@@ -173,6 +173,7 @@ class Gemm:
                                for p in self.epilogue), self.user_data)
 
     def fields(self) -> dict[str, int]:
+        ops = {name: _operand(getattr(self, name), name) for name in ("a", "b", "c", "d")}
         acc = self.acc_dtype
         if acc is None:
             acc = _default_acc(self.a.dtype if self.a is not None else None)
@@ -192,18 +193,26 @@ class Gemm:
             "alpha_bits": scalar_bits(self.alpha, is_int, "alpha"),
             "beta_bits": scalar_bits(self.beta, is_int, "beta"),
         }
-        for name in ("a", "b", "c", "d"):
-            mat = getattr(self, name)
+        for name, mat in ops.items():
             if mat is not None:
                 f.update(mat.fields(name))
         for i, p in enumerate(self.epilogue):
             s = f"epilogue[{i}]."
+            if not isinstance(p, PostOpDesc):
+                raise violation("cmd.field_range", type(p).__name__, "a PostOpDesc", field=f"epilogue[{i}]")
             f[s + "kind"] = int(p.kind)
             f[s + "param0_bits"] = scalar_bits(p.param0, is_int, s + "param0")
             f[s + "param1_bits"] = scalar_bits(p.param1, is_int, s + "param1")
             if p.operand is not None:
-                f.update(p.operand.fields(s + "operand"))
+                f.update(_operand(p.operand, s + "operand").fields(s + "operand"))
         return f
+
+
+def _operand(mat: object, name: str) -> Matrix | None:
+    """``mat`` when it is a :class:`Matrix` or None; anything else named (it was an AttributeError)."""
+    if mat is not None and not isinstance(mat, Matrix):
+        raise violation("cmd.field_range", type(mat).__name__, "a Matrix (Buffer.matrix(...)) or None", field=name)
+    return mat
 
 
 @dataclass(frozen=True)
@@ -216,8 +225,11 @@ class Copy:
 
     def encode(self) -> bytes:
         f = {"opcode": Opcode.COPY, "flags": 0, "size_bytes": COMMAND_BYTES, "user_data": self.user_data}
-        f.update(self.src.fields("src"))
-        f.update(self.dst.fields("dst"))
+        for name in ("src", "dst"):
+            mat = _operand(getattr(self, name), name)
+            if mat is None:  # COPY has no absent operand
+                raise violation("cmd.field_range", "None", "a Matrix (Buffer.matrix(...))", field=name)
+            f.update(mat.fields(name))
         return encode_fields(COPY, f)
 
 
@@ -324,7 +336,13 @@ def encode_submission(
     abi_version: int = ABI_VERSION,
 ) -> bytes:
     """Encode a whole submission: header, waits ``(engine, value)``, then commands."""
-    cmds = [c if isinstance(c, (bytes, bytearray, memoryview)) else c.encode() for c in commands]
+    try:
+        cmds = [c if isinstance(c, (bytes, bytearray, memoryview)) else c.encode() for c in commands]
+    except AttributeError:  # not a command at all (an int, None...): named, not a foreign AttributeError
+        seen = [c for c in commands if not isinstance(c, (bytes, bytearray, memoryview, Gemm, Copy))] \
+            if isinstance(commands, (list, tuple)) else []
+        raise violation("cmd.opcode", type(seen[0]).__name__ if seen else "an object that is not a command",
+                        "a Gemm, a Copy or encoded command bytes") from None
     waits = list(waits)
     try:
         head = _SUBMIT_STRUCT.pack(abi_version, int(engine), 0, len(cmds), len(waits), 0, 0)

@@ -144,7 +144,10 @@ class Buffer:
 
     def write(self, data: np.ndarray, offset_bytes: int = 0) -> None:
         """Copy ``data``'s bytes into the buffer at ``offset_bytes``."""
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        arr = np.ascontiguousarray(data)
+        if arr.dtype.kind in "OU":  # a str's code points or object pointers are no data a device reads
+            raise violation("operand.dtype", str(arr.dtype), "numbers or bytes", operand="data")
+        raw = arr.view(np.uint8).reshape(-1)
         if offset_bytes < 0 or offset_bytes + raw.size > self.size_bytes:
             raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + raw.size})",
                             f"within the buffer's {self.size_bytes} bytes", operand="data")
