@@ -48,6 +48,20 @@ def test_a_missing_optional_package_is_listed_with_how_to_install_it(monkeypatch
     assert "torch" not in drivers.driver_targets()
 
 
+@pytest.mark.parametrize("driver,name,hint", [("torch", "torch:cpu", "pip install 'ffaccel[torch]'"),
+                                               ("dask", "dask://127.0.0.1:8786", "pip install 'ffaccel[dask]'")])
+def test_opening_a_driver_whose_extra_is_missing_says_how_to_install_it(
+        driver: str, name: str, hint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the extra, ``ffaccel.open("torch:cpu")`` said only that the name is not one of
+    cpu, npu, ref, restricted, although ``ffaccel devices`` knows what it needs."""
+    monkeypatch.setattr(drivers, "_available", lambda target: target != drivers._BUILTIN[driver])
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        ffaccel.open(name)
+    assert e.value.param == "name" and hint in str(e.value)
+    assert main(["serve", "--driver", name]) == Exit.USAGE
+    assert hint in capsys.readouterr().err
+
+
 def test_a_plug_in_driver_is_listed_with_the_forms_its_class_names(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_npu_plugin.py").write_text(

@@ -164,15 +164,16 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 def _serve(args: argparse.Namespace, console: Console) -> int:
     import logging
 
-    from ..drivers import driver_targets
+    from ..drivers import driver_targets, missing_package
     from ..transports.limits import limits_from_overrides
     from ..transports.server import serve
     from ..transports.socket import MAX_POLL_US
 
     targets = sorted(driver_targets())
     if args.driver.partition(":")[0] not in targets:  # "npu:preset=rk3588": options go to the driver
-        raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: no such driver; installed drivers: "
-                                       f"{', '.join(targets)}")
+        missing = missing_package(args.driver.partition(":")[0])
+        raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: " + (missing or "no such driver; installed "
+                                                                          f"drivers: {', '.join(targets)}"))
     # every argument is checked before anything slow (the kernel table is measured below) or visible
     if not 0 <= args.ring_poll_us <= MAX_POLL_US:
         raise CommandError(Exit.USAGE, f"--ring-poll-us {args.ring_poll_us}: allowed an integer in "
