@@ -139,3 +139,17 @@ def test_listing_devices_imports_no_optional_package() -> None:
     code = ("import sys, ffaccel; ffaccel.device_catalog(); "
             "assert not {'torch', 'distributed'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_import_ffaccel_torch_without_pytorch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It failed deep inside the offload package ("No module named 'torch'" from accounting.py)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "ffaccel.torch", raising=False)
+    with pytest.raises(ModuleNotFoundError) as e:
+        importlib.import_module("ffaccel.torch")
+    assert e.value.name == "torch" and "pip install 'ffaccel[torch]'" in str(e.value)
