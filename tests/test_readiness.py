@@ -207,6 +207,19 @@ def test_a_bounded_wait_ends_with_device_lost(tmp_path: Path) -> None:
         stale.close()
 
 
+@pytest.mark.parametrize("transport", ["", "?transport=ring"])
+def test_a_path_that_is_not_a_socket_is_refused_not_waited_for(tmp_path: Path, transport: str) -> None:
+    """connect(2) answers a regular file or a folder with ECONNREFUSED, which was read as "a server
+    not listening yet": DEVICE_LOST "Connection refused", after waiting out the whole wait."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "folder").mkdir()
+    for name, kind in (("file", "a regular file"), ("folder", "a folder")):
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.open(f"unix:{tmp_path / name}{transport}", wait_s=5)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "name"), e.value
+        assert f"is {kind}, not a socket" in e.value.message
+
+
 @pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", "1e300"])
 def test_a_bad_wait_is_refused_naming_where_it_came_from(value: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,6 +33,7 @@ import os
 import array
 import select
 import socket
+import stat
 import struct
 import threading
 import time
@@ -110,6 +111,20 @@ class BadReply(Exception):
     """A reply that breaks the wire protocol (too long, more bytes than announced); the device is lost."""
 
 
+
+def _refuse_non_socket(path: str) -> None:
+    """Raise INVALID_PARAMETER when ``path`` exists and is not a socket (connect(2) answers a
+    regular file or a folder with ECONNREFUSED, "nobody listening yet", which a wait would retry
+    to its end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISSOCK(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "not a socket"
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, "name",
+                           f"unix:{path}: {path!r} is {kind}, not a socket; allowed the socket of an ffaccel serve")
+
 class SocketTransport:
     """One client connection to an ``ffaccel serve`` process.
 
@@ -185,6 +200,10 @@ class SocketTransport:
         sock.settimeout(self.timeout_s)
         try:
             retry_until_ready(lambda: sock.connect(path), self.timeout_s, (BlockingIOError,))
+        except ConnectionRefusedError:
+            sock.close()
+            _refuse_non_socket(path)  # a file or folder never becomes a server: not waited for
+            raise
         except BaseException:
             sock.close()
             raise
