@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,29 @@ def test_what_is_not_a_command_or_an_operand_is_named(dev: ffaccel.Device) -> No
         buf.write("abcd")  # the str's code points are not data
     assert e.value.param == "data.dtype"
     assert not buf.read(np.uint8, 64).any()  # nothing was written
+
+
+def test_a_buffer_of_another_device_is_refused_not_read_as_ours(dev: ffaccel.Device) -> None:
+    """Every client numbers its handles from 1: a Matrix of another device's buffer named, in this
+    device's table, a buffer of its own; the GEMM ran on the wrong data without a word."""
+    other = ffaccel.open("ref")
+    try:
+        mine = _filled(dev, np.full((4, 4), 2, np.float32))
+        theirs = _filled(other, np.full((4, 4), 3, np.float32))
+        out = dev.alloc(64)
+        m = mine.matrix(np.float32, 4, 4)
+        gemm = Gemm(m=4, n=4, k=4, a=m, b=theirs.matrix(np.float32, 4, 4), d=out.matrix(np.float32, 4, 4))
+        copy = Copy(src=theirs.matrix(np.float32, 4, 4), dst=out.matrix(np.float32, 4, 4))
+        for call, param in ((lambda: dev.submit([gemm]), "b.handle"), (lambda: dev.record([gemm]), "b.handle"),
+                            (lambda: dev.submit((c for c in [copy]), engine="copy"), "src.handle")):
+            with pytest.raises(ffaccel.FFAccelError) as e:
+                call()
+            assert (e.value.code, e.value.param) == (ErrorCode.BAD_HANDLE, param), e.value
+        assert not out.read(np.float32, 16).any()  # nothing ran
+        dev.submit([dataclasses.replace(gemm, b=m)]).wait(timeout_ns=10**10)  # its own buffers: accepted
+        assert (out.read(np.float32, 16) == 16).all()
+    finally:
+        other.close()
 
 
 def test_matmul_accepts_device_object_and_name(dev: ffaccel.Device) -> None:

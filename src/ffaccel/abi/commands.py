@@ -94,6 +94,10 @@ class Matrix:
     ld_elems: int | None = None
     offset_bytes: int = 0
     batch_stride_elems: int = 0
+    #: The device whose handle table ``handle`` is in (set by ``Buffer.matrix``; None: not known).
+    #: Not encoded, not compared: a Device refuses a Matrix of another device's buffer, whose
+    #: handle number may well name a buffer of its own (every client numbers from 1).
+    owner: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.ld_elems is None:

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -177,7 +177,7 @@ class Buffer:
         code = dtype if isinstance(dtype, DType) else dtype_of_numpy(dtype)
         if code is None:
             raise violation("operand.dtype", str(dtype), "a spec dtype", operand="matrix")
-        return Matrix(self.handle, code, rows, cols, ld_elems, offset_bytes, batch_stride_elems)
+        return Matrix(self.handle, code, rows, cols, ld_elems, offset_bytes, batch_stride_elems, self.device)
 
     def free(self) -> None:
         self.device._transport.free(self.handle)
@@ -306,6 +306,7 @@ class Device:
             if f.device is not self:
                 raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
             waits.append((f.engine, f.value))
+        commands = self._own_operands(commands)
         raw = encode_submission(commands, _engine(engine), waits)
         eng, value = self._transport.submit(raw)
         return _tuple_new(Fence, (self, eng, value))
@@ -322,9 +323,44 @@ class Device:
         terms; :meth:`CommandList.replay` only checks the engine, its waits and that every
         buffer the list names is still alive.
         """
-        raw = encode_submission(commands, _engine(engine))
+        raw = encode_submission(self._own_operands(commands), _engine(engine))
         list_id = self._transport.record(raw)
         return CommandList(self, list_id, _engine(engine))
+
+    def _own_operands(self, commands: Iterable[Gemm | Copy | bytes]) -> list[Gemm | Copy | bytes]:
+        """``commands`` as a list, refused (BAD_HANDLE, nothing runs) where an operand is a Matrix of
+        another device's buffer: its handle number is another table's, and may name one of ours."""
+        cmds = commands if type(commands) is list else list(commands)
+        try:  # the common case: a few attribute loads per command
+            for c in cmds:
+                t = type(c)
+                if t is Gemm:
+                    for m in (c.a, c.b, c.c, c.d):
+                        if m is not None and m.owner is not self and m.owner is not None:
+                            self._foreign_operand(cmds)
+                    for p in c.epilogue:
+                        m = p.operand
+                        if m is not None and m.owner is not self and m.owner is not None:
+                            self._foreign_operand(cmds)
+                elif t is Copy and (c.src.owner not in (None, self) or c.dst.owner not in (None, self)):
+                    self._foreign_operand(cmds)
+        except AttributeError:  # not a Matrix or a PostOpDesc: the encoder names it
+            pass
+        return cmds
+
+    def _foreign_operand(self, cmds: list[Gemm | Copy | bytes]) -> NoReturn:
+        """The error for the first operand of :meth:`_own_operands`'s commands owned by another device."""
+        for i, c in enumerate(cmds):
+            named = [("src", c.src), ("dst", c.dst)] if isinstance(c, Copy) else [
+                ("a", c.a), ("b", c.b), ("c", c.c), ("d", c.d),
+                *((f"epilogue[{j}].operand", getattr(p, "operand", None)) for j, p in enumerate(c.epilogue))] \
+                if isinstance(c, Gemm) else []
+            for name, m in named:
+                owner = getattr(m, "owner", None)
+                if owner is not None and owner is not self:
+                    raise violation("operand.handle", m.handle, f"a buffer of this device ({self.name!r}), not "
+                                    f"one of device {owner.name!r}'s (command {i})", operand=name)
+        raise AssertionError("no foreign operand")  # pragma: no cover - called only when there is one
 
     def submit_raw(self, raw: bytes) -> Fence:
         """Submit already-encoded ABI bytes (header, waits, commands)."""
