@@ -565,9 +565,12 @@ def _open_remote(name: str, wait_s: float | None = None) -> Device:
     rest = name[len("unix:"):]
     path, _, query = rest.partition("?")
     try:
-        q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True, strict_parsing=bool(query)).items()}
+        pairs = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise violation("device.name", name, form) from None
+    if any(len(v) > 1 for v in pairs.values()):  # transport=ring&transport=socket: neither wins silently
+        raise violation("device.name", name, f"{form}, each option once")
+    q = {k: v[0] for k, v in pairs.items()}
     allowed = {"transport", "timeout_s", "poll_us", "entries", "wait_s"}
     kind = q.get("transport", "socket")
     if not path:  # "unix:" alone: the default socket (in its private folder)

@@ -54,7 +54,7 @@ from ..abi import (
     encode_submission,
 )
 from ..drivers import DriverInfo, GemmKernel
-from ..drivers.connect import CONNECT_TIMEOUT_ENV, connect_wait_s, retry_until_ready
+from ..drivers.connect import CONNECT_TIMEOUT_ENV, MAX_WAIT_S, connect_wait_s, retry_until_ready
 from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
 from .protocol import (
     MAX_FDS,
@@ -147,6 +147,12 @@ class SocketTransport:
                  wait_s: float | None = None) -> None:
         if isinstance(poll_us, bool) or not isinstance(poll_us, numbers.Integral) or not 0 <= poll_us <= MAX_POLL_US:
             raise violation("device.name", f"poll_us={poll_us!r}", f"poll_us an integer in [0, {MAX_POLL_US}]")
+        # 0 timed every call out at once; a negative, NaN or infinite one was a ValueError or an
+        # OverflowError where it was turned into a socket timeout or nanoseconds ("internal error")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) \
+                or not 0 < timeout_s <= MAX_WAIT_S:
+            raise violation("device.name", f"timeout_s={timeout_s!r}",
+                            f"timeout_s a number of seconds in (0, {MAX_WAIT_S:g}]")
         self.path = path
         self.timeout_s = float(timeout_s)
         self._timeout_ns = int(self.timeout_s * 1e9)
