@@ -352,3 +352,33 @@ def test_a_ring_client_that_never_spins_is_woken_by_the_server(server, monkeypat
         assert outcomes and all(outcomes)  # every sleep ended by the server's wake (or a completion already there)
     else:
         assert outcomes == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_call_interrupted_before_its_reply_gives_the_connection_up_saying_so(server, path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between a request and its reply left that reply unread: the next call read it as
+    its own and reported "malformed reply" ("the device server is gone"), every call after too."""
+    from ffaccel.transports.socket import SocketTransport
+
+    dev = server.open(path)
+    try:
+        real = SocketTransport._recv_reply
+
+        def interrupted(self, *args, **kwargs):
+            monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            dev.alloc(64)
+        with pytest.raises(FFAccelError) as e:
+            dev.alloc(64)
+        assert e.value.code == ErrorCode.DEVICE_LOST and "interrupted (KeyboardInterrupt)" in e.value.message
+    finally:
+        dev.close()
+    again = server.open(path)  # the server is fine
+    try:
+        assert again.alloc(64).read(np.uint8, 64).sum() == 0
+    finally:
+        again.close()

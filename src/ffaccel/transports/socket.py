@@ -26,6 +26,7 @@ microseconds, about what waking a blocked process costs on its own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import numbers
@@ -246,12 +247,26 @@ class SocketTransport:
                 close_fds(got)
                 self._lost = device_lost(f"{type(e).__name__}: {e}")
                 raise self._lost from None
+            except BaseException as e:  # Ctrl-C (or SIGTERM's exception) between request and reply
+                close_fds(got)
+                self._interrupted(e)
+                raise
         finally:
             lock.release()
         if status:
             close_fds(got)
             raise decode_error(status, body)
         return body, got
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """A call was interrupted with its reply unread (or its request half sent): the next reply
+        read would be this one's, so the connection is given up, saying why (it read the stale
+        reply as "malformed" and blamed the server). The server releases what it held."""
+        self._lost = FFAccelError(ErrorCode.DEVICE_LOST, "device", f"a call on this connection was interrupted "
+                                  f"({type(exc).__name__}) between its request and its reply, so the replies no "
+                                  "longer match the requests; the server is fine: open the device again")
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def _malformed(self, why: str) -> FFAccelError:
         """The server broke the protocol: the connection is lost from now on (raise what this returns)."""
