@@ -382,3 +382,25 @@ def test_a_call_interrupted_before_its_reply_gives_the_connection_up_saying_so(s
         assert again.alloc(64).read(np.uint8, 64).sum() == 0
     finally:
         again.close()
+
+
+def test_a_device_named_in_calls_reconnects_after_its_connection_was_given_up(server,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``matmul(..., device="unix:PATH")`` keeps the device it opened by that name: once its
+    connection was lost (here: a call interrupted), every later call by that name failed for good,
+    and the program could not "open the device again". Now the next call connects anew."""
+    from ffaccel.transports.socket import SocketTransport
+
+    name = f"unix:{server.path}"
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(ffaccel.matmul(x, x, device=name), x @ x)
+    real = SocketTransport._recv_reply
+
+    def interrupted(self, *args, **kwargs):
+        monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ffaccel.matmul(x, x + 1, device=name)
+    np.testing.assert_array_equal(ffaccel.matmul(x, x, device=name), x @ x)

@@ -8,6 +8,7 @@ the client that allocated them and named by handles in its own table.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -650,7 +651,19 @@ def default_device(name: str | None = None) -> Device:
             dev = _defaults.get(key)
             if dev is None:
                 dev = _defaults[key] = open_device(name)  # None: errors name $FFACCEL_DEVICE
+                if hasattr(dev._transport, "on_lost"):  # a lost connection is forgotten: the next call reconnects
+                    dev._transport.on_lost = functools.partial(_forget_default, key, dev)
     return dev
+
+
+def _forget_default(key: str, dev: Device) -> None:
+    """Drop ``dev`` (lost) from the devices opened by name, so the next call by that name (or with
+    no device, for the implicit default) opens a new connection instead of failing for good."""
+    global implicit_device
+    if _defaults.get(key) is dev:
+        del _defaults[key]
+    if implicit_device is dev:
+        implicit_device = None
 
 
 #: The process's implicit default Device once :func:`resolve_device` has resolved it, else None.

@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -245,8 +245,7 @@ class SocketTransport:
                 status, body = self._recv_reply(deadline, got if want_fds else None, reply_cap)
             except (OSError, EOFError, BadReply) as e:  # OSError includes socket.timeout
                 close_fds(got)
-                self._lost = device_lost(f"{type(e).__name__}: {e}")
-                raise self._lost from None
+                raise self._give_up(device_lost(f"{type(e).__name__}: {e}")) from None
             except BaseException as e:  # Ctrl-C (or SIGTERM's exception) between request and reply
                 close_fds(got)
                 self._interrupted(e)
@@ -262,16 +261,28 @@ class SocketTransport:
         """A call was interrupted with its reply unread (or its request half sent): the next reply
         read would be this one's, so the connection is given up, saying why (it read the stale
         reply as "malformed" and blamed the server). The server releases what it held."""
-        self._lost = FFAccelError(ErrorCode.DEVICE_LOST, "device", f"a call on this connection was interrupted "
-                                  f"({type(exc).__name__}) between its request and its reply, so the replies no "
-                                  "longer match the requests; the server is fine: open the device again")
+        self._give_up(FFAccelError(ErrorCode.DEVICE_LOST, "device", f"a call on this connection was interrupted "
+                                   f"({type(exc).__name__}) between its request and its reply, so the replies no "
+                                   "longer match the requests; the server is fine: open the device again"))
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def _malformed(self, why: str) -> FFAccelError:
         """The server broke the protocol: the connection is lost from now on (raise what this returns)."""
-        self._lost = device_lost(f"malformed reply: {why}")
-        return self._lost
+        return self._give_up(device_lost(f"malformed reply: {why}"))
+
+    #: Called once when the connection is given up (the runtime's cache of devices opened by name
+    #: forgets this one, so that the next call by that name connects again); None: nobody asked.
+    on_lost: Callable[[], None] | None = None
+
+    def _give_up(self, err: FFAccelError) -> FFAccelError:
+        """The connection is lost from now on, with ``err`` for every later call (returned, to raise)."""
+        self._lost = err
+        hook, self.on_lost = self.on_lost, None
+        if hook is not None:
+            with contextlib.suppress(Exception):  # never hide why the connection was lost
+                hook()
+        return err
 
     def _fields(self, layout: Layout, body: bytes, prefix: bool = False) -> tuple[int, ...]:
         """A fixed-size reply's fields: exactly ``layout``'s size (at least, with ``prefix``), reserved fields zero."""
