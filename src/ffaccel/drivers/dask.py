@@ -366,7 +366,10 @@ def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float
     is retried only while ``wait_s`` lasts (a scheduler that is starting). Other schemes are
     left to Dask.
     """
-    parts = urlsplit(address)
+    try:
+        parts = urlsplit(address)
+    except ValueError:  # "dask://[::1": an unclosed IPv6 bracket (was the CLI's "internal error")
+        raise violation("device.name", f"dask:{address}", "dask://HOST:PORT with a host and a port") from None
     if parts.scheme != "tcp":
         return
     try:
