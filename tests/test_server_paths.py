@@ -258,7 +258,7 @@ def test_bad_device_names_are_refused() -> None:
     # out; a repeated option silently took its last value (dask's: tests/test_dask_driver.py)
     bad = ["unix:/x?transport=carrier-pigeon", "unix:/x?bogus=1", "unix:/x?transport=ring&entries=3",
            *(f"unix:/x?{t}timeout_s={v}" for t in ("", "transport=ring&") for v in ("-1", "nan", "inf", "0")),
-           "unix:/x?transport=ring&transport=socket"]
+           "unix:/x?transport=ring&transport=socket", "unix:/x\x00y"]
     for name in bad:
         with pytest.raises(FFAccelError) as e:
             ffaccel.open(name)

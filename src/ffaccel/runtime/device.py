@@ -580,6 +580,8 @@ def _open_remote(name: str, wait_s: float | None = None) -> Device:
         path = default_socket_path()
     if set(q) - allowed or kind not in ("socket", "ring"):
         raise violation("device.name", name, form)
+    if "\x00" in path:  # no file system path holds one (it was os.stat's ValueError)
+        raise violation("device.name", repr(name), f"{form} with a PATH without NUL bytes")
     try:
         timeout_s = float(q.get("timeout_s", 30.0))
         poll_us = int(q.get("poll_us", 200))
