@@ -97,3 +97,39 @@ def test_odd_device_names_are_ffaccel_errors(tmp_path: Path, monkeypatch: pytest
             "post_ops=relu,relu", "engines=compute,compute", "preset=", "paced=yes", "clock_mhz=1e400", ",,", "//",
             "[::1", "x" * 300]
     _only_ffaccel_errors([(repr(p + j), lambda name=p + j: ffaccel.open(name).close()) for p in prefixes for j in junk])
+
+
+@pytest.mark.parametrize("name", ["cpu", "npu"])
+def test_odd_values_in_the_device_api_are_ffaccel_errors(name: str) -> None:
+    """Buffer offsets, counts, dtypes and shapes, GEMM scalars, accumulate dtype, epilogue and its
+    kinds, waits, fences and raw bytes (TypeErrors from comparisons, slices, float(), tuple())."""
+    from ffaccel.abi import Copy, Gemm, PostOpDesc
+    from ffaccel.spec import PostOpKind
+
+    dev = ffaccel.open(name)
+    try:
+        a, d = dev.alloc(256), dev.alloc(256)
+        m = a.matrix(np.float32 if name == "cpu" else np.int8, 4, 4)
+        out = d.matrix(np.float32 if name == "cpu" else np.int32, 4, 4)
+        fence = dev.submit([])
+
+        def gemm(**kw: object) -> Callable[[], object]:
+            return lambda: dev.submit([Gemm(**{"m": 4, "n": 4, "k": 4, "a": m, "b": m, "d": out, **kw})])
+
+        calls = []
+        for v in VALUES:
+            calls += [(f"write offset {v!r}", lambda v=v: a.write(np.ones(4, np.float32), v)),
+                      (f"read dtype {v!r}", lambda v=v: a.read(v, 4)), (f"read count {v!r}", lambda v=v: a.read(np.uint8, v)),
+                      (f"read offset {v!r}", lambda v=v: a.read(np.uint8, 4, v)),
+                      (f"array shape {v!r}", lambda v=v: a.array(np.uint8, v)),
+                      (f"array offset {v!r}", lambda v=v: a.array(np.uint8, 4, v)),
+                      (f"alpha {v!r}", gemm(alpha=v)), (f"acc_dtype {v!r}", gemm(acc_dtype=v)),
+                      (f"epilogue {v!r}", gemm(epilogue=v)), (f"kind {v!r}", gemm(epilogue=[PostOpDesc(v)])),
+                      (f"param {v!r}", gemm(epilogue=[PostOpDesc(PostOpKind.RELU, v)])),
+                      (f"copy dst {v!r}", lambda v=v: dev.submit([Copy(src=m, dst=v)], engine="copy")),
+                      (f"wait {v!r}", lambda v=v: dev.submit([], wait=v)), (f"wait [{v!r}]", lambda v=v: dev.submit([], wait=[v])),
+                      (f"dev.wait {v!r}", lambda v=v: dev.wait(v)), (f"timeout {v!r}", lambda v=v: fence.wait(timeout_ns=v)),
+                      (f"submit_raw {v!r}", lambda v=v: dev.submit_raw(v))]
+        _only_ffaccel_errors(calls)
+    finally:
+        dev.close()

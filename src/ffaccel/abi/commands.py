@@ -178,7 +178,14 @@ class Gemm:
 
     def fields(self) -> dict[str, int]:
         ops = {name: _operand(getattr(self, name), name) for name in ("a", "b", "c", "d")}
+        try:
+            epilogue = tuple(self.epilogue)
+        except TypeError:  # not a sequence (a 0-d array, a bool): named, not tuple()'s error
+            raise violation("cmd.field_range", repr(self.epilogue), "a sequence of PostOpDesc", field="epilogue") \
+                from None
         acc = self.acc_dtype
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, numbers.Integral)):
+            raise violation("cmd.field_range", repr(acc), "a DType or None", field="acc_dtype")
         if acc is None:
             acc = _default_acc(self.a.dtype if self.a is not None else None)
         is_int = acc in DTYPES and not DTYPES[acc].is_float
@@ -193,18 +200,21 @@ class Gemm:
             "k": self.k,
             "batch": self.batch,
             "acc_dtype": int(acc),
-            "epilogue_count": len(self.epilogue),
+            "epilogue_count": len(epilogue),
             "alpha_bits": scalar_bits(self.alpha, is_int, "alpha"),
             "beta_bits": scalar_bits(self.beta, is_int, "beta"),
         }
         for name, mat in ops.items():
             if mat is not None:
                 f.update(mat.fields(name))
-        for i, p in enumerate(self.epilogue):
+        for i, p in enumerate(epilogue):
             s = f"epilogue[{i}]."
             if not isinstance(p, PostOpDesc):
                 raise violation("cmd.field_range", type(p).__name__, "a PostOpDesc", field=f"epilogue[{i}]")
-            f[s + "kind"] = int(p.kind)
+            try:
+                f[s + "kind"] = int(p.kind)
+            except (TypeError, ValueError, OverflowError):
+                raise violation("cmd.field_range", repr(p.kind), "a PostOpKind", field=s + "kind") from None
             f[s + "param0_bits"] = scalar_bits(p.param0, is_int, s + "param0")
             f[s + "param1_bits"] = scalar_bits(p.param1, is_int, s + "param1")
             if p.operand is not None:
@@ -287,12 +297,15 @@ def _default_acc(a_dtype: DType | None) -> DType:
 
 def scalar_bits(x: float | int, is_int: bool, name: str) -> int:
     """Encode a scalar: i64 for integer GEMM (must be integral), else f64 bits."""
-    if is_int:
-        v = int(x) if not isinstance(x, float) or (math.isfinite(x) and x == int(x)) else None
-        if v is None or not -(2**63) <= v < 2**63:
-            raise _int_scalar_error(name, x)
-        return i64_bits(v)
-    return f64_bits(x)
+    try:
+        if is_int:
+            v = int(x) if not isinstance(x, float) or (math.isfinite(x) and x == int(x)) else None
+            if v is None or not -(2**63) <= v < 2**63:
+                raise _int_scalar_error(name, x)
+            return i64_bits(v)
+        return f64_bits(x)
+    except (TypeError, ValueError, OverflowError):  # a list, a complex, a string: named, not float()'s error
+        raise violation("cmd.field_range", repr(x), "a real number", field=name) from None
 
 
 def _int_scalar_error(name: str, x: object) -> Exception:

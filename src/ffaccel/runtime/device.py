@@ -103,6 +103,36 @@ class Fence(NamedTuple):
 _tuple_new = tuple.__new__
 
 
+def _waits(dev: "Device", wait: Any) -> list[tuple[Engine, int]]:
+    """(engine, value) of each fence in ``wait``, all of ``dev`` (a submission's or a replay's waits)."""
+    waits = []
+    try:
+        for f in wait:
+            if getattr(f, "device", None) is not dev:
+                raise violation("submit.wait", f"a fence of device {f.device.name!r}" if isinstance(f, Fence)
+                                else type(f).__name__, "fences of this device")
+            waits.append((f.engine, f.value))
+    except TypeError:  # not a sequence at all (a Fence alone, None): named, not the for loop's error
+        raise violation("submit.wait", type(wait).__name__, "a sequence of fences of this device") from None
+    return waits
+
+
+def _whole(v: Any, name: str) -> int:
+    """``v`` as an int where a Buffer method takes a count or a byte offset; anything else named
+    (a float, a string, None: they were TypeErrors from a comparison or a slice)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise violation("cmd.field_range", repr(v), "an integer", field=name)
+    return int(v)
+
+
+def _np_dtype(dtype: Any, name: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype where a Buffer method takes one (NumPy's TypeError named)."""
+    try:
+        return np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise violation("operand.dtype", repr(dtype), "a NumPy dtype such as np.float32", operand=name) from None
+
+
 class Buffer:
     """Device memory owned by one client, named by a handle in that client's table.
 
@@ -132,8 +162,13 @@ class Buffer:
             raise FFAccelError(ErrorCode.UNSUPPORTED, "buffer", f"a NumPy view of device memory "
                                f"({type(self._memory).__name__}); only host-visible buffers have one, "
                                "use read()/write() here")
-        dt = np.dtype(dtype)
-        dims = None if shape is None else tuple(int(s) for s in ((shape,) if np.ndim(shape) == 0 else shape))
+        dt = _np_dtype(dtype, "dtype")
+        offset_bytes = _whole(offset_bytes, "offset_bytes")
+        try:
+            dims = None if shape is None else tuple(_whole(s, "shape") for s in ((shape,) if np.ndim(shape) == 0
+                                                                                else shape))
+        except TypeError:  # not a sequence of integers at all
+            raise violation("cmd.field_range", repr(shape), "an integer or a sequence of them", field="shape") from None
         # Python integers (math.prod, not np.prod: that wraps at 2**63), checked before NumPy sees them
         count = (self.size_bytes - offset_bytes) // dt.itemsize if dims is None else math.prod(dims)
         if offset_bytes < 0 or count < 0 or min(dims or (0,)) < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
@@ -149,6 +184,7 @@ class Buffer:
         if arr.dtype.kind in "OU":  # a str's code points or object pointers are no data a device reads
             raise violation("operand.dtype", str(arr.dtype), "numbers or bytes", operand="data")
         raw = arr.view(np.uint8).reshape(-1)
+        offset_bytes = _whole(offset_bytes, "offset_bytes")
         if offset_bytes < 0 or offset_bytes + raw.size > self.size_bytes:
             raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + raw.size})",
                             f"within the buffer's {self.size_bytes} bytes", operand="data")
@@ -159,7 +195,8 @@ class Buffer:
 
     def read(self, dtype: Any, count: int, offset_bytes: int = 0) -> np.ndarray:
         """Copy ``count`` elements of ``dtype`` out of the buffer."""
-        dt = np.dtype(dtype)
+        dt = _np_dtype(dtype, "dtype")
+        count, offset_bytes = _whole(count, "count"), _whole(offset_bytes, "offset_bytes")
         if offset_bytes < 0 or count < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
             raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + count * dt.itemsize})",
                             f"within the buffer's {self.size_bytes} bytes", operand="count")
@@ -302,11 +339,7 @@ class Device:
 
         The whole submission is validated first: if any command is invalid, nothing runs.
         """
-        waits = []
-        for f in wait:
-            if f.device is not self:
-                raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
-            waits.append((f.engine, f.value))
+        waits = _waits(self, wait)
         commands = self._own_operands(commands)
         raw = encode_submission(commands, _engine(engine), waits)
         eng, value = self._transport.submit(raw)
@@ -345,7 +378,7 @@ class Device:
                             self._foreign_operand(cmds)
                 elif t is Copy and (c.src.owner not in (None, self) or c.dst.owner not in (None, self)):
                     self._foreign_operand(cmds)
-        except AttributeError:  # not a Matrix or a PostOpDesc: the encoder names it
+        except (AttributeError, TypeError):  # not a Matrix, a PostOpDesc or a sequence: the encoder names it
             pass
         return cmds
 
@@ -365,11 +398,18 @@ class Device:
 
     def submit_raw(self, raw: bytes) -> Fence:
         """Submit already-encoded ABI bytes (header, waits, commands)."""
-        eng, value = self._transport.submit(raw)
+        try:
+            eng, value = self._transport.submit(raw)
+        except TypeError:  # checked only when it failed: this is the cheapest path there is
+            if not isinstance(raw, (bytes, bytearray, memoryview)):
+                raise violation("cmd.field_range", type(raw).__name__, "encoded bytes", field="raw") from None
+            raise
         return _tuple_new(Fence, (self, eng, value))
 
     def wait(self, fence: Fence, *, timeout_ns: int | None = None, deadline_ns: int | None = None) -> None:
-        if fence.device is not self:
+        if getattr(fence, "device", None) is not self:
+            if not isinstance(fence, Fence):
+                raise violation("fence.device", type(fence).__name__, f"a Fence of {self.name!r}")
             raise violation("fence.device", f"a fence of device {fence.device.name!r}", f"a fence of {self.name!r}")
         if self._transport.signalled(fence.engine, fence.value):  # known done: no clock, no system call
             return
@@ -449,11 +489,7 @@ class CommandList:
     def replay(self, *, engine: str | Engine | None = None, wait: Iterable[Fence] = ()) -> Fence:
         """Run the list once more on ``engine`` (default: the one it was recorded for); returns its fence."""
         dev = self.device
-        waits = []
-        for f in wait:
-            if f.device is not dev:
-                raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
-            waits.append((f.engine, f.value))
+        waits = _waits(dev, wait)
         eng, value = dev._transport.replay(self.id, self.engine if engine is None else _engine(engine), waits)
         return Fence(dev, eng, value)
 
