@@ -131,7 +131,9 @@ def test_server_oserrors_become_one_line(capsys: pytest.CaptureFixture[str], mon
     sock = str(tmp_path / "s.sock")
     for exc, status in ((OSError("the server's socket could not be set up"), Exit.DEVICE),
                         (PermissionError(13, "Permission denied", sock), Exit.USAGE),
-                        (FileExistsError(17, "File exists", sock), Exit.USAGE)):
+                        (FileExistsError(17, "File exists", sock), Exit.USAGE),
+                        (OSError(36, "File name too long", sock), Exit.USAGE),  # ENAMETOOLONG: the path itself
+                        (OSError(40, "Too many levels of symbolic links", sock), Exit.USAGE)):  # ELOOP
         def fail(*_: object, exc: BaseException = exc, **__: object) -> int:
             raise exc
 
@@ -142,6 +144,28 @@ def test_server_oserrors_become_one_line(capsys: pytest.CaptureFixture[str], mon
 
 
 # -- output paths are checked before a run ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["report", "--out", ""], ["conformance", "ref", "--report", ""],
+                                  ["serve", "--socket", ""], ["serve", "--ready-file", " "],
+                                  ["build-c", "--out", ""], ["build-c", "--out", "x", "--cc", ""]])
+def test_an_empty_path_is_refused_not_read_as_a_default(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out "$DIR"`` with DIR unset: Path("") is the current folder, and ``--socket ""`` was the
+    default socket, ``--report ""`` no report at all; each is refused at parse time, naming the option."""
+    import ffaccel.conformance as conformance
+    import ffaccel.report as rep
+    import ffaccel.transports.server as server
+    from ffaccel.cli import build_c
+
+    for module, name in ((rep, "run_report"), (conformance, "check_device"), (server, "serve"),
+                         (build_c, "build_c")):  # nothing runs (without the check, each would)
+        monkeypatch.setattr(module, name, _never)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == Exit.USAGE
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"argument {next(a for a in reversed(argv) if a.startswith('--'))}: an empty value" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 def _never(*_: object, **__: object) -> None:

@@ -48,6 +48,20 @@ def test_a_missing_optional_package_is_listed_with_how_to_install_it(monkeypatch
     assert "torch" not in drivers.driver_targets()
 
 
+@pytest.mark.parametrize("driver,name,hint", [("torch", "torch:cpu", "pip install 'ffaccel[torch]'"),
+                                               ("dask", "dask://127.0.0.1:8786", "pip install 'ffaccel[dask]'")])
+def test_opening_a_driver_whose_extra_is_missing_says_how_to_install_it(
+        driver: str, name: str, hint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the extra, ``ffaccel.open("torch:cpu")`` said only that the name is not one of
+    cpu, npu, ref, restricted, although ``ffaccel devices`` knows what it needs."""
+    monkeypatch.setattr(drivers, "_available", lambda target: target != drivers._BUILTIN[driver])
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        ffaccel.open(name)
+    assert e.value.param == "name" and hint in str(e.value)
+    assert main(["serve", "--driver", name]) == Exit.USAGE
+    assert hint in capsys.readouterr().err
+
+
 def test_a_plug_in_driver_is_listed_with_the_forms_its_class_names(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_npu_plugin.py").write_text(
@@ -125,3 +139,17 @@ def test_listing_devices_imports_no_optional_package() -> None:
     code = ("import sys, ffaccel; ffaccel.device_catalog(); "
             "assert not {'torch', 'distributed'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_import_ffaccel_torch_without_pytorch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It failed deep inside the offload package ("No module named 'torch'" from accounting.py)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "ffaccel.torch", raising=False)
+    with pytest.raises(ModuleNotFoundError) as e:
+        importlib.import_module("ffaccel.torch")
+    assert e.value.name == "torch" and "pip install 'ffaccel[torch]'" in str(e.value)

@@ -134,3 +134,51 @@ def test_rule_catalogue_is_one_module_per_family_built_on_first_use() -> None:
         name = family.__name__.rsplit(".", 1)[1]
         assert owned == ({"memory", "fence", "device"} & families if name == "memory" else
                          {"cmd"} if name == "command" else {name}), (name, owned)
+
+
+class _Dying:
+    """A transport proxy whose device is lost (every call DEVICE_LOST) once ``state["calls"]`` ran out:
+    a server killed in the middle of a run, for every device the factory opens."""
+
+    def __init__(self, state: dict[str, int]) -> None:
+        from ffaccel.drivers.ref import RefDriver
+        from ffaccel.transports import InprocTransport
+
+        self._inner, self._state = InprocTransport(RefDriver()), state
+
+    def __getattr__(self, name: str) -> object:
+        from ffaccel.spec import ErrorCode, FFAccelError
+
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            self._state["calls"] -= 1
+            if self._state["calls"] < 0:
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the device server is gone")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_a_device_lost_mid_run_ends_the_run_instead_of_failing_every_case_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server killed during ``ffaccel conformance unix:...`` gave "FAIL, 405 failed" (exit 1) and a
+    report blaming the driver; now DEVICE_LOST naming the unit it happened in, exit 3, no report."""
+    from ffaccel.runtime import Device
+    from ffaccel.spec import ErrorCode, FFAccelError
+
+    state = {"calls": 400}
+    factory = lambda: Device("dying", _Dying(state))  # noqa: E731
+    with pytest.raises(FFAccelError) as e:
+        check_device(factory, "quick", only=("GEMM",))
+    assert e.value.code == ErrorCode.DEVICE_LOST and "was lost during unit" in e.value.message
+    state["calls"] = 400
+    import ffaccel.conformance as conformance_pkg
+
+    monkeypatch.setattr(conformance_pkg, "check_device",
+                        lambda name, level, progress=None: check_device(factory, level, progress=progress, only=("GEMM",)))
+    out = tmp_path / "out"
+    assert main(["conformance", "dying", "--report", str(out)]) == 3
+    assert "was lost during unit" in capsys.readouterr().err and not out.exists()

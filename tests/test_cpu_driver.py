@@ -23,7 +23,7 @@ from ffaccel.abi import Copy, DeviceCaps, Gemm, Matrix, PostOpDesc, check_comman
 from ffaccel.abi.validate import View
 from ffaccel.abi.views import view_array
 from ffaccel.drivers.cpu import CpuDriver
-from ffaccel.spec import DTYPES, GEMM_COMBOS, DType, GemmCombo, PostOpKind
+from ffaccel.spec import DTYPES, GEMM_COMBOS, DType, ErrorCode, FFAccelError, GemmCombo, PostOpKind
 from ffaccel.spec.accuracy import error_ratio, gemm_error_bound
 
 F64, F32, F16, BF16, I8, U8, I32 = DType.F64, DType.F32, DType.F16, DType.BF16, DType.I8, DType.U8, DType.I32
@@ -630,8 +630,10 @@ def test_thread_limit_is_applied_and_restored(monkeypatch: pytest.MonkeyPatch) -
     assert seen and all(n == 1 for n in seen[0])
     assert error_ratio(d, exact, bound).max() <= 1.0
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
-    with pytest.raises(ValueError):
-        CpuDriver(threads=0)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(FFAccelError) as e:
+            CpuDriver(threads=bad)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "threads")
 
 
 @pytest.mark.parametrize("combo", [COMBO[F16, F16, F16], COMBO[F16, F16, F32], COMBO[BF16, BF16, BF16]],

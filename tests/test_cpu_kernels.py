@@ -1021,3 +1021,21 @@ def test_a_size_free_kernel_covers_only_geometries_that_get_it(kernels: str, thr
                 assert drv.kernel_family(op(*t))[0] == key, (s, t)
     assert drv.kernel_family(op(1, 8, 40, 64)) is None  # batch 1: the 2-D kernels read the layout
     assert drv.kernel_family(op(2, 8, 40, 64, post=(PostOpDesc(PostOpKind.RELU, 0.0, 0.0),))) is None
+
+
+def test_a_cache_written_after_the_driver_loaded_is_found_by_a_process_that_has_not(first_use: object) -> None:
+    """``ffaccel serve`` and ``report`` look for the cache before the cpu driver (and SciPy's BLAS)
+    is loaded; the key must not depend on which BLAS libraries happen to be loaded yet, or every
+    start measures the table again (it did: a second key, a second file, on every run)."""
+    import subprocess
+    import sys
+
+    from ffaccel.drivers import cpu_tune
+
+    CpuDriver().kernel_table()  # measured here, SciPy loaded: the cache written
+    path = cpu_tune.cache_path()
+    assert path.exists()
+    fresh = subprocess.run([sys.executable, "-c", "import ffaccel.drivers.cpu_tune as t\n"
+                            "print(t._still_valid(t._read_cache()) is not None, t.cache_path())"],
+                           env=_measuring_env(first_use), capture_output=True, text=True, timeout=120, check=True)
+    assert fresh.stdout.split() == ["True", str(path)]

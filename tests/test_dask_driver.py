@@ -198,7 +198,8 @@ def test_bad_arguments_name_the_parameter(client, kw, param) -> None:
 
 
 @pytest.mark.parametrize("name", ["dask:", "dask:127.0.0.1:1", "dask://127.0.0.1:1?tiles=3",
-                                  "dask://127.0.0.1:1?min_flops=lots"])
+                                  "dask://127.0.0.1:1?min_flops=lots", "dask://[::1",  # a ValueError (exit 4)
+                                  "dask://127.0.0.1:1?min_flops=1&min_flops=2"])  # one silently won
 def test_bad_device_names_are_refused(name) -> None:
     with pytest.raises(FFAccelError) as e:
         ffaccel.open(name)

@@ -54,10 +54,12 @@ def _stop(proc: subprocess.Popen) -> tuple[int, str]:
 
 def test_ready_file_appears_once_listening_and_goes_with_the_server(tmp_path: Path) -> None:
     sock, ready = tmp_path / "s.sock", tmp_path / "ready"
-    ready.write_text("stale, from an earlier run\n")  # must never be taken for this server's
+    # a stale file from an earlier server: must never be taken for this server's
+    ready.write_text(json.dumps({"device": "unix:/old.sock", "socket": "/old.sock", "pid": 1, "driver": "cpu"}) + "\n")
     proc = _serve("--socket", str(sock), "--ready-file", str(ready))
     try:
-        doc = wait_until(lambda: ready.exists() and ready.read_text(), lambda t: bool(t) and t.startswith("{"),
+        doc = wait_until(lambda: ready.exists() and ready.read_text(),
+                         lambda t: bool(t) and t.startswith("{") and f'"pid": {proc.pid},' in t,
                          START_S, "the ready file is written")
         info = json.loads(doc)
         assert info == {"device": f"unix:{sock}", "socket": str(sock), "pid": proc.pid, "driver": "cpu"}
@@ -94,6 +96,23 @@ def test_a_ready_file_path_that_cannot_be_used_is_one_line_status_2(tmp_path: Pa
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "--ready-file" in proc.stderr
     assert tmp_path.is_dir() and not (tmp_path / "s.sock").exists()
+
+
+def test_a_file_at_the_ready_path_that_no_server_wrote_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--ready-file notes.txt`` overwrote the user's file when the server listened and deleted
+    it when the server stopped; only a ready file (or an empty one) is taken for a stale one."""
+    import ffaccel.transports.server as server
+    from ffaccel.cli.errors import Exit
+    from ffaccel.cli.main import main
+
+    monkeypatch.setattr(server, "serve", lambda *a, **k: pytest.fail("served although the path is someone's file"))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    assert main(["serve", "--socket", str(tmp_path / "s.sock"), "--ready-file", str(mine)]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert "not a ready file" in err and str(mine) in err
+    assert mine.read_text() == "my notes\n" and not (tmp_path / "s.sock").exists()
 
 
 # -- the client waits, for a bounded time ----------------------------------------------------------
@@ -205,6 +224,19 @@ def test_a_bounded_wait_ends_with_device_lost(tmp_path: Path) -> None:
         assert e.value.code == ErrorCode.DEVICE_LOST and "wait_s=0.2" in e.value.message
     finally:
         stale.close()
+
+
+@pytest.mark.parametrize("transport", ["", "?transport=ring"])
+def test_a_path_that_is_not_a_socket_is_refused_not_waited_for(tmp_path: Path, transport: str) -> None:
+    """connect(2) answers a regular file or a folder with ECONNREFUSED, which was read as "a server
+    not listening yet": DEVICE_LOST "Connection refused", after waiting out the whole wait."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "folder").mkdir()
+    for name, kind in (("file", "a regular file"), ("folder", "a folder")):
+        with pytest.raises(FFAccelError) as e:
+            ffaccel.open(f"unix:{tmp_path / name}{transport}", wait_s=5)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "name"), e.value
+        assert f"is {kind}, not a socket" in e.value.message
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", "1e300"])

@@ -379,6 +379,27 @@ def test_output_folder_checks(tmp_path: Path) -> None:
     assert (tmp_path / "c" / "r.json").stat().st_mode & 0o044  # the umask's mode, not mkstemp's 0600
 
 
+def test_output_paths_found_bad_only_when_written_are_refused_before_the_run(tmp_path: Path) -> None:
+    """A name too long for the file system, a loop of symbolic links, or an output name that is a
+    folder: INVALID_PARAMETER naming the option before the run (they were an OSError after it,
+    exit 3, results lost), and nothing left behind."""
+    from ffaccel.report.output import output_folder
+    from ffaccel.spec import ErrorCode, FFAccelError
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "r.json").mkdir()
+    long = "x" * 300
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for folder, names in ((tmp_path / long / "sub", ["r.json"]), (tmp_path, [long + ".json"]),
+                          (tmp_path / "loop" / "sub", ["r.json"]), (tmp_path / "taken", ["r.json"])):
+        with pytest.raises(FFAccelError) as e, output_folder(folder, names, param="--out"):
+            raise AssertionError("the run must not start")
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "--out"), e.value
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        assert (tmp_path / "taken" / "r.json").is_dir() and not list((tmp_path / "taken").glob(".*"))
+
+
 def test_default_output_folder_is_ignored_by_git() -> None:
     gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert "/ffaccel-report/" in gitignore

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,47 @@ def test_closed_device_reports_device_lost() -> None:
     with pytest.raises(ffaccel.FFAccelError) as e:
         d.alloc(8)
     assert e.value.code == ErrorCode.DEVICE_LOST
+
+
+def test_what_is_not_a_command_or_an_operand_is_named(dev: ffaccel.Device) -> None:
+    """Misused device API calls were AttributeErrors ('int' object has no attribute 'encode'), or
+    named the wrong field (an operand that is not a Matrix was reported as a bad opcode)."""
+    buf = dev.alloc(64)
+    m = buf.matrix(np.float32, 4, 4)
+    for commands, param in (([1], "opcode"), ([None], "opcode"), ((c for c in [3]), "opcode"),
+                            ([Gemm(m=4, n=4, k=4, a="x", b=m, d=m)], "a"),
+                            ([Gemm(m=4, n=4, k=4, a=m, b=m, d=m, epilogue=[3])], "epilogue[0]"),
+                            ([Copy(src=m, dst=3)], "dst"), ([Copy(src=None, dst=m)], "src")):
+        with pytest.raises(ffaccel.FFAccelError) as e:
+            dev.submit(commands)
+        assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, param), e.value
+    with pytest.raises(ffaccel.FFAccelError) as e:
+        buf.write("abcd")  # the str's code points are not data
+    assert e.value.param == "data.dtype"
+    assert not buf.read(np.uint8, 64).any()  # nothing was written
+
+
+def test_a_buffer_of_another_device_is_refused_not_read_as_ours(dev: ffaccel.Device) -> None:
+    """Every client numbers its handles from 1: a Matrix of another device's buffer named, in this
+    device's table, a buffer of its own; the GEMM ran on the wrong data without a word."""
+    other = ffaccel.open("ref")
+    try:
+        mine = _filled(dev, np.full((4, 4), 2, np.float32))
+        theirs = _filled(other, np.full((4, 4), 3, np.float32))
+        out = dev.alloc(64)
+        m = mine.matrix(np.float32, 4, 4)
+        gemm = Gemm(m=4, n=4, k=4, a=m, b=theirs.matrix(np.float32, 4, 4), d=out.matrix(np.float32, 4, 4))
+        copy = Copy(src=theirs.matrix(np.float32, 4, 4), dst=out.matrix(np.float32, 4, 4))
+        for call, param in ((lambda: dev.submit([gemm]), "b.handle"), (lambda: dev.record([gemm]), "b.handle"),
+                            (lambda: dev.submit((c for c in [copy]), engine="copy"), "src.handle")):
+            with pytest.raises(ffaccel.FFAccelError) as e:
+                call()
+            assert (e.value.code, e.value.param) == (ErrorCode.BAD_HANDLE, param), e.value
+        assert not out.read(np.float32, 16).any()  # nothing ran
+        dev.submit([dataclasses.replace(gemm, b=m)]).wait(timeout_ns=10**10)  # its own buffers: accepted
+        assert (out.read(np.float32, 16) == 16).all()
+    finally:
+        other.close()
 
 
 def test_matmul_accepts_device_object_and_name(dev: ffaccel.Device) -> None:

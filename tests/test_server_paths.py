@@ -254,7 +254,12 @@ def test_inproc_devices_cannot_export() -> None:
 
 
 def test_bad_device_names_are_refused() -> None:
-    for name in ("unix:/x?transport=carrier-pigeon", "unix:/x?bogus=1", "unix:/x?transport=ring&entries=3"):
+    # timeout_s -1, nan and inf were ValueError/OverflowError ("internal error"), 0 timed every call
+    # out; a repeated option silently took its last value (dask's: tests/test_dask_driver.py)
+    bad = ["unix:/x?transport=carrier-pigeon", "unix:/x?bogus=1", "unix:/x?transport=ring&entries=3",
+           *(f"unix:/x?{t}timeout_s={v}" for t in ("", "transport=ring&") for v in ("-1", "nan", "inf", "0")),
+           "unix:/x?transport=ring&transport=socket", "unix:/x\x00y"]
+    for name in bad:
         with pytest.raises(FFAccelError) as e:
             ffaccel.open(name)
         assert e.value.rule == "device.name", name
@@ -345,3 +350,55 @@ def test_a_ring_client_that_never_spins_is_woken_by_the_server(server, monkeypat
         assert outcomes and all(outcomes)  # every sleep ended by the server's wake (or a completion already there)
     else:
         assert outcomes == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_call_interrupted_before_its_reply_gives_the_connection_up_saying_so(server, path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between a request and its reply left that reply unread: the next call read it as
+    its own and reported "malformed reply" ("the device server is gone"), every call after too."""
+    from ffaccel.transports.socket import SocketTransport
+
+    dev = server.open(path)
+    try:
+        real = SocketTransport._recv_reply
+
+        def interrupted(self, *args, **kwargs):
+            monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            dev.alloc(64)
+        with pytest.raises(FFAccelError) as e:
+            dev.alloc(64)
+        assert e.value.code == ErrorCode.DEVICE_LOST and "interrupted (KeyboardInterrupt)" in e.value.message
+    finally:
+        dev.close()
+    again = server.open(path)  # the server is fine
+    try:
+        assert again.alloc(64).read(np.uint8, 64).sum() == 0
+    finally:
+        again.close()
+
+
+def test_a_device_named_in_calls_reconnects_after_its_connection_was_given_up(server,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``matmul(..., device="unix:PATH")`` keeps the device it opened by that name: once its
+    connection was lost (here: a call interrupted), every later call by that name failed for good,
+    and the program could not "open the device again". Now the next call connects anew."""
+    from ffaccel.transports.socket import SocketTransport
+
+    name = f"unix:{server.path}"
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(ffaccel.matmul(x, x, device=name), x @ x)
+    real = SocketTransport._recv_reply
+
+    def interrupted(self, *args, **kwargs):
+        monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ffaccel.matmul(x, x + 1, device=name)
+    np.testing.assert_array_equal(ffaccel.matmul(x, x, device=name), x @ x)

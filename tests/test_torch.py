@@ -627,3 +627,20 @@ def test_greedy_decoding_with_a_kv_cache_is_offloaded_and_unchanged(interception
     s = session.stats
     # 6 forward passes (the prompt, then one per new token): 2 layers x (qkv, attention, proj, 2 MLP) + the head
     assert s["offloaded_calls"] == 6 * (2 * 5 + 1) and s["host_calls"] == 0 and s["offloaded_fraction"] == 1.0, s
+
+
+def test_a_session_exited_twice_is_a_named_error_and_still_works_after() -> None:
+    """``session.__exit__`` twice (or a `with` block exited by hand as well) was an IndexError from
+    an internal list; now INVALID_PARAMETER naming the session, and PyTorch is left as it was."""
+    from ffaccel.spec import ErrorCode, FFAccelError
+
+    lin = torch.nn.Linear(4, 2)
+    session = ffaccel.torch.offload("cpu")
+    with torch.no_grad(), session:
+        pass
+    with pytest.raises(FFAccelError) as e:
+        session.__exit__(None, None, None)
+    assert (e.value.code, e.value.param) == (ErrorCode.INVALID_PARAMETER, "session")
+    with torch.no_grad(), session:  # entered again: it still offloads
+        lin(torch.ones(3, 4))
+    assert session.stats["offloaded_calls"] == 1

@@ -12,6 +12,12 @@ Examples
 1
 """
 
-from .frontends.torch_offload import OffloadSession, offload, to_numpy, to_torch
+import importlib.util
+
+if importlib.util.find_spec("torch") is None:  # say what to install, not where deep inside the import failed
+    raise ModuleNotFoundError("ffaccel.torch needs PyTorch, which is not installed: pip install 'ffaccel[torch]' "
+                              "(docs/pytorch.md)", name="torch")
+
+from .frontends.torch_offload import OffloadSession, offload, to_numpy, to_torch  # noqa: E402
 
 __all__ = ["OffloadSession", "offload", "to_numpy", "to_torch"]

@@ -94,6 +94,10 @@ class Matrix:
     ld_elems: int | None = None
     offset_bytes: int = 0
     batch_stride_elems: int = 0
+    #: The device whose handle table ``handle`` is in (set by ``Buffer.matrix``; None: not known).
+    #: Not encoded, not compared: a Device refuses a Matrix of another device's buffer, whose
+    #: handle number may well name a buffer of its own (every client numbers from 1).
+    owner: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.ld_elems is None:
@@ -173,7 +177,15 @@ class Gemm:
                                for p in self.epilogue), self.user_data)
 
     def fields(self) -> dict[str, int]:
+        ops = {name: _operand(getattr(self, name), name) for name in ("a", "b", "c", "d")}
+        try:
+            epilogue = tuple(self.epilogue)
+        except TypeError:  # not a sequence (a 0-d array, a bool): named, not tuple()'s error
+            raise violation("cmd.field_range", repr(self.epilogue), "a sequence of PostOpDesc", field="epilogue") \
+                from None
         acc = self.acc_dtype
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, numbers.Integral)):
+            raise violation("cmd.field_range", repr(acc), "a DType or None", field="acc_dtype")
         if acc is None:
             acc = _default_acc(self.a.dtype if self.a is not None else None)
         is_int = acc in DTYPES and not DTYPES[acc].is_float
@@ -188,22 +200,33 @@ class Gemm:
             "k": self.k,
             "batch": self.batch,
             "acc_dtype": int(acc),
-            "epilogue_count": len(self.epilogue),
+            "epilogue_count": len(epilogue),
             "alpha_bits": scalar_bits(self.alpha, is_int, "alpha"),
             "beta_bits": scalar_bits(self.beta, is_int, "beta"),
         }
-        for name in ("a", "b", "c", "d"):
-            mat = getattr(self, name)
+        for name, mat in ops.items():
             if mat is not None:
                 f.update(mat.fields(name))
-        for i, p in enumerate(self.epilogue):
+        for i, p in enumerate(epilogue):
             s = f"epilogue[{i}]."
-            f[s + "kind"] = int(p.kind)
+            if not isinstance(p, PostOpDesc):
+                raise violation("cmd.field_range", type(p).__name__, "a PostOpDesc", field=f"epilogue[{i}]")
+            try:
+                f[s + "kind"] = int(p.kind)
+            except (TypeError, ValueError, OverflowError):
+                raise violation("cmd.field_range", repr(p.kind), "a PostOpKind", field=s + "kind") from None
             f[s + "param0_bits"] = scalar_bits(p.param0, is_int, s + "param0")
             f[s + "param1_bits"] = scalar_bits(p.param1, is_int, s + "param1")
             if p.operand is not None:
-                f.update(p.operand.fields(s + "operand"))
+                f.update(_operand(p.operand, s + "operand").fields(s + "operand"))
         return f
+
+
+def _operand(mat: object, name: str) -> Matrix | None:
+    """``mat`` when it is a :class:`Matrix` or None; anything else named (it was an AttributeError)."""
+    if mat is not None and not isinstance(mat, Matrix):
+        raise violation("cmd.field_range", type(mat).__name__, "a Matrix (Buffer.matrix(...)) or None", field=name)
+    return mat
 
 
 @dataclass(frozen=True)
@@ -216,8 +239,11 @@ class Copy:
 
     def encode(self) -> bytes:
         f = {"opcode": Opcode.COPY, "flags": 0, "size_bytes": COMMAND_BYTES, "user_data": self.user_data}
-        f.update(self.src.fields("src"))
-        f.update(self.dst.fields("dst"))
+        for name in ("src", "dst"):
+            mat = _operand(getattr(self, name), name)
+            if mat is None:  # COPY has no absent operand
+                raise violation("cmd.field_range", "None", "a Matrix (Buffer.matrix(...))", field=name)
+            f.update(mat.fields(name))
         return encode_fields(COPY, f)
 
 
@@ -271,12 +297,15 @@ def _default_acc(a_dtype: DType | None) -> DType:
 
 def scalar_bits(x: float | int, is_int: bool, name: str) -> int:
     """Encode a scalar: i64 for integer GEMM (must be integral), else f64 bits."""
-    if is_int:
-        v = int(x) if not isinstance(x, float) or (math.isfinite(x) and x == int(x)) else None
-        if v is None or not -(2**63) <= v < 2**63:
-            raise _int_scalar_error(name, x)
-        return i64_bits(v)
-    return f64_bits(x)
+    try:
+        if is_int:
+            v = int(x) if not isinstance(x, float) or (math.isfinite(x) and x == int(x)) else None
+            if v is None or not -(2**63) <= v < 2**63:
+                raise _int_scalar_error(name, x)
+            return i64_bits(v)
+        return f64_bits(x)
+    except (TypeError, ValueError, OverflowError):  # a list, a complex, a string: named, not float()'s error
+        raise violation("cmd.field_range", repr(x), "a real number", field=name) from None
 
 
 def _int_scalar_error(name: str, x: object) -> Exception:
@@ -324,7 +353,13 @@ def encode_submission(
     abi_version: int = ABI_VERSION,
 ) -> bytes:
     """Encode a whole submission: header, waits ``(engine, value)``, then commands."""
-    cmds = [c if isinstance(c, (bytes, bytearray, memoryview)) else c.encode() for c in commands]
+    try:
+        cmds = [c if isinstance(c, (bytes, bytearray, memoryview)) else c.encode() for c in commands]
+    except AttributeError:  # not a command at all (an int, None...): named, not a foreign AttributeError
+        seen = [c for c in commands if not isinstance(c, (bytes, bytearray, memoryview, Gemm, Copy))] \
+            if isinstance(commands, (list, tuple)) else []
+        raise violation("cmd.opcode", type(seen[0]).__name__ if seen else "an object that is not a command",
+                        "a Gemm, a Copy or encoded command bytes") from None
     waits = list(waits)
     try:
         head = _SUBMIT_STRUCT.pack(abi_version, int(engine), 0, len(cmds), len(waits), 0, 0)

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..report.output import output_folder
 from ..spec import ErrorCode, FFAccelError
 from ..transports.cheader import render
 from . import blas_gen
+from .errors import nonempty
 
 #: Headers installed into ``DIR/include`` (the uAPI header and cblas.h's prototypes are generated).
 HEADERS = ("ffaccel.h", "cblas.h")
@@ -68,14 +70,16 @@ def find_compiler(cc: str | None = None) -> list[str]:
     Raises
     ------
     FFAccelError
-        UNSUPPORTED, naming ``CC``, when none is found.
+        INVALID_PARAMETER, naming ``CC``, when the compiler given is not found; UNSUPPORTED when
+        none was given and none is found.
     """
     choice = cc or os.environ.get("CC")
     if choice:
         argv = shlex.split(choice)
         if argv and shutil.which(argv[0]):
             return argv
-        raise FFAccelError(ErrorCode.UNSUPPORTED, "CC", f"C compiler {choice!r} not found on PATH; "
+        # named by the user (--cc or $CC): a bad argument (exit 2), not a missing facility
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, "CC", f"C compiler {choice!r} not found on PATH; "
                            "allowed: a C11 compiler such as gcc or clang (install one, e.g. apt-get install gcc)")
     for name in COMPILERS:
         if shutil.which(name):
@@ -118,14 +122,18 @@ def build_c(out: str | os.PathLike[str], cc: str | None = None, werror: bool = F
     compiler = find_compiler(cc)
     root = Path(out)
     inc, lib = root / "include", root / "lib"
-    try:  # like every other output path: a code, the parameter, what is allowed
-        inc.mkdir(parents=True, exist_ok=True)
-        lib.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FFAccelError(ErrorCode.INVALID_PARAMETER, "out", f"the output folder must be one this process can "
-                           f"create and write; got {os.fspath(out)} ({e.strerror or e}"
-                           f"{': ' + str(e.filename) if e.filename else ''})") from None
     result = BuildResult(inc, lib, " ".join(compiler))
+    lib_names = [result.libffaccel.name, result.libcblas.name, result.libblas.name, BLAS_SONAME]
+    # like every other output path: checked first (a code, the parameter, what is allowed), and a
+    # build that fails or is interrupted removes the folders and files it made, never half a library set
+    with output_folder(root, [], param="out"), output_folder(inc, [*HEADERS, UAPI_HEADER], param="out"), \
+            output_folder(lib, lib_names, param="out"):
+        _build(compiler, result, werror)
+    return result
+
+
+def _build(compiler: list[str], result: BuildResult, werror: bool) -> None:
+    inc, lib = result.include, result.lib
     flags = [*_FLAGS, "-Werror"] if werror else list(_FLAGS)
     with tempfile.TemporaryDirectory(prefix="ffaccel-build-c-") as tmp:
         src = _sources(Path(tmp))
@@ -141,7 +149,6 @@ def build_c(out: str | os.PathLike[str], cc: str | None = None, werror: bool = F
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(result.libblas.name)
-    return result
 
 
 def _sources(folder: Path) -> Path:
@@ -184,8 +191,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ffaccel build-c`` on the CLI's subcommands."""
     p = sub.add_parser("build-c", help="compile the C client (libffaccel.so), CBLAS (libffaccel_cblas.so) and "
                        "the drop-in BLAS (libffaccel_blas.so)")
-    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/include and DIR/lib")
-    p.add_argument("--cc", default=None, help="C compiler command (default: $CC, else cc, gcc or clang)")
+    p.add_argument("--out", required=True, type=nonempty, metavar="DIR", help="writes DIR/include and DIR/lib")
+    p.add_argument("--cc", default=None, type=nonempty, help="C compiler command (default: $CC, else cc, gcc or clang)")
     p.set_defaults(func=_run)
 
 

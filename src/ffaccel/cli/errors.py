@@ -9,6 +9,7 @@ there is one, what to do) and a status from :class:`Exit`; ``--debug`` (or
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -62,6 +63,21 @@ _DEVICE_CODES = frozenset({ErrorCode.DEVICE_LOST, ErrorCode.TIMEOUT, ErrorCode.O
                            ErrorCode.ABI_VERSION_MISMATCH, ErrorCode.UNSUPPORTED})
 #: OSErrors about a path the user gave (bad input), as opposed to a resource in use.
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+#: errno values of an OSError that also say the path itself is unusable (they have no subclass).
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS})
+
+
+def nonempty(value: str) -> str:
+    """An argparse ``type`` for a path or command: an empty value is refused at parse time.
+
+    ``--out "$DIR"`` with DIR unset must not mean the current folder (Path("") is "."), and
+    ``--socket ""`` must not quietly mean the default socket.
+    """
+    if not value.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError("an empty value; give a path or a name")
+    return value
 
 
 class CommandError(Exception):
@@ -91,7 +107,7 @@ def status_of(exc: BaseException) -> Exit:
         return Exit.INTERRUPTED
     if isinstance(exc, Terminated):
         return Exit.TERMINATED
-    if isinstance(exc, _PATH_ERRORS):
+    if isinstance(exc, _PATH_ERRORS) or (isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS):
         return Exit.USAGE
     if isinstance(exc, OSError):
         return Exit.DEVICE

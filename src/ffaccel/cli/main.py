@@ -23,7 +23,7 @@ from ..abi import ABI_VERSION
 from ..runtime import devices, open_device
 from . import build_c, query, readiness, tune
 from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, SPEC_VERSION
-from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, one_line,
+from .errors import (EXIT_MEANINGS, CommandError, Exit, Terminated, debug_enabled, nonempty, one_line,
                      report_error, sigterm_unwinds, status_of, stdout_gone)
 
 if TYPE_CHECKING:
@@ -164,15 +164,31 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 def _serve(args: argparse.Namespace, console: Console) -> int:
     import logging
 
-    from ..drivers import driver_targets
+    from ..drivers import driver_targets, missing_package
     from ..transports.limits import limits_from_overrides
     from ..transports.server import serve
     from ..transports.socket import MAX_POLL_US
 
     targets = sorted(driver_targets())
     if args.driver.partition(":")[0] not in targets:  # "npu:preset=rk3588": options go to the driver
-        raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: no such driver; installed drivers: "
-                                       f"{', '.join(targets)}")
+        missing = missing_package(args.driver.partition(":")[0])
+        raise CommandError(Exit.USAGE, f"--driver {args.driver!r}: " + (missing or "no such driver; installed "
+                                                                          f"drivers: {', '.join(targets)}"))
+    # every argument is checked before anything slow (the kernel table is measured below) or visible
+    if not 0 <= args.ring_poll_us <= MAX_POLL_US:
+        raise CommandError(Exit.USAGE, f"--ring-poll-us {args.ring_poll_us}: allowed an integer in "
+                                       f"[0, {MAX_POLL_US}] microseconds")
+    # --max-client-memory is the limit max_memory_bytes: checked by the same table
+    extra = []
+    if args.max_client_memory is not None:
+        if any(item.partition("=")[0].strip().replace("-", "_") == "max_memory_bytes" for item in args.limit):
+            raise CommandError(Exit.USAGE, "--max-client-memory and --limit max_memory_bytes=... set the same "
+                                           "limit; give one of them")
+        if args.max_client_memory < 0:
+            raise CommandError(Exit.USAGE, f"--max-client-memory {args.max_client_memory}: allowed an integer "
+                                           ">= 0 (bytes)")
+        extra = [f"max_memory_bytes={args.max_client_memory}"]
+    session_limits, server_limits = limits_from_overrides([*args.limit, *extra])
     where = args.socket or "the default socket"
     if args.socket is not None:
         folder = os.path.dirname(os.path.abspath(args.socket))
@@ -199,12 +215,6 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
                                          f"STATUS=serving {args.driver} on {srv.socket_path}")
 
     try:
-        # --max-client-memory is the limit max_memory_bytes: checked by the same table, before anything starts
-        extra = [] if args.max_client_memory is None else [f"max_memory_bytes={args.max_client_memory}"]
-        if not 0 <= args.ring_poll_us <= MAX_POLL_US:
-            raise CommandError(Exit.USAGE, f"--ring-poll-us {args.ring_poll_us}: allowed an integer in "
-                                           f"[0, {MAX_POLL_US}] microseconds")
-        session_limits, server_limits = limits_from_overrides([*args.limit, *extra])
         return serve(args.socket, args.driver, max_client_memory=args.max_client_memory, poll_us=args.ring_poll_us,
                      session_limits=session_limits, limits=server_limits, ready=ready)
     except OSError as e:  # socket in use, path refused...: the server says why, we say where
@@ -219,7 +229,7 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     srv = sub.add_parser("serve", help="own the device and serve client processes on a Unix socket")
     srv.add_argument("--driver", default="cpu", help="driver to serve, with options as in a device name, e.g. npu:preset=rk3588 (default: cpu)")
-    srv.add_argument("--socket", default=None,
+    srv.add_argument("--socket", default=None, type=nonempty,
                      help="socket path (default: $FFACCEL_SOCKET, else server.sock in the private folder "
                           "$XDG_RUNTIME_DIR/ffaccel or /tmp/ffaccel-UID, created mode 0700)")
     srv.add_argument("--max-client-memory", type=int, default=None, metavar="BYTES",
@@ -227,7 +237,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                           "(default: half the device's memory)")
     srv.add_argument("--ring-poll-us", type=int, default=200, metavar="US",
                      help="how long the ring poller busy-polls before sleeping (default: 200)")
-    srv.add_argument("--ready-file", default=None, metavar="PATH",
+    srv.add_argument("--ready-file", default=None, type=nonempty, metavar="PATH",
                      help="once the socket listens, write PATH atomically (one line of JSON: device, socket, pid, "
                           "driver); removed when the server stops. With $NOTIFY_SOCKET set (systemd Type=notify) "
                           "READY=1 is also sent there")
@@ -261,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     lvl = conf.add_mutually_exclusive_group()
     lvl.add_argument("--quick", action="store_true", help="small shapes, every group of cases (default)")
     lvl.add_argument("--full", action="store_true", help="every shape triple and a large GEMM")
-    conf.add_argument("--report", metavar="PATH",
+    conf.add_argument("--report", type=nonempty, metavar="PATH",
                       help="write the report: PATH.json and PATH.md, or DIR/conformance.{json,md}")
     conf.add_argument("--json", action="store_true",
                       help="print the report's JSON (as --report writes it) on stdout; the tables go to stderr")
@@ -272,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fewer sizes and samples: about 25 s on a 2-core machine at load ~2, 30-35 s at load "
                           "~3-4, 40-65 s at load ~4-7 (about 28-32 CPU seconds; docs/report.md has the figures); "
                           "longer on a busier one (figures that look disturbed are measured twice)")
-    rep.add_argument("--out", default="ffaccel-report", help="output folder (default: ffaccel-report)")
+    rep.add_argument("--out", default="ffaccel-report", type=nonempty, help="output folder (default: ffaccel-report)")
     rep.add_argument("--no-server", action="store_true", help="do not start a server to measure its paths")
     rep.add_argument("--json", action="store_true",
                      help="print DIR/results.json on stdout once written; progress and tables go to stderr")

@@ -40,8 +40,9 @@ def prepare_ready_file(path: str) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise CommandError(Exit.USAGE, f"--ready-file {path}: the folder {folder} does not exist; create it "
-                                       "or choose a path in an existing folder")
+        raise CommandError(Exit.USAGE, f"--ready-file {path}: the folder {folder} "
+                                       f"{'is not a folder' if os.path.lexists(folder) else 'does not exist'}; "
+                                       "create it or choose a path in an existing folder")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -51,7 +52,31 @@ def prepare_ready_file(path: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise CommandError(Exit.USAGE, f"--ready-file {path}: exists and is not a regular file; refusing to "
                                        "replace it (choose another path)")
+    if not _is_ready_file(path):  # someone's own file: never overwritten, never deleted
+        raise CommandError(Exit.USAGE, f"--ready-file {path}: exists and is not a ready file an ffaccel server "
+                                       "wrote; refusing to replace it (choose another path, or remove it)")
     os.unlink(path)  # a file from an earlier run must not say "ready" before this server listens
+
+
+#: The keys of the one line of JSON a ready file holds (:func:`write_ready_file`).
+READY_KEYS = frozenset({"device", "socket", "pid", "driver"})
+
+
+def _is_ready_file(path: str) -> bool:
+    """Whether ``path`` holds what :func:`write_ready_file` writes (one JSON object of READY_KEYS),
+    or nothing (an empty file, as ``touch`` or ``mktemp`` leaves)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4097)
+    except OSError:
+        return False
+    if not raw.strip():
+        return True
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and set(doc) == READY_KEYS
 
 
 def write_ready_file(path: str, doc: dict[str, object]) -> os.stat_result:

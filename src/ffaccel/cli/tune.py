@@ -23,6 +23,13 @@ def _tune(args: argparse.Namespace, console: Any) -> int:
     if not low <= args.seconds <= high:  # also refuses nan and inf: a budget that never ends
         raise CommandError(Exit.USAGE, f"--seconds {args.seconds}: allowed a number of seconds in [{low:g}, {high:g}]")
 
+    if not args.dry_run:  # checked before measuring, not after (the measurements lost)
+        import os
+
+        from ..report.output import check_writable
+
+        check_writable(cpu_tune.cache_dir(), param="FFACCEL_CACHE_DIR" if os.environ.get("FFACCEL_CACHE_DIR")
+                       else "cache folder")
     console.print(f"measuring on {cpu_tune.machine_key()['cpu']} (about {args.seconds:g} s) ...")
     cross, timings = cpu_tune.tune(budget_s=args.seconds, log=console.print if args.verbose else None)
     if args.dry_run:

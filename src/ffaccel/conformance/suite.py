@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..runtime import Device, open_device
-from ..spec import SPEC_VERSION
+from ..spec import SPEC_VERSION, ErrorCode, FFAccelError
 from .cases import LEVELS, band_cases, copy_cases, gemm_cases
 from .engines import check_fences_per_engine, engine_checks
 from .entry import entry_checks
@@ -199,12 +200,35 @@ def check_device(device: "Device | DeviceFactory | str", level: str = "quick", *
         try:
             results.extend(thunk())
         except Exception as e:  # noqa: BLE001 - a crash is a failure of that unit, not of the suite
+            if isinstance(e, FFAccelError) and e.code == ErrorCode.DEVICE_LOST and not _answers(factory):
+                # the device is gone (a server killed, a card lost): every case left would "fail" with
+                # the same error and the report would blame the driver for hundreds of cases; the run
+                # ends here, naming the unit it was in (which may be what killed it)
+                raise FFAccelError(ErrorCode.DEVICE_LOST, e.param, f"the device was lost during unit {i + 1} of "
+                                   f"{len(checks)} ({desc}), and a fresh one does not answer; no report: "
+                                   f"{e.message}") from e
             results.append(CaseResult("CRASH", "crash", "-", desc, False, float("nan"), f"raised {e!r}"))
         if progress is not None:
             progress(i + 1, len(checks), desc)
     shown_level = level if not only else f"{level} (only {', '.join(only)})"  # a partial run says so
     return ConformanceReport(name or first.name, f"{info.name} {info.version}", shown_level, SPEC_VERSION,
                              time.perf_counter() - start, results)
+
+
+def _answers(factory: Callable[[], Device]) -> bool:
+    """Whether a fresh device from ``factory`` opens and answers ``info()``."""
+    try:
+        dev = factory()
+    except FFAccelError:
+        return False
+    try:
+        dev.info()
+        return True
+    except FFAccelError:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            dev.close()
 
 
 def format_failures(failures: Sequence[CaseResult], limit: int | None = 20) -> str:

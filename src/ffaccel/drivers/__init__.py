@@ -129,6 +129,20 @@ def load_driver_class(name: str) -> type[Driver]:
     return getattr(importlib.import_module(module), attr)
 
 
+def missing_package(driver_name: str) -> str | None:
+    """For a known driver whose package is not installed: what it needs and how to install it
+    ("the torch driver needs torch, not installed: pip install 'ffaccel[torch]'"); else None."""
+    known = dict(_BUILTIN)
+    for name, value in _installed():
+        known.setdefault(name, value)
+    target = known.get(driver_name)
+    if target is None or _available(target):
+        return None
+    need = _REQUIRES[target]
+    return f"the {driver_name} driver needs {need}, not installed: " \
+           + _INSTALL_HINTS.get(need, f"pip install {need}")
+
+
 def open_driver(name: str) -> Driver:
     """A driver instance by device name (``"cpu"``, ``"torch:cuda"``, ``"cpu:2"``).
 
@@ -139,7 +153,8 @@ def open_driver(name: str) -> Driver:
     try:
         cls = load_driver_class(driver_name)
     except KeyError:
-        raise violation("device.name", name, sorted(driver_targets())) from None
+        missing = missing_package(driver_name)  # a driver whose extra is not installed says how to get it
+        raise violation("device.name", name, missing if missing else sorted(driver_targets())) from None
     try:
         return cls(options) if options else cls()
     except TypeError as e:  # the driver takes no (or other) options
@@ -155,4 +170,5 @@ def restricted(inner, **fields):  # type: ignore[no-untyped-def] - documented in
 
 
 __all__ = ["BoundGemm", "Driver", "DriverEntry", "DriverInfo", "FreshKernel", "ENTRY_POINT_GROUP", "GemmKernel",
-           "SizeBand", "driver_catalog", "driver_targets", "load_driver_class", "open_driver", "restricted"]
+           "SizeBand", "driver_catalog", "driver_targets", "load_driver_class", "missing_package", "open_driver",
+           "restricted"]

@@ -68,6 +68,7 @@ from ..abi import CopyOp, GemmOp, LruCache
 from ..spec import DType, ErrorCode, FFAccelError, PostOpKind, numpy_dtype
 from .base import BoundGemm, Driver, DriverInfo, GemmKernel, SizeBand
 from .blas_threads import ThreadLimit, one_blas_thread
+from .envswitch import env_switch
 from .epilogue import Step, float_steps, int_steps
 from .epilogue import run_steps as _run_steps
 from .rounding import INT_F32_EXACT_CHUNK
@@ -857,13 +858,30 @@ def parse_kernels(spec: str | None) -> dict[str, str]:
     return {c.value: v.value for c, v in _table.parse_kernels(spec, KERNELS_ENV).items()}
 
 
+#: ``FFACCEL_ONEDNN=0`` ignores an installed oneDNN (a switch: 0 or 1).
+ONEDNN_ENV = "FFACCEL_ONEDNN"
+
+
 def _onednn_library(choice: dict[str, str]) -> Any:
     """oneDNN when installed and something may use it (imported only then), else None."""
-    if all(v in ("blas", "gemv") for v in choice.values()) or os.environ.get("FFACCEL_ONEDNN", "") == "0":
+    if all(v in ("blas", "gemv") for v in choice.values()) or not env_switch(ONEDNN_ENV):
         return None
     from . import onednn
 
-    return onednn.library()
+    lib = onednn.library()
+    named = os.environ.get(onednn.ENV_LIB, "").strip()
+    if lib is None and named:  # asked for by name: never a silent fall back to OpenBLAS
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, onednn.ENV_LIB,
+                           f"the oneDNN library to load; got {onednn.ENV_LIB}={named!r}, which does not load as "
+                           "oneDNN 3.x; allowed the path of a libdnnl.so.3, or unset (the one installed)")
+    return lib
+
+
+def _onednn_missing() -> str:
+    """Why no oneDNN library is there, for a refusal of a forced choice."""
+    if not env_switch(ONEDNN_ENV):
+        return f"{ONEDNN_ENV}=0 turns oneDNN off"
+    return "oneDNN is not installed (pip install 'ffaccel[onednn]')"
 
 
 def _probe_impl(lib: Any, cls: str) -> str | None:
@@ -895,7 +913,7 @@ def crossovers() -> Crossovers:
     the defaults with ``FFACCEL_CPU_TUNED=0`` and inside a tuning pass."""
     from . import cpu_tune
 
-    if os.environ.get("FFACCEL_CPU_TUNED", "") == "0" or cpu_tune.measuring():
+    if not env_switch(cpu_tune.TUNED_ENV) or cpu_tune.measuring():
         return DEFAULT_CROSSOVERS
     where = str(cpu_tune.cache_dir())
     got = _MEASURED.get(where)
@@ -981,7 +999,7 @@ def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> di
             continue
         ok = (impl is not None and exact) if want == "onednn" else can_widen
         if not ok:
-            raise _refuse(cls, want, "oneDNN is not installed (pip install 'ffaccel[onednn]')" if lib is None else
+            raise _refuse(cls, want, _onednn_missing() if lib is None else
                           "only f16 and bf16 are widened" if want == "widened" and cls not in ("f16", "bf16") else
                           "PyTorch is not installed" if want == "widened" else
                           "oneDNN's u8 x s8 sum saturates without VNNI/AMX" if not exact else
@@ -991,9 +1009,19 @@ def resolve_kernels(choice: dict[str, str], lib: Any, threads: int | None) -> di
     return out
 
 
+#: The environment variable with the default thread limit of a ``cpu`` device (``cpu:N`` overrides it).
+THREADS_ENV = "FFACCEL_CPU_THREADS"
+
+
 def _threads_from_env() -> int | None:
-    v = os.environ.get("FFACCEL_CPU_THREADS", "").strip()
-    return int(v) if v else None
+    v = os.environ.get(THREADS_ENV, "").strip()
+    if not v:
+        return None
+    if not v.isdecimal() or int(v) < 1:  # named, not an int() ValueError (the CLI's "internal error")
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, THREADS_ENV,
+                           f"the most BLAS threads a cpu device's GEMM may use; got {THREADS_ENV}={v!r}, "
+                           "allowed an integer >= 1, or unset (the BLAS's own)")
+    return int(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -1097,8 +1125,9 @@ class CpuDriver(Driver):
                                    f"the cpu device takes an optional thread count; got 'cpu:{threads}', "
                                    "allowed cpu, or cpu:N for at most N >= 1 BLAS threads", rule="device.name")
             threads = int(threads)
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "threads",
+                               f"the most BLAS threads a GEMM may use; got {threads!r}, allowed an integer >= 1 or None")
         self.threads = threads
         self._limit = ThreadLimit(threads) if threads is not None else None
         self._plans: LruCache[GemmOp, Kernel] = LruCache(256)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .cpu_table import CHOOSABLE_NAMES, DEFAULT_CROSSOVERS, NEVER, Crossovers
+from .envswitch import env_switch
 
 #: Square sizes n (n^3 GEMMs) at which the libraries are compared; a crossover is one of their cubes.
 LADDER = (32, 48, 64, 96, 128, 160, 192, 256, 320)
@@ -59,6 +60,10 @@ QUICK_BUDGET_S = 0.5
 OVERRUN_FACTOR = 3.0
 
 
+#: ``FFACCEL_CPU_TUNED=0`` keeps the table's defaults and reads no cache (a switch: 0 or 1).
+TUNED_ENV = "FFACCEL_CPU_TUNED"
+
+
 def cache_dir() -> Path:
     env = os.environ.get("FFACCEL_CACHE_DIR")
     if env:
@@ -82,6 +87,11 @@ def machine_key() -> dict[str, str]:
     except OSError:  # pragma: no cover - not Linux
         pass
     key = {"cpu": model, "flags": flags, "numpy": np.__version__}
+    # threadpoolctl lists the BLAS libraries loaded so far: SciPy's (the cpu driver's) is loaded
+    # here first, or a key computed before the driver was imported (`ffaccel serve` and `report`
+    # check the cache at start) would differ from the one the pass saved under, and every start
+    # would measure again
+    import scipy.linalg.blas  # noqa: F401
     try:
         from threadpoolctl import threadpool_info
 
@@ -119,7 +129,7 @@ def _read_cache() -> tuple[Crossovers, dict[str, Any]] | None:
 
 def load_crossovers() -> Crossovers | None:
     """This machine's tuned crossovers, or None (no cache, ``FFACCEL_CPU_TUNED=0``, or a bad file)."""
-    if os.environ.get("FFACCEL_CPU_TUNED", "") == "0":
+    if not env_switch(TUNED_ENV):
         return None
     got = _read_cache()
     return got[0] if got is not None else None
@@ -184,7 +194,7 @@ def tune_at_start(say: Any = None) -> Crossovers | None:
     """At a long-running command's start (``ffaccel serve``, ``ffaccel report``): where this
     machine has no valid cache (and ``FFACCEL_CPU_TUNED`` is not 0), the full pass
     (:data:`START_BUDGET_S`, PyTorch not imported for it) and the cache written; else nothing (None)."""
-    if os.environ.get("FFACCEL_CPU_TUNED", "") == "0" or _still_valid(_read_cache()) is not None:
+    if not env_switch(TUNED_ENV) or _still_valid(_read_cache()) is not None:
         return None
     if say is not None:
         say(f"measuring the cpu driver's kernels on this machine (once, about {START_BUDGET_S:g} s CPU; "

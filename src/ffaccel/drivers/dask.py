@@ -344,9 +344,12 @@ def _parse_options(options: str) -> tuple[str, dict[str, str]]:
     if where in ("//", "") or where.endswith("://"):
         raise violation("device.name", f"dask:{options}", "dask://HOST:PORT with a host and a port")
     try:
-        pairs = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+        listed = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise violation("device.name", f"dask:{options}", "a query string key=value&key=value") from None
+    pairs = dict(listed)
+    if len(pairs) < len(listed):  # min_flops=1&min_flops=2: neither wins silently
+        raise violation("device.name", f"dask:{options}", "a query string with each key once")
     return address, pairs
 
 
@@ -363,7 +366,10 @@ def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float
     is retried only while ``wait_s`` lasts (a scheduler that is starting). Other schemes are
     left to Dask.
     """
-    parts = urlsplit(address)
+    try:
+        parts = urlsplit(address)
+    except ValueError:  # "dask://[::1": an unclosed IPv6 bracket (was the CLI's "internal error")
+        raise violation("device.name", f"dask:{address}", "dask://HOST:PORT with a host and a port") from None
     if parts.scheme != "tcp":
         return
     try:

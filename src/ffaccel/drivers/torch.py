@@ -55,7 +55,7 @@ passive_unless_chosen()
 import torch  # noqa: E402 - after the OpenMP policy is set
 
 from ..abi import CopyOp, DeviceCaps, GemmOp, LruCache  # noqa: E402
-from ..spec import DTYPES, OPERAND_POST_OPS, DType, PostOpKind, violation  # noqa: E402
+from ..spec import DTYPES, OPERAND_POST_OPS, DType, ErrorCode, FFAccelError, PostOpKind, violation  # noqa: E402
 from .base import Driver, GemmKernel  # noqa: E402
 from .rounding import INT_F32_EXACT_CHUNK, round_to  # noqa: E402
 
@@ -107,6 +107,7 @@ def native_default(device: torch.device) -> frozenset[str]:
 
 
 def _parse_native(spec: str | None, device: torch.device) -> frozenset[str]:
+    from_env = spec is None
     spec = (spec if spec is not None else os.environ.get(NATIVE_ENV, "auto")).strip().lower()
     if spec in ("", "auto"):
         return native_default(device)
@@ -114,7 +115,12 @@ def _parse_native(spec: str | None, device: torch.device) -> frozenset[str]:
         return frozenset()
     kinds = frozenset(s.strip() for s in spec.split(",") if s.strip())
     if not kinds <= set(NATIVE_KINDS):
-        raise violation("device.name", f"{NATIVE_ENV}={spec!r}", f"'auto', 'none' or a comma list of {NATIVE_KINDS}")
+        allowed = f"'auto', 'none' or a comma list of {NATIVE_KINDS}"
+        if from_env:  # the variable is the bad input, not the device name
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, NATIVE_ENV,
+                               f"the kinds of GEMM run by PyTorch's native kernels; got {NATIVE_ENV}={spec!r}, "
+                               f"allowed {allowed}")
+        raise violation("device.name", f"native={spec!r}", allowed)
     return kinds
 
 

@@ -271,10 +271,13 @@ def _post_ops_tuple(post_ops: Any) -> tuple:
         return ()
     if isinstance(post_ops, PostOp):
         return (post_ops,)
-    if isinstance(post_ops, (str, bytes)) or not isinstance(post_ops, Iterable):
+    try:  # a 0-d array is an Iterable that cannot be iterated
+        if isinstance(post_ops, (str, bytes)) or not isinstance(post_ops, Iterable):
+            raise TypeError
+        return tuple(post_ops)
+    except TypeError:
         raise violation("api.post_op", type(post_ops).__name__,
-                        "a list of ffaccel.post.bias/relu/gelu/clamp/scale/add, or one of them", arg="post_ops")
-    return tuple(post_ops)
+                        "a list of ffaccel.post.bias/relu/gelu/clamp/scale/add, or one of them", arg="post_ops") from None
 
 
 def _fast_plan(kernel: Callable, m: int, n: int, d_dtype: np.dtype,
@@ -805,7 +808,8 @@ def _output(out: np.ndarray | None, p: _Problem) -> tuple[_Operand | None, np.nd
     if not out.flags.writeable:
         raise violation("api.writeable", "a read-only array", "a writeable array", arg="out")
     d3 = None
-    out_full = out.reshape(p.full_shape) if out.size else np.empty(p.full_shape, d_np)
+    base = out if type(out) is np.ndarray else out.view(np.ndarray)  # np.matrix stays 2-D when reshaped
+    out_full = base.reshape(p.full_shape) if out.size else np.empty(p.full_shape, d_np)
     if not out_full.size or np.shares_memory(out_full, out):  # else reshape had to copy
         try:
             d3 = out_full.reshape((p.batch, p.m, p.n), copy=False)

@@ -54,7 +54,13 @@ def _operand(x: Any, arg: str) -> np.ndarray:
     """A post-op's operand as NumPy: another library's array through DLPack, as matmul takes a
     and b (np.asarray raised a foreign TypeError for a torch bfloat16 tensor and a RuntimeError
     for one that requires grad)."""
-    return _from_dlpack(x, arg) if hasattr(x, "__dlpack__") else np.asarray(x)
+    if hasattr(x, "__dlpack__"):
+        return _from_dlpack(x, arg)
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:  # a ragged list: NumPy's own ValueError, named here
+        raise violation("api.dtype", f"{type(x).__name__} NumPy cannot make an array of ({e})",
+                        "an array or a list of numbers", arg=arg) from None
 
 
 def bias(v: Any, axis: str = "n") -> PostOp:

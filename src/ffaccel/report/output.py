@@ -25,11 +25,23 @@ def _unwritable(param: str, path: Path, why: str) -> FFAccelError:
                         f"the output folder must be one this process can create and write; got {path} ({why})")
 
 
-def _topmost_missing(folder: Path) -> Path | None:
+def _exists(path: Path, param: str) -> bool:
+    """Whether ``path`` exists; a path the system cannot even look up (a name too long, a loop of
+    symbolic links) is the caller's bad input, refused naming ``param`` like any unusable path."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise _unwritable(param, path, e.strerror or type(e).__name__) from None
+    return True
+
+
+def _topmost_missing(folder: Path, param: str = "out") -> Path | None:
     """The topmost of ``folder`` and its parents that does not exist (None when ``folder`` exists)."""
     top = None
     p = folder
-    while not p.exists():
+    while not _exists(p, param):
         top = p
         if p.parent == p:
             break
@@ -37,9 +49,29 @@ def _topmost_missing(folder: Path) -> Path | None:
     return top
 
 
+def _check_names(folder: Path, names: Iterable[str], param: str) -> None:
+    """Each file the run will write in ``folder`` can be: an existing one is a file (replaced by a
+    rename at the end), a new name is one the file system takes (not too long). Checked before the
+    run, so that a run's results are never lost to a name found bad when they are written."""
+    for name in names:
+        path = folder / name
+        if _exists(path, param):
+            if not path.is_file():
+                raise _unwritable(param, path, "it exists and is not a regular file")
+            continue
+        if os.path.islink(path):  # a dangling link: replaced by the rename like a file
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise _unwritable(param, path, f"cannot write it: {e.strerror or type(e).__name__}") from None
+        os.close(fd)
+        os.unlink(path)
+
+
 def _make_dirs(folder: Path, param: str) -> Path | None:
     """Create ``folder`` and its missing parents; the topmost folder created (None if it existed)."""
-    top = _topmost_missing(folder)
+    top = _topmost_missing(folder, param)
     if folder.exists() and not folder.is_dir():
         raise _unwritable(param, folder, "it exists and is not a folder")
     try:
@@ -79,12 +111,13 @@ def output_folder(folder: Path, names: Iterable[str], param: str = "out") -> Ite
     folders this run created.
     """
     folder = Path(folder)
-    made = _topmost_missing(folder)  # known before anything is created: an interrupt may come at any point
+    made = _topmost_missing(folder, param)  # known before anything is created: an interrupt may come at any point
     names = list(names)
-    existed = {n for n in names if (folder / n).exists()}
+    existed = {n for n in names if _exists(folder / n, param)}
     finished = False
     try:
         check_writable(folder, param)
+        _check_names(folder, names, param)
         yield folder
         finished = True
     finally:

@@ -8,12 +8,13 @@ the client that allocated them and named by handles in its own table.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -102,6 +103,36 @@ class Fence(NamedTuple):
 _tuple_new = tuple.__new__
 
 
+def _waits(dev: "Device", wait: Any) -> list[tuple[Engine, int]]:
+    """(engine, value) of each fence in ``wait``, all of ``dev`` (a submission's or a replay's waits)."""
+    waits = []
+    try:
+        for f in wait:
+            if getattr(f, "device", None) is not dev:
+                raise violation("submit.wait", f"a fence of device {f.device.name!r}" if isinstance(f, Fence)
+                                else type(f).__name__, "fences of this device")
+            waits.append((f.engine, f.value))
+    except TypeError:  # not a sequence at all (a Fence alone, None): named, not the for loop's error
+        raise violation("submit.wait", type(wait).__name__, "a sequence of fences of this device") from None
+    return waits
+
+
+def _whole(v: Any, name: str) -> int:
+    """``v`` as an int where a Buffer method takes a count or a byte offset; anything else named
+    (a float, a string, None: they were TypeErrors from a comparison or a slice)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise violation("cmd.field_range", repr(v), "an integer", field=name)
+    return int(v)
+
+
+def _np_dtype(dtype: Any, name: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype where a Buffer method takes one (NumPy's TypeError named)."""
+    try:
+        return np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise violation("operand.dtype", repr(dtype), "a NumPy dtype such as np.float32", operand=name) from None
+
+
 class Buffer:
     """Device memory owned by one client, named by a handle in that client's table.
 
@@ -131,8 +162,13 @@ class Buffer:
             raise FFAccelError(ErrorCode.UNSUPPORTED, "buffer", f"a NumPy view of device memory "
                                f"({type(self._memory).__name__}); only host-visible buffers have one, "
                                "use read()/write() here")
-        dt = np.dtype(dtype)
-        dims = None if shape is None else tuple(int(s) for s in ((shape,) if np.ndim(shape) == 0 else shape))
+        dt = _np_dtype(dtype, "dtype")
+        offset_bytes = _whole(offset_bytes, "offset_bytes")
+        try:
+            dims = None if shape is None else tuple(_whole(s, "shape") for s in ((shape,) if np.ndim(shape) == 0
+                                                                                else shape))
+        except TypeError:  # not a sequence of integers at all
+            raise violation("cmd.field_range", repr(shape), "an integer or a sequence of them", field="shape") from None
         # Python integers (math.prod, not np.prod: that wraps at 2**63), checked before NumPy sees them
         count = (self.size_bytes - offset_bytes) // dt.itemsize if dims is None else math.prod(dims)
         if offset_bytes < 0 or count < 0 or min(dims or (0,)) < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
@@ -144,7 +180,11 @@ class Buffer:
 
     def write(self, data: np.ndarray, offset_bytes: int = 0) -> None:
         """Copy ``data``'s bytes into the buffer at ``offset_bytes``."""
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        arr = np.ascontiguousarray(data)
+        if arr.dtype.kind in "OU":  # a str's code points or object pointers are no data a device reads
+            raise violation("operand.dtype", str(arr.dtype), "numbers or bytes", operand="data")
+        raw = arr.view(np.uint8).reshape(-1)
+        offset_bytes = _whole(offset_bytes, "offset_bytes")
         if offset_bytes < 0 or offset_bytes + raw.size > self.size_bytes:
             raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + raw.size})",
                             f"within the buffer's {self.size_bytes} bytes", operand="data")
@@ -155,7 +195,8 @@ class Buffer:
 
     def read(self, dtype: Any, count: int, offset_bytes: int = 0) -> np.ndarray:
         """Copy ``count`` elements of ``dtype`` out of the buffer."""
-        dt = np.dtype(dtype)
+        dt = _np_dtype(dtype, "dtype")
+        count, offset_bytes = _whole(count, "count"), _whole(offset_bytes, "offset_bytes")
         if offset_bytes < 0 or count < 0 or offset_bytes + count * dt.itemsize > self.size_bytes:
             raise violation("operand.bounds", f"bytes [{offset_bytes}, {offset_bytes + count * dt.itemsize})",
                             f"within the buffer's {self.size_bytes} bytes", operand="count")
@@ -174,7 +215,7 @@ class Buffer:
         code = dtype if isinstance(dtype, DType) else dtype_of_numpy(dtype)
         if code is None:
             raise violation("operand.dtype", str(dtype), "a spec dtype", operand="matrix")
-        return Matrix(self.handle, code, rows, cols, ld_elems, offset_bytes, batch_stride_elems)
+        return Matrix(self.handle, code, rows, cols, ld_elems, offset_bytes, batch_stride_elems, self.device)
 
     def free(self) -> None:
         self.device._transport.free(self.handle)
@@ -298,11 +339,8 @@ class Device:
 
         The whole submission is validated first: if any command is invalid, nothing runs.
         """
-        waits = []
-        for f in wait:
-            if f.device is not self:
-                raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
-            waits.append((f.engine, f.value))
+        waits = _waits(self, wait)
+        commands = self._own_operands(commands)
         raw = encode_submission(commands, _engine(engine), waits)
         eng, value = self._transport.submit(raw)
         return _tuple_new(Fence, (self, eng, value))
@@ -319,17 +357,59 @@ class Device:
         terms; :meth:`CommandList.replay` only checks the engine, its waits and that every
         buffer the list names is still alive.
         """
-        raw = encode_submission(commands, _engine(engine))
+        raw = encode_submission(self._own_operands(commands), _engine(engine))
         list_id = self._transport.record(raw)
         return CommandList(self, list_id, _engine(engine))
 
+    def _own_operands(self, commands: Iterable[Gemm | Copy | bytes]) -> list[Gemm | Copy | bytes]:
+        """``commands`` as a list, refused (BAD_HANDLE, nothing runs) where an operand is a Matrix of
+        another device's buffer: its handle number is another table's, and may name one of ours."""
+        cmds = commands if type(commands) is list else list(commands)
+        try:  # the common case: a few attribute loads per command
+            for c in cmds:
+                t = type(c)
+                if t is Gemm:
+                    for m in (c.a, c.b, c.c, c.d):
+                        if m is not None and m.owner is not self and m.owner is not None:
+                            self._foreign_operand(cmds)
+                    for p in c.epilogue:
+                        m = p.operand
+                        if m is not None and m.owner is not self and m.owner is not None:
+                            self._foreign_operand(cmds)
+                elif t is Copy and (c.src.owner not in (None, self) or c.dst.owner not in (None, self)):
+                    self._foreign_operand(cmds)
+        except (AttributeError, TypeError):  # not a Matrix, a PostOpDesc or a sequence: the encoder names it
+            pass
+        return cmds
+
+    def _foreign_operand(self, cmds: list[Gemm | Copy | bytes]) -> NoReturn:
+        """The error for the first operand of :meth:`_own_operands`'s commands owned by another device."""
+        for i, c in enumerate(cmds):
+            named = [("src", c.src), ("dst", c.dst)] if isinstance(c, Copy) else [
+                ("a", c.a), ("b", c.b), ("c", c.c), ("d", c.d),
+                *((f"epilogue[{j}].operand", getattr(p, "operand", None)) for j, p in enumerate(c.epilogue))] \
+                if isinstance(c, Gemm) else []
+            for name, m in named:
+                owner = getattr(m, "owner", None)
+                if owner is not None and owner is not self:
+                    raise violation("operand.handle", m.handle, f"a buffer of this device ({self.name!r}), not "
+                                    f"one of device {owner.name!r}'s (command {i})", operand=name)
+        raise AssertionError("no foreign operand")  # pragma: no cover - called only when there is one
+
     def submit_raw(self, raw: bytes) -> Fence:
         """Submit already-encoded ABI bytes (header, waits, commands)."""
-        eng, value = self._transport.submit(raw)
+        try:
+            eng, value = self._transport.submit(raw)
+        except TypeError:  # checked only when it failed: this is the cheapest path there is
+            if not isinstance(raw, (bytes, bytearray, memoryview)):
+                raise violation("cmd.field_range", type(raw).__name__, "encoded bytes", field="raw") from None
+            raise
         return _tuple_new(Fence, (self, eng, value))
 
     def wait(self, fence: Fence, *, timeout_ns: int | None = None, deadline_ns: int | None = None) -> None:
-        if fence.device is not self:
+        if getattr(fence, "device", None) is not self:
+            if not isinstance(fence, Fence):
+                raise violation("fence.device", type(fence).__name__, f"a Fence of {self.name!r}")
             raise violation("fence.device", f"a fence of device {fence.device.name!r}", f"a fence of {self.name!r}")
         if self._transport.signalled(fence.engine, fence.value):  # known done: no clock, no system call
             return
@@ -409,11 +489,7 @@ class CommandList:
     def replay(self, *, engine: str | Engine | None = None, wait: Iterable[Fence] = ()) -> Fence:
         """Run the list once more on ``engine`` (default: the one it was recorded for); returns its fence."""
         dev = self.device
-        waits = []
-        for f in wait:
-            if f.device is not dev:
-                raise violation("submit.wait", f"a fence of device {f.device.name!r}", "fences of this device")
-            waits.append((f.engine, f.value))
+        waits = _waits(dev, wait)
         eng, value = dev._transport.replay(self.id, self.engine if engine is None else _engine(engine), waits)
         return Fence(dev, eng, value)
 
@@ -526,9 +602,12 @@ def _open_remote(name: str, wait_s: float | None = None) -> Device:
     rest = name[len("unix:"):]
     path, _, query = rest.partition("?")
     try:
-        q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True, strict_parsing=bool(query)).items()}
+        pairs = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise violation("device.name", name, form) from None
+    if any(len(v) > 1 for v in pairs.values()):  # transport=ring&transport=socket: neither wins silently
+        raise violation("device.name", name, f"{form}, each option once")
+    q = {k: v[0] for k, v in pairs.items()}
     allowed = {"transport", "timeout_s", "poll_us", "entries", "wait_s"}
     kind = q.get("transport", "socket")
     if not path:  # "unix:" alone: the default socket (in its private folder)
@@ -537,6 +616,8 @@ def _open_remote(name: str, wait_s: float | None = None) -> Device:
         path = default_socket_path()
     if set(q) - allowed or kind not in ("socket", "ring"):
         raise violation("device.name", name, form)
+    if "\x00" in path:  # no file system path holds one (it was os.stat's ValueError)
+        raise violation("device.name", repr(name), f"{form} with a PATH without NUL bytes")
     try:
         timeout_s = float(q.get("timeout_s", 30.0))
         poll_us = int(q.get("poll_us", 200))
@@ -608,7 +689,19 @@ def default_device(name: str | None = None) -> Device:
             dev = _defaults.get(key)
             if dev is None:
                 dev = _defaults[key] = open_device(name)  # None: errors name $FFACCEL_DEVICE
+                if hasattr(dev._transport, "on_lost"):  # a lost connection is forgotten: the next call reconnects
+                    dev._transport.on_lost = functools.partial(_forget_default, key, dev)
     return dev
+
+
+def _forget_default(key: str, dev: Device) -> None:
+    """Drop ``dev`` (lost) from the devices opened by name, so the next call by that name (or with
+    no device, for the implicit default) opens a new connection instead of failing for good."""
+    global implicit_device
+    if _defaults.get(key) is dev:
+        del _defaults[key]
+    if implicit_device is dev:
+        implicit_device = None
 
 
 #: The process's implicit default Device once :func:`resolve_device` has resolved it, else None.

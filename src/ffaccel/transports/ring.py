@@ -234,8 +234,7 @@ class RingTransport(SocketTransport):
             word.value = flags & ~_FUTEX_WAITING
 
     def _lose(self, why: str) -> FFAccelError:
-        self._lost = device_lost(why)
-        return self._lost
+        return self._give_up(device_lost(why))
 
     # -- work ---------------------------------------------------------------------------------
     def submit(self, raw: bytes) -> tuple[Engine, int]:

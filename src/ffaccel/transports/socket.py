@@ -26,6 +26,7 @@ microseconds, about what waking a blocked process costs on its own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import numbers
@@ -33,11 +34,12 @@ import os
 import array
 import select
 import socket
+import stat
 import struct
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -53,7 +55,7 @@ from ..abi import (
     encode_submission,
 )
 from ..drivers import DriverInfo, GemmKernel
-from ..drivers.connect import CONNECT_TIMEOUT_ENV, connect_wait_s, retry_until_ready
+from ..drivers.connect import CONNECT_TIMEOUT_ENV, MAX_WAIT_S, connect_wait_s, retry_until_ready
 from ..spec import DTYPES, Engine, ErrorCode, FFAccelError, violation
 from .protocol import (
     MAX_FDS,
@@ -110,6 +112,20 @@ class BadReply(Exception):
     """A reply that breaks the wire protocol (too long, more bytes than announced); the device is lost."""
 
 
+
+def _refuse_non_socket(path: str) -> None:
+    """Raise INVALID_PARAMETER when ``path`` exists and is not a socket (connect(2) answers a
+    regular file or a folder with ECONNREFUSED, "nobody listening yet", which a wait would retry
+    to its end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISSOCK(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "not a socket"
+        raise FFAccelError(ErrorCode.INVALID_PARAMETER, "name",
+                           f"unix:{path}: {path!r} is {kind}, not a socket; allowed the socket of an ffaccel serve")
+
 class SocketTransport:
     """One client connection to an ``ffaccel serve`` process.
 
@@ -132,6 +148,12 @@ class SocketTransport:
                  wait_s: float | None = None) -> None:
         if isinstance(poll_us, bool) or not isinstance(poll_us, numbers.Integral) or not 0 <= poll_us <= MAX_POLL_US:
             raise violation("device.name", f"poll_us={poll_us!r}", f"poll_us an integer in [0, {MAX_POLL_US}]")
+        # 0 timed every call out at once; a negative, NaN or infinite one was a ValueError or an
+        # OverflowError where it was turned into a socket timeout or nanoseconds ("internal error")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) \
+                or not 0 < timeout_s <= MAX_WAIT_S:
+            raise violation("device.name", f"timeout_s={timeout_s!r}",
+                            f"timeout_s a number of seconds in (0, {MAX_WAIT_S:g}]")
         self.path = path
         self.timeout_s = float(timeout_s)
         self._timeout_ns = int(self.timeout_s * 1e9)
@@ -185,6 +207,10 @@ class SocketTransport:
         sock.settimeout(self.timeout_s)
         try:
             retry_until_ready(lambda: sock.connect(path), self.timeout_s, (BlockingIOError,))
+        except ConnectionRefusedError:
+            sock.close()
+            _refuse_non_socket(path)  # a file or folder never becomes a server: not waited for
+            raise
         except BaseException:
             sock.close()
             raise
@@ -219,8 +245,11 @@ class SocketTransport:
                 status, body = self._recv_reply(deadline, got if want_fds else None, reply_cap)
             except (OSError, EOFError, BadReply) as e:  # OSError includes socket.timeout
                 close_fds(got)
-                self._lost = device_lost(f"{type(e).__name__}: {e}")
-                raise self._lost from None
+                raise self._give_up(device_lost(f"{type(e).__name__}: {e}")) from None
+            except BaseException as e:  # Ctrl-C (or SIGTERM's exception) between request and reply
+                close_fds(got)
+                self._interrupted(e)
+                raise
         finally:
             lock.release()
         if status:
@@ -228,10 +257,32 @@ class SocketTransport:
             raise decode_error(status, body)
         return body, got
 
+    def _interrupted(self, exc: BaseException) -> None:
+        """A call was interrupted with its reply unread (or its request half sent): the next reply
+        read would be this one's, so the connection is given up, saying why (it read the stale
+        reply as "malformed" and blamed the server). The server releases what it held."""
+        self._give_up(FFAccelError(ErrorCode.DEVICE_LOST, "device", f"a call on this connection was interrupted "
+                                   f"({type(exc).__name__}) between its request and its reply, so the replies no "
+                                   "longer match the requests; the server is fine: open the device again"))
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
     def _malformed(self, why: str) -> FFAccelError:
         """The server broke the protocol: the connection is lost from now on (raise what this returns)."""
-        self._lost = device_lost(f"malformed reply: {why}")
-        return self._lost
+        return self._give_up(device_lost(f"malformed reply: {why}"))
+
+    #: Called once when the connection is given up (the runtime's cache of devices opened by name
+    #: forgets this one, so that the next call by that name connects again); None: nobody asked.
+    on_lost: Callable[[], None] | None = None
+
+    def _give_up(self, err: FFAccelError) -> FFAccelError:
+        """The connection is lost from now on, with ``err`` for every later call (returned, to raise)."""
+        self._lost = err
+        hook, self.on_lost = self.on_lost, None
+        if hook is not None:
+            with contextlib.suppress(Exception):  # never hide why the connection was lost
+                hook()
+        return err
 
     def _fields(self, layout: Layout, body: bytes, prefix: bool = False) -> tuple[int, ...]:
         """A fixed-size reply's fields: exactly ``layout``'s size (at least, with ``prefix``), reserved fields zero."""

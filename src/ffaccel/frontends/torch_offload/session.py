@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ...runtime import Device, resolve_device
-from ...spec import violation
+from ...spec import ErrorCode, FFAccelError, violation
 from . import conv, dispatcher, linear, rnn
 from .accounting import _PLAIN_TYPES, ARGS, FREE, TRANSFORM, HostFlops, count, new_stats, plain_types
 from .fit import DeviceFit, check_relaxed
@@ -111,7 +111,12 @@ class OffloadSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        entry = self._entries.stack.pop()  # this thread's innermost entry of the session
+        stack = getattr(self._entries, "stack", None)
+        if not stack:  # exited twice, or on a thread that never entered it: nothing to undo
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "session",
+                               "the session was exited more times than it was entered on this thread; allowed one "
+                               "exit per entry (a `with` block does both)")
+        entry = stack.pop()  # this thread's innermost entry of the session
         if entry.mode is None:
             dispatcher.pop(entry.runner)
         else:
