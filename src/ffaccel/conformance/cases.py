@@ -430,6 +430,10 @@ def _corner_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
         # alpha == 0: A and B full of NaN/Inf must not be read
         GemmCase("corner:alpha0-nan-ab", combo, 5, 9, 17, 1, alpha=sc[0], beta=sc[3], c_mode="separate",
                  fill="nan_ab", seed=seq.seed()),
+        # ... and with beta == 0 too (D = 0, C absent): a kernel that multiplies anyway and scales
+        # by 0 gives NaN * 0 (a forced oneDNN or widened path did)
+        GemmCase("corner:alpha0-beta0-nan-ab", combo, 5, 9, 17, 1, alpha=sc[0], beta=sc[0], c_mode="absent",
+                 fill="nan_ab", seed=seq.seed()),
         # k == 0: D = beta * C
         GemmCase("corner:k0", combo, 5, 9, 0, 2, alpha=sc[1], beta=sc[4], c_mode="separate", seed=seq.seed()),
         GemmCase("corner:empty", combo, 0, 9, 5, 1, seed=seq.seed()),

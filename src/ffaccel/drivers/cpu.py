@@ -111,6 +111,10 @@ except (ImportError, AttributeError, TypeError):  # pragma: no cover - another N
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
 
+#: The band of every GEMM that reads neither A nor B (alpha == 0 or k == 0): the OpenBLAS kernel's
+#: ``epilogue(beta * C)`` passes on the calling thread, whatever library the table's row names
+_NO_PRODUCT_BAND = Band(0, Library.BLAS, Threads.CALLER)
+
 
 # --------------------------------------------------------------------------------------
 # BLAS entry points
@@ -1189,10 +1193,12 @@ class CpuDriver(Driver):
 
     def band(self, op: GemmOp) -> Band:
         """The table's band for one validated GEMM (A and B not read: OpenBLAS's path, no GEMM runs)."""
+        if not op.reads_ab:
+            # alpha == 0 or k == 0: no product. Never the row's own first band: a forced row
+            # (f32=onednn, f16=widened) has one band, and its library multiplies A by B (NaN * 0)
+            return _NO_PRODUCT_BAND
         table = self.kernel_table()
         cls = combo_class(op.combo)
-        if not op.reads_ab:
-            return table.rows[RowKey(cls, bool(op.epilogue), False)][0]
         skinny = op.batch == 1 and (op.m == 1 or op.n == 1)
         return table.band(cls, bool(op.epilogue), skinny, op.batch * op.m * op.n * max(op.k, 1))
 
