@@ -443,10 +443,11 @@ def _corner_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
         GemmCase("corner:empty", combo, 0, 9, 5, 1, seed=seq.seed()),
     ]
     if combo.a in ALPHA_PAST_OPERAND:
-        # alpha scales the product, not an operand: a kernel that scales A by alpha first makes
-        # inf * 0 = NaN where alpha * (A @ B) is finite (MKL's small sgemm through torch.addmm did)
-        for beta, c_mode in ((sc[1], "separate"), (sc[0], "absent")):
-            out.append(GemmCase("corner:alpha-scales-product", combo, 8, 8, 8, 1, alpha=ALPHA_PAST_OPERAND[combo.a][1],
+        # alpha scales the product, not an operand: a kernel that scales A or B by alpha first
+        # makes inf * 0 = NaN where alpha * (A @ B) is finite (MKL's small sgemm through
+        # torch.addmm did, and BLAS ?gemv scales its vector: the skinny shapes)
+        for (m, n), (beta, c_mode) in itertools.product(((8, 8), (1, 8), (8, 1)), ((sc[1], "separate"), (sc[0], "absent"))):
+            out.append(GemmCase("corner:alpha-scales-product", combo, m, n, 7, 1, alpha=ALPHA_PAST_OPERAND[combo.a][1],
                                 beta=beta, c_mode=c_mode, fill="alpha_past_operand", seed=seq.seed()))
     if combo.acc == DType.F32 and combo.a in (DType.F16, DType.BF16):
         out.append(GemmCase("corner:accumulate-width", combo, 2, 3, 129, 1, alpha=1.0, beta=0.0,
