@@ -503,8 +503,10 @@ def test_conformance_quick_on_every_forced_path() -> None:
     for spec in RUNNABLE:
         forced = {cls.value for cls, choice in cpu_table.parse_kernels(spec).items() if choice != cpu_table.Choice.AUTO}
         combos = [c for c in T.GEMM_COMBOS if cpu_table.combo_class(c).value in forced]
-        report = check_device(lambda: Device("cpu", InprocTransport(restricted(CpuDriver(kernels=spec), combos=combos))),
-                              "quick")
+        def device(spec: str = spec, combos: list = combos) -> Device:
+            return Device("cpu", InprocTransport(restricted(CpuDriver(kernels=spec), combos=combos)))
+
+        report = check_device(device, "quick")
         assert report.passed, f"{spec}: {report.to_markdown()}"
 
 

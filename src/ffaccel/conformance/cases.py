@@ -446,7 +446,8 @@ def _corner_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
         # alpha scales the product, not an operand: a kernel that scales A or B by alpha first
         # makes inf * 0 = NaN where alpha * (A @ B) is finite (MKL's small sgemm through
         # torch.addmm did, and BLAS ?gemv scales its vector: the skinny shapes)
-        for (m, n), (beta, c_mode) in itertools.product(((8, 8), (1, 8), (8, 1)), ((sc[1], "separate"), (sc[0], "absent"))):
+        scalars_c = ((sc[1], "separate"), (sc[0], "absent"))
+        for (m, n), (beta, c_mode) in itertools.product(((8, 8), (1, 8), (8, 1)), scalars_c):
             out.append(GemmCase("corner:alpha-scales-product", combo, m, n, 7, 1, alpha=ALPHA_PAST_OPERAND[combo.a][1],
                                 beta=beta, c_mode=c_mode, fill="alpha_past_operand", seed=seq.seed()))
     if combo.acc == DType.F32 and combo.a in (DType.F16, DType.BF16):
