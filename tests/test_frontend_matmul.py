@@ -41,7 +41,8 @@ def device(request: pytest.FixtureRequest) -> str:
 @pytest.mark.parametrize(
     ("sa", "sb"),
     [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)),
-     ((2, 1, 3, 4), (5, 4, 2)), ((1, 3, 4), (6, 4, 2)), ((0, 4), (4, 3)), ((3, 0), (0, 2)), ((2, 0, 3), (3, 4))],
+     ((2, 1, 3, 4), (5, 4, 2)), ((1, 3, 4), (6, 4, 2)), ((0, 4), (4, 3)), ((3, 0), (0, 2)), ((2, 0, 3), (3, 4)),
+     ((0,), (0,))],
     ids=str,
 )
 def test_shapes_follow_numpy(device: str, sa, sb) -> None:
@@ -51,6 +52,7 @@ def test_shapes_follow_numpy(device: str, sa, sb) -> None:
     want = np.matmul(a, b)
     assert np.shape(got) == np.shape(want)
     assert got.dtype == np.float32
+    assert type(got) is type(want)  # 1-D @ 1-D: a NumPy scalar (hashable, an np.floating), not a 0-d array
     _close(np.asarray(got), _want(a, b), np.float32, sa[-1])
 
 

@@ -17,6 +17,10 @@ from ..spec import COPY_CONVERSIONS, DTYPES, GEMM_COMBOS, POST_OPS, DType, GemmC
 QUICK_SIZES = (0, 1, 2, 3, 5, 9, 17, 64, 129)
 FULL_LARGE = 384
 FLOAT_SCALARS = (0.0, 1.0, -1.0, 0.7, 1.3)
+#: corner:alpha-scales-product, per input dtype: (a value of A, alpha) such that alpha times the
+#: value overflows the accumulate type while alpha * (A @ B) does not (B is 0 where A holds it)
+ALPHA_PAST_OPERAND = {DType.F64: (2.0**600, 2.0**426), DType.F32: (2.0**100, 2.0**30),
+                      DType.BF16: (2.0**100, 2.0**30), DType.F16: (2.0**14, 2.0**116)}
 INT_SCALARS = (0, 1, -1, 2, 3)
 
 LEVELS = ("quick", "full")
@@ -430,10 +434,22 @@ def _corner_cases(combo: GemmCombo, seq: _Seq) -> list[GemmCase]:
         # alpha == 0: A and B full of NaN/Inf must not be read
         GemmCase("corner:alpha0-nan-ab", combo, 5, 9, 17, 1, alpha=sc[0], beta=sc[3], c_mode="separate",
                  fill="nan_ab", seed=seq.seed()),
+        # ... and with beta == 0 too (D = 0, C absent): a kernel that multiplies anyway and scales
+        # by 0 gives NaN * 0 (a forced oneDNN or widened path did)
+        GemmCase("corner:alpha0-beta0-nan-ab", combo, 5, 9, 17, 1, alpha=sc[0], beta=sc[0], c_mode="absent",
+                 fill="nan_ab", seed=seq.seed()),
         # k == 0: D = beta * C
         GemmCase("corner:k0", combo, 5, 9, 0, 2, alpha=sc[1], beta=sc[4], c_mode="separate", seed=seq.seed()),
         GemmCase("corner:empty", combo, 0, 9, 5, 1, seed=seq.seed()),
     ]
+    if combo.a in ALPHA_PAST_OPERAND:
+        # alpha scales the product, not an operand: a kernel that scales A or B by alpha first
+        # makes inf * 0 = NaN where alpha * (A @ B) is finite (MKL's small sgemm through
+        # torch.addmm did, and BLAS ?gemv scales its vector: the skinny shapes)
+        scalars_c = ((sc[1], "separate"), (sc[0], "absent"))
+        for (m, n), (beta, c_mode) in itertools.product(((8, 8), (1, 8), (8, 1)), scalars_c):
+            out.append(GemmCase("corner:alpha-scales-product", combo, m, n, 7, 1, alpha=ALPHA_PAST_OPERAND[combo.a][1],
+                                beta=beta, c_mode=c_mode, fill="alpha_past_operand", seed=seq.seed()))
     if combo.acc == DType.F32 and combo.a in (DType.F16, DType.BF16):
         out.append(GemmCase("corner:accumulate-width", combo, 2, 3, 129, 1, alpha=1.0, beta=0.0,
                             fill="acc_width", seed=seq.seed()))

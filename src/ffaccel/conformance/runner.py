@@ -23,7 +23,7 @@ from ..drivers.rounding import round_to
 from ..runtime import Buffer, Device
 from ..spec import DTYPES, DType, FFAccelError, PostOpKind
 from ..spec.accuracy import error_ratio
-from .cases import CopyCase, GemmCase
+from .cases import ALPHA_PAST_OPERAND, CopyCase, GemmCase
 
 ROGUE_BYTE = 0x7F  # integer buffers: 0x7F7F... everywhere outside the operands
 _REF = RefDriver()
@@ -84,6 +84,18 @@ def _special(fill: str, role: str, dt: DType, out_dt: DType, rng: np.random.Gene
         return np.where(rng.random(shape) < 0.5, np.nan, np.inf).astype(np_dt)
     if fill == "nan_ab" and role in ("a", "b") and DTYPES[dt].is_float:
         return np.where(rng.random(shape) < 0.5, np.nan, -np.inf).astype(np_dt)
+    if fill == "alpha_past_operand" and role in ("a", "b"):
+        # small nonzero integers; A's last column and B's row k - 2 hold a value alpha times
+        # which overflows the accumulator, B's last row and A's column k - 2 are 0: alpha * (A @ B)
+        # is finite, (alpha * A) @ B and A @ (alpha * B) are NaN (OpenBLAS's ?gemv scales its
+        # vector by alpha in the loop over k's tail: hence the last columns)
+        x = rng.integers(1, 4, shape) * np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+        big = ALPHA_PAST_OPERAND[dt][0]
+        if role == "a" and cols > 1:
+            x[:, -1], x[:, -2] = big, 0.0
+        if role == "b" and rows > 1:
+            x[-1, :], x[-2, :] = 0.0, big
+        return x.astype(np_dt)
     if fill == "acc_width" and role in ("a", "b"):
         # a big value plus many ones: an f16 (or bf16) accumulator would stop counting the ones
         x = np.ones(shape)

@@ -112,6 +112,10 @@ except (ImportError, AttributeError, TypeError):  # pragma: no cover - another N
 #: Batch entries at least this big (m*n*k) get one BLAS call each; smaller ones go to numpy.matmul.
 _LOOP_MIN_MNK = 32 * 32 * 32
 
+#: The band of every GEMM that reads neither A nor B (alpha == 0 or k == 0): the OpenBLAS kernel's
+#: ``epilogue(beta * C)`` passes on the calling thread, whatever library the table's row names
+_NO_PRODUCT_BAND = Band(0, Library.BLAS, Threads.CALLER)
+
 
 # --------------------------------------------------------------------------------------
 # BLAS entry points
@@ -644,6 +648,7 @@ def _numpys_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _GEMV = {np.dtype(np.float32): _blas.sgemv, np.dtype(np.float64): _blas.dgemv}
+_SCAL_AXPY = {np.dtype(np.float32): (_blas.sscal, _blas.saxpy), np.dtype(np.float64): (_blas.dscal, _blas.daxpy)}
 #: OpenBLAS runs a ?gemv on the calling thread below this many matrix elements (its interface's
 #: 2304 * GEMM_MULTITHREAD_THRESHOLD): only there may SciPy's copy of OpenBLAS take it, waking no
 #: worker of a second pool; above it the call goes to NumPy's OpenBLAS (numpy.matmul).
@@ -666,19 +671,30 @@ def _gemv_into(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, y: np.nd
     if a.shape[0] == 1:  # y (n) = op(B)^T a_row: B^T is n x k
         mat, vec = b, a[0]
         if mat.T.flags.f_contiguous:
-            r = gemv(alpha, mat.T, vec, beta, y, 0, 1, 0, 1, 0, 1)
+            mat, trans = mat.T, 0
         elif mat.flags.f_contiguous:
-            r = gemv(alpha, mat, vec, beta, y, 0, 1, 0, 1, 1, 1)
+            trans = 1
         else:
             return False
     else:  # n == 1: y (m) = A b_col
         mat, vec = a, b[:, 0]
         if mat.flags.f_contiguous:
-            r = gemv(alpha, mat, vec, beta, y, 0, 1, 0, 1, 0, 1)
+            trans = 0
         elif mat.T.flags.f_contiguous:
-            r = gemv(alpha, mat.T, vec, beta, y, 0, 1, 0, 1, 1, 1)
+            mat, trans = mat.T, 1
         else:
             return False
+    if alpha == 1.0:
+        r = gemv(1.0, mat, vec, beta, y, 0, 1, 0, 1, trans, 1)
+    else:
+        # ?gemv scales the vector by alpha before the product (BLAS's temp = alpha * x(j)):
+        # alpha * x overflows (inf * 0 = NaN) or underflows where alpha * (A @ x) is finite. The
+        # product with alpha 1, then alpha applied to it (?scal, ?axpy: no FPU flags to save)
+        scal, axpy = _SCAL_AXPY[y.dtype]
+        if beta == 0.0:
+            r = scal(alpha, gemv(1.0, mat, vec, 0.0, y, 0, 1, 0, 1, trans, 1))
+        else:
+            r = axpy(gemv(1.0, mat, vec, 0.0, None, 0, 1, 0, 1, trans, 1), scal(beta, y), a=alpha)
     if r is not y:  # f2py had to copy (misaligned memory): put the result in place
         np.copyto(y, r)
     return True
@@ -1218,10 +1234,12 @@ class CpuDriver(Driver):
 
     def band(self, op: GemmOp) -> Band:
         """The table's band for one validated GEMM (A and B not read: OpenBLAS's path, no GEMM runs)."""
+        if not op.reads_ab:
+            # alpha == 0 or k == 0: no product. Never the row's own first band: a forced row
+            # (f32=onednn, f16=widened) has one band, and its library multiplies A by B (NaN * 0)
+            return _NO_PRODUCT_BAND
         table = self.kernel_table()
         cls = combo_class(op.combo)
-        if not op.reads_ab:
-            return table.rows[RowKey(cls, bool(op.epilogue), False)][0]
         skinny = op.batch == 1 and (op.m == 1 or op.n == 1)
         return table.band(cls, bool(op.epilogue), skinny, op.batch * op.m * op.n * max(op.k, 1))
 

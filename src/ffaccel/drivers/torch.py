@@ -520,9 +520,12 @@ class TorchDriver(Driver):
                 else:
                     if low is not None:
                         at, bt = at.to(acc), bt.to(acc)  # exact widening
-                    if reads_c:  # one baddbmm: beta * C + alpha * A @ B
+                    if reads_c and alpha == 1.0:  # one baddbmm: beta * C + A @ B
+                        # (never with alpha != 1: MKL's small f32 GEMMs scale an operand by alpha
+                        # before the product, so alpha * A overflows (inf * 0 = NaN) or underflows
+                        # where alpha * (A @ B) is finite: measured, torch 2.13 at 8x8x8)
                         ct = as_tensor(c, dev).to(acc)
-                        x = torch.baddbmm(ct.expand(shape), at, bt, beta=beta, alpha=alpha)
+                        x = torch.baddbmm(ct.expand(shape), at, bt, beta=beta)
                         return self._finish(x, d, epi, steps)
                     x = _bmm(at, bt)
                 if alpha != 1.0:

@@ -454,6 +454,8 @@ def matmul(
     -------
     numpy.ndarray (or the array type of ``a``)
         The result: the input dtype (int32 for int8/uint8) unless ``out_dtype`` says otherwise.
+        1-D @ 1-D gives a NumPy scalar of that dtype, as ``numpy.matmul`` does (``out`` itself
+        when given).
 
     Raises
     ------
@@ -532,7 +534,10 @@ def matmul(
     post_ops = _post_ops_tuple(post_ops)
     if type(a) is not np.ndarray and hasattr(a, "__dlpack__"):  # torch, CuPy, JAX ... (host memory)
         return _matmul_dlpack(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype)
-    return _matmul(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype, key if fast else None)
+    r = _matmul(dev, a, b, c, alpha, beta, trans_a, trans_b, post_ops, out, out_dtype, key if fast else None)
+    # 1-D @ 1-D: a NumPy scalar, as numpy.matmul returns (a 0-d array is unhashable, and no
+    # np.floating); never a cached plan's result (those need 2-D operands)
+    return r[()] if r.ndim == 0 and out is None else r
 
 
 def _family_key(a: np.ndarray, b: np.ndarray, alpha: Any, beta: Any, trans_a: Any, trans_b: Any,
