@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -358,3 +359,27 @@ def test_gemm_encode_packs_the_named_fields() -> None:
         with pytest.raises(FFAccelError) as e:
             bad.encode()
         assert e.value.rule == "cmd.field_range"
+
+
+@pytest.mark.parametrize("device", ["ref", "cpu", "npu", "torch:cpu"])
+def test_f32_accumulation_takes_alpha_and_beta_as_f32(device: str) -> None:
+    """alpha and beta are used in the accumulate type (BLAS's sgemm takes float scalars), rounded
+    once by the validator, so every device and the reference agree at f32's range ends: an alpha
+    that rounds to 0 is alpha == 0 (A and B not read: their NaN must not reach D), one past f32's
+    range is refused naming it (not turned into inf), and an f64 GEMM keeps the float64 value."""
+    if device == "torch:cpu":
+        pytest.importorskip("torch")
+    dt = ml_dtypes.bfloat16 if device == "npu" else np.float32  # (the npu multiplies bf16 into f32)
+    a = np.full((4, 3), np.nan, dt)
+    b = np.ones((3, 2), dt)
+    c = np.full((4, 2), 2.0, np.float32)
+    with ffaccel.open(device) as dev:
+        got = ffaccel.matmul(a, b, c, alpha=1e-46, beta=0.5, out_dtype=np.float32, device=dev)  # 1e-46: 0 in f32
+        np.testing.assert_array_equal(got, np.full((4, 2), 1.0, np.float32))
+        for name in ("alpha", "beta"):
+            with pytest.raises(FFAccelError) as e:
+                ffaccel.matmul(b.T, b, c[:2], out_dtype=np.float32, device=dev, **{name: 1e39})
+            assert e.value.code.name == "INVALID_PARAMETER" and e.value.param == name, e.value
+        if device in ("ref", "cpu"):
+            x = np.full((2, 2), 1e-20)
+            np.testing.assert_allclose(ffaccel.matmul(x, x, alpha=1e39, device=dev), np.full((2, 2), 2e-1))

@@ -103,6 +103,15 @@ _DECISIONS = """\
   batch entries must be disjoint either batch-major (`batch_stride >= (rows-1)*ld + cols`) or
   row-interleaved (`batch_stride >= cols` and `(batch-1)*batch_stride + cols <= ld`, the
   [m, batch, n] layout of attention heads).
+* **alpha, beta and scale's factor are taken in the accumulate type.** The descriptor carries
+  float64 bits; a GEMM accumulating in f32 (f32, f16 and bf16 inputs) uses them rounded to
+  nearest f32, as BLAS's `sgemm` takes float scalars, and the validator does the rounding once,
+  so every driver and the reference use the same value: an alpha that rounds to 0 there is
+  alpha == 0 (A and B not read). A finite value beyond f32's range is refused
+  (`gemm.float_scalar`, `epilogue.param`) rather than turned into inf.
+* **An infinite alpha or beta** is IEEE arithmetic on a sum whose order the spec leaves free:
+  where the exact value is +-inf, a device summing in blocks may give NaN (`inf * s1 + inf * s2`
+  with partial sums of opposite signs), as where an accumulator overflows.
 * **NaN** propagates through `relu` and `clamp` (as `torch.relu`, `torch.clamp`); clamp bounds
   themselves must not be NaN.
 * **Front-ends never promote**: a/b dtypes must form a spec combination (int8 and uint8 mix;

@@ -253,6 +253,22 @@ def _float_or_int(bits: int, is_int: bool) -> float | int:
     return bits_i64(bits) if is_int else bits_f64(bits)
 
 
+_F32_ROUND = struct.Struct("<f")
+
+
+def _f32_scalar(v: float, name: str) -> float:
+    """``v`` (the descriptor's float64) rounded to nearest f32: the value an f32 accumulator uses,
+    as BLAS's ``sgemm`` takes float scalars. Every driver and the reference get this one value, so
+    they agree at the range's ends (a float64 alpha that underflows f32 is 0 there, or a subnormal,
+    and alpha == 0 then reads neither A nor B); a finite value past f32's range is refused rather than
+    turned into inf (inf and NaN themselves pass as they are)."""
+    try:
+        return _F32_ROUND.unpack(_F32_ROUND.pack(v))[0]
+    except OverflowError:
+        raise violation("gemm.float_scalar", repr(v), "within f32's range (|x| <= 3.4028235e38), inf or NaN",
+                        scalar=name) from None
+
+
 def check_gemm(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> GemmOp:
     """Validate a decoded GEMM descriptor's geometry (no memory needed)."""
     _check_header(f, raw, GEMM_FLAGS_KNOWN, GEMM.size_bytes)
@@ -309,6 +325,8 @@ def check_gemm(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> 
         for name, v in (("alpha", alpha), ("beta", beta)):
             if not INT32_MIN <= v <= INT32_MAX:
                 raise violation("gemm.int_scalar", v, "an integer in [-2**31, 2**31 - 1]", scalar=name)
+    elif acc is DType.F32:
+        alpha, beta = _f32_scalar(alpha, "alpha"), _f32_scalar(beta, "beta")
 
     flags = f["flags"]
     trans_a, trans_b = bool(flags & GemmFlags.TRANS_A), bool(flags & GemmFlags.TRANS_B)
@@ -378,6 +396,12 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
             raise violation("epilogue.param", v, "an int32", i=i, p="param0")
         if not is_int and not math.isfinite(v):
             raise violation("epilogue.param", v, "a finite number", i=i, p="param0")
+        if combo.acc is DType.F32:  # applied in the accumulate precision: the f32 value (see _f32_scalar)
+            try:
+                p[0] = _F32_ROUND.unpack(_F32_ROUND.pack(v))[0]
+            except OverflowError:
+                raise violation("epilogue.param", repr(v), "within f32's range (|x| <= 3.4028235e38)", i=i,
+                                p="param0") from None
     name = s + "operand"
     if kind not in OPERAND_POST_OPS:
         if f[name + ".handle"]:

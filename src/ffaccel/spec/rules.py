@@ -77,6 +77,9 @@ _RULES = (
          "the dtype combination must be one the device declares", "abi"),
     Rule("gemm.int_scalar", _E.INVALID_PARAMETER, "{scalar}",
          "alpha and beta of an integer GEMM must be integers in the int32 range", "abi"),
+    Rule("gemm.float_scalar", _E.INVALID_PARAMETER, "{scalar}",
+         "alpha and beta of a GEMM accumulating in f32 must be within f32's range (they are taken as "
+         "f32 values, as BLAS's sgemm takes them; inf and NaN pass)", "abi"),
     Rule("gemm.overlap", _E.OVERLAP, "d",
          "D must not overlap any input, except that D may be exactly C (in place)", "abi"),
     Rule("gemm.d_batch_overlap", _E.OVERLAP, "d.batch_stride_elems",
@@ -89,8 +92,8 @@ _RULES = (
     Rule("epilogue.supported", _E.UNSUPPORTED, "epilogue[{i}].kind",
          "the post-op must be one the device declares", "abi"),
     Rule("epilogue.param", _E.INVALID_PARAMETER, "epilogue[{i}].{p}",
-         "clamp needs lo <= hi (neither NaN); scale needs a finite s (an int32 for int32 outputs); "
-         "unused parameters must be zero", "abi"),
+         "clamp needs lo <= hi (neither NaN); scale needs a finite s (within f32's range where the GEMM "
+         "accumulates in f32, an int32 for int32 outputs); unused parameters must be zero", "abi"),
     Rule("epilogue.operand", _E.INVALID_PARAMETER, "epilogue[{i}].operand",
          "bias and add need an operand in the accumulate dtype or D's dtype, with no operand for the other post-ops",
          "abi"),

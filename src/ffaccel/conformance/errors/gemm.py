@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...abi import Copy, Matrix, PostOpDesc, encode_submission
+from ...abi.commands import f64_bits
 from ...spec import COMBO_BY_DTYPES, DType, PostOpKind
 from .harness import BF16, Builder, Catalogue, Env, K, M, N, ValidGemm, patch_cmd, u64
 
@@ -160,6 +161,9 @@ def register(cat: Catalogue) -> None:
              _int_scalar_dataclass("alpha", 2**31, 2**31 - 1))
     cat.case("gemm.int_scalar", "alpha", "got 0.5", "int8-alpha-0.5", _int_scalar_dataclass("alpha", 0.5, 1.0))
     cat.case("gemm.int_scalar", "beta", "got inf", "int8-beta-inf", _int_scalar_dataclass("beta", math.inf, -3))
+    for name, v in (("alpha", 1e39), ("beta", -3.5e38)):  # finite float64, past f32's range (3.4028235e38)
+        cat.gemm_patch_case("gemm.float_scalar", name, f"got {v!r}", f"f32-{name}-{v}-patched",
+                            {f"{name}_bits": f64_bits(v)}, dt=np.float32)
     for role in ("a", "b", "bias", "bias_m", "add"):
         cat.case("gemm.overlap", "d", "d bytes", f"d-overlaps-{role}", _overlap(role))
     cat.case("gemm.overlap", "d", "d bytes", "d-partially-overlaps-c", _overlap_c("shifted"))
