@@ -129,7 +129,8 @@ GEMM = Layout(
         _u32("batch", "number of batch entries (0 = nothing to do)"),
         _u32("acc_dtype", "accumulate dtype (DType); must match the combination"),
         _u32("epilogue_count", "number of used epilogue slots, <= 4"),
-        _u64("alpha_bits", "alpha: f64 bits for float GEMM, two's-complement i64 for integer GEMM"),
+        _u64("alpha_bits", "alpha: f64 bits for float GEMM (used rounded to f32 where acc_dtype is f32), "
+                           "two's-complement i64 for integer GEMM"),
         _u64("beta_bits", "beta: as alpha; beta == 0 means C is not read"),
     )
     + operand_fields("a", "A")

@@ -194,7 +194,7 @@ struct ffa_gemm {
 	uint32_t batch;	/* number of batch entries (0 = nothing to do) */
 	uint32_t acc_dtype;	/* accumulate dtype (DType); must match the combination */
 	uint32_t epilogue_count;	/* number of used epilogue slots, <= 4 */
-	uint64_t alpha_bits;	/* alpha: f64 bits for float GEMM, two's-complement i64 for integer GEMM */
+	uint64_t alpha_bits;	/* alpha: f64 bits for float GEMM (used rounded to f32 where acc_dtype is f32), two's-complement i64 for integer GEMM */
 	uint64_t beta_bits;	/* beta: as alpha; beta == 0 means C is not read */
 	struct ffa_operand a;
 	struct ffa_operand b;
