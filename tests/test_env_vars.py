@@ -15,6 +15,7 @@ import pytest
 import ffaccel
 from ffaccel.drivers import cpu as cpu_mod
 from ffaccel.drivers import onednn
+from ffaccel.runtime import device as runtime_device
 from ffaccel.spec import ErrorCode, FFAccelError
 
 
@@ -72,6 +73,9 @@ def test_garbage_in_a_variable_is_an_error_naming_it(name: str, value: str, acti
     if name == "FFACCEL_ONEDNN" or name == "FFACCEL_ONEDNN_LIB":
         monkeypatch.delenv("FFACCEL_CPU_KERNELS", raising=False)
     monkeypatch.setenv(name, value)
+    # the implicit device is resolved from $FFACCEL_DEVICE once per process and kept (runtime):
+    # a test before this one may have resolved it already
+    monkeypatch.setattr(runtime_device, "implicit_device", None)
     with pytest.raises(FFAccelError) as e:
         action()
     assert e.value.code == ErrorCode.INVALID_PARAMETER, e.value
