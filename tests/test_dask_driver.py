@@ -177,6 +177,20 @@ def test_kept_operands_are_scattered_once(client) -> None:
     assert drv.stats["bytes_scattered"] == 2 * a.nbytes + 3 * x[0].nbytes
 
 
+def test_kept_memory_the_device_writes_is_scattered_again(client) -> None:
+    # one kept arena holds a layer's input and output (as a model's activations do): the GEMM's own
+    # write of D into it makes the cluster's copy of those blocks stale
+    dev, drv = _device(client, min_flops=0, parts=2)
+    arena = dev.alloc(2 * 16 * 16 * 4)
+    drv.keep(arena.array(np.uint8))
+    x = arena.array(np.float32, (2, 16, 16))
+    x[0], x[1] = 1, 0
+    eye = np.eye(16, dtype=np.float32)
+    for scale in (1, 3):
+        ffaccel.matmul(x[0], scale * eye, out=x[1], device=dev)  # D lands in kept memory
+        np.testing.assert_array_equal(ffaccel.matmul(x[1], eye, device=dev), np.full((16, 16), scale))
+
+
 def test_worker_opener_runs_tiles_through_a_device(client) -> None:
     dev, drv = _device(client, min_flops=0, parts=4, worker="cpu", worker_opener=ffaccel.open)
     rng = np.random.default_rng(5)

@@ -321,6 +321,19 @@ def _grid(batch: int, m: int, n: int, k: int, parts: int, split_k: bool = True) 
     return nb, p, q, s
 
 
+def _extent(address: int, shape: Sequence[int], strides: Sequence[int], itemsize: int) -> tuple[int, int]:
+    """[lo, hi) bytes an array view spans (empty at ``address`` when it has no element)."""
+    if 0 in shape:
+        return address, address
+    lo = address + sum((n - 1) * st for n, st in zip(shape, strides) if st < 0)
+    hi = address + sum((n - 1) * st for n, st in zip(shape, strides) if st > 0) + itemsize
+    return lo, hi
+
+
+def _overlaps(span: tuple[int, int], lo: int, hi: int) -> bool:
+    return span[0] < hi and lo < span[1]
+
+
 def _compact(x: np.ndarray) -> np.ndarray:
     """A C-contiguous copy of a block, keeping a broadcast batch (stride 0) as one entry."""
     if x.shape[0] > 1 and x.strides[0] == 0:
@@ -642,6 +655,18 @@ class DaskDriver(Driver):
         """Forget ``memory``'s blocks on the cluster (they are freed there)."""
         self._kept.pop(memory.__array_interface__["data"][0], None)
 
+    def _forget_written(self, x: np.ndarray) -> None:
+        """Drop kept blocks that overlap ``x``, which this device has just written (a GEMM's D, a
+        COPY's destination): the cluster's copy of them is stale. The caller promises not to
+        change kept memory; the device's own writes into it (an arena holding weights and
+        activations, D == C in place) are this driver's to account for."""
+        if not self._kept or x.size == 0:
+            return
+        lo, hi = _extent(x.__array_interface__["data"][0], x.shape, x.strides, x.itemsize)
+        for _, cache in self._kept.values():
+            for ck in [ck for ck in cache if _overlaps(_extent(ck[0], ck[1], ck[2], np.dtype(ck[3]).itemsize), lo, hi)]:
+                del cache[ck]  # dropped, not released: a call running now may still use it
+
     def _kept_cache(self, x: np.ndarray) -> dict[tuple, Any] | None:
         if not self._kept:
             return None
@@ -660,6 +685,7 @@ class DaskDriver(Driver):
             with self._stats_lock:
                 self.stats["local"] += 1
             self._local.gemm(op, a, b, c, d, epi)
+            self._forget_written(d)
             return
         parts = self.parts if self.min_flops <= 0 else max(1, min(self.parts, int(flops // self.min_flops)))
         self._gemm_tiled(op, a, b, c, d, epi, parts)
@@ -670,6 +696,7 @@ class DaskDriver(Driver):
     def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
         """COPY runs locally: the buffers live in the client's memory."""
         self._local.copy(op, src, dst)
+        self._forget_written(dst)
 
     def _gemm_tiled(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
                     epi: tuple[np.ndarray | None, ...], parts: int) -> None:
@@ -800,6 +827,7 @@ class DaskDriver(Driver):
                                f"the cluster failed while {phase} for a GEMM; got {e!r}") from None
         for (_, (br, mr, nr)), tile in zip(pending, results):
             d[br[0]:br[1], mr[0]:mr[1], nr[0]:nr[1]] = tile
+        self._forget_written(d)
         t3 = time.perf_counter()
         with self._stats_lock:
             self.stats["scatter_s"] += t1 - t0
