@@ -251,6 +251,27 @@ def test_no_scheduler_is_device_lost() -> None:
     assert e.value.code == ErrorCode.DEVICE_LOST and e.value.param == "address"
 
 
+def test_a_port_that_is_not_a_scheduler_is_device_lost() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as other:  # listens, never speaks (an HTTP port, say)
+        port = other.getsockname()[1]
+        got: list[BaseException] = []
+
+        def open_it() -> None:
+            try:
+                DaskDriver(f"//127.0.0.1:{port}?timeout_s=0.5")
+            except BaseException as e:  # noqa: BLE001 - asserted below
+                got.append(e)
+
+        opener = threading.Thread(target=open_it, daemon=True)
+        opener.start()
+        opener.join(60)  # Dask's own client waits for the handshake for ever
+        assert not opener.is_alive() and got, "the open hung"
+    assert isinstance(got[0], FFAccelError) and got[0].code == ErrorCode.DEVICE_LOST, got
+    assert got[0].param == "address" and "handshake" in got[0].message
+
+
 def test_tiles_not_done_within_timeout_s_are_device_lost(client) -> None:
     DaskDriver(client=client, min_flops=0)  # the workers' caps are probed once per client: not timed below
     dev, _ = _device(client, min_flops=0, timeout_s=1e-9)

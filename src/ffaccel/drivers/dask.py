@@ -420,13 +420,19 @@ _URL_KEYS = {"min_flops": float, "parts": int, "worker": str, "local": str, "tim
 PROBE_TIMEOUT_S = 5.0
 
 
-def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float) -> None:
+def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float,
+                             handshake_timeout_s: float | None = None) -> None:
     """Fail fast (DEVICE_LOST) when nothing listens at a ``tcp://`` address.
 
     ``distributed.Client`` retries a refused connection for its whole timeout (36 s for a port
     nobody listens on); one plain TCP connect answers in about a millisecond. A refused port
     is retried only while ``wait_s`` lasts (a scheduler that is starting). Other schemes are
     left to Dask.
+
+    A Dask server speaks first (its handshake), so the probe also waits up to
+    ``handshake_timeout_s`` for that first byte: something else listening there (the dashboard's
+    HTTP port 8787, another service) is DEVICE_LOST at once, where ``distributed.Client`` would
+    wait for its handshake for ever (its read has no deadline).
     """
     parts = urlsplit(address)
     if parts.scheme != "tcp":
@@ -438,16 +444,29 @@ def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float
     if not host or port is None:
         raise violation("device.name", f"dask:{address}", "dask://HOST:PORT with a host and a port")
 
-    def attempt() -> None:
-        socket.create_connection((host, port), timeout=probe_timeout_s).close()
+    def attempt() -> socket.socket:
+        return socket.create_connection((host, port), timeout=probe_timeout_s)
 
     try:
-        retry_until_ready(attempt, wait_s, (ConnectionRefusedError,))
+        probe = retry_until_ready(attempt, wait_s, (ConnectionRefusedError,))
     except OSError as e:
         waited = f" within wait_s={wait_s:g} s" if wait_s else ""
         raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
                            f"no Dask scheduler listens at {address}{waited}; got {e.strerror or e!r}; "
                            "allowed: the address of a running scheduler") from None
+    wait = probe_timeout_s if handshake_timeout_s is None else handshake_timeout_s
+    with probe:
+        try:
+            probe.settimeout(wait)
+            first = probe.recv(1)
+        except OSError as e:  # socket.timeout included
+            first, why = b"", f"got {e.strerror or e!r} after {wait:g} s"
+        else:
+            why = "it closed the connection"
+    if not first:
+        raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
+                           f"something listens at {address} but sent no Dask handshake ({why}); allowed: the "
+                           "address of a running Dask scheduler (its port, 8786 by default, not the dashboard's)")
 
 
 def _naming(option: str, value: str, e: FFAccelError) -> FFAccelError:
@@ -553,7 +572,7 @@ class DaskDriver(Driver):
             raise _naming("local", local, e) from None
         wait = connect_wait_s(wait_s)
         if client is None:  # before importing Dask (seconds): a refused port fails in milliseconds
-            _check_scheduler_listens(address, wait, min(self.timeout_s, PROBE_TIMEOUT_S))
+            _check_scheduler_listens(address, wait, min(self.timeout_s, PROBE_TIMEOUT_S), min(self.timeout_s, 30.0))
         dist = _import_distributed()
         self._dist = dist
         self._own_client = client is None
