@@ -245,6 +245,13 @@ def test_what_ran_where_is_public_through_device_stats(client) -> None:
     dev.close()
 
 
+def test_the_wait_s_keyword_wins_over_the_name() -> None:
+    # the runtime hands the keyword to the driver in the name, which refuses an option given twice
+    with pytest.raises(FFAccelError) as e:
+        ffaccel.open("dask://127.0.0.1:1?wait_s=5&timeout_s=1", wait_s=0)
+    assert e.value.code == ErrorCode.DEVICE_LOST and e.value.param == "address", e.value
+
+
 def test_no_scheduler_is_device_lost() -> None:
     with pytest.raises(FFAccelError) as e:
         DaskDriver("//127.0.0.1:9?timeout_s=1")
