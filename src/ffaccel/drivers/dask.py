@@ -656,7 +656,8 @@ class DaskDriver(Driver):
 
     def info(self) -> DriverInfo:
         return DriverInfo(self.name, self.version,
-                          f"{self.description}; workers run {self.worker!r}, small GEMMs {self._local.name!r}",
+                          f"{self.description}; workers run {self.worker!r} in about {self.parts} tiles per GEMM, "
+                          f"GEMMs under min_flops={self.min_flops:.3g} FLOPs and COPY run here on {self._local.name!r}",
                           self._caps, self.memory_bytes())
 
     # -- data kept on the cluster --------------------------------------------------------
