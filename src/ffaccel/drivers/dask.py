@@ -489,7 +489,7 @@ class DaskDriver(Driver):
     client : distributed.Client, optional
         An existing client; the driver never closes it.
     min_flops : float, optional
-        GEMMs below this many FLOPs (2 * batch * m * n * k) run locally, and no tile gets less
+        GEMMs below this many FLOPs (2 * batch * m * n * k) run locally; larger ones get about FLOPs / min_flops tiles
         (default :data:`DEFAULT_MIN_FLOPS`; 0 tiles everything, as the tests do).
     parts : int, optional
         Tiles to aim for per GEMM (default: twice the cluster's worker threads at connection time).
