@@ -324,7 +324,7 @@ def _wanted_by(scheduler, client) -> list[str]:
     return [k for k, ts in scheduler.tasks.items() if any(cs.client_key == client.id for cs in ts.who_wants)]
 
 
-def test_a_failed_gemm_leaves_no_task_on_the_scheduler(cluster, client, monkeypatch) -> None:
+def test_a_failed_gemm_leaves_no_task_on_the_scheduler(monkeypatch) -> None:
     import ffaccel.drivers.dask as mod
 
     go = threading.Event()
@@ -336,22 +336,44 @@ def test_a_failed_gemm_leaves_no_task_on_the_scheduler(cluster, client, monkeypa
 
     stuck.__module__, stuck.__qualname__ = mod.__name__, "_run_tile"  # pickled by reference, as the driver's
     monkeypatch.setattr(mod, "_run_tile", stuck)
-    dev, _ = _device(client, min_flops=0, parts=4, timeout_s=0.5)
-    try:
-        with pytest.raises(FFAccelError) as e:
-            ffaccel.matmul(np.ones((64, 64)), np.ones((64, 64)), device=dev)
-        assert e.value.code == ErrorCode.DEVICE_LOST and "timeout_s=0.5" in e.value.message
-        deadline = time.monotonic() + 10  # the release is a message to the scheduler: wait for it
-        while _wanted_by(cluster.scheduler, client) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not _wanted_by(cluster.scheduler, client)  # tiles and scattered blocks all released
-    finally:
-        go.set()
+    # a cluster of its own: the hung tiles must not hold the shared cluster's workers
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **LOOPBACK_ONLY) as cl, \
+            distributed.Client(cl, set_as_default=False) as c:
+        dev, _ = _device(c, min_flops=0, parts=4, timeout_s=0.5)
+        try:
+            with pytest.raises(FFAccelError) as e:
+                ffaccel.matmul(np.ones((64, 64)), np.ones((64, 64)), device=dev)
+            assert e.value.code == ErrorCode.DEVICE_LOST and "timeout_s=0.5" in e.value.message
+            deadline = time.monotonic() + 10  # the release is a message to the scheduler: wait for it
+            while _wanted_by(cl.scheduler, c) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not _wanted_by(cl.scheduler, c)  # tiles and scattered blocks all released
+        finally:
+            go.set()
+
+
+def test_a_malformed_tile_is_device_lost_and_d_untouched(client, monkeypatch) -> None:
+    import ffaccel.drivers.dask as mod
+
+    run_tile = mod._run_tile
+
+    def narrow(*args):  # a worker whose tile is one column: NumPy would broadcast it over the window
+        return run_tile(*args)[:, :, :1]
+
+    narrow.__module__, narrow.__qualname__ = mod.__name__, "_run_tile"
+    monkeypatch.setattr(mod, "_run_tile", narrow)
+    dev, _ = _device(client, min_flops=0, parts=2)
+    d = np.full((16, 8), -1.0)
+    with pytest.raises(FFAccelError) as e:
+        ffaccel.matmul(np.ones((16, 4)), np.ones((4, 8)), out=d, device=dev)
+    assert e.value.code == ErrorCode.DEVICE_LOST and "malformed tile" in e.value.message
+    assert (d == -1).all()
 
 
 def test_no_workers_then_workers_lost_then_back(tmp_path) -> None:
+    # the client's timeout bounds a scatter's wait for a worker (Dask's), timeout_s the tiles' wait
     with distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=False, **LOOPBACK_ONLY) as cl, \
-            distributed.Client(cl, set_as_default=False) as c:
+            distributed.Client(cl, set_as_default=False, timeout=1) as c:
         with pytest.raises(FFAccelError) as e:  # at once, not after timeout_s
             DaskDriver(client=c, timeout_s=600)
         assert e.value.code == ErrorCode.DEVICE_LOST and "no workers" in e.value.message

@@ -783,7 +783,17 @@ class DaskDriver(Driver):
         try:
             if blocks:
                 names = list(blocks)
-                scattered = client.scatter([blocks[k] for k in names], hash=False, timeout=self.timeout_s)
+                # no timeout= here: Dask hands it to the scheduler's scatter, and one that expires there
+                # leaves a closed connection in the client's pool that fails the client's next call;
+                # the wait for a worker is bounded by the client's own timeout (min(timeout_s, 30 s)
+                # for a client this driver opened)
+                data = [blocks[k] for k in names]
+                try:
+                    scattered = client.scatter(data, hash=False)
+                except self._dist.comm.CommClosedError:
+                    # after a call that timed out, Dask can hand out a pooled connection to the
+                    # scheduler that is already closed ("Stream is closed"); once more, on a fresh one
+                    scattered = client.scatter(data, hash=False)
                 futures.update(zip(names, scattered))
                 with self._stats_lock:
                     self.stats["bytes_scattered"] += sum(x.nbytes for x in blocks.values())
@@ -834,6 +844,16 @@ class DaskDriver(Driver):
             t2 = time.perf_counter()
             phase = "gathering its tiles"
             results = client.gather(outputs)
+            # The cluster's replies are checked as a server's would be (untrusted): each tile exactly the
+            # shape and dtype of its window -- NumPy would broadcast a (1, m, 1) tile over the window and
+            # cast a float64 one silently -- and all of them before D is touched (nothing half-written).
+            for (_, (br, mr, nr)), tile in zip(pending, results):
+                want = (br[1] - br[0], mr[1] - mr[0], nr[1] - nr[0])
+                if not (isinstance(tile, np.ndarray) and tile.shape == want and tile.dtype == d.dtype):
+                    got = (f"{type(tile).__name__} {getattr(tile, 'shape', '')} {getattr(tile, 'dtype', '')}").strip()
+                    raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
+                                       f"a worker returned a malformed tile; got {got}, allowed an array of shape "
+                                       f"{want} and dtype {d.dtype}")
         except BaseException as e:  # KeyboardInterrupt too: the call's work is withdrawn
             self._withdraw([f for f, _ in pending] + chunks + [futures[k] for k in blocks if k in futures], kept)
             if isinstance(e, FFAccelError) or not isinstance(e, Exception):
