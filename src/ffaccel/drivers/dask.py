@@ -152,7 +152,7 @@ def _partial_spec(spec: _TileSpec) -> _TileSpec:
 
 _worker_lock = threading.Lock()
 _worker_drivers: dict[str, Driver] = {}
-_worker_devices: dict[tuple[str, Any], Any] = {}
+_worker_devices: dict[tuple[str, Any, str | None], Any] = {}
 _worker_kernels: LruCache[tuple[str, bytes], GemmKernel] = LruCache(1024)
 
 
@@ -172,8 +172,20 @@ def _worker_caps(name: str, opener: Callable[[str], Any] | None) -> DeviceCaps:
     return _worker_driver(name).caps()
 
 
+def _this_worker() -> str | None:
+    """The address of the Dask worker running this task (None outside a task)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return None
+
+
 def _worker_device(name: str, opener: Callable[[str], Any]) -> Any:
-    key = (name, opener)
+    # one device per worker, also where several workers share a process (in-process workers): each
+    # worker may reach a device of its own (a worker-local server), and each answers the caps probe
+    key = (name, opener, _this_worker())
     dev = _worker_devices.get(key)
     if dev is None:
         with _worker_lock:
@@ -295,18 +307,31 @@ def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
     return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
-def _grid(batch: int, m: int, n: int, k: int, parts: int) -> tuple[int, int, int, int]:
-    """(batch chunks, m blocks, n blocks, k chunks) for about ``parts`` tiles."""
+def _grid(batch: int, m: int, n: int, k: int, parts: int, split_k: bool = True) -> tuple[int, int, int, int]:
+    """(batch chunks, m blocks, n blocks, k chunks) for about ``parts`` tiles (k kept whole unless ``split_k``)."""
     nb = min(batch, parts)
     left = math.ceil(parts / nb)
     s = 1
-    if k > K_DOMINATES * max(m, n):
+    if split_k and k > K_DOMINATES * max(m, n):
         s = max(1, min(left, k // max(1, m, n)))
         left = math.ceil(left / s)
     # near-square output tiles: p * q ~ left with m / p ~ n / q
     p = max(1, min(m, left, round(math.sqrt(left * m / max(1, n)))))
     q = max(1, min(n, math.ceil(left / p)))
     return nb, p, q, s
+
+
+def _extent(address: int, shape: Sequence[int], strides: Sequence[int], itemsize: int) -> tuple[int, int]:
+    """[lo, hi) bytes an array view spans (empty at ``address`` when it has no element)."""
+    if 0 in shape:
+        return address, address
+    lo = address + sum((n - 1) * st for n, st in zip(shape, strides) if st < 0)
+    hi = address + sum((n - 1) * st for n, st in zip(shape, strides) if st > 0) + itemsize
+    return lo, hi
+
+
+def _overlaps(span: tuple[int, int], lo: int, hi: int) -> bool:
+    return span[0] < hi and lo < span[1]
 
 
 def _compact(x: np.ndarray) -> np.ndarray:
@@ -333,7 +358,12 @@ def _intersect(a: DeviceCaps, b: DeviceCaps) -> DeviceCaps:
 
 
 def _parse_options(options: str) -> tuple[str, dict[str, str]]:
-    """``//HOST:PORT?key=value&...`` -> ("tcp://HOST:PORT", {key: value})."""
+    """``//HOST:PORT?key=value&...`` -> ("tcp://HOST:PORT", {key: value}).
+
+    The whole name is checked before anything connects: a ``tcp`` address is exactly a host
+    and a port in 1..65535 (no path, user, query or fragment of its own), and each option is
+    given at most once (``min_flops=1&min_flops=2`` is refused, not read as either value).
+    """
     where, _, query = options.partition("?")
     if where.startswith("//"):
         address = "tcp:" + where
@@ -344,13 +374,48 @@ def _parse_options(options: str) -> tuple[str, dict[str, str]]:
     if where in ("//", "") or where.endswith("://"):
         raise violation("device.name", f"dask:{options}", "dask://HOST:PORT with a host and a port")
     try:
-        listed = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+        parts = urlsplit(address)
+    except ValueError:  # "dask://[::1": an unclosed IPv6 bracket (was the CLI's "internal error")
+        raise violation("device.name", f"dask:{options}", "dask://HOST:PORT with a host and a port") from None
+    if parts.scheme == "tcp":
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:  # a port that is not a number, or out of 0..65535
+            host = port = None
+        if not host or not port or parts.path or parts.fragment or parts.username is not None or "#" in where:
+            raise violation("device.name", f"dask:{options}",
+                            "dask://HOST:PORT with a host and a port in 1..65535 (no path, user or fragment)")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise violation("device.name", f"dask:{options}", "a query string key=value&key=value") from None
-    pairs = dict(listed)
-    if len(pairs) < len(listed):  # min_flops=1&min_flops=2: neither wins silently
-        raise violation("device.name", f"dask:{options}", "a query string with each key once")
-    return address, pairs
+    opts: dict[str, str] = {}
+    for key, value in pairs:
+        if key in opts:
+            raise violation("device.name", f"dask:...?{key}={opts[key]}&{key}={value}",
+                            f"each option at most once ({key} is given twice)")
+        opts[key] = value
+    return address, opts
+
+
+def _option(key: str, text: str) -> Any:
+    """One query-string option's value, converted and checked (INVALID_PARAMETER naming it)."""
+    conv = _URL_KEYS.get(key)
+    if conv is None:
+        raise violation("device.name", f"dask:{key}={text}", f"options {sorted(_URL_KEYS)}")
+    if conv is str:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if conv is int:
+        if not (math.isfinite(value) and value.is_integer()):
+            raise violation("device.name", f"dask:{key}={text}", f"{key} as a whole number")
+        return int(value)
+    if math.isnan(value) and text.strip().lower() not in ("nan", "+nan", "-nan"):
+        raise violation("device.name", f"dask:{key}={text}", f"{key} as a number")
+    return value  # range checks (and NaN) are the keyword's own, below
 
 
 _URL_KEYS = {"min_flops": float, "parts": int, "worker": str, "local": str, "timeout_s": float, "wait_s": float}
@@ -358,13 +423,19 @@ _URL_KEYS = {"min_flops": float, "parts": int, "worker": str, "local": str, "tim
 PROBE_TIMEOUT_S = 5.0
 
 
-def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float) -> None:
+def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float,
+                             handshake_timeout_s: float | None = None) -> None:
     """Fail fast (DEVICE_LOST) when nothing listens at a ``tcp://`` address.
 
     ``distributed.Client`` retries a refused connection for its whole timeout (36 s for a port
     nobody listens on); one plain TCP connect answers in about a millisecond. A refused port
     is retried only while ``wait_s`` lasts (a scheduler that is starting). Other schemes are
     left to Dask.
+
+    A Dask server speaks first (its handshake), so the probe also waits up to
+    ``handshake_timeout_s`` for that first byte: something else listening there (the dashboard's
+    HTTP port 8787, another service) is DEVICE_LOST at once, where ``distributed.Client`` would
+    wait for its handshake for ever (its read has no deadline).
     """
     try:
         parts = urlsplit(address)
@@ -379,16 +450,37 @@ def _check_scheduler_listens(address: str, wait_s: float, probe_timeout_s: float
     if not host or port is None:
         raise violation("device.name", f"dask:{address}", "dask://HOST:PORT with a host and a port")
 
-    def attempt() -> None:
-        socket.create_connection((host, port), timeout=probe_timeout_s).close()
+    def attempt() -> socket.socket:
+        return socket.create_connection((host, port), timeout=probe_timeout_s)
 
     try:
-        retry_until_ready(attempt, wait_s, (ConnectionRefusedError,))
+        probe = retry_until_ready(attempt, wait_s, (ConnectionRefusedError,))
     except OSError as e:
         waited = f" within wait_s={wait_s:g} s" if wait_s else ""
         raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
                            f"no Dask scheduler listens at {address}{waited}; got {e.strerror or e!r}; "
                            "allowed: the address of a running scheduler") from None
+    wait = probe_timeout_s if handshake_timeout_s is None else handshake_timeout_s
+    with probe:
+        try:
+            probe.settimeout(wait)
+            first = probe.recv(1)
+        except OSError as e:  # socket.timeout included
+            first, why = b"", f"got {e.strerror or e!r} after {wait:g} s"
+        else:
+            why = "it closed the connection"
+    if not first:
+        raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
+                           f"something listens at {address} but sent no Dask handshake ({why}); allowed: the "
+                           "address of a running Dask scheduler (its port, 8786 by default, not the dashboard's)")
+
+
+def _naming(option: str, value: str, e: FFAccelError) -> FFAccelError:
+    """``e`` (a device name refused) saying which option carried that name: ``worker='' ...``."""
+    if e.rule != "device.name":
+        return e
+    return FFAccelError(e.code, e.param, f"the dask option {option}={value!r} must name a device; {e.message}",
+                        rule=e.rule)
 
 
 class DaskDriver(Driver):
@@ -403,7 +495,7 @@ class DaskDriver(Driver):
     client : distributed.Client, optional
         An existing client; the driver never closes it.
     min_flops : float, optional
-        GEMMs below this many FLOPs (2 * batch * m * n * k) run locally, and no tile gets less
+        GEMMs below this many FLOPs (2 * batch * m * n * k) run locally; larger ones get about FLOPs / min_flops tiles
         (default :data:`DEFAULT_MIN_FLOPS`; 0 tiles everything, as the tests do).
     parts : int, optional
         Tiles to aim for per GEMM (default: twice the cluster's worker threads at connection time).
@@ -454,13 +546,7 @@ class DaskDriver(Driver):
         if address is not None:
             address, opts = _parse_options(address)
             for key, text in opts.items():
-                conv = _URL_KEYS.get(key)
-                if conv is None:
-                    raise violation("device.name", f"dask:{key}={text}", f"options {sorted(_URL_KEYS)}")
-                try:
-                    value = conv(float(text)) if conv is int else conv(text)
-                except ValueError:
-                    raise violation("device.name", f"dask:{key}={text}", f"{key} as a {conv.__name__}") from None
+                value = _option(key, text)
                 if key == "min_flops":
                     min_flops = value
                 elif key == "parts":
@@ -477,17 +563,22 @@ class DaskDriver(Driver):
         if not (isinstance(min_flops, (int, float)) and min_flops >= 0 and math.isfinite(min_flops)):
             raise FFAccelError(ErrorCode.INVALID_PARAMETER, "min_flops",
                                f"min_flops must be a finite number >= 0; got {min_flops!r}")
-        if parts is not None and not (isinstance(parts, int) and parts >= 1):
+        if parts is not None and not (isinstance(parts, int) and not isinstance(parts, bool) and parts >= 1):
             raise FFAccelError(ErrorCode.INVALID_PARAMETER, "parts", f"parts must be an integer >= 1; got {parts!r}")
-        if not (timeout_s > 0):
-            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "timeout_s", f"timeout_s must be > 0; got {timeout_s!r}")
+        if isinstance(timeout_s, bool) or not (0 < timeout_s < math.inf):  # a wait never lasts forever
+            raise FFAccelError(ErrorCode.INVALID_PARAMETER, "timeout_s",
+                               f"timeout_s must be a finite number of seconds > 0; got {timeout_s!r}")
         self.min_flops = float(min_flops)
         self.worker = worker
         self.worker_opener = worker_opener
         self.timeout_s = float(timeout_s)
+        try:  # a bad local driver name is refused before anything connects
+            self._local = open_driver(local)
+        except FFAccelError as e:
+            raise _naming("local", local, e) from None
+        wait = connect_wait_s(wait_s)
         if client is None:  # before importing Dask (seconds): a refused port fails in milliseconds
-            _check_scheduler_listens(address, connect_wait_s(wait_s), min(self.timeout_s, PROBE_TIMEOUT_S))
-        self._local = open_driver(local)
+            _check_scheduler_listens(address, wait, min(self.timeout_s, PROBE_TIMEOUT_S), min(self.timeout_s, 30.0))
         dist = _import_distributed()
         self._dist = dist
         self._own_client = client is None
@@ -498,17 +589,23 @@ class DaskDriver(Driver):
                 raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
                                    f"no Dask scheduler answered at {address}; got {e!r}; "
                                    "allowed: the address of a running scheduler") from None
+            except Exception as e:  # noqa: BLE001 - Dask refused the address itself (e.g. a malformed inproc://)
+                raise FFAccelError(ErrorCode.INVALID_PARAMETER, "name",
+                                   f"Dask refused the scheduler address {address!r}; got {e!r}; allowed "
+                                   "dask://HOST:PORT or another SCHEME://ADDRESS Dask accepts",
+                                   rule="device.name") from None
         self.client = client
         try:
-            threads, worker_caps = self._probe(client, worker, worker_opener)
-        except FFAccelError:
+            threads, worker_caps = self._probe(client, worker, worker_opener, wait)
+        except FFAccelError as e:
             self.close()
-            raise
+            raise _naming("worker", worker, e) from None
         except Exception as e:  # noqa: BLE001 - the workers could not open their device
             self.close()
             raise FFAccelError(ErrorCode.DEVICE_LOST, "worker",
                                f"the workers could not open device {worker!r}; got {e!r}") from None
         self.parts = parts if parts is not None else max(1, 2 * threads)
+        self._worker_caps = worker_caps  # what a tile may ask of a worker (a k-split's partial combination)
         self._caps = _intersect(self._local.caps(), worker_caps)
         #: What ran where: GEMMs run locally / on the cluster, tile tasks, k-split reductions, bytes
         #: scattered, and seconds spent scattering, waiting for the tiles, and gathering + writing D.
@@ -518,14 +615,44 @@ class DaskDriver(Driver):
 
     _probed: dict[tuple[str, str, Any], tuple[int, DeviceCaps]] = {}
 
-    def _probe(self, client: Any, worker: str, opener: Callable[[str], Any] | None) -> tuple[int, DeviceCaps]:
-        """(worker threads, the workers' caps): two round trips, once per client and worker device."""
+    def _probe(self, client: Any, worker: str, opener: Callable[[str], Any] | None,
+               wait_s: float = 0.0) -> tuple[int, DeviceCaps]:
+        """(worker threads, what every worker's device supports): once per client and worker device.
+
+        Each worker present is asked (one task per worker) and the answers are intersected: a
+        cluster whose workers differ (one without the GPU, an older install) declares only what
+        all of them can do, so no tile lands on a worker that must refuse it. A scheduler with
+        no worker is waited for up to ``wait_s``, then refused with DEVICE_LOST at once rather
+        than after ``timeout_s`` (a task with no worker to run on would wait that long).
+        """
         key = (client.id, worker, opener)
         got = DaskDriver._probed.get(key)
         if got is None:
-            threads = sum(client.nthreads().values())
-            caps = client.submit(_worker_caps, worker, opener, pure=False).result(timeout=self.timeout_s)
-            got = DaskDriver._probed[key] = (threads, caps)
+            nthreads = client.nthreads()
+            if not nthreads and wait_s > 0:
+                try:
+                    client.wait_for_workers(1, timeout=wait_s)
+                except TimeoutError:
+                    pass
+                nthreads = client.nthreads()
+            if not nthreads:
+                waited = f" within wait_s={wait_s:g} s" if wait_s else ""
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "address",
+                                   f"the Dask scheduler at {client.scheduler.address} has no workers{waited}; "
+                                   "allowed: a scheduler with at least one worker (or wait_s=S to wait for one)")
+            # one task per worker; a worker that left meanwhile lets another answer for it
+            futures = [client.submit(_worker_caps, worker, opener, workers=[w], allow_other_workers=True, pure=False)
+                       for w in nthreads]
+            deadline = time.monotonic() + self.timeout_s
+            try:
+                answers = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+            finally:  # a worker that refused or hung leaves no task behind (see _withdraw)
+                for f in futures:
+                    f.release()
+            caps = answers[0]
+            for other in answers[1:]:
+                caps = _intersect(caps, other)
+            got = DaskDriver._probed[key] = (sum(nthreads.values()), caps)
         return got
 
     # -- queries -------------------------------------------------------------------------
@@ -535,7 +662,8 @@ class DaskDriver(Driver):
 
     def info(self) -> DriverInfo:
         return DriverInfo(self.name, self.version,
-                          f"{self.description}; workers run {self.worker!r}, small GEMMs {self._local.name!r}",
+                          f"{self.description}; workers run {self.worker!r} in about {self.parts} tiles per GEMM, "
+                          f"GEMMs under min_flops={self.min_flops:.3g} FLOPs and COPY run here on {self._local.name!r}",
                           self._caps, self.memory_bytes())
 
     # -- data kept on the cluster --------------------------------------------------------
@@ -552,6 +680,18 @@ class DaskDriver(Driver):
     def release(self, memory: np.ndarray) -> None:
         """Forget ``memory``'s blocks on the cluster (they are freed there)."""
         self._kept.pop(memory.__array_interface__["data"][0], None)
+
+    def _forget_written(self, x: np.ndarray) -> None:
+        """Drop kept blocks that overlap ``x``, which this device has just written (a GEMM's D, a
+        COPY's destination): the cluster's copy of them is stale. The caller promises not to
+        change kept memory; the device's own writes into it (an arena holding weights and
+        activations, D == C in place) are this driver's to account for."""
+        if not self._kept or x.size == 0:
+            return
+        lo, hi = _extent(x.__array_interface__["data"][0], x.shape, x.strides, x.itemsize)
+        for _, cache in self._kept.values():
+            for ck in [ck for ck in cache if _overlaps(_extent(ck[0], ck[1], ck[2], np.dtype(ck[3]).itemsize), lo, hi)]:
+                del cache[ck]  # dropped, not released: a call running now may still use it
 
     def _kept_cache(self, x: np.ndarray) -> dict[tuple, Any] | None:
         if not self._kept:
@@ -571,6 +711,7 @@ class DaskDriver(Driver):
             with self._stats_lock:
                 self.stats["local"] += 1
             self._local.gemm(op, a, b, c, d, epi)
+            self._forget_written(d)
             return
         parts = self.parts if self.min_flops <= 0 else max(1, min(self.parts, int(flops // self.min_flops)))
         self._gemm_tiled(op, a, b, c, d, epi, parts)
@@ -581,10 +722,15 @@ class DaskDriver(Driver):
     def copy(self, op: CopyOp, src: np.ndarray, dst: np.ndarray) -> None:
         """COPY runs locally: the buffers live in the client's memory."""
         self._local.copy(op, src, dst)
+        self._forget_written(dst)
 
     def _gemm_tiled(self, op: GemmOp, a: np.ndarray, b: np.ndarray, c: np.ndarray | None, d: np.ndarray,
                     epi: tuple[np.ndarray | None, ...], parts: int) -> None:
-        nb, p, q, s = _grid(op.batch, op.m, op.n, op.k, parts)
+        # a k-split's chunks are GEMMs into the accumulate type: only where every worker declares that
+        # combination (a worker device narrowed to f16 -> f16 cannot return f32 partials)
+        combo = op.combo
+        split_k = GemmCombo(combo.a, combo.b, combo.acc, combo.acc) in self._worker_caps.combos
+        nb, p, q, s = _grid(op.batch, op.m, op.n, op.k, parts, split_k)
         b_cuts, m_cuts, n_cuts, k_cuts = _cuts(op.batch, nb), _cuts(op.m, p), _cuts(op.n, q), _cuts(op.k, s)
         c_read = c if op.reads_c else None
         # Every block to scatter, named by (operand, batch range, row range, col range); one scatter call.
@@ -597,7 +743,7 @@ class DaskDriver(Driver):
                 view = x[br[0]:br[1], rr, cr]
                 cache = self._kept_cache(view)
                 ck = (view.__array_interface__["data"][0], view.shape, view.strides, view.dtype.str)
-                if cache is not None and ck in cache:
+                if cache is not None and ck in cache and cache[ck].status == "finished":  # still on the cluster
                     kept[key] = cache[ck]
                 else:
                     blocks[key] = _compact(view)
@@ -628,70 +774,106 @@ class DaskDriver(Driver):
                     tiles.append((br, mr, nr, ka, kb, kc, ke))
 
         client = self.client
+        if client is None:
+            raise FFAccelError(ErrorCode.DEVICE_LOST, "device", "the dask driver was closed")
         futures: dict[tuple, Any] = {}
-        t0 = time.perf_counter()
-        if blocks:
-            names = list(blocks)
-            scattered = client.scatter([blocks[k] for k in names], hash=False)
-            futures.update(zip(names, scattered))
-            with self._stats_lock:
-                self.stats["bytes_scattered"] += sum(x.nbytes for x in blocks.values())
-        for key, v in kept.items():
-            if isinstance(v, tuple):  # first use of a kept block: remember its future
-                cache, ck = v
-                cache[ck] = futures[key]
-            else:
-                futures[key] = v
-
-        epi_dtypes = [(p.kind, p.param0, p.param1, x.dtype if x is not None else None)
-                      for p, x in zip(op.epilogue, epi)]
-        pending: list[tuple[Any, tuple]] = []
+        pending: list[tuple[Any, tuple]] = []  # (output tile's future, where it goes in D)
+        chunks: list[Any] = []  # the k-split chunks' futures
         n_tasks = n_red = 0
-        for br, mr, nr, ka, kb, kc, ke in tiles:
-            bcast = [_is_broadcast(a), _is_broadcast(b), c_read is not None and _is_broadcast(c_read)]
-            bcast += [_is_broadcast(x) for x in epi if x is not None]
-            spec = _TileSpec(
-                op.combo, mr[1] - mr[0], nr[1] - nr[0], op.k, br[1] - br[0], op.alpha, op.beta, c_read is not None,
-                tuple((kind, p0, p1, dtype_of_numpy(dt) if dt is not None else None)
-                      for kind, p0, p1, dt in epi_dtypes),
-                tuple(bcast))
-            cf = futures[kc] if kc is not None else None
-            ef = [futures[e] for e in ke]
-            if len(k_cuts) == 1:
-                fut = client.submit(_run_tile, self.worker, self.worker_opener, spec, futures[ka[0]],
-                                    futures[kb[0]], cf, *ef, pure=False)
-                n_tasks += 1
-            else:
-                parts_f = []
-                for (klo, khi), fa, fb in zip(k_cuts, ka, kb):
-                    ps = replace(_partial_spec(spec), k=khi - klo)
-                    parts_f.append(client.submit(_run_tile, self.worker, self.worker_opener, ps, futures[fa],
-                                                 futures[fb], None, pure=False))
-                fut = client.submit(_combine, spec, parts_f, cf, *ef, pure=False)
-                n_tasks += len(parts_f)
-                n_red += 1
-            pending.append((fut, (br, mr, nr)))
-
-        dist = self._dist
-        t1 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
+        t0 = t1 = t2 = time.perf_counter()
+        phase = "scattering its operands"  # what the call was doing, for the error
+        # Every call to the cluster is inside this try: a scheduler or worker that goes away, a client
+        # closed by another thread, a cluster with no workers left -- all are DEVICE_LOST, never
+        # Dask's own exception; and a call that fails cancels its tasks and blocks on the cluster.
         try:
+            if blocks:
+                names = list(blocks)
+                # no timeout= here: Dask hands it to the scheduler's scatter, and one that expires there
+                # leaves a closed connection in the client's pool that fails the client's next call;
+                # the wait for a worker is bounded by the client's own timeout (min(timeout_s, 30 s)
+                # for a client this driver opened)
+                data = [blocks[k] for k in names]
+                try:
+                    scattered = client.scatter(data, hash=False)
+                except self._dist.comm.CommClosedError:
+                    # after a call that timed out, Dask can hand out a pooled connection to the
+                    # scheduler that is already closed ("Stream is closed"); once more, on a fresh one
+                    scattered = client.scatter(data, hash=False)
+                futures.update(zip(names, scattered))
+                with self._stats_lock:
+                    self.stats["bytes_scattered"] += sum(x.nbytes for x in blocks.values())
+            for key, v in kept.items():
+                if isinstance(v, tuple):  # first use of a kept block: remember its future
+                    cache, ck = v
+                    cache[ck] = futures[key]
+                else:
+                    futures[key] = v
+
+            epi_dtypes = [(p.kind, p.param0, p.param1, x.dtype if x is not None else None)
+                          for p, x in zip(op.epilogue, epi)]
+            for br, mr, nr, ka, kb, kc, ke in tiles:
+                bcast = [_is_broadcast(a), _is_broadcast(b), c_read is not None and _is_broadcast(c_read)]
+                bcast += [_is_broadcast(x) for x in epi if x is not None]
+                spec = _TileSpec(
+                    op.combo, mr[1] - mr[0], nr[1] - nr[0], op.k, br[1] - br[0], op.alpha, op.beta,
+                    c_read is not None,
+                    tuple((kind, p0, p1, dtype_of_numpy(dt) if dt is not None else None)
+                          for kind, p0, p1, dt in epi_dtypes),
+                    tuple(bcast))
+                cf = futures[kc] if kc is not None else None
+                ef = [futures[e] for e in ke]
+                if len(k_cuts) == 1:
+                    fut = client.submit(_run_tile, self.worker, self.worker_opener, spec, futures[ka[0]],
+                                        futures[kb[0]], cf, *ef, pure=False)
+                    n_tasks += 1
+                else:
+                    parts_f = []
+                    for (klo, khi), fa, fb in zip(k_cuts, ka, kb):
+                        ps = replace(_partial_spec(spec), k=khi - klo)
+                        parts_f.append(client.submit(_run_tile, self.worker, self.worker_opener, ps, futures[fa],
+                                                     futures[fb], None, pure=False))
+                    chunks += parts_f
+                    fut = client.submit(_combine, spec, parts_f, cf, *ef, pure=False)
+                    n_tasks += len(parts_f)
+                    n_red += 1
+                pending.append((fut, (br, mr, nr)))
+            outputs = [f for f, _ in pending]
+
+            t1 = time.perf_counter()
+            phase = f"running its {n_tasks + n_red} tasks"
             # Wait through this driver's own client: distributed.wait() needs a process-wide default
             # client, which a program that only opened "dask://HOST:PORT" does not have.
-            for _ in dist.as_completed([f for f, _ in pending], loop=client.loop, timeout=self.timeout_s):
+            for _ in self._dist.as_completed(outputs, loop=client.loop,
+                                             timeout=max(0.0, deadline - time.monotonic())):
                 pass
             t2 = time.perf_counter()
-            results = client.gather([f for f, _ in pending])
-        except FFAccelError:
-            raise
-        except TimeoutError as e:
+            phase = "gathering its tiles"
+            results = client.gather(outputs)
+            # The cluster's replies are checked as a server's would be (untrusted): each tile exactly the
+            # shape and dtype of its window -- NumPy would broadcast a (1, m, 1) tile over the window and
+            # cast a float64 one silently -- and all of them before D is touched (nothing half-written).
+            for (_, (br, mr, nr)), tile in zip(pending, results):
+                want = (br[1] - br[0], mr[1] - mr[0], nr[1] - nr[0])
+                if not (isinstance(tile, np.ndarray) and tile.shape == want and tile.dtype == d.dtype):
+                    got = (f"{type(tile).__name__} {getattr(tile, 'shape', '')} {getattr(tile, 'dtype', '')}").strip()
+                    raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
+                                       f"a worker returned a malformed tile; got {got}, allowed an array of shape "
+                                       f"{want} and dtype {d.dtype}")
+        except BaseException as e:  # KeyboardInterrupt too: the call's work is withdrawn
+            self._withdraw([f for f, _ in pending] + chunks + [futures[k] for k in blocks if k in futures], kept)
+            if isinstance(e, FFAccelError) or not isinstance(e, Exception):
+                raise
+            if isinstance(e, TimeoutError):
+                raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
+                                   f"the cluster did not finish a GEMM within timeout_s={self.timeout_s} "
+                                   f"(it was {phase}); got {e!r}") from None
+            # a worker or the scheduler went away mid-call, or the client was closed
             raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
-                               f"the cluster did not finish a GEMM's {len(pending)} tiles within "
-                               f"timeout_s={self.timeout_s}; got {e!r}") from None
-        except Exception as e:  # noqa: BLE001 - a worker or the scheduler went away mid-call
-            raise FFAccelError(ErrorCode.DEVICE_LOST, "device",
-                               f"the cluster failed while running a GEMM's tiles; got {e!r}") from None
+                               f"the cluster failed while {phase} for a GEMM; got {e!r}") from None
         for (_, (br, mr, nr)), tile in zip(pending, results):
             d[br[0]:br[1], mr[0]:mr[1], nr[0]:nr[1]] = tile
+        self._forget_written(d)
         t3 = time.perf_counter()
         with self._stats_lock:
             self.stats["scatter_s"] += t1 - t0
@@ -700,6 +882,28 @@ class DaskDriver(Driver):
             self.stats["distributed"] += 1
             self.stats["tiles"] += n_tasks
             self.stats["reductions"] += n_red
+
+    def _withdraw(self, futures: list[Any], kept: dict[tuple, Any]) -> None:
+        """After a failed call: release its tasks and the blocks it scattered, and forget kept blocks
+        the cluster no longer holds (a lost worker, a restarted scheduler), so the next call scatters
+        them again instead of failing on them for ever.
+
+        ``Future.release`` only queues a message to the scheduler (no round trip that a dead
+        scheduler could stall); the scheduler then drops every task no client wants, queued or
+        running (a running tile's result is discarded).
+        """
+        for v in kept.values():
+            if isinstance(v, tuple):  # first scattered by this call: withdrawn with it
+                cache, ck = v
+                cache.pop(ck, None)
+        for _, cache in self._kept.values():
+            for ck in [ck for ck, f in cache.items() if f.status != "finished"]:
+                del cache[ck]
+        for f in futures:
+            try:
+                f.release()
+            except Exception:  # noqa: BLE001,S110 - a closed client has released them already
+                pass
 
     def usage(self) -> dict[str, float]:
         """A copy of :attr:`stats`: what ran where (``Device.stats()["driver"]`` shows it)."""
@@ -710,6 +914,9 @@ class DaskDriver(Driver):
         """Forget kept blocks; close the client when the driver opened it."""
         self._kept.clear()
         if getattr(self, "_own_client", False) and getattr(self, "client", None) is not None:
+            gone = self.client.id
+            for key in [key for key in DaskDriver._probed if key[0] == gone]:  # its probes die with it
+                DaskDriver._probed.pop(key, None)
             self.client.close()
             self.client = None
 

@@ -676,7 +676,10 @@ def open_device(name: str | None = None, *, wait_s: float | None = None) -> Devi
         return _open_remote(name, wait_s)
     driver_name = name
     if wait_s is not None and name.startswith("dask:"):  # the dask driver connects: it takes the wait
-        driver_name = f"{name}{'&' if '?' in name else '?'}wait_s={wait_s!r}"
+        # the keyword wins over a wait_s in the name (as for unix:), and the driver refuses an option twice
+        where, _, query = name.partition("?")
+        others = [kv for kv in query.split("&") if kv and kv.partition("=")[0] != "wait_s"]
+        driver_name = f"{where}?{'&'.join(others + [f'wait_s={wait_s!r}'])}"
     return Device(name, InprocTransport(open_driver(driver_name)))
 
 
