@@ -352,22 +352,27 @@ def test_a_ring_client_that_never_spins_is_woken_by_the_server(server, monkeypat
         assert outcomes == []
 
 
+def _interrupt_the_next_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C (KeyboardInterrupt) where the socket client reads its next reply, once."""
+    from ffaccel.transports.socket import SocketTransport
+
+    real = SocketTransport._recv_reply
+
+    def interrupted(self, *args, **kwargs):
+        monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_a_call_interrupted_before_its_reply_gives_the_connection_up_saying_so(server, path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C between a request and its reply left that reply unread: the next call read it as
     its own and reported "malformed reply" ("the device server is gone"), every call after too."""
-    from ffaccel.transports.socket import SocketTransport
-
     dev = server.open(path)
     try:
-        real = SocketTransport._recv_reply
-
-        def interrupted(self, *args, **kwargs):
-            monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+        _interrupt_the_next_reply(monkeypatch)
         with pytest.raises(KeyboardInterrupt):
             dev.alloc(64)
         with pytest.raises(FFAccelError) as e:
@@ -387,18 +392,10 @@ def test_a_device_named_in_calls_reconnects_after_its_connection_was_given_up(se
     """``matmul(..., device="unix:PATH")`` keeps the device it opened by that name: once its
     connection was lost (here: a call interrupted), every later call by that name failed for good,
     and the program could not "open the device again". Now the next call connects anew."""
-    from ffaccel.transports.socket import SocketTransport
-
     name = f"unix:{server.path}"
     x = np.arange(4, dtype=np.float32).reshape(2, 2)
     np.testing.assert_array_equal(ffaccel.matmul(x, x, device=name), x @ x)
-    real = SocketTransport._recv_reply
-
-    def interrupted(self, *args, **kwargs):
-        monkeypatch.setattr(SocketTransport, "_recv_reply", real)  # once
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(SocketTransport, "_recv_reply", interrupted)
+    _interrupt_the_next_reply(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         ffaccel.matmul(x, x + 1, device=name)
     np.testing.assert_array_equal(ffaccel.matmul(x, x, device=name), x @ x)
