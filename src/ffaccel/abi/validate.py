@@ -256,17 +256,25 @@ def _float_or_int(bits: int, is_int: bool) -> float | int:
 _F32_ROUND = struct.Struct("<f")
 
 
-def _f32_scalar(v: float, name: str) -> float:
-    """``v`` (the descriptor's float64) rounded to nearest f32: the value an f32 accumulator uses,
-    as BLAS's ``sgemm`` takes float scalars. Every driver and the reference get this one value, so
-    they agree at the range's ends (a float64 alpha that underflows f32 is 0 there, or a subnormal,
-    and alpha == 0 then reads neither A nor B); a finite value past f32's range is refused rather than
-    turned into inf (inf and NaN themselves pass as they are)."""
+def _as_f32(v: float) -> float | None:
+    """``v`` (a descriptor's float64) rounded to nearest f32, the value an f32 accumulator uses (as
+    BLAS's ``sgemm`` takes float scalars); None for a finite value past f32's range, which the
+    caller refuses rather than turning it into inf (inf and NaN pass as they are). Every driver and
+    the reference get this one value, so they agree at the range's ends: a float64 alpha that
+    underflows f32 is 0 there (or a subnormal), and alpha == 0 then reads neither A nor B."""
     try:
         return _F32_ROUND.unpack(_F32_ROUND.pack(v))[0]
     except OverflowError:
+        return None
+
+
+def _f32_scalar(v: float, name: str) -> float:
+    """alpha or beta as an f32 accumulator takes it (:func:`_as_f32`), or ``gemm.float_scalar``."""
+    r = _as_f32(v)
+    if r is None:
         raise violation("gemm.float_scalar", repr(v), "within f32's range (|x| <= 3.4028235e38), inf or NaN",
-                        scalar=name) from None
+                        scalar=name)
+    return r
 
 
 def check_gemm(f: dict[str, int], raw: bytes | memoryview, caps: DeviceCaps) -> GemmOp:
@@ -396,12 +404,12 @@ def _post_op(f: dict[str, int], i: int, combo: GemmCombo, m: int, n: int, caps: 
             raise violation("epilogue.param", v, "an int32", i=i, p="param0")
         if not is_int and not math.isfinite(v):
             raise violation("epilogue.param", v, "a finite number", i=i, p="param0")
-        if combo.acc is DType.F32:  # applied in the accumulate precision: the f32 value (see _f32_scalar)
-            try:
-                p[0] = _F32_ROUND.unpack(_F32_ROUND.pack(v))[0]
-            except OverflowError:
+        if combo.acc is DType.F32:  # applied in the accumulate precision: the f32 value (see _as_f32)
+            r = _as_f32(v)
+            if r is None:
                 raise violation("epilogue.param", repr(v), "within f32's range (|x| <= 3.4028235e38)", i=i,
-                                p="param0") from None
+                                p="param0")
+            p[0] = r
     name = s + "operand"
     if kind not in OPERAND_POST_OPS:
         if f[name + ".handle"]:
